@@ -1,0 +1,3 @@
+"""cas: content-addressed, deduplicating, encrypted snapshot backups."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""Compression of sealed payloads (spec/format.md §8).
+
+Every sealed payload starts with one byte saying how the rest is stored:
+0 for stored as is, 1 for a zstd frame.  Data that zstd cannot shrink is
+stored as is, so incompressible content costs one byte and no CPU on read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from .errors import FormatError
+
+STORED = 0
+ZSTD = 1
+DEFAULT_LEVEL = 3
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # zstandard's (de)compressor objects are not thread-safe; keep one per thread.
+    cache = getattr(_local, "c", None)
+    if cache is None:
+        cache = _local.c = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) -> bytes:
+    """Flag byte + zstd frame, or flag byte + data when compression does not pay (or level None)."""
+    if level is not None and len(data) > 64:
+        packed = _compressor(level).compress(data)
+        if len(packed) < len(data):
+            return bytes((ZSTD,)) + packed
+    return bytes((STORED,)) + bytes(data)
+
+
+def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:
+    """Inverse of ``encode_payload``; refuses output over ``max_size`` (decompression bombs)."""
+    if not payload:
+        raise FormatError(what=what, detail="empty payload")
+    flag = payload[0]
+    if flag == STORED:
+        if len(payload) - 1 > max_size:
+            raise FormatError(what=what, detail="payload larger than allowed")
+        return payload[1:]
+    if flag == ZSTD:
+        try:
+            params = zstandard.get_frame_parameters(payload[1:])
+            if params.content_size > max_size:
+                raise FormatError(what=what, detail="payload larger than allowed")
+            return _decompressor().decompress(payload[1:], max_output_size=max_size)
+        except zstandard.ZstdError as e:
+            raise FormatError(what=what, detail=f"zstd: {e}") from None
+    raise FormatError(what=what, detail=f"unknown compression flag {flag}")

@@ -1,0 +1,75 @@
+"""Shared helpers: canonical msgpack and sealed msgpack documents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .. import compress, crypto
+from ..errors import FormatError, UnsupportedVersion
+
+# Upper bound for any decoded document (index, tree, snapshot, config).
+MAX_DOCUMENT = 1 << 30
+
+
+def pack_canonical(obj: Any) -> bytes:
+    """msgpack with map keys sorted, so equal objects encode to equal bytes."""
+    raw: bytes = msgpack.packb(_sorted(obj), use_bin_type=True)
+    return raw
+
+
+def _sorted(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+def unpack(raw: bytes, what: str) -> Any:
+    """Decode msgpack, turning any decoder complaint into FormatError."""
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
+    except Exception as e:
+        raise FormatError(what=what, detail=f"msgpack: {e}") from None
+
+
+def unpack_map(raw: bytes, what: str, version_key: str = "v") -> dict[str, Any]:
+    """Decode a msgpack map carrying a format version, refusing versions newer than 1."""
+    doc = unpack(raw, what)
+    if not isinstance(doc, dict):
+        raise FormatError(what=what, detail="not a map")
+    v = doc.get(version_key)
+    if not isinstance(v, int):
+        raise FormatError(what=what, detail="missing version")
+    if v != 1:
+        raise UnsupportedVersion(what=what, version=v, supported=1)
+    return doc
+
+
+def seal_document(key: bytes, ad: bytes, doc: Any, nonce: bytes | None = None) -> bytes:
+    """Canonical msgpack, compressed when that pays, then sealed under ``key``."""
+    return crypto.seal(key, compress.encode_payload(pack_canonical(doc)), ad, nonce)
+
+
+def open_document(key: bytes, ad: bytes, sealed: bytes, what: str) -> dict[str, Any]:
+    """Inverse of ``seal_document``: authenticate, decompress, decode and check the version."""
+    plain = crypto.open_sealed(key, sealed, ad, what)
+    return unpack_map(compress.decode_payload(plain, MAX_DOCUMENT, what), what)
+
+
+def field(doc: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
+    """``doc[key]`` checked against ``typ``; FormatError when missing or mistyped."""
+    value = doc.get(key)
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is int):
+        raise FormatError(what=what, detail=f"field {key!r} missing or of the wrong type")
+    return value
+
+
+def id_field(doc: dict[str, Any], key: str, what: str) -> bytes:
+    """A 32-byte ID field."""
+    value = field(doc, key, bytes, what)
+    if len(value) != crypto.ID_SIZE:
+        raise FormatError(what=what, detail=f"field {key!r} is not a 32-byte ID")
+    return bytes(value)

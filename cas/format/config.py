@@ -1,0 +1,83 @@
+"""The ``config`` file (spec/format.md §3).
+
+Layout: 8 plaintext bytes ``b"CASREPO"`` + format version (u8), then a
+document sealed under the data key with those 8 bytes as associated data.
+The plaintext version lets cas refuse a newer repository before asking for
+a password; the seal keeps the chunker parameters from being altered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..chunker import ChunkerParams
+from ..errors import FormatError, UnsupportedVersion
+from . import FORMAT_VERSION
+from .codec import field, id_field, open_document, seal_document
+
+MAGIC = b"CASREPO"
+CHUNKER_ALGORITHM = "fastcdc-2016-permuted"
+DEFAULT_PACK_SIZE = 16 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """Repository-wide parameters fixed at ``init``."""
+
+    repo_id: bytes
+    chunker: ChunkerParams
+    pack_size: int = DEFAULT_PACK_SIZE
+    version: int = FORMAT_VERSION
+
+
+def header(version: int = FORMAT_VERSION) -> bytes:
+    """The 8 plaintext bytes that start the config file."""
+    return MAGIC + bytes((version,))
+
+
+def read_version(raw: bytes) -> int:
+    """The format version from the plaintext prefix (no key needed)."""
+    if len(raw) < 8 or raw[:7] != MAGIC:
+        raise FormatError(what="config", detail="not a cas repository config")
+    return raw[7]
+
+
+def encode_config(cfg: Config, data_key: bytes, nonce: bytes | None = None) -> bytes:
+    """Serialise and seal ``cfg``."""
+    doc = {
+        "v": cfg.version,
+        "id": cfg.repo_id,
+        "chunker": {
+            "algorithm": CHUNKER_ALGORITHM,
+            "min": cfg.chunker.min_size,
+            "avg": cfg.chunker.avg_size,
+            "max": cfg.chunker.max_size,
+        },
+        "pack_size": cfg.pack_size,
+    }
+    hdr = header(cfg.version)
+    return hdr + seal_document(data_key, hdr, doc, nonce)
+
+
+def decode_config(raw: bytes, data_key: bytes) -> Config:
+    """Check the version, authenticate and parse the config file."""
+    version = read_version(raw)
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
+    doc = open_document(data_key, raw[:8], raw[8:], "config")
+    ch = field(doc, "chunker", dict, "config")
+    if ch.get("algorithm") != CHUNKER_ALGORITHM:
+        raise FormatError(what="config", detail=f"unknown chunker {ch.get('algorithm')!r}")
+    params = ChunkerParams(
+        field(ch, "min", int, "config"),
+        field(ch, "avg", int, "config"),
+        field(ch, "max", int, "config"),
+    )
+    try:
+        params.validate()
+    except Exception:
+        raise FormatError(what="config", detail="invalid chunker parameters") from None
+    pack_size = field(doc, "pack_size", int, "config")
+    if not (1 << 20) <= pack_size <= (1 << 30):
+        raise FormatError(what="config", detail="pack_size out of range")
+    return Config(id_field(doc, "id", "config"), params, pack_size)

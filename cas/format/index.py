@@ -1,0 +1,74 @@
+"""Index files under ``index/`` (spec/format.md §10).
+
+An index file is a document sealed under the index key (AD "cas.index.v1"):
+``{"v": 1, "packs": [{"id": pack id, "blobs": [[blob id, type, offset,
+length, raw length], ...]}, ...], "supersedes": [index file ids]}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .. import crypto
+from ..crypto import BlobType
+from ..errors import FormatError
+from .codec import field as get_field
+from .codec import open_document, seal_document
+from .pack import PackEntry
+
+INDEX_AD = b"cas.index.v1"
+
+
+@dataclass
+class IndexFile:
+    """The packs an index file describes, and the index files it replaces."""
+
+    packs: dict[bytes, list[PackEntry]] = field(default_factory=dict)
+    supersedes: list[bytes] = field(default_factory=list)
+
+
+def encode_index(idx: IndexFile, index_key: bytes, nonce: bytes | None = None) -> bytes:
+    """Serialise and seal; packs in the order given, blobs in pack order."""
+    doc = {
+        "v": 1,
+        "packs": [
+            {
+                "id": pack_id,
+                "blobs": [
+                    [e.blob_id, int(e.type), e.offset, e.length, e.raw_length] for e in entries
+                ],
+            }
+            for pack_id, entries in idx.packs.items()
+        ],
+        "supersedes": list(idx.supersedes),
+    }
+    return seal_document(index_key, INDEX_AD, doc, nonce)
+
+
+def decode_index(raw: bytes, index_key: bytes) -> IndexFile:
+    """Authenticate and parse an index file, validating every entry's shape."""
+    what = "index file"
+    doc = open_document(index_key, INDEX_AD, raw, what)
+    out = IndexFile()
+    for sup in get_field(doc, "supersedes", list, what):
+        out.supersedes.append(_id(sup, what))
+    for p in get_field(doc, "packs", list, what):
+        if not isinstance(p, dict):
+            raise FormatError(what=what, detail="pack entry is not a map")
+        pack_id = _id(p.get("id"), what)
+        entries = []
+        for b in get_field(p, "blobs", list, what):
+            if not (isinstance(b, list) and len(b) == 5 and all(isinstance(x, int) for x in b[1:])):
+                raise FormatError(what=what, detail="malformed blob entry")
+            bid, t, off, length, raw_len = b
+            if t not in (0, 1) or off < 0 or length <= crypto.SEAL_OVERHEAD or raw_len < 0:
+                raise FormatError(what=what, detail="blob entry out of range")
+            entries.append(PackEntry(_id(bid, what), BlobType(t), off, length, raw_len))
+        out.packs[pack_id] = entries
+    return out
+
+
+def _id(value: object, what: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != crypto.ID_SIZE:
+        raise FormatError(what=what, detail="malformed ID")
+    return value

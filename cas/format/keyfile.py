@@ -1,0 +1,110 @@
+"""Key files under ``keys/`` (spec/format.md §4).
+
+A key file is a small JSON document: who made it and when, the Argon2id
+parameters and salt, and the master key set sealed under the key derived
+from the password.  JSON because it is the one file a human may need to
+inspect without cas; nothing secret is readable in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .. import crypto
+from ..errors import FormatError, IntegrityError, UnsupportedVersion, WrongPassword
+
+KEY_AD = b"cas.key.v1"
+KEY_TYPES = ("full",)  # "write-only" is reserved, see spec §4.4
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """The parsed, still-locked content of a key file."""
+
+    kdf: crypto.KdfParams
+    sealed_keys: bytes
+    created: str
+    hostname: str
+    username: str
+    type: str = "full"
+    version: int = 1
+
+
+def create(
+    keys: crypto.MasterKeys,
+    password: bytes,
+    kdf: crypto.KdfParams,
+    *,
+    created: str,
+    hostname: str,
+    username: str,
+    nonce: bytes | None = None,
+) -> tuple[KeyFile, bytes]:
+    """Wrap ``keys`` under ``password``; returns the KeyFile and its file bytes."""
+    kek = crypto.derive_key(password, kdf)
+    kf = KeyFile(kdf, crypto.seal(kek, keys.encode(), KEY_AD, nonce), created, hostname, username)
+    return kf, encode_keyfile(kf)
+
+
+def encode_keyfile(kf: KeyFile) -> bytes:
+    """Serialise as JSON with sorted keys and a trailing newline."""
+    doc = {
+        "version": kf.version,
+        "type": kf.type,
+        "created": kf.created,
+        "hostname": kf.hostname,
+        "username": kf.username,
+        "kdf": {
+            "algorithm": "argon2id",
+            "salt": base64.b64encode(kf.kdf.salt).decode(),
+            "opslimit": kf.kdf.opslimit,
+            "memlimit": kf.kdf.memlimit,
+        },
+        "keys": base64.b64encode(kf.sealed_keys).decode(),
+    }
+    return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
+
+
+def decode_keyfile(raw: bytes) -> KeyFile:
+    """Parse a key file's JSON (no password needed)."""
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        version = doc["version"]
+        if version != 1:
+            raise UnsupportedVersion(what="key file", version=version, supported=1)
+        kdf: dict[str, Any] = doc["kdf"]
+        if kdf["algorithm"] != "argon2id":
+            raise ValueError(f"unknown KDF {kdf['algorithm']!r}")
+        if doc["type"] not in KEY_TYPES:
+            raise UnsupportedVersion(what="key file", version=f"(type {doc['type']})", supported=1)
+        params = crypto.KdfParams(
+            base64.b64decode(kdf["salt"], validate=True), int(kdf["opslimit"]), int(kdf["memlimit"])
+        )
+        return KeyFile(
+            params,
+            base64.b64decode(doc["keys"], validate=True),
+            str(doc["created"]),
+            str(doc["hostname"]),
+            str(doc["username"]),
+            doc["type"],
+        )
+    except UnsupportedVersion:
+        raise
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as e:
+        raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
+
+
+def unlock(kf: KeyFile, password: bytes) -> crypto.MasterKeys:
+    """Derive the key-encryption key and open the master keys; WrongPassword if they do not open."""
+    kek = crypto.derive_key(password, kf.kdf)
+    try:
+        plain = crypto.open_sealed(kek, kf.sealed_keys, KEY_AD, "key file")
+    except IntegrityError:
+        raise WrongPassword() from None
+    return crypto.MasterKeys.decode(plain)

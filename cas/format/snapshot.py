@@ -1,0 +1,94 @@
+"""Snapshot files under ``snapshots/`` (spec/format.md §12).
+
+A snapshot file is a document sealed under the data key (AD
+"cas.snapshot.v1") naming the root tree and describing the backup run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import FormatError
+from .codec import field as get_field
+from .codec import id_field, open_document, seal_document
+
+SNAPSHOT_AD = b"cas.snapshot.v1"
+
+
+@dataclass
+class Snapshot:
+    """One point-in-time backup."""
+
+    time_ns: int
+    tree: bytes
+    paths: list[bytes]
+    hostname: str
+    username: str
+    uid: int = 0
+    gid: int = 0
+    tags: list[str] = field(default_factory=list)
+    parent: bytes | None = None
+    program: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_snapshot(s: Snapshot, data_key: bytes, nonce: bytes | None = None) -> bytes:
+    """Serialise and seal a snapshot."""
+    doc: dict[str, Any] = dict(s.extra)
+    doc.update(
+        v=1,
+        time=s.time_ns,
+        tree=s.tree,
+        paths=list(s.paths),
+        hostname=s.hostname,
+        username=s.username,
+        uid=s.uid,
+        gid=s.gid,
+        tags=sorted(s.tags),
+        program=s.program,
+        summary=s.summary,
+    )
+    if s.parent is not None:
+        doc["parent"] = s.parent
+    return seal_document(data_key, SNAPSHOT_AD, doc, nonce)
+
+
+def decode_snapshot(raw: bytes, data_key: bytes) -> Snapshot:
+    """Authenticate and parse a snapshot file."""
+    what = "snapshot"
+    d = open_document(data_key, SNAPSHOT_AD, raw, what)
+    paths = get_field(d, "paths", list, what)
+    tags = get_field(d, "tags", list, what)
+    if not all(isinstance(p, bytes) for p in paths) or not all(isinstance(t, str) for t in tags):
+        raise FormatError(what=what, detail="malformed paths or tags")
+    s = Snapshot(
+        time_ns=get_field(d, "time", int, what),
+        tree=id_field(d, "tree", what),
+        paths=paths,
+        hostname=get_field(d, "hostname", str, what),
+        username=get_field(d, "username", str, what),
+        uid=get_field(d, "uid", int, what),
+        gid=get_field(d, "gid", int, what),
+        tags=tags,
+        parent=id_field(d, "parent", what) if "parent" in d else None,
+        program=get_field(d, "program", str, what),
+        summary=get_field(d, "summary", dict, what),
+    )
+    known = {
+        "v",
+        "time",
+        "tree",
+        "paths",
+        "hostname",
+        "username",
+        "uid",
+        "gid",
+        "tags",
+        "parent",
+        "program",
+        "summary",
+    }
+    s.extra = {k: v for k, v in d.items() if k not in known}
+    return s

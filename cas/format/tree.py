@@ -1,0 +1,151 @@
+"""Tree blobs: one directory's entries with their full metadata (spec/format.md §11).
+
+A tree blob's plaintext is canonical msgpack: ``{"v": 1, "nodes": [node, ...]}``
+with nodes sorted by name bytes.  Names, symlink targets and xattr names are
+raw bytes, so names that are not UTF-8 survive byte-exact.  Optional fields
+are omitted when absent; readers ignore keys they do not know.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import FormatError
+from .codec import field as get_field
+from .codec import pack_canonical, unpack_map
+
+NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
+
+
+@dataclass
+class Node:
+    """One directory entry as recorded at backup time."""
+
+    name: bytes
+    type: str
+    mode: int = 0  # permission bits incl. setuid/setgid/sticky (st_mode & 0o7777)
+    uid: int = 0
+    gid: int = 0
+    user: str | None = None
+    group: str | None = None
+    size: int = 0
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+    device: int = 0  # st_dev of the containing filesystem
+    links: int = 1  # st_nlink
+    rdev: int = 0  # device number of char/block devices
+    target: bytes | None = None  # symlink target
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    flags: int = 0  # Linux inode flags (chattr)
+    content: list[bytes] = field(default_factory=list)  # data blob IDs in order
+    sizes: list[int] = field(default_factory=list)  # plaintext size of each content blob
+    digest: bytes | None = None  # keyed whole-file digest
+    subtree: bytes | None = None  # tree blob ID of a directory
+    extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know
+
+    def to_doc(self) -> dict[str, Any]:
+        """The msgpack map of this node; defaults and empty lists are omitted."""
+        d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
+        for k in ("uid", "gid", "size", "mtime_ns", "atime_ns", "ctime_ns", "inode", "device"):
+            d[k] = getattr(self, k)
+        if self.links != 1:
+            d["links"] = self.links
+        for k in ("user", "group", "target", "digest", "subtree"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        if self.rdev:
+            d["rdev"] = self.rdev
+        if self.flags:
+            d["flags"] = self.flags
+        if self.xattrs:
+            d["xattrs"] = [[k, v] for k, v in self.xattrs]
+        if self.content:
+            d["content"] = list(self.content)
+            d["sizes"] = list(self.sizes)
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    @classmethod
+    def from_doc(cls, d: Any) -> Node:
+        """Validate and build a node from its msgpack map."""
+        what = "tree node"
+        if not isinstance(d, dict):
+            raise FormatError(what=what, detail="not a map")
+        n = cls(name=get_field(d, "name", bytes, what), type=get_field(d, "type", str, what))
+        if n.type not in NODE_TYPES:
+            raise FormatError(what=what, detail=f"unknown type {n.type!r}")
+        if not n.name or b"/" in n.name or n.name in (b".", b".."):
+            raise FormatError(what=what, detail=f"unsafe name {n.name!r}")
+        for k in (
+            "mode",
+            "uid",
+            "gid",
+            "size",
+            "mtime_ns",
+            "atime_ns",
+            "ctime_ns",
+            "inode",
+            "device",
+        ):
+            setattr(n, k, get_field(d, k, int, what))
+        optional: tuple[tuple[str, type], ...] = (
+            ("links", int),
+            ("rdev", int),
+            ("flags", int),
+            ("user", str),
+            ("group", str),
+            ("target", bytes),
+        )
+        for k, typ in optional:
+            if k in d:
+                setattr(n, k, get_field(d, k, typ, what))
+        for k in ("digest", "subtree"):
+            if k in d:
+                v = get_field(d, k, bytes, what)
+                if len(v) != 32:
+                    raise FormatError(what=what, detail=f"{k} is not a 32-byte ID")
+                setattr(n, k, v)
+        if "xattrs" in d:
+            xs = get_field(d, "xattrs", list, what)
+            if not all(
+                isinstance(x, list) and len(x) == 2 and all(isinstance(y, bytes) for y in x)
+                for x in xs
+            ):
+                raise FormatError(what=what, detail="malformed xattrs")
+            n.xattrs = [(x[0], x[1]) for x in xs]
+        if "content" in d:
+            content = get_field(d, "content", list, what)
+            sizes = get_field(d, "sizes", list, what)
+            if (
+                len(content) != len(sizes)
+                or not all(isinstance(c, bytes) and len(c) == 32 for c in content)
+                or not all(isinstance(s, int) and s >= 0 for s in sizes)
+            ):
+                raise FormatError(what=what, detail="malformed content list")
+            n.content, n.sizes = content, sizes
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        n.extra = {k: v for k, v in d.items() if k not in known and isinstance(k, str)}
+        return n
+
+
+def encode_tree(nodes: list[Node]) -> bytes:
+    """Tree blob plaintext; nodes sorted by name."""
+    return pack_canonical(
+        {"v": 1, "nodes": [n.to_doc() for n in sorted(nodes, key=lambda n: n.name)]}
+    )
+
+
+def decode_tree(raw: bytes) -> list[Node]:
+    """Parse a tree blob's plaintext; rejects duplicate or unsorted names."""
+    doc = unpack_map(raw, "tree")
+    nodes = [Node.from_doc(d) for d in get_field(doc, "nodes", list, "tree")]
+    for a, b in itertools.pairwise(nodes):
+        if a.name >= b.name:
+            raise FormatError(what="tree", detail="names not strictly sorted")
+    return nodes

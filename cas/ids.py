@@ -1,0 +1,40 @@
+"""Typed identifiers.
+
+Every object in a repository is named by 32 bytes shown as 64 lowercase hex
+digits.  The NewTypes keep a pack ID from being passed where a blob ID is
+expected without costing anything at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NewType
+
+BlobId = NewType("BlobId", bytes)  # keyed BLAKE3 of a blob's plaintext
+PackId = NewType("PackId", bytes)  # SHA-256 of a pack file's bytes
+FileId = NewType("FileId", bytes)  # SHA-256 of an index, snapshot, key or lock file
+
+ID_LEN = 32
+
+
+def storage_id(data: bytes | memoryview) -> bytes:
+    """SHA-256 of stored bytes: the name of every file except ``config``."""
+    return hashlib.sha256(data).digest()
+
+
+def to_hex(id_: bytes) -> str:
+    """64 lowercase hex digits."""
+    return id_.hex()
+
+
+def short(id_: bytes) -> str:
+    """The 8-digit prefix used in human output."""
+    return id_.hex()[:8]
+
+
+def parse_hex(text: str) -> bytes:
+    """Parse a full 64-digit hex ID; ValueError otherwise."""
+    raw = bytes.fromhex(text)
+    if len(raw) != ID_LEN:
+        raise ValueError(f"expected {2 * ID_LEN} hex digits, got {len(text)}")
+    return raw

@@ -1,0 +1,184 @@
+"""The in-memory master index: blob ID -> (pack, offset, length), compact.
+
+A Python dict of bytes keys costs about 200 bytes per blob; a million-blob
+repository would need 200 MB just to know what it holds.  Here every blob is
+one fixed-width record in a single sorted ``bytes`` buffer:
+
+    ID bytes 2..31 (30 bytes) | pack number | offset | stored length
+
+The first two ID bytes select one of 65,536 buckets (a table of u32 record
+numbers) and are not stored; field widths are the fewest bytes that hold
+the largest value present.  Blob IDs are keyed hashes and so uniformly
+spread, which keeps the buckets even and a lookup to a few comparisons.
+New blobs collect in a small dict that is folded into the buffer whenever
+it grows past a fraction of it, so memory stays proportional to the count.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+ID_LEN = 32
+TAIL = ID_LEN - 2
+BUCKETS = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a blob's sealed bytes are stored."""
+
+    pack_id: bytes
+    offset: int
+    length: int
+
+
+def _width(value: int) -> int:
+    return max(1, (value.bit_length() + 7) // 8)
+
+
+class _Run:
+    """An immutable sorted buffer of fixed-width records with a bucket table."""
+
+    def __init__(self, records: list[bytes], widths: tuple[int, int, int]) -> None:
+        # records: full 32-byte ID + encoded values, sorted, unique by ID.
+        self.widths = widths
+        self.rsize = TAIL + sum(widths)
+        self.count = len(records)
+        buckets = array("I", bytes(4 * (BUCKETS + 1)))
+        for r in records:
+            buckets[(r[0] << 8 | r[1]) + 1] += 1
+        for b in range(BUCKETS):
+            buckets[b + 1] += buckets[b]
+        self.buckets = buckets
+        self.data = b"".join([r[2:] for r in records])
+
+    def find(self, blob_id: bytes) -> int:
+        """Record number of ``blob_id`` or -1."""
+        b = blob_id[0] << 8 | blob_id[1]
+        lo, hi = self.buckets[b], self.buckets[b + 1]
+        tail, rs, data = blob_id[2:], self.rsize, self.data
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if data[mid * rs : mid * rs + TAIL] < tail:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < self.buckets[b + 1] and data[lo * rs : lo * rs + TAIL] == tail:
+            return lo
+        return -1
+
+    def values(self, rec: int) -> tuple[int, int, int]:
+        pos = rec * self.rsize + TAIL
+        out = []
+        for w in self.widths:
+            out.append(int.from_bytes(self.data[pos : pos + w], "little"))
+            pos += w
+        return out[0], out[1], out[2]
+
+    def iter_records(self) -> Iterator[tuple[bytes, int, int, int]]:
+        """Every (blob id, pack number, offset, length) in ID order."""
+        for b in range(BUCKETS):
+            prefix = bytes((b >> 8, b & 0xFF))
+            for rec in range(self.buckets[b], self.buckets[b + 1]):
+                start = rec * self.rsize
+                yield (prefix + self.data[start : start + TAIL], *self.values(rec))
+
+
+def _encode(blob_id: bytes, vals: tuple[int, int, int], widths: tuple[int, int, int]) -> bytes:
+    return blob_id + b"".join(v.to_bytes(w, "little") for v, w in zip(vals, widths, strict=True))
+
+
+class MasterIndex:
+    """Which pack holds each blob.  Not thread-safe: callers serialise access."""
+
+    def __init__(self) -> None:
+        self._packs = bytearray()  # pack IDs, 32 bytes each, indexed by pack number
+        self._run = _Run([], (1, 1, 1))
+        self._pending: dict[bytes, tuple[int, int, int]] = {}
+
+    def __len__(self) -> int:
+        return self._run.count + len(self._pending)
+
+    def __contains__(self, blob_id: bytes) -> bool:
+        return blob_id in self._pending or self._run.find(blob_id) >= 0
+
+    @property
+    def pack_count(self) -> int:
+        """How many pack entries have been added (a pack listed twice counts twice)."""
+        return len(self._packs) // ID_LEN
+
+    def pack_ids(self) -> set[bytes]:
+        """Every pack the index names."""
+        p = self._packs
+        return {bytes(p[i : i + ID_LEN]) for i in range(0, len(p), ID_LEN)}
+
+    def get(self, blob_id: bytes) -> Location | None:
+        """Where ``blob_id`` is stored, or None."""
+        vals = self._pending.get(blob_id)
+        if vals is None:
+            rec = self._run.find(blob_id)
+            if rec < 0:
+                return None
+            vals = self._run.values(rec)
+        n = vals[0] * ID_LEN
+        return Location(bytes(self._packs[n : n + ID_LEN]), vals[1], vals[2])
+
+    def add_pack(self, pack_id: bytes, blobs: Iterable[tuple[bytes, int, int]]) -> int:
+        """Record the (blob id, offset, length) of one pack; returns how many blobs were new.
+
+        A blob already known keeps its first location: duplicates are
+        harmless for reading and left for prune to clean up.
+        """
+        number = len(self._packs) // ID_LEN
+        self._packs += pack_id
+        added = 0
+        for blob_id, offset, length in blobs:
+            if blob_id not in self._pending and self._run.find(blob_id) < 0:
+                self._pending[blob_id] = (number, offset, length)
+                added += 1
+        if len(self._pending) >= max(65536, self._run.count // 8):
+            self.compact()
+        return added
+
+    def compact(self) -> None:
+        """Fold pending entries into the sorted buffer."""
+        if not self._pending:
+            return
+        old = self._run
+        maxima = list(old.widths)
+        for vals in self._pending.values():
+            for i, v in enumerate(vals):
+                maxima[i] = max(maxima[i], _width(v))
+        widths = (maxima[0], maxima[1], maxima[2])
+        records = [_encode(k, v, widths) for k, v in self._pending.items()]
+        if widths == old.widths:
+            records += _full_records(old)
+        else:
+            records += [_encode(k, (p, o, n), widths) for k, p, o, n in old.iter_records()]
+        # Two sorted runs after the first sort: Timsort merges them in linear time.
+        records.sort()
+        self._pending = {}
+        self._run = _Run(records, widths)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index structures (records, buckets, pack table), for benchmarks."""
+        return (
+            len(self._run.data)
+            + self._run.buckets.itemsize * len(self._run.buckets)
+            + len(self._packs)
+            + len(self._pending) * 200
+        )
+
+
+def _full_records(run: _Run) -> list[bytes]:
+    """Every record of ``run`` with its two-byte ID prefix restored, in order."""
+    out: list[bytes] = []
+    rs, data, buckets = run.rsize, run.data, run.buckets
+    for b in range(BUCKETS):
+        lo, hi = buckets[b], buckets[b + 1]
+        if lo < hi:
+            prefix = bytes((b >> 8, b & 0xFF))
+            out.extend([prefix + data[r * rs : (r + 1) * rs] for r in range(lo, hi)])
+    return out

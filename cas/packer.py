@@ -1,0 +1,56 @@
+"""Assemble sealed blobs into pack files (spec/format.md §9)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import crypto
+from .crypto import BlobType
+from .errors import IntegrityError
+from .format import pack as packfmt
+from .ids import storage_id
+
+
+@dataclass(frozen=True)
+class FinishedPack:
+    """A complete pack ready to store: its ID (SHA-256), bytes and blob entries."""
+
+    pack_id: bytes
+    data: bytes
+    entries: list[packfmt.PackEntry]
+
+
+class Packer:
+    """Collects sealed blobs until the pack is full, then emits the finished pack."""
+
+    def __init__(self, keys: crypto.MasterKeys, blob_type: BlobType) -> None:
+        self.keys = keys
+        self.blob_type = blob_type
+        self._parts: list[bytes] = []
+        self._entries: list[packfmt.PackEntry] = []
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
+        """Append one sealed blob."""
+        self._entries.append(
+            packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)
+        )
+        self._parts.append(sealed)
+        self.size += len(sealed)
+
+    def finish(self) -> FinishedPack:
+        """Append the sealed header and trailer, verify the result and reset.
+
+        The pack is parsed back with the keys before it is handed out, so a
+        bug or a memory error here cannot produce a pack that will not read.
+        """
+        tail = packfmt.encode_pack_tail(self.keys, self._entries)
+        data = b"".join([*self._parts, tail])
+        entries = self._entries
+        if packfmt.parse_pack(self.keys, data) != entries:
+            raise IntegrityError(what="new pack", detail="header does not read back as written")
+        self._parts, self._entries, self.size = [], [], 0
+        return FinishedPack(storage_id(data), data, entries)

@@ -1,0 +1,406 @@
+"""A repository: keys, config, index, blobs in packs, snapshots (spec/format.md).
+
+Write ordering (spec §14): a pack is stored before any index file names it,
+an index file before any snapshot needs it.  A crash therefore leaves at
+worst packs no index names, which the next backup may re-upload and prune
+removes.  Every object read is checked against its name (SHA-256) or its
+AEAD tag before it is trusted.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from . import crypto, layout
+from .backend.base import Backend
+from .chunker import Chunker, ChunkerParams
+from .crypto import BlobType
+from .errors import (
+    BlobNotFound,
+    CasError,
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UnsupportedVersion,
+    WrongPassword,
+)
+from .format import FORMAT_VERSION
+from .format import config as configfmt
+from .format import index as indexfmt
+from .format import keyfile as keyfmt
+from .format import pack as packfmt
+from .format.snapshot import Snapshot, decode_snapshot, encode_snapshot
+from .ids import storage_id
+from .index import Location, MasterIndex
+from .packer import FinishedPack, Packer
+
+# Write an index file after this many packs, so an interrupted backup's
+# uploads are found (and not sent again) by the next run.
+INDEX_EVERY_PACKS = 32
+
+
+@dataclass
+class KeyInfo:
+    """A key file as listed by ``cas key list``."""
+
+    key_id: bytes
+    created: str
+    hostname: str
+    username: str
+    type: str
+    current: bool
+
+
+@dataclass
+class WriteStats:
+    """What this session added to the repository."""
+
+    blobs: dict[BlobType, int] = field(default_factory=lambda: {t: 0 for t in BlobType})
+    raw_bytes: int = 0  # plaintext of new blobs
+    stored_bytes: int = 0  # sealed (compressed, encrypted) bytes of new blobs
+    packs: int = 0
+    pack_bytes: int = 0
+    index_files: int = 0
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def read_verified(backend: Backend, name: str, what: str) -> bytes:
+    """Read a whole content-named object and check that it hashes to its name."""
+    raw = backend.read(name)
+    expected = layout.id_from_name(name)
+    if expected is None or storage_id(raw) != expected:
+        raise IntegrityError(what=f"{what} {name}", detail="content does not match its name")
+    return raw
+
+
+class Repository:
+    """An open repository.  Use :func:`init_repository` or :func:`open_repository`."""
+
+    def __init__(
+        self, backend: Backend, keys: crypto.MasterKeys, config: configfmt.Config, key_id: bytes
+    ) -> None:
+        self.backend = backend
+        self.keys = keys
+        self.config = config
+        self.key_id = key_id
+        self.index = MasterIndex()
+        self.stats = WriteStats()
+        self.compression_level: int | None = 3
+        self._lock = threading.RLock()
+        self._packers = {t: Packer(keys, t) for t in BlobType}
+        self._inflight: set[bytes] = set()  # blobs in open packers
+        self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
+        self._index_loaded = False
+        self.on_pack_stored: Callable[[FinishedPack], None] | None = None
+
+    # -- chunking ---------------------------------------------------------------
+
+    def chunker(self) -> Chunker:
+        """A chunker keyed for this repository."""
+        return Chunker(crypto.chunker_permutation(self.keys.chunker_key), self.config.chunker)
+
+    # -- keys -------------------------------------------------------------------
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every key file, parsed (their master keys stay sealed)."""
+        out = []
+        for info in self.backend.list(layout.KEYS):
+            kid = layout.id_from_name(info.name)
+            if kid is None:
+                continue
+            kf = keyfmt.decode_keyfile(read_verified(self.backend, info.name, "key file"))
+            out.append(
+                KeyInfo(kid, kf.created, kf.hostname, kf.username, kf.type, kid == self.key_id)
+            )
+        return sorted(out, key=lambda k: (k.created, k.key_id))
+
+    def add_key(self, password: bytes, kdf: crypto.KdfParams | None = None) -> bytes:
+        """Store a new key file wrapping this repository's master keys; returns its ID."""
+        return _write_key(self.backend, self.keys, password, kdf or crypto.KdfParams.new())
+
+    def remove_key(self, key_id: bytes) -> None:
+        """Delete a key file; refuses the one this session was opened with."""
+        if key_id == self.key_id:
+            raise CasError("refusing to remove the key in use; open with another key first")
+        name = layout.key_name(key_id)
+        self.backend.stat(name)
+        self.backend.delete(name)
+
+    def change_password(self, password: bytes, kdf: crypto.KdfParams | None = None) -> bytes:
+        """Replace the current key file by one under a new password (new first, then old)."""
+        new_id = self.add_key(password, kdf)
+        self.backend.delete(layout.key_name(self.key_id))
+        self.key_id = new_id
+        return new_id
+
+    # -- index ------------------------------------------------------------------
+
+    def index_files(self) -> list[bytes]:
+        """IDs of all index files."""
+        return sorted(_ids_in(self.backend, layout.INDEX))
+
+    def read_index_file(self, file_id: bytes) -> indexfmt.IndexFile:
+        """Load, verify and decode one index file."""
+        raw = read_verified(self.backend, layout.index_name(file_id), "index file")
+        return indexfmt.decode_index(raw, self.keys.index_key)
+
+    def load_index(self) -> None:
+        """Read every index file into the master index (once)."""
+        if self._index_loaded:
+            return
+        files = {fid: self.read_index_file(fid) for fid in self.index_files()}
+        superseded = {s for f in files.values() for s in f.supersedes}
+        for fid, f in files.items():
+            if fid in superseded:
+                continue
+            for pack_id, entries in f.packs.items():
+                self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+        self.index.compact()
+        self._index_loaded = True
+
+    # -- blobs ------------------------------------------------------------------
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        """Whether the blob is stored or about to be."""
+        with self._lock:
+            return blob_id in self._inflight or blob_id in self.index
+
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """The keyed ID of ``data`` as a blob of ``blob_type``."""
+        return crypto.blob_id(self.keys.id_key, blob_type, data)
+
+    def save_blob(
+        self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None
+    ) -> tuple[bytes, bool]:
+        """Store ``data`` unless the repository already has it; returns (ID, whether new)."""
+        if blob_id is None:
+            blob_id = self.blob_id(blob_type, data)
+        if self.has_blob(blob_id):
+            return blob_id, False
+        sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
+        return blob_id, self.add_sealed(blob_type, blob_id, sealed, len(data))
+
+    def add_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_len: int) -> bool:
+        """Queue an already sealed blob (from a worker thread) into its pack."""
+        with self._lock:
+            if blob_id in self._inflight or blob_id in self.index:
+                return False
+            packer = self._packers[blob_type]
+            packer.add(blob_id, sealed, raw_len)
+            self._inflight.add(blob_id)
+            self.stats.blobs[blob_type] += 1
+            self.stats.raw_bytes += raw_len
+            self.stats.stored_bytes += len(sealed)
+            if packer.size >= self.config.pack_size:
+                self._store_pack(packer.finish())
+            return True
+
+    def _store_pack(self, pack: FinishedPack) -> None:
+        name = layout.pack_name(pack.pack_id)
+        self.backend.write(name, pack.data)
+        size = self.backend.stat(name).size
+        if size != len(pack.data):
+            raise IntegrityError(what=f"pack {name}", detail="stored size differs from written")
+        self.stats.packs += 1
+        self.stats.pack_bytes += len(pack.data)
+        self._unindexed[pack.pack_id] = pack.entries
+        self.index.add_pack(pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries))
+        self._inflight.difference_update(e.blob_id for e in pack.entries)
+        if self.on_pack_stored:
+            self.on_pack_stored(pack)
+        if len(self._unindexed) >= INDEX_EVERY_PACKS:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        if not self._unindexed:
+            return
+        raw = indexfmt.encode_index(indexfmt.IndexFile(self._unindexed), self.keys.index_key)
+        self.backend.write(layout.index_name(storage_id(raw)), raw)
+        self.stats.index_files += 1
+        self._unindexed = {}
+
+    def flush(self) -> None:
+        """Store every open pack, then the index file naming them (in that order)."""
+        with self._lock:
+            for packer in self._packers.values():
+                if len(packer):
+                    self._store_pack(packer.finish())
+            self._write_index()
+
+    def locate(self, blob_id: bytes) -> Location:
+        """The pack, offset and length of a stored blob; BlobNotFound if none."""
+        self.load_index()
+        loc = self.index.get(blob_id)
+        if loc is None:
+            raise BlobNotFound(blob=blob_id.hex())
+        return loc
+
+    def load_blob(
+        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
+    ) -> bytes:
+        """Read, authenticate, decrypt and re-hash one blob."""
+        loc = self.locate(blob_id)
+        sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+        return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
+
+    def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:
+        """Read and decode a pack's header with two ranged reads (trailer, then header)."""
+        name = layout.pack_name(pack_id)
+        size = self.backend.stat(name).size
+        if size < packfmt.TRAILER_SIZE:
+            raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
+        trailer = self.backend.read(name, size - packfmt.TRAILER_SIZE, packfmt.TRAILER_SIZE)
+        n = packfmt.header_length(trailer, size)
+        header = self.backend.read(name, size - packfmt.TRAILER_SIZE - n, n)
+        return packfmt.decode_header(self.keys, header, size)
+
+    # -- snapshots --------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> bytes:
+        """Flush outstanding data and index, then store the snapshot; returns its ID."""
+        self.flush()
+        raw = encode_snapshot(snap, self.keys.data_key)
+        sid = storage_id(raw)
+        self.backend.write(layout.snapshot_name(sid), raw)
+        return sid
+
+    def snapshot_ids(self) -> list[bytes]:
+        """IDs of all snapshot files."""
+        return [
+            i
+            for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.SNAPSHOTS))
+            if i
+        ]
+
+    def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
+        """Read, verify and decode one snapshot."""
+        raw = read_verified(self.backend, layout.snapshot_name(snapshot_id), "snapshot")
+        return decode_snapshot(raw, self.keys.data_key)
+
+    def iter_snapshots(self) -> Iterator[tuple[bytes, Snapshot]]:
+        """(ID, snapshot) for every snapshot, oldest first."""
+        snaps = [(sid, self.load_snapshot(sid)) for sid in self.snapshot_ids()]
+        yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
+
+    def find_snapshot(self, ref: str) -> tuple[bytes, Snapshot]:
+        """Resolve "latest" or a unique hex prefix of a snapshot ID."""
+        if ref == "latest":
+            snaps = list(self.iter_snapshots())
+            if not snaps:
+                raise SnapshotNotFound("latest: the repository has no snapshots")
+            return snaps[-1]
+        ref_l = ref.lower()
+        if not ref_l or any(c not in "0123456789abcdef" for c in ref_l):
+            raise SnapshotNotFound(f"{ref!r}: not a snapshot ID")
+        matches = [sid for sid in self.snapshot_ids() if sid.hex().startswith(ref_l)]
+        if not matches:
+            raise SnapshotNotFound(f"{ref!r}")
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"{ref!r}: prefix is ambiguous ({len(matches)} snapshots)")
+        return matches[0], self.load_snapshot(matches[0])
+
+    def close(self) -> None:
+        """Release the backend."""
+        self.backend.close()
+
+
+def _ids_in(backend: Backend, directory: str) -> list[bytes]:
+    return [i for i in (layout.id_from_name(o.name) for o in backend.list(directory)) if i]
+
+
+def _write_key(
+    backend: Backend, keys: crypto.MasterKeys, password: bytes, kdf: crypto.KdfParams
+) -> bytes:
+    _, raw = keyfmt.create(
+        keys,
+        password,
+        kdf,
+        created=_now_iso(),
+        hostname=socket.gethostname(),
+        username=getpass.getuser(),
+    )
+    kid = storage_id(raw)
+    backend.write(layout.key_name(kid), raw)
+    return kid
+
+
+def repository_exists(backend: Backend) -> bool:
+    """Whether a config object is present."""
+    try:
+        backend.stat(layout.CONFIG)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+def init_repository(
+    backend: Backend,
+    password: bytes,
+    *,
+    chunker: ChunkerParams | None = None,
+    pack_size: int = configfmt.DEFAULT_PACK_SIZE,
+    kdf: crypto.KdfParams | None = None,
+) -> Repository:
+    """Create a new repository: fresh master keys, the first key file, then the config.
+
+    The config is written last so a crash halfway leaves no half-made
+    repository that ``open`` would accept; ``init`` refuses any location that
+    already holds a config.
+    """
+    if repository_exists(backend):
+        raise RepositoryExists(location=backend.location)
+    backend.create()
+    keys = crypto.MasterKeys.generate()
+    cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size)
+    key_id = _write_key(backend, keys, password, kdf or crypto.KdfParams.new())
+    backend.write(layout.CONFIG, configfmt.encode_config(cfg, keys.data_key))
+    return Repository(backend, keys, cfg, key_id)
+
+
+def read_config_version(backend: Backend) -> bytes:
+    """The raw config, after checking there is one and that its version is supported."""
+    try:
+        raw = backend.read(layout.CONFIG)
+    except ObjectNotFound:
+        raise RepositoryNotFound(location=backend.location) from None
+    version = configfmt.read_version(raw)
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
+    return raw
+
+
+def open_repository(backend: Backend, password: bytes) -> Repository:
+    """Unlock with the first key file that ``password`` opens, then read the config."""
+    raw_config = read_config_version(backend)
+    names = [o.name for o in backend.list(layout.KEYS) if layout.id_from_name(o.name)]
+    if not names:
+        raise FormatError(what="repository", detail="it has no key files")
+    damaged: list[str] = []
+    for name in sorted(names):
+        try:
+            kf = keyfmt.decode_keyfile(read_verified(backend, name, "key file"))
+            keys = keyfmt.unlock(kf, password)
+        except WrongPassword:
+            continue
+        except (IntegrityError, UnsupportedVersion) as e:
+            damaged.append(str(e))
+            continue
+        cfg = configfmt.decode_config(raw_config, keys.data_key)
+        kid = layout.id_from_name(name)
+        assert kid is not None
+        return Repository(backend, keys, cfg, kid)
+    if damaged and len(damaged) == len(names):
+        raise IntegrityError(what="key files", detail="; ".join(damaged))
+    raise WrongPassword()
