@@ -172,6 +172,10 @@ class Repository:
 
     # -- blobs ------------------------------------------------------------------
 
+    def file_digest(self) -> crypto.FileDigest:
+        """A fresh keyed whole-file digest."""
+        return crypto.FileDigest(self.keys.id_key)
+
     def has_blob(self, blob_id: bytes) -> bool:
         """Whether the blob is stored or about to be."""
         with self._lock:
@@ -265,6 +269,19 @@ class Repository:
         n = packfmt.header_length(trailer, size)
         header = self.backend.read(name, size - packfmt.TRAILER_SIZE - n, n)
         return packfmt.decode_header(self.keys, header, size)
+
+    def verify_pack(self, pack_id: bytes) -> list[packfmt.PackEntry]:
+        """Read a whole pack and prove it: SHA-256 name, header, and every blob opened.
+
+        Returns the header entries; raises IntegrityError/FormatError on the first problem.
+        """
+        name = layout.pack_name(pack_id)
+        data = read_verified(self.backend, name, "pack")
+        entries = packfmt.parse_pack(self.keys, data)
+        for e in entries:
+            sealed = data[e.offset : e.offset + e.length]
+            packfmt.open_blob(self.keys, e.type, e.blob_id, sealed, e.raw_length)
+        return entries
 
     # -- snapshots --------------------------------------------------------------
 

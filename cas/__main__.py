@@ -1,0 +1,5 @@
+"""``python -m cas``."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,258 @@
+"""``cas backup``: save paths (or standard input) as a new snapshot."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..archiver import Archiver, BackupOptions, Reporter, stdin_node
+from ..crypto import BlobType
+from ..dryrun import DryRunWriter
+from ..errors import EXIT_WARNINGS, UsageError
+from ..format.snapshot import Snapshot
+from ..format.tree import encode_tree
+from ..patterns import PatternSet, read_pattern_file
+from ..repository import Repository
+from .common import Globals, Output, fs_text, human_bytes, pass_globals
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500k``, ``10M``, ``2G`` -> bytes."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 500k, 10M, 2G)") from None
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(backup)
+
+
+class _Progress(Reporter):
+    def __init__(self, out: Output) -> None:
+        self.out = out
+        self.start = time.monotonic()
+        self.bytes = 0
+        self.files = 0
+        self.current = b""
+
+    def file_started(self, path: bytes, size: int) -> None:
+        self.files += 1
+        self.current = path
+        self._show()
+
+    def bytes_done(self, n: int) -> None:
+        self.bytes += n
+        self._show()
+
+    def warning(self, message: str) -> None:
+        self.out.warn(message)
+
+    def _show(self) -> None:
+        elapsed = time.monotonic() - self.start
+        rate = self.bytes / elapsed if elapsed > 0 else 0
+        self.out.progress(
+            f"[{int(elapsed) // 60}:{int(elapsed) % 60:02d}] {human_bytes(self.bytes)} "
+            f"{human_bytes(rate)}/s {self.files} files read  {fs_text(self.current)}"
+        )
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=bytes))
+@click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
+@click.option("--iexclude", multiple=True, help="Like --exclude, ignoring case.")
+@click.option("--exclude-file", multiple=True, help="Read exclude patterns from a file.")
+@click.option("--iexclude-file", multiple=True, help="Like --exclude-file, ignoring case.")
+@click.option(
+    "--exclude-if-present",
+    multiple=True,
+    help="Skip the contents of directories holding this file.",
+)
+@click.option(
+    "--exclude-caches",
+    is_flag=True,
+    help="Skip the contents of directories with a valid CACHEDIR.TAG.",
+)
+@click.option("--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries.")
+@click.option(
+    "--exclude-larger-than", metavar="SIZE", help="Skip files larger than SIZE (e.g. 2G)."
+)
+@click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
+@click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin.")
+@click.option("--tag", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--host", default=None, help="Host name to record (default: this machine's).")
+@click.option(
+    "--parent",
+    default=None,
+    help="Snapshot to compare with (default: the latest with the same host and paths).",
+)
+@click.option("--force", is_flag=True, help="Read every file, even unchanged ones.")
+@click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@pass_globals
+def backup(
+    g: Globals,
+    paths: tuple[bytes, ...],
+    exclude: tuple[str, ...],
+    iexclude: tuple[str, ...],
+    exclude_file: tuple[str, ...],
+    iexclude_file: tuple[str, ...],
+    exclude_if_present: tuple[str, ...],
+    exclude_caches: bool,
+    one_file_system: bool,
+    exclude_larger_than: str | None,
+    use_stdin: bool,
+    stdin_filename: str,
+    tag: tuple[str, ...],
+    host: str | None,
+    parent: str | None,
+    force: bool,
+    dry_run: bool,
+) -> None:
+    """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
+    out = Output(g)
+    if use_stdin == bool(paths):
+        raise UsageError("give PATHs to back up, or --stdin (not both)")
+    if use_stdin and ("/" in stdin_filename or not stdin_filename):
+        raise UsageError("--stdin-filename must be a plain file name")
+    abs_paths = [os.path.abspath(p) for p in paths]
+    for p in abs_paths:
+        if not os.path.lexists(p):
+            raise UsageError(f"{fs_text(p)} does not exist")
+    opts = _options(
+        exclude,
+        iexclude,
+        exclude_file,
+        iexclude_file,
+        exclude_if_present,
+        exclude_caches,
+        one_file_system,
+        exclude_larger_than,
+        force,
+    )
+    repo = g.open()
+    hostname = host or socket.gethostname()
+    snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
+    with g.locked(repo, exclusive=False, command="backup"):
+        repo.load_index()
+        parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
+        writer = DryRunWriter(repo) if dry_run else repo
+        progress = _Progress(out)
+        archiver = Archiver(writer, repo.chunker(), opts, progress)
+        started = time.time()
+        if use_stdin:
+            node = stdin_node(stdin_filename.encode(), sys.stdin.buffer.read, archiver)
+            tree, _ = writer.save_blob(BlobType.TREE, encode_tree([node]))
+        else:
+            tree = archiver.backup(abs_paths, parent_tree)
+        summary = archiver.summary.as_dict()
+        stats = repo.stats if not dry_run else None
+        snap = Snapshot(
+            time_ns=int(started * 1e9),
+            tree=tree,
+            paths=snap_paths,
+            hostname=hostname,
+            username=getpass.getuser(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            tags=sorted(set(tag)),
+            parent=parent_id,
+            program=f"cas {__version__}",
+            summary=summary,
+        )
+        summary["duration"] = round(time.time() - started, 3)
+        snap.summary = summary
+        snapshot_id = writer.save_snapshot(snap)
+        if stats is not None:
+            summary["data_added_stored"] = stats.stored_bytes
+            summary["packs_written"] = stats.packs
+    doc: dict[str, Any] = {
+        "snapshot_id": None if dry_run else snapshot_id.hex(),
+        "dry_run": dry_run,
+        "parent": parent_id.hex() if parent_id else None,
+        "summary": summary,
+        "warnings": out.warnings,
+    }
+    out.emit(doc, lambda: _human(out, doc))
+    if out.warnings:
+        sys.exit(EXIT_WARNINGS)
+
+
+def _options(
+    exclude: tuple[str, ...],
+    iexclude: tuple[str, ...],
+    exclude_file: tuple[str, ...],
+    iexclude_file: tuple[str, ...],
+    exclude_if_present: tuple[str, ...],
+    exclude_caches: bool,
+    one_file_system: bool,
+    larger: str | None,
+    force: bool,
+) -> BackupOptions:
+    pats = [os.fsencode(p) for p in exclude]
+    ipats = [os.fsencode(p) for p in iexclude]
+    try:
+        for f in exclude_file:
+            pats += read_pattern_file(f)
+        for f in iexclude_file:
+            ipats += read_pattern_file(f)
+    except OSError as e:
+        raise UsageError(f"cannot read exclude file {e.filename}: {e.strerror}") from None
+    return BackupOptions(
+        excludes=PatternSet(pats),
+        iexcludes=PatternSet(ipats, ignore_case=True),
+        exclude_if_present=[os.fsencode(n) for n in exclude_if_present],
+        exclude_caches=exclude_caches,
+        one_file_system=one_file_system,
+        exclude_larger_than=parse_size(larger) if larger else None,
+        force=force,
+    )
+
+
+def _find_parent(
+    repo: Repository, ref: str | None, hostname: str, paths: list[bytes]
+) -> tuple[bytes | None, bytes | None]:
+    if ref:
+        sid, snap = repo.find_snapshot(ref)
+        return sid, snap.tree
+    best: tuple[bytes, Snapshot] | None = None
+    for sid, snap in repo.iter_snapshots():
+        if snap.hostname == hostname and sorted(snap.paths) == sorted(paths):
+            best = (sid, snap)
+    return (best[0], best[1].tree) if best else (None, None)
+
+
+def _human(out: Output, doc: dict[str, Any]) -> None:
+    s = doc["summary"]
+    if doc["parent"]:
+        out.line(f"using parent snapshot {doc['parent'][:8]}")
+    out.line(
+        f"files: {s['files_new']} new, {s['files_changed']} changed, "
+        f"{s['files_unchanged']} unchanged"
+    )
+    out.line(
+        f"dirs:  {s['dirs_new']} new, {s['dirs_changed']} changed, {s['dirs_unchanged']} unchanged"
+    )
+    stored = s.get("data_added_stored")
+    stored_txt = f" ({human_bytes(stored)} stored)" if stored is not None else ""
+    verb = "would add" if doc["dry_run"] else "added"
+    out.line(f"{verb} {human_bytes(s['data_added'])} to the repository{stored_txt}")
+    out.line(
+        f"processed {human_bytes(s['bytes_total'])}, read {human_bytes(s['bytes_read'])} "
+        f"in {s['duration']:.1f}s"
+    )
+    if doc["snapshot_id"]:
+        out.line(f"snapshot {doc['snapshot_id'][:8]} saved")
+    if doc["warnings"]:
+        out.line(f"{len(doc['warnings'])} warnings: some entries were not saved (see above)")

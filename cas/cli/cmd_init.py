@@ -1,0 +1,65 @@
+"""``cas init``: create a repository."""
+
+from __future__ import annotations
+
+import click
+
+from ..chunker import ChunkerParams
+from ..format.config import DEFAULT_PACK_SIZE
+from ..repository import init_repository
+from .common import Globals, Output, kdf_options, kdf_params, new_password, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command to the group."""
+    cli.add_command(init)
+
+
+@click.command()
+@click.option("--new-password-file", help="Read the new repository password from this file.")
+@click.option(
+    "--pack-size",
+    type=int,
+    default=DEFAULT_PACK_SIZE,
+    show_default=True,
+    help="Target pack size in bytes.",
+)
+@click.option("--chunk-min", type=int, default=ChunkerParams.min_size, hidden=True)
+@click.option("--chunk-avg", type=int, default=ChunkerParams.avg_size, hidden=True)
+@click.option("--chunk-max", type=int, default=ChunkerParams.max_size, hidden=True)
+@kdf_options
+@pass_globals
+def init(
+    g: Globals,
+    new_password_file: str | None,
+    pack_size: int,
+    chunk_min: int,
+    chunk_avg: int,
+    chunk_max: int,
+    kdf_opslimit: int | None,
+    kdf_memlimit: int | None,
+) -> None:
+    """Create a new repository at -r/--repo.
+
+    The password comes from --new-password-file, CAS_PASSWORD, --password-file,
+    --password-command or a prompt.
+    """
+    out = Output(g)
+    backend = g.backend()
+    g.cleanups.append(backend.close)
+    password = new_password(new_password_file) if new_password_file else g.password("new password")
+    params = ChunkerParams(chunk_min, chunk_avg, chunk_max)
+    params.validate()
+    repo = init_repository(
+        backend,
+        password,
+        chunker=params,
+        pack_size=pack_size,
+        kdf=kdf_params(kdf_opslimit, kdf_memlimit),
+    )
+    doc = {
+        "repository": backend.location,
+        "id": repo.config.repo_id.hex(),
+        "key": repo.key_id.hex(),
+    }
+    out.emit(doc, lambda: out.line(f"created repository {doc['id'][:8]} at {backend.location}"))

@@ -1,0 +1,99 @@
+"""``cas key list|add|remove|passwd``: manage the key files that open a repository."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..errors import UsageError
+from .common import Globals, Output, kdf_options, kdf_params, new_password, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command group."""
+    cli.add_command(key)
+
+
+@click.group()
+def key() -> None:
+    """Manage key files (each opens the repository with its own password)."""
+
+
+@key.command("list")
+@pass_globals
+def key_list(g: Globals) -> None:
+    """List key files; the one that opened the repository is marked."""
+    out = Output(g)
+    repo = g.open()
+    keys = repo.list_keys()
+    docs: list[dict[str, Any]] = [
+        {
+            "id": k.key_id.hex(),
+            "created": k.created,
+            "hostname": k.hostname,
+            "username": k.username,
+            "type": k.type,
+            "current": k.current,
+        }
+        for k in keys
+    ]
+
+    def human() -> None:
+        out.line(f"{'':1} {'ID':8}  {'created':20}  {'user@host'}")
+        for d in docs:
+            mark = "*" if d["current"] else " "
+            out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {d['username']}@{d['hostname']}")
+
+    out.emit(docs, human)
+
+
+@key.command("add")
+@click.option("--new-password-file", help="Read the new key's password from this file.")
+@kdf_options
+@pass_globals
+def key_add(
+    g: Globals, new_password_file: str | None, kdf_opslimit: int | None, kdf_memlimit: int | None
+) -> None:
+    """Add a key file with a new password."""
+    out = Output(g)
+    repo = g.open()
+    kid = repo.add_key(new_password(new_password_file), kdf_params(kdf_opslimit, kdf_memlimit))
+    out.emit({"id": kid.hex()}, lambda: out.line(f"added key {kid.hex()[:8]}"))
+
+
+@key.command("remove")
+@click.argument("key_id")
+@pass_globals
+def key_remove(g: Globals, key_id: str) -> None:
+    """Remove the key file KEY_ID (a unique prefix is enough)."""
+    out = Output(g)
+    repo = g.open()
+    matches = [k for k in repo.list_keys() if k.key_id.hex().startswith(key_id.lower())]
+    if len(matches) != 1:
+        raise UsageError(f"{key_id!r} matches {len(matches)} key files; give a unique prefix")
+    repo.remove_key(matches[0].key_id)
+    out.emit(
+        {"removed": matches[0].key_id.hex()},
+        lambda: out.line(f"removed key {matches[0].key_id.hex()[:8]}"),
+    )
+
+
+@key.command("passwd")
+@click.option("--new-password-file", help="Read the new password from this file.")
+@kdf_options
+@pass_globals
+def key_passwd(
+    g: Globals, new_password_file: str | None, kdf_opslimit: int | None, kdf_memlimit: int | None
+) -> None:
+    """Change the password of the key file in use (writes the new one, then removes the old)."""
+    out = Output(g)
+    repo = g.open()
+    old = repo.key_id
+    kid = repo.change_password(
+        new_password(new_password_file), kdf_params(kdf_opslimit, kdf_memlimit)
+    )
+    out.emit(
+        {"old": old.hex(), "id": kid.hex()},
+        lambda: out.line(f"changed password: key {old.hex()[:8]} replaced by {kid.hex()[:8]}"),
+    )

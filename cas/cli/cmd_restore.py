@@ -1,0 +1,136 @@
+"""``cas restore``: bring a snapshot (or part of it) back onto the filesystem."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from ..errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
+from ..patterns import PatternSet
+from ..restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
+from .common import Globals, Output, fs_text, human_bytes, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(restore)
+
+
+class _Progress(RestoreReporter):
+    def __init__(self, out: Output, list_actions: bool) -> None:
+        self.out = out
+        self.list_actions = list_actions
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def action(self, what: str, path: bytes) -> None:
+        if self.list_actions:
+            self.out.line(f"{what:9} {fs_text(path)}")
+
+    def bytes_done(self, n: int) -> None:
+        self.bytes += n
+        elapsed = time.monotonic() - self.start
+        self.out.progress(
+            f"[{int(elapsed) // 60}:{int(elapsed) % 60:02d}] {human_bytes(self.bytes)} restored"
+        )
+
+    def warning(self, message: str) -> None:
+        self.out.warn(message)
+
+
+@click.command()
+@click.argument("snapshot_arg", required=False, metavar="[SNAPSHOT]")
+@click.option(
+    "--snapshot",
+    "-s",
+    "snapshot_opt",
+    help="ID (unique prefix) or 'latest', "
+    "optionally followed by :/path/inside to restore only that subtree's contents.",
+)
+@click.option(
+    "--target",
+    "-t",
+    required=True,
+    type=click.Path(path_type=bytes),
+    help="Directory to restore into.",
+)
+@click.option("--include", "-i", multiple=True, help="Restore only matching paths.")
+@click.option("--exclude", "-e", multiple=True, help="Do not restore matching paths.")
+@click.option("--numeric-owner", is_flag=True, help="Restore owners by id, ignoring names.")
+@click.option(
+    "--verify", is_flag=True, help="Re-read restored files and compare with the snapshot."
+)
+@click.option(
+    "--delete", is_flag=True, help="Remove files in the target that are not in the snapshot."
+)
+@click.option("--dry-run", "-n", is_flag=True, help="Only list what would change.")
+@pass_globals
+def restore(
+    g: Globals,
+    snapshot_arg: str | None,
+    snapshot_opt: str | None,
+    target: bytes,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    numeric_owner: bool,
+    verify: bool,
+    delete: bool,
+    dry_run: bool,
+) -> None:
+    """Restore a snapshot into --target: a snapshot of /a/b lands in TARGET/a/b."""
+    out = Output(g)
+    ref = snapshot_opt or snapshot_arg
+    if not ref:
+        raise UsageError("which snapshot? give --snapshot ID (or 'latest')")
+    ref, _, sub = ref.partition(":")
+    repo = g.open()
+    opts = RestoreOptions(
+        includes=PatternSet([os.fsencode(p) for p in include]),
+        excludes=PatternSet([os.fsencode(p) for p in exclude]),
+        numeric_owner=numeric_owner,
+        dry_run=dry_run,
+        delete=delete,
+        verify=verify,
+    )
+    with g.locked(repo, exclusive=False, command="restore"):
+        sid, snap = repo.find_snapshot(ref)
+        repo.load_index()
+        tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
+        restorer = Restorer(repo, repo.file_digest, opts, _Progress(out, dry_run))
+        started = time.time()
+        summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
+    doc: dict[str, Any] = {
+        "snapshot_id": sid.hex(),
+        "target": fs_text(os.path.abspath(target)),
+        "dry_run": dry_run,
+        "summary": {**summary.as_dict(), "duration": round(time.time() - started, 3)},
+        "warnings": out.warnings,
+    }
+    out.emit(doc, lambda: _human(out, doc))
+    if summary.failed:
+        sys.exit(EXIT_ERROR)
+    if out.warnings:
+        sys.exit(EXIT_WARNINGS)
+
+
+def _human(out: Output, doc: dict[str, Any]) -> None:
+    s = doc["summary"]
+    verb = "would restore" if doc["dry_run"] else "restored"
+    out.line(
+        f"{verb} snapshot {doc['snapshot_id'][:8]} to {doc['target']}: "
+        f"{s['files_restored']} files ({human_bytes(s['bytes_written'])}), "
+        f"{s['files_unchanged']} unchanged, {s['dirs']} dirs, {s['symlinks']} symlinks, "
+        f"{s['special']} special, {s['hardlinks']} hardlinks in {s['duration']:.1f}s"
+    )
+    if s["deleted"]:
+        out.line(f"{'would delete' if doc['dry_run'] else 'deleted'} {s['deleted']} entries")
+    if s["verified"]:
+        out.line(f"verified {s['verified']} files")
+    if s["failed"]:
+        out.line(f"{len(s['failed'])} entries could not be restored:")
+        for p in s["failed"]:
+            out.line(f"  {p}")

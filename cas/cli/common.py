@@ -1,0 +1,220 @@
+"""What every command shares: global options, passwords, opening the repository, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from .. import crypto
+from ..backend import Backend, open_backend
+from ..errors import CasError, NoPassword, UsageError
+from ..repository import Repository, open_repository
+
+
+@dataclass
+class Globals:
+    """Options given before the command name."""
+
+    repo: str | None
+    password_file: str | None
+    password_command: str | None
+    json: bool
+    quiet: bool
+    s3_endpoint: str | None
+    s3_path_style: bool
+    no_lock: bool
+    lock_wait: float
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def backend(self) -> Backend:
+        """The backend named by -r/--repo or CAS_REPOSITORY."""
+        if not self.repo:
+            raise UsageError("no repository given: use -r/--repo or set CAS_REPOSITORY")
+        return open_backend(
+            self.repo, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
+        )
+
+    def password(self, prompt: str = "repository password") -> bytes:
+        """From a password file, a password command, CAS_PASSWORD, or a no-echo prompt."""
+        if self.password_file:
+            return read_password_file(self.password_file)
+        if self.password_command:
+            return run_password_command(self.password_command)
+        env = os.environ.get("CAS_PASSWORD")
+        if env is not None:
+            return env.encode()
+        if sys.stdin.isatty():
+            text: str = click.prompt(prompt, hide_input=True, err=True)
+            return text.encode()
+        raise NoPassword()
+
+    def open(self) -> Repository:
+        """Open and unlock the repository."""
+        backend = self.backend()
+        repo = open_repository(backend, self.password())
+        self.cleanups.append(repo.close)
+        return repo
+
+    @contextmanager
+    def locked(self, repo: Repository, *, exclusive: bool, command: str) -> Iterator[None]:
+        """Hold a shared or exclusive repository lock for the block (unless --no-lock)."""
+        if self.no_lock:
+            yield
+            return
+        from .. import locks
+
+        lock = locks.acquire(
+            repo.backend,
+            repo.keys.data_key,
+            exclusive=exclusive,
+            command=command,
+            wait=self.lock_wait,
+        )
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+def read_password_file(path: str) -> bytes:
+    """The file's content without one trailing newline."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def run_password_command(command: str) -> bytes:
+    """Run the command (no shell) and take its standard output without a trailing newline."""
+    try:
+        proc = subprocess.run(shlex.split(command), capture_output=True, check=False)
+    except OSError as e:
+        raise UsageError(f"cannot run password command: {e.strerror}") from None
+    if proc.returncode != 0:
+        raise UsageError(f"password command exited with status {proc.returncode}")
+    out = proc.stdout
+    return out[:-1] if out.endswith(b"\n") else out
+
+
+def new_password(password_file: str | None) -> bytes:
+    """A new password from --new-password-file, or asked twice on the terminal."""
+    if password_file:
+        pw = read_password_file(password_file)
+    elif sys.stdin.isatty():
+        pw = click.prompt(
+            "new password", hide_input=True, confirmation_prompt=True, err=True
+        ).encode()
+    else:
+        raise NoPassword("no new password: use --new-password-file or run on a terminal")
+    if not pw:
+        raise UsageError("an empty password is not allowed")
+    return pw
+
+
+def kdf_params(opslimit: int | None, memlimit: int | None) -> crypto.KdfParams:
+    """Argon2id parameters: libsodium's MODERATE unless overridden (tests use tiny costs)."""
+    return crypto.KdfParams.new(opslimit=opslimit, memlimit=memlimit)
+
+
+def kdf_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--kdf-opslimit / --kdf-memlimit (hidden; for tests and slow machines)."""
+    f = click.option(
+        "--kdf-memlimit", type=int, envvar="CAS_KDF_MEMLIMIT", hidden=True, default=None
+    )(f)
+    return click.option(
+        "--kdf-opslimit", type=int, envvar="CAS_KDF_OPSLIMIT", hidden=True, default=None
+    )(f)
+
+
+class Output:
+    """Human lines on stdout, or one JSON document; progress on stderr when it is a terminal."""
+
+    def __init__(self, g: Globals) -> None:
+        self.json = g.json
+        self.quiet = g.quiet
+        self.progress_enabled = not g.json and not g.quiet and sys.stderr.isatty()
+        self._last_progress = 0.0
+        self.warnings: list[str] = []
+
+    def emit(self, doc: Any, human: Callable[[], None] | None = None) -> None:
+        """Print ``doc`` as JSON, or call ``human`` to print it for people."""
+        self.clear_progress()
+        if self.json:
+            click.echo(json.dumps(doc, indent=None, sort_keys=True, default=_json_default))
+        elif human is not None and not self.quiet:
+            human()
+
+    def line(self, text: str) -> None:
+        """A human line (suppressed by --json and --quiet)."""
+        if not self.json and not self.quiet:
+            self.clear_progress()
+            click.echo(text)
+
+    def warn(self, text: str) -> None:
+        """A warning on stderr (always; JSON consumers also get them in the result)."""
+        self.warnings.append(text)
+        self.clear_progress()
+        click.echo(f"warning: {text}", err=True)
+
+    def progress(self, text: str, force: bool = False) -> None:
+        """Overwrite the status line at most ten times a second."""
+        if not self.progress_enabled:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress >= 0.1:
+            self._last_progress = now
+            width = max(20, _term_width() - 1)
+            click.echo("\r\x1b[K" + text[:width], nl=False, err=True)
+
+    def clear_progress(self) -> None:
+        """Erase the status line before normal output."""
+        if self.progress_enabled and self._last_progress:
+            click.echo("\r\x1b[K", nl=False, err=True)
+            self._last_progress = 0.0
+
+
+def _term_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except OSError:
+        return 80
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes):
+        return o.hex()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def fs_text(name: bytes) -> str:
+    """A path for human output: undecodable bytes shown as \\x escapes, never an exception."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def human_bytes(n: float) -> str:
+    """1.5 GiB style sizes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+pass_globals = click.make_pass_decorator(Globals)
+
+
+def fail(message: str) -> CasError:
+    """A CasError for a command-level failure (exit 1)."""
+    return CasError(message)

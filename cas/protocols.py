@@ -1,0 +1,52 @@
+"""The narrow interfaces that backup, restore and browsing are written against.
+
+Each consumer names only what it uses, so the archiver cannot reach into
+key management and the restorer cannot write to the repository; tests can
+hand them small fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from .crypto import BlobType
+from .format.snapshot import Snapshot
+
+
+class BlobReader(Protocol):
+    """Read access to blobs by ID (restore, mount, check, parent trees)."""
+
+    def load_blob(
+        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
+    ) -> bytes: ...
+
+
+class Chunks(Protocol):
+    """A keyed chunker."""
+
+    def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]: ...
+
+
+class BlobWriter(BlobReader, Protocol):
+    """What a backup needs: dedup lookups, blob storage and the final snapshot."""
+
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes: ...
+
+    def has_blob(self, blob_id: bytes) -> bool: ...
+
+    def save_blob(
+        self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None
+    ) -> tuple[bytes, bool]: ...
+
+    def file_digest(self) -> Digest: ...
+
+    def save_snapshot(self, snap: Snapshot) -> bytes: ...
+
+
+class Digest(Protocol):
+    """An incremental whole-file digest."""
+
+    def update(self, data: bytes | memoryview) -> None: ...
+
+    def digest(self) -> bytes: ...

@@ -1,0 +1,374 @@
+"""Restore: recreate a snapshot's tree (or part of it) under a target directory.
+
+Files are written to a temporary name beside their destination and renamed
+into place only when complete, so an interrupted or failed restore never
+leaves a partial file under a real name.  Directory metadata (times, then
+flags such as immutable) is applied after the directory's contents, deepest
+first.  Hardlinked entries of any type are recreated as hardlinks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import posixmeta
+from .crypto import BlobType
+from .errors import CasError, IntegrityError
+from .format.tree import Node, decode_tree
+from .patterns import PatternSet
+from .protocols import BlobReader, Digest
+
+SPARSE_BLOCK = 4096
+
+
+class RestoreAborted(CasError):
+    """restore stopped: {detail}"""
+
+
+@dataclass
+class RestoreOptions:
+    """What to restore and how."""
+
+    includes: PatternSet = field(default_factory=lambda: PatternSet([]))
+    excludes: PatternSet = field(default_factory=lambda: PatternSet([]))
+    numeric_owner: bool = False
+    dry_run: bool = False
+    delete: bool = False
+    verify: bool = False
+
+
+@dataclass
+class RestoreSummary:
+    """What a restore did."""
+
+    files_restored: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    special: int = 0
+    hardlinks: int = 0
+    bytes_written: int = 0
+    deleted: int = 0
+    verified: int = 0
+    failed: list[str] = field(default_factory=list)
+    warnings: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON output."""
+        return dict(self.__dict__)
+
+
+class RestoreReporter:
+    """Progress and warning callbacks; the CLI overrides what it shows."""
+
+    def action(self, what: str, path: bytes) -> None:
+        """An entry was (or, with --dry-run, would be) created, skipped or deleted."""
+
+    def bytes_done(self, n: int) -> None:
+        """``n`` more content bytes were written."""
+
+    def warning(self, message: str) -> None:
+        """Something could not be restored exactly."""
+
+
+def _fmt(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class _Dir:
+    target: bytes  # where this directory goes on disk
+    snap_path: bytes  # its path inside the snapshot
+    node: Node | None
+    todo: list[Node]
+    parent: _Dir | None
+    selected: bool  # wholly selected by include patterns (or no includes given)
+    created: bool = False
+    names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
+
+    def __post_init__(self) -> None:
+        self.names = {n.name for n in self.todo}
+
+
+class Restorer:
+    """Writes snapshot trees to the filesystem, reading blobs through BlobReader."""
+
+    def __init__(
+        self,
+        repo: BlobReader,
+        new_digest: Callable[[], Digest],
+        options: RestoreOptions | None = None,
+        reporter: RestoreReporter | None = None,
+    ) -> None:
+        self.repo = repo
+        self.new_digest = new_digest
+        self.opts = options or RestoreOptions()
+        self.report = reporter or RestoreReporter()
+        self.summary = RestoreSummary()
+        self.names = posixmeta.NameCache()
+        self.is_root = os.geteuid() == 0
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._dirs_done: list[tuple[bytes, Node]] = []
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+
+    # -- walking ------------------------------------------------------------
+
+    def restore(self, tree_id: bytes, target: bytes, snap_path: bytes = b"") -> RestoreSummary:
+        """Restore the entries of tree ``tree_id`` into directory ``target``."""
+        target = target.rstrip(b"/") or b"/"
+        if not self.opts.dry_run:
+            os.makedirs(target, exist_ok=True)
+        root = _Dir(
+            target,
+            snap_path,
+            None,
+            self._load_tree(tree_id),
+            None,
+            selected=not self.opts.includes,
+            created=True,
+        )
+        stack = [root]
+        while stack:
+            d = stack[-1]
+            if not d.todo:
+                stack.pop()
+                if d.created and self.opts.delete:
+                    self._delete_extras(d)
+                if d.node is not None and d.created:
+                    self._dirs_done.append((d.target, d.node))
+                continue
+            node = d.todo.pop()
+            child = self._entry(d, node)
+            if child is not None:
+                stack.append(child)
+        self._finish_dirs()
+        return self.summary
+
+    def _load_tree(self, tree_id: bytes) -> list[Node]:
+        nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+        nodes.reverse()  # pop() yields them in name order
+        return nodes
+
+    def _entry(self, d: _Dir, node: Node) -> _Dir | None:
+        snap_path = d.snap_path + b"/" + node.name
+        path = d.target + b"/" + node.name
+        if self.opts.excludes.matches(snap_path):
+            return None
+        selected = d.selected or self.opts.includes.matches(snap_path)
+        if node.type == "dir":
+            try:
+                todo = self._load_tree(node.subtree) if node.subtree else []
+            except CasError as e:
+                self._fail(path, f"cannot read its tree: {e}")
+                return None
+            child = _Dir(path, snap_path, node, todo, d, selected)
+            if selected:
+                self._make_dir(child)
+            return child
+        if not selected:
+            return None
+        self._make_dir(d)
+        try:
+            self._restore_leaf(path, node)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise RestoreAborted(f"{_fmt(path)}: {e.strerror}") from None
+            self._fail(path, e.strerror or str(e))
+        except IntegrityError as e:
+            self._fail(path, str(e))
+        return None
+
+    def _make_dir(self, d: _Dir) -> None:
+        """Create ``d`` and any ancestors not yet created (lazily, for --include)."""
+        if d.created:
+            return
+        if d.parent is not None:
+            self._make_dir(d.parent)
+        d.created = True
+        self.summary.dirs += 1
+        self.report.action("dir", d.target)
+        if self.opts.dry_run:
+            return
+        try:
+            st = os.lstat(d.target)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(d.target)
+                os.mkdir(d.target, 0o700)
+        except FileNotFoundError:
+            os.mkdir(d.target, 0o700)
+
+    # -- leaves -------------------------------------------------------------
+
+    def _restore_leaf(self, path: bytes, node: Node) -> None:
+        key = (node.device, node.inode)
+        if node.links > 1 and key in self._links:
+            self.summary.hardlinks += 1
+            self.report.action("hardlink", path)
+            if not self.opts.dry_run:
+                self._clear(path)
+                os.link(self._links[key], path, follow_symlinks=False)
+            return
+        if node.type == "file":
+            if self._identical(path, node):
+                self.summary.files_unchanged += 1
+                self.report.action("unchanged", path)
+            else:
+                self.report.action("file", path)
+                if not self.opts.dry_run:
+                    self._write_file(path, node)
+                self.summary.files_restored += 1
+        else:
+            self.report.action(node.type, path)
+            if node.type == "symlink":
+                self.summary.symlinks += 1
+            else:
+                self.summary.special += 1
+            if not self.opts.dry_run:
+                self._clear(path)
+                posixmeta.create_special(path, node)
+        if not self.opts.dry_run:
+            self._apply(path, node)
+            if self.opts.verify and node.type == "file":
+                self._verify(path, node)
+        if node.links > 1:
+            self._links[key] = path
+
+    def _clear(self, path: bytes) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not self.opts.delete:
+                raise OSError(errno.EISDIR, "a directory is in the way (use --delete)")
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def _identical(self, path: bytes, node: Node) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != node.size or node.digest is None:
+            return False
+        return self._digest_of(path) == node.digest
+
+    def _digest_of(self, path: bytes) -> bytes:
+        h = self.new_digest()
+        with open(path, "rb", buffering=0) as f:
+            while block := f.read(4 << 20):
+                h.update(block)
+        return h.digest()
+
+    def _blob(self, blob_id: bytes, size: int) -> bytes:
+        data = self._cache.get(blob_id)
+        if data is None:
+            data = self.repo.load_blob(BlobType.DATA, blob_id, size)
+            self._cache[blob_id] = data
+            if len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(blob_id)
+        return data
+
+    def _write_file(self, path: bytes, node: Node) -> None:
+        head, _, name = path.rpartition(b"/")
+        tmp = head + b"/.cas-restore-" + os.urandom(6).hex().encode() + b"-" + name[:100]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            pos = 0
+            for blob_id, size in zip(node.content, node.sizes, strict=True):
+                data = self._blob(blob_id, size)
+                if size >= SPARSE_BLOCK and data[0] == 0 and data == bytes(size):
+                    pos += size  # leave a hole
+                else:
+                    os.lseek(fd, pos, os.SEEK_SET)
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                    pos += size
+                self.summary.bytes_written += size
+                self.report.bytes_done(size)
+            os.ftruncate(fd, pos)
+            os.close(fd)
+            fd = -1
+            self._clear(path)
+            os.rename(tmp, path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _verify(self, path: bytes, node: Node) -> None:
+        if self._digest_of(path) != node.digest:
+            self._fail(path, "content differs from the snapshot after writing")
+        else:
+            self.summary.verified += 1
+
+    def _apply(self, path: bytes, node: Node) -> None:
+        for w in posixmeta.apply_metadata(
+            path,
+            node,
+            names=self.names,
+            numeric_owner=self.opts.numeric_owner,
+            is_root=self.is_root,
+        ):
+            self._warn(w)
+
+    def _finish_dirs(self) -> None:
+        if self.opts.dry_run:
+            return
+        for path, node in reversed(self._dirs_done):
+            self._apply(path, node)
+
+    def _delete_extras(self, d: _Dir) -> None:
+        """Remove what is in a restored directory but not in its snapshot tree."""
+        try:
+            present = os.listdir(d.target)
+        except OSError:
+            return  # with --dry-run the directory may not exist yet
+        for name in present:
+            if name in d.names or name.startswith(b".cas-restore-"):
+                continue
+            path = d.target + b"/" + name
+            self.summary.deleted += 1
+            self.report.action("delete", path)
+            if not self.opts.dry_run:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+
+    def _fail(self, path: bytes, why: str) -> None:
+        self.summary.failed.append(_fmt(path))
+        self.report.warning(f"{_fmt(path)}: not restored: {why}")
+
+    def _warn(self, message: str) -> None:
+        self.summary.warnings += 1
+        self.report.warning(message)
+
+
+def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[bytes, Node | None]:
+    """Follow ``subpath`` (e.g. b"/home/me") from the root tree; returns (tree ID, last node)."""
+    node: Node | None = None
+    for part in [p for p in subpath.split(b"/") if p]:
+        nodes = {n.name: n for n in decode_tree(repo.load_blob(BlobType.TREE, tree_id))}
+        node = nodes.get(part)
+        if node is None:
+            raise CasError(f"{_fmt(subpath)} is not in the snapshot")
+        if node.type != "dir" or node.subtree is None:
+            raise CasError(f"{_fmt(subpath)} is not a directory in the snapshot")
+        tree_id = node.subtree
+    return tree_id, node

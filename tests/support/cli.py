@@ -1,0 +1,51 @@
+"""Run the real ``cas`` command in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Argon2id at its cheapest: tests create many key files.
+TEST_ENV = {"CAS_KDF_OPSLIMIT": "1", "CAS_KDF_MEMLIMIT": str(8 << 20)}
+
+
+@dataclass
+class Result:
+    """Exit code and output of one run."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON."""
+        return json.loads(self.out)
+
+
+def run_cas(
+    *args: str | bytes | Path,
+    password: str | None = "test-password",
+    env: dict[str, str] | None = None,
+    input: bytes | None = None,
+    cwd: str | Path | None = None,
+) -> Result:
+    """Run ``python -m cas ARGS`` with a clean, test-friendly environment."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
+    full_env.update(TEST_ENV)
+    if password is not None:
+        full_env["CAS_PASSWORD"] = password
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cas", *[os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args]],
+        env=full_env,
+        input=input,
+        capture_output=True,
+        cwd=cwd,
+        timeout=600,
+    )
+    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
