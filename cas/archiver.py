@@ -229,7 +229,7 @@ class Archiver:
                 path, node, todo, select, self._parent_nodes(parent_subtree), parent_subtree, -1
             )
         try:
-            names = [os.fsencode(e) for e in os.listdir(path)]
+            names = self._list_dir(path)
         except OSError as e:
             self._warn(f"{_fmt(path)}: cannot list directory: {e.strerror}; saved empty")
             names = []
@@ -246,6 +246,19 @@ class Archiver:
             parent_subtree,
             device,
         )
+
+    def _list_dir(self, path: bytes) -> list[bytes]:
+        # Through an O_NOATIME descriptor: listing must not change the directory's
+        # atime, or every backup would record (and store) new trees for nothing.
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags | (os.O_NOATIME if self._noatime else 0))
+        except PermissionError:
+            fd = os.open(path, flags)
+        try:
+            return [os.fsencode(e) for e in os.listdir(fd)]
+        finally:
+            os.close(fd)
 
     def _save_tree(self, frame: _Frame) -> bytes:
         tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree(frame.nodes))

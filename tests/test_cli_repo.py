@@ -96,7 +96,9 @@ def test_passwd_and_remove(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "init", password="old").code == 0
     new = tmp_path / "new"
     new.write_text("new")
-    assert run_cas("-r", repo, "key", "passwd", "--new-password-file", new, password="old").code == 0
+    assert (
+        run_cas("-r", repo, "key", "passwd", "--new-password-file", new, password="old").code == 0
+    )
     assert run_cas("-r", repo, "key", "list", password="old").code == 12
     keys = run_cas("-r", repo, "--json", "key", "list", password="new").json()
     assert len(keys) == 1

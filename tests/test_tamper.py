@@ -41,7 +41,7 @@ def _assert_detected(backend: MemoryBackend, sid: bytes) -> None:
 
 
 def test_undamaged_repository_reads_back() -> None:
-    backend, sid, files = _fresh()
+    backend, sid, _ = _fresh()
     _read_everything(backend, sid)
 
 

@@ -80,10 +80,8 @@ class Globals:
             command=command,
             wait=self.lock_wait,
         )
-        try:
+        with lock:
             yield
-        finally:
-            lock.release()
 
 
 def read_password_file(path: str) -> bytes:

@@ -41,11 +41,18 @@ def run_cas(
         full_env["CAS_PASSWORD"] = password
     full_env.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "cas", *[os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args]],
+        [
+            sys.executable,
+            "-m",
+            "cas",
+            *[os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args],
+        ],
         env=full_env,
         input=input,
         capture_output=True,
         cwd=cwd,
         timeout=600,
     )
-    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    return Result(
+        proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    )

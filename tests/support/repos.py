@@ -61,7 +61,7 @@ def populate(repo: Repository, n_files: int = 5, seed: int = 1) -> tuple[bytes, 
 
 
 def flip_byte(backend: Backend, name: str, pos: int) -> bytes:
-    """Rewrite object ``name`` with byte ``pos`` inverted (delete + write: objects are write-once)."""
+    """Rewrite ``name`` with byte ``pos`` inverted (delete, then write: objects are write-once)."""
     data = bytearray(backend.read(name))
     data[pos] ^= 0xFF
     backend.delete(name)

@@ -1,0 +1,346 @@
+"""A repository in an S3 bucket (AWS or any S3-compatible store), under a key prefix.
+
+Object ``name`` is stored at key ``<prefix>/<name>``.  Credentials come from
+boto3's standard chain (environment, profile, instance role); the endpoint
+from the constructor or boto3's own ``AWS_ENDPOINT_URL``.
+
+Write-once comes from a conditional PUT (``If-None-Match: *``): the store
+itself refuses to replace an object, so two writers cannot race.  A 412 reply
+is not necessarily a conflict: it is also what our own retried PUT gets when
+the reply to the first attempt was lost, so the existing object is read back
+and compared.  Stores without conditional writes use HEAD-then-PUT instead
+(``conditional_writes=False``), which is racy only between writers of the same
+content-addressed name, and so harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from cas.backend import check_name, check_prefix
+from cas.backend.base import ObjectInfo
+from cas.errors import BackendError, ObjectExists, ObjectNotFound
+
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_NO_BUCKET = frozenset({"NoSuchBucket"})
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+_WRITE_ATTEMPTS = 4
+# Enough pooled connections for a few concurrent uploads and downloads; with
+# too few, urllib3 discards and reopens connections under load.
+_MAX_CONNECTIONS = 32
+
+
+class S3Backend:
+    """Objects as keys ``prefix/name`` in ``bucket``.
+
+    ``client`` lets a caller supply a configured boto3 S3 client (tests, or
+    sharing one client); otherwise one is made from the other arguments and
+    closed by ``close()``.  boto3 clients are thread-safe, so one backend may
+    serve many threads.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        path_style: bool = False,
+        client: Any = None,
+        conditional_writes: bool = True,
+    ) -> None:
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._conditional_writes = conditional_writes
+        self._owns_client = client is None
+        self._client = client if client is not None else _make_client(endpoint_url, path_style)
+
+    @property
+    def location(self) -> str:
+        """``s3://bucket/prefix`` (the endpoint is not part of it)."""
+        return f"s3://{self._bucket}/{self._prefix}" if self._prefix else f"s3://{self._bucket}"
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket
+
+    def create(self) -> None:
+        """Check that the bucket exists and is reachable; the prefix needs no preparation."""
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except ClientError as err:
+            if _code(err) in _NOT_FOUND | _NO_BUCKET:
+                raise BackendError(
+                    f"bucket {self._bucket!r} does not exist; create it first"
+                ) from err
+            raise self._error(err, "HeadBucket", "") from err
+        except BotoCoreError as err:
+            raise self._error(err, "HeadBucket", "") from err
+
+    def create_bucket(self) -> None:
+        """Create the bucket in the client's region; a bucket we already own is fine."""
+        request: dict[str, Any] = {"Bucket": self._bucket}
+        region = self._client.meta.region_name
+        # us-east-1 is the one region that rejects an explicit location constraint.
+        if region and region != "us-east-1":
+            request["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(**request)
+        except ClientError as err:
+            if _code(err) == "BucketAlreadyOwnedByYou":
+                return
+            raise self._error(err, "CreateBucket", "") from err
+        except BotoCoreError as err:
+            raise self._error(err, "CreateBucket", "") from err
+
+    def write(self, name: str, data: bytes) -> None:
+        """Store ``data`` as ``name``; never replace an object with different content.
+
+        The Content-MD5 header makes the store reject a body damaged in transit.
+        """
+        key = self._key(name)
+        data = bytes(data)
+        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        for attempt in range(_WRITE_ATTEMPTS):
+            if not self._conditional_writes:
+                same = self._compare_existing(name, data)
+                if same is not None:
+                    if same:
+                        return
+                    raise ObjectExists(name=name)
+            try:
+                self._put(key, data, md5)
+                return
+            except ClientError as err:
+                code = _code(err)
+                if code == "PreconditionFailed" or _status(err) == 412:
+                    same = self._compare_existing(name, data)
+                    if same is None:
+                        continue  # deleted since the 412; the next PUT may succeed
+                    if same:
+                        return
+                    raise ObjectExists(name=name) from None
+                if code == "ConditionalRequestConflict":
+                    # Another conditional PUT of this key is in flight; AWS asks
+                    # the loser to retry, and that retry will see its result.
+                    time.sleep(0.1 * 2**attempt)
+                    continue
+                if code == "NotImplemented" and self._conditional_writes:
+                    raise BackendError(
+                        f"S3 PutObject {self._url(key)} failed: the store does not support"
+                        " conditional writes (If-None-Match); use conditional_writes=False"
+                    ) from err
+                raise self._error(err, "PutObject", key) from err
+            except BotoCoreError as err:
+                raise self._error(err, "PutObject", key) from err
+        raise BackendError(f"cannot write {self._url(key)}: concurrent writes kept conflicting")
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return ``length`` bytes of ``name`` from ``offset`` (to the end if None)."""
+        key = self._key(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise BackendError(
+                f"invalid range for {self._url(key)}: offset {offset}, length {length}"
+            )
+        if length == 0:
+            # "bytes=a-(a-1)" is not a valid range, so only check that offset fits.
+            size = self.stat(name).size
+            if offset > size:
+                raise self._short_read(key, offset, offset, size)
+            return b""
+        request: dict[str, Any] = {"Bucket": self._bucket, "Key": key}
+        if offset or length is not None:
+            last = "" if length is None else str(offset + length - 1)
+            request["Range"] = f"bytes={offset}-{last}"
+        try:
+            response = self._client.get_object(**request)
+            with contextlib.closing(response["Body"]) as body:
+                data = bytes(body.read())
+        except ClientError as err:
+            code = _code(err)
+            if code in _NOT_FOUND:
+                raise ObjectNotFound(name=name) from err
+            if code == "InvalidRange":
+                # S3 refuses any range starting at the end, even the empty tail
+                # that read(name, size) should return.
+                size = self.stat(name).size
+                if length is None and offset == size:
+                    return b""
+                end = size if length is None else offset + length
+                raise self._short_read(key, offset, end, size) from err
+            raise self._error(err, "GetObject", key) from err
+        except BotoCoreError as err:
+            raise self._error(err, "GetObject", key) from err
+        return self._check_range(key, response, data, offset, length)
+
+    def stat(self, name: str) -> ObjectInfo:
+        """Return the size of ``name``."""
+        key = self._key(name)
+        try:
+            response = self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as err:
+            if _code(err) in _NOT_FOUND:
+                raise ObjectNotFound(name=name) from err
+            raise self._error(err, "HeadObject", key) from err
+        except BotoCoreError as err:
+            raise self._error(err, "HeadObject", key) from err
+        return ObjectInfo(name=name, size=int(response["ContentLength"]))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield the objects under ``prefix`` + "/" (all objects if ``prefix`` is "")."""
+        check_prefix(prefix)
+        root = f"{self._prefix}/" if self._prefix else ""
+        start = f"{root}{prefix}/" if prefix else root
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=start):
+                for entry in page.get("Contents", ()):
+                    name = str(entry["Key"])[len(root) :]
+                    # Skip what is not an object name: "folder/" markers made by
+                    # S3 consoles and foreign keys such as ".DS_Store".
+                    if _is_name(name):
+                        yield ObjectInfo(name=name, size=int(entry["Size"]))
+        except (ClientError, BotoCoreError) as err:
+            raise self._error(err, "ListObjectsV2", start) from err
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``; S3 itself treats removing a missing key as success."""
+        key = self._key(name)
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+        except ClientError as err:
+            if _code(err) in _NOT_FOUND:
+                return
+            raise self._error(err, "DeleteObject", key) from err
+        except BotoCoreError as err:
+            raise self._error(err, "DeleteObject", key) from err
+
+    def close(self) -> None:
+        """Close the HTTP connections of a client this backend made."""
+        if self._owns_client:
+            self._client.close()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        check_name(name)
+        return f"{self._prefix}/{name}" if self._prefix else name
+
+    def _url(self, key: str) -> str:
+        return f"s3://{self._bucket}/{key}"
+
+    def _put(self, key: str, data: bytes, md5: str) -> None:
+        request: dict[str, Any] = {
+            "Bucket": self._bucket,
+            "Key": key,
+            "Body": data,
+            "ContentMD5": md5,
+        }
+        if self._conditional_writes:
+            request["IfNoneMatch"] = "*"
+        self._client.put_object(**request)
+
+    def _compare_existing(self, name: str, data: bytes) -> bool | None:
+        """Whether the stored ``name`` equals ``data``; None if there is no such object."""
+        try:
+            if self.stat(name).size != len(data):
+                return False
+            return self.read(name) == data
+        except ObjectNotFound:
+            return None
+
+    def _check_range(
+        self, key: str, response: Any, data: bytes, offset: int, length: int | None
+    ) -> bytes:
+        """Verify that ``data`` is exactly the requested range, or raise a short read."""
+        content_range = response.get("ContentRange")
+        if content_range is None:
+            # No range asked, or a store that ignores Range and sends it all.
+            total = len(data)
+            data = data[offset:] if length is None else data[offset : offset + length]
+        else:
+            match = _CONTENT_RANGE.fullmatch(str(content_range))
+            if match is None or int(match.group(1)) != offset:
+                raise BackendError(
+                    f"S3 GetObject {self._url(key)}: asked for bytes from {offset},"
+                    f" got Content-Range {content_range!r}"
+                )
+            total = int(match.group(3))
+        end = total if length is None else offset + length
+        if end > total or len(data) != end - offset:
+            raise self._short_read(key, offset, end, total, got=len(data))
+        return data
+
+    def _short_read(
+        self, key: str, offset: int, end: int, size: int, got: int | None = None
+    ) -> BackendError:
+        received = "" if got is None else f", got {got}"
+        return BackendError(
+            f"short read of {self._url(key)}: wanted bytes {offset}..{end},"
+            f" object has {size}{received}"
+        )
+
+    def _error(self, err: Exception, operation: str, key: str) -> BackendError:
+        """One line: operation, where, and the S3 error code or connection problem."""
+        where = self._url(key) if key else f"s3://{self._bucket}"
+        if isinstance(err, ClientError):
+            code = _code(err) or str(_status(err))
+            if code in _NO_BUCKET:
+                return BackendError(f"S3 {operation} {where} failed: bucket does not exist")
+            message = str(err.response.get("Error", {}).get("Message", "")).strip()
+            detail = f"{code} {message}" if message and message != code else code
+            return BackendError(f"S3 {operation} {where} failed: {_one_line(detail)}")
+        if isinstance(err, NoCredentialsError):
+            return BackendError(
+                f"S3 {operation} {where} failed: no credentials found (set AWS_ACCESS_KEY_ID"
+                " and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+            )
+        return BackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")
+
+
+def _make_client(endpoint_url: str | None, path_style: bool) -> Any:
+    config = Config(
+        s3={"addressing_style": "path" if path_style else "auto"},
+        retries={"mode": "standard"},
+        max_pool_connections=_MAX_CONNECTIONS,
+        # botocore >= 1.36 adds CRC32 checksum headers by default, which several
+        # S3-compatible stores reject; the Content-MD5 we send already lets
+        # every store verify the body.
+        request_checksum_calculation="when_required",
+    )
+    try:
+        # A session per backend: boto3's default session is not thread-safe.
+        return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+    except (BotoCoreError, ValueError) as err:
+        raise BackendError(f"cannot set up S3 client: {_one_line(str(err))}") from err
+
+
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+def _status(err: ClientError) -> int:
+    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _is_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except BackendError:
+        return False
+    return True
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
