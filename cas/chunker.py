@@ -36,7 +36,8 @@ class ChunkerParams:
         """Raise CasError unless fastcdc accepts the sizes and min <= avg <= max."""
         if not (
             64 <= self.min_size <= self.avg_size <= self.max_size <= (1 << 30)
-            and self.avg_size >= 256
+            and self.min_size <= (64 << 20)
+            and 256 <= self.avg_size <= (256 << 20)
             and self.max_size >= 1024
         ):
             raise CasError(f"invalid chunker parameters {self}")

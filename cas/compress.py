@@ -59,9 +59,13 @@ def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:
     if flag == ZSTD:
         try:
             params = zstandard.get_frame_parameters(payload[1:])
-            if params.content_size > max_size:
+            if params.content_size > max_size:  # also refuses an unknown content size
                 raise FormatError(what=what, detail="payload larger than allowed")
-            return _decompressor().decompress(payload[1:], max_output_size=max_size)
+            stream = _decompressor().decompressobj()
+            out: bytes = stream.decompress(payload[1:])
+            if not stream.eof or stream.unused_data or len(out) != params.content_size:
+                raise FormatError(what=what, detail="zstd frame truncated or followed by junk")
+            return out
         except zstandard.ZstdError as e:
             raise FormatError(what=what, detail=f"zstd: {e}") from None
     raise FormatError(what=what, detail=f"unknown compression flag {flag}")

@@ -41,7 +41,7 @@ def pack_name(pack_id: bytes) -> str:
 def id_from_name(name: str) -> bytes | None:
     """The ID encoded in an object's last path element, or None if it is not a 64-digit hex ID."""
     last = name.rsplit("/", 1)[-1]
-    if len(last) != 64:
+    if len(last) != 64 or last != last.lower():
         return None
     try:
         return bytes.fromhex(last)

@@ -144,7 +144,7 @@ def is_stale(info: LockInfo, now_ns: int, *, hostname: str, alive: PidCheck = pi
 
 def scan_locks(
     backend: ReadBackend,
-    data_key: bytes,
+    lock_key: bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
@@ -161,7 +161,7 @@ def scan_locks(
         except ObjectNotFound:
             continue  # released, or replaced by a refresh, since the listing
         try:
-            info = decode_lock(raw, data_key)
+            info = decode_lock(raw, lock_key)
         except CasError as err:
             unreadable.append((obj.name, str(err)))
             continue
@@ -175,7 +175,7 @@ def scan_locks(
 
 def list_locks(
     backend: ReadBackend,
-    data_key: bytes,
+    lock_key: bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
@@ -183,20 +183,20 @@ def list_locks(
 ) -> list[LockEntry]:
     """The readable lock files as (name, info, stale), oldest first; see ``scan_locks``."""
     return scan_locks(
-        backend, data_key, clock=clock, pid_alive=pid_alive, hostname=hostname
+        backend, lock_key, clock=clock, pid_alive=pid_alive, hostname=hostname
     ).entries
 
 
 def remove_stale(
     backend: Backend,
-    data_key: bytes,
+    lock_key: bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
     hostname: str | None = None,
 ) -> list[str]:
     """Delete the stale lock files; returns their names.  Unreadable files are kept."""
-    scan = scan_locks(backend, data_key, clock=clock, pid_alive=pid_alive, hostname=hostname)
+    scan = scan_locks(backend, lock_key, clock=clock, pid_alive=pid_alive, hostname=hostname)
     removed = [e.name for e in scan.entries if e.stale]
     for name in removed:
         backend.delete(name)
@@ -217,7 +217,7 @@ def remove_all(backend: Backend) -> list[str]:
 
 def acquire(
     backend: Backend,
-    data_key: bytes,
+    lock_key: bytes,
     *,
     exclusive: bool,
     command: str,
@@ -244,7 +244,7 @@ def acquire(
         try:
             name, info, unreadable = _try_acquire(
                 backend,
-                data_key,
+                lock_key,
                 me,
                 exclusive=exclusive,
                 command=command,
@@ -259,14 +259,14 @@ def acquire(
             # Jitter, so two lockers that backed off from each other do not collide again.
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
         delay = min(delay * 2, _MAX_RETRY)
-    lock = RepoLock(backend, data_key, name, info, clock, unreadable)
+    lock = RepoLock(backend, lock_key, name, info, clock, unreadable)
     lock._start(refresh_every)
     return lock
 
 
 def _try_acquire(
     backend: Backend,
-    data_key: bytes,
+    lock_key: bytes,
     me: Identity,
     *,
     exclusive: bool,
@@ -275,7 +275,7 @@ def _try_acquire(
     alive: PidCheck,
 ) -> tuple[str, LockInfo, list[tuple[str, str]]]:
     """One attempt of the list / write / list-again protocol; LockedError on conflict."""
-    before = scan_locks(backend, data_key, clock=clock, pid_alive=alive, hostname=me.hostname)
+    before = scan_locks(backend, lock_key, clock=clock, pid_alive=alive, hostname=me.hostname)
     for entry in before.entries:
         if entry.stale:
             # Best effort: the file is ignored as stale whether or not it goes.
@@ -283,11 +283,11 @@ def _try_acquire(
     _raise_on_conflict(before.entries, exclusive, clock())
 
     info = LockInfo(me.hostname, me.username, me.pid, clock(), exclusive, command)
-    raw = encode_lock(info, data_key)
+    raw = encode_lock(info, lock_key)
     name = layout.lock_name(storage_id(raw))
     backend.write(name, raw)
     try:
-        after = scan_locks(backend, data_key, clock=clock, pid_alive=alive, hostname=me.hostname)
+        after = scan_locks(backend, lock_key, clock=clock, pid_alive=alive, hostname=me.hostname)
         # Give up on any conflict rather than pick a winner: the other locker
         # may already have finished its own second listing and be running.
         _raise_on_conflict([e for e in after.entries if e.name != name], exclusive, clock())
@@ -351,14 +351,14 @@ class RepoLock:
     def __init__(
         self,
         backend: Backend,
-        data_key: bytes,
+        lock_key: bytes,
         name: str,
         info: LockInfo,
         clock: Clock,
         unreadable: list[tuple[str, str]],
     ) -> None:
         self._backend = backend
-        self._data_key = data_key
+        self._lock_key = lock_key
         self._clock = clock
         self._name = name
         self._info = info
@@ -463,7 +463,7 @@ class RepoLock:
             if self._stop.is_set() or self._why_lost() is not None:
                 return
             info = replace(self._info, time_ns=self._clock())
-            raw = encode_lock(info, self._data_key)
+            raw = encode_lock(info, self._lock_key)
             new_name = layout.lock_name(storage_id(raw))
             self._backend.write(new_name, raw)
             # Only now check that the old file is still there: checking before

@@ -178,6 +178,7 @@ class Repository:
 
     def has_blob(self, blob_id: bytes) -> bool:
         """Whether the blob is stored or about to be."""
+        self.load_index()
         with self._lock:
             return blob_id in self._inflight or blob_id in self.index
 
@@ -379,6 +380,11 @@ def init_repository(
     if repository_exists(backend):
         raise RepositoryExists(location=backend.location)
     backend.create()
+    if any(layout.id_from_name(o.name) for o in backend.list(layout.KEYS)):
+        # Key files but no config: an earlier init died before writing the config.
+        # They open nothing; remove them so this init starts clean.
+        for o in backend.list(layout.KEYS):
+            backend.delete(o.name)
     keys = crypto.MasterKeys.generate()
     cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size)
     key_id = _write_key(backend, keys, password, kdf or crypto.KdfParams.new())
@@ -414,7 +420,13 @@ def open_repository(backend: Backend, password: bytes) -> Repository:
         except (IntegrityError, UnsupportedVersion) as e:
             damaged.append(str(e))
             continue
-        cfg = configfmt.decode_config(raw_config, keys.data_key)
+        try:
+            cfg = configfmt.decode_config(raw_config, keys.data_key)
+        except IntegrityError as e:
+            # A key file left by an interrupted init of another repository here:
+            # it opens with the password but its keys do not open this config.
+            damaged.append(f"key file {name}: its keys do not open the config ({e})")
+            continue
         kid = layout.id_from_name(name)
         assert kid is not None
         return Repository(backend, keys, cfg, kid)

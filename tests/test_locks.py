@@ -48,7 +48,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 @pytest.fixture
 def key() -> bytes:
-    return crypto.MasterKeys.generate().data_key
+    return crypto.MasterKeys.generate().index_key
 
 
 def plant(
@@ -88,7 +88,7 @@ def test_lock_file_round_trips(key: bytes) -> None:
 def test_lock_file_hides_its_content_and_needs_the_key(key: bytes) -> None:
     raw = encode_lock(LockInfo("secret-host-name", "secret-user", 1, T0, False, "backup"), key)
     assert b"secret-host" not in raw and b"secret-user" not in raw and b"backup" not in raw
-    other = crypto.MasterKeys.generate().data_key
+    other = crypto.MasterKeys.generate().index_key
     with pytest.raises(IntegrityError):
         decode_lock(raw, other)
 
@@ -216,7 +216,7 @@ def test_list_and_remove(backend: Backend, key: bytes) -> None:
 
 
 def test_unreadable_locks_are_ignored_and_reported(backend: Backend, key: bytes) -> None:
-    foreign = plant(backend, crypto.MasterKeys.generate().data_key, exclusive=True)
+    foreign = plant(backend, crypto.MasterKeys.generate().index_key, exclusive=True)
     with locks.acquire(backend, key, exclusive=True, command="prune") as lock:
         assert [name for name, _ in lock.unreadable] == [foreign]
     assert lock_names(backend) == {foreign}  # never deleted by a locker
@@ -305,7 +305,7 @@ class Ticker:
 def test_refresh_replaces_the_lock_file() -> None:
     backend = WatchedBackend()
     backend.create()
-    key = crypto.MasterKeys.generate().data_key
+    key = crypto.MasterKeys.generate().index_key
     clock = Ticker()
     with locks.acquire(
         backend, key, exclusive=True, command="prune", clock=clock, refresh_every=0.01
@@ -339,7 +339,7 @@ def test_lock_removed_by_someone_else_is_lost(backend: Backend, key: bytes) -> N
 def test_lock_not_refreshed_in_time_is_lost() -> None:
     backend = WatchedBackend()
     backend.create()
-    key = crypto.MasterKeys.generate().data_key
+    key = crypto.MasterKeys.generate().index_key
     clock = Ticker()
     with locks.acquire(backend, key, exclusive=True, command="prune", clock=clock) as lock:
         clock.now += 8 * MINUTE_NS
@@ -355,7 +355,7 @@ def test_lock_not_refreshed_in_time_is_lost() -> None:
 def test_failing_refreshes_are_reported_in_the_loss() -> None:
     backend = WatchedBackend()
     backend.create()
-    key = crypto.MasterKeys.generate().data_key
+    key = crypto.MasterKeys.generate().index_key
     clock = Ticker()
     with locks.acquire(
         backend, key, exclusive=True, command="prune", clock=clock, refresh_every=0.01

@@ -75,7 +75,7 @@ class Globals:
 
         lock = locks.acquire(
             repo.backend,
-            repo.keys.data_key,
+            repo.keys.index_key,
             exclusive=exclusive,
             command=command,
             wait=self.lock_wait,

@@ -64,6 +64,8 @@ def decode_index(raw: bytes, index_key: bytes) -> IndexFile:
             if t not in (0, 1) or off < 0 or length <= crypto.SEAL_OVERHEAD or raw_len < 0:
                 raise FormatError(what=what, detail="blob entry out of range")
             entries.append(PackEntry(_id(bid, what), BlobType(t), off, length, raw_len))
+        if pack_id in out.packs:
+            raise FormatError(what=what, detail="a pack is listed twice")
         out.packs[pack_id] = entries
     return out
 

@@ -83,9 +83,10 @@ def decode_keyfile(raw: bytes) -> KeyFile:
             raise ValueError(f"unknown KDF {kdf['algorithm']!r}")
         if doc["type"] not in KEY_TYPES:
             raise UnsupportedVersion(what="key file", version=f"(type {doc['type']})", supported=1)
-        params = crypto.KdfParams(
-            base64.b64decode(kdf["salt"], validate=True), int(kdf["opslimit"]), int(kdf["memlimit"])
-        )
+        ops, mem = kdf["opslimit"], kdf["memlimit"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ops, mem)):
+            raise ValueError("KDF costs must be integers")
+        params = crypto.KdfParams(base64.b64decode(kdf["salt"], validate=True), ops, mem)
         return KeyFile(
             params,
             base64.b64decode(doc["keys"], validate=True),
@@ -96,7 +97,15 @@ def decode_keyfile(raw: bytes) -> KeyFile:
         )
     except UnsupportedVersion:
         raise
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as e:
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+        RecursionError,
+        binascii.Error,
+        UnicodeDecodeError,
+    ) as e:
         raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
 
 

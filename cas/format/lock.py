@@ -30,7 +30,7 @@ class LockInfo:
     command: str
 
 
-def encode_lock(info: LockInfo, data_key: bytes, nonce: bytes | None = None) -> bytes:
+def encode_lock(info: LockInfo, lock_key: bytes, nonce: bytes | None = None) -> bytes:
     """Serialise and seal a lock file (``nonce`` only for test vectors)."""
     doc: dict[str, Any] = {
         "v": 1,
@@ -41,13 +41,13 @@ def encode_lock(info: LockInfo, data_key: bytes, nonce: bytes | None = None) -> 
         "exclusive": info.exclusive,
         "command": info.command,
     }
-    return seal_document(data_key, LOCK_AD, doc, nonce)
+    return seal_document(lock_key, LOCK_AD, doc, nonce)
 
 
-def decode_lock(raw: bytes, data_key: bytes) -> LockInfo:
+def decode_lock(raw: bytes, lock_key: bytes) -> LockInfo:
     """Authenticate and parse a lock file; raises only cas errors."""
     what = "lock file"
-    d = open_document(data_key, LOCK_AD, raw, what)
+    d = open_document(lock_key, LOCK_AD, raw, what)
     pid = field(d, "pid", int, what)
     # Lockers probe the holder with kill(pid, 0); 0 and negative numbers would
     # address process groups (-1: every process), so they are refused here.

@@ -103,6 +103,10 @@ def header_length(trailer: bytes, pack_size: int) -> int:
 
 def decode_header(keys: crypto.MasterKeys, sealed_header: bytes, pack_size: int) -> list[PackEntry]:
     """Open the sealed header and compute each blob's offset; checks the blobs tile the pack."""
+    if sealed_header[:1] != bytes((crypto.SCHEME_XCHACHA,)):
+        # The trailer's length is authenticated only through the header itself: a
+        # wrong length lands inside blob data, which is damage, not a newer format.
+        raise FormatError(what="pack header", detail="header length in the trailer is wrong")
     plain = crypto.open_sealed(keys.index_key, sealed_header, PACK_AD, "pack header")
     if len(plain) % ENTRY.size:
         raise FormatError(what="pack header", detail="length is not a whole number of entries")

@@ -80,7 +80,7 @@ class Node:
         n = cls(name=get_field(d, "name", bytes, what), type=get_field(d, "type", str, what))
         if n.type not in NODE_TYPES:
             raise FormatError(what=what, detail=f"unknown type {n.type!r}")
-        if not n.name or b"/" in n.name or n.name in (b".", b".."):
+        if not n.name or b"/" in n.name or b"\0" in n.name or n.name in (b".", b".."):
             raise FormatError(what=what, detail=f"unsafe name {n.name!r}")
         for k in (
             "mode",
@@ -111,6 +111,8 @@ class Node:
                 if len(v) != 32:
                     raise FormatError(what=what, detail=f"{k} is not a 32-byte ID")
                 setattr(n, k, v)
+        if n.target is not None and (not n.target or b"\0" in n.target):
+            raise FormatError(what=what, detail="symlink target empty or holding NUL")
         if "xattrs" in d:
             xs = get_field(d, "xattrs", list, what)
             if not all(

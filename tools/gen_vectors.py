@@ -1,0 +1,1113 @@
+#!/usr/bin/env python3
+"""Regenerate the known-answer test vectors in spec/vectors/ (spec/format.md §17).
+
+    python tools/gen_vectors.py           # rewrite every vector file
+    python tools/gen_vectors.py --check   # recompute; exit 1 with a summary if any file differs
+
+Every value is computed by calling cas's own functions with fixed keys,
+nonces, salts and passwords (passed through the ``nonce=`` parameters the
+code provides for this purpose), so the output is deterministic.  The KDF
+runs at a low cost (opslimit 1, memlimit 8 MiB) to keep generation quick.
+
+Byte strings are lowercase hex.  Compressed payloads depend on the zstd
+library version; compress.json records the version the files were made with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import zstandard
+from fastcdc import fastcdc_py
+
+from cas import compress, crypto
+from cas.chunker import Chunker, ChunkerParams
+from cas.crypto import BlobType, KdfParams, MasterKeys
+from cas.errors import CasError
+from cas.format import codec
+from cas.format import config as configfmt
+from cas.format import index as indexfmt
+from cas.format import keyfile as keyfmt
+from cas.format import lock as lockfmt
+from cas.format import pack as packfmt
+from cas.format import snapshot as snapfmt
+from cas.format import tree as treefmt
+from cas.ids import storage_id
+
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+
+KEYS = MasterKeys(
+    data_key=bytes(range(0x00, 0x20)),
+    index_key=bytes(range(0x20, 0x40)),
+    id_key=bytes(range(0x40, 0x60)),
+    chunker_key=bytes(range(0x60, 0x80)),
+)
+KDF_OPS = 1
+KDF_MEM = 8192 * 1024
+
+# The chunker test stream: BLAKE3 XOF in keyed mode (key = bytes 0x00..0x1f)
+# over this ASCII string, first STREAM_LENGTH bytes.  Stated, not stored.
+STREAM_KEY = bytes(range(32))
+STREAM_CONTEXT = b"cas.vectors.chunker-stream.v1"
+STREAM_LENGTH = 24 << 20
+SMALL_PARAMS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+
+
+def chunker_stream() -> bytes:
+    """The chunker test stream (see STREAM_* above)."""
+    return bytes(blake3.blake3(STREAM_CONTEXT, key=STREAM_KEY).digest(length=STREAM_LENGTH))
+
+
+def nonce(label: str) -> bytes:
+    """A fixed 24-byte nonce: the first 24 bytes of SHA-256("cas.vectors.nonce." + label)."""
+    return hashlib.sha256(b"cas.vectors.nonce." + label.encode()).digest()[:24]
+
+
+def h(data: bytes) -> str:
+    return data.hex()
+
+
+def keys_json(keys: MasterKeys) -> dict[str, str]:
+    return {
+        "data": h(keys.data_key),
+        "index": h(keys.index_key),
+        "id": h(keys.id_key),
+        "chunker": h(keys.chunker_key),
+    }
+
+
+def error_name(fn: Callable[..., object], *args: Any) -> str:
+    """The class name of the cas error ``fn(*args)`` raises (the generator insists on one)."""
+    try:
+        fn(*args)
+    except CasError as e:
+        return type(e).__name__
+    raise AssertionError("expected a cas error")
+
+
+def sealed_doc_json(key: bytes, ad: bytes, sealed: bytes) -> dict[str, str]:
+    """The layers of a sealed document: payload (flag + body) and the msgpack document."""
+    payload = crypto.open_sealed(key, sealed, ad, "vector")
+    doc = compress.decode_payload(payload, codec.MAX_DOCUMENT, "vector")
+    return {"msgpack": h(doc), "payload": h(payload), "sealed": h(sealed)}
+
+
+# -- kdf, aead, ids -------------------------------------------------------------------
+
+
+def gen_kdf() -> dict[str, Any]:
+    cases = []
+    for desc, pw, salt, ops in (
+        ("ASCII password, lowest cost", b"correct horse battery staple", bytes(range(16)), 1),
+        (
+            "same password and salt, opslimit 2",
+            b"correct horse battery staple",
+            bytes(range(16)),
+            2,
+        ),
+        ("empty password", b"", bytes(range(0xF0, 0x100)), 1),
+        ("UTF-8 password", "pässwörd ✓".encode(), b"\x00" * 16, 1),
+    ):
+        key = crypto.derive_key(pw, KdfParams(salt, ops, KDF_MEM))
+        cases.append(
+            {
+                "description": desc,
+                "password": h(pw),
+                "salt": h(salt),
+                "opslimit": ops,
+                "memlimit": KDF_MEM,
+                "key": h(key),
+            }
+        )
+    return {
+        "description": "Argon2id key derivation (§4.2): libsodium crypto_pwhash_argon2id "
+        "(Argon2id v1.3, t = opslimit, m = memlimit / 1024 KiB, p = 1), 32-byte output",
+        "cases": cases,
+    }
+
+
+def gen_aead() -> dict[str, Any]:
+    key = KEYS.data_key
+    cases = []
+    inputs = (
+        ("empty plaintext, empty associated data", b"", b""),
+        ("short plaintext, snapshot AD", b"cas", snapfmt.SNAPSHOT_AD),
+        (
+            "blob AD: 'cas.blob.v1' | type 0 | 32-byte ID",
+            b"\x00hello, world\n",
+            crypto.blob_ad(BlobType.DATA, bytes(range(0x80, 0xA0))),
+        ),
+        ("200-byte plaintext, index AD", bytes(range(200)), indexfmt.INDEX_AD),
+    )
+    for i, (desc, pt, ad) in enumerate(inputs):
+        n = nonce(f"aead.{i}")
+        cases.append(
+            {
+                "description": desc,
+                "key": h(key),
+                "nonce": h(n),
+                "ad": h(ad),
+                "plaintext": h(pt),
+                "sealed": h(crypto.seal(key, pt, ad, n)),
+            }
+        )
+    good = crypto.seal(key, b"cas", snapfmt.SNAPSHOT_AD, nonce("aead.1"))
+    tag_flipped = good[:-1] + bytes((good[-1] ^ 1,))
+    invalid = []
+    for desc, sealed, ad in (
+        ("last tag byte flipped", tag_flipped, snapfmt.SNAPSHOT_AD),
+        ("opened with another associated data", good, indexfmt.INDEX_AD),
+        ("unknown scheme byte 1", b"\x01" + good[1:], snapfmt.SNAPSHOT_AD),
+        ("40 bytes: shorter than scheme + nonce + tag", good[:40], snapfmt.SNAPSHOT_AD),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "key": h(key),
+                "ad": h(ad),
+                "sealed": h(sealed),
+                "error": error_name(crypto.open_sealed, key, sealed, ad, "v"),
+            }
+        )
+    return {
+        "description": "Sealing (§5): scheme byte 0 | 24-byte nonce | XChaCha20-Poly1305-IETF "
+        "ciphertext | 16-byte tag",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+def gen_blob_id() -> dict[str, Any]:
+    id_key = KEYS.id_key
+    cases: list[dict[str, Any]] = []
+    for desc, t, pt in (
+        ("empty data blob", BlobType.DATA, b""),
+        ("empty tree blob (differs from the empty data blob)", BlobType.TREE, b""),
+        ("data blob 'hello'", BlobType.DATA, b"hello"),
+        ("tree blob with the same bytes", BlobType.TREE, b"hello"),
+        ("data blob of 1025 zero bytes (two BLAKE3 chunks)", BlobType.DATA, bytes(1025)),
+    ):
+        cases.append(
+            {
+                "description": desc,
+                "kind": "blob",
+                "id_key": h(id_key),
+                "type": int(t),
+                "plaintext": h(pt),
+                "id": h(crypto.blob_id(id_key, t, pt)),
+            }
+        )
+    for desc, parts in (
+        ("file digest of an empty file", [b""]),
+        ("file digest of 'hello' (differs from the blob ID)", [b"hello"]),
+        ("file digest of 1025 zero bytes fed in two parts", [bytes(500), bytes(525)]),
+    ):
+        d = crypto.FileDigest(id_key)
+        for p in parts:
+            d.update(p)
+        cases.append(
+            {
+                "description": desc,
+                "kind": "file_digest",
+                "id_key": h(id_key),
+                "plaintext": h(b"".join(parts)),
+                "id": h(d.digest()),
+            }
+        )
+    for desc, data in (("SHA-256 storage ID of 'hello'", b"hello"), ("of nothing", b"")):
+        cases.append(
+            {
+                "description": desc,
+                "kind": "storage_id",
+                "plaintext": h(data),
+                "id": h(storage_id(data)),
+            }
+        )
+    return {
+        "description": "IDs (§6): blob ID = BLAKE3-keyed(id key, type byte | plaintext); file "
+        "digest = BLAKE3-keyed(id key, 0x02 | content); storage ID = SHA-256(stored bytes)",
+        "cases": cases,
+    }
+
+
+# -- chunking ---------------------------------------------------------------------
+
+
+def fastcdc_constants(p: ChunkerParams) -> dict[str, int]:
+    """The derived values fastcdc uses (§7.3), from fastcdc's own helper functions."""
+    bits = fastcdc_py.logarithm2(p.avg_size)
+    return {
+        "bits": bits,
+        "mask_s": fastcdc_py.mask(bits + 1),
+        "mask_l": fastcdc_py.mask(bits - 1),
+        "center_size": fastcdc_py.center_size(p.avg_size, p.min_size, p.max_size),
+    }
+
+
+def gen_chunker() -> dict[str, Any]:
+    perms = []
+    for desc, key in (
+        ("the vector chunker key", KEYS.chunker_key),
+        ("an all-zero chunker key", bytes(32)),
+    ):
+        perms.append(
+            {
+                "description": desc,
+                "chunker_key": h(key),
+                "permutation": h(crypto.chunker_permutation(key)),
+            }
+        )
+    stream = chunker_stream()
+    perm = crypto.chunker_permutation(KEYS.chunker_key)
+    identity = bytes(range(256))
+    runs = []
+    for desc, params, permutation in (
+        ("small parameters, keyed", SMALL_PARAMS, perm),
+        ("small parameters, identity permutation (plain fastcdc)", SMALL_PARAMS, identity),
+        ("default parameters, keyed", ChunkerParams(), perm),
+    ):
+        ends = Chunker(permutation, params).cut_points(stream)
+        runs.append(
+            {
+                "description": desc,
+                "permutation": "identity" if permutation == identity else "chunker_key",
+                "min": params.min_size,
+                "avg": params.avg_size,
+                "max": params.max_size,
+                "derived": fastcdc_constants(params),
+                "chunk_ends": ends,
+            }
+        )
+    return {
+        "description": "Keyed chunking (§7): permutation from the chunker key, and chunk end "
+        "offsets over a stated stream",
+        "chunker_key": h(KEYS.chunker_key),
+        "permutations": perms,
+        "stream": {
+            "recipe": "BLAKE3 keyed mode, key = stream_key, input = ASCII stream_context; "
+            "the first `length` bytes of the extended output",
+            "stream_key": h(STREAM_KEY),
+            "stream_context": STREAM_CONTEXT.decode(),
+            "length": STREAM_LENGTH,
+            "sha256": h(hashlib.sha256(stream).digest()),
+        },
+        "runs": runs,
+    }
+
+
+# -- compression ------------------------------------------------------------------
+
+
+def gen_compress() -> dict[str, Any]:
+    cases = []
+    for desc, data, level in (
+        ("empty input: stored", b"", 3),
+        ("64 bytes: never compressed (64 bytes or fewer are stored)", b"a" * 64, 3),
+        ("65 repetitive bytes: zstd", b"a" * 65, 3),
+        ("208 bytes of text: zstd", b"cas repository format, version 1\n" * 6 + b"0123456789", 3),
+        ("256 distinct bytes: zstd does not shrink them, stored", bytes(range(256)), 3),
+        ("compression disabled (level None): stored", b"a" * 100, None),
+    ):
+        cases.append(
+            {
+                "description": desc,
+                "input": h(data),
+                "level": level,
+                "payload": h(compress.encode_payload(data, level)),
+            }
+        )
+    no_size = zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 100)
+    invalid = []
+    for desc, payload, max_size in (
+        ("empty payload", b"", 100),
+        ("unknown flag byte 2", b"\x02abc", 100),
+        ("zstd frame without a content size", b"\x01" + no_size, 1000),
+        ("stored payload larger than the reader's bound", b"\x00" + b"a" * 101, 100),
+        (
+            "zstd frame larger than the reader's bound",
+            compress.encode_payload(b"a" * 101, 3),
+            100,
+        ),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "payload": h(payload),
+                "max_size": max_size,
+                "error": error_name(compress.decode_payload, payload, max_size, "v"),
+            }
+        )
+    return {
+        "description": "Payload encoding (§8): flag byte 0 = stored, 1 = one zstd frame with "
+        "its content size.  Encoder output for flag 1 is specific to the zstd version below; "
+        "any conforming decoder must decode it.",
+        "zstd_version": ".".join(map(str, zstandard.ZSTD_VERSION)),
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+# -- packs and index files --------------------------------------------------------
+
+DATA_BLOBS = (
+    ("compressible data blob (zstd)", b"All work and no play makes Jack a dull boy. " * 8, 3),
+    ("incompressible data blob (stored)", bytes(range(0x20, 0x7F)), 3),
+    ("empty data blob (one flag byte sealed: 42 bytes)", b"", 3),
+)
+TREE_BLOBS = (("tree blob, compression off", b"\x82\xa5nodes\x90\xa1v\x01", None),)
+
+
+def build_pack(label: str, blob_type: BlobType, blobs: tuple[Any, ...]) -> dict[str, Any]:
+    sealed_blobs, entries, offset, out_blobs = [], [], 0, []
+    for i, (desc, pt, level) in enumerate(blobs):
+        bid = crypto.blob_id(KEYS.id_key, blob_type, pt)
+        n = nonce(f"{label}.blob.{i}")
+        sealed = packfmt.seal_blob(KEYS, blob_type, bid, pt, level, n)
+        sealed_blobs.append(sealed)
+        entries.append(packfmt.PackEntry(bid, blob_type, offset, len(sealed), len(pt)))
+        offset += len(sealed)
+        out_blobs.append(
+            {
+                "description": desc,
+                "type": int(blob_type),
+                "plaintext": h(pt),
+                "level": level,
+                "id": h(bid),
+                "nonce": h(n),
+                "payload": h(compress.encode_payload(pt, level)),
+                "sealed": h(sealed),
+            }
+        )
+    header_nonce = nonce(f"{label}.header")
+    tail = packfmt.encode_pack_tail(KEYS, entries, header_nonce)
+    data = b"".join(sealed_blobs) + tail
+    parsed = packfmt.parse_pack(KEYS, data)
+    assert parsed == entries
+    return {
+        "description": f"a {blob_type.name.lower()} pack of {len(blobs)} blob(s)",
+        "blobs": out_blobs,
+        "header_plaintext": h(packfmt.encode_header(entries)),
+        "header_nonce": h(header_nonce),
+        "pack": h(data),
+        "pack_id": h(storage_id(data)),
+        "entries": [entry_json(e) for e in parsed],
+    }
+
+
+def entry_json(e: packfmt.PackEntry) -> dict[str, Any]:
+    return {
+        "id": h(e.blob_id),
+        "type": int(e.type),
+        "offset": e.offset,
+        "length": e.length,
+        "raw_length": e.raw_length,
+    }
+
+
+def gen_pack() -> dict[str, Any]:
+    data_pack = build_pack("pack.data", BlobType.DATA, DATA_BLOBS)
+    tree_pack = build_pack("pack.tree", BlobType.TREE, TREE_BLOBS)
+    good = bytes.fromhex(data_pack["pack"])
+    first = bytes.fromhex(data_pack["blobs"][0]["sealed"])
+    second_id = bytes.fromhex(data_pack["blobs"][1]["id"])
+    n = len(good)
+    invalid = []
+    for desc, pack in (
+        ("trailer magic altered", good[:-1] + b"2"),
+        (
+            "header length one too large",
+            good[:-8]
+            + (int.from_bytes(good[-8:-4], "little") + 1).to_bytes(4, "little")
+            + good[-4:],
+        ),
+        ("one byte inserted before the first blob: blobs no longer tile the pack", b"\x00" + good),
+        ("sealed header altered", good[: n - 9] + bytes((good[n - 9] ^ 1,)) + good[n - 8 :]),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "pack": h(pack),
+                "error": error_name(packfmt.parse_pack, KEYS, pack),
+            }
+        )
+    swapped = {
+        "description": "the first blob's bytes opened as the second blob (type and ID are in "
+        "the AD, so a blob cannot be swapped for another)",
+        "type": 0,
+        "id": h(second_id),
+        "sealed": h(first),
+        "error": error_name(packfmt.open_blob, KEYS, BlobType.DATA, second_id, first),
+    }
+    return {
+        "description": "Packs (§9): sealed blobs, sealed header (index key, AD 'cas.pack.v1'), "
+        "u32 LE header length, 'CPK1'",
+        "master_keys": keys_json(KEYS),
+        "packs": [data_pack, tree_pack],
+        "invalid": invalid,
+        "invalid_blobs": [swapped],
+    }
+
+
+def gen_index() -> dict[str, Any]:
+    pack = gen_pack()
+    packs = {
+        bytes.fromhex(p["pack_id"]): [
+            packfmt.PackEntry(
+                bytes.fromhex(e["id"]),
+                BlobType(e["type"]),
+                e["offset"],
+                e["length"],
+                e["raw_length"],
+            )
+            for e in p["entries"]
+        ]
+        for p in pack["packs"]
+    }
+    cases = []
+    for i, (desc, idx) in enumerate(
+        (
+            ("the two packs of pack.json", indexfmt.IndexFile(packs)),
+            (
+                "an index file that supersedes two others and lists no packs",
+                indexfmt.IndexFile({}, [storage_id(b"index a"), storage_id(b"index b")]),
+            ),
+        )
+    ):
+        n = nonce(f"index.{i}")
+        sealed = indexfmt.encode_index(idx, KEYS.index_key, n)
+        cases.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "nonce": h(n),
+                "packs": [
+                    {"id": h(pid), "blobs": [entry_json(e) for e in entries]}
+                    for pid, entries in idx.packs.items()
+                ],
+                "supersedes": [h(s) for s in idx.supersedes],
+                **sealed_doc_json(KEYS.index_key, indexfmt.INDEX_AD, sealed),
+                "file_id": h(storage_id(sealed)),
+            }
+        )
+    invalid = []
+    bid = bytes(range(32))
+    for i, (desc, doc) in enumerate(
+        (
+            ("document version 2", {"v": 2, "packs": [], "supersedes": []}),
+            (
+                "blob entry with a stored length of 41 (not more than the seal overhead)",
+                {"v": 1, "packs": [{"id": bid, "blobs": [[bid, 0, 0, 41, 0]]}], "supersedes": []},
+            ),
+            (
+                "blob entry of unknown type 2",
+                {"v": 1, "packs": [{"id": bid, "blobs": [[bid, 2, 0, 100, 0]]}], "supersedes": []},
+            ),
+        )
+    ):
+        sealed = codec.seal_document(
+            KEYS.index_key, indexfmt.INDEX_AD, doc, nonce(f"index.bad.{i}")
+        )
+        invalid.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "sealed": h(sealed),
+                "error": error_name(indexfmt.decode_index, sealed, KEYS.index_key),
+            }
+        )
+    return {
+        "description": "Index files (§10): canonical msgpack sealed under the index key, "
+        "AD 'cas.index.v1'",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+# -- trees and snapshots ----------------------------------------------------------
+
+
+def node_json(n: treefmt.Node) -> dict[str, Any]:
+    """A JSON rendering of a Node: bytes as hex, every field present."""
+    return {
+        "name": h(n.name),
+        "type": n.type,
+        "mode": n.mode,
+        "uid": n.uid,
+        "gid": n.gid,
+        "user": n.user,
+        "group": n.group,
+        "size": n.size,
+        "mtime_ns": n.mtime_ns,
+        "atime_ns": n.atime_ns,
+        "ctime_ns": n.ctime_ns,
+        "inode": n.inode,
+        "device": n.device,
+        "links": n.links,
+        "rdev": n.rdev,
+        "target": None if n.target is None else h(n.target),
+        "xattrs": [[h(k), h(v)] for k, v in n.xattrs],
+        "flags": n.flags,
+        "content": [h(c) for c in n.content],
+        "sizes": list(n.sizes),
+        "digest": None if n.digest is None else h(n.digest),
+        "subtree": None if n.subtree is None else h(n.subtree),
+        "extra": dict(n.extra),
+    }
+
+
+def tree_nodes() -> list[treefmt.Node]:
+    t = 1_700_000_000_123_456_789
+    common: dict[str, Any] = {
+        "uid": 1000,
+        "gid": 1000,
+        "user": "alice",
+        "group": "staff",
+        "device": 2049,
+    }
+    chunk_a = crypto.blob_id(KEYS.id_key, BlobType.DATA, b"chunk a")
+    chunk_b = crypto.blob_id(KEYS.id_key, BlobType.DATA, b"chunk b")
+    digest = crypto.FileDigest(KEYS.id_key)
+    digest.update(b"chunk achunk b")
+    return [
+        # Given out of order on purpose: the encoder sorts by name bytes.
+        treefmt.Node(
+            name=b"zz-dir",
+            type="dir",
+            mode=0o755,
+            size=4096,
+            mtime_ns=t,
+            atime_ns=t,
+            ctime_ns=t,
+            inode=11,
+            links=3,
+            subtree=crypto.blob_id(KEYS.id_key, BlobType.TREE, b"\x82\xa5nodes\x90\xa1v\x01"),
+            **common,
+        ),
+        treefmt.Node(
+            name=b"caf\xe9.txt",
+            type="file",
+            mode=0o644,
+            size=14,
+            mtime_ns=t,
+            atime_ns=t + 1,
+            ctime_ns=t + 2,
+            inode=12,
+            links=2,
+            content=[chunk_a, chunk_b],
+            sizes=[7, 7],
+            digest=digest.digest(),
+            xattrs=[(b"user.comment", b"\xff\x00binary"), (b"user.mime_type", b"text/plain")],
+            flags=0x80000,
+            **common,
+        ),
+        treefmt.Node(
+            name=b"link",
+            type="symlink",
+            mode=0o777,
+            size=9,
+            mtime_ns=t,
+            atime_ns=t,
+            ctime_ns=t,
+            inode=13,
+            target=b"../\xfe\xfftarget",
+            **common,
+        ),
+        treefmt.Node(
+            name=b"null",
+            type="chardev",
+            mode=0o666,
+            mtime_ns=t,
+            atime_ns=t,
+            ctime_ns=t,
+            inode=14,
+            rdev=(1 << 8) | 3,
+            uid=0,
+            gid=0,
+            user="root",
+            group="root",
+            device=5,
+        ),
+        treefmt.Node(
+            name=b"empty",
+            type="file",
+            mode=0o4755,
+            mtime_ns=-1_000_000_000,
+            atime_ns=0,
+            ctime_ns=t,
+            inode=15,
+            uid=4_000_000_000,
+            gid=65534,
+            extra={"x_future_field": "kept as is", "x_future_int": 7},
+        ),
+    ]
+
+
+def gen_tree() -> dict[str, Any]:
+    nodes = tree_nodes()
+    plaintext = treefmt.encode_tree(nodes)
+    decoded = treefmt.decode_tree(plaintext)
+    empty = treefmt.encode_tree([])
+    cases = [
+        {
+            "description": "five nodes given unsorted: non-UTF-8 name, file with content, "
+            "xattrs and flags, symlink with a raw target, character device, unknown fields kept",
+            "id_key": h(KEYS.id_key),
+            "plaintext": h(plaintext),
+            "nodes": [node_json(n) for n in decoded],
+            "id": h(crypto.blob_id(KEYS.id_key, BlobType.TREE, plaintext)),
+        },
+        {
+            "description": "an empty directory",
+            "id_key": h(KEYS.id_key),
+            "plaintext": h(empty),
+            "nodes": [],
+            "id": h(crypto.blob_id(KEYS.id_key, BlobType.TREE, empty)),
+        },
+    ]
+    base = treefmt.Node(name=b"a", type="file").to_doc()
+    invalid = []
+    for desc, doc in (
+        ("duplicate names", {"v": 1, "nodes": [base, base]}),
+        ("names not sorted", {"v": 1, "nodes": [dict(base, name=b"b"), base]}),
+        ("name '..'", {"v": 1, "nodes": [dict(base, name=b"..")]}),
+        ("name containing '/'", {"v": 1, "nodes": [dict(base, name=b"a/b")]}),
+        ("empty name", {"v": 1, "nodes": [dict(base, name=b"")]}),
+        ("name as a msgpack str instead of bin", {"v": 1, "nodes": [dict(base, name="a")]}),
+        ("unknown node type", {"v": 1, "nodes": [dict(base, type="door")]}),
+        ("required field mode missing", {"v": 1, "nodes": [{"name": b"a", "type": "file"}]}),
+        ("content without sizes", {"v": 1, "nodes": [dict(base, content=[bytes(32)])]}),
+        ("tree version 2", {"v": 2, "nodes": []}),
+    ):
+        raw = codec.pack_canonical(doc)
+        invalid.append(
+            {
+                "description": desc,
+                "plaintext": h(raw),
+                "error": error_name(treefmt.decode_tree, raw),
+            }
+        )
+    return {
+        "description": "Tree blobs (§11): canonical msgpack plaintext and its tree blob ID",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+def snapshot_json(s: snapfmt.Snapshot) -> dict[str, Any]:
+    return {
+        "time_ns": s.time_ns,
+        "tree": h(s.tree),
+        "paths": [h(p) for p in s.paths],
+        "hostname": s.hostname,
+        "username": s.username,
+        "uid": s.uid,
+        "gid": s.gid,
+        "tags": list(s.tags),
+        "parent": None if s.parent is None else h(s.parent),
+        "program": s.program,
+        "summary": dict(s.summary),
+        "extra": dict(s.extra),
+    }
+
+
+def gen_snapshot() -> dict[str, Any]:
+    tree_id = bytes.fromhex(gen_tree()["cases"][0]["id"])
+    snaps = (
+        (
+            "first snapshot, tags given unsorted (stored sorted), a non-UTF-8 path",
+            snapfmt.Snapshot(
+                time_ns=1_700_000_000_000_000_000,
+                tree=tree_id,
+                paths=[b"/home/alice", b"/srv/caf\xe9"],
+                hostname="host1",
+                username="alice",
+                uid=1000,
+                gid=1000,
+                tags=["weekly", "daily"],
+                program="cas 0.1.0",
+                summary={"files_new": 3, "bytes_added": 12345},
+            ),
+        ),
+        (
+            "child snapshot with a parent and an unknown field kept",
+            snapfmt.Snapshot(
+                time_ns=1_700_086_400_000_000_000,
+                tree=tree_id,
+                paths=[b"/home/alice"],
+                hostname="host1",
+                username="alice",
+                uid=1000,
+                gid=1000,
+                parent=storage_id(b"parent snapshot"),
+                program="cas 0.1.0",
+                extra={"x_future": [1, 2, 3]},
+            ),
+        ),
+    )
+    cases: list[dict[str, Any]] = []
+    for i, (desc, s) in enumerate(snaps):
+        n = nonce(f"snapshot.{i}")
+        sealed = snapfmt.encode_snapshot(s, KEYS.data_key, n)
+        cases.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "nonce": h(n),
+                "snapshot_in": snapshot_json(s),
+                "snapshot": snapshot_json(snapfmt.decode_snapshot(sealed, KEYS.data_key)),
+                **sealed_doc_json(KEYS.data_key, snapfmt.SNAPSHOT_AD, sealed),
+                "file_id": h(storage_id(sealed)),
+            }
+        )
+    first = bytes.fromhex(cases[0]["sealed"])
+    as_index = codec.seal_document(
+        KEYS.data_key,
+        indexfmt.INDEX_AD,
+        codec.unpack(
+            compress.decode_payload(bytes.fromhex(cases[0]["payload"]), 1 << 20, "v"), "v"
+        ),
+        nonce("snapshot.bad.0"),
+    )
+    invalid = [
+        {
+            "description": "a valid snapshot document sealed with the index file AD",
+            "data_key": h(KEYS.data_key),
+            "sealed": h(as_index),
+            "error": error_name(snapfmt.decode_snapshot, as_index, KEYS.data_key),
+        },
+        {
+            "description": "a snapshot opened with the index key",
+            "data_key": h(KEYS.index_key),
+            "sealed": h(first),
+            "error": error_name(snapfmt.decode_snapshot, first, KEYS.index_key),
+        },
+    ]
+    return {
+        "description": "Snapshot files (§12): canonical msgpack sealed under the data key, "
+        "AD 'cas.snapshot.v1'",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+# -- config and key files ---------------------------------------------------------
+
+
+def gen_config() -> dict[str, Any]:
+    repo_id = bytes(range(0xC0, 0xE0))
+    cases: list[dict[str, Any]] = []
+    for i, (desc, cfg) in enumerate(
+        (
+            ("default parameters", configfmt.Config(repo_id, ChunkerParams())),
+            ("small chunks, 4 MiB packs", configfmt.Config(repo_id, SMALL_PARAMS, 4 << 20)),
+        )
+    ):
+        n = nonce(f"config.{i}")
+        raw = configfmt.encode_config(cfg, KEYS.data_key, n)
+        assert configfmt.decode_config(raw, KEYS.data_key) == cfg
+        cases.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "nonce": h(n),
+                "repo_id": h(cfg.repo_id),
+                "chunker": {
+                    "min": cfg.chunker.min_size,
+                    "avg": cfg.chunker.avg_size,
+                    "max": cfg.chunker.max_size,
+                },
+                "pack_size": cfg.pack_size,
+                "header": h(raw[:8]),
+                **sealed_doc_json(KEYS.data_key, raw[:8], raw[8:]),
+                "file": h(raw),
+            }
+        )
+    good = bytes.fromhex(cases[0]["file"])
+    hdr = configfmt.header()
+
+    def bad_doc(i: int, **changes: Any) -> bytes:
+        doc = {
+            "v": 1,
+            "id": repo_id,
+            "chunker": {
+                "algorithm": configfmt.CHUNKER_ALGORITHM,
+                "min": 1 << 19,
+                "avg": 1 << 20,
+                "max": 1 << 23,
+            },
+            "pack_size": 16 << 20,
+        }
+        doc.update(changes)
+        return hdr + codec.seal_document(KEYS.data_key, hdr, doc, nonce(f"config.bad.{i}"))
+
+    invalid = []
+    for desc, raw in (
+        ("format version 2 in the plaintext header", b"CASREPO\x02" + good[8:]),
+        ("wrong magic", b"CASREPX\x01" + good[8:]),
+        (
+            "unknown chunker algorithm",
+            bad_doc(
+                0, chunker={"algorithm": "rabin", "min": 1 << 19, "avg": 1 << 20, "max": 1 << 23}
+            ),
+        ),
+        ("pack_size below 1 MiB", bad_doc(1, pack_size=(1 << 20) - 1)),
+        (
+            "chunker min greater than avg",
+            bad_doc(
+                2,
+                chunker={
+                    "algorithm": configfmt.CHUNKER_ALGORITHM,
+                    "min": 1 << 21,
+                    "avg": 1 << 20,
+                    "max": 1 << 23,
+                },
+            ),
+        ),
+        ("sealed document altered (last tag byte)", good[:-1] + bytes((good[-1] ^ 0x80,))),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "file": h(raw),
+                "error": error_name(configfmt.decode_config, raw, KEYS.data_key),
+            }
+        )
+    return {
+        "description": "The config file (§3): 'CASREPO' | version byte, then a document sealed "
+        "under the data key with those 8 bytes as AD",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+def unlock_keyfile(raw: bytes, password: bytes) -> MasterKeys:
+    return keyfmt.unlock(keyfmt.decode_keyfile(raw), password)
+
+
+def gen_keyfile() -> dict[str, Any]:
+    password = b"correct horse battery staple"
+    salt = bytes(range(0x10, 0x20))
+    kdf = KdfParams(salt, KDF_OPS, KDF_MEM)
+    n = nonce("keyfile.0")
+    kf, raw = keyfmt.create(
+        KEYS,
+        password,
+        kdf,
+        created="2024-01-02T03:04:05Z",
+        hostname="host1",
+        username="alice",
+        nonce=n,
+    )
+    kek = crypto.derive_key(password, kdf)
+    doc = json.loads(raw)
+
+    def variant(**changes: Any) -> bytes:
+        d = dict(doc)
+        d.update(changes)
+        return (json.dumps(d, sort_keys=True, indent=1) + "\n").encode()
+
+    invalid = []
+    for desc, file, pw in (
+        ("wrong password", raw, b"Tr0ub4dor&3"),
+        ("reserved key type 'write-only'", variant(type="write-only"), password),
+        ("key file version 2", variant(version=2), password),
+        (
+            "KDF opslimit above the ceiling of 64",
+            variant(kdf=dict(doc["kdf"], opslimit=65)),
+            password,
+        ),
+        (
+            "memlimit above the ceiling of 4 GiB",
+            variant(kdf=dict(doc["kdf"], memlimit=(4 << 30) + 1024)),
+            password,
+        ),
+        ("unknown KDF", variant(kdf=dict(doc["kdf"], algorithm="scrypt")), password),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "password": h(pw),
+                "file": h(file),
+                "error": error_name(unlock_keyfile, file, pw),
+            }
+        )
+    return {
+        "description": "Key files (§4): JSON with the master key set sealed under the "
+        "Argon2id-derived key, AD 'cas.key.v1'",
+        "cases": [
+            {
+                "description": "a full key file at the lowest KDF cost",
+                "password": h(password),
+                "salt": h(salt),
+                "opslimit": KDF_OPS,
+                "memlimit": KDF_MEM,
+                "created": kf.created,
+                "hostname": kf.hostname,
+                "username": kf.username,
+                "nonce": h(n),
+                "kek": h(kek),
+                "master_keys": keys_json(KEYS),
+                "master_keys_msgpack": h(KEYS.encode()),
+                "sealed_keys": h(kf.sealed_keys),
+                "file": h(raw),
+                "file_text": raw.decode(),
+                "key_id": h(storage_id(raw)),
+            }
+        ],
+        "invalid": invalid,
+    }
+
+
+def lock_json(info: lockfmt.LockInfo) -> dict[str, Any]:
+    return {
+        "hostname": info.hostname,
+        "username": info.username,
+        "pid": info.pid,
+        "time_ns": info.time_ns,
+        "exclusive": info.exclusive,
+        "command": info.command,
+    }
+
+
+def gen_lock() -> dict[str, Any]:
+    cases = []
+    for i, (desc, info) in enumerate(
+        (
+            (
+                "shared lock of a backup",
+                lockfmt.LockInfo(
+                    "host1", "alice", 4242, 1_700_000_000_000_000_000, False, "backup"
+                ),
+            ),
+            (
+                "exclusive lock of a prune",
+                lockfmt.LockInfo("host2", "root", 1, 1_700_000_120_000_000_000, True, "prune"),
+            ),
+        )
+    ):
+        n = nonce(f"lock.{i}")
+        sealed = lockfmt.encode_lock(info, KEYS.index_key, n)
+        assert lockfmt.decode_lock(sealed, KEYS.index_key) == info
+        cases.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "nonce": h(n),
+                "lock": lock_json(info),
+                **sealed_doc_json(KEYS.index_key, lockfmt.LOCK_AD, sealed),
+                "file_id": h(storage_id(sealed)),
+            }
+        )
+    base = {
+        "v": 1,
+        "hostname": "h",
+        "username": "u",
+        "pid": 7,
+        "time": 0,
+        "exclusive": False,
+        "command": "backup",
+    }
+    invalid = []
+    for i, (desc, doc) in enumerate(
+        (
+            ("pid 0 (would address a process group)", dict(base, pid=0)),
+            ("exclusive given as an integer", dict(base, exclusive=1)),
+            ("lock version 2", dict(base, v=2)),
+        )
+    ):
+        sealed = codec.seal_document(KEYS.index_key, lockfmt.LOCK_AD, doc, nonce(f"lock.bad.{i}"))
+        invalid.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "sealed": h(sealed),
+                "error": error_name(lockfmt.decode_lock, sealed, KEYS.index_key),
+            }
+        )
+    return {
+        "description": "Lock files (§13): canonical msgpack sealed under the data key, "
+        "AD 'cas.lock.v1'",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
+GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
+    "kdf.json": gen_kdf,
+    "aead.json": gen_aead,
+    "blob_id.json": gen_blob_id,
+    "chunker.json": gen_chunker,
+    "compress.json": gen_compress,
+    "pack.json": gen_pack,
+    "index.json": gen_index,
+    "tree.json": gen_tree,
+    "snapshot.json": gen_snapshot,
+    "config.json": gen_config,
+    "keyfile.json": gen_keyfile,
+    "lock.json": gen_lock,
+}
+
+
+def render(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """File name -> file text for every vector file."""
+    return {name: render(gen()) for name, gen in GENERATORS.items()}
+
+
+def diff_summary(name: str, old: str, new: str) -> str:
+    """One line saying where a vector file first differs."""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False), 1):
+        if a != b:
+            return (
+                f"{name}: differs from line {i}: stored {a.strip()[:60]!r}, now {b.strip()[:60]!r}"
+            )
+    return f"{name}: differs in length ({len(old_lines)} lines stored, {len(new_lines)} now)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    parser.add_argument("--dir", type=Path, default=VECTOR_DIR, help="vector directory")
+    args = parser.parse_args(argv)
+    files = generate()
+    if not args.check:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (args.dir / name).write_text(text, encoding="utf-8")
+        print(f"wrote {len(files)} files to {args.dir}")
+        return 0
+    problems = []
+    for name, text in files.items():
+        path = args.dir / name
+        if not path.exists():
+            problems.append(f"{name}: missing")
+            continue
+        stored = path.read_text(encoding="utf-8")
+        if stored != text:
+            problems.append(diff_summary(name, stored, text))
+    for path in sorted(args.dir.glob("*.json")):
+        if path.name not in files:
+            problems.append(f"{path.name}: not produced by this generator")
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) with the vector files in {args.dir}", file=sys.stderr)
+        return 1
+    print(f"all {len(files)} vector files match")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
