@@ -282,7 +282,8 @@ def _try_acquire(
             _delete_quietly(backend, entry.name)
     _raise_on_conflict(before.entries, exclusive, clock())
 
-    info = LockInfo(me.hostname, me.username, me.pid, clock(), exclusive, command)
+    now = clock()
+    info = LockInfo(me.hostname, me.username, me.pid, now, exclusive, command, started_ns=now)
     raw = encode_lock(info, lock_key)
     name = layout.lock_name(storage_id(raw))
     backend.write(name, raw)

@@ -96,6 +96,7 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self.index = MasterIndex()
+        self.garbage_index = MasterIndex()  # blobs in packs awaiting deletion (read-only)
         self.stats = WriteStats()
         self.compression_level: int | None = 3
         self._lock = threading.RLock()
@@ -160,15 +161,27 @@ class Repository:
         """Read every index file into the master index (once)."""
         if self._index_loaded:
             return
+        files = self.active_index_files()
+        # Packs prune marked for deletion never serve deduplication (a new
+        # snapshot must not come to depend on them), but stay readable.
+        doomed = {p for f in files.values() for p in f.garbage}
+        for f in files.values():
+            for pack_id, entries in f.packs.items():
+                target = self.garbage_index if pack_id in doomed else self.index
+                target.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+            for pack_id, (_, entries) in f.garbage.items():
+                self.garbage_index.add_pack(
+                    pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
+                )
+        self.index.compact()
+        self.garbage_index.compact()
+        self._index_loaded = True
+
+    def active_index_files(self) -> dict[bytes, indexfmt.IndexFile]:
+        """Every index file that no other index file supersedes, decoded."""
         files = {fid: self.read_index_file(fid) for fid in self.index_files()}
         superseded = {s for f in files.values() for s in f.supersedes}
-        for fid, f in files.items():
-            if fid in superseded:
-                continue
-            for pack_id, entries in f.packs.items():
-                self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
-        self.index.compact()
-        self._index_loaded = True
+        return {fid: f for fid, f in files.items() if fid not in superseded}
 
     # -- blobs ------------------------------------------------------------------
 
@@ -247,7 +260,7 @@ class Repository:
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""
         self.load_index()
-        loc = self.index.get(blob_id)
+        loc = self.index.get(blob_id) or self.garbage_index.get(blob_id)
         if loc is None:
             raise BlobNotFound(blob=blob_id.hex())
         return loc

@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from .. import crypto
+from .. import crypto, locks
 from ..backend import Backend, open_backend
 from ..errors import CasError, NoPassword, UsageError
+from ..locks import RepoLock
 from ..repository import Repository, open_repository
 
 
@@ -66,13 +67,13 @@ class Globals:
         return repo
 
     @contextmanager
-    def locked(self, repo: Repository, *, exclusive: bool, command: str) -> Iterator[None]:
+    def locked(
+        self, repo: Repository, *, exclusive: bool, command: str
+    ) -> Iterator[RepoLock | None]:
         """Hold a shared or exclusive repository lock for the block (unless --no-lock)."""
         if self.no_lock:
-            yield
+            yield None
             return
-        from .. import locks
-
         lock = locks.acquire(
             repo.backend,
             repo.keys.index_key,
@@ -81,7 +82,7 @@ class Globals:
             wait=self.lock_wait,
         )
         with lock:
-            yield
+            yield lock
 
 
 def read_password_file(path: str) -> bytes:

@@ -10,7 +10,7 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_ERROR, EXIT_USAGE, CasError
-from . import cmd_backup, cmd_cat, cmd_init, cmd_key, cmd_restore, cmd_snapshots
+from . import cmd_backup, cmd_cat, cmd_init, cmd_key, cmd_prune, cmd_restore, cmd_snapshots
 from .common import Globals
 
 
@@ -75,7 +75,7 @@ def cli(
     ctx.call_on_close(cleanup)
 
 
-for module in (cmd_init, cmd_key, cmd_backup, cmd_restore, cmd_snapshots, cmd_cat):
+for module in (cmd_init, cmd_key, cmd_backup, cmd_restore, cmd_snapshots, cmd_cat, cmd_prune):
     module.register(cli)
 
 

@@ -2,12 +2,15 @@
 
 An index file is a document sealed under the index key (AD "cas.index.v1"):
 ``{"v": 1, "packs": [{"id": pack id, "blobs": [[blob id, type, offset,
-length, raw length], ...]}, ...], "supersedes": [index file ids]}``.
+length, raw length], ...]}, ...], "supersedes": [index file ids]}`` and,
+when prune has marked packs for deletion, ``"garbage": [{"id": pack id,
+"marked": ns, "blobs": [...]}, ...]`` (spec §13.5).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import crypto
 from ..crypto import BlobType
@@ -25,23 +28,28 @@ class IndexFile:
 
     packs: dict[bytes, list[PackEntry]] = field(default_factory=dict)
     supersedes: list[bytes] = field(default_factory=list)
+    garbage: dict[bytes, tuple[int, list[PackEntry]]] = field(default_factory=dict)
+
+
+def _blob_row(e: PackEntry) -> list[Any]:
+    return [e.blob_id, int(e.type), e.offset, e.length, e.raw_length]
 
 
 def encode_index(idx: IndexFile, index_key: bytes, nonce: bytes | None = None) -> bytes:
     """Serialise and seal; packs in the order given, blobs in pack order."""
-    doc = {
+    doc: dict[str, Any] = {
         "v": 1,
         "packs": [
-            {
-                "id": pack_id,
-                "blobs": [
-                    [e.blob_id, int(e.type), e.offset, e.length, e.raw_length] for e in entries
-                ],
-            }
+            {"id": pack_id, "blobs": [_blob_row(e) for e in entries]}
             for pack_id, entries in idx.packs.items()
         ],
         "supersedes": list(idx.supersedes),
     }
+    if idx.garbage:
+        doc["garbage"] = [
+            {"id": pack_id, "marked": marked, "blobs": [_blob_row(e) for e in entries]}
+            for pack_id, (marked, entries) in idx.garbage.items()
+        ]
     return seal_document(index_key, INDEX_AD, doc, nonce)
 
 
@@ -53,21 +61,32 @@ def decode_index(raw: bytes, index_key: bytes) -> IndexFile:
     for sup in get_field(doc, "supersedes", list, what):
         out.supersedes.append(_id(sup, what))
     for p in get_field(doc, "packs", list, what):
-        if not isinstance(p, dict):
-            raise FormatError(what=what, detail="pack entry is not a map")
-        pack_id = _id(p.get("id"), what)
-        entries = []
-        for b in get_field(p, "blobs", list, what):
-            if not (isinstance(b, list) and len(b) == 5 and all(isinstance(x, int) for x in b[1:])):
-                raise FormatError(what=what, detail="malformed blob entry")
-            bid, t, off, length, raw_len = b
-            if t not in (0, 1) or off < 0 or length <= crypto.SEAL_OVERHEAD or raw_len < 0:
-                raise FormatError(what=what, detail="blob entry out of range")
-            entries.append(PackEntry(_id(bid, what), BlobType(t), off, length, raw_len))
+        pack_id, entries = _pack(p, what)
         if pack_id in out.packs:
             raise FormatError(what=what, detail="a pack is listed twice")
         out.packs[pack_id] = entries
+    for p in get_field(doc, "garbage", list, what) if "garbage" in doc else []:
+        pack_id, entries = _pack(p, what)
+        marked = get_field(p, "marked", int, what)
+        if pack_id in out.packs or pack_id in out.garbage:
+            raise FormatError(what=what, detail="a pack is listed twice")
+        out.garbage[pack_id] = (marked, entries)
     return out
+
+
+def _pack(p: object, what: str) -> tuple[bytes, list[PackEntry]]:
+    if not isinstance(p, dict):
+        raise FormatError(what=what, detail="pack entry is not a map")
+    pack_id = _id(p.get("id"), what)
+    entries = []
+    for b in get_field(p, "blobs", list, what):
+        if not (isinstance(b, list) and len(b) == 5 and all(type(x) is int for x in b[1:])):
+            raise FormatError(what=what, detail="malformed blob entry")
+        bid, t, off, length, raw_len = b
+        if t not in (0, 1) or off < 0 or length <= crypto.SEAL_OVERHEAD or raw_len < 0:
+            raise FormatError(what=what, detail="blob entry out of range")
+        entries.append(PackEntry(_id(bid, what), BlobType(t), off, length, raw_len))
+    return pack_id, entries
 
 
 def _id(value: object, what: str) -> bytes:

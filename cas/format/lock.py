@@ -28,6 +28,7 @@ class LockInfo:
     time_ns: int  # wall-clock time of creation or of the last refresh
     exclusive: bool
     command: str
+    started_ns: int = 0  # when the holder first took the lock; 0 if unknown (treated as old)
 
 
 def encode_lock(info: LockInfo, lock_key: bytes, nonce: bytes | None = None) -> bytes:
@@ -40,6 +41,7 @@ def encode_lock(info: LockInfo, lock_key: bytes, nonce: bytes | None = None) -> 
         "time": info.time_ns,
         "exclusive": info.exclusive,
         "command": info.command,
+        "started": info.started_ns,
     }
     return seal_document(lock_key, LOCK_AD, doc, nonce)
 
@@ -60,4 +62,5 @@ def decode_lock(raw: bytes, lock_key: bytes) -> LockInfo:
         time_ns=field(d, "time", int, what),
         exclusive=field(d, "exclusive", bool, what),
         command=field(d, "command", str, what),
+        started_ns=field(d, "started", int, what) if "started" in d else 0,
     )

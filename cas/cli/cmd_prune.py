@@ -1,0 +1,100 @@
+"""``cas prune``: remove data no snapshot needs (plan first, then execute)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .. import locks
+from ..errors import LockedError, UsageError
+from ..pruner import PruneOptions, execute_prune, plan_prune
+from ..repository import Repository
+from .common import Globals, Output, human_bytes, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(prune)
+
+
+def parse_fraction(text: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"not a fraction: {text!r} (examples: 5%, 0.1)") from None
+    if not 0 <= value <= 1:
+        raise UsageError("--max-unused must be between 0% and 100%")
+    return value
+
+
+@click.command()
+@click.option(
+    "--max-unused",
+    default="5%",
+    show_default=True,
+    help="Repack packs in which more than this share of bytes is unused.",
+)
+@click.option("--dry-run", "-n", is_flag=True, help="Print the plan; change nothing.")
+@pass_globals
+def prune(g: Globals, max_unused: str, dry_run: bool) -> None:
+    """Delete data that no snapshot needs, safely beside running backups.
+
+    Packs to delete are first marked in the index; they are deleted once no
+    backup that could still refer to them is running (at once when none is).
+    """
+    out = Output(g)
+    repo = g.open()
+    run_prune(g, out, repo, parse_fraction(max_unused), dry_run)
+
+
+def run_prune(g: Globals, out: Output, repo: Repository, max_unused: float, dry_run: bool) -> None:
+    """Plan and (unless dry_run) execute; shared with ``forget --prune``."""
+    with g.locked(repo, exclusive=False, command="prune") as lock:
+        _refuse_concurrent_prune(repo, lock)
+        plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.progress)
+        doc: dict[str, Any] = {"dry_run": dry_run, "plan": plan.summary()}
+        if not dry_run:
+            result = execute_prune(repo, plan, lock, out.progress)
+            doc["result"] = dict(result.__dict__)
+    out.emit(doc, lambda: _human(out, doc))
+
+
+def _refuse_concurrent_prune(repo: Repository, lock: locks.RepoLock | None) -> None:
+    scan = locks.scan_locks(repo.backend, repo.keys.index_key)
+    for e in scan.entries:
+        if not e.stale and e.info.command == "prune" and (lock is None or e.name != lock.name):
+            raise LockedError(f"another prune is running on {e.info.hostname} (pid {e.info.pid})")
+
+
+def _human(out: Output, doc: dict[str, Any]) -> None:
+    p = doc["plan"]
+    verb = "would" if doc["dry_run"] else "will"
+    out.line(
+        f"{p['packs_kept']} packs kept, {p['packs_to_repack']} to repack "
+        f"({human_bytes(p['bytes_to_repack'])}, keeping {human_bytes(p['bytes_repack_kept'])}), "
+        f"{p['packs_to_remove']} unused, {p['orphan_packs']} unindexed, "
+        f"{p['packs_pending_deletion']} marked earlier"
+    )
+    r = p["requests"]
+    out.line(
+        f"prune {verb} free up to {human_bytes(p['bytes_to_delete'])} with about "
+        f"{r['GET']} GET, {r['PUT']} PUT, {r['DELETE']} DELETE and {r['LIST']} LIST requests"
+    )
+    if p["missing_packs"]:
+        out.line(
+            f"{p['missing_packs']} packs named by the index are missing and were dropped "
+            "from it (run 'cas check')"
+        )
+    res = doc.get("result")
+    if res:
+        out.line(
+            f"wrote {res['packs_written']} packs ({human_bytes(res['bytes_written'])}), "
+            f"deleted {res['packs_deleted']} packs, freed {human_bytes(res['bytes_freed'])}"
+        )
+        if res["deferred_packs"]:
+            out.line(
+                f"{res['deferred_packs']} packs ({human_bytes(res['deferred_bytes'])}) stay "
+                f"marked: {res['deferred_because']}"
+            )
