@@ -657,7 +657,13 @@ def test_lock(c: dict[str, Any]) -> None:
     key, j = b(c["index_key"]), c["lock"]
     open_layers(key, b"cas.lock.v1", c)
     info = lockfmt.LockInfo(
-        j["hostname"], j["username"], j["pid"], j["time_ns"], j["exclusive"], j["command"]
+        j["hostname"],
+        j["username"],
+        j["pid"],
+        j["time_ns"],
+        j["exclusive"],
+        j["command"],
+        j["started_ns"],
     )
     assert lockfmt.decode_lock(b(c["sealed"]), key) == info
     doc = {
@@ -668,6 +674,7 @@ def test_lock(c: dict[str, Any]) -> None:
         "time": j["time_ns"],
         "exclusive": j["exclusive"],
         "command": j["command"],
+        "started": j["started_ns"],
     }
     assert canonical(doc).hex() == c["msgpack"]
     assert_encoded(lockfmt.encode_lock(info, key, b(c["nonce"])), c["sealed"], c["payload"])

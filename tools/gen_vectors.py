@@ -974,6 +974,7 @@ def lock_json(info: lockfmt.LockInfo) -> dict[str, Any]:
         "time_ns": info.time_ns,
         "exclusive": info.exclusive,
         "command": info.command,
+        "started_ns": info.started_ns,
     }
 
 
@@ -984,7 +985,13 @@ def gen_lock() -> dict[str, Any]:
             (
                 "shared lock of a backup",
                 lockfmt.LockInfo(
-                    "host1", "alice", 4242, 1_700_000_000_000_000_000, False, "backup"
+                    "host1",
+                    "alice",
+                    4242,
+                    1_700_000_000_000_000_000,
+                    False,
+                    "backup",
+                    1_699_999_880_000_000_000,
                 ),
             ),
             (
