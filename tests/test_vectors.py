@@ -414,7 +414,9 @@ def test_index(c: dict[str, Any]) -> None:
     packs = {b(p["id"]): entries_of(p["blobs"]) for p in c["packs"]}
     assert idx.packs == packs
     assert [s.hex() for s in idx.supersedes] == c["supersedes"]
-    doc = {
+    garbage = {b(p["id"]): (p["marked"], entries_of(p["blobs"])) for p in c["garbage"]}
+    assert idx.garbage == garbage
+    doc: dict[str, Any] = {
         "v": 1,
         "packs": [
             {
@@ -428,9 +430,21 @@ def test_index(c: dict[str, Any]) -> None:
         ],
         "supersedes": [b(s) for s in c["supersedes"]],
     }
+    if c["garbage"]:
+        doc["garbage"] = [
+            {
+                "id": b(p["id"]),
+                "marked": p["marked"],
+                "blobs": [
+                    [b(e["id"]), e["type"], e["offset"], e["length"], e["raw_length"]]
+                    for e in p["blobs"]
+                ],
+            }
+            for p in c["garbage"]
+        ]
     assert canonical(doc).hex() == c["msgpack"]
     sealed = indexfmt.encode_index(
-        indexfmt.IndexFile(packs, [b(s) for s in c["supersedes"]]), key, b(c["nonce"])
+        indexfmt.IndexFile(packs, [b(s) for s in c["supersedes"]], garbage), key, b(c["nonce"])
     )
     assert_encoded(sealed, c["sealed"], c["payload"])
     assert storage_id(b(c["sealed"])).hex() == c["file_id"]

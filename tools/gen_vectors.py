@@ -478,6 +478,14 @@ def gen_index() -> dict[str, Any]:
                 "an index file that supersedes two others and lists no packs",
                 indexfmt.IndexFile({}, [storage_id(b"index a"), storage_id(b"index b")]),
             ),
+            (
+                "prune's marking index: one live pack, one pack marked for deletion",
+                indexfmt.IndexFile(
+                    dict(list(packs.items())[:1]),
+                    [storage_id(b"index c")],
+                    {k: (1_700_000_000_000_000_000, v) for k, v in list(packs.items())[1:]},
+                ),
+            ),
         )
     ):
         n = nonce(f"index.{i}")
@@ -492,6 +500,10 @@ def gen_index() -> dict[str, Any]:
                     for pid, entries in idx.packs.items()
                 ],
                 "supersedes": [h(s) for s in idx.supersedes],
+                "garbage": [
+                    {"id": h(pid), "marked": marked, "blobs": [entry_json(e) for e in entries]}
+                    for pid, (marked, entries) in idx.garbage.items()
+                ],
                 **sealed_doc_json(KEYS.index_key, indexfmt.INDEX_AD, sealed),
                 "file_id": h(storage_id(sealed)),
             }
