@@ -10,7 +10,19 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_ERROR, EXIT_USAGE, CasError
-from . import cmd_backup, cmd_cat, cmd_init, cmd_key, cmd_prune, cmd_restore, cmd_snapshots
+from . import (
+    cmd_backup,
+    cmd_cat,
+    cmd_forget,
+    cmd_init,
+    cmd_key,
+    cmd_prune,
+    cmd_repair,
+    cmd_restore,
+    cmd_snapshots,
+    cmd_stats,
+    cmd_tag,
+)
 from .common import Globals
 
 
@@ -75,7 +87,19 @@ def cli(
     ctx.call_on_close(cleanup)
 
 
-for module in (cmd_init, cmd_key, cmd_backup, cmd_restore, cmd_snapshots, cmd_cat, cmd_prune):
+for module in (
+    cmd_init,
+    cmd_key,
+    cmd_backup,
+    cmd_restore,
+    cmd_snapshots,
+    cmd_cat,
+    cmd_prune,
+    cmd_repair,
+    cmd_forget,
+    cmd_tag,
+    cmd_stats,
+):
     module.register(cli)
 
 

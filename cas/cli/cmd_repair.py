@@ -1,0 +1,81 @@
+"""``cas repair index|snapshots`` and ``cas unlock``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from .. import locks
+from ..repair import rebuild_index, repair_snapshots
+from .common import Globals, Output, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the commands."""
+    cli.add_command(repair)
+    cli.add_command(unlock)
+
+
+@click.group()
+def repair() -> None:
+    """Repair a damaged repository (run 'cas check' first)."""
+
+
+@repair.command("index")
+@pass_globals
+def repair_index(g: Globals) -> None:
+    """Rebuild the index from the headers of all packs."""
+    out = Output(g)
+    repo = g.open()
+    with g.locked(repo, exclusive=False, command="repair"):
+        result = rebuild_index(repo, out.progress)
+    doc = dataclasses.asdict(result)
+
+    def human() -> None:
+        out.line(
+            f"indexed {result.blobs_indexed} blobs in {result.packs_indexed} packs, "
+            f"replacing {result.index_files_replaced} index files"
+        )
+        for p in result.unreadable_packs:
+            out.line(f"unreadable pack left out: {p}")
+
+    out.emit(doc, human)
+
+
+@repair.command("snapshots")
+@click.option("--forget", is_flag=True, help="Remove the damaged originals after rewriting.")
+@pass_globals
+def repair_snaps(g: Globals, forget: bool) -> None:
+    """Rewrite snapshots that refer to lost data, with stubs for damaged files."""
+    out = Output(g)
+    repo = g.open()
+    with g.locked(repo, exclusive=False, command="repair"):
+        result = repair_snapshots(repo, forget=forget)
+    doc = dataclasses.asdict(result)
+
+    def human() -> None:
+        for old, new in result.snapshots_rewritten.items():
+            out.line(f"snapshot {old[:8]} rewritten as {new[:8]}")
+        for p in result.damaged_paths:
+            out.line(f"  damaged: {p}")
+        out.line(
+            f"checked {result.snapshots_checked} snapshots, "
+            f"rewrote {len(result.snapshots_rewritten)}"
+        )
+
+    out.emit(doc, human)
+
+
+@click.command()
+@click.option("--remove-all", is_flag=True, help="Remove every lock, even live ones.")
+@pass_globals
+def unlock(g: Globals, remove_all: bool) -> None:
+    """Remove stale locks (those of dead or silent processes); rarely needed."""
+    out = Output(g)
+    repo = g.open()
+    if remove_all:
+        removed = locks.remove_all(repo.backend)
+    else:
+        removed = locks.remove_stale(repo.backend, repo.keys.index_key)
+    out.emit({"removed": removed}, lambda: out.line(f"removed {len(removed)} locks"))
