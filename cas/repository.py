@@ -9,6 +9,7 @@ AEAD tag before it is trusted.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import socket
@@ -383,8 +384,13 @@ def init_repository(
     chunker: ChunkerParams | None = None,
     pack_size: int = configfmt.DEFAULT_PACK_SIZE,
     kdf: crypto.KdfParams | None = None,
+    share_ids_with: Repository | None = None,
 ) -> Repository:
     """Create a new repository: fresh master keys, the first key file, then the config.
+
+    With ``share_ids_with``, the new repository takes that repository's ID
+    key, chunker key and chunker parameters (its data and index keys stay
+    fresh), so blob IDs agree and ``cas copy`` moves only missing blobs.
 
     The config is written last so a crash halfway leaves no half-made
     repository that ``open`` would accept; ``init`` refuses any location that
@@ -399,6 +405,13 @@ def init_repository(
         for o in backend.list(layout.KEYS):
             backend.delete(o.name)
     keys = crypto.MasterKeys.generate()
+    if share_ids_with is not None:
+        keys = dataclasses.replace(
+            keys,
+            id_key=share_ids_with.keys.id_key,
+            chunker_key=share_ids_with.keys.chunker_key,
+        )
+        chunker = share_ids_with.config.chunker
     cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size)
     key_id = _write_key(backend, keys, password, kdf or crypto.KdfParams.new())
     backend.write(layout.CONFIG, configfmt.encode_config(cfg, keys.data_key))

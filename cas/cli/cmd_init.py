@@ -27,11 +27,19 @@ def register(cli: click.Group) -> None:
 @click.option("--chunk-min", type=int, default=ChunkerParams.min_size, hidden=True)
 @click.option("--chunk-avg", type=int, default=ChunkerParams.avg_size, hidden=True)
 @click.option("--chunk-max", type=int, default=ChunkerParams.max_size, hidden=True)
+@click.option(
+    "--copy-keys-from",
+    metavar="REPO",
+    help="Share blob IDs and chunking with REPO, so 'cas copy' moves only missing data.",
+)
+@click.option("--from-password-file", help="Password file for --copy-keys-from.")
 @kdf_options
 @pass_globals
 def init(
     g: Globals,
     new_password_file: str | None,
+    copy_keys_from: str | None,
+    from_password_file: str | None,
     pack_size: int,
     chunk_min: int,
     chunk_avg: int,
@@ -50,12 +58,14 @@ def init(
     password = new_password(new_password_file) if new_password_file else g.password("new password")
     params = ChunkerParams(chunk_min, chunk_avg, chunk_max)
     params.validate()
+    source = g.open_other(copy_keys_from, from_password_file) if copy_keys_from else None
     repo = init_repository(
         backend,
         password,
         chunker=params,
         pack_size=pack_size,
         kdf=kdf_params(kdf_opslimit, kdf_memlimit),
+        share_ids_with=source,
     )
     doc = {
         "repository": backend.location,

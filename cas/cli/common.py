@@ -66,6 +66,29 @@ class Globals:
         self.cleanups.append(repo.close)
         return repo
 
+    def open_other(self, location: str, password_file: str | None) -> Repository:
+        """Open a second repository (copy, init --copy-keys-from) with the same S3 options.
+
+        Its password comes from ``password_file``, else CAS_OTHER_PASSWORD, else a prompt.
+        """
+        backend = open_backend(
+            location, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
+        )
+        if password_file:
+            password = read_password_file(password_file)
+        elif "CAS_OTHER_PASSWORD" in os.environ:
+            password = os.environ["CAS_OTHER_PASSWORD"].encode()
+        elif sys.stdin.isatty():
+            text: str = click.prompt(f"password of {location}", hide_input=True, err=True)
+            password = text.encode()
+        else:
+            raise NoPassword(
+                f"no password for {location}: give its password file or set CAS_OTHER_PASSWORD"
+            )
+        repo = open_repository(backend, password)
+        self.cleanups.append(repo.close)
+        return repo
+
     @contextmanager
     def locked(
         self, repo: Repository, *, exclusive: bool, command: str

@@ -1,0 +1,82 @@
+"""cas copy: local to local and local to S3, sending only what the target lacks."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cas
+
+
+def _tree(root: Path, seed: int) -> None:
+    rnd = random.Random(seed)
+    root.mkdir(parents=True)
+    for i in range(8):
+        (root / f"f{i}").write_bytes(rnd.randbytes(rnd.randrange(1, 300_000)))
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], list[str]]:
+    """(global options of the target, the same as --to arguments)."""
+    if request.param == "local":
+        loc = str(tmp_path / "dst")
+        return ["-r", loc], ["--to", loc]
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    s3 = ["--s3-endpoint", endpoint, "--s3-path-style"]
+    return ["-r", f"s3://{bucket}/copy", *s3], ["--to", f"s3://{bucket}/copy"]
+
+
+def test_copy_sends_only_missing_blobs(tmp_path: Path, target: tuple[list[str], list[str]]) -> None:
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    dst_args, to_args = target
+    s3_opts = dst_args[2:]
+    src = ["-r", str(tmp_path / "src"), *s3_opts]
+    pw = tmp_path / "pw"
+    pw.write_text("test-password")
+    data = tmp_path / "data"
+    _tree(data, 1)
+    assert run_cas(*src, "init").code == 0
+    assert run_cas(*src, "backup", data).code == 0
+    made = run_cas(
+        *dst_args,
+        "init",
+        "--copy-keys-from",
+        str(tmp_path / "src"),
+        "--from-password-file",
+        pw,
+        env=aws,
+    )
+    assert made.code == 0, made.err
+
+    first = run_cas(*src, "--json", "copy", *to_args, "--to-password-file", pw, env=aws)
+    assert first.code == 0, first.err
+    doc = first.json()
+    assert len(doc["snapshots_copied"]) == 1 and doc["blobs_copied"] > 0
+
+    (data / "extra").write_bytes(b"new" * 1000)
+    assert run_cas(*src, "backup", data).code == 0
+    second = run_cas(*src, "--json", "copy", *to_args, "--to-password-file", pw, env=aws)
+    assert second.code == 0, second.err
+    doc2 = second.json()
+    assert len(doc2["snapshots_copied"]) == 1 and len(doc2["snapshots_skipped"]) == 1
+    # the new file's chunk plus one changed tree per directory level down to it
+    assert doc2["blobs_copied"] <= 1 + len(data.parts)
+
+    out = tmp_path / "out"
+    restored = run_cas(*dst_args, "restore", "latest", "--target", out, "--verify", env=aws)
+    assert restored.code == 0, restored.err
+    for f in data.iterdir():
+        assert (out / str(data).lstrip("/") / f.name).read_bytes() == f.read_bytes()
+
+
+def test_copy_refuses_unrelated_repository(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("test-password")
+    assert run_cas("-r", tmp_path / "a", "init").code == 0
+    assert run_cas("-r", tmp_path / "b", "init").code == 0
+    result = run_cas("-r", tmp_path / "a", "copy", "--to", tmp_path / "b", "--to-password-file", pw)
+    assert result.code == 1 and "copy-keys-from" in result.err
