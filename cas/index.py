@@ -17,8 +17,10 @@ it grows past a fraction of it, so memory stays proportional to the count.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 ID_LEN = 32
 TAIL = ID_LEN - 2
@@ -46,12 +48,11 @@ class _Run:
         self.widths = widths
         self.rsize = TAIL + sum(widths)
         self.count = len(records)
-        buckets = array("I", bytes(4 * (BUCKETS + 1)))
+        counts = array("I", bytes(4 * (BUCKETS + 1)))
         for r in records:
-            buckets[(r[0] << 8 | r[1]) + 1] += 1
-        for b in range(BUCKETS):
-            buckets[b + 1] += buckets[b]
-        self.buckets = buckets
+            counts[(r[0] << 8 | r[1]) + 1] += 1
+        # Prefix sums: bucket b's records are buckets[b] .. buckets[b + 1] - 1.
+        self.buckets = array("I", accumulate(counts)) if records else counts
         self.data = b"".join([r[2:] for r in records])
 
     def find(self, blob_id: bytes) -> int:
@@ -79,11 +80,10 @@ class _Run:
 
     def iter_records(self) -> Iterator[tuple[bytes, int, int, int]]:
         """Every (blob id, pack number, offset, length) in ID order."""
-        for b in range(BUCKETS):
-            prefix = bytes((b >> 8, b & 0xFF))
-            for rec in range(self.buckets[b], self.buckets[b + 1]):
-                start = rec * self.rsize
-                yield (prefix + self.data[start : start + TAIL], *self.values(rec))
+        for rec in range(self.count):
+            b = bisect_right(self.buckets, rec) - 1
+            start = rec * self.rsize
+            yield (bytes((b >> 8, b & 0xFF)) + self.data[start : start + TAIL], *self.values(rec))
 
 
 def _encode(blob_id: bytes, vals: tuple[int, int, int], widths: tuple[int, int, int]) -> bytes:
@@ -174,11 +174,18 @@ class MasterIndex:
 
 def _full_records(run: _Run) -> list[bytes]:
     """Every record of ``run`` with its two-byte ID prefix restored, in order."""
-    out: list[bytes] = []
-    rs, data, buckets = run.rsize, run.data, run.buckets
-    for b in range(BUCKETS):
-        lo, hi = buckets[b], buckets[b + 1]
-        if lo < hi:
-            prefix = bytes((b >> 8, b & 0xFF))
-            out.extend([prefix + data[r * rs : (r + 1) * rs] for r in range(lo, hi)])
-    return out
+    rs, data = run.rsize, run.data
+    return [
+        bytes((b >> 8, b & 0xFF)) + data[r * rs : (r + 1) * rs]
+        for r, b in enumerate(_bucket_of_each(run))
+    ]
+
+
+def _bucket_of_each(run: _Run) -> Iterator[int]:
+    """The bucket number of every record, in record order."""
+    buckets = run.buckets
+    b = 0
+    for rec in range(run.count):
+        while buckets[b + 1] <= rec:
+            b += 1
+        yield b

@@ -15,7 +15,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import crypto, layout
@@ -105,7 +106,11 @@ class Repository:
         self._inflight: set[bytes] = set()  # blobs in open packers
         self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
         self._index_loaded = False
-        self.on_pack_stored: Callable[[FinishedPack], None] | None = None
+        self.workers = max(1, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: set[Future[None]] = set()
+        self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+        self._worker_error: BaseException | None = None
 
     # -- chunking ---------------------------------------------------------------
 
@@ -203,60 +208,120 @@ class Repository:
     def save_blob(
         self, blob_type: BlobType, data: bytes, blob_id: bytes | None = None
     ) -> tuple[bytes, bool]:
-        """Store ``data`` unless the repository already has it; returns (ID, whether new)."""
+        """Store ``data`` unless the repository already has it; returns (ID, whether new).
+
+        The ID is computed here; compressing, sealing and storing happen on
+        worker threads (zstd, libsodium and hashlib release the GIL), so the
+        caller's reading and chunking overlap with them.  A worker's failure
+        is raised by a later call or by ``flush``.
+        """
         if blob_id is None:
             blob_id = self.blob_id(blob_type, data)
-        if self.has_blob(blob_id):
-            return blob_id, False
-        sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
-        return blob_id, self.add_sealed(blob_type, blob_id, sealed, len(data))
-
-    def add_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_len: int) -> bool:
-        """Queue an already sealed blob (from a worker thread) into its pack."""
+        self.load_index()
         with self._lock:
+            self._raise_worker_error()
             if blob_id in self._inflight or blob_id in self.index:
-                return False
-            packer = self._packers[blob_type]
-            packer.add(blob_id, sealed, raw_len)
+                return blob_id, False
             self._inflight.add(blob_id)
-            self.stats.blobs[blob_type] += 1
-            self.stats.raw_bytes += raw_len
-            self.stats.stored_bytes += len(sealed)
-            if packer.size >= self.config.pack_size:
-                self._store_pack(packer.finish())
-            return True
+        self._slots.acquire()  # bounds memory: at most this many blobs in flight
+        try:
+            future = self._executor().submit(self._seal_and_pack, blob_type, blob_id, data)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+        return blob_id, True
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cas-seal")
+        return self._pool
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+            err = future.exception()
+            if err is not None and self._worker_error is None:
+                self._worker_error = err
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _seal_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+        try:
+            sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
+            finished = None
+            with self._lock:
+                packer = self._packers[blob_type]
+                packer.add(blob_id, sealed, len(data))
+                self.stats.blobs[blob_type] += 1
+                self.stats.raw_bytes += len(data)
+                self.stats.stored_bytes += len(sealed)
+                if packer.size >= self.config.pack_size:
+                    finished = packer.finish()
+            if finished is not None:
+                self._store_pack(finished)
+        finally:
+            self._slots.release()
 
     def _store_pack(self, pack: FinishedPack) -> None:
+        """Upload a finished pack, then record it (callable from worker threads)."""
         name = layout.pack_name(pack.pack_id)
         self.backend.write(name, pack.data)
         size = self.backend.stat(name).size
         if size != len(pack.data):
             raise IntegrityError(what=f"pack {name}", detail="stored size differs from written")
-        self.stats.packs += 1
-        self.stats.pack_bytes += len(pack.data)
-        self._unindexed[pack.pack_id] = pack.entries
-        self.index.add_pack(pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries))
-        self._inflight.difference_update(e.blob_id for e in pack.entries)
-        if self.on_pack_stored:
-            self.on_pack_stored(pack)
-        if len(self._unindexed) >= INDEX_EVERY_PACKS:
+        with self._lock:
+            self.stats.packs += 1
+            self.stats.pack_bytes += len(pack.data)
+            self._unindexed[pack.pack_id] = pack.entries
+            self.index.add_pack(
+                pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries)
+            )
+            self._inflight.difference_update(e.blob_id for e in pack.entries)
+            due = len(self._unindexed) >= INDEX_EVERY_PACKS
+        if due:
             self._write_index()
 
     def _write_index(self) -> None:
-        if not self._unindexed:
+        with self._lock:
+            packs, self._unindexed = self._unindexed, {}
+        if not packs:
             return
-        raw = indexfmt.encode_index(indexfmt.IndexFile(self._unindexed), self.keys.index_key)
-        self.backend.write(layout.index_name(storage_id(raw)), raw)
-        self.stats.index_files += 1
-        self._unindexed = {}
+        raw = indexfmt.encode_index(indexfmt.IndexFile(packs), self.keys.index_key)
+        try:
+            self.backend.write(layout.index_name(storage_id(raw)), raw)
+        except BaseException:
+            with self._lock:
+                self._unindexed.update(packs)
+            raise
+        with self._lock:
+            self.stats.index_files += 1
+
+    def wait(self) -> None:
+        """Wait until every blob handed to ``save_blob`` is sealed (and packed)."""
+        while True:
+            with self._lock:
+                pending = list(self._futures)
+            if not pending:
+                break
+            for f in pending:
+                f.exception()  # waits; errors are collected by _done
+        with self._lock:
+            self._raise_worker_error()
 
     def flush(self) -> None:
         """Store every open pack, then the index file naming them (in that order)."""
-        with self._lock:
-            for packer in self._packers.values():
-                if len(packer):
-                    self._store_pack(packer.finish())
-            self._write_index()
+        self.wait()
+        for packer in self._packers.values():
+            with self._lock:
+                finished = packer.finish() if len(packer) else None
+            if finished is not None:
+                self._store_pack(finished)
+        self._write_index()
 
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""
@@ -344,7 +409,10 @@ class Repository:
         return matches[0], self.load_snapshot(matches[0])
 
     def close(self) -> None:
-        """Release the backend."""
+        """Stop the worker threads and release the backend (unsaved blobs are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         self.backend.close()
 
 

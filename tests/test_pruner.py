@@ -157,6 +157,7 @@ def test_unindexed_packs_of_a_crashed_backup_are_removed() -> None:
     populate(repo, n_files=2, seed=10)
     crashed = _reopen(backend)
     crashed.save_blob(BlobType.DATA, os.urandom(200_000))
+    crashed.wait()
     packer = crashed._packers[BlobType.DATA]
     fp = packer.finish()
     backend.write(layout.pack_name(fp.pack_id), fp.data)  # pack stored, index never written
