@@ -84,6 +84,16 @@ class BackendError(CasError):
     """storage error: {detail}"""
 
 
+class TransientBackendError(BackendError):
+    """storage error: {detail}
+
+    A failure that may go away if the same request is sent again: a 5xx reply,
+    throttling (503 SlowDown), a timeout, a reset connection, a body that ended
+    early.  The retrying backend (cas.backend.retry) retries exactly these;
+    every other BackendError is permanent.
+    """
+
+
 class ObjectNotFound(BackendError):
     """object not found: {name}"""
 

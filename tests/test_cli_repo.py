@@ -124,3 +124,23 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     result = run_cas("-r", repo, "key", "list")
     assert result.code == 1
     assert "format version 2" in result.err and "upgrade cas" in result.err
+
+
+@pytest.mark.s3
+def test_init_create_bucket_and_request_accounting(s3_server: str, tmp_path: Path) -> None:
+    bucket = f"cas-new-{os.urandom(4).hex()}"
+    args = ["-r", f"s3://{bucket}/r", "--s3-endpoint", s3_server, "--s3-path-style"]
+    env = _aws_env()
+    missing = run_cas(*args, "init", env=env)
+    assert missing.code != 0 and "Traceback" not in missing.err
+    made = run_cas(*args, "--json", "init", "--create-bucket", env=env)
+    assert made.code == 0, made.err
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(50_000))
+    first = run_cas(*args, "--json", "backup", src, env=env)
+    assert first.code == 0, first.err
+    req = first.json()["requests"]
+    assert req["PUT"] >= 3 and req["estimated_cost_usd"] > 0
+    human = run_cas(*args, "backup", src, env=env)
+    assert "storage requests:" in human.out

@@ -73,3 +73,16 @@ class Backend(ReadBackend, Protocol):
     def delete(self, name: str) -> None:
         """Remove ``name``; removing an object that does not exist is not an error."""
         ...
+
+
+@runtime_checkable
+class ResumableList(Protocol):
+    """A backend whose listings come in ascending name order and can resume.
+
+    The retrying backend uses this to continue a listing that failed part
+    way after the last name it saw, instead of starting over.
+    """
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """Like ``list(prefix)``, but only names greater than ``start_after``, ascending."""
+        ...

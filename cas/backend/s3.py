@@ -11,6 +11,24 @@ the reply to the first attempt was lost, so the existing object is read back
 and compared.  Stores without conditional writes use HEAD-then-PUT instead
 (``conditional_writes=False``), which is racy only between writers of the same
 content-addressed name, and so harmless.
+
+Integrity in transit: every PUT carries Content-MD5, which every S3 store
+checks, and with ``checksums="when_supported"`` (the default) also an
+``x-amz-checksum-sha256`` header that cas computes itself, so the store
+verifies the body against a second digest and keeps the SHA-256, which for
+content-addressed names is the name itself.  The checksum goes in a plain
+header, never in the aws-chunked trailer that botocore 1.36 started to send
+by default over HTTPS and that broke several S3-compatible stores; for stores
+that reject the header as well, ``checksums="when_required"`` sends
+Content-MD5 only.  Downloads are verified by the repository (SHA-256 of
+whole objects, AEAD of every blob), which also covers ranged reads that no
+store checksums.
+
+The client makes one attempt per request: retries belong to
+:class:`cas.backend.retry.RetryBackend`, which retries exactly the errors
+raised here as :class:`~cas.errors.TransientBackendError`.  A
+:class:`~cas.backend.accounting.RequestMeter` given to the constructor
+counts every HTTP request the client sends.
 """
 
 from __future__ import annotations
@@ -19,22 +37,93 @@ import base64
 import contextlib
 import hashlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
+import urllib3.exceptions
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ChecksumError,
+    ClientError,
+    ConnectionError,
+    FlexibleChecksumError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    SSLError,
+)
 
 from cas.backend import check_name, check_prefix
+from cas.backend.accounting import RequestMeter
 from cas.backend.base import ObjectInfo
-from cas.errors import BackendError, ObjectExists, ObjectNotFound
+from cas.errors import BackendError, ObjectExists, ObjectNotFound, TransientBackendError
+
+CHECKSUM_MODES = ("when_supported", "when_required")
+DEFAULT_CHECKSUMS = "when_supported"
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_BUCKET = frozenset({"NoSuchBucket"})
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _WRITE_ATTEMPTS = 4
+# Replies that another attempt of the same request may not get: server
+# errors, throttling, timeouts, and bodies damaged or cut short in transit
+# (the digest we sent did not match what the store received).
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "IncompleteBody",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
+        "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)
+# What botocore raises when the connection, not the store, failed: refused,
+# reset, timed out, or a body that ended early or failed its checksum.  A bad
+# TLS certificate (SSLError) will not get better by itself.
+_TRANSIENT_BOTOCORE: tuple[type[Exception], ...] = (
+    ConnectionError,
+    HTTPClientError,
+    IncompleteReadError,
+    ChecksumError,
+    FlexibleChecksumError,
+)
+# The request kind that S3 bills for each operation cas sends (AWS prices
+# POST and COPY with PUT, and LIST separately).
+_REQUEST_KINDS = {
+    "GetObject": "GET",
+    "HeadObject": "HEAD",
+    "HeadBucket": "HEAD",
+    "ListObjectsV2": "LIST",
+    "ListObjects": "LIST",
+    "ListMultipartUploads": "LIST",
+    "ListParts": "LIST",
+    "ListBuckets": "LIST",
+    "DeleteObject": "DELETE",
+    "DeleteBucket": "DELETE",
+    "AbortMultipartUpload": "DELETE",
+}
+_METHOD_KINDS = {"GET": "GET", "HEAD": "HEAD", "DELETE": "DELETE"}
+_loader: Any = None
+_loader_lock = threading.Lock()
 # Enough pooled connections for a few concurrent uploads and downloads; with
 # too few, urllib3 discards and reopens connections under load.
 _MAX_CONNECTIONS = 32
@@ -58,12 +147,24 @@ class S3Backend:
         path_style: bool = False,
         client: Any = None,
         conditional_writes: bool = True,
+        checksums: str = DEFAULT_CHECKSUMS,
+        meter: RequestMeter | None = None,
     ) -> None:
+        if checksums not in CHECKSUM_MODES:
+            raise BackendError(
+                f"unknown S3 checksum mode {checksums!r}: use {' or '.join(CHECKSUM_MODES)}"
+            )
         self._bucket = bucket
         self._prefix = prefix.strip("/")
         self._conditional_writes = conditional_writes
+        self._sha256 = checksums == "when_supported"
         self._owns_client = client is None
-        self._client = client if client is not None else _make_client(endpoint_url, path_style)
+        self._client = (
+            client if client is not None else _make_client(endpoint_url, path_style, checksums)
+        )
+        self.meter = meter
+        if meter is not None:
+            self._client.meta.events.register("before-send.s3", self._count_request)
 
     @property
     def location(self) -> str:
@@ -107,11 +208,14 @@ class S3Backend:
     def write(self, name: str, data: bytes) -> None:
         """Store ``data`` as ``name``; never replace an object with different content.
 
-        The Content-MD5 header makes the store reject a body damaged in transit.
+        The Content-MD5 header (and x-amz-checksum-sha256 unless checksums
+        is "when_required") makes the store reject a body damaged in transit.
         """
         key = self._key(name)
         data = bytes(data)
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        digests = {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
+        if self._sha256:
+            digests["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
         for attempt in range(_WRITE_ATTEMPTS):
             if not self._conditional_writes:
                 same = self._compare_existing(name, data)
@@ -120,7 +224,7 @@ class S3Backend:
                         return
                     raise ObjectExists(name=name)
             try:
-                self._put(key, data, md5)
+                self._put(key, data, digests)
                 return
             except ClientError as err:
                 code = _code(err)
@@ -144,7 +248,9 @@ class S3Backend:
                 raise self._error(err, "PutObject", key) from err
             except BotoCoreError as err:
                 raise self._error(err, "PutObject", key) from err
-        raise BackendError(f"cannot write {self._url(key)}: concurrent writes kept conflicting")
+        raise TransientBackendError(
+            f"cannot write {self._url(key)}: concurrent writes kept conflicting"
+        )
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Return ``length`` bytes of ``name`` from ``offset`` (to the end if None)."""
@@ -167,6 +273,8 @@ class S3Backend:
             response = self._client.get_object(**request)
             with contextlib.closing(response["Body"]) as body:
                 data = bytes(body.read())
+            if self.meter is not None:
+                self.meter.add_bytes(bytes_down=len(data))
         except ClientError as err:
             code = _code(err)
             if code in _NOT_FOUND:
@@ -182,6 +290,12 @@ class S3Backend:
             raise self._error(err, "GetObject", key) from err
         except BotoCoreError as err:
             raise self._error(err, "GetObject", key) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            # botocore wraps what urllib3 raises while streaming a body, but
+            # not on every path: a connection that breaks mid-body is transient.
+            raise TransientBackendError(
+                f"S3 GetObject {self._url(key)} failed: {_one_line(str(err))}"
+            ) from err
         return self._check_range(key, response, data, offset, length)
 
     def stat(self, name: str) -> ObjectInfo:
@@ -198,13 +312,27 @@ class S3Backend:
         return ObjectInfo(name=name, size=int(response["ContentLength"]))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Yield the objects under ``prefix`` + "/" (all objects if ``prefix`` is "")."""
+        """Yield the objects under ``prefix`` + "/" (all objects if ``prefix`` is "").
+
+        S3 lists keys in ascending UTF-8 order, so the names come in
+        ascending order too; one request per 1,000 keys.
+        """
+        return self._list(prefix, None)
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """Like :meth:`list`, but only names after ``start_after`` (to resume a listing)."""
+        return self._list(prefix, start_after)
+
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
         root = f"{self._prefix}/" if self._prefix else ""
         start = f"{root}{prefix}/" if prefix else root
+        request: dict[str, Any] = {"Bucket": self._bucket, "Prefix": start}
+        if start_after is not None:
+            request["StartAfter"] = f"{root}{start_after}"
         paginator = self._client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self._bucket, Prefix=start):
+            for page in paginator.paginate(**request):
                 for entry in page.get("Contents", ()):
                     name = str(entry["Key"])[len(root) :]
                     # Skip what is not an object name: "folder/" markers made by
@@ -240,13 +368,24 @@ class S3Backend:
     def _url(self, key: str) -> str:
         return f"s3://{self._bucket}/{key}"
 
-    def _put(self, key: str, data: bytes, md5: str) -> None:
-        request: dict[str, Any] = {
-            "Bucket": self._bucket,
-            "Key": key,
-            "Body": data,
-            "ContentMD5": md5,
-        }
+    def _count_request(self, request: Any, event_name: str = "", **_: Any) -> None:
+        """botocore ``before-send`` hook: count each HTTP request as it goes out.
+
+        Returns None, so the request is sent; hooks registered later (fault
+        injection in tests) still see it and a request they fail is counted,
+        as the store would have billed it.
+        """
+        assert self.meter is not None
+        operation = event_name.rsplit(".", 1)[-1]
+        kind = _REQUEST_KINDS.get(operation) or _METHOD_KINDS.get(request.method, "PUT")
+        try:
+            sent = int(request.headers.get("Content-Length") or 0)
+        except ValueError:
+            sent = 0
+        self.meter.record(kind, bytes_up=sent)
+
+    def _put(self, key: str, data: bytes, digests: dict[str, str]) -> None:
+        request: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": data, **digests}
         if self._conditional_writes:
             request["IfNoneMatch"] = "*"
         self._client.put_object(**request)
@@ -278,8 +417,15 @@ class S3Backend:
                 )
             total = int(match.group(3))
         end = total if length is None else offset + length
-        if end > total or len(data) != end - offset:
+        if end > total:
             raise self._short_read(key, offset, end, total, got=len(data))
+        if len(data) != end - offset:
+            # The object is long enough but the body ended early: a broken
+            # connection or proxy, which another attempt may not meet.
+            raise TransientBackendError(
+                f"truncated read of {self._url(key)}: wanted bytes {offset}..{end},"
+                f" got {len(data)} bytes"
+            )
         return data
 
     def _short_read(
@@ -292,7 +438,11 @@ class S3Backend:
         )
 
     def _error(self, err: Exception, operation: str, key: str) -> BackendError:
-        """One line: operation, where, and the S3 error code or connection problem."""
+        """One line: operation, where, and the S3 error code or connection problem.
+
+        A TransientBackendError for what another attempt may not meet, a
+        plain BackendError for everything else.
+        """
         where = self._url(key) if key else f"s3://{self._bucket}"
         if isinstance(err, ClientError):
             code = _code(err) or str(_status(err))
@@ -300,7 +450,16 @@ class S3Backend:
                 return BackendError(f"S3 {operation} {where} failed: bucket does not exist")
             message = str(err.response.get("Error", {}).get("Message", "")).strip()
             detail = f"{code} {message}" if message and message != code else code
+            status = _status(err)
+            if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
+                return TransientBackendError(
+                    f"S3 {operation} {where} failed: {_one_line(detail)} (HTTP {status})"
+                )
+            if status == 403:
+                detail = f"{detail} (HTTP 403: check the credentials and the bucket policy)"
             return BackendError(f"S3 {operation} {where} failed: {_one_line(detail)}")
+        if isinstance(err, _TRANSIENT_BOTOCORE) and not isinstance(err, SSLError):
+            return TransientBackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")
         if isinstance(err, NoCredentialsError):
             return BackendError(
                 f"S3 {operation} {where} failed: no credentials found (set AWS_ACCESS_KEY_ID"
@@ -309,21 +468,47 @@ class S3Backend:
         return BackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")
 
 
-def _make_client(endpoint_url: str | None, path_style: bool) -> Any:
+def _make_client(endpoint_url: str | None, path_style: bool, checksums: str) -> Any:
     config = Config(
         s3={"addressing_style": "path" if path_style else "auto"},
-        retries={"mode": "standard"},
+        # One attempt: RetryBackend is the single place that retries (see
+        # cas.backend.retry for why).
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=10,
+        read_timeout=60,
         max_pool_connections=_MAX_CONNECTIONS,
-        # botocore >= 1.36 adds CRC32 checksum headers by default, which several
-        # S3-compatible stores reject; the Content-MD5 we send already lets
-        # every store verify the body.
-        request_checksum_calculation="when_required",
+        # "when_supported" lets botocore validate whole-object downloads
+        # against the stored checksum; uploads carry the SHA-256 we compute
+        # ourselves (see write), so botocore never adds its own CRC32 trailer.
+        request_checksum_calculation=checksums,
+        response_checksum_validation=checksums,
     )
     try:
-        # A session per backend: boto3's default session is not thread-safe.
-        return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
+        return new_session().client("s3", endpoint_url=endpoint_url, config=config)
     except (BotoCoreError, ValueError) as err:
         raise BackendError(f"cannot set up S3 client: {_one_line(str(err))}") from err
+
+
+def new_session(**options: Any) -> boto3.session.Session:
+    """A fresh boto3 session that shares botocore's parsed service models with all others.
+
+    A session per client, because boto3's default session is not
+    thread-safe; one shared loader, because parsing the S3 model and
+    endpoint rules makes each new session's first client cost 0.2-0.5 s.
+    ``options`` go to boto3's Session (credentials, region).
+    """
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = botocore.loaders.create_loader()
+        loader = _loader
+    core = botocore.session.Session()
+    core.register_component("data_loader", loader)
+    return boto3.session.Session(botocore_session=core, **options)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
 
 
 def _code(err: ClientError) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..backend import create_bucket as make_bucket
 from ..chunker import ChunkerParams
 from ..format.config import DEFAULT_PACK_SIZE
 from ..repository import init_repository
@@ -33,6 +34,7 @@ def register(cli: click.Group) -> None:
     help="Share blob IDs and chunking with REPO, so 'cas copy' moves only missing data.",
 )
 @click.option("--from-password-file", help="Password file for --copy-keys-from.")
+@click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
 @kdf_options
 @pass_globals
 def init(
@@ -40,6 +42,7 @@ def init(
     new_password_file: str | None,
     copy_keys_from: str | None,
     from_password_file: str | None,
+    create_bucket: bool,
     pack_size: int,
     chunk_min: int,
     chunk_avg: int,
@@ -55,6 +58,8 @@ def init(
     out = Output(g)
     backend = g.backend()
     g.cleanups.append(backend.close)
+    if create_bucket:
+        make_bucket(backend)
     password = new_password(new_password_file) if new_password_file else g.password("new password")
     params = ChunkerParams(chunk_min, chunk_avg, chunk_max)
     params.validate()

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .. import crypto, locks
-from ..backend import Backend, open_backend
+from ..backend import Backend, open_backend, request_summary
 from ..errors import CasError, NoPassword, UsageError
 from ..locks import RepoLock
 from ..repository import Repository, open_repository
@@ -36,14 +36,30 @@ class Globals:
     no_lock: bool
     lock_wait: float
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    backends: list[Backend] = field(default_factory=list)
 
     def backend(self) -> Backend:
         """The backend named by -r/--repo or CAS_REPOSITORY."""
         if not self.repo:
             raise UsageError("no repository given: use -r/--repo or set CAS_REPOSITORY")
-        return open_backend(
-            self.repo, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
+        return self._open_backend(self.repo)
+
+    def _open_backend(self, location: str) -> Backend:
+        backend = open_backend(
+            location, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
         )
+        self.backends.append(backend)
+        return backend
+
+    def requests(self) -> dict[str, Any] | None:
+        """Storage requests made so far (all repositories this command opened), or None."""
+        total: dict[str, Any] = {}
+        for b in self.backends:
+            for k, v in (request_summary(b) or {}).items():
+                total[k] = total.get(k, 0) + v
+        if "estimated_cost_usd" in total:
+            total["estimated_cost_usd"] = round(total["estimated_cost_usd"], 6)
+        return total or None
 
     def password(self, prompt: str = "repository password") -> bytes:
         """From a password file, a password command, CAS_PASSWORD, or a no-echo prompt."""
@@ -71,9 +87,7 @@ class Globals:
 
         Its password comes from ``password_file``, else CAS_OTHER_PASSWORD, else a prompt.
         """
-        backend = open_backend(
-            location, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
-        )
+        backend = self._open_backend(location)
         if password_file:
             password = read_password_file(password_file)
         elif "CAS_OTHER_PASSWORD" in os.environ:
@@ -164,6 +178,7 @@ class Output:
     """Human lines on stdout, or one JSON document; progress on stderr when it is a terminal."""
 
     def __init__(self, g: Globals) -> None:
+        self.g = g
         self.json = g.json
         self.quiet = g.quiet
         self.progress_enabled = not g.json and not g.quiet and sys.stderr.isatty()
@@ -171,8 +186,26 @@ class Output:
         self.warnings: list[str] = []
 
     def emit(self, doc: Any, human: Callable[[], None] | None = None) -> None:
-        """Print ``doc`` as JSON, or call ``human`` to print it for people."""
+        """Print ``doc`` as JSON, or call ``human`` to print it for people.
+
+        Object documents get a ``requests`` key: storage requests by kind,
+        bytes moved and their estimated cost; people see a line about them for S3.
+        """
         self.clear_progress()
+        requests = self.g.requests()
+        if isinstance(doc, dict) and requests is not None:
+            doc.setdefault("requests", requests)
+        if (
+            human is not None
+            and requests
+            and any(b.location.startswith("s3://") for b in self.g.backends)
+        ):
+            inner = human
+
+            def human() -> None:
+                inner()
+                self.line(_describe_requests(requests))
+
         if self.json:
             click.echo(json.dumps(doc, indent=None, sort_keys=True, default=_json_default))
         elif human is not None and not self.quiet:
@@ -205,6 +238,17 @@ class Output:
         if self.progress_enabled and self._last_progress:
             click.echo("\r\x1b[K", nl=False, err=True)
             self._last_progress = 0.0
+
+
+def _describe_requests(r: dict[str, Any]) -> str:
+    kinds = ", ".join(f"{r[k]} {k}" for k in ("PUT", "GET", "HEAD", "LIST", "DELETE") if r.get(k))
+    retried = f", {r['retries']} retried" if r.get("retries") else ""
+    up, down = human_bytes(r.get("bytes_up", 0)), human_bytes(r.get("bytes_down", 0))
+    cost = r.get("estimated_cost_usd", 0)
+    return (
+        f"storage requests: {kinds or 'none'}{retried}; {up} up, {down} down; "
+        f"estimated cost ${cost:.4f}"
+    )
 
 
 def _term_width() -> int:

@@ -13,6 +13,7 @@ from ..errors import EXIT_ERROR, EXIT_USAGE, CasError
 from . import (
     cmd_backup,
     cmd_cat,
+    cmd_copy,
     cmd_forget,
     cmd_init,
     cmd_key,
@@ -96,6 +97,7 @@ for module in (
     cmd_cat,
     cmd_prune,
     cmd_repair,
+    cmd_copy,
     cmd_forget,
     cmd_tag,
     cmd_stats,

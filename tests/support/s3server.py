@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.config import Config
+
+from cas.backend.s3 import new_session
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -98,7 +99,7 @@ def s3_bucket(s3_client: Any) -> str:
 
 def make_s3_client(endpoint: str, **config: Any) -> Any:
     """A boto3 S3 client for ``endpoint``; ``config`` goes to botocore's Config."""
-    return boto3.session.Session().client("s3", endpoint_url=endpoint, config=Config(**config))
+    return new_session().client("s3", endpoint_url=endpoint, config=Config(**config))
 
 
 def start_moto_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:

@@ -1,0 +1,255 @@
+"""``cas forget``: remove snapshots by retention policy or by ID (the data stays until prune).
+
+Forgetting deletes only ``snapshots/<id>`` files, never data, so it takes a
+shared lock like backup: a concurrent backup or restore loses nothing.  Prune
+(spec §13.5) counts a live ``forget`` lock among those of commands that may
+write snapshots and so defers deleting packs it marked while forget runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from .. import layout
+from ..errors import UsageError
+from ..format.snapshot import Snapshot
+from ..policy import (
+    UNLIMITED,
+    Decision,
+    Duration,
+    EmptyPolicy,
+    GroupKey,
+    GroupPlan,
+    Policy,
+    SnapshotFilter,
+    SnapshotRef,
+    parse_group_by,
+    plan_forget,
+)
+from ..repository import Repository
+from .cmd_prune import parse_fraction, run_prune
+from .common import Globals, Output, fs_text, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(forget)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _count(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A count >= 0, or ``unlimited`` (-1)."""
+    if value.strip().lower() == "unlimited":
+        return UNLIMITED
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise click.BadParameter(f"{value!r} is not a count >= 0 or 'unlimited'", ctx, param)
+    return n
+
+
+def _keep_option(name: str, what: str) -> Callable[[_F], _F]:
+    return click.option(
+        f"--keep-{name}",
+        f"keep_{name}",
+        default="0",
+        callback=_count,
+        metavar="N",
+        help=f"Keep {what} ('unlimited' for all).",
+    )
+
+
+@click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
+@_keep_option("last", "the N newest snapshots")
+@_keep_option("hourly", "the newest snapshot of each of the last N hours that have one")
+@_keep_option("daily", "the newest snapshot of each of the last N days that have one")
+@_keep_option("weekly", "the newest snapshot of each of the last N ISO weeks that have one")
+@_keep_option("monthly", "the newest snapshot of each of the last N months that have one")
+@_keep_option("yearly", "the newest snapshot of each of the last N years that have one")
+@click.option(
+    "--keep-within",
+    metavar="DURATION",
+    help="Keep snapshots less than DURATION older than the newest one, e.g. 2y5m7d3h.",
+)
+@click.option("--keep-tag", multiple=True, metavar="TAG", help="Keep snapshots with this tag.")
+@click.option(
+    "--group-by",
+    default="host,paths",
+    show_default=True,
+    help="Apply the policy separately to each group of snapshots sharing these "
+    "(comma list of host, paths, tags; empty for one group).",
+)
+@click.option("--host", multiple=True, help="Only consider snapshots of this host.")
+@click.option("--tag", multiple=True, help="Only consider snapshots with this tag.")
+@click.option("--path", multiple=True, help="Only consider snapshots that include this path.")
+@click.option("--dry-run", "-n", is_flag=True, help="Only show what would be kept and removed.")
+@click.option("--prune", is_flag=True, help="Run prune afterwards to free the space.")
+@click.option(
+    "--max-unused",
+    default="5%",
+    show_default=True,
+    help="With --prune: repack packs in which more than this share of bytes is unused.",
+)
+@pass_globals
+def forget(
+    g: Globals,
+    snapshot_ids: tuple[str, ...],
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    keep_within: str | None,
+    keep_tag: tuple[str, ...],
+    group_by: str,
+    host: tuple[str, ...],
+    tag: tuple[str, ...],
+    path: tuple[str, ...],
+    dry_run: bool,
+    prune: bool,
+    max_unused: str,
+) -> None:
+    """Remove snapshots: those no --keep-* rule keeps, or the IDs given.
+
+    Each group of snapshots (by default: same host and paths) is judged on its
+    own. A snapshot kept by any rule is kept. Only snapshot files are deleted;
+    run prune (or --prune) to free the data no snapshot needs any more.
+    """
+    out = Output(g)
+    try:
+        within = Duration.parse(keep_within) if keep_within is not None else None
+        groups = parse_group_by(group_by)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    policy = Policy(
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        within,
+        tuple(dict.fromkeys(keep_tag)),
+    )
+    selection = SnapshotFilter(
+        frozenset(host), frozenset(tag), frozenset(os.fsencode(p) for p in path)
+    )
+    if snapshot_ids and not (policy.is_empty() and selection == SnapshotFilter()):
+        raise UsageError("give either snapshot IDs or --keep-*/--host/--tag/--path, not both")
+    if not snapshot_ids and policy.is_empty():
+        raise EmptyPolicy()
+    unused = parse_fraction(max_unused)
+
+    repo = g.open()
+    with g.locked(repo, exclusive=False, command="forget"):
+        if snapshot_ids:
+            plans, snaps = _by_id(repo, snapshot_ids)
+        else:
+            snaps = dict(repo.iter_snapshots())
+            refs = [SnapshotRef.of(i, s) for i, s in snaps.items()]
+            plans = plan_forget([r for r in refs if selection.matches(r)], policy, groups, None)
+        doomed = [d.ref.id for p in plans for d in p.remove]
+        if not dry_run:
+            for sid in doomed:
+                repo.backend.delete(layout.snapshot_name(sid))
+
+    doc = {
+        "dry_run": dry_run,
+        "policy": policy.describe(),
+        "groups": [_group_doc(p, snaps) for p in plans],
+        "removed": [sid.hex() for sid in doomed],
+    }
+    out.emit(doc, lambda: _human(out, doc))
+    if prune:
+        # After the forget lock is released: prune takes its own.
+        run_prune(g, out, repo, unused, dry_run)
+
+
+def _by_id(
+    repo: Repository, refs: tuple[str, ...]
+) -> tuple[list[GroupPlan], dict[bytes, Snapshot]]:
+    """One pseudo-group that removes exactly the snapshots named."""
+    snaps: dict[bytes, Snapshot] = {}
+    for ref in refs:
+        sid, snap = repo.find_snapshot(ref)
+        snaps[sid] = snap
+    ordered = sorted(snaps.items(), key=lambda p: (p[1].time_ns, p[0]))
+    decisions = [Decision(SnapshotRef.of(i, s), False, ()) for i, s in ordered]
+    return [GroupPlan(GroupKey(), decisions)], snaps
+
+
+def _snap_doc(d: Decision, snap: Snapshot) -> dict[str, Any]:
+    return {
+        "id": d.ref.id.hex(),
+        "time": snap.time_ns / 1e9,
+        "time_iso": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.time_ns / 1e9)),
+        "hostname": snap.hostname,
+        "paths": [fs_text(p) for p in snap.paths],
+        "tags": sorted(snap.tags),
+        "reasons": list(d.reasons),
+    }
+
+
+def _group_doc(plan: GroupPlan, snaps: dict[bytes, Snapshot]) -> dict[str, Any]:
+    k = plan.key
+    return {
+        "key": {
+            "hostname": k.hostname,
+            "paths": None if k.paths is None else [fs_text(p) for p in k.paths],
+            "tags": None if k.tags is None else list(k.tags),
+        },
+        "keep": [_snap_doc(d, snaps[d.ref.id]) for d in plan.keep],
+        "remove": [_snap_doc(d, snaps[d.ref.id]) for d in plan.remove],
+    }
+
+
+def _describe_key(key: dict[str, Any]) -> str:
+    parts = []
+    if key["hostname"] is not None:
+        parts.append(f"host {key['hostname']}")
+    if key["paths"] is not None:
+        parts.append(f"paths {', '.join(key['paths']) or '(none)'}")
+    if key["tags"] is not None:
+        parts.append(f"tags {', '.join(key['tags']) or '(none)'}")
+    return "; ".join(parts) or "all snapshots"
+
+
+def _snapshots(n: int) -> str:
+    return f"{n} snapshot{'' if n == 1 else 's'}"
+
+
+def _table(out: Output, rows: list[dict[str, Any]], with_reasons: bool) -> None:
+    header = f"  {'ID':8}  {'time':19}  {'host':12}  {'tags':16}  reasons"
+    out.line(header if with_reasons else header.removesuffix("reasons").rstrip())
+    for r in rows:
+        tags = ",".join(r["tags"])[:16]
+        line = f"  {r['id'][:8]}  {r['time_iso']}  {r['hostname'][:12]:12}  {tags:16}"
+        if with_reasons:
+            line += "  " + ", ".join(r["reasons"])
+        out.line(line.rstrip())
+
+
+def _human(out: Output, doc: dict[str, Any]) -> None:
+    for group in doc["groups"]:
+        title = _describe_key(group["key"]) if doc["policy"] else "snapshots given"
+        out.line(f"{title}:")
+        if group["keep"]:
+            out.line(f"keep {_snapshots(len(group['keep']))}:")
+            _table(out, group["keep"], True)
+        if group["remove"]:
+            out.line(f"remove {_snapshots(len(group['remove']))}:")
+            _table(out, group["remove"], False)
+        out.line("")
+    verb = "would remove" if doc["dry_run"] else "removed"
+    out.line(f"{verb} {_snapshots(len(doc['removed']))}")

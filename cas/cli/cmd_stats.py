@@ -1,0 +1,103 @@
+"""``cas stats``: restore size, unique data, stored size and the ratios between them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+from ..crypto import BlobType
+from ..policy import SnapshotFilter, SnapshotRef
+from ..stats import StatsCollector, pack_totals
+from .common import Globals, Output, human_bytes, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(stats)
+
+
+@click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
+@click.option("--host", multiple=True, help="Only snapshots of this host.")
+@click.option("--tag", multiple=True, help="Only snapshots with this tag.")
+@click.option("--path", multiple=True, help="Only snapshots that include this path.")
+@pass_globals
+def stats(
+    g: Globals,
+    snapshot_ids: tuple[str, ...],
+    host: tuple[str, ...],
+    tag: tuple[str, ...],
+    path: tuple[str, ...],
+) -> None:
+    """Sizes of the snapshots given (default: the whole repository).
+
+    restore size: what restoring every chosen snapshot would write (hardlinks
+    once); raw data: plaintext of the distinct blobs they use; stored size:
+    those blobs as stored (compressed and encrypted). dedup ratio = restore
+    size / raw data; compression ratio = raw data / stored size.
+    """
+    out = Output(g)
+    selection = SnapshotFilter(
+        frozenset(host), frozenset(tag), frozenset(os.fsencode(p) for p in path)
+    )
+    whole = not snapshot_ids and selection == SnapshotFilter()
+    repo = g.open()
+    with g.locked(repo, exclusive=False, command="stats"):
+        if snapshot_ids:
+            found = dict(repo.find_snapshot(r) for r in snapshot_ids)
+            snaps = sorted(found.items(), key=lambda p: (p[1].time_ns, p[0]))
+        else:
+            snaps = list(repo.iter_snapshots())
+        snaps = [(i, s) for i, s in snaps if selection.matches(SnapshotRef.of(i, s))]
+        repo.load_index()
+
+        def stored_length(blob_id: bytes) -> int | None:
+            loc = repo.index.get(blob_id)
+            return None if loc is None else loc.length
+
+        collector = StatsCollector(lambda t: repo.load_blob(BlobType.TREE, t), stored_length)
+        for i, (sid, snap) in enumerate(snaps):
+            out.progress(f"snapshot {i + 1}/{len(snaps)}")
+            collector.add_snapshot(sid, snap.tree)
+        result = collector.result()
+        doc: dict[str, Any] = {"scope": "repository" if whole else "snapshots"}
+        doc.update(result.as_dict())
+        if whole:
+            packs = pack_totals(repo.backend)
+            doc["repository"] = {
+                "packs": packs.packs,
+                "pack_bytes": packs.bytes,
+                "indexed_blobs": len(repo.index),
+            }
+
+    out.emit(doc, lambda: _human(out, doc))
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _human(out: Output, doc: dict[str, Any]) -> None:
+    if doc["scope"] == "snapshots":
+        for s in doc["snapshots"]:
+            out.line(f"{s['id'][:8]}  {human_bytes(s['restore_size']):>10}  {s['files']} files")
+    out.line(f"snapshots:          {doc['snapshot_count']}")
+    out.line(f"restore size:       {human_bytes(doc['restore_size'])} in {doc['files']} files")
+    out.line(
+        f"raw data:           {human_bytes(doc['raw_data'])} in "
+        f"{doc['data_blobs'] + doc['tree_blobs']} blobs "
+        f"(trees {human_bytes(doc['raw_tree'])} in {doc['tree_blobs']})"
+    )
+    out.line(f"stored size:        {human_bytes(doc['stored_size'])}")
+    out.line(f"dedup ratio:        {_ratio(doc['dedup_ratio'])}")
+    out.line(f"compression ratio:  {_ratio(doc['compression_ratio'])}")
+    if doc["missing_blobs"]:
+        out.line(f"missing blobs:      {doc['missing_blobs']} (not in the index; run check)")
+    if "repository" in doc:
+        r = doc["repository"]
+        out.line(
+            f"repository:         {r['packs']} packs, {human_bytes(r['pack_bytes'])}, "
+            f"{r['indexed_blobs']} blobs indexed"
+        )

@@ -1,0 +1,113 @@
+"""``cas tag``: change the tags of snapshots.
+
+Snapshot files are immutable and named by their hash, so a changed snapshot
+is a new file: it is stored first and the old one deleted after it (a crash
+in between leaves both, never neither).  The new snapshot keeps the original
+time, tree, paths and summary, and records in ``original`` the ID of the
+snapshot as the backup wrote it (kept across later re-tagging).  Like
+forget, this only adds and deletes snapshot files, so a shared lock does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import click
+
+from .. import layout
+from ..errors import UsageError
+from ..format.snapshot import Snapshot
+from ..policy import SnapshotFilter, SnapshotRef
+from ..repository import Repository
+from .common import Globals, Output, pass_globals
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(tag)
+
+
+@click.command()
+@click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
+@click.option("--add", "add", multiple=True, metavar="TAG", help="Add this tag.")
+@click.option("--remove", "remove", multiple=True, metavar="TAG", help="Remove this tag.")
+@click.option(
+    "--set",
+    "set_",
+    multiple=True,
+    metavar="TAG",
+    help="Replace all tags by these (--set '' removes every tag).",
+)
+@click.option("--host", multiple=True, help="Only snapshots of this host.")
+@click.option("--tag", "tag_filter", multiple=True, help="Only snapshots with this tag.")
+@click.option("--path", multiple=True, help="Only snapshots that include this path.")
+@pass_globals
+def tag(
+    g: Globals,
+    snapshot_ids: tuple[str, ...],
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+    set_: tuple[str, ...],
+    host: tuple[str, ...],
+    tag_filter: tuple[str, ...],
+    path: tuple[str, ...],
+) -> None:
+    """Add, remove or set tags of the snapshots given (all that match the filters if none).
+
+    Each changed snapshot gets a new ID.
+    """
+    out = Output(g)
+    if not (add or remove or set_):
+        raise UsageError("nothing to do: give --add, --remove or --set")
+    if set_ and (add or remove):
+        raise UsageError("--set replaces all tags and cannot be combined with --add/--remove")
+    if any(not t for t in (*add, *remove)):
+        raise UsageError("a tag cannot be empty")
+    selection = SnapshotFilter(
+        frozenset(host), frozenset(tag_filter), frozenset(os.fsencode(p) for p in path)
+    )
+    repo = g.open()
+    changed: list[dict[str, Any]] = []
+    unchanged = 0
+    with g.locked(repo, exclusive=False, command="tag"):
+        for sid, snap in _chosen(repo, snapshot_ids, selection):
+            tags = {t for t in set_ if t} if set_ else (set(snap.tags) | set(add)) - set(remove)
+            if tags == set(snap.tags):
+                unchanged += 1
+                continue
+            new_id = _rewrite(repo, sid, snap, sorted(tags))
+            changed.append({"id": sid.hex(), "new_id": new_id.hex(), "tags": sorted(tags)})
+
+    doc = {"changed": changed, "unchanged": unchanged}
+
+    def human() -> None:
+        for c in changed:
+            out.line(f"{c['id'][:8]} -> {c['new_id'][:8]}  [{', '.join(c['tags'])}]")
+        out.line(f"changed {len(changed)} snapshots, {unchanged} unchanged")
+
+    out.emit(doc, human)
+
+
+def _chosen(
+    repo: Repository, refs: tuple[str, ...], selection: SnapshotFilter
+) -> list[tuple[bytes, Snapshot]]:
+    """The snapshots named (or all), oldest first, that pass the filters."""
+    if refs:
+        found = dict(repo.find_snapshot(r) for r in refs)
+        snaps = sorted(found.items(), key=lambda p: (p[1].time_ns, p[0]))
+    else:
+        snaps = list(repo.iter_snapshots())
+    return [(i, s) for i, s in snaps if selection.matches(SnapshotRef.of(i, s))]
+
+
+def _rewrite(repo: Repository, sid: bytes, snap: Snapshot, tags: list[str]) -> bytes:
+    """Store the re-tagged snapshot, then delete the old file; returns the new ID."""
+    extra = dict(snap.extra)
+    original = extra.get("original")
+    if not (isinstance(original, bytes) and len(original) == 32):
+        extra["original"] = sid
+    new_id = repo.save_snapshot(dataclasses.replace(snap, tags=tags, extra=extra))
+    repo.backend.delete(layout.snapshot_name(sid))
+    return new_id
