@@ -4,7 +4,11 @@ The walk is iterative (an explicit stack of open directories), so trees
 thousands of levels deep need no recursion.  A directory's tree blob is
 written when its last entry is done; identical trees deduplicate like data.
 With a parent snapshot, a file whose size, mtime, ctime and inode are
-unchanged reuses the parent's content list without being read.
+unchanged reuses the parent's content list without being read.  Each file
+and directory is opened once (``O_NOATIME`` where allowed): that descriptor
+gives its inode flags and its content or names, so an unreadable entry costs
+one warning.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
+not read; they chunk like the zeros they read as.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class BackupSummary:
     dirs_unchanged: int = 0
     other_entries: int = 0
     bytes_total: int = 0  # size of all files in the snapshot
-    bytes_read: int = 0  # bytes actually read from files
+    bytes_read: int = 0  # bytes actually read from files (not holes, not unchanged files)
     data_blobs_new: int = 0
     tree_blobs_new: int = 0
     data_added: int = 0  # plaintext bytes of new blobs
@@ -137,15 +141,24 @@ class Archiver:
 
     def backup(self, paths: list[bytes], parent_tree: bytes | None) -> bytes:
         """Back up absolute ``paths``; returns the root tree ID."""
-        select = _path_tree(paths)
+        select: dict[bytes, Any] | None = _path_tree(paths)
+        device = -1
+        if any(not p.strip(b"/") for p in paths):  # "/" itself: everything
+            select = None
+            names = self._list_dir(b"/")
+            if self.opts.one_file_system:
+                device = os.lstat(b"/").st_dev
+        else:
+            assert select is not None
+            names = list(select)
         root = _Frame(
             b"",
             None,
-            sorted(select, reverse=True),
+            sorted(names, reverse=True),
             select,
             self._parent_nodes(parent_tree),
             parent_tree,
-            -1,
+            device,
         )
         stack = [root]
         root_tree = b""
@@ -184,32 +197,86 @@ class Archiver:
         except OSError as e:
             self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
             return None
-        node, warnings = posixmeta.node_from_stat(name, st, path=path, names=self.names)
+        parent = frame.parent_nodes.get(name)
+        if sel is FULL and stat.S_ISREG(st.st_mode):
+            self._visit_file(frame, name, path, st, parent)
+            return None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        try:
+            # A directory's flags are read through the descriptor that lists it.
+            node, warnings = posixmeta.node_from_stat(
+                name, st, path=path, names=self.names, read_flags=not is_dir
+            )
+        except OSError as e:  # a symlink that vanished or changed since lstat
+            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+            return None
         for w in warnings:
             self._warn(w)
-        parent = frame.parent_nodes.get(name)
         if sel is not FULL:
             if not stat.S_ISDIR(st.st_mode):
                 self._warn(f"{_fmt(path)}: not a directory; skipped")
                 return None
             assert isinstance(sel, dict)
             return self._open_dir(path, node, parent, st, select=sel)
-        if stat.S_ISDIR(st.st_mode):
+        if is_dir:
             if self.opts.one_file_system and frame.device not in (-1, st.st_dev):
+                self._read_dir(path, node, st, listing=False)
                 frame.nodes.append(node)  # keep the mount point itself, empty
-                node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
+                node.subtree = self._save_empty_tree()
                 return None
             return self._open_dir(path, node, parent, st, select=None, root_dev=frame.device)
-        if stat.S_ISREG(st.st_mode):
-            limit = self.opts.exclude_larger_than
-            if limit is not None and st.st_size > limit:
-                return None
-            if not self._file(path, node, st, parent):
-                return None
-        else:
-            self.summary.other_entries += 1
+        self.summary.other_entries += 1
         frame.nodes.append(node)
         return None
+
+    def _visit_file(
+        self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
+    ) -> None:
+        limit = self.opts.exclude_larger_than
+        if limit is not None and st.st_size > limit:
+            return
+        key = (st.st_dev, st.st_ino)
+        first = self._hardlinks.get(key) if st.st_nlink > 1 else None
+        if first is not None:
+            # Another name of an inode already saved: same content, xattrs and flags.
+            node, _ = posixmeta.node_from_stat(
+                name, st, path=path, names=self.names, read_xattrs=False, read_flags=False
+            )
+            node.xattrs, node.flags = first.xattrs, first.flags
+            node.content, node.sizes, node.digest = first.content, first.sizes, first.digest
+            node.size = first.size
+            self.summary.bytes_total += st.st_size
+            self.summary.files_unchanged += 1
+            frame.nodes.append(node)
+            return
+        # One descriptor serves the inode flags and the content, so a file that
+        # cannot be opened costs exactly one warning.
+        try:
+            fd = self._open_source(path)
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+            return
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != key or not stat.S_ISREG(opened.st_mode):
+                self._warn(f"{_fmt(path)}: replaced while it was backed up; skipped")
+                return
+            node, warnings = posixmeta.node_from_stat(
+                name, st, path=path, names=self.names, read_flags=False
+            )
+            try:
+                node.flags = posixmeta.fd_flags(fd)
+            except OSError as e:
+                warnings.append(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            for w in warnings:
+                self._warn(w)
+            if not self._file(fd, path, node, st, parent):
+                return
+        finally:
+            os.close(fd)
+        if st.st_nlink > 1:
+            self._hardlinks[key] = node
+        frame.nodes.append(node)
 
     def _open_dir(
         self,
@@ -224,15 +291,12 @@ class Archiver:
         parent_subtree = parent.subtree if parent is not None and parent.type == "dir" else None
         device = st.st_dev if root_dev == -1 or select is not None else root_dev
         if select is not None:
+            self._read_dir(path, node, st, listing=False)
             todo = sorted(select, reverse=True)
             return _Frame(
                 path, node, todo, select, self._parent_nodes(parent_subtree), parent_subtree, -1
             )
-        try:
-            names = self._list_dir(path)
-        except OSError as e:
-            self._warn(f"{_fmt(path)}: cannot list directory: {e.strerror}; saved empty")
-            names = []
+        names = self._read_dir(path, node, st, listing=True)
         if self._skip_contents(path, names):
             names = []
         if not self.opts.one_file_system:
@@ -247,18 +311,64 @@ class Archiver:
             device,
         )
 
-    def _list_dir(self, path: bytes) -> list[bytes]:
-        # Through an O_NOATIME descriptor: listing must not change the directory's
-        # atime, or every backup would record (and store) new trees for nothing.
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    def _read_dir(
+        self, path: bytes, node: Node, st: os.stat_result, *, listing: bool
+    ) -> list[bytes]:
+        """Read the directory's inode flags into ``node`` and, if ``listing``, its names.
+
+        One descriptor serves both, so an unreadable directory costs one warning.
+        """
         try:
-            fd = os.open(path, flags | (os.O_NOATIME if self._noatime else 0))
-        except PermissionError:
-            fd = os.open(path, flags)
+            fd = self._open_dir_fd(path)
+        except OSError as e:
+            if listing:
+                self._warn(f"{_fmt(path)}: cannot read directory: {e.strerror}; saved empty")
+            else:
+                self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            return []
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                self._warn(f"{_fmt(path)}: replaced while it was backed up; saved empty")
+                return []
+            try:
+                node.flags = posixmeta.fd_flags(fd)
+            except OSError as e:
+                self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            if not listing:
+                return []
+            try:
+                return [os.fsencode(e) for e in os.listdir(fd)]
+            except OSError as e:
+                self._warn(f"{_fmt(path)}: cannot read directory: {e.strerror}; saved empty")
+                return []
+        finally:
+            os.close(fd)
+
+    def _open_dir_fd(self, path: bytes) -> int:
+        # O_NOATIME: listing must not change the directory's atime, or every
+        # backup would record (and store) new trees for nothing.
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if self._noatime:
+            try:
+                return os.open(path, flags | os.O_NOATIME)
+            except PermissionError as e:
+                if e.errno != errno.EPERM:
+                    raise
+        return os.open(path, flags)
+
+    def _list_dir(self, path: bytes) -> list[bytes]:
+        fd = self._open_dir_fd(path)
         try:
             return [os.fsencode(e) for e in os.listdir(fd)]
         finally:
             os.close(fd)
+
+    def _save_empty_tree(self) -> bytes:
+        tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree([]))
+        if new:
+            self.summary.tree_blobs_new += 1
+        return tree_id
 
     def _save_tree(self, frame: _Frame) -> bytes:
         tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree(frame.nodes))
@@ -293,29 +403,23 @@ class Archiver:
 
     # -- files --------------------------------------------------------------
 
-    def _file(self, path: bytes, node: Node, st: os.stat_result, parent: Node | None) -> bool:
+    def _file(
+        self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
+    ) -> bool:
         self.summary.bytes_total += st.st_size
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in self._hardlinks:
-            done = self._hardlinks[key]
-            node.content, node.sizes, node.digest = done.content, done.sizes, done.digest
-            node.size = done.size
-            self.summary.files_unchanged += 1
-            return True
         if not self.opts.force and self._unchanged(node, parent):
             assert parent is not None
             node.content, node.sizes, node.digest = parent.content, parent.sizes, parent.digest
             self.summary.files_unchanged += 1
             self.report.bytes_done(st.st_size)
+            return True
+        if not self._read_file(fd, path, node, st):
+            self.summary.bytes_total -= st.st_size
+            return False
+        if parent is None or parent.type != "file":
+            self.summary.files_new += 1
         else:
-            if not self._read_file(path, node, st):
-                return False
-            if parent is None or parent.type != "file":
-                self.summary.files_new += 1
-            else:
-                self.summary.files_changed += 1
-        if st.st_nlink > 1:
-            self._hardlinks[key] = node
+            self.summary.files_changed += 1
         return True
 
     def _unchanged(self, node: Node, parent: Node | None) -> bool:
@@ -331,31 +435,29 @@ class Archiver:
         return same and all(self.repo.has_blob(b) for b in parent.content)
 
     def _open_source(self, path: bytes) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         if self._noatime:
             try:
                 return os.open(path, flags | os.O_NOATIME)
-            except PermissionError:
+            except PermissionError as e:
+                if e.errno != errno.EPERM:
+                    raise
                 self._noatime = False  # not the owner and not root: atime may change
         return os.open(path, flags)
 
-    def _read_file(self, path: bytes, node: Node, st: os.stat_result) -> bool:
+    def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
         self.report.file_started(path, st.st_size)
+        reader = SourceReader(fd, st)
         try:
-            fd = self._open_source(path)
-        except OSError as e:
-            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
-            return False
-        try:
-            with os.fdopen(fd, "rb", buffering=0, closefd=True) as f:
-                total = self.save_content(node, f.read)
-                after = os.fstat(f.fileno())
+            total = self.save_content(node, reader.read)
+            after = os.fstat(fd)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise
             self._warn(f"{_fmt(path)}: read error: {e.strerror}; skipped")
             return False
-        self.summary.bytes_read += total
+        finally:
+            self.summary.bytes_read += reader.bytes_read
         if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             st.st_size,
             st.st_mtime_ns,
@@ -385,6 +487,67 @@ class Archiver:
     def _warn(self, message: str) -> None:
         self.summary.warnings += 1
         self.report.warning(message)
+
+
+class SourceReader:
+    """``read(n)`` over an open regular file that skips the holes of sparse files.
+
+    Holes found with SEEK_DATA/SEEK_HOLE come back as zeros without a read,
+    so the content (and every chunk and digest) is the same as reading the
+    whole file; ``bytes_read`` counts only what was really read.  Past the
+    size seen at the start, and wherever the filesystem cannot report holes,
+    it simply reads.
+    """
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.size = st.st_size  # holes are looked for only below this
+        self.pos = 0
+        self.bytes_read = 0
+        # A file with as many allocated bytes as its size has no holes worth a syscall.
+        self._sparse = st.st_blocks * 512 < st.st_size
+        self._hole_end = 0  # [pos, _hole_end) is a known hole
+        self._data_end = 0 if self._sparse else -1  # [pos, _data_end) is known data; -1: all
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current position; b"" at the end of the file."""
+        while self._sparse and self.pos < self.size:
+            if self.pos < self._hole_end:
+                m = min(n, self._hole_end - self.pos)
+                self.pos += m
+                return bytes(m)
+            if self.pos < self._data_end:
+                n = min(n, self._data_end - self.pos)
+                break
+            self._probe()
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        self.bytes_read += len(data)
+        return data
+
+    def _probe(self) -> None:
+        """Find whether a hole or data starts at ``pos``, and where it ends."""
+        try:
+            start = os.lseek(self.fd, self.pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # no SEEK_DATA here: just read
+                self._sparse = False
+                return
+            # No data up to the end: a hole to the end (of the file as it is now).
+            self._hole_end = min(self.size, os.fstat(self.fd).st_size)
+            if self._hole_end <= self.pos:
+                self._sparse = False  # shrunk: let read() find the end
+            return
+        if start > self.pos:
+            self._hole_end = min(start, self.size)
+            return
+        try:
+            self._data_end = os.lseek(self.fd, self.pos, os.SEEK_HOLE)
+        except OSError:
+            self._sparse = False
+            return
+        if self._data_end <= self.pos:  # truncated in between
+            self._sparse = False
 
 
 def stdin_node(name: bytes, read: Callable[[int], bytes], archiver: Archiver) -> Node:

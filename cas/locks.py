@@ -149,13 +149,19 @@ def scan_locks(
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
     hostname: str | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> LockScan:
-    """Read and judge every lock file (``hostname``: ours, by default this host's)."""
+    """Read and judge every lock file (``hostname``: ours, by default this host's).
+
+    Names in ``skip`` (our own lock, whose content we know) are not read.
+    """
     host = socket.gethostname() if hostname is None else hostname
     now = clock()
     entries: list[LockEntry] = []
     unreadable: list[tuple[str, str]] = []
     for obj in backend.list(layout.LOCKS):
+        if obj.name in skip:
+            continue
         try:
             raw = backend.read(obj.name)
         except ObjectNotFound:
@@ -288,7 +294,14 @@ def _try_acquire(
     name = layout.lock_name(storage_id(raw))
     backend.write(name, raw)
     try:
-        after = scan_locks(backend, lock_key, clock=clock, pid_alive=alive, hostname=me.hostname)
+        after = scan_locks(
+            backend,
+            lock_key,
+            clock=clock,
+            pid_alive=alive,
+            hostname=me.hostname,
+            skip=frozenset({name}),
+        )
         # Give up on any conflict rather than pick a winner: the other locker
         # may already have finished its own second listing and be running.
         _raise_on_conflict([e for e in after.entries if e.name != name], exclusive, clock())

@@ -12,6 +12,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .errors import UsageError
+
+
+class PatternError(UsageError):
+    """invalid pattern {pattern}: {detail}"""
+
+
+def _class(body: bytes) -> bytes:
+    """The regex items of a glob class body: single bytes and ``a-z`` ranges, escaped."""
+    items, t = [], 0
+    while t < len(body):
+        if t + 2 < len(body) and body[t + 1 : t + 2] == b"-":
+            items.append(re.escape(body[t : t + 1]) + b"-" + re.escape(body[t + 2 : t + 3]))
+            t += 3
+        else:
+            items.append(re.escape(body[t : t + 1]))
+            t += 1
+    return b"".join(items)
+
 
 def _translate(pattern: bytes) -> bytes:
     out, i, n = [], 0, len(pattern)
@@ -29,14 +48,17 @@ def _translate(pattern: bytes) -> bytes:
         elif c == b"?":
             out.append(b"[^/]")
         elif c == b"[":
-            j = pattern.find(b"]", i + 2 if pattern[i + 1 : i + 2] in (b"!", b"^") else i + 1)
+            k = i + 1
+            negate = pattern[k : k + 1] in (b"!", b"^")
+            if negate:
+                k += 1
+            j = pattern.find(b"]", k + 1)  # a "]" first in the class is a member
             if j < 0:
                 out.append(re.escape(c))
             else:
-                body = pattern[i + 1 : j]
-                if body[:1] in (b"!", b"^"):
-                    body = b"^" + body[1:]
-                out.append(b"[" + body.replace(b"\\", b"\\\\") + b"]")
+                # A class, like * and ?, never matches the separator.
+                items = _class(pattern[k:j])
+                out.append(b"[^/" + items + b"]" if negate else b"(?!/)[" + items + b"]")
                 i = j
         else:
             out.append(re.escape(c))
@@ -53,14 +75,22 @@ class PatternSet:
         for p in self.patterns:
             p = p.rstrip(b"/") or b"/"
             body = _translate(p)
-            if b"/" not in p:
+            if p == b"/":
+                parts.append(b"^/")  # everything
+            elif b"/" not in p:
                 parts.append(b"(?:^|/)" + body + b"(?:/|$)")
             elif p.startswith(b"/"):
                 parts.append(b"^" + body + b"(?:/|$)")
             else:
                 parts.append(b"(?:^|/)" + body + b"(?:/|$)")
-        flags = re.IGNORECASE if ignore_case else 0
-        self._re = re.compile(b"|".join(parts), flags | re.DOTALL) if parts else None
+        flags = (re.IGNORECASE if ignore_case else 0) | re.DOTALL
+        for p, part in zip(self.patterns, parts, strict=True):
+            try:
+                re.compile(part, flags)
+            except re.error as e:
+                shown = p.decode("utf-8", "backslashreplace")
+                raise PatternError(pattern=repr(shown), detail=e.msg) from None
+        self._re = re.compile(b"|".join(parts), flags) if parts else None
 
     def __bool__(self) -> bool:
         return self._re is not None

@@ -59,6 +59,7 @@ __all__ = [
     "allocated_bytes",
     "apply_metadata",
     "create_special",
+    "fd_flags",
     "get_flags",
     "node_from_stat",
     "set_flags",
@@ -346,6 +347,15 @@ def _ioctl_get_flags(fd: int) -> int:
         raise
     value: int = struct.unpack("I", raw)[0]
     return value
+
+
+def fd_flags(fd: int) -> int:
+    """The Linux inode flags of the open file or directory ``fd``; 0 where there are none.
+
+    For a caller that has the file open anyway (backup reads flags and content
+    through one descriptor, so an unreadable file costs one failed open).
+    """
+    return _ioctl_get_flags(fd)
 
 
 def get_flags(path: bytes) -> int:

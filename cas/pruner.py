@@ -30,8 +30,12 @@ from .ids import storage_id
 from .packer import Packer
 from .repository import Repository, read_verified
 
-# Commands whose lock means "may write a snapshot that refers to blobs it saw".
-WRITER_COMMANDS = frozenset({"backup", "copy", "tag", "repair", "forget"})
+# Commands whose lock holds back deletion: those that may write a snapshot
+# referring to blobs they saw, and finite readers (a check or restore must
+# not find packs vanishing under it).  A mount, which may last for days, does not.
+BLOCKING_COMMANDS = frozenset(
+    {"backup", "copy", "tag", "repair", "forget", "check", "restore", "copy-source"}
+)
 # Clock skew tolerated between the host that marks garbage and hosts that back up.
 SKEW_MARGIN_NS = 5 * 60 * 10**9
 
@@ -280,7 +284,7 @@ def _oldest_writer(repo: Repository, lock: locks.RepoLock | None) -> int | None:
     starts = [
         e.info.started_ns
         for e in scan.entries
-        if not e.stale and e.name != mine and e.info.command in WRITER_COMMANDS
+        if not e.stale and e.name != mine and e.info.command in BLOCKING_COMMANDS
     ]
     if scan.unreadable:
         return 0  # a lock we cannot read might be a writer's: delete nothing

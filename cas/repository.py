@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from . import crypto, layout
 from .backend.base import Backend
+from .cache import LocalCache
 from .chunker import Chunker, ChunkerParams
 from .crypto import BlobType
 from .errors import (
@@ -111,6 +112,8 @@ class Repository:
         self._futures: set[Future[None]] = set()
         self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
         self._worker_error: BaseException | None = None
+        self.cache: LocalCache | None = None  # whole tree packs, when a cache is in use
+        self.damaged_index_files: dict[bytes, str] = {}
 
     # -- chunking ---------------------------------------------------------------
 
@@ -184,8 +187,18 @@ class Repository:
         self._index_loaded = True
 
     def active_index_files(self) -> dict[bytes, indexfmt.IndexFile]:
-        """Every index file that no other index file supersedes, decoded."""
-        files = {fid: self.read_index_file(fid) for fid in self.index_files()}
+        """Every index file that no other index file supersedes, decoded.
+
+        A damaged index file is skipped and recorded in ``damaged_index_files``
+        so that restore and backup can still use the rest (check reports it,
+        ``repair index`` replaces it, prune refuses to run).
+        """
+        files = {}
+        for fid in self.index_files():
+            try:
+                files[fid] = self.read_index_file(fid)
+            except (IntegrityError, UnsupportedVersion) as e:
+                self.damaged_index_files[fid] = str(e)
         superseded = {s for f in files.values() for s in f.supersedes}
         return {fid: f for fid, f in files.items() if fid not in superseded}
 
@@ -269,11 +282,12 @@ class Repository:
 
     def _store_pack(self, pack: FinishedPack) -> None:
         """Upload a finished pack, then record it (callable from worker threads)."""
-        name = layout.pack_name(pack.pack_id)
-        self.backend.write(name, pack.data)
-        size = self.backend.stat(name).size
-        if size != len(pack.data):
-            raise IntegrityError(what=f"pack {name}", detail="stored size differs from written")
+        # The pack was parsed back before this (Packer.finish); the backend's write
+        # is durable and checksummed (fsync locally, Content-MD5/SHA-256 on S3),
+        # so no extra HEAD per pack is needed to trust it.
+        self.backend.write(layout.pack_name(pack.pack_id), pack.data)
+        if self.cache is not None and pack.entries and pack.entries[0].type == BlobType.TREE:
+            self.cache.put("packs", pack.pack_id, pack.data)
         with self._lock:
             self.stats.packs += 1
             self.stats.pack_bytes += len(pack.data)
@@ -336,7 +350,16 @@ class Repository:
     ) -> bytes:
         """Read, authenticate, decrypt and re-hash one blob."""
         loc = self.locate(blob_id)
-        sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+        if blob_type == BlobType.TREE and self.cache is not None:
+            # Tree packs hold only trees, which every backup and restore walks:
+            # keep them whole on local disk (verified by their SHA-256 name).
+            pack = self.cache.get("packs", loc.pack_id)
+            if pack is None:
+                pack = read_verified(self.backend, layout.pack_name(loc.pack_id), "pack")
+                self.cache.put("packs", loc.pack_id, pack)
+            sealed = pack[loc.offset : loc.offset + loc.length]
+        else:
+            sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
         return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
 
     def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:

@@ -2,9 +2,14 @@
 
 Files are written to a temporary name beside their destination and renamed
 into place only when complete, so an interrupted or failed restore never
-leaves a partial file under a real name.  Directory metadata (times, then
-flags such as immutable) is applied after the directory's contents, deepest
-first.  Hardlinked entries of any type are recreated as hardlinks.
+leaves a partial file under a real name.  Every all-zero 4 KiB block at an
+aligned file offset is left as a hole, so sparse files come back sparse.
+Directory metadata (times, then flags such as immutable) is applied after
+the directory's contents, deepest first.  Hardlinked entries of any type are
+recreated as hardlinks; an immutable or append-only inode with more names
+gets its flags at the end, since nothing can be linked to it after.  An
+existing entry that is immutable or append-only is unlocked before it is
+changed or replaced.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from .patterns import PatternSet
 from .protocols import BlobReader, Digest
 
 SPARSE_BLOCK = 4096
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
+_ZERO_RUN = 1 << 20  # the longest step when extending a hole
+# Flags that stop changes to an inode: set last, cleared before changing an existing entry.
+_LOCKING_FLAGS = posixmeta.FLAG_IMMUTABLE | posixmeta.FLAG_APPEND
 
 
 class RestoreAborted(CasError):
@@ -117,6 +126,7 @@ class Restorer:
         self.is_root = os.geteuid() == 0
         self._links: dict[tuple[int, int], bytes] = {}
         self._dirs_done: list[tuple[bytes, Node]] = []
+        self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
 
     # -- walking ------------------------------------------------------------
@@ -125,7 +135,7 @@ class Restorer:
         """Restore the entries of tree ``tree_id`` into directory ``target``."""
         target = target.rstrip(b"/") or b"/"
         if not self.opts.dry_run:
-            os.makedirs(target, exist_ok=True)
+            _check_target(target)
         root = _Dir(
             target,
             snap_path,
@@ -171,20 +181,27 @@ class Restorer:
                 return None
             child = _Dir(path, snap_path, node, todo, d, selected)
             if selected:
-                self._make_dir(child)
+                try:
+                    self._make_dir(child)
+                except OSError as e:
+                    self._os_failure(path, e)
+                    return None
             return child
         if not selected:
             return None
-        self._make_dir(d)
         try:
+            self._make_dir(d)
             self._restore_leaf(path, node)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise RestoreAborted(f"{_fmt(path)}: {e.strerror}") from None
-            self._fail(path, e.strerror or str(e))
+            self._os_failure(path, e)
         except IntegrityError as e:
             self._fail(path, str(e))
         return None
+
+    def _os_failure(self, path: bytes, e: OSError) -> None:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise RestoreAborted(f"{_fmt(path)}: {e.strerror}") from None
+        self._fail(path, e.strerror or str(e))
 
     def _make_dir(self, d: _Dir) -> None:
         """Create ``d`` and any ancestors not yet created (lazily, for --include)."""
@@ -199,10 +216,13 @@ class Restorer:
             return
         try:
             st = os.lstat(d.target)
-            if not stat.S_ISDIR(st.st_mode):
-                os.unlink(d.target)
-                os.mkdir(d.target, 0o700)
         except FileNotFoundError:
+            os.mkdir(d.target, 0o700)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            _unlock(d.target)  # its flags come back with the rest of its metadata
+        else:
+            self._clear(d.target)
             os.mkdir(d.target, 0o700)
 
     # -- leaves -------------------------------------------------------------
@@ -220,10 +240,16 @@ class Restorer:
             if self._identical(path, node):
                 self.summary.files_unchanged += 1
                 self.report.action("unchanged", path)
+                if self.opts.verify:
+                    self.summary.verified += 1  # just hashed and compared
+                if not self.opts.dry_run:
+                    _unlock(path)
             else:
                 self.report.action("file", path)
                 if not self.opts.dry_run:
                     self._write_file(path, node)
+                    if self.opts.verify:
+                        self._verify(path, node)
                 self.summary.files_restored += 1
         else:
             self.report.action(node.type, path)
@@ -235,9 +261,11 @@ class Restorer:
                 self._clear(path)
                 posixmeta.create_special(path, node)
         if not self.opts.dry_run:
-            self._apply(path, node)
-            if self.opts.verify and node.type == "file":
-                self._verify(path, node)
+            # A hardlink cannot be made to an immutable or append-only inode.
+            later = node.links > 1 and bool(node.flags & _LOCKING_FLAGS)
+            self._apply(path, node, restore_flags=not later)
+            if later:
+                self._flags_later.append((path, node))
         if node.links > 1:
             self._links[key] = path
 
@@ -249,8 +277,9 @@ class Restorer:
         if stat.S_ISDIR(st.st_mode):
             if not self.opts.delete:
                 raise OSError(errno.EISDIR, "a directory is in the way (use --delete)")
-            shutil.rmtree(path)
+            _remove_tree(path)
         else:
+            _unlock(path)
             os.unlink(path)
 
     def _identical(self, path: bytes, node: Node) -> bool:
@@ -260,13 +289,18 @@ class Restorer:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != node.size or node.digest is None:
             return False
+        if st.st_nlink > 1 and node.links == 1:
+            return False  # linked to another name here but not in the snapshot: rewrite
         return self._digest_of(path) == node.digest
 
     def _digest_of(self, path: bytes) -> bytes:
         h = self.new_digest()
-        with open(path, "rb", buffering=0) as f:
-            while block := f.read(4 << 20):
+        fd = _open_noatime(path)
+        try:
+            while block := os.read(fd, 4 << 20):
                 h.update(block)
+        finally:
+            os.close(fd)
         return h.digest()
 
     def _blob(self, blob_id: bytes, size: int) -> bytes:
@@ -283,23 +317,16 @@ class Restorer:
     def _write_file(self, path: bytes, node: Node) -> None:
         head, _, name = path.rpartition(b"/")
         tmp = head + b"/.cas-restore-" + os.urandom(6).hex().encode() + b"-" + name[:100]
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         try:
-            pos = 0
+            out = SparseWriter(fd)
             for blob_id, size in zip(node.content, node.sizes, strict=True):
-                data = self._blob(blob_id, size)
-                if size >= SPARSE_BLOCK and data[0] == 0 and data == bytes(size):
-                    pos += size  # leave a hole
-                else:
-                    os.lseek(fd, pos, os.SEEK_SET)
-                    view = memoryview(data)
-                    while view:
-                        n = os.write(fd, view)
-                        view = view[n:]
-                    pos += size
+                out.write(self._blob(blob_id, size))
                 self.summary.bytes_written += size
                 self.report.bytes_done(size)
-            os.ftruncate(fd, pos)
+            out.finish()
             os.close(fd)
             fd = -1
             self._clear(path)
@@ -317,19 +344,31 @@ class Restorer:
         else:
             self.summary.verified += 1
 
-    def _apply(self, path: bytes, node: Node) -> None:
+    def _apply(self, path: bytes, node: Node, *, restore_flags: bool = True) -> None:
         for w in posixmeta.apply_metadata(
             path,
             node,
             names=self.names,
             numeric_owner=self.opts.numeric_owner,
             is_root=self.is_root,
+            restore_flags=restore_flags,
         ):
             self._warn(w)
 
     def _finish_dirs(self) -> None:
+        """Inode flags held back for hardlinks, then directories deepest first."""
         if self.opts.dry_run:
             return
+        for path, node in self._flags_later:
+            try:
+                current = posixmeta.get_flags(path)
+                wanted = (current & ~posixmeta.RESTORABLE_FLAGS) | (
+                    node.flags & posixmeta.RESTORABLE_FLAGS
+                )
+                if wanted != current:
+                    posixmeta.set_flags(path, wanted)
+            except OSError as e:
+                self._warn(f"could not restore inode flags of {_fmt(path)}: {e.strerror}")
         for path, node in reversed(self._dirs_done):
             self._apply(path, node)
 
@@ -346,10 +385,14 @@ class Restorer:
             self.summary.deleted += 1
             self.report.action("delete", path)
             if not self.opts.dry_run:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
+                try:
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        _remove_tree(path)
+                    else:
+                        _unlock(path)
+                        os.unlink(path)
+                except OSError as e:
+                    self._fail(path, f"could not delete: {e.strerror}")
 
     def _fail(self, path: bytes, why: str) -> None:
         self.summary.failed.append(_fmt(path))
@@ -358,6 +401,125 @@ class Restorer:
     def _warn(self, message: str) -> None:
         self.summary.warnings += 1
         self.report.warning(message)
+
+
+class SparseWriter:
+    """Writes a file's content in order, leaving every all-zero aligned 4 KiB block a hole.
+
+    The file must be new and empty.  Blocks are aligned to file offsets, not
+    to chunks: a block that spans two chunks is judged as a whole, so a file
+    restores with the same holes whatever its chunk boundaries were.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0  # file offset of ``tail``; always a multiple of SPARSE_BLOCK
+        self.tail = b""  # the start of a block not yet complete
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        lo = 0
+        if self.tail:
+            lo = SPARSE_BLOCK - len(self.tail)
+            if len(data) < lo:
+                self.tail += data
+                return
+            self._blocks(self.tail + data[:lo], 0, SPARSE_BLOCK)
+        hi = lo + (len(data) - lo) // SPARSE_BLOCK * SPARSE_BLOCK
+        self._blocks(data, lo, hi)
+        self.tail = data[hi:]
+
+    def finish(self) -> int:
+        """Write what is left and set the file's size (a trailing hole included)."""
+        if self.tail.count(0) != len(self.tail):
+            self._pwrite(self.tail, 0, len(self.tail), self.pos)
+        size = self.pos + len(self.tail)
+        os.ftruncate(self.fd, size)
+        return size
+
+    def _blocks(self, data: bytes, lo: int, hi: int) -> None:
+        """Write whole blocks ``data[lo:hi]`` at ``pos``, skipping all-zero ones."""
+        base = self.pos - lo  # file offset of data[0]
+        start = lo  # first byte not yet written
+        i = lo
+        while (k := data.find(_ZERO_BLOCK, i, hi)) >= 0:
+            a = k + (lo - k) % SPARSE_BLOCK  # first block boundary at or after k
+            if a + SPARSE_BLOCK > hi:
+                break
+            if data.count(0, a, a + SPARSE_BLOCK) != SPARSE_BLOCK:
+                i = a + 1  # a zero run starting before ``a`` covers no whole block
+                continue
+            # Extend the hole, galloping: steps double while zero, halve on data,
+            # so finding where a run ends costs about twice its length.
+            end, step = a + SPARSE_BLOCK, SPARSE_BLOCK
+            while end < hi:
+                n = min(step, hi - end)
+                if data.count(0, end, end + n) == n:
+                    end += n
+                    step = min(2 * step, _ZERO_RUN)
+                elif step > SPARSE_BLOCK:
+                    step //= 2
+                else:
+                    break
+            self._pwrite(data, start, a, base + start)
+            start = i = end
+        self._pwrite(data, start, hi, base + start)
+        self.pos += hi - lo
+
+    def _pwrite(self, data: bytes, lo: int, hi: int, offset: int) -> None:
+        view = memoryview(data)[lo:hi]
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+
+def _check_target(target: bytes) -> None:
+    """Create ``target`` and make sure entries can be created in it, or stop cleanly."""
+    try:
+        os.makedirs(target, exist_ok=True)
+        probe = target + b"/.cas-restore-probe-" + os.urandom(6).hex().encode()
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise RestoreAborted(f"cannot write into {_fmt(target)}: {e.strerror}") from None
+
+
+def _open_noatime(path: bytes) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError as e:
+        if e.errno != errno.EPERM:  # EPERM: not the owner, so no O_NOATIME
+            raise
+    return os.open(path, flags)
+
+
+def _unlock(path: bytes) -> None:
+    """Clear immutable/append-only on an existing file or directory so it can be changed."""
+    try:
+        # Only these carry flags; opening a device node could have side effects.
+        if not stat.S_ISREG(mode := os.lstat(path).st_mode) and not stat.S_ISDIR(mode):
+            return
+        flags = posixmeta.get_flags(path)
+        if flags & _LOCKING_FLAGS:
+            posixmeta.set_flags(path, flags & ~_LOCKING_FLAGS)
+    except OSError:
+        pass  # the change that follows reports the real problem
+
+
+def _remove_tree(path: bytes) -> None:
+    """``rm -rf`` that first clears immutable/append-only flags below ``path``."""
+    try:
+        shutil.rmtree(path)
+        return
+    except PermissionError:
+        pass
+    _unlock(path)
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            _unlock(os.path.join(top, name))
+    shutil.rmtree(path)
 
 
 def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[bytes, Node | None]:

@@ -255,4 +255,5 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     if doc["snapshot_id"]:
         out.line(f"snapshot {doc['snapshot_id'][:8]} saved")
     if doc["warnings"]:
-        out.line(f"{len(doc['warnings'])} warnings: some entries were not saved (see above)")
+        n = len(doc["warnings"])
+        out.line(f"{n} warning{'s' if n != 1 else ''}: some entries were not saved (see above)")

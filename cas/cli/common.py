@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import crypto, locks
 from ..backend import Backend, open_backend, request_summary
+from ..backend.cache import CachingBackend
+from ..cache import LocalCache, cache_dir_for
 from ..errors import CasError, NoPassword, UsageError
 from ..locks import RepoLock
 from ..repository import Repository, open_repository
@@ -35,6 +38,8 @@ class Globals:
     s3_path_style: bool
     no_lock: bool
     lock_wait: float
+    no_cache: bool = False
+    cache_dir: str | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
 
@@ -49,7 +54,15 @@ class Globals:
             location, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
         )
         self.backends.append(backend)
-        return backend
+        cache = self.cache_for(location)
+        return backend if cache is None else CachingBackend(backend, cache)
+
+    def cache_for(self, location: str) -> LocalCache | None:
+        """The local cache of a repository location, or None with --no-cache."""
+        if self.no_cache:
+            return None
+        root = Path(self.cache_dir) if self.cache_dir else None
+        return LocalCache(cache_dir_for(location, root))
 
     def requests(self) -> dict[str, Any] | None:
         """Storage requests made so far (all repositories this command opened), or None."""
@@ -79,6 +92,8 @@ class Globals:
         """Open and unlock the repository."""
         backend = self.backend()
         repo = open_repository(backend, self.password())
+        if isinstance(backend, CachingBackend):
+            repo.cache = backend.cache
         self.cleanups.append(repo.close)
         return repo
 
@@ -100,6 +115,8 @@ class Globals:
                 f"no password for {location}: give its password file or set CAS_OTHER_PASSWORD"
             )
         repo = open_repository(backend, password)
+        if isinstance(backend, CachingBackend):
+            repo.cache = backend.cache
         self.cleanups.append(repo.close)
         return repo
 

@@ -13,10 +13,12 @@ from ..errors import EXIT_ERROR, EXIT_USAGE, CasError
 from . import (
     cmd_backup,
     cmd_cat,
+    cmd_check,
     cmd_copy,
     cmd_forget,
     cmd_init,
     cmd_key,
+    cmd_mount,
     cmd_prune,
     cmd_repair,
     cmd_restore,
@@ -50,6 +52,10 @@ from .common import Globals
 )
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only use only).")
 @click.option("--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock.")
+@click.option("--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache.")
+@click.option(
+    "--cache-dir", envvar="CAS_CACHE_DIR", help="Local cache directory (default ~/.cache/cas)."
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -62,6 +68,8 @@ def cli(
     s3_path_style: bool,
     no_lock: bool,
     retry_lock: float,
+    no_cache: bool,
+    cache_dir: str | None,
 ) -> None:
     """cas: deduplicating, encrypted snapshot backups to a local directory or S3.
 
@@ -78,6 +86,8 @@ def cli(
         s3_path_style,
         no_lock,
         retry_lock,
+        no_cache,
+        cache_dir,
     )
     ctx.obj = g
 
@@ -101,6 +111,8 @@ for module in (
     cmd_forget,
     cmd_tag,
     cmd_stats,
+    cmd_check,
+    cmd_mount,
 ):
     module.register(cli)
 

@@ -1,6 +1,6 @@
 """Lock files under ``locks/`` (spec/format.md §13).
 
-A lock file is a document sealed under the data key (AD "cas.lock.v1")
+A lock file is a document sealed under the index key (AD "cas.lock.v1")
 saying who holds a lock on the repository, whether it is exclusive, and
 when it was created or last refreshed.  It is sealed rather than plain so
 that someone with read access to the storage alone learns neither the

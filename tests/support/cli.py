@@ -6,12 +6,18 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Argon2id at its cheapest: tests create many key files.
-TEST_ENV = {"CAS_KDF_OPSLIMIT": "1", "CAS_KDF_MEMLIMIT": str(8 << 20)}
+# Argon2id at its cheapest: tests create many key files.  The local cache
+# goes to a directory of this test session, never to the user's ~/.cache.
+TEST_ENV = {
+    "CAS_KDF_OPSLIMIT": "1",
+    "CAS_KDF_MEMLIMIT": str(8 << 20),
+    "CAS_CACHE_DIR": tempfile.mkdtemp(prefix="cas-test-cache-"),
+}
 
 
 @dataclass

@@ -1,0 +1,119 @@
+"""A local, size-bounded cache of immutable repository objects.
+
+Every object cached is content-named (its name is the SHA-256 of its
+bytes), so an entry is either exactly right or detectably wrong: ``get``
+re-hashes what it reads and drops a damaged entry.  Entries are written
+atomically (temporary file, then rename) and evicted least recently used
+first when the cache grows past its bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+DEFAULT_MAX_BYTES = 2 << 30
+
+
+def default_cache_root() -> Path:
+    """$CAS_CACHE_DIR, else $XDG_CACHE_HOME/cas, else ~/.cache/cas."""
+    env = os.environ.get("CAS_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cas"
+
+
+def cache_dir_for(location: str, root: Path | None = None) -> Path:
+    """The cache directory of one repository location."""
+    digest = hashlib.sha256(location.encode()).hexdigest()[:20]
+    return (root or default_cache_root()) / f"repo-{digest}"
+
+
+class LocalCache:
+    """Objects by (kind, hex id) under one directory."""
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        self._written = 0
+
+    def _path(self, kind: str, object_id: bytes) -> Path:
+        return self.dir / kind / object_id.hex()
+
+    def get(self, kind: str, object_id: bytes) -> bytes | None:
+        """The cached bytes, or None (also for an entry that no longer hashes right)."""
+        path = self._path(kind, object_id)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            self.misses += 1
+            return None
+        if hashlib.sha256(data).digest() != object_id:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency for eviction
+        self.hits += 1
+        return data
+
+    def put(self, kind: str, object_id: bytes, data: bytes) -> None:
+        """Store an object; failures (full disk, permissions) only cost the cache."""
+        path = self._path(kind, object_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            return
+        with self._lock:
+            self._written += len(data)
+            due = self._written > self.max_bytes // 8
+            if due:
+                self._written = 0
+        if due:
+            self.evict()
+
+    def remove(self, kind: str, object_id: bytes) -> None:
+        """Forget an object (deleted from the repository)."""
+        with contextlib.suppress(OSError):
+            self._path(kind, object_id).unlink()
+
+    def keep_only(self, kind: str, ids: set[bytes]) -> None:
+        """Drop cached objects of ``kind`` that the repository no longer lists."""
+        try:
+            entries = list((self.dir / kind).iterdir())
+        except OSError:
+            return
+        wanted = {i.hex() for i in ids}
+        for p in entries:
+            if p.name not in wanted:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+    def evict(self) -> None:
+        """Remove least recently used entries until the cache fits its bound."""
+        files = []
+        for p in self.dir.rglob("*"):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                if p.is_file():
+                    files.append((st.st_mtime, st.st_size, p))
+        total = sum(f[1] for f in files)
+        for _, size, p in sorted(files):
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(OSError):
+                p.unlink()
+                total -= size

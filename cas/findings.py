@@ -1,0 +1,128 @@
+"""What ``check`` finds, as data: the library never prints, the CLI formats these.
+
+Each finding has a kind (a fixed vocabulary, :data:`KINDS`, each with a fixed
+severity), the object it concerns, a one-line message and, for damaged or
+missing objects, the snapshot paths that need them.  Human output and
+``--json`` are both made from these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Severity(StrEnum):
+    """How bad a finding is: errors fail the check, warnings do not."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+E, W = Severity.ERROR, Severity.WARNING
+
+# Every kind of finding, its fixed severity and what it means.
+KINDS: dict[str, tuple[Severity, str]] = {
+    "name_mismatch": (E, "an index, snapshot or key file does not hash to its name"),
+    "key_damaged": (E, "a key file is not a valid key file"),
+    "index_damaged": (E, "an index file cannot be read, opened or parsed"),
+    "index_conflict": (E, "two index files list different blobs for one pack"),
+    "index_entry_invalid": (E, "the index's entries for a pack overlap or leave gaps"),
+    "pack_missing": (E, "the index names a pack that is not stored"),
+    "pack_size_mismatch": (E, "a pack's size is not what its index entries need"),
+    "pack_header_damaged": (E, "a pack's header cannot be read or opened"),
+    "pack_header_mismatch": (E, "a pack's header and the index disagree"),
+    "pack_damaged": (E, "read-data: a pack does not hash to its name or does not parse"),
+    "pack_unreadable": (E, "read-data: the storage failed to return a pack"),
+    "blob_damaged": (E, "read-data: a blob does not open or does not hash to its ID"),
+    "blob_missing": (E, "a snapshot needs a data blob that no index file names"),
+    "tree_missing": (E, "a snapshot needs a tree blob that no index file names"),
+    "tree_damaged": (E, "a tree blob cannot be read, opened or parsed"),
+    "node_invalid": (E, "a tree entry is inconsistent (sizes, missing subtree)"),
+    "snapshot_damaged": (E, "a snapshot file cannot be read, opened or parsed"),
+    "pack_unreferenced": (W, "a stored pack that no index file names (orphan)"),
+    "pack_indexed_twice": (W, "a pack is listed by more than one index file"),
+    "blob_duplicate": (W, "a pack holds blobs that are also stored in other packs"),
+    "lock_unreadable": (W, "a lock file cannot be opened (foreign or damaged)"),
+    "leftover_upload": (W, "an unfinished upload (temporary file or multipart upload)"),
+    "unexpected_object": (W, "an object whose name is not part of the repository layout"),
+    "check_incomplete": (W, "part of the check could not run"),
+}
+
+
+@dataclass(frozen=True, order=True)
+class Affected:
+    """A snapshot path that needs a damaged or missing object."""
+
+    snapshot: bytes
+    path: bytes
+
+
+@dataclass
+class Finding:
+    """One problem: its kind (see KINDS), the object it concerns and a one-line message.
+
+    ``object`` names a stored object by its name (``data/ab/<id>``,
+    ``index/<id>``, ...), or a blob as ``tree:<id>`` / ``blob:<id>``.
+    ``affected`` lists what depends on a damaged or missing object.
+    """
+
+    kind: str
+    object: str
+    message: str
+    affected: list[Affected] = field(default_factory=list)
+
+    @property
+    def severity(self) -> Severity:
+        """Fixed by the kind."""
+        return KINDS[self.kind][0]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; paths with undecodable bytes get backslash escapes."""
+        return {
+            "kind": self.kind,
+            "severity": str(self.severity),
+            "object": self.object,
+            "message": self.message,
+            "affected": [
+                {"snapshot": a.snapshot.hex(), "path": a.path.decode("utf-8", "backslashreplace")}
+                for a in self.affected
+            ],
+        }
+
+
+@dataclass
+class CheckSummary:
+    """What was looked at.  Trees, files and dirs count distinct trees and their
+    entries: a tree shared by many snapshots is read and counted once."""
+
+    snapshots: int = 0
+    index_files: int = 0
+    packs_indexed: int = 0
+    packs_marked: int = 0
+    packs_stored: int = 0
+    trees: int = 0
+    files: int = 0
+    dirs: int = 0
+    packs_selected: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class CheckResult:
+    """The findings, errors first, and the summary."""
+
+    findings: list[Finding]
+    summary: CheckSummary
+
+    @property
+    def errors(self) -> int:
+        """Number of error findings."""
+        return sum(f.severity is Severity.ERROR for f in self.findings)
+
+    @property
+    def warnings(self) -> int:
+        """Number of warning findings."""
+        return sum(f.severity is Severity.WARNING for f in self.findings)

@@ -1,0 +1,71 @@
+"""What an S3 backup costs in requests, counted by cas and, independently, by the server."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import run_cas
+
+pytestmark = pytest.mark.s3
+
+# werkzeug's access log; some lines are coloured with ANSI escapes
+ANSI = rb"(?:\x1b\[[0-9;]*m)*"
+REQUEST_LINE = re.compile(
+    rb'"' + ANSI + rb"(GET|PUT|HEAD|POST|DELETE) [^\"]*HTTP/1\.[01]" + ANSI + rb'"'
+)
+
+
+def _server_requests(log: Path, since: int) -> tuple[int, int]:
+    """(number of requests the server logged after byte ``since``, new end offset)."""
+    data = log.read_bytes()
+    return len(REQUEST_LINE.findall(data[since:])), len(data)
+
+
+def _ancestor_times(path: Path) -> list[tuple[int, int, int]]:
+    """What the snapshot records of the directories above the backed-up one."""
+    return [(st.st_mtime_ns, st.st_atime_ns, st.st_ctime_ns) for st in map(os.stat, path.parents)]
+
+
+def _moto_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    logs = sorted(tmp_path_factory.getbasetemp().glob("moto*/server.log"))
+    assert logs, "moto server log not found"
+    return logs[-1]
+
+
+def test_unchanged_rebackup_makes_few_requests(
+    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    # outside the backed-up tree's ancestors, whose mtimes would change otherwise
+    env["CAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    args = ["-r", f"s3://{s3_bucket}/r", "--s3-endpoint", s3_server, "--s3-path-style"]
+    src = tmp_path / "src"
+    for d in range(5):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(20):
+            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(1000 + 997 * f))
+    assert run_cas(*args, "init", env=env).code == 0
+    ancestors = _ancestor_times(src)
+    first = run_cas(*args, "--json", "backup", src, env=env)
+    assert first.code == 0, first.err
+
+    log = _moto_log(tmp_path_factory)
+    _, start = _server_requests(log, 0)
+    second = run_cas(*args, "--json", "backup", src, env=env)
+    assert second.code == 0, second.err
+    doc = second.json()
+    counted = sum(doc["requests"][k] for k in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
+    seen, _ = _server_requests(log, start)
+    assert doc["summary"]["bytes_read"] == 0
+    # Another process may touch /tmp meanwhile; then the snapshot's ancestor
+    # directories really changed, and one tree pack plus its index is honest.
+    allowance = 2 if _ancestor_times(src) != ancestors else 0
+    assert counted <= 10 + allowance, (doc["requests"], doc["summary"])
+    if not allowance:
+        assert doc["summary"]["data_added_stored"] == 0
+    assert seen == counted, (seen, doc["requests"])
+    assert doc["requests"]["GET"] <= 1  # the config; keys, snapshots, index and trees are cached
