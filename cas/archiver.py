@@ -520,6 +520,9 @@ class SourceReader:
                 n = min(n, self._data_end - self.pos)
                 break
             self._probe()
+        # Ask for what the file holds (plus a little, to see it grow or end):
+        # pread allocates the full request first, 16 MiB for a 1 KiB file.
+        n = min(n, max(self.size - self.pos, 0) + 4096)
         data = os.pread(self.fd, n, self.pos)
         self.pos += len(data)
         self.bytes_read += len(data)

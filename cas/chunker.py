@@ -76,7 +76,6 @@ class Chunker:
         eof = False
         while True:
             if not eof:
-                parts = [buf]
                 have = len(buf)
                 new = []
                 while have < self.buffer_size:
@@ -86,10 +85,15 @@ class Chunker:
                         break
                     new.append(data)
                     have += len(data)
-                fresh = b"".join(new)
-                parts.append(fresh)
-                buf = b"".join(parts)
-                pbuf = pbuf + fresh.translate(self._perm)
+                fresh = new[0] if len(new) == 1 else b"".join(new)
+                buf = buf + fresh if buf else fresh
+                if eof and len(buf) <= p.min_size:
+                    # fastcdc never cuts before min_size: what is left is one chunk.
+                    # Most files of a source tree end here, without a search.
+                    if buf:
+                        yield buf
+                    return
+                pbuf = pbuf + fresh.translate(self._perm) if pbuf else fresh.translate(self._perm)
             if not buf:
                 return
             pos = 0

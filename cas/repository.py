@@ -49,6 +49,9 @@ from .packer import FinishedPack, Packer
 # Write an index file after this many packs, so an interrupted backup's
 # uploads are found (and not sent again) by the next run.
 INDEX_EVERY_PACKS = 32
+# Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
+BATCH_BYTES = 4 << 20
+BATCH_BLOBS = 512
 
 
 @dataclass
@@ -112,6 +115,8 @@ class Repository:
         self._futures: set[Future[None]] = set()
         self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
         self._worker_error: BaseException | None = None
+        self._batch: list[tuple[BlobType, bytes, bytes]] = []
+        self._batch_bytes = 0
         self.cache: LocalCache | None = None  # whole tree packs, when a cache is in use
         self.damaged_index_files: dict[bytes, str] = {}
 
@@ -236,16 +241,28 @@ class Repository:
             if blob_id in self._inflight or blob_id in self.index:
                 return blob_id, False
             self._inflight.add(blob_id)
-        self._slots.acquire()  # bounds memory: at most this many blobs in flight
+        # Small blobs travel to the workers in batches: one hand-off per blob
+        # would cost more than sealing it, and would make this (reading) thread
+        # wait for the GIL after each of its system calls.
+        self._batch.append((blob_type, blob_id, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_BLOBS:
+            self._submit_batch()
+        return blob_id, True
+
+    def _submit_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        self._slots.acquire()  # bounds memory: at most this many batches in flight
         try:
-            future = self._executor().submit(self._seal_and_pack, blob_type, blob_id, data)
+            future = self._executor().submit(self._sealing_job, batch)
         except BaseException:
             self._slots.release()
             raise
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._done)
-        return blob_id, True
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -263,22 +280,26 @@ class Repository:
         if self._worker_error is not None:
             raise self._worker_error
 
-    def _seal_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+    def _sealing_job(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
         try:
-            sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
-            finished = None
-            with self._lock:
-                packer = self._packers[blob_type]
-                packer.add(blob_id, sealed, len(data))
-                self.stats.blobs[blob_type] += 1
-                self.stats.raw_bytes += len(data)
-                self.stats.stored_bytes += len(sealed)
-                if packer.size >= self.config.pack_size:
-                    finished = packer.finish()
-            if finished is not None:
-                self._store_pack(finished)
+            for blob_type, blob_id, data in batch:
+                self._seal_and_pack(blob_type, blob_id, data)
         finally:
             self._slots.release()
+
+    def _seal_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
+        sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
+        finished = None
+        with self._lock:
+            packer = self._packers[blob_type]
+            packer.add(blob_id, sealed, len(data))
+            self.stats.blobs[blob_type] += 1
+            self.stats.raw_bytes += len(data)
+            self.stats.stored_bytes += len(sealed)
+            if packer.size >= self.config.pack_size:
+                finished = packer.finish()
+        if finished is not None:
+            self._store_pack(finished)
 
     def _store_pack(self, pack: FinishedPack) -> None:
         """Upload a finished pack, then record it (callable from worker threads)."""
@@ -317,6 +338,7 @@ class Repository:
 
     def wait(self) -> None:
         """Wait until every blob handed to ``save_blob`` is sealed (and packed)."""
+        self._submit_batch()
         while True:
             with self._lock:
                 pending = list(self._futures)

@@ -15,15 +15,16 @@ MAX_DOCUMENT = 1 << 30
 
 def pack_canonical(obj: Any) -> bytes:
     """msgpack with map keys sorted, so equal objects encode to equal bytes."""
-    raw: bytes = msgpack.packb(_sorted(obj), use_bin_type=True)
+    raw: bytes = msgpack.packb(sorted_keys(obj), use_bin_type=True)
     return raw
 
 
-def _sorted(obj: Any) -> Any:
+def sorted_keys(obj: Any) -> Any:
+    """``obj`` with every map's keys in sorted order (recursively)."""
     if isinstance(obj, dict):
-        return {k: _sorted(obj[k]) for k in sorted(obj)}
+        return {k: sorted_keys(obj[k]) for k in sorted(obj)}
     if isinstance(obj, (list, tuple)):
-        return [_sorted(v) for v in obj]
+        return [sorted_keys(v) for v in obj]
     return obj
 
 

@@ -12,9 +12,11 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from ..errors import FormatError
 from .codec import field as get_field
-from .codec import pack_canonical, unpack_map
+from .codec import sorted_keys, unpack_map
 
 NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
 
@@ -68,8 +70,9 @@ class Node:
             d["content"] = list(self.content)
             d["sizes"] = list(self.sizes)
         for k, v in self.extra.items():
-            d.setdefault(k, v)
-        return d
+            d.setdefault(k, sorted_keys(v))
+        # Keys in sorted order here, so encode_tree need not re-walk every node.
+        return {k: d[k] for k in sorted(d)}
 
     @classmethod
     def from_doc(cls, d: Any) -> Node:
@@ -137,10 +140,11 @@ class Node:
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
-    """Tree blob plaintext; nodes sorted by name."""
-    return pack_canonical(
-        {"v": 1, "nodes": [n.to_doc() for n in sorted(nodes, key=lambda n: n.name)]}
-    )
+    """Tree blob plaintext (canonical msgpack); nodes sorted by name."""
+    docs = [n.to_doc() for n in sorted(nodes, key=lambda n: n.name)]
+    # to_doc returns canonical maps already: skip pack_canonical's deep re-sort.
+    raw: bytes = msgpack.packb({"nodes": docs, "v": 1}, use_bin_type=True)
+    return raw
 
 
 def decode_tree(raw: bytes) -> list[Node]:
