@@ -72,6 +72,9 @@ class Tool:
     def restore(self, target: Path) -> Measure:
         raise NotImplementedError
 
+    def check_data(self) -> Measure:
+        raise NotImplementedError
+
     def version(self) -> str:
         raise NotImplementedError
 
@@ -92,6 +95,9 @@ class Cas(Tool):
 
     def restore(self, target: Path) -> Measure:
         return run([*self.exe, "restore", "latest", "--target", str(target)], self.env)
+
+    def check_data(self) -> Measure:
+        return run([*self.exe, "check", "--read-data"], self.env)
 
     def version(self) -> str:
         out = subprocess.run([*self.exe, "--version"], capture_output=True, env=self.env)
@@ -117,6 +123,9 @@ class Restic(Tool):
 
     def restore(self, target: Path) -> Measure:
         return run(["restic", "restore", "latest", "--target", str(target)], self.env)
+
+    def check_data(self) -> Measure:
+        return run(["restic", "check", "--read-data"], self.env)
 
     def version(self) -> str:
         return (
@@ -153,6 +162,9 @@ class Borg(Tool):
         target.mkdir(parents=True, exist_ok=True)
         return run(["borg", "extract", f"::a{self.n}"], self.env, cwd=str(target))
 
+    def check_data(self) -> Measure:
+        return run(["borg", "check", "--verify-data"], self.env)
+
     def version(self) -> str:
         return subprocess.run(["borg", "--version"], capture_output=True).stdout.decode().strip()
 
@@ -185,7 +197,12 @@ def warm(path: Path) -> int:
 
 def bench_one(tool_cls: type[Tool], data: Path, work: Path, repeat: int) -> dict[str, object]:
     """Medians of backup, unchanged re-backup and restore for one tool and dataset."""
-    results: dict[str, list[Measure]] = {"backup": [], "rebackup": [], "restore": []}
+    results: dict[str, list[Measure]] = {
+        "backup": [],
+        "rebackup": [],
+        "restore": [],
+        "check --read-data": [],
+    }
     size = 0
     for i in range(repeat):
         repo = work / f"{tool_cls.name}-repo"
@@ -199,6 +216,7 @@ def bench_one(tool_cls: type[Tool], data: Path, work: Path, repeat: int) -> dict
         size = du(repo)
         results["restore"].append(tool.restore(target))
         shutil.rmtree(target, ignore_errors=True)
+        results["check --read-data"].append(tool.check_data())
         print(
             f"  {tool_cls.name} run {i + 1}: "
             + ", ".join(f"{k} {v[-1].seconds:.1f}s" for k, v in results.items()),
@@ -233,7 +251,7 @@ def main() -> None:
             print(f"{name}: {t.name}", file=sys.stderr)
             versions[t.name] = t(args.work / "v").version()
             r = bench_one(t, data, args.work, args.repeat)
-            for op in ("backup", "rebackup", "restore"):
+            for op in ("backup", "rebackup", "restore", "check --read-data"):
                 m = r[op]
                 assert isinstance(m, Measure)
                 rows.append(
