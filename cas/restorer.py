@@ -21,6 +21,7 @@ import shutil
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,9 @@ from .patterns import PatternSet
 from .protocols import BlobReader, Digest
 
 SPARSE_BLOCK = 4096
+PREFETCH_THREADS = 4
+PREFETCH_FILES = 16  # look this many entries ahead in the current directory
+PREFETCH_BYTES = 64 << 20
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -128,6 +132,9 @@ class Restorer:
         self._dirs_done: list[tuple[bytes, Node]] = []
         self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._ahead: OrderedDict[bytes, Future[bytes]] = OrderedDict()
+        self._ahead_bytes = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- walking ------------------------------------------------------------
 
@@ -146,19 +153,22 @@ class Restorer:
             created=True,
         )
         stack = [root]
-        while stack:
-            d = stack[-1]
-            if not d.todo:
-                stack.pop()
-                if d.created and self.opts.delete:
-                    self._delete_extras(d)
-                if d.node is not None and d.created:
-                    self._dirs_done.append((d.target, d.node))
-                continue
-            node = d.todo.pop()
-            child = self._entry(d, node)
-            if child is not None:
-                stack.append(child)
+        try:
+            while stack:
+                d = stack[-1]
+                if not d.todo:
+                    stack.pop()
+                    if d.created and self.opts.delete:
+                        self._delete_extras(d)
+                    if d.node is not None and d.created:
+                        self._dirs_done.append((d.target, d.node))
+                    continue
+                node = d.todo.pop()
+                child = self._entry(d, node)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            self.close()
         self._finish_dirs()
         return self.summary
 
@@ -189,6 +199,8 @@ class Restorer:
             return child
         if not selected:
             return None
+        if node.type == "file" and not self.opts.dry_run:
+            self._prefetch(node, d.todo)
         try:
             self._make_dir(d)
             self._restore_leaf(path, node)
@@ -303,9 +315,41 @@ class Restorer:
             os.close(fd)
         return h.digest()
 
+    def _prefetch(self, node: Node, todo: list[Node]) -> None:
+        """Start loading this file's blobs and those of the files after it, within a budget.
+
+        Loads run on PREFETCH_THREADS threads (decryption releases the GIL; on
+        S3 each is a request in flight), so the writing thread rarely waits.
+        """
+        upcoming = [node, *(n for n in reversed(todo[-PREFETCH_FILES:]) if n.type == "file")]
+        for n in upcoming:
+            for blob_id, size in zip(n.content, n.sizes, strict=True):
+                if blob_id in self._ahead or blob_id in self._cache:
+                    continue
+                if self._ahead_bytes + size > PREFETCH_BYTES and self._ahead:
+                    return
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(PREFETCH_THREADS, "cas-restore")
+                self._ahead[blob_id] = self._pool.submit(
+                    self.repo.load_blob, BlobType.DATA, blob_id, size
+                )
+                self._ahead_bytes += size
+
+    def close(self) -> None:
+        """Stop the prefetch threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
     def _blob(self, blob_id: bytes, size: int) -> bytes:
         data = self._cache.get(blob_id)
-        if data is None:
+        if data is None and blob_id in self._ahead:
+            self._ahead_bytes -= size
+            data = self._ahead.pop(blob_id).result()
+            self._cache[blob_id] = data
+            if len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        elif data is None:
             data = self.repo.load_blob(BlobType.DATA, blob_id, size)
             self._cache[blob_id] = data
             if len(self._cache) > 4:
