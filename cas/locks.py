@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import NamedTuple
 
-from . import layout
+from . import failpoints, layout
 from .backend.base import Backend, ReadBackend
 from .errors import CasError, LockedError, ObjectNotFound
 from .format.lock import LockInfo, decode_lock, encode_lock
@@ -293,6 +293,7 @@ def _try_acquire(
     raw = encode_lock(info, lock_key)
     name = layout.lock_name(storage_id(raw))
     backend.write(name, raw)
+    failpoints.hit("lock-written")
     try:
         after = scan_locks(
             backend,

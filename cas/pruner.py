@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import layout, locks
+from . import failpoints, layout, leftovers, locks
 from .crypto import BlobType
 from .errors import CasError
 from .format import index as indexfmt
@@ -214,6 +214,7 @@ class PruneResult:
     deferred_packs: int = 0
     deferred_bytes: int = 0
     deferred_because: str = ""
+    leftovers_aborted: int = 0  # unfinished uploads (S3 multipart, temporary files) removed
 
 
 def execute_prune(
@@ -226,13 +227,16 @@ def execute_prune(
     result = PruneResult()
     now = time.time_ns()
     new_packs = _repack(repo, plan, lock, result, progress)
+    failpoints.hit("prune-repacked")
     garbage = dict(plan.pending)
     for pid, entries in [*plan.remove.items(), *plan.repack.items()]:
         garbage[pid] = (now, entries)
     marking = indexfmt.IndexFile({**plan.keep, **new_packs}, list(plan.index_files), garbage)
     mark_id = _write_index(repo, marking)
+    failpoints.hit("prune-marked")
     for fid in plan.index_files:
         repo.backend.delete(layout.index_name(fid))
+        failpoints.hit("prune-index-deleted")
     if lock is not None:
         lock.check_alive()
 
@@ -242,11 +246,13 @@ def execute_prune(
     for pid in [*deletable, *orphans]:
         progress(f"deleting pack {pid.hex()[:8]}")
         repo.backend.delete(layout.pack_name(pid))
+        failpoints.hit("prune-pack-deleted")
         result.packs_deleted += 1
         result.bytes_freed += plan.pack_sizes.get(pid, 0)
     left = {p: g for p, g in garbage.items() if p not in set(deletable)}
     if deletable:
         final = indexfmt.IndexFile(marking.packs, [mark_id], left)
+        failpoints.hit("prune-before-final-index")
         _write_index(repo, final)
         repo.backend.delete(layout.index_name(mark_id))
     result.deferred_packs = len(left) + len(plan.orphans) - len(orphans)
@@ -258,7 +264,14 @@ def execute_prune(
             "a backup that started before the packs were marked is still running; "
             "the next prune after it finishes deletes them"
         )
+    result.leftovers_aborted = _remove_leftovers(repo, progress)
     return result
+
+
+def _remove_leftovers(repo: Repository, progress: Progress) -> int:
+    """Abort uploads that were started over an hour ago and never finished."""
+    progress("removing leftover uploads")
+    return leftovers.remove_leftovers(repo.backend)
 
 
 def _orphans_still_unindexed(repo: Repository, plan: PrunePlan, mark_id: bytes) -> list[bytes]:
@@ -305,7 +318,7 @@ def _repack(
     def store(packer: Packer) -> None:
         fp = packer.finish()
         name = layout.pack_name(fp.pack_id)
-        repo.backend.write(name, fp.data)
+        repo.backend.write(name, fp.data, cold=packer.blob_type == BlobType.DATA)
         if repo.backend.stat(name).size != len(fp.data):
             raise CasError(f"pack {name} was stored with the wrong size")
         new_packs[fp.pack_id] = fp.entries

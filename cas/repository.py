@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import crypto, layout
+from . import crypto, failpoints, layout
 from .backend.base import Backend
 from .cache import LocalCache
 from .chunker import Chunker, ChunkerParams
@@ -34,6 +34,7 @@ from .errors import (
     RepositoryNotFound,
     SnapshotNotFound,
     UnsupportedVersion,
+    UsageError,
     WrongPassword,
 )
 from .format import FORMAT_VERSION
@@ -306,7 +307,12 @@ class Repository:
         # The pack was parsed back before this (Packer.finish); the backend's write
         # is durable and checksummed (fsync locally, Content-MD5/SHA-256 on S3),
         # so no extra HEAD per pack is needed to trust it.
-        self.backend.write(layout.pack_name(pack.pack_id), pack.data)
+        self.backend.write(
+            layout.pack_name(pack.pack_id),
+            pack.data,
+            cold=bool(pack.entries) and pack.entries[0].type == BlobType.DATA,
+        )
+        failpoints.hit("pack-stored")
         if self.cache is not None and pack.entries and pack.entries[0].type == BlobType.TREE:
             self.cache.put("packs", pack.pack_id, pack.data)
         with self._lock:
@@ -327,12 +333,14 @@ class Repository:
         if not packs:
             return
         raw = indexfmt.encode_index(indexfmt.IndexFile(packs), self.keys.index_key)
+        failpoints.hit("before-index")
         try:
             self.backend.write(layout.index_name(storage_id(raw)), raw)
         except BaseException:
             with self._lock:
                 self._unindexed.update(packs)
             raise
+        failpoints.hit("index-written")
         with self._lock:
             self.stats.index_files += 1
 
@@ -415,6 +423,7 @@ class Repository:
         self.flush()
         raw = encode_snapshot(snap, self.keys.data_key)
         sid = storage_id(raw)
+        failpoints.hit("before-snapshot")
         self.backend.write(layout.snapshot_name(sid), raw)
         return sid
 
@@ -509,6 +518,8 @@ def init_repository(
     repository that ``open`` would accept; ``init`` refuses any location that
     already holds a config.
     """
+    if not (1 << 20) <= pack_size <= (1 << 30):
+        raise UsageError("the pack size must be between 1 MiB and 1 GiB")
     if repository_exists(backend):
         raise RepositoryExists(location=backend.location)
     backend.create()

@@ -34,10 +34,12 @@ __all__ = [
     "find_layer",
     "open_backend",
     "request_summary",
+    "storage_class",
 ]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 CHECKSUMS_ENV = "CAS_S3_CHECKSUMS"
+STORAGE_CLASS_ENV = "CAS_S3_STORAGE_CLASS"
 
 
 def open_backend(
@@ -46,6 +48,7 @@ def open_backend(
     s3_endpoint: str | None = None,
     s3_path_style: bool = False,
     s3_checksums: str | None = None,
+    s3_storage_class: str | None = None,
     prices_file: str | None = None,
     retry: bool = True,
 ) -> Backend:
@@ -58,7 +61,9 @@ def open_backend(
     AccountingBackend that counts operations (priced at zero).  The S3
     options apply to ``s3://`` locations only: ``s3_checksums`` is
     "when_supported" or "when_required" (default: $CAS_S3_CHECKSUMS, else
-    $AWS_REQUEST_CHECKSUM_CALCULATION, else "when_supported"); the price
+    $AWS_REQUEST_CHECKSUM_CALCULATION, else "when_supported");
+    ``s3_storage_class`` (default: $CAS_S3_STORAGE_CLASS) is the storage
+    class of data packs, e.g. STANDARD_IA or GLACIER_IR; the price
     table comes from ``prices_file`` or the user's config (see
     :func:`cas.backend.accounting.load_prices`).
 
@@ -79,6 +84,7 @@ def open_backend(
         if not bucket:
             raise UsageError(f"no bucket in S3 location {location!r} (expected s3://bucket/prefix)")
         checksums = _checksum_mode(s3_checksums)
+        cold_class = _storage_class(s3_storage_class)
         prices = load_prices(prices_file)
         if _is_loopback(s3_endpoint or os.environ.get("AWS_ENDPOINT_URL")):
             prices = prices.without_egress()
@@ -90,6 +96,7 @@ def open_backend(
             path_style=s3_path_style,
             checksums=checksums,
             meter=meter,
+            storage_class=cold_class,
         )
         inner: Backend = RetryBackend(s3) if retry else s3
         return AccountingBackend(inner, meter=meter, prices=prices, count_operations=False)
@@ -113,7 +120,7 @@ def open_backend(
     return AccountingBackend(backend, prices=PriceTable.free())
 
 
-def find_layer(backend: Backend, kind: type[Any]) -> Any:
+def find_layer(backend: ReadBackend, kind: type[Any]) -> Any:
     """The first of ``backend`` and the backends it wraps (via ``.inner``) that is a ``kind``."""
     layer: Any = backend
     for _ in range(16):  # decorators nest a few deep; never loop on a cycle
@@ -145,6 +152,17 @@ def request_summary(backend: Backend) -> dict[str, Any] | None:
     return summary
 
 
+def storage_class(backend: ReadBackend) -> str | None:
+    """The storage class ``backend`` gives data packs; None for the store's default (STANDARD)."""
+    from cas.backend.s3 import S3Backend
+
+    s3 = find_layer(backend, S3Backend)
+    if s3 is None:
+        return None
+    cold: str | None = s3.storage_class
+    return cold
+
+
 def create_bucket(backend: Backend) -> None:
     """Create the S3 bucket behind ``backend`` (for ``init --create-bucket``).
 
@@ -173,6 +191,21 @@ def _checksum_mode(option: str | None) -> str:
                 raise UsageError(f"{source}={value!r}: expected {' or '.join(CHECKSUM_MODES)}")
             return mode
     return DEFAULT_CHECKSUMS
+
+
+def _storage_class(option: str | None) -> str | None:
+    from cas.backend.s3 import normalize_storage_class
+
+    for source, value in (
+        ("--storage-class", option),
+        (STORAGE_CLASS_ENV, os.environ.get(STORAGE_CLASS_ENV)),
+    ):
+        if value:
+            try:
+                return normalize_storage_class(value)
+            except BackendError as err:
+                raise UsageError(f"{source}: {err.fields.get('detail') or err}") from None
+    return None
 
 
 def _is_loopback(endpoint: str | None) -> bool:

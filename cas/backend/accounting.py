@@ -38,11 +38,31 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cas.backend.base import Backend, ObjectInfo
+from cas.backend.base import (
+    Backend,
+    ObjectInfo,
+    UnfinishedUpload,
+    abort_leftover,
+    list_leftovers,
+)
 from cas.errors import UsageError
 
 REQUEST_KINDS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
 GB = 1 << 30
+# AWS list prices in us-east-1 for the colder storage classes, as (dollars
+# per 1,000 PUT requests, dollars per GB-month).  Not modelled: retrieval
+# fees per GB read (STANDARD_IA and ONEZONE_IA $0.01, GLACIER_IR $0.03),
+# minimum storage durations (30, 30, 90, 90 and 180 days), the 128 KiB
+# minimum billable object size of the IA and GLACIER_IR classes, and
+# INTELLIGENT_TIERING's monitoring fee.
+STORAGE_CLASS_PRICES: dict[str, tuple[float, float]] = {
+    "STANDARD_IA": (0.01, 0.0125),
+    "ONEZONE_IA": (0.01, 0.01),
+    "INTELLIGENT_TIERING": (0.005, 0.023),
+    "GLACIER_IR": (0.02, 0.004),
+    "GLACIER": (0.03, 0.0036),
+    "DEEP_ARCHIVE": (0.05, 0.00099),
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,19 @@ class PriceTable:
     def as_dict(self) -> dict[str, float]:
         """The table as a plain dict, in the config file's keys."""
         return asdict(self)
+
+    def for_storage_class(self, storage_class: str | None) -> PriceTable:
+        """This table for objects stored in ``storage_class`` (cold data packs).
+
+        For one of AWS's colder classes (:data:`STORAGE_CLASS_PRICES`) the PUT
+        and storage prices become AWS's list prices for that class, unless
+        this table charges nothing for storage (a local or free store); any
+        other class, or none, leaves the table as it is.
+        """
+        cold = STORAGE_CLASS_PRICES.get(storage_class or "")
+        if cold is None or self.storage_gb_month == 0:
+            return self
+        return replace(self, put_per_1000=cold[0], storage_gb_month=cold[1])
 
 
 def prices_path(env: Mapping[str, str] | None = None) -> Path:
@@ -231,11 +264,11 @@ class AccountingBackend:
         """Prepare the location (not counted: a directory or bucket check)."""
         self._inner.create()
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; one PUT."""
         if self._count:
             self.meter.record("PUT", bytes_up=len(data))
-        self._inner.write(name, data)
+        self._inner.write(name, data, cold=cold)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read (a range of) ``name``; one GET."""
@@ -266,6 +299,18 @@ class AccountingBackend:
         if self._count:
             self.meter.record("DELETE")
         self._inner.delete(name)
+
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """The wrapped backend's unfinished uploads; one LIST."""
+        if self._count:
+            self.meter.record("LIST")
+        return list_leftovers(self._inner)
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort an unfinished upload; one DELETE."""
+        if self._count:
+            self.meter.record("DELETE")
+        abort_leftover(self._inner, upload)
 
     def close(self) -> None:
         """Close the wrapped backend."""

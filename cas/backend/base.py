@@ -61,12 +61,17 @@ class Backend(ReadBackend, Protocol):
         """Prepare an empty location for a new repository (directories, bucket check)."""
         ...
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Store ``data`` as ``name`` atomically and durably, never replacing an object.
 
         Readers see either nothing or the whole object.  Raises ObjectExists if
         ``name`` already exists with different content; writing identical
         content again succeeds (a retried write whose first reply was lost).
+
+        ``cold`` is a hint that the object is rarely read (a data pack): a
+        backend configured with a cheaper, colder storage class (S3
+        ``StorageClass``) stores it there; every other backend ignores it.
+        Decorators pass it on unchanged.
         """
         ...
 
@@ -86,3 +91,55 @@ class ResumableList(Protocol):
     def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
         """Like ``list(prefix)``, but only names greater than ``start_after``, ascending."""
         ...
+
+
+@dataclass(frozen=True)
+class UnfinishedUpload:
+    """An upload that was started and never finished, which ``list`` does not show.
+
+    ``name`` is where it is, relative to the repository root: for an S3
+    multipart upload the object name it was writing, for a local write the
+    hidden temporary file.  ``upload_id`` is what the store calls it (the S3
+    upload ID; empty for a temporary file).  ``size`` is in bytes if known,
+    ``started`` in seconds since the epoch if known.
+    """
+
+    name: str
+    upload_id: str = ""
+    size: int | None = None
+    started: float | None = None
+
+    def describe(self) -> str:
+        """The name, with the upload ID when there is one: how people should see it."""
+        return f"{self.name} (multipart upload {self.upload_id})" if self.upload_id else self.name
+
+
+@runtime_checkable
+class LeftoverUploads(Protocol):
+    """A backend that can find and remove the leftovers of interrupted uploads.
+
+    Optional: a backend that cannot leave anything behind (memory) does not
+    implement it, and :func:`list_leftovers` reports nothing for it.
+    Decorators implement it by passing the calls on.
+    """
+
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """Yield every unfinished upload under the repository, in no order."""
+        ...
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort ``upload`` and free what it stored; one that is already gone is not an error."""
+        ...
+
+
+def list_leftovers(backend: ReadBackend) -> Iterator[UnfinishedUpload]:
+    """``backend.list_leftovers()``, or nothing for a backend that has no leftovers."""
+    if isinstance(backend, LeftoverUploads):
+        return backend.list_leftovers()
+    return iter(())
+
+
+def abort_leftover(backend: Backend, upload: UnfinishedUpload) -> None:
+    """``backend.abort_leftover(upload)``; a backend without leftovers has nothing to abort."""
+    if isinstance(backend, LeftoverUploads):
+        backend.abort_leftover(upload)

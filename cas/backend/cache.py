@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..cache import LocalCache
-from .base import Backend, ObjectInfo
+from .base import Backend, ObjectInfo, UnfinishedUpload, abort_leftover, list_leftovers
 
 CACHED = ("keys", "snapshots", "index")
 
@@ -55,9 +55,9 @@ class CachingBackend:
             self.cache.put(key[0], key[1], data)
         return data
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Write through: the backend first, then the cache."""
-        self.inner.write(name, data)
+        self.inner.write(name, data, cold=cold)
         key = _split(name)
         if key is not None:
             self.cache.put(key[0], key[1], data)
@@ -83,6 +83,14 @@ class CachingBackend:
         key = _split(name)
         if key is not None:
             self.cache.remove(*key)
+
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """The wrapped backend's unfinished uploads (never cached)."""
+        return list_leftovers(self.inner)
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort an unfinished upload of the wrapped backend."""
+        abort_leftover(self.inner, upload)
 
     def close(self) -> None:
         """Close the wrapped backend."""

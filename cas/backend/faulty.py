@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from cas.backend.base import Backend, ObjectInfo
+from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, abort_leftover, list_leftovers
 from cas.errors import TransientBackendError
 
 METHODS = ("create", "write", "read", "stat", "list", "delete")
@@ -148,12 +148,12 @@ class FaultyBackend:
         if fault is not None:
             raise fault.make_error("create", "")
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Store ``data``, unless a fault strikes before (or, with lost_reply, after) it."""
         fault = self._strike("write", name)
         if fault is not None and not fault.lost_reply:
             raise fault.make_error("write", name)
-        self._inner.write(name, data)
+        self._inner.write(name, data, cold=cold)
         if fault is not None:
             raise fault.make_error("write", name)
 
@@ -194,6 +194,14 @@ class FaultyBackend:
         self._inner.delete(name)
         if fault is not None:
             raise fault.make_error("delete", name)
+
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """The wrapped backend's unfinished uploads (never faulty)."""
+        return list_leftovers(self._inner)
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort an unfinished upload of the wrapped backend (never faulty)."""
+        abort_leftover(self._inner, upload)
 
     def close(self) -> None:
         """Close the wrapped backend (never faulty)."""

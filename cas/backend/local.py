@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cas.backend import check_name, check_prefix
-from cas.backend.base import ObjectInfo
+from cas.backend.base import ObjectInfo, UnfinishedUpload
 from cas.errors import BackendError, ObjectExists, ObjectNotFound
 
 _TEMP_PREFIX = ".tmp-"
@@ -55,8 +55,11 @@ class LocalBackend:
         if not self._root.is_dir():
             raise BackendError(f"cannot create directory {self._root}: a file is in the way")
 
-    def write(self, name: str, data: bytes) -> None:
-        """Store ``data`` as ``name`` atomically and durably; never replace an object."""
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+        """Store ``data`` as ``name`` atomically and durably; never replace an object.
+
+        ``cold`` is ignored: a directory has one storage class.
+        """
         path = self._path(name)
         if not self._root.is_dir():
             # Refuse rather than recreate the root: a missing root usually means
@@ -144,6 +147,36 @@ class LocalBackend:
         except OSError as err:
             raise _os_error("delete", path, err) from err
 
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """Yield the temporary files of writes that never finished (with size and mtime).
+
+        A write in progress has one too, for a moment: callers judge by age.
+        """
+        for directory, _dirs, files in os.walk(self._root, onerror=_raise_walk_error):
+            for file in files:
+                if not file.startswith(_TEMP_PREFIX):
+                    continue
+                path = Path(directory) / file
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue  # its write just finished
+                name = path.relative_to(self._root).as_posix()
+                yield UnfinishedUpload(name, size=st.st_size, started=st.st_mtime)
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Remove the temporary file ``upload.name``; refuses anything but a temporary file."""
+        parts = upload.name.split("/")
+        if not parts[-1].startswith(_TEMP_PREFIX) or any(p in ("", ".", "..") for p in parts):
+            raise BackendError(f"{upload.name!r} is not a temporary file of {self._root}")
+        path = self._root / upload.name
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise _os_error("delete", path, err) from err
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -220,6 +253,10 @@ class LocalBackend:
                 continue  # deleted while we listed
             except OSError as err:
                 raise _os_error("list", Path(entry.path), err) from err
+
+
+def _raise_walk_error(err: OSError) -> None:
+    raise _os_error("list", err.filename, err)
 
 
 def _os_error(action: str, path: Path | str, err: OSError) -> BackendError:

@@ -62,8 +62,11 @@ class MemoryBackend:
         with self._store.lock:
             self._store.created = True
 
-    def write(self, name: str, data: bytes) -> None:
-        """Store ``data`` as ``name`` unless a different object already has that name."""
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+        """Store ``data`` as ``name`` unless a different object already has that name.
+
+        ``cold`` is ignored: memory has one storage class.
+        """
         check_name(name)
         data = bytes(data)  # a caller's bytearray must not alias the stored object
         with self._store.lock:

@@ -32,7 +32,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from cas.backend.base import Backend, ObjectInfo, ResumableList
+from cas.backend.base import (
+    Backend,
+    ObjectInfo,
+    ResumableList,
+    UnfinishedUpload,
+    abort_leftover,
+    list_leftovers,
+)
 from cas.errors import TransientBackendError
 
 T = TypeVar("T")
@@ -102,9 +109,9 @@ class RetryBackend:
         """Prepare the location."""
         self._call("create", self._inner.create)
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; a retry of a write that did land succeeds."""
-        self._call(f"write {name}", lambda: self._inner.write(name, data))
+        self._call(f"write {name}", lambda: self._inner.write(name, data, cold=cold))
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read (a range of) ``name``; a truncated body is read again."""
@@ -150,6 +157,15 @@ class RetryBackend:
             except TransientBackendError as err:
                 failures = 1 if progressed else failures + 1
                 self._backoff(f"list {prefix or '/'}", failures, err)
+
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """The wrapped backend's unfinished uploads, listed again whole after a failure."""
+        found = self._call("list leftovers", lambda: list(list_leftovers(self._inner)))
+        return iter(found)
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort an unfinished upload (aborting one already gone succeeds, so retrying is safe)."""
+        self._call(f"abort {upload.describe()}", lambda: abort_leftover(self._inner, upload))
 
     def close(self) -> None:
         """Close the wrapped backend."""

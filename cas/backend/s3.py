@@ -24,6 +24,16 @@ Content-MD5 only.  Downloads are verified by the repository (SHA-256 of
 whole objects, AEAD of every blob), which also covers ranged reads that no
 store checksums.
 
+Storage classes: with ``storage_class`` set (say STANDARD_IA or GLACIER_IR),
+writes flagged ``cold`` (data packs) carry ``StorageClass``; everything else
+(config, keys, locks, index, snapshots, tree packs) stays in STANDARD, so
+listing, browsing and incremental backups never read from a colder tier.
+
+Leftovers: cas itself uploads every object with one PUT, but a multipart
+upload that some tool started under the prefix and never completed keeps
+its parts, billed, without appearing as an object; ``list_leftovers`` and
+``abort_leftover`` find and remove them.
+
 The client makes one attempt per request: retries belong to
 :class:`cas.backend.retry.RetryBackend`, which retries exactly the errors
 raised here as :class:`~cas.errors.TransientBackendError`.  A
@@ -61,11 +71,23 @@ from botocore.exceptions import (
 
 from cas.backend import check_name, check_prefix
 from cas.backend.accounting import RequestMeter
-from cas.backend.base import ObjectInfo
+from cas.backend.base import ObjectInfo, UnfinishedUpload
 from cas.errors import BackendError, ObjectExists, ObjectNotFound, TransientBackendError
 
 CHECKSUM_MODES = ("when_supported", "when_required")
 DEFAULT_CHECKSUMS = "when_supported"
+# AWS's storage classes; S3-compatible stores may accept others of this shape.
+STORAGE_CLASSES = (
+    "STANDARD",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER_IR",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "REDUCED_REDUNDANCY",
+)
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 _NO_BUCKET = frozenset({"NoSuchBucket"})
@@ -149,6 +171,7 @@ class S3Backend:
         conditional_writes: bool = True,
         checksums: str = DEFAULT_CHECKSUMS,
         meter: RequestMeter | None = None,
+        storage_class: str | None = None,
     ) -> None:
         if checksums not in CHECKSUM_MODES:
             raise BackendError(
@@ -156,6 +179,7 @@ class S3Backend:
             )
         self._bucket = bucket
         self._prefix = prefix.strip("/")
+        self._storage_class = normalize_storage_class(storage_class)
         self._conditional_writes = conditional_writes
         self._sha256 = checksums == "when_supported"
         self._owns_client = client is None
@@ -175,6 +199,11 @@ class S3Backend:
     def bucket(self) -> str:
         """The bucket name."""
         return self._bucket
+
+    @property
+    def storage_class(self) -> str | None:
+        """The storage class of cold writes (data packs); None for the bucket's default."""
+        return self._storage_class
 
     def create(self) -> None:
         """Check that the bucket exists and is reachable; the prefix needs no preparation."""
@@ -205,17 +234,20 @@ class S3Backend:
         except BotoCoreError as err:
             raise self._error(err, "CreateBucket", "") from err
 
-    def write(self, name: str, data: bytes) -> None:
+    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; never replace an object with different content.
 
         The Content-MD5 header (and x-amz-checksum-sha256 unless checksums
         is "when_required") makes the store reject a body damaged in transit.
+        A ``cold`` object goes to the configured storage class, if any.
         """
         key = self._key(name)
         data = bytes(data)
-        digests = {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
+        headers = {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
         if self._sha256:
-            digests["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+            headers["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+        if cold and self._storage_class is not None:
+            headers["StorageClass"] = self._storage_class
         for attempt in range(_WRITE_ATTEMPTS):
             if not self._conditional_writes:
                 same = self._compare_existing(name, data)
@@ -224,7 +256,7 @@ class S3Backend:
                         return
                     raise ObjectExists(name=name)
             try:
-                self._put(key, data, digests)
+                self._put(key, data, headers)
                 return
             except ClientError as err:
                 code = _code(err)
@@ -354,6 +386,44 @@ class S3Backend:
         except BotoCoreError as err:
             raise self._error(err, "DeleteObject", key) from err
 
+    def list_leftovers(self) -> Iterator[UnfinishedUpload]:
+        """Yield the multipart uploads under the prefix that were never completed or aborted.
+
+        One LIST per 1,000 uploads.  A store that cannot list multipart
+        uploads (NotImplemented) has none to show.
+        """
+        root = f"{self._prefix}/" if self._prefix else ""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self._bucket, Prefix=root):
+                for upload in page.get("Uploads", ()):
+                    started = upload.get("Initiated")
+                    yield UnfinishedUpload(
+                        name=str(upload["Key"])[len(root) :],
+                        upload_id=str(upload["UploadId"]),
+                        started=started.timestamp() if started is not None else None,
+                    )
+        except ClientError as err:
+            if _code(err) == "NotImplemented":
+                return
+            raise self._error(err, "ListMultipartUploads", root) from err
+        except BotoCoreError as err:
+            raise self._error(err, "ListMultipartUploads", root) from err
+
+    def abort_leftover(self, upload: UnfinishedUpload) -> None:
+        """Abort a multipart upload, which deletes its parts; one already gone is fine."""
+        key = f"{self._prefix}/{upload.name}" if self._prefix else upload.name
+        try:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload.upload_id
+            )
+        except ClientError as err:
+            if _code(err) in _NOT_FOUND | {"NoSuchUpload"}:
+                return
+            raise self._error(err, "AbortMultipartUpload", key) from err
+        except BotoCoreError as err:
+            raise self._error(err, "AbortMultipartUpload", key) from err
+
     def close(self) -> None:
         """Close the HTTP connections of a client this backend made."""
         if self._owns_client:
@@ -384,8 +454,8 @@ class S3Backend:
             sent = 0
         self.meter.record(kind, bytes_up=sent)
 
-    def _put(self, key: str, data: bytes, digests: dict[str, str]) -> None:
-        request: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": data, **digests}
+    def _put(self, key: str, data: bytes, headers: dict[str, str]) -> None:
+        request: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": data, **headers}
         if self._conditional_writes:
             request["IfNoneMatch"] = "*"
         self._client.put_object(**request)
@@ -455,7 +525,14 @@ class S3Backend:
                 return TransientBackendError(
                     f"S3 {operation} {where} failed: {_one_line(detail)} (HTTP {status})"
                 )
-            if status == 403:
+            if code == "InvalidObjectState":
+                detail = (
+                    f"{detail} (the object is archived, e.g. in GLACIER or DEEP_ARCHIVE: "
+                    "request a restore of the data packs and wait for it before reading them)"
+                )
+            elif code == "InvalidStorageClass":
+                detail = f"{detail} (the store does not offer storage class {self._storage_class})"
+            elif status == 403:
                 detail = f"{detail} (HTTP 403: check the credentials and the bucket policy)"
             return BackendError(f"S3 {operation} {where} failed: {_one_line(detail)}")
         if isinstance(err, _TRANSIENT_BOTOCORE) and not isinstance(err, SSLError):
@@ -466,6 +543,23 @@ class S3Backend:
                 " and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
             )
         return BackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")
+
+
+def normalize_storage_class(value: str | None) -> str | None:
+    """A storage class in canonical form: upper case; None for none or STANDARD.
+
+    Raises BackendError for a value that cannot be a storage class name.
+    AWS's classes are :data:`STORAGE_CLASSES`; other names of the same shape
+    are passed on, for S3-compatible stores with classes of their own.
+    """
+    if value is None or not value.strip():
+        return None
+    canonical = value.strip().upper().replace("-", "_")
+    if not _STORAGE_CLASS.fullmatch(canonical):
+        raise BackendError(
+            f"invalid S3 storage class {value!r} (examples: {', '.join(STORAGE_CLASSES[1:5])})"
+        )
+    return None if canonical == "STANDARD" else canonical
 
 
 def _make_client(endpoint_url: str | None, path_style: bool, checksums: str) -> Any:

@@ -13,6 +13,8 @@ import click
 
 from .. import __version__
 from ..archiver import Archiver, BackupOptions, Reporter, stdin_node
+from ..backend import find_layer, storage_class
+from ..backend.accounting import AccountingBackend, PriceTable
 from ..crypto import BlobType
 from ..dryrun import DryRunWriter
 from ..errors import EXIT_WARNINGS, UsageError
@@ -61,6 +63,8 @@ class _Progress(Reporter):
         self.out.warn(message)
 
     def _show(self) -> None:
+        if not self.out.progress_enabled:
+            return
         elapsed = time.monotonic() - self.start
         rate = self.bytes / elapsed if elapsed > 0 else 0
         self.out.progress(
@@ -184,6 +188,8 @@ def backup(
         "summary": summary,
         "warnings": out.warnings,
     }
+    if isinstance(writer, DryRunWriter):
+        doc["estimate"] = _estimate(repo, writer)
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
@@ -233,6 +239,28 @@ def _find_parent(
     return (best[0], best[1].tree) if best else (None, None)
 
 
+def _estimate(repo: Repository, writer: DryRunWriter) -> dict[str, Any]:
+    """What the backup this dry run stood in for would store, upload and cost."""
+    accounting = find_layer(repo.backend, AccountingBackend)
+    prices = accounting.prices if accounting is not None else PriceTable.free()
+    return writer.estimate(prices, storage_class(repo.backend)).as_dict()
+
+
+def _human_estimate(out: Output, e: dict[str, Any]) -> None:
+    cold = f" (data packs in {e['storage_class']})" if e["storage_class"] != "STANDARD" else ""
+    approx = "about " if e["compression_sampled"] else ""
+    upload, storage = _usd(e["upload_cost_usd"]), _usd(e["storage_cost_usd_per_month"])
+    out.line(
+        f"estimate: {approx}{human_bytes(e['bytes_stored'])} stored in "
+        f"{e['data_packs'] + e['tree_packs']} packs{cold}; {e['put_requests']} PUT requests; "
+        f"upload {upload}, storage {storage}/month"
+    )
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 1 else f"${amount:.6f}".rstrip("0").rstrip(".")
+
+
 def _human(out: Output, doc: dict[str, Any]) -> None:
     s = doc["summary"]
     if doc["parent"]:
@@ -252,6 +280,8 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
         f"processed {human_bytes(s['bytes_total'])}, read {human_bytes(s['bytes_read'])} "
         f"in {s['duration']:.1f}s"
     )
+    if "estimate" in doc:
+        _human_estimate(out, doc["estimate"])
     if doc["snapshot_id"]:
         out.line(f"snapshot {doc['snapshot_id'][:8]} saved")
     if doc["warnings"]:

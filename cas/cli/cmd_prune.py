@@ -93,6 +93,8 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
             f"wrote {res['packs_written']} packs ({human_bytes(res['bytes_written'])}), "
             f"deleted {res['packs_deleted']} packs, freed {human_bytes(res['bytes_freed'])}"
         )
+        if res.get("leftovers_aborted"):
+            out.line(f"aborted {res['leftovers_aborted']} unfinished uploads")
         if res["deferred_packs"]:
             out.line(
                 f"{res['deferred_packs']} packs ({human_bytes(res['deferred_bytes'])}) stay "

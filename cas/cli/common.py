@@ -40,6 +40,7 @@ class Globals:
     lock_wait: float
     no_cache: bool = False
     cache_dir: str | None = None
+    s3_storage_class: str | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
 
@@ -51,7 +52,10 @@ class Globals:
 
     def _open_backend(self, location: str) -> Backend:
         backend = open_backend(
-            location, s3_endpoint=self.s3_endpoint, s3_path_style=self.s3_path_style
+            location,
+            s3_endpoint=self.s3_endpoint,
+            s3_path_style=self.s3_path_style,
+            s3_storage_class=self.s3_storage_class,
         )
         self.backends.append(backend)
         cache = self.cache_for(location)

@@ -50,6 +50,12 @@ from .common import Globals
 @click.option(
     "--s3-path-style", is_flag=True, envvar="CAS_S3_PATH_STYLE", help="Path-style S3 addressing."
 )
+@click.option(
+    "--storage-class",
+    envvar="CAS_S3_STORAGE_CLASS",
+    metavar="CLASS",
+    help="S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); the rest stays STANDARD.",
+)
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only use only).")
 @click.option("--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock.")
 @click.option("--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache.")
@@ -66,6 +72,7 @@ def cli(
     quiet: bool,
     s3_endpoint: str | None,
     s3_path_style: bool,
+    storage_class: str | None,
     no_lock: bool,
     retry_lock: float,
     no_cache: bool,
@@ -88,6 +95,7 @@ def cli(
         retry_lock,
         no_cache,
         cache_dir,
+        s3_storage_class=storage_class,
     )
     ctx.obj = g
 

@@ -22,7 +22,11 @@ def pack_canonical(obj: Any) -> bytes:
 def sorted_keys(obj: Any) -> Any:
     """``obj`` with every map's keys in sorted order (recursively)."""
     if isinstance(obj, dict):
-        return {k: sorted_keys(obj[k]) for k in sorted(obj)}
+        try:
+            keys = sorted(obj)
+        except TypeError:  # keys of mixed types, in fields cas does not know (fuzzing found it)
+            keys = sorted(obj, key=lambda k: (type(k).__name__, repr(k)))
+        return {k: sorted_keys(obj[k]) for k in keys}
     if isinstance(obj, (list, tuple)):
         return [sorted_keys(v) for v in obj]
     return obj
