@@ -111,6 +111,8 @@ class Repository:
         self._inflight: set[bytes] = set()  # blobs in open packers
         self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
         self._index_loaded = False
+        # Sealing and uploading threads: each stores its own packs, so this is
+        # also how many uploads may be in flight (``--connections``).
         self.workers = max(1, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
@@ -264,6 +266,12 @@ class Repository:
         with self._lock:
             self._futures.add(future)
         future.add_done_callback(self._done)
+
+    def set_connections(self, n: int) -> None:
+        """Use ``n`` sealing/uploading threads (before the first save_blob)."""
+        if self._pool is None and n >= 1:
+            self.workers = n
+            self._slots = threading.BoundedSemaphore(2 * n + 2)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -120,8 +120,10 @@ class Restorer:
         new_digest: Callable[[], Digest],
         options: RestoreOptions | None = None,
         reporter: RestoreReporter | None = None,
+        connections: int = PREFETCH_THREADS,
     ) -> None:
         self.repo = repo
+        self.connections = max(1, connections)
         self.new_digest = new_digest
         self.opts = options or RestoreOptions()
         self.report = reporter or RestoreReporter()
@@ -329,7 +331,7 @@ class Restorer:
                 if self._ahead_bytes + size > PREFETCH_BYTES and self._ahead:
                     return
                 if self._pool is None:
-                    self._pool = ThreadPoolExecutor(PREFETCH_THREADS, "cas-restore")
+                    self._pool = ThreadPoolExecutor(self.connections, "cas-restore")
                 self._ahead[blob_id] = self._pool.submit(
                     self.repo.load_blob, BlobType.DATA, blob_id, size
                 )

@@ -100,7 +100,9 @@ def restore(
         sid, snap = repo.find_snapshot(ref)
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
-        restorer = Restorer(repo, repo.file_digest, opts, _Progress(out, dry_run))
+        restorer = Restorer(
+            repo, repo.file_digest, opts, _Progress(out, dry_run), connections=g.connections or 4
+        )
         started = time.time()
         summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
     doc: dict[str, Any] = {

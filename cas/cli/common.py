@@ -41,6 +41,7 @@ class Globals:
     no_cache: bool = False
     cache_dir: str | None = None
     s3_storage_class: str | None = None
+    connections: int | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
 
@@ -96,6 +97,8 @@ class Globals:
         """Open and unlock the repository."""
         backend = self.backend()
         repo = open_repository(backend, self.password())
+        if self.connections:
+            repo.set_connections(self.connections)
         if isinstance(backend, CachingBackend):
             repo.cache = backend.cache
         self.cleanups.append(repo.close)

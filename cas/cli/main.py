@@ -56,6 +56,12 @@ from .common import Globals
     metavar="CLASS",
     help="S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); the rest stays STANDARD.",
 )
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 64),
+    envvar="CAS_CONNECTIONS",
+    help="Parallel uploads (default: CPU count) and restore reads (default: 4).",
+)
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only use only).")
 @click.option("--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock.")
 @click.option("--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache.")
@@ -73,6 +79,7 @@ def cli(
     s3_endpoint: str | None,
     s3_path_style: bool,
     storage_class: str | None,
+    connections: int | None,
     no_lock: bool,
     retry_lock: float,
     no_cache: bool,
@@ -96,6 +103,7 @@ def cli(
         no_cache,
         cache_dir,
         s3_storage_class=storage_class,
+        connections=connections,
     )
     ctx.obj = g
 
