@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 from cas import layout
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format.tree import decode_tree
 from cas.repair import STUB_TEXT, rebuild_index, repair_snapshots
 from cas.repository import open_repository
+from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 
 
@@ -63,3 +67,38 @@ def test_repair_snapshots_stubs_only_the_damaged_file() -> None:
             assert data == files[node.name]
     assert stubbed >= 1
     assert stubbed < len(files)
+
+
+def test_after_repair_check_passes_and_unaffected_files_restore(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(4)
+    for i in range(30):
+        (src / f"f{i}").write_bytes(rnd.randbytes(rnd.randrange(10_000, 200_000)))
+    repo = tmp_path / "repo"
+    assert run_cas("-r", repo, "init", "--pack-size", str(1 << 20)).code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    packs = sorted(p for p in (repo / "data").rglob("*") if p.is_file())
+    victim = max(packs, key=lambda p: p.stat().st_size)  # a data pack, not the tree pack
+    victim.unlink()
+    damaged = run_cas("-r", repo, "--json", "check")
+    assert damaged.code == 1
+    assert run_cas("-r", repo, "repair", "index").code == 0
+    fixed = run_cas("-r", repo, "--json", "repair", "snapshots", "--forget")
+    assert fixed.code == 0, fixed.err
+    lost = fixed.json()["damaged_paths"]
+    assert 0 < len(lost) < 30
+    clean = run_cas("-r", repo, "--json", "check", "--read-data")
+    assert clean.code == 0, clean.out
+    out = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "--target", out).code == 0
+    restored = out / str(src).lstrip("/")
+    stubs = 0
+    for f in src.iterdir():
+        data = (restored / f.name).read_bytes()
+        if any(p.endswith("/" + f.name) for p in lost):
+            stubs += 1
+            assert data.startswith(b"cas: this file could not be recovered")
+        else:
+            assert data == f.read_bytes()
+    assert stubs == len(lost)
