@@ -348,14 +348,7 @@ class Archiver:
     def _open_dir_fd(self, path: bytes) -> int:
         # O_NOATIME: listing must not change the directory's atime, or every
         # backup would record (and store) new trees for nothing.
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        if self._noatime:
-            try:
-                return os.open(path, flags | os.O_NOATIME)
-            except PermissionError as e:
-                if e.errno != errno.EPERM:
-                    raise
-        return os.open(path, flags)
+        return self._open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def _list_dir(self, path: bytes) -> list[bytes]:
         fd = self._open_dir_fd(path)
@@ -435,7 +428,10 @@ class Archiver:
         return same and all(self.repo.has_blob(b) for b in parent.content)
 
     def _open_source(self, path: bytes) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return self._open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _open_noatime(self, path: bytes, flags: int) -> int:
+        """Open without updating atime where the kernel allows it (owner or root)."""
         if self._noatime:
             try:
                 return os.open(path, flags | os.O_NOATIME)

@@ -109,6 +109,12 @@ RESTORABLE_FLAGS = (
 ACL_ACCESS = b"system.posix_acl_access"
 ACL_DEFAULT = b"system.posix_acl_default"
 
+
+def type_name(mode: int) -> str:
+    """The tree node type of an ``st_mode`` ("file", "dir", ...), or "unknown"."""
+    return _TYPES.get(stat.S_IFMT(mode), "unknown")
+
+
 _TYPES = {
     stat.S_IFREG: "file",
     stat.S_IFDIR: "dir",

@@ -13,7 +13,6 @@ Written against the narrow BlobReader interface, like restore.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -238,16 +237,7 @@ def _live_type(path: bytes) -> str:
         mode = os.lstat(path).st_mode
     except OSError:
         return "unknown"
-    kinds = {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFIFO: "fifo",
-        stat.S_IFCHR: "chardev",
-        stat.S_IFBLK: "blockdev",
-        stat.S_IFSOCK: "socket",
-    }
-    return kinds.get(stat.S_IFMT(mode), "unknown")
+    return posixmeta.type_name(mode)
 
 
 def _reason(e: Exception) -> str:
