@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ INDEX_EVERY_PACKS = 32
 # Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
 BATCH_BYTES = 4 << 20
 BATCH_BLOBS = 512
+TREE_PACKS_IN_MEMORY = 8
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Repository:
         self._batch_bytes = 0
         self.cache: LocalCache | None = None  # whole tree packs, when a cache is in use
         self.damaged_index_files: dict[bytes, str] = {}
+        self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
 
     # -- chunking ---------------------------------------------------------------
 
@@ -389,16 +392,33 @@ class Repository:
         """Read, authenticate, decrypt and re-hash one blob."""
         loc = self.locate(blob_id)
         if blob_type == BlobType.TREE and self.cache is not None:
-            # Tree packs hold only trees, which every backup and restore walks:
-            # keep them whole on local disk (verified by their SHA-256 name).
-            pack = self.cache.get("packs", loc.pack_id)
-            if pack is None:
-                pack = read_verified(self.backend, layout.pack_name(loc.pack_id), "pack")
-                self.cache.put("packs", loc.pack_id, pack)
-            sealed = pack[loc.offset : loc.offset + loc.length]
+            sealed = self._tree_pack(loc.pack_id)[loc.offset : loc.offset + loc.length]
         else:
             sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
         return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
+
+    def _tree_pack(self, pack_id: bytes) -> bytes:
+        """A whole tree pack: from memory, else the local cache, else the backend.
+
+        Tree packs hold only trees, which every backup and restore walks: they
+        are kept whole on local disk (verified by their SHA-256 name when read)
+        and the last few in memory, so each is read and hashed once per run.
+        """
+        with self._lock:
+            pack = self._tree_packs.get(pack_id)
+            if pack is not None:
+                self._tree_packs.move_to_end(pack_id)
+                return pack
+        assert self.cache is not None
+        pack = self.cache.get("packs", pack_id)
+        if pack is None:
+            pack = read_verified(self.backend, layout.pack_name(pack_id), "pack")
+            self.cache.put("packs", pack_id, pack)
+        with self._lock:
+            self._tree_packs[pack_id] = pack
+            while len(self._tree_packs) > TREE_PACKS_IN_MEMORY:
+                self._tree_packs.popitem(last=False)
+        return pack
 
     def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:
         """Read and decode a pack's header with two ranged reads (trailer, then header)."""

@@ -36,6 +36,7 @@ SPARSE_BLOCK = 4096
 PREFETCH_THREADS = 4
 PREFETCH_FILES = 16  # look this many entries ahead in the current directory
 PREFETCH_BYTES = 64 << 20
+PREFETCH_MIN = 256 << 10
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -326,8 +327,8 @@ class Restorer:
         upcoming = [node, *(n for n in reversed(todo[-PREFETCH_FILES:]) if n.type == "file")]
         for n in upcoming:
             for blob_id, size in zip(n.content, n.sizes, strict=True):
-                if blob_id in self._ahead or blob_id in self._cache:
-                    continue
+                if size < PREFETCH_MIN or blob_id in self._ahead or blob_id in self._cache:
+                    continue  # a small blob costs less to load than to hand to a thread
                 if self._ahead_bytes + size > PREFETCH_BYTES and self._ahead:
                     return
                 if self._pool is None:
