@@ -582,13 +582,21 @@ def read_config_version(backend: Backend) -> bytes:
     return raw
 
 
-def open_repository(backend: Backend, password: bytes) -> Repository:
-    """Unlock with the first key file that ``password`` opens, then read the config."""
-    raw_config = read_config_version(backend)
+def open_repository(
+    backend: Backend, password: bytes, raw_config: bytes | None = None
+) -> Repository:
+    """Unlock with the first key file that ``password`` opens, then read the config.
+
+    ``raw_config``: the config as already read by ``read_config_version`` (callers
+    check the version before asking for a password).
+    """
+    if raw_config is None:
+        raw_config = read_config_version(backend)
     names = [o.name for o in backend.list(layout.KEYS) if layout.id_from_name(o.name)]
     if not names:
         raise FormatError(what="repository", detail="it has no key files")
     damaged: list[str] = []
+    opened_elsewhere: list[str] = []  # the password opened these, but not the config
     for name in sorted(names):
         try:
             kf = keyfmt.decode_keyfile(read_verified(backend, name, "key file"))
@@ -603,11 +611,14 @@ def open_repository(backend: Backend, password: bytes) -> Repository:
         except IntegrityError as e:
             # A key file left by an interrupted init of another repository here:
             # it opens with the password but its keys do not open this config.
-            damaged.append(f"key file {name}: its keys do not open the config ({e})")
+            opened_elsewhere.append(f"key file {name}: its keys do not open the config ({e})")
             continue
         kid = layout.id_from_name(name)
         assert kid is not None
         return Repository(backend, keys, cfg, kid)
+    if opened_elsewhere:
+        # The password is right, so this is damage (of the config, or a stray key file).
+        raise IntegrityError(what="config", detail="; ".join(opened_elsewhere))
     if damaged and len(damaged) == len(names):
         raise IntegrityError(what="key files", detail="; ".join(damaged))
     raise WrongPassword()

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import posixmeta
 from .crypto import BlobType
-from .errors import CasError, IntegrityError
+from .errors import CasError
 from .format.tree import Node, decode_tree
 from .patterns import PatternSet
 from .protocols import BlobReader, Digest
@@ -209,7 +209,11 @@ class Restorer:
             self._restore_leaf(path, node)
         except OSError as e:
             self._os_failure(path, e)
-        except IntegrityError as e:
+        except RestoreAborted:
+            raise
+        except CasError as e:
+            # Damaged, missing or unreadable data (a lost pack, a storage error
+            # after retries): this file is named as not restored, the rest go on.
             self._fail(path, str(e))
         return None
 

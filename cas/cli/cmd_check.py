@@ -97,6 +97,8 @@ def check_cmd(
         subset=parse_subset(read_data_subset) if read_data_subset else None,
         max_age=parse_duration(max_age) if max_age else None,
     )
+    # An audit must read what is stored, not intact copies in the local cache.
+    g.no_cache = True
     repo = g.open()
     state: CheckState | None = None
     if options.reads_data:

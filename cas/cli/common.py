@@ -22,7 +22,7 @@ from ..backend.cache import CachingBackend
 from ..cache import LocalCache, cache_dir_for
 from ..errors import CasError, NoPassword, UsageError
 from ..locks import RepoLock
-from ..repository import Repository, open_repository
+from ..repository import Repository, open_repository, read_config_version
 
 
 @dataclass
@@ -96,7 +96,9 @@ class Globals:
     def open(self) -> Repository:
         """Open and unlock the repository."""
         backend = self.backend()
-        repo = open_repository(backend, self.password())
+        # Refuse a missing or newer repository before asking for a password.
+        raw_config = read_config_version(backend)
+        repo = open_repository(backend, self.password(), raw_config)
         if self.connections:
             repo.set_connections(self.connections)
         if isinstance(backend, CachingBackend):

@@ -77,12 +77,13 @@ def decode_keyfile(raw: bytes) -> KeyFile:
             raise ValueError("not an object")
         version = doc["version"]
         if version != 1:
-            raise UnsupportedVersion(what="key file", version=version, supported=1)
+            raise UnsupportedVersion(what="key file", version=_shown(version), supported=1)
         kdf: dict[str, Any] = doc["kdf"]
         if kdf["algorithm"] != "argon2id":
-            raise ValueError(f"unknown KDF {kdf['algorithm']!r}")
+            raise ValueError(f"unknown KDF {_shown(kdf['algorithm'])}")
         if doc["type"] not in KEY_TYPES:
-            raise UnsupportedVersion(what="key file", version=f"(type {doc['type']})", supported=1)
+            shown = f"(type {_shown(doc['type'])})"
+            raise UnsupportedVersion(what="key file", version=shown, supported=1)
         ops, mem = kdf["opslimit"], kdf["memlimit"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ops, mem)):
             raise ValueError("KDF costs must be integers")
@@ -107,6 +108,13 @@ def decode_keyfile(raw: bytes) -> KeyFile:
         UnicodeDecodeError,
     ) as e:
         raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
+
+
+def _shown(value: Any) -> str:
+    """A value from an unauthenticated key file, fit for a one-line message (no raw
+    newlines or terminal escapes, bounded length; fuzzing found the raw form)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def unlock(kf: KeyFile, password: bytes) -> crypto.MasterKeys:

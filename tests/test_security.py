@@ -1,0 +1,339 @@
+"""Security properties of spec/format.md §15, tested on the real command.
+
+- key files (and every other object) are created 0600 whatever the umask;
+- secrets (the password, the master keys) never appear in the argv of a
+  process cas starts, in its output (human or JSON), in its error messages,
+  or in plaintext anywhere on disk (repository, cache);
+- the password prompt does not echo (a real pseudo-terminal);
+- a wrong password fails having read only ``config`` and ``keys/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pty
+import re
+import select
+import signal
+import stat
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas import layout
+from cas.backend.base import Backend, ObjectInfo
+from cas.backend.local import LocalBackend
+from cas.errors import WrongPassword
+from cas.repository import open_repository
+from tests.support.cli import TEST_ENV, Result, run_cas
+from tests.test_crash import parallel
+
+SECRET = "Sekr1t-Pa55phrase-xyzzy-4711"
+OTHER = "An0ther-Pa55phrase-plugh-0815"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
+    env.update(TEST_ENV)
+    env["CAS_CACHE_DIR"] = str(tmp_path / "cache")
+    env.update(extra)
+    return env
+
+
+def _secret_forms(tmp_path: Path, repo: Path) -> dict[str, bytes]:
+    """The password and each master key, as bytes, hex and base64 (what a leak would look like)."""
+    keys = open_repository(LocalBackend(repo), SECRET.encode()).keys
+    forms = {"password": SECRET.encode()}
+    for name in ("data_key", "index_key", "id_key", "chunker_key"):
+        raw: bytes = getattr(keys, name)
+        forms[name] = raw
+        forms[name + " hex"] = raw.hex().encode()
+        forms[name + " b64"] = base64.b64encode(raw).rstrip(b"=")
+    return forms
+
+
+def _leaks(data: bytes, forms: dict[str, bytes]) -> list[str]:
+    return [name for name, form in forms.items() if form in data]
+
+
+# -- file modes ---------------------------------------------------------------------------
+
+
+def test_key_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    pw = tmp_path / "pw"
+    pw.write_text(OTHER + "\n")
+    env = _env(tmp_path, CAS_PASSWORD=SECRET)
+    for args in (
+        ("init",),
+        ("key", "add", "--new-password-file", str(pw)),
+        ("key", "passwd", "--new-password-file", str(pw)),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cas", "-r", str(repo), *args],
+            env=env,
+            capture_output=True,
+            umask=0,
+        )
+        assert proc.returncode == 0, (args, proc.stderr)
+    keys = list((repo / "keys").iterdir())
+    assert len(keys) == 2
+    for path in [*keys, repo / "config"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for d in (repo, repo / "keys"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    for path in (tmp_path / "cache").rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+# -- secrets in argv, output, messages and on disk ------------------------------------------
+
+AUDIT = """
+import json, sys
+log = open(sys.argv[1], "a")
+def hook(event, args):
+    if event in ("subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system"):
+        log.write(json.dumps([event, repr(args)]) + "\\n")
+        log.flush()
+sys.addaudithook(hook)
+sys.argv = ["cas", *sys.argv[2:]]
+from cas.cli.main import main
+main()
+"""
+
+
+def _audited(log: Path, args: list[str], env: dict[str, str], cwd: Path) -> Result:
+    """Run cas with an audit hook that records every process it starts."""
+    proc = subprocess.run(
+        [sys.executable, "-c", AUDIT, str(log), *args], env=env, capture_output=True, cwd=cwd
+    )
+    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode())
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A repository made and used with SECRET, every run's output and every child's argv kept."""
+    repo = tmp_path / "repo"
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(os.urandom(50_000))
+    (src / "note").write_text("not a secret\n")
+    pwcmd = tmp_path / "pwcmd.py"
+    pwcmd.write_text(f"print({SECRET!r})\n")
+    pwfile = tmp_path / "pwfile"
+    pwfile.write_text(SECRET + "\n")
+    newpw = tmp_path / "newpw"
+    newpw.write_text(OTHER + "\n")
+    log = tmp_path / "children.log"
+    outputs: list[bytes] = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Result:
+        full = _env(tmp_path, **(env or {}))
+        r = _audited(log, ["-r", str(repo), *args], full, tmp_path)
+        outputs.append(r.out.encode() + r.err.encode())
+        return r
+
+    yield {
+        "run": run,
+        "repo": repo,
+        "src": src,
+        "pwcmd": f"{sys.executable} {pwcmd}",
+        "pwfile": str(pwfile),
+        "newpw": str(newpw),
+        "log": log,
+        "outputs": outputs,
+    }
+
+
+def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
+    """Human and JSON output, error messages, child processes, repository and cache."""
+    run, src = session["run"], session["src"]
+    by_cmd = {"CAS_PASSWORD_COMMAND": session["pwcmd"]}
+    by_file = {"CAS_PASSWORD_FILE": session["pwfile"]}
+    by_env = {"CAS_PASSWORD": SECRET}
+    assert run("--json", "init", env=by_cmd).code == 0
+    assert run("backup", str(src), env=by_cmd).code == 0
+    (src / "new").write_bytes(os.urandom(1000))
+    assert run("--json", "backup", str(src), env=by_env).code == 0
+    # read-only commands, side by side
+    reads = [
+        partial(run, "snapshots", env=by_file),
+        partial(run, "--json", "check", "--read-data", env=by_env),
+        partial(run, "stats", env=by_env),
+        partial(run, "--json", "key", "list", env=by_env),
+        partial(run, "cat", "config", env=by_env),
+        partial(run, "restore", "latest", "--target", str(tmp_path / "out"), env=by_env),
+    ]
+    results = parallel(*reads)
+    assert all(r.code == 0 for r in results), [r.err for r in results]
+    keys = json.loads(results[3].out)
+    key_id = keys[0]["id"] if isinstance(keys, list) else keys["keys"][0]["id"]
+    assert run("cat", "key", key_id, env=by_env).code == 0
+    assert run("--json", "forget", "--keep-last", "1", "--prune", env=by_env).code == 0
+    assert run("key", "add", "--new-password-file", session["newpw"], env=by_env).code == 0
+    forms = _secret_forms(tmp_path, session["repo"])
+    # Failures: their messages must not quote the secret they were given.
+    assert run("snapshots", env={"CAS_PASSWORD": SECRET + "x"}).code == 12
+    failing_command = f"{sys.executable} -c 'import sys; sys.exit(3)' {SECRET}"
+    assert run("snapshots", env={"CAS_PASSWORD_COMMAND": failing_command}).code == 2
+    assert run("snapshots", env={"CAS_PASSWORD_FILE": str(tmp_path / SECRET)}).code == 2
+    assert run("--json", "restore", "nosuchsnapshot", "-t", str(tmp_path / "x"), env=by_env).code
+    (session["repo"] / "config").write_bytes(b"CASREPO\x01" + b"\x00" * 60)
+    # 12, not 1, with two key files: see docs/reliability.md (a damaged config reads as
+    # a wrong password when another key file exists)
+    assert run("--json", "check", env={**by_env, "CAS_DEBUG": "1"}).code in (1, 12)
+
+    # The password appears only where the user put it: in the name of the password
+    # file that could not be read (chosen here to be the secret).
+    for out in session["outputs"]:
+        out = out.replace(str(tmp_path / SECRET).encode(), b"")
+        assert SECRET.encode() not in out, out.decode(errors="replace")
+        assert OTHER.encode() not in out, out.decode(errors="replace")
+        assert not _leaks(out, forms), out
+    # Processes started: the password command of the runs that had one, and nothing
+    # else; no secret in their argv (except where the user's own command holds one).
+    children = [json.loads(line) for line in session["log"].read_text().splitlines()]
+    assert len(children) == 3 and all(e == "subprocess.Popen" for e, _ in children), children
+    for _, args in children[:2]:
+        assert str(tmp_path / "pwcmd.py") in args and not _leaks(args.encode(), forms), args
+    # Nothing in plaintext on disk, in the repository or in the cache.
+    for root in (session["repo"], tmp_path / "cache"):
+        for path in root.rglob("*"):
+            if path.is_file():
+                assert not _leaks(path.read_bytes(), forms), path
+
+
+# -- the prompt -----------------------------------------------------------------------------
+
+
+def _read_until(fd: int, pattern: bytes, timeout: float = 30) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_password_prompt_does_not_echo(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = _env(tmp_path, CAS_PASSWORD=SECRET)
+    assert run_cas("-r", repo, "init", password=SECRET, env=env).code == 0
+    env = _env(tmp_path)  # no password source: cas must prompt on the terminal
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: cas with the pseudo-terminal as its controlling terminal
+        os.execve(sys.executable, [sys.executable, "-m", "cas", "-r", str(repo), "snapshots"], env)
+    try:
+        prompt = _read_until(fd, b"password")
+        assert b"password" in prompt, prompt
+        time.sleep(0.2)  # let getpass switch echo off after printing the prompt
+        attrs = termios.tcgetattr(fd)
+        assert not attrs[3] & termios.ECHO, "echo is on while the password is typed"
+        os.write(fd, SECRET.encode() + b"\n")
+        rest = _read_until(fd, b"snapshots\r\n")
+        assert SECRET.encode() not in prompt + rest, rest
+        assert b"0 snapshots" in rest, rest
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+# -- a wrong password touches nothing -----------------------------------------------------------
+
+
+class Recording:
+    """A backend that records the names of the objects each request touched."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.touched: list[tuple[str, str]] = []
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            self.touched.append((name, str(args[0]) if args else ""))
+            return method(*args, **kwargs)
+
+        return recorded
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self.touched.append(("list", prefix))
+        return self.inner.list(prefix)
+
+
+def test_wrong_password_reads_only_config_and_keys(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = _env(tmp_path)
+    assert run_cas("-r", repo, "init", password=SECRET, env=env).code == 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(10_000))
+    assert run_cas("-r", repo, "backup", src, password=SECRET, env=env).code == 0
+    rec = Recording(LocalBackend(repo))
+    with pytest.raises(WrongPassword):
+        open_repository(rec, OTHER.encode())
+    assert rec.touched
+    for op, name in rec.touched:
+        assert name == layout.CONFIG or name == layout.KEYS or name.startswith("keys/"), (op, name)
+
+
+REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) ([^ "]*) HTTP/1\.[01]')
+
+
+@pytest.mark.s3
+def test_wrong_password_on_s3_requests_only_config_and_keys(
+    tmp_path: Path, s3_server: str, s3_bucket: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Counted by the S3 server itself: nothing under data/, index/, snapshots/ or locks/."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env["CAS_CACHE_DIR"] = str(tmp_path / "cache")
+    args = ["-r", f"s3://{s3_bucket}/r", "--s3-endpoint", s3_server, "--s3-path-style"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(10_000))
+    assert run_cas(*args, "init", password=SECRET, env=env).code == 0
+    assert run_cas(*args, "backup", src, password=SECRET, env=env).code == 0
+    (log,) = sorted(tmp_path_factory.getbasetemp().glob("moto*/server.log"))[-1:]
+    start = len(log.read_bytes())
+    for command in (("snapshots",), ("restore", "latest", "-t", str(tmp_path / "o"))):
+        r = run_cas(*args, *command, password=OTHER, env=env)
+        assert r.code == 12, r.err
+    time.sleep(0.2)
+    requests = REQUEST.findall(log.read_bytes()[start:])
+    assert requests
+    for method, path in requests:
+        key = path.decode().split("?")[0].removeprefix(f"/{s3_bucket}").lstrip("/")
+        if key:
+            assert key == "r/config" or key.startswith("r/keys/"), (method, path)
+        else:  # a bucket-level request: only the listing of keys/
+            assert b"?" not in path or re.search(rb"prefix=r(%2F|/)keys", path), (method, path)
+        assert method in (b"GET", b"HEAD"), (method, path)
+    assert not (tmp_path / "o").exists()
