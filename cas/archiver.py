@@ -217,6 +217,10 @@ class Archiver:
                 self._warn(f"{_fmt(path)}: not a directory; skipped")
                 return None
             assert isinstance(sel, dict)
+            # A directory above the backed-up paths (/, /home, ...): anyone listing
+            # it moves its atime, which would make every snapshot's root tree new.
+            # Its atime is recorded as its mtime (spec §11.2).
+            node.atime_ns = node.mtime_ns
             return self._open_dir(path, node, parent, st, select=sel)
         if is_dir:
             if self.opts.one_file_system and frame.device not in (-1, st.st_dev):
