@@ -498,10 +498,10 @@ def test_lock_of_a_killed_process_blocks_nothing(tmp_path: Path) -> None:
         info = LockInfo(socket.gethostname(), "someone", _dead_pid(), now, exclusive, command, now)
         raw = encode_lock(info, r.keys.index_key)
         backend.write(layout.lock_name(storage_id(raw)), raw)
-    started = time.monotonic()
+    # Without --retry-lock a live conflicting lock fails at once (exit 11): success
+    # here means the dead process's locks were judged stale, not waited out.
     repo.ok("backup", src.root)
     repo.ok("prune")
-    assert time.monotonic() - started < 30  # no waiting for the 10-minute staleness
     assert not _names(backend, layout.LOCKS)  # removed by the lockers, and their own released
 
 
