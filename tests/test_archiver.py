@@ -11,7 +11,6 @@ import contextlib
 import io
 import os
 import random
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from cas.restorer import (
     SparseWriter,
     find_subtree,
 )
+from tests.support.mounts import tmpfs
 from tests.support.repos import new_repo
 from tests.support.trees import unlock_tree
 
@@ -222,19 +222,8 @@ def test_exclude_larger_than(repo: Repository, tmp_path: Path) -> None:
 @pytest.fixture
 def mounted_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs mounted at tmp_path/src/mnt (root only), unmounted afterwards."""
-    mnt = tmp_path / "src" / "mnt"
-    mnt.mkdir(parents=True)
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "cas-test", str(mnt)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "src" / "mnt", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_one_file_system(repo: Repository, tmp_path: Path, mounted_tmpfs: Path) -> None:

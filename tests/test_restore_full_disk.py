@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import run_cas
+from tests.support.mounts import tmpfs
 
 
 @pytest.fixture
 def small_target(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs (root only), unmounted afterwards."""
-    mnt = tmp_path / "target"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "cas-full-test", str(mnt)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "target", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_target_fails_cleanly_and_a_second_restore_completes(
