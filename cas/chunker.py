@@ -24,6 +24,10 @@ except ImportError as e:  # pragma: no cover - depends on the installation
     ) from e
 
 
+# First window of bytes permuted after min_size; it doubles while no cut is found.
+WINDOW = 256 * 1024
+
+
 @dataclass(frozen=True)
 class ChunkerParams:
     """Minimum, average and maximum chunk sizes in bytes (recorded in the config)."""
@@ -54,6 +58,12 @@ class Chunker:
         self._perm = permutation
         # Large enough that re-scanning the carried tail (< max_size) is cheap.
         self.buffer_size = max(buffer_size, 2 * params.max_size)
+        # Scratch buffers for permuted windows, kept between streams (a fresh
+        # 8.5 MiB buffer per file would cost more than chunking a small file).
+        self._scratch: list[bytearray] = []
+
+    def _new_scratch(self) -> bytearray:
+        return bytearray(self.params.min_size + self.params.max_size)
 
     def cut_points(self, data: bytes) -> list[int]:
         """End offsets of the chunks of ``data`` taken as a whole stream."""
@@ -66,47 +76,63 @@ class Chunker:
     def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """Yield the chunks of the stream that ``read(n)`` returns (b"" at the end).
 
-        A cut is final once ``max_size`` bytes after the chunk's start are in
-        the buffer (fastcdc never looks further), so only a tail shorter than
-        that is carried into the next round, together with its permuted copy.
+        fastcdc never looks at the first ``min_size`` bytes of a chunk nor past
+        its cut, so only the bytes in between are permuted, window by window,
+        into a scratch buffer behind ``min_size`` bytes fastcdc skips: about
+        half of the input at the default sizes.  The unread tail (shorter than
+        ``max_size``) is carried into the next buffer.
         """
         p = self.params
         buf = b""
-        pbuf = b""
+        start = 0
         eof = False
-        while True:
-            if not eof:
-                have = len(buf)
-                new = []
-                while have < self.buffer_size:
-                    data = read(self.buffer_size - have)
-                    if not data:
-                        eof = True
-                        break
-                    new.append(data)
-                    have += len(data)
-                fresh = new[0] if len(new) == 1 else b"".join(new)
-                buf = buf + fresh if buf else fresh
-                if eof and len(buf) <= p.min_size:
+        scratch: bytearray | None = None
+        try:
+            while True:
+                if not eof and len(buf) - start < p.max_size:
+                    buf, eof = self._refill(read, buf[start:] if start else buf)
+                    start = 0
+                left = len(buf) - start
+                if eof and left <= p.min_size:
                     # fastcdc never cuts before min_size: what is left is one chunk.
                     # Most files of a source tree end here, without a search.
-                    if buf:
-                        yield buf
+                    if left:
+                        yield buf[start:] if start else buf
                     return
-                pbuf = pbuf + fresh.translate(self._perm) if pbuf else fresh.translate(self._perm)
-            if not buf:
-                return
-            pos = 0
-            for c in _fastcdc(pbuf, p.min_size, p.avg_size, p.max_size):
-                if not eof and len(buf) - c.offset < p.max_size:
-                    break
-                end = c.offset + c.length
-                yield buf[c.offset : end]
-                pos = end
-            if eof and pos == len(buf):
-                return
-            buf = buf[pos:]
-            pbuf = pbuf[pos:]
+                if scratch is None:
+                    scratch = self._scratch.pop() if self._scratch else self._new_scratch()
+                cut = self._cut(buf, start, min(left, p.max_size), scratch)
+                yield buf[start : start + cut]
+                start += cut
+        finally:
+            if scratch is not None:
+                self._scratch.append(scratch)
+
+    def _refill(self, read: Callable[[int], bytes], tail: bytes) -> tuple[bytes, bool]:
+        """``tail`` plus reads up to ``buffer_size`` bytes; and whether the stream ended."""
+        parts = [tail] if tail else []
+        have = len(tail)
+        while have < self.buffer_size:
+            data = read(self.buffer_size - have)
+            if not data:
+                return b"".join(parts), True
+            parts.append(data)
+            have += len(data)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), False
+
+    def _cut(self, buf: bytes, start: int, limit: int, scratch: bytearray) -> int:
+        """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
+        p = self.params
+        done = p.min_size  # scratch[min_size:done] holds the permuted bytes
+        step = WINDOW
+        view = memoryview(scratch)
+        while True:
+            end = min(done + step, limit)
+            scratch[done:end] = buf[start + done : start + end].translate(self._perm)
+            c = next(_fastcdc(view[:end], p.min_size, p.avg_size, p.max_size))
+            if c.length < end or end == limit:
+                return int(c.length)
+            done, step = end, step * 2
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:

@@ -16,6 +16,8 @@ from .errors import FormatError
 STORED = 0
 ZSTD = 1
 DEFAULT_LEVEL = 3
+_STORED_FLAG = bytes((STORED,))
+_ZSTD_FLAG = bytes((ZSTD,))
 
 _local = threading.local()
 
@@ -38,13 +40,40 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
+# Large blobs are tried on a sample first (the idea of borg's "auto" mode):
+# zstd at level 3 spends as long on a MiB of random or already compressed
+# data as on text, only to give up; level 1 on four 16 KiB slices tells the
+# two apart for a few percent of that.  A blob none of whose slices shrinks
+# is stored as is.
+PROBE_MIN = 256 * 1024
+PROBE_SLICES = 4
+PROBE_SLICE = 16 * 1024
+PROBE_LEVEL = 1
+PROBE_RATIO = 0.97
+
+
+def _incompressible(data: bytes | memoryview) -> bool:
+    step = len(data) // PROBE_SLICES
+    c = _compressor(PROBE_LEVEL)
+    view = memoryview(data)
+    for i in range(PROBE_SLICES):
+        part = view[i * step : i * step + PROBE_SLICE]
+        if len(c.compress(part)) < PROBE_RATIO * len(part):
+            return False
+    return True
+
+
 def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) -> bytes:
     """Flag byte + zstd frame, or flag byte + data when compression does not pay (or level None)."""
-    if level is not None and len(data) > 64:
+    if (
+        level is not None
+        and len(data) > 64
+        and (len(data) < PROBE_MIN or not _incompressible(data))
+    ):
         packed = _compressor(level).compress(data)
         if len(packed) < len(data):
-            return bytes((ZSTD,)) + packed
-    return bytes((STORED,)) + bytes(data)
+            return b"".join((_ZSTD_FLAG, packed))
+    return b"".join((_STORED_FLAG, data))
 
 
 def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:

@@ -18,6 +18,8 @@ import msgpack
 import nacl.bindings as sodium
 import nacl.exceptions
 import nacl.pwhash
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from .errors import FormatError, IntegrityError, UnsupportedVersion
 
@@ -140,29 +142,72 @@ def seal(key: bytes, plaintext: bytes, ad: bytes, nonce: bytes | None = None) ->
     ``nonce`` is only for test vectors; real use draws a random one (192-bit
     nonces make random choice safe for any number of messages).
     """
+    return bytes(seal_buffer(key, plaintext, ad, nonce))
+
+
+def seal_buffer(
+    key: bytes, plaintext: bytes | bytearray | memoryview, ad: bytes, nonce: bytes | None = None
+) -> bytearray:
+    """``seal`` into a fresh bytearray, for blobs on their way into a pack.
+
+    libsodium writes the ciphertext straight into the result (through
+    PyNaCl's own cffi handle): PyNaCl's wrapper would zero a buffer and copy
+    it out, and framing would copy it again: three passes over every byte.
+    """
     if nonce is None:
         nonce = os.urandom(NONCE_SIZE)
-    ct = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key)
-    return bytes((SCHEME_XCHACHA,)) + nonce + ct
+    if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise ValueError("bad key or nonce size")
+    n = len(plaintext)
+    out = bytearray(1 + NONCE_SIZE + n + TAG_SIZE)
+    out[0] = SCHEME_XCHACHA
+    out[1 : 1 + NONCE_SIZE] = nonce
+    dest = _ffi.from_buffer(out)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        dest + 1 + NONCE_SIZE,
+        _ffi.NULL,
+        _ffi.from_buffer(plaintext),
+        n,
+        ad,
+        len(ad),
+        _ffi.NULL,
+        nonce,
+        key,
+    )
+    if rc != 0:  # pragma: no cover - libsodium does not fail here
+        raise nacl.exceptions.CryptoError("encryption failed")
+    return out
 
 
-def open_sealed(key: bytes, sealed: bytes | memoryview, ad: bytes, what: str) -> bytes:
-    """Verify and decrypt the output of ``seal``; IntegrityError if anything was altered."""
+def open_sealed(key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+    """Verify and decrypt the output of ``seal``; IntegrityError if anything was altered.
+
+    libsodium decrypts in place into one buffer (PyNaCl's wrapper would
+    zero, fill and copy one, after a copy of the input).
+    """
     if len(sealed) < SEAL_OVERHEAD:
         raise IntegrityError(what=what, detail="too short to be sealed data")
     if sealed[0] != SCHEME_XCHACHA:
         raise UnsupportedVersion(what=what, version=f"(scheme {sealed[0]})", supported=1)
-    nonce = bytes(sealed[1 : 1 + NONCE_SIZE])
-    try:
-        return bytes(
-            sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                bytes(sealed[1 + NONCE_SIZE :]), ad, nonce, key
-            )
-        )
-    except nacl.exceptions.CryptoError:
-        raise IntegrityError(
-            what=what, detail="authentication failed (wrong key or altered data)"
-        ) from None
+    if len(key) != KEY_SIZE:
+        raise ValueError("bad key size")
+    src = _ffi.from_buffer(sealed)
+    clen = len(sealed) - 1 - NONCE_SIZE
+    out = bytearray(clen - TAG_SIZE)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        _ffi.from_buffer(out),
+        _ffi.NULL,
+        _ffi.NULL,
+        src + 1 + NONCE_SIZE,
+        clen,
+        ad,
+        len(ad),
+        src + 1,
+        key,
+    )
+    if rc != 0:
+        raise IntegrityError(what=what, detail="authentication failed (wrong key or altered data)")
+    return bytes(out)
 
 
 def blob_ad(blob_type: BlobType, blob_id: bytes) -> bytes:

@@ -26,14 +26,14 @@ class Packer:
     def __init__(self, keys: crypto.MasterKeys, blob_type: BlobType) -> None:
         self.keys = keys
         self.blob_type = blob_type
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._entries: list[packfmt.PackEntry] = []
         self.size = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, blob_id: bytes, sealed: bytes, raw_length: int) -> None:
+    def add(self, blob_id: bytes, sealed: bytes | bytearray, raw_length: int) -> None:
         """Append one sealed blob."""
         self._entries.append(
             packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)

@@ -113,12 +113,16 @@ class Repository:
         self._inflight: set[bytes] = set()  # blobs in open packers
         self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
         self._index_loaded = False
-        # Sealing and uploading threads: each stores its own packs, so this is
-        # also how many uploads may be in flight (``--connections``).
+        # Sealing threads (compression and encryption: one per core) hand
+        # finished packs to uploading threads (``--connections``), so a pack
+        # waiting for fsync or for the network never idles a core.
         self.workers = max(1, os.cpu_count() or 1)
+        self.connections = max(2, self.workers)
         self._pool: ThreadPoolExecutor | None = None
+        self._upload_pool: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
         self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+        self._upload_slots = threading.BoundedSemaphore(self.connections + 1)
         self._worker_error: BaseException | None = None
         self._batch: list[tuple[BlobType, bytes, bytes]] = []
         self._batch_bytes = 0
@@ -271,10 +275,10 @@ class Repository:
         future.add_done_callback(self._done)
 
     def set_connections(self, n: int) -> None:
-        """Use ``n`` sealing/uploading threads (before the first save_blob)."""
-        if self._pool is None and n >= 1:
-            self.workers = n
-            self._slots = threading.BoundedSemaphore(2 * n + 2)
+        """Upload at most ``n`` packs at once (before the first save_blob)."""
+        if self._upload_pool is None and n >= 1:
+            self.connections = n
+            self._upload_slots = threading.BoundedSemaphore(n + 1)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -311,7 +315,29 @@ class Repository:
             if packer.size >= self.config.pack_size:
                 finished = packer.finish()
         if finished is not None:
-            self._store_pack(finished)
+            self._upload(finished)
+
+    def _upload(self, pack: FinishedPack) -> None:
+        """Store ``pack`` on an uploading thread; blocks while too many are in flight."""
+        self._upload_slots.acquire()  # bounds memory: packs waiting for upload
+        try:
+            with self._lock:
+                if self._upload_pool is None:
+                    self._upload_pool = ThreadPoolExecutor(
+                        self.connections, thread_name_prefix="cas-upload"
+                    )
+                future = self._upload_pool.submit(self._upload_job, pack)
+                self._futures.add(future)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        future.add_done_callback(self._done)
+
+    def _upload_job(self, pack: FinishedPack) -> None:
+        try:
+            self._store_pack(pack)
+        finally:
+            self._upload_slots.release()
 
     def _store_pack(self, pack: FinishedPack) -> None:
         """Upload a finished pack, then record it (callable from worker threads)."""
@@ -492,9 +518,10 @@ class Repository:
 
     def close(self) -> None:
         """Stop the worker threads and release the backend (unsaved blobs are dropped)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._upload_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._upload_pool = None
         self.backend.close()
 
 

@@ -48,10 +48,10 @@ def seal_blob(
     plaintext: bytes | memoryview,
     level: int | None = compress.DEFAULT_LEVEL,
     nonce: bytes | None = None,
-) -> bytes:
+) -> bytearray:
     """Compress (when it pays) and seal one blob bound to its type and ID."""
     payload = compress.encode_payload(plaintext, level)
-    return crypto.seal(keys.data_key, payload, crypto.blob_ad(blob_type, blob_id), nonce)
+    return crypto.seal_buffer(keys.data_key, payload, crypto.blob_ad(blob_type, blob_id), nonce)
 
 
 def open_blob(

@@ -1,0 +1,48 @@
+"""Compression choices: what is stored compressed, what as is (spec/format.md §8)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from cas import compress
+
+
+def flag(payload: bytes) -> int:
+    return payload[0]
+
+
+def test_small_and_compressible_blobs_are_compressed() -> None:
+    text = b"the quick brown fox jumps over the lazy dog\n" * 30_000
+    for size in (100, 10_000, compress.PROBE_MIN - 1, compress.PROBE_MIN, len(text)):
+        payload = compress.encode_payload(text[:size])
+        assert flag(payload) == compress.ZSTD
+        assert compress.decode_payload(payload, size, "t") == text[:size]
+
+
+def test_random_data_is_stored_as_is_at_every_size() -> None:
+    for size in (65, 1000, compress.PROBE_MIN - 1, compress.PROBE_MIN, 1 << 20, 3 << 20):
+        data = os.urandom(size)
+        payload = compress.encode_payload(data)
+        assert flag(payload) == compress.STORED
+        assert compress.decode_payload(payload, size, "t") == data
+
+
+def test_a_blob_compressible_in_one_region_only_is_compressed() -> None:
+    """The probe looks at slices spread over the blob: one compressible slice is enough."""
+    rng = random.Random(3)
+    size = 1 << 20
+    step = size // compress.PROBE_SLICES
+    for region in range(compress.PROBE_SLICES):
+        data = bytearray(rng.randbytes(size))
+        data[region * step : region * step + step] = bytes(step)
+        payload = compress.encode_payload(bytes(data))
+        assert flag(payload) == compress.ZSTD, region
+        assert len(payload) < size - step // 2
+        assert compress.decode_payload(payload, size, "t") == data
+
+
+def test_level_none_stores_everything() -> None:
+    data = bytes(1 << 20)
+    assert flag(compress.encode_payload(data, None)) == compress.STORED
+    assert flag(compress.encode_payload(memoryview(data), None)) == compress.STORED
