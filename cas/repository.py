@@ -122,7 +122,7 @@ class Repository:
         self._upload_pool: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
         self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
-        self._upload_slots = threading.BoundedSemaphore(self.connections + 1)
+        self._upload_slots = threading.BoundedSemaphore(self.connections)
         self._worker_error: BaseException | None = None
         self._batch: list[tuple[BlobType, bytes, bytes]] = []
         self._batch_bytes = 0
@@ -278,7 +278,7 @@ class Repository:
         """Upload at most ``n`` packs at once (before the first save_blob)."""
         if self._upload_pool is None and n >= 1:
             self.connections = n
-            self._upload_slots = threading.BoundedSemaphore(n + 1)
+            self._upload_slots = threading.BoundedSemaphore(n)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -421,6 +421,16 @@ class Repository:
             sealed = self._tree_pack(loc.pack_id)[loc.offset : loc.offset + loc.length]
         else:
             sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+        return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
+
+    def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
+        return self.backend.read(layout.pack_name(pack_id), offset, length)
+
+    def open_blob(
+        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
+    ) -> bytes:
+        """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
         return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
 
     def _tree_pack(self, pack_id: bytes) -> bytes:

@@ -1,20 +1,33 @@
 #!/usr/bin/env python3
-"""Backup, re-backup and restore benchmarks: cas beside restic and borg, in one run.
+"""Backup, re-backup, incremental, restore and check benchmarks: cas beside restic and borg.
 
-    python tools/bench.py [--data /tmp/cas-bench] [--sets linux,big] [--tools cas,restic,borg]
-                          [--repeat 3] [--out docs/benchmarks.md]
+    python tools/bench.py [--data /tmp/cas-bench] [--sets linux,big,edits,many]
+                          [--tools cas,restic,borg] [--repeat 3] [--repeat-many 1]
+                          [--out docs/benchmarks.md]
 
-The datasets come from ../shared/bench/datasets.sh.  Each tool gets a fresh
-repository per dataset; every operation is timed as a child process whose
-peak RSS comes from wait4().  Times are medians over --repeat runs (each run
-on a fresh repository).  Prints a Markdown table and, with --out, writes it
-with the machine description and the date.
+The datasets come from ../shared/bench/datasets.sh.  Each tool runs at its
+defaults (restic: zstd "auto"; borg 1.2: lz4, repokey-blake2; cas: zstd 3
+with an incompressibility probe) and gets a fresh repository per dataset and
+run; every operation is timed as a child process whose peak RSS comes from
+wait4().  Per dataset:
+
+- linux, big: first backup, unchanged re-backup, restore, check --read-data;
+- edits: backup of linux and big (not reported), then the same paths holding
+  edits/linux and edits/big (bind mounts, so every tool sees one path that
+  changed), timed as "incremental", with the repository growth it caused;
+- many: first backup and unchanged re-backup (files/s and peak RSS matter).
+
+Times are medians over --repeat runs, RSS the maximum.  Prints Markdown
+tables (results, then the issue's targets with the measured ratios) and,
+with --out, writes them with the machine description and the date, and the
+raw measurements next to it as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -22,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +168,7 @@ class Borg(Tool):
 
     def backup(self, path: Path) -> Measure:
         self.n += 1
-        return run(
-            ["borg", "create", "--compression", "zstd,3", f"::a{self.n}", str(path)], self.env
-        )
+        return run(["borg", "create", f"::a{self.n}", str(path)], self.env)
 
     def restore(self, target: Path) -> Measure:
         target.mkdir(parents=True, exist_ok=True)
@@ -195,99 +207,269 @@ def warm(path: Path) -> int:
     return total
 
 
-def bench_one(tool_cls: type[Tool], data: Path, work: Path, repeat: int) -> dict[str, object]:
-    """Medians of backup, unchanged re-backup and restore for one tool and dataset."""
-    results: dict[str, list[Measure]] = {
-        "backup": [],
-        "rebackup": [],
-        "restore": [],
-        "check --read-data": [],
-    }
-    size = 0
-    for i in range(repeat):
-        repo = work / f"{tool_cls.name}-repo"
-        target = work / f"{tool_cls.name}-restore"
-        for p in (repo, target, Path(str(repo) + ".cache"), Path(str(repo) + ".base")):
-            shutil.rmtree(p, ignore_errors=True)
-        tool = tool_cls(repo)
-        tool.init()
-        results["backup"].append(tool.backup(data))
-        results["rebackup"].append(tool.backup(data))
-        size = du(repo)
-        results["restore"].append(tool.restore(target))
+OPS = {
+    "linux": ("backup", "rebackup", "restore", "check --read-data"),
+    "big": ("backup", "rebackup", "restore", "check --read-data"),
+    "edits": ("incremental",),
+    "many": ("backup", "rebackup"),
+}
+
+
+@contextlib.contextmanager
+def bind(pairs: list[tuple[Path, Path]]) -> Iterator[None]:
+    """Bind-mount each source directory on its mount point for the duration (needs root)."""
+    done = []
+    try:
+        for src, dst in pairs:
+            dst.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "--bind", str(src), str(dst)], check=True)
+            done.append(dst)
+        yield
+    finally:
+        for dst in reversed(done):
+            subprocess.run(["umount", str(dst)], check=False)
+
+
+def fresh(tool_cls: type[Tool], work: Path) -> tuple[Tool, Path, Path]:
+    repo = work / f"{tool_cls.name}-repo"
+    target = work / f"{tool_cls.name}-restore"
+    for p in (repo, target, Path(str(repo) + ".cache"), Path(str(repo) + ".base")):
+        shutil.rmtree(p, ignore_errors=True)
+    tool = tool_cls(repo)
+    tool.init()
+    return tool, repo, target
+
+
+def run_once(tool_cls: type[Tool], name: str, root: Path, work: Path) -> dict[str, Measure | int]:
+    """One run of the dataset's operations on a fresh repository."""
+    tool, repo, target = fresh(tool_cls, work)
+    out: dict[str, Measure | int] = {}
+    if name == "edits":
+        src = work / "src"
+        with bind([(root / "linux", src / "linux"), (root / "big", src / "big")]):
+            tool.backup(src)
+        before = du(repo)
+        with bind(
+            [(root / "edits" / "linux", src / "linux"), (root / "edits" / "big", src / "big")]
+        ):
+            out["incremental"] = tool.backup(src)
+        out["added_bytes"] = du(repo) - before
+        out["repo_bytes"] = du(repo)
+        return out
+    data = root / name
+    out["backup"] = tool.backup(data)
+    out["rebackup"] = tool.backup(data)
+    out["repo_bytes"] = du(repo)
+    if "restore" in OPS[name]:
+        out["restore"] = tool.restore(target)
         shutil.rmtree(target, ignore_errors=True)
-        results["check --read-data"].append(tool.check_data())
+        out["check --read-data"] = tool.check_data()
+    return out
+
+
+def bench_one(
+    tool_cls: type[Tool], name: str, root: Path, work: Path, repeat: int
+) -> dict[str, object]:
+    """Medians (times) and maxima (RSS) over ``repeat`` runs for one tool and dataset."""
+    runs = []
+    for i in range(repeat):
+        r = run_once(tool_cls, name, root, work)
+        runs.append(r)
         print(
             f"  {tool_cls.name} run {i + 1}: "
-            + ", ".join(f"{k} {v[-1].seconds:.1f}s" for k, v in results.items()),
+            + ", ".join(
+                f"{k} {v.seconds:.1f}s/{v.rss_mib:.0f}MiB"
+                for k, v in r.items()
+                if isinstance(v, Measure)
+            ),
             file=sys.stderr,
         )
-    out: dict[str, object] = {"repo_bytes": size}
-    for k, ms in results.items():
-        out[k] = Measure(statistics.median(m.seconds for m in ms), max(m.rss_mib for m in ms))
+    out: dict[str, object] = {}
+    for k, v in runs[-1].items():
+        if isinstance(v, Measure):
+            ms = [r[k] for r in runs]
+            out[k] = Measure(
+                statistics.median(m.seconds for m in ms),  # type: ignore[union-attr]
+                max(m.rss_mib for m in ms),  # type: ignore[union-attr]
+            )
+            out[k + " runs"] = [m.seconds for m in ms]  # type: ignore[union-attr]
+        else:
+            out[k] = int(statistics.median(int(r[k]) for r in runs))  # type: ignore[arg-type]
     return out
+
+
+def dataset_size(path: Path) -> tuple[int, int]:
+    """(bytes, files) of a dataset, reading every file so all tools start from a warm cache."""
+    return warm(path), sum(len(f) for _, _, f in os.walk(path))
+
+
+def targets(res: dict[str, dict[str, dict[str, object]]]) -> list[str]:
+    """The issue's targets, each with the measured ratio and whether it holds."""
+
+    def t(ds: str, tool: str, op: str) -> float | None:
+        m = res.get(ds, {}).get(tool, {}).get(op)
+        return m.seconds if isinstance(m, Measure) else None
+
+    def rss(ds: str, tool: str, op: str) -> float | None:
+        m = res.get(ds, {}).get(tool, {}).get(op)
+        return m.rss_mib if isinstance(m, Measure) else None
+
+    rows = []
+
+    def row(what: str, cas: float | None, limit: float | None, unit: str = "s") -> None:
+        if cas is None or limit is None:
+            return
+        ok = "met" if cas <= limit else "not met"
+        rows.append(f"| {what} | {cas:.1f} {unit} | {limit:.1f} {unit} | {ok} |")
+
+    def half_of(ds: str, op: str, *tools: str) -> float | None:
+        xs = [x for x in (t(ds, tool, op) for tool in tools) if x is not None]
+        return min(xs) / 2 if xs else None
+
+    row(
+        "big first backup: 2x borg's throughput",
+        t("big", "cas", "backup"),
+        half_of("big", "backup", "borg"),
+    )
+    rb = t("big", "restic", "backup")
+    row(
+        "big first backup: 4x restic's throughput",
+        t("big", "cas", "backup"),
+        rb / 4 if rb else None,
+    )
+    row(
+        "linux first backup: half the faster of restic, borg",
+        t("linux", "cas", "backup"),
+        half_of("linux", "backup", "restic", "borg"),
+    )
+    row(
+        "linux unchanged re-backup: half restic",
+        t("linux", "cas", "rebackup"),
+        half_of("linux", "rebackup", "restic"),
+    )
+    row(
+        "edits incremental: half restic",
+        t("edits", "cas", "incremental"),
+        half_of("edits", "incremental", "restic"),
+    )
+    ca = res.get("edits", {}).get("cas", {}).get("added_bytes")
+    ra = res.get("edits", {}).get("restic", {}).get("added_bytes")
+    if isinstance(ca, int) and isinstance(ra, int):
+        row("edits incremental: new data stored <= restic's", ca / 2**20, ra / 2**20, "MiB")
+    for ds in ("big", "linux"):
+        row(
+            f"{ds} restore: half the faster of restic, borg",
+            t(ds, "cas", "restore"),
+            half_of(ds, "restore", "restic", "borg"),
+        )
+    row(
+        "big check --read-data: half restic",
+        t("big", "cas", "check --read-data"),
+        half_of("big", "check --read-data", "restic"),
+    )
+    for ds, ops in OPS.items():
+        for op in ops:
+            row(
+                f"{ds} {op}: peak RSS <= restic's", rss(ds, "cas", op), rss(ds, "restic", op), "MiB"
+            )
+    if not rows:
+        return []
+    return ["| target | cas | limit | |", "|---|---:|---:|---|", *rows]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("/tmp/cas-bench"))
-    ap.add_argument("--sets", default="linux,big")
+    ap.add_argument("--sets", default="linux,big,edits,many")
     ap.add_argument("--tools", default="cas,restic,borg")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat-many", type=int, default=1)
     ap.add_argument("--work", type=Path, default=Path("/tmp/cas-bench-work"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tools = [TOOLS[t] for t in args.tools.split(",")]
-    rows = []
-    versions = {}
+    res: dict[str, dict[str, dict[str, object]]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    versions = {t.name: t(args.work / "v").version() for t in tools}
     for name in args.sets.split(","):
-        data = args.data / name
-        if not data.is_dir():
-            raise SystemExit(f"{data} missing: run ../shared/bench/datasets.sh {args.data} {name}")
-        nbytes = warm(data)
-        nfiles = sum(len(f) for _, _, f in os.walk(data))
+        parts = ["edits/linux", "edits/big", "linux", "big"] if name == "edits" else [name]
+        for part in parts:
+            if not (args.data / part).is_dir():
+                raise SystemExit(
+                    f"{args.data / part} missing: run "
+                    f"../shared/bench/datasets.sh {args.data} {name}"
+                )
+        if name == "edits":
+            (b1, f1), (b2, f2) = (dataset_size(args.data / p) for p in parts[:2])
+            sizes[name] = (b1 + b2, f1 + f2)
+            for p in parts[2:]:
+                warm(args.data / p)
+        else:
+            sizes[name] = dataset_size(args.data / name)
+        repeat = args.repeat_many if name == "many" else args.repeat
         for t in tools:
             print(f"{name}: {t.name}", file=sys.stderr)
-            versions[t.name] = t(args.work / "v").version()
-            r = bench_one(t, data, args.work, args.repeat)
-            for op in ("backup", "rebackup", "restore", "check --read-data"):
-                m = r[op]
-                assert isinstance(m, Measure)
-                rows.append(
-                    (
-                        name,
-                        t.name,
-                        op,
-                        m.seconds,
-                        nbytes / m.seconds / 1e6,
-                        nfiles / m.seconds,
-                        m.rss_mib,
-                        r["repo_bytes"],
-                    )
-                )
-    lines = [
-        f"Benchmarks run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
-        f"Python {platform.python_version()}; median of {args.repeat} run(s), warm page cache.",
-        "",
-        "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
-        "",
-        "| dataset | tool | operation | time (s) | MB/s | files/s | peak RSS (MiB) | repo (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for ds, tool, op, secs, mbs, fps, rss, repo in rows:
-        assert isinstance(repo, int)
-        lines.append(
-            f"| {ds} | {tool} | {op} | {secs:.1f} | {mbs:.0f} | {fps:.0f} | "
-            f"{rss:.0f} | {repo / 2**20:.0f} |"
-        )
-    text = "\n".join(lines) + "\n"
+            res.setdefault(name, {})[t.name] = bench_one(t, name, args.data, args.work, repeat)
+    text = report(res, sizes, versions, args)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("# Benchmarks\n\nGenerated by `tools/bench.py`.\n\n" + text)
+        raw = {
+            ds: {
+                tool: {k: (v.__dict__ if isinstance(v, Measure) else v) for k, v in r.items()}
+                for tool, r in tools_r.items()
+            }
+            for ds, tools_r in res.items()
+        }
+        args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def report(
+    res: dict[str, dict[str, dict[str, object]]],
+    sizes: dict[str, tuple[int, int]],
+    versions: dict[str, str],
+    args: argparse.Namespace,
+) -> str:
+    lines = [
+        f"Benchmarks run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
+        f"Python {platform.python_version()}; median of {args.repeat} run(s) "
+        f"({args.repeat_many} for `many`), warm page cache, each tool at its defaults.",
+        "",
+        "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
+        "",
+        "| dataset | tool | operation | time (s) | runs (s) | MB/s | files/s | peak RSS (MiB) "
+        "| repo (MiB) | added (MiB) |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for ds, by_tool in res.items():
+        nbytes, nfiles = sizes[ds]
+        for tool, r in by_tool.items():
+            repo = r.get("repo_bytes", 0)
+            added = r.get("added_bytes")
+            assert isinstance(repo, int)
+            for op in OPS[ds]:
+                m = r[op]
+                assert isinstance(m, Measure)
+                each = " ".join(f"{x:.1f}" for x in r[op + " runs"])  # type: ignore[attr-defined]
+                lines.append(
+                    f"| {ds} | {tool} | {op} | {m.seconds:.1f} | {each} | "
+                    f"{nbytes / m.seconds / 1e6:.0f} | {nfiles / m.seconds:.0f} | "
+                    f"{m.rss_mib:.0f} | {repo / 2**20:.0f} | "
+                    + (f"{added / 2**20:.1f} |" if isinstance(added, int) else "|")
+                )
+    tgt = targets(res)
+    if tgt:
+        lines += [
+            "",
+            "Targets of issue #7 (cas's median against the limit the others set):",
+            "",
+            *tgt,
+        ]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

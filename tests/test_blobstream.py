@@ -1,0 +1,135 @@
+"""BlobStream: planned blobs come back exact, in few requests, within a budget, errors per blob."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cas import layout
+from cas.backend.memory import MemoryBackend
+from cas.blobstream import BlobStream
+from cas.crypto import BlobType
+from cas.errors import CasError
+from cas.repository import Repository
+from tests.support.repos import new_repo
+
+
+def small_blobs(repo: Repository, n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        data = rnd.randbytes(rnd.randrange(100, 20_000)) + b"%d" % i
+        bid, _ = repo.save_blob(BlobType.DATA, data)
+        out.append((bid, data))
+    repo.flush()
+    return out
+
+
+@pytest.fixture
+def repo() -> Repository:
+    return new_repo(MemoryBackend(), pack_size=1 << 20)
+
+
+def test_small_blobs_in_plan_order_come_back_exact_in_few_requests(repo: Repository) -> None:
+    blobs = small_blobs(repo, 400)
+    packs = {repo.locate(b).pack_id for b, _ in blobs}
+    stream = BlobStream(repo, threads=3)
+    stream.plan((b, len(d)) for b, d in blobs)
+    for b, d in blobs:
+        assert stream.get(b, len(d)) == d
+    stream.close()
+    # Neighbours in a pack share a request (1 MiB packs, 8 MiB requests): about one per pack.
+    assert len(packs) <= stream.requests <= 2 * len(packs)
+
+
+def test_repeated_and_unplanned_blobs(repo: Repository) -> None:
+    blobs = small_blobs(repo, 30)
+    stream = BlobStream(repo, threads=2)
+    order = [blobs[0], blobs[1], blobs[0], blobs[2], blobs[1]]
+    stream.plan((b, len(d)) for b, d in order)
+    for b, d in order:
+        assert stream.get(b, len(d)) == d
+    b, d = blobs[20]  # never planned: loaded alone
+    assert stream.get(b, len(d)) == d
+    stream.close()
+
+
+def test_discarded_blobs_are_not_kept(repo: Repository) -> None:
+    blobs = small_blobs(repo, 50)
+    stream = BlobStream(repo, threads=2, budget=1)
+    stream.plan((b, len(d)) for b, d in blobs)
+    stream.discard((b, len(d)) for b, d in blobs[10:40])
+    for b, d in blobs[:10] + blobs[40:]:
+        assert stream.get(b, len(d)) == d
+    assert not stream._ahead and not stream._uses
+    stream.close()
+
+
+def test_budget_bounds_what_is_loaded_ahead(repo: Repository) -> None:
+    blobs = small_blobs(repo, 200)
+    budget = 50_000
+    stream = BlobStream(repo, threads=2, budget=budget, max_request=40_000)
+    stream.plan((b, len(d)) for b, d in blobs)
+    for b, d in blobs:
+        # At most the budget plus one request's worth is ever ahead of the consumer.
+        assert stream._ahead_bytes <= budget + 40_000 + 20_100
+        assert stream.get(b, len(d)) == d
+    stream.close()
+
+
+def test_damage_costs_only_the_blobs_it_touches(repo: Repository) -> None:
+    blobs = small_blobs(repo, 60)
+    backend = repo.backend
+    victim = blobs[30][0]
+    loc = repo.locate(victim)
+    name = layout.pack_name(loc.pack_id)
+    raw = bytearray(backend.read(name))
+    raw[loc.offset + loc.length // 2] ^= 1
+    backend.delete(name)
+    backend.write(name, bytes(raw))
+    stream = BlobStream(repo, threads=2)
+    stream.plan((b, len(d)) for b, d in blobs)
+    for b, d in blobs:
+        if b == victim:
+            with pytest.raises(CasError):
+                stream.get(b, len(d))
+        else:
+            assert stream.get(b, len(d)) == d
+    stream.close()
+
+
+def test_truncated_pack_falls_back_to_single_reads(repo: Repository) -> None:
+    blobs = small_blobs(repo, 60)
+    backend = repo.backend
+    first = repo.locate(blobs[0][0])
+    name = layout.pack_name(first.pack_id)
+    raw = backend.read(name)
+    cut = first.offset + first.length + 10  # the first blob survives, the rest of the pack not
+    backend.delete(name)
+    backend.write(name, raw[:cut])
+    stream = BlobStream(repo, threads=2)
+    stream.plan((b, len(d)) for b, d in blobs)
+    ok = 0
+    for b, d in blobs:
+        if repo.locate(b).pack_id == first.pack_id and b != blobs[0][0]:
+            with pytest.raises(CasError):
+                stream.get(b, len(d))
+        else:
+            assert stream.get(b, len(d)) == d
+            ok += 1
+    stream.close()
+    assert ok >= 1
+
+
+def test_unknown_blob_raises_for_that_blob_only(repo: Repository) -> None:
+    blobs = small_blobs(repo, 5)
+    unknown = bytes(32)
+    stream = BlobStream(repo, threads=2)
+    plan = [(blobs[0][0], len(blobs[0][1])), (unknown, 10), (blobs[1][0], len(blobs[1][1]))]
+    stream.plan(plan)
+    assert stream.get(*plan[0]) == blobs[0][1]
+    with pytest.raises(CasError):
+        stream.get(unknown, 10)
+    assert stream.get(*plan[2]) == blobs[1][1]
+    stream.close()
