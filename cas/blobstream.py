@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from .crypto import BlobType
 from .errors import CasError
@@ -32,6 +32,7 @@ MAX_REQUEST = 8 << 20
 BUDGET = 32 << 20
 
 
+@runtime_checkable
 class PackReader(Protocol):
     """What a blob stream needs from a repository."""
 

@@ -19,13 +19,12 @@ import errno
 import os
 import shutil
 import stat
-from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import posixmeta
+from .blobstream import BlobStream, PackReader
 from .crypto import BlobType
 from .errors import CasError
 from .format.tree import Node, decode_tree
@@ -34,9 +33,6 @@ from .protocols import BlobReader, Digest
 
 SPARSE_BLOCK = 4096
 PREFETCH_THREADS = 4
-PREFETCH_FILES = 16  # look this many entries ahead in the current directory
-PREFETCH_BYTES = 64 << 20
-PREFETCH_MIN = 256 << 10
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -134,10 +130,16 @@ class Restorer:
         self._links: dict[tuple[int, int], bytes] = {}
         self._dirs_done: list[tuple[bytes, Node]] = []
         self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._ahead: OrderedDict[bytes, Future[bytes]] = OrderedDict()
-        self._ahead_bytes = 0
-        self._pool: ThreadPoolExecutor | None = None
+        # Data blobs are loaded ahead through a BlobStream when the repository
+        # can read pack ranges: the files of a directory, planned together,
+        # cost a few ranged reads on worker threads instead of one read each.
+        self._stream = (
+            BlobStream(repo, self.connections)
+            if isinstance(repo, PackReader) and not self.opts.dry_run
+            else None
+        )
+        self._planned: set[int] = set()  # id() of file nodes whose blobs are planned
+        self._taken = 0  # blobs of the current file taken from the stream
 
     # -- walking ------------------------------------------------------------
 
@@ -202,8 +204,8 @@ class Restorer:
             return child
         if not selected:
             return None
-        if node.type == "file" and not self.opts.dry_run:
-            self._prefetch(node, d.todo)
+        planned = node.type == "file" and self._plan(d, node)
+        self._taken = 0
         try:
             self._make_dir(d)
             self._restore_leaf(path, node)
@@ -215,7 +217,35 @@ class Restorer:
             # Damaged, missing or unreadable data (a lost pack, a storage error
             # after retries): this file is named as not restored, the rest go on.
             self._fail(path, str(e))
+        finally:
+            if planned and self._stream is not None:
+                # Skipped (identical, a hardlink) or failed part-way: not needed.
+                pairs = list(zip(node.content, node.sizes, strict=True))
+                self._stream.discard(pairs[self._taken :])
         return None
+
+    def _plan(self, d: _Dir, node: Node) -> bool:
+        """Plan the blobs of ``node`` and of the files right after it (up to the next
+        directory, which is restored in between); whether ``node``'s are planned."""
+        if self._stream is None:
+            return False
+        if id(node) in self._planned:
+            self._planned.discard(id(node))
+            return True
+        run = [node]
+        for n in reversed(d.todo):
+            if n.type == "dir":
+                break
+            snap_path = d.snap_path + b"/" + n.name
+            if n.type != "file" or self.opts.excludes.matches(snap_path):
+                continue
+            if d.selected or self.opts.includes.matches(snap_path):
+                run.append(n)
+                self._planned.add(id(n))
+        self._stream.plan(
+            (b, size) for n in run for b, size in zip(n.content, n.sizes, strict=True)
+        )
+        return True
 
     def _os_failure(self, path: bytes, e: OSError) -> None:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -322,48 +352,16 @@ class Restorer:
             os.close(fd)
         return h.digest()
 
-    def _prefetch(self, node: Node, todo: list[Node]) -> None:
-        """Start loading this file's blobs and those of the files after it, within a budget.
-
-        Loads run on PREFETCH_THREADS threads (decryption releases the GIL; on
-        S3 each is a request in flight), so the writing thread rarely waits.
-        """
-        upcoming = [node, *(n for n in reversed(todo[-PREFETCH_FILES:]) if n.type == "file")]
-        for n in upcoming:
-            for blob_id, size in zip(n.content, n.sizes, strict=True):
-                if size < PREFETCH_MIN or blob_id in self._ahead or blob_id in self._cache:
-                    continue  # a small blob costs less to load than to hand to a thread
-                if self._ahead_bytes + size > PREFETCH_BYTES and self._ahead:
-                    return
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.connections, "cas-restore")
-                self._ahead[blob_id] = self._pool.submit(
-                    self.repo.load_blob, BlobType.DATA, blob_id, size
-                )
-                self._ahead_bytes += size
-
     def close(self) -> None:
-        """Stop the prefetch threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the loading threads."""
+        if self._stream is not None:
+            self._stream.close()
 
     def _blob(self, blob_id: bytes, size: int) -> bytes:
-        data = self._cache.get(blob_id)
-        if data is None and blob_id in self._ahead:
-            self._ahead_bytes -= size
-            data = self._ahead.pop(blob_id).result()
-            self._cache[blob_id] = data
-            if len(self._cache) > 4:
-                self._cache.popitem(last=False)
-        elif data is None:
-            data = self.repo.load_blob(BlobType.DATA, blob_id, size)
-            self._cache[blob_id] = data
-            if len(self._cache) > 4:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(blob_id)
-        return data
+        if self._stream is None:
+            return self.repo.load_blob(BlobType.DATA, blob_id, size)
+        self._taken += 1  # taken even if loading it fails: the stream let go of it
+        return self._stream.get(blob_id, size)
 
     def _write_file(self, path: bytes, node: Node) -> None:
         head, _, name = path.rpartition(b"/")

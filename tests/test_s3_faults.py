@@ -231,7 +231,9 @@ def test_backup_and_restore_through_ten_percent_faults(s3_any: S3Target, tmp_pat
     assert summary["retries"] == network.injected.total() == len(clock.delays)
     requests = sum(summary[kind] for kind in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
     random_faults = network.injected.total() - len(EVERY_KIND_ONCE)
-    assert requests > 80
+    # Restore reads each pack's needed blobs in one ranged GET (cas/blobstream.py),
+    # so most of the traffic is the backup's; enough for 10% to inject several faults.
+    assert requests > 45, requests
     assert 2 <= random_faults <= 0.25 * requests
     assert all(0 <= d <= 30 for d in clock.delays)
     # A clean backend agrees: the repository is whole.
