@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from pathlib import Path
 
 from cas import compress
+from tests.support.cli import run_cas
 
 
 def flag(payload: bytes) -> int:
@@ -46,3 +49,29 @@ def test_level_none_stores_everything() -> None:
     data = bytes(1 << 20)
     assert flag(compress.encode_payload(data, None)) == compress.STORED
     assert flag(compress.encode_payload(memoryview(data), None)) == compress.STORED
+
+
+def test_backup_compression_option(tmp_path: Path) -> None:
+    """--compression changes how much is stored, never what comes back."""
+    src = tmp_path / "src"
+    src.mkdir()
+    text = b"".join(b"line %d of a very repetitive log file\n" % i for i in range(60_000))
+    (src / "log.txt").write_bytes(text)
+    (src / "noise.bin").write_bytes(os.urandom(300_000))
+    stored = {}
+    for mode in ("off", "fastest", "auto", "max", "7"):
+        repo = ["-r", str(tmp_path / f"repo-{mode}")]
+        assert run_cas(*repo, "init").code == 0
+        r = run_cas(*repo, "--json", "backup", "--compression", mode, src)
+        assert r.code == 0, r.err
+        stored[mode] = json.loads(r.out)["summary"]["data_added_stored"]
+        out = tmp_path / f"out-{mode}"
+        assert run_cas(*repo, "restore", "latest", "--target", out).code == 0
+        for f in src.iterdir():
+            assert (out / str(f).lstrip("/")).read_bytes() == f.read_bytes()
+    raw = len(text) + 300_000
+    assert stored["off"] > raw  # stored as is, plus sealing overhead
+    for mode in ("fastest", "auto", "max", "7"):
+        assert stored[mode] < raw - len(text) // 2, mode  # the text shrank, the noise did not
+    bad = run_cas("-r", str(tmp_path / "repo-off"), "backup", "--compression", "23", src)
+    assert bad.code == 2 and "--compression" in bad.err and "Traceback" not in bad.err

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, compress
 from ..archiver import Archiver, BackupOptions, Reporter, stdin_node
 from ..backend import find_layer, storage_class
 from ..backend.accounting import AccountingBackend, PriceTable
@@ -103,6 +103,13 @@ class _Progress(Reporter):
     help="Snapshot to compare with (default: the latest with the same host and paths).",
 )
 @click.option("--force", is_flag=True, help="Read every file, even unchanged ones.")
+@click.option(
+    "--compression",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|fastest|max|1..22",
+    help="zstd level for new blobs: auto is 3 with incompressible blobs stored as they are.",
+)
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @pass_globals
 def backup(
@@ -122,10 +129,12 @@ def backup(
     host: str | None,
     parent: str | None,
     force: bool,
+    compression: str,
     dry_run: bool,
 ) -> None:
     """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
     out = Output(g)
+    level = compression_level(compression)
     if use_stdin == bool(paths):
         raise UsageError("give PATHs to back up, or --stdin (not both)")
     if use_stdin and ("/" in stdin_filename or not stdin_filename):
@@ -146,6 +155,7 @@ def backup(
         force,
     )
     repo = g.open()
+    repo.compression_level = level
     hostname = host or socket.gethostname()
     snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
     with g.locked(repo, exclusive=False, command="backup"):
@@ -193,6 +203,18 @@ def backup(
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
+
+
+COMPRESSION_NAMES = {"auto": compress.DEFAULT_LEVEL, "off": None, "fastest": 1, "max": 19}
+
+
+def compression_level(name: str) -> int | None:
+    """The zstd level a ``--compression`` value names (None: store as is)."""
+    if name in COMPRESSION_NAMES:
+        return COMPRESSION_NAMES[name]
+    if name.isdigit() and 1 <= int(name) <= 22:
+        return int(name)
+    raise UsageError(f"--compression {name!r}: use auto, off, fastest, max or a level 1..22")
 
 
 def _options(
