@@ -1,7 +1,9 @@
 """Backup: turn source paths into tree blobs, data blobs and a snapshot.
 
 The walk is iterative (an explicit stack of open directories), so trees
-thousands of levels deep need no recursion.  A directory's tree blob is
+thousands of levels deep need no recursion; every entry is reached by its
+name inside its directory's open descriptor (``fstatat``, ``openat``), so
+paths longer than PATH_MAX are no obstacle (cas/dirfd.py).  A directory's tree blob is
 written when its last entry is done; identical trees deduplicate like data.
 With a parent snapshot, a file whose size, mtime, ctime and inode are
 unchanged reuses the parent's content list without being read.  Each file
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import posixmeta
+from . import dirfd, posixmeta
 from .crypto import BlobType
+from .errors import CasError
 from .format.tree import Node, decode_tree, encode_tree
 from .patterns import PatternSet
 from .protocols import BlobWriter, Chunks
@@ -85,6 +88,7 @@ class _Frame:
     """A directory being backed up: its own node, entries left to do, nodes done."""
 
     path: bytes
+    fd: int  # the open directory (-1: it could not be opened, nothing to visit)
     node: Node | None  # None for the synthetic root
     todo: list[bytes]  # names left, in reverse order (pop() gives the next)
     select: dict[bytes, Any] | None  # for synthetic ancestors: which children to visit
@@ -118,6 +122,10 @@ def _fmt(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TAG_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # CACHEDIR.TAG may be a symlink
+
+
 class Archiver:
     """Backs up paths into a repository through the narrow BlobWriter interface."""
 
@@ -135,24 +143,35 @@ class Archiver:
         self.summary = BackupSummary()
         self.names = posixmeta.NameCache()
         self._hardlinks: dict[tuple[int, int], Node] = {}
-        self._noatime = True
+        self._opener: dirfd.Opener | None = None  # made by backup(): it raises the fd limit
 
     # -- the walk -----------------------------------------------------------
 
     def backup(self, paths: list[bytes], parent_tree: bytes | None) -> bytes:
         """Back up absolute ``paths``; returns the root tree ID."""
+        if self._opener is None:
+            self._opener = dirfd.Opener()
         select: dict[bytes, Any] | None = _path_tree(paths)
+        try:
+            root_fd = self._opener.open_dir(b"/")
+        except OSError as e:
+            raise CasError(f"cannot open /: {dirfd.reason(e)}") from None
         device = -1
         if any(not p.strip(b"/") for p in paths):  # "/" itself: everything
             select = None
-            names = self._list_dir(b"/")
+            try:
+                names = [os.fsencode(e) for e in os.listdir(root_fd)]
+            except OSError as e:
+                self._opener.close_dir(root_fd)
+                raise CasError(f"cannot list /: {dirfd.reason(e)}") from None
             if self.opts.one_file_system:
-                device = os.lstat(b"/").st_dev
+                device = os.fstat(root_fd).st_dev
         else:
             assert select is not None
             names = list(select)
         root = _Frame(
             b"",
+            root_fd,
             None,
             sorted(names, reverse=True),
             select,
@@ -162,20 +181,26 @@ class Archiver:
         )
         stack = [root]
         root_tree = b""
-        while stack:
-            frame = stack[-1]
-            if frame.todo:
-                child = self._visit(frame, frame.todo.pop())
-                if child is not None:
-                    stack.append(child)
-                continue
-            stack.pop()
-            tree_id = self._save_tree(frame)
-            if frame.node is None:
-                root_tree = tree_id
-            else:
-                frame.node.subtree = tree_id
-                stack[-1].nodes.append(frame.node)
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.todo:
+                    child = self._visit(frame, frame.todo.pop())
+                    if child is not None:
+                        stack.append(child)
+                    continue
+                stack.pop()
+                self._opener.close_dir(frame.fd)
+                frame.fd = -1
+                tree_id = self._save_tree(frame)
+                if frame.node is None:
+                    root_tree = tree_id
+                else:
+                    frame.node.subtree = tree_id
+                    stack[-1].nodes.append(frame.node)
+        finally:
+            for frame in stack:
+                self._opener.close_dir(frame.fd)
         return root_tree
 
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
@@ -193,42 +218,28 @@ class Archiver:
         if sel is FULL and self._excluded(path):
             return None
         try:
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=frame.fd)
         except OSError as e:
-            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
             return None
         parent = frame.parent_nodes.get(name)
-        if sel is FULL and stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            return self._visit_dir(frame, name, path, st, parent, sel)
+        if sel is not FULL:
+            self._warn(f"{_fmt(path)}: not a directory; skipped")
+            return None
+        if stat.S_ISREG(st.st_mode):
             self._visit_file(frame, name, path, st, parent)
             return None
-        is_dir = stat.S_ISDIR(st.st_mode)
         try:
-            # A directory's flags are read through the descriptor that lists it.
             node, warnings = posixmeta.node_from_stat(
-                name, st, path=path, names=self.names, read_flags=not is_dir
+                name, st, path=path, names=self.names, dir_fd=frame.fd
             )
         except OSError as e:  # a symlink that vanished or changed since lstat
-            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
             return None
         for w in warnings:
             self._warn(w)
-        if sel is not FULL:
-            if not stat.S_ISDIR(st.st_mode):
-                self._warn(f"{_fmt(path)}: not a directory; skipped")
-                return None
-            assert isinstance(sel, dict)
-            # A directory above the backed-up paths (/, /home, ...): anyone listing
-            # it moves its atime, which would make every snapshot's root tree new.
-            # Its atime is recorded as its mtime (spec §11.2).
-            node.atime_ns = node.mtime_ns
-            return self._open_dir(path, node, parent, st, select=sel)
-        if is_dir:
-            if self.opts.one_file_system and frame.device not in (-1, st.st_dev):
-                self._read_dir(path, node, st, listing=False)
-                frame.nodes.append(node)  # keep the mount point itself, empty
-                node.subtree = self._save_empty_tree()
-                return None
-            return self._open_dir(path, node, parent, st, select=None, root_dev=frame.device)
         self.summary.other_entries += 1
         frame.nodes.append(node)
         return None
@@ -253,12 +264,13 @@ class Archiver:
             self.summary.files_unchanged += 1
             frame.nodes.append(node)
             return
-        # One descriptor serves the inode flags and the content, so a file that
-        # cannot be opened costs exactly one warning.
+        # One descriptor serves the xattrs, the inode flags and the content, so a
+        # file that cannot be opened costs exactly one warning.
+        assert self._opener is not None
         try:
-            fd = self._open_source(path)
+            fd = self._opener.open(name, _FILE_FLAGS, frame.fd)
         except OSError as e:
-            self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
             return
         try:
             opened = os.fstat(fd)
@@ -266,7 +278,7 @@ class Archiver:
                 self._warn(f"{_fmt(path)}: replaced while it was backed up; skipped")
                 return
             node, warnings = posixmeta.node_from_stat(
-                name, st, path=path, names=self.names, read_flags=False
+                name, st, path=path, names=self.names, read_flags=False, fd=fd
             )
             try:
                 node.flags = posixmeta.fd_flags(fd)
@@ -282,84 +294,111 @@ class Archiver:
             self._hardlinks[key] = node
         frame.nodes.append(node)
 
-    def _open_dir(
+    def _visit_dir(
         self,
+        frame: _Frame,
+        name: bytes,
         path: bytes,
-        node: Node,
-        parent: Node | None,
         st: os.stat_result,
-        *,
-        select: dict[bytes, Any] | None,
-        root_dev: int = -1,
-    ) -> _Frame:
-        parent_subtree = parent.subtree if parent is not None and parent.type == "dir" else None
-        device = st.st_dev if root_dev == -1 or select is not None else root_dev
-        if select is not None:
-            self._read_dir(path, node, st, listing=False)
-            todo = sorted(select, reverse=True)
-            return _Frame(
-                path, node, todo, select, self._parent_nodes(parent_subtree), parent_subtree, -1
-            )
-        names = self._read_dir(path, node, st, listing=True)
-        if self._skip_contents(path, names):
-            names = []
-        if not self.opts.one_file_system:
-            device = -1
-        return _Frame(
-            path,
-            node,
-            sorted(names, reverse=True),
-            None,
-            self._parent_nodes(parent_subtree),
-            parent_subtree,
-            device,
-        )
+        parent: Node | None,
+        sel: Any,
+    ) -> _Frame | None:
+        """Open the directory ``name``, read its node and (unless excluded) its names.
 
-    def _read_dir(
-        self, path: bytes, node: Node, st: os.stat_result, *, listing: bool
-    ) -> list[bytes]:
-        """Read the directory's inode flags into ``node`` and, if ``listing``, its names.
-
-        One descriptor serves both, so an unreadable directory costs one warning.
+        One descriptor serves the xattrs, the inode flags, the listing and every
+        entry below, so an unreadable directory costs one warning.
         """
+        assert self._opener is not None
+        fd, failure = -1, None
         try:
-            fd = self._open_dir_fd(path)
+            fd = self._opener.open_dir(name, frame.fd)
         except OSError as e:
-            if listing:
-                self._warn(f"{_fmt(path)}: cannot read directory: {e.strerror}; saved empty")
-            else:
-                self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
-            return []
-        try:
+            if e.errno == errno.ENOENT:  # gone since it was listed
+                self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+                return None
+            failure = e
+        if fd >= 0:
             opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
-                self._warn(f"{_fmt(path)}: replaced while it was backed up; saved empty")
-                return []
-            try:
-                node.flags = posixmeta.fd_flags(fd)
-            except OSError as e:
-                self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
-            if not listing:
-                return []
+            if (opened.st_ino, opened.st_dev) != (st.st_ino, st.st_dev):
+                self._opener.close_dir(fd)
+                fd, failure = -1, OSError(errno.ESTALE, "replaced while it was backed up")
+        kept = False  # whether the new frame holds fd
+        try:
+            node, warnings = posixmeta.node_from_stat(
+                name,
+                st,
+                path=path,
+                names=self.names,
+                read_flags=False,
+                fd=None if fd < 0 else fd,
+                dir_fd=frame.fd,
+            )
+            for w in warnings:
+                self._warn(w)
+            if fd >= 0:
+                try:
+                    node.flags = posixmeta.fd_flags(fd)
+                except OSError as e:
+                    self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            parent_subtree = parent.subtree if parent is not None and parent.type == "dir" else None
+            if sel is not FULL:
+                frame_fd = self._ancestor(fd, failure, name, path, frame.fd)
+                if frame_fd < 0:
+                    return None
+                kept = True
+                # A directory above the backed-up paths (/, /home, ...): anyone listing
+                # it moves its atime, which would make every snapshot's root tree new.
+                # Its atime is recorded as its mtime (spec §11.2).
+                node.atime_ns = node.mtime_ns
+                todo = sorted(sel, reverse=True)
+                subtree_nodes = self._parent_nodes(parent_subtree)
+                return _Frame(path, frame_fd, node, todo, sel, subtree_nodes, parent_subtree, -1)
+            if self.opts.one_file_system and frame.device not in (-1, st.st_dev):
+                frame.nodes.append(node)  # keep the mount point itself, empty
+                node.subtree = self._save_empty_tree()
+                return None
+            names = self._list(fd, failure, path)
+            if names and self._skip_contents(fd, names):
+                names = []
+            device = st.st_dev if self.opts.one_file_system else -1
+            kept = True
+            return _Frame(
+                path,
+                fd,
+                node,
+                sorted(names, reverse=True),
+                None,
+                self._parent_nodes(parent_subtree),
+                parent_subtree,
+                device,
+            )
+        finally:
+            if not kept:
+                self._opener.close_dir(fd)
+
+    def _ancestor(
+        self, fd: int, failure: OSError | None, name: bytes, path: bytes, dir_fd: int
+    ) -> int:
+        """A descriptor to walk through a directory above the backed-up paths, or -1."""
+        if fd >= 0:
+            return fd
+        assert self._opener is not None and failure is not None
+        self._warn(f"could not read inode flags of {_fmt(path)}: {dirfd.reason(failure)}")
+        try:  # searching it needs no read permission
+            return self._opener.open_dir(name, dir_fd, search_only=True)
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
+            return -1
+
+    def _list(self, fd: int, failure: OSError | None, path: bytes) -> list[bytes]:
+        if fd >= 0:
             try:
                 return [os.fsencode(e) for e in os.listdir(fd)]
             except OSError as e:
-                self._warn(f"{_fmt(path)}: cannot read directory: {e.strerror}; saved empty")
-                return []
-        finally:
-            os.close(fd)
-
-    def _open_dir_fd(self, path: bytes) -> int:
-        # O_NOATIME: listing must not change the directory's atime, or every
-        # backup would record (and store) new trees for nothing.
-        return self._open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-    def _list_dir(self, path: bytes) -> list[bytes]:
-        fd = self._open_dir_fd(path)
-        try:
-            return [os.fsencode(e) for e in os.listdir(fd)]
-        finally:
-            os.close(fd)
+                failure = e
+        assert failure is not None
+        self._warn(f"{_fmt(path)}: cannot read directory: {dirfd.reason(failure)}; saved empty")
+        return []
 
     def _save_empty_tree(self) -> bytes:
         tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree([]))
@@ -385,17 +424,24 @@ class Archiver:
     def _excluded(self, path: bytes) -> bool:
         return self.opts.excludes.matches(path) or self.opts.iexcludes.matches(path)
 
-    def _skip_contents(self, path: bytes, names: list[bytes]) -> bool:
+    def _skip_contents(self, dir_fd: int, names: list[bytes]) -> bool:
+        if not self.opts.exclude_if_present and not self.opts.exclude_caches:
+            return False
         present = set(names)
         for marker in self.opts.exclude_if_present:
             if marker in present:
                 return True
         if self.opts.exclude_caches and CACHEDIR_TAG in present:
             try:
-                with open(path + b"/" + CACHEDIR_TAG, "rb") as f:
-                    return f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+                fd = os.open(CACHEDIR_TAG, _TAG_FLAGS, dir_fd=dir_fd)
             except OSError:
                 return False
+            try:
+                return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
         return False
 
     # -- files --------------------------------------------------------------
@@ -431,20 +477,6 @@ class Archiver:
         # A blob the parent used may have been pruned or lost since: then read again.
         return same and all(self.repo.has_blob(b) for b in parent.content)
 
-    def _open_source(self, path: bytes) -> int:
-        return self._open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-
-    def _open_noatime(self, path: bytes, flags: int) -> int:
-        """Open without updating atime where the kernel allows it (owner or root)."""
-        if self._noatime:
-            try:
-                return os.open(path, flags | os.O_NOATIME)
-            except PermissionError as e:
-                if e.errno != errno.EPERM:
-                    raise
-                self._noatime = False  # not the owner and not root: atime may change
-        return os.open(path, flags)
-
     def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
         self.report.file_started(path, st.st_size)
         reader = SourceReader(fd, st)
@@ -463,7 +495,11 @@ class Archiver:
             st.st_mtime_ns,
             st.st_ctime_ns,
         ) or total != st.st_size:
-            # Keep the times seen before reading, so the next run reads it again.
+            # The node keeps the times seen before reading and the size read (so
+            # the content list agrees with it).  A change within one tick of the
+            # kernel's clock leaves the times as they were, so the ctime is
+            # recorded as 0, which no file has: the next run reads it again.
+            node.ctime_ns = 0
             self._warn(f"{_fmt(path)}: file changed while it was read; saved as read")
         return True
 

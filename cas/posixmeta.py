@@ -36,6 +36,7 @@ import stat
 import struct
 import uuid
 
+from .dirfd import proc_path
 from .errors import FormatError
 from .format.tree import Node
 
@@ -250,6 +251,8 @@ def node_from_stat(
     names: NameCache,
     read_xattrs: bool = True,
     read_flags: bool = True,
+    fd: int | None = None,
+    dir_fd: int | None = None,
 ) -> tuple[Node, list[str]]:
     """The node for the entry ``name`` whose ``lstat`` is ``st`` and whose full path is ``path``.
 
@@ -257,6 +260,10 @@ def node_from_stat(
     could not be read.  An ``OSError`` from ``readlink`` propagates: the
     symlink changed or vanished since ``lstat``, which the caller handles like
     any vanished entry.  A file type Linux does not have raises ``ValueError``.
+
+    With ``fd`` (the entry, open) or ``dir_fd`` (its directory, open) the
+    entry is read through them and ``path`` only names it in warnings, so it
+    may be longer than PATH_MAX.
     """
     fmt = stat.S_IFMT(st.st_mode)
     try:
@@ -282,20 +289,31 @@ def node_from_stat(
     if kind == "file":
         node.size = st.st_size
     elif kind == "symlink":
-        node.target = os.readlink(path)
+        node.target = os.readlink(path) if dir_fd is None else os.readlink(name, dir_fd=dir_fd)
         node.size = len(node.target)
     elif kind in ("chardev", "blockdev"):
         node.rdev = st.st_rdev
     if read_xattrs:
-        node.xattrs = _read_xattrs(path, warnings)
+        if fd is not None:
+            node.xattrs = _read_xattrs(fd, path, warnings)
+        else:
+            node.xattrs = _read_xattrs(
+                path if dir_fd is None else proc_path(dir_fd, name), path, warnings
+            )
     if read_flags and kind in ("file", "dir"):
-        node.flags = _read_flags(path, st, warnings)
+        if dir_fd is None:
+            node.flags = _read_flags(path, st, warnings)
+        else:
+            node.flags = _read_flags(name, st, warnings, dir_fd=dir_fd, shown=path)
     return node, warnings
 
 
-def _read_xattrs(path: bytes, warnings: list[str]) -> list[tuple[bytes, bytes]]:
+def _read_xattrs(where: bytes | int, path: bytes, warnings: list[str]) -> list[tuple[bytes, bytes]]:
+    """The xattrs of ``where`` (a path, not followed if a symlink, or an open descriptor)."""
+    # A descriptor cannot be combined with follow_symlinks.
+    follow = {} if isinstance(where, int) else {"follow_symlinks": False}
     try:
-        attr_names = os.listxattr(path, follow_symlinks=False)
+        attr_names = os.listxattr(where, **follow)
     except OSError as err:
         if err.errno not in _NO_XATTRS:
             warnings.append(f"could not list extended attributes of {_show(path)}: {_reason(err)}")
@@ -303,7 +321,7 @@ def _read_xattrs(path: bytes, warnings: list[str]) -> list[tuple[bytes, bytes]]:
     result: list[tuple[bytes, bytes]] = []
     for attr in sorted(os.fsencode(a) for a in attr_names):
         try:
-            value = os.getxattr(path, attr, follow_symlinks=False)
+            value = os.getxattr(where, attr, **follow)
         except OSError as err:
             if err.errno != errno.ENODATA:  # removed since listxattr: not an error
                 warnings.append(
@@ -315,20 +333,28 @@ def _read_xattrs(path: bytes, warnings: list[str]) -> list[tuple[bytes, bytes]]:
     return result
 
 
-def _read_flags(path: bytes, st: os.stat_result, warnings: list[str]) -> int:
+def _read_flags(
+    path: bytes,
+    st: os.stat_result,
+    warnings: list[str],
+    *,
+    dir_fd: int | None = None,
+    shown: bytes | None = None,
+) -> int:
+    shown = path if shown is None else shown
     try:
-        fd = _open_for_flags(path)
+        fd = _open_for_flags(path, dir_fd)
     except OSError as err:
-        warnings.append(f"could not read inode flags of {_show(path)}: {_reason(err)}")
+        warnings.append(f"could not read inode flags of {_show(shown)}: {_reason(err)}")
         return 0
     try:
         now = os.fstat(fd)
         if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-            warnings.append(f"could not read inode flags of {_show(path)}: replaced during backup")
+            warnings.append(f"could not read inode flags of {_show(shown)}: replaced during backup")
             return 0
         return _ioctl_get_flags(fd)
     except OSError as err:
-        warnings.append(f"could not read inode flags of {_show(path)}: {_reason(err)}")
+        warnings.append(f"could not read inode flags of {_show(shown)}: {_reason(err)}")
         return 0
     finally:
         os.close(fd)
@@ -337,9 +363,10 @@ def _read_flags(path: bytes, st: os.stat_result, warnings: list[str]) -> int:
 # -- inode flags ---------------------------------------------------------------
 
 
-def _open_for_flags(path: bytes) -> int:
+def _open_for_flags(path: bytes, dir_fd: int | None = None) -> int:
     # O_NONBLOCK: never hang on a leased file; O_NOFOLLOW: flags of this inode only.
-    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
+    return os.open(path, flags, dir_fd=dir_fd)
 
 
 def _ioctl_get_flags(fd: int) -> int:
@@ -364,26 +391,27 @@ def fd_flags(fd: int) -> int:
     return _ioctl_get_flags(fd)
 
 
-def get_flags(path: bytes) -> int:
+def get_flags(path: bytes, *, dir_fd: int | None = None) -> int:
     """The Linux inode flags of the file or directory ``path`` (not following symlinks).
 
     Returns 0 where the filesystem does not support flags; raises ``OSError``
-    when ``path`` cannot be opened.
+    when ``path`` cannot be opened.  ``path`` is relative to ``dir_fd`` if given.
     """
-    fd = _open_for_flags(path)
+    fd = _open_for_flags(path, dir_fd)
     try:
         return _ioctl_get_flags(fd)
     finally:
         os.close(fd)
 
 
-def set_flags(path: bytes, flags: int) -> None:
+def set_flags(path: bytes, flags: int, *, dir_fd: int | None = None) -> None:
     """Set the Linux inode flags of the file or directory ``path`` to exactly ``flags``.
 
     Raises ``OSError``, e.g. ENOTTY/EOPNOTSUPP where the filesystem lacks flags
-    and EPERM for immutable/append-only without CAP_LINUX_IMMUTABLE.
+    and EPERM for immutable/append-only without CAP_LINUX_IMMUTABLE.  ``path``
+    is relative to ``dir_fd`` if given.
     """
-    fd = _open_for_flags(path)
+    fd = _open_for_flags(path, dir_fd)
     try:
         fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("I", flags & 0xFFFFFFFF))
     finally:
@@ -393,54 +421,55 @@ def set_flags(path: bytes, flags: int) -> None:
 # -- restore side --------------------------------------------------------------
 
 
-def create_special(path: bytes, node: Node) -> None:
+def create_special(path: bytes, node: Node, *, dir_fd: int | None = None) -> None:
     """Create the fifo, device, socket or symlink that ``node`` describes at ``path``.
 
     The new entry gets a private mode; :func:`apply_metadata` sets the real
     one.  Raises ``OSError`` (``FileExistsError`` when ``path`` exists, EPERM
     for devices without CAP_MKNOD), ``FormatError`` for a symlink node without
     a target and ``ValueError`` for files and directories, which the restorer
-    creates itself.
+    creates itself.  ``path`` is relative to ``dir_fd`` if given.
     """
     if node.type == "symlink":
         if node.target is None:
             raise FormatError(what="tree node", detail=f"symlink {_show(node.name)} has no target")
-        os.symlink(node.target, path)
+        os.symlink(node.target, path, dir_fd=dir_fd)
     elif node.type == "fifo":
-        os.mkfifo(path, 0o600)
+        os.mkfifo(path, 0o600, dir_fd=dir_fd)
     elif node.type == "chardev":
-        os.mknod(path, stat.S_IFCHR | 0o600, node.rdev)
+        os.mknod(path, stat.S_IFCHR | 0o600, node.rdev, dir_fd=dir_fd)
     elif node.type == "blockdev":
-        os.mknod(path, stat.S_IFBLK | 0o600, node.rdev)
+        os.mknod(path, stat.S_IFBLK | 0o600, node.rdev, dir_fd=dir_fd)
     elif node.type == "socket":
-        _create_socket(path)
+        if dir_fd is not None:
+            _create_socket_at(dir_fd, path)
+        elif len(path) <= _SUN_PATH_MAX:
+            _bind(path)
+        else:
+            parent, base = os.path.split(path)
+            parent_fd = os.open(parent or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _create_socket_at(parent_fd, base)
+            finally:
+                os.close(parent_fd)
     else:
         raise ValueError(f"create_special cannot create a {node.type!r}")
 
 
-def _create_socket(path: bytes) -> None:
-    """Leave a socket inode at ``path``, as ``bind`` does, whatever the path's length.
+def _create_socket_at(dir_fd: int, name: bytes) -> None:
+    """Leave a socket inode at ``name`` in ``dir_fd``, as ``bind`` does, however deep.
 
-    A short path is bound directly.  A long one (sun_path holds 107 bytes) is
-    bound under a short temporary name in the parent reached through
-    ``/proc/self/fd/N``, then hard-linked to its real name and the temporary
-    name removed.  No ``chdir``, so other threads are unaffected; ``link``
-    fails when ``path`` exists, as ``mkfifo`` would.
+    sun_path holds 107 bytes, so the socket is bound under a short temporary
+    name reached through ``/proc/self/fd/N``, then hard-linked to its real
+    name and the temporary name removed.  No ``chdir``, so other threads are
+    unaffected; ``link`` fails when ``name`` exists, as ``mkfifo`` would.
     """
-    if len(path) <= _SUN_PATH_MAX:
-        _bind(path)
-        return
-    parent, base = os.path.split(path)
-    dir_fd = os.open(parent or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    temp = b".cas-sock-" + uuid.uuid4().hex[:12].encode()
+    _bind(proc_path(dir_fd, temp))
     try:
-        temp = b".cas-sock-" + uuid.uuid4().hex[:12].encode()
-        _bind(b"/proc/self/fd/%d/%s" % (dir_fd, temp))
-        try:
-            os.link(temp, base, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        finally:
-            os.unlink(temp, dir_fd=dir_fd)
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     finally:
-        os.close(dir_fd)
+        os.unlink(temp, dir_fd=dir_fd)
 
 
 def _bind(address: bytes) -> None:
@@ -461,6 +490,8 @@ def apply_metadata(
     numeric_owner: bool = False,
     is_root: bool,
     restore_flags: bool = True,
+    dir_fd: int | None = None,
+    shown: bytes | None = None,
 ) -> list[str]:
     """Apply ``node``'s owner, xattrs, mode, times and flags to ``path``; return warnings.
 
@@ -470,26 +501,48 @@ def apply_metadata(
     the directory immutable or append-only and it sets its mtime.  Access ACLs
     present on ``path`` but not in ``node`` (inherited from a default ACL) are
     removed, so the restored permissions are the recorded ones.
+
+    With ``dir_fd``, ``path`` is a name inside that open directory and
+    ``shown`` (its full path, which may exceed PATH_MAX) names it in warnings.
     """
+    at = _At(path, dir_fd, path if shown is None else shown)
     warnings: list[str] = []
-    _apply_owner(path, node, names, numeric_owner, is_root, warnings)
-    _apply_xattrs(path, node, warnings)
+    _apply_owner(at, node, names, numeric_owner, is_root, warnings)
+    _apply_xattrs(at, node, warnings)
     if node.type != "symlink":  # Linux has no lchmod; a symlink's mode means nothing
         try:
-            os.chmod(path, stat.S_IMODE(node.mode))
+            os.chmod(path, stat.S_IMODE(node.mode), dir_fd=dir_fd)
         except OSError as err:
-            warnings.append(f"could not restore mode of {_show(path)}: {_reason(err)}")
+            warnings.append(f"could not restore mode of {_show(at.shown)}: {_reason(err)}")
     try:
-        os.utime(path, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+        os.utime(path, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
     except OSError as err:
-        warnings.append(f"could not restore times of {_show(path)}: {_reason(err)}")
+        warnings.append(f"could not restore times of {_show(at.shown)}: {_reason(err)}")
     if restore_flags and node.type in ("file", "dir"):
-        _apply_flags(path, node.flags, warnings)
+        _apply_flags(at, node.flags, warnings)
     return warnings
 
 
+class _At:
+    """An entry to change: ``path`` relative to ``dir_fd`` (or the cwd), named ``shown``."""
+
+    def __init__(self, path: bytes, dir_fd: int | None, shown: bytes) -> None:
+        self.path, self.dir_fd, self.shown = path, dir_fd, shown
+        # xattr calls take no dir_fd: reach the entry through /proc instead.
+        self.xattr_path = path if dir_fd is None else proc_path(dir_fd, path)
+
+    def lstat(self) -> os.stat_result:
+        return os.lstat(self.path, dir_fd=self.dir_fd)
+
+    def lchown(self, uid: int, gid: int) -> None:
+        if self.dir_fd is None:
+            os.lchown(self.path, uid, gid)
+        else:
+            os.chown(self.path, uid, gid, dir_fd=self.dir_fd, follow_symlinks=False)
+
+
 def _apply_owner(
-    path: bytes,
+    at: _At,
     node: Node,
     names: NameCache,
     numeric_owner: bool,
@@ -506,42 +559,42 @@ def _apply_owner(
         # An unprivileged chown can at most hand a file to one of our own
         # groups; skip it when there is nothing to change.
         try:
-            st = os.lstat(path)
+            st = at.lstat()
         except OSError as err:
-            warnings.append(f"could not restore owner of {_show(path)}: {_reason(err)}")
+            warnings.append(f"could not restore owner of {_show(at.shown)}: {_reason(err)}")
             return
         if (st.st_uid, st.st_gid) == (uid, gid):
             return
     try:
-        os.lchown(path, uid, gid)
+        at.lchown(uid, gid)
         return
     except OSError as err:
         first_error = err
     if not is_root and first_error.errno == errno.EPERM:
         try:  # at least the group, if it is one of ours
-            os.lchown(path, -1, gid)
+            at.lchown(-1, gid)
         except OSError:
             pass
         else:
-            warnings.append(f"could not restore owner of {_show(path)}: only its group")
+            warnings.append(f"could not restore owner of {_show(at.shown)}: only its group")
             return
-    warnings.append(f"could not restore owner of {_show(path)}: {_reason(first_error)}")
+    warnings.append(f"could not restore owner of {_show(at.shown)}: {_reason(first_error)}")
 
 
 def _first(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def _apply_xattrs(path: bytes, node: Node, warnings: list[str]) -> None:
+def _apply_xattrs(at: _At, node: Node, warnings: list[str]) -> None:
     wanted = {k for k, _ in node.xattrs}
     if ACL_ACCESS not in wanted or ACL_DEFAULT not in wanted:
-        _remove_inherited_acls(path, wanted)
+        _remove_inherited_acls(at.xattr_path, wanted)
     for attr, value in node.xattrs:
         try:
-            os.setxattr(path, attr, value, follow_symlinks=False)
+            os.setxattr(at.xattr_path, attr, value, follow_symlinks=False)
         except OSError as err:
             warnings.append(
-                f"could not restore extended attribute {_show(attr)} of {_show(path)}: "
+                f"could not restore extended attribute {_show(attr)} of {_show(at.shown)}: "
                 f"{_reason(err)}"
             )
 
@@ -559,11 +612,11 @@ def _remove_inherited_acls(path: bytes, wanted: set[bytes]) -> None:
                 os.removexattr(path, attr, follow_symlinks=False)
 
 
-def _apply_flags(path: bytes, flags: int, warnings: list[str]) -> None:
+def _apply_flags(at: _At, flags: int, warnings: list[str]) -> None:
     try:
-        current = get_flags(path)
+        current = get_flags(at.path, dir_fd=at.dir_fd)
         wanted = (current & ~RESTORABLE_FLAGS) | (flags & RESTORABLE_FLAGS)
         if wanted != current:
-            set_flags(path, wanted)
+            set_flags(at.path, wanted, dir_fd=at.dir_fd)
     except OSError as err:
-        warnings.append(f"could not restore inode flags of {_show(path)}: {_reason(err)}")
+        warnings.append(f"could not restore inode flags of {_show(at.shown)}: {_reason(err)}")

@@ -4,8 +4,12 @@ Files are written to a temporary name beside their destination and renamed
 into place only when complete, so an interrupted or failed restore never
 leaves a partial file under a real name.  Every all-zero 4 KiB block at an
 aligned file offset is left as a hole, so sparse files come back sparse.
-Directory metadata (times, then flags such as immutable) is applied after
-the directory's contents, deepest first.  Hardlinked entries of any type are
+Every entry is created and changed by its name inside its directory's open
+descriptor (``mkdirat``, ``openat``, ``renameat``, ...), never through a
+path: trees deeper than PATH_MAX restore, and a symlink planted in the
+target is replaced, never followed (cas/dirfd.py).  Directory metadata
+(times, then flags such as immutable) is applied when the directory's
+contents are done, so deepest first.  Hardlinked entries of any type are
 recreated as hardlinks; an immutable or append-only inode with more names
 gets its flags at the end, since nothing can be linked to it after.  An
 existing entry that is immutable or append-only is unlocked before it is
@@ -23,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import posixmeta
+from . import dirfd, posixmeta
 from .blobstream import BlobStream, PackReader
 from .crypto import BlobType
 from .errors import CasError
@@ -102,6 +106,7 @@ class _Dir:
     parent: _Dir | None
     selected: bool  # wholly selected by include patterns (or no includes given)
     created: bool = False
+    fd: int = -1  # the directory, open once created (or, with --dry-run, if it exists)
     names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
 
     def __post_init__(self) -> None:
@@ -128,7 +133,7 @@ class Restorer:
         self.names = posixmeta.NameCache()
         self.is_root = os.geteuid() == 0
         self._links: dict[tuple[int, int], bytes] = {}
-        self._dirs_done: list[tuple[bytes, Node]] = []
+        self._opener: dirfd.Opener | None = None  # made by restore(): it raises the fd limit
         self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
         # Data blobs are loaded ahead through a BlobStream when the repository
         # can read pack ranges: the files of a directory, planned together,
@@ -146,6 +151,7 @@ class Restorer:
     def restore(self, tree_id: bytes, target: bytes, snap_path: bytes = b"") -> RestoreSummary:
         """Restore the entries of tree ``tree_id`` into directory ``target``."""
         target = target.rstrip(b"/") or b"/"
+        opener = self._opener = self._opener or dirfd.Opener()
         if not self.opts.dry_run:
             _check_target(target)
         root = _Dir(
@@ -157,25 +163,42 @@ class Restorer:
             selected=not self.opts.includes,
             created=True,
         )
+        try:
+            # The target itself may be reached through symlinks: it is the user's choice.
+            root.fd = opener.open_dir(target)
+        except OSError as e:
+            if not self.opts.dry_run:
+                raise RestoreAborted(f"cannot open {_fmt(target)}: {dirfd.reason(e)}") from None
         stack = [root]
         try:
             while stack:
                 d = stack[-1]
                 if not d.todo:
                     stack.pop()
-                    if d.created and self.opts.delete:
-                        self._delete_extras(d)
-                    if d.node is not None and d.created:
-                        self._dirs_done.append((d.target, d.node))
+                    self._dir_done(d)
                     continue
                 node = d.todo.pop()
                 child = self._entry(d, node)
                 if child is not None:
                     stack.append(child)
         finally:
+            for d in stack:
+                opener.close_dir(d.fd)
             self.close()
-        self._finish_dirs()
+        self._finish_flags()
         return self.summary
+
+    def _dir_done(self, d: _Dir) -> None:
+        """Everything below ``d`` is restored: remove extras, apply its metadata, close it."""
+        assert self._opener is not None
+        try:
+            if d.created and self.opts.delete:
+                self._delete_extras(d)
+            if d.node is not None and d.created and d.parent is not None and not self.opts.dry_run:
+                self._apply(d.parent.fd, d.node.name, d.target, d.node)
+        finally:
+            self._opener.close_dir(d.fd)
+            d.fd = -1
 
     def _load_tree(self, tree_id: bytes) -> list[Node]:
         nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
@@ -208,7 +231,7 @@ class Restorer:
         self._taken = 0
         try:
             self._make_dir(d)
-            self._restore_leaf(path, node)
+            self._restore_leaf(d.fd, path, node)
         except OSError as e:
             self._os_failure(path, e)
         except RestoreAborted:
@@ -250,55 +273,68 @@ class Restorer:
     def _os_failure(self, path: bytes, e: OSError) -> None:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise RestoreAborted(f"{_fmt(path)}: {e.strerror}") from None
-        self._fail(path, e.strerror or str(e))
+        self._fail(path, dirfd.reason(e))
 
     def _make_dir(self, d: _Dir) -> None:
-        """Create ``d`` and any ancestors not yet created (lazily, for --include)."""
+        """Create ``d`` and any ancestors not yet created (lazily, for --include).
+
+        It is opened without following a symlink, and what is in its place
+        (a planted symlink too) is removed first, so nothing restored below
+        it can land outside the target.
+        """
         if d.created:
             return
-        if d.parent is not None:
-            self._make_dir(d.parent)
+        assert d.parent is not None and d.node is not None and self._opener is not None
+        self._make_dir(d.parent)
+        parent_fd, name = d.parent.fd, d.node.name
+        if self.opts.dry_run:
+            with contextlib.suppress(OSError):  # to compare with what is there
+                d.fd = self._opener.open_dir(name, parent_fd) if parent_fd >= 0 else -1
+        else:
+            try:
+                st = os.lstat(name, dir_fd=parent_fd)
+            except FileNotFoundError:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            else:
+                if stat.S_ISDIR(st.st_mode):
+                    _unlock(parent_fd, name)  # its flags come back with the rest of its metadata
+                else:
+                    self._clear(parent_fd, name)
+                    os.mkdir(name, 0o700, dir_fd=parent_fd)
+            d.fd = self._opener.open_dir(name, parent_fd)
         d.created = True
         self.summary.dirs += 1
         self.report.action("dir", d.target)
-        if self.opts.dry_run:
-            return
-        try:
-            st = os.lstat(d.target)
-        except FileNotFoundError:
-            os.mkdir(d.target, 0o700)
-            return
-        if stat.S_ISDIR(st.st_mode):
-            _unlock(d.target)  # its flags come back with the rest of its metadata
-        else:
-            self._clear(d.target)
-            os.mkdir(d.target, 0o700)
 
     # -- leaves -------------------------------------------------------------
 
-    def _restore_leaf(self, path: bytes, node: Node) -> None:
+    def _restore_leaf(self, dir_fd: int, path: bytes, node: Node) -> None:
+        """Restore the non-directory ``node`` as ``node.name`` in ``dir_fd`` (shown as ``path``)."""
+        name = node.name
         key = (node.device, node.inode)
         if node.links > 1 and key in self._links:
             self.summary.hardlinks += 1
             self.report.action("hardlink", path)
             if not self.opts.dry_run:
-                self._clear(path)
-                os.link(self._links[key], path, follow_symlinks=False)
+                self._clear(dir_fd, name)
+                # The first name is reached by its path: beyond PATH_MAX this fails
+                # (ENAMETOOLONG), naming the file.
+                os.link(self._links[key], name, dst_dir_fd=dir_fd, follow_symlinks=False)
             return
         if node.type == "file":
-            if self._identical(path, node):
+            if self._identical(dir_fd, name, node):
                 self.summary.files_unchanged += 1
                 self.report.action("unchanged", path)
                 if self.opts.verify:
                     self.summary.verified += 1  # just hashed and compared
                 if not self.opts.dry_run:
-                    _unlock(path)
+                    _unlock(dir_fd, name)
             else:
                 self.report.action("file", path)
                 if not self.opts.dry_run:
-                    self._write_file(path, node)
+                    self._write_file(dir_fd, name, node)
                     if self.opts.verify:
-                        self._verify(path, node)
+                        self._verify(dir_fd, path, node)
                 self.summary.files_restored += 1
         else:
             self.report.action(node.type, path)
@@ -307,44 +343,48 @@ class Restorer:
             else:
                 self.summary.special += 1
             if not self.opts.dry_run:
-                self._clear(path)
-                posixmeta.create_special(path, node)
+                self._clear(dir_fd, name)
+                posixmeta.create_special(name, node, dir_fd=dir_fd)
         if not self.opts.dry_run:
             # A hardlink cannot be made to an immutable or append-only inode.
             later = node.links > 1 and bool(node.flags & _LOCKING_FLAGS)
-            self._apply(path, node, restore_flags=not later)
+            self._apply(dir_fd, name, path, node, restore_flags=not later)
             if later:
                 self._flags_later.append((path, node))
         if node.links > 1:
             self._links[key] = path
 
-    def _clear(self, path: bytes) -> None:
+    def _clear(self, dir_fd: int, name: bytes) -> None:
+        """Remove what is at ``name`` in ``dir_fd`` (a directory only with --delete)."""
         try:
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
             if not self.opts.delete:
                 raise OSError(errno.EISDIR, "a directory is in the way (use --delete)")
-            _remove_tree(path)
+            _remove_tree(dir_fd, name)
         else:
-            _unlock(path)
-            os.unlink(path)
+            _unlock(dir_fd, name)
+            os.unlink(name, dir_fd=dir_fd)
 
-    def _identical(self, path: bytes, node: Node) -> bool:
+    def _identical(self, dir_fd: int, name: bytes, node: Node) -> bool:
+        if dir_fd < 0:  # --dry-run, and the directory does not exist yet
+            return False
         try:
-            st = os.lstat(path)
+            st = os.lstat(name, dir_fd=dir_fd)
         except OSError:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != node.size or node.digest is None:
             return False
         if st.st_nlink > 1 and node.links == 1:
             return False  # linked to another name here but not in the snapshot: rewrite
-        return self._digest_of(path) == node.digest
+        return self._digest_of(dir_fd, name) == node.digest
 
-    def _digest_of(self, path: bytes) -> bytes:
+    def _digest_of(self, dir_fd: int, name: bytes) -> bytes:
+        assert self._opener is not None
         h = self.new_digest()
-        fd = _open_noatime(path)
+        fd = self._opener.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd)
         try:
             while block := os.read(fd, 4 << 20):
                 h.update(block)
@@ -363,11 +403,13 @@ class Restorer:
         self._taken += 1  # taken even if loading it fails: the stream let go of it
         return self._stream.get(blob_id, size)
 
-    def _write_file(self, path: bytes, node: Node) -> None:
-        head, _, name = path.rpartition(b"/")
-        tmp = head + b"/.cas-restore-" + os.urandom(6).hex().encode() + b"-" + name[:100]
+    def _write_file(self, dir_fd: int, name: bytes, node: Node) -> None:
+        tmp = b".cas-restore-" + os.urandom(6).hex().encode() + b"-" + name[:100]
         fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
         )
         try:
             out = SparseWriter(fd)
@@ -378,34 +420,38 @@ class Restorer:
             out.finish()
             os.close(fd)
             fd = -1
-            self._clear(path)
-            os.rename(tmp, path)
+            self._clear(dir_fd, name)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=dir_fd)
             raise
 
-    def _verify(self, path: bytes, node: Node) -> None:
-        if self._digest_of(path) != node.digest:
+    def _verify(self, dir_fd: int, path: bytes, node: Node) -> None:
+        if self._digest_of(dir_fd, node.name) != node.digest:
             self._fail(path, "content differs from the snapshot after writing")
         else:
             self.summary.verified += 1
 
-    def _apply(self, path: bytes, node: Node, *, restore_flags: bool = True) -> None:
+    def _apply(
+        self, dir_fd: int, name: bytes, path: bytes, node: Node, *, restore_flags: bool = True
+    ) -> None:
         for w in posixmeta.apply_metadata(
-            path,
+            name,
             node,
             names=self.names,
             numeric_owner=self.opts.numeric_owner,
             is_root=self.is_root,
             restore_flags=restore_flags,
+            dir_fd=dir_fd,
+            shown=path,
         ):
             self._warn(w)
 
-    def _finish_dirs(self) -> None:
-        """Inode flags held back for hardlinks, then directories deepest first."""
+    def _finish_flags(self) -> None:
+        """Inode flags held back for hardlinks (reached by path: the directories are closed)."""
         if self.opts.dry_run:
             return
         for path, node in self._flags_later:
@@ -418,16 +464,17 @@ class Restorer:
                     posixmeta.set_flags(path, wanted)
             except OSError as e:
                 self._warn(f"could not restore inode flags of {_fmt(path)}: {e.strerror}")
-        for path, node in reversed(self._dirs_done):
-            self._apply(path, node)
 
     def _delete_extras(self, d: _Dir) -> None:
         """Remove what is in a restored directory but not in its snapshot tree."""
-        try:
-            present = os.listdir(d.target)
-        except OSError:
+        if d.fd < 0:
             return  # with --dry-run the directory may not exist yet
-        for name in present:
+        try:
+            present = os.listdir(d.fd)
+        except OSError:
+            return
+        for entry in present:
+            name = os.fsencode(entry)
             if name in d.names or name.startswith(b".cas-restore-"):
                 continue
             path = d.target + b"/" + name
@@ -435,11 +482,7 @@ class Restorer:
             self.report.action("delete", path)
             if not self.opts.dry_run:
                 try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        _remove_tree(path)
-                    else:
-                        _unlock(path)
-                        os.unlink(path)
+                    self._clear(d.fd, name)
                 except OSError as e:
                     self._fail(path, f"could not delete: {e.strerror}")
 
@@ -534,41 +577,32 @@ def _check_target(target: bytes) -> None:
         raise RestoreAborted(f"cannot write into {_fmt(target)}: {e.strerror}") from None
 
 
-def _open_noatime(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags | os.O_NOATIME)
-    except PermissionError as e:
-        if e.errno != errno.EPERM:  # EPERM: not the owner, so no O_NOATIME
-            raise
-    return os.open(path, flags)
-
-
-def _unlock(path: bytes) -> None:
+def _unlock(dir_fd: int, name: bytes) -> None:
     """Clear immutable/append-only on an existing file or directory so it can be changed."""
     try:
         # Only these carry flags; opening a device node could have side effects.
-        if not stat.S_ISREG(mode := os.lstat(path).st_mode) and not stat.S_ISDIR(mode):
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
             return
-        flags = posixmeta.get_flags(path)
+        flags = posixmeta.get_flags(name, dir_fd=dir_fd)
         if flags & _LOCKING_FLAGS:
-            posixmeta.set_flags(path, flags & ~_LOCKING_FLAGS)
+            posixmeta.set_flags(name, flags & ~_LOCKING_FLAGS, dir_fd=dir_fd)
     except OSError:
         pass  # the change that follows reports the real problem
 
 
-def _remove_tree(path: bytes) -> None:
-    """``rm -rf`` that first clears immutable/append-only flags below ``path``."""
+def _remove_tree(dir_fd: int, name: bytes) -> None:
+    """``rm -rf`` of ``name`` in ``dir_fd`` that first clears immutable/append-only flags."""
     try:
-        shutil.rmtree(path)
+        shutil.rmtree(name, dir_fd=dir_fd)
         return
     except PermissionError:
         pass
-    _unlock(path)
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            _unlock(os.path.join(top, name))
-    shutil.rmtree(path)
+    _unlock(dir_fd, name)
+    for _top, dirs, files, top_fd in os.fwalk(name, dir_fd=dir_fd):
+        for entry in dirs + files:
+            _unlock(top_fd, entry)
+    shutil.rmtree(name, dir_fd=dir_fd)
 
 
 def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[bytes, Node | None]:

@@ -7,17 +7,20 @@ permission bits, uid and gid, size, mtime, symlink target, device number,
 extended attributes and content.  Not compared: atime (reading changes it),
 ctime and inode numbers (no restore or copy can keep them), link counts.
 
-Written against the narrow BlobReader interface, like restore.
+Written against the narrow BlobReader interface, like restore.  The live
+tree is walked through directory descriptors (cas/dirfd.py), so entries
+deeper than PATH_MAX are compared like any other.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import posixmeta
+from . import dirfd, posixmeta
 from .crypto import BlobType
 from .errors import CasError
 from .format.snapshot import Snapshot
@@ -76,6 +79,15 @@ def _components(path: bytes) -> list[bytes]:
     return [c for c in path.split(b"/") if c]
 
 
+@dataclass
+class _Level:
+    """A live directory being compared: its descriptor and the snapshot entries left."""
+
+    path: bytes
+    fd: int
+    todo: list[Node] = field(default_factory=list)  # reversed: pop() gives the next
+
+
 class SourceComparer:
     """Compares the snapshot entry at an absolute path with the same path on disk."""
 
@@ -84,6 +96,7 @@ class SourceComparer:
         self.new_digest = new_digest
         self.names = posixmeta.NameCache()
         self.entries = 0  # entries compared, for the summary
+        self._opener = dirfd.Opener()
 
     def compare(self, snapshot: Snapshot, path: bytes) -> list[Difference]:
         """Every difference under ``path`` (absolute, normalised), sorted by path."""
@@ -92,14 +105,31 @@ class SourceComparer:
         parts = _components(path)
         out: list[Difference] = []
         if not parts:
-            out += self._compare_dir(b"", snapshot.tree)
+            try:
+                root = _Level(b"", self._opener.open_dir(b"/"))
+            except OSError as e:
+                return [Difference(b"/", UNREADABLE, snapshot=f"cannot list: {_reason(e)}")]
+            out += self._children(root, snapshot.tree)
+            self._walk([root], out)
         else:
             node = self._find(snapshot.tree, parts)
             if node is None:
                 if os.path.lexists(path):
                     out.append(Difference(path, MISSING_IN_SNAPSHOT, snapshot=_live_type(path)))
             else:
-                out += self._compare_entry(path, node)
+                top = b"/" + b"/".join(parts[:-1])
+                try:  # the user's path: symlinks above the entry are followed
+                    top_fd = os.open(top, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as e:
+                    kind = MISSING_IN_SOURCE if isinstance(e, FileNotFoundError) else UNREADABLE
+                    detail = node.type if kind == MISSING_IN_SOURCE else _reason(e)
+                    return [Difference(path, kind, snapshot=detail)]
+                try:
+                    child = self._compare_one(top_fd, path, node, out)
+                finally:
+                    os.close(top_fd)
+                if child is not None:
+                    self._walk([child], out)
         out.sort(key=lambda d: (d.path, _ORDER[d.kind], d.field or ""))
         return out
 
@@ -118,82 +148,106 @@ class SourceComparer:
                 tree_id = node.subtree
         return node
 
-    def _compare_entry(self, path: bytes, node: Node) -> list[Difference]:
-        """Iterative walk: the entry, then (for directories) everything below it."""
-        out: list[Difference] = []
-        todo: list[tuple[bytes, Node]] = [(path, node)]
-        while todo:
-            p, n = todo.pop()
-            out += self._compare_one(p, n, todo)
-        return out
+    def _walk(self, stack: list[_Level], out: list[Difference]) -> None:
+        """Iterative depth-first walk: each directory stays open while its entries are compared."""
+        try:
+            while stack:
+                level = stack[-1]
+                if not level.todo:
+                    self._opener.close_dir(stack.pop().fd)
+                    continue
+                node = level.todo.pop()
+                child = self._compare_one(level.fd, level.path + b"/" + node.name, node, out)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for level in stack:
+                self._opener.close_dir(level.fd)
 
     def _compare_one(
-        self, path: bytes, node: Node, todo: list[tuple[bytes, Node]]
-    ) -> list[Difference]:
+        self, dir_fd: int, path: bytes, node: Node, out: list[Difference]
+    ) -> _Level | None:
+        """Compare ``node`` with ``node.name`` in ``dir_fd``; a directory to go into, or None."""
         self.entries += 1
+        name = node.name
         try:
-            st = os.lstat(path)
-            live, warnings = posixmeta.node_from_stat(
-                node.name, st, path=path, names=self.names, read_flags=False
-            )
+            st = os.lstat(name, dir_fd=dir_fd)
         except FileNotFoundError:
-            return [Difference(path, MISSING_IN_SOURCE, snapshot=node.type)]
-        except (OSError, ValueError) as e:
-            return [Difference(path, UNREADABLE, snapshot=_reason(e))]
-        out = [Difference(path, UNREADABLE, snapshot=w) for w in warnings]
-        out += _metadata(path, node, live)
-        if node.type != live.type:
-            return out
-        if node.type == "file" and node.size == live.size and node.digest is not None:
-            out += self._content(path, node.digest)
-        elif node.type == "dir" and node.subtree is not None:
-            out += self._children(path, node.subtree, todo)
-        return out
-
-    def _compare_dir(self, path: bytes, tree_id: bytes) -> list[Difference]:
-        todo: list[tuple[bytes, Node]] = []
-        out = self._children(path, tree_id, todo)
-        while todo:
-            p, n = todo.pop()
-            out += self._compare_one(p, n, todo)
-        return out
-
-    def _children(
-        self, path: bytes, tree_id: bytes, todo: list[tuple[bytes, Node]]
-    ) -> list[Difference]:
-        shown = path or b"/"
-        try:
-            live_names = set(os.listdir(shown))
+            out.append(Difference(path, MISSING_IN_SOURCE, snapshot=node.type))
+            return None
         except OSError as e:
+            out.append(Difference(path, UNREADABLE, snapshot=_reason(e)))
+            return None
+        level, failure = None, None
+        if node.type == "dir" and stat.S_ISDIR(st.st_mode):
+            try:
+                level = _Level(path, self._opener.open_dir(name, dir_fd))
+            except OSError as e:
+                level, failure = _Level(path, -1), e
+        try:
+            live, warnings = posixmeta.node_from_stat(
+                name,
+                st,
+                path=path,
+                names=self.names,
+                read_flags=False,
+                fd=level.fd if level is not None and level.fd >= 0 else None,
+                dir_fd=dir_fd,
+            )
+        except (OSError, ValueError) as e:
+            if level is not None:
+                self._opener.close_dir(level.fd)
+            out.append(Difference(path, UNREADABLE, snapshot=_reason(e)))
+            return None
+        out += [Difference(path, UNREADABLE, snapshot=w) for w in warnings]
+        out += _metadata(path, node, live)
+        if level is None:
+            if node.type == live.type == "file" and node.size == live.size and node.digest:
+                out += self._content(dir_fd, name, path, node.digest)
+            return None
+        if failure is not None:
+            out.append(Difference(path, UNREADABLE, snapshot=f"cannot list: {_reason(failure)}"))
+            return None
+        if node.subtree is None:
+            self._opener.close_dir(level.fd)
+            return None
+        out += self._children(level, node.subtree)
+        return level
+
+    def _children(self, level: _Level, tree_id: bytes) -> list[Difference]:
+        """Entries missing on either side; those on both go into ``level.todo``."""
+        try:
+            live_names = {os.fsencode(n) for n in os.listdir(level.fd)}
+        except OSError as e:
+            shown = level.path or b"/"
             return [Difference(shown, UNREADABLE, snapshot=f"cannot list: {_reason(e)}")]
         out: list[Difference] = []
         nodes = self._tree(tree_id)
         for n in reversed(nodes):  # todo.pop() then visits them in name order
             if n.name in live_names:
-                todo.append((path + b"/" + n.name, n))
+                level.todo.append(n)
             else:
                 self.entries += 1
-                out.append(Difference(path + b"/" + n.name, MISSING_IN_SOURCE, snapshot=n.type))
+                path = level.path + b"/" + n.name
+                out.append(Difference(path, MISSING_IN_SOURCE, snapshot=n.type))
         for name in sorted(live_names - {n.name for n in nodes}):
-            p = path + b"/" + name
-            out.append(Difference(p, MISSING_IN_SNAPSHOT, snapshot=_live_type(p)))
+            kind = _live_type(name, level.fd)
+            out.append(Difference(level.path + b"/" + name, MISSING_IN_SNAPSHOT, snapshot=kind))
         return out
 
-    def _content(self, path: bytes, digest: bytes) -> list[Difference]:
+    def _content(self, dir_fd: int, name: bytes, path: bytes, digest: bytes) -> list[Difference]:
         try:
-            live = self._digest_of(path)
+            live = self._digest_of(dir_fd, name)
         except OSError as e:
             return [Difference(path, UNREADABLE, snapshot=f"cannot read: {_reason(e)}")]
         if live == digest:
             return []
         return [Difference(path, CHANGED, "content", digest.hex(), live.hex())]
 
-    def _digest_of(self, path: bytes) -> bytes:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-        try:
-            fd = os.open(path, flags | os.O_NOATIME)  # comparing must not change atimes
-        except PermissionError:
-            fd = os.open(path, flags)
+    def _digest_of(self, dir_fd: int, name: bytes) -> bytes:
+        # O_NOATIME: comparing must not change atimes.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = self._opener.open(name, flags, dir_fd)
         h = self.new_digest()
         with os.fdopen(fd, "rb", buffering=0) as f:
             while block := f.read(_READ_BLOCK):
@@ -232,9 +286,9 @@ def _metadata(path: bytes, snap: Node, live: Node) -> Iterator[Difference]:
             )
 
 
-def _live_type(path: bytes) -> str:
+def _live_type(path: bytes, dir_fd: int | None = None) -> str:
     try:
-        mode = os.lstat(path).st_mode
+        mode = os.lstat(path, dir_fd=dir_fd).st_mode
     except OSError:
         return "unknown"
     return posixmeta.type_name(mode)

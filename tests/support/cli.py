@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,18 +40,32 @@ def run_cas(
     env: dict[str, str] | None = None,
     input: bytes | None = None,
     cwd: str | Path | None = None,
+    nofile: int | None = None,
+    prelude: str | None = None,
 ) -> Result:
-    """Run ``python -m cas ARGS`` with a clean, test-friendly environment."""
+    """Run ``python -m cas ARGS`` with a clean, test-friendly environment.
+
+    ``nofile`` sets the open-file limit (soft and hard) of the process;
+    ``prelude`` is Python code run in it before the command (to patch a
+    call and make a race happen at a chosen step).
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
     full_env.update(TEST_ENV)
     if password is not None:
         full_env["CAS_PASSWORD"] = password
     full_env.update(env or {})
+    start = ["-m", "cas"]
+    if prelude is not None:
+        start = ["-c", f"{prelude}\nimport runpy\nrunpy.run_module('cas', run_name='__main__')"]
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     proc = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "cas",
+            *start,
             *[os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args],
         ],
         env=full_env,
@@ -58,6 +73,7 @@ def run_cas(
         capture_output=True,
         cwd=cwd,
         timeout=600,
+        preexec_fn=limit if nofile is not None else None,
     )
     return Result(
         proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")

@@ -6,7 +6,9 @@ xattrs, POSIX ACLs, inode flags and holes (ext4, xfs, btrfs); it raises
 ``OSError`` where the environment lacks one of them, so callers can skip.
 
 :func:`compare_trees` reads both trees with ``os``, ``stat`` and one ioctl
-only, so a bug in cas's own metadata code cannot hide itself.  Files and
+only, so a bug in cas's own metadata code cannot hide itself.  It walks both
+through directory descriptors (``fstatat``, ``openat``), so trees deeper than
+PATH_MAX compare like any other.  Files and
 directories are read through ``O_NOATIME`` descriptors, so comparing does not
 change the access times it compares.  ``readlink`` has no such way out, so
 symlinks get an access time in the near future, which ``relatime`` leaves
@@ -119,18 +121,18 @@ _DEFAULT_ACL = _acl(
 _FILE_CAPS = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
 
-def _open(path: bytes, flags: int) -> int:
+def _open(path: bytes, flags: int, dir_fd: int | None = None) -> int:
     """``os.open`` with O_NOATIME, without it where we may not (not the owner, not root)."""
     try:
-        return os.open(path, flags | os.O_NOATIME)
+        return os.open(path, flags | os.O_NOATIME, dir_fd=dir_fd)
     except PermissionError as e:
         if e.errno != errno.EPERM:
             raise
-    return os.open(path, flags)
+    return os.open(path, flags, dir_fd=dir_fd)
 
 
-def _get_flags(path: bytes) -> int:
-    fd = _open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+def _get_flags(path: bytes, dir_fd: int | None = None) -> int:
+    fd = _open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd)
     try:
         raw = fcntl.ioctl(fd, FS_IOC_GETFLAGS, struct.pack("i", 0))
     finally:
@@ -378,6 +380,89 @@ def build_full_tree(root: Path) -> None:
         _set_flags(path, _get_flags(path) | flags)
 
 
+def build_deep_tree(root: Path | bytes, depth: int) -> list[bytes]:
+    """``root``/d/d/.../d, ``depth`` directories below ``root``, made with ``*at()`` calls.
+
+    The deepest directory holds a file ``bottom``, a fifo and a symlink
+    ``up`` -> ``../..``; the one halfway down a file ``middle``.  Full paths
+    reach ``len(root) + 2 * depth`` bytes, beyond PATH_MAX for a depth of
+    2,048 and more.  Returns the relative paths of the two files.
+    """
+    times = _Times()
+    fd = os.open(_b(root), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(1, depth + 1):
+            os.mkdir(b"d", 0o755, dir_fd=fd)
+            below = os.open(b"d", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+            if level == depth // 2:
+                _write_at(fd, b"middle", b"halfway down\n")
+        _write_at(fd, b"bottom", _pattern(100_000, seed=4))
+        os.mkfifo(b"fifo", 0o640, dir_fd=fd)
+        os.symlink(b"../..", b"up", dir_fd=fd)
+        # Backup reads the link (relatime would then move a past atime): see _Times.
+        os.utime(b"up", ns=times.next(symlink=True), dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(fd)
+    deep = b"/".join([b"d"] * depth)
+    return [b"/".join([b"d"] * (depth // 2)) + b"/middle", deep + b"/bottom"]
+
+
+def _write_at(dir_fd: int, name: bytes, data: bytes) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def open_deep(root: Path | bytes, rel: bytes, flags: int = os.O_RDONLY) -> int:
+    """Open ``root``/``rel`` however long the path, one component at a time."""
+    *dirs, name = rel.split(b"/")
+    fd = os.open(_b(root), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in dirs:
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        return os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(root: Path | bytes) -> None:
+    """``rm -rf root`` for trees of any depth: no recursion, no path longer than one name.
+
+    (``shutil.rmtree`` recurses once per level, so pytest's own clean-up of old
+    temporary directories fails on a tree 4,000 levels deep.)
+    """
+    top = _b(root)
+    if not os.path.lexists(top):
+        return
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    stack = [(b"", os.open(top, flags), [os.fsencode(n) for n in os.listdir(top)])]
+    try:
+        while stack:
+            name, fd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(fd)
+                if stack:
+                    os.rmdir(name, dir_fd=stack[-1][1])
+                continue
+            entry = names.pop()
+            if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                below = os.open(entry, flags, dir_fd=fd)
+                stack.append((entry, below, [os.fsencode(n) for n in os.listdir(below)]))
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        for _, fd, _ in stack:
+            os.close(fd)
+    os.rmdir(top)
+
+
 def unlock_tree(root: Path | bytes) -> None:
     """Clear immutable and append-only flags under ``root`` (best effort), so it can be removed."""
     top = _b(root)
@@ -397,18 +482,28 @@ def unlock_tree(root: Path | bytes) -> None:
 # -- comparison ----------------------------------------------------------------
 
 
-def _list(path: bytes) -> list[bytes]:
-    fd = _open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        return sorted(os.fsencode(n) for n in os.listdir(fd))
-    finally:
-        os.close(fd)
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
-def _content_differs(a: bytes, b: bytes) -> bool:
-    fa = _open(a, os.O_RDONLY | os.O_NOFOLLOW)
+class _At:
+    """An entry of a compared tree: ``name`` in the open directory ``dir_fd``."""
+
+    def __init__(self, dir_fd: int | None, name: bytes) -> None:
+        self.dir_fd, self.name = dir_fd, name
+        # xattr calls take no dir_fd: reach the entry through /proc instead.
+        self.path = name if dir_fd is None else b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+    def lstat(self) -> os.stat_result:
+        return os.lstat(self.name, dir_fd=self.dir_fd)
+
+    def open(self, flags: int) -> int:
+        return _open(self.name, flags, self.dir_fd)
+
+
+def _content_differs(a: _At, b: _At) -> bool:
+    fa = a.open(os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        fb = _open(b, os.O_RDONLY | os.O_NOFOLLOW)
+        fb = b.open(os.O_RDONLY | os.O_NOFOLLOW)
         try:
             while True:
                 x, y = os.read(fa, 1 << 20), os.read(fb, 1 << 20)
@@ -422,11 +517,11 @@ def _content_differs(a: bytes, b: bytes) -> bool:
         os.close(fa)
 
 
-def _xattrs(path: bytes) -> dict[bytes, bytes]:
+def _xattrs(at: _At) -> dict[bytes, bytes]:
     out = {}
-    for name in os.listxattr(path, follow_symlinks=False):
+    for name in os.listxattr(at.path, follow_symlinks=False):
         key = os.fsencode(name)
-        out[key] = os.getxattr(path, key, follow_symlinks=False)
+        out[key] = os.getxattr(at.path, key, follow_symlinks=False)
     return out
 
 
@@ -448,30 +543,47 @@ def compare_trees(a: Path | bytes, b: Path | bytes) -> list[str]:
     diffs: list[str] = []
     groups_a: dict[tuple[int, int], list[bytes]] = {}
     groups_b: dict[tuple[int, int], list[bytes]] = {}
-    todo = [b""]
-    while todo:
-        rel = todo.pop()
-        pa = top_a + b"/" + rel if rel else top_a
-        pb = top_b + b"/" + rel if rel else top_b
-        try:
-            sa = os.lstat(pa)
-        except FileNotFoundError:
-            diffs.append(f"{_show(rel)}: only in {os.fsdecode(top_b)}")
-            continue
-        try:
-            sb = os.lstat(pb)
-        except FileNotFoundError:
-            diffs.append(f"{_show(rel)}: only in {os.fsdecode(top_a)}")
-            continue
-        diffs += _compare_entry(rel, pa, pb, sa, sb)
-        if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
-            continue
-        if stat.S_ISDIR(sa.st_mode):
-            names = sorted(set(_list(pa)) | set(_list(pb)), reverse=True)
-            todo += [rel + b"/" + n if rel else n for n in names]
-        else:
-            groups_a.setdefault((sa.st_dev, sa.st_ino), []).append(rel)
-            groups_b.setdefault((sb.st_dev, sb.st_ino), []).append(rel)
+    # Depth first; each directory pair stays open while its entries are compared.
+    stack: list[tuple[bytes, int, int, list[bytes]]] = []
+    entry: tuple[bytes, _At, _At] | None = (b"", _At(None, top_a), _At(None, top_b))
+    try:
+        while entry is not None or stack:
+            if entry is None:
+                rel, fd_a, fd_b, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    os.close(fd_a)
+                    os.close(fd_b)
+                    continue
+                name = names.pop()
+                entry = (rel + b"/" + name if rel else name, _At(fd_a, name), _At(fd_b, name))
+            rel, at_a, at_b = entry
+            entry = None
+            try:
+                sa = at_a.lstat()
+            except FileNotFoundError:
+                diffs.append(f"{_show(rel)}: only in {os.fsdecode(top_b)}")
+                continue
+            try:
+                sb = at_b.lstat()
+            except FileNotFoundError:
+                diffs.append(f"{_show(rel)}: only in {os.fsdecode(top_a)}")
+                continue
+            diffs += _compare_entry(rel, at_a, at_b, sa, sb)
+            if stat.S_IFMT(sa.st_mode) != stat.S_IFMT(sb.st_mode):
+                continue
+            if stat.S_ISDIR(sa.st_mode):
+                fd_a = at_a.open(_DIR)
+                fd_b = at_b.open(_DIR)
+                both = {os.fsencode(n) for n in os.listdir(fd_a) + os.listdir(fd_b)}
+                stack.append((rel, fd_a, fd_b, sorted(both, reverse=True)))
+            else:
+                groups_a.setdefault((sa.st_dev, sa.st_ino), []).append(rel)
+                groups_b.setdefault((sb.st_dev, sb.st_ino), []).append(rel)
+    finally:
+        for _, fd_a, fd_b, _ in stack:
+            os.close(fd_a)
+            os.close(fd_b)
     links_a = {frozenset(g) for g in groups_a.values() if len(g) > 1}
     links_b = {frozenset(g) for g in groups_b.values() if len(g) > 1}
     for g in sorted(links_a - links_b, key=sorted):
@@ -481,9 +593,7 @@ def compare_trees(a: Path | bytes, b: Path | bytes) -> list[str]:
     return diffs
 
 
-def _compare_entry(
-    rel: bytes, pa: bytes, pb: bytes, sa: os.stat_result, sb: os.stat_result
-) -> list[str]:
+def _compare_entry(rel: bytes, a: _At, b: _At, sa: os.stat_result, sb: os.stat_result) -> list[str]:
     out: list[str] = []
 
     def check(what: str, x: object, y: object) -> None:
@@ -505,10 +615,11 @@ def _compare_entry(
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         check("rdev", sa.st_rdev, sb.st_rdev)
     if stat.S_ISLNK(mode):
-        check("target", os.readlink(pa), os.readlink(pb))
-    if stat.S_ISREG(mode) and sa.st_size == sb.st_size and _content_differs(pa, pb):
+        check("target", os.readlink(a.name, dir_fd=a.dir_fd), os.readlink(b.name, dir_fd=b.dir_fd))
+    if stat.S_ISREG(mode) and sa.st_size == sb.st_size and _content_differs(a, b):
         out.append(f"{_show(rel)}: content differs")
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        check("flags", hex(_get_flags(pa) & USER_FLAGS), hex(_get_flags(pb) & USER_FLAGS))
-    check("xattrs", _xattrs(pa), _xattrs(pb))
+        flags_a, flags_b = _get_flags(a.name, a.dir_fd), _get_flags(b.name, b.dir_fd)
+        check("flags", hex(flags_a & USER_FLAGS), hex(flags_b & USER_FLAGS))
+    check("xattrs", _xattrs(a), _xattrs(b))
     return out

@@ -1,0 +1,361 @@
+"""Source and target trouble (issue 8, item 4), on real files.
+
+Trees deeper than PATH_MAX, files that vanish, grow, shrink or are replaced
+between listing, ``lstat`` and ``open``, symlink loops, and symlinks planted
+in a restore target.  Races are made deterministic by acting at the exact
+call (tests/support/races.py), never by timing.  Trees are compared by
+tests/support/trees.py, which walks them through directory descriptors and
+does not use cas.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas.backend.memory import MemoryBackend
+from cas.repository import Repository
+from tests.support import races
+from tests.support.cli import run_cas
+from tests.support.repos import new_repo
+from tests.support.trees import build_deep_tree, compare_trees, open_deep, remove_tree
+from tests.test_archiver import backup, content, make_files, restore, walk
+from tests.test_backup_restore import landed, one_line
+
+DEPTH = 4000
+
+
+@pytest.fixture
+def repo() -> Repository:
+    store = MemoryBackend()
+    store.create()
+    return new_repo(store)
+
+
+@pytest.fixture
+def cli_repo(tmp_path: Path) -> str:
+    path = tmp_path / "repo"
+    done = run_cas("-r", path, "init")
+    assert done.code == 0, done.err
+    return str(path)
+
+
+@pytest.fixture
+def removed_afterwards(tmp_path: Path) -> Iterator[None]:
+    """Remove deep trees without recursion: pytest's clean-up of old runs cannot."""
+    yield
+    for child in tmp_path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            remove_tree(child)
+
+
+def cas_json(*args: str | Path | bytes, code: int = 0, **kw: Any) -> Any:
+    done = run_cas(*args, **kw)
+    assert done.code == code, done.err
+    assert "Traceback" not in done.err
+    return done.json()
+
+
+def b(p: Path) -> bytes:
+    return os.fsencode(p)
+
+
+def enough_descriptors(need: int) -> None:
+    """Raise this process's soft open-file limit to ``need`` or skip."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard open-file limit {hard} is below {need}")
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+# -- 1. trees 4,000 levels deep ------------------------------------------------
+
+
+def test_tree_4000_levels_deep(cli_repo: str, tmp_path: Path, removed_afterwards: None) -> None:
+    enough_descriptors(2 * DEPTH + 200)  # the comparison holds both trees open
+    src = tmp_path / "src"
+    src.mkdir()
+    _, bottom = build_deep_tree(src, DEPTH)
+    deepest = b(src) + b"/" + bottom
+    assert len(deepest) > 8000 > 4096 == os.pathconf("/", "PC_PATH_MAX")
+    with pytest.raises(OSError, match="too long"):
+        os.lstat(deepest)  # beyond PATH_MAX indeed
+
+    dirs = DEPTH + len(src.parts) - 1  # and src and the directories above it
+    first = cas_json("-r", cli_repo, "--json", "backup", src)
+    assert first["warnings"] == []
+    s = first["summary"]
+    assert (s["files_new"], s["dirs_new"], s["other_entries"]) == (2, dirs, 2)
+    assert s["bytes_read"] == 100_000 + len(b"halfway down\n")
+
+    again = cas_json("-r", cli_repo, "--json", "backup", src)
+    s = again["summary"]
+    assert again["warnings"] == [] and s["bytes_read"] == 0 and s["files_unchanged"] == 2
+    assert s["dirs_unchanged"] == dirs
+
+    check = run_cas("-r", cli_repo, "check", "--read-data")
+    assert check.code == 0, check.err + check.out
+    same = cas_json("-r", cli_repo, "--json", "check", "--against", src)
+    assert same["differences"] == [] and same["summary"]["entries"] == DEPTH + 5
+
+    out = tmp_path / "out"
+    restored = cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert restored["warnings"] == [] and restored["summary"]["failed"] == []
+    assert compare_trees(src, landed(out, src)) == []
+
+    # A change at the bottom is found, and named by its full path.
+    fd = open_deep(src, bottom, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"CHANGED", 50_000)
+    finally:
+        os.close(fd)
+    found = cas_json("-r", cli_repo, "--json", "check", "--against", src, code=1)
+    changed = {(d["path"], d["field"]) for d in found["differences"]}
+    assert (os.fsdecode(deepest), "content") in changed
+    assert all(d["path"] == os.fsdecode(deepest) for d in found["differences"])
+
+
+def test_nesting_beyond_the_open_file_limit_is_one_clear_line(
+    cli_repo: str, tmp_path: Path, removed_afterwards: None
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    build_deep_tree(src, 600)
+    whole = cas_json("-r", cli_repo, "--json", "backup", src)["snapshot_id"]
+
+    # 300 descriptors: cas keeps 128 for itself, so about 170 levels fit.
+    limited = run_cas("-r", cli_repo, "--json", "backup", src, nofile=300)
+    assert limited.code == 3, limited.err
+    line = one_line(limited.err)
+    assert line.startswith("warning: ") and "Too many open files" in line
+    assert "ulimit -n" in line and "saved empty" in line
+    assert limited.json()["snapshot_id"]
+
+    out = tmp_path / "out"
+    cut = run_cas("-r", cli_repo, "--json", "restore", whole, "--target", out, nofile=300)
+    assert cut.code == 1, cut.err
+    line = one_line(cut.err)
+    assert "not restored: Too many open files" in line and "ulimit -n" in line
+    assert len(cut.json()["summary"]["failed"]) == 1
+
+
+# -- 2. files that vanish, grow, shrink or are replaced -------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "change", "expected"),
+    [
+        ("lstat", "vanish", "No such file or directory; skipped"),  # after listing
+        ("open", "vanish", "No such file or directory; skipped"),  # after lstat
+        ("open", "replace", "replaced while it was backed up; skipped"),
+        ("open", "grow", "file changed while it was read; saved as read"),
+        ("open", "shrink", "file changed while it was read; saved as read"),
+    ],
+)
+def test_file_changing_between_listing_lstat_and_open(
+    repo: Repository,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    call: str,
+    change: str,
+    expected: str,
+) -> None:
+    src = tmp_path / "src"
+    victim = src / "victim"
+    make_files(src, {"victim": bytes(range(256)) * 400, "other": b"stays"})
+    with monkeypatch.context() as m:
+        m.setattr(os, call, races.hooked(call, b"victim", change))
+        done = backup(repo, src)
+    assert done.warnings == [f"{victim}: {expected}"]
+    assert done.summary.warnings == 1
+    nodes = walk(repo, done.tree)
+    assert content(repo, nodes[b(src / "other")]) == b"stays"
+    for node in nodes.values():  # never a size its content list disagrees with
+        if node.type == "file":
+            assert node.size == sum(node.sizes) == len(content(repo, node))
+    if "skipped" in expected:
+        assert b(victim) not in nodes
+        if not victim.exists():
+            victim.write_bytes(b"back again")
+    else:
+        assert content(repo, nodes[b(victim)]) == victim.read_bytes()  # as read: all of it
+    # The next backup reads it again (and nothing else), without a warning.
+    again = backup(repo, src, parent=done.tree)
+    assert again.warnings == []
+    assert again.summary.files_new + again.summary.files_changed == 1
+    assert again.summary.bytes_read == victim.stat().st_size
+    assert content(repo, walk(repo, again.tree)[b(victim)]) == victim.read_bytes()
+
+
+@pytest.mark.parametrize("call", ["lstat", "open"])
+def test_directory_vanishing_is_skipped(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"gone/a": b"a", "gone/deeper/b": b"b", "kept/c": b"c"})
+    with monkeypatch.context() as m:
+        m.setattr(os, call, races.hooked(call, b"gone", "vanish"))
+        done = backup(repo, src)
+    assert done.warnings == [f"{src / 'gone'}: No such file or directory; skipped"]
+    assert {p for p in walk(repo, done.tree) if p.startswith(b(src) + b"/")} == {
+        b(src / "kept"),
+        b(src / "kept/c"),
+    }
+
+
+def test_symlink_vanishing_after_lstat_is_skipped(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"f": b"f"})
+    os.symlink("f", src / "link")
+    with monkeypatch.context() as m:
+        m.setattr(os, "readlink", races.hooked("readlink", b"link", "vanish"))
+        done = backup(repo, src)
+    assert done.warnings == [f"{src / 'link'}: No such file or directory; skipped"]
+    assert b(src / "link") not in walk(repo, done.tree)
+
+
+@pytest.mark.parametrize(("call", "change"), [("open", "vanish"), ("open", "shrink")])
+def test_cli_file_changing_before_it_is_read(
+    cli_repo: str, tmp_path: Path, call: str, change: str
+) -> None:
+    src = tmp_path / "src"
+    victim = src / "victim"
+    make_files(src, {"victim": b"v" * 100_000, "other": b"o" * 1000})
+    hook = races.prelude(call, b"victim", change)
+    done = run_cas("-r", cli_repo, "--json", "backup", src, prelude=hook)
+    assert done.code == 3, done.err
+    line = one_line(done.err)
+    assert line.startswith(f"warning: {victim}: ")
+    assert done.json()["warnings"] == [line.removeprefix("warning: ")]
+
+    out = tmp_path / "out"
+    restored = cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert restored["summary"]["failed"] == []
+    if change == "vanish":
+        assert sorted(os.listdir(landed(out, src))) == ["other"]
+        victim.write_bytes(b"back")
+    else:
+        assert (landed(out, src) / "victim").read_bytes() == b"v" * 50_000  # as read
+    after = cas_json("-r", cli_repo, "--json", "backup", src)
+    assert after["warnings"] == [] and after["summary"]["bytes_read"] == victim.stat().st_size
+
+
+# -- 3. symlink loops ------------------------------------------------------------
+
+
+def _loops(src: Path) -> None:
+    """a -> b -> a, self -> self, dot -> ., up -> .., sub/ancestor -> ../.. (above src)."""
+    make_files(src, {"sub/f": b"inside"})
+    links = {"a": "b", "b": "a", "self": "self", "dot": ".", "up": "..", "sub/ancestor": "../.."}
+    # Backup and the comparison read the links; relatime leaves a future atime alone.
+    future = (time.time_ns() // 10**9 + 3600) * 10**9
+    for name, target in links.items():
+        os.symlink(target, src / name)
+        os.utime(src / name, ns=(future, 1_000_000_007), follow_symlinks=False)
+
+
+def test_symlink_loops_are_saved_as_links(cli_repo: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _loops(src)
+    first = cas_json("-r", cli_repo, "--json", "backup", src)
+    assert first["warnings"] == []
+    assert first["summary"]["other_entries"] == 6 and first["summary"]["files_new"] == 1
+    same = cas_json("-r", cli_repo, "--json", "check", "--against", src)
+    assert same["differences"] == []
+    out = tmp_path / "out"
+    cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert compare_trees(src, landed(out, src)) == []
+
+
+@pytest.mark.parametrize(("name", "target"), [("a", "b"), ("self", "self"), ("dot", ".")])
+def test_symlink_loop_given_as_the_path_is_saved_itself(
+    cli_repo: str, tmp_path: Path, name: str, target: str
+) -> None:
+    src = tmp_path / "src"
+    _loops(src)
+    done = cas_json("-r", cli_repo, "--json", "backup", src / name)
+    assert done["warnings"] == []
+    s = done["summary"]
+    assert (s["other_entries"], s["files_new"], s["bytes_total"]) == (1, 0, 0)
+    out = tmp_path / "out"
+    cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert os.listdir(landed(out, src)) == [name]
+    assert os.readlink(landed(out, src) / name) == target
+
+
+# -- 4. symlinks planted in the restore target ------------------------------------
+
+
+def _outside(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    outside = tmp_path / "outside"
+    make_files(outside, {"keep": b"precious"})
+    return outside, {p.name: p.read_bytes() for p in outside.iterdir()}
+
+
+def _listing(outside: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() if p.is_file() else b"" for p in outside.iterdir()}
+
+
+def test_restore_replaces_planted_symlinks_and_never_writes_outside(
+    cli_repo: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"d/f": b"file", "d/e/g": b"deeper", "top": b"top"})
+    cas_json("-r", cli_repo, "--json", "backup", src)
+    outside, before = _outside(tmp_path)
+
+    # The first component of where the snapshot lands is a symlink out.
+    out = tmp_path / "out1"
+    out.mkdir()
+    first = src.relative_to("/").parts[0]
+    (out / first).symlink_to(outside)
+    cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert _listing(outside) == before
+    assert not (out / first).is_symlink()
+    assert compare_trees(src, landed(out, src)) == []
+
+    # Deeper: a directory and a file of the snapshot are symlinks out.
+    out = tmp_path / "out2"
+    landing = landed(out, src)
+    landing.mkdir(parents=True)
+    (landing / "d").symlink_to(outside)
+    (landing / "top").symlink_to(outside / "keep")
+    cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
+    assert _listing(outside) == before
+    assert compare_trees(src, landing) == []
+
+
+def test_restore_does_not_follow_a_symlink_swapped_in_while_it_runs(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"d/f": b"file", "d/e/g": b"deeper", "top": b"top"})
+    done = backup(repo, src)
+    outside, before = _outside(tmp_path)
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(path: Any, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(path, *args, **kwargs)
+        dir_fd = kwargs.get("dir_fd")
+        if path == b"d" and dir_fd is not None:  # the attacker wins the race
+            os.rename(b"d", b"d-moved", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.symlink(os.fsencode(outside), b"d", dir_fd=dir_fd)
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(os, "mkdir", mkdir_then_swap)
+        summary, actions = restore(repo, done.tree, out)
+    assert _listing(outside) == before
+    assert summary.failed == [os.fsdecode(b(landed(out, src) / "d"))]
+    assert (landed(out, src) / "top").read_bytes() == b"top"
+    assert os.listdir(landed(out, src) / "d-moved") == []
+    assert actions.warnings and "not restored" in actions.warnings[0]
