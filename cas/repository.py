@@ -51,6 +51,9 @@ from .packer import FinishedPack, Packer
 # Write an index file after this many packs, so an interrupted backup's
 # uploads are found (and not sent again) by the next run.
 INDEX_EVERY_PACKS = 32
+# ... or after this many blobs, so packs of tiny blobs (100,000 to a pack) do
+# not keep a million unindexed entries in memory.
+INDEX_EVERY_BLOBS = 100_000
 # Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
 BATCH_BYTES = 4 << 20
 BATCH_BLOBS = 512
@@ -112,6 +115,7 @@ class Repository:
         self._packers = {t: Packer(keys, t) for t in BlobType}
         self._inflight: set[bytes] = set()  # blobs in open packers
         self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
+        self._unindexed_blobs = 0
         self._index_loaded = False
         # Sealing threads (compression and encryption: one per core) hand
         # finished packs to uploading threads (``--connections``), so a pack
@@ -182,9 +186,34 @@ class Repository:
         return indexfmt.decode_index(raw, self.keys.index_key)
 
     def load_index(self) -> None:
-        """Read every index file into the master index (once)."""
+        """Read every index file into the master index (once).
+
+        Index files are decoded one at a time and dropped once added, so a
+        million blobs cost the compact index, not a million decoded entries.
+        Only while a prune is under way (superseded files, packs marked as
+        garbage) must all files be seen before any is used: then the files
+        are read again, the slow way.
+        """
         if self._index_loaded:
             return
+        for fid in self.index_files():
+            try:
+                f = self.read_index_file(fid)
+            except (IntegrityError, UnsupportedVersion) as e:
+                self.damaged_index_files[fid] = str(e)
+                continue
+            if f.supersedes or f.garbage:
+                self._load_index_during_prune()
+                break
+            for pack_id, entries in f.packs.items():
+                self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+        self.index.compact()
+        self.garbage_index.compact()
+        self._index_loaded = True
+
+    def _load_index_during_prune(self) -> None:
+        self.index, self.garbage_index = MasterIndex(), MasterIndex()
+        self.damaged_index_files.clear()
         files = self.active_index_files()
         # Packs prune marked for deletion never serve deduplication (a new
         # snapshot must not come to depend on them), but stay readable.
@@ -197,9 +226,6 @@ class Repository:
                 self.garbage_index.add_pack(
                     pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
                 )
-        self.index.compact()
-        self.garbage_index.compact()
-        self._index_loaded = True
 
     def active_index_files(self) -> dict[bytes, indexfmt.IndexFile]:
         """Every index file that no other index file supersedes, decoded.
@@ -297,25 +323,34 @@ class Repository:
             raise self._worker_error
 
     def _sealing_job(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
+        """Seal a batch, then add it to the packers in one go.
+
+        A batch's blobs stay together and in order in their pack (restore
+        reads neighbours in one request, cas/blobstream.py); packs are
+        finished (joined, parsed back, hashed) outside the lock.
+        """
         try:
-            for blob_type, blob_id, data in batch:
-                self._seal_and_pack(blob_type, blob_id, data)
+            level = self.compression_level
+            sealed = [
+                (t, bid, packfmt.seal_blob(self.keys, t, bid, data, level), len(data))
+                for t, bid, data in batch
+            ]
+            full = []
+            with self._lock:
+                for blob_type, blob_id, blob, raw_length in sealed:
+                    packer = self._packers[blob_type]
+                    packer.add(blob_id, blob, raw_length)
+                    self.stats.blobs[blob_type] += 1
+                    self.stats.raw_bytes += raw_length
+                    self.stats.stored_bytes += len(blob)
+                    if packer.size >= self.config.pack_size:
+                        full.append(packer)
+                        self._packers[blob_type] = Packer(self.keys, blob_type)
+            del sealed
+            for packer in full:
+                self._upload(packer.finish())
         finally:
             self._slots.release()
-
-    def _seal_and_pack(self, blob_type: BlobType, blob_id: bytes, data: bytes) -> None:
-        sealed = packfmt.seal_blob(self.keys, blob_type, blob_id, data, self.compression_level)
-        finished = None
-        with self._lock:
-            packer = self._packers[blob_type]
-            packer.add(blob_id, sealed, len(data))
-            self.stats.blobs[blob_type] += 1
-            self.stats.raw_bytes += len(data)
-            self.stats.stored_bytes += len(sealed)
-            if packer.size >= self.config.pack_size:
-                finished = packer.finish()
-        if finished is not None:
-            self._upload(finished)
 
     def _upload(self, pack: FinishedPack) -> None:
         """Store ``pack`` on an uploading thread; blocks while too many are in flight."""
@@ -360,13 +395,18 @@ class Repository:
                 pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries)
             )
             self._inflight.difference_update(e.blob_id for e in pack.entries)
-            due = len(self._unindexed) >= INDEX_EVERY_PACKS
+            self._unindexed_blobs += len(pack.entries)
+            due = (
+                len(self._unindexed) >= INDEX_EVERY_PACKS
+                or self._unindexed_blobs >= INDEX_EVERY_BLOBS
+            )
         if due:
             self._write_index()
 
     def _write_index(self) -> None:
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
+            self._unindexed_blobs = 0
         if not packs:
             return
         raw = indexfmt.encode_index(indexfmt.IndexFile(packs), self.keys.index_key)
@@ -376,6 +416,7 @@ class Repository:
         except BaseException:
             with self._lock:
                 self._unindexed.update(packs)
+                self._unindexed_blobs += sum(len(e) for e in packs.values())
             raise
         failpoints.hit("index-written")
         with self._lock:
