@@ -55,6 +55,40 @@ class _Run:
         self.buckets = array("I", accumulate(counts)) if records else counts
         self.data = b"".join([r[2:] for r in records])
 
+    @classmethod
+    def merged(cls, old: _Run, new: list[bytes]) -> _Run:
+        """``old`` plus ``new`` (sorted full records of old's widths, IDs not in ``old``).
+
+        Buckets without new records are copied as they are, in slices, so a
+        merge costs one new buffer, not a list of every record.
+        """
+        rs, data, view = old.rsize, old.data, memoryview(old.data)
+        added = array("I", bytes(4 * (BUCKETS + 1)))
+        parts: list[bytes | memoryview] = []
+        done = 0  # records of ``old`` already placed
+        i = 0
+        while i < len(new):
+            b = new[i][0] << 8 | new[i][1]
+            j = i
+            while j < len(new) and (new[j][0] << 8 | new[j][1]) == b:
+                j += 1
+            lo, hi = old.buckets[b], old.buckets[b + 1]
+            parts.append(view[done * rs : lo * rs])
+            mixed = [data[k * rs : (k + 1) * rs] for k in range(lo, hi)]
+            mixed += [r[2:] for r in new[i:j]]
+            mixed.sort()
+            parts.append(b"".join(mixed))
+            added[b + 1] = j - i
+            done, i = hi, j
+        parts.append(view[done * rs :])
+        run = cls([], old.widths)
+        run.count = old.count + len(new)
+        run.buckets = array(
+            "I", (x + y for x, y in zip(old.buckets, accumulate(added), strict=True))
+        )
+        run.data = b"".join(parts)
+        return run
+
     def find(self, blob_id: bytes) -> int:
         """Record number of ``blob_id`` or -1."""
         b = blob_id[0] << 8 | blob_id[1]
@@ -152,14 +186,14 @@ class MasterIndex:
             for i, v in enumerate(vals):
                 maxima[i] = max(maxima[i], _width(v))
         widths = (maxima[0], maxima[1], maxima[2])
-        records = [_encode(k, v, widths) for k, v in self._pending.items()]
-        if widths == old.widths:
-            records += _full_records(old)
-        else:
-            records += [_encode(k, (p, o, n), widths) for k, p, o, n in old.iter_records()]
-        # Two sorted runs after the first sort: Timsort merges them in linear time.
-        records.sort()
+        records = sorted(_encode(k, v, widths) for k, v in self._pending.items())
         self._pending = {}
+        if widths == old.widths and old.count:
+            self._run = _Run.merged(old, records)
+            return
+        # First fill, or a field grew wider: every record is encoded again.
+        records += [_encode(k, (p, o, n), widths) for k, p, o, n in old.iter_records()]
+        records.sort()
         self._run = _Run(records, widths)
 
     def memory_bytes(self) -> int:
@@ -170,22 +204,3 @@ class MasterIndex:
             + len(self._packs)
             + len(self._pending) * 200
         )
-
-
-def _full_records(run: _Run) -> list[bytes]:
-    """Every record of ``run`` with its two-byte ID prefix restored, in order."""
-    rs, data = run.rsize, run.data
-    return [
-        bytes((b >> 8, b & 0xFF)) + data[r * rs : (r + 1) * rs]
-        for r, b in enumerate(_bucket_of_each(run))
-    ]
-
-
-def _bucket_of_each(run: _Run) -> Iterator[int]:
-    """The bucket number of every record, in record order."""
-    buckets = run.buckets
-    b = 0
-    for rec in range(run.count):
-        while buckets[b + 1] <= rec:
-            b += 1
-        yield b

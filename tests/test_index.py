@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas.index import MasterIndex, _full_records
+from cas.index import MasterIndex
 
 
 def test_lookup_matches_a_dict_through_compactions() -> None:
@@ -51,9 +51,39 @@ def test_records_come_back_in_order(ids: list[bytes]) -> None:
     idx = MasterIndex()
     idx.add_pack(b"p" * 32, [(b, i, 100 + i) for i, b in enumerate(ids)])
     idx.compact()
-    records = _full_records(idx._run)
-    assert [r[:32] for r in records] == sorted(ids)
     assert [r[0] for r in idx._run.iter_records()] == sorted(ids)
     for i, b in enumerate(ids):
         loc = idx.get(b)
         assert loc is not None and (loc.offset, loc.length) == (i, 100 + i)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.binary(min_size=32, max_size=32), st.integers(0, 1 << 20)),
+            max_size=80,
+        ),
+        max_size=8,
+    ),
+    st.integers(1, 3),
+)
+def test_merging_compactions_keep_every_record(
+    batches: list[list[tuple[bytes, int]]], prefix_len: int
+) -> None:
+    """Compacting after each pack (merge into the sorted buffer) equals a dict."""
+    idx = MasterIndex()
+    want: dict[bytes, tuple[bytes, int]] = {}
+    for n, batch in enumerate(batches):
+        pack = bytes([n]) * 32
+        # Shared prefixes put several records into one bucket.
+        blobs = [(b"\x07" * prefix_len + b[prefix_len:], off) for b, off in batch]
+        idx.add_pack(pack, [(b, off, 10) for b, off in blobs])
+        for b, off in blobs:
+            want.setdefault(b, (pack, off))
+        idx.compact()
+        assert len(idx) == len(want)
+    assert [r[0] for r in idx._run.iter_records()] == sorted(want)
+    for b, (pack, off) in want.items():
+        loc = idx.get(b)
+        assert loc is not None and (loc.pack_id, loc.offset) == (pack, off)
