@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from . import layout
+from . import failpoints, layout
 from .backend.base import ReadBackend
 from .checkstate import CheckState, Subset, select_packs
 from .crypto import SEAL_OVERHEAD, BlobType, MasterKeys
@@ -229,15 +229,21 @@ class Checker:
     # -- phase 1: the listing, keys, locks, leftovers ---------------------------
 
     def _list_objects(self) -> None:
-        """List packs, then index files, then snapshots (the reverse of the write order,
-        spec §14), so that everything an object in the listing needs is in it too."""
+        """List snapshots, then index files, then packs: the reverse of the write order
+        (spec §14.1), so that everything an object in the listing needs is in it too,
+        even while backups store new objects.  (Packs first would miss the packs of
+        an index file stored between the two listings and call them missing; index
+        files before snapshots, the index of a snapshot stored in between.)  A
+        running backup's packs not yet indexed are listed as unreferenced: a warning.
+        """
         self._progress("list", 0, 0)
         n = 0
-        for directory in (layout.DATA, layout.INDEX, layout.SNAPSHOTS, layout.KEYS, layout.LOCKS):
+        for directory in (layout.SNAPSHOTS, layout.INDEX, layout.DATA, layout.KEYS, layout.LOCKS):
             for info in self.backend.list(directory):
                 n += 1
                 self._progress("list", n, 0)
                 self._sort_object(info.name, info.size)
+            failpoints.hit(f"check-listed-{directory}")
         # Once more for objects outside the layout's directories.
         for info in self.backend.list(""):
             top = info.name.split("/", 1)[0]
