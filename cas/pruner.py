@@ -15,6 +15,7 @@ writers, both phases happen in one run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 
 from . import failpoints, layout, leftovers, locks
 from .crypto import BlobType
-from .errors import CasError
+from .errors import CasError, ObjectNotFound
 from .format import index as indexfmt
 from .format import pack as packfmt
 from .format.tree import decode_tree
@@ -67,6 +68,7 @@ class PrunePlan:
     pack_sizes: dict[bytes, int] = field(default_factory=dict)
     holder: dict[bytes, bytes] = field(default_factory=dict)  # used blob -> pack keeping it
     listed_at: int = 0
+    snapshots: set[bytes] = field(default_factory=set)  # the snapshots the plan walked
 
     def summary(self) -> dict[str, Any]:
         """Counts, bytes and the storage requests execution will make."""
@@ -102,10 +104,20 @@ class PrunePlan:
 Progress = Callable[[str], None]
 
 
-def used_blobs(repo: Repository, progress: Progress = lambda _: None) -> set[bytes]:
-    """Every tree and data blob some snapshot refers to; refuses when a tree cannot be read."""
+def used_blobs(
+    repo: Repository,
+    progress: Progress = lambda _: None,
+    snapshot_ids: Iterable[bytes] | None = None,
+) -> set[bytes]:
+    """Every tree and data blob the snapshots (all, or ``snapshot_ids``) refer to;
+    refuses when a tree cannot be read."""
     used: set[bytes] = set()
-    for sid, snap in repo.iter_snapshots():
+    ids = repo.snapshot_ids() if snapshot_ids is None else snapshot_ids
+    for sid in sorted(ids):
+        try:
+            snap = repo.load_snapshot(sid)
+        except ObjectNotFound:
+            continue  # forgotten since the listing
         progress(f"reading trees of snapshot {sid.hex()[:8]}")
         todo = [snap.tree]
         while todo:
@@ -130,24 +142,32 @@ def used_blobs(repo: Repository, progress: Progress = lambda _: None) -> set[byt
 def plan_prune(
     repo: Repository, options: PruneOptions, progress: Progress = lambda _: None
 ) -> PrunePlan:
-    """Decide what to keep, repack and remove.  Reads only."""
+    """Decide what to keep, repack and remove.  Reads only.
+
+    Snapshots are listed first, then the index is read: a snapshot is stored
+    only after the index files it needs (spec §14.1), so every snapshot of the
+    listing can be walked even while backups finish beside the prune.
+    """
+    snapshot_ids = set(repo.snapshot_ids())
     repo.load_index()
-    # Packs are listed before index files: a pack is always stored before the
-    # index naming it, so every indexed pack of this listing is recognised.
+    # Packs are listed before index files, so that a pack no index of this
+    # listing names is an orphan (deleted only on the conditions of spec §13.5).
     listed_at = time.time_ns()
     pack_sizes = {}
     for obj in repo.backend.list(layout.DATA):
         pid = layout.id_from_name(obj.name)
         if pid is not None:
             pack_sizes[pid] = obj.size
+    failpoints.hit("prune-listed-packs")
     # Supersede exactly the index files read here: one written by a backup
     # after this listing must survive, since this prune never saw its packs.
     index_ids = repo.index_files()
     decoded = {fid: repo.read_index_file(fid) for fid in index_ids}
     superseded = {s for f in decoded.values() for s in f.supersedes}
     files = {fid: f for fid, f in decoded.items() if fid not in superseded}
-    used = used_blobs(repo, progress)
+    used = used_blobs(repo, progress, snapshot_ids)
     plan = PrunePlan(used, index_files=index_ids, pack_sizes=pack_sizes, listed_at=listed_at)
+    plan.snapshots = snapshot_ids
 
     live: dict[bytes, list[packfmt.PackEntry]] = {}
     garbage: dict[bytes, tuple[int, list[packfmt.PackEntry]]] = {}
@@ -158,6 +178,13 @@ def plan_prune(
         for pid, entries in f.packs.items():
             if pid not in garbage:
                 live.setdefault(pid, entries)
+    # A pack stored by a backup after the pack listing, in an index file stored
+    # before the index listing, is not in the pack listing but exists: it must
+    # stay in the index (the file naming it is superseded below).
+    for pid in live:
+        if pid not in pack_sizes:
+            with contextlib.suppress(ObjectNotFound):
+                pack_sizes[pid] = repo.backend.stat(layout.pack_name(pid)).size
 
     # Which copy of each used blob survives: the first in a live pack whose file exists.
     holder: dict[bytes, bytes] = {}
@@ -241,7 +268,15 @@ def execute_prune(
         lock.check_alive()
 
     oldest = _oldest_writer(repo, lock)
-    deletable = [p for p, (marked, _) in garbage.items() if _safe(marked, oldest)]
+    # A writer that ended after the plan listed the snapshots (its lock is gone)
+    # may have stored a snapshot that needs packs marked now: after the lock scan,
+    # every such snapshot is stored, so new ones hold back this run's marks.
+    late = set(repo.snapshot_ids()) - plan.snapshots
+    deletable = [
+        p
+        for p, (marked, _) in garbage.items()
+        if _safe(marked, oldest) and not (late and marked == now)
+    ]
     orphans = _orphans_still_unindexed(repo, plan, mark_id) if _safe(plan.listed_at, oldest) else []
     for pid in [*deletable, *orphans]:
         progress(f"deleting pack {pid.hex()[:8]}")
@@ -259,7 +294,12 @@ def execute_prune(
     result.deferred_bytes = sum(plan.pack_sizes.get(p, 0) for p in left) + sum(
         s for p, s in plan.orphans.items() if p not in set(orphans)
     )
-    if result.deferred_packs:
+    if result.deferred_packs and late and oldest is None:
+        result.deferred_because = (
+            "a snapshot was stored while prune was planning; "
+            "the next prune deletes them unless that snapshot needs them"
+        )
+    elif result.deferred_packs:
         result.deferred_because = (
             "a backup that started before the packs were marked is still running; "
             "the next prune after it finishes deletes them"
