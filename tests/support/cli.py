@@ -34,6 +34,36 @@ class Result:
         return json.loads(self.out)
 
 
+def cas_env(password: str | None, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test's ``cas``: no CAS_/AWS_ variables of the caller, the
+    test settings, the password, then ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
+    full_env.update(TEST_ENV)
+    if password is not None:
+        full_env["CAS_PASSWORD"] = password
+    full_env.update(env or {})
+    return full_env
+
+
+def start_cas(
+    *args: str | Path, password: str | None = "test-password", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m cas ARGS`` in the background (stdout and stderr piped);
+    ``finish`` collects it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cas", *map(str, args)],
+        env=cas_env(password, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 600) -> Result:
+    """Wait for a ``start_cas`` process (the deadline only bounds a hang)."""
+    out, err = proc.communicate(timeout=timeout)
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
 def run_cas(
     *args: str | bytes | Path,
     password: str | None = "test-password",
@@ -49,11 +79,7 @@ def run_cas(
     ``prelude`` is Python code run in it before the command (to patch a
     call and make a race happen at a chosen step).
     """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
-    full_env.update(TEST_ENV)
-    if password is not None:
-        full_env["CAS_PASSWORD"] = password
-    full_env.update(env or {})
+    full_env = cas_env(password, env)
     start = ["-m", "cas"]
     if prelude is not None:
         start = ["-c", f"{prelude}\nimport runpy\nrunpy.run_module('cas', run_name='__main__')"]
