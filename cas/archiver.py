@@ -6,10 +6,11 @@ name inside its directory's open descriptor (``fstatat``, ``openat``), so
 paths longer than PATH_MAX are no obstacle (cas/dirfd.py).  A directory's tree blob is
 written when its last entry is done; identical trees deduplicate like data.
 With a parent snapshot, a file whose size, mtime, ctime and inode are
-unchanged reuses the parent's content list without being read.  Each file
-and directory is opened once (``O_NOATIME`` where allowed): that descriptor
-gives its inode flags and its content or names, so an unreadable entry costs
-one warning.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
+unchanged reuses the parent's content list, xattrs and inode flags without
+being opened (changing any of them moves the ctime).  Every other file and
+each directory is opened once (``O_NOATIME`` where allowed): that descriptor
+gives its xattrs, inode flags and its content or names, so an unreadable
+entry costs one warning.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
 not read; they chunk like the zeros they read as.
 """
 
@@ -254,29 +255,59 @@ class Archiver:
         first = self._hardlinks.get(key) if st.st_nlink > 1 else None
         if first is not None:
             # Another name of an inode already saved: same content, xattrs and flags.
-            node, _ = posixmeta.node_from_stat(
-                name, st, path=path, names=self.names, read_xattrs=False, read_flags=False
-            )
-            node.xattrs, node.flags = first.xattrs, first.flags
-            node.content, node.sizes, node.digest = first.content, first.sizes, first.digest
-            node.size = first.size
+            node = self._stat_node(name, path, st)
+            _same_inode(node, first)
             self.summary.bytes_total += st.st_size
             self.summary.files_unchanged += 1
             frame.nodes.append(node)
             return
-        # One descriptor serves the xattrs, the inode flags and the content, so a
-        # file that cannot be opened costs exactly one warning.
+        node = self._stat_node(name, path, st)
+        if not self.opts.force and self._unchanged(node, parent):
+            # Size, mtime, ctime and inode as in the parent: changing the content,
+            # xattrs or inode flags moves the ctime, so all three are the parent's
+            # and the file is not even opened.
+            assert parent is not None
+            _same_inode(node, parent)
+            self.summary.bytes_total += st.st_size
+            self.summary.files_unchanged += 1
+            self.report.bytes_done(st.st_size)
+        else:
+            read = self._read_new_file(frame.fd, name, path, st, parent)
+            if read is None:
+                return
+            node = read
+        if st.st_nlink > 1:
+            self._hardlinks[key] = node
+        frame.nodes.append(node)
+
+    def _stat_node(self, name: bytes, path: bytes, st: os.stat_result) -> Node:
+        """The node of a file from its ``lstat`` alone (no xattrs, flags or content yet)."""
+        node, _ = posixmeta.node_from_stat(
+            name, st, path=path, names=self.names, read_xattrs=False, read_flags=False
+        )
+        return node
+
+    def _read_new_file(
+        self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
+    ) -> Node | None:
+        """Open, describe and read a new or changed file; None if it was skipped.
+
+        One descriptor serves the xattrs, the inode flags and the content, so a
+        file that cannot be opened costs exactly one warning.
+        """
         assert self._opener is not None
         try:
-            fd = self._opener.open(name, _FILE_FLAGS, frame.fd)
+            fd = self._opener.open(name, _FILE_FLAGS, dir_fd)
         except OSError as e:
             self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
-            return
+            return None
         try:
             opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != key or not stat.S_ISREG(opened.st_mode):
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(
+                opened.st_mode
+            ):
                 self._warn(f"{_fmt(path)}: replaced while it was backed up; skipped")
-                return
+                return None
             node, warnings = posixmeta.node_from_stat(
                 name, st, path=path, names=self.names, read_flags=False, fd=fd
             )
@@ -286,13 +317,18 @@ class Archiver:
                 warnings.append(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
             for w in warnings:
                 self._warn(w)
-            if not self._file(fd, path, node, st, parent):
-                return
+            if not self._read_file(fd, path, node, st):
+                return None
         finally:
             os.close(fd)
-        if st.st_nlink > 1:
-            self._hardlinks[key] = node
-        frame.nodes.append(node)
+        if warnings:
+            node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
+        self.summary.bytes_total += st.st_size
+        if parent is None or parent.type != "file":
+            self.summary.files_new += 1
+        else:
+            self.summary.files_changed += 1
+        return node
 
     def _visit_dir(
         self,
@@ -446,25 +482,6 @@ class Archiver:
 
     # -- files --------------------------------------------------------------
 
-    def _file(
-        self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
-    ) -> bool:
-        self.summary.bytes_total += st.st_size
-        if not self.opts.force and self._unchanged(node, parent):
-            assert parent is not None
-            node.content, node.sizes, node.digest = parent.content, parent.sizes, parent.digest
-            self.summary.files_unchanged += 1
-            self.report.bytes_done(st.st_size)
-            return True
-        if not self._read_file(fd, path, node, st):
-            self.summary.bytes_total -= st.st_size
-            return False
-        if parent is None or parent.type != "file":
-            self.summary.files_new += 1
-        else:
-            self.summary.files_changed += 1
-        return True
-
     def _unchanged(self, node: Node, parent: Node | None) -> bool:
         if parent is None or parent.type != "file" or parent.digest is None:
             return False
@@ -544,9 +561,12 @@ class SourceReader:
         self._sparse = st.st_blocks * 512 < st.st_size
         self._hole_end = 0  # [pos, _hole_end) is a known hole
         self._data_end = 0 if self._sparse else -1  # [pos, _data_end) is known data; -1: all
+        self._ended = False  # a short read at or past ``size``: the end, no pread to confirm
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes from the current position; b"" at the end of the file."""
+        if self._ended:
+            return b""
         while self._sparse and self.pos < self.size:
             if self.pos < self._hole_end:
                 m = min(n, self._hole_end - self.pos)
@@ -562,6 +582,9 @@ class SourceReader:
         data = os.pread(self.fd, n, self.pos)
         self.pos += len(data)
         self.bytes_read += len(data)
+        # A regular file reads short only at its end.  Below the size seen at
+        # the start (it shrank, or an odd filesystem) the next pread confirms it.
+        self._ended = len(data) < n and self.pos >= self.size
         return data
 
     def _probe(self) -> None:
@@ -587,6 +610,13 @@ class SourceReader:
             return
         if self._data_end <= self.pos:  # truncated in between
             self._sparse = False
+
+
+def _same_inode(node: Node, other: Node) -> None:
+    """Give ``node`` the content, xattrs and inode flags recorded in ``other``."""
+    node.xattrs, node.flags = other.xattrs, other.flags
+    node.content, node.sizes, node.digest = other.content, other.sizes, other.digest
+    node.size = other.size
 
 
 def stdin_node(name: bytes, read: Callable[[int], bytes], archiver: Archiver) -> Node:

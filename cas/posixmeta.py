@@ -413,9 +413,13 @@ def set_flags(path: bytes, flags: int, *, dir_fd: int | None = None) -> None:
     """
     fd = _open_for_flags(path, dir_fd)
     try:
-        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("I", flags & 0xFFFFFFFF))
+        _ioctl_set_flags(fd, flags)
     finally:
         os.close(fd)
+
+
+def _ioctl_set_flags(fd: int, flags: int) -> None:
+    fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("I", flags & 0xFFFFFFFF))
 
 
 # -- restore side --------------------------------------------------------------
@@ -492,6 +496,7 @@ def apply_metadata(
     restore_flags: bool = True,
     dir_fd: int | None = None,
     shown: bytes | None = None,
+    fd: int | None = None,
 ) -> list[str]:
     """Apply ``node``'s owner, xattrs, mode, times and flags to ``path``; return warnings.
 
@@ -504,18 +509,20 @@ def apply_metadata(
 
     With ``dir_fd``, ``path`` is a name inside that open directory and
     ``shown`` (its full path, which may exceed PATH_MAX) names it in warnings.
+    With ``fd`` (the file or directory itself, open; not for symlinks) every
+    change goes through it and ``path`` is not looked up at all.
     """
-    at = _At(path, dir_fd, path if shown is None else shown)
+    at = _At(path, dir_fd, path if shown is None else shown, fd)
     warnings: list[str] = []
     _apply_owner(at, node, names, numeric_owner, is_root, warnings)
     _apply_xattrs(at, node, warnings)
     if node.type != "symlink":  # Linux has no lchmod; a symlink's mode means nothing
         try:
-            os.chmod(path, stat.S_IMODE(node.mode), dir_fd=dir_fd)
+            at.chmod(stat.S_IMODE(node.mode))
         except OSError as err:
             warnings.append(f"could not restore mode of {_show(at.shown)}: {_reason(err)}")
     try:
-        os.utime(path, ns=(node.atime_ns, node.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        at.utime(node.atime_ns, node.mtime_ns)
     except OSError as err:
         warnings.append(f"could not restore times of {_show(at.shown)}: {_reason(err)}")
     if restore_flags and node.type in ("file", "dir"):
@@ -524,21 +531,66 @@ def apply_metadata(
 
 
 class _At:
-    """An entry to change: ``path`` relative to ``dir_fd`` (or the cwd), named ``shown``."""
+    """An entry to change, named ``shown``: the open descriptor ``fd`` if given, else
+    ``path`` relative to ``dir_fd`` (or the cwd), never following a symlink."""
 
-    def __init__(self, path: bytes, dir_fd: int | None, shown: bytes) -> None:
-        self.path, self.dir_fd, self.shown = path, dir_fd, shown
+    def __init__(self, path: bytes, dir_fd: int | None, shown: bytes, fd: int | None) -> None:
+        self.path, self.dir_fd, self.shown, self.fd = path, dir_fd, shown, fd
         # xattr calls take no dir_fd: reach the entry through /proc instead.
         self.xattr_path = path if dir_fd is None else proc_path(dir_fd, path)
 
     def lstat(self) -> os.stat_result:
+        if self.fd is not None:
+            return os.fstat(self.fd)
         return os.lstat(self.path, dir_fd=self.dir_fd)
 
     def lchown(self, uid: int, gid: int) -> None:
-        if self.dir_fd is None:
+        if self.fd is not None:
+            os.chown(self.fd, uid, gid)
+        elif self.dir_fd is None:
             os.lchown(self.path, uid, gid)
         else:
             os.chown(self.path, uid, gid, dir_fd=self.dir_fd, follow_symlinks=False)
+
+    def chmod(self, mode: int) -> None:
+        if self.fd is not None:
+            os.chmod(self.fd, mode)
+        else:
+            os.chmod(self.path, mode, dir_fd=self.dir_fd)
+
+    def utime(self, atime_ns: int, mtime_ns: int) -> None:
+        if self.fd is not None:
+            os.utime(self.fd, ns=(atime_ns, mtime_ns))
+        else:
+            os.utime(self.path, ns=(atime_ns, mtime_ns), dir_fd=self.dir_fd, follow_symlinks=False)
+
+    def listxattr(self) -> list[str]:
+        if self.fd is not None:
+            return os.listxattr(self.fd)
+        return os.listxattr(self.xattr_path, follow_symlinks=False)
+
+    def setxattr(self, attr: bytes, value: bytes) -> None:
+        if self.fd is not None:
+            os.setxattr(self.fd, attr, value)
+        else:
+            os.setxattr(self.xattr_path, attr, value, follow_symlinks=False)
+
+    def removexattr(self, attr: bytes) -> None:
+        if self.fd is not None:
+            os.removexattr(self.fd, attr)
+        else:
+            os.removexattr(self.xattr_path, attr, follow_symlinks=False)
+
+    def get_flags(self) -> int:
+        if self.fd is not None:
+            return _ioctl_get_flags(self.fd)
+        return get_flags(self.path, dir_fd=self.dir_fd)
+
+    def set_flags(self, flags: int) -> None:
+        if self.fd is not None:
+            _ioctl_set_flags(self.fd, flags)
+        else:
+            set_flags(self.path, flags, dir_fd=self.dir_fd)
 
 
 def _apply_owner(
@@ -588,10 +640,10 @@ def _first(value: int | None, default: int) -> int:
 def _apply_xattrs(at: _At, node: Node, warnings: list[str]) -> None:
     wanted = {k for k, _ in node.xattrs}
     if ACL_ACCESS not in wanted or ACL_DEFAULT not in wanted:
-        _remove_inherited_acls(at.xattr_path, wanted)
+        _remove_inherited_acls(at, wanted)
     for attr, value in node.xattrs:
         try:
-            os.setxattr(at.xattr_path, attr, value, follow_symlinks=False)
+            at.setxattr(attr, value)
         except OSError as err:
             warnings.append(
                 f"could not restore extended attribute {_show(attr)} of {_show(at.shown)}: "
@@ -599,24 +651,24 @@ def _apply_xattrs(at: _At, node: Node, warnings: list[str]) -> None:
             )
 
 
-def _remove_inherited_acls(path: bytes, wanted: set[bytes]) -> None:
+def _remove_inherited_acls(at: _At, wanted: set[bytes]) -> None:
     # Best effort: failing here leaves the default-ACL-derived permissions,
     # which are what a plain restore without ACL support would give anyway.
     try:
-        present = {os.fsencode(a) for a in os.listxattr(path, follow_symlinks=False)}
+        present = {os.fsencode(a) for a in at.listxattr()}
     except OSError:
         return
     for attr in (ACL_ACCESS, ACL_DEFAULT):
         if attr in present and attr not in wanted:
             with contextlib.suppress(OSError):
-                os.removexattr(path, attr, follow_symlinks=False)
+                at.removexattr(attr)
 
 
 def _apply_flags(at: _At, flags: int, warnings: list[str]) -> None:
     try:
-        current = get_flags(at.path, dir_fd=at.dir_fd)
+        current = at.get_flags()
         wanted = (current & ~RESTORABLE_FLAGS) | (flags & RESTORABLE_FLAGS)
         if wanted != current:
-            set_flags(at.path, wanted, dir_fd=at.dir_fd)
+            at.set_flags(wanted)
     except OSError as err:
         warnings.append(f"could not restore inode flags of {_show(at.shown)}: {_reason(err)}")

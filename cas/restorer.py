@@ -7,12 +7,14 @@ aligned file offset is left as a hole, so sparse files come back sparse.
 Every entry is created and changed by its name inside its directory's open
 descriptor (``mkdirat``, ``openat``, ``renameat``, ...), never through a
 path: trees deeper than PATH_MAX restore, and a symlink planted in the
-target is replaced, never followed (cas/dirfd.py).  Directory metadata
-(times, then flags such as immutable) is applied when the directory's
-contents are done, so deepest first.  Hardlinked entries of any type are
-recreated as hardlinks; an immutable or append-only inode with more names
-gets its flags at the end, since nothing can be linked to it after.  An
-existing entry that is immutable or append-only is unlocked before it is
+target is replaced, never followed (cas/dirfd.py).  A file's metadata goes
+through the descriptor that wrote it, a directory's through its own; in a
+directory this restore created, nothing is looked up before it is created.
+Directory metadata (times, then flags such as immutable) is applied when the
+directory's contents are done, so deepest first.  Hardlinked entries of any
+type are recreated as hardlinks; an immutable or append-only inode with more
+names gets its flags at the end, since nothing can be linked to it after.
+An existing entry that is immutable or append-only is unlocked before it is
 changed or replaced.
 """
 
@@ -106,6 +108,7 @@ class _Dir:
     parent: _Dir | None
     selected: bool  # wholly selected by include patterns (or no includes given)
     created: bool = False
+    fresh: bool = False  # created empty by this restore: nothing in it to compare or replace
     fd: int = -1  # the directory, open once created (or, with --dry-run, if it exists)
     names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
 
@@ -145,6 +148,9 @@ class Restorer:
         )
         self._planned: set[int] = set()  # id() of file nodes whose blobs are planned
         self._taken = 0  # blobs of the current file taken from the stream
+        # Temporary names: one random part per restore and a counter, not a getrandom per file.
+        self._tmp_prefix = b".cas-restore-" + os.urandom(6).hex().encode() + b"-"
+        self._tmp_count = 0
 
     # -- walking ------------------------------------------------------------
 
@@ -195,7 +201,7 @@ class Restorer:
             if d.created and self.opts.delete:
                 self._delete_extras(d)
             if d.node is not None and d.created and d.parent is not None and not self.opts.dry_run:
-                self._apply(d.parent.fd, d.node.name, d.target, d.node)
+                self._apply(d.parent.fd, d.node.name, d.target, d.node, fd=d.fd)
         finally:
             self._opener.close_dir(d.fd)
             d.fd = -1
@@ -231,7 +237,7 @@ class Restorer:
         self._taken = 0
         try:
             self._make_dir(d)
-            self._restore_leaf(d.fd, path, node)
+            self._restore_leaf(d, path, node)
         except OSError as e:
             self._os_failure(path, e)
         except RestoreAborted:
@@ -282,25 +288,32 @@ class Restorer:
         (a planted symlink too) is removed first, so nothing restored below
         it can land outside the target.
         """
-        if d.created:
-            return
+        chain = []  # iteratively: an --include may select one file 4,000 levels down
+        while not d.created:
+            chain.append(d)
+            assert d.parent is not None
+            d = d.parent
+        for d in reversed(chain):
+            self._make_one_dir(d)
+
+    def _make_one_dir(self, d: _Dir) -> None:
         assert d.parent is not None and d.node is not None and self._opener is not None
-        self._make_dir(d.parent)
         parent_fd, name = d.parent.fd, d.node.name
         if self.opts.dry_run:
             with contextlib.suppress(OSError):  # to compare with what is there
                 d.fd = self._opener.open_dir(name, parent_fd) if parent_fd >= 0 else -1
         else:
-            try:
-                st = os.lstat(name, dir_fd=parent_fd)
-            except FileNotFoundError:
-                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            st = None
+            if not d.parent.fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(name, dir_fd=parent_fd)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                _unlock(parent_fd, name)  # its flags come back with the rest of its metadata
             else:
-                if stat.S_ISDIR(st.st_mode):
-                    _unlock(parent_fd, name)  # its flags come back with the rest of its metadata
-                else:
+                if st is not None:
                     self._clear(parent_fd, name)
-                    os.mkdir(name, 0o700, dir_fd=parent_fd)
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                d.fresh = True
             d.fd = self._opener.open_dir(name, parent_fd)
         d.created = True
         self.summary.dirs += 1
@@ -308,33 +321,35 @@ class Restorer:
 
     # -- leaves -------------------------------------------------------------
 
-    def _restore_leaf(self, dir_fd: int, path: bytes, node: Node) -> None:
-        """Restore the non-directory ``node`` as ``node.name`` in ``dir_fd`` (shown as ``path``)."""
-        name = node.name
+    def _restore_leaf(self, d: _Dir, path: bytes, node: Node) -> None:
+        """Restore the non-directory ``node`` as ``node.name`` in ``d`` (shown as ``path``)."""
+        dir_fd, name = d.fd, node.name
         key = (node.device, node.inode)
+        # A hardlink cannot be made to an immutable or append-only inode.
+        flags_later = node.links > 1 and bool(node.flags & _LOCKING_FLAGS)
         if node.links > 1 and key in self._links:
             self.summary.hardlinks += 1
             self.report.action("hardlink", path)
             if not self.opts.dry_run:
-                self._clear(dir_fd, name)
+                if not d.fresh:
+                    self._clear(dir_fd, name)
                 # The first name is reached by its path: beyond PATH_MAX this fails
                 # (ENAMETOOLONG), naming the file.
                 os.link(self._links[key], name, dst_dir_fd=dir_fd, follow_symlinks=False)
-            return
-        if node.type == "file":
-            if self._identical(dir_fd, name, node):
+                self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+        elif node.type == "file":
+            if not d.fresh and self._identical(dir_fd, name, node):
                 self.summary.files_unchanged += 1
                 self.report.action("unchanged", path)
                 if self.opts.verify:
                     self.summary.verified += 1  # just hashed and compared
                 if not self.opts.dry_run:
                     _unlock(dir_fd, name)
+                    self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
             else:
                 self.report.action("file", path)
                 if not self.opts.dry_run:
-                    self._write_file(dir_fd, name, node)
-                    if self.opts.verify:
-                        self._verify(dir_fd, path, node)
+                    self._write_file(dir_fd, path, node, restore_flags=not flags_later)
                 self.summary.files_restored += 1
         else:
             self.report.action(node.type, path)
@@ -343,14 +358,14 @@ class Restorer:
             else:
                 self.summary.special += 1
             if not self.opts.dry_run:
-                self._clear(dir_fd, name)
-                posixmeta.create_special(name, node, dir_fd=dir_fd)
-        if not self.opts.dry_run:
-            # A hardlink cannot be made to an immutable or append-only inode.
-            later = node.links > 1 and bool(node.flags & _LOCKING_FLAGS)
-            self._apply(dir_fd, name, path, node, restore_flags=not later)
-            if later:
-                self._flags_later.append((path, node))
+                try:
+                    posixmeta.create_special(name, node, dir_fd=dir_fd)
+                except FileExistsError:
+                    self._clear(dir_fd, name)
+                    posixmeta.create_special(name, node, dir_fd=dir_fd)
+                self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+        if flags_later and not self.opts.dry_run:
+            self._flags_later.append((path, node))
         if node.links > 1:
             self._links[key] = path
 
@@ -403,14 +418,23 @@ class Restorer:
         self._taken += 1  # taken even if loading it fails: the stream let go of it
         return self._stream.get(blob_id, size)
 
-    def _write_file(self, dir_fd: int, name: bytes, node: Node) -> None:
-        tmp = b".cas-restore-" + os.urandom(6).hex().encode() + b"-" + name[:100]
+    def _write_file(self, dir_fd: int, path: bytes, node: Node, *, restore_flags: bool) -> None:
+        """Write ``node`` under a temporary name, move it into place, apply its metadata.
+
+        Owner, xattrs, mode, times and flags go through the descriptor that
+        wrote the content, after the rename (an immutable file cannot be renamed)
+        and after ``--verify`` has read it back.
+        """
+        name = node.name
+        self._tmp_count += 1
+        tmp = self._tmp_prefix + str(self._tmp_count).encode() + b"-" + name[:100]
         fd = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600,
             dir_fd=dir_fd,
         )
+        renamed = False
         try:
             out = SparseWriter(fd)
             for blob_id, size in zip(node.content, node.sizes, strict=True):
@@ -418,16 +442,20 @@ class Restorer:
                 self.summary.bytes_written += size
                 self.report.bytes_done(size)
             out.finish()
+            try:  # rename replaces a file or symlink in the way, never following it
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except (IsADirectoryError, PermissionError):  # a directory, an immutable file
+                self._clear(dir_fd, name)
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
+            if self.opts.verify:  # before the mode is applied: it may forbid reading
+                self._verify(dir_fd, path, node)
+            self._apply(dir_fd, name, path, node, restore_flags=restore_flags, fd=fd)
+        finally:
             os.close(fd)
-            fd = -1
-            self._clear(dir_fd, name)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
 
     def _verify(self, dir_fd: int, path: bytes, node: Node) -> None:
         if self._digest_of(dir_fd, node.name) != node.digest:
@@ -436,7 +464,14 @@ class Restorer:
             self.summary.verified += 1
 
     def _apply(
-        self, dir_fd: int, name: bytes, path: bytes, node: Node, *, restore_flags: bool = True
+        self,
+        dir_fd: int,
+        name: bytes,
+        path: bytes,
+        node: Node,
+        *,
+        restore_flags: bool = True,
+        fd: int | None = None,
     ) -> None:
         for w in posixmeta.apply_metadata(
             name,
@@ -447,6 +482,7 @@ class Restorer:
             restore_flags=restore_flags,
             dir_fd=dir_fd,
             shown=path,
+            fd=fd,
         ):
             self._warn(w)
 

@@ -19,31 +19,22 @@ from typing import Any
 
 import pytest
 
-from cas.backend.memory import MemoryBackend
 from cas.repository import Repository
 from tests.support import races
 from tests.support.cli import run_cas
-from tests.support.repos import new_repo
 from tests.support.trees import build_deep_tree, compare_trees, open_deep, remove_tree
-from tests.test_archiver import backup, content, make_files, restore, walk
+from tests.test_archiver import backend, backup, content, make_files, repo, restore, walk
 from tests.test_backup_restore import landed, one_line
+
+# backend and repo: test_archiver's in-memory repository fixtures, used here too.
+__all__ = ["backend", "repo"]
 
 DEPTH = 4000
 
 
 @pytest.fixture
-def repo() -> Repository:
-    store = MemoryBackend()
-    store.create()
-    return new_repo(store)
-
-
-@pytest.fixture
 def cli_repo(tmp_path: Path) -> str:
-    path = tmp_path / "repo"
-    done = run_cas("-r", path, "init")
-    assert done.code == 0, done.err
-    return str(path)
+    return str(cas_json("-r", tmp_path / "repo", "--json", "init")["repository"])
 
 
 @pytest.fixture
@@ -109,6 +100,22 @@ def test_tree_4000_levels_deep(cli_repo: str, tmp_path: Path, removed_afterwards
     restored = cas_json("-r", cli_repo, "--json", "restore", "latest", "--target", out)
     assert restored["warnings"] == [] and restored["summary"]["failed"] == []
     assert compare_trees(src, landed(out, src)) == []
+
+    # One file selected 4,000 levels down: its directories are made on the way.
+    one = tmp_path / "one"
+    picked = cas_json(
+        "-r", cli_repo, "--json", "restore", "latest", "--target", one, "--include", "bottom"
+    )
+    assert picked["summary"]["failed"] == [] and picked["summary"]["files_restored"] == 1
+    middle = bottom.rsplit(b"/", 1)[0].split(b"/")[: DEPTH // 2]
+    with pytest.raises(FileNotFoundError):
+        open_deep(landed(one, src), b"/".join(middle) + b"/middle")
+    fds = [open_deep(root, bottom) for root in (src, landed(one, src))]
+    try:
+        assert os.pread(fds[0], 200_000, 0) == os.pread(fds[1], 200_000, 0)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
     # A change at the bottom is found, and named by its full path.
     fd = open_deep(src, bottom, os.O_WRONLY)
@@ -247,6 +254,81 @@ def test_cli_file_changing_before_it_is_read(
         assert (landed(out, src) / "victim").read_bytes() == b"v" * 50_000  # as read
     after = cas_json("-r", cli_repo, "--json", "backup", src)
     assert after["warnings"] == [] and after["summary"]["bytes_read"] == victim.stat().st_size
+
+
+def _opened_names(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record the names ``os.open`` is given relative to a directory from now on."""
+    opened: list[bytes] = []
+    real = os.open
+
+    def recording(path: Any, *args: Any, **kwargs: Any) -> int:
+        if kwargs.get("dir_fd") is not None:
+            opened.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording)
+    return opened
+
+
+def _set_note(path: Path, value: bytes) -> None:
+    try:
+        os.setxattr(path, b"user.note", value)
+    except OSError as e:
+        pytest.skip(f"no user xattrs here: {e}")
+
+
+def test_unchanged_files_are_not_opened_and_metadata_changes_are_seen(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"a": b"a" * 3000, "b": b"b" * 3000, "c": b"c" * 3000})
+    _set_note(src / "a", b"first")
+    first = backup(repo, src)
+    with monkeypatch.context() as m:
+        opened = _opened_names(m)
+        second = backup(repo, src, parent=first.tree)
+    assert not {b"a", b"b", b"c"} & set(opened)  # the directory is listed, no file opened
+    assert second.summary.files_unchanged == 3 and second.summary.bytes_read == 0
+    assert walk(repo, second.tree) == walk(repo, first.tree)
+
+    # New xattrs, mode or flags with the same content and mtime: the ctime moved.
+    _set_note(src / "a", b"second")
+    os.chmod(src / "b", 0o600)
+    with monkeypatch.context() as m:
+        opened = _opened_names(m)
+        third = backup(repo, src, parent=second.tree)
+    assert sorted(set(opened) & {b"a", b"b", b"c"}) == [b"a", b"b"]
+    assert third.warnings == [] and third.summary.files_unchanged == 1
+    nodes = walk(repo, third.tree)
+    assert nodes[b(src / "a")].xattrs == [(b"user.note", b"second")]
+    assert nodes[b(src / "b")].mode == 0o600
+    assert third.summary.data_blobs_new == 0  # read again, nothing new stored
+
+
+def test_unreadable_metadata_makes_the_next_backup_read_the_file_again(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    victim = src / "victim"
+    make_files(src, {"victim": b"v" * 5000, "other": b"o"})
+    _set_note(victim, b"kept")
+    real = os.listxattr
+    inode = victim.stat().st_ino
+
+    def refusing(where: Any, *args: Any, **kwargs: Any) -> list[str]:
+        if isinstance(where, int) and os.fstat(where).st_ino == inode:
+            raise PermissionError(13, "Permission denied")
+        return real(where, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "listxattr", refusing)
+        done = backup(repo, src)
+    assert done.warnings == [f"could not list extended attributes of {victim}: Permission denied"]
+    node = walk(repo, done.tree)[b(victim)]
+    assert node.xattrs == [] and node.ctime_ns == 0  # no ctime matches: not reused
+    again = backup(repo, src, parent=done.tree)
+    assert again.warnings == [] and again.summary.bytes_read == 5000
+    assert walk(repo, again.tree)[b(victim)].xattrs == [(b"user.note", b"kept")]
 
 
 # -- 3. symlink loops ------------------------------------------------------------
