@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -627,18 +626,42 @@ def _unlock(dir_fd: int, name: bytes) -> None:
         pass  # the change that follows reports the real problem
 
 
+_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _remove_tree(dir_fd: int, name: bytes) -> None:
-    """``rm -rf`` of ``name`` in ``dir_fd`` that first clears immutable/append-only flags."""
+    """``rm -rf`` of ``name`` in ``dir_fd``, however deep (no recursion, no long paths).
+
+    Immutable and append-only flags are cleared where they stop a removal:
+    on each directory before its entries go, on an entry when unlinking it fails.
+    """
+    stack: list[tuple[int, bytes, int, list[bytes]]] = []
     try:
-        shutil.rmtree(name, dir_fd=dir_fd)
-        return
-    except PermissionError:
-        pass
-    _unlock(dir_fd, name)
-    for _top, dirs, files, top_fd in os.fwalk(name, dir_fd=dir_fd):
-        for entry in dirs + files:
-            _unlock(top_fd, entry)
-    shutil.rmtree(name, dir_fd=dir_fd)
+        while True:
+            _unlock(dir_fd, name)
+            fd = os.open(name, _TREE_FLAGS, dir_fd=dir_fd)
+            stack.append((dir_fd, name, fd, [os.fsencode(n) for n in os.listdir(fd)]))
+            while stack:
+                parent_fd, dir_name, fd, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    os.close(fd)
+                    os.rmdir(dir_name, dir_fd=parent_fd)
+                    continue
+                entry = names.pop()
+                if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                    dir_fd, name = fd, entry
+                    break  # open it above
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                except PermissionError:
+                    _unlock(fd, entry)
+                    os.unlink(entry, dir_fd=fd)
+            if not stack:
+                return
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
 
 
 def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[bytes, Node | None]:

@@ -129,6 +129,21 @@ def test_tree_4000_levels_deep(cli_repo: str, tmp_path: Path, removed_afterwards
     assert all(d["path"] == os.fsdecode(deepest) for d in found["differences"])
 
 
+def test_restore_delete_removes_a_deep_tree_in_the_way(
+    repo: Repository, tmp_path: Path, removed_afterwards: None
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"top": b"a file here", "keep": b"k"})
+    done = backup(repo, src)
+    out = tmp_path / "out"
+    landing = landed(out, src)
+    (landing / "top").mkdir(parents=True)
+    build_deep_tree(landing / "top", 1500)  # deeper than Python's recursion limit
+    summary, actions = restore(repo, done.tree, out, delete=True)
+    assert actions.warnings == [] and summary.failed == []
+    assert compare_trees(src, landing) == []  # content, metadata: "top" is the file again
+
+
 def test_nesting_beyond_the_open_file_limit_is_one_clear_line(
     cli_repo: str, tmp_path: Path, removed_afterwards: None
 ) -> None:
