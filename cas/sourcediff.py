@@ -34,6 +34,8 @@ UNREADABLE = "unreadable"
 
 _ORDER = {MISSING_IN_SOURCE: 0, MISSING_IN_SNAPSHOT: 1, CHANGED: 2, UNREADABLE: 3}
 _READ_BLOCK = 4 << 20
+# O_NOATIME is added by the opener where allowed: comparing must not change atimes.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -178,41 +180,65 @@ class SourceComparer:
         except OSError as e:
             out.append(Difference(path, UNREADABLE, snapshot=_reason(e)))
             return None
-        level, failure = None, None
         if node.type == "dir" and stat.S_ISDIR(st.st_mode):
+            return self._compare_dir(dir_fd, path, node, st, out)
+        # One descriptor serves a file's xattrs and its content.
+        fd, failure = -1, None
+        if node.type == "file" and stat.S_ISREG(st.st_mode):
             try:
-                level = _Level(path, self._opener.open_dir(name, dir_fd))
+                fd = self._opener.open(name, _FILE_FLAGS, dir_fd)
             except OSError as e:
-                level, failure = _Level(path, -1), e
+                failure = e
         try:
-            live, warnings = posixmeta.node_from_stat(
-                name,
-                st,
-                path=path,
-                names=self.names,
-                read_flags=False,
-                fd=level.fd if level is not None and level.fd >= 0 else None,
-                dir_fd=dir_fd,
-            )
-        except (OSError, ValueError) as e:
-            if level is not None:
-                self._opener.close_dir(level.fd)
-            out.append(Difference(path, UNREADABLE, snapshot=_reason(e)))
+            live = self._live_node(dir_fd, path, node, st, fd, out)
+            if live is not None and node.type == live.type == "file" and node.size == live.size:
+                out += self._content(fd, failure, path, node.digest)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return None
+
+    def _compare_dir(
+        self, dir_fd: int, path: bytes, node: Node, st: os.stat_result, out: list[Difference]
+    ) -> _Level | None:
+        try:
+            level = _Level(path, self._opener.open_dir(node.name, dir_fd))
+        except OSError as e:
+            if self._live_node(dir_fd, path, node, st, -1, out) is not None:
+                out.append(Difference(path, UNREADABLE, snapshot=f"cannot list: {_reason(e)}"))
             return None
-        out += [Difference(path, UNREADABLE, snapshot=w) for w in warnings]
-        out += _metadata(path, node, live)
-        if level is None:
-            if node.type == live.type == "file" and node.size == live.size and node.digest:
-                out += self._content(dir_fd, name, path, node.digest)
-            return None
-        if failure is not None:
-            out.append(Difference(path, UNREADABLE, snapshot=f"cannot list: {_reason(failure)}"))
-            return None
-        if node.subtree is None:
+        if self._live_node(dir_fd, path, node, st, level.fd, out) is None or node.subtree is None:
             self._opener.close_dir(level.fd)
             return None
         out += self._children(level, node.subtree)
         return level
+
+    def _live_node(
+        self,
+        dir_fd: int,
+        path: bytes,
+        node: Node,
+        st: os.stat_result,
+        fd: int,
+        out: list[Difference],
+    ) -> Node | None:
+        """The live entry's node (through ``fd`` if open), its metadata compared into ``out``."""
+        try:
+            live, warnings = posixmeta.node_from_stat(
+                node.name,
+                st,
+                path=path,
+                names=self.names,
+                read_flags=False,
+                fd=fd if fd >= 0 else None,
+                dir_fd=dir_fd,
+            )
+        except (OSError, ValueError) as e:
+            out.append(Difference(path, UNREADABLE, snapshot=_reason(e)))
+            return None
+        out += [Difference(path, UNREADABLE, snapshot=w) for w in warnings]
+        out += _metadata(path, node, live)
+        return live
 
     def _children(self, level: _Level, tree_id: bytes) -> list[Difference]:
         """Entries missing on either side; those on both go into ``level.todo``."""
@@ -235,23 +261,27 @@ class SourceComparer:
             out.append(Difference(level.path + b"/" + name, MISSING_IN_SNAPSHOT, snapshot=kind))
         return out
 
-    def _content(self, dir_fd: int, name: bytes, path: bytes, digest: bytes) -> list[Difference]:
+    def _content(
+        self, fd: int, failure: OSError | None, path: bytes, digest: bytes | None
+    ) -> list[Difference]:
+        if not digest:
+            return []
         try:
-            live = self._digest_of(dir_fd, name)
+            if failure is not None:
+                raise failure
+            live = self._digest_of(fd)
         except OSError as e:
             return [Difference(path, UNREADABLE, snapshot=f"cannot read: {_reason(e)}")]
         if live == digest:
             return []
         return [Difference(path, CHANGED, "content", digest.hex(), live.hex())]
 
-    def _digest_of(self, dir_fd: int, name: bytes) -> bytes:
-        # O_NOATIME: comparing must not change atimes.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        fd = self._opener.open(name, flags, dir_fd)
+    def _digest_of(self, fd: int) -> bytes:
         h = self.new_digest()
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            while block := f.read(_READ_BLOCK):
-                h.update(block)
+        offset = 0
+        while block := os.pread(fd, _READ_BLOCK, offset):
+            h.update(block)
+            offset += len(block)
         return h.digest()
 
 

@@ -346,6 +346,29 @@ def test_unreadable_metadata_makes_the_next_backup_read_the_file_again(
     assert walk(repo, again.tree)[b(victim)].xattrs == [(b"user.note", b"kept")]
 
 
+def test_check_against_names_a_file_it_cannot_open_and_still_compares_its_xattrs(
+    cli_repo: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    make_files(src, {"secret": b"s" * 100, "plain": b"p"})
+    _set_note(src / "secret", b"note")
+    cas_json("-r", cli_repo, "--json", "backup", src)
+    hook = races.prelude("open", b"secret", "refuse")
+    found = cas_json("-r", cli_repo, "--json", "check", "--against", src, code=1, prelude=hook)
+    assert found["differences"] == [
+        {
+            "path": str(src / "secret"),
+            "kind": "unreadable",
+            "field": None,
+            "snapshot": "cannot read: Permission denied",
+            "source": None,
+        }
+    ]
+    _set_note(src / "secret", b"changed")  # and the xattrs were compared all the same
+    found = cas_json("-r", cli_repo, "--json", "check", "--against", src, code=1, prelude=hook)
+    assert [d["field"] for d in found["differences"]] == ["xattr:user.note", None]
+
+
 # -- 3. symlink loops ------------------------------------------------------------
 
 

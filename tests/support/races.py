@@ -9,6 +9,7 @@ one name puts the change exactly between listing and ``lstat``, or between
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -48,11 +49,17 @@ def _replace(dir_fd: int, name: bytes) -> None:
     os.rename(b".replacement", name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
+def _refuse(dir_fd: int, name: bytes) -> None:
+    """Not a change: the call itself fails, as for a file this process may not read."""
+    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
 CHANGES: dict[str, Callable[[int, bytes], None]] = {
     "vanish": _vanish,
     "grow": _grow,
     "shrink": _shrink,
     "replace": _replace,
+    "refuse": _refuse,
 }
 
 
