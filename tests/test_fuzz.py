@@ -676,3 +676,24 @@ def test_hostile_kdf_costs_are_refused_before_deriving(monkeypatch: pytest.Monke
     doc = dict(KEYFILE_DOC, kdf=dict(KEYFILE_DOC["kdf"], salt=base64.b64encode(b"x").decode()))
     with pytest.raises(CasError, match="salt"):
         keyfmt.unlock(keyfmt.decode_keyfile(json.dumps(doc).encode()), b"pw")
+
+
+def test_long_hostile_values_give_short_messages() -> None:
+    """A long unsafe name or unknown type in a tree, or chunker name in a config, is shown
+    shortened and escaped (atheris found a tree whose error message quoted a 700-byte name)."""
+    long_name = b"\x1b[2J" + b"a/" * 400
+    for node in (
+        dict(TREE_DOC["nodes"][1], name=long_name),
+        dict(TREE_DOC["nodes"][1], type="\x1b[2J" + "x" * 800),
+    ):
+        raw = pack_canonical({"v": 1, "nodes": [node]})
+        with pytest.raises(CasError) as info:
+            treefmt.decode_tree(raw)
+        assert len(str(info.value)) < 120 and "\x1b" not in str(info.value), str(info.value)
+    doc = dict(CONFIG_DOC, chunker=dict(CONFIG_DOC["chunker"], algorithm="\n" + "x" * 800))
+    sealed = VALID_CONFIG[:8] + crypto.seal(
+        KEYS.data_key, compress.encode_payload(pack_canonical(doc)), VALID_CONFIG[:8]
+    )
+    with pytest.raises(CasError) as info:
+        configfmt.decode_config(sealed, KEYS.data_key)
+    assert len(str(info.value)) < 120 and "\n" not in str(info.value), str(info.value)

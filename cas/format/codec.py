@@ -64,6 +64,13 @@ def open_document(key: bytes, ad: bytes, sealed: bytes, what: str) -> dict[str, 
     return unpack_map(compress.decode_payload(plain, MAX_DOCUMENT, what), what)
 
 
+def shown(value: Any) -> str:
+    """A value from a hostile or damaged document, fit for a one-line message (no raw
+    newlines or terminal escapes, bounded length; fuzzing found both unbounded forms)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def field(doc: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
     """``doc[key]`` checked against ``typ``; FormatError when missing or mistyped."""
     value = doc.get(key)

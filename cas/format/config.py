@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..chunker import ChunkerParams
 from ..errors import FormatError, UnsupportedVersion
 from . import FORMAT_VERSION
-from .codec import field, id_field, open_document, seal_document
+from .codec import field, id_field, open_document, seal_document, shown
 
 MAGIC = b"CASREPO"
 CHUNKER_ALGORITHM = "fastcdc-2016-permuted"
@@ -67,7 +67,7 @@ def decode_config(raw: bytes, data_key: bytes) -> Config:
     doc = open_document(data_key, raw[:8], raw[8:], "config")
     ch = field(doc, "chunker", dict, "config")
     if ch.get("algorithm") != CHUNKER_ALGORITHM:
-        raise FormatError(what="config", detail=f"unknown chunker {ch.get('algorithm')!r}")
+        raise FormatError(what="config", detail=f"unknown chunker {shown(ch.get('algorithm'))}")
     params = ChunkerParams(
         field(ch, "min", int, "config"),
         field(ch, "avg", int, "config"),

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import crypto
 from ..errors import FormatError, IntegrityError, UnsupportedVersion, WrongPassword
+from .codec import shown
 
 KEY_AD = b"cas.key.v1"
 KEY_TYPES = ("full",)  # "write-only" is reserved, see spec §4.4
@@ -77,13 +78,13 @@ def decode_keyfile(raw: bytes) -> KeyFile:
             raise ValueError("not an object")
         version = doc["version"]
         if version != 1:
-            raise UnsupportedVersion(what="key file", version=_shown(version), supported=1)
+            raise UnsupportedVersion(what="key file", version=shown(version), supported=1)
         kdf: dict[str, Any] = doc["kdf"]
         if kdf["algorithm"] != "argon2id":
-            raise ValueError(f"unknown KDF {_shown(kdf['algorithm'])}")
+            raise ValueError(f"unknown KDF {shown(kdf['algorithm'])}")
         if doc["type"] not in KEY_TYPES:
-            shown = f"(type {_shown(doc['type'])})"
-            raise UnsupportedVersion(what="key file", version=shown, supported=1)
+            kind = f"(type {shown(doc['type'])})"
+            raise UnsupportedVersion(what="key file", version=kind, supported=1)
         ops, mem = kdf["opslimit"], kdf["memlimit"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (ops, mem)):
             raise ValueError("KDF costs must be integers")
@@ -108,13 +109,6 @@ def decode_keyfile(raw: bytes) -> KeyFile:
         UnicodeDecodeError,
     ) as e:
         raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
-
-
-def _shown(value: Any) -> str:
-    """A value from an unauthenticated key file, fit for a one-line message (no raw
-    newlines or terminal escapes, bounded length; fuzzing found the raw form)."""
-    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def unlock(kf: KeyFile, password: bytes) -> crypto.MasterKeys:

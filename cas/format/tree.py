@@ -16,7 +16,7 @@ import msgpack
 
 from ..errors import FormatError
 from .codec import field as get_field
-from .codec import sorted_keys, unpack_map
+from .codec import shown, sorted_keys, unpack_map
 
 NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
 
@@ -82,9 +82,9 @@ class Node:
             raise FormatError(what=what, detail="not a map")
         n = cls(name=get_field(d, "name", bytes, what), type=get_field(d, "type", str, what))
         if n.type not in NODE_TYPES:
-            raise FormatError(what=what, detail=f"unknown type {n.type!r}")
+            raise FormatError(what=what, detail=f"unknown type {shown(n.type)}")
         if not n.name or b"/" in n.name or b"\0" in n.name or n.name in (b".", b".."):
-            raise FormatError(what=what, detail=f"unsafe name {n.name!r}")
+            raise FormatError(what=what, detail=f"unsafe name {shown(n.name)}")
         for k in (
             "mode",
             "uid",
