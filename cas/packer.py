@@ -10,6 +10,12 @@ from .errors import IntegrityError
 from .format import pack as packfmt
 from .ids import storage_id
 
+# Sealed blobs under SMALL bytes are appended to a shared buffer of up to
+# SMALL_RUN bytes: a pack of 100,000 tiny blobs then holds 16 MiB, not
+# 100,000 buffers with their object overhead.
+SMALL = 64 * 1024
+SMALL_RUN = 1 << 20
+
 
 @dataclass(frozen=True)
 class FinishedPack:
@@ -27,6 +33,7 @@ class Packer:
         self.keys = keys
         self.blob_type = blob_type
         self._parts: list[bytes | bytearray] = []
+        self._small = bytearray()  # small sealed blobs, coalesced (no object per blob)
         self._entries: list[packfmt.PackEntry] = []
         self.size = 0
 
@@ -38,7 +45,16 @@ class Packer:
         self._entries.append(
             packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)
         )
-        self._parts.append(sealed)
+        if len(sealed) < SMALL:
+            self._small += sealed
+            if len(self._small) >= SMALL_RUN:
+                self._parts.append(self._small)
+                self._small = bytearray()
+        else:
+            if self._small:
+                self._parts.append(self._small)
+                self._small = bytearray()
+            self._parts.append(sealed)
         self.size += len(sealed)
 
     def finish(self) -> FinishedPack:
@@ -48,9 +64,9 @@ class Packer:
         bug or a memory error here cannot produce a pack that will not read.
         """
         tail = packfmt.encode_pack_tail(self.keys, self._entries)
-        data = b"".join([*self._parts, tail])
+        data = b"".join([*self._parts, self._small, tail])
         entries = self._entries
         if packfmt.parse_pack(self.keys, data) != entries:
             raise IntegrityError(what="new pack", detail="header does not read back as written")
-        self._parts, self._entries, self.size = [], [], 0
+        self._parts, self._small, self._entries, self.size = [], bytearray(), [], 0
         return FinishedPack(storage_id(data), data, entries)
