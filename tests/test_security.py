@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import pty
@@ -303,6 +304,32 @@ def test_wrong_password_reads_only_config_and_keys(tmp_path: Path) -> None:
     assert rec.touched
     for op, name in rec.touched:
         assert name == layout.CONFIG or name == layout.KEYS or name.startswith("keys/"), (op, name)
+
+
+def test_key_list_shows_hostile_key_file_members_escaped(tmp_path: Path) -> None:
+    """hostname and username of a key file are not authenticated (spec §4.1): whoever
+    can write the repository can set them, and ``key list`` must not let them add
+    lines or terminal escapes to its output."""
+    repo = tmp_path / "repo"
+    env = _env(tmp_path)
+    assert run_cas("-r", repo, "init", password=SECRET, env=env).code == 0
+    (path,) = (repo / layout.KEYS).iterdir()
+    doc = json.loads(path.read_bytes())
+    doc["hostname"] = "evil\nfake line\x1b[2J"
+    doc["username"] = "\x1b]0;title\x07root"
+    data = json.dumps(doc).encode()
+    path.unlink()
+    new = repo / layout.KEYS / hashlib.sha256(data).hexdigest()
+    new.write_bytes(data)
+    new.chmod(0o600)
+    r = run_cas("-r", repo, "key", "list", password=SECRET, env=env)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert len(lines) == 2, lines  # the heading and one key
+    assert "\x1b" not in r.out and "\x07" not in r.out
+    assert "evil\\nfake line\\x1b[2J" in lines[1]
+    js = run_cas("-r", repo, "--json", "key", "list", password=SECRET, env=env)
+    assert json.loads(js.out)[0]["hostname"] == doc["hostname"]  # JSON escapes by itself
 
 
 REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) ([^ "]*) HTTP/1\.[01]')

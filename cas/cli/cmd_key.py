@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .common import Globals, Output, kdf_options, kdf_params, new_password, pass_globals
+from .common import (
+    Globals,
+    Output,
+    kdf_options,
+    kdf_params,
+    new_password,
+    one_line,
+    pass_globals,
+)
 
 
 def register(cli: click.Group) -> None:
@@ -43,7 +51,8 @@ def key_list(g: Globals) -> None:
         out.line(f"{'':1} {'ID':8}  {'created':20}  {'user@host'}")
         for d in docs:
             mark = "*" if d["current"] else " "
-            out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {d['username']}@{d['hostname']}")
+            who = f"{one_line(d['username'])}@{one_line(d['hostname'])}"
+            out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {who}")
 
     out.emit(docs, human)
 

@@ -295,6 +295,12 @@ def fs_text(name: bytes) -> str:
     return name.decode("utf-8", "backslashreplace")
 
 
+def one_line(text: str) -> str:
+    """Untrusted text (a key file's unauthenticated members) for a terminal: as is when
+    printable, else escaped, so it can add no line and no escape sequence."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def human_bytes(n: float) -> str:
     """1.5 GiB style sizes."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
