@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -38,6 +38,17 @@ class Location:
 
 def _width(value: int) -> int:
     return max(1, (value.bit_length() + 7) // 8)
+
+
+def _widths(
+    at_least: tuple[int, int, int], values: Collection[tuple[int, int, int]]
+) -> tuple[int, int, int]:
+    """Field widths that hold ``values`` and are no narrower than ``at_least``."""
+    return (
+        max(at_least[0], _width(max(v[0] for v in values))),
+        max(at_least[1], _width(max(v[1] for v in values))),
+        max(at_least[2], _width(max(v[2] for v in values))),
+    )
 
 
 class _Run:
@@ -121,7 +132,10 @@ class _Run:
 
 
 def _encode(blob_id: bytes, vals: tuple[int, int, int], widths: tuple[int, int, int]) -> bytes:
-    return blob_id + b"".join(v.to_bytes(w, "little") for v, w in zip(vals, widths, strict=True))
+    (p, o, n), (wp, wo, wn) = vals, widths
+    return b"".join(
+        (blob_id, p.to_bytes(wp, "little"), o.to_bytes(wo, "little"), n.to_bytes(wn, "little"))
+    )
 
 
 class MasterIndex:
@@ -181,11 +195,7 @@ class MasterIndex:
         if not self._pending:
             return
         old = self._run
-        maxima = list(old.widths)
-        for vals in self._pending.values():
-            for i, v in enumerate(vals):
-                maxima[i] = max(maxima[i], _width(v))
-        widths = (maxima[0], maxima[1], maxima[2])
+        widths = _widths(old.widths, self._pending.values())
         records = sorted(_encode(k, v, widths) for k, v in self._pending.items())
         self._pending = {}
         if widths == old.widths and old.count:

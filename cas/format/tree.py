@@ -50,29 +50,48 @@ class Node:
     extra: dict[str, Any] = field(default_factory=dict)  # fields this version does not know
 
     def to_doc(self) -> dict[str, Any]:
-        """The msgpack map of this node; defaults and empty lists are omitted."""
-        d: dict[str, Any] = {"name": self.name, "type": self.type, "mode": self.mode}
-        for k in ("uid", "gid", "size", "mtime_ns", "atime_ns", "ctime_ns", "inode", "device"):
-            d[k] = getattr(self, k)
-        if self.links != 1:
-            d["links"] = self.links
-        for k in ("user", "group", "target", "digest", "subtree"):
-            v = getattr(self, k)
-            if v is not None:
-                d[k] = v
-        if self.rdev:
-            d["rdev"] = self.rdev
-        if self.flags:
-            d["flags"] = self.flags
-        if self.xattrs:
-            d["xattrs"] = [[k, v] for k, v in self.xattrs]
+        """The msgpack map of this node, keys in sorted order; defaults and empty
+        lists are omitted."""
+        # Keys are added in sorted order (canonical msgpack, spec §11.2), so
+        # encode_tree need not sort or re-walk any node.
+        d: dict[str, Any] = {"atime_ns": self.atime_ns}
         if self.content:
             d["content"] = list(self.content)
+        d["ctime_ns"] = self.ctime_ns
+        d["device"] = self.device
+        if self.digest is not None:
+            d["digest"] = self.digest
+        if self.flags:
+            d["flags"] = self.flags
+        d["gid"] = self.gid
+        if self.group is not None:
+            d["group"] = self.group
+        d["inode"] = self.inode
+        if self.links != 1:
+            d["links"] = self.links
+        d["mode"] = self.mode
+        d["mtime_ns"] = self.mtime_ns
+        d["name"] = self.name
+        if self.rdev:
+            d["rdev"] = self.rdev
+        d["size"] = self.size
+        if self.content:
             d["sizes"] = list(self.sizes)
-        for k, v in self.extra.items():
-            d.setdefault(k, sorted_keys(v))
-        # Keys in sorted order here, so encode_tree need not re-walk every node.
-        return {k: d[k] for k in sorted(d)}
+        if self.subtree is not None:
+            d["subtree"] = self.subtree
+        if self.target is not None:
+            d["target"] = self.target
+        d["type"] = self.type
+        d["uid"] = self.uid
+        if self.user is not None:
+            d["user"] = self.user
+        if self.xattrs:
+            d["xattrs"] = [[k, v] for k, v in self.xattrs]
+        if self.extra:
+            for k, v in self.extra.items():
+                d.setdefault(k, sorted_keys(v))
+            d = {k: d[k] for k in sorted(d)}
+        return d
 
     @classmethod
     def from_doc(cls, d: Any) -> Node:
@@ -80,23 +99,29 @@ class Node:
         what = "tree node"
         if not isinstance(d, dict):
             raise FormatError(what=what, detail="not a map")
-        n = cls(name=get_field(d, "name", bytes, what), type=get_field(d, "type", str, what))
-        if n.type not in NODE_TYPES:
-            raise FormatError(what=what, detail=f"unknown type {shown(n.type)}")
-        if not n.name or b"/" in n.name or b"\0" in n.name or n.name in (b".", b".."):
-            raise FormatError(what=what, detail=f"unsafe name {shown(n.name)}")
-        for k in (
-            "mode",
-            "uid",
-            "gid",
-            "size",
-            "mtime_ns",
-            "atime_ns",
-            "ctime_ns",
-            "inode",
-            "device",
-        ):
-            setattr(n, k, get_field(d, k, int, what))
+        name = get_field(d, "name", bytes, what)
+        typ = get_field(d, "type", str, what)
+        if typ not in NODE_TYPES:
+            raise FormatError(what=what, detail=f"unknown type {shown(typ)}")
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+            raise FormatError(what=what, detail=f"unsafe name {shown(name)}")
+        ints: list[Any] = [d.get(k) for k in _REQUIRED_INTS]
+        for k, v in zip(_REQUIRED_INTS, ints, strict=True):
+            if type(v) is not int:  # the common case in one test; get_field judges the rest
+                get_field(d, k, int, what)
+        mode, uid, gid, size, mtime_ns, atime_ns, ctime_ns, inode, device = ints
+        n = cls(name, typ, mode, uid, gid, None, None, size, mtime_ns, atime_ns, ctime_ns)
+        n.inode, n.device = inode, device
+        if d.keys() <= _PLAIN:  # no optional field but user, group, digest, content
+            if "user" in d:
+                n.user = get_field(d, "user", str, what)
+            if "group" in d:
+                n.group = get_field(d, "group", str, what)
+            if "digest" in d:
+                n.digest = _id_field(d, "digest", what)
+            if "content" in d:
+                n.content, n.sizes = _content(d, what)
+            return n
         optional: tuple[tuple[str, type], ...] = (
             ("links", int),
             ("rdev", int),
@@ -105,15 +130,12 @@ class Node:
             ("group", str),
             ("target", bytes),
         )
-        for k, typ in optional:
+        for k, typ_ in optional:
             if k in d:
-                setattr(n, k, get_field(d, k, typ, what))
+                setattr(n, k, get_field(d, k, typ_, what))
         for k in ("digest", "subtree"):
             if k in d:
-                v = get_field(d, k, bytes, what)
-                if len(v) != 32:
-                    raise FormatError(what=what, detail=f"{k} is not a 32-byte ID")
-                setattr(n, k, v)
+                setattr(n, k, _id_field(d, k, what))
         if n.target is not None and (not n.target or b"\0" in n.target):
             raise FormatError(what=what, detail="symlink target empty or holding NUL")
         if "xattrs" in d:
@@ -125,18 +147,46 @@ class Node:
                 raise FormatError(what=what, detail="malformed xattrs")
             n.xattrs = [(x[0], x[1]) for x in xs]
         if "content" in d:
-            content = get_field(d, "content", list, what)
-            sizes = get_field(d, "sizes", list, what)
-            if (
-                len(content) != len(sizes)
-                or not all(isinstance(c, bytes) and len(c) == 32 for c in content)
-                or not all(isinstance(s, int) and s >= 0 for s in sizes)
-            ):
-                raise FormatError(what=what, detail="malformed content list")
-            n.content, n.sizes = content, sizes
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        n.extra = {k: v for k, v in d.items() if k not in known and isinstance(k, str)}
+            n.content, n.sizes = _content(d, what)
+        if not d.keys() <= _KNOWN:
+            n.extra = {k: v for k, v in d.items() if k not in _KNOWN and isinstance(k, str)}
         return n
+
+
+_REQUIRED_INTS = (
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime_ns",
+    "atime_ns",
+    "ctime_ns",
+    "inode",
+    "device",
+)
+_KNOWN = frozenset(f for f in Node.__dataclass_fields__ if f != "extra")
+# The keys of most file nodes: required ones and the optional ones from_doc's
+# short path handles (no links, rdev, flags, target, subtree or xattrs).
+_PLAIN = frozenset({"name", "type", *_REQUIRED_INTS, "user", "group", "digest", "content", "sizes"})
+
+
+def _id_field(d: dict[Any, Any], key: str, what: str) -> bytes:
+    v: bytes = get_field(d, key, bytes, what)
+    if len(v) != 32:
+        raise FormatError(what=what, detail=f"{key} is not a 32-byte ID")
+    return v
+
+
+def _content(d: dict[Any, Any], what: str) -> tuple[list[bytes], list[int]]:
+    content = get_field(d, "content", list, what)
+    sizes = get_field(d, "sizes", list, what)
+    if (
+        len(content) != len(sizes)
+        or not all(isinstance(c, bytes) and len(c) == 32 for c in content)
+        or not all(isinstance(s, int) and s >= 0 for s in sizes)
+    ):
+        raise FormatError(what=what, detail="malformed content list")
+    return content, sizes
 
 
 def encode_tree(nodes: list[Node]) -> bytes:
