@@ -33,6 +33,8 @@ class _Progress(RestoreReporter):
 
     def bytes_done(self, n: int) -> None:
         self.bytes += n
+        if not self.out.progress_due():
+            return
         elapsed = time.monotonic() - self.start
         self.out.progress(
             f"[{int(elapsed) // 60}:{int(elapsed) % 60:02d}] {human_bytes(self.bytes)} restored"

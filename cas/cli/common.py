@@ -249,6 +249,10 @@ class Output:
         self.clear_progress()
         click.echo(f"warning: {text}", err=True)
 
+    def progress_due(self) -> bool:
+        """Whether ``progress`` would draw now: callers skip formatting a line otherwise."""
+        return self.progress_enabled and time.monotonic() - self._last_progress >= 0.1
+
     def progress(self, text: str, force: bool = False) -> None:
         """Overwrite the status line at most ten times a second."""
         if not self.progress_enabled:
