@@ -125,6 +125,7 @@ def _fmt(path: bytes) -> str:
 
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TAG_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # CACHEDIR.TAG may be a symlink
+_DIGEST_READ = 4 << 20  # bytes per read when a file is only hashed (_same_content)
 
 
 class Archiver:
@@ -317,7 +318,9 @@ class Archiver:
                 warnings.append(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
             for w in warnings:
                 self._warn(w)
-            if not self._read_file(fd, path, node, st):
+            if not self._same_content(fd, path, node, st, parent) and not self._read_file(
+                fd, path, node, st
+            ):
                 return None
         finally:
             os.close(fd)
@@ -493,6 +496,50 @@ class Archiver:
         )
         # A blob the parent used may have been pruned or lost since: then read again.
         return same and all(self.repo.has_blob(b) for b in parent.content)
+
+    def _same_content(
+        self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
+    ) -> bool:
+        """Whether a file whose size and mtime are the parent's holds the parent's content.
+
+        Its ctime or inode moved (chmod, chown, new xattrs, ``cp -a``, a restore),
+        so it must be read; but one pass of the whole-file digest (BLAKE3, spec
+        §6.2) is much cheaper than chunking it and hashing and looking up every
+        chunk.  If the digest is the parent's, ``node`` takes the parent's
+        content list.  Any doubt (a change while reading, a read error, another
+        digest) returns False and the file is read the normal way.
+        """
+        if (
+            self.opts.force
+            or parent is None
+            or parent.type != "file"
+            or parent.digest is None
+            or (parent.size, parent.mtime_ns) != (st.st_size, st.st_mtime_ns)
+            or not all(self.repo.has_blob(b) for b in parent.content)
+        ):
+            return False
+        self.report.file_started(path, st.st_size)
+        reader = SourceReader(fd, st)
+        digest = self.repo.file_digest()
+        try:
+            while data := reader.read(_DIGEST_READ):
+                digest.update(data)
+            after = os.fstat(fd)
+        except OSError:
+            return False  # the normal read reports it
+        finally:
+            self.summary.bytes_read += reader.bytes_read
+        if (
+            reader.pos != st.st_size
+            or (after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+            != (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            or digest.digest() != parent.digest
+        ):
+            return False
+        node.content, node.sizes, node.digest = parent.content, parent.sizes, parent.digest
+        node.size = parent.size
+        self.report.bytes_done(st.st_size)
+        return True
 
     def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
         self.report.file_started(path, st.st_size)

@@ -11,6 +11,7 @@ does not use cas.
 from __future__ import annotations
 
 import os
+import random
 import resource
 import time
 from collections.abc import Iterator
@@ -318,6 +319,65 @@ def test_unchanged_files_are_not_opened_and_metadata_changes_are_seen(
     assert nodes[b(src / "a")].xattrs == [(b"user.note", b"second")]
     assert nodes[b(src / "b")].mode == 0o600
     assert third.summary.data_blobs_new == 0  # read again, nothing new stored
+
+
+class CountingChunker:
+    """The repository's chunker, counting the files it is asked to chunk."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.files = inner, 0
+
+    def iter_chunks(self, read: Any) -> Any:
+        self.files += 1
+        return self.inner.iter_chunks(read)
+
+
+def test_metadata_change_is_hashed_not_chunked_and_same_mtime_edits_are_caught(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """A file whose size and mtime are the parent's but whose ctime or inode moved is
+    read once to compare its whole-file digest: the same content takes the parent's
+    blobs without chunking; other content (an edit that kept the mtime) is stored."""
+    src = tmp_path / "src"
+    rnd = random.Random(5)
+    files = {n: rnd.randbytes(size) for n, size in (("a", 3_000_000), ("b", 70_000), ("c", 1))}
+    make_files(src, files)
+    first = backup(repo, src)
+    before = walk(repo, first.tree)
+    # a: chmod (ctime moves); b: copied over itself as cp -a does (new inode, same mtime);
+    # c: untouched.
+    os.chmod(src / "a", 0o640)
+    mtime = (src / "b").stat().st_mtime_ns
+    (src / "b").unlink()
+    (src / "b").write_bytes(files["b"])
+    os.utime(src / "b", ns=(mtime, mtime))
+    counting = CountingChunker(repo.chunker())
+    second = backup(repo, src, parent=first.tree, chunker=counting)
+    assert counting.files == 0
+    s = second.summary
+    assert (s.files_changed, s.files_unchanged, s.data_blobs_new) == (2, 1, 0)
+    assert s.bytes_read == 3_070_000
+    after = walk(repo, second.tree)
+    for name in ("a", "b"):
+        node, old = after[b(src / name)], before[b(src / name)]
+        assert (node.content, node.digest) == (old.content, old.digest)
+        assert content(repo, node) == files[name]
+    assert after[b(src / "a")].mode == 0o640
+    # Same size, same mtime, other bytes: the digest differs, the file is chunked and stored.
+    edited = bytearray(files["a"])
+    edited[1_500_000:1_500_010] = b"0123456789"
+    mtime = (src / "a").stat().st_mtime_ns
+    (src / "a").write_bytes(bytes(edited))
+    os.utime(src / "a", ns=(mtime, mtime))
+    counting = CountingChunker(repo.chunker())
+    third = backup(repo, src, parent=second.tree, chunker=counting)
+    assert counting.files == 1 and third.summary.data_blobs_new >= 1
+    node = walk(repo, third.tree)[b(src / "a")]
+    assert content(repo, node) == bytes(edited) and node.digest != before[b(src / "a")].digest
+    # --force reads and chunks everything, whatever the digest says.
+    counting = CountingChunker(repo.chunker())
+    backup(repo, src, parent=third.tree, chunker=counting, force=True)
+    assert counting.files == 3
 
 
 def test_unreadable_metadata_makes_the_next_backup_read_the_file_again(
