@@ -16,6 +16,7 @@ not read; they chunk like the zeros they read as.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import dirfd, posixmeta
+from .chunkworker import OFFLOAD_MIN, WorkerGone
 from .crypto import BlobType
 from .errors import CasError
 from .format.tree import Node, decode_tree, encode_tree
 from .patterns import PatternSet
-from .protocols import BlobWriter, Chunks
+from .protocols import BlobWriter, Chunks, FileChunker
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -137,9 +139,11 @@ class Archiver:
         chunker: Chunks,
         options: BackupOptions | None = None,
         reporter: Reporter | None = None,
+        offload: FileChunker | None = None,
     ) -> None:
         self.repo = repo
         self.chunker = chunker
+        self.offload = offload  # chunks large files in another process, if given
         self.opts = options or BackupOptions()
         self.report = reporter or Reporter()
         self.summary = BackupSummary()
@@ -545,7 +549,9 @@ class Archiver:
         self.report.file_started(path, st.st_size)
         reader = SourceReader(fd, st)
         try:
-            total = self.save_content(node, reader.read)
+            total = self._save_offloaded(fd, node, st)
+            if total is None:
+                total = self.save_content(node, reader.read)
             after = os.fstat(fd)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -566,6 +572,46 @@ class Archiver:
             node.ctime_ns = 0
             self._warn(f"{_fmt(path)}: file changed while it was read; saved as read")
         return True
+
+    def _save_offloaded(self, fd: int, node: Node, st: os.stat_result) -> int | None:
+        """Store a large file chunked by the helper process; None: chunk it here instead.
+
+        Only the chunks the repository lacks are read here, and each is hashed
+        again by ``save_blob``: an ID that differs from the helper's means the
+        file changed between the two reads, and it is read again the normal way.
+        Sparse files stay here (the helper reads holes as zeros).
+        """
+        helper = self.offload
+        if (
+            helper is None
+            or helper.failed
+            or st.st_size < OFFLOAD_MIN
+            or st.st_blocks * 512 < st.st_size
+        ):
+            return None
+        node.content, node.sizes, node.size = [], [], 0
+        added, new_blobs = 0, 0
+        try:
+            with contextlib.closing(helper.chunks(fd, st.st_size)) as found:
+                for size, blob_id in found:
+                    if not self.repo.has_blob(blob_id):
+                        data = os.pread(fd, size, node.size)
+                        got, new = self.repo.save_blob(BlobType.DATA, data)
+                        if got != blob_id:
+                            raise _Moved
+                        added += size if new else 0
+                        new_blobs += new
+                    node.content.append(blob_id)
+                    node.sizes.append(size)
+                    node.size += size
+                    self.report.bytes_done(size)
+        except (_Moved, WorkerGone):
+            return None
+        self.summary.data_blobs_new += new_blobs
+        self.summary.data_added += added
+        self.summary.bytes_read += helper.bytes_read
+        node.digest = helper.digest
+        return node.size
 
     def save_content(self, node: Node, read: Callable[[int], bytes]) -> int:
         """Chunk, store and digest everything ``read`` returns into ``node``; returns the size."""
@@ -657,6 +703,10 @@ class SourceReader:
             return
         if self._data_end <= self.pos:  # truncated in between
             self._sparse = False
+
+
+class _Moved(Exception):
+    """A chunk read for storing is not the chunk the helper found: the file changed."""
 
 
 def _same_inode(node: Node, other: Node) -> None:

@@ -62,6 +62,11 @@ class Chunker:
         # 8.5 MiB buffer per file would cost more than chunking a small file).
         self._scratch: list[bytearray] = []
 
+    @property
+    def permutation(self) -> bytes:
+        """The secret byte permutation this chunker applies (spec §7.1)."""
+        return self._perm
+
     def _new_scratch(self) -> bytearray:
         return bytearray(self.params.min_size + self.params.max_size)
 

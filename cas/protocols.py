@@ -7,7 +7,7 @@ hand them small fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
 from .crypto import BlobType
@@ -42,6 +42,20 @@ class BlobWriter(BlobReader, Protocol):
     def file_digest(self) -> Digest: ...
 
     def save_snapshot(self, snap: Snapshot) -> bytes: ...
+
+
+class FileChunker(Protocol):
+    """Chunks an open file elsewhere (cas/chunkworker.py) and reports each chunk.
+
+    ``chunks`` yields (size, blob ID) pairs; afterwards ``digest`` and
+    ``bytes_read`` describe the file as read.  ``failed`` once it cannot serve.
+    """
+
+    failed: bool
+    digest: bytes
+    bytes_read: int
+
+    def chunks(self, fd: int, size: int) -> Generator[tuple[int, bytes], None, None]: ...
 
 
 class Digest(Protocol):

@@ -34,7 +34,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree
 from cas.patterns import PatternSet
 from cas.posixmeta import FLAG_APPEND, FLAG_IMMUTABLE, get_flags, set_flags
-from cas.protocols import BlobReader, Chunks
+from cas.protocols import BlobReader, Chunks, FileChunker
 from cas.repository import Repository
 from cas.restorer import (
     SPARSE_BLOCK,
@@ -88,10 +88,13 @@ def backup(
     *paths: Path,
     parent: bytes | None = None,
     chunker: Chunks | None = None,
+    offload: FileChunker | None = None,
     **options: Any,
 ) -> Backup:
     report = Warnings()
-    archiver = Archiver(repo, chunker or repo.chunker(), BackupOptions(**options), report)
+    archiver = Archiver(
+        repo, chunker or repo.chunker(), BackupOptions(**options), report, offload=offload
+    )
     tree = archiver.backup([b(p) for p in paths], parent)
     repo.flush()
     return Backup(tree, archiver.summary, report.messages)

@@ -33,6 +33,7 @@ import pytest
 from cas import layout
 from cas.backend.base import Backend, ObjectInfo
 from cas.backend.local import LocalBackend
+from cas.chunkworker import OFFLOAD_MIN
 from cas.errors import WrongPassword
 from cas.repository import open_repository
 from tests.support.cli import TEST_ENV, Result, run_cas
@@ -129,6 +130,8 @@ def session(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(os.urandom(50_000))
     (src / "note").write_text("not a secret\n")
+    # large enough for the chunk helper process (cas/chunkworker.py): its argv is audited too
+    (src / "large").write_bytes(os.urandom(OFFLOAD_MIN + 1000))
     pwcmd = tmp_path / "pwcmd.py"
     pwcmd.write_text(f"print({SECRET!r})\n")
     pwfile = tmp_path / "pwfile"
@@ -201,12 +204,17 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
         assert SECRET.encode() not in out, out.decode(errors="replace")
         assert OTHER.encode() not in out, out.decode(errors="replace")
         assert not _leaks(out, forms), out
-    # Processes started: the password command of the runs that had one, and nothing
-    # else; no secret in their argv (except where the user's own command holds one).
+    # Processes started: the password command of the runs that had one, the chunk
+    # helper of the first backup, and nothing else; no secret in their argv or
+    # environment (except where the user's own command holds one).
     children = [json.loads(line) for line in session["log"].read_text().splitlines()]
-    assert len(children) == 3 and all(e == "subprocess.Popen" for e, _ in children), children
-    for _, args in children[:2]:
-        assert str(tmp_path / "pwcmd.py") in args and not _leaks(args.encode(), forms), args
+    assert len(children) == 4 and all(e == "subprocess.Popen" for e, _ in children), children
+    helpers = [args for _, args in children if "cas.chunkworker" in args]
+    assert len(helpers) == 1, children
+    for _, args in children[:3]:
+        assert not _leaks(args.encode(), forms), args
+        assert str(tmp_path / "pwcmd.py") in args or args in helpers, args
+    assert "CAS_" not in helpers[0] and SECRET not in helpers[0]
     # Nothing in plaintext on disk, in the repository or in the cache.
     for root in (session["repo"], tmp_path / "cache"):
         for path in root.rglob("*"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -15,6 +16,7 @@ from .. import __version__, compress
 from ..archiver import Archiver, BackupOptions, Reporter, stdin_node
 from ..backend import find_layer, storage_class
 from ..backend.accounting import AccountingBackend, PriceTable
+from ..chunkworker import ChunkWorker
 from ..crypto import BlobType
 from ..dryrun import DryRunWriter
 from ..errors import EXIT_WARNINGS, UsageError
@@ -158,12 +160,15 @@ def backup(
     repo.compression_level = level
     hostname = host or socket.gethostname()
     snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
-    with g.locked(repo, exclusive=False, command="backup"):
+    chunker = repo.chunker()
+    # Large files are chunked in a helper process (fastcdc holds the GIL).
+    helper = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    with g.locked(repo, exclusive=False, command="backup"), contextlib.closing(helper):
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
         writer = DryRunWriter(repo) if dry_run else repo
         progress = _Progress(out)
-        archiver = Archiver(writer, repo.chunker(), opts, progress)
+        archiver = Archiver(writer, chunker, opts, progress, offload=helper)
         started = time.time()
         if use_stdin:
             node = stdin_node(stdin_filename.encode(), sys.stdin.buffer.read, archiver)

@@ -1,0 +1,228 @@
+"""The chunk helper process (cas/chunkworker.py), for real: a spawned process and SCM_RIGHTS.
+
+It must find exactly the chunks, blob IDs and whole-file digest the backup
+process would, report read errors as OSError, and never be needed: when it
+cannot start or dies, or the file changes between its read and the
+archiver's, the file is chunked in the backup process instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cas import chunkworker
+from cas.chunkworker import ChunkWorker, WorkerGone
+from cas.crypto import BlobType
+from cas.repository import Repository
+from tests.test_archiver import backend, backup, content, repo, walk
+
+# backend and repo: test_archiver's in-memory repository fixtures, used here too.
+__all__ = ["backend", "repo"]
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def helper(repo: Repository) -> Iterator[ChunkWorker]:
+    chunker = repo.chunker()
+    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    yield worker
+    worker.close()
+
+
+def local_chunks(repo: Repository, data: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        part = data[pos : pos + n]
+        pos += len(part)
+        return part
+
+    for chunk in repo.chunker().iter_chunks(read):
+        out.append((len(chunk), repo.blob_id(BlobType.DATA, chunk)))
+    return out
+
+
+def test_the_helper_finds_what_the_backup_process_would(
+    repo: Repository, helper: ChunkWorker, tmp_path: Path
+) -> None:
+    rnd = random.Random(3)
+    for size in (20 * MiB + 12345, 3 * MiB, 0):
+        data = rnd.randbytes(size)
+        path = tmp_path / f"f{size}"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            found = list(helper.chunks(fd, size))
+        finally:
+            os.close(fd)
+        assert found == local_chunks(repo, data)
+        digest = repo.file_digest()
+        digest.update(data)
+        assert (helper.digest, helper.bytes_read) == (digest.digest(), size)
+    assert not helper.failed
+
+
+def test_stopping_early_leaves_the_helper_ready_for_the_next_file(
+    repo: Repository, helper: ChunkWorker, tmp_path: Path
+) -> None:
+    data = random.Random(4).randbytes(24 * MiB)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stream = helper.chunks(fd, len(data))
+        next(stream)
+        stream.close()  # waits for the rest of this file's messages
+        assert list(helper.chunks(fd, len(data))) == local_chunks(repo, data)
+    finally:
+        os.close(fd)
+    assert not helper.failed
+
+
+def test_a_read_error_in_the_helper_is_an_oserror(helper: ChunkWorker, tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)  # a directory: pread fails with EISDIR
+    try:
+        with pytest.raises(IsADirectoryError):
+            list(helper.chunks(fd, 1))
+    finally:
+        os.close(fd)
+    assert not helper.failed
+
+
+def test_a_helper_that_dies_is_not_used_again(helper: ChunkWorker, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(MiB))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        list(helper.chunks(fd, MiB))
+        assert helper._proc is not None
+        os.kill(helper._proc.pid, signal.SIGKILL)
+        helper._proc.wait()
+        with pytest.raises(WorkerGone):
+            list(helper.chunks(fd, MiB))
+        assert helper.failed
+        with pytest.raises(WorkerGone):
+            list(helper.chunks(fd, MiB))
+    finally:
+        os.close(fd)
+
+
+# -- in the archiver ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cas.archiver.OFFLOAD_MIN", 2 * MiB)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    rnd = random.Random(9)
+    shared = rnd.randbytes(5 * MiB)
+    made = {
+        "big": rnd.randbytes(6 * MiB) + shared,
+        "copy": shared + rnd.randbytes(3 * MiB),  # half of it deduplicates
+        "small": rnd.randbytes(100_000),
+    }
+    root.mkdir()
+    for name, data in made.items():
+        (root / name).write_bytes(data)
+    return made
+
+
+def test_backup_through_the_helper_is_the_same_snapshot(
+    repo: Repository, helper: ChunkWorker, tmp_path: Path, small_threshold: None
+) -> None:
+    made = files(tmp_path / "src")
+    via = backup(repo, tmp_path / "src", offload=helper)
+    assert helper._proc is not None and not helper.failed  # it was used
+    assert via.warnings == []
+    nodes = walk(repo, via.tree)
+    for name, data in made.items():
+        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+    # the same content lists, digests and counts as chunking in the backup process
+    plain = backup(repo, tmp_path / "src", force=True)
+    assert walk(repo, plain.tree) == nodes
+    s = via.summary
+    assert s.bytes_read == sum(map(len, made.values()))
+    assert s.data_added < s.bytes_read  # the shared 5 MiB were stored once
+
+
+def test_a_file_changing_between_the_two_reads_is_read_again(
+    repo: Repository,
+    helper: ChunkWorker,
+    tmp_path: Path,
+    small_threshold: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = files(tmp_path / "src")
+    real = os.pread
+    changed: list[int] = []
+
+    def pread_after_a_change(fd: int, n: int, offset: int) -> bytes:
+        data = real(fd, n, offset)
+        if not changed:  # the archiver's first read: of the first chunk of "big" to store
+            changed.append(offset)
+            return bytes(len(data))  # as if the file now held zeros there
+        return data
+
+    monkeypatch.setattr(os, "pread", pread_after_a_change)
+    done = backup(repo, tmp_path / "src", offload=helper)
+    assert changed  # the helper's chunk did not match: read again the normal way
+    nodes = walk(repo, done.tree)
+    for name, data in made.items():
+        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+
+
+def test_a_helper_that_cannot_start_changes_nothing(
+    repo: Repository, tmp_path: Path, small_threshold: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = files(tmp_path / "src")
+    chunker = repo.chunker()
+    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    try:
+        done = backup(repo, tmp_path / "src", offload=worker)
+    finally:
+        worker.close()
+    assert worker.failed and done.warnings == []
+    nodes = walk(repo, done.tree)
+    for name, data in made.items():
+        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+
+
+def test_helper_gets_no_secrets_in_its_environment(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+    real = chunkworker.subprocess.Popen
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        seen["argv"] = args[0]
+        return real(*args, **kwargs)
+
+    monkeypatch.setenv("CAS_PASSWORD", "hunter2")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    monkeypatch.setattr(chunkworker.subprocess, "Popen", recording)
+    chunker = repo.chunker()
+    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert len(list(worker.chunks(fd, 1000))) == 1
+    finally:
+        os.close(fd)
+        worker.close()
+    assert not any(k.startswith(("CAS_", "AWS_")) for k in seen["env"])
+    assert seen["argv"][1:3] == ["-m", "cas.chunkworker"] and len(seen["argv"]) == 4
