@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cas import chunkworker
 from cas.chunkworker import ChunkWorker, WorkerGone
 from cas.crypto import BlobType
 from cas.repository import Repository
+from tests.support.cli import run_cas
 from tests.test_archiver import backend, backup, content, repo, walk
 
 # backend and repo: test_archiver's in-memory repository fixtures, used here too.
@@ -226,3 +228,47 @@ def test_helper_gets_no_secrets_in_its_environment(
         worker.close()
     assert not any(k.startswith(("CAS_", "AWS_")) for k in seen["env"])
     assert seen["argv"][1:3] == ["-m", "cas.chunkworker"] and len(seen["argv"]) == 4
+
+
+# -- the real command, killed --------------------------------------------------------
+
+
+def _helpers_in(cwd: Path) -> list[int]:
+    """Chunk helpers whose working directory is ``cwd`` (so only this test's)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                if b"cas.chunkworker" in cmdline and os.readlink(f"/proc/{entry}/cwd") == str(cwd):
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_killed_backup_leaves_no_helper_and_the_next_one_completes(tmp_path: Path) -> None:
+    repo, src = tmp_path / "repo", tmp_path / "src"
+    src.mkdir()
+    data = random.Random(12).randbytes(40 * MiB)
+    (src / "large").write_bytes(data)
+    assert run_cas("-r", repo, "init", cwd=tmp_path).code == 0
+    killed = run_cas(
+        "-r", repo, "backup", src, env={"CAS_FAILPOINTS": "pack-stored@1"}, cwd=tmp_path
+    )
+    assert killed.code == -signal.SIGKILL, killed.err
+    # The helper sees its socket close and ends; the deadline only bounds a hang.
+    deadline = time.monotonic() + 60
+    while _helpers_in(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _helpers_in(tmp_path) == []
+    check = run_cas("-r", repo, "check", "--read-data", cwd=tmp_path)
+    assert check.code == 0, check.err + check.out
+    again = run_cas("-r", repo, "--json", "backup", src, cwd=tmp_path)
+    assert again.code == 0, again.err
+    # (the pack stored before the kill is in no index: sent again, spec §14.3)
+    assert again.json()["summary"]["data_added"] == len(data)
+    out = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "--target", out, cwd=tmp_path).code == 0
+    assert (out / str(src).lstrip("/") / "large").read_bytes() == data
+    assert _helpers_in(tmp_path) == []
