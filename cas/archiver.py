@@ -490,16 +490,21 @@ class Archiver:
     # -- files --------------------------------------------------------------
 
     def _unchanged(self, node: Node, parent: Node | None) -> bool:
-        if parent is None or parent.type != "file" or parent.digest is None:
-            return False
-        same = (
-            parent.size == node.size
-            and parent.mtime_ns == node.mtime_ns
-            and parent.ctime_ns == node.ctime_ns
-            and parent.inode == node.inode
+        return (
+            parent is not None
+            and (parent.size, parent.mtime_ns, parent.ctime_ns, parent.inode)
+            == (node.size, node.mtime_ns, node.ctime_ns, node.inode)
+            and self._reusable(parent)
         )
-        # A blob the parent used may have been pruned or lost since: then read again.
-        return same and all(self.repo.has_blob(b) for b in parent.content)
+
+    def _reusable(self, parent: Node) -> bool:
+        """Whether a parent node's content can be taken over: a file with a digest
+        whose blobs are all still stored (one may have been pruned or lost since)."""
+        return (
+            parent.type == "file"
+            and parent.digest is not None
+            and all(self.repo.has_blob(b) for b in parent.content)
+        )
 
     def _same_content(
         self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
@@ -516,10 +521,8 @@ class Archiver:
         if (
             self.opts.force
             or parent is None
-            or parent.type != "file"
-            or parent.digest is None
             or (parent.size, parent.mtime_ns) != (st.st_size, st.st_mtime_ns)
-            or not all(self.repo.has_blob(b) for b in parent.content)
+            or not self._reusable(parent)
         ):
             return False
         self.report.file_started(path, st.st_size)
@@ -533,15 +536,9 @@ class Archiver:
             return False  # the normal read reports it
         finally:
             self.summary.bytes_read += reader.bytes_read
-        if (
-            reader.pos != st.st_size
-            or (after.st_size, after.st_mtime_ns, after.st_ctime_ns)
-            != (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            or digest.digest() != parent.digest
-        ):
+        if reader.pos != st.st_size or _moved(after, st) or digest.digest() != parent.digest:
             return False
-        node.content, node.sizes, node.digest = parent.content, parent.sizes, parent.digest
-        node.size = parent.size
+        _same_data(node, parent)
         self.report.bytes_done(st.st_size)
         return True
 
@@ -560,11 +557,7 @@ class Archiver:
             return False
         finally:
             self.summary.bytes_read += reader.bytes_read
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
-        ) or total != st.st_size:
+        if _moved(after, st) or total != st.st_size:
             # The node keeps the times seen before reading and the size read (so
             # the content list agrees with it).  A change within one tick of the
             # kernel's clock leaves the times as they were, so the ctime is
@@ -709,11 +702,25 @@ class _Moved(Exception):
     """A chunk read for storing is not the chunk the helper found: the file changed."""
 
 
+def _moved(after: os.stat_result, before: os.stat_result) -> bool:
+    """Whether a file's size, mtime or ctime differ between two stats of it."""
+    return (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+
+
+def _same_data(node: Node, other: Node) -> None:
+    """Give ``node`` the content recorded in ``other``."""
+    node.content, node.sizes, node.digest = other.content, other.sizes, other.digest
+    node.size = other.size
+
+
 def _same_inode(node: Node, other: Node) -> None:
     """Give ``node`` the content, xattrs and inode flags recorded in ``other``."""
     node.xattrs, node.flags = other.xattrs, other.flags
-    node.content, node.sizes, node.digest = other.content, other.sizes, other.digest
-    node.size = other.size
+    _same_data(node, other)
 
 
 def stdin_node(name: bytes, read: Callable[[int], bytes], archiver: Archiver) -> Node:

@@ -23,12 +23,13 @@ frames, then ``["e", digest, bytes_read]`` or ``["x", errno, message]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import msgpack
@@ -85,6 +86,7 @@ class ChunkWorker:
         self.bytes_read = 0
 
     def _ensure(self) -> socket.socket:
+        """The socket to the helper, starting it on first use (raises OSError)."""
         if self._sock is not None:
             return self._sock
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -103,17 +105,23 @@ class ChunkWorker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        except OSError as e:
+        except OSError:
             parent.close()
-            raise WorkerGone(str(e)) from None
+            raise
         finally:
             child.close()
         self._sock = parent
-        try:
-            _send(parent, self._init)
-        except OSError as e:
-            raise WorkerGone(str(e)) from None
+        _send(parent, self._init)
         return parent
+
+    def _talk(self, step: Callable[[], Any]) -> Any:
+        """Run one exchange with the helper; any failure of the helper or the
+        socket marks it failed and becomes WorkerGone."""
+        try:
+            return step()
+        except (OSError, EOFError, ValueError) as e:
+            self._fail()
+            raise WorkerGone(str(e)) from None
 
     def chunks(self, fd: int, size: int) -> Generator[tuple[int, bytes], None, None]:
         """(size, blob ID) of each chunk of the open file ``fd``, as the helper finds them.
@@ -125,40 +133,27 @@ class ChunkWorker:
         """
         if self.failed:
             raise WorkerGone("chunk helper unavailable")
+        sock = self._talk(self._ensure)
+        self._talk(lambda: socket.send_fds(sock, [_U64.pack(size)], [fd]))
         ended = False
         try:
-            sock = self._ensure()
-            socket.send_fds(sock, [_U64.pack(size)], [fd])
             while True:
-                msg = _recv(sock)
-                if msg[0] == "c":
-                    for n, blob_id in msg[1]:
+                kind, *rest = self._talk(lambda: _recv(sock))
+                if kind == "c":
+                    for n, blob_id in rest[0]:
                         yield n, bytes(blob_id)
-                elif msg[0] == "e":
-                    ended = True
-                    self.digest, self.bytes_read = bytes(msg[1]), msg[2]
+                    continue
+                ended = True
+                if kind == "e":
+                    self.digest, self.bytes_read = bytes(rest[0]), rest[1]
                     return
-                else:
-                    ended = True
-                    raise OSError(msg[1], msg[2])
-        except (OSError, EOFError, ValueError, IndexError, TypeError) as e:
-            if ended and isinstance(e, OSError):
-                raise  # the helper's read error, reported for this file
-            ended = True
-            self._fail()
-            raise WorkerGone(str(e)) from None
+                raise OSError(rest[0], rest[1])  # the helper's read error, for this file
         finally:
-            if not ended:
-                self._drain()
-
-    def _drain(self) -> None:
-        """Skip the rest of the current file's messages (the caller stopped early)."""
-        try:
-            assert self._sock is not None
-            while _recv(self._sock)[0] == "c":
-                pass
-        except Exception:
-            self._fail()
+            if not ended and not self.failed:
+                # The caller stopped early: skip the rest of this file's messages.
+                with contextlib.suppress(WorkerGone):
+                    while self._talk(lambda: _recv(sock))[0] == "c":
+                        pass
 
     def _fail(self) -> None:
         self.failed = True

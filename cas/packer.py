@@ -48,14 +48,17 @@ class Packer:
         if len(sealed) < SMALL:
             self._small += sealed
             if len(self._small) >= SMALL_RUN:
-                self._parts.append(self._small)
-                self._small = bytearray()
+                self._flush_small()
         else:
-            if self._small:
-                self._parts.append(self._small)
-                self._small = bytearray()
+            self._flush_small()
             self._parts.append(sealed)
         self.size += len(sealed)
+
+    def _flush_small(self) -> None:
+        """Move the coalesced small blobs into the parts, in order."""
+        if self._small:
+            self._parts.append(self._small)
+            self._small = bytearray()
 
     def finish(self) -> FinishedPack:
         """Append the sealed header and trailer, verify the result and reset.

@@ -85,9 +85,7 @@ def _pack(p: object, what: str) -> tuple[bytes, list[PackEntry]]:
         if type(b) is not list or len(b) != 5:
             raise FormatError(what=what, detail="malformed blob entry")
         bid, t, off, length, raw_len = b
-        if type(t) is not int or type(off) is not int or type(length) is not int:
-            raise FormatError(what=what, detail="malformed blob entry")
-        if type(raw_len) is not int:
+        if not (type(t) is type(off) is type(length) is type(raw_len) is int):
             raise FormatError(what=what, detail="malformed blob entry")
         if t not in (0, 1) or off < 0 or length <= overhead or raw_len < 0:
             raise FormatError(what=what, detail="blob entry out of range")

@@ -112,30 +112,21 @@ class Node:
         mode, uid, gid, size, mtime_ns, atime_ns, ctime_ns, inode, device = ints
         n = cls(name, typ, mode, uid, gid, None, None, size, mtime_ns, atime_ns, ctime_ns)
         n.inode, n.device = inode, device
-        if d.keys() <= _PLAIN:  # no optional field but user, group, digest, content
-            if "user" in d:
-                n.user = get_field(d, "user", str, what)
-            if "group" in d:
-                n.group = get_field(d, "group", str, what)
-            if "digest" in d:
-                n.digest = _id_field(d, "digest", what)
-            if "content" in d:
-                n.content, n.sizes = _content(d, what)
+        if "user" in d:
+            n.user = get_field(d, "user", str, what)
+        if "group" in d:
+            n.group = get_field(d, "group", str, what)
+        if "digest" in d:
+            n.digest = _id_field(d, "digest", what)
+        if "content" in d:
+            n.content, n.sizes = _content(d, what)
+        if d.keys() <= _PLAIN:  # most file nodes: nothing more to look at
             return n
-        optional: tuple[tuple[str, type], ...] = (
-            ("links", int),
-            ("rdev", int),
-            ("flags", int),
-            ("user", str),
-            ("group", str),
-            ("target", bytes),
-        )
-        for k, typ_ in optional:
+        for k, typ_ in (("links", int), ("rdev", int), ("flags", int), ("target", bytes)):
             if k in d:
                 setattr(n, k, get_field(d, k, typ_, what))
-        for k in ("digest", "subtree"):
-            if k in d:
-                setattr(n, k, _id_field(d, k, what))
+        if "subtree" in d:
+            n.subtree = _id_field(d, "subtree", what)
         if n.target is not None and (not n.target or b"\0" in n.target):
             raise FormatError(what=what, detail="symlink target empty or holding NUL")
         if "xattrs" in d:
@@ -146,8 +137,6 @@ class Node:
             ):
                 raise FormatError(what=what, detail="malformed xattrs")
             n.xattrs = [(x[0], x[1]) for x in xs]
-        if "content" in d:
-            n.content, n.sizes = _content(d, what)
         if not d.keys() <= _KNOWN:
             n.extra = {k: v for k, v in d.items() if k not in _KNOWN and isinstance(k, str)}
         return n
@@ -165,8 +154,8 @@ _REQUIRED_INTS = (
     "device",
 )
 _KNOWN = frozenset(f for f in Node.__dataclass_fields__ if f != "extra")
-# The keys of most file nodes: required ones and the optional ones from_doc's
-# short path handles (no links, rdev, flags, target, subtree or xattrs).
+# The keys of most file nodes: the required ones and user, group, digest, content
+# (no links, rdev, flags, target, subtree, xattrs or unknown keys).
 _PLAIN = frozenset({"name", "type", *_REQUIRED_INTS, "user", "group", "digest", "content", "sizes"})
 
 
