@@ -142,6 +142,14 @@ def files(root: Path) -> dict[str, bytes]:
     return made
 
 
+def assert_content(
+    repo: Repository, nodes: dict[bytes, Any], root: Path, made: dict[str, bytes]
+) -> None:
+    """Every file of ``made`` reads back from the snapshot's nodes exactly."""
+    for name, data in made.items():
+        assert content(repo, nodes[os.fsencode(root / name)]) == data
+
+
 def test_backup_through_the_helper_is_the_same_snapshot(
     repo: Repository, helper: ChunkWorker, tmp_path: Path, small_threshold: None
 ) -> None:
@@ -150,8 +158,7 @@ def test_backup_through_the_helper_is_the_same_snapshot(
     assert helper._proc is not None and not helper.failed  # it was used
     assert via.warnings == []
     nodes = walk(repo, via.tree)
-    for name, data in made.items():
-        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+    assert_content(repo, nodes, tmp_path / "src", made)
     # the same content lists, digests and counts as chunking in the backup process
     plain = backup(repo, tmp_path / "src", force=True)
     assert walk(repo, plain.tree) == nodes
@@ -182,8 +189,7 @@ def test_a_file_changing_between_the_two_reads_is_read_again(
     done = backup(repo, tmp_path / "src", offload=helper)
     assert changed  # the helper's chunk did not match: read again the normal way
     nodes = walk(repo, done.tree)
-    for name, data in made.items():
-        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+    assert_content(repo, nodes, tmp_path / "src", made)
 
 
 def test_a_helper_that_cannot_start_changes_nothing(
@@ -199,8 +205,7 @@ def test_a_helper_that_cannot_start_changes_nothing(
         worker.close()
     assert worker.failed and done.warnings == []
     nodes = walk(repo, done.tree)
-    for name, data in made.items():
-        assert content(repo, nodes[os.fsencode(tmp_path / "src" / name)]) == data
+    assert_content(repo, nodes, tmp_path / "src", made)
 
 
 def test_helper_gets_no_secrets_in_its_environment(
