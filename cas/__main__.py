@@ -1,5 +1,5 @@
 """``python -m cas``."""
 
-from .cli.main import main
+from cas.cli.main import main
 
 main()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
-from .crypto import BlobType
-from .format.snapshot import Snapshot
+from cas.crypto import BlobType
+from cas.format.snapshot import Snapshot
 
 
 class BlobReader(Protocol):
@@ -45,7 +45,7 @@ class BlobWriter(BlobReader, Protocol):
 
 
 class FileChunker(Protocol):
-    """Chunks an open file elsewhere (cas/chunkworker.py) and reports each chunk.
+    """Chunks an open file elsewhere (cas/chunking/worker.py) and reports each chunk.
 
     ``chunks`` yields (size, blob ID) pairs; afterwards ``digest`` and
     ``bytes_read`` describe the file as read.  ``failed`` once it cannot serve.

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from cas.archiver import (
+from cas.backend.memory import MemoryBackend
+from cas.backup.archiver import (
     CACHEDIR_SIGNATURE,
     Archiver,
     BackupOptions,
@@ -26,17 +27,16 @@ from cas.archiver import (
     SourceReader,
     stdin_node,
 )
-from cas.backend.memory import MemoryBackend
+from cas.backup.dryrun import DryRunWriter
 from cas.crypto import BlobType
-from cas.dryrun import DryRunWriter
 from cas.errors import CasError, IntegrityError
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree
-from cas.patterns import PatternSet
-from cas.posixmeta import FLAG_APPEND, FLAG_IMMUTABLE, get_flags, set_flags
+from cas.fs.patterns import PatternSet
+from cas.fs.posixmeta import FLAG_APPEND, FLAG_IMMUTABLE, get_flags, set_flags
 from cas.protocols import BlobReader, Chunks, FileChunker
-from cas.repository import Repository
-from cas.restorer import (
+from cas.repo.repository import Repository
+from cas.restore.restorer import (
     SPARSE_BLOCK,
     RestoreOptions,
     Restorer,

@@ -6,12 +6,12 @@ import random
 
 import pytest
 
-from cas import layout
 from cas.backend.memory import MemoryBackend
-from cas.blobstream import BlobStream
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.repository import Repository
+from cas.repo import layout
+from cas.repo.repository import Repository
+from cas.restore.blobstream import BlobStream
 from tests.support.repos import new_repo
 
 

@@ -12,22 +12,23 @@ from pathlib import Path
 
 import pytest
 
-from cas import checkstate, layout, locks
 from cas.backend.base import Backend, ObjectInfo
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
-from cas.checker import CheckOptions, check
-from cas.checkstate import CheckState, Subset, parse_duration, parse_subset, select_packs
+from cas.check import state as checkstate
+from cas.check.checker import CheckOptions, check
+from cas.check.findings import KINDS, Affected, CheckResult
+from cas.check.state import CheckState, Subset, parse_duration, parse_subset, select_packs
 from cas.crypto import BlobType
 from cas.errors import UsageError
-from cas.findings import KINDS, Affected, CheckResult
 from cas.format import index as indexfmt
 from cas.format.pack import PackEntry
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree, encode_tree
 from cas.ids import storage_id
-from cas.pruner import PruneOptions, execute_prune, plan_prune
-from cas.repository import Repository, open_repository
+from cas.repo import layout, locks
+from cas.repo.prune import PruneOptions, execute_prune, plan_prune
+from cas.repo.repository import Repository, open_repository
 from tests.support.damaged import (
     BUILDERS,
     FIXTURES,

@@ -1,7 +1,7 @@
 """The streaming chunker cuts exactly where fastcdc cuts the whole permuted stream.
 
 The chunker permutes only the bytes fastcdc inspects, window by window
-(cas/chunker.py); these properties pin it to the plain definition: permute
+(cas/chunking/chunker.py); these properties pin it to the plain definition: permute
 everything, run fastcdc once over the whole stream.
 """
 
@@ -14,8 +14,8 @@ from fastcdc.fastcdc_cy import fastcdc_cy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas import chunker as chunker_mod
-from cas.chunker import Chunker, ChunkerParams
+from cas.chunking import chunker as chunker_mod
+from cas.chunking.chunker import Chunker, ChunkerParams
 
 PARAMS = [
     ChunkerParams(64, 256, 1024),

@@ -1,4 +1,4 @@
-"""The chunk helper process (cas/chunkworker.py), for real: a spawned process and SCM_RIGHTS.
+"""The chunk helper process (cas/chunking/worker.py), for real: a spawned process and SCM_RIGHTS.
 
 It must find exactly the chunks, blob IDs and whole-file digest the backup
 process would, report read errors as OSError, and never be needed: when it
@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from cas import chunkworker
-from cas.chunkworker import ChunkWorker, WorkerGone
+from cas.chunking import worker as chunkworker
+from cas.chunking.worker import ChunkWorker, WorkerGone
 from cas.crypto import BlobType
-from cas.repository import Repository
+from cas.repo.repository import Repository
 from tests.support.cli import run_cas
 from tests.test_archiver import backend, backup, content, repo, walk
 
@@ -125,7 +125,7 @@ def test_a_helper_that_dies_is_not_used_again(helper: ChunkWorker, tmp_path: Pat
 
 @pytest.fixture
 def small_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cas.archiver.OFFLOAD_MIN", 2 * MiB)
+    monkeypatch.setattr("cas.backup.archiver.OFFLOAD_MIN", 2 * MiB)
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -233,7 +233,7 @@ def test_helper_gets_no_secrets_in_its_environment(
         os.close(fd)
         worker.close()
     assert not any(k.startswith(("CAS_", "AWS_")) for k in seen["env"])
-    assert seen["argv"][1:3] == ["-m", "cas.chunkworker"] and len(seen["argv"]) == 4
+    assert seen["argv"][1:3] == ["-m", "cas.chunking.worker"] and len(seen["argv"]) == 4
 
 
 # -- the real command, killed --------------------------------------------------------
@@ -246,7 +246,9 @@ def _helpers_in(cwd: Path) -> list[int]:
         if entry.isdigit():
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                if b"cas.chunkworker" in cmdline and os.readlink(f"/proc/{entry}/cwd") == str(cwd):
+                if b"cas.chunking.worker" in cmdline and os.readlink(f"/proc/{entry}/cwd") == str(
+                    cwd
+                ):
                     pids.append(int(entry))
             except OSError:
                 pass

@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 
-from cas import compress
+from cas.format import compress
 from tests.support.cli import run_cas
 
 

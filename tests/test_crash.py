@@ -34,7 +34,6 @@ from typing import Any
 
 import pytest
 
-from cas import layout
 from cas.backend.base import Backend
 from cas.backend.local import LocalBackend
 from cas.backend.s3 import S3Backend
@@ -43,7 +42,8 @@ from cas.format.lock import LockInfo, encode_lock
 from cas.format.pack import open_blob
 from cas.format.tree import Node, decode_tree
 from cas.ids import storage_id
-from cas.repository import Repository, open_repository, read_verified
+from cas.repo import layout
+from cas.repo.repository import Repository, open_repository, read_verified
 from tests.support.cli import TEST_ENV, Result, run_cas
 
 PASSWORD = "crash-test-password"

@@ -36,11 +36,12 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cas import compress, crypto, layout
+from cas import crypto
 from cas.backend.memory import MemoryBackend
-from cas.chunker import ChunkerParams
+from cas.chunking.chunker import ChunkerParams
 from cas.crypto import BlobType, MasterKeys
 from cas.errors import CasError, UnsupportedVersion
+from cas.format import compress
 from cas.format import config as configfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt
@@ -49,7 +50,8 @@ from cas.format import pack as packfmt
 from cas.format import snapshot as snapfmt
 from cas.format import tree as treefmt
 from cas.format.codec import pack_canonical, unpack_map
-from cas.repository import open_repository
+from cas.repo import layout
+from cas.repo.repository import open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 
@@ -630,7 +632,7 @@ def test_snapshot_pointing_into_another_repository_is_detected(tmp_path: Path) -
     forged_id = b.save_snapshot(forged)
     assert forged.tree == tree_a
     b = open_repository(b_backend, PASSWORD)
-    from cas.checker import CheckOptions, check
+    from cas.check.checker import CheckOptions, check
     from cas.errors import BlobNotFound
 
     result = check(b, CheckOptions(read_data=True))

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas.index import MasterIndex
+from cas.repo.index import MasterIndex
 
 
 def test_lookup_matches_a_dict_through_compactions() -> None:

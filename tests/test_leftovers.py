@@ -20,15 +20,15 @@ import pytest
 from cas.backend import request_summary
 from cas.backend.accounting import AccountingBackend, RequestMeter
 from cas.backend.base import LeftoverUploads, UnfinishedUpload
-from cas.backend.cache import CachingBackend
 from cas.backend.faulty import FaultyBackend
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
 from cas.backend.retry import RetryBackend
-from cas.cache import LocalCache
 from cas.errors import BackendError, TransientBackendError
-from cas.leftovers import MIN_AGE, find_leftovers, remove_leftovers
-from cas.pruner import PruneOptions, execute_prune, plan_prune
+from cas.repo.cache import LocalCache
+from cas.repo.caching import CachingBackend
+from cas.repo.leftovers import MIN_AGE, find_leftovers, remove_leftovers
+from cas.repo.prune import PruneOptions, execute_prune, plan_prune
 from tests.support.backends import S3Target
 from tests.support.cli import Result, run_cas
 from tests.support.repos import new_repo, populate

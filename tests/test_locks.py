@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cas import crypto, layout, locks
+from cas import crypto
 from cas.backend.base import Backend
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
@@ -30,6 +30,7 @@ from cas.errors import (
 from cas.format.codec import seal_document
 from cas.format.lock import LOCK_AD, LockInfo, decode_lock, encode_lock
 from cas.ids import storage_id
+from cas.repo import layout, locks
 
 MINUTE_NS = 60 * 1_000_000_000
 T0 = 1_700_000_000 * 1_000_000_000  # a fixed wall-clock time for injected clocks
@@ -418,7 +419,7 @@ def test_exit_with_error_keeps_the_error_even_if_release_fails(key: bytes) -> No
 CHILD = textwrap.dedent(
     """
     import sys
-    from cas import locks
+    from cas.repo import locks
     from cas.backend.local import LocalBackend
 
     lock = locks.acquire(

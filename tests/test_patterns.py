@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cas.errors import EXIT_USAGE
-from cas.patterns import PatternError, PatternSet, read_pattern_file
+from cas.fs.patterns import PatternError, PatternSet, read_pattern_file
 
 
 def matches(pattern: bytes, path: bytes, *, ignore_case: bool = False) -> bool:

@@ -1,4 +1,4 @@
-"""Retention rules (cas/policy.py): examples with restic's semantics, then properties."""
+"""Retention rules (cas/manage/policy.py): examples with restic's semantics, then properties."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas.policy import (
+from cas.manage.policy import (
     NS,
     UNLIMITED,
     Decision,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cas import posixmeta
 from cas.errors import FormatError
 from cas.format.tree import Node, decode_tree, encode_tree
-from cas.posixmeta import (
+from cas.fs import posixmeta
+from cas.fs.posixmeta import (
     FLAG_APPEND,
     FLAG_IMMUTABLE,
     FLAG_NOATIME,

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from cas import layout, locks
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree, encode_tree
-from cas.pruner import PruneOptions, PruneRefused, execute_prune, plan_prune
-from cas.repository import Repository, open_repository
+from cas.repo import layout, locks
+from cas.repo.prune import PruneOptions, PruneRefused, execute_prune, plan_prune
+from cas.repo.repository import Repository, open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 

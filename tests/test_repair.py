@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cas import layout
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format.tree import decode_tree
-from cas.repair import STUB_TEXT, rebuild_index, repair_snapshots
-from cas.repository import open_repository
+from cas.manage.repair import STUB_TEXT, rebuild_index, repair_snapshots
+from cas.repo import layout
+from cas.repo.repository import open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 

@@ -32,11 +32,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cas import dryrun
 from cas.backend.accounting import PriceTable
 from cas.backend.memory import MemoryBackend
+from cas.backup import dryrun
+from cas.backup.dryrun import DryRunWriter
 from cas.crypto import BlobType
-from cas.dryrun import DryRunWriter
 from cas.format.config import DEFAULT_PACK_SIZE
 from tests.support.backends import S3Target
 from tests.support.cli import Result, run_cas

@@ -25,16 +25,16 @@ import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.exceptions import ConnectionClosedError
 
-from cas.archiver import Archiver
 from cas.backend import request_summary
 from cas.backend.accounting import AccountingBackend, RequestMeter
 from cas.backend.base import Backend
 from cas.backend.retry import RetryBackend
 from cas.backend.s3 import S3Backend
+from cas.backup.archiver import Archiver
 from cas.errors import BackendError, TransientBackendError
 from cas.format.snapshot import Snapshot
-from cas.repository import Repository, open_repository
-from cas.restorer import Restorer
+from cas.repo.repository import Repository, open_repository
+from cas.restore.restorer import Restorer
 from tests.support.backends import S3Target
 from tests.support.repos import PASSWORD, new_repo
 
@@ -231,7 +231,7 @@ def test_backup_and_restore_through_ten_percent_faults(s3_any: S3Target, tmp_pat
     assert summary["retries"] == network.injected.total() == len(clock.delays)
     requests = sum(summary[kind] for kind in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
     random_faults = network.injected.total() - len(EVERY_KIND_ONCE)
-    # Restore reads each pack's needed blobs in one ranged GET (cas/blobstream.py),
+    # Restore reads each pack's needed blobs in one ranged GET (cas/restore/blobstream.py),
     # so most of the traffic is the backup's; enough for 10% to inject several faults.
     assert requests > 45, requests
     assert 2 <= random_faults <= 0.25 * requests

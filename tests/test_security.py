@@ -30,12 +30,12 @@ from typing import Any
 
 import pytest
 
-from cas import layout
 from cas.backend.base import Backend, ObjectInfo
 from cas.backend.local import LocalBackend
-from cas.chunkworker import OFFLOAD_MIN
+from cas.chunking.worker import OFFLOAD_MIN
 from cas.errors import WrongPassword
-from cas.repository import open_repository
+from cas.repo import layout
+from cas.repo.repository import open_repository
 from tests.support.cli import TEST_ENV, Result, run_cas
 from tests.test_crash import parallel
 
@@ -130,7 +130,7 @@ def session(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (src / "d").mkdir(parents=True)
     (src / "d" / "f").write_bytes(os.urandom(50_000))
     (src / "note").write_text("not a secret\n")
-    # large enough for the chunk helper process (cas/chunkworker.py): its argv is audited too
+    # large enough for the chunk helper process (cas/chunking/worker.py): its argv is audited too
     (src / "large").write_bytes(os.urandom(OFFLOAD_MIN + 1000))
     pwcmd = tmp_path / "pwcmd.py"
     pwcmd.write_text(f"print({SECRET!r})\n")
@@ -209,7 +209,7 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
     # environment (except where the user's own command holds one).
     children = [json.loads(line) for line in session["log"].read_text().splitlines()]
     assert len(children) == 4 and all(e == "subprocess.Popen" for e, _ in children), children
-    helpers = [args for _, args in children if "cas.chunkworker" in args]
+    helpers = [args for _, args in children if "cas.chunking.worker" in args]
     assert len(helpers) == 1, children
     for _, args in children[:3]:
         assert not _leaks(args.encode(), forms), args

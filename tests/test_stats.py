@@ -1,4 +1,4 @@
-"""Sizes for ``cas stats`` (cas/stats.py), on hand-built trees and through the CLI."""
+"""Sizes for ``cas stats`` (cas/manage/stats.py), on hand-built trees and through the CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cas.crypto import BlobType
 from cas.errors import IntegrityError
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
-from cas.stats import StatsCollector, pack_totals
+from cas.manage.stats import StatsCollector, pack_totals
 from tests.support.cli import run_cas
 from tests.support.repos import new_repo, populate
 

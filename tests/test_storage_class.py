@@ -18,15 +18,15 @@ import pytest
 
 from cas.backend import open_backend, storage_class
 from cas.backend.accounting import STORAGE_CLASS_PRICES, AccountingBackend, PriceTable
-from cas.backend.cache import CachingBackend
 from cas.backend.faulty import FaultyBackend
 from cas.backend.memory import MemoryBackend
 from cas.backend.retry import RetryBackend
 from cas.backend.s3 import normalize_storage_class
-from cas.cache import LocalCache
 from cas.crypto import BlobType
 from cas.errors import BackendError, UsageError
-from cas.repository import open_repository
+from cas.repo.cache import LocalCache
+from cas.repo.caching import CachingBackend
+from cas.repo.repository import open_repository
 from tests.support.backends import S3Target
 from tests.support.cli import Result, run_cas
 from tests.support.repos import PASSWORD, new_repo, populate

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cas import layout
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError, WrongPassword
 from cas.format.tree import decode_tree
-from cas.repository import open_repository
+from cas.repo import layout
+from cas.repo.repository import open_repository
 from tests.support.repos import PASSWORD, flip_byte, new_repo, populate, sample_positions
 
 

@@ -30,9 +30,10 @@ import pytest
 import zstandard
 from fastcdc import fastcdc_py
 
-from cas import compress, crypto, errors
-from cas.chunker import Chunker, ChunkerParams
+from cas import crypto, errors
+from cas.chunking.chunker import Chunker, ChunkerParams
 from cas.crypto import BlobType, KdfParams, MasterKeys
+from cas.format import compress
 from cas.format import config as configfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt

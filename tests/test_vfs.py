@@ -1,4 +1,4 @@
-"""The read-only snapshot view (cas.vfs) without FUSE: layout, metadata, reads, caching."""
+"""The read-only snapshot view (cas.mount.vfs) without FUSE: layout, metadata, reads, caching."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from cas.crypto import BlobType
 from cas.errors import BlobNotFound
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
-from cas.repository import Repository, open_repository
-from cas.vfs import ROOT_INO, BlobCache, SnapshotView, time_name
+from cas.mount.vfs import ROOT_INO, BlobCache, SnapshotView, time_name
+from cas.repo.repository import Repository, open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo
 
@@ -191,7 +191,7 @@ def test_snapshots_in_the_same_second_get_suffixes(repo: Repository) -> None:
 
 
 def test_short_ids_grow_until_unique(repo: Repository) -> None:
-    from cas import vfs
+    from cas.mount import vfs
 
     listed = [
         vfs._Listed(bytes.fromhex("abcdef12" + "00" * 28), None, None),  # type: ignore[arg-type]

@@ -21,11 +21,12 @@ from collections.abc import Callable
 import blake3
 from fastcdc.fastcdc_cy import fastcdc_cy
 
-from cas import compress, crypto
-from cas.chunker import Chunker, ChunkerParams
+from cas import crypto
+from cas.chunking.chunker import Chunker, ChunkerParams
 from cas.crypto import BlobType
+from cas.format import compress
 from cas.format import pack as packfmt
-from cas.index import MasterIndex
+from cas.repo.index import MasterIndex
 
 
 def rate(nbytes: int, fn: Callable[[], object], repeat: int = 3) -> float:

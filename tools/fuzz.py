@@ -47,9 +47,9 @@ VECTORS = ROOT / "spec" / "vectors"
 sys.path.insert(0, str(ROOT))
 
 with atheris.instrument_imports(include=["cas"]):
-    import cas.compress
     import cas.crypto
     import cas.format.codec
+    import cas.format.compress
     import cas.format.config
     import cas.format.index
     import cas.format.keyfile

@@ -27,11 +27,11 @@ import blake3
 import zstandard
 from fastcdc import fastcdc_py
 
-from cas import compress, crypto
-from cas.chunker import Chunker, ChunkerParams
+from cas import crypto
+from cas.chunking.chunker import Chunker, ChunkerParams
 from cas.crypto import BlobType, KdfParams, MasterKeys
 from cas.errors import CasError
-from cas.format import codec
+from cas.format import codec, compress
 from cas.format import config as configfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt

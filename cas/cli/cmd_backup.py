@@ -12,19 +12,20 @@ from typing import Any
 
 import click
 
-from .. import __version__, compress
-from ..archiver import Archiver, BackupOptions, Reporter, stdin_node
-from ..backend import find_layer, storage_class
-from ..backend.accounting import AccountingBackend, PriceTable
-from ..chunkworker import ChunkWorker
-from ..crypto import BlobType
-from ..dryrun import DryRunWriter
-from ..errors import EXIT_WARNINGS, UsageError
-from ..format.snapshot import Snapshot
-from ..format.tree import encode_tree
-from ..patterns import PatternSet, read_pattern_file
-from ..repository import Repository
-from .common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas import __version__
+from cas.backend import find_layer, storage_class
+from cas.backend.accounting import AccountingBackend, PriceTable
+from cas.backup.archiver import Archiver, BackupOptions, Reporter, stdin_node
+from cas.backup.dryrun import DryRunWriter
+from cas.chunking.worker import ChunkWorker
+from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.crypto import BlobType
+from cas.errors import EXIT_WARNINGS, UsageError
+from cas.format import compress
+from cas.format.snapshot import Snapshot
+from cas.format.tree import encode_tree
+from cas.fs.patterns import PatternSet, read_pattern_file
+from cas.repo.repository import Repository
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
-from .. import layout
-from ..crypto import BlobType
-from ..errors import CasError, IntegrityError, UsageError
-from ..format import keyfile as keyfmt
-from ..format.tree import decode_tree
-from ..repository import Repository, read_verified
-from .common import Globals, Output, pass_globals
+from cas.cli.common import Globals, Output, pass_globals
+from cas.crypto import BlobType
+from cas.errors import CasError, IntegrityError, UsageError
+from cas.format import keyfile as keyfmt
+from cas.format.tree import decode_tree
+from cas.repo import layout
+from cas.repo.repository import Repository, read_verified
 
 KINDS = ("config", "key", "index", "pack", "blob", "tree", "snapshot")
 

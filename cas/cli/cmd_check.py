@@ -10,13 +10,9 @@ from typing import Any
 
 import click
 
-from ..checker import CheckOptions, check
-from ..checkstate import CheckState, parse_duration, parse_subset, state_path
-from ..errors import EXIT_ERROR, UsageError
-from ..findings import CheckResult, Finding
-from ..format.snapshot import Snapshot
-from ..repository import Repository
-from ..sourcediff import (
+from cas.check.checker import CheckOptions, check
+from cas.check.findings import CheckResult, Finding
+from cas.check.sourcediff import (
     CHANGED,
     MISSING_IN_SNAPSHOT,
     MISSING_IN_SOURCE,
@@ -24,7 +20,11 @@ from ..sourcediff import (
     SourceComparer,
     covering_path,
 )
-from .common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.check.state import CheckState, parse_duration, parse_subset, state_path
+from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.errors import EXIT_ERROR, UsageError
+from cas.format.snapshot import Snapshot
+from cas.repo.repository import Repository
 
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import click
 
-from ..copier import copy_snapshots
-from .common import Globals, Output, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.manage.copier import copy_snapshots
 
 
 def register(cli: click.Group) -> None:

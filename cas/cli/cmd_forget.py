@@ -15,10 +15,11 @@ from typing import Any, TypeVar
 
 import click
 
-from .. import layout
-from ..errors import UsageError
-from ..format.snapshot import Snapshot
-from ..policy import (
+from cas.cli.cmd_prune import parse_fraction, run_prune
+from cas.cli.common import Globals, Output, fs_text, pass_globals
+from cas.errors import UsageError
+from cas.format.snapshot import Snapshot
+from cas.manage.policy import (
     UNLIMITED,
     Decision,
     Duration,
@@ -31,9 +32,8 @@ from ..policy import (
     parse_group_by,
     plan_forget,
 )
-from ..repository import Repository
-from .cmd_prune import parse_fraction, run_prune
-from .common import Globals, Output, fs_text, pass_globals
+from cas.repo import layout
+from cas.repo.repository import Repository
 
 
 def register(cli: click.Group) -> None:

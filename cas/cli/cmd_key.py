@@ -6,8 +6,7 @@ from typing import Any
 
 import click
 
-from ..errors import UsageError
-from .common import (
+from cas.cli.common import (
     Globals,
     Output,
     kdf_options,
@@ -16,6 +15,7 @@ from .common import (
     one_line,
     pass_globals,
 )
+from cas.errors import UsageError
 
 
 def register(cli: click.Group) -> None:

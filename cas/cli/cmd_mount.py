@@ -10,12 +10,12 @@ import threading
 
 import click
 
-from ..crypto import BlobType
-from ..errors import BlobNotFound, CasError, UsageError
-from ..format.snapshot import Snapshot
-from ..repository import Repository
-from ..vfs import CACHE_BYTES, SnapshotView
-from .common import Globals, Output, pass_globals
+from cas.cli.common import Globals, Output, pass_globals
+from cas.crypto import BlobType
+from cas.errors import BlobNotFound, CasError, UsageError
+from cas.format.snapshot import Snapshot
+from cas.mount.vfs import CACHE_BYTES, SnapshotView
+from cas.repo.repository import Repository
 
 
 def register(cli: click.Group) -> None:
@@ -28,7 +28,7 @@ class StaleMount(CasError):
 
 
 class RepositoryStore:
-    """The view's :class:`cas.vfs.SnapshotStore` over an open repository.
+    """The view's :class:`cas.mount.vfs.SnapshotStore` over an open repository.
 
     Backups may add snapshots while the mount runs (they take shared locks
     too).  A snapshot is written after the index files naming its blobs, so
@@ -135,7 +135,7 @@ def mount(
     hosts/<host>/<time>/ and tags/<tag>/<time>/; new snapshots appear
     within seconds.  Runs in the foreground.
     """
-    from ..fusefs import load_binding, serve
+    from cas.mount.fusefs import load_binding, serve
 
     out = Output(g)
     check_mountpoint(mountpoint)

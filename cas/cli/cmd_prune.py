@@ -6,11 +6,11 @@ from typing import Any
 
 import click
 
-from .. import locks
-from ..errors import LockedError, UsageError
-from ..pruner import PruneOptions, execute_prune, plan_prune
-from ..repository import Repository
-from .common import Globals, Output, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.errors import LockedError, UsageError
+from cas.repo import locks
+from cas.repo.prune import PruneOptions, execute_prune, plan_prune
+from cas.repo.repository import Repository
 
 
 def register(cli: click.Group) -> None:

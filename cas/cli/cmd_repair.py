@@ -6,9 +6,9 @@ import dataclasses
 
 import click
 
-from .. import locks
-from ..repair import rebuild_index, repair_snapshots
-from .common import Globals, Output, pass_globals
+from cas.cli.common import Globals, Output, pass_globals
+from cas.manage.repair import rebuild_index, repair_snapshots
+from cas.repo import locks
 
 
 def register(cli: click.Group) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
-from ..patterns import PatternSet
-from ..restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
-from .common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
+from cas.fs.patterns import PatternSet
+from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
 
 
 def register(cli: click.Group) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 
 
 def register(cli: click.Group) -> None:

@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from ..crypto import BlobType
-from ..policy import SnapshotFilter, SnapshotRef
-from ..stats import StatsCollector, pack_totals
-from .common import Globals, Output, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.crypto import BlobType
+from cas.manage.policy import SnapshotFilter, SnapshotRef
+from cas.manage.stats import StatsCollector, pack_totals
 
 
 def register(cli: click.Group) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 
 import click
 
-from .. import layout
-from ..errors import UsageError
-from ..format.snapshot import Snapshot
-from ..policy import SnapshotFilter, SnapshotRef
-from ..repository import Repository
-from .common import Globals, Output, pass_globals
+from cas.cli.common import Globals, Output, pass_globals
+from cas.errors import UsageError
+from cas.format.snapshot import Snapshot
+from cas.manage.policy import SnapshotFilter, SnapshotRef
+from cas.repo import layout
+from cas.repo.repository import Repository
 
 
 def register(cli: click.Group) -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 import click
 
-from .. import crypto, locks
-from ..backend import Backend, open_backend, request_summary
-from ..backend.cache import CachingBackend
-from ..cache import LocalCache, cache_dir_for
-from ..errors import CasError, NoPassword, UsageError
-from ..locks import RepoLock
-from ..repository import Repository, open_repository, read_config_version
+from cas import crypto
+from cas.backend import Backend, open_backend, request_summary
+from cas.errors import CasError, NoPassword, UsageError
+from cas.repo import locks
+from cas.repo.cache import LocalCache, cache_dir_for
+from cas.repo.caching import CachingBackend
+from cas.repo.locks import RepoLock
+from cas.repo.repository import Repository, open_repository, read_config_version
 
 
 @dataclass

@@ -9,9 +9,8 @@ import traceback
 
 import click
 
-from .. import __version__
-from ..errors import EXIT_ERROR, EXIT_USAGE, CasError
-from . import (
+from cas import __version__
+from cas.cli import (
     cmd_backup,
     cmd_cat,
     cmd_check,
@@ -27,7 +26,8 @@ from . import (
     cmd_stats,
     cmd_tag,
 )
-from .common import Globals
+from cas.cli.common import Globals
+from cas.errors import EXIT_ERROR, EXIT_USAGE, CasError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

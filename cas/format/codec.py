@@ -6,8 +6,9 @@ from typing import Any
 
 import msgpack
 
-from .. import compress, crypto
-from ..errors import FormatError, UnsupportedVersion
+from cas import crypto
+from cas.errors import FormatError, UnsupportedVersion
+from cas.format import compress
 
 # Upper bound for any decoded document (index, tree, snapshot, config).
 MAX_DOCUMENT = 1 << 30

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..chunker import ChunkerParams
-from ..errors import FormatError, UnsupportedVersion
-from . import FORMAT_VERSION
-from .codec import field, id_field, open_document, seal_document, shown
+from cas.chunking.chunker import ChunkerParams
+from cas.errors import FormatError, UnsupportedVersion
+from cas.format import FORMAT_VERSION
+from cas.format.codec import field, id_field, open_document, seal_document, shown
 
 MAGIC = b"CASREPO"
 CHUNKER_ALGORITHM = "fastcdc-2016-permuted"

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import crypto
-from ..crypto import BlobType
-from ..errors import FormatError
-from .codec import field as get_field
-from .codec import open_document, seal_document
-from .pack import PackEntry
+from cas import crypto
+from cas.crypto import BlobType
+from cas.errors import FormatError
+from cas.format.codec import field as get_field
+from cas.format.codec import open_document, seal_document
+from cas.format.pack import PackEntry
 
 INDEX_AD = b"cas.index.v1"
 

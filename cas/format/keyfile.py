@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .. import crypto
-from ..errors import FormatError, IntegrityError, UnsupportedVersion, WrongPassword
-from .codec import shown
+from cas import crypto
+from cas.errors import FormatError, IntegrityError, UnsupportedVersion, WrongPassword
+from cas.format.codec import shown
 
 KEY_AD = b"cas.key.v1"
 KEY_TYPES = ("full",)  # "write-only" is reserved, see spec §4.4

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import FormatError
-from .codec import field, open_document, seal_document
+from cas.errors import FormatError
+from cas.format.codec import field, open_document, seal_document
 
 LOCK_AD = b"cas.lock.v1"
 

@@ -18,9 +18,10 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .. import compress, crypto
-from ..crypto import BlobType
-from ..errors import FormatError, IntegrityError
+from cas import crypto
+from cas.crypto import BlobType
+from cas.errors import FormatError, IntegrityError
+from cas.format import compress
 
 PACK_AD = b"cas.pack.v1"
 TRAILER_MAGIC = b"CPK1"

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FormatError
-from .codec import field as get_field
-from .codec import id_field, open_document, seal_document
+from cas.errors import FormatError
+from cas.format.codec import field as get_field
+from cas.format.codec import id_field, open_document, seal_document
 
 SNAPSHOT_AD = b"cas.snapshot.v1"
 

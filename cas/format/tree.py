@@ -14,9 +14,9 @@ from typing import Any
 
 import msgpack
 
-from ..errors import FormatError
-from .codec import field as get_field
-from .codec import shown, sorted_keys, unpack_map
+from cas.errors import FormatError
+from cas.format.codec import field as get_field
+from cas.format.codec import shown, sorted_keys, unpack_map
 
 NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
 

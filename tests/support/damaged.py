@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cas import layout
 from cas.backend.base import Backend
 from cas.crypto import BlobType
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.format.snapshot import Snapshot
 from cas.ids import storage_id
-from cas.packer import Packer
-from cas.repository import Repository, open_repository
+from cas.repo import layout
+from cas.repo.packer import Packer
+from cas.repo.repository import Repository, open_repository
 from tests.support.repos import PASSWORD, flip_byte, new_repo, populate
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "check"

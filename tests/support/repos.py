@@ -8,11 +8,11 @@ import time
 
 from cas import crypto
 from cas.backend.base import Backend
-from cas.chunker import ChunkerParams
+from cas.chunking.chunker import ChunkerParams
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
-from cas.repository import Repository, init_repository
+from cas.repo.repository import Repository, init_repository
 
 PASSWORD = b"test-password"
 CHEAP_KDF = dict(opslimit=1, memlimit=8 << 20)

@@ -1,0 +1,1 @@
+"""backup: turn a tree into a snapshot."""

@@ -1,0 +1,743 @@
+"""Backup: turn source paths into tree blobs, data blobs and a snapshot.
+
+The walk is iterative (an explicit stack of open directories), so trees
+thousands of levels deep need no recursion; every entry is reached by its
+name inside its directory's open descriptor (``fstatat``, ``openat``), so
+paths longer than PATH_MAX are no obstacle (cas/fs/dirfd.py).  A directory's tree blob is
+written when its last entry is done; identical trees deduplicate like data.
+With a parent snapshot, a file whose size, mtime, ctime and inode are
+unchanged reuses the parent's content list, xattrs and inode flags without
+being opened (changing any of them moves the ctime).  Every other file and
+each directory is opened once (``O_NOATIME`` where allowed): that descriptor
+gives its xattrs, inode flags and its content or names, so an unreadable
+entry costs one warning.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
+not read; they chunk like the zeros they read as.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
+from cas.crypto import BlobType
+from cas.errors import CasError
+from cas.format.tree import Node, decode_tree, encode_tree
+from cas.fs import dirfd, posixmeta
+from cas.fs.patterns import PatternSet
+from cas.protocols import BlobWriter, Chunks, FileChunker
+
+CACHEDIR_TAG = b"CACHEDIR.TAG"
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+@dataclass
+class BackupOptions:
+    """Selection and behaviour switches of one backup run."""
+
+    excludes: PatternSet = field(default_factory=lambda: PatternSet([]))
+    iexcludes: PatternSet = field(default_factory=lambda: PatternSet([], ignore_case=True))
+    exclude_if_present: list[bytes] = field(default_factory=list)
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    exclude_larger_than: int | None = None
+    force: bool = False
+
+
+@dataclass
+class BackupSummary:
+    """Counts reported at the end of a backup and stored in the snapshot."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unchanged: int = 0
+    other_entries: int = 0
+    bytes_total: int = 0  # size of all files in the snapshot
+    bytes_read: int = 0  # bytes actually read from files (not holes, not unchanged files)
+    data_blobs_new: int = 0
+    tree_blobs_new: int = 0
+    data_added: int = 0  # plaintext bytes of new blobs
+    warnings: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON and for the snapshot's summary field."""
+        return dict(self.__dict__)
+
+
+class Reporter:
+    """Callbacks for progress and warnings; the CLI overrides what it shows."""
+
+    def file_started(self, path: bytes, size: int) -> None:
+        """A file is about to be read."""
+
+    def bytes_done(self, n: int) -> None:
+        """``n`` more bytes of file content were processed."""
+
+    def warning(self, message: str) -> None:
+        """Something was skipped or could not be read; the backup goes on."""
+
+
+@dataclass
+class _Frame:
+    """A directory being backed up: its own node, entries left to do, nodes done."""
+
+    path: bytes
+    fd: int  # the open directory (-1: it could not be opened, nothing to visit)
+    node: Node | None  # None for the synthetic root
+    todo: list[bytes]  # names left, in reverse order (pop() gives the next)
+    select: dict[bytes, Any] | None  # for synthetic ancestors: which children to visit
+    parent_nodes: dict[bytes, Node]
+    parent_subtree: bytes | None
+    device: int
+    nodes: list[Node] = field(default_factory=list)
+
+
+FULL = object()  # marks a path given on the command line: back it up whole
+
+
+def _path_tree(paths: list[bytes]) -> dict[bytes, Any]:
+    """Nested dict of path components; a requested path maps to FULL."""
+    root: dict[bytes, Any] = {}
+    for p in sorted(paths, key=len):
+        parts = [c for c in p.split(b"/") if c]
+        d = root
+        for i, part in enumerate(parts):
+            cur = d.get(part)
+            if cur is FULL:
+                break  # an ancestor is already backed up whole
+            if i == len(parts) - 1:
+                d[part] = FULL
+            else:
+                d = d.setdefault(part, {})
+    return root
+
+
+def _fmt(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TAG_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # CACHEDIR.TAG may be a symlink
+_DIGEST_READ = 4 << 20  # bytes per read when a file is only hashed (_same_content)
+
+
+class Archiver:
+    """Backs up paths into a repository through the narrow BlobWriter interface."""
+
+    def __init__(
+        self,
+        repo: BlobWriter,
+        chunker: Chunks,
+        options: BackupOptions | None = None,
+        reporter: Reporter | None = None,
+        offload: FileChunker | None = None,
+    ) -> None:
+        self.repo = repo
+        self.chunker = chunker
+        self.offload = offload  # chunks large files in another process, if given
+        self.opts = options or BackupOptions()
+        self.report = reporter or Reporter()
+        self.summary = BackupSummary()
+        self.names = posixmeta.NameCache()
+        self._hardlinks: dict[tuple[int, int], Node] = {}
+        self._opener: dirfd.Opener | None = None  # made by backup(): it raises the fd limit
+
+    # -- the walk -----------------------------------------------------------
+
+    def backup(self, paths: list[bytes], parent_tree: bytes | None) -> bytes:
+        """Back up absolute ``paths``; returns the root tree ID."""
+        if self._opener is None:
+            self._opener = dirfd.Opener()
+        select: dict[bytes, Any] | None = _path_tree(paths)
+        try:
+            root_fd = self._opener.open_dir(b"/")
+        except OSError as e:
+            raise CasError(f"cannot open /: {dirfd.reason(e)}") from None
+        device = -1
+        if any(not p.strip(b"/") for p in paths):  # "/" itself: everything
+            select = None
+            try:
+                names = [os.fsencode(e) for e in os.listdir(root_fd)]
+            except OSError as e:
+                self._opener.close_dir(root_fd)
+                raise CasError(f"cannot list /: {dirfd.reason(e)}") from None
+            if self.opts.one_file_system:
+                device = os.fstat(root_fd).st_dev
+        else:
+            assert select is not None
+            names = list(select)
+        root = _Frame(
+            b"",
+            root_fd,
+            None,
+            sorted(names, reverse=True),
+            select,
+            self._parent_nodes(parent_tree),
+            parent_tree,
+            device,
+        )
+        stack = [root]
+        root_tree = b""
+        try:
+            while stack:
+                frame = stack[-1]
+                if frame.todo:
+                    child = self._visit(frame, frame.todo.pop())
+                    if child is not None:
+                        stack.append(child)
+                    continue
+                stack.pop()
+                self._opener.close_dir(frame.fd)
+                frame.fd = -1
+                tree_id = self._save_tree(frame)
+                if frame.node is None:
+                    root_tree = tree_id
+                else:
+                    frame.node.subtree = tree_id
+                    stack[-1].nodes.append(frame.node)
+        finally:
+            for frame in stack:
+                self._opener.close_dir(frame.fd)
+        return root_tree
+
+    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        try:
+            return {n.name: n for n in decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))}
+        except Exception as e:  # a damaged parent only costs re-reading
+            self._warn(f"cannot read parent tree {tree_id.hex()[:8]}: {e}; reading files again")
+            return {}
+
+    def _visit(self, frame: _Frame, name: bytes) -> _Frame | None:
+        path = frame.path + b"/" + name
+        sel = frame.select.get(name) if frame.select is not None else FULL
+        if sel is FULL and self._excluded(path):
+            return None
+        try:
+            st = os.lstat(name, dir_fd=frame.fd)
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
+            return None
+        parent = frame.parent_nodes.get(name)
+        if stat.S_ISDIR(st.st_mode):
+            return self._visit_dir(frame, name, path, st, parent, sel)
+        if sel is not FULL:
+            self._warn(f"{_fmt(path)}: not a directory; skipped")
+            return None
+        if stat.S_ISREG(st.st_mode):
+            self._visit_file(frame, name, path, st, parent)
+            return None
+        try:
+            node, warnings = posixmeta.node_from_stat(
+                name, st, path=path, names=self.names, dir_fd=frame.fd
+            )
+        except OSError as e:  # a symlink that vanished or changed since lstat
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
+            return None
+        for w in warnings:
+            self._warn(w)
+        self.summary.other_entries += 1
+        frame.nodes.append(node)
+        return None
+
+    def _visit_file(
+        self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
+    ) -> None:
+        limit = self.opts.exclude_larger_than
+        if limit is not None and st.st_size > limit:
+            return
+        key = (st.st_dev, st.st_ino)
+        first = self._hardlinks.get(key) if st.st_nlink > 1 else None
+        if first is not None:
+            # Another name of an inode already saved: same content, xattrs and flags.
+            node = self._stat_node(name, path, st)
+            _same_inode(node, first)
+            self.summary.bytes_total += st.st_size
+            self.summary.files_unchanged += 1
+            frame.nodes.append(node)
+            return
+        node = self._stat_node(name, path, st)
+        if not self.opts.force and self._unchanged(node, parent):
+            # Size, mtime, ctime and inode as in the parent: changing the content,
+            # xattrs or inode flags moves the ctime, so all three are the parent's
+            # and the file is not even opened.
+            assert parent is not None
+            _same_inode(node, parent)
+            self.summary.bytes_total += st.st_size
+            self.summary.files_unchanged += 1
+            self.report.bytes_done(st.st_size)
+        else:
+            read = self._read_new_file(frame.fd, name, path, st, parent)
+            if read is None:
+                return
+            node = read
+        if st.st_nlink > 1:
+            self._hardlinks[key] = node
+        frame.nodes.append(node)
+
+    def _stat_node(self, name: bytes, path: bytes, st: os.stat_result) -> Node:
+        """The node of a file from its ``lstat`` alone (no xattrs, flags or content yet)."""
+        node, _ = posixmeta.node_from_stat(
+            name, st, path=path, names=self.names, read_xattrs=False, read_flags=False
+        )
+        return node
+
+    def _read_new_file(
+        self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
+    ) -> Node | None:
+        """Open, describe and read a new or changed file; None if it was skipped.
+
+        One descriptor serves the xattrs, the inode flags and the content, so a
+        file that cannot be opened costs exactly one warning.
+        """
+        assert self._opener is not None
+        try:
+            fd = self._opener.open(name, _FILE_FLAGS, dir_fd)
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
+            return None
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(
+                opened.st_mode
+            ):
+                self._warn(f"{_fmt(path)}: replaced while it was backed up; skipped")
+                return None
+            node, warnings = posixmeta.node_from_stat(
+                name, st, path=path, names=self.names, read_flags=False, fd=fd
+            )
+            try:
+                node.flags = posixmeta.fd_flags(fd)
+            except OSError as e:
+                warnings.append(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            for w in warnings:
+                self._warn(w)
+            if not self._same_content(fd, path, node, st, parent) and not self._read_file(
+                fd, path, node, st
+            ):
+                return None
+        finally:
+            os.close(fd)
+        if warnings:
+            node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
+        self.summary.bytes_total += st.st_size
+        if parent is None or parent.type != "file":
+            self.summary.files_new += 1
+        else:
+            self.summary.files_changed += 1
+        return node
+
+    def _visit_dir(
+        self,
+        frame: _Frame,
+        name: bytes,
+        path: bytes,
+        st: os.stat_result,
+        parent: Node | None,
+        sel: Any,
+    ) -> _Frame | None:
+        """Open the directory ``name``, read its node and (unless excluded) its names.
+
+        One descriptor serves the xattrs, the inode flags, the listing and every
+        entry below, so an unreadable directory costs one warning.
+        """
+        assert self._opener is not None
+        fd, failure = -1, None
+        try:
+            fd = self._opener.open_dir(name, frame.fd)
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # gone since it was listed
+                self._warn(f"{_fmt(path)}: {e.strerror}; skipped")
+                return None
+            failure = e
+        if fd >= 0:
+            opened = os.fstat(fd)
+            if (opened.st_ino, opened.st_dev) != (st.st_ino, st.st_dev):
+                self._opener.close_dir(fd)
+                fd, failure = -1, OSError(errno.ESTALE, "replaced while it was backed up")
+        kept = False  # whether the new frame holds fd
+        try:
+            node, warnings = posixmeta.node_from_stat(
+                name,
+                st,
+                path=path,
+                names=self.names,
+                read_flags=False,
+                fd=None if fd < 0 else fd,
+                dir_fd=frame.fd,
+            )
+            for w in warnings:
+                self._warn(w)
+            if fd >= 0:
+                try:
+                    node.flags = posixmeta.fd_flags(fd)
+                except OSError as e:
+                    self._warn(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            parent_subtree = parent.subtree if parent is not None and parent.type == "dir" else None
+            if sel is not FULL:
+                frame_fd = self._ancestor(fd, failure, name, path, frame.fd)
+                if frame_fd < 0:
+                    return None
+                kept = True
+                # A directory above the backed-up paths (/, /home, ...): anyone listing
+                # it moves its atime, which would make every snapshot's root tree new.
+                # Its atime is recorded as its mtime (spec §11.2).
+                node.atime_ns = node.mtime_ns
+                todo = sorted(sel, reverse=True)
+                subtree_nodes = self._parent_nodes(parent_subtree)
+                return _Frame(path, frame_fd, node, todo, sel, subtree_nodes, parent_subtree, -1)
+            if self.opts.one_file_system and frame.device not in (-1, st.st_dev):
+                frame.nodes.append(node)  # keep the mount point itself, empty
+                node.subtree = self._save_empty_tree()
+                return None
+            names = self._list(fd, failure, path)
+            if names and self._skip_contents(fd, names):
+                names = []
+            device = st.st_dev if self.opts.one_file_system else -1
+            kept = True
+            return _Frame(
+                path,
+                fd,
+                node,
+                sorted(names, reverse=True),
+                None,
+                self._parent_nodes(parent_subtree),
+                parent_subtree,
+                device,
+            )
+        finally:
+            if not kept:
+                self._opener.close_dir(fd)
+
+    def _ancestor(
+        self, fd: int, failure: OSError | None, name: bytes, path: bytes, dir_fd: int
+    ) -> int:
+        """A descriptor to walk through a directory above the backed-up paths, or -1."""
+        if fd >= 0:
+            return fd
+        assert self._opener is not None and failure is not None
+        self._warn(f"could not read inode flags of {_fmt(path)}: {dirfd.reason(failure)}")
+        try:  # searching it needs no read permission
+            return self._opener.open_dir(name, dir_fd, search_only=True)
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
+            return -1
+
+    def _list(self, fd: int, failure: OSError | None, path: bytes) -> list[bytes]:
+        if fd >= 0:
+            try:
+                return [os.fsencode(e) for e in os.listdir(fd)]
+            except OSError as e:
+                failure = e
+        assert failure is not None
+        self._warn(f"{_fmt(path)}: cannot read directory: {dirfd.reason(failure)}; saved empty")
+        return []
+
+    def _save_empty_tree(self) -> bytes:
+        tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree([]))
+        if new:
+            self.summary.tree_blobs_new += 1
+        return tree_id
+
+    def _save_tree(self, frame: _Frame) -> bytes:
+        tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree(frame.nodes))
+        if new:
+            self.summary.tree_blobs_new += 1
+        if frame.node is not None:
+            if frame.parent_subtree is None:
+                self.summary.dirs_new += 1
+            elif frame.parent_subtree == tree_id:
+                self.summary.dirs_unchanged += 1
+            else:
+                self.summary.dirs_changed += 1
+        return tree_id
+
+    # -- selection ----------------------------------------------------------
+
+    def _excluded(self, path: bytes) -> bool:
+        return self.opts.excludes.matches(path) or self.opts.iexcludes.matches(path)
+
+    def _skip_contents(self, dir_fd: int, names: list[bytes]) -> bool:
+        if not self.opts.exclude_if_present and not self.opts.exclude_caches:
+            return False
+        present = set(names)
+        for marker in self.opts.exclude_if_present:
+            if marker in present:
+                return True
+        if self.opts.exclude_caches and CACHEDIR_TAG in present:
+            try:
+                fd = os.open(CACHEDIR_TAG, _TAG_FLAGS, dir_fd=dir_fd)
+            except OSError:
+                return False
+            try:
+                return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
+        return False
+
+    # -- files --------------------------------------------------------------
+
+    def _unchanged(self, node: Node, parent: Node | None) -> bool:
+        return (
+            parent is not None
+            and (parent.size, parent.mtime_ns, parent.ctime_ns, parent.inode)
+            == (node.size, node.mtime_ns, node.ctime_ns, node.inode)
+            and self._reusable(parent)
+        )
+
+    def _reusable(self, parent: Node) -> bool:
+        """Whether a parent node's content can be taken over: a file with a digest
+        whose blobs are all still stored (one may have been pruned or lost since)."""
+        return (
+            parent.type == "file"
+            and parent.digest is not None
+            and all(self.repo.has_blob(b) for b in parent.content)
+        )
+
+    def _same_content(
+        self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
+    ) -> bool:
+        """Whether a file whose size and mtime are the parent's holds the parent's content.
+
+        Its ctime or inode moved (chmod, chown, new xattrs, ``cp -a``, a restore),
+        so it must be read; but one pass of the whole-file digest (BLAKE3, spec
+        §6.2) is much cheaper than chunking it and hashing and looking up every
+        chunk.  If the digest is the parent's, ``node`` takes the parent's
+        content list.  Any doubt (a change while reading, a read error, another
+        digest) returns False and the file is read the normal way.
+        """
+        if (
+            self.opts.force
+            or parent is None
+            or (parent.size, parent.mtime_ns) != (st.st_size, st.st_mtime_ns)
+            or not self._reusable(parent)
+        ):
+            return False
+        self.report.file_started(path, st.st_size)
+        reader = SourceReader(fd, st)
+        digest = self.repo.file_digest()
+        try:
+            while data := reader.read(_DIGEST_READ):
+                digest.update(data)
+            after = os.fstat(fd)
+        except OSError:
+            return False  # the normal read reports it
+        finally:
+            self.summary.bytes_read += reader.bytes_read
+        if reader.pos != st.st_size or _moved(after, st) or digest.digest() != parent.digest:
+            return False
+        _same_data(node, parent)
+        self.report.bytes_done(st.st_size)
+        return True
+
+    def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
+        self.report.file_started(path, st.st_size)
+        reader = SourceReader(fd, st)
+        try:
+            total = self._save_offloaded(fd, node, st)
+            if total is None:
+                total = self.save_content(node, reader.read)
+            after = os.fstat(fd)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            self._warn(f"{_fmt(path)}: read error: {e.strerror}; skipped")
+            return False
+        finally:
+            self.summary.bytes_read += reader.bytes_read
+        if _moved(after, st) or total != st.st_size:
+            # The node keeps the times seen before reading and the size read (so
+            # the content list agrees with it).  A change within one tick of the
+            # kernel's clock leaves the times as they were, so the ctime is
+            # recorded as 0, which no file has: the next run reads it again.
+            node.ctime_ns = 0
+            self._warn(f"{_fmt(path)}: file changed while it was read; saved as read")
+        return True
+
+    def _save_offloaded(self, fd: int, node: Node, st: os.stat_result) -> int | None:
+        """Store a large file chunked by the helper process; None: chunk it here instead.
+
+        Only the chunks the repository lacks are read here, and each is hashed
+        again by ``save_blob``: an ID that differs from the helper's means the
+        file changed between the two reads, and it is read again the normal way.
+        Sparse files stay here (the helper reads holes as zeros).
+        """
+        helper = self.offload
+        if (
+            helper is None
+            or helper.failed
+            or st.st_size < OFFLOAD_MIN
+            or st.st_blocks * 512 < st.st_size
+        ):
+            return None
+        node.content, node.sizes, node.size = [], [], 0
+        added, new_blobs = 0, 0
+        try:
+            with contextlib.closing(helper.chunks(fd, st.st_size)) as found:
+                for size, blob_id in found:
+                    if not self.repo.has_blob(blob_id):
+                        data = os.pread(fd, size, node.size)
+                        got, new = self.repo.save_blob(BlobType.DATA, data)
+                        if got != blob_id:
+                            raise _Moved
+                        added += size if new else 0
+                        new_blobs += new
+                    node.content.append(blob_id)
+                    node.sizes.append(size)
+                    node.size += size
+                    self.report.bytes_done(size)
+        except (_Moved, WorkerGone):
+            return None
+        self.summary.data_blobs_new += new_blobs
+        self.summary.data_added += added
+        self.summary.bytes_read += helper.bytes_read
+        node.digest = helper.digest
+        return node.size
+
+    def save_content(self, node: Node, read: Callable[[int], bytes]) -> int:
+        """Chunk, store and digest everything ``read`` returns into ``node``; returns the size."""
+        node.content, node.sizes, node.size = [], [], 0
+        digest = self.repo.file_digest()
+        for chunk in self.chunker.iter_chunks(read):
+            digest.update(chunk)
+            blob_id, new = self.repo.save_blob(BlobType.DATA, chunk)
+            if new:
+                self.summary.data_blobs_new += 1
+                self.summary.data_added += len(chunk)
+            node.content.append(blob_id)
+            node.sizes.append(len(chunk))
+            node.size += len(chunk)
+            self.report.bytes_done(len(chunk))
+        node.digest = digest.digest()
+        return node.size
+
+    def _warn(self, message: str) -> None:
+        self.summary.warnings += 1
+        self.report.warning(message)
+
+
+class SourceReader:
+    """``read(n)`` over an open regular file that skips the holes of sparse files.
+
+    Holes found with SEEK_DATA/SEEK_HOLE come back as zeros without a read,
+    so the content (and every chunk and digest) is the same as reading the
+    whole file; ``bytes_read`` counts only what was really read.  Past the
+    size seen at the start, and wherever the filesystem cannot report holes,
+    it simply reads.
+    """
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd = fd
+        self.size = st.st_size  # holes are looked for only below this
+        self.pos = 0
+        self.bytes_read = 0
+        # A file with as many allocated bytes as its size has no holes worth a syscall.
+        self._sparse = st.st_blocks * 512 < st.st_size
+        self._hole_end = 0  # [pos, _hole_end) is a known hole
+        self._data_end = 0 if self._sparse else -1  # [pos, _data_end) is known data; -1: all
+        self._ended = False  # a short read at or past ``size``: the end, no pread to confirm
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current position; b"" at the end of the file."""
+        if self._ended:
+            return b""
+        while self._sparse and self.pos < self.size:
+            if self.pos < self._hole_end:
+                m = min(n, self._hole_end - self.pos)
+                self.pos += m
+                return bytes(m)
+            if self.pos < self._data_end:
+                n = min(n, self._data_end - self.pos)
+                break
+            self._probe()
+        # Ask for what the file holds (plus a little, to see it grow or end):
+        # pread allocates the full request first, 16 MiB for a 1 KiB file.
+        n = min(n, max(self.size - self.pos, 0) + 4096)
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        self.bytes_read += len(data)
+        # A regular file reads short only at its end.  Below the size seen at
+        # the start (it shrank, or an odd filesystem) the next pread confirms it.
+        self._ended = len(data) < n and self.pos >= self.size
+        return data
+
+    def _probe(self) -> None:
+        """Find whether a hole or data starts at ``pos``, and where it ends."""
+        try:
+            start = os.lseek(self.fd, self.pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # no SEEK_DATA here: just read
+                self._sparse = False
+                return
+            # No data up to the end: a hole to the end (of the file as it is now).
+            self._hole_end = min(self.size, os.fstat(self.fd).st_size)
+            if self._hole_end <= self.pos:
+                self._sparse = False  # shrunk: let read() find the end
+            return
+        if start > self.pos:
+            self._hole_end = min(start, self.size)
+            return
+        try:
+            self._data_end = os.lseek(self.fd, self.pos, os.SEEK_HOLE)
+        except OSError:
+            self._sparse = False
+            return
+        if self._data_end <= self.pos:  # truncated in between
+            self._sparse = False
+
+
+class _Moved(Exception):
+    """A chunk read for storing is not the chunk the helper found: the file changed."""
+
+
+def _moved(after: os.stat_result, before: os.stat_result) -> bool:
+    """Whether a file's size, mtime or ctime differ between two stats of it."""
+    return (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ctime_ns,
+    )
+
+
+def _same_data(node: Node, other: Node) -> None:
+    """Give ``node`` the content recorded in ``other``."""
+    node.content, node.sizes, node.digest = other.content, other.sizes, other.digest
+    node.size = other.size
+
+
+def _same_inode(node: Node, other: Node) -> None:
+    """Give ``node`` the content, xattrs and inode flags recorded in ``other``."""
+    node.xattrs, node.flags = other.xattrs, other.flags
+    _same_data(node, other)
+
+
+def stdin_node(name: bytes, read: Callable[[int], bytes], archiver: Archiver) -> Node:
+    """A file node holding everything read from ``read`` (for ``backup --stdin``)."""
+    now = time.time_ns()
+    node = Node(
+        name=name,
+        type="file",
+        mode=0o644,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        mtime_ns=now,
+        atime_ns=now,
+        ctime_ns=now,
+    )
+    size = archiver.save_content(node, read)
+    archiver.summary.files_new += 1
+    archiver.summary.bytes_read += size
+    archiver.summary.bytes_total += size
+    return node

@@ -1,0 +1,1 @@
+"""check: audit a repository, findings as data."""

@@ -1,0 +1,753 @@
+"""``check``: prove a repository sound, returning findings as data (never printing).
+
+The check runs in phases, each reporting progress through a callback:
+
+1. list every object once and sort it into the layout (spec §2); names that
+   are not part of it are reported, as are damaged key files, undecodable lock
+   files and leftovers of interrupted uploads;
+2. load every index file (SHA-256 against its name, AEAD, shape), skipping
+   superseded ones, into a private index: a damaged index file is a finding,
+   not the end of the check;
+3. compare the packs the index names with the packs stored: missing packs,
+   unreferenced packs (orphans), sizes that do not fit the index entries;
+4. read each indexed pack's header (two ranged reads) and compare it with the
+   index;
+5. optionally (``read_data``) read whole packs, re-hash them and open every
+   blob (Repository.verify_pack), all or a subset (cas.check.state);
+6. read every snapshot and walk its trees: every tree and data blob must be in
+   the index and readable.
+
+Phase 5 runs before the walk so that a blob found damaged there is already
+known when the walk meets it: every damaged or missing object is traced, in
+the same single walk, to the snapshots and paths that need it.
+
+Severity: anything that can make a snapshot unrestorable, or shows that stored
+bytes are not what was written, is an error.  Orphaned packs, duplicate blobs,
+undecodable lock files, unknown objects and leftover uploads are warnings:
+interrupted or concurrent backups leave them, nothing is lost, and prune or a
+manual clean-up removes them.
+
+The checker uses only the read side of the repository (:class:`CheckedRepository`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from cas import failpoints
+from cas.backend.base import ReadBackend
+from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Severity
+from cas.check.state import CheckState, Subset, select_packs
+from cas.crypto import SEAL_OVERHEAD, BlobType, MasterKeys
+from cas.errors import CasError, IntegrityError, ObjectNotFound
+from cas.format import index as indexfmt
+from cas.format import pack as packfmt
+from cas.format.config import Config
+from cas.format.keyfile import decode_keyfile
+from cas.format.snapshot import decode_snapshot
+from cas.format.tree import Node, decode_tree
+from cas.ids import storage_id
+from cas.repo import layout
+from cas.repo.index import Location, MasterIndex
+from cas.repo.leftovers import find_leftovers
+from cas.repo.locks import scan_locks
+
+_T = TypeVar("_T")
+
+# Listing and index loading start over when an index file vanishes in between
+# (a concurrent prune or index repair); after this many tries, go on.
+LISTING_ATTEMPTS = 3
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called as each phase advances."""
+
+
+@dataclass
+class CheckOptions:
+    """What to check beyond the structure."""
+
+    read_data: bool = False  # read and verify whole packs
+    subset: Subset | None = None  # only some packs (implies read_data)
+    max_age: float | None = None  # seconds; only packs due (implies read_data)
+    state: CheckState | None = None  # verification times, updated as packs verify
+    leftover_min_age: float = 3600.0  # younger uploads may still be running
+    workers: int = 4  # packs read at once (headers, --read-data)
+    clock: Callable[[], float] = time.time
+
+    @property
+    def reads_data(self) -> bool:
+        """Whether packs are read whole."""
+        return self.read_data or self.subset is not None or self.max_age is not None
+
+
+class CheckedRepository(Protocol):
+    """The read side of a repository: all the checker uses."""
+
+    @property
+    def backend(self) -> ReadBackend: ...
+
+    @property
+    def keys(self) -> MasterKeys: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]: ...
+
+    def verify_pack(self, pack_id: bytes) -> list[packfmt.PackEntry]: ...
+
+
+@dataclass
+class _IndexedPack:
+    """A pack as the index describes it: its entries kept as header bytes (41 per blob)."""
+
+    index_file: bytes
+    header: bytes
+    tiles: bool  # offsets are contiguous from 0, as a pack's blobs are
+    marked: bool = False  # marked for deletion by prune
+    as_garbage: bool = False  # first seen in an index file's garbage list
+
+    def entries(self) -> list[packfmt.PackEntry]:
+        out, offset = [], 0
+        for t, length, raw, bid in packfmt.ENTRY.iter_unpack(self.header):
+            out.append(packfmt.PackEntry(bid, BlobType(t), offset, length, raw))
+            offset += length
+        return out
+
+    def expected_size(self) -> int:
+        blobs: int = sum(e[1] for e in packfmt.ENTRY.iter_unpack(self.header))
+        return blobs + len(self.header) + SEAL_OVERHEAD + packfmt.TRAILER_SIZE
+
+
+@dataclass
+class _Frame:
+    """A tree being walked: subdirectories left to visit and the bad uses found so far."""
+
+    tree_id: bytes
+    name: bytes
+    pending: list[tuple[bytes, bytes]]
+    uses: list[tuple[bytes, bytes]]  # (path relative to this tree, key into Checker._bad)
+
+
+def check(
+    repo: CheckedRepository, options: CheckOptions | None = None, progress: Progress | None = None
+) -> CheckResult:
+    """Check ``repo``; see the module docstring for what is checked."""
+    return Checker(repo, options, progress).run()
+
+
+def _short(id_: bytes) -> str:
+    return id_.hex()[:8]
+
+
+def _blob_object(blob_type: BlobType, blob_id: bytes) -> str:
+    return f"{'tree' if blob_type is BlobType.TREE else 'blob'}:{blob_id.hex()}"
+
+
+def _prefixed(name: bytes, uses: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name + b"/" + rel if rel else name, key) for rel, key in uses]
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
+class Checker:
+    """One run of the check; ``run()`` returns the result."""
+
+    def __init__(
+        self,
+        repo: CheckedRepository,
+        options: CheckOptions | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.repo = repo
+        self.backend = repo.backend
+        self.keys = repo.keys
+        self.opts = options or CheckOptions()
+        self._progress = progress or (lambda phase, done, total: None)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.summary = CheckSummary()
+        self.findings: list[Finding] = []
+        self.index = MasterIndex()  # blobs in live packs
+        self.garbage_index = MasterIndex()  # blobs in packs marked for deletion
+        self._ids: dict[str, list[bytes]] = {d: [] for d in layout.DIRECTORIES}
+        self._stored: dict[bytes, int] = {}  # pack ID -> size, from the listing
+        self._packs: dict[bytes, _IndexedPack] = {}  # from the index files
+        self._gone: set[bytes] = set()  # indexed packs that are not stored
+        self._bad: dict[bytes, Finding] = {}  # blob ID (or node key) -> why it is unusable
+        self._orphan_blobs: dict[bytes, bytes] = {}  # blob ID -> unreferenced pack holding it
+        self._visited: set[bytes] = set()
+        self._drop_unless_needed: list[Finding] = []
+        self._memo: dict[bytes, list[tuple[bytes, bytes]]] = {}
+
+    def run(self) -> CheckResult:
+        """All phases, then the findings sorted: errors first, then by kind and object."""
+        for _ in range(LISTING_ATTEMPTS):
+            self._reset()
+            self._list_objects()
+            if self._load_index():
+                break
+        else:
+            self._add(
+                "check_incomplete",
+                layout.INDEX,
+                "index files kept disappearing while they were read (is a prune or an index "
+                "repair running?); the check may report packs and blobs it could not see",
+            )
+        self._check_keys()
+        self._check_locks()
+        self._check_leftovers()
+        self._check_packs()
+        self._check_headers()
+        if self.opts.reads_data:
+            self._read_data()
+        self._check_snapshots()
+        unneeded = {id(f) for f in self._drop_unless_needed if not f.affected}
+        self.findings = [f for f in self.findings if id(f) not in unneeded]
+        for f in self.findings:
+            f.affected = sorted(set(f.affected))
+        rank = {Severity.ERROR: 0, Severity.WARNING: 1}
+        self.findings.sort(key=lambda f: (rank[f.severity], f.kind, f.object))
+        return CheckResult(self.findings, self.summary)
+
+    def _add(self, kind: str, obj: str, message: str) -> Finding:
+        finding = Finding(kind, obj, message)
+        self.findings.append(finding)
+        return finding
+
+    # -- phase 1: the listing, keys, locks, leftovers ---------------------------
+
+    def _list_objects(self) -> None:
+        """List snapshots, then index files, then packs: the reverse of the write order
+        (spec §14.1), so that everything an object in the listing needs is in it too,
+        even while backups store new objects.  (Packs first would miss the packs of
+        an index file stored between the two listings and call them missing; index
+        files before snapshots, the index of a snapshot stored in between.)  A
+        running backup's packs not yet indexed are listed as unreferenced: a warning.
+        """
+        self._progress("list", 0, 0)
+        n = 0
+        for directory in (layout.SNAPSHOTS, layout.INDEX, layout.DATA, layout.KEYS, layout.LOCKS):
+            for info in self.backend.list(directory):
+                n += 1
+                self._progress("list", n, 0)
+                self._sort_object(info.name, info.size)
+            failpoints.hit(f"check-listed-{directory}")
+        # Once more for objects outside the layout's directories.
+        for info in self.backend.list(""):
+            top = info.name.split("/", 1)[0]
+            if info.name != layout.CONFIG and top not in layout.DIRECTORIES:
+                self._sort_object(info.name, info.size)
+        for ids in self._ids.values():
+            ids.sort()
+        self.summary.packs_stored = len(self._stored)
+
+    def _sort_object(self, name: str, size: int) -> None:
+        if name == layout.CONFIG:
+            return
+        top = name.split("/", 1)[0]
+        object_id = layout.id_from_name(name)
+        if top == layout.DATA and object_id is not None and name == layout.pack_name(object_id):
+            self._stored[object_id] = size
+            self._ids[layout.DATA].append(object_id)
+        elif (
+            top in self._ids
+            and top != layout.DATA
+            and object_id is not None
+            and (name == f"{top}/{object_id.hex()}")
+        ):
+            self._ids[top].append(object_id)
+        else:
+            self._add(
+                "unexpected_object", name, "not a name of the repository layout; cas ignores it"
+            )
+
+    def _read_whole(self, name: str, kind: str) -> bytes | None:
+        """A content-named object checked against its name; None (with a finding) if not.
+
+        ObjectNotFound (removed since the listing) propagates.
+        """
+        try:
+            raw = self.backend.read(name)
+        except ObjectNotFound:
+            raise
+        except CasError as e:
+            self._add(kind, name, str(e))
+            return None
+        if storage_id(raw) != layout.id_from_name(name):
+            self._add(
+                "name_mismatch", name, "content does not hash to its name: altered or truncated"
+            )
+            return None
+        return raw
+
+    def _check_keys(self) -> None:
+        ids = self._ids[layout.KEYS]
+        for n, key_id in enumerate(ids):
+            self._progress("keys", n, len(ids))
+            name = layout.key_name(key_id)
+            try:
+                raw = self._read_whole(name, "key_damaged")
+            except ObjectNotFound:
+                continue  # removed since the listing (key remove, passwd)
+            if raw is None:
+                continue
+            try:
+                decode_keyfile(raw)
+            except CasError as e:
+                self._add("key_damaged", name, str(e))
+
+    def _check_locks(self) -> None:
+        self._progress("locks", 0, 0)
+        for name, reason in scan_locks(self.backend, self.keys.index_key).unreadable:
+            self._add("lock_unreadable", name, f"{reason}; it is ignored by lockers")
+
+    def _check_leftovers(self) -> None:
+        self._progress("leftovers", 0, 0)
+        try:
+            found = find_leftovers(self.backend, self.opts.clock())
+        except CasError as e:
+            self._add("check_incomplete", self.backend.location, f"leftover uploads: {e}")
+            return
+        for lo in found:
+            if lo.age is not None and lo.age < self.opts.leftover_min_age:
+                continue  # may belong to a backup still running
+            age = f"{_age(lo.age)} old" if lo.age is not None else "age unknown"
+            size = f"{lo.size} bytes, " if lo.size is not None else ""
+            self._add(
+                "leftover_upload",
+                lo.name,
+                f"unfinished upload ({size}{age}); safe to remove when no backup runs",
+            )
+
+    # -- phase 2: index files ---------------------------------------------------
+
+    def _load_index(self) -> bool:
+        """Load the index files; False if one vanished after the listing.
+
+        Prune and index repair store an index file that supersedes others and
+        then delete those: a check that read neither would miss every pack
+        they listed, so the caller lists again.
+        """
+        ids = self._ids[layout.INDEX]
+        files: dict[bytes, indexfmt.IndexFile] = {}
+        for n, file_id in enumerate(ids):
+            self._progress("index", n, len(ids))
+            name = layout.index_name(file_id)
+            try:
+                raw = self._read_whole(name, "index_damaged")
+            except ObjectNotFound:
+                return False
+            if raw is None:
+                continue
+            try:
+                files[file_id] = indexfmt.decode_index(raw, self.keys.index_key)
+            except CasError as e:
+                self._add("index_damaged", name, str(e))
+        superseded = {s for f in files.values() for s in f.supersedes}
+        active = {fid: f for fid, f in files.items() if fid not in superseded}
+        # Packs prune marked for deletion (spec §13.5) stay readable until deleted.
+        doomed = {p for f in active.values() for p in f.garbage}
+        for file_id, f in active.items():
+            self.summary.index_files += 1
+            for pack_id, entries in f.packs.items():
+                self._add_indexed_pack(file_id, pack_id, entries, pack_id in doomed, False)
+            for pack_id, (_, entries) in f.garbage.items():
+                self._add_indexed_pack(file_id, pack_id, entries, True, True)
+        self.index.compact()
+        self.garbage_index.compact()
+        self.summary.packs_indexed = len(self._packs)
+        self.summary.packs_marked = len(doomed)
+        for pack_id, ip in self._packs.items():
+            if not ip.tiles:
+                finding = self._add(
+                    "index_entry_invalid",
+                    layout.pack_name(pack_id),
+                    f"index file {_short(ip.index_file)}: its blob entries overlap or leave gaps",
+                )
+                self._mark_bad(pack_id, finding)
+        return True
+
+    def _add_indexed_pack(
+        self,
+        file_id: bytes,
+        pack_id: bytes,
+        entries: list[packfmt.PackEntry],
+        marked: bool,
+        as_garbage: bool,
+    ) -> None:
+        name = layout.pack_name(pack_id)
+        header = packfmt.encode_header(entries)
+        offsets = itertools.accumulate((e.length for e in entries), initial=0)
+        tiles = all(e.offset == off for e, off in zip(entries, offsets, strict=False))
+        first = self._packs.get(pack_id)
+        if first is not None:
+            if first.header == header and first.tiles == tiles:
+                if as_garbage or first.as_garbage:
+                    return  # marked by prune in one index file, still listed by another
+                self._add(
+                    "pack_indexed_twice",
+                    name,
+                    f"listed by index files {_short(first.index_file)} and {_short(file_id)}",
+                )
+            else:
+                self._add(
+                    "index_conflict",
+                    name,
+                    f"index files {_short(first.index_file)} and {_short(file_id)} list "
+                    f"different blobs for it; the first is used",
+                )
+            return
+        self._packs[pack_id] = _IndexedPack(file_id, header, tiles, marked, as_garbage)
+        target = self.garbage_index if marked else self.index
+        added = target.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+        if not marked and added < len(entries):
+            self._add(
+                "blob_duplicate",
+                name,
+                f"{len(entries) - added} of its {len(entries)} blobs are also stored in other "
+                f"packs (harmless; prune removes the extra copies)",
+            )
+
+    def _mark_bad(self, pack_id: bytes, finding: Finding, only: set[bytes] | None = None) -> None:
+        """Blobs whose indexed location is in ``pack_id`` cannot be read: ``finding`` says why."""
+        for e in self._packs[pack_id].entries():
+            if only is not None and e.blob_id not in only:
+                continue
+            loc = self._locate(e.blob_id)
+            if loc is not None and loc.pack_id == pack_id:
+                self._bad.setdefault(e.blob_id, finding)
+
+    def _vanished(self, pack_id: bytes) -> None:
+        """An indexed pack was deleted after the listing.
+
+        A prune running beside the check deletes the packs it found unused, so
+        this is a finding only if a snapshot turns out to need the pack.
+        """
+        finding = self._add(
+            "pack_missing", layout.pack_name(pack_id), "deleted during the check, still needed"
+        )
+        self._drop_unless_needed.append(finding)
+        self._gone.add(pack_id)
+        self._mark_bad(pack_id, finding)
+
+    def _each(
+        self, fn: Callable[[bytes], _T], pack_ids: list[bytes]
+    ) -> Iterator[tuple[bytes, _T | CasError]]:
+        """``fn`` over every pack on worker threads (storage latency dominates), in order.
+
+        A CasError is returned in place of the result.  Only a bounded window of
+        packs is in flight, so memory stays small and an interrupt stops soon.
+        """
+
+        def call(pack_id: bytes) -> _T | CasError:
+            try:
+                return fn(pack_id)
+            except CasError as e:
+                return e
+
+        workers = max(1, self.opts.workers)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="cas-check")
+        try:
+            todo = iter(pack_ids)
+            window = deque((p, pool.submit(call, p)) for p in itertools.islice(todo, 2 * workers))
+            while window:
+                pack_id, future = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt, pool.submit(call, nxt)))
+                yield pack_id, future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _locate(self, blob_id: bytes) -> Location | None:
+        """Where a reader finds the blob: a live pack first, else a marked one."""
+        return self.index.get(blob_id) or self.garbage_index.get(blob_id)
+
+    # -- phase 3: stored packs against the index --------------------------------
+
+    def _check_packs(self) -> None:
+        self._progress("packs", 0, 0)
+        for pack_id in sorted(self._packs):
+            if pack_id not in self._stored:
+                ip = self._packs[pack_id]
+                n = len(ip.header) // packfmt.ENTRY.size
+                finding = self._add(
+                    "pack_missing",
+                    layout.pack_name(pack_id),
+                    f"index file {_short(ip.index_file)} names it ({n} blobs) but it is not stored",
+                )
+                if ip.marked:
+                    # Prune deletes marked packs: only a problem if a snapshot needs one.
+                    finding.message = (
+                        f"marked for deletion and deleted, but a snapshot still needs it "
+                        f"(index file {_short(ip.index_file)})"
+                    )
+                    self._drop_unless_needed.append(finding)
+                self._gone.add(pack_id)
+                self._mark_bad(pack_id, finding)
+        orphans = sorted(set(self._stored) - set(self._packs))
+        for n, (pack_id, entries) in enumerate(self._each(self.repo.read_pack_header, orphans)):
+            self._progress("packs", n, len(orphans))
+            if isinstance(entries, ObjectNotFound):
+                continue  # deleted since the listing (prune)
+            if isinstance(entries, CasError):
+                what = f"its header is unreadable ({entries})"
+            else:
+                for entry in entries:
+                    self._orphan_blobs.setdefault(entry.blob_id, pack_id)
+                what = f"it holds {len(entries)} blobs"
+            self._add(
+                "pack_unreferenced",
+                layout.pack_name(pack_id),
+                f"no index file names it; {what} (interrupted backups leave these; prune removes "
+                f"them)",
+            )
+
+    def _check_headers(self) -> None:
+        packs = sorted(p for p in self._packs if p in self._stored)
+        for n, (pack_id, header) in enumerate(self._each(self.repo.read_pack_header, packs)):
+            self._progress("headers", n, len(packs))
+            ip = self._packs[pack_id]
+            name = layout.pack_name(pack_id)
+            if isinstance(header, ObjectNotFound):
+                self._vanished(pack_id)
+                continue
+            if isinstance(header, CasError):
+                e = header
+                size, expected = self._stored[pack_id], ip.expected_size()
+                if size == expected:
+                    self._add("pack_header_damaged", name, str(e))
+                    continue
+                finding = self._add(
+                    "pack_size_mismatch",
+                    name,
+                    f"the index entries need {expected} bytes, the pack has {size}; header: {e}",
+                )
+                # Blobs that reach past a truncated end cannot be read.
+                beyond = {
+                    entry.blob_id
+                    for entry in ip.entries()
+                    if entry.offset + entry.length > size - packfmt.TRAILER_SIZE
+                }
+                self._mark_bad(pack_id, finding, only=beyond)
+                continue
+            if ip.tiles and packfmt.encode_header(header) != ip.header:
+                in_index = set(ip.entries())
+                in_header = set(header)
+                wrong = {e.blob_id for e in in_index - in_header}
+                finding = self._add(
+                    "pack_header_mismatch",
+                    name,
+                    f"{len(in_index - in_header)} index entries are not in the header, "
+                    f"{len(in_header - in_index)} header entries are not in the index",
+                )
+                self._mark_bad(pack_id, finding, only=wrong)
+
+    # -- phase 4: whole packs ---------------------------------------------------
+
+    def _read_data(self) -> None:
+        now = self.opts.clock()
+        state = self.opts.state
+        if state is not None:
+            state.observe(self._stored, now)
+        candidates = [p for p in self._packs if p in self._stored and p not in self._gone]
+        selected = select_packs(
+            candidates,
+            subset=self.opts.subset,
+            max_age=self.opts.max_age,
+            state=state,
+            now=now,
+        )
+        self.summary.packs_selected = len(selected)
+        for n, (pack_id, result) in enumerate(self._each(self.repo.verify_pack, selected)):
+            self._progress("read-data", n, len(selected))
+            if isinstance(result, ObjectNotFound):
+                self._vanished(pack_id)
+                continue
+            if isinstance(result, IntegrityError):
+                self._diagnose_pack(pack_id, result)
+                continue
+            if isinstance(result, CasError):
+                self._add("pack_unreadable", layout.pack_name(pack_id), str(result))
+                continue
+            self.summary.packs_read += 1
+            self.summary.bytes_read += self._stored[pack_id]
+            if state is not None:
+                state.mark_verified(pack_id, self.opts.clock())
+        self._progress("read-data", len(selected), len(selected))
+
+    def _diagnose_pack(self, pack_id: bytes, error: CasError) -> None:
+        """After verify_pack failed: which blobs of the pack are damaged?"""
+        name = layout.pack_name(pack_id)
+        finding = self._add("pack_damaged", name, str(error))
+        try:
+            data = self.backend.read(name)
+        except CasError as err:
+            finding.message += f"; cannot read it again: {err}"
+            return
+        self.summary.bytes_read += len(data)
+        try:
+            packfmt.parse_pack(self.keys, data)
+            header_state = "its header is intact"
+        except CasError:
+            header_state = "its header is damaged"
+        entries = self._packs[pack_id].entries()
+        damaged = 0
+        for e in entries:
+            sealed = data[e.offset : e.offset + e.length]
+            try:
+                packfmt.open_blob(self.keys, e.type, e.blob_id, sealed, e.raw_length)
+            except CasError as be:
+                damaged += 1
+                loc = self._locate(e.blob_id)
+                used = loc is not None and loc.pack_id == pack_id
+                note = "" if used else " (the copy in another pack is used)"
+                blob = self._add(
+                    "blob_damaged",
+                    _blob_object(e.type, e.blob_id),
+                    f"in pack {_short(pack_id)}: {be}{note}",
+                )
+                if used:
+                    self._bad.setdefault(e.blob_id, blob)
+        finding.message += f"; {header_state}, {damaged} of {len(entries)} blobs are damaged"
+
+    # -- phase 5: snapshots and trees -------------------------------------------
+
+    def _check_snapshots(self) -> None:
+        ids = self._ids[layout.SNAPSHOTS]
+        for n, snapshot_id in enumerate(ids):
+            self._progress("snapshots", n, len(ids))
+            name = layout.snapshot_name(snapshot_id)
+            try:
+                raw = self._read_whole(name, "snapshot_damaged")
+            except ObjectNotFound:
+                continue  # forgotten since the listing
+            if raw is None:
+                continue
+            try:
+                snap = decode_snapshot(raw, self.keys.data_key)
+            except CasError as e:
+                self._add("snapshot_damaged", name, str(e))
+                continue
+            self.summary.snapshots += 1
+            for rel, key in self._walk(snap.tree):
+                self._bad[key].affected.append(Affected(snapshot_id, b"/" + rel))
+        self._progress("snapshots", len(ids), len(ids))
+
+    def _walk(self, root: bytes) -> list[tuple[bytes, bytes]]:
+        """Bad uses under tree ``root``: (path relative to it, key into ``_bad``).
+
+        Iterative (trees may be thousands deep) and memoised by tree ID, so
+        each distinct tree is read once however many snapshots share it.
+        """
+        if root in self._visited:
+            return self._memo.get(root, [])
+        stack = [self._open(root, b"")]
+        while True:
+            frame = stack[-1]
+            if frame.pending:
+                name, sub = frame.pending.pop()
+                if sub in self._visited:
+                    frame.uses.extend(_prefixed(name, self._memo.get(sub, ())))
+                else:
+                    stack.append(self._open(sub, name))
+                continue
+            stack.pop()
+            self._visited.add(frame.tree_id)
+            if frame.uses:
+                self._memo[frame.tree_id] = frame.uses
+            if not stack:
+                return frame.uses
+            stack[-1].uses.extend(_prefixed(frame.name, frame.uses))
+
+    def _open(self, tree_id: bytes, name: bytes) -> _Frame:
+        frame = _Frame(tree_id, name, [], [])
+        nodes = self._load_tree(tree_id)
+        if nodes is None:
+            frame.uses.append((b"", tree_id))
+            return frame
+        self.summary.trees += 1
+        for node in nodes:
+            if node.type == "dir":
+                self.summary.dirs += 1
+                if node.subtree is None:
+                    key = self._node_problem(tree_id, node, "a directory without a subtree")
+                    frame.uses.append((node.name, key))
+                else:
+                    frame.pending.append((node.name, node.subtree))
+            elif node.type == "file":
+                self.summary.files += 1
+                frame.uses.extend((node.name, key) for key in self._file_problems(tree_id, node))
+        frame.pending.reverse()  # pop() visits them in name order
+        return frame
+
+    def _file_problems(self, tree_id: bytes, node: Node) -> Iterator[bytes]:
+        if sum(node.sizes) != node.size:
+            yield self._node_problem(
+                tree_id,
+                node,
+                f"its content adds up to {sum(node.sizes)} bytes, its size is {node.size}",
+            )
+        for blob_id in dict.fromkeys(node.content):
+            if blob_id in self._bad:
+                yield blob_id
+            elif self._locate(blob_id) is None:
+                self._bad[blob_id] = self._add(
+                    "blob_missing", _blob_object(BlobType.DATA, blob_id), self._not_indexed(blob_id)
+                )
+                yield blob_id
+
+    def _node_problem(self, tree_id: bytes, node: Node, what: str) -> bytes:
+        key = b"node:" + tree_id + b"/" + node.name
+        if key not in self._bad:
+            entry = node.name.decode("utf-8", "backslashreplace")
+            self._bad[key] = self._add(
+                "node_invalid", _blob_object(BlobType.TREE, tree_id), f"entry {entry!r}: {what}"
+            )
+        return key
+
+    def _not_indexed(self, blob_id: bytes) -> str:
+        orphan = self._orphan_blobs.get(blob_id)
+        if orphan is None:
+            return "no index file names it"
+        return (
+            f"no index file names it, but unreferenced pack {layout.pack_name(orphan)} holds "
+            f"it: the index is incomplete ('cas repair index' rebuilds it)"
+        )
+
+    def _load_tree(self, tree_id: bytes) -> list[Node] | None:
+        """The tree's nodes, or None when it is missing or damaged (with a finding)."""
+        if tree_id in self._bad:
+            return None
+        loc = self._locate(tree_id)
+        if loc is None:
+            self._bad[tree_id] = self._add(
+                "tree_missing", _blob_object(BlobType.TREE, tree_id), self._not_indexed(tree_id)
+            )
+            return None
+        try:
+            return decode_tree(self._load_blob(BlobType.TREE, tree_id, loc))
+        except CasError as e:
+            self._bad[tree_id] = self._add(
+                "tree_damaged", _blob_object(BlobType.TREE, tree_id), str(e)
+            )
+            return None
+
+    def _load_blob(self, blob_type: BlobType, blob_id: bytes, loc: Location) -> bytes:
+        # Not Repository.load_blob: that one loads the repository's own index, which
+        # stops at the first damaged index file; this reads through the checker's.
+        sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+        return packfmt.open_blob(self.keys, blob_type, blob_id, sealed)

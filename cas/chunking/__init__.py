@@ -1,0 +1,1 @@
+"""Content-defined chunking, in process and in a helper process."""

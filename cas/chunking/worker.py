@@ -1,0 +1,236 @@
+"""Chunk large files in a helper process, beside the backup (spec/format.md §7).
+
+fastcdc's compiled cut-point loop holds the GIL, so chunking on the backup's
+main thread stalls the threads that compress and seal.  For a large file the
+archiver hands its open descriptor (SCM_RIGHTS over a Unix socket, so deep
+paths and files that are not reachable by name work alike) to one helper
+process, which reads the file, chunks it with the repository's keyed
+chunker, and streams back each chunk's size and blob ID, then the whole-file
+digest.  The archiver reads only the chunks the repository lacks and hashes
+them again before storing them, so a file that changes between the two
+reads is caught (the IDs differ) and read again the normal way.
+
+The keys reach the helper through the socket, never its command line or
+environment.  If the helper cannot start or dies, ``failed`` is set and
+every file is chunked in the backup process, as without it.
+
+Wire format (private to one backup run): frames of a little-endian u32
+length and a msgpack value.  Parent to helper: one frame ``{"perm", "min",
+"avg", "max", "id_key"}``, then per file 8 bytes (the size, u64) carrying
+the descriptor.  Helper to parent, per file: ``["c", [[size, id], ...]]``
+frames, then ``["e", digest, bytes_read]`` or ``["x", errno, message]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Generator
+from typing import Any
+
+import msgpack
+
+from cas import crypto
+from cas.chunking.chunker import Chunker, ChunkerParams
+
+OFFLOAD_MIN = 16 << 20  # files from this size are chunked by the helper
+_BATCH = 4  # chunks per message: the parent starts on a file's first chunks early
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class WorkerGone(Exception):
+    """The helper process failed; the caller chunks the file itself."""
+
+
+def _send(sock: socket.socket, value: Any) -> None:
+    data = msgpack.packb(value, use_bin_type=True)
+    sock.sendall(_U32.pack(len(data)) + data)
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        part = sock.recv(n - len(buf))
+        if not part:
+            raise EOFError("chunk helper closed its socket")
+        buf += part
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> Any:
+    (n,) = _U32.unpack(_exactly(sock, _U32.size))
+    return msgpack.unpackb(_exactly(sock, n), raw=False)
+
+
+class ChunkWorker:
+    """One helper process, started on first use; ``chunks`` serves one file at a time."""
+
+    def __init__(self, permutation: bytes, params: ChunkerParams, id_key: bytes) -> None:
+        self._init = {
+            "perm": permutation,
+            "min": params.min_size,
+            "avg": params.avg_size,
+            "max": params.max_size,
+            "id_key": id_key,
+        }
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self.failed = False
+        self.digest = b""
+        self.bytes_read = 0
+
+    def _ensure(self) -> socket.socket:
+        """The socket to the helper, starting it on first use (raises OSError)."""
+        if self._sock is not None:
+            return self._sock
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The helper imports this very copy of cas, installed or not; it needs
+        # no password or credentials, so none is passed on.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
+        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "cas.chunking.worker", str(child.fileno())],
+                env=env,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._sock = parent
+        _send(parent, self._init)
+        return parent
+
+    def _talk(self, step: Callable[[], Any]) -> Any:
+        """Run one exchange with the helper; any failure of the helper or the
+        socket marks it failed and becomes WorkerGone."""
+        try:
+            return step()
+        except (OSError, EOFError, ValueError) as e:
+            self._fail()
+            raise WorkerGone(str(e)) from None
+
+    def chunks(self, fd: int, size: int) -> Generator[tuple[int, bytes], None, None]:
+        """(size, blob ID) of each chunk of the open file ``fd``, as the helper finds them.
+
+        Afterwards ``digest`` and ``bytes_read`` describe what the helper read.
+        A read error in the helper is raised here as OSError; a failed helper
+        as WorkerGone (and ``failed`` stays set).  Closing the iterator early
+        waits for the helper to finish that file.
+        """
+        if self.failed:
+            raise WorkerGone("chunk helper unavailable")
+        sock = self._talk(self._ensure)
+        self._talk(lambda: socket.send_fds(sock, [_U64.pack(size)], [fd]))
+        ended = False
+        try:
+            while True:
+                kind, *rest = self._talk(lambda: _recv(sock))
+                if kind == "c":
+                    for n, blob_id in rest[0]:
+                        yield n, bytes(blob_id)
+                    continue
+                ended = True
+                if kind == "e":
+                    self.digest, self.bytes_read = bytes(rest[0]), rest[1]
+                    return
+                raise OSError(rest[0], rest[1])  # the helper's read error, for this file
+        finally:
+            if not ended and not self.failed:
+                # The caller stopped early: skip the rest of this file's messages.
+                with contextlib.suppress(WorkerGone):
+                    while self._talk(lambda: _recv(sock))[0] == "c":
+                        pass
+
+    def _fail(self) -> None:
+        self.failed = True
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helper (it ends when its socket closes)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+
+# -- the helper process ----------------------------------------------------------
+
+
+def _chunk_file(sock: socket.socket, chunker: Chunker, id_key: bytes, fd: int) -> None:
+    pos = 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        data = os.pread(fd, n, pos)
+        pos += len(data)
+        return data
+
+    digest = crypto.FileDigest(id_key)
+    batch: list[list[Any]] = []
+    try:
+        for chunk in chunker.iter_chunks(read):
+            digest.update(chunk)
+            batch.append([len(chunk), crypto.blob_id(id_key, crypto.BlobType.DATA, chunk)])
+            if len(batch) >= _BATCH:
+                _send(sock, ["c", batch])
+                batch = []
+    except OSError as e:
+        _send(sock, ["x", e.errno or 0, e.strerror or str(e)])
+        return
+    if batch:
+        _send(sock, ["c", batch])
+    _send(sock, ["e", digest.digest(), pos])
+
+
+def _serve(sock: socket.socket) -> None:
+    init = _recv(sock)
+    params = ChunkerParams(init["min"], init["avg"], init["max"])
+    chunker = Chunker(bytes(init["perm"]), params)
+    id_key = bytes(init["id_key"])
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, _U64.size, 1)
+        if not msg:
+            return  # the backup ended
+        if len(msg) < _U64.size:
+            msg += _exactly(sock, _U64.size - len(msg))
+        if len(fds) != 1:
+            return
+        try:
+            _chunk_file(sock, chunker, id_key, fds[0])
+        finally:
+            os.close(fds[0])
+
+
+def main(argv: list[str]) -> None:
+    """Entry point of the helper: ``python -m cas.chunking.worker FD``."""
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        _serve(sock)
+    except (OSError, EOFError):
+        pass  # the backup went away: nothing to report to anyone
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

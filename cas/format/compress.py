@@ -1,0 +1,100 @@
+"""Compression of sealed payloads (spec/format.md §8).
+
+Every sealed payload starts with one byte saying how the rest is stored:
+0 for stored as is, 1 for a zstd frame.  Data that zstd cannot shrink is
+stored as is, so incompressible content costs one byte and no CPU on read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from cas.errors import FormatError
+
+STORED = 0
+ZSTD = 1
+DEFAULT_LEVEL = 3
+_STORED_FLAG = bytes((STORED,))
+_ZSTD_FLAG = bytes((ZSTD,))
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # zstandard's (de)compressor objects are not thread-safe; keep one per thread.
+    cache = getattr(_local, "c", None)
+    if cache is None:
+        cache = _local.c = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+# Large blobs are tried on a sample first (the idea of borg's "auto" mode):
+# zstd at level 3 spends as long on a MiB of random or already compressed
+# data as on text, only to give up; level 1 on four 16 KiB slices tells the
+# two apart for a few percent of that.  A blob none of whose slices shrinks
+# is stored as is.
+PROBE_MIN = 256 * 1024
+PROBE_SLICES = 4
+PROBE_SLICE = 16 * 1024
+PROBE_LEVEL = 1
+PROBE_RATIO = 0.97
+
+
+def _incompressible(data: bytes | memoryview) -> bool:
+    step = len(data) // PROBE_SLICES
+    c = _compressor(PROBE_LEVEL)
+    view = memoryview(data)
+    for i in range(PROBE_SLICES):
+        part = view[i * step : i * step + PROBE_SLICE]
+        if len(c.compress(part)) < PROBE_RATIO * len(part):
+            return False
+    return True
+
+
+def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) -> bytes:
+    """Flag byte + zstd frame, or flag byte + data when compression does not pay (or level None)."""
+    if (
+        level is not None
+        and len(data) > 64
+        and (len(data) < PROBE_MIN or not _incompressible(data))
+    ):
+        packed = _compressor(level).compress(data)
+        if len(packed) < len(data):
+            return b"".join((_ZSTD_FLAG, packed))
+    return b"".join((_STORED_FLAG, data))
+
+
+def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:
+    """Inverse of ``encode_payload``; refuses output over ``max_size`` (decompression bombs)."""
+    if not payload:
+        raise FormatError(what=what, detail="empty payload")
+    flag = payload[0]
+    if flag == STORED:
+        if len(payload) - 1 > max_size:
+            raise FormatError(what=what, detail="payload larger than allowed")
+        return payload[1:]
+    if flag == ZSTD:
+        try:
+            params = zstandard.get_frame_parameters(payload[1:])
+            if params.content_size > max_size:  # also refuses an unknown content size
+                raise FormatError(what=what, detail="payload larger than allowed")
+            stream = _decompressor().decompressobj()
+            out: bytes = stream.decompress(payload[1:])
+            if not stream.eof or stream.unused_data or len(out) != params.content_size:
+                raise FormatError(what=what, detail="zstd frame truncated or followed by junk")
+            return out
+        except zstandard.ZstdError as e:
+            raise FormatError(what=what, detail=f"zstd: {e}") from None
+    raise FormatError(what=what, detail=f"unknown compression flag {flag}")

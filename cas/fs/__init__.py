@@ -1,0 +1,1 @@
+"""The local filesystem: metadata, descriptors, path patterns."""

@@ -1,0 +1,1 @@
+"""Snapshot upkeep: retention policy, statistics, copy, repair."""

@@ -1,0 +1,1 @@
+"""The read-only view of snapshots and its FUSE adapter."""

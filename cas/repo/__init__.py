@@ -1,0 +1,1 @@
+"""The repository: the only way to stored objects."""

@@ -1,0 +1,394 @@
+"""Prune: give back the space of data no snapshot needs, safely beside running backups.
+
+Two phases (spec §13.5).  ``plan_prune`` reads the repository and decides,
+without writing anything, which packs to keep, to repack (partly used) and
+to remove.  ``execute_prune`` then copies the still-needed blobs of repacked
+packs into new packs, writes one index file that supersedes every index file
+it read and lists the packs to remove as *garbage* with a mark time, and
+deletes the superseded index files.  Garbage packs no longer serve
+deduplication, so no backup that starts afterwards can come to depend on
+them.  A garbage pack is deleted only when every live lock of a process that
+may write snapshots started after its mark (plus a margin for clock skew):
+no snapshot still being written can refer to it.  Without concurrent
+writers, both phases happen in one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas import failpoints
+from cas.crypto import BlobType
+from cas.errors import CasError, ObjectNotFound
+from cas.format import index as indexfmt
+from cas.format import pack as packfmt
+from cas.format.tree import decode_tree
+from cas.ids import storage_id
+from cas.repo import layout, leftovers, locks
+from cas.repo.packer import Packer
+from cas.repo.repository import Repository, read_verified
+
+# Commands whose lock holds back deletion: those that may write a snapshot
+# referring to blobs they saw, and finite readers (a check or restore must
+# not find packs vanishing under it).  A mount, which may last for days, does not.
+BLOCKING_COMMANDS = frozenset(
+    {"backup", "copy", "tag", "repair", "forget", "check", "restore", "copy-source"}
+)
+# Clock skew tolerated between the host that marks garbage and hosts that back up.
+SKEW_MARGIN_NS = 5 * 60 * 10**9
+
+
+class PruneRefused(CasError):
+    """prune refused: {detail}"""
+
+
+@dataclass
+class PruneOptions:
+    """How aggressive prune may be."""
+
+    max_unused: float = 0.05  # repack packs with more than this fraction unused
+    dry_run: bool = False
+
+
+@dataclass
+class PrunePlan:
+    """What prune will do; everything execute needs, nothing it has done."""
+
+    used: set[bytes]
+    keep: dict[bytes, list[packfmt.PackEntry]] = field(default_factory=dict)
+    repack: dict[bytes, list[packfmt.PackEntry]] = field(default_factory=dict)
+    remove: dict[bytes, list[packfmt.PackEntry]] = field(default_factory=dict)
+    pending: dict[bytes, tuple[int, list[packfmt.PackEntry]]] = field(default_factory=dict)
+    orphans: dict[bytes, int] = field(default_factory=dict)  # pack id -> size
+    missing: list[bytes] = field(default_factory=list)  # indexed packs whose file is gone
+    index_files: list[bytes] = field(default_factory=list)
+    pack_sizes: dict[bytes, int] = field(default_factory=dict)
+    holder: dict[bytes, bytes] = field(default_factory=dict)  # used blob -> pack keeping it
+    listed_at: int = 0
+    snapshots: set[bytes] = field(default_factory=set)  # the snapshots the plan walked
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, bytes and the storage requests execution will make."""
+
+        def size(ids: Iterable[bytes]) -> int:
+            return sum(self.pack_sizes.get(p, 0) for p in ids)
+
+        repack_used = sum(
+            e.length for p, es in self.repack.items() for e in es if self.holder.get(e.blob_id) == p
+        )
+        delete_ids = [*self.remove, *self.repack, *self.pending, *self.orphans]
+        new_packs = -(-repack_used // (16 << 20)) if repack_used else 0
+        return {
+            "snapshots_blobs_used": len(self.used),
+            "packs_kept": len(self.keep),
+            "packs_to_repack": len(self.repack),
+            "packs_to_remove": len(self.remove),
+            "packs_pending_deletion": len(self.pending),
+            "orphan_packs": len(self.orphans),
+            "missing_packs": len(self.missing),
+            "bytes_to_repack": size(self.repack),
+            "bytes_repack_kept": repack_used,
+            "bytes_to_delete": size(delete_ids) + sum(self.orphans.values()),
+            "requests": {
+                "GET": len(self.repack),
+                "PUT": new_packs + 2,
+                "DELETE": len(delete_ids) + len(self.index_files) + 1,
+                "LIST": 3,
+            },
+        }
+
+
+Progress = Callable[[str], None]
+
+
+def used_blobs(
+    repo: Repository,
+    progress: Progress = lambda _: None,
+    snapshot_ids: Iterable[bytes] | None = None,
+) -> set[bytes]:
+    """Every tree and data blob the snapshots (all, or ``snapshot_ids``) refer to;
+    refuses when a tree cannot be read."""
+    used: set[bytes] = set()
+    ids = repo.snapshot_ids() if snapshot_ids is None else snapshot_ids
+    for sid in sorted(ids):
+        try:
+            snap = repo.load_snapshot(sid)
+        except ObjectNotFound:
+            continue  # forgotten since the listing
+        progress(f"reading trees of snapshot {sid.hex()[:8]}")
+        todo = [snap.tree]
+        while todo:
+            tree_id = todo.pop()
+            if tree_id in used:
+                continue
+            used.add(tree_id)
+            try:
+                nodes = decode_tree(repo.load_blob(BlobType.TREE, tree_id))
+            except CasError as e:
+                raise PruneRefused(
+                    f"snapshot {sid.hex()[:8]} cannot be read ({e}); run 'cas check' and "
+                    "'cas repair' first: prune never deletes data from a damaged repository"
+                ) from None
+            for n in nodes:
+                if n.subtree is not None:
+                    todo.append(n.subtree)
+                used.update(n.content)
+    return used
+
+
+def plan_prune(
+    repo: Repository, options: PruneOptions, progress: Progress = lambda _: None
+) -> PrunePlan:
+    """Decide what to keep, repack and remove.  Reads only.
+
+    Snapshots are listed first, then the index is read: a snapshot is stored
+    only after the index files it needs (spec §14.1), so every snapshot of the
+    listing can be walked even while backups finish beside the prune.
+    """
+    snapshot_ids = set(repo.snapshot_ids())
+    repo.load_index()
+    # Packs are listed before index files, so that a pack no index of this
+    # listing names is an orphan (deleted only on the conditions of spec §13.5).
+    listed_at = time.time_ns()
+    pack_sizes = {}
+    for obj in repo.backend.list(layout.DATA):
+        pid = layout.id_from_name(obj.name)
+        if pid is not None:
+            pack_sizes[pid] = obj.size
+    failpoints.hit("prune-listed-packs")
+    # Supersede exactly the index files read here: one written by a backup
+    # after this listing must survive, since this prune never saw its packs.
+    index_ids = repo.index_files()
+    decoded = {fid: repo.read_index_file(fid) for fid in index_ids}
+    superseded = {s for f in decoded.values() for s in f.supersedes}
+    files = {fid: f for fid, f in decoded.items() if fid not in superseded}
+    used = used_blobs(repo, progress, snapshot_ids)
+    plan = PrunePlan(used, index_files=index_ids, pack_sizes=pack_sizes, listed_at=listed_at)
+    plan.snapshots = snapshot_ids
+
+    live: dict[bytes, list[packfmt.PackEntry]] = {}
+    garbage: dict[bytes, tuple[int, list[packfmt.PackEntry]]] = {}
+    for f in files.values():
+        for pid, (marked, entries) in f.garbage.items():
+            garbage[pid] = (min(marked, garbage.get(pid, (marked, []))[0]), entries)
+    for f in files.values():
+        for pid, entries in f.packs.items():
+            if pid not in garbage:
+                live.setdefault(pid, entries)
+    # A pack stored by a backup after the pack listing, in an index file stored
+    # before the index listing, is not in the pack listing but exists: it must
+    # stay in the index (the file naming it is superseded below).
+    for pid in live:
+        if pid not in pack_sizes:
+            with contextlib.suppress(ObjectNotFound):
+                pack_sizes[pid] = repo.backend.stat(layout.pack_name(pid)).size
+
+    # Which copy of each used blob survives: the first in a live pack whose file exists.
+    holder: dict[bytes, bytes] = {}
+    for pid, entries in live.items():
+        if pid not in pack_sizes:
+            plan.missing.append(pid)
+            continue
+        for e in entries:
+            if e.blob_id in used:
+                holder.setdefault(e.blob_id, pid)
+    # A used blob found only in garbage brings its pack back.
+    revived: set[bytes] = set()
+    for pid, (_, entries) in garbage.items():
+        if pid in pack_sizes:
+            for e in entries:
+                if e.blob_id in used and e.blob_id not in holder:
+                    holder[e.blob_id] = pid
+                    revived.add(pid)
+    lost = used - holder.keys()
+    if lost:
+        raise PruneRefused(
+            f"{len(lost)} blobs that snapshots need are in no existing pack; run "
+            "'cas check' and 'cas repair index' first"
+        )
+
+    for pid, entries in [*live.items(), *((p, garbage[p][1]) for p in revived)]:
+        if pid not in pack_sizes:
+            continue
+        size = sum(e.length for e in entries) or 1
+        needed = sum(e.length for e in entries if holder.get(e.blob_id) == pid)
+        if needed == 0:
+            plan.remove[pid] = entries
+        elif (size - needed) / size > options.max_unused:
+            plan.repack[pid] = entries
+        else:
+            plan.keep[pid] = entries
+    for pid, (marked, entries) in garbage.items():
+        if pid not in revived and pid in pack_sizes:
+            plan.pending[pid] = (marked, entries)
+    known = set(live) | set(garbage)
+    plan.orphans = {p: s for p, s in pack_sizes.items() if p not in known}
+    plan.holder = holder
+    return plan
+
+
+@dataclass
+class PruneResult:
+    """What execution did."""
+
+    packs_written: int = 0
+    bytes_written: int = 0
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    deferred_packs: int = 0
+    deferred_bytes: int = 0
+    deferred_because: str = ""
+    leftovers_aborted: int = 0  # unfinished uploads (S3 multipart, temporary files) removed
+
+
+def execute_prune(
+    repo: Repository,
+    plan: PrunePlan,
+    lock: locks.RepoLock | None = None,
+    progress: Progress = lambda _: None,
+) -> PruneResult:
+    """Carry out ``plan``: repack, write the marking index, delete what is safe to delete."""
+    result = PruneResult()
+    now = time.time_ns()
+    new_packs = _repack(repo, plan, lock, result, progress)
+    failpoints.hit("prune-repacked")
+    garbage = dict(plan.pending)
+    for pid, entries in [*plan.remove.items(), *plan.repack.items()]:
+        garbage[pid] = (now, entries)
+    marking = indexfmt.IndexFile({**plan.keep, **new_packs}, list(plan.index_files), garbage)
+    mark_id = _write_index(repo, marking)
+    failpoints.hit("prune-marked")
+    for fid in plan.index_files:
+        repo.backend.delete(layout.index_name(fid))
+        failpoints.hit("prune-index-deleted")
+    if lock is not None:
+        lock.check_alive()
+
+    oldest = _oldest_writer(repo, lock)
+    # A writer that ended after the plan listed the snapshots (its lock is gone)
+    # may have stored a snapshot that needs packs marked now: after the lock scan,
+    # every such snapshot is stored, so new ones hold back this run's marks.
+    late = set(repo.snapshot_ids()) - plan.snapshots
+    deletable = [
+        p
+        for p, (marked, _) in garbage.items()
+        if _safe(marked, oldest) and not (late and marked == now)
+    ]
+    orphans = _orphans_still_unindexed(repo, plan, mark_id) if _safe(plan.listed_at, oldest) else []
+    for pid in [*deletable, *orphans]:
+        progress(f"deleting pack {pid.hex()[:8]}")
+        repo.backend.delete(layout.pack_name(pid))
+        failpoints.hit("prune-pack-deleted")
+        result.packs_deleted += 1
+        result.bytes_freed += plan.pack_sizes.get(pid, 0)
+    left = {p: g for p, g in garbage.items() if p not in set(deletable)}
+    if deletable:
+        final = indexfmt.IndexFile(marking.packs, [mark_id], left)
+        failpoints.hit("prune-before-final-index")
+        _write_index(repo, final)
+        repo.backend.delete(layout.index_name(mark_id))
+    result.deferred_packs = len(left) + len(plan.orphans) - len(orphans)
+    result.deferred_bytes = sum(plan.pack_sizes.get(p, 0) for p in left) + sum(
+        s for p, s in plan.orphans.items() if p not in set(orphans)
+    )
+    if result.deferred_packs and late and oldest is None:
+        result.deferred_because = (
+            "a snapshot was stored while prune was planning; "
+            "the next prune deletes them unless that snapshot needs them"
+        )
+    elif result.deferred_packs:
+        result.deferred_because = (
+            "a backup that started before the packs were marked is still running; "
+            "the next prune after it finishes deletes them"
+        )
+    result.leftovers_aborted = _remove_leftovers(repo, progress)
+    return result
+
+
+def _remove_leftovers(repo: Repository, progress: Progress) -> int:
+    """Abort uploads that were started over an hour ago and never finished."""
+    progress("removing leftover uploads")
+    return leftovers.remove_leftovers(repo.backend)
+
+
+def _orphans_still_unindexed(repo: Repository, plan: PrunePlan, mark_id: bytes) -> list[bytes]:
+    """Orphans minus packs named by index files written since the plan (finished backups)."""
+    orphans = set(plan.orphans)
+    for fid in repo.index_files():
+        if fid in plan.index_files or fid == mark_id:
+            continue
+        f = repo.read_index_file(fid)
+        orphans.difference_update(f.packs)
+        orphans.difference_update(f.garbage)
+    return sorted(orphans)
+
+
+def _safe(marked_ns: int, oldest_writer_ns: int | None) -> bool:
+    return oldest_writer_ns is None or marked_ns + SKEW_MARGIN_NS < oldest_writer_ns
+
+
+def _oldest_writer(repo: Repository, lock: locks.RepoLock | None) -> int | None:
+    """Start time of the oldest live lock of another process that may write snapshots."""
+    scan = locks.scan_locks(repo.backend, repo.keys.index_key)
+    mine = lock.name if lock is not None else None
+    starts = [
+        e.info.started_ns
+        for e in scan.entries
+        if not e.stale and e.name != mine and e.info.command in BLOCKING_COMMANDS
+    ]
+    if scan.unreadable:
+        return 0  # a lock we cannot read might be a writer's: delete nothing
+    return min(starts) if starts else None
+
+
+def _repack(
+    repo: Repository,
+    plan: PrunePlan,
+    lock: locks.RepoLock | None,
+    result: PruneResult,
+    progress: Progress,
+) -> dict[bytes, list[packfmt.PackEntry]]:
+    """Copy the surviving sealed blobs of partly used packs into new packs (no re-encryption)."""
+    new_packs: dict[bytes, list[packfmt.PackEntry]] = {}
+    packers = {t: Packer(repo.keys, t) for t in BlobType}
+
+    def store(packer: Packer) -> None:
+        fp = packer.finish()
+        name = layout.pack_name(fp.pack_id)
+        repo.backend.write(name, fp.data, cold=packer.blob_type == BlobType.DATA)
+        if repo.backend.stat(name).size != len(fp.data):
+            raise CasError(f"pack {name} was stored with the wrong size")
+        new_packs[fp.pack_id] = fp.entries
+        result.packs_written += 1
+        result.bytes_written += len(fp.data)
+
+    for pid in plan.repack:
+        progress(f"repacking {pid.hex()[:8]}")
+        data = read_verified(repo.backend, layout.pack_name(pid), "pack")
+        for e in packfmt.parse_pack(repo.keys, data):
+            if plan.holder.get(e.blob_id) != pid:
+                continue
+            sealed = data[e.offset : e.offset + e.length]
+            # Never copy damage forward: the blob must open before it moves.
+            packfmt.open_blob(repo.keys, e.type, e.blob_id, sealed, e.raw_length)
+            packer = packers[e.type]
+            packer.add(e.blob_id, sealed, e.raw_length)
+            if packer.size >= repo.config.pack_size:
+                store(packer)
+        if lock is not None:
+            lock.check_alive()
+    for packer in packers.values():
+        if len(packer):
+            store(packer)
+    return new_packs
+
+
+def _write_index(repo: Repository, idx: indexfmt.IndexFile) -> bytes:
+    raw = indexfmt.encode_index(idx, repo.keys.index_key)
+    fid = storage_id(raw)
+    repo.backend.write(layout.index_name(fid), raw)
+    return fid

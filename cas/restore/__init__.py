@@ -1,0 +1,1 @@
+"""restore: turn a snapshot back into a tree."""

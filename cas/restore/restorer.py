@@ -1,0 +1,678 @@
+"""Restore: recreate a snapshot's tree (or part of it) under a target directory.
+
+Files are written to a temporary name beside their destination and renamed
+into place only when complete, so an interrupted or failed restore never
+leaves a partial file under a real name.  Every all-zero 4 KiB block at an
+aligned file offset is left as a hole, so sparse files come back sparse.
+Every entry is created and changed by its name inside its directory's open
+descriptor (``mkdirat``, ``openat``, ``renameat``, ...), never through a
+path: trees deeper than PATH_MAX restore, and a symlink planted in the
+target is replaced, never followed (cas/fs/dirfd.py).  A file's metadata goes
+through the descriptor that wrote it, a directory's through its own; in a
+directory this restore created, nothing is looked up before it is created.
+Directory metadata (times, then flags such as immutable) is applied when the
+directory's contents are done, so deepest first.  Hardlinked entries of any
+type are recreated as hardlinks; an immutable or append-only inode with more
+names gets its flags at the end, since nothing can be linked to it after.
+An existing entry that is immutable or append-only is unlocked before it is
+changed or replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas.crypto import BlobType
+from cas.errors import CasError
+from cas.format.tree import Node, decode_tree
+from cas.fs import dirfd, posixmeta
+from cas.fs.patterns import PatternSet
+from cas.protocols import BlobReader, Digest
+from cas.restore.blobstream import BlobStream, PackReader
+
+SPARSE_BLOCK = 4096
+PREFETCH_THREADS = 4
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
+_ZERO_RUN = 1 << 20  # the longest step when extending a hole
+# Flags that stop changes to an inode: set last, cleared before changing an existing entry.
+_LOCKING_FLAGS = posixmeta.FLAG_IMMUTABLE | posixmeta.FLAG_APPEND
+
+
+class RestoreAborted(CasError):
+    """restore stopped: {detail}"""
+
+
+@dataclass
+class RestoreOptions:
+    """What to restore and how."""
+
+    includes: PatternSet = field(default_factory=lambda: PatternSet([]))
+    excludes: PatternSet = field(default_factory=lambda: PatternSet([]))
+    numeric_owner: bool = False
+    dry_run: bool = False
+    delete: bool = False
+    verify: bool = False
+
+
+@dataclass
+class RestoreSummary:
+    """What a restore did."""
+
+    files_restored: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    special: int = 0
+    hardlinks: int = 0
+    bytes_written: int = 0
+    deleted: int = 0
+    verified: int = 0
+    failed: list[str] = field(default_factory=list)
+    warnings: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON output."""
+        return dict(self.__dict__)
+
+
+class RestoreReporter:
+    """Progress and warning callbacks; the CLI overrides what it shows."""
+
+    def action(self, what: str, path: bytes) -> None:
+        """An entry was (or, with --dry-run, would be) created, skipped or deleted."""
+
+    def bytes_done(self, n: int) -> None:
+        """``n`` more content bytes were written."""
+
+    def warning(self, message: str) -> None:
+        """Something could not be restored exactly."""
+
+
+def _fmt(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class _Dir:
+    target: bytes  # where this directory goes on disk
+    snap_path: bytes  # its path inside the snapshot
+    node: Node | None
+    todo: list[Node]
+    parent: _Dir | None
+    selected: bool  # wholly selected by include patterns (or no includes given)
+    created: bool = False
+    fresh: bool = False  # created empty by this restore: nothing in it to compare or replace
+    fd: int = -1  # the directory, open once created (or, with --dry-run, if it exists)
+    names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
+
+    def __post_init__(self) -> None:
+        self.names = {n.name for n in self.todo}
+
+
+class Restorer:
+    """Writes snapshot trees to the filesystem, reading blobs through BlobReader."""
+
+    def __init__(
+        self,
+        repo: BlobReader,
+        new_digest: Callable[[], Digest],
+        options: RestoreOptions | None = None,
+        reporter: RestoreReporter | None = None,
+        connections: int = PREFETCH_THREADS,
+    ) -> None:
+        self.repo = repo
+        self.connections = max(1, connections)
+        self.new_digest = new_digest
+        self.opts = options or RestoreOptions()
+        self.report = reporter or RestoreReporter()
+        self.summary = RestoreSummary()
+        self.names = posixmeta.NameCache()
+        self.is_root = os.geteuid() == 0
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._opener: dirfd.Opener | None = None  # made by restore(): it raises the fd limit
+        self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
+        # Data blobs are loaded ahead through a BlobStream when the repository
+        # can read pack ranges: the files of a directory, planned together,
+        # cost a few ranged reads on worker threads instead of one read each.
+        self._stream = (
+            BlobStream(repo, self.connections)
+            if isinstance(repo, PackReader) and not self.opts.dry_run
+            else None
+        )
+        self._planned: set[int] = set()  # id() of file nodes whose blobs are planned
+        self._taken = 0  # blobs of the current file taken from the stream
+        # Temporary names: one random part per restore and a counter, not a getrandom per file.
+        self._tmp_prefix = b".cas-restore-" + os.urandom(6).hex().encode() + b"-"
+        self._tmp_count = 0
+
+    # -- walking ------------------------------------------------------------
+
+    def restore(self, tree_id: bytes, target: bytes, snap_path: bytes = b"") -> RestoreSummary:
+        """Restore the entries of tree ``tree_id`` into directory ``target``."""
+        target = target.rstrip(b"/") or b"/"
+        opener = self._opener = self._opener or dirfd.Opener()
+        if not self.opts.dry_run:
+            _check_target(target)
+        root = _Dir(
+            target,
+            snap_path,
+            None,
+            self._load_tree(tree_id),
+            None,
+            selected=not self.opts.includes,
+            created=True,
+        )
+        try:
+            # The target itself may be reached through symlinks: it is the user's choice.
+            root.fd = opener.open_dir(target)
+        except OSError as e:
+            if not self.opts.dry_run:
+                raise RestoreAborted(f"cannot open {_fmt(target)}: {dirfd.reason(e)}") from None
+        stack = [root]
+        try:
+            while stack:
+                d = stack[-1]
+                if not d.todo:
+                    stack.pop()
+                    self._dir_done(d)
+                    continue
+                node = d.todo.pop()
+                child = self._entry(d, node)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for d in stack:
+                opener.close_dir(d.fd)
+            self.close()
+        self._finish_flags()
+        return self.summary
+
+    def _dir_done(self, d: _Dir) -> None:
+        """Everything below ``d`` is restored: remove extras, apply its metadata, close it."""
+        assert self._opener is not None
+        try:
+            if d.created and self.opts.delete:
+                self._delete_extras(d)
+            if d.node is not None and d.created and d.parent is not None and not self.opts.dry_run:
+                self._apply(d.parent.fd, d.node.name, d.target, d.node, fd=d.fd)
+        finally:
+            self._opener.close_dir(d.fd)
+            d.fd = -1
+
+    def _load_tree(self, tree_id: bytes) -> list[Node]:
+        nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+        nodes.reverse()  # pop() yields them in name order
+        return nodes
+
+    def _entry(self, d: _Dir, node: Node) -> _Dir | None:
+        snap_path = d.snap_path + b"/" + node.name
+        path = d.target + b"/" + node.name
+        if self.opts.excludes.matches(snap_path):
+            return None
+        selected = d.selected or self.opts.includes.matches(snap_path)
+        if node.type == "dir":
+            try:
+                todo = self._load_tree(node.subtree) if node.subtree else []
+            except CasError as e:
+                self._fail(path, f"cannot read its tree: {e}")
+                return None
+            child = _Dir(path, snap_path, node, todo, d, selected)
+            if selected:
+                try:
+                    self._make_dir(child)
+                except OSError as e:
+                    self._os_failure(path, e)
+                    return None
+            return child
+        if not selected:
+            return None
+        planned = node.type == "file" and self._plan(d, node)
+        self._taken = 0
+        try:
+            self._make_dir(d)
+            self._restore_leaf(d, path, node)
+        except OSError as e:
+            self._os_failure(path, e)
+        except RestoreAborted:
+            raise
+        except CasError as e:
+            # Damaged, missing or unreadable data (a lost pack, a storage error
+            # after retries): this file is named as not restored, the rest go on.
+            self._fail(path, str(e))
+        finally:
+            if planned and self._stream is not None:
+                # Skipped (identical, a hardlink) or failed part-way: not needed.
+                pairs = list(zip(node.content, node.sizes, strict=True))
+                self._stream.discard(pairs[self._taken :])
+        return None
+
+    def _plan(self, d: _Dir, node: Node) -> bool:
+        """Plan the blobs of ``node`` and of the files right after it (up to the next
+        directory, which is restored in between); whether ``node``'s are planned."""
+        if self._stream is None:
+            return False
+        if id(node) in self._planned:
+            self._planned.discard(id(node))
+            return True
+        run = [node]
+        for n in reversed(d.todo):
+            if n.type == "dir":
+                break
+            snap_path = d.snap_path + b"/" + n.name
+            if n.type != "file" or self.opts.excludes.matches(snap_path):
+                continue
+            if d.selected or self.opts.includes.matches(snap_path):
+                run.append(n)
+                self._planned.add(id(n))
+        self._stream.plan(
+            (b, size) for n in run for b, size in zip(n.content, n.sizes, strict=True)
+        )
+        return True
+
+    def _os_failure(self, path: bytes, e: OSError) -> None:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise RestoreAborted(f"{_fmt(path)}: {e.strerror}") from None
+        self._fail(path, dirfd.reason(e))
+
+    def _make_dir(self, d: _Dir) -> None:
+        """Create ``d`` and any ancestors not yet created (lazily, for --include).
+
+        It is opened without following a symlink, and what is in its place
+        (a planted symlink too) is removed first, so nothing restored below
+        it can land outside the target.
+        """
+        chain = []  # iteratively: an --include may select one file 4,000 levels down
+        while not d.created:
+            chain.append(d)
+            assert d.parent is not None
+            d = d.parent
+        for d in reversed(chain):
+            self._make_one_dir(d)
+
+    def _make_one_dir(self, d: _Dir) -> None:
+        assert d.parent is not None and d.node is not None and self._opener is not None
+        parent_fd, name = d.parent.fd, d.node.name
+        if self.opts.dry_run:
+            with contextlib.suppress(OSError):  # to compare with what is there
+                d.fd = self._opener.open_dir(name, parent_fd) if parent_fd >= 0 else -1
+        else:
+            st = None
+            if not d.parent.fresh:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.lstat(name, dir_fd=parent_fd)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                _unlock(parent_fd, name)  # its flags come back with the rest of its metadata
+            else:
+                if st is not None:
+                    self._clear(parent_fd, name)
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                d.fresh = True
+            d.fd = self._opener.open_dir(name, parent_fd)
+        d.created = True
+        self.summary.dirs += 1
+        self.report.action("dir", d.target)
+
+    # -- leaves -------------------------------------------------------------
+
+    def _restore_leaf(self, d: _Dir, path: bytes, node: Node) -> None:
+        """Restore the non-directory ``node`` as ``node.name`` in ``d`` (shown as ``path``)."""
+        dir_fd, name = d.fd, node.name
+        key = (node.device, node.inode)
+        # A hardlink cannot be made to an immutable or append-only inode.
+        flags_later = node.links > 1 and bool(node.flags & _LOCKING_FLAGS)
+        if node.links > 1 and key in self._links:
+            self.summary.hardlinks += 1
+            self.report.action("hardlink", path)
+            if not self.opts.dry_run:
+                if not d.fresh:
+                    self._clear(dir_fd, name)
+                # The first name is reached by its path: beyond PATH_MAX this fails
+                # (ENAMETOOLONG), naming the file.
+                os.link(self._links[key], name, dst_dir_fd=dir_fd, follow_symlinks=False)
+                self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+        elif node.type == "file":
+            if not d.fresh and self._identical(dir_fd, name, node):
+                self.summary.files_unchanged += 1
+                self.report.action("unchanged", path)
+                if self.opts.verify:
+                    self.summary.verified += 1  # just hashed and compared
+                if not self.opts.dry_run:
+                    _unlock(dir_fd, name)
+                    self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+            else:
+                self.report.action("file", path)
+                if not self.opts.dry_run:
+                    self._write_file(dir_fd, path, node, restore_flags=not flags_later)
+                self.summary.files_restored += 1
+        else:
+            self.report.action(node.type, path)
+            if node.type == "symlink":
+                self.summary.symlinks += 1
+            else:
+                self.summary.special += 1
+            if not self.opts.dry_run:
+                try:
+                    posixmeta.create_special(name, node, dir_fd=dir_fd)
+                except FileExistsError:
+                    self._clear(dir_fd, name)
+                    posixmeta.create_special(name, node, dir_fd=dir_fd)
+                self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+        if flags_later and not self.opts.dry_run:
+            self._flags_later.append((path, node))
+        if node.links > 1:
+            self._links[key] = path
+
+    def _clear(self, dir_fd: int, name: bytes) -> None:
+        """Remove what is at ``name`` in ``dir_fd`` (a directory only with --delete)."""
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not self.opts.delete:
+                raise OSError(errno.EISDIR, "a directory is in the way (use --delete)")
+            _remove_tree(dir_fd, name)
+        else:
+            _unlock(dir_fd, name)
+            os.unlink(name, dir_fd=dir_fd)
+
+    def _identical(self, dir_fd: int, name: bytes, node: Node) -> bool:
+        if dir_fd < 0:  # --dry-run, and the directory does not exist yet
+            return False
+        try:
+            st = os.lstat(name, dir_fd=dir_fd)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size != node.size or node.digest is None:
+            return False
+        if st.st_nlink > 1 and node.links == 1:
+            return False  # linked to another name here but not in the snapshot: rewrite
+        return self._digest_of(dir_fd, name) == node.digest
+
+    def _digest_of(self, dir_fd: int, name: bytes) -> bytes:
+        assert self._opener is not None
+        h = self.new_digest()
+        fd = self._opener.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd)
+        try:
+            while block := os.read(fd, 4 << 20):
+                h.update(block)
+        finally:
+            os.close(fd)
+        return h.digest()
+
+    def close(self) -> None:
+        """Stop the loading threads."""
+        if self._stream is not None:
+            self._stream.close()
+
+    def _blob(self, blob_id: bytes, size: int) -> bytes:
+        if self._stream is None:
+            return self.repo.load_blob(BlobType.DATA, blob_id, size)
+        self._taken += 1  # taken even if loading it fails: the stream let go of it
+        return self._stream.get(blob_id, size)
+
+    def _write_file(self, dir_fd: int, path: bytes, node: Node, *, restore_flags: bool) -> None:
+        """Write ``node`` under a temporary name, move it into place, apply its metadata.
+
+        Owner, xattrs, mode, times and flags go through the descriptor that
+        wrote the content, after the rename (an immutable file cannot be renamed)
+        and after ``--verify`` has read it back.
+        """
+        name = node.name
+        self._tmp_count += 1
+        tmp = self._tmp_prefix + str(self._tmp_count).encode() + b"-" + name[:100]
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
+        renamed = False
+        try:
+            out = SparseWriter(fd)
+            for blob_id, size in zip(node.content, node.sizes, strict=True):
+                out.write(self._blob(blob_id, size))
+                self.summary.bytes_written += size
+                self.report.bytes_done(size)
+            out.finish()
+            try:  # rename replaces a file or symlink in the way, never following it
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except (IsADirectoryError, PermissionError):  # a directory, an immutable file
+                self._clear(dir_fd, name)
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed = True
+            if self.opts.verify:  # before the mode is applied: it may forbid reading
+                self._verify(dir_fd, path, node)
+            self._apply(dir_fd, name, path, node, restore_flags=restore_flags, fd=fd)
+        finally:
+            os.close(fd)
+            if not renamed:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dir_fd)
+
+    def _verify(self, dir_fd: int, path: bytes, node: Node) -> None:
+        if self._digest_of(dir_fd, node.name) != node.digest:
+            self._fail(path, "content differs from the snapshot after writing")
+        else:
+            self.summary.verified += 1
+
+    def _apply(
+        self,
+        dir_fd: int,
+        name: bytes,
+        path: bytes,
+        node: Node,
+        *,
+        restore_flags: bool = True,
+        fd: int | None = None,
+    ) -> None:
+        for w in posixmeta.apply_metadata(
+            name,
+            node,
+            names=self.names,
+            numeric_owner=self.opts.numeric_owner,
+            is_root=self.is_root,
+            restore_flags=restore_flags,
+            dir_fd=dir_fd,
+            shown=path,
+            fd=fd,
+        ):
+            self._warn(w)
+
+    def _finish_flags(self) -> None:
+        """Inode flags held back for hardlinks (reached by path: the directories are closed)."""
+        if self.opts.dry_run:
+            return
+        for path, node in self._flags_later:
+            try:
+                current = posixmeta.get_flags(path)
+                wanted = (current & ~posixmeta.RESTORABLE_FLAGS) | (
+                    node.flags & posixmeta.RESTORABLE_FLAGS
+                )
+                if wanted != current:
+                    posixmeta.set_flags(path, wanted)
+            except OSError as e:
+                self._warn(f"could not restore inode flags of {_fmt(path)}: {e.strerror}")
+
+    def _delete_extras(self, d: _Dir) -> None:
+        """Remove what is in a restored directory but not in its snapshot tree."""
+        if d.fd < 0:
+            return  # with --dry-run the directory may not exist yet
+        try:
+            present = os.listdir(d.fd)
+        except OSError:
+            return
+        for entry in present:
+            name = os.fsencode(entry)
+            if name in d.names or name.startswith(b".cas-restore-"):
+                continue
+            path = d.target + b"/" + name
+            self.summary.deleted += 1
+            self.report.action("delete", path)
+            if not self.opts.dry_run:
+                try:
+                    self._clear(d.fd, name)
+                except OSError as e:
+                    self._fail(path, f"could not delete: {e.strerror}")
+
+    def _fail(self, path: bytes, why: str) -> None:
+        self.summary.failed.append(_fmt(path))
+        self.report.warning(f"{_fmt(path)}: not restored: {why}")
+
+    def _warn(self, message: str) -> None:
+        self.summary.warnings += 1
+        self.report.warning(message)
+
+
+class SparseWriter:
+    """Writes a file's content in order, leaving every all-zero aligned 4 KiB block a hole.
+
+    The file must be new and empty.  Blocks are aligned to file offsets, not
+    to chunks: a block that spans two chunks is judged as a whole, so a file
+    restores with the same holes whatever its chunk boundaries were.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0  # file offset of ``tail``; always a multiple of SPARSE_BLOCK
+        self.tail = b""  # the start of a block not yet complete
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        lo = 0
+        if self.tail:
+            lo = SPARSE_BLOCK - len(self.tail)
+            if len(data) < lo:
+                self.tail += data
+                return
+            self._blocks(self.tail + data[:lo], 0, SPARSE_BLOCK)
+        hi = lo + (len(data) - lo) // SPARSE_BLOCK * SPARSE_BLOCK
+        self._blocks(data, lo, hi)
+        self.tail = data[hi:]
+
+    def finish(self) -> int:
+        """Write what is left and set the file's size (a trailing hole included)."""
+        if self.tail.count(0) != len(self.tail):
+            self._pwrite(self.tail, 0, len(self.tail), self.pos)
+        size = self.pos + len(self.tail)
+        os.ftruncate(self.fd, size)
+        return size
+
+    def _blocks(self, data: bytes, lo: int, hi: int) -> None:
+        """Write whole blocks ``data[lo:hi]`` at ``pos``, skipping all-zero ones."""
+        base = self.pos - lo  # file offset of data[0]
+        start = lo  # first byte not yet written
+        i = lo
+        while (k := data.find(_ZERO_BLOCK, i, hi)) >= 0:
+            a = k + (lo - k) % SPARSE_BLOCK  # first block boundary at or after k
+            if a + SPARSE_BLOCK > hi:
+                break
+            if data.count(0, a, a + SPARSE_BLOCK) != SPARSE_BLOCK:
+                i = a + 1  # a zero run starting before ``a`` covers no whole block
+                continue
+            # Extend the hole, galloping: steps double while zero, halve on data,
+            # so finding where a run ends costs about twice its length.
+            end, step = a + SPARSE_BLOCK, SPARSE_BLOCK
+            while end < hi:
+                n = min(step, hi - end)
+                if data.count(0, end, end + n) == n:
+                    end += n
+                    step = min(2 * step, _ZERO_RUN)
+                elif step > SPARSE_BLOCK:
+                    step //= 2
+                else:
+                    break
+            self._pwrite(data, start, a, base + start)
+            start = i = end
+        self._pwrite(data, start, hi, base + start)
+        self.pos += hi - lo
+
+    def _pwrite(self, data: bytes, lo: int, hi: int, offset: int) -> None:
+        view = memoryview(data)[lo:hi]
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view = view[n:]
+            offset += n
+
+
+def _check_target(target: bytes) -> None:
+    """Create ``target`` and make sure entries can be created in it, or stop cleanly."""
+    try:
+        os.makedirs(target, exist_ok=True)
+        probe = target + b"/.cas-restore-probe-" + os.urandom(6).hex().encode()
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise RestoreAborted(f"cannot write into {_fmt(target)}: {e.strerror}") from None
+
+
+def _unlock(dir_fd: int, name: bytes) -> None:
+    """Clear immutable/append-only on an existing file or directory so it can be changed."""
+    try:
+        # Only these carry flags; opening a device node could have side effects.
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            return
+        flags = posixmeta.get_flags(name, dir_fd=dir_fd)
+        if flags & _LOCKING_FLAGS:
+            posixmeta.set_flags(name, flags & ~_LOCKING_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        pass  # the change that follows reports the real problem
+
+
+_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _remove_tree(dir_fd: int, name: bytes) -> None:
+    """``rm -rf`` of ``name`` in ``dir_fd``, however deep (no recursion, no long paths).
+
+    Immutable and append-only flags are cleared where they stop a removal:
+    on each directory before its entries go, on an entry when unlinking it fails.
+    """
+    stack: list[tuple[int, bytes, int, list[bytes]]] = []
+    try:
+        while True:
+            _unlock(dir_fd, name)
+            fd = os.open(name, _TREE_FLAGS, dir_fd=dir_fd)
+            stack.append((dir_fd, name, fd, [os.fsencode(n) for n in os.listdir(fd)]))
+            while stack:
+                parent_fd, dir_name, fd, names = stack[-1]
+                if not names:
+                    stack.pop()
+                    os.close(fd)
+                    os.rmdir(dir_name, dir_fd=parent_fd)
+                    continue
+                entry = names.pop()
+                if stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode):
+                    dir_fd, name = fd, entry
+                    break  # open it above
+                try:
+                    os.unlink(entry, dir_fd=fd)
+                except PermissionError:
+                    _unlock(fd, entry)
+                    os.unlink(entry, dir_fd=fd)
+            if not stack:
+                return
+    finally:
+        for _, _, fd, _ in stack:
+            os.close(fd)
+
+
+def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[bytes, Node | None]:
+    """Follow ``subpath`` (e.g. b"/home/me") from the root tree; returns (tree ID, last node)."""
+    node: Node | None = None
+    for part in [p for p in subpath.split(b"/") if p]:
+        nodes = {n.name: n for n in decode_tree(repo.load_blob(BlobType.TREE, tree_id))}
+        node = nodes.get(part)
+        if node is None:
+            raise CasError(f"{_fmt(subpath)} is not in the snapshot")
+        if node.type != "dir" or node.subtree is None:
+            raise CasError(f"{_fmt(subpath)} is not a directory in the snapshot")
+        tree_id = node.subtree
+    return tree_id, node
