@@ -44,7 +44,7 @@ from cas.format import keyfile as keyfmt
 from cas.format import pack as packfmt
 from cas.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cas.ids import storage_id
-from cas.repo import layout
+from cas.repo import layout, locks
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location, MasterIndex
 from cas.repo.packer import FinishedPack, Packer
@@ -567,6 +567,38 @@ class Repository:
         if len(matches) > 1:
             raise SnapshotNotFound(f"{ref!r}: prefix is ambiguous ({len(matches)} snapshots)")
         return matches[0], self.load_snapshot(matches[0])
+
+    def remove_snapshot(self, snapshot_id: bytes) -> None:
+        """Delete a snapshot file (forget, tag, repair): the one way to remove a snapshot."""
+        self.backend.delete(layout.snapshot_name(snapshot_id))
+
+    def replace_snapshot(self, snapshot_id: bytes, snap: Snapshot) -> bytes:
+        """Store ``snap`` in place of ``snapshot_id`` (new file first, then the old one
+        goes); returns the new ID."""
+        new_id = self.save_snapshot(snap)
+        if new_id != snapshot_id:
+            self.remove_snapshot(snapshot_id)
+        return new_id
+
+    # -- locks ------------------------------------------------------------------
+
+    def lock(self, *, exclusive: bool, command: str, wait: float = 0.0) -> locks.RepoLock:
+        """Take a shared or exclusive lock (a context manager that releases it)."""
+        return locks.acquire(
+            self.backend, self.keys.index_key, exclusive=exclusive, command=command, wait=wait
+        )
+
+    def scan_locks(self) -> locks.LockScan:
+        """Every lock file, decoded (unreadable ones listed apart)."""
+        return locks.scan_locks(self.backend, self.keys.index_key)
+
+    def remove_stale_locks(self) -> list[str]:
+        """Delete the locks of dead or silent processes; returns their names."""
+        return locks.remove_stale(self.backend, self.keys.index_key)
+
+    def remove_all_locks(self) -> list[str]:
+        """Delete every lock, live or not (``unlock --remove-all``)."""
+        return locks.remove_all(self.backend)
 
     def close(self) -> None:
         """Stop the worker threads and release the backend (unsaved blobs are dropped)."""
