@@ -498,6 +498,15 @@ class Repository:
                 self._tree_packs.popitem(last=False)
         return pack
 
+    def pack_sizes(self) -> dict[bytes, int]:
+        """Every pack file by ID with its size, from one listing (indexed or not)."""
+        sizes = {}
+        for info in self.backend.list(layout.DATA):
+            pid = layout.id_from_name(info.name)
+            if pid is not None:
+                sizes[pid] = info.size
+        return sizes
+
     def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:
         """Read and decode a pack's header with two ranged reads (trailer, then header)."""
         name = layout.pack_name(pack_id)
