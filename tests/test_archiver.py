@@ -35,7 +35,7 @@ from cas.format.tree import Node, decode_tree
 from cas.fs.patterns import PatternSet
 from cas.fs.posixmeta import FLAG_APPEND, FLAG_IMMUTABLE, get_flags, set_flags
 from cas.protocols import BlobReader, Chunks, FileChunker
-from cas.repo.repository import Repository
+from cas.repo import Repository
 from cas.restore.restorer import (
     SPARSE_BLOCK,
     RestoreOptions,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cas.backend import open_backend, request_summary
+from cas.backend import S3Options, open_backend, request_summary
 from cas.backend.accounting import (
     GB,
     AccountingBackend,
@@ -162,7 +162,7 @@ def test_loopback_endpoints_cost_no_egress(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
 
     def prices(endpoint: str | None) -> PriceTable:
-        backend = open_backend("s3://bucket/p", s3_endpoint=endpoint)
+        backend = open_backend("s3://bucket/p", [S3Options(endpoint=endpoint)])
         assert isinstance(backend, AccountingBackend)
         return backend.prices
 
@@ -176,7 +176,7 @@ def test_loopback_endpoints_cost_no_egress(tmp_path: Path, monkeypatch: pytest.M
     assert prices(None).put_per_1000 == 0.01
     price_file = tmp_path / "other.json"
     price_file.write_text('{"get_per_1000": 1}')
-    backend = open_backend("s3://bucket/p", prices_file=str(price_file))
+    backend = open_backend("s3://bucket/p", [S3Options(prices_file=str(price_file))])
     assert isinstance(backend, AccountingBackend)
     assert backend.prices.get_per_1000 == 1
 
@@ -259,7 +259,8 @@ def test_s3_counts_each_page_of_a_listing(s3_any: S3Target) -> None:
 @pytest.mark.s3
 def test_request_summary_through_open_backend(s3_any: S3Target) -> None:
     backend = open_backend(
-        f"s3://{s3_any.bucket}/{s3_any.prefix}", s3_endpoint=s3_any.endpoint, s3_path_style=True
+        f"s3://{s3_any.bucket}/{s3_any.prefix}",
+        [S3Options(endpoint=s3_any.endpoint, path_style=True)],
     )
     backend.create()
     backend.write(NAME, b"data")

@@ -31,6 +31,7 @@ from cas.backend import (
     Backend,
     ObjectInfo,
     ReadBackend,
+    S3Options,
     create_bucket,
     find_layer,
     open_backend,
@@ -478,7 +479,7 @@ def test_open_backend_chooses_by_location(tmp_path: Path) -> None:
     from_url = open_backend(f"file://{tmp_path}/repo")
     assert isinstance(find_layer(from_url, LocalBackend), LocalBackend)
     assert from_url.location == f"{tmp_path}/repo"
-    s3 = open_backend("s3://bucket/some/prefix", s3_endpoint="http://127.0.0.1:9")
+    s3 = open_backend("s3://bucket/some/prefix", [S3Options(endpoint="http://127.0.0.1:9")])
     assert isinstance(s3, AccountingBackend)
     assert isinstance(s3.inner, RetryBackend)
     assert isinstance(s3.inner.inner, S3Backend)
@@ -507,17 +508,19 @@ def test_open_backend_checksum_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         return s3._sha256
 
     location, endpoint = "s3://bucket/p", "http://127.0.0.1:9"
-    assert mode(open_backend(location, s3_endpoint=endpoint))
-    assert not mode(open_backend(location, s3_endpoint=endpoint, s3_checksums="when_required"))
+    assert mode(open_backend(location, [S3Options(endpoint=endpoint)]))
+    assert not mode(
+        open_backend(location, [S3Options(endpoint=endpoint, checksums="when_required")])
+    )
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "WHEN_REQUIRED")
-    assert not mode(open_backend(location, s3_endpoint=endpoint))
+    assert not mode(open_backend(location, [S3Options(endpoint=endpoint)]))
     monkeypatch.setenv("CAS_S3_CHECKSUMS", "when_supported")
-    assert mode(open_backend(location, s3_endpoint=endpoint))
+    assert mode(open_backend(location, [S3Options(endpoint=endpoint)]))
     monkeypatch.setenv("CAS_S3_CHECKSUMS", "sometimes")
     with pytest.raises(UsageError, match="CAS_S3_CHECKSUMS"):
-        open_backend(location, s3_endpoint=endpoint)
+        open_backend(location, [S3Options(endpoint=endpoint)])
     with pytest.raises(UsageError, match="when_supported or when_required"):
-        open_backend(location, s3_endpoint=endpoint, s3_checksums="crc32")
+        open_backend(location, [S3Options(endpoint=endpoint, checksums="crc32")])
 
 
 def test_create_bucket_needs_s3(tmp_path: Path) -> None:
@@ -940,7 +943,9 @@ def test_s3_endpoint_from_environment(
 
 @pytest.mark.s3
 def test_open_backend_s3(s3_server: str, s3_bucket: str, s3_client: Any) -> None:
-    backend = open_backend(f"s3://{s3_bucket}/p/q", s3_endpoint=s3_server, s3_path_style=True)
+    backend = open_backend(
+        f"s3://{s3_bucket}/p/q", [S3Options(endpoint=s3_server, path_style=True)]
+    )
     backend.create()
     backend.write("config", b"c")
     assert s3_client.get_object(Bucket=s3_bucket, Key="p/q/config")["Body"].read() == b"c"
@@ -950,7 +955,7 @@ def test_open_backend_s3(s3_server: str, s3_bucket: str, s3_client: Any) -> None
 @pytest.mark.s3
 def test_open_backend_create_bucket(s3_server: str) -> None:
     bucket = f"cas-test-new-{uuid.uuid4().hex[:12]}"
-    backend = open_backend(f"s3://{bucket}/p", s3_endpoint=s3_server, s3_path_style=True)
+    backend = open_backend(f"s3://{bucket}/p", [S3Options(endpoint=s3_server, path_style=True)])
     create_bucket(backend)
     backend.create()
     backend.write("config", b"c")

@@ -16,7 +16,7 @@ from cas.backend.faulty import Fault, FaultyBackend, flip_last_byte, truncate_re
 from cas.backend.memory import MemoryBackend
 from cas.backend.retry import RetryBackend
 from cas.errors import BackendError, IntegrityError, ObjectNotFound, TransientBackendError
-from cas.repo.repository import open_repository
+from cas.repo import open_repository
 from tests.support.repos import PASSWORD, new_repo, populate
 
 NAME = "data/ab/ab01"

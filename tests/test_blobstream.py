@@ -9,8 +9,7 @@ import pytest
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.repo import layout
-from cas.repo.repository import Repository
+from cas.repo import Repository, layout
 from cas.restore.blobstream import BlobStream
 from tests.support.repos import new_repo
 

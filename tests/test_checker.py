@@ -26,9 +26,8 @@ from cas.format.pack import PackEntry
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree, encode_tree
 from cas.ids import storage_id
-from cas.repo import layout, locks
+from cas.repo import Repository, layout, locks, open_repository
 from cas.repo.prune import PruneOptions, execute_prune, plan_prune
-from cas.repo.repository import Repository, open_repository
 from tests.support.damaged import (
     BUILDERS,
     FIXTURES,

@@ -22,7 +22,7 @@ import pytest
 from cas.chunking import worker as chunkworker
 from cas.chunking.worker import ChunkWorker, WorkerGone
 from cas.crypto import BlobType
-from cas.repo.repository import Repository
+from cas.repo import Repository
 from tests.support.cli import run_cas
 from tests.test_archiver import backend, backup, content, repo, walk
 
@@ -36,7 +36,7 @@ HANG = 300.0  # seconds: only bounds a hang, never a timed assertion
 @pytest.fixture
 def helper(repo: Repository) -> Iterator[ChunkWorker]:
     chunker = repo.chunker()
-    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    worker = ChunkWorker(repo.keys, chunker.params)
     yield worker
     worker.close()
 
@@ -197,7 +197,7 @@ def test_a_helper_that_cannot_start_changes_nothing(
 ) -> None:
     made = files(tmp_path / "src")
     chunker = repo.chunker()
-    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    worker = ChunkWorker(repo.keys, chunker.params)
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     try:
         done = backup(repo, tmp_path / "src", offload=worker)
@@ -223,7 +223,7 @@ def test_helper_gets_no_secrets_in_its_environment(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
     monkeypatch.setattr(chunkworker.subprocess, "Popen", recording)
     chunker = repo.chunker()
-    worker = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    worker = ChunkWorker(repo.keys, chunker.params)
     path = tmp_path / "f"
     path.write_bytes(b"x" * 1000)
     fd = os.open(path, os.O_RDONLY)

@@ -13,7 +13,7 @@ from cas.backend.local import LocalBackend
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
-from cas.repo.repository import Repository, open_repository
+from cas.repo import Repository, open_repository
 from tests.support.cli import Result, run_cas
 from tests.support.repos import PASSWORD, new_repo
 

@@ -28,8 +28,7 @@ from cas.backend.local import LocalBackend
 from cas.crypto import BlobType
 from cas.format.tree import decode_tree
 from cas.ids import storage_id
-from cas.repo import layout
-from cas.repo.repository import open_repository
+from cas.repo import layout, open_repository
 from tests.test_crash import (
     PASSWORD,
     Manifest,

@@ -42,8 +42,7 @@ from cas.format.lock import LockInfo, encode_lock
 from cas.format.pack import open_blob
 from cas.format.tree import Node, decode_tree
 from cas.ids import storage_id
-from cas.repo import layout
-from cas.repo.repository import Repository, open_repository, read_verified
+from cas.repo import Repository, layout, open_repository, read_verified
 from tests.support.cli import TEST_ENV, Result, run_cas
 
 PASSWORD = "crash-test-password"

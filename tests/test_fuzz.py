@@ -50,8 +50,7 @@ from cas.format import pack as packfmt
 from cas.format import snapshot as snapfmt
 from cas.format import tree as treefmt
 from cas.format.codec import pack_canonical, unpack_map
-from cas.repo import layout
-from cas.repo.repository import open_repository
+from cas.repo import layout, open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 

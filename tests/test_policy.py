@@ -16,13 +16,13 @@ from cas.manage.policy import (
     EmptyPolicy,
     GroupKey,
     Policy,
-    SnapshotFilter,
     SnapshotRef,
     apply_policy,
     newest_first,
     parse_group_by,
     plan_forget,
 )
+from cas.selection import SnapshotFilter
 
 
 def at(text: str, tz: timezone = UTC) -> int:

@@ -16,9 +16,8 @@ from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree, encode_tree
-from cas.repo import layout, locks
+from cas.repo import Repository, layout, locks, open_repository
 from cas.repo.prune import PruneOptions, PruneRefused, execute_prune, plan_prune
-from cas.repo.repository import Repository, open_repository
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 
@@ -158,8 +157,7 @@ def test_unindexed_packs_of_a_crashed_backup_are_removed() -> None:
     crashed = _reopen(backend)
     crashed.save_blob(BlobType.DATA, os.urandom(200_000))
     crashed.wait()
-    packer = crashed._packers[BlobType.DATA]
-    fp = packer.finish()
+    (fp,) = crashed.saver.writer.finish_open()  # the open data pack
     backend.write(layout.pack_name(fp.pack_id), fp.data)  # pack stored, index never written
     plan, result = _prune(_reopen(backend))
     assert fp.pack_id in plan.orphans

@@ -8,9 +8,9 @@ from pathlib import Path
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format.tree import decode_tree
-from cas.manage.repair import STUB_TEXT, rebuild_index, repair_snapshots
-from cas.repo import layout
-from cas.repo.repository import open_repository
+from cas.manage.repair import STUB_TEXT, repair_snapshots
+from cas.repo import layout, open_repository
+from cas.repo.rebuild import rebuild_index
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 

@@ -33,7 +33,7 @@ from cas.backend.s3 import S3Backend
 from cas.backup.archiver import Archiver
 from cas.errors import BackendError, TransientBackendError
 from cas.format.snapshot import Snapshot
-from cas.repo.repository import Repository, open_repository
+from cas.repo import Repository, open_repository
 from cas.restore.restorer import Restorer
 from tests.support.backends import S3Target
 from tests.support.repos import PASSWORD, new_repo

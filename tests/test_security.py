@@ -34,8 +34,7 @@ from cas.backend.base import Backend, ObjectInfo
 from cas.backend.local import LocalBackend
 from cas.chunking.worker import OFFLOAD_MIN
 from cas.errors import WrongPassword
-from cas.repo import layout
-from cas.repo.repository import open_repository
+from cas.repo import layout, open_repository
 from tests.support.cli import TEST_ENV, Result, run_cas
 from tests.test_crash import parallel
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cas.repo.repository import Repository
+from cas.repo import Repository
 from tests.support import races
 from tests.support.cli import run_cas
 from tests.support.trees import build_deep_tree, compare_trees, open_deep, remove_tree

@@ -162,7 +162,7 @@ def test_against_a_real_repository() -> None:
     # Random data does not compress, so sealing only adds overhead (the tree may shrink).
     data_raw = st.raw_data - st.raw_tree
     assert data_raw + 40 * st.data_blobs < st.stored_size < st.raw_data + 200 * (st.data_blobs + 1)
-    packs = pack_totals(repo.backend)
+    packs = pack_totals(repo)
     assert packs.packs >= 1 and packs.bytes >= st.stored_size
 
 

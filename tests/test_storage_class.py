@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cas.backend import open_backend, storage_class
+from cas.backend import S3Options, open_backend, storage_class
 from cas.backend.accounting import STORAGE_CLASS_PRICES, AccountingBackend, PriceTable
 from cas.backend.faulty import FaultyBackend
 from cas.backend.memory import MemoryBackend
@@ -24,9 +24,9 @@ from cas.backend.retry import RetryBackend
 from cas.backend.s3 import normalize_storage_class
 from cas.crypto import BlobType
 from cas.errors import BackendError, UsageError
+from cas.repo import open_repository
 from cas.repo.cache import LocalCache
 from cas.repo.caching import CachingBackend
-from cas.repo.repository import open_repository
 from tests.support.backends import S3Target
 from tests.support.cli import Result, run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
@@ -74,16 +74,16 @@ def test_storage_class_comes_from_option_or_environment(
 ) -> None:
     endpoint = "http://127.0.0.1:9"  # never contacted: opening makes no request
     monkeypatch.setenv("CAS_S3_STORAGE_CLASS", "standard_ia")
-    from_env = open_backend("s3://b/p", s3_endpoint=endpoint)
+    from_env = open_backend("s3://b/p", [S3Options(endpoint=endpoint)])
     assert storage_class(from_env) == "STANDARD_IA"
-    option = open_backend("s3://b/p", s3_endpoint=endpoint, s3_storage_class="GLACIER_IR")
+    option = open_backend("s3://b/p", [S3Options(endpoint=endpoint, storage_class="GLACIER_IR")])
     assert storage_class(option) == "GLACIER_IR"
     assert storage_class(open_backend(str(tmp_path / "local"))) is None
     monkeypatch.setenv("CAS_S3_STORAGE_CLASS", "not a class")
     with pytest.raises(UsageError, match="CAS_S3_STORAGE_CLASS"):
-        open_backend("s3://b/p", s3_endpoint=endpoint)
+        open_backend("s3://b/p", [S3Options(endpoint=endpoint)])
     monkeypatch.delenv("CAS_S3_STORAGE_CLASS")
-    assert storage_class(open_backend("s3://b/p", s3_endpoint=endpoint)) is None
+    assert storage_class(open_backend("s3://b/p", [S3Options(endpoint=endpoint)])) is None
 
 
 # -- the hint: repository -> decorators -> backend -----------------------------------------

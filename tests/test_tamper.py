@@ -8,8 +8,7 @@ from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError, WrongPassword
 from cas.format.tree import decode_tree
-from cas.repo import layout
-from cas.repo.repository import open_repository
+from cas.repo import layout, open_repository
 from tests.support.repos import PASSWORD, flip_byte, new_repo, populate, sample_positions
 
 

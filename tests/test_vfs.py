@@ -19,13 +19,14 @@ import pytest
 
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
-from cas.cli.cmd_mount import RepositoryStore
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
 from cas.mount.vfs import ROOT_INO, BlobCache, SnapshotView, time_name
-from cas.repo.repository import Repository, open_repository
+from cas.repo import Repository, open_repository
+from cas.repo.store import RepositoryStore
+from cas.selection import SnapshotFilter
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo
 
@@ -236,7 +237,7 @@ def test_host_and_tag_filters(repo: Repository) -> None:
         ({"hosts": ["beta"], "tags": ["x"]}, 1),
         ({"tags": ["nope"]}, 0),
     ):
-        view, _ = make_view(repo, **kw)
+        view, _ = make_view(repo, selection=SnapshotFilter.of(**kw))
         try:
             assert view.snapshot_count() == count, kw
             assert len([n for n in names(view, b"snapshots") if n != b"latest"]) == count

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from cas.errors import BackendError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -143,3 +145,29 @@ def abort_leftover(backend: Backend, upload: UnfinishedUpload) -> None:
     """``backend.abort_leftover(upload)``; a backend without leftovers has nothing to abort."""
     if isinstance(backend, LeftoverUploads):
         backend.abort_leftover(upload)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid object name, else raise BackendError.
+
+    A name is one or more non-empty components joined by "/", none starting
+    with "." (which rules out "." and ".." escaping a local root, and keeps
+    names apart from the local backend's hidden temporary files), and without
+    backslashes or NUL bytes.  Every backend enforces the same rule, so a name
+    that works in memory also works on disk and on S3.
+    """
+    if not isinstance(name, str) or not name:
+        raise BackendError(f"invalid object name {name!r}: empty")
+    if "\\" in name or "\x00" in name:
+        raise BackendError(f"invalid object name {name!r}: contains a backslash or NUL")
+    for part in name.split("/"):
+        if not part or part.startswith("."):
+            raise BackendError(
+                f"invalid object name {name!r}: empty component or component starting with '.'"
+            )
+    return name
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is "" (meaning everything) or a valid name; else BackendError."""
+    return prefix if prefix == "" else check_name(prefix)

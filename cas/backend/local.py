@@ -16,11 +16,12 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from cas.backend import check_name, check_prefix
-from cas.backend.base import ObjectInfo, UnfinishedUpload
-from cas.errors import BackendError, ObjectExists, ObjectNotFound
+from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, check_name, check_prefix
+from cas.backend.registry import BackendFactory
+from cas.errors import BackendError, ObjectExists, ObjectNotFound, UsageError
 
 _TEMP_PREFIX = ".tmp-"
 _DIR_MODE = 0o700
@@ -320,3 +321,20 @@ def _remove_quietly(path: str) -> None:
     """
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """Local locations take no options."""
+
+
+def open_local(location: str, rest: str, options: LocalOptions) -> Backend:
+    """The local backend of ``rest``, counting its operations (priced at zero)."""
+    from cas.backend.accounting import AccountingBackend, PriceTable
+
+    if not rest:
+        raise UsageError(f"no path in location {location!r}")
+    return AccountingBackend(LocalBackend(os.path.expanduser(rest)), prices=PriceTable.free())
+
+
+FACTORY = BackendFactory(("", "file"), LocalOptions, open_local, "a path, file://")

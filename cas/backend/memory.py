@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from cas.backend import check_name, check_prefix
-from cas.backend.base import ObjectInfo
+from cas.backend.base import Backend, ObjectInfo, check_name, check_prefix
+from cas.backend.registry import BackendFactory
 from cas.errors import BackendError, ObjectExists, ObjectNotFound
 
 
@@ -129,3 +130,18 @@ def _slice(name: str, data: bytes, offset: int, length: int | None) -> bytes:
             f"short read of {name}: wanted bytes {offset}..{end}, object has {len(data)}"
         )
     return data[offset:end]
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """Memory locations take no options."""
+
+
+def open_memory(location: str, rest: str, options: MemoryOptions) -> Backend:
+    """The memory backend of ``rest``, counting its operations (priced at zero)."""
+    from cas.backend.accounting import AccountingBackend, PriceTable
+
+    return AccountingBackend(MemoryBackend(rest), prices=PriceTable.free())
+
+
+FACTORY = BackendFactory(("memory",), MemoryOptions, open_memory, "memory://")

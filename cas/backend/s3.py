@@ -69,9 +69,8 @@ from botocore.exceptions import (
     SSLError,
 )
 
-from cas.backend import check_name, check_prefix
 from cas.backend.accounting import RequestMeter
-from cas.backend.base import ObjectInfo, UnfinishedUpload
+from cas.backend.base import ObjectInfo, UnfinishedUpload, check_name, check_prefix
 from cas.errors import BackendError, ObjectExists, ObjectNotFound, TransientBackendError
 
 CHECKSUM_MODES = ("when_supported", "when_required")

@@ -28,10 +28,11 @@ from typing import Any
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.format.tree import Node, decode_tree, encode_tree
+from cas.format.tree import Node, encode_tree
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobWriter, Chunks, FileChunker
+from cas.walker import load_tree
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -213,7 +214,7 @@ class Archiver:
         if tree_id is None:
             return {}
         try:
-            return {n.name: n for n in decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))}
+            return {n.name: n for n in load_tree(self.repo, tree_id)}
         except Exception as e:  # a damaged parent only costs re-reading
             self._warn(f"cannot read parent tree {tree_id.hex()[:8]}: {e}; reading files again")
             return {}

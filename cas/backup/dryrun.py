@@ -31,7 +31,8 @@ from cas.crypto import SEAL_OVERHEAD, BlobType, FileDigest
 from cas.format import compress
 from cas.format import pack as packfmt
 from cas.format.snapshot import Snapshot
-from cas.repo.repository import INDEX_EVERY_PACKS, Repository
+from cas.repo import Repository
+from cas.repo.packwriter import INDEX_EVERY_PACKS
 
 EXACT_BYTES = 128 << 20  # new data compressed in full before sampling starts
 SAMPLE_EVERY = 8  # then one blob in this many is compressed

@@ -44,19 +44,21 @@ from cas import failpoints
 from cas.backend.base import ReadBackend
 from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Severity
 from cas.check.state import CheckState, Subset, select_packs
-from cas.crypto import SEAL_OVERHEAD, BlobType, MasterKeys
-from cas.errors import CasError, IntegrityError, ObjectNotFound
+from cas.crypto import SEAL_OVERHEAD, BlobType, KeyBase
+from cas.errors import BlobNotFound, CasError, IntegrityError, ObjectNotFound
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.format.config import Config
 from cas.format.keyfile import decode_keyfile
 from cas.format.snapshot import decode_snapshot
-from cas.format.tree import Node, decode_tree
+from cas.format.tree import Node
 from cas.ids import storage_id
+from cas.progress import Progress
 from cas.repo import layout
 from cas.repo.index import Location, MasterIndex
 from cas.repo.leftovers import find_leftovers
 from cas.repo.locks import scan_locks
+from cas.walker import bottom_up, load_tree
 
 _T = TypeVar("_T")
 
@@ -64,7 +66,6 @@ _T = TypeVar("_T")
 # (a concurrent prune or index repair); after this many tries, go on.
 LISTING_ATTEMPTS = 3
 
-Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: called as each phase advances."""
 
 
@@ -93,7 +94,7 @@ class CheckedRepository(Protocol):
     def backend(self) -> ReadBackend: ...
 
     @property
-    def keys(self) -> MasterKeys: ...
+    def keys(self) -> KeyBase: ...
 
     @property
     def config(self) -> Config: ...
@@ -123,16 +124,6 @@ class _IndexedPack:
     def expected_size(self) -> int:
         blobs: int = sum(e[1] for e in packfmt.ENTRY.iter_unpack(self.header))
         return blobs + len(self.header) + SEAL_OVERHEAD + packfmt.TRAILER_SIZE
-
-
-@dataclass
-class _Frame:
-    """A tree being walked: subdirectories left to visit and the bad uses found so far."""
-
-    tree_id: bytes
-    name: bytes
-    pending: list[tuple[bytes, bytes]]
-    uses: list[tuple[bytes, bytes]]  # (path relative to this tree, key into Checker._bad)
 
 
 def check(
@@ -311,7 +302,7 @@ class Checker:
 
     def _check_locks(self) -> None:
         self._progress("locks", 0, 0)
-        for name, reason in scan_locks(self.backend, self.keys.index_key).unreadable:
+        for name, reason in scan_locks(self.backend, self.keys.index).unreadable:
             self._add("lock_unreadable", name, f"{reason}; it is ignored by lockers")
 
     def _check_leftovers(self) -> None:
@@ -353,7 +344,7 @@ class Checker:
             if raw is None:
                 continue
             try:
-                files[file_id] = indexfmt.decode_index(raw, self.keys.index_key)
+                files[file_id] = indexfmt.decode_index(raw, self.keys.index)
             except CasError as e:
                 self._add("index_damaged", name, str(e))
         superseded = {s for f in files.values() for s in f.supersedes}
@@ -638,7 +629,7 @@ class Checker:
             if raw is None:
                 continue
             try:
-                snap = decode_snapshot(raw, self.keys.data_key)
+                snap = decode_snapshot(raw, self.keys.data)
             except CasError as e:
                 self._add("snapshot_damaged", name, str(e))
                 continue
@@ -650,49 +641,32 @@ class Checker:
     def _walk(self, root: bytes) -> list[tuple[bytes, bytes]]:
         """Bad uses under tree ``root``: (path relative to it, key into ``_bad``).
 
-        Iterative (trees may be thousands deep) and memoised by tree ID, so
-        each distinct tree is read once however many snapshots share it.
+        Bottom up and memoised by tree ID, so each distinct tree is read once
+        however many snapshots share it.
         """
-        if root in self._visited:
-            return self._memo.get(root, [])
-        stack = [self._open(root, b"")]
-        while True:
-            frame = stack[-1]
-            if frame.pending:
-                name, sub = frame.pending.pop()
-                if sub in self._visited:
-                    frame.uses.extend(_prefixed(name, self._memo.get(sub, ())))
-                else:
-                    stack.append(self._open(sub, name))
-                continue
-            stack.pop()
-            self._visited.add(frame.tree_id)
-            if frame.uses:
-                self._memo[frame.tree_id] = frame.uses
-            if not stack:
-                return frame.uses
-            stack[-1].uses.extend(_prefixed(frame.name, frame.uses))
+        for tree_id, nodes in bottom_up(self._load_tree, root, self._visited):
+            self._visited.add(tree_id)
+            uses = [(b"", tree_id)] if nodes is None else self._uses(tree_id, nodes)
+            if uses:
+                self._memo[tree_id] = uses
+        return self._memo.get(root, [])
 
-    def _open(self, tree_id: bytes, name: bytes) -> _Frame:
-        frame = _Frame(tree_id, name, [], [])
-        nodes = self._load_tree(tree_id)
-        if nodes is None:
-            frame.uses.append((b"", tree_id))
-            return frame
+    def _uses(self, tree_id: bytes, nodes: list[Node]) -> list[tuple[bytes, bytes]]:
+        """The bad uses under a tree whose subdirectories are walked already."""
+        uses: list[tuple[bytes, bytes]] = []
         self.summary.trees += 1
         for node in nodes:
             if node.type == "dir":
                 self.summary.dirs += 1
                 if node.subtree is None:
                     key = self._node_problem(tree_id, node, "a directory without a subtree")
-                    frame.uses.append((node.name, key))
-                else:
-                    frame.pending.append((node.name, node.subtree))
+                    uses.append((node.name, key))
+                elif node.subtree in self._memo:
+                    uses.extend(_prefixed(node.name, self._memo[node.subtree]))
             elif node.type == "file":
                 self.summary.files += 1
-                frame.uses.extend((node.name, key) for key in self._file_problems(tree_id, node))
-        frame.pending.reverse()  # pop() visits them in name order
-        return frame
+                uses.extend((node.name, key) for key in self._file_problems(tree_id, node))
+        return uses
 
     def _file_problems(self, tree_id: bytes, node: Node) -> Iterator[bytes]:
         if sum(node.sizes) != node.size:
@@ -732,22 +706,29 @@ class Checker:
         """The tree's nodes, or None when it is missing or damaged (with a finding)."""
         if tree_id in self._bad:
             return None
-        loc = self._locate(tree_id)
-        if loc is None:
+        if self._locate(tree_id) is None:
             self._bad[tree_id] = self._add(
                 "tree_missing", _blob_object(BlobType.TREE, tree_id), self._not_indexed(tree_id)
             )
             return None
         try:
-            return decode_tree(self._load_blob(BlobType.TREE, tree_id, loc))
+            return load_tree(self, tree_id)
         except CasError as e:
             self._bad[tree_id] = self._add(
                 "tree_damaged", _blob_object(BlobType.TREE, tree_id), str(e)
             )
             return None
 
-    def _load_blob(self, blob_type: BlobType, blob_id: bytes, loc: Location) -> bytes:
-        # Not Repository.load_blob: that one loads the repository's own index, which
-        # stops at the first damaged index file; this reads through the checker's.
+    def load_blob(
+        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
+    ) -> bytes:
+        """A blob read through the checker's own index (BlobReader, for the walker).
+
+        Not Repository.load_blob: that one loads the repository's own index, which
+        stops at the first damaged index file.
+        """
+        loc = self._locate(blob_id)
+        if loc is None:
+            raise BlobNotFound(blob=blob_id.hex())
         sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
-        return packfmt.open_blob(self.keys, blob_type, blob_id, sealed)
+        return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node, decode_tree
+from cas.format.tree import Node
 from cas.fs import dirfd, posixmeta
 from cas.protocols import BlobReader, Digest
+from cas.walker import load_tree
 
 MISSING_IN_SOURCE = "missing_in_source"
 MISSING_IN_SNAPSHOT = "missing_in_snapshot"
@@ -136,7 +136,8 @@ class SourceComparer:
         return out
 
     def _tree(self, tree_id: bytes) -> list[Node]:
-        return decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+        # Trees are read one directory at a time, as the live walk reaches them.
+        return load_tree(self.repo, tree_id)
 
     def _find(self, tree_id: bytes, parts: list[bytes]) -> Node | None:
         node: Node | None = None

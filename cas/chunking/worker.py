@@ -71,13 +71,13 @@ def _recv(sock: socket.socket) -> Any:
 class ChunkWorker:
     """One helper process, started on first use; ``chunks`` serves one file at a time."""
 
-    def __init__(self, permutation: bytes, params: ChunkerParams, id_key: bytes) -> None:
+    def __init__(self, key: crypto.KeyBase, params: ChunkerParams) -> None:
+        # The helper gets a key that computes IDs and chunks and can open nothing.
         self._init = {
-            "perm": permutation,
+            "key": key.ids_only().encode(),
             "min": params.min_size,
             "avg": params.avg_size,
             "max": params.max_size,
-            "id_key": id_key,
         }
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -176,7 +176,7 @@ class ChunkWorker:
 # -- the helper process ----------------------------------------------------------
 
 
-def _chunk_file(sock: socket.socket, chunker: Chunker, id_key: bytes, fd: int) -> None:
+def _chunk_file(sock: socket.socket, chunker: Chunker, key: crypto.IdKey, fd: int) -> None:
     pos = 0
 
     def read(n: int) -> bytes:
@@ -185,12 +185,12 @@ def _chunk_file(sock: socket.socket, chunker: Chunker, id_key: bytes, fd: int) -
         pos += len(data)
         return data
 
-    digest = crypto.FileDigest(id_key)
+    digest = key.file_digest()
     batch: list[list[Any]] = []
     try:
         for chunk in chunker.iter_chunks(read):
             digest.update(chunk)
-            batch.append([len(chunk), crypto.blob_id(id_key, crypto.BlobType.DATA, chunk)])
+            batch.append([len(chunk), key.blob_id(crypto.BlobType.DATA, chunk)])
             if len(batch) >= _BATCH:
                 _send(sock, ["c", batch])
                 batch = []
@@ -205,8 +205,8 @@ def _chunk_file(sock: socket.socket, chunker: Chunker, id_key: bytes, fd: int) -
 def _serve(sock: socket.socket) -> None:
     init = _recv(sock)
     params = ChunkerParams(init["min"], init["avg"], init["max"])
-    chunker = Chunker(bytes(init["perm"]), params)
-    id_key = bytes(init["id_key"])
+    key = crypto.IdKey.decode(bytes(init["key"]))
+    chunker = Chunker(key.chunker_permutation(), params)
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, _U64.size, 1)
         if not msg:
@@ -216,7 +216,7 @@ def _serve(sock: socket.socket) -> None:
         if len(fds) != 1:
             return
         try:
-            _chunk_file(sock, chunker, id_key, fds[0])
+            _chunk_file(sock, chunker, key, fds[0])
         finally:
             os.close(fds[0])
 

@@ -13,31 +13,17 @@ from typing import Any
 import click
 
 from cas import __version__
-from cas.backend import find_layer, storage_class
-from cas.backend.accounting import AccountingBackend, PriceTable
-from cas.backup.archiver import Archiver, BackupOptions, Reporter, stdin_node
+from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
 from cas.chunking.worker import ChunkWorker
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.options import ExcludeOptions, exclude_options
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
 from cas.format import compress
 from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
-from cas.fs.patterns import PatternSet, read_pattern_file
-from cas.repo.repository import Repository
-
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``500k``, ``10M``, ``2G`` -> bytes."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _UNITS else ""
-    try:
-        return int(float(t[: len(t) - len(unit)]) * _UNITS[unit])
-    except ValueError:
-        raise UsageError(f"not a size: {text!r} (examples: 500k, 10M, 2G)") from None
+from cas.repo import Repository
 
 
 def register(cli: click.Group) -> None:
@@ -78,24 +64,7 @@ class _Progress(Reporter):
 
 @click.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=bytes))
-@click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable).")
-@click.option("--iexclude", multiple=True, help="Like --exclude, ignoring case.")
-@click.option("--exclude-file", multiple=True, help="Read exclude patterns from a file.")
-@click.option("--iexclude-file", multiple=True, help="Like --exclude-file, ignoring case.")
-@click.option(
-    "--exclude-if-present",
-    multiple=True,
-    help="Skip the contents of directories holding this file.",
-)
-@click.option(
-    "--exclude-caches",
-    is_flag=True,
-    help="Skip the contents of directories with a valid CACHEDIR.TAG.",
-)
-@click.option("--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries.")
-@click.option(
-    "--exclude-larger-than", metavar="SIZE", help="Skip files larger than SIZE (e.g. 2G)."
-)
+@exclude_options
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin.")
 @click.option("--tag", multiple=True, help="Tag the snapshot (repeatable).")
@@ -118,14 +87,7 @@ class _Progress(Reporter):
 def backup(
     g: Globals,
     paths: tuple[bytes, ...],
-    exclude: tuple[str, ...],
-    iexclude: tuple[str, ...],
-    exclude_file: tuple[str, ...],
-    iexclude_file: tuple[str, ...],
-    exclude_if_present: tuple[str, ...],
-    exclude_caches: bool,
-    one_file_system: bool,
-    exclude_larger_than: str | None,
+    excludes: ExcludeOptions,
     use_stdin: bool,
     stdin_filename: str,
     tag: tuple[str, ...],
@@ -146,24 +108,14 @@ def backup(
     for p in abs_paths:
         if not os.path.lexists(p):
             raise UsageError(f"{fs_text(p)} does not exist")
-    opts = _options(
-        exclude,
-        iexclude,
-        exclude_file,
-        iexclude_file,
-        exclude_if_present,
-        exclude_caches,
-        one_file_system,
-        exclude_larger_than,
-        force,
-    )
+    opts = excludes.backup_options(force=force)
     repo = g.open()
     repo.compression_level = level
     hostname = host or socket.gethostname()
     snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
     chunker = repo.chunker()
     # Large files are chunked in a helper process (fastcdc holds the GIL).
-    helper = ChunkWorker(chunker.permutation, chunker.params, repo.keys.id_key)
+    helper = ChunkWorker(repo.keys, chunker.params)
     with g.locked(repo, exclusive=False, command="backup"), contextlib.closing(helper):
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
@@ -223,37 +175,6 @@ def compression_level(name: str) -> int | None:
     raise UsageError(f"--compression {name!r}: use auto, off, fastest, max or a level 1..22")
 
 
-def _options(
-    exclude: tuple[str, ...],
-    iexclude: tuple[str, ...],
-    exclude_file: tuple[str, ...],
-    iexclude_file: tuple[str, ...],
-    exclude_if_present: tuple[str, ...],
-    exclude_caches: bool,
-    one_file_system: bool,
-    larger: str | None,
-    force: bool,
-) -> BackupOptions:
-    pats = [os.fsencode(p) for p in exclude]
-    ipats = [os.fsencode(p) for p in iexclude]
-    try:
-        for f in exclude_file:
-            pats += read_pattern_file(f)
-        for f in iexclude_file:
-            ipats += read_pattern_file(f)
-    except OSError as e:
-        raise UsageError(f"cannot read exclude file {e.filename}: {e.strerror}") from None
-    return BackupOptions(
-        excludes=PatternSet(pats),
-        iexcludes=PatternSet(ipats, ignore_case=True),
-        exclude_if_present=[os.fsencode(n) for n in exclude_if_present],
-        exclude_caches=exclude_caches,
-        one_file_system=one_file_system,
-        exclude_larger_than=parse_size(larger) if larger else None,
-        force=force,
-    )
-
-
 def _find_parent(
     repo: Repository, ref: str | None, hostname: str, paths: list[bytes]
 ) -> tuple[bytes | None, bytes | None]:
@@ -269,9 +190,7 @@ def _find_parent(
 
 def _estimate(repo: Repository, writer: DryRunWriter) -> dict[str, Any]:
     """What the backup this dry run stood in for would store, upload and cost."""
-    accounting = find_layer(repo.backend, AccountingBackend)
-    prices = accounting.prices if accounting is not None else PriceTable.free()
-    return writer.estimate(prices, storage_class(repo.backend)).as_dict()
+    return writer.estimate(repo.price_table(), repo.storage_class()).as_dict()
 
 
 def _human_estimate(out: Output, e: dict[str, Any]) -> None:

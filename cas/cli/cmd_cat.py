@@ -12,9 +12,8 @@ from cas.cli.common import Globals, Output, pass_globals
 from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError, UsageError
 from cas.format import keyfile as keyfmt
-from cas.format.tree import decode_tree
-from cas.repo import layout
-from cas.repo.repository import Repository, read_verified
+from cas.repo import Repository, layout, read_verified
+from cas.walker import load_tree
 
 KINDS = ("config", "key", "index", "pack", "blob", "tree", "snapshot")
 
@@ -87,7 +86,7 @@ def cat(g: Globals, kind: str, object_id: str | None) -> None:
     else:
         bid = _blob_id(object_id)
         if kind == "tree":
-            nodes = decode_tree(repo.load_blob(BlobType.TREE, bid))
+            nodes = load_tree(repo, bid)
             _print({"nodes": [n.to_doc() for n in nodes]})
         else:
             data = _load_any(repo, bid)

@@ -24,7 +24,8 @@ from cas.check.state import CheckState, parse_duration, parse_subset, state_path
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 from cas.errors import EXIT_ERROR, UsageError
 from cas.format.snapshot import Snapshot
-from cas.repo.repository import Repository
+from cas.progress import Progress
+from cas.repo import Repository
 
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
 
@@ -48,9 +49,16 @@ def register(cli: click.Group) -> None:
     "a full read over that time.",
 )
 @click.option(
-    "--cache-dir",
+    "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where to keep the record of verified packs (default: $XDG_CACHE_HOME/cas).",
+)
+@click.option(
+    "--cache-dir",
+    "old_state_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    hidden=True,
+    help="The old, deprecated name of --state-dir (not the global --cache-dir).",
 )
 @click.option(
     "--against",
@@ -70,7 +78,8 @@ def check_cmd(
     read_data: bool,
     read_data_subset: str | None,
     max_age: str | None,
-    cache_dir: Path | None,
+    state_dir: Path | None,
+    old_state_dir: Path | None,
     against: bytes | None,
     snapshot_ref: str | None,
 ) -> None:
@@ -85,6 +94,11 @@ def check_cmd(
     exit 0 if identical, 1 if anything differs.
     """
     out = Output(g)
+    if old_state_dir is not None:
+        if state_dir is not None:
+            raise UsageError("--cache-dir is the old name of --state-dir: give only --state-dir")
+        out.warn("check --cache-dir is deprecated: use check --state-dir")
+        state_dir = old_state_dir
     if against is not None:
         if read_data or read_data_subset or max_age:
             raise UsageError("--against cannot be combined with the --read-data options")
@@ -103,9 +117,9 @@ def check_cmd(
     state: CheckState | None = None
     if options.reads_data:
         try:
-            path = state_path(repo.config.repo_id, cache_dir)
+            path = state_path(repo.config.repo_id, state_dir)
         except RuntimeError:  # no home directory to put the cache in
-            out.warn("no cache directory (set XDG_CACHE_HOME or use --cache-dir); not recording")
+            out.warn("no cache directory (set XDG_CACHE_HOME or use --state-dir); not recording")
         else:
             state, note = CheckState.load(path)
             if note:
@@ -114,7 +128,7 @@ def check_cmd(
     started = time.monotonic()
     try:
         with g.locked(repo, exclusive=False, command="check"):
-            result = check(repo, options, lambda p, d, t: _progress(out, p, d, t))
+            result = check(repo, options, _progress(out))
     finally:
         if state is not None:
             _save_state(out, state)
@@ -124,8 +138,16 @@ def check_cmd(
         sys.exit(EXIT_ERROR)
 
 
-def _progress(out: Output, phase: str, done: int, total: int) -> None:
-    out.progress(f"check: {phase} {done}/{total}" if total else f"check: {phase} {done or ''}")
+def _progress(out: Output) -> Progress:
+    """The check's status line: its phase and how far it is."""
+
+    def progress(what: str, done: int | None = None, total: int | None = None) -> None:
+        if out.progress_due():
+            out.progress(
+                f"check: {what} {done}/{total}" if total else f"check: {what} {done or ''}"
+            )
+
+    return progress
 
 
 def _save_state(out: Output, state: CheckState) -> None:

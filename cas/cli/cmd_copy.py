@@ -35,7 +35,7 @@ def copy(
         g.locked(src, exclusive=False, command="copy-source"),
         g.locked(dst, exclusive=False, command="copy"),
     ):
-        result = copy_snapshots(src, dst, ids, out.progress)
+        result = copy_snapshots(src, dst, ids, out.report)
     doc = dataclasses.asdict(result)
 
     def human() -> None:

@@ -8,7 +8,6 @@ write snapshots and so defers deleting packs it marked while forget runs.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import click
 
 from cas.cli.cmd_prune import parse_fraction, run_prune
 from cas.cli.common import Globals, Output, fs_text, pass_globals
+from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
 from cas.format.snapshot import Snapshot
 from cas.manage.policy import (
@@ -27,13 +27,12 @@ from cas.manage.policy import (
     GroupKey,
     GroupPlan,
     Policy,
-    SnapshotFilter,
     SnapshotRef,
     parse_group_by,
     plan_forget,
 )
-from cas.repo import layout
-from cas.repo.repository import Repository
+from cas.repo import Repository
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -89,9 +88,7 @@ def _keep_option(name: str, what: str) -> Callable[[_F], _F]:
     help="Apply the policy separately to each group of snapshots sharing these "
     "(comma list of host, paths, tags; empty for one group).",
 )
-@click.option("--host", multiple=True, help="Only consider snapshots of this host.")
-@click.option("--tag", multiple=True, help="Only consider snapshots with this tag.")
-@click.option("--path", multiple=True, help="Only consider snapshots that include this path.")
+@snapshot_filter_options(only="Only consider")
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be kept and removed.")
 @click.option("--prune", is_flag=True, help="Run prune afterwards to free the space.")
 @click.option(
@@ -113,9 +110,7 @@ def forget(
     keep_within: str | None,
     keep_tag: tuple[str, ...],
     group_by: str,
-    host: tuple[str, ...],
-    tag: tuple[str, ...],
-    path: tuple[str, ...],
+    selection: SnapshotFilter,
     dry_run: bool,
     prune: bool,
     max_unused: str,
@@ -142,9 +137,6 @@ def forget(
         within,
         tuple(dict.fromkeys(keep_tag)),
     )
-    selection = SnapshotFilter(
-        frozenset(host), frozenset(tag), frozenset(os.fsencode(p) for p in path)
-    )
     if snapshot_ids and not (policy.is_empty() and selection == SnapshotFilter()):
         raise UsageError("give either snapshot IDs or --keep-*/--host/--tag/--path, not both")
     if not snapshot_ids and policy.is_empty():
@@ -162,7 +154,7 @@ def forget(
         doomed = [d.ref.id for p in plans for d in p.remove]
         if not dry_run:
             for sid in doomed:
-                repo.backend.delete(layout.snapshot_name(sid))
+                repo.remove_snapshot(sid)
 
     doc = {
         "dry_run": dry_run,

@@ -8,7 +8,7 @@ from cas.backend import create_bucket as make_bucket
 from cas.chunking.chunker import ChunkerParams
 from cas.cli.common import Globals, Output, kdf_options, kdf_params, new_password, pass_globals
 from cas.format.config import DEFAULT_PACK_SIZE
-from cas.repo.repository import init_repository
+from cas.repo import init_repository
 
 
 def register(cli: click.Group) -> None:

@@ -6,16 +6,15 @@ import errno
 import os
 import shlex
 import stat
-import threading
 
 import click
 
 from cas.cli.common import Globals, Output, pass_globals
-from cas.crypto import BlobType
-from cas.errors import BlobNotFound, CasError, UsageError
-from cas.format.snapshot import Snapshot
+from cas.cli.options import snapshot_filter_options
+from cas.errors import CasError, UsageError
 from cas.mount.vfs import CACHE_BYTES, SnapshotView
-from cas.repo.repository import Repository
+from cas.repo.store import RepositoryStore
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -25,63 +24,6 @@ def register(cli: click.Group) -> None:
 
 class StaleMount(CasError):
     """{mountpoint} is a stale FUSE mount (the process that served it is gone); clear it with `fusermount3 -u {quoted}` (or `umount -l {quoted}`) and mount again"""  # noqa: E501
-
-
-class RepositoryStore:
-    """The view's :class:`cas.mount.vfs.SnapshotStore` over an open repository.
-
-    Backups may add snapshots while the mount runs (they take shared locks
-    too).  A snapshot is written after the index files naming its blobs, so
-    reading the new index files when a new snapshot shows up makes its
-    blobs findable.  The master index is not thread-safe: it is only
-    changed under ``_lock``, and a lookup that misses while it changes is
-    retried under the lock.
-    """
-
-    def __init__(self, repo: Repository) -> None:
-        self.repo = repo
-        self._lock = threading.Lock()
-        # Listed before the first load, so an index file written meanwhile is read again
-        # (harmless: known blobs keep their location) rather than never.
-        self._index_files = set(repo.index_files())
-        repo.load_index()
-
-    def snapshot_ids(self) -> list[bytes]:
-        return self.repo.snapshot_ids()
-
-    def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
-        snap = self.repo.load_snapshot(snapshot_id)
-        with self._lock:
-            self._read_new_index_files()
-        return snap
-
-    def load_blob(
-        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
-    ) -> bytes:
-        try:
-            return self.repo.load_blob(blob_type, blob_id, raw_length)
-        except BlobNotFound:
-            with self._lock:
-                self._read_new_index_files()
-                return self.repo.load_blob(blob_type, blob_id, raw_length)
-
-    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
-        return self.repo.blob_id(blob_type, data)
-
-    def stored_size(self, blob_id: bytes) -> int | None:
-        try:
-            return self.repo.locate(blob_id).length
-        except BlobNotFound:
-            return None
-
-    def _read_new_index_files(self) -> None:
-        for fid in sorted(set(self.repo.index_files()) - self._index_files):
-            index_file = self.repo.read_index_file(fid)
-            for pack_id, entries in index_file.packs.items():
-                self.repo.index.add_pack(
-                    pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
-                )
-            self._index_files.add(fid)
 
 
 def check_mountpoint(path: str) -> None:
@@ -108,8 +50,7 @@ def check_mountpoint(path: str) -> None:
     help="Let other users use the mount (as root, or with user_allow_other in /etc/fuse.conf); "
     "the recorded permissions still apply.",
 )
-@click.option("--host", multiple=True, help="Only snapshots of this host.")
-@click.option("--tag", multiple=True, help="Only snapshots with this tag.")
+@snapshot_filter_options(paths=False)
 @click.option(
     "--cache-size",
     type=click.IntRange(min=1),
@@ -124,8 +65,7 @@ def mount(
     g: Globals,
     mountpoint: str,
     allow_other: bool,
-    host: tuple[str, ...],
-    tag: tuple[str, ...],
+    selection: SnapshotFilter,
     cache_size: int,
     debug_fuse: bool,
 ) -> None:
@@ -143,7 +83,7 @@ def mount(
     repo = g.open()
     with g.locked(repo, exclusive=False, command="mount"):
         view = SnapshotView(
-            RepositoryStore(repo), hosts=host, tags=tag, cache_bytes=cache_size << 20
+            RepositoryStore(repo), selection=selection, cache_bytes=cache_size << 20
         )
         try:
             view.refresh()

@@ -8,9 +8,9 @@ import click
 
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
 from cas.errors import LockedError, UsageError
-from cas.repo import locks
+from cas.repo import Repository
+from cas.repo.locks import RepoLock
 from cas.repo.prune import PruneOptions, execute_prune, plan_prune
-from cas.repo.repository import Repository
 
 
 def register(cli: click.Group) -> None:
@@ -53,16 +53,16 @@ def run_prune(g: Globals, out: Output, repo: Repository, max_unused: float, dry_
     """Plan and (unless dry_run) execute; shared with ``forget --prune``."""
     with g.locked(repo, exclusive=False, command="prune") as lock:
         _refuse_concurrent_prune(repo, lock)
-        plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.progress)
+        plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.report)
         doc: dict[str, Any] = {"dry_run": dry_run, "plan": plan.summary()}
         if not dry_run:
-            result = execute_prune(repo, plan, lock, out.progress)
+            result = execute_prune(repo, plan, lock, out.report)
             doc["result"] = dict(result.__dict__)
     out.emit(doc, lambda: _human(out, doc))
 
 
-def _refuse_concurrent_prune(repo: Repository, lock: locks.RepoLock | None) -> None:
-    scan = locks.scan_locks(repo.backend, repo.keys.index_key)
+def _refuse_concurrent_prune(repo: Repository, lock: RepoLock | None) -> None:
+    scan = repo.scan_locks()
     for e in scan.entries:
         if not e.stale and e.info.command == "prune" and (lock is None or e.name != lock.name):
             raise LockedError(f"another prune is running on {e.info.hostname} (pid {e.info.pid})")

@@ -7,8 +7,8 @@ import dataclasses
 import click
 
 from cas.cli.common import Globals, Output, pass_globals
-from cas.manage.repair import rebuild_index, repair_snapshots
-from cas.repo import locks
+from cas.manage.repair import repair_snapshots
+from cas.repo.rebuild import rebuild_index
 
 
 def register(cli: click.Group) -> None:
@@ -29,7 +29,7 @@ def repair_index(g: Globals) -> None:
     out = Output(g)
     repo = g.open()
     with g.locked(repo, exclusive=False, command="repair"):
-        result = rebuild_index(repo, out.progress)
+        result = rebuild_index(repo, out.report)
     doc = dataclasses.asdict(result)
 
     def human() -> None:
@@ -74,8 +74,5 @@ def unlock(g: Globals, remove_all: bool) -> None:
     """Remove stale locks (those of dead or silent processes); rarely needed."""
     out = Output(g)
     repo = g.open()
-    if remove_all:
-        removed = locks.remove_all(repo.backend)
-    else:
-        removed = locks.remove_stale(repo.backend, repo.keys.index_key)
+    removed = repo.remove_all_locks() if remove_all else repo.remove_stale_locks()
     out.emit({"removed": removed}, lambda: out.line(f"removed {len(removed)} locks"))

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.options import snapshot_filter_options
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -16,23 +18,15 @@ def register(cli: click.Group) -> None:
 
 
 @click.command()
-@click.option("--host", multiple=True, help="Only snapshots of this host.")
-@click.option("--tag", multiple=True, help="Only snapshots with this tag.")
-@click.option("--path", multiple=True, help="Only snapshots that include this path.")
+@snapshot_filter_options()
 @pass_globals
-def snapshots(
-    g: Globals, host: tuple[str, ...], tag: tuple[str, ...], path: tuple[str, ...]
-) -> None:
+def snapshots(g: Globals, selection: SnapshotFilter) -> None:
     """List snapshots, oldest first."""
     out = Output(g)
     repo = g.open()
     docs: list[dict[str, Any]] = []
     for sid, s in repo.iter_snapshots():
-        if host and s.hostname not in host:
-            continue
-        if tag and not set(tag) & set(s.tags):
-            continue
-        if path and not {p.encode() for p in path} & set(s.paths):
+        if not selection.matches(s):
             continue
         docs.append(
             {

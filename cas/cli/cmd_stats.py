@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
 
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.cli.options import snapshot_filter_options
 from cas.crypto import BlobType
-from cas.manage.policy import SnapshotFilter, SnapshotRef
-from cas.manage.stats import StatsCollector, pack_totals
+from cas.manage.stats import StatsCollector
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -20,16 +20,12 @@ def register(cli: click.Group) -> None:
 
 @click.command()
 @click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
-@click.option("--host", multiple=True, help="Only snapshots of this host.")
-@click.option("--tag", multiple=True, help="Only snapshots with this tag.")
-@click.option("--path", multiple=True, help="Only snapshots that include this path.")
+@snapshot_filter_options()
 @pass_globals
 def stats(
     g: Globals,
     snapshot_ids: tuple[str, ...],
-    host: tuple[str, ...],
-    tag: tuple[str, ...],
-    path: tuple[str, ...],
+    selection: SnapshotFilter,
 ) -> None:
     """Sizes of the snapshots given (default: the whole repository).
 
@@ -39,9 +35,6 @@ def stats(
     size / raw data; compression ratio = raw data / stored size.
     """
     out = Output(g)
-    selection = SnapshotFilter(
-        frozenset(host), frozenset(tag), frozenset(os.fsencode(p) for p in path)
-    )
     whole = not snapshot_ids and selection == SnapshotFilter()
     repo = g.open()
     with g.locked(repo, exclusive=False, command="stats"):
@@ -50,7 +43,7 @@ def stats(
             snaps = sorted(found.items(), key=lambda p: (p[1].time_ns, p[0]))
         else:
             snaps = list(repo.iter_snapshots())
-        snaps = [(i, s) for i, s in snaps if selection.matches(SnapshotRef.of(i, s))]
+        snaps = [(i, s) for i, s in snaps if selection.matches(s)]
         repo.load_index()
 
         def stored_length(blob_id: bytes) -> int | None:
@@ -65,10 +58,10 @@ def stats(
         doc: dict[str, Any] = {"scope": "repository" if whole else "snapshots"}
         doc.update(result.as_dict())
         if whole:
-            packs = pack_totals(repo.backend)
+            pack_sizes = repo.pack_sizes()
             doc["repository"] = {
-                "packs": packs.packs,
-                "pack_bytes": packs.bytes,
+                "packs": len(pack_sizes),
+                "pack_bytes": sum(pack_sizes.values()),
                 "indexed_blobs": len(repo.index),
             }
 

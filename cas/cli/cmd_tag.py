@@ -11,17 +11,16 @@ forget, this only adds and deletes snapshot files, so a shared lock does.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import click
 
 from cas.cli.common import Globals, Output, pass_globals
+from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
 from cas.format.snapshot import Snapshot
-from cas.manage.policy import SnapshotFilter, SnapshotRef
-from cas.repo import layout
-from cas.repo.repository import Repository
+from cas.repo import Repository
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -40,9 +39,7 @@ def register(cli: click.Group) -> None:
     metavar="TAG",
     help="Replace all tags by these (--set '' removes every tag).",
 )
-@click.option("--host", multiple=True, help="Only snapshots of this host.")
-@click.option("--tag", "tag_filter", multiple=True, help="Only snapshots with this tag.")
-@click.option("--path", multiple=True, help="Only snapshots that include this path.")
+@snapshot_filter_options()
 @pass_globals
 def tag(
     g: Globals,
@@ -50,9 +47,7 @@ def tag(
     add: tuple[str, ...],
     remove: tuple[str, ...],
     set_: tuple[str, ...],
-    host: tuple[str, ...],
-    tag_filter: tuple[str, ...],
-    path: tuple[str, ...],
+    selection: SnapshotFilter,
 ) -> None:
     """Add, remove or set tags of the snapshots given (all that match the filters if none).
 
@@ -65,9 +60,6 @@ def tag(
         raise UsageError("--set replaces all tags and cannot be combined with --add/--remove")
     if any(not t for t in (*add, *remove)):
         raise UsageError("a tag cannot be empty")
-    selection = SnapshotFilter(
-        frozenset(host), frozenset(tag_filter), frozenset(os.fsencode(p) for p in path)
-    )
     repo = g.open()
     changed: list[dict[str, Any]] = []
     unchanged = 0
@@ -99,15 +91,13 @@ def _chosen(
         snaps = sorted(found.items(), key=lambda p: (p[1].time_ns, p[0]))
     else:
         snaps = list(repo.iter_snapshots())
-    return [(i, s) for i, s in snaps if selection.matches(SnapshotRef.of(i, s))]
+    return [(i, s) for i, s in snaps if selection.matches(s)]
 
 
 def _rewrite(repo: Repository, sid: bytes, snap: Snapshot, tags: list[str]) -> bytes:
-    """Store the re-tagged snapshot, then delete the old file; returns the new ID."""
+    """Store the re-tagged snapshot in place of the old one; returns the new ID."""
     extra = dict(snap.extra)
     original = extra.get("original")
     if not (isinstance(original, bytes) and len(original) == 32):
         extra["original"] = sid
-    new_id = repo.save_snapshot(dataclasses.replace(snap, tags=tags, extra=extra))
-    repo.backend.delete(layout.snapshot_name(sid))
-    return new_id
+    return repo.replace_snapshot(sid, dataclasses.replace(snap, tags=tags, extra=extra))

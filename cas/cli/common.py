@@ -11,19 +11,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import click
 
 from cas import crypto
-from cas.backend import Backend, open_backend, request_summary
+from cas import repo as repo_pkg
+from cas.backend import Backend, S3Options, request_summary
 from cas.errors import CasError, NoPassword, UsageError
-from cas.repo import locks
-from cas.repo.cache import LocalCache, cache_dir_for
-from cas.repo.caching import CachingBackend
+from cas.repo import RepoOptions, Repository
 from cas.repo.locks import RepoLock
-from cas.repo.repository import Repository, open_repository, read_config_version
 
 
 @dataclass
@@ -46,29 +43,30 @@ class Globals:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
 
+    def options(self) -> RepoOptions:
+        """How to reach and use repositories, from the global options."""
+        s3 = S3Options(
+            endpoint=self.s3_endpoint,
+            path_style=self.s3_path_style,
+            storage_class=self.s3_storage_class,
+        )
+        return RepoOptions(
+            backend=(s3,),
+            cache=not self.no_cache,
+            cache_dir=self.cache_dir,
+            connections=self.connections,
+        )
+
     def backend(self) -> Backend:
-        """The backend named by -r/--repo or CAS_REPOSITORY."""
+        """The storage stack of -r/--repo or CAS_REPOSITORY (for init)."""
         if not self.repo:
             raise UsageError("no repository given: use -r/--repo or set CAS_REPOSITORY")
-        return self._open_backend(self.repo)
+        return self._storage(self.repo)
 
-    def _open_backend(self, location: str) -> Backend:
-        backend = open_backend(
-            location,
-            s3_endpoint=self.s3_endpoint,
-            s3_path_style=self.s3_path_style,
-            s3_storage_class=self.s3_storage_class,
-        )
+    def _storage(self, location: str) -> Backend:
+        backend = repo_pkg.open_storage(location, self.options())
         self.backends.append(backend)
-        cache = self.cache_for(location)
-        return backend if cache is None else CachingBackend(backend, cache)
-
-    def cache_for(self, location: str) -> LocalCache | None:
-        """The local cache of a repository location, or None with --no-cache."""
-        if self.no_cache:
-            return None
-        root = Path(self.cache_dir) if self.cache_dir else None
-        return LocalCache(cache_dir_for(location, root))
+        return backend
 
     def requests(self) -> dict[str, Any] | None:
         """Storage requests made so far (all repositories this command opened), or None."""
@@ -95,15 +93,10 @@ class Globals:
         raise NoPassword()
 
     def open(self) -> Repository:
-        """Open and unlock the repository."""
+        """Open and unlock the repository (a missing or newer one is refused before the
+        password is asked for)."""
         backend = self.backend()
-        # Refuse a missing or newer repository before asking for a password.
-        raw_config = read_config_version(backend)
-        repo = open_repository(backend, self.password(), raw_config)
-        if self.connections:
-            repo.set_connections(self.connections)
-        if isinstance(backend, CachingBackend):
-            repo.cache = backend.cache
+        repo = repo_pkg.open_on(backend, self.password, self.options())
         self.cleanups.append(repo.close)
         return repo
 
@@ -112,21 +105,20 @@ class Globals:
 
         Its password comes from ``password_file``, else CAS_OTHER_PASSWORD, else a prompt.
         """
-        backend = self._open_backend(location)
-        if password_file:
-            password = read_password_file(password_file)
-        elif "CAS_OTHER_PASSWORD" in os.environ:
-            password = os.environ["CAS_OTHER_PASSWORD"].encode()
-        elif sys.stdin.isatty():
-            text: str = click.prompt(f"password of {location}", hide_input=True, err=True)
-            password = text.encode()
-        else:
+
+        def password() -> bytes:
+            if password_file:
+                return read_password_file(password_file)
+            if "CAS_OTHER_PASSWORD" in os.environ:
+                return os.environ["CAS_OTHER_PASSWORD"].encode()
+            if sys.stdin.isatty():
+                text: str = click.prompt(f"password of {location}", hide_input=True, err=True)
+                return text.encode()
             raise NoPassword(
                 f"no password for {location}: give its password file or set CAS_OTHER_PASSWORD"
             )
-        repo = open_repository(backend, password)
-        if isinstance(backend, CachingBackend):
-            repo.cache = backend.cache
+
+        repo = repo_pkg.open_on(self._storage(location), password, self.options())
         self.cleanups.append(repo.close)
         return repo
 
@@ -138,14 +130,7 @@ class Globals:
         if self.no_lock:
             yield None
             return
-        lock = locks.acquire(
-            repo.backend,
-            repo.keys.index_key,
-            exclusive=exclusive,
-            command=command,
-            wait=self.lock_wait,
-        )
-        with lock:
+        with repo.lock(exclusive=exclusive, command=command, wait=self.lock_wait) as lock:
             yield lock
 
 
@@ -263,6 +248,15 @@ class Output:
             self._last_progress = now
             width = max(20, _term_width() - 1)
             click.echo("\r\x1b[K" + text[:width], nl=False, err=True)
+
+    def report(self, what: str, done: int | None = None, total: int | None = None) -> None:
+        """A :class:`cas.progress.Progress` drawn as the status line."""
+        if not self.progress_due():
+            return
+        if done is None:
+            self.progress(what)
+        else:
+            self.progress(f"{what} {done}/{total}" if total else f"{what} {done}")
 
     def clear_progress(self) -> None:
         """Erase the status line before normal output."""

@@ -27,85 +27,20 @@ from cas.cli import (
     cmd_tag,
 )
 from cas.cli.common import Globals
+from cas.cli.options import global_options
 from cas.errors import EXIT_ERROR, EXIT_USAGE, CasError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cas")
-@click.option(
-    "-r", "--repo", envvar="CAS_REPOSITORY", help="Repository: a path or s3://bucket/prefix."
-)
-@click.option(
-    "--password-file", envvar="CAS_PASSWORD_FILE", help="Read the password from this file."
-)
-@click.option(
-    "--password-command",
-    envvar="CAS_PASSWORD_COMMAND",
-    help="Run this command and use its output as the password.",
-)
-@click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress and no human summary.")
-@click.option(
-    "--s3-endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL (S3-compatible stores)."
-)
-@click.option(
-    "--s3-path-style", is_flag=True, envvar="CAS_S3_PATH_STYLE", help="Path-style S3 addressing."
-)
-@click.option(
-    "--storage-class",
-    envvar="CAS_S3_STORAGE_CLASS",
-    metavar="CLASS",
-    help="S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); the rest stays STANDARD.",
-)
-@click.option(
-    "--connections",
-    type=click.IntRange(1, 64),
-    envvar="CAS_CONNECTIONS",
-    help="Parallel uploads (default: CPU count) and restore reads (default: 4).",
-)
-@click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only use only).")
-@click.option("--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock.")
-@click.option("--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache.")
-@click.option(
-    "--cache-dir", envvar="CAS_CACHE_DIR", help="Local cache directory (default ~/.cache/cas)."
-)
+@global_options
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    repo: str | None,
-    password_file: str | None,
-    password_command: str | None,
-    json_: bool,
-    quiet: bool,
-    s3_endpoint: str | None,
-    s3_path_style: bool,
-    storage_class: str | None,
-    connections: int | None,
-    no_lock: bool,
-    retry_lock: float,
-    no_cache: bool,
-    cache_dir: str | None,
-) -> None:
+def cli(ctx: click.Context, g: Globals) -> None:
     """cas: deduplicating, encrypted snapshot backups to a local directory or S3.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 finished with warnings, 10 no repository,
     11 repository locked, 12 wrong password.
     """
-    g = Globals(
-        repo,
-        password_file,
-        password_command,
-        json_,
-        quiet,
-        s3_endpoint,
-        s3_path_style,
-        no_lock,
-        retry_lock,
-        no_cache,
-        cache_dir,
-        s3_storage_class=storage_class,
-        connections=connections,
-    )
     ctx.obj = g
 
     def cleanup() -> None:

@@ -54,14 +54,19 @@ def unpack_map(raw: bytes, what: str, version_key: str = "v") -> dict[str, Any]:
     return doc
 
 
-def seal_document(key: bytes, ad: bytes, doc: Any, nonce: bytes | None = None) -> bytes:
-    """Canonical msgpack, compressed when that pays, then sealed under ``key``."""
-    return crypto.seal(key, compress.encode_payload(pack_canonical(doc)), ad, nonce)
+def seal_document(
+    key: crypto.Sealer | bytes, ad: bytes, doc: Any, nonce: bytes | None = None
+) -> bytes:
+    """Canonical msgpack, compressed when that pays, then sealed with ``key``."""
+    payload = compress.encode_payload(pack_canonical(doc))
+    return bytes(crypto.as_sealer(key).seal(payload, ad, nonce))
 
 
-def open_document(key: bytes, ad: bytes, sealed: bytes, what: str) -> dict[str, Any]:
+def open_document(
+    key: crypto.Sealer | bytes, ad: bytes, sealed: bytes, what: str
+) -> dict[str, Any]:
     """Inverse of ``seal_document``: authenticate, decompress, decode and check the version."""
-    plain = crypto.open_sealed(key, sealed, ad, what)
+    plain = crypto.as_sealer(key).open(sealed, ad, what)
     return unpack_map(compress.decode_payload(plain, MAX_DOCUMENT, what), what)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cas import crypto
 from cas.chunking.chunker import ChunkerParams
 from cas.errors import FormatError, UnsupportedVersion
 from cas.format import FORMAT_VERSION
@@ -42,7 +43,9 @@ def read_version(raw: bytes) -> int:
     return raw[7]
 
 
-def encode_config(cfg: Config, data_key: bytes, nonce: bytes | None = None) -> bytes:
+def encode_config(
+    cfg: Config, data_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
     """Serialise and seal ``cfg``."""
     doc = {
         "v": cfg.version,
@@ -59,7 +62,7 @@ def encode_config(cfg: Config, data_key: bytes, nonce: bytes | None = None) -> b
     return hdr + seal_document(data_key, hdr, doc, nonce)
 
 
-def decode_config(raw: bytes, data_key: bytes) -> Config:
+def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
     """Check the version, authenticate and parse the config file."""
     version = read_version(raw)
     if version != FORMAT_VERSION:

@@ -35,7 +35,9 @@ def _blob_row(e: PackEntry) -> list[Any]:
     return [e.blob_id, int(e.type), e.offset, e.length, e.raw_length]
 
 
-def encode_index(idx: IndexFile, index_key: bytes, nonce: bytes | None = None) -> bytes:
+def encode_index(
+    idx: IndexFile, index_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
     """Serialise and seal; packs in the order given, blobs in pack order."""
     doc: dict[str, Any] = {
         "v": 1,
@@ -53,7 +55,7 @@ def encode_index(idx: IndexFile, index_key: bytes, nonce: bytes | None = None) -
     return seal_document(index_key, INDEX_AD, doc, nonce)
 
 
-def decode_index(raw: bytes, index_key: bytes) -> IndexFile:
+def decode_index(raw: bytes, index_key: crypto.Sealer | bytes) -> IndexFile:
     """Authenticate and parse an index file, validating every entry's shape."""
     what = "index file"
     doc = open_document(index_key, INDEX_AD, raw, what)

@@ -36,7 +36,7 @@ class KeyFile:
 
 
 def create(
-    keys: crypto.MasterKeys,
+    keys: crypto.KeyBase,
     password: bytes,
     kdf: crypto.KdfParams,
     *,
@@ -47,7 +47,9 @@ def create(
 ) -> tuple[KeyFile, bytes]:
     """Wrap ``keys`` under ``password``; returns the KeyFile and its file bytes."""
     kek = crypto.derive_key(password, kdf)
-    kf = KeyFile(kdf, crypto.seal(kek, keys.encode(), KEY_AD, nonce), created, hostname, username)
+    kf = KeyFile(
+        kdf, crypto.seal(kek, keys.encode(), KEY_AD, nonce), created, hostname, username, keys.TYPE
+    )
     return kf, encode_keyfile(kf)
 
 
@@ -111,11 +113,11 @@ def decode_keyfile(raw: bytes) -> KeyFile:
         raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
 
 
-def unlock(kf: KeyFile, password: bytes) -> crypto.MasterKeys:
+def unlock(kf: KeyFile, password: bytes) -> crypto.KeyBase:
     """Derive the key-encryption key and open the master keys; WrongPassword if they do not open."""
     kek = crypto.derive_key(password, kf.kdf)
     try:
         plain = crypto.open_sealed(kek, kf.sealed_keys, KEY_AD, "key file")
     except IntegrityError:
         raise WrongPassword() from None
-    return crypto.MasterKeys.decode(plain)
+    return crypto.key_factory(kf.type, plain)

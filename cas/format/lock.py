@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cas import crypto
 from cas.errors import FormatError
 from cas.format.codec import field, open_document, seal_document
 
@@ -31,7 +32,9 @@ class LockInfo:
     started_ns: int = 0  # when the holder first took the lock; 0 if unknown (treated as old)
 
 
-def encode_lock(info: LockInfo, lock_key: bytes, nonce: bytes | None = None) -> bytes:
+def encode_lock(
+    info: LockInfo, lock_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
     """Serialise and seal a lock file (``nonce`` only for test vectors)."""
     doc: dict[str, Any] = {
         "v": 1,
@@ -46,7 +49,7 @@ def encode_lock(info: LockInfo, lock_key: bytes, nonce: bytes | None = None) -> 
     return seal_document(lock_key, LOCK_AD, doc, nonce)
 
 
-def decode_lock(raw: bytes, lock_key: bytes) -> LockInfo:
+def decode_lock(raw: bytes, lock_key: crypto.Sealer | bytes) -> LockInfo:
     """Authenticate and parse a lock file; raises only cas errors."""
     what = "lock file"
     d = open_document(lock_key, LOCK_AD, raw, what)

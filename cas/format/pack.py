@@ -43,7 +43,7 @@ class PackEntry:
 
 
 def seal_blob(
-    keys: crypto.MasterKeys,
+    keys: crypto.KeyBase,
     blob_type: BlobType,
     blob_id: bytes,
     plaintext: bytes | memoryview,
@@ -52,11 +52,11 @@ def seal_blob(
 ) -> bytearray:
     """Compress (when it pays) and seal one blob bound to its type and ID."""
     payload = compress.encode_payload(plaintext, level)
-    return crypto.seal_buffer(keys.data_key, payload, crypto.blob_ad(blob_type, blob_id), nonce)
+    return keys.data.seal(payload, crypto.blob_ad(blob_type, blob_id), nonce)
 
 
 def open_blob(
-    keys: crypto.MasterKeys,
+    keys: crypto.KeyBase,
     blob_type: BlobType,
     blob_id: bytes,
     sealed: bytes,
@@ -68,11 +68,11 @@ def open_blob(
     match the plaintext and bounds decompression.
     """
     what = f"blob {blob_id.hex()}"
-    plain = crypto.open_sealed(keys.data_key, sealed, crypto.blob_ad(blob_type, blob_id), what)
+    plain = keys.data.open(sealed, crypto.blob_ad(blob_type, blob_id), what)
     data = compress.decode_payload(plain, MAX_BLOB if raw_length is None else raw_length, what)
     if raw_length is not None and len(data) != raw_length:
         raise IntegrityError(what=what, detail="plaintext length differs from the recorded one")
-    if crypto.blob_id(keys.id_key, blob_type, data) != blob_id:
+    if keys.blob_id(blob_type, data) != blob_id:
         raise IntegrityError(what=what, detail="content does not hash to its ID")
     return data
 
@@ -83,10 +83,10 @@ def encode_header(entries: Iterable[PackEntry]) -> bytes:
 
 
 def encode_pack_tail(
-    keys: crypto.MasterKeys, entries: list[PackEntry], nonce: bytes | None = None
+    keys: crypto.KeyBase, entries: list[PackEntry], nonce: bytes | None = None
 ) -> bytes:
     """Sealed header followed by the trailer: append this after the blobs."""
-    sealed = crypto.seal(keys.index_key, encode_header(entries), PACK_AD, nonce)
+    sealed = bytes(keys.index.seal(encode_header(entries), PACK_AD, nonce))
     return sealed + struct.pack("<I", len(sealed)) + TRAILER_MAGIC
 
 
@@ -102,13 +102,13 @@ def header_length(trailer: bytes, pack_size: int) -> int:
     return n
 
 
-def decode_header(keys: crypto.MasterKeys, sealed_header: bytes, pack_size: int) -> list[PackEntry]:
+def decode_header(keys: crypto.KeyBase, sealed_header: bytes, pack_size: int) -> list[PackEntry]:
     """Open the sealed header and compute each blob's offset; checks the blobs tile the pack."""
     if sealed_header[:1] != bytes((crypto.SCHEME_XCHACHA,)):
         # The trailer's length is authenticated only through the header itself: a
         # wrong length lands inside blob data, which is damage, not a newer format.
         raise FormatError(what="pack header", detail="header length in the trailer is wrong")
-    plain = crypto.open_sealed(keys.index_key, sealed_header, PACK_AD, "pack header")
+    plain = keys.index.open(sealed_header, PACK_AD, "pack header")
     if len(plain) % ENTRY.size:
         raise FormatError(what="pack header", detail="length is not a whole number of entries")
     entries, offset = [], 0
@@ -128,7 +128,7 @@ def decode_header(keys: crypto.MasterKeys, sealed_header: bytes, pack_size: int)
     return entries
 
 
-def parse_pack(keys: crypto.MasterKeys, pack: bytes) -> list[PackEntry]:
+def parse_pack(keys: crypto.KeyBase, pack: bytes) -> list[PackEntry]:
     """Header entries of a whole pack held in memory."""
     n = header_length(pack[-TRAILER_SIZE:], len(pack))
     return decode_header(keys, pack[-TRAILER_SIZE - n : -TRAILER_SIZE], len(pack))

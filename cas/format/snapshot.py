@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cas import crypto
 from cas.errors import FormatError
 from cas.format.codec import field as get_field
 from cas.format.codec import id_field, open_document, seal_document
@@ -34,7 +35,9 @@ class Snapshot:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_snapshot(s: Snapshot, data_key: bytes, nonce: bytes | None = None) -> bytes:
+def encode_snapshot(
+    s: Snapshot, data_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
     """Serialise and seal a snapshot."""
     doc: dict[str, Any] = dict(s.extra)
     doc.update(
@@ -55,7 +58,7 @@ def encode_snapshot(s: Snapshot, data_key: bytes, nonce: bytes | None = None) ->
     return seal_document(data_key, SNAPSHOT_AD, doc, nonce)
 
 
-def decode_snapshot(raw: bytes, data_key: bytes) -> Snapshot:
+def decode_snapshot(raw: bytes, data_key: crypto.Sealer | bytes) -> Snapshot:
     """Authenticate and parse a snapshot file."""
     what = "snapshot"
     d = open_document(data_key, SNAPSHOT_AD, raw, what)

@@ -10,16 +10,15 @@ mean the same thing in both repositories.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import decode_tree
-from cas.repo.repository import Repository
-
-Progress = Callable[[str], None]
+from cas.progress import Progress, no_progress
+from cas.repo import Repository
+from cas.walker import trees
 
 
 class IncompatibleRepositories(CasError):
@@ -38,7 +37,7 @@ class CopyResult:
 
 def check_compatible(src: Repository, dst: Repository) -> None:
     """Refuse repositories whose blob IDs or chunk boundaries differ."""
-    if src.keys.id_key != dst.keys.id_key or src.keys.chunker_key != dst.keys.chunker_key:
+    if not src.keys.shares_ids_with(dst.keys):
         raise IncompatibleRepositories(
             "the target does not share the source's ID and chunker keys; create it with "
             "'cas init --copy-keys-from SOURCE'"
@@ -49,7 +48,7 @@ def copy_snapshots(
     src: Repository,
     dst: Repository,
     snapshot_ids: Iterable[bytes],
-    progress: Progress = lambda _: None,
+    progress: Progress = no_progress,
 ) -> CopyResult:
     """Copy the given snapshots (and every blob they need that ``dst`` lacks) to ``dst``."""
     check_compatible(src, dst)
@@ -89,25 +88,34 @@ def copy_snapshots(
 
 
 def _copy_tree(src: Repository, dst: Repository, root: bytes, result: CopyResult) -> None:
-    todo = [root]
-    seen: set[bytes] = set()
-    while todo:
-        tree_id = todo.pop()
-        if tree_id in seen:
-            continue
-        seen.add(tree_id)
-        raw = src.load_blob(BlobType.TREE, tree_id)
-        for node in decode_tree(raw):
-            if node.subtree is not None:
-                todo.append(node.subtree)
+    source = _TreeSource(src)
+    for tree_id, nodes in trees(source, root, set()):
+        for node in nodes:
             for blob_id, size in zip(node.content, node.sizes, strict=True):
                 if not dst.has_blob(blob_id):
                     _copy_blob(src, dst, BlobType.DATA, blob_id, size, result)
-        # Children first, then the tree: a tree never lands before what it names.
+        # Its data blobs first, then the tree (its subtrees follow, as the walk reaches them).
+        raw = source.raw.pop(tree_id)
         if not dst.has_blob(tree_id):
             dst.save_blob(BlobType.TREE, raw, tree_id)
             result.blobs_copied += 1
             result.bytes_copied += len(raw)
+
+
+class _TreeSource:
+    """The source as the walker reads it, keeping each tree blob's plaintext until it is
+    stored unchanged in the target."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self.raw: dict[bytes, bytes] = {}
+
+    def load_blob(
+        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
+    ) -> bytes:
+        raw = self.repo.load_blob(blob_type, blob_id, raw_length)
+        self.raw[blob_id] = raw
+        return raw
 
 
 def _copy_blob(

@@ -241,28 +241,6 @@ def apply_policy(
 
 
 @dataclass(frozen=True)
-class SnapshotFilter:
-    """Which snapshots a command considers; an empty criterion matches everything.
-
-    A snapshot matches when its host is one of ``hosts``, it has at least
-    one of ``tags`` and includes at least one of ``paths`` (as ``cas
-    snapshots`` filters).
-    """
-
-    hosts: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    paths: frozenset[bytes] = frozenset()
-
-    def matches(self, ref: SnapshotRef) -> bool:
-        """Whether ``ref`` passes every given criterion."""
-        return (
-            (not self.hosts or ref.hostname in self.hosts)
-            and (not self.tags or bool(self.tags & ref.tags))
-            and (not self.paths or bool(self.paths & set(ref.paths)))
-        )
-
-
-@dataclass(frozen=True)
 class GroupKey:
     """What the snapshots of one group share (fields not grouped by are None)."""
 

@@ -3,59 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.format import index as indexfmt
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node, decode_tree, encode_tree
-from cas.ids import storage_id
-from cas.repo import layout
-from cas.repo.repository import Repository
-
-Progress = Callable[[str], None]
-
-
-@dataclass
-class IndexRepair:
-    """What ``rebuild_index`` found."""
-
-    packs_indexed: int = 0
-    blobs_indexed: int = 0
-    unreadable_packs: list[str] = field(default_factory=list)  # "id: reason"
-    index_files_replaced: int = 0
-
-
-def rebuild_index(repo: Repository, progress: Progress = lambda _: None) -> IndexRepair:
-    """Read every pack header and write one index file that supersedes all others.
-
-    Packs whose header cannot be read are left out (their blobs are lost to
-    the index; check reports them) but never deleted.  Index files written
-    by others after the listing are kept, as in prune (spec §13.5).
-    """
-    out = IndexRepair()
-    packs = [layout.id_from_name(o.name) for o in repo.backend.list(layout.DATA)]
-    old = repo.index_files()
-    idx = indexfmt.IndexFile(supersedes=old)
-    for pid in sorted(p for p in packs if p):
-        progress(f"reading header of pack {pid.hex()[:8]}")
-        try:
-            entries = repo.read_pack_header(pid)
-        except CasError as e:
-            out.unreadable_packs.append(f"{pid.hex()}: {e}")
-            continue
-        idx.packs[pid] = entries
-        out.packs_indexed += 1
-        out.blobs_indexed += len(entries)
-    raw = indexfmt.encode_index(idx, repo.keys.index_key)
-    repo.backend.write(layout.index_name(storage_id(raw)), raw)
-    for fid in old:
-        repo.backend.delete(layout.index_name(fid))
-    out.index_files_replaced = len(old)
-    return out
-
+from cas.format.tree import Node, encode_tree
+from cas.repo import Repository
+from cas.walker import load_tree
 
 STUB_TEXT = b"cas: this file could not be recovered: %d of its %d chunks are lost\n"
 
@@ -71,6 +26,7 @@ class SnapshotRepair:
 
 
 class _Rewriter:
+    # Not a walker walk: trees are rebuilt bottom up, each by the path that first reaches it.
     def __init__(self, repo: Repository, report: SnapshotRepair) -> None:
         self.repo = repo
         self.report = report
@@ -81,7 +37,7 @@ class _Rewriter:
         if tree_id in self.done:
             return self.done[tree_id]
         try:
-            nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+            nodes = load_tree(self.repo, tree_id)
         except CasError:
             self.report.damaged_paths.append(f"{_text(path)}/ (directory contents lost)")
             new = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
@@ -144,7 +100,7 @@ def repair_snapshots(repo: Repository, *, forget: bool = False) -> SnapshotRepai
         new_id = repo.save_snapshot(fixed)
         report.snapshots_rewritten[sid.hex()] = new_id.hex()
         if forget:
-            repo.backend.delete(layout.snapshot_name(sid))
+            repo.remove_snapshot(sid)
             report.forgotten.append(sid.hex())
     repo.flush()
     return report

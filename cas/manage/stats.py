@@ -17,14 +17,13 @@ repository of many similar snapshots quick to measure.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from cas.backend.base import ReadBackend
-from cas.errors import IntegrityError
-from cas.format.tree import Node, decode_tree
-from cas.repo import layout
+from cas.crypto import BlobType
+from cas.format.tree import Node
+from cas.walker import bottom_up, load_tree
 
 # A hardlinked file is known by the filesystem and inode it was backed up from.
 LinkKey = tuple[int, int]
@@ -130,11 +129,11 @@ class StatsCollector:
         load_tree: Callable[[bytes], bytes],
         stored_length: Callable[[bytes], int | None],
     ) -> None:
-        self._load_tree = load_tree
         self._stored_length = stored_length
         self._totals: dict[bytes, _TreeTotals] = {}
         self._data: dict[bytes, int] = {}  # data blob -> plaintext size
         self._trees: dict[bytes, int] = {}  # tree blob -> plaintext size
+        self._reader = _SizedTrees(load_tree, self._trees)
         self._snapshots: list[SnapshotSize] = []
 
     def add_snapshot(self, snapshot_id: bytes, tree_id: bytes) -> SnapshotSize:
@@ -165,34 +164,12 @@ class StatsCollector:
         return s
 
     def _tree_totals(self, root: bytes) -> _TreeTotals:
-        # Post-order over an explicit stack: directory depth is not bounded by
-        # Python's recursion limit.  Trees in progress wait in ``open``.
-        open_: dict[bytes, list[Node]] = {}
-        stack = [root]
-        while stack:
-            tid = stack[-1]
-            if tid in self._totals:
-                stack.pop()
-                continue
-            nodes = open_.get(tid)
-            if nodes is None:
-                nodes = open_[tid] = self._read(tid)
-                todo = [s for s in _subtrees(nodes) if s not in self._totals]
-                for s in todo:
-                    if s in open_:
-                        raise IntegrityError(what=f"tree {tid.hex()}", detail="contains itself")
-                if todo:
-                    stack.extend(todo)
-                    continue
-            self._totals[tid] = self._sum(nodes)
-            del open_[tid]
-            stack.pop()
+        for tree_id, nodes in bottom_up(self._read, root, self._totals):
+            self._totals[tree_id] = self._sum(nodes)
         return self._totals[root]
 
     def _read(self, tree_id: bytes) -> list[Node]:
-        raw = self._load_tree(tree_id)
-        self._trees[tree_id] = len(raw)
-        return decode_tree(raw)
+        return load_tree(self._reader, tree_id)
 
     def _sum(self, nodes: list[Node]) -> _TreeTotals:
         t = _TreeTotals()
@@ -215,10 +192,19 @@ class StatsCollector:
         return t
 
 
-def _subtrees(nodes: list[Node]) -> Iterator[bytes]:
-    for n in nodes:
-        if n.type == "dir" and n.subtree is not None:
-            yield n.subtree
+class _SizedTrees:
+    """``load_tree`` as a BlobReader for the walker, noting each tree's plaintext size."""
+
+    def __init__(self, load_tree: Callable[[bytes], bytes], sizes: dict[bytes, int]) -> None:
+        self._load_tree = load_tree
+        self._sizes = sizes
+
+    def load_blob(
+        self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
+    ) -> bytes:
+        raw = self._load_tree(blob_id)
+        self._sizes[blob_id] = len(raw)
+        return raw
 
 
 @dataclass(frozen=True)
@@ -229,11 +215,13 @@ class PackTotals:
     bytes: int
 
 
-def pack_totals(backend: ReadBackend) -> PackTotals:
-    """Count the pack files and their bytes (referenced or not) by listing ``data/``."""
-    count = total = 0
-    for info in backend.list(layout.DATA):
-        if layout.id_from_name(info.name) is not None:
-            count += 1
-            total += info.size
-    return PackTotals(count, total)
+class PackSizes(Protocol):
+    """Where the pack files are listed (a Repository)."""
+
+    def pack_sizes(self) -> dict[bytes, int]: ...
+
+
+def pack_totals(repo: PackSizes) -> PackTotals:
+    """Count the pack files and their bytes (referenced or not) from one listing."""
+    sizes = repo.pack_sizes()
+    return PackTotals(len(sizes), sum(sizes.values()))

@@ -53,8 +53,10 @@ from typing import NamedTuple, Protocol
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node, decode_tree
+from cas.format.tree import Node
 from cas.protocols import BlobReader
+from cas.selection import EVERY_SNAPSHOT, SnapshotFilter
+from cas.walker import load_tree
 
 __all__ = [
     "CACHE_BYTES",
@@ -376,8 +378,7 @@ class SnapshotView:
         self,
         store: SnapshotStore,
         *,
-        hosts: Sequence[str] = (),
-        tags: Sequence[str] = (),
+        selection: SnapshotFilter = EVERY_SNAPSHOT,
         cache_bytes: int = CACHE_BYTES,
         readahead_bytes: int = READAHEAD_BYTES,
         readahead_workers: int = READAHEAD_WORKERS,
@@ -387,8 +388,7 @@ class SnapshotView:
         gid: int | None = None,
     ) -> None:
         self._store = store
-        self._hosts = set(hosts)
-        self._tags = set(tags)
+        self._selection = selection
         self._readahead_bytes = readahead_bytes
         self._refresh_seconds = refresh_seconds
         self._clock = clock
@@ -604,7 +604,7 @@ class SnapshotView:
             return kids
         assert isinstance(d, _TreeDir) and d.tree is not None
         try:
-            nodes = decode_tree(self._store.load_blob(BlobType.TREE, d.tree))
+            nodes = load_tree(self._store, d.tree)  # lazily, one directory when looked into
         except CasError as e:
             log.error("tree %s: %s", d.tree.hex()[:8], e)
             raise OSError(errno.EIO, f"cannot read directory: {e}") from e
@@ -768,9 +768,7 @@ class SnapshotView:
     # -- the virtual top ---------------------------------------------------------
 
     def _selected(self, snap: Snapshot) -> bool:
-        if self._hosts and snap.hostname not in self._hosts:
-            return False
-        return not self._tags or bool(self._tags & set(snap.tags))
+        return self._selection.matches(snap)
 
     def _stamp(self, e: _Entry, ns: int) -> None:
         e.uid, e.gid = self._uid, self._gid

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import NamedTuple
 
-from cas import failpoints
+from cas import crypto, failpoints
 from cas.backend.base import Backend, ReadBackend
 from cas.errors import CasError, LockedError, ObjectNotFound
 from cas.format.lock import LockInfo, decode_lock, encode_lock
@@ -145,7 +145,7 @@ def is_stale(info: LockInfo, now_ns: int, *, hostname: str, alive: PidCheck = pi
 
 def scan_locks(
     backend: ReadBackend,
-    lock_key: bytes,
+    lock_key: crypto.Sealer | bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
@@ -182,7 +182,7 @@ def scan_locks(
 
 def list_locks(
     backend: ReadBackend,
-    lock_key: bytes,
+    lock_key: crypto.Sealer | bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
@@ -196,7 +196,7 @@ def list_locks(
 
 def remove_stale(
     backend: Backend,
-    lock_key: bytes,
+    lock_key: crypto.Sealer | bytes,
     *,
     clock: Clock = time.time_ns,
     pid_alive: PidCheck = pid_alive,
@@ -224,7 +224,7 @@ def remove_all(backend: Backend) -> list[str]:
 
 def acquire(
     backend: Backend,
-    lock_key: bytes,
+    lock_key: crypto.Sealer | bytes,
     *,
     exclusive: bool,
     command: str,
@@ -273,7 +273,7 @@ def acquire(
 
 def _try_acquire(
     backend: Backend,
-    lock_key: bytes,
+    lock_key: crypto.Sealer | bytes,
     me: Identity,
     *,
     exclusive: bool,
@@ -367,7 +367,7 @@ class RepoLock:
     def __init__(
         self,
         backend: Backend,
-        lock_key: bytes,
+        lock_key: crypto.Sealer | bytes,
         name: str,
         info: LockInfo,
         clock: Clock,

@@ -29,7 +29,7 @@ class FinishedPack:
 class Packer:
     """Collects sealed blobs until the pack is full, then emits the finished pack."""
 
-    def __init__(self, keys: crypto.MasterKeys, blob_type: BlobType) -> None:
+    def __init__(self, keys: crypto.KeyBase, blob_type: BlobType) -> None:
         self.keys = keys
         self.blob_type = blob_type
         self._parts: list[bytes | bytearray] = []

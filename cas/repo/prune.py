@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cas import failpoints
-from cas.crypto import BlobType
 from cas.errors import CasError, ObjectNotFound
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
-from cas.format.tree import decode_tree
-from cas.ids import storage_id
-from cas.repo import layout, leftovers, locks
-from cas.repo.packer import Packer
-from cas.repo.repository import Repository, read_verified
+from cas.progress import Progress, no_progress
+from cas.repo import leftovers, locks
+from cas.repo.packer import FinishedPack
+from cas.repo.repository import Repository
+from cas.walker import used_blobs as reachable
 
 # Commands whose lock holds back deletion: those that may write a snapshot
 # referring to blobs they saw, and finite readers (a check or restore must
@@ -102,12 +101,9 @@ class PrunePlan:
         }
 
 
-Progress = Callable[[str], None]
-
-
 def used_blobs(
     repo: Repository,
-    progress: Progress = lambda _: None,
+    progress: Progress = no_progress,
     snapshot_ids: Iterable[bytes] | None = None,
 ) -> set[bytes]:
     """Every tree and data blob the snapshots (all, or ``snapshot_ids``) refer to;
@@ -120,28 +116,18 @@ def used_blobs(
         except ObjectNotFound:
             continue  # forgotten since the listing
         progress(f"reading trees of snapshot {sid.hex()[:8]}")
-        todo = [snap.tree]
-        while todo:
-            tree_id = todo.pop()
-            if tree_id in used:
-                continue
-            used.add(tree_id)
-            try:
-                nodes = decode_tree(repo.load_blob(BlobType.TREE, tree_id))
-            except CasError as e:
-                raise PruneRefused(
-                    f"snapshot {sid.hex()[:8]} cannot be read ({e}); run 'cas check' and "
-                    "'cas repair' first: prune never deletes data from a damaged repository"
-                ) from None
-            for n in nodes:
-                if n.subtree is not None:
-                    todo.append(n.subtree)
-                used.update(n.content)
+        try:
+            reachable(repo, [snap.tree], used=used)
+        except CasError as e:
+            raise PruneRefused(
+                f"snapshot {sid.hex()[:8]} cannot be read ({e}); run 'cas check' and "
+                "'cas repair' first: prune never deletes data from a damaged repository"
+            ) from None
     return used
 
 
 def plan_prune(
-    repo: Repository, options: PruneOptions, progress: Progress = lambda _: None
+    repo: Repository, options: PruneOptions, progress: Progress = no_progress
 ) -> PrunePlan:
     """Decide what to keep, repack and remove.  Reads only.
 
@@ -154,11 +140,7 @@ def plan_prune(
     # Packs are listed before index files, so that a pack no index of this
     # listing names is an orphan (deleted only on the conditions of spec §13.5).
     listed_at = time.time_ns()
-    pack_sizes = {}
-    for obj in repo.backend.list(layout.DATA):
-        pid = layout.id_from_name(obj.name)
-        if pid is not None:
-            pack_sizes[pid] = obj.size
+    pack_sizes = repo.pack_sizes()
     failpoints.hit("prune-listed-packs")
     # Supersede exactly the index files read here: one written by a backup
     # after this listing must survive, since this prune never saw its packs.
@@ -185,7 +167,7 @@ def plan_prune(
     for pid in live:
         if pid not in pack_sizes:
             with contextlib.suppress(ObjectNotFound):
-                pack_sizes[pid] = repo.backend.stat(layout.pack_name(pid)).size
+                pack_sizes[pid] = repo.pack_size(pid)
 
     # Which copy of each used blob survives: the first in a live pack whose file exists.
     holder: dict[bytes, bytes] = {}
@@ -249,7 +231,7 @@ def execute_prune(
     repo: Repository,
     plan: PrunePlan,
     lock: locks.RepoLock | None = None,
-    progress: Progress = lambda _: None,
+    progress: Progress = no_progress,
 ) -> PruneResult:
     """Carry out ``plan``: repack, write the marking index, delete what is safe to delete."""
     result = PruneResult()
@@ -260,10 +242,10 @@ def execute_prune(
     for pid, entries in [*plan.remove.items(), *plan.repack.items()]:
         garbage[pid] = (now, entries)
     marking = indexfmt.IndexFile({**plan.keep, **new_packs}, list(plan.index_files), garbage)
-    mark_id = _write_index(repo, marking)
+    mark_id = repo.write_index_file(marking)
     failpoints.hit("prune-marked")
     for fid in plan.index_files:
-        repo.backend.delete(layout.index_name(fid))
+        repo.delete_index_file(fid)
         failpoints.hit("prune-index-deleted")
     if lock is not None:
         lock.check_alive()
@@ -281,7 +263,7 @@ def execute_prune(
     orphans = _orphans_still_unindexed(repo, plan, mark_id) if _safe(plan.listed_at, oldest) else []
     for pid in [*deletable, *orphans]:
         progress(f"deleting pack {pid.hex()[:8]}")
-        repo.backend.delete(layout.pack_name(pid))
+        repo.delete_pack(pid)
         failpoints.hit("prune-pack-deleted")
         result.packs_deleted += 1
         result.bytes_freed += plan.pack_sizes.get(pid, 0)
@@ -289,8 +271,8 @@ def execute_prune(
     if deletable:
         final = indexfmt.IndexFile(marking.packs, [mark_id], left)
         failpoints.hit("prune-before-final-index")
-        _write_index(repo, final)
-        repo.backend.delete(layout.index_name(mark_id))
+        repo.write_index_file(final)
+        repo.delete_index_file(mark_id)
     result.deferred_packs = len(left) + len(plan.orphans) - len(orphans)
     result.deferred_bytes = sum(plan.pack_sizes.get(p, 0) for p in left) + sum(
         s for p, s in plan.orphans.items() if p not in set(orphans)
@@ -333,7 +315,7 @@ def _safe(marked_ns: int, oldest_writer_ns: int | None) -> bool:
 
 def _oldest_writer(repo: Repository, lock: locks.RepoLock | None) -> int | None:
     """Start time of the oldest live lock of another process that may write snapshots."""
-    scan = locks.scan_locks(repo.backend, repo.keys.index_key)
+    scan = repo.scan_locks()
     mine = lock.name if lock is not None else None
     starts = [
         e.info.started_ns
@@ -354,41 +336,27 @@ def _repack(
 ) -> dict[bytes, list[packfmt.PackEntry]]:
     """Copy the surviving sealed blobs of partly used packs into new packs (no re-encryption)."""
     new_packs: dict[bytes, list[packfmt.PackEntry]] = {}
-    packers = {t: Packer(repo.keys, t) for t in BlobType}
 
-    def store(packer: Packer) -> None:
-        fp = packer.finish()
-        name = layout.pack_name(fp.pack_id)
-        repo.backend.write(name, fp.data, cold=packer.blob_type == BlobType.DATA)
-        if repo.backend.stat(name).size != len(fp.data):
-            raise CasError(f"pack {name} was stored with the wrong size")
+    def stored(fp: FinishedPack) -> None:
         new_packs[fp.pack_id] = fp.entries
         result.packs_written += 1
         result.bytes_written += len(fp.data)
 
+    writer = repo.pack_writer(stored)
     for pid in plan.repack:
         progress(f"repacking {pid.hex()[:8]}")
-        data = read_verified(repo.backend, layout.pack_name(pid), "pack")
+        data = repo.read_pack(pid)
         for e in packfmt.parse_pack(repo.keys, data):
             if plan.holder.get(e.blob_id) != pid:
                 continue
             sealed = data[e.offset : e.offset + e.length]
             # Never copy damage forward: the blob must open before it moves.
-            packfmt.open_blob(repo.keys, e.type, e.blob_id, sealed, e.raw_length)
-            packer = packers[e.type]
-            packer.add(e.blob_id, sealed, e.raw_length)
-            if packer.size >= repo.config.pack_size:
-                store(packer)
+            repo.open_blob(e.type, e.blob_id, sealed, e.raw_length)
+            full = writer.add(e.type, e.blob_id, sealed, e.raw_length)
+            if full is not None:
+                writer.store(full.finish())
         if lock is not None:
             lock.check_alive()
-    for packer in packers.values():
-        if len(packer):
-            store(packer)
+    for fp in writer.finish_open():
+        writer.store(fp)
     return new_packs
-
-
-def _write_index(repo: Repository, idx: indexfmt.IndexFile) -> bytes:
-    raw = indexfmt.encode_index(idx, repo.keys.index_key)
-    fid = storage_id(raw)
-    repo.backend.write(layout.index_name(fid), raw)
-    return fid

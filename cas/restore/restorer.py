@@ -30,11 +30,12 @@ from typing import Any
 
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.format.tree import Node, decode_tree
+from cas.format.tree import Node
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
 from cas.restore.blobstream import BlobStream, PackReader
+from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
 PREFETCH_THREADS = 4
@@ -206,7 +207,9 @@ class Restorer:
             d.fd = -1
 
     def _load_tree(self, tree_id: bytes) -> list[Node]:
-        nodes = decode_tree(self.repo.load_blob(BlobType.TREE, tree_id))
+        # Not a walker walk: directories are entered and left around their entries,
+        # and the files after one are planned ahead from the siblings left.
+        nodes = load_tree(self.repo, tree_id)
         nodes.reverse()  # pop() yields them in name order
         return nodes
 
@@ -668,7 +671,7 @@ def find_subtree(repo: BlobReader, tree_id: bytes, subpath: bytes) -> tuple[byte
     """Follow ``subpath`` (e.g. b"/home/me") from the root tree; returns (tree ID, last node)."""
     node: Node | None = None
     for part in [p for p in subpath.split(b"/") if p]:
-        nodes = {n.name: n for n in decode_tree(repo.load_blob(BlobType.TREE, tree_id))}
+        nodes = {n.name: n for n in load_tree(repo, tree_id)}
         node = nodes.get(part)
         if node is None:
             raise CasError(f"{_fmt(subpath)} is not in the snapshot")

@@ -22,9 +22,8 @@ from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.format.snapshot import Snapshot
 from cas.ids import storage_id
-from cas.repo import layout
+from cas.repo import Repository, layout, open_repository
 from cas.repo.packer import Packer
-from cas.repo.repository import Repository, open_repository
 from tests.support.repos import PASSWORD, flip_byte, new_repo, populate
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "check"

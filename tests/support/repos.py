@@ -12,7 +12,7 @@ from cas.chunking.chunker import ChunkerParams
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
-from cas.repo.repository import Repository, init_repository
+from cas.repo import Repository, init_repository
 
 PASSWORD = b"test-password"
 CHEAP_KDF = dict(opslimit=1, memlimit=8 << 20)

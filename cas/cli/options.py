@@ -1,0 +1,246 @@
+"""Option groups: options declared once and applied to every command that takes them.
+
+As restic's commands embed ``filter.ExcludePatternOptions`` and borg's share
+``define_exclusion_group``: a group is a decorator that adds its options to
+a command and hands the command one value built from them (a ``Globals``,
+an :class:`ExcludeOptions`, a :class:`~cas.manage.policy.SnapshotFilter`)
+in place of the separate parameters.  The decorator goes where the options
+are to appear in ``--help``, like a ``click.option`` would.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import click
+
+from cas.backup.archiver import BackupOptions
+from cas.cli.common import Globals
+from cas.errors import UsageError
+from cas.fs.patterns import PatternSet, read_pattern_file
+from cas.selection import SnapshotFilter
+
+F = TypeVar("F", bound=Callable[..., Any])
+_Decorator = Callable[[Any], Any]
+
+
+def option_group(
+    dest: str, build: Callable[..., Any], options: Sequence[_Decorator]
+) -> Callable[[F], F]:
+    """A decorator adding ``options`` (in this order) to a command, whose callback then
+    gets ``dest=build(**values of those options)`` instead of the options themselves."""
+
+    def decorate(f: F) -> F:
+        names: list[str] = []
+
+        @functools.wraps(f)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs[dest] = build(**{name: kwargs.pop(name) for name in names})
+            return f(*args, **kwargs)
+
+        # The parameters of the decorators below this one, and then this group's.
+        params: list[click.Parameter] = list(getattr(f, "__click_params__", ()))
+        setattr(call, "__click_params__", params)  # noqa: B010 (not a plain attribute to mypy)
+        below = len(params)
+        for option in reversed(options):  # click lists parameters in reverse order of adding
+            option(call)
+        names.extend(p.name for p in params[below:] if p.name)
+        return cast(F, call)
+
+    return decorate
+
+
+# -- global options (the ``cas`` group) ---------------------------------------------
+
+GLOBAL_OPTIONS: tuple[_Decorator, ...] = (
+    click.option(
+        "-r", "--repo", envvar="CAS_REPOSITORY", help="Repository: a path or s3://bucket/prefix."
+    ),
+    click.option(
+        "--password-file", envvar="CAS_PASSWORD_FILE", help="Read the password from this file."
+    ),
+    click.option(
+        "--password-command",
+        envvar="CAS_PASSWORD_COMMAND",
+        help="Run this command and use its output as the password.",
+    ),
+    click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress and no human summary."),
+    click.option(
+        "--s3-endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL (S3-compatible stores)."
+    ),
+    click.option(
+        "--s3-path-style",
+        is_flag=True,
+        envvar="CAS_S3_PATH_STYLE",
+        help="Path-style S3 addressing.",
+    ),
+    click.option(
+        "--storage-class",
+        envvar="CAS_S3_STORAGE_CLASS",
+        metavar="CLASS",
+        help="S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); "
+        "the rest stays STANDARD.",
+    ),
+    click.option(
+        "--connections",
+        type=click.IntRange(1, 64),
+        envvar="CAS_CONNECTIONS",
+        help="Parallel uploads (default: CPU count) and restore reads (default: 4).",
+    ),
+    click.option(
+        "--no-lock", is_flag=True, help="Do not lock the repository (read-only use only)."
+    ),
+    click.option(
+        "--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock."
+    ),
+    click.option(
+        "--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache."
+    ),
+    click.option(
+        "--cache-dir", envvar="CAS_CACHE_DIR", help="Local cache directory (default ~/.cache/cas)."
+    ),
+)
+
+
+def _globals(
+    repo: str | None,
+    password_file: str | None,
+    password_command: str | None,
+    json_: bool,
+    quiet: bool,
+    s3_endpoint: str | None,
+    s3_path_style: bool,
+    storage_class: str | None,
+    connections: int | None,
+    no_lock: bool,
+    retry_lock: float,
+    no_cache: bool,
+    cache_dir: str | None,
+) -> Globals:
+    return Globals(
+        repo,
+        password_file,
+        password_command,
+        json_,
+        quiet,
+        s3_endpoint,
+        s3_path_style,
+        no_lock,
+        retry_lock,
+        no_cache,
+        cache_dir,
+        s3_storage_class=storage_class,
+        connections=connections,
+    )
+
+
+global_options = option_group("g", _globals, GLOBAL_OPTIONS)
+"""The options given before the command name; the callback gets ``g: Globals``."""
+
+
+# -- exclude options (backup) --------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``500k``, ``10M``, ``2G`` -> bytes."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _UNITS else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * _UNITS[unit])
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 500k, 10M, 2G)") from None
+
+
+EXCLUDE_OPTIONS: tuple[_Decorator, ...] = (
+    click.option("--exclude", "-e", multiple=True, help="Exclude a pattern (repeatable)."),
+    click.option("--iexclude", multiple=True, help="Like --exclude, ignoring case."),
+    click.option("--exclude-file", multiple=True, help="Read exclude patterns from a file."),
+    click.option("--iexclude-file", multiple=True, help="Like --exclude-file, ignoring case."),
+    click.option(
+        "--exclude-if-present",
+        multiple=True,
+        help="Skip the contents of directories holding this file.",
+    ),
+    click.option(
+        "--exclude-caches",
+        is_flag=True,
+        help="Skip the contents of directories with a valid CACHEDIR.TAG.",
+    ),
+    click.option(
+        "--one-file-system", "-x", is_flag=True, help="Do not cross filesystem boundaries."
+    ),
+    click.option(
+        "--exclude-larger-than", metavar="SIZE", help="Skip files larger than SIZE (e.g. 2G)."
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ExcludeOptions:
+    """What the exclude options say, as given (files unread, sizes unparsed)."""
+
+    exclude: tuple[str, ...] = ()
+    iexclude: tuple[str, ...] = ()
+    exclude_file: tuple[str, ...] = ()
+    iexclude_file: tuple[str, ...] = ()
+    exclude_if_present: tuple[str, ...] = ()
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    exclude_larger_than: str | None = None
+
+    def backup_options(self, *, force: bool = False) -> BackupOptions:
+        """The archiver's rules: pattern files read, the size parsed (UsageError if not)."""
+        pats = [os.fsencode(p) for p in self.exclude]
+        ipats = [os.fsencode(p) for p in self.iexclude]
+        try:
+            for f in self.exclude_file:
+                pats += read_pattern_file(f)
+            for f in self.iexclude_file:
+                ipats += read_pattern_file(f)
+        except OSError as e:
+            raise UsageError(f"cannot read exclude file {e.filename}: {e.strerror}") from None
+        larger = self.exclude_larger_than
+        return BackupOptions(
+            excludes=PatternSet(pats),
+            iexcludes=PatternSet(ipats, ignore_case=True),
+            exclude_if_present=[os.fsencode(n) for n in self.exclude_if_present],
+            exclude_caches=self.exclude_caches,
+            one_file_system=self.one_file_system,
+            exclude_larger_than=parse_size(larger) if larger else None,
+            force=force,
+        )
+
+
+exclude_options = option_group("excludes", ExcludeOptions, EXCLUDE_OPTIONS)
+"""--exclude ... --exclude-larger-than; the callback gets ``excludes: ExcludeOptions``."""
+
+
+# -- snapshot filter (snapshots, forget, tag, stats, mount) --------------------------
+
+
+def snapshot_filter_options(*, only: str = "Only", paths: bool = True) -> Callable[[F], F]:
+    """--host, --tag and (unless ``paths`` is false) --path, each repeatable; the
+    callback gets ``selection: SnapshotFilter``.  ``only`` starts the help texts
+    ("Only consider" where other options pick among the snapshots chosen)."""
+    options = [
+        click.option("--host", multiple=True, help=f"{only} snapshots of this host."),
+        click.option("--tag", multiple=True, help=f"{only} snapshots with this tag."),
+    ]
+    if paths:
+        options.append(
+            click.option("--path", multiple=True, help=f"{only} snapshots that include this path.")
+        )
+    return option_group("selection", _selection, options)
+
+
+def _selection(
+    host: tuple[str, ...], tag: tuple[str, ...], path: tuple[str, ...] = ()
+) -> SnapshotFilter:
+    return SnapshotFilter.of(host, tag, path)

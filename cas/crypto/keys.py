@@ -1,0 +1,288 @@
+"""Repository keys as objects: what a key may do is asked of the key.
+
+A repository's secrets are one random :class:`MasterKeys` set, stored in key
+files wrapped under passwords (spec/format.md §4).  The rest of cas never
+picks raw key bytes out of it: it asks a :class:`KeyBase` to compute blob IDs
+and file digests, to derive the chunker's permutation, and for the two
+sealing domains, ``data`` (blob contents, snapshots, the config) and
+``index`` (pack headers, index files, locks), each a :class:`Sealer` that
+seals and opens.  A key of another kind (the write-only key reserved in
+spec §4.4, which may seal data but not open it) is a new subclass
+registered with :func:`key_factory`, not edits wherever keys are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar, Protocol
+
+import msgpack
+
+from cas.crypto.primitives import (
+    KEY_SIZE,
+    BlobType,
+    FileDigest,
+    blob_id,
+    chunker_permutation,
+    open_sealed,
+    seal_buffer,
+)
+from cas.errors import CasError, FormatError, UnsupportedVersion
+
+
+class Sealer(Protocol):
+    """One sealing domain of a key: seal and open with associated data."""
+
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, ad: bytes, nonce: bytes | None = None
+    ) -> bytearray: ...
+
+    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes: ...
+
+
+class SecretKey:
+    """A 32-byte XChaCha20-Poly1305 key that both seals and opens."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("bad key size")
+        self._key = key
+
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, ad: bytes, nonce: bytes | None = None
+    ) -> bytearray:
+        """scheme byte | 24-byte nonce | ciphertext | tag (spec §5)."""
+        return seal_buffer(self._key, plaintext, ad, nonce)
+
+    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+        """Verify and decrypt; IntegrityError if anything was altered."""
+        return open_sealed(self._key, sealed, ad, what)
+
+    def __repr__(self) -> str:
+        return "SecretKey(...)"  # never the key itself
+
+
+def as_sealer(key: Sealer | bytes) -> Sealer:
+    """A Sealer for ``key``; raw bytes (test vectors, tools) become a :class:`SecretKey`."""
+    return SecretKey(key) if isinstance(key, bytes) else key
+
+
+class KeyBase(ABC):
+    """What a repository key may do.  Subclasses say how, and whether they can at all."""
+
+    #: The ``type`` recorded in key files of this kind.
+    TYPE: ClassVar[str]
+    #: Whether ``data.open`` works (a write-only key could store but not read).
+    CAN_OPEN_DATA: ClassVar[bool]
+
+    @property
+    @abstractmethod
+    def data(self) -> Sealer:
+        """Seals and opens blob contents, snapshots and the config."""
+
+    @property
+    @abstractmethod
+    def index(self) -> Sealer:
+        """Seals and opens pack headers, index files and locks."""
+
+    @abstractmethod
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """The keyed ID of ``data`` as a blob of ``blob_type``."""
+
+    @abstractmethod
+    def file_digest(self) -> FileDigest:
+        """A fresh keyed whole-file digest."""
+
+    @abstractmethod
+    def chunker_permutation(self) -> bytes:
+        """The secret byte permutation that keys chunk boundaries (spec §7)."""
+
+    @abstractmethod
+    def shares_ids_with(self, other: KeyBase) -> bool:
+        """Whether blob IDs and chunk boundaries agree with ``other``'s (copy needs it)."""
+
+    @abstractmethod
+    def ids_only(self) -> IdKey:
+        """A key that computes IDs and chunk boundaries and can do nothing else (what a
+        chunk helper process is given)."""
+
+    @abstractmethod
+    def encode(self) -> bytes:
+        """The key material as stored (sealed) in key files."""
+
+
+class KeyNotPermitted(CasError):
+    """this key cannot {action}"""
+
+
+@dataclass(frozen=True)
+class MasterKeys(KeyBase):
+    """The repository's secret key set (a ``full`` key): it may do everything.
+
+    data_key seals blob contents, snapshots and the config; index_key seals
+    pack headers, index files and locks; id_key keys blob IDs and file
+    digests; chunker_key derives the byte permutation that keys chunk
+    boundaries.  Splitting data_key from index_key leaves room for a
+    write-only key that can deduplicate (index) without reading data.
+    """
+
+    TYPE: ClassVar[str] = "full"
+    CAN_OPEN_DATA: ClassVar[bool] = True
+
+    data_key: bytes
+    index_key: bytes
+    id_key: bytes
+    chunker_key: bytes
+
+    @classmethod
+    def generate(cls) -> MasterKeys:
+        """Draw a fresh key set from the operating system's CSPRNG."""
+        return cls(*(os.urandom(KEY_SIZE) for _ in range(4)))
+
+    @cached_property
+    def data(self) -> Sealer:
+        """Seals and opens under data_key."""
+        return SecretKey(self.data_key)
+
+    @cached_property
+    def index(self) -> Sealer:
+        """Seals and opens under index_key."""
+        return SecretKey(self.index_key)
+
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
+        return blob_id(self.id_key, blob_type, data)
+
+    def file_digest(self) -> FileDigest:
+        """A whole-file digest keyed with id_key."""
+        return FileDigest(self.id_key)
+
+    def chunker_permutation(self) -> bytes:
+        """The permutation derived from chunker_key."""
+        return chunker_permutation(self.chunker_key)
+
+    def shares_ids_with(self, other: KeyBase) -> bool:
+        """Same id_key and chunker_key."""
+        return self.ids_only().shares_ids_with(other)
+
+    def ids_only(self) -> IdKey:
+        """The ID and chunker keys alone."""
+        return IdKey(self.id_key, self.chunker_key)
+
+    def with_ids_of(self, other: MasterKeys) -> MasterKeys:
+        """These keys with ``other``'s ID and chunker keys (``init --copy-keys-from``)."""
+        return dataclasses.replace(self, id_key=other.id_key, chunker_key=other.chunker_key)
+
+    def encode(self) -> bytes:
+        """Serialise as the msgpack map stored (encrypted) in key files."""
+        raw: bytes = msgpack.packb(
+            {
+                "chunker": self.chunker_key,
+                "data": self.data_key,
+                "id": self.id_key,
+                "index": self.index_key,
+            }
+        )
+        return raw
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MasterKeys:
+        """Parse the msgpack map written by ``encode``; unknown fields are ignored."""
+        try:
+            m = msgpack.unpackb(raw)
+            keys = cls(m["data"], m["index"], m["id"], m["chunker"])
+        except Exception as e:
+            raise FormatError(what="master key material", detail=str(e)) from None
+        for k in (keys.data_key, keys.index_key, keys.id_key, keys.chunker_key):
+            if not isinstance(k, bytes) or len(k) != KEY_SIZE:
+                raise FormatError(what="master key material", detail="bad key length")
+        return keys
+
+    def __repr__(self) -> str:
+        return "MasterKeys(...)"  # never the keys themselves
+
+
+@dataclass(frozen=True)
+class IdKey(KeyBase):
+    """Computes blob IDs, file digests and chunk boundaries; seals and opens nothing.
+
+    The chunk helper process (:mod:`cas.chunking.worker`) gets this key, so a
+    process that reads files never holds a key that can read the repository.
+    It is never stored in a key file.
+    """
+
+    TYPE: ClassVar[str] = "ids"
+    CAN_OPEN_DATA: ClassVar[bool] = False
+
+    id_key: bytes
+    chunker_key: bytes
+
+    @property
+    def data(self) -> Sealer:
+        """Refused: this key seals nothing."""
+        raise KeyNotPermitted(action="seal or open data")
+
+    @property
+    def index(self) -> Sealer:
+        """Refused: this key seals nothing."""
+        raise KeyNotPermitted(action="seal or open index data")
+
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
+        return blob_id(self.id_key, blob_type, data)
+
+    def file_digest(self) -> FileDigest:
+        """A whole-file digest keyed with id_key."""
+        return FileDigest(self.id_key)
+
+    def chunker_permutation(self) -> bytes:
+        """The permutation derived from chunker_key."""
+        return chunker_permutation(self.chunker_key)
+
+    def shares_ids_with(self, other: KeyBase) -> bool:
+        """Same id_key and chunker_key."""
+        mine = other.ids_only()
+        return mine.id_key == self.id_key and mine.chunker_key == self.chunker_key
+
+    def ids_only(self) -> IdKey:
+        """Itself."""
+        return self
+
+    def encode(self) -> bytes:
+        """msgpack map of the two keys (sent to a chunk helper, never stored)."""
+        raw: bytes = msgpack.packb({"chunker": self.chunker_key, "id": self.id_key})
+        return raw
+
+    @classmethod
+    def decode(cls, raw: bytes) -> IdKey:
+        """Parse what ``encode`` wrote."""
+        try:
+            m = msgpack.unpackb(raw)
+            key = cls(m["id"], m["chunker"])
+        except Exception as e:
+            raise FormatError(what="ID key material", detail=str(e)) from None
+        if not all(
+            isinstance(k, bytes) and len(k) == KEY_SIZE for k in (key.id_key, key.chunker_key)
+        ):
+            raise FormatError(what="ID key material", detail="bad key length")
+        return key
+
+    def __repr__(self) -> str:
+        return "IdKey(...)"
+
+
+_KINDS: dict[str, type[MasterKeys]] = {MasterKeys.TYPE: MasterKeys}
+
+
+def key_factory(key_type: str, material: bytes) -> KeyBase:
+    """The key of ``key_type`` (a key file's ``type``) from its unsealed material."""
+    kind = _KINDS.get(key_type)
+    if kind is None:
+        raise UnsupportedVersion(what="key file", version=f"(type {key_type!r})", supported=1)
+    return kind.decode(material)

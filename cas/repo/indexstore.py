@@ -1,0 +1,134 @@
+"""Index files under ``index/`` and the master index built from them (spec §12, §13.5).
+
+The only code that names, writes or deletes index files.  ``load`` reads
+every index file into a compact :class:`~cas.repo.index.MasterIndex` once;
+``refresh`` adds files written since (a mount that outlives backups).  A
+damaged index file is skipped and recorded in ``damaged`` so that restore
+and backup can still use the rest (check reports it, ``repair index``
+replaces it, prune refuses to run).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from cas import crypto
+from cas.backend.base import Backend
+from cas.errors import IntegrityError, UnsupportedVersion
+from cas.format import index as indexfmt
+from cas.ids import storage_id
+from cas.repo import layout
+from cas.repo.index import MasterIndex
+from cas.repo.verified import read_verified
+
+
+class IndexStore:
+    """The repository's index files and the master index loaded from them."""
+
+    def __init__(self, backend: Backend, keys: crypto.KeyBase) -> None:
+        self.backend = backend
+        self._keys = keys
+        self.index = MasterIndex()
+        self.garbage_index = MasterIndex()  # blobs in packs awaiting deletion (read-only)
+        self.damaged: dict[bytes, str] = {}
+        self.loaded = False
+        self._seen: set[bytes] = set()  # index files read into the master index
+        self._refresh_lock = threading.Lock()
+
+    # -- files ------------------------------------------------------------------
+
+    def file_ids(self) -> list[bytes]:
+        """IDs of all index files, sorted."""
+        return sorted(
+            i for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.INDEX)) if i
+        )
+
+    def read(self, file_id: bytes) -> indexfmt.IndexFile:
+        """Load, verify and decode one index file."""
+        raw = read_verified(self.backend, layout.index_name(file_id), "index file")
+        return indexfmt.decode_index(raw, self._keys.index)
+
+    def write(self, idx: indexfmt.IndexFile) -> bytes:
+        """Encode, seal and store an index file; returns its ID."""
+        raw = indexfmt.encode_index(idx, self._keys.index)
+        fid = storage_id(raw)
+        self.backend.write(layout.index_name(fid), raw)
+        return fid
+
+    def delete(self, file_id: bytes) -> None:
+        """Delete one index file (one that another index file supersedes)."""
+        self.backend.delete(layout.index_name(file_id))
+
+    def active(self) -> dict[bytes, indexfmt.IndexFile]:
+        """Every index file that no other index file supersedes, decoded (damaged ones
+        recorded in ``damaged`` and left out)."""
+        files = {}
+        for fid in self.file_ids():
+            try:
+                files[fid] = self.read(fid)
+            except (IntegrityError, UnsupportedVersion) as e:
+                self.damaged[fid] = str(e)
+        superseded = {s for f in files.values() for s in f.supersedes}
+        return {fid: f for fid, f in files.items() if fid not in superseded}
+
+    # -- the master index ---------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every index file into the master index (once).
+
+        Index files are decoded one at a time and dropped once added, so a
+        million blobs cost the compact index, not a million decoded entries.
+        Only while a prune is under way (superseded files, packs marked as
+        garbage) must all files be seen before any is used: then the files
+        are read again, the slow way.
+        """
+        if self.loaded:
+            return
+        ids = self.file_ids()
+        self._seen.update(ids)
+        for fid in ids:
+            try:
+                f = self.read(fid)
+            except (IntegrityError, UnsupportedVersion) as e:
+                self.damaged[fid] = str(e)
+                continue
+            if f.supersedes or f.garbage:
+                self._load_during_prune()
+                break
+            for pack_id, entries in f.packs.items():
+                self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+        self.index.compact()
+        self.garbage_index.compact()
+        self.loaded = True
+
+    def _load_during_prune(self) -> None:
+        self.index, self.garbage_index = MasterIndex(), MasterIndex()
+        self.damaged.clear()
+        files = self.active()
+        # Packs prune marked for deletion never serve deduplication (a new
+        # snapshot must not come to depend on them), but stay readable.
+        doomed = {p for f in files.values() for p in f.garbage}
+        for f in files.values():
+            for pack_id, entries in f.packs.items():
+                target = self.garbage_index if pack_id in doomed else self.index
+                target.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+            for pack_id, (_, entries) in f.garbage.items():
+                self.garbage_index.add_pack(
+                    pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
+                )
+
+    def refresh(self) -> None:
+        """Add the packs of index files written since the index was loaded.
+
+        For a long-lived reader (the mount): a snapshot is written after the
+        index files naming its blobs, so refreshing when a new snapshot shows
+        up makes its blobs findable.  Files listed before the first load are
+        known, so one written meanwhile is read again (harmless: known blobs
+        keep their location) rather than never.
+        """
+        with self._refresh_lock:
+            for fid in sorted(set(self.file_ids()) - self._seen):
+                index_file = self.read(fid)
+                for pack_id, entries in index_file.packs.items():
+                    self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+                self._seen.add(fid)

@@ -1,0 +1,135 @@
+"""Key files under ``keys/``: list, add, remove, and unlock the master keys with a password.
+
+Every key file wraps one copy of the repository's master keys under a
+password (spec/format.md §4).  This module is the only code that names,
+writes or deletes key files.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+from dataclasses import dataclass
+
+from cas import crypto
+from cas.backend.base import Backend
+from cas.errors import CasError, FormatError, IntegrityError, UnsupportedVersion, WrongPassword
+from cas.format import config as configfmt
+from cas.format import keyfile as keyfmt
+from cas.ids import storage_id
+from cas.repo import layout
+from cas.repo.verified import read_verified
+
+
+@dataclass
+class KeyInfo:
+    """A key file as listed by ``cas key list``."""
+
+    key_id: bytes
+    created: str
+    hostname: str
+    username: str
+    type: str
+    current: bool
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """What a password opened: the master keys, the config and the key file used."""
+
+    keys: crypto.KeyBase
+    config: configfmt.Config
+    key_id: bytes
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def write_key(
+    backend: Backend, keys: crypto.KeyBase, password: bytes, kdf: crypto.KdfParams
+) -> bytes:
+    """Store a new key file wrapping ``keys`` under ``password``; returns its ID."""
+    _, raw = keyfmt.create(
+        keys,
+        password,
+        kdf,
+        created=_now_iso(),
+        hostname=socket.gethostname(),
+        username=getpass.getuser(),
+    )
+    kid = storage_id(raw)
+    backend.write(layout.key_name(kid), raw)
+    return kid
+
+
+def list_keys(backend: Backend, current: bytes) -> list[KeyInfo]:
+    """Every key file, parsed (their master keys stay sealed), oldest first."""
+    out = []
+    for info in backend.list(layout.KEYS):
+        kid = layout.id_from_name(info.name)
+        if kid is None:
+            continue
+        kf = keyfmt.decode_keyfile(read_verified(backend, info.name, "key file"))
+        out.append(KeyInfo(kid, kf.created, kf.hostname, kf.username, kf.type, kid == current))
+    return sorted(out, key=lambda k: (k.created, k.key_id))
+
+
+def remove_key(backend: Backend, key_id: bytes, current: bytes) -> None:
+    """Delete a key file; refuses the one this session was opened with."""
+    if key_id == current:
+        raise CasError("refusing to remove the key in use; open with another key first")
+    name = layout.key_name(key_id)
+    backend.stat(name)
+    backend.delete(name)
+
+
+def delete_key(backend: Backend, key_id: bytes) -> None:
+    """Delete a key file unconditionally (a password change, once the new one is stored)."""
+    backend.delete(layout.key_name(key_id))
+
+
+def has_keys(backend: Backend) -> bool:
+    """Whether any key file is stored."""
+    return any(layout.id_from_name(o.name) for o in backend.list(layout.KEYS))
+
+
+def remove_all_keys(backend: Backend) -> None:
+    """Delete every key file (the leftovers of an init that died before its config)."""
+    for o in backend.list(layout.KEYS):
+        backend.delete(o.name)
+
+
+def unlock(backend: Backend, password: bytes, raw_config: bytes) -> Unlocked:
+    """Unlock with the first key file that ``password`` opens and that opens the config."""
+    names = [o.name for o in backend.list(layout.KEYS) if layout.id_from_name(o.name)]
+    if not names:
+        raise FormatError(what="repository", detail="it has no key files")
+    damaged: list[str] = []
+    opened_elsewhere: list[str] = []  # the password opened these, but not the config
+    for name in sorted(names):
+        try:
+            kf = keyfmt.decode_keyfile(read_verified(backend, name, "key file"))
+            keys = keyfmt.unlock(kf, password)
+        except WrongPassword:
+            continue
+        except (IntegrityError, UnsupportedVersion) as e:
+            damaged.append(str(e))
+            continue
+        try:
+            cfg = configfmt.decode_config(raw_config, keys.data)
+        except IntegrityError as e:
+            # A key file left by an interrupted init of another repository here:
+            # it opens with the password but its keys do not open this config.
+            opened_elsewhere.append(f"key file {name}: its keys do not open the config ({e})")
+            continue
+        kid = layout.id_from_name(name)
+        assert kid is not None
+        return Unlocked(keys, cfg, kid)
+    if opened_elsewhere:
+        # The password is right, so this is damage (of the config, or a stray key file).
+        raise IntegrityError(what="config", detail="; ".join(opened_elsewhere))
+    if damaged and len(damaged) == len(names):
+        raise IntegrityError(what="key files", detail="; ".join(damaged))
+    raise WrongPassword()

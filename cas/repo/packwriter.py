@@ -1,0 +1,325 @@
+"""Writing packs: the one pack writer (backup and repack) and the backup's saving pipeline.
+
+:class:`PackWriter` fills one packer per blob type with sealed blobs and
+stores each finished pack (data packs flagged cold, tree packs also kept in
+the local cache).  Backup and prune's repack both store packs through it.
+
+:class:`BlobSaver` is the backup side: it deduplicates against the index and
+the blobs in flight, seals blobs on worker threads (zstd, libsodium and
+hashlib release the GIL) and uploads finished packs on other threads
+(``--connections``), so a pack waiting for fsync or the network never idles
+a core.  Write ordering (spec §14): a pack is stored before any index file
+names it; an index file is written every ``INDEX_EVERY_PACKS`` packs or
+``INDEX_EVERY_BLOBS`` blobs, so an interrupted backup's uploads are found by
+the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cas import crypto, failpoints
+from cas.backend.base import Backend
+from cas.crypto import BlobType
+from cas.errors import CasError
+from cas.format import index as indexfmt
+from cas.format import pack as packfmt
+from cas.repo import layout
+from cas.repo.cache import LocalCache
+from cas.repo.indexstore import IndexStore
+from cas.repo.packer import FinishedPack, Packer
+
+# Write an index file after this many packs, so an interrupted backup's
+# uploads are found (and not sent again) by the next run.
+INDEX_EVERY_PACKS = 32
+# ... or after this many blobs, so packs of tiny blobs (100,000 to a pack) do
+# not keep a million unindexed entries in memory.
+INDEX_EVERY_BLOBS = 100_000
+# Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
+BATCH_BYTES = 4 << 20
+BATCH_BLOBS = 512
+
+
+@dataclass
+class WriteStats:
+    """What this session added to the repository."""
+
+    blobs: dict[BlobType, int] = field(default_factory=lambda: {t: 0 for t in BlobType})
+    raw_bytes: int = 0  # plaintext of new blobs
+    stored_bytes: int = 0  # sealed (compressed, encrypted) bytes of new blobs
+    packs: int = 0
+    pack_bytes: int = 0
+    index_files: int = 0
+
+
+class PackWriter:
+    """Sealed blobs into packs, one open packer per blob type; finished packs stored.
+
+    Not thread-safe: callers serialise ``add`` and ``finish_open``; ``store``
+    may run on any thread.  ``on_stored`` is told of every stored pack.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        keys: crypto.KeyBase,
+        pack_size: int,
+        cache: LocalCache | None,
+        on_stored: Callable[[FinishedPack], None],
+        *,
+        verify_size: bool = False,
+    ) -> None:
+        self.backend = backend
+        self._keys = keys
+        self._pack_size = pack_size
+        self.cache = cache
+        self._on_stored = on_stored
+        self._verify_size = verify_size
+        self._packers = {t: Packer(keys, t) for t in BlobType}
+
+    def add(
+        self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray, raw_length: int
+    ) -> Packer | None:
+        """Append a sealed blob; returns the full packer (to finish outside a lock) or None."""
+        packer = self._packers[blob_type]
+        packer.add(blob_id, sealed, raw_length)
+        if packer.size < self._pack_size:
+            return None
+        self._packers[blob_type] = Packer(self._keys, blob_type)
+        return packer
+
+    def finish_open(self) -> list[FinishedPack]:
+        """Finish every packer that holds blobs."""
+        return [p.finish() for p in self._packers.values() if len(p)]
+
+    def store(self, pack: FinishedPack) -> None:
+        """Store a finished pack, then report it (callable from worker threads).
+
+        The pack was parsed back before this (Packer.finish); the backend's
+        write is durable and checksummed (fsync locally, Content-MD5/SHA-256 on
+        S3), so no extra HEAD per pack is needed to trust it, except where
+        ``verify_size`` asks for one (repack, which replaces packs).
+        """
+        name = layout.pack_name(pack.pack_id)
+        is_tree = bool(pack.entries) and pack.entries[0].type == BlobType.TREE
+        self.backend.write(name, pack.data, cold=bool(pack.entries) and not is_tree)
+        if self._verify_size and self.backend.stat(name).size != len(pack.data):
+            raise CasError(f"pack {name} was stored with the wrong size")
+        if self.cache is not None and is_tree:
+            self.cache.put("packs", pack.pack_id, pack.data)
+        self._on_stored(pack)
+
+
+class BlobSaver:
+    """The backup's blob pipeline: dedup, seal on threads, pack, upload, index as it goes."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        keys: crypto.KeyBase,
+        pack_size: int,
+        indexes: IndexStore,
+        cache: LocalCache | None,
+    ) -> None:
+        self._keys = keys
+        self._indexes = indexes
+        self.stats = WriteStats()
+        self.compression_level: int | None = 3
+        self._lock = threading.RLock()
+        self.writer = PackWriter(backend, keys, pack_size, cache, self._stored)
+        self._inflight: set[bytes] = set()  # blobs in open packers
+        self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
+        self._unindexed_blobs = 0
+        # Sealing threads (compression and encryption: one per core) hand
+        # finished packs to uploading threads (``--connections``).
+        self.workers = max(1, os.cpu_count() or 1)
+        self.connections = max(2, self.workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._upload_pool: ThreadPoolExecutor | None = None
+        self._futures: set[Future[None]] = set()
+        self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+        self._upload_slots = threading.BoundedSemaphore(self.connections)
+        self._worker_error: BaseException | None = None
+        self._batch: list[tuple[BlobType, bytes, bytes]] = []
+        self._batch_bytes = 0
+
+    def set_connections(self, n: int) -> None:
+        """Upload at most ``n`` packs at once (before the first save)."""
+        if self._upload_pool is None and n >= 1:
+            self.connections = n
+            self._upload_slots = threading.BoundedSemaphore(n)
+
+    def has(self, blob_id: bytes) -> bool:
+        """Whether the blob is stored or about to be."""
+        with self._lock:
+            return blob_id in self._inflight or blob_id in self._indexes.index
+
+    def save(self, blob_type: BlobType, data: bytes, blob_id: bytes) -> bool:
+        """Store ``data`` as ``blob_id`` unless already there; whether it is new.
+
+        Compressing, sealing and storing happen on worker threads; a worker's
+        failure is raised by a later call or by ``flush``.
+        """
+        with self._lock:
+            self._raise_worker_error()
+            if blob_id in self._inflight or blob_id in self._indexes.index:
+                return False
+            self._inflight.add(blob_id)
+        # Small blobs travel to the workers in batches: one hand-off per blob
+        # would cost more than sealing it, and would make this (reading) thread
+        # wait for the GIL after each of its system calls.
+        self._batch.append((blob_type, blob_id, data))
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_BLOBS:
+            self._submit_batch()
+        return True
+
+    def _submit_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if not batch:
+            return
+        self._slots.acquire()  # bounds memory: at most this many batches in flight
+        try:
+            future = self._executor().submit(self._sealing_job, batch)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._done)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cas-seal")
+        return self._pool
+
+    def _done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+            err = future.exception()
+            if err is not None and self._worker_error is None:
+                self._worker_error = err
+
+    def _raise_worker_error(self) -> None:
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    def _sealing_job(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
+        """Seal a batch, then add it to the packers in one go.
+
+        A batch's blobs stay together and in order in their pack (restore
+        reads neighbours in one request, cas/restore/blobstream.py); packs are
+        finished (joined, parsed back, hashed) outside the lock.
+        """
+        try:
+            level = self.compression_level
+            sealed = [
+                (t, bid, packfmt.seal_blob(self._keys, t, bid, data, level), len(data))
+                for t, bid, data in batch
+            ]
+            full = []
+            with self._lock:
+                for blob_type, blob_id, blob, raw_length in sealed:
+                    self.stats.blobs[blob_type] += 1
+                    self.stats.raw_bytes += raw_length
+                    self.stats.stored_bytes += len(blob)
+                    packer = self.writer.add(blob_type, blob_id, blob, raw_length)
+                    if packer is not None:
+                        full.append(packer)
+            del sealed
+            for packer in full:
+                self._upload(packer.finish())
+        finally:
+            self._slots.release()
+
+    def _upload(self, pack: FinishedPack) -> None:
+        """Store ``pack`` on an uploading thread; blocks while too many are in flight."""
+        self._upload_slots.acquire()  # bounds memory: packs waiting for upload
+        try:
+            with self._lock:
+                if self._upload_pool is None:
+                    self._upload_pool = ThreadPoolExecutor(
+                        self.connections, thread_name_prefix="cas-upload"
+                    )
+                future = self._upload_pool.submit(self._upload_job, pack)
+                self._futures.add(future)
+        except BaseException:
+            self._upload_slots.release()
+            raise
+        future.add_done_callback(self._done)
+
+    def _upload_job(self, pack: FinishedPack) -> None:
+        try:
+            self.writer.store(pack)
+        finally:
+            self._upload_slots.release()
+
+    def _stored(self, pack: FinishedPack) -> None:
+        """Record a stored pack; write an index file when enough are unindexed."""
+        failpoints.hit("pack-stored")
+        with self._lock:
+            self.stats.packs += 1
+            self.stats.pack_bytes += len(pack.data)
+            self._unindexed[pack.pack_id] = pack.entries
+            self._indexes.index.add_pack(
+                pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries)
+            )
+            self._inflight.difference_update(e.blob_id for e in pack.entries)
+            self._unindexed_blobs += len(pack.entries)
+            due = (
+                len(self._unindexed) >= INDEX_EVERY_PACKS
+                or self._unindexed_blobs >= INDEX_EVERY_BLOBS
+            )
+        if due:
+            self._write_index()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            packs, self._unindexed = self._unindexed, {}
+            self._unindexed_blobs = 0
+        if not packs:
+            return
+        failpoints.hit("before-index")
+        try:
+            self._indexes.write(indexfmt.IndexFile(packs))
+        except BaseException:
+            with self._lock:
+                self._unindexed.update(packs)
+                self._unindexed_blobs += sum(len(e) for e in packs.values())
+            raise
+        failpoints.hit("index-written")
+        with self._lock:
+            self.stats.index_files += 1
+
+    def wait(self) -> None:
+        """Wait until every blob handed to ``save`` is sealed (and packed)."""
+        self._submit_batch()
+        while True:
+            with self._lock:
+                pending = list(self._futures)
+            if not pending:
+                break
+            for f in pending:
+                f.exception()  # waits; errors are collected by _done
+        with self._lock:
+            self._raise_worker_error()
+
+    def flush(self) -> None:
+        """Store every open pack, then the index file naming them (in that order)."""
+        self.wait()
+        with self._lock:
+            finished = self.writer.finish_open()
+        for pack in finished:
+            self.writer.store(pack)
+        self._write_index()
+
+    def close(self) -> None:
+        """Stop the worker threads (unsaved blobs are dropped)."""
+        for pool in (self._pool, self._upload_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = self._upload_pool = None
