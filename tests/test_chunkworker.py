@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from cas.chunking import worker as chunkworker
 from cas.chunking.worker import ChunkWorker, WorkerGone
-from cas.crypto import BlobType
+from cas.crypto import BlobType, IdKey, MasterKeys
 from cas.repo import Repository
 from tests.support.cli import run_cas
 from tests.test_archiver import backend, backup, content, repo, walk
@@ -53,6 +54,16 @@ def local_chunks(repo: Repository, data: bytes) -> list[tuple[int, bytes]]:
     for chunk in repo.chunker().iter_chunks(read):
         out.append((len(chunk), repo.blob_id(BlobType.DATA, chunk)))
     return out
+
+
+def test_the_helper_gets_a_key_that_opens_nothing(repo: Repository) -> None:
+    """What crosses the socket (the init message) is the ID key alone: the process that
+    reads files holds no key that could open the repository's data or index."""
+    worker = ChunkWorker(repo.keys, repo.chunker().params)
+    sent = msgpack.packb(worker._init, use_bin_type=True)
+    assert IdKey.decode(worker._init["key"]) == repo.keys.ids_only()
+    assert isinstance(repo.keys, MasterKeys)
+    assert repo.keys.data_key not in sent and repo.keys.index_key not in sent
 
 
 def test_the_helper_finds_what_the_backup_process_would(

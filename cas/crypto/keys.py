@@ -121,8 +121,27 @@ class KeyNotPermitted(CasError):
     """this key cannot {action}"""
 
 
+class _Identifying(KeyBase):
+    """IDs, digests and chunk boundaries from an ID key and a chunker key (every kind so far)."""
+
+    id_key: bytes
+    chunker_key: bytes
+
+    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+        """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
+        return blob_id(self.id_key, blob_type, data)
+
+    def file_digest(self) -> FileDigest:
+        """A whole-file digest keyed with id_key."""
+        return FileDigest(self.id_key)
+
+    def chunker_permutation(self) -> bytes:
+        """The permutation derived from chunker_key."""
+        return chunker_permutation(self.chunker_key)
+
+
 @dataclass(frozen=True)
-class MasterKeys(KeyBase):
+class MasterKeys(_Identifying):
     """The repository's secret key set (a ``full`` key): it may do everything.
 
     data_key seals blob contents, snapshots and the config; index_key seals
@@ -154,18 +173,6 @@ class MasterKeys(KeyBase):
     def index(self) -> Sealer:
         """Seals and opens under index_key."""
         return SecretKey(self.index_key)
-
-    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
-        """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
-        return blob_id(self.id_key, blob_type, data)
-
-    def file_digest(self) -> FileDigest:
-        """A whole-file digest keyed with id_key."""
-        return FileDigest(self.id_key)
-
-    def chunker_permutation(self) -> bytes:
-        """The permutation derived from chunker_key."""
-        return chunker_permutation(self.chunker_key)
 
     def shares_ids_with(self, other: KeyBase) -> bool:
         """Same id_key and chunker_key."""
@@ -209,7 +216,7 @@ class MasterKeys(KeyBase):
 
 
 @dataclass(frozen=True)
-class IdKey(KeyBase):
+class IdKey(_Identifying):
     """Computes blob IDs, file digests and chunk boundaries; seals and opens nothing.
 
     The chunk helper process (:mod:`cas.chunking.worker`) gets this key, so a
@@ -232,18 +239,6 @@ class IdKey(KeyBase):
     def index(self) -> Sealer:
         """Refused: this key seals nothing."""
         raise KeyNotPermitted(action="seal or open index data")
-
-    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
-        """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
-        return blob_id(self.id_key, blob_type, data)
-
-    def file_digest(self) -> FileDigest:
-        """A whole-file digest keyed with id_key."""
-        return FileDigest(self.id_key)
-
-    def chunker_permutation(self) -> bytes:
-        """The permutation derived from chunker_key."""
-        return chunker_permutation(self.chunker_key)
 
     def shares_ids_with(self, other: KeyBase) -> bool:
         """Same id_key and chunker_key."""
