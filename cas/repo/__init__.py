@@ -12,7 +12,7 @@ the upkeep that rewrites the repository: prune and repack
 """
 
 from cas.repo.keyring import KeyInfo
-from cas.repo.open import (
+from cas.repo.connect import (
     RepoOptions,
     init_repository,
     open,
