@@ -3,7 +3,7 @@
 
     python tools/bench.py [--data /tmp/cas-bench] [--sets linux,big,edits,many]
                           [--tools cas,restic,borg] [--repeat 3] [--repeat-many 1]
-                          [--out docs/benchmarks.md]
+                          [--cores 1,2] [--out docs/benchmarks.md]
 
 The datasets come from ../shared/bench/datasets.sh.  Each tool runs at its
 defaults (restic: zstd "auto"; borg 1.2: lz4, repokey-blake2; cas: zstd 3
@@ -11,11 +11,17 @@ with an incompressibility probe) and gets a fresh repository per dataset and
 run; every operation is timed as a child process whose peak RSS comes from
 wait4().  Per dataset:
 
-- linux, big: first backup, unchanged re-backup, restore, check --read-data;
+- linux, big: first backup, unchanged re-backup, restore (to disk, and to tmpfs under
+  /dev/shm, which takes the disk's noise out), check --read-data;
 - edits: backup of linux and big (not reported), then the same paths holding
   edits/linux and edits/big (bind mounts, so every tool sees one path that
   changed), timed as "incremental", with the repository growth it caused;
 - many: first backup and unchanged re-backup (files/s and peak RSS matter).
+
+With ``--cores 1,2`` every tool runs pinned with ``taskset`` to the first N cores, once per
+count, and the report adds each tool's speedup from the extra cores.  Peak RSS is summed
+over the tool's whole process tree (sampled every 20 ms from /proc, and never below what
+``wait4`` reports), so a helper process counts.
 
 Times are medians over --repeat runs, RSS the maximum.  Prints Markdown
 tables (results, then the issue's targets with the measured ratios) and,
@@ -34,12 +40,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 PASSWORD = "bench-password"
+TMPFS = Path("/dev/shm/cas-bench")
 HERE = Path(__file__).resolve().parent
 
 
@@ -52,20 +60,64 @@ class Measure:
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> Measure:
-    """Run ``cmd``; fail loudly on a non-zero exit (a benchmark of a failure means nothing)."""
+    """Run ``cmd`` (pinned to $BENCH_CPUS when set); fail loudly on a non-zero exit (a
+    benchmark of a failure means nothing).  RSS: the peak of the process tree's sum."""
+    cpus = env.get("BENCH_CPUS")
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+    sampler = TreeRss(proc.pid)
+    sampler.start()
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
+    sampler.stop()
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code
     if code not in (0, 3):
         raise SystemExit(f"{' '.join(cmd)} exited {code}: {err.decode(errors='replace')[-2000:]}")
-    return Measure(elapsed, usage.ru_maxrss / 1024)
+    return Measure(elapsed, max(usage.ru_maxrss / 1024, sampler.peak / 2**20))
+
+
+class TreeRss(threading.Thread):
+    """Samples the summed resident memory of a process and all its descendants."""
+
+    PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self._done = threading.Event()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def run(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak = max(self.peak, self._sample())
+
+    def _sample(self) -> int:
+        total, todo, seen = 0, [self.pid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    total += int(f.read().split()[1]) * self.PAGE
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        todo.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                continue
+        return total
 
 
 class Tool:
@@ -208,8 +260,8 @@ def warm(path: Path) -> int:
 
 
 OPS = {
-    "linux": ("backup", "rebackup", "restore", "check --read-data"),
-    "big": ("backup", "rebackup", "restore", "check --read-data"),
+    "linux": ("backup", "rebackup", "restore", "restore tmpfs", "check --read-data"),
+    "big": ("backup", "rebackup", "restore", "restore tmpfs", "check --read-data"),
     "edits": ("incremental",),
     "many": ("backup", "rebackup"),
 }
@@ -263,6 +315,10 @@ def run_once(tool_cls: type[Tool], name: str, root: Path, work: Path) -> dict[st
     if "restore" in OPS[name]:
         out["restore"] = tool.restore(target)
         shutil.rmtree(target, ignore_errors=True)
+        in_memory = TMPFS / target.name
+        shutil.rmtree(in_memory, ignore_errors=True)
+        out["restore tmpfs"] = tool.restore(in_memory)
+        shutil.rmtree(in_memory, ignore_errors=True)
         out["check --read-data"] = tool.check_data()
     return out
 
@@ -384,12 +440,16 @@ def main() -> None:
     ap.add_argument("--tools", default="cas,restic,borg")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--repeat-many", type=int, default=1)
+    ap.add_argument(
+        "--cores", default="", help="e.g. 1,2: pin every tool to the first N cores, per N"
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/cas-bench-work"))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tools = [TOOLS[t] for t in args.tools.split(",")]
-    res: dict[str, dict[str, dict[str, object]]] = {}
+    core_counts = [int(c) for c in args.cores.split(",") if c] or [0]  # 0: not pinned
+    by_cores: dict[int, dict[str, dict[str, dict[str, object]]]] = {n: {} for n in core_counts}
     sizes: dict[str, tuple[int, int]] = {}
     versions = {t.name: t(args.work / "v").version() for t in tools}
     for name in args.sets.split(","):
@@ -408,10 +468,16 @@ def main() -> None:
         else:
             sizes[name] = dataset_size(args.data / name)
         repeat = args.repeat_many if name == "many" else args.repeat
-        for t in tools:
-            print(f"{name}: {t.name}", file=sys.stderr)
-            res.setdefault(name, {})[t.name] = bench_one(t, name, args.data, args.work, repeat)
-    text = report(res, sizes, versions, args)
+        for n in core_counts:
+            if n:
+                os.environ["BENCH_CPUS"] = ",".join(str(c) for c in range(n))
+            for t in tools:
+                print(f"{name}: {t.name}" + (f" on {n} cores" if n else ""), file=sys.stderr)
+                by_cores[n].setdefault(name, {})[t.name] = bench_one(
+                    t, name, args.data, args.work, repeat
+                )
+            os.environ.pop("BENCH_CPUS", None)
+    text = report(by_cores, sizes, versions, args)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -420,51 +486,72 @@ def main() -> None:
             " not met and what would close them: [performance.md](performance.md).\n\n" + text
         )
         raw = {
-            ds: {
-                tool: {k: (v.__dict__ if isinstance(v, Measure) else v) for k, v in r.items()}
-                for tool, r in tools_r.items()
+            str(n): {
+                ds: {
+                    tool: {k: (v.__dict__ if isinstance(v, Measure) else v) for k, v in r.items()}
+                    for tool, r in tools_r.items()
+                }
+                for ds, tools_r in res.items()
             }
-            for ds, tools_r in res.items()
+            for n, res in by_cores.items()
         }
         args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
 
 
 def report(
-    res: dict[str, dict[str, dict[str, object]]],
+    by_cores: dict[int, dict[str, dict[str, dict[str, object]]]],
     sizes: dict[str, tuple[int, int]],
     versions: dict[str, str],
     args: argparse.Namespace,
 ) -> str:
+    pinned = [n for n in by_cores if n]
     lines = [
         f"Benchmarks run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
         f"{platform.machine()}, {os.cpu_count()} CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, "
         f"Python {platform.python_version()}; median of {args.repeat} run(s) "
-        f"({args.repeat_many} for `many`), warm page cache, each tool at its defaults.",
+        f"({args.repeat_many} for `many`), warm page cache, each tool at its defaults"
+        + (f", pinned with taskset to {' and '.join(map(str, pinned))} core(s)" if pinned else "")
+        + "; peak RSS summed over each tool's processes.",
         "",
         "Versions: " + "; ".join(f"{k}: {v}" for k, v in versions.items()),
         "",
-        "| dataset | tool | operation | time (s) | runs (s) | MB/s | files/s | peak RSS (MiB) "
-        "| repo (MiB) | added (MiB) |",
-        "|---|---|---|---:|---|---:|---:|---:|---:|---:|",
+        "| dataset | tool | cores | operation | time (s) | runs (s) | MB/s | files/s "
+        "| peak RSS (MiB) | repo (MiB) | added (MiB) |",
+        "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for ds, by_tool in res.items():
-        nbytes, nfiles = sizes[ds]
-        for tool, r in by_tool.items():
-            repo = r.get("repo_bytes", 0)
-            added = r.get("added_bytes")
-            assert isinstance(repo, int)
-            for op in OPS[ds]:
-                m = r[op]
-                assert isinstance(m, Measure)
-                each = " ".join(f"{x:.1f}" for x in r[op + " runs"])  # type: ignore[attr-defined]
-                lines.append(
-                    f"| {ds} | {tool} | {op} | {m.seconds:.1f} | {each} | "
-                    f"{nbytes / m.seconds / 1e6:.0f} | {nfiles / m.seconds:.0f} | "
-                    f"{m.rss_mib:.0f} | {repo / 2**20:.0f} | "
-                    + (f"{added / 2**20:.1f} |" if isinstance(added, int) else "|")
-                )
-    tgt = targets(res)
+    for n, res in by_cores.items():
+        for ds, by_tool in res.items():
+            nbytes, nfiles = sizes[ds]
+            for tool, r in by_tool.items():
+                repo = r.get("repo_bytes", 0)
+                added = r.get("added_bytes")
+                assert isinstance(repo, int)
+                for op in OPS[ds]:
+                    m = r[op]
+                    assert isinstance(m, Measure)
+                    each = " ".join(f"{x:.1f}" for x in r[op + " runs"])  # type: ignore[attr-defined]
+                    lines.append(
+                        f"| {ds} | {tool} | {n or 'all'} | {op} | {m.seconds:.1f} | {each} | "
+                        f"{nbytes / m.seconds / 1e6:.0f} | {nfiles / m.seconds:.0f} | "
+                        f"{m.rss_mib:.0f} | {repo / 2**20:.0f} | "
+                        + (f"{added / 2**20:.1f} |" if isinstance(added, int) else "|")
+                    )
+    if len(pinned) >= 2:
+        lines += [
+            "",
+            *speedups(by_cores[min(pinned)], by_cores[max(pinned)], min(pinned), max(pinned)),
+        ]
+    top = by_cores[max(by_cores)]
+    floor = floor_targets(top, by_cores.get(1), by_cores.get(2) if 2 in by_cores else None)
+    if floor:
+        lines += [
+            "",
+            "Targets of issue #17 (floor and goal; every tool on the most cores):",
+            "",
+            *floor,
+        ]
+    tgt = targets(top)
     if tgt:
         lines += [
             "",
@@ -473,6 +560,84 @@ def report(
             *tgt,
         ]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(
+    res: dict[str, dict[str, dict[str, object]]], ds: str, tool: str, op: str
+) -> float | None:
+    m = res.get(ds, {}).get(tool, {}).get(op)
+    return m.seconds if isinstance(m, Measure) else None
+
+
+def speedups(
+    few: dict[str, dict[str, dict[str, object]]],
+    many: dict[str, dict[str, dict[str, object]]],
+    n_few: int,
+    n_many: int,
+) -> list[str]:
+    """Each tool's speedup from ``n_few`` to ``n_many`` cores, per job."""
+    tools = sorted({tool for res in (few, many) for by in res.values() for tool in by})
+    rows = [
+        f"Speedup from {n_few} to {n_many} cores (time on {n_few} / time on {n_many}):",
+        "",
+        "| dataset | operation | " + " | ".join(tools) + " |",
+        "|---|---|" + "---:|" * len(tools),
+    ]
+    for ds, ops in OPS.items():
+        for op in ops:
+            cells = []
+            for tool in tools:
+                a, b = _seconds(few, ds, tool, op), _seconds(many, ds, tool, op)
+                cells.append(f"x{a / b:.2f}" if a and b else "")
+            if any(cells):
+                rows.append(f"| {ds} | {op} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def floor_targets(
+    top: dict[str, dict[str, dict[str, object]]],
+    one: dict[str, dict[str, dict[str, object]]] | None,
+    two: dict[str, dict[str, dict[str, object]]] | None,
+) -> list[str]:
+    """Issue #17: floor (cas no slower than the faster of restic and borg on every job, x1.6
+    from the second core, summed RSS <= restic's) and goal (half the time, x1.8)."""
+    rows: list[str] = []
+
+    def row(what: str, value: float | None, limit: float | None, better: str, unit: str) -> None:
+        if value is None or limit is None:
+            return
+        ok = value <= limit if better == "lower" else value >= limit
+        rows.append(
+            f"| {what} | {value:.2f} {unit} | {limit:.2f} {unit} | {'met' if ok else 'not met'} |"
+        )
+
+    for ds, ops in OPS.items():
+        for op in ops:
+            others = [x for x in (_seconds(top, ds, t, op) for t in ("restic", "borg")) if x]
+            cas = _seconds(top, ds, "cas", op)
+            if others:
+                row(
+                    f"floor: {ds} {op} <= the faster of restic, borg",
+                    cas,
+                    min(others),
+                    "lower",
+                    "s",
+                )
+                row(f"goal: {ds} {op} <= half of it", cas, min(others) / 2, "lower", "s")
+            m, r = top.get(ds, {}).get("cas", {}).get(op), top.get(ds, {}).get("restic", {}).get(op)
+            if isinstance(m, Measure) and isinstance(r, Measure):
+                row(
+                    f"floor: {ds} {op} summed RSS <= restic's", m.rss_mib, r.rss_mib, "lower", "MiB"
+                )
+    if one is not None and two is not None:
+        for ds, op in (("linux", "backup"), ("linux", "restore tmpfs")):
+            a, b = _seconds(one, ds, "cas", op), _seconds(two, ds, "cas", op)
+            if a and b:
+                row(f"floor: {ds} {op} speedup from the second core", a / b, 1.6, "higher", "x")
+                row(f"goal: {ds} {op} speedup from the second core", a / b, 1.8, "higher", "x")
+    if not rows:
+        return []
+    return ["| target | cas | limit | |", "|---|---:|---:|---|", *rows]
 
 
 if __name__ == "__main__":
