@@ -11,7 +11,6 @@ the upkeep that rewrites the repository: prune and repack
 :func:`open` builds the whole storage stack for a location.
 """
 
-from cas.repo.keyring import KeyInfo
 from cas.repo.connect import (
     RepoOptions,
     init_repository,
@@ -22,6 +21,7 @@ from cas.repo.connect import (
     read_config_version,
     repository_exists,
 )
+from cas.repo.keyring import KeyInfo
 from cas.repo.repository import Repository
 from cas.repo.verified import read_verified
 
