@@ -17,7 +17,7 @@ import click
 from cas.cli.cmd_prune import parse_fraction, run_prune
 from cas.cli.common import Globals, Output, fs_text, pass_globals
 from cas.cli.options import snapshot_filter_options
-from cas.errors import UsageError
+from cas.errors import FormatError, IntegrityError, UnsupportedVersion, UsageError
 from cas.format.snapshot import Snapshot
 from cas.manage.policy import (
     UNLIMITED,
@@ -145,13 +145,14 @@ def forget(
 
     repo = g.open()
     with g.locked(repo, exclusive=False, command="forget"):
+        damaged: list[bytes] = []
         if snapshot_ids:
-            plans, snaps = _by_id(repo, snapshot_ids)
+            plans, snaps, damaged = _by_id(repo, snapshot_ids)
         else:
             snaps = dict(repo.iter_snapshots())
             refs = [SnapshotRef.of(i, s) for i, s in snaps.items()]
             plans = plan_forget([r for r in refs if selection.matches(r)], policy, groups, None)
-        doomed = [d.ref.id for p in plans for d in p.remove]
+        doomed = [d.ref.id for p in plans for d in p.remove] + damaged
         if not dry_run:
             for sid in doomed:
                 repo.remove_snapshot(sid)
@@ -161,6 +162,7 @@ def forget(
         "policy": policy.describe(),
         "groups": [_group_doc(p, snaps) for p in plans],
         "removed": [sid.hex() for sid in doomed],
+        "damaged": [sid.hex() for sid in damaged],
     }
     out.emit(doc, lambda: _human(out, doc))
     if prune:
@@ -170,15 +172,25 @@ def forget(
 
 def _by_id(
     repo: Repository, refs: tuple[str, ...]
-) -> tuple[list[GroupPlan], dict[bytes, Snapshot]]:
-    """One pseudo-group that removes exactly the snapshots named."""
+) -> tuple[list[GroupPlan], dict[bytes, Snapshot], list[bytes]]:
+    """One pseudo-group that removes exactly the snapshots named, and the named snapshot
+    files that cannot be read (damaged: removed all the same, they are what was asked for)."""
     snaps: dict[bytes, Snapshot] = {}
+    damaged: list[bytes] = []
     for ref in refs:
-        sid, snap = repo.find_snapshot(ref)
-        snaps[sid] = snap
+        if ref == "latest":
+            sid, snap = repo.find_snapshot(ref)
+            snaps[sid] = snap
+            continue
+        sid = repo.resolve_snapshot_id(ref)
+        try:
+            snaps[sid] = repo.load_snapshot(sid)
+        except (IntegrityError, FormatError, UnsupportedVersion):
+            if sid not in damaged:
+                damaged.append(sid)
     ordered = sorted(snaps.items(), key=lambda p: (p[1].time_ns, p[0]))
     decisions = [Decision(SnapshotRef.of(i, s), False, ()) for i, s in ordered]
-    return [GroupPlan(GroupKey(), decisions)], snaps
+    return [GroupPlan(GroupKey(), decisions)], snaps, damaged
 
 
 def _snap_doc(d: Decision, snap: Snapshot) -> dict[str, Any]:
@@ -244,4 +256,6 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
             _table(out, group["remove"], False)
         out.line("")
     verb = "would remove" if doc["dry_run"] else "removed"
+    for sid in doc["damaged"]:
+        out.line(f"{verb} damaged snapshot {sid[:8]} (its file cannot be read)")
     out.line(f"{verb} {_snapshots(len(doc['removed']))}")

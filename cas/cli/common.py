@@ -42,6 +42,23 @@ class Globals:
     connections: int | None = None
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
+    repos: list[Repository] = field(default_factory=list)
+    degraded: bool = False  # a damaged object was skipped: exit 3 once done
+    _warned: set[bytes] = field(default_factory=set)
+
+    def warn_damaged(self, out: Output) -> None:
+        """Warn once about each snapshot a listing had to skip, and mark the run degraded."""
+        for repo in self.repos:
+            for sid, why in sorted(repo.damaged_snapshots.items()):
+                if sid in self._warned:
+                    continue
+                self._warned.add(sid)
+                self.degraded = True
+                short = sid.hex()[:8]
+                out.warn(
+                    f"snapshot {short} skipped, it cannot be read ({why}); "
+                    f"'cas forget {short}' removes it"
+                )
 
     def options(self) -> RepoOptions:
         """How to reach and use repositories, from the global options."""
@@ -98,6 +115,7 @@ class Globals:
         backend = self.backend()
         repo = repo_pkg.open_on(backend, self.password, self.options())
         self.cleanups.append(repo.close)
+        self.repos.append(repo)
         return repo
 
     def open_other(self, location: str, password_file: str | None) -> Repository:
@@ -120,6 +138,7 @@ class Globals:
 
         repo = repo_pkg.open_on(self._storage(location), password, self.options())
         self.cleanups.append(repo.close)
+        self.repos.append(repo)
         return repo
 
     @contextmanager
@@ -204,6 +223,7 @@ class Output:
         bytes moved and their estimated cost; people see a line about them for S3.
         """
         self.clear_progress()
+        self.g.warn_damaged(self)
         requests = self.g.requests()
         if isinstance(doc, dict) and requests is not None:
             doc.setdefault("requests", requests)

@@ -26,9 +26,13 @@ from cas.cli import (
     cmd_stats,
     cmd_tag,
 )
-from cas.cli.common import Globals
+from cas.cli.common import Globals, Output
 from cas.cli.options import global_options
-from cas.errors import EXIT_ERROR, EXIT_USAGE, CasError
+from cas.errors import EXIT_ERROR, EXIT_USAGE, EXIT_WARNINGS, CasError
+
+# The Globals of each invocation of the group (one per main()): read after the command
+# returns, to turn skipped damaged objects into exit code 3.
+_runs: list[Globals] = []
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +46,7 @@ def cli(ctx: click.Context, g: Globals) -> None:
     11 repository locked, 12 wrong password.
     """
     ctx.obj = g
+    _runs.append(g)
 
     def cleanup() -> None:
         for fn in reversed(g.cleanups):
@@ -77,8 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     # moved out of its way once.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    _runs.clear()
     try:
         cli.main(args=argv, prog_name="cas", standalone_mode=False)
+        for g in _runs:
+            g.warn_damaged(Output(g))  # a command that printed nothing still warns
+        if any(g.degraded for g in _runs):
+            sys.exit(EXIT_WARNINGS)
     except click.exceptions.Abort:
         click.echo("cas: interrupted", err=True)
         sys.exit(130)

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cas import failpoints
-from cas.errors import CasError, ObjectNotFound
+from cas.errors import (
+    CasError,
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    UnsupportedVersion,
+)
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.progress import Progress, no_progress
@@ -115,6 +121,11 @@ def used_blobs(
             snap = repo.load_snapshot(sid)
         except ObjectNotFound:
             continue  # forgotten since the listing
+        except (IntegrityError, FormatError, UnsupportedVersion) as e:
+            raise PruneRefused(
+                f"snapshot {sid.hex()[:8]} cannot be read ({e}); 'cas forget {sid.hex()[:8]}' "
+                "removes it: prune never deletes data while a snapshot might still need it"
+            ) from None
         progress(f"reading trees of snapshot {sid.hex()[:8]}")
         try:
             reachable(repo, [snap.tree], used=used)

@@ -24,7 +24,13 @@ from cas.backend.base import Backend
 from cas.backend.stack import find_layer, request_summary, storage_class
 from cas.chunking.chunker import Chunker
 from cas.crypto import BlobType
-from cas.errors import SnapshotNotFound
+from cas.errors import (
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    SnapshotNotFound,
+    UnsupportedVersion,
+)
 from cas.format import config as configfmt
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
@@ -59,6 +65,9 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self.indexes = IndexStore(backend, keys)
+        # Snapshot files that could not be read by iter_snapshots, with why: listings
+        # skip them and the CLI warns (one damaged snapshot never stops the others).
+        self.damaged_snapshots: dict[bytes, str] = {}
         self.reader = BlobReader(backend, keys, self.indexes)
         self.saver = BlobSaver(backend, keys, config.pack_size, self.indexes, cache)
         self.cache = cache
@@ -320,17 +329,23 @@ class Repository:
         return decode_snapshot(raw, self.keys.data)
 
     def iter_snapshots(self) -> Iterator[tuple[bytes, Snapshot]]:
-        """(ID, snapshot) for every snapshot, oldest first."""
-        snaps = [(sid, self.load_snapshot(sid)) for sid in self.snapshot_ids()]
+        """(ID, snapshot) for every readable snapshot, oldest first.
+
+        A snapshot file that is damaged (or of a newer version) is left out and
+        recorded in ``damaged_snapshots``; one removed since the listing is left out.
+        """
+        snaps = []
+        for sid in self.snapshot_ids():
+            try:
+                snaps.append((sid, self.load_snapshot(sid)))
+            except ObjectNotFound:
+                continue  # forgotten since the listing
+            except (IntegrityError, FormatError, UnsupportedVersion) as e:
+                self.damaged_snapshots[sid] = str(e)
         yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
 
-    def find_snapshot(self, ref: str) -> tuple[bytes, Snapshot]:
-        """Resolve "latest" or a unique hex prefix of a snapshot ID."""
-        if ref == "latest":
-            snaps = list(self.iter_snapshots())
-            if not snaps:
-                raise SnapshotNotFound("latest: the repository has no snapshots")
-            return snaps[-1]
+    def resolve_snapshot_id(self, ref: str) -> bytes:
+        """The ID a unique hex prefix names, without reading the snapshot."""
         ref_l = ref.lower()
         if not ref_l or any(c not in "0123456789abcdef" for c in ref_l):
             raise SnapshotNotFound(f"{ref!r}: not a snapshot ID")
@@ -339,7 +354,17 @@ class Repository:
             raise SnapshotNotFound(f"{ref!r}")
         if len(matches) > 1:
             raise SnapshotNotFound(f"{ref!r}: prefix is ambiguous ({len(matches)} snapshots)")
-        return matches[0], self.load_snapshot(matches[0])
+        return matches[0]
+
+    def find_snapshot(self, ref: str) -> tuple[bytes, Snapshot]:
+        """Resolve "latest" or a unique hex prefix of a snapshot ID."""
+        if ref == "latest":
+            snaps = list(self.iter_snapshots())
+            if not snaps:
+                raise SnapshotNotFound("latest: the repository has no snapshots")
+            return snaps[-1]
+        sid = self.resolve_snapshot_id(ref)
+        return sid, self.load_snapshot(sid)
 
     def remove_snapshot(self, snapshot_id: bytes) -> None:
         """Delete a snapshot file (forget, tag, repair): the one way to remove a snapshot."""

@@ -1,0 +1,110 @@
+"""One damaged snapshot file never stops the rest (issue 16, first part).
+
+A byte flipped in one snapshot file, seen by a second machine (an empty cache, or none):
+listings show the others and warn (exit 3), ``latest`` and backup's parent are the
+newest readable snapshots, ``forget ID`` removes the damaged file (``--dry-run`` first),
+prune refuses and names the way out, and after the forget everything is clean again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import Result, run_cas
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _snapshot_ids(repo: Path, *extra: str) -> list[str]:
+    r = run_cas("-r", repo, "--json", *extra, "snapshots")
+    assert r.code in (0, 3), r.err
+    return [d["id"] for d in r.json()]
+
+
+@pytest.fixture(params=["empty-cache", "no-cache"])
+def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, list[str], str]:
+    """A repository of three snapshots of ``src`` whose newest snapshot file is damaged."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    assert run_cas("-r", repo, "init").code == 0
+    for i in range(3):
+        (src / f"file{i}").write_bytes(os.urandom(5000 + i))
+        r = run_cas("-r", repo, "backup", src)
+        assert r.code == 0, r.err
+    ids = _snapshot_ids(repo)
+    assert len(ids) == 3
+    _flip_last_byte(repo / "snapshots" / ids[-1])
+    # The second-machine case: a cache that never saw the good copy (a warm cache keeps
+    # serving the verified original, which is right), or no cache at all.
+    if request.param == "no-cache":
+        return src, repo, ids, "--no-cache"
+    return src, repo, ids, f"--cache-dir {tmp_path / 'other-machine-cache'}"
+
+
+def _cas(repo: Path, flags: str, *args: str | Path) -> Result:
+    return run_cas("-r", repo, *(flags.split() if flags else ()), *args)
+
+
+def test_listings_show_the_others_and_warn(damaged: tuple[Path, Path, list[str], str]) -> None:
+    _, repo, ids, flags = damaged
+    r = _cas(repo, flags, "--json", "snapshots")
+    assert r.code == 3, r.err
+    assert [d["id"] for d in r.json()] == ids[:2]
+    assert f"snapshot {ids[2][:8]} skipped" in r.err
+    assert f"cas forget {ids[2][:8]}" in r.err
+    assert "Traceback" not in r.err
+    for args in (("stats",), ("--json", "stats"), ("tag", "--add", "t")):
+        r = _cas(repo, flags, *args)
+        assert r.code == 3, (args, r.err)
+        assert f"snapshot {ids[2][:8]} skipped" in r.err
+
+
+def test_latest_and_backup_parent_are_the_newest_readable(
+    damaged: tuple[Path, Path, list[str], str], tmp_path: Path
+) -> None:
+    src, repo, ids, flags = damaged
+    target = tmp_path / "restored"
+    r = _cas(repo, flags, "restore", "latest", "--target", target)
+    assert r.code == 3, r.err
+    restored = target / src.relative_to("/")
+    assert sorted(p.name for p in restored.iterdir()) == ["file0", "file1"]  # the second
+    r = _cas(repo, flags, "--json", "backup", src)
+    assert r.code == 3, r.err
+    new = r.json()
+    assert new["parent"] == ids[1]
+    assert any(ids[2][:8] in w for w in new["warnings"])
+
+
+def test_forget_removes_the_damaged_file_and_all_is_clean_again(
+    damaged: tuple[Path, Path, list[str], str], tmp_path: Path
+) -> None:
+    src, repo, ids, flags = damaged
+    r = _cas(repo, flags, "prune")
+    assert r.code != 0 and f"cas forget {ids[2][:8]}" in r.err, r.err
+    dry = _cas(repo, flags, "--json", "forget", ids[2][:8], "--dry-run")
+    assert dry.code == 0, dry.err
+    assert dry.json()["damaged"] == [ids[2]]
+    assert (repo / "snapshots" / ids[2]).exists()
+    human = _cas(repo, flags, "forget", ids[2][:8], "--dry-run")
+    assert f"would remove damaged snapshot {ids[2][:8]}" in human.out
+    real = _cas(repo, flags, "forget", ids[2])
+    assert real.code == 0, real.err
+    assert not (repo / "snapshots" / ids[2]).exists()
+    r = _cas(repo, flags, "snapshots")
+    assert r.code == 0 and "skipped" not in r.err, r.err
+    assert _cas(repo, flags, "prune").code == 0
+    r = _cas(repo, flags, "check", "--read-data")
+    assert r.code == 0, r.out + r.err
+    target = tmp_path / "again"
+    assert _cas(repo, flags, "restore", ids[1][:8], "--target", target).code == 0
+    restored = target / src.relative_to("/")
+    assert sorted(p.name for p in restored.iterdir()) == ["file0", "file1"]
+    for name in ("file0", "file1"):
+        assert (restored / name).read_bytes() == (src / name).read_bytes()
