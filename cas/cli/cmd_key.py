@@ -78,13 +78,14 @@ def key_remove(g: Globals, key_id: str) -> None:
     """Remove the key file KEY_ID (a unique prefix is enough)."""
     out = Output(g)
     repo = g.open()
-    matches = [k for k in repo.list_keys() if k.key_id.hex().startswith(key_id.lower())]
+    # Every key file by name, readable or not: a damaged one must be removable too.
+    matches = [k for k in repo.key_ids() if k.hex().startswith(key_id.lower())]
     if len(matches) != 1:
         raise UsageError(f"{key_id!r} matches {len(matches)} key files; give a unique prefix")
-    repo.remove_key(matches[0].key_id)
+    repo.remove_key(matches[0])
     out.emit(
-        {"removed": matches[0].key_id.hex()},
-        lambda: out.line(f"removed key {matches[0].key_id.hex()[:8]}"),
+        {"removed": matches[0].hex()},
+        lambda: out.line(f"removed key {matches[0].hex()[:8]}"),
     )
 
 

@@ -49,16 +49,20 @@ class Globals:
     def warn_damaged(self, out: Output) -> None:
         """Warn once about each snapshot a listing had to skip, and mark the run degraded."""
         for repo in self.repos:
-            for sid, why in sorted(repo.damaged_snapshots.items()):
-                if sid in self._warned:
-                    continue
-                self._warned.add(sid)
-                self.degraded = True
-                short = sid.hex()[:8]
-                out.warn(
-                    f"snapshot {short} skipped, it cannot be read ({why}); "
-                    f"'cas forget {short}' removes it"
-                )
+            for kind, found, fix in (
+                ("snapshot", repo.damaged_snapshots, "cas forget"),
+                ("key file", repo.damaged_keys, "cas key remove"),
+            ):
+                for oid, why in sorted(found.items()):
+                    if oid in self._warned:
+                        continue
+                    self._warned.add(oid)
+                    self.degraded = True
+                    short = oid.hex()[:8]
+                    out.warn(
+                        f"{kind} {short} skipped, it cannot be read ({why}); "
+                        f"'{fix} {short}' removes it"
+                    )
 
     def options(self) -> RepoOptions:
         """How to reach and use repositories, from the global options."""

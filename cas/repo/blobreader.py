@@ -14,7 +14,7 @@ from collections import OrderedDict
 from cas import crypto
 from cas.backend.base import Backend
 from cas.crypto import BlobType
-from cas.errors import BlobNotFound, FormatError
+from cas.errors import BlobNotFound, FormatError, IntegrityError
 from cas.format import pack as packfmt
 from cas.repo import layout
 from cas.repo.cache import LocalCache
@@ -35,6 +35,9 @@ class BlobReader:
         self.cache: LocalCache | None = None  # whole tree packs, when a cache is in use
         self._lock = threading.Lock()
         self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
+        # Tree packs whose whole bytes did not match their name: their trees are read
+        # one blob range at a time, so one damaged tree costs one directory, not the pack.
+        self.damaged_tree_packs: dict[bytes, str] = {}
 
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""
@@ -49,9 +52,17 @@ class BlobReader:
     ) -> bytes:
         """Read, authenticate, decrypt and re-hash one blob."""
         loc = self.locate(blob_id)
-        if blob_type == BlobType.TREE and self.cache is not None:
-            sealed = self._tree_pack(loc.pack_id)[loc.offset : loc.offset + loc.length]
-        else:
+        sealed = None
+        if (
+            blob_type == BlobType.TREE
+            and self.cache is not None
+            and loc.pack_id not in self.damaged_tree_packs
+        ):
+            try:
+                sealed = self._tree_pack(loc.pack_id)[loc.offset : loc.offset + loc.length]
+            except IntegrityError as e:
+                self.damaged_tree_packs[loc.pack_id] = str(e)
+        if sealed is None:
             sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
         return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 

@@ -64,14 +64,25 @@ def write_key(
     return kid
 
 
-def list_keys(backend: Backend, current: bytes) -> list[KeyInfo]:
-    """Every key file, parsed (their master keys stay sealed), oldest first."""
+def key_ids(backend: Backend) -> list[bytes]:
+    """IDs of every key file (readable or not), sorted."""
+    return sorted(i for i in (layout.id_from_name(o.name) for o in backend.list(layout.KEYS)) if i)
+
+
+def list_keys(
+    backend: Backend, current: bytes, damaged: dict[bytes, str] | None = None
+) -> list[KeyInfo]:
+    """Every readable key file, parsed (their master keys stay sealed), oldest first; a
+    damaged one is left out and recorded in ``damaged`` (raised without it)."""
     out = []
-    for info in backend.list(layout.KEYS):
-        kid = layout.id_from_name(info.name)
-        if kid is None:
+    for kid in key_ids(backend):
+        try:
+            kf = keyfmt.decode_keyfile(read_verified(backend, layout.key_name(kid), "key file"))
+        except (IntegrityError, FormatError, UnsupportedVersion) as e:
+            if damaged is None:
+                raise
+            damaged[kid] = str(e)
             continue
-        kf = keyfmt.decode_keyfile(read_verified(backend, info.name, "key file"))
         out.append(KeyInfo(kid, kf.created, kf.hostname, kf.username, kf.type, kid == current))
     return sorted(out, key=lambda k: (k.created, k.key_id))
 

@@ -68,6 +68,7 @@ class Repository:
         # Snapshot files that could not be read by iter_snapshots, with why: listings
         # skip them and the CLI warns (one damaged snapshot never stops the others).
         self.damaged_snapshots: dict[bytes, str] = {}
+        self.damaged_keys: dict[bytes, str] = {}  # key files list_keys could not read
         self.reader = BlobReader(backend, keys, self.indexes)
         self.saver = BlobSaver(backend, keys, config.pack_size, self.indexes, cache)
         self.cache = cache
@@ -149,8 +150,13 @@ class Repository:
     # -- keys -------------------------------------------------------------------
 
     def list_keys(self) -> list[KeyInfo]:
-        """Every key file, parsed (their master keys stay sealed)."""
-        return keyring.list_keys(self.backend, self.key_id)
+        """Every readable key file, parsed (their master keys stay sealed); damaged ones
+        are recorded in ``damaged_keys``."""
+        return keyring.list_keys(self.backend, self.key_id, self.damaged_keys)
+
+    def key_ids(self) -> list[bytes]:
+        """IDs of every key file, readable or not."""
+        return keyring.key_ids(self.backend)
 
     def add_key(self, password: bytes, kdf: crypto.KdfParams | None = None) -> bytes:
         """Store a new key file wrapping this repository's master keys; returns its ID."""
