@@ -162,3 +162,46 @@ def test_a_damaged_key_file_leaves_the_others_usable(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "--no-cache", "key", "remove", damaged[:8]).code == 0
     assert not (repo / "keys" / damaged).exists()
     assert run_cas("-r", repo, "--no-cache", "key", "list").code == 0
+
+
+def test_repair_snapshots_removes_a_damaged_snapshot_file(
+    damaged: tuple[Path, Path, list[str], str],
+) -> None:
+    _, repo, ids, flags = damaged
+    packs_before = sorted(p.name for p in (repo / "data").rglob("*") if p.is_file())
+    dry = _cas(repo, flags, "--json", "repair", "snapshots", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert dry.json()["removed_damaged"] == [ids[2]] and dry.json()["dry_run"]
+    assert (repo / "snapshots" / ids[2]).exists()
+    human = _cas(repo, flags, "repair", "snapshots", "-n")
+    assert f"would remove damaged snapshot {ids[2][:8]}" in human.out, human.out
+    real = _cas(repo, flags, "repair", "snapshots")
+    assert real.code == 0, real.err
+    assert f"removed damaged snapshot {ids[2][:8]}" in real.out
+    assert not (repo / "snapshots" / ids[2]).exists()
+    assert sorted(p.name for p in (repo / "data").rglob("*") if p.is_file()) == packs_before
+    r = _cas(repo, flags, "--json", "snapshots")
+    assert r.code == 0 and [d["id"] for d in r.json()] == ids[:2], r.err
+
+
+def test_repair_snapshots_dry_run_writes_nothing(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(300_000))
+    assert run_cas("-r", repo, "init").code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    data_packs = [
+        p for p in (repo / "data").rglob("*") if p.is_file() and p.stat().st_size > 250_000
+    ]
+    assert len(data_packs) == 1
+    data_packs[0].unlink()  # the file's data is lost
+    assert run_cas("-r", repo, "--no-cache", "repair", "index").code == 0
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    dry = run_cas("-r", repo, "--no-cache", "--json", "repair", "snapshots", "--dry-run")
+    assert dry.code == 0, dry.err
+    doc = dry.json()
+    assert len(doc["snapshots_rewritten"]) == 1 and doc["damaged_paths"], doc
+    after = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
+    assert after == before
+    real = run_cas("-r", repo, "--no-cache", "--json", "repair", "snapshots")
+    assert real.code == 0 and len(real.json()["snapshots_rewritten"]) == 1, real.err

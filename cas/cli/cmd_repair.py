@@ -45,23 +45,31 @@ def repair_index(g: Globals) -> None:
 
 @repair.command("snapshots")
 @click.option("--forget", is_flag=True, help="Remove the damaged originals after rewriting.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be done; write nothing.")
 @pass_globals
-def repair_snaps(g: Globals, forget: bool) -> None:
+def repair_snaps(g: Globals, forget: bool, dry_run: bool) -> None:
     """Rewrite snapshots that refer to lost data, with stubs for damaged files."""
     out = Output(g)
     repo = g.open()
     with g.locked(repo, exclusive=False, command="repair"):
-        result = repair_snapshots(repo, forget=forget)
+        result = repair_snapshots(repo, forget=forget, dry_run=dry_run)
     doc = dataclasses.asdict(result)
 
     def human() -> None:
         for old, new in result.snapshots_rewritten.items():
-            out.line(f"snapshot {old[:8]} rewritten as {new[:8]}")
+            out.line(
+                f"snapshot {old[:8]} would be rewritten"
+                if dry_run
+                else f"snapshot {old[:8]} rewritten as {new[:8]}"
+            )
         for p in result.damaged_paths:
             out.line(f"  damaged: {p}")
+        verb = "would remove" if dry_run else "removed"
+        for sid in result.removed_damaged:
+            out.line(f"{verb} damaged snapshot {sid[:8]} (its file cannot be read)")
         out.line(
             f"checked {result.snapshots_checked} snapshots, "
-            f"rewrote {len(result.snapshots_rewritten)}"
+            f"{'would rewrite' if dry_run else 'rewrote'} {len(result.snapshots_rewritten)}"
         )
 
     out.emit(doc, human)

@@ -23,6 +23,8 @@ class SnapshotRepair:
     snapshots_rewritten: dict[str, str] = field(default_factory=dict)  # old id -> new id
     damaged_paths: list[str] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
+    removed_damaged: list[str] = field(default_factory=list)  # unreadable snapshot files
+    dry_run: bool = False
 
 
 class _Rewriter:
@@ -32,6 +34,12 @@ class _Rewriter:
         self.report = report
         self.done: dict[bytes, bytes | None] = {}  # tree id -> rewritten id (None: unchanged)
 
+    def _save(self, blob_type: BlobType, data: bytes) -> bytes:
+        """Store a new blob; in a dry run only name it."""
+        if self.report.dry_run:
+            return self.repo.blob_id(blob_type, data)
+        return self.repo.save_blob(blob_type, data)[0]
+
     def tree(self, tree_id: bytes, path: bytes) -> bytes | None:
         """The ID of a repaired copy of the tree, or None when nothing needed repair."""
         if tree_id in self.done:
@@ -40,7 +48,7 @@ class _Rewriter:
             nodes = load_tree(self.repo, tree_id)
         except CasError:
             self.report.damaged_paths.append(f"{_text(path)}/ (directory contents lost)")
-            new = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
+            new = self._save(BlobType.TREE, encode_tree([]))
             self.done[tree_id] = new
             return new
         changed = False
@@ -53,7 +61,7 @@ class _Rewriter:
             elif n.content and not all(self.repo.has_blob(b) for b in n.content):
                 self._stub(n, child)
                 changed = True
-        result = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0] if changed else None
+        result = self._save(BlobType.TREE, encode_tree(nodes)) if changed else None
         self.done[tree_id] = result
         return result
 
@@ -61,22 +69,26 @@ class _Rewriter:
         lost = sum(not self.repo.has_blob(b) for b in n.content)
         text = STUB_TEXT % (lost, len(n.content))
         n.extra["repaired"] = f"{lost} of {len(n.content)} chunks lost; was {n.size} bytes"
-        bid = self.repo.save_blob(BlobType.DATA, text)[0]
+        bid = self._save(BlobType.DATA, text)
         digest = self.repo.file_digest()
         digest.update(text)
         n.content, n.sizes, n.size, n.digest = [bid], [len(text)], len(text), digest.digest()
         self.report.damaged_paths.append(_text(path))
 
 
-def repair_snapshots(repo: Repository, *, forget: bool = False) -> SnapshotRepair:
+def repair_snapshots(
+    repo: Repository, *, forget: bool = False, dry_run: bool = False
+) -> SnapshotRepair:
     """Write a repaired copy of every snapshot that refers to lost data.
 
     Files with lost chunks become small stub files saying so (marked
     ``repaired`` in the tree); directories whose tree is lost become empty.
-    The damaged snapshots are kept unless ``forget`` is true.
+    The damaged snapshots are kept unless ``forget`` is true.  Snapshot files
+    that cannot be read at all hold nothing to rewrite: they are removed.
+    ``dry_run`` reports all of it and writes and removes nothing.
     """
     repo.load_index()
-    report = SnapshotRepair()
+    report = SnapshotRepair(dry_run=dry_run)
     rewriter = _Rewriter(repo, report)
     for sid, snap in list(repo.iter_snapshots()):
         report.snapshots_checked += 1
@@ -97,12 +109,21 @@ def repair_snapshots(repo: Repository, *, forget: bool = False) -> SnapshotRepai
             summary=snap.summary,
             extra={**snap.extra, "repaired_from": sid, "repaired_at": time.time_ns()},
         )
+        if dry_run:
+            report.snapshots_rewritten[sid.hex()] = ""
+            continue
         new_id = repo.save_snapshot(fixed)
         report.snapshots_rewritten[sid.hex()] = new_id.hex()
         if forget:
             repo.remove_snapshot(sid)
             report.forgotten.append(sid.hex())
-    repo.flush()
+    for sid in sorted(repo.damaged_snapshots):
+        if not dry_run:
+            repo.remove_snapshot(sid)
+        report.removed_damaged.append(sid.hex())
+    repo.damaged_snapshots.clear()  # reported here, not as skipped
+    if not dry_run:
+        repo.flush()
     return report
 
 
