@@ -205,3 +205,54 @@ def test_repair_snapshots_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert after == before
     real = run_cas("-r", repo, "--no-cache", "--json", "repair", "snapshots")
     assert real.code == 0 and len(real.json()["snapshots_rewritten"]) == 1, real.err
+
+
+def test_repair_packs_then_a_backup_heals_a_damaged_data_pack(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    for i in range(4):
+        (src / f"file{i}").write_bytes(os.urandom(400_000))
+    assert run_cas("-r", repo, "init").code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    pack = max(
+        (p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    check = run_cas("-r", repo, "--no-cache", "--json", "check", "--read-data")
+    assert check.code == 1
+    kinds = {f["kind"] for f in check.json()["findings"]}
+    assert "pack_damaged" in kinds, kinds
+    damaged = next(f for f in check.json()["findings"] if f["kind"] == "pack_damaged")
+    assert damaged["next"].startswith(f"cas repair packs {pack.name[:8]}")
+    human = run_cas("-r", repo, "--no-cache", "check", "--read-data")
+    assert f"next: cas repair packs {pack.name[:8]}" in human.out
+
+    dry_ids = run_cas("-r", repo, "repair", "packs", "zz")
+    assert dry_ids.code == 2 and "matches 0 packs" in dry_ids.err
+    r = run_cas("-r", repo, "--no-cache", "--json", "repair", "packs", pack.name[:12])
+    assert r.code == 0, r.err
+    doc = r.json()
+    assert (
+        doc["packs"] == [pack.name] and len(doc["blobs_lost"]) >= 1 and doc["blobs_salvaged"] >= 1
+    )
+    assert not pack.exists()
+    assert run_cas("-r", repo, "--no-cache", "backup", src).code == 0  # stores the lost chunk again
+    check = run_cas("-r", repo, "--no-cache", "check", "--read-data")
+    assert check.code == 0, check.out + check.err
+    for sid in [d["id"] for d in run_cas("-r", repo, "--json", "snapshots").json()]:
+        target = tmp_path / f"out-{sid[:8]}"
+        assert run_cas("-r", repo, "--no-cache", "restore", sid, "--target", target).code == 0
+        for i in range(4):
+            restored = target / src.relative_to("/") / f"file{i}"
+            assert restored.read_bytes() == (src / f"file{i}").read_bytes()
+
+
+def test_every_finding_kind_names_the_next_command() -> None:
+    from cas.check.findings import KINDS, NEXT, Finding
+
+    assert set(NEXT) == set(KINDS)
+    for kind in KINDS:
+        step = Finding(kind, "data/ab/" + "ab" * 32, "m").next_step
+        assert step and "{" not in step, (kind, step)

@@ -51,6 +51,40 @@ KINDS: dict[str, tuple[Severity, str]] = {
 }
 
 
+# The way back from each kind: the next command to run (docs/recovery.md walks through
+# each).  "{id}" is the object's ID, "{short}" its first 8 hex digits.
+_REINDEX = "cas repair index"
+_SALVAGE = "cas repair packs {short}, then back up the same paths again"
+NEXT: dict[str, str] = {
+    "name_mismatch": "see docs/recovery.md: cas repair index (index file), "
+    "cas forget {short} (snapshot), cas key remove {short} (key file)",
+    "key_damaged": "cas key remove {short} (another key file opens the repository)",
+    "index_damaged": _REINDEX,
+    "index_conflict": _REINDEX,
+    "index_entry_invalid": _REINDEX,
+    "pack_missing": f"{_REINDEX}, back up the same paths again, then cas repair snapshots",
+    "pack_size_mismatch": _SALVAGE,
+    "pack_header_damaged": _SALVAGE,
+    "pack_header_mismatch": _REINDEX,
+    "pack_damaged": _SALVAGE,
+    "pack_unreadable": "cas check --read-data again (a storage failure); if it stays, " + _SALVAGE,
+    "blob_damaged": _SALVAGE,
+    "blob_missing": "back up the same paths again (stores what the source still has), "
+    "then cas repair snapshots",
+    "tree_missing": "back up the same paths again, then cas repair snapshots",
+    "tree_damaged": _SALVAGE + ", then cas repair snapshots",
+    "node_invalid": "cas repair snapshots",
+    "snapshot_damaged": "cas forget {short} (or cas repair snapshots)",
+    "pack_unreferenced": "cas prune (removes it once no backup is running)",
+    "pack_indexed_twice": "cas prune",
+    "blob_duplicate": "cas prune",
+    "lock_unreadable": "cas unlock (once no other cas runs)",
+    "leftover_upload": "cas prune (aborts uploads older than an hour)",
+    "unexpected_object": "nothing: cas ignores it; remove it by hand if it is yours",
+    "check_incomplete": "cas check again",
+}
+
+
 @dataclass(frozen=True, order=True)
 class Affected:
     """A snapshot path that needs a damaged or missing object."""
@@ -78,6 +112,12 @@ class Finding:
         """Fixed by the kind."""
         return KINDS[self.kind][0]
 
+    @property
+    def next_step(self) -> str:
+        """The command to run next (docs/recovery.md)."""
+        oid = self.object.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        return NEXT[self.kind].format(id=oid, short=oid[:8])
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; paths with undecodable bytes get backslash escapes."""
         return {
@@ -85,6 +125,7 @@ class Finding:
             "severity": str(self.severity),
             "object": self.object,
             "message": self.message,
+            "next": self.next_step,
             "affected": [
                 {"snapshot": a.snapshot.hex(), "path": a.path.decode("utf-8", "backslashreplace")}
                 for a in self.affected

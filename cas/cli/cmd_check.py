@@ -166,6 +166,7 @@ def _doc(result: CheckResult, duration: float) -> dict[str, Any]:
 def _human(out: Output, result: CheckResult, s: dict[str, Any]) -> None:
     for f in result.findings:
         out.line(_finding_line(f))
+        out.line(f"    next: {f.next_step}")
         for a in f.affected[:AFFECTED_SHOWN]:
             out.line(f"    needed by snapshot {a.snapshot.hex()[:8]} at {fs_text(a.path)}")
         if len(f.affected) > AFFECTED_SHOWN:

@@ -7,8 +7,9 @@ import dataclasses
 import click
 
 from cas.cli.common import Globals, Output, pass_globals
+from cas.errors import UsageError
 from cas.manage.repair import repair_snapshots
-from cas.repo.rebuild import rebuild_index
+from cas.repo.rebuild import rebuild_index, salvage_packs
 
 
 def register(cli: click.Group) -> None:
@@ -41,6 +42,47 @@ def repair_index(g: Globals) -> None:
             out.line(f"unreadable pack left out: {p}")
 
     out.emit(doc, human)
+
+
+@repair.command("packs")
+@click.argument("pack_ids", nargs=-1, required=True, metavar="PACK_ID...")
+@pass_globals
+def repair_packs(g: Globals, pack_ids: tuple[str, ...]) -> None:
+    """Salvage the readable blobs of damaged packs into new packs and drop the damaged
+    packs (their IDs, or unique prefixes, as 'cas check' names them)."""
+    out = Output(g)
+    repo = g.open()
+    with g.locked(repo, exclusive=True, command="repair"):
+        known = set(repo.pack_sizes()) | {
+            p for f in repo.active_index_files().values() for p in f.packs
+        }
+        chosen = {_one_pack(known, ref) for ref in pack_ids}
+        result = salvage_packs(repo, chosen, out.report)
+    doc = dataclasses.asdict(result)
+
+    def human() -> None:
+        out.line(
+            f"salvaged {result.blobs_salvaged} blobs of {len(result.packs)} packs into "
+            f"{result.packs_written} new packs; {len(result.blobs_lost)} blobs lost"
+        )
+        for blob in result.blobs_lost:
+            out.line(f"  lost: {blob}")
+        if result.blobs_lost:
+            out.line(
+                "next: back up the same paths again (what the source still has is stored "
+                "again), then 'cas repair snapshots' for what it no longer has"
+            )
+
+    out.emit(doc, human)
+
+
+def _one_pack(known: set[bytes], ref: str) -> bytes:
+    """The pack a full ID or unique prefix names."""
+    ref = ref.lower().removeprefix("data/").rsplit("/", 1)[-1]
+    matches = [p for p in known if p.hex().startswith(ref)] if ref else []
+    if len(matches) != 1:
+        raise UsageError(f"{ref!r} matches {len(matches)} packs; give a pack ID or unique prefix")
+    return matches[0]
 
 
 @repair.command("snapshots")
