@@ -14,7 +14,7 @@ from collections import OrderedDict
 from cas import crypto
 from cas.backend.base import Backend
 from cas.crypto import BlobType
-from cas.errors import BlobNotFound, FormatError, IntegrityError
+from cas.errors import BlobNotFound, CasError, FormatError, IntegrityError
 from cas.format import pack as packfmt
 from cas.repo import layout
 from cas.repo.cache import LocalCache
@@ -38,6 +38,9 @@ class BlobReader:
         # Tree packs whose whole bytes did not match their name: their trees are read
         # one blob range at a time, so one damaged tree costs one directory, not the pack.
         self.damaged_tree_packs: dict[bytes, str] = {}
+        # Other copies of blobs stored more than once (the master index keeps the first),
+        # found by one pass over the index files the first time a read fails.
+        self._alternates: dict[bytes, list[Location]] | None = None
 
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""
@@ -50,8 +53,44 @@ class BlobReader:
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
     ) -> bytes:
-        """Read, authenticate, decrypt and re-hash one blob."""
+        """Read, authenticate, decrypt and re-hash one blob; when its copy fails, from
+        another pack that holds it too."""
         loc = self.locate(blob_id)
+        try:
+            return self._load_at(loc, blob_type, blob_id, raw_length)
+        except CasError as first:
+            for other in self._other_copies(blob_id, loc.pack_id):
+                try:
+                    return self._load_at(other, blob_type, blob_id, raw_length)
+                except CasError:
+                    continue
+            raise first
+
+    def _other_copies(self, blob_id: bytes, pack_id: bytes) -> list[Location]:
+        with self._lock:
+            if self._alternates is None:
+                self._alternates = self._find_alternates()
+            return [a for a in self._alternates.get(blob_id, []) if a.pack_id != pack_id]
+
+    def _find_alternates(self) -> dict[bytes, list[Location]]:
+        """Every index entry whose blob the master index places in another pack."""
+        found: dict[bytes, list[Location]] = {}
+        index, garbage = self._indexes.index, self._indexes.garbage_index
+        for fid in self._indexes.file_ids():
+            try:
+                index_file = self._indexes.read(fid)
+            except CasError:
+                continue  # damaged: the other files still serve
+            for pid, entries in index_file.packs.items():
+                for e in entries:
+                    primary = index.get(e.blob_id) or garbage.get(e.blob_id)
+                    if primary is not None and primary.pack_id != pid:
+                        found.setdefault(e.blob_id, []).append(Location(pid, e.offset, e.length))
+        return found
+
+    def _load_at(
+        self, loc: Location, blob_type: BlobType, blob_id: bytes, raw_length: int | None
+    ) -> bytes:
         sealed = None
         if (
             blob_type == BlobType.TREE

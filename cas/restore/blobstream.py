@@ -206,5 +206,8 @@ class BlobStream:
             try:
                 out[blob_id] = self.repo.open_blob(BlobType.DATA, blob_id, sealed, size)
             except CasError as e:
-                out[blob_id] = e
+                try:  # the repository reads another copy if the blob is stored twice
+                    out[blob_id] = self.repo.load_blob(BlobType.DATA, blob_id, size)
+                except CasError:
+                    out[blob_id] = e
         return out
