@@ -71,12 +71,10 @@ class Layout:
     def damaged_pack_loses(self, pid: bytes, lo: int, hi: int) -> set[bytes]:
         """Blobs that no longer load after bytes lo..hi of pack ``pid`` changed.
 
-        Data blobs are read one by one (ranged reads), so only those overlapping
-        the damage are lost.  Tree packs are read and verified whole (and kept
-        in the local cache), so any damage loses every tree in the pack.
+        Only those overlapping the damage: data blobs are read one by one (ranged
+        reads), and a tree pack whose whole bytes fail their hash is read one tree
+        range at a time (issue 16: one damaged tree loses one directory, not the pack).
         """
-        if pid in self.tree_packs:
-            return {b for b, _, _ in self.packs[pid]}
         return {b for b, off, n in self.packs[pid] if off < hi and lo < off + n}
 
 

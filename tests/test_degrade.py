@@ -288,3 +288,62 @@ def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None
     assert r.code == 0, r.err
     for name, content in d.files.items():
         assert (target / name.decode()).read_bytes() == content
+
+
+def _two_snapshots(tmp_path: Path) -> tuple[Path, Path]:
+    """``src`` backed up twice (a second file added in between) into ``repo``."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(200_000))
+    assert run_cas("-r", repo, "init").code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    (src / "b").write_bytes(os.urandom(200_000))
+    assert run_cas("-r", repo, "backup", src).code == 0
+    return src, repo
+
+
+def _restores_exactly(repo: Path, src: Path, tmp_path: Path) -> None:
+    for d in run_cas("-r", repo, "--no-cache", "--json", "snapshots").json():
+        target = tmp_path / f"check-{d['id'][:8]}"
+        assert run_cas("-r", repo, "--no-cache", "restore", d["id"], "--target", target).code == 0
+        restored = target / src.relative_to("/")
+        for f in restored.iterdir():
+            assert f.read_bytes() == (src / f.name).read_bytes()
+
+
+def test_a_lost_data_pack_recovered_as_check_says(tmp_path: Path) -> None:
+    src, repo = _two_snapshots(tmp_path)
+    packs = sorted((p for p in (repo / "data").rglob("*") if p.is_file()), key=os.path.getsize)
+    packs[-1].unlink()  # the largest: a data pack
+    check = run_cas("-r", repo, "--no-cache", "--json", "check")
+    assert check.code == 1
+    missing = next(f for f in check.json()["findings"] if f["kind"] == "pack_missing")
+    assert missing["next"].startswith("cas repair index, back up the same paths again")
+    assert run_cas("-r", repo, "--no-cache", "snapshots").code == 0  # listing unaffected
+    assert run_cas("-r", repo, "--no-cache", "repair", "index").code == 0
+    assert run_cas("-r", repo, "--no-cache", "backup", src).code == 0
+    r = run_cas("-r", repo, "--no-cache", "check", "--read-data")
+    assert r.code == 0, r.out + r.err
+    _restores_exactly(repo, src, tmp_path)
+
+
+def test_a_damaged_index_file_is_skipped_with_a_warning_then_replaced(tmp_path: Path) -> None:
+    src, repo = _two_snapshots(tmp_path)
+    index = sorted((repo / "index").iterdir())[0]
+    _flip_last_byte(index)
+    r = run_cas("-r", repo, "--no-cache", "--json", "backup", src)
+    assert r.code == 3, r.err
+    assert f"index file {index.name[:8]} skipped" in r.err and "cas repair index" in r.err
+    check = run_cas("-r", repo, "--no-cache", "--json", "check")
+    damaged = next(
+        f for f in check.json()["findings"] if f["kind"] in ("index_damaged", "name_mismatch")
+    )
+    assert "cas repair index" in damaged["next"]
+    assert run_cas("-r", repo, "--no-cache", "repair", "index").code == 0
+    r = run_cas("-r", repo, "--no-cache", "check", "--read-data")
+    # the backup stored again what the damaged index hid: duplicates, which prune removes
+    assert r.code == 0 and "no errors" in r.out, r.out
+    assert run_cas("-r", repo, "--no-cache", "prune").code == 0
+    r = run_cas("-r", repo, "--no-cache", "check", "--read-data")
+    assert r.code == 0 and "no errors found" in r.out, r.out
+    _restores_exactly(repo, src, tmp_path)

@@ -50,8 +50,9 @@ class Globals:
         """Warn once about each snapshot a listing had to skip, and mark the run degraded."""
         for repo in self.repos:
             for kind, found, fix in (
-                ("snapshot", repo.damaged_snapshots, "cas forget"),
-                ("key file", repo.damaged_keys, "cas key remove"),
+                ("snapshot", repo.damaged_snapshots, "'cas forget {short}' removes it"),
+                ("key file", repo.damaged_keys, "'cas key remove {short}' removes it"),
+                ("index file", repo.damaged_index_files, "'cas repair index' replaces it"),
             ):
                 for oid, why in sorted(found.items()):
                     if oid in self._warned:
@@ -61,7 +62,7 @@ class Globals:
                     short = oid.hex()[:8]
                     out.warn(
                         f"{kind} {short} skipped, it cannot be read ({why}); "
-                        f"'{fix} {short}' removes it"
+                        + fix.format(short=short)
                     )
 
     def options(self) -> RepoOptions:
