@@ -156,6 +156,12 @@ def backup(
         "summary": summary,
         "warnings": out.warnings,
     }
+    for fid, why in sorted(repo.damaged_index_files.items()):
+        # Its blobs were unknown to this backup, which stored again what it needed.
+        out.warn(
+            f"index file {fid.hex()[:8]} skipped, it cannot be read ({why}); "
+            "'cas repair index' replaces it"
+        )
     if isinstance(writer, DryRunWriter):
         doc["estimate"] = _estimate(repo, writer)
     out.emit(doc, lambda: _human(out, doc))

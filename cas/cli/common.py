@@ -52,7 +52,6 @@ class Globals:
             for kind, found, fix in (
                 ("snapshot", repo.damaged_snapshots, "'cas forget {short}' removes it"),
                 ("key file", repo.damaged_keys, "'cas key remove {short}' removes it"),
-                ("index file", repo.damaged_index_files, "'cas repair index' replaces it"),
             ):
                 for oid, why in sorted(found.items()):
                     if oid in self._warned:
