@@ -57,7 +57,13 @@ class WrongPassword(CasError):
 
 
 class NoPassword(CasError):
-    """no password given: set CAS_PASSWORD, CAS_PASSWORD_FILE or CAS_PASSWORD_COMMAND, or run on a terminal"""  # noqa: E501
+    """{detail}"""
+
+    exit_code = EXIT_USAGE
+
+
+class EmptyPassword(CasError):
+    """an empty password is not a password: {detail}"""
 
     exit_code = EXIT_USAGE
 

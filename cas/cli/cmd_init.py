@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from cas.backend import create_bucket as make_bucket
@@ -60,7 +63,7 @@ def init(
     g.cleanups.append(backend.close)
     if create_bucket:
         make_bucket(backend)
-    password = new_password(new_password_file) if new_password_file else g.password("new password")
+    password = _init_password(g, new_password_file)
     params = ChunkerParams(chunk_min, chunk_avg, chunk_max)
     params.validate()
     source = g.open_other(copy_keys_from, from_password_file) if copy_keys_from else None
@@ -78,3 +81,20 @@ def init(
         "key": repo.key_id.hex(),
     }
     out.emit(doc, lambda: out.line(f"created repository {doc['id'][:8]} at {backend.location}"))
+
+
+LOST_PASSWORD = (
+    "cas cannot recover a lost password: without it (or another key file's password, see "
+    "'cas key add'), the data in this repository cannot be read. Keep it safe."
+)
+
+
+def _init_password(g: Globals, new_password_file: str | None) -> bytes:
+    """The new repository's password; typed twice when it comes from the terminal."""
+    if new_password_file:
+        return new_password(new_password_file)
+    given = g.password_file or g.password_command or "CAS_PASSWORD" in os.environ
+    if given or not sys.stdin.isatty():
+        return g.password("new password")
+    click.echo(LOST_PASSWORD, err=True)
+    return new_password(None)

@@ -18,7 +18,7 @@ import click
 from cas import crypto
 from cas import repo as repo_pkg
 from cas.backend import Backend, S3Options, request_summary
-from cas.errors import CasError, NoPassword, UsageError
+from cas.errors import CasError, EmptyPassword, NoPassword, UsageError
 from cas.repo import RepoOptions, Repository
 from cas.repo.locks import RepoLock
 
@@ -107,11 +107,15 @@ class Globals:
             return run_password_command(self.password_command)
         env = os.environ.get("CAS_PASSWORD")
         if env is not None:
-            return env.encode()
+            return _not_empty(env.encode(), "CAS_PASSWORD is empty")
         if sys.stdin.isatty():
             text: str = click.prompt(prompt, hide_input=True, err=True)
-            return text.encode()
-        raise NoPassword()
+            return _not_empty(text.encode(), "nothing was typed")
+        raise NoPassword(
+            f"no password given (the {prompt}): set CAS_PASSWORD, CAS_PASSWORD_FILE or "
+            "CAS_PASSWORD_COMMAND "
+            "(or --password-file, --password-command), or run on a terminal"
+        )
 
     def open(self) -> Repository:
         """Open and unlock the repository (a missing or newer one is refused before the
@@ -157,26 +161,44 @@ class Globals:
             yield lock
 
 
+def _trimmed(data: bytes) -> bytes:
+    """A password as a file or a command gives it: trailing CR, LF, spaces and tabs go
+    (as restic does: an editor's CRLF or a stray space must not lock anyone out)."""
+    return data.rstrip(b"\r\n \t")
+
+
+def _not_empty(password: bytes, where: str) -> bytes:
+    if not password:
+        raise EmptyPassword(where)
+    return password
+
+
 def read_password_file(path: str) -> bytes:
-    """The file's content without one trailing newline."""
+    """The file's content without trailing CR, LF, spaces and tabs; never empty."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise UsageError(f"cannot read password file {path}: {e.strerror}") from None
-    return data[:-1] if data.endswith(b"\n") else data
+    return _not_empty(_trimmed(data), f"password file {path} holds none")
 
 
 def run_password_command(command: str) -> bytes:
-    """Run the command (no shell) and take its standard output without a trailing newline."""
+    """Run the command (no shell) and take its standard output without trailing CR, LF,
+    spaces and tabs.  Its standard error goes to ours (it may say why it failed)."""
     try:
-        proc = subprocess.run(shlex.split(command), capture_output=True, check=False)
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UsageError(f"password command {command!r}: {e}") from None
+    if not argv:
+        raise UsageError("the password command is empty")
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
     except OSError as e:
-        raise UsageError(f"cannot run password command: {e.strerror}") from None
+        raise UsageError(f"cannot run password command {argv[0]!r}: {e.strerror}") from None
     if proc.returncode != 0:
-        raise UsageError(f"password command exited with status {proc.returncode}")
-    out = proc.stdout
-    return out[:-1] if out.endswith(b"\n") else out
+        raise UsageError(f"password command {argv[0]!r} exited with status {proc.returncode}")
+    return _not_empty(_trimmed(proc.stdout), f"password command {argv[0]!r} printed none")
 
 
 def new_password(password_file: str | None) -> bytes:
@@ -188,10 +210,8 @@ def new_password(password_file: str | None) -> bytes:
             "new password", hide_input=True, confirmation_prompt=True, err=True
         ).encode()
     else:
-        raise NoPassword("no new password: use --new-password-file or run on a terminal")
-    if not pw:
-        raise UsageError("an empty password is not allowed")
-    return pw
+        raise NoPassword("no new password given: use --new-password-file or run on a terminal")
+    return _not_empty(pw, "nothing was typed")
 
 
 def kdf_params(opslimit: int | None, memlimit: int | None) -> crypto.KdfParams:

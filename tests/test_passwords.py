@@ -1,0 +1,130 @@
+"""Where passwords come from (issue 15, item 2): trimmed like restic's, never empty, the
+password command named and heard, init asking twice on a terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import TEST_ENV, run_cas
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    assert run_cas("-r", repo, "init", password=PASSWORD).code == 0
+    return repo
+
+
+@pytest.mark.parametrize(
+    "content", [b"correct horse\r\n", b"correct horse  \n\n", b"correct horse"]
+)
+def test_password_files_lose_trailing_cr_lf_and_spaces(
+    repo: Path, tmp_path: Path, content: bytes
+) -> None:
+    f = tmp_path / "pw"
+    f.write_bytes(content)
+    r = run_cas("-r", repo, "--password-file", f, "snapshots", password=None)
+    assert r.code == 0, r.err
+
+
+@pytest.mark.parametrize("content", [b"", b"\r\n", b"   \n"])
+def test_an_empty_password_file_is_refused_as_such(
+    repo: Path, tmp_path: Path, content: bytes
+) -> None:
+    f = tmp_path / "pw"
+    f.write_bytes(content)
+    r = run_cas("-r", repo, "--password-file", f, "snapshots", password=None)
+    assert r.code == 2, r.err
+    assert r.err == f"cas: an empty password is not a password: password file {f} holds none\n"
+
+
+def test_an_empty_cas_password_is_refused_as_such(repo: Path) -> None:
+    r = run_cas("-r", repo, "snapshots", password="")
+    assert r.code == 2 and "an empty password is not a password: CAS_PASSWORD is empty" in r.err
+
+
+def test_the_password_command_is_named_and_its_stderr_shown(repo: Path, tmp_path: Path) -> None:
+    script = tmp_path / "vault"
+    script.write_text("#!/bin/sh\necho 'vault sealed' >&2\nexit 4\n")
+    script.chmod(0o755)
+    r = run_cas("-r", repo, "--password-command", str(script), "snapshots", password=None)
+    assert r.code == 2
+    assert "vault sealed" in r.err
+    assert f"password command '{script}' exited with status 4" in r.err
+    r = run_cas("-r", repo, "--password-command", "no-such-tool --get", "snapshots", password=None)
+    assert r.code == 2 and "cannot run password command 'no-such-tool'" in r.err, r.err
+    good = tmp_path / "good"
+    good.write_text(f"#!/bin/sh\nprintf '{PASSWORD}\\r\\n'\n")
+    good.chmod(0o755)
+    assert (
+        run_cas("-r", repo, "--password-command", str(good), "snapshots", password=None).code == 0
+    )
+
+
+def test_no_password_says_which_and_how(repo: Path, tmp_path: Path) -> None:
+    r = run_cas("-r", repo, "snapshots", password=None)
+    assert r.code == 2
+    assert "no password given (the repository password): set CAS_PASSWORD" in r.err
+    other = tmp_path / "other"
+    assert run_cas("-r", other, "init", password=PASSWORD).code == 0
+    r = run_cas("-r", repo, "copy", "--to", other, password=PASSWORD)
+    assert r.code == 2 and f"no password for {other}" in r.err, r.err
+
+
+def _read_until(fd: int, pattern: bytes, hang: float = 120) -> bytes:
+    buf = b""
+    deadline = time.monotonic() + hang  # bounds a hang only
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
+
+
+def test_init_on_a_terminal_warns_and_asks_twice(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
+    env.update(TEST_ENV)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "cas", "-r", str(repo), "init"], env)
+    try:
+        first = _read_until(fd, b"new password")
+        assert b"cannot recover a lost password" in first, first
+        os.write(fd, b"one\n")
+        _read_until(fd, b"confirmation")
+        os.write(fd, b"two\n")  # a typo: asked again
+        again = _read_until(fd, b"new password")
+        assert b"do not match" in again, again
+        os.write(fd, b"right\n")
+        _read_until(fd, b"confirmation")
+        os.write(fd, b"right\n")
+        done = _read_until(fd, b"created repository")
+        assert b"created repository" in done, done
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+    assert run_cas("-r", repo, "snapshots", password="right").code == 0
+    assert run_cas("-r", repo, "snapshots", password="two").code == 12
