@@ -128,3 +128,24 @@ def test_init_on_a_terminal_warns_and_asks_twice(tmp_path: Path) -> None:
         os.close(fd)
     assert run_cas("-r", repo, "snapshots", password="right").code == 0
     assert run_cas("-r", repo, "snapshots", password="two").code == 12
+
+
+def test_init_refuses_a_directory_of_other_files_unless_forced(tmp_path: Path) -> None:
+    """Issue 15, item 9: no config and keys/ among the user's files by mistake (borg refuses)."""
+    src = tmp_path / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "letter.txt").write_text("hello")
+    r = run_cas("-r", src, "init")
+    assert r.code == 2 and "already holds files that are not a cas repository" in r.err, r.err
+    assert "--force" in r.err and not (src / "config").exists()
+    assert sorted(p.name for p in src.iterdir()) == ["docs"]
+    assert run_cas("-r", src, "init", "--force").code == 0
+    assert (src / "docs" / "letter.txt").read_text() == "hello"
+    assert run_cas("-r", src, "snapshots").code == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cas("-r", empty, "init").code == 0  # an empty directory is fine
+    half = tmp_path / "half"  # what an init killed before its config leaves: accepted
+    (half / "keys").mkdir(parents=True)
+    (half / "keys" / ("ab" * 32)).write_bytes(b"{}")
+    assert run_cas("-r", half, "init").code == 0

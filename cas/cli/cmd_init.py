@@ -38,6 +38,9 @@ def register(cli: click.Group) -> None:
 )
 @click.option("--from-password-file", help="Password file for --copy-keys-from.")
 @click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
+@click.option(
+    "--force", is_flag=True, help="Create the repository even where other files are stored."
+)
 @kdf_options
 @pass_globals
 def init(
@@ -46,6 +49,7 @@ def init(
     copy_keys_from: str | None,
     from_password_file: str | None,
     create_bucket: bool,
+    force: bool,
     pack_size: int,
     chunk_min: int,
     chunk_avg: int,
@@ -74,6 +78,7 @@ def init(
         pack_size=pack_size,
         kdf=kdf_params(kdf_opslimit, kdf_memlimit),
         share_ids_with=source,
+        among_other_files=force,
     )
     doc = {
         "repository": backend.location,

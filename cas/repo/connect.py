@@ -132,8 +132,13 @@ def init_repository(
     pack_size: int = configfmt.DEFAULT_PACK_SIZE,
     kdf: crypto.KdfParams | None = None,
     share_ids_with: Repository | None = None,
+    among_other_files: bool = False,
 ) -> Repository:
     """Create a new repository: fresh master keys, the first key file, then the config.
+
+    A location that holds objects outside the repository layout (a source tree
+    given by mistake, another program's files) is refused unless
+    ``among_other_files``: as borg does, cas does not mix its files with yours.
 
     With ``share_ids_with``, the new repository takes that repository's ID
     key, chunker key and chunker parameters (its data and index keys stay
@@ -147,6 +152,13 @@ def init_repository(
         raise UsageError("the pack size must be between 1 MiB and 1 GiB")
     if repository_exists(backend):
         raise RepositoryExists(location=backend.location)
+    if not among_other_files:
+        foreign = _first_foreign_object(backend)
+        if foreign is not None:
+            raise UsageError(
+                f"{backend.location} already holds files that are not a cas repository "
+                f"({foreign}); give an empty location, or --force to create it among them"
+            )
     backend.create()
     if keyring.has_keys(backend):
         # Key files but no config: an earlier init died before writing the config.
@@ -163,3 +175,17 @@ def init_repository(
     backend.write(layout.CONFIG, configfmt.encode_config(cfg, keys.data))
     cache = backend.cache if isinstance(backend, CachingBackend) else None
     return Repository(backend, keys, cfg, key_id, cache)
+
+
+def _first_foreign_object(backend: Backend) -> str | None:
+    """An object outside the repository layout (the key files an interrupted init left
+    are part of it), or None."""
+    try:
+        listing = backend.list("")
+        for info in listing:
+            top = info.name.split("/", 1)[0]
+            if top not in layout.DIRECTORIES and top != layout.CONFIG:
+                return info.name
+    except ObjectNotFound:
+        return None
+    return None
