@@ -50,9 +50,20 @@ class SnapshotFilter:
         """Whether ``snap`` passes every given criterion."""
         return (
             (not self.hosts or snap.hostname in self.hosts)
-            and (not self.tags or not self.tags.isdisjoint(snap.tags))
+            and (not self.tags or any(_has_all(snap.tags, t) for t in self.tags))
             and (not self.paths or not self.paths.isdisjoint(snap.paths))
         )
+
+
+
+def split_tags(values: Iterable[str]) -> list[str]:
+    """Tags as given to --tag/--add/--remove/--set: "a,b" is two tags (as restic)."""
+    return [t for v in values for t in v.split(",") if t]
+
+
+def _has_all(tags: Collection[str], wanted: str) -> bool:
+    """Whether ``tags`` holds every tag of ``wanted`` ("a,b": both a and b, as restic)."""
+    return all(t in tags for t in wanted.split(",") if t)
 
 
 EVERY_SNAPSHOT = SnapshotFilter()

@@ -149,3 +149,26 @@ def test_init_refuses_a_directory_of_other_files_unless_forced(tmp_path: Path) -
     (half / "keys").mkdir(parents=True)
     (half / "keys" / ("ab" * 32)).write_bytes(b"{}")
     assert run_cas("-r", half, "init").code == 0
+
+
+def test_a_comma_separates_tags_as_in_restic(tmp_path: Path) -> None:
+    """Issue 15, item 3: ``--tag a,b`` is two tags when set, and "both" when selecting."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    (src / "f").write_text("x")
+    assert run_cas("-r", repo, "init").code == 0
+    assert run_cas("-r", repo, "backup", src, "--tag", "home,daily").code == 0
+    assert run_cas("-r", repo, "backup", src, "--tag", "home").code == 0
+    snaps = run_cas("-r", repo, "--json", "snapshots").json()
+    assert [s["tags"] for s in snaps] == [["daily", "home"], ["home"]]
+
+    def count(*tags: str) -> int:
+        args = [a for t in tags for a in ("--tag", t)]
+        return len(run_cas("-r", repo, "--json", "snapshots", *args).json())
+
+    assert count("home,daily") == 1  # both
+    assert count("home") == 2
+    assert count("daily", "nope") == 1  # either
+    assert run_cas("-r", repo, "tag", "--add", "a,b", snaps[1]["id"][:8]).code == 0
+    tags = {tuple(s["tags"]) for s in run_cas("-r", repo, "--json", "snapshots").json()}
+    assert ("a", "b", "home") in tags

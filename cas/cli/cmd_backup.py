@@ -24,6 +24,7 @@ from cas.format import compress
 from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
 from cas.repo import Repository
+from cas.selection import split_tags
 
 
 def register(cli: click.Group) -> None:
@@ -138,7 +139,7 @@ def backup(
             username=getpass.getuser(),
             uid=os.getuid(),
             gid=os.getgid(),
-            tags=sorted(set(tag)),
+            tags=sorted(set(split_tags(tag))),
             parent=parent_id,
             program=f"cas {__version__}",
             summary=summary,

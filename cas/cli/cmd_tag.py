@@ -20,7 +20,7 @@ from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
 from cas.format.snapshot import Snapshot
 from cas.repo import Repository
-from cas.selection import SnapshotFilter
+from cas.selection import SnapshotFilter, split_tags
 
 
 def register(cli: click.Group) -> None:
@@ -54,18 +54,20 @@ def tag(
     Each changed snapshot gets a new ID.
     """
     out = Output(g)
-    if not (add or remove or set_):
-        raise UsageError("nothing to do: give --add, --remove or --set")
-    if set_ and (add or remove):
-        raise UsageError("--set replaces all tags and cannot be combined with --add/--remove")
     if any(not t for t in (*add, *remove)):
         raise UsageError("a tag cannot be empty")
+    given_set = bool(set_)
+    add, remove, set_ = tuple(split_tags(add)), tuple(split_tags(remove)), tuple(split_tags(set_))
+    if not (add or remove or given_set):
+        raise UsageError("nothing to do: give --add, --remove or --set")
+    if given_set and (add or remove):
+        raise UsageError("--set replaces all tags and cannot be combined with --add/--remove")
     repo = g.open()
     changed: list[dict[str, Any]] = []
     unchanged = 0
     with g.locked(repo, exclusive=False, command="tag"):
         for sid, snap in _chosen(repo, snapshot_ids, selection):
-            tags = {t for t in set_ if t} if set_ else (set(snap.tags) | set(add)) - set(remove)
+            tags = set(set_) if given_set else (set(snap.tags) | set(add)) - set(remove)
             if tags == set(snap.tags):
                 unchanged += 1
                 continue
