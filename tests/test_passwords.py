@@ -172,3 +172,34 @@ def test_a_comma_separates_tags_as_in_restic(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "tag", "--add", "a,b", snaps[1]["id"][:8]).code == 0
     tags = {tuple(s["tags"]) for s in run_cas("-r", repo, "--json", "snapshots").json()}
     assert ("a", "b", "home") in tags
+
+
+def test_an_ambiguous_prefix_lists_the_candidates(tmp_path: Path) -> None:
+    """Issue 15, item 3: 17 snapshots, so two share a first hex digit (pigeonhole)."""
+    import dataclasses
+
+    from cas.backend.local import LocalBackend
+    from tests.support.repos import PASSWORD as TEST_PASSWORD
+    from tests.support.repos import new_repo, populate
+
+    r = new_repo(LocalBackend(tmp_path / "repo"))
+    sid, _ = populate(r, n_files=1)
+    snap = r.load_snapshot(sid)
+    ids = [sid] + [
+        r.save_snapshot(dataclasses.replace(snap, time_ns=snap.time_ns + i)) for i in range(16)
+    ]
+    r.close()
+    digit = next(d for d in "0123456789abcdef" if sum(i.hex().startswith(d) for i in ids) > 1)
+    res = run_cas(
+        "-r",
+        tmp_path / "repo",
+        "restore",
+        digit,
+        "--target",
+        tmp_path / "t",
+        password=TEST_PASSWORD.decode(),
+    )
+    assert res.code != 0 and "prefix is ambiguous" in res.err, res.err
+    for i in ids:
+        if i.hex().startswith(digit):
+            assert i.hex()[:5] in res.err

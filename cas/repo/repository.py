@@ -359,7 +359,11 @@ class Repository:
         if not matches:
             raise SnapshotNotFound(f"{ref!r}")
         if len(matches) > 1:
-            raise SnapshotNotFound(f"{ref!r}: prefix is ambiguous ({len(matches)} snapshots)")
+            shown = ", ".join(sorted(m.hex()[: len(ref_l) + 4] for m in matches)[:10])
+            more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+            raise SnapshotNotFound(
+                f"{ref!r}: prefix is ambiguous, {len(matches)} snapshots: {shown}{more}"
+            )
         return matches[0]
 
     def find_snapshot(self, ref: str) -> tuple[bytes, Snapshot]:
