@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -334,7 +335,19 @@ def open_local(location: str, rest: str, options: LocalOptions) -> Backend:
 
     if not rest:
         raise UsageError(f"no path in location {location!r}")
+    near = _NEAR_SCHEME.match(rest)
+    if near and location == rest and not os.path.lexists(rest):
+        # restic writes "s3:host/bucket"; "s3:/bucket" is a typo: neither is a new directory
+        scheme, after = near.group(1).lower(), rest[near.end() :].lstrip("/")
+        raise UsageError(
+            f"{location!r} is not a location cas knows: did you mean {scheme}://{after}? "
+            f"(a directory of that name: ./{location})"
+        )
     return AccountingBackend(LocalBackend(os.path.expanduser(rest)), prices=PriceTable.free())
+
+
+# A plain path that starts like a URL scheme without its "//": s3:, sftp:, rest:, b2:...
+_NEAR_SCHEME = re.compile(r"^(s3|sftp|rest|b2|azure|gs|swift|rclone|file|memory):", re.IGNORECASE)
 
 
 FACTORY = BackendFactory(("", "file"), LocalOptions, open_local, "a path, file://")

@@ -1,5 +1,6 @@
-"""Where passwords come from (issue 15, item 2): trimmed like restic's, never empty, the
-password command named and heard, init asking twice on a terminal."""
+"""Habits of restic users and scripts (issue 15): passwords trimmed like restic's and never
+empty, the password command named and heard, init asking twice on a terminal and refusing
+other people's files, tags split at commas, ambiguous prefixes and near-miss locations."""
 
 from __future__ import annotations
 
@@ -203,3 +204,13 @@ def test_an_ambiguous_prefix_lists_the_candidates(tmp_path: Path) -> None:
     for i in ids:
         if i.hex().startswith(digit):
             assert i.hex()[:5] in res.err
+
+
+def test_a_near_miss_of_a_url_scheme_gets_a_hint(tmp_path: Path) -> None:
+    for typed, meant in (("s3:/bucket/p", "s3://bucket/p"), ("sftp:host:/srv", "sftp://host:/srv")):
+        r = run_cas("-r", typed, "snapshots", cwd=tmp_path)
+        assert r.code == 2 and f"did you mean {meant}?" in r.err, r.err
+        assert not any(tmp_path.iterdir())  # no directory named "s3:" made
+    (tmp_path / "s3:odd").mkdir()  # a real directory of that name is still a path
+    r = run_cas("-r", "s3:odd", "snapshots", cwd=tmp_path)
+    assert r.code == 10, r.err
