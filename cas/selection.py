@@ -55,7 +55,6 @@ class SnapshotFilter:
         )
 
 
-
 def split_tags(values: Iterable[str]) -> list[str]:
     """Tags as given to --tag/--add/--remove/--set: "a,b" is two tags (as restic)."""
     return [t for v in values for t in v.split(",") if t]
