@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """Micro-benchmarks of the repository core: index memory, sealing, hashing, chunking.
 
-    python tools/bench_core.py [--blobs N] [--mib M]
+    python tools/bench_core.py [--blobs N] [--mib M] [--repeat R] [--index-only]
 
 Prints a Markdown table.  Not a test: figures depend on the machine.
+
+The master index is built two ways, for both shapes of repository: by
+``MasterIndex.add_pack`` directly, and through the real loading path (index
+files of at most ``INDEX_EVERY_BLOBS`` blobs, encoded and sealed into a
+memory backend, read by ``IndexStore.load``).  For each: bytes per blob at
+rest, the traced heap's peak over the build (tracemalloc: Python's
+allocations, which is where the index lives), the median build time and
+lookups per second (``get`` of present and of absent IDs, ``in`` of both).
 """
 
 from __future__ import annotations
@@ -14,19 +22,29 @@ import hashlib
 import os
 import platform
 import random
+import statistics
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
 
 import blake3
 from fastcdc.fastcdc_cy import fastcdc_cy
 
 from cas import crypto
+from cas.backend.memory import MemoryBackend
 from cas.chunking.chunker import Chunker, ChunkerParams
 from cas.crypto import BlobType
 from cas.format import compress
+from cas.format import index as indexfmt
 from cas.format import pack as packfmt
+from cas.repo import layout
 from cas.repo.index import MasterIndex
+from cas.repo.indexstore import IndexStore
+from cas.repo.packwriter import INDEX_EVERY_BLOBS
+
+Entry = tuple[bytes, int, int]
 
 
 def rate(nbytes: int, fn: Callable[[], object], repeat: int = 3) -> float:
@@ -39,64 +57,192 @@ def rate(nbytes: int, fn: Callable[[], object], repeat: int = 3) -> float:
     return nbytes / best / 1e6
 
 
-def _build_index(n: int, blobs_per_pack: int, blob_size: int) -> MasterIndex:
+def _packs(n: int, blobs_per_pack: int, blob_size: int) -> Iterator[tuple[bytes, list[Entry]]]:
+    """The benchmark's packs: (pack id, [(blob id, offset, length)]), the same every time."""
     rnd = random.Random(1)
-    idx = MasterIndex()
     for p in range(0, n, blobs_per_pack):
         pack_id = rnd.randbytes(32)
-        entries = [
-            (rnd.randbytes(32), j * blob_size, blob_size + crypto.SEAL_OVERHEAD + 1)
-            for j in range(min(blobs_per_pack, n - p))
-        ]
+        yield (
+            pack_id,
+            [
+                (rnd.randbytes(32), j * blob_size, blob_size + crypto.SEAL_OVERHEAD + 1)
+                for j in range(min(blobs_per_pack, n - p))
+            ],
+        )
+
+
+def _build_index(n: int, blobs_per_pack: int, blob_size: int) -> MasterIndex:
+    idx = MasterIndex()
+    for pack_id, entries in _packs(n, blobs_per_pack, blob_size):
         idx.add_pack(pack_id, entries)
     idx.compact()
     return idx
 
 
-def index_bytes_per_blob(n: int, blobs_per_pack: int, blob_size: int) -> tuple[float, float, float]:
-    """(structure bytes/blob, traced heap bytes/blob, build seconds) for ``n`` random blob IDs.
+def _index_files(
+    n: int, blobs_per_pack: int, blob_size: int, per_file: int
+) -> tuple[MemoryBackend, crypto.MasterKeys]:
+    """A memory backend holding the benchmark's packs as real index files of at most
+    ``per_file`` blobs each (whole packs), as a repository's writers leave them."""
+    backend = MemoryBackend()
+    backend.create()
+    keys = crypto.MasterKeys.generate()
+    store = IndexStore(backend, keys)
+    packs: dict[bytes, list[packfmt.PackEntry]] = {}
+    count = 0
+    for pack_id, entries in _packs(n, blobs_per_pack, blob_size):
+        if count + len(entries) > per_file and packs:
+            store.write(indexfmt.IndexFile(packs))
+            packs, count = {}, 0
+        packs[pack_id] = [
+            packfmt.PackEntry(b, BlobType.DATA, off, length, length - crypto.SEAL_OVERHEAD)
+            for b, off, length in entries
+        ]
+        count += len(entries)
+    if packs:
+        store.write(indexfmt.IndexFile(packs))
+    return backend, keys
 
-    Built twice: once timed, once under tracemalloc (which slows allocation a lot).
+
+def _load_index(backend: MemoryBackend, keys: crypto.MasterKeys) -> MasterIndex:
+    store = IndexStore(backend, keys)
+    store.load()
+    return store.index
+
+
+@dataclass
+class IndexFigures:
+    """What one way of building a ``MasterIndex`` costs (medians where timed)."""
+
+    at_rest: float  # memory_bytes() per blob
+    at_rest_traced: float  # traced heap still held once built, per blob
+    peak: float  # traced heap peak while building, per blob
+    seconds: float
+    gets_present: float  # lookups per second
+    gets_absent: float
+    contains: float
+
+
+def _traced(build: Callable[[], MasterIndex], n: int) -> tuple[float, float]:
+    """(peak, at rest) traced heap bytes per blob over ``build()``.
+
+    tracemalloc sees Python's allocations (all of the index's), and slows
+    allocation a lot: timings are taken separately.
     """
-    gc.collect()
-    t = time.perf_counter()
-    idx = _build_index(n, blobs_per_pack, blob_size)
-    elapsed = time.perf_counter() - t
-    structure = idx.memory_bytes() / n
-    del idx
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    idx = _build_index(n, blobs_per_pack, blob_size)
+    tracemalloc.reset_peak()
+    idx = build()
     gc.collect()
-    traced = tracemalloc.get_traced_memory()[0] - base
+    current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     del idx
-    return structure, traced / n, elapsed
+    return (peak - base) / n, (current - base) / n
+
+
+def _lookup_ids(n: int, blobs_per_pack: int, count: int) -> tuple[list[bytes], list[bytes]]:
+    """``count`` IDs the index holds (spread over it) and ``count`` it does not."""
+    every = max(1, n // count)
+    ids = (e[0] for _, entries in _packs(n, blobs_per_pack, 1) for e in entries)
+    present = list(islice(ids, 0, None, every))[:count]
+    rnd = random.Random(2)
+    return present, [rnd.randbytes(32) for _ in range(count)]
+
+
+def _lookup_rates(
+    idx: MasterIndex, ids: tuple[list[bytes], list[bytes]], repeat: int
+) -> list[float]:
+    """Median lookups per second: ``get`` of present IDs, of absent ones, ``in`` of both."""
+    present, absent = ids
+    get, both = idx.get, present + absent
+    assert all(get(b) is not None for b in present[:1000])
+    assert not any(b in idx for b in absent[:1000])
+    out = []
+    for fn, k in (
+        (lambda: [get(b) for b in present], len(present)),
+        (lambda: [get(b) for b in absent], len(absent)),
+        (lambda: [b in idx for b in both], len(both)),
+    ):
+        runs = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            runs.append(k / (time.perf_counter() - t))
+        out.append(statistics.median(runs))
+    return out
+
+
+def index_figures(
+    build: Callable[[], MasterIndex], n: int, blobs_per_pack: int, repeat: int, lookups: int
+) -> IndexFigures:
+    """Build ``repeat`` times timed and once traced; lookups timed on the last build."""
+    times = []
+    idx = MasterIndex()
+    for _ in range(repeat):
+        del idx
+        gc.collect()
+        t = time.perf_counter()
+        idx = build()
+        times.append(time.perf_counter() - t)
+    at_rest = idx.memory_bytes() / n
+    rates = _lookup_rates(idx, _lookup_ids(n, blobs_per_pack, lookups), repeat)
+    del idx
+    peak, traced = _traced(build, n)
+    return IndexFigures(at_rest, traced, peak, statistics.median(times), *rates)
+
+
+def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
+    """The master index in both shapes: built directly, and loaded from index files."""
+    rows = []
+    for label, per_pack, bsize in (
+        ("small files (~10 KiB blobs, 1,600 per pack)", 1600, 10 << 10),
+        ("large files (1 MiB chunks, 16 per pack)", 16, 1 << 20),
+    ):
+
+        def direct(per_pack: int = per_pack, bsize: int = bsize) -> MasterIndex:
+            return _build_index(n, per_pack, bsize)
+
+        backend, keys = _index_files(n, per_pack, bsize, INDEX_EVERY_BLOBS)
+        files = sum(1 for _ in backend.list(layout.INDEX))
+
+        def loaded(backend: MemoryBackend = backend, keys: crypto.MasterKeys = keys) -> MasterIndex:
+            return _load_index(backend, keys)
+
+        for how, build in (
+            ("MasterIndex.add_pack", direct),
+            (f"IndexStore.load of {files} index files", loaded),
+        ):
+            f = index_figures(build, n, per_pack, repeat, lookups)
+            rows.append(
+                (
+                    f"index, {n:,} blobs, {label}, {how}",
+                    f"at rest {f.at_rest:.1f} B/blob (heap traced: {f.at_rest_traced:.1f}), "
+                    f"peak {f.peak:.1f} B/blob, built in {f.seconds:.2f} s; "
+                    f"get {f.gets_present / 1e3:.0f}k/s present, "
+                    f"{f.gets_absent / 1e3:.0f}k/s absent; in {f.contains / 1e3:.0f}k/s",
+                )
+            )
+        del backend
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--blobs", type=int, default=1_000_000)
     ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each index build")
+    ap.add_argument("--lookups", type=int, default=200_000, help="present and absent IDs")
+    ap.add_argument("--index-only", action="store_true", help="only the master index rows")
     args = ap.parse_args()
+    rows = index_rows(args.blobs, args.repeat, args.lookups)
+    if args.index_only:
+        _print(rows)
+        return
+
     size = args.mib << 20
     data = os.urandom(size)
     keys = crypto.MasterKeys.generate()
-    rows: list[tuple[str, str]] = []
-
-    for label, per_pack, bsize in (
-        ("small files (~10 KiB blobs, 1,600 per pack)", 1600, 10 << 10),
-        ("large files (1 MiB chunks, 16 per pack)", 16, 1 << 20),
-    ):
-        per_blob, traced, secs = index_bytes_per_blob(args.blobs, per_pack, bsize)
-        rows.append(
-            (
-                f"index, {args.blobs:,} blobs, {label}",
-                f"{per_blob:.1f} B/blob (heap traced: {traced:.1f}), built in {secs:.1f} s",
-            )
-        )
-
     mib = 1 << 20
     blocks = [data[i : i + mib] for i in range(0, size, mib)]
     ad = crypto.blob_ad(BlobType.DATA, bytes(32))
@@ -156,6 +302,10 @@ def main() -> None:
     for label, fn in timed:
         rows.append((label, f"{rate(size, fn):.0f} MB/s"))
 
+    _print(rows)
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
     cpu = platform.processor() or platform.machine()
     print(
         f"cas core benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} CPUs, "

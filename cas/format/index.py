@@ -5,18 +5,29 @@ An index file is a document sealed under the index key (AD "cas.index.v1"):
 length, raw length], ...]}, ...], "supersedes": [index file ids]}`` and,
 when prune has marked packs for deletion, ``"garbage": [{"id": pack id,
 "marked": ns, "blobs": [...]}, ...]`` (spec §13.5).
+
+``decode_index`` gives every entry in full.  ``read_locations`` is the same
+decoding for loading the master index: a file of packs only comes back as
+its blob locations in three compact columns, never as a list per entry or a
+``PackEntry`` per blob (for a 100,000-blob file, a heap peak of 11-13 MB
+instead of 34-36 MB, and 5-6 MB kept instead of 24 MB).
 """
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from cas import crypto
 from cas.crypto import BlobType
 from cas.errors import FormatError
+from cas.format import compress
+from cas.format.codec import MAX_DOCUMENT, open_document, seal_document, unpack_map
 from cas.format.codec import field as get_field
-from cas.format.codec import open_document, seal_document
 from cas.format.pack import PackEntry
 
 INDEX_AD = b"cas.index.v1"
@@ -58,7 +69,10 @@ def encode_index(
 def decode_index(raw: bytes, index_key: crypto.Sealer | bytes) -> IndexFile:
     """Authenticate and parse an index file, validating every entry's shape."""
     what = "index file"
-    doc = open_document(index_key, INDEX_AD, raw, what)
+    return _decode_doc(open_document(index_key, INDEX_AD, raw, what), what)
+
+
+def _decode_doc(doc: dict[str, Any], what: str) -> IndexFile:
     out = IndexFile()
     for sup in get_field(doc, "supersedes", list, what):
         out.supersedes.append(_id(sup, what))
@@ -104,3 +118,157 @@ def _id(value: object, what: str) -> bytes:
     if not isinstance(value, bytes) or len(value) != crypto.ID_SIZE:
         raise FormatError(what=what, detail="malformed ID")
     return value
+
+
+# -- blob locations only, for loading the master index ------------------------------
+
+
+@dataclass(eq=False)
+class BlobLocations:
+    """The blob locations of an index file that lists packs only (no ``supersedes``,
+    no ``garbage``), in file order: what loading the master index needs of it."""
+
+    packs: list[tuple[bytes, int, int]]  # (pack id, its first blob, how many blobs)
+    ids: bytes  # the blob IDs, 32 bytes each
+    offsets: array[int]
+    lengths: array[int]
+
+    def __iter__(self) -> Iterator[tuple[bytes, Iterator[tuple[bytes, int, int]]]]:
+        """Each pack's ID and its (blob id, offset, length), in file order."""
+        for pack_id, first, count in self.packs:
+            yield pack_id, self._blobs(first, first + count)
+
+    def _blobs(self, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+        ids, size = self.ids, crypto.ID_SIZE
+        for i, offset, length in zip(
+            range(start * size, end * size, size),
+            self.offsets[start:end],
+            self.lengths[start:end],
+            strict=True,
+        ):
+            yield ids[i : i + size], offset, length
+
+
+def read_locations(
+    fetch: Callable[[], bytes], index_key: crypto.Sealer | bytes
+) -> BlobLocations | IndexFile:
+    """``decode_index(fetch(), index_key)``, but a file of packs only comes back as
+    its :class:`BlobLocations`.
+
+    Accepts and refuses exactly what ``decode_index`` does, with the same
+    errors: the same steps run (open, decompress, msgpack), and the shortcut
+    taken while parsing is checked afterwards; whatever it does not cover (a
+    file written by prune, or anything unusual, damaged or hostile) is
+    decoded by ``decode_index``'s own code from the bytes at hand.  ``fetch``
+    rather than the sealed bytes, so that they are freed once opened.
+
+    The shortcut: msgpack hands every array to a hook as it is parsed.  An
+    array that is a valid blob entry (the very tests of ``decode_index``)
+    goes into three columns and is replaced by a marker; an array made only
+    of markers (a pack's ``blobs``) by the (first, count) of its entries.
+    The document is then accepted only if every such range is the ``blobs``
+    of a valid pack and nothing else was replaced: then it is exactly a
+    document ``decode_index`` accepts, entries and all.
+    """
+    what = "index file"
+    plain = crypto.as_sealer(index_key).open(fetch(), INDEX_AD, what)
+    payload = compress.decode_payload(plain, MAX_DOCUMENT, what)
+    del plain
+    ids, offsets, lengths = bytearray(), array("Q"), array("Q")
+    ranges = [0]
+    try:
+        doc = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=False,
+            use_list=True,
+            list_hook=_entry_hook(ids, offsets, lengths, ranges),
+        )
+        packs = _plain_packs(doc, len(offsets), ranges[0])
+    except Exception:  # whatever it was, decode_index's own code says what
+        packs = None
+    doc = None
+    if packs is None:
+        del ids, offsets, lengths
+        return _decode_doc(unpack_map(payload, what), what)
+    del payload
+    return BlobLocations(packs, bytes(ids), offsets, lengths)
+
+
+_ENTRY = object()  # what the hook leaves in place of a valid blob entry
+
+
+def _entry_hook(
+    ids: bytearray, offsets: array[int], lengths: array[int], ranges: list[int]
+) -> Callable[[list[Any]], Any]:
+    add_id, add_offset, add_length = ids.extend, offsets.append, lengths.append
+    overhead, id_size, entry = crypto.SEAL_OVERHEAD, crypto.ID_SIZE, _ENTRY
+
+    def hook(items: list[Any]) -> Any:
+        if len(items) == 5:
+            bid, t, off, length, raw_len = items
+            # _pack's tests, all of them, as one condition.
+            if (
+                type(t) is type(off) is type(length) is type(raw_len) is int
+                and (t == 0 or t == 1)
+                and off >= 0
+                and length > overhead
+                and raw_len >= 0
+                and type(bid) is bytes
+                and len(bid) == id_size
+            ):
+                add_id(bid)
+                add_offset(off)
+                add_length(length)
+                return entry
+        if items and items.count(entry) == len(items):
+            # Only entries: they are the last len(items) ones parsed.
+            ranges[0] += 1
+            return (len(offsets) - len(items), len(items))
+        return items
+
+    return hook
+
+
+def _plain_packs(doc: Any, entries: int, ranges: int) -> list[tuple[bytes, int, int]] | None:
+    """(pack id, first, count) of each pack of a hooked document that ``decode_index``
+    accepts with no ``supersedes`` and no ``garbage``; None for anything else."""
+    if type(doc) is not dict:
+        return None
+    v = doc.get("v")
+    if not isinstance(v, int) or v != 1:
+        return None
+    supersedes = doc.get("supersedes")
+    if type(supersedes) is not list or supersedes:
+        return None
+    if "garbage" in doc:
+        garbage = doc["garbage"]
+        if type(garbage) is not list or garbage:
+            return None
+    packs = doc.get("packs")
+    if type(packs) is not list:
+        return None
+    out: list[tuple[bytes, int, int]] = []
+    seen: set[bytes] = set()
+    used = listed = 0
+    for p in packs:
+        if type(p) is not dict:
+            return None
+        pack_id, blobs = p.get("id"), p.get("blobs")
+        if type(pack_id) is not bytes or len(pack_id) != crypto.ID_SIZE or pack_id in seen:
+            return None
+        if type(blobs) is tuple:
+            first, count = blobs
+            used += 1
+        elif type(blobs) is list and not blobs:
+            first = count = 0
+        else:
+            return None
+        seen.add(pack_id)
+        out.append((pack_id, first, count))
+        listed += count
+    # Every entry and every range the hook made is accounted for: nothing was
+    # replaced anywhere else (an unknown field, a map key, a mixed array).
+    if used != ranges or listed != entries:
+        return None
+    return out

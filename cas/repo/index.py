@@ -2,29 +2,51 @@
 
 A Python dict of bytes keys costs about 200 bytes per blob; a million-blob
 repository would need 200 MB just to know what it holds.  Here every blob is
-one fixed-width record in a single sorted ``bytes`` buffer:
+one fixed-width record in sorted ``bytes`` buffers:
 
     ID bytes 2..31 (30 bytes) | pack number | offset | stored length
 
-The first two ID bytes select one of 65,536 buckets (a table of u32 record
-numbers) and are not stored; field widths are the fewest bytes that hold
-the largest value present.  Blob IDs are keyed hashes and so uniformly
-spread, which keeps the buckets even and a lookup to a few comparisons.
-New blobs collect in a small dict that is folded into the buffer whenever
-it grows past a fraction of it, so memory stays proportional to the count.
+The first ID byte selects one of 256 segments (one ``bytes`` each), the
+second one of the segment's 256 buckets (a table of u32 record numbers);
+neither is stored.  Field widths are the fewest bytes that hold the largest
+value present.  Blob IDs are keyed hashes and so uniformly spread, which
+keeps segments and buckets even and a lookup to a few comparisons.
+
+New blobs collect in a small dict (ID -> one int packing pack number, offset,
+length and the position the record will take in its segment, found by the
+duplicate check) that is folded into the segments whenever it grows past a
+32nd of them.  A fold rebuilds only the segments it adds to, one at a time,
+by copying slices of the old segment around the new records: the peak is the
+index plus the pending dict plus one segment, never a second copy of all
+records, and no fold turns old records into Python objects.
 """
 
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import add
 
 ID_LEN = 32
 TAIL = ID_LEN - 2
-BUCKETS = 1 << 16
+SEGMENTS = 256
+STRIDE = 257  # table entries per segment: 256 bucket starts and the segment's end
+
+# Pending values pack (pack number, position, offset, length) into one int;
+# values too large for these fields (never written by cas) are kept as a tuple.
+_P_BITS, _POS_BITS, _O_BITS = 32, 32, 64
+_POS_SHIFT = _P_BITS
+_O_SHIFT = _POS_SHIFT + _POS_BITS
+_N_SHIFT = _O_SHIFT + _O_BITS
+_P_MASK, _POS_MASK, _O_MASK = (1 << _P_BITS) - 1, (1 << _POS_BITS) - 1, (1 << _O_BITS) - 1
+
+# Fold pending blobs into the segments at this many, or at count >> PENDING_SHIFT.
+PENDING_MIN = 16384
+PENDING_SHIFT = 5
+# What one pending blob costs: dict slot, ID bytes object, packed int (measured).
+PENDING_ENTRY_BYTES = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,102 +62,109 @@ def _width(value: int) -> int:
     return max(1, (value.bit_length() + 7) // 8)
 
 
-def _widths(
-    at_least: tuple[int, int, int], values: Collection[tuple[int, int, int]]
-) -> tuple[int, int, int]:
-    """Field widths that hold ``values`` and are no narrower than ``at_least``."""
-    return (
-        max(at_least[0], _width(max(v[0] for v in values))),
-        max(at_least[1], _width(max(v[1] for v in values))),
-        max(at_least[2], _width(max(v[2] for v in values))),
-    )
-
-
 class _Run:
-    """An immutable sorted buffer of fixed-width records with a bucket table."""
+    """Sorted fixed-width records in 256 segments, with a bucket table.
 
-    def __init__(self, records: list[bytes], widths: tuple[int, int, int]) -> None:
-        # records: full 32-byte ID + encoded values, sorted, unique by ID.
+    ``table[s * STRIDE + b]`` is the number of the first record of bucket
+    ``b`` within segment ``s``; ``table[s * STRIDE + 256]`` is the segment's
+    record count.  Segment ``s`` holds the records of IDs starting with byte
+    ``s``; bucket ``b`` those whose second byte is ``b``.
+    """
+
+    __slots__ = ("count", "rsize", "segs", "table", "widths")
+
+    def __init__(self, widths: tuple[int, int, int] = (1, 1, 1)) -> None:
         self.widths = widths
         self.rsize = TAIL + sum(widths)
-        self.count = len(records)
-        counts = array("I", bytes(4 * (BUCKETS + 1)))
-        for r in records:
-            counts[(r[0] << 8 | r[1]) + 1] += 1
-        # Prefix sums: bucket b's records are buckets[b] .. buckets[b + 1] - 1.
-        self.buckets = array("I", accumulate(counts)) if records else counts
-        self.data = b"".join([r[2:] for r in records])
+        self.count = 0
+        self.segs: list[bytes] = [b""] * SEGMENTS
+        self.table = array("I", bytes(4 * SEGMENTS * STRIDE))
 
-    @classmethod
-    def merged(cls, old: _Run, new: list[bytes]) -> _Run:
-        """``old`` plus ``new`` (sorted full records of old's widths, IDs not in ``old``).
-
-        Buckets without new records are copied as they are, in slices, so a
-        merge costs one new buffer, not a list of every record.
-        """
-        rs, data, view = old.rsize, old.data, memoryview(old.data)
-        added = array("I", bytes(4 * (BUCKETS + 1)))
-        parts: list[bytes | memoryview] = []
-        done = 0  # records of ``old`` already placed
-        i = 0
-        while i < len(new):
-            b = new[i][0] << 8 | new[i][1]
-            j = i
-            while j < len(new) and (new[j][0] << 8 | new[j][1]) == b:
-                j += 1
-            lo, hi = old.buckets[b], old.buckets[b + 1]
-            parts.append(view[done * rs : lo * rs])
-            mixed = [data[k * rs : (k + 1) * rs] for k in range(lo, hi)]
-            mixed += [r[2:] for r in new[i:j]]
-            mixed.sort()
-            parts.append(b"".join(mixed))
-            added[b + 1] = j - i
-            done, i = hi, j
-        parts.append(view[done * rs :])
-        run = cls([], old.widths)
-        run.count = old.count + len(new)
-        run.buckets = array(
-            "I", (x + y for x, y in zip(old.buckets, accumulate(added), strict=True))
-        )
-        run.data = b"".join(parts)
-        return run
-
-    def find(self, blob_id: bytes) -> int:
-        """Record number of ``blob_id`` or -1."""
-        b = blob_id[0] << 8 | blob_id[1]
-        lo, hi = self.buckets[b], self.buckets[b + 1]
-        tail, rs, data = blob_id[2:], self.rsize, self.data
+    def locate(self, blob_id: bytes) -> int:
+        """Record number of ``blob_id`` in its segment, or ``-1 - n`` where ``n`` is
+        the number it would take (the records before it stay where they are)."""
+        k = blob_id[0] * STRIDE + blob_id[1]
+        t = self.table
+        lo, end = t[k], t[k + 1]
+        hi = end
+        tail, rs, data = blob_id[2:], self.rsize, self.segs[blob_id[0]]
         while lo < hi:
             mid = (lo + hi) >> 1
             if data[mid * rs : mid * rs + TAIL] < tail:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < self.buckets[b + 1] and data[lo * rs : lo * rs + TAIL] == tail:
+        if lo < end and data[lo * rs : lo * rs + TAIL] == tail:
             return lo
-        return -1
+        return -1 - lo
 
-    def values(self, rec: int) -> tuple[int, int, int]:
-        pos = rec * self.rsize + TAIL
-        out = []
-        for w in self.widths:
-            out.append(int.from_bytes(self.data[pos : pos + w], "little"))
-            pos += w
-        return out[0], out[1], out[2]
+    def find(self, blob_id: bytes) -> tuple[int, int, int] | None:
+        """(pack number, offset, length) of ``blob_id``, or None."""
+        k = blob_id[0] * STRIDE + blob_id[1]
+        t = self.table
+        lo, end = t[k], t[k + 1]
+        hi = end
+        tail, rs, data = blob_id[2:], self.rsize, self.segs[blob_id[0]]
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if data[mid * rs : mid * rs + TAIL] < tail:
+                lo = mid + 1
+            else:
+                hi = mid
+        pos = lo * rs
+        if lo < end and data[pos : pos + TAIL] == tail:
+            wp, wo, _ = self.widths
+            x = int.from_bytes(data[pos + TAIL : pos + rs], "little")
+            so = 8 * wp
+            sn = so + 8 * wo
+            return x & ((1 << so) - 1), (x >> so) & ((1 << (sn - so)) - 1), x >> sn
+        return None
 
     def iter_records(self) -> Iterator[tuple[bytes, int, int, int]]:
         """Every (blob id, pack number, offset, length) in ID order."""
-        for rec in range(self.count):
-            b = bisect_right(self.buckets, rec) - 1
-            start = rec * self.rsize
-            yield (bytes((b >> 8, b & 0xFF)) + self.data[start : start + TAIL], *self.values(rec))
+        rs, t = self.rsize, self.table
+        wp, wo, _ = self.widths
+        so = 8 * wp
+        sn = so + 8 * wo
+        for s, data in enumerate(self.segs):
+            for b in range(256):
+                k = s * STRIDE + b
+                for rec in range(t[k], t[k + 1]):
+                    pos = rec * rs
+                    x = int.from_bytes(data[pos + TAIL : pos + rs], "little")
+                    yield (
+                        bytes((s, b)) + data[pos : pos + TAIL],
+                        x & ((1 << so) - 1),
+                        (x >> so) & ((1 << (sn - so)) - 1),
+                        x >> sn,
+                    )
+
+    def widen(self, widths: tuple[int, int, int]) -> None:
+        """Encode every record again with (wider) ``widths``, one segment at a time."""
+        rs, (wp, wo, _) = self.rsize, self.widths
+        so, sn = 8 * wp, 8 * (wp + wo)
+        mp, mo = (1 << so) - 1, (1 << (sn - so)) - 1
+        so2, sn2 = 8 * widths[0], 8 * (widths[0] + widths[1])
+        vw = sum(widths)
+        for s, data in enumerate(self.segs):
+            parts = []
+            for pos in range(0, len(data), rs):
+                x = int.from_bytes(data[pos + TAIL : pos + rs], "little")
+                parts.append(data[pos : pos + TAIL])
+                parts.append(
+                    (x & mp | ((x >> so) & mo) << so2 | (x >> sn) << sn2).to_bytes(vw, "little")
+                )
+            self.segs[s] = b"".join(parts)
+        self.widths = widths
+        self.rsize = TAIL + vw
 
 
-def _encode(blob_id: bytes, vals: tuple[int, int, int], widths: tuple[int, int, int]) -> bytes:
-    (p, o, n), (wp, wo, wn) = vals, widths
-    return b"".join(
-        (blob_id, p.to_bytes(wp, "little"), o.to_bytes(wo, "little"), n.to_bytes(wn, "little"))
-    )
+def _unpack_pending(v: int | tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """(pack number, position, offset, length) of a pending value."""
+    if type(v) is int:
+        return v & _P_MASK, (v >> _POS_SHIFT) & _POS_MASK, (v >> _O_SHIFT) & _O_MASK, v >> _N_SHIFT
+    assert isinstance(v, tuple)
+    return v
 
 
 class MasterIndex:
@@ -143,14 +172,17 @@ class MasterIndex:
 
     def __init__(self) -> None:
         self._packs = bytearray()  # pack IDs, 32 bytes each, indexed by pack number
-        self._run = _Run([], (1, 1, 1))
-        self._pending: dict[bytes, tuple[int, int, int]] = {}
+        self._run = _Run()
+        # blob ID -> packed (pack number, position in its segment, offset, length)
+        self._pending: dict[bytes, int | tuple[int, int, int, int]] = {}
+        # OR of the pending pack numbers, offsets and lengths: their widths
+        self._or_p = self._or_o = self._or_n = 0
 
     def __len__(self) -> int:
         return self._run.count + len(self._pending)
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._pending or self._run.find(blob_id) >= 0
+        return blob_id in self._pending or self._run.locate(blob_id) >= 0
 
     @property
     def pack_count(self) -> int:
@@ -164,14 +196,17 @@ class MasterIndex:
 
     def get(self, blob_id: bytes) -> Location | None:
         """Where ``blob_id`` is stored, or None."""
-        vals = self._pending.get(blob_id)
-        if vals is None:
-            rec = self._run.find(blob_id)
-            if rec < 0:
+        pending = self._pending
+        v = pending.get(blob_id) if pending else None
+        if v is None:
+            vals = self._run.find(blob_id)
+            if vals is None:
                 return None
-            vals = self._run.values(rec)
-        n = vals[0] * ID_LEN
-        return Location(bytes(self._packs[n : n + ID_LEN]), vals[1], vals[2])
+            number, offset, length = vals
+        else:
+            number, _, offset, length = _unpack_pending(v)
+        n = number * ID_LEN
+        return Location(bytes(self._packs[n : n + ID_LEN]), offset, length)
 
     def add_pack(self, pack_id: bytes, blobs: Iterable[tuple[bytes, int, int]]) -> int:
         """Record the (blob id, offset, length) of one pack; returns how many blobs were new.
@@ -181,36 +216,92 @@ class MasterIndex:
         """
         number = len(self._packs) // ID_LEN
         self._packs += pack_id
+        pending, locate = self._pending, self._run.locate
+        or_o = or_n = 0
         added = 0
         for blob_id, offset, length in blobs:
-            if blob_id not in self._pending and self._run.find(blob_id) < 0:
-                self._pending[blob_id] = (number, offset, length)
-                added += 1
-        if len(self._pending) >= max(65536, self._run.count // 8):
-            self.compact()
+            if blob_id in pending:
+                continue
+            pos = locate(blob_id)
+            if pos >= 0:
+                continue
+            pos = -1 - pos
+            if (offset | length) >> _O_BITS or number >> _P_BITS or pos >> _POS_BITS:
+                pending[blob_id] = (number, pos, offset, length)
+            else:
+                pending[blob_id] = (
+                    number | pos << _POS_SHIFT | offset << _O_SHIFT | length << _N_SHIFT
+                )
+            or_o |= offset
+            or_n |= length
+            added += 1
+        if added:
+            self._or_p |= number
+            self._or_o |= or_o
+            self._or_n |= or_n
+            if len(pending) >= max(PENDING_MIN, self._run.count >> PENDING_SHIFT):
+                self.compact()
         return added
 
     def compact(self) -> None:
-        """Fold pending entries into the sorted buffer."""
-        if not self._pending:
+        """Fold pending entries into the sorted segments."""
+        pending = self._pending
+        if not pending:
             return
-        old = self._run
-        widths = _widths(old.widths, self._pending.values())
-        records = sorted(_encode(k, v, widths) for k, v in self._pending.items())
+        if self._or_o < 0 or self._or_n < 0:
+            raise OverflowError("can't convert negative int to unsigned")
+        run = self._run
+        widths = (
+            max(run.widths[0], _width(self._or_p)),
+            max(run.widths[1], _width(self._or_o)),
+            max(run.widths[2], _width(self._or_n)),
+        )
+        if widths != run.widths:
+            # A field grew wider (or the first fill): every record is encoded again.
+            run.widen(widths)
+        rs, vw = run.rsize, sum(widths)
+        so, sn = 8 * widths[0], 8 * (widths[0] + widths[1])
+        segs, table = run.segs, run.table
+        keys = sorted(pending)
+        i, total = 0, len(keys)
+        while i < total:
+            s = keys[i][0]
+            data = segs[s]
+            view = memoryview(data)
+            parts: list[bytes | memoryview] = []
+            adds = [0] * STRIDE
+            done = 0
+            while i < total:
+                blob_id = keys[i]
+                if blob_id[0] != s:
+                    break
+                number, pos, offset, length = _unpack_pending(pending[blob_id])
+                at = pos * rs
+                if at != done:
+                    parts.append(view[done:at])
+                    done = at
+                parts.append(blob_id[2:])
+                parts.append((number | offset << so | length << sn).to_bytes(vw, "little"))
+                adds[blob_id[1] + 1] += 1
+                i += 1
+            parts.append(view[done:])
+            segs[s] = b"".join(parts)
+            del parts
+            view.release()
+            base = s * STRIDE
+            table[base : base + STRIDE] = array(
+                "I", map(add, table[base : base + STRIDE], accumulate(adds))
+            )
+        run.count += total
         self._pending = {}
-        if widths == old.widths and old.count:
-            self._run = _Run.merged(old, records)
-            return
-        # First fill, or a field grew wider: every record is encoded again.
-        records += [_encode(k, (p, o, n), widths) for k, p, o, n in old.iter_records()]
-        records.sort()
-        self._run = _Run(records, widths)
+        self._or_p = self._or_o = self._or_n = 0
 
     def memory_bytes(self) -> int:
         """Bytes held by the index structures (records, buckets, pack table), for benchmarks."""
+        run = self._run
         return (
-            len(self._run.data)
-            + self._run.buckets.itemsize * len(self._run.buckets)
+            sum(len(s) for s in run.segs)
+            + run.table.itemsize * len(run.table)
             + len(self._packs)
-            + len(self._pending) * 200
+            + len(self._pending) * PENDING_ENTRY_BYTES
         )

@@ -11,6 +11,7 @@ replaces it, prune refuses to run).
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 from cas import crypto
 from cas.backend.base import Backend
@@ -76,27 +77,34 @@ class IndexStore:
     def load(self) -> None:
         """Read every index file into the master index (once).
 
-        Index files are decoded one at a time and dropped once added, so a
-        million blobs cost the compact index, not a million decoded entries.
-        Only while a prune is under way (superseded files, packs marked as
-        garbage) must all files be seen before any is used: then the files
-        are read again, the slow way.
+        Index files are decoded one at a time, as compact columns of blob
+        locations (``read_locations``: no object per entry), and dropped once
+        added, so a million blobs cost the compact index and one file's
+        columns, not a million decoded entries.  Only while a prune is under
+        way (superseded files, packs marked as garbage) must all files be
+        seen before any is used: then the files are read again, the slow way.
         """
         if self.loaded:
             return
         ids = self.file_ids()
         self._seen.update(ids)
         for fid in ids:
+            fetch = partial(read_verified, self.backend, layout.index_name(fid), "index file")
             try:
-                f = self.read(fid)
+                f = indexfmt.read_locations(fetch, self._keys.index)
             except (IntegrityError, UnsupportedVersion) as e:
                 self.damaged[fid] = str(e)
                 continue
-            if f.supersedes or f.garbage:
+            if isinstance(f, indexfmt.BlobLocations):
+                for pack_id, blobs in f:
+                    self.index.add_pack(pack_id, blobs)
+            elif f.supersedes or f.garbage:
                 self._load_during_prune()
                 break
-            for pack_id, entries in f.packs.items():
-                self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+            else:
+                for pack_id, entries in f.packs.items():
+                    self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+            del f  # before the next file is read
         self.index.compact()
         self.garbage_index.compact()
         self.loaded = True
