@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import TEST_ENV, run_cas
+from tests.support.cli import TEST_ENV, read_until, run_cas
 
 PASSWORD = "correct horse"
 
@@ -82,22 +80,6 @@ def test_no_password_says_which_and_how(repo: Path, tmp_path: Path) -> None:
     assert r.code == 2 and f"no password for {other}" in r.err, r.err
 
 
-def _read_until(fd: int, pattern: bytes, hang: float = 120) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + hang  # bounds a hang only
-    while pattern not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def test_init_on_a_terminal_warns_and_asks_twice(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
@@ -106,17 +88,17 @@ def test_init_on_a_terminal_warns_and_asks_twice(tmp_path: Path) -> None:
     if pid == 0:
         os.execve(sys.executable, [sys.executable, "-m", "cas", "-r", str(repo), "init"], env)
     try:
-        first = _read_until(fd, b"new password")
+        first = read_until(fd, b"new password")
         assert b"cannot recover a lost password" in first, first
         os.write(fd, b"one\n")
-        _read_until(fd, b"confirmation")
+        read_until(fd, b"confirmation")
         os.write(fd, b"two\n")  # a typo: asked again
-        again = _read_until(fd, b"new password")
+        again = read_until(fd, b"new password")
         assert b"do not match" in again, again
         os.write(fd, b"right\n")
-        _read_until(fd, b"confirmation")
+        read_until(fd, b"confirmation")
         os.write(fd, b"right\n")
-        done = _read_until(fd, b"created repository")
+        done = read_until(fd, b"created repository")
         assert b"created repository" in done, done
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0

@@ -16,7 +16,6 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import stat
 import subprocess
@@ -35,7 +34,7 @@ from cas.backend.local import LocalBackend
 from cas.chunking.worker import OFFLOAD_MIN
 from cas.errors import WrongPassword
 from cas.repo import layout, open_repository
-from tests.support.cli import TEST_ENV, Result, run_cas
+from tests.support.cli import TEST_ENV, Result, read_until, run_cas
 from tests.test_crash import parallel
 
 SECRET = "Sekr1t-Pa55phrase-xyzzy-4711"
@@ -224,22 +223,6 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
 # -- the prompt -----------------------------------------------------------------------------
 
 
-def _read_until(fd: int, pattern: bytes, timeout: float = 30) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while pattern not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
 def test_password_prompt_does_not_echo(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     env = _env(tmp_path, CAS_PASSWORD=SECRET)
@@ -249,13 +232,13 @@ def test_password_prompt_does_not_echo(tmp_path: Path) -> None:
     if pid == 0:  # the child: cas with the pseudo-terminal as its controlling terminal
         os.execve(sys.executable, [sys.executable, "-m", "cas", "-r", str(repo), "snapshots"], env)
     try:
-        prompt = _read_until(fd, b"password")
+        prompt = read_until(fd, b"password")
         assert b"password" in prompt, prompt
         time.sleep(0.2)  # let getpass switch echo off after printing the prompt
         attrs = termios.tcgetattr(fd)
         assert not attrs[3] & termios.ECHO, "echo is on while the password is typed"
         os.write(fd, SECRET.encode() + b"\n")
-        rest = _read_until(fd, b"snapshots\r\n")
+        rest = read_until(fd, b"snapshots\r\n")
         assert SECRET.encode() not in prompt + rest, rest
         assert b"0 snapshots" in rest, rest
         _, status = os.waitpid(pid, 0)

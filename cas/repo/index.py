@@ -100,25 +100,16 @@ class _Run:
 
     def find(self, blob_id: bytes) -> tuple[int, int, int] | None:
         """(pack number, offset, length) of ``blob_id``, or None."""
-        k = blob_id[0] * STRIDE + blob_id[1]
-        t = self.table
-        lo, end = t[k], t[k + 1]
-        hi = end
-        tail, rs, data = blob_id[2:], self.rsize, self.segs[blob_id[0]]
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if data[mid * rs : mid * rs + TAIL] < tail:
-                lo = mid + 1
-            else:
-                hi = mid
-        pos = lo * rs
-        if lo < end and data[pos : pos + TAIL] == tail:
-            wp, wo, _ = self.widths
-            x = int.from_bytes(data[pos + TAIL : pos + rs], "little")
-            so = 8 * wp
-            sn = so + 8 * wo
-            return x & ((1 << so) - 1), (x >> so) & ((1 << (sn - so)) - 1), x >> sn
-        return None
+        rec = self.locate(blob_id)
+        if rec < 0:
+            return None
+        rs = self.rsize
+        pos = rec * rs
+        wp, wo, _ = self.widths
+        x = int.from_bytes(self.segs[blob_id[0]][pos + TAIL : pos + rs], "little")
+        so = 8 * wp
+        sn = so + 8 * wo
+        return x & ((1 << so) - 1), (x >> so) & ((1 << (sn - so)) - 1), x >> sn
 
     def iter_records(self) -> Iterator[tuple[bytes, int, int, int]]:
         """Every (blob id, pack number, offset, length) in ID order."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,20 @@ def run_cas(
     return Result(
         proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     )
+
+
+def read_until(fd: int, pattern: bytes, hang: float = 120) -> bytes:
+    """Read a pseudo-terminal until ``pattern`` appears (``hang`` only bounds a hang)."""
+    buf = b""
+    deadline = time.monotonic() + hang
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return buf
