@@ -174,7 +174,16 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
         partial(run, "stats", env=by_env),
         partial(run, "--json", "key", "list", env=by_env),
         partial(run, "cat", "config", env=by_env),
-        partial(run, "restore", "latest", "--target", str(tmp_path / "out"), env=by_env),
+        partial(
+            run,
+            "restore",
+            "latest",
+            "--target",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+            env=by_env,
+        ),
     ]
     results = parallel(*reads)
     assert all(r.code == 0 for r in results), [r.err for r in results]
@@ -203,16 +212,22 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
         assert OTHER.encode() not in out, out.decode(errors="replace")
         assert not _leaks(out, forms), out
     # Processes started: the password command of the runs that had one, the chunk
-    # helper of the first backup, and nothing else; no secret in their argv or
-    # environment (except where the user's own command holds one).
+    # helper of the first backup, restore's two writers, and nothing else; no secret
+    # in their argv or environment (except where the user's own command holds one).
     children = [json.loads(line) for line in session["log"].read_text().splitlines()]
-    assert len(children) == 4 and all(e == "subprocess.Popen" for e, _ in children), children
+    assert len(children) == 6 and all(e == "subprocess.Popen" for e, _ in children), children
     helpers = [args for _, args in children if "cas.chunking.worker" in args]
-    assert len(helpers) == 1, children
-    for _, args in children[:3]:
+    writers = [args for _, args in children if "cas.restore.worker" in args]
+    assert len(helpers) == 1 and len(writers) == 2, children
+    for _, args in children:
+        if "sys.exit(3)" in args:
+            continue  # the failing password command: the user put the secret in it
         assert not _leaks(args.encode(), forms), args
-        assert str(tmp_path / "pwcmd.py") in args or args in helpers, args
-    assert "CAS_" not in helpers[0] and SECRET not in helpers[0]
+        if args in helpers or args in writers:
+            assert SECRET not in args and "PASSWORD" not in args, args
+        else:
+            assert str(tmp_path / "pwcmd.py") in args, args
+    assert "CAS_" not in helpers[0]
     # Nothing in plaintext on disk, in the repository or in the cache.
     for root in (session["repo"], tmp_path / "cache"):
         for path in root.rglob("*"):

@@ -144,4 +144,4 @@ def open_memory(location: str, rest: str, options: MemoryOptions) -> Backend:
     return AccountingBackend(MemoryBackend(rest), prices=PriceTable.free())
 
 
-FACTORY = BackendFactory(("memory",), MemoryOptions, open_memory, "memory://")
+FACTORY = BackendFactory(("memory",), MemoryOptions, open_memory, "memory://", shared=False)

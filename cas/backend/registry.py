@@ -33,12 +33,15 @@ class BackendFactory:
     typed, the part after ``scheme://`` and an ``options_type`` instance, and
     returns the backend ready for use; it raises UsageError for a location or
     option it cannot accept.  ``example`` shows the form of a location.
+    ``shared``: another process that opens the same location with the same
+    options sees the same objects (false for the in-memory backend).
     """
 
     schemes: tuple[str, ...]
     options_type: type[Any]
     open: Callable[[str, str, Any], Backend]
     example: str
+    shared: bool = True
 
 
 _FACTORIES: dict[str, BackendFactory] = {}
@@ -56,6 +59,12 @@ def split_location(location: str) -> tuple[str, str]:
     if match is None:
         return "", location
     return match.group(1).lower(), location[match.end() :]
+
+
+def shared_location(location: str) -> bool:
+    """Whether another process can open ``location`` and see the same objects."""
+    factory = _FACTORIES.get(split_location(location)[0])
+    return factory is not None and factory.shared
 
 
 def open_backend(location: str, options: Iterable[object] = ()) -> Backend:

@@ -32,40 +32,18 @@ import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
-import msgpack
-
-from cas import crypto
+from cas import crypto, ipc
 from cas.chunking.chunker import Chunker, ChunkerParams
 
 OFFLOAD_MIN = 16 << 20  # files from this size are chunked by the helper
 _BATCH = 4  # chunks per message: the parent starts on a file's first chunks early
-_U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_send = ipc.send
+_recv = ipc.recv
 
 
 class WorkerGone(Exception):
     """The helper process failed; the caller chunks the file itself."""
-
-
-def _send(sock: socket.socket, value: Any) -> None:
-    data = msgpack.packb(value, use_bin_type=True)
-    sock.sendall(_U32.pack(len(data)) + data)
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        part = sock.recv(n - len(buf))
-        if not part:
-            raise EOFError("chunk helper closed its socket")
-        buf += part
-    return bytes(buf)
-
-
-def _recv(sock: socket.socket) -> Any:
-    (n,) = _U32.unpack(_exactly(sock, _U32.size))
-    return msgpack.unpackb(_exactly(sock, n), raw=False)
 
 
 class ChunkWorker:
@@ -89,27 +67,8 @@ class ChunkWorker:
         """The socket to the helper, starting it on first use (raises OSError)."""
         if self._sock is not None:
             return self._sock
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        # The helper imports this very copy of cas, installed or not; it needs
-        # no password or credentials, so none is passed on.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CAS_", "AWS_"))}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p
-        )
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cas.chunking.worker", str(child.fileno())],
-                env=env,
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        except OSError:
-            parent.close()
-            raise
-        finally:
-            child.close()
+        # It needs no password or credentials, so none is passed on.
+        self._proc, parent = ipc.spawn("cas.chunking.worker")
         self._sock = parent
         _send(parent, self._init)
         return parent
@@ -161,16 +120,12 @@ class ChunkWorker:
 
     def close(self) -> None:
         """Stop the helper (it ends when its socket closes)."""
-        if self._sock is not None:
+        if self._proc is not None and self._sock is not None:
+            ipc.stop(self._proc, self._sock)
+        elif self._sock is not None:
             self._sock.close()
-            self._sock = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+        self._sock = None
+        self._proc = None
 
 
 # -- the helper process ----------------------------------------------------------
@@ -212,7 +167,7 @@ def _serve(sock: socket.socket) -> None:
         if not msg:
             return  # the backup ended
         if len(msg) < _U64.size:
-            msg += _exactly(sock, _U64.size - len(msg))
+            msg = ipc.exactly(sock, _U64.size, msg)
         if len(fds) != 1:
             return
         try:
@@ -223,7 +178,8 @@ def _serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     """Entry point of the helper: ``python -m cas.chunking.worker FD``."""
-    sock = socket.socket(fileno=int(argv[1]))
+    ipc.die_with_parent()
+    sock = ipc.helper_socket(argv)
     try:
         _serve(sock)
     except (OSError, EOFError):

@@ -12,6 +12,9 @@ import click
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
 from cas.fs.patterns import PatternSet
+from cas.repo import Repository
+from cas.repo.readerspec import reader_spec
+from cas.restore.pool import AUTO_START_AFTER, WriterPool, usable_cores
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
 
 
@@ -70,6 +73,14 @@ class _Progress(RestoreReporter):
     "--delete", is_flag=True, help="Remove files in the target that are not in the snapshot."
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Only list what would change.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    envvar="CAS_WORKERS",
+    help="Processes that write files (default: one per usable core, when there are two "
+    "or more; 0: all in this process). Env: CAS_WORKERS.",
+)
 @pass_globals
 def restore(
     g: Globals,
@@ -82,6 +93,7 @@ def restore(
     verify: bool,
     delete: bool,
     dry_run: bool,
+    workers: int | None,
 ) -> None:
     """Restore a snapshot into --target: a snapshot of /a/b lands in TARGET/a/b."""
     out = Output(g)
@@ -102,8 +114,16 @@ def restore(
         sid, snap = repo.find_snapshot(ref)
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
+        connections = g.connections or 4
+        pool, after = _writers(g, repo, opts, workers, connections)
         restorer = Restorer(
-            repo, repo.file_digest, opts, _Progress(out, dry_run), connections=g.connections or 4
+            repo,
+            repo.file_digest,
+            opts,
+            _Progress(out, dry_run),
+            connections=connections,
+            writers=pool,
+            writers_after=after,
         )
         started = time.time()
         summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
@@ -119,6 +139,28 @@ def restore(
         sys.exit(EXIT_ERROR)
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
+
+
+def _writers(
+    g: Globals, repo: Repository, opts: RestoreOptions, workers: int | None, connections: int
+) -> tuple[WriterPool | None, int]:
+    """The writer processes for this restore and after how many files they start: with
+    the default count, not for a small restore (starting them costs more than it saves)."""
+    count = workers if workers is not None else usable_cores()
+    if opts.dry_run or count < 1 or (workers is None and count < 2):
+        return None, 0
+    spec = reader_spec(repo, repo.location, g.options().backend)
+    if spec is None:
+        return None, 0
+    pool = WriterPool(
+        spec,
+        count,
+        numeric_owner=opts.numeric_owner,
+        verify=opts.verify,
+        delete=opts.delete,
+        connections=connections,
+    )
+    return pool, (AUTO_START_AFTER if workers is None else 0)
 
 
 def _human(out: Output, doc: dict[str, Any]) -> None:

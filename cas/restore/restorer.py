@@ -34,11 +34,16 @@ from cas.format.tree import Node
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
+from cas.repo.index import Location
 from cas.restore.blobstream import BlobStream, PackReader
+from cas.restore.pool import WriterEvent, WriterPool
 from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
 PREFETCH_THREADS = 4
+# A batch handed to a writer process: up to this many files or bytes of one directory.
+BATCH_FILES = 64
+BATCH_BYTES = 16 << 20
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -76,6 +81,7 @@ class RestoreSummary:
     verified: int = 0
     failed: list[str] = field(default_factory=list)
     warnings: int = 0
+    writers: int = 0  # writer processes that took part
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
@@ -111,6 +117,11 @@ class _Dir:
     fresh: bool = False  # created empty by this restore: nothing in it to compare or replace
     fd: int = -1  # the directory, open once created (or, with --dry-run, if it exists)
     names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
+    # What must end before its metadata is applied: its own walk, each child
+    # directory, each batch of its files out at a writer process.
+    waiting: int = 1
+    batch: list[Node] = field(default_factory=list)  # files not yet handed to a writer
+    batch_bytes: int = 0
 
     def __post_init__(self) -> None:
         self.names = {n.name for n in self.todo}
@@ -126,6 +137,8 @@ class Restorer:
         options: RestoreOptions | None = None,
         reporter: RestoreReporter | None = None,
         connections: int = PREFETCH_THREADS,
+        writers: WriterPool | None = None,
+        writers_after: int = 0,
     ) -> None:
         self.repo = repo
         self.connections = max(1, connections)
@@ -151,6 +164,14 @@ class Restorer:
         # Temporary names: one random part per restore and a counter, not a getrandom per file.
         self._tmp_prefix = b".cas-restore-" + os.urandom(6).hex().encode() + b"-"
         self._tmp_count = 0
+        self._tmpfile = True  # O_TMPFILE works here, until it once does not
+        # Files (and symlinks, devices...) are written by writer processes when
+        # given (cas/restore/pool.py), once ``writers_after`` leaves were
+        # restored here: a small restore does not start processes.
+        self._pool = writers if writers is not None and not self.opts.dry_run else None
+        self._pool_after = writers_after
+        self._leaves_here = 0
+        self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
 
     # -- walking ------------------------------------------------------------
 
@@ -172,31 +193,52 @@ class Restorer:
         try:
             # The target itself may be reached through symlinks: it is the user's choice.
             root.fd = opener.open_dir(target)
+            self._open[id(root)] = root
         except OSError as e:
             if not self.opts.dry_run:
                 raise RestoreAborted(f"cannot open {_fmt(target)}: {dirfd.reason(e)}") from None
         stack = [root]
+        pool = self._pool
         try:
             while stack:
+                if pool is not None and pool.has_news():
+                    self._handle(pool.next_event())
                 d = stack[-1]
                 if not d.todo:
                     stack.pop()
-                    self._dir_done(d)
+                    self._send(d)
+                    self._release(d)
                     continue
                 node = d.todo.pop()
                 child = self._entry(d, node)
                 if child is not None:
+                    d.waiting += 1
                     stack.append(child)
+            while pool is not None and pool.busy():
+                self._handle(pool.next_event())
+            if pool is not None:
+                self.summary.writers = pool.started
         finally:
-            for d in stack:
+            for d in self._open.values():
                 opener.close_dir(d.fd)
+            self._open.clear()
             self.close()
         self._finish_flags()
         return self.summary
 
+    def _release(self, d: _Dir | None) -> None:
+        """One thing ``d`` waited for has ended; finish it (and so on up) when none is left."""
+        while d is not None:
+            d.waiting -= 1
+            if d.waiting > 0:
+                return
+            self._dir_done(d)
+            d = d.parent
+
     def _dir_done(self, d: _Dir) -> None:
         """Everything below ``d`` is restored: remove extras, apply its metadata, close it."""
         assert self._opener is not None
+        self._open.pop(id(d), None)
         try:
             if d.created and self.opts.delete:
                 self._delete_extras(d)
@@ -235,6 +277,25 @@ class Restorer:
             return child
         if not selected:
             return None
+        if self._pool is not None and node.links <= 1:
+            if self._leaves_here >= self._pool_after:
+                try:
+                    self._make_dir(d)
+                except OSError as e:
+                    self._os_failure(path, e)
+                    return None
+                d.batch.append(node)
+                d.batch_bytes += node.size
+                if len(d.batch) >= BATCH_FILES or d.batch_bytes >= BATCH_BYTES:
+                    self._send(d)
+                return None
+            self._leaves_here += 1
+        self._leaf(d, node)
+        return None
+
+    def _leaf(self, d: _Dir, node: Node) -> None:
+        """Restore the non-directory ``node`` in ``d`` here, in this process."""
+        path = d.target + b"/" + node.name
         planned = node.type == "file" and self._plan(d, node)
         self._taken = 0
         try:
@@ -247,13 +308,103 @@ class Restorer:
         except CasError as e:
             # Damaged, missing or unreadable data (a lost pack, a storage error
             # after retries): this file is named as not restored, the rest go on.
-            self._fail(path, str(e))
+            self._data_failed(path, node, e)
         finally:
             if planned and self._stream is not None:
                 # Skipped (identical, a hardlink) or failed part-way: not needed.
                 pairs = list(zip(node.content, node.sizes, strict=True))
                 self._stream.discard(pairs[self._taken :])
-        return None
+
+    def _data_failed(self, path: bytes, node: Node, e: CasError) -> None:
+        self._fail(path, str(e))
+
+    def plan_ahead(self, nodes: list[Node]) -> None:
+        """The blobs of these files will be asked for in this order (a writer's batch)."""
+        if self._stream is None:
+            return
+        files = [n for n in nodes if n.type == "file" and id(n) not in self._planned]
+        self._planned.update(id(n) for n in files)
+        self._stream.plan(
+            (b, size) for n in files for b, size in zip(n.content, n.sizes, strict=True)
+        )
+
+    def restore_leaves(
+        self, dir_fd: int, target: bytes, nodes: list[Node], *, fresh: bool
+    ) -> RestoreSummary:
+        """Restore these non-directory entries into the open directory ``dir_fd``
+        (shown as ``target``); what a writer process does with a batch.
+        ``fresh``: the directory was created empty by this restore."""
+        self._opener = self._opener or dirfd.Opener()
+        self.summary = RestoreSummary()
+        d = _Dir(target, b"", None, [], None, True, created=True, fresh=fresh, fd=dir_fd)
+        self.plan_ahead(nodes)
+        for node in nodes:
+            self._leaf(d, node)
+        return self.summary
+
+    # -- writer processes ---------------------------------------------------
+
+    def _send(self, d: _Dir) -> None:
+        """Hand ``d``'s pending files to a writer process (here, if none can take them)."""
+        nodes = d.batch
+        if not nodes:
+            return
+        d.batch, d.batch_bytes = [], 0
+        pool = self._pool
+        assert pool is not None and isinstance(self.repo, PackReader)
+        while pool.full():
+            self._handle(pool.next_event())
+        where: dict[bytes, Location] = {}
+        for n in nodes:
+            for b in n.content:
+                if b not in where:
+                    with contextlib.suppress(CasError):  # the writer reports it missing
+                        where[b] = self.repo.locate(b)
+        if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh):
+            d.waiting += 1
+        else:
+            self._here(d, nodes)
+
+    def _here(self, d: _Dir, nodes: list[Node]) -> None:
+        self.plan_ahead(nodes)
+        for node in nodes:
+            self._leaf(d, node)
+
+    def _handle(self, event: WriterEvent) -> None:
+        """Take in what a writer process reported."""
+        if event.bytes_done:
+            self.report.bytes_done(event.bytes_done)
+        if event.aborted is not None:
+            raise RestoreAborted(event.aborted)
+        done = event.done
+        if done is None:
+            for d, nodes in event.redo:
+                # The writer died with this batch: some of its files may be there
+                # (or its temporary files): compare and replace, as in a used target.
+                d.fresh = False
+                if d.fd >= 0:
+                    _remove_temporaries(d.fd, event.tmp_prefix)
+                self._here(d, nodes)
+                self._release(d)
+            if event.lost:
+                self._warn(event.lost)
+            return
+        d = done.directory
+        s = self.summary
+        for key, value in done.summary.items():
+            if key == "failed":
+                s.failed.extend(value)
+            elif isinstance(value, int) and hasattr(s, key):
+                setattr(s, key, getattr(s, key) + value)
+        for what, name in done.actions:
+            self.report.action(what, d.target + b"/" + name)
+        for message in done.warnings:
+            self.report.warning(message)
+        if done.retry:
+            # Data the writer could not read: here the whole index is at hand,
+            # with any other copy of a blob stored twice.
+            self._here(d, done.retry)
+        self._release(d)
 
     def _plan(self, d: _Dir, node: Node) -> bool:
         """Plan the blobs of ``node`` and of the files right after it (up to the next
@@ -317,6 +468,8 @@ class Restorer:
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
                 d.fresh = True
             d.fd = self._opener.open_dir(name, parent_fd)
+        if d.fd >= 0:
+            self._open[id(d)] = d
         d.created = True
         self.summary.dirs += 1
         self.report.action("dir", d.target)
@@ -351,7 +504,9 @@ class Restorer:
             else:
                 self.report.action("file", path)
                 if not self.opts.dry_run:
-                    self._write_file(dir_fd, path, node, restore_flags=not flags_later)
+                    self._write_file(
+                        dir_fd, path, node, restore_flags=not flags_later, fresh=d.fresh
+                    )
                 self.summary.files_restored += 1
         else:
             self.report.action(node.type, path)
@@ -410,9 +565,11 @@ class Restorer:
         return h.digest()
 
     def close(self) -> None:
-        """Stop the loading threads."""
+        """Stop the loading threads and the writer processes."""
         if self._stream is not None:
             self._stream.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def _blob(self, blob_id: bytes, size: int) -> bytes:
         if self._stream is None:
@@ -420,23 +577,35 @@ class Restorer:
         self._taken += 1  # taken even if loading it fails: the stream let go of it
         return self._stream.get(blob_id, size)
 
-    def _write_file(self, dir_fd: int, path: bytes, node: Node, *, restore_flags: bool) -> None:
-        """Write ``node`` under a temporary name, move it into place, apply its metadata.
+    def _write_file(
+        self, dir_fd: int, path: bytes, node: Node, *, restore_flags: bool, fresh: bool
+    ) -> None:
+        """Write ``node``'s content unnamed or under a temporary name, then give it its
+        name and apply its metadata.
 
-        Owner, xattrs, mode, times and flags go through the descriptor that
-        wrote the content, after the rename (an immutable file cannot be renamed)
-        and after ``--verify`` has read it back.
+        In a directory this restore created (``fresh``) the file is made with
+        ``O_TMPFILE`` and linked in once complete: one directory operation,
+        and a crash leaves nothing.  Elsewhere (or where the filesystem lacks
+        ``O_TMPFILE``) it is written under a temporary name and renamed over
+        whatever is in the way.  Owner, xattrs, mode, times and flags go
+        through the descriptor that wrote the content, after the file has its
+        name (an immutable file cannot be linked or renamed) and after
+        ``--verify`` has read it back.
         """
         name = node.name
-        self._tmp_count += 1
-        tmp = self._tmp_prefix + str(self._tmp_count).encode() + b"-" + name[:100]
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
-        renamed = False
+        fd = -1
+        if fresh and self._tmpfile:
+            try:
+                fd = os.open(b".", _TMPFILE_FLAGS, 0o600, dir_fd=dir_fd)
+            except OSError as e:
+                if e.errno not in _NO_TMPFILE:
+                    raise
+                self._tmpfile = False
+        tmp: bytes | None = None
+        if fd < 0:
+            tmp = self._tmp_name(name)
+            fd = os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+        named = False
         try:
             out = SparseWriter(fd)
             for blob_id, size in zip(node.content, node.sizes, strict=True):
@@ -444,20 +613,31 @@ class Restorer:
                 self.summary.bytes_written += size
                 self.report.bytes_done(size)
             out.finish()
-            try:  # rename replaces a file or symlink in the way, never following it
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            except (IsADirectoryError, PermissionError):  # a directory, an immutable file
-                self._clear(dir_fd, name)
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            renamed = True
+            if tmp is None:
+                try:
+                    os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dir_fd)
+                except FileExistsError:  # made since the directory was: replace it
+                    tmp = self._tmp_name(name)
+                    os.link(b"/proc/self/fd/%d" % fd, tmp, dst_dir_fd=dir_fd)
+            if tmp is not None:
+                try:  # rename replaces a file or symlink in the way, never following it
+                    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except (IsADirectoryError, PermissionError):  # a directory, an immutable file
+                    self._clear(dir_fd, name)
+                    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            named = True
             if self.opts.verify:  # before the mode is applied: it may forbid reading
                 self._verify(dir_fd, path, node)
             self._apply(dir_fd, name, path, node, restore_flags=restore_flags, fd=fd)
         finally:
             os.close(fd)
-            if not renamed:
+            if not named and tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dir_fd)
+
+    def _tmp_name(self, name: bytes) -> bytes:
+        self._tmp_count += 1
+        return self._tmp_prefix + str(self._tmp_count).encode() + b"-" + name[:100]
 
     def _verify(self, dir_fd: int, path: bytes, node: Node) -> None:
         if self._digest_of(dir_fd, node.name) != node.digest:
@@ -615,6 +795,16 @@ def _check_target(target: bytes) -> None:
         raise RestoreAborted(f"cannot write into {_fmt(target)}: {e.strerror}") from None
 
 
+def _remove_temporaries(dir_fd: int, prefix: bytes) -> None:
+    """Remove the temporary files named ``prefix...`` that a dead writer left."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(dir_fd):
+            name = os.fsencode(entry)
+            if name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dir_fd)
+
+
 def _unlock(dir_fd: int, name: bytes) -> None:
     """Clear immutable/append-only on an existing file or directory so it can be changed."""
     try:
@@ -629,6 +819,10 @@ def _unlock(dir_fd: int, name: bytes) -> None:
         pass  # the change that follows reports the real problem
 
 
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TMPFILE_FLAGS = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+# O_TMPFILE refused by the filesystem (or kernel): fall back to a temporary name.
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 _TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -21,6 +21,10 @@ TEST_ENV = {
     "CAS_KDF_MEMLIMIT": str(8 << 20),
     "CAS_CACHE_DIR": tempfile.mkdtemp(prefix="cas-test-cache-"),
 }
+# CAS_TEST_WORKERS=N runs every command of the suite with --workers N (CAS_WORKERS):
+# restores of any size then go through N writer processes.
+if os.environ.get("CAS_TEST_WORKERS"):
+    TEST_ENV["CAS_WORKERS"] = os.environ["CAS_TEST_WORKERS"]
 
 
 @dataclass

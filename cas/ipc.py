@@ -1,0 +1,151 @@
+"""Helper processes and the messages between them and cas.
+
+cas starts helpers (the chunk helper of a backup, restore's writer
+processes) as ``python -m <module> FD`` with one end of a Unix socket pair
+as their only channel: everything they need, keys included, travels over
+it, never on the command line or in the environment.  Messages are frames
+of a little-endian u32 length and a msgpack value; a frame may carry one
+file descriptor (SCM_RIGHTS), so a helper works on a directory or file the
+parent opened, however deep, without a path.
+
+A helper asks the kernel to kill it when its parent dies (``die_with_parent``):
+a ``kill -9`` of cas leaves no helper behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+
+_U32 = struct.Struct("<I")
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PR_SET_PDEATHSIG = 1
+
+
+def exactly(sock: socket.socket, n: int, start: bytes = b"") -> bytes:
+    """``n`` bytes from ``sock`` (``start``: the first of them, already read); EOFError
+    if the other end closes first."""
+    buf = bytearray(start)
+    while len(buf) < n:
+        part = sock.recv(n - len(buf))
+        if not part:
+            raise EOFError("the other process closed its socket")
+        buf += part
+    return bytes(buf)
+
+
+def send(sock: socket.socket, value: Any, fd: int | None = None) -> None:
+    """One frame holding ``value`` (and ``fd``, passed with its first bytes)."""
+    data = msgpack.packb(value, use_bin_type=True)
+    head = _U32.pack(len(data))
+    if fd is None:
+        sock.sendall(head + data)
+        return
+    sent = socket.send_fds(sock, [head], [fd])
+    sock.sendall(head[sent:] + data)
+
+
+def recv(sock: socket.socket) -> Any:
+    """The value of the next frame (which must carry no descriptor)."""
+    (n,) = _U32.unpack(exactly(sock, _U32.size))
+    return msgpack.unpackb(exactly(sock, n), raw=False)
+
+
+def recv_with_fd(sock: socket.socket) -> tuple[Any, int]:
+    """The next frame's value and the descriptor it carries; EOFError at the end and
+    ValueError if it carries no descriptor (one that came is closed)."""
+    head, fds, _, _ = socket.recv_fds(sock, _U32.size, 1)
+    if not head:
+        for fd in fds:
+            os.close(fd)
+        raise EOFError("the other process closed its socket")
+    try:
+        (n,) = _U32.unpack(exactly(sock, _U32.size, head))
+        value = msgpack.unpackb(exactly(sock, n), raw=False)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a frame came without its descriptor")
+    return value, fds[0]
+
+
+def spawn(
+    module: str, *, storage_access: bool = False
+) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start ``python -m module FD``; returns the process and the parent's socket.
+
+    The helper imports this very copy of cas, installed or not.  No variable
+    that names a password source (``CAS_*PASSWORD*``) is passed on.  Unless
+    ``storage_access`` (the helper reads the repository: it needs the user's
+    storage credentials and settings), no other ``CAS_*`` or ``AWS_*``
+    variable is either, except ``CAS_FAILPOINTS*``, so crash tests reach
+    helpers too.  Raises OSError if it cannot start.
+    """
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("CAS_") and "PASSWORD" in k)
+        and (
+            storage_access
+            or not k.startswith(("CAS_", "AWS_"))
+            or k.startswith("CAS_FAILPOINTS")
+        )
+    }
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(child.fileno())],
+            env=env,
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
+
+
+def stop(proc: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10.0) -> None:
+    """Close the helper's socket (it ends when it sees that) and reap it; killed if it
+    does not end within ``timeout`` seconds."""
+    sock.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def die_with_parent() -> None:
+    """In a helper: be killed when the process that started it dies (Linux), and stop
+    now if it is already gone."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the helper ends when its socket closes
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def helper_socket(argv: list[str]) -> socket.socket:
+    """In a helper: the socket whose descriptor number is ``argv[1]``."""
+    return socket.socket(fileno=int(argv[1]))

@@ -1,0 +1,282 @@
+"""Writer processes: restore's per-file work on every core.
+
+Creating a file, writing it and applying its metadata is Python work per
+file, and one interpreter runs it on one core.  The restorer's main process
+walks the snapshot's trees, creates the directories, restores hardlinked
+entries itself and applies each directory's metadata once everything in it
+is done; the other entries of a directory go in batches (up to
+``BATCH_FILES`` files or ``BATCH_BYTES`` bytes) to ``count`` writer
+processes (cas/restore/worker.py), each with the directory's descriptor
+(SCM_RIGHTS: no path, so any depth works and nothing planted in the target
+is followed), the nodes, and where each of their blobs is stored.  A
+writer reads and opens those blobs on its own backend and writes the files
+as the restorer does in one process (``Restorer.restore_leaves``), then
+reports what it did.  Each writer has at most ``per_writer`` batches
+waiting, which bounds the directories held open.
+
+What a writer cannot read (a damaged copy of a blob stored twice, a blob
+missing from its list) comes back to be tried again in the main process,
+which has the whole index.  A writer that dies is reported and its batches
+are restored again by the main process, comparing with what the writer
+left (its temporary names are removed); a writer that cannot start leaves
+all the work to the main process.
+
+Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
+``{"spec", "options", "prefix", "connections"}`` frame, then per batch a
+frame with the directory's descriptor: ``{"j": id, "fresh": bool, "path":
+shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
+...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
+[[action, name], ...], [warning, ...], [name to retry, ...]]`` when a batch
+is done, ``["x", message]`` when the restore must stop (the disk is full).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas import ipc
+from cas.format.tree import Node
+from cas.repo.index import Location
+from cas.repo.readerspec import ReaderSpec
+
+WORKER_MODULE = "cas.restore.worker"
+PER_WRITER = 4  # batches in flight per writer process
+# With the default number of writers, the first files of a restore are written by
+# the main process: a restore this small is over before processes would start.
+AUTO_START_AFTER = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Finished:
+    """A batch a writer finished."""
+
+    directory: Any
+    summary: dict[str, Any]
+    actions: list[tuple[str, bytes]]
+    warnings: list[str]
+    retry: list[Node]
+
+
+@dataclass
+class WriterEvent:
+    """One thing a writer reported: progress, a finished batch, an abort, or its death."""
+
+    bytes_done: int = 0
+    done: Finished | None = None
+    aborted: str | None = None
+    redo: list[tuple[Any, list[Node]]] = field(default_factory=list)
+    lost: str | None = None  # a writer died: the warning to show
+    tmp_prefix: bytes = b""  # the dead writer's temporary names
+
+
+@dataclass
+class _Writer:
+    number: int
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    prefix: bytes
+    jobs: dict[int, tuple[Any, list[Node]]] = field(default_factory=dict)
+    alive: bool = True
+    error: str | None = None  # what it said before it died
+    thread: threading.Thread | None = None
+
+
+class WriterPool:
+    """``count`` writer processes, started with the first batch."""
+
+    def __init__(
+        self,
+        spec: ReaderSpec,
+        count: int,
+        *,
+        numeric_owner: bool = False,
+        verify: bool = False,
+        delete: bool = False,
+        connections: int = 4,
+        per_writer: int = PER_WRITER,
+    ) -> None:
+        self.spec = spec
+        self.count = max(1, count)
+        self.per_writer = max(1, per_writer)
+        self._options = {"numeric_owner": numeric_owner, "verify": verify, "delete": delete}
+        self._connections = connections
+        self._writers: list[_Writer] | None = None
+        self._events: queue.Queue[tuple[_Writer, Any]] = queue.Queue()
+        self._next_job = 0
+        self._in_flight = 0
+        self._closing = False
+        self.started = 0  # writer processes started (for tests and statistics)
+
+    # -- the restorer's side ------------------------------------------------
+
+    def full(self) -> bool:
+        """Every live writer has its share of batches: wait for an event first."""
+        live = [w for w in self._writers or [] if w.alive]
+        return bool(live) and all(len(w.jobs) >= self.per_writer for w in live)
+
+    def busy(self) -> bool:
+        """Batches are out at writers."""
+        return self._in_flight > 0
+
+    def has_news(self) -> bool:
+        """An event is waiting."""
+        return not self._events.empty()
+
+    def submit(
+        self,
+        directory: Any,
+        fd: int,
+        target: bytes,
+        nodes: list[Node],
+        where: dict[bytes, Location],
+        *,
+        fresh: bool,
+    ) -> bool:
+        """Hand a batch to the least busy writer; False if none can take it."""
+        writers = self._start()
+        self._next_job += 1
+        job = self._next_job
+        msg = {
+            "j": job,
+            "fresh": fresh,
+            "path": target,
+            "nodes": [n.to_doc() for n in nodes],
+            "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],
+        }
+        while True:
+            live = [w for w in writers if w.alive]
+            if not live:
+                return False
+            w = min(live, key=lambda w: len(w.jobs))
+            try:
+                ipc.send(w.sock, msg, fd)
+            except OSError:
+                w.alive = False  # its reader reports the batches it had
+                continue
+            w.jobs[job] = (directory, nodes)
+            self._in_flight += 1
+            return True
+
+    def next_event(self) -> WriterEvent:
+        """The next event (waits for one)."""
+        w, msg = self._events.get()
+        if msg is None:
+            return self._died(w)
+        kind = msg[0]
+        if kind == "e":
+            w.error = str(msg[1])
+            return WriterEvent()
+        if kind == "p":
+            return WriterEvent(bytes_done=int(msg[1]))
+        if kind == "x":
+            return WriterEvent(aborted=str(msg[1]))
+        _, job, summary, actions, warnings, retry = msg
+        directory, nodes = w.jobs.pop(job)
+        self._in_flight -= 1
+        again = set(retry)
+        return WriterEvent(
+            done=Finished(
+                directory,
+                summary,
+                [(a, bytes(n)) for a, n in actions],
+                list(warnings),
+                [n for n in nodes if n.name in again],
+            )
+        )
+
+    def close(self) -> None:
+        """Stop the writers: at once if batches are still out (the restore stopped),
+        else when they see their socket close."""
+        self._closing = True
+        for w in self._writers or []:
+            if self._in_flight:
+                with contextlib.suppress(OSError):
+                    w.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                w.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread too
+            if w.thread is not None:
+                w.thread.join()
+            ipc.stop(w.proc, w.sock)
+        self._writers = []
+
+    # -- processes ----------------------------------------------------------
+
+    def _start(self) -> list[_Writer]:
+        if self._writers is not None:
+            return self._writers
+        self._writers = []
+        base = b".cas-restore-" + os.urandom(6).hex().encode()
+        for i in range(self.count):
+            prefix = base + b"-w%d-" % i
+            try:
+                # The backend may need the user's storage credentials (AWS_*): passed
+                # on as they are; the key goes over the socket.
+                proc, sock = ipc.spawn(WORKER_MODULE, storage_access=True)
+            except OSError:
+                break
+            w = _Writer(i, proc, sock, prefix)
+            try:
+                ipc.send(
+                    sock,
+                    {
+                        "spec": self.spec.encode(),
+                        "options": self._options,
+                        "prefix": prefix,
+                        "connections": self._connections,
+                    },
+                )
+            except OSError:
+                ipc.stop(proc, sock, timeout=1)
+                continue
+            w.thread = threading.Thread(
+                target=self._read, args=(w,), name=f"cas-writer-{i}", daemon=True
+            )
+            w.thread.start()
+            self._writers.append(w)
+            self.started += 1
+        return self._writers
+
+    def _read(self, w: _Writer) -> None:
+        """Pass the writer's messages on as events; None when it is gone."""
+        try:
+            while True:
+                self._events.put((w, ipc.recv(w.sock)))
+        except (OSError, EOFError, ValueError):
+            pass
+        self._events.put((w, None))
+
+    def _died(self, w: _Writer) -> WriterEvent:
+        w.alive = False
+        if self._closing:
+            return WriterEvent()
+        with contextlib.suppress(OSError):
+            w.proc.kill()
+        code = w.proc.wait()
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        if w.error:
+            how = f"failed ({w.error})"
+        redo = list(w.jobs.values())
+        self._in_flight -= len(redo)
+        w.jobs.clear()
+        return WriterEvent(
+            redo=redo,
+            lost=f"restore writer process {w.proc.pid} {how}; "
+            f"its {len(redo)} unfinished batches are restored by the main process",
+            tmp_prefix=w.prefix,
+        )

@@ -1,0 +1,147 @@
+"""A restore writer process: ``python -m cas.restore.worker FD`` (cas/restore/pool.py).
+
+It reads its spec (repository location, backend options, key) from the
+socket, then restores each batch it is sent into the directory descriptor
+that came with it, and reports back.  Batches already received are planned
+ahead, so their blobs load while the current one is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from cas import failpoints, ipc
+from cas.errors import CasError
+from cas.format.tree import Node
+from cas.repo.readerspec import LocatedReader, ReaderSpec, open_located
+from cas.restore.restorer import RestoreAborted, RestoreOptions, Restorer, RestoreReporter
+
+PROGRESS_EVERY = 8 << 20  # bytes written between progress messages
+
+
+class _Collector(RestoreReporter):
+    """Gathers a batch's actions and warnings; sends progress as it goes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.actions: list[tuple[str, bytes]] = []
+        self.warnings: list[str] = []
+        self.unreported = 0
+
+    def action(self, what: str, path: bytes) -> None:
+        self.actions.append((what, path.rpartition(b"/")[2]))
+
+    def bytes_done(self, n: int) -> None:
+        self.unreported += n
+        if self.unreported >= PROGRESS_EVERY:
+            ipc.send(self.sock, ["p", self.unreported])
+            self.unreported = 0
+
+    def warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class _WriterRestorer(Restorer):
+    """Restores leaves; data it cannot read goes back to the main process."""
+
+    retry: list[bytes]
+
+    def _data_failed(self, path: bytes, node: Node, e: CasError) -> None:
+        self.retry.append(node.name)
+
+    def _leaf(self, d: Any, node: Node) -> None:
+        super()._leaf(d, node)
+        failpoints.hit("restore-writer-file")
+
+
+@dataclass
+class _Batch:
+    job: int
+    fd: int
+    fresh: bool
+    path: bytes
+    nodes: list[Node]
+    blobs: list[bytes]
+
+
+def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
+    msg, fd = ipc.recv_with_fd(sock)
+    blobs = []
+    for blob_id, pack_id, offset, length in msg["loc"]:
+        reader.add(bytes(blob_id), bytes(pack_id), offset, length)
+        blobs.append(bytes(blob_id))
+    nodes = [Node.from_doc(d) for d in msg["nodes"]]
+    return _Batch(msg["j"], fd, bool(msg["fresh"]), bytes(msg["path"]), nodes, blobs)
+
+
+def _serve(sock: socket.socket) -> None:
+    init = ipc.recv(sock)
+    spec = ReaderSpec.decode(bytes(init["spec"]))
+    reader = open_located(spec)
+    collector = _Collector(sock)
+    restorer = _WriterRestorer(
+        reader,
+        reader.file_digest,
+        RestoreOptions(**init["options"]),
+        collector,
+        connections=int(init["connections"]),
+    )
+    restorer._tmp_prefix = bytes(init["prefix"])
+    pending: deque[_Batch] = deque()
+    waiting = select.poll()  # not select(): the descriptor may be above 1024
+    waiting.register(sock, select.POLLIN)
+    try:
+        while True:
+            # Take every batch already sent, so their blobs load while this one is written.
+            while not pending or waiting.poll(0):
+                batch = _receive(sock, reader)
+                restorer.plan_ahead(batch.nodes)
+                pending.append(batch)
+            batch = pending.popleft()
+            restorer.retry = []
+            collector.actions, collector.warnings = [], []
+            try:
+                summary = restorer.restore_leaves(
+                    batch.fd, batch.path, batch.nodes, fresh=batch.fresh
+                )
+            except RestoreAborted as e:
+                ipc.send(sock, ["x", e.fields["detail"]])
+                return
+            finally:
+                os.close(batch.fd)
+                reader.forget(batch.blobs)
+            if collector.unreported:
+                ipc.send(sock, ["p", collector.unreported])
+                collector.unreported = 0
+            report = [collector.actions, collector.warnings, restorer.retry]
+            ipc.send(sock, ["d", batch.job, summary.as_dict(), *report])
+    finally:
+        restorer.close()
+        reader.close()
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: ``python -m cas.restore.worker FD``."""
+    ipc.die_with_parent()
+    sock = ipc.helper_socket(argv)
+    try:
+        _serve(sock)
+    except (OSError, EOFError, KeyboardInterrupt):
+        pass  # the restore went away or stopped: nothing to report to anyone
+    except Exception as e:  # a bug: say what it was before going
+        with contextlib.suppress(OSError):
+            ipc.send(sock, ["e", f"{type(e).__name__}: {e}"])
+        raise
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

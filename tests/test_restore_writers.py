@@ -1,0 +1,306 @@
+"""Restore's writer processes (cas/restore/pool.py, cas/restore/worker.py), through the CLI.
+
+Each test restores with ``--workers 2``, so even small trees go through the
+writer processes, and checks the result against the source with
+tests/support/trees.py (``os`` and ``stat`` only).  Writers that die, a
+main process killed with ``kill -9``, data the writers cannot read and
+trees deeper than PATH_MAX are covered here; the whole suite can be run
+with writers everywhere by setting CAS_TEST_WORKERS=2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cas.repo import layout
+from cas.repo.readerspec import LocatedReader, ReaderSpec
+from tests.support.cli import finish, run_cas, start_cas
+from tests.support.trees import (
+    build_deep_tree,
+    build_full_tree,
+    compare_trees,
+    remove_tree,
+    unlock_tree,
+)
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _many_dirs(root: Path, dirs: int = 12, files: int = 20) -> None:
+    """``dirs`` directories of ``files`` small files, symlinks and a hardlink pair."""
+    root.mkdir()
+    for i in range(dirs):
+        d = root / f"dir{i:02d}"
+        d.mkdir()
+        for j in range(files):
+            (d / f"f{j:03d}").write_bytes(os.urandom(100 + 37 * j) * (1 + j % 3))
+        (d / "link").symlink_to(f"f{i:03d}")
+        # Reading a link (backup and the comparison do) moves an atime that is not
+        # after mtime and ctime (relatime): an hour ahead, it stays.
+        ahead = (int(time.time()) + 3600) * 10**9 + i
+        os.utime(d / "link", ns=(ahead, 1_600_000_000_000_000_000 + i), follow_symlinks=False)
+        os.utime(d, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
+    os.link(root / "dir00" / "f001", root / "dir05" / "hard")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "sub" / "deeper" / "big").write_bytes(os.urandom(3 << 20))
+
+
+def _backed_up(tmp_path: Path, build: object = _many_dirs) -> tuple[Path, Path]:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    assert callable(build)
+    build(src)
+    assert run_cas("-r", repo, "init").code == 0
+    done = run_cas("-r", repo, "backup", src)
+    assert done.code == 0, done.err
+    return src, repo
+
+
+def _landed(out: Path, src: Path) -> Path:
+    return out / src.relative_to("/")
+
+
+def _leftovers(root: Path) -> list[str]:
+    return [
+        os.path.join(d, n)
+        for d, dirs, files in os.walk(root)
+        for n in dirs + files
+        if n.startswith(".cas-restore-")
+    ]
+
+
+def test_restore_through_writers_is_exact(tmp_path: Path) -> None:
+    src, repo = _backed_up(tmp_path)
+    out = tmp_path / "out"
+    done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "2")
+    assert done.code == 0, done.err
+    doc = done.json()
+    assert doc["summary"]["writers"] == 2
+    assert doc["summary"]["files_restored"] == 12 * 20 + 1
+    assert doc["summary"]["symlinks"] == 12 and doc["summary"]["hardlinks"] == 1
+    assert compare_trees(src, _landed(out, src)) == []
+    assert _leftovers(out) == []
+
+    # Again over the restored tree: every file is compared, none rewritten.
+    again = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "2")
+    assert again.code == 0, again.err
+    assert again.json()["summary"]["files_restored"] == 0
+    assert again.json()["summary"]["files_unchanged"] == 12 * 20 + 1
+    assert compare_trees(src, _landed(out, src)) == []
+
+
+def test_workers_zero_and_one(tmp_path: Path) -> None:
+    src, repo = _backed_up(tmp_path)
+    for n in ("0", "1"):
+        out = tmp_path / f"out{n}"
+        done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, "--workers", n)
+        assert done.code == 0, done.err
+        assert done.json()["summary"]["writers"] == int(n)
+        assert compare_trees(src, _landed(out, src)) == []
+
+
+def test_a_small_restore_starts_no_writers_by_default(tmp_path: Path) -> None:
+    src, repo = _backed_up(tmp_path)
+    out = tmp_path / "out"
+    done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, env={"CAS_WORKERS": ""})
+    assert done.code == 0, done.err
+    assert done.json()["summary"]["writers"] == 0
+    assert compare_trees(src, _landed(out, src)) == []
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, flags)")
+def test_full_tree_through_writers(tmp_path: Path) -> None:
+    def build(src: Path) -> None:
+        try:
+            build_full_tree(src)
+        except OSError as e:
+            pytest.skip(f"cannot build the full test tree here: {e}")
+
+    try:
+        src, repo = _backed_up(tmp_path, build)
+        out = tmp_path / "out"
+        done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "2")
+        assert done.code == 0, done.err
+        assert done.json()["warnings"] == []
+        assert compare_trees(src, _landed(out, src)) == []
+    finally:
+        unlock_tree(tmp_path)
+
+
+def test_deeper_than_path_max_through_writers(tmp_path: Path) -> None:
+    def build(src: Path) -> None:
+        src.mkdir()
+        build_deep_tree(src, 2100)
+
+    try:
+        src, repo = _backed_up(tmp_path, build)
+        out = tmp_path / "out"
+        done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "2")
+        assert done.code == 0, done.err
+        assert compare_trees(src, _landed(out, src)) == []
+    finally:
+        remove_tree(tmp_path)  # deeper than pytest's own clean-up can go
+
+
+def test_a_writer_that_dies_is_reported_and_its_work_redone(tmp_path: Path) -> None:
+    """Each writer kills itself (SIGKILL) after its 7th file: the main process restores
+    their unfinished batches, removes their temporary files, and warns (exit 3)."""
+    src, repo = _backed_up(tmp_path)
+    out = tmp_path / "out"
+    done = run_cas(
+        "-r",
+        repo,
+        "--json",
+        "restore",
+        "latest",
+        "-t",
+        out,
+        "--workers",
+        "2",
+        env={"CAS_FAILPOINTS": "restore-writer-file@7"},
+    )
+    assert done.code == 3, done.err
+    assert "Traceback" not in done.err
+    assert "restore writer process" in done.err and "killed by signal 9" in done.err
+    assert done.json()["summary"]["failed"] == []
+    assert compare_trees(src, _landed(out, src)) == []
+    assert _leftovers(out) == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
+    """The writers pause at their 3rd file; the main process is killed with SIGKILL; the
+    writers die with it, and a second restore into the same target is exact."""
+    src, repo = _backed_up(tmp_path)
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    gate.mkdir()
+    proc = start_cas(
+        "-r",
+        repo,
+        "restore",
+        "latest",
+        "-t",
+        out,
+        "--workers",
+        "2",
+        env={
+            "CAS_FAILPOINTS": "restore-writer-file@3:pause",
+            "CAS_FAILPOINTS_DIR": str(gate),
+        },
+    )
+    try:
+        deadline = time.monotonic() + 120  # bounds a hang; not a timing assertion
+        while not (gate / "restore-writer-file.paused").exists():
+            assert proc.poll() is None, finish(proc).err
+            assert time.monotonic() < deadline, "no writer reached its 3rd file"
+            time.sleep(0.02)
+        writers = _children(proc.pid)
+        assert writers, "the restore has no writer processes"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        while any(_alive(w) for w in writers):
+            assert time.monotonic() < deadline, "writers outlived the restore"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        finish(proc)
+    done = run_cas("-r", repo, "restore", "latest", "-t", out, "--workers", "2")
+    assert done.code == 0, done.err
+    assert compare_trees(src, _landed(out, src)) == []
+    assert _leftovers(out) == []
+
+
+def test_data_a_writer_cannot_read_is_read_by_the_main_process(tmp_path: Path) -> None:
+    """A blob stored twice, its first copy damaged: the writer fails on it, the main
+    process reads the other copy (it has the whole index)."""
+    from cas.backend.local import LocalBackend
+    from tests.support.damaged import duplicates
+
+    d = duplicates(LocalBackend(tmp_path / "repo"))
+    first_blob = bytes.fromhex(d.names["first_blob"].split(":")[1])
+    repo = d.open()
+    loc = repo.locate(first_blob)
+    repo.close()
+    pack = tmp_path / "repo" / layout.pack_name(loc.pack_id)
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    target = tmp_path / "out"
+    r = run_cas(
+        "-r",
+        tmp_path / "repo",
+        "--json",
+        "restore",
+        d.snapshot.hex(),
+        "--target",
+        target,
+        "--workers",
+        "2",
+    )
+    assert r.code == 0, r.err
+    assert r.json()["summary"]["writers"] == 2
+    for name, content in d.files.items():
+        assert (target / name.decode()).read_bytes() == content
+
+
+def test_a_lost_pack_fails_the_same_files_with_and_without_writers(tmp_path: Path) -> None:
+    _, repo = _backed_up(tmp_path)
+    packs = [p for p in (repo / "data").rglob("*") if p.is_file()]
+    max(packs, key=lambda p: p.stat().st_size).unlink()
+    failed = {}
+    for n in ("0", "2"):
+        out = tmp_path / f"out{n}"
+        done = run_cas(
+            "-r", repo, "--no-cache", "--json", "restore", "latest", "-t", out, "--workers", n
+        )
+        assert done.code == 1, done.err
+        assert "Traceback" not in done.err
+        failed[n] = {os.path.relpath(f, out) for f in done.json()["summary"]["failed"]}
+        assert failed[n]
+        assert _leftovers(out) == []
+    assert failed["0"] == failed["2"]
+
+
+def test_reader_spec_never_shows_its_key_and_locations_are_counted() -> None:
+    spec = ReaderSpec("/srv/repo", (), "full", b"\x01" * 100)
+    assert "\\x01" not in repr(spec) and "01" * 4 not in repr(spec)
+    assert ReaderSpec.decode(spec.encode()) == spec
+
+    class _NoBackend:
+        def close(self) -> None:
+            pass
+
+    reader = LocatedReader(_NoBackend(), None)  # type: ignore[arg-type]
+    reader.add(b"b" * 32, b"p" * 32, 10, 20)
+    reader.add(b"b" * 32, b"p" * 32, 10, 20)
+    reader.forget([b"b" * 32])
+    assert reader.locate(b"b" * 32).offset == 10
+    reader.forget([b"b" * 32])
+    with pytest.raises(Exception, match="not in the index"):
+        reader.locate(b"b" * 32)
