@@ -98,11 +98,7 @@ def spawn(
         k: v
         for k, v in os.environ.items()
         if not (k.startswith("CAS_") and "PASSWORD" in k)
-        and (
-            storage_access
-            or not k.startswith(("CAS_", "AWS_"))
-            or k.startswith("CAS_FAILPOINTS")
-        )
+        and (storage_access or not k.startswith(("CAS_", "AWS_")) or k.startswith("CAS_FAILPOINTS"))
     }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cas.backend.registry import split_location
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
 from cas.fs.patterns import PatternSet
@@ -152,13 +153,18 @@ def _writers(
     spec = reader_spec(repo, repo.location, g.options().backend)
     if spec is None:
         return None, 0
+    # The connections are shared out among the writers.  Reading a local
+    # repository, one thread per writer is enough: more only contend for its
+    # interpreter lock (measured on the linux restore: 1 is 10% faster than 4).
+    local = split_location(repo.location)[0] in ("", "file")
+    per_writer = 1 if local and not g.connections else max(1, connections // count)
     pool = WriterPool(
         spec,
         count,
         numeric_owner=opts.numeric_owner,
         verify=opts.verify,
         delete=opts.delete,
-        connections=connections,
+        connections=per_writer,
     )
     return pool, (AUTO_START_AFTER if workers is None else 0)
 

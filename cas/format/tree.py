@@ -186,6 +186,22 @@ def encode_tree(nodes: list[Node]) -> bytes:
     return raw
 
 
+def decode_tree_docs(raw: bytes) -> list[dict[Any, Any]]:
+    """A tree blob's node maps, each checked only for a name (bytes, strictly sorted):
+    for a reader that validates a node with ``Node.from_doc`` where it uses it."""
+    doc = unpack_map(raw, "tree")
+    docs: list[Any] = get_field(doc, "nodes", list, "tree")
+    prev = None
+    for d in docs:
+        name = d.get("name") if type(d) is dict else None
+        if type(name) is not bytes:
+            raise FormatError(what="tree node", detail="not a map with a name")
+        if prev is not None and name <= prev:
+            raise FormatError(what="tree", detail="names not strictly sorted")
+        prev = name
+    return docs
+
+
 def decode_tree(raw: bytes) -> list[Node]:
     """Parse a tree blob's plaintext; rejects duplicate or unsorted names."""
     doc = unpack_map(raw, "tree")

@@ -54,6 +54,13 @@ PER_WRITER = 4  # batches in flight per writer process
 AUTO_START_AFTER = 256
 
 
+Item = Node | dict[Any, Any]  # a node, or its map from the tree as it was stored
+
+
+def _name(item: Item) -> Any:
+    return item.get("name") if isinstance(item, dict) else item.name
+
+
 def usable_cores() -> int:
     """The cores this process may run on (taskset, cgroup cpusets)."""
     try:
@@ -70,7 +77,7 @@ class Finished:
     summary: dict[str, Any]
     actions: list[tuple[str, bytes]]
     warnings: list[str]
-    retry: list[Node]
+    retry: list[Item]
 
 
 @dataclass
@@ -80,7 +87,7 @@ class WriterEvent:
     bytes_done: int = 0
     done: Finished | None = None
     aborted: str | None = None
-    redo: list[tuple[Any, list[Node]]] = field(default_factory=list)
+    redo: list[tuple[Any, list[Item]]] = field(default_factory=list)
     lost: str | None = None  # a writer died: the warning to show
     tmp_prefix: bytes = b""  # the dead writer's temporary names
 
@@ -91,7 +98,7 @@ class _Writer:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     prefix: bytes
-    jobs: dict[int, tuple[Any, list[Node]]] = field(default_factory=dict)
+    jobs: dict[int, tuple[Any, list[Item]]] = field(default_factory=dict)
     alive: bool = True
     error: str | None = None  # what it said before it died
     thread: threading.Thread | None = None
@@ -143,7 +150,7 @@ class WriterPool:
         directory: Any,
         fd: int,
         target: bytes,
-        nodes: list[Node],
+        nodes: list[Item],
         where: dict[bytes, Location],
         *,
         fresh: bool,
@@ -156,7 +163,7 @@ class WriterPool:
             "j": job,
             "fresh": fresh,
             "path": target,
-            "nodes": [n.to_doc() for n in nodes],
+            "nodes": [n.to_doc() if isinstance(n, Node) else n for n in nodes],
             "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],
         }
         while True:
@@ -196,7 +203,7 @@ class WriterPool:
                 summary,
                 [(a, bytes(n)) for a, n in actions],
                 list(warnings),
-                [n for n in nodes if n.name in again],
+                [n for n in nodes if _name(n) in again],
             )
         )
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cas.crypto import BlobType
-from cas.errors import CasError
-from cas.format.tree import Node
+from cas.errors import CasError, FormatError
+from cas.format.tree import Node, decode_tree_docs
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
@@ -110,7 +110,7 @@ class _Dir:
     target: bytes  # where this directory goes on disk
     snap_path: bytes  # its path inside the snapshot
     node: Node | None
-    todo: list[Node]
+    todo: list[Node | dict[Any, Any]]  # unvalidated node maps while writers take the files
     parent: _Dir | None
     selected: bool  # wholly selected by include patterns (or no includes given)
     created: bool = False
@@ -120,11 +120,11 @@ class _Dir:
     # What must end before its metadata is applied: its own walk, each child
     # directory, each batch of its files out at a writer process.
     waiting: int = 1
-    batch: list[Node] = field(default_factory=list)  # files not yet handed to a writer
+    batch: list[Node | dict[Any, Any]] = field(default_factory=list)  # not yet at a writer
     batch_bytes: int = 0
 
     def __post_init__(self) -> None:
-        self.names = {n.name for n in self.todo}
+        self.names = {n["name"] if type(n) is dict else n.name for n in self.todo}  # type: ignore[union-attr]
 
 
 class Restorer:
@@ -248,14 +248,37 @@ class Restorer:
             self._opener.close_dir(d.fd)
             d.fd = -1
 
-    def _load_tree(self, tree_id: bytes) -> list[Node]:
+    def _load_tree(self, tree_id: bytes) -> list[Node | dict[Any, Any]]:
         # Not a walker walk: directories are entered and left around their entries,
         # and the files after one are planned ahead from the siblings left.
-        nodes = load_tree(self.repo, tree_id)
+        nodes: list[Node | dict[Any, Any]]
+        if self._pool is not None and self._leaves_here >= self._pool_after:
+            # Writers take the files: their node maps go to them as they are and
+            # are validated there; only directories and hardlinks become nodes here.
+            nodes = list(decode_tree_docs(self.repo.load_blob(BlobType.TREE, tree_id)))
+        else:
+            nodes = list(load_tree(self.repo, tree_id))
         nodes.reverse()  # pop() yields them in name order
         return nodes
 
-    def _entry(self, d: _Dir, node: Node) -> _Dir | None:
+    def _entry(self, d: _Dir, item: Node | dict[Any, Any]) -> _Dir | None:
+        if type(item) is dict:
+            name = item["name"]
+            if self._pool is not None and item.get("type") != "dir" and item.get("links", 1) == 1:
+                snap_path = d.snap_path + b"/" + name
+                if self.opts.excludes.matches(snap_path) or not (
+                    d.selected or self.opts.includes.matches(snap_path)
+                ):
+                    return None
+                self._batch(d, item, d.target + b"/" + name)
+                return None
+            try:
+                node = Node.from_doc(item)
+            except FormatError as e:
+                self._fail(d.target + b"/" + name, f"cannot read its tree: {e}")
+                return None
+        else:
+            node = item  # type: ignore[assignment]
         snap_path = d.snap_path + b"/" + node.name
         path = d.target + b"/" + node.name
         if self.opts.excludes.matches(snap_path):
@@ -279,19 +302,24 @@ class Restorer:
             return None
         if self._pool is not None and node.links <= 1:
             if self._leaves_here >= self._pool_after:
-                try:
-                    self._make_dir(d)
-                except OSError as e:
-                    self._os_failure(path, e)
-                    return None
-                d.batch.append(node)
-                d.batch_bytes += node.size
-                if len(d.batch) >= BATCH_FILES or d.batch_bytes >= BATCH_BYTES:
-                    self._send(d)
+                self._batch(d, node, path)
                 return None
             self._leaves_here += 1
         self._leaf(d, node)
         return None
+
+    def _batch(self, d: _Dir, item: Node | dict[Any, Any], path: bytes) -> None:
+        """Add a file (or symlink, device...) to the batch of ``d`` for a writer."""
+        try:
+            self._make_dir(d)
+        except OSError as e:
+            self._os_failure(path, e)
+            return
+        d.batch.append(item)
+        size = item.get("size", 0) if type(item) is dict else item.size  # type: ignore[union-attr]
+        d.batch_bytes += size if type(size) is int else 0
+        if len(d.batch) >= BATCH_FILES or d.batch_bytes >= BATCH_BYTES:
+            self._send(d)
 
     def _leaf(self, d: _Dir, node: Node) -> None:
         """Restore the non-directory ``node`` in ``d`` here, in this process."""
@@ -355,17 +383,31 @@ class Restorer:
         while pool.full():
             self._handle(pool.next_event())
         where: dict[bytes, Location] = {}
+        locate = self.repo.locate
         for n in nodes:
-            for b in n.content:
-                if b not in where:
+            content = n.get("content") if type(n) is dict else n.content  # type: ignore[union-attr]
+            if type(content) is not list:
+                continue  # none, or malformed: the writer says which
+            for b in content:
+                if b not in where and type(b) is bytes:
                     with contextlib.suppress(CasError):  # the writer reports it missing
-                        where[b] = self.repo.locate(b)
+                        where[b] = locate(b)
         if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh):
             d.waiting += 1
         else:
             self._here(d, nodes)
 
-    def _here(self, d: _Dir, nodes: list[Node]) -> None:
+    def _here(self, d: _Dir, items: list[Node | dict[Any, Any]]) -> None:
+        """Restore these entries of ``d`` in this process."""
+        nodes = []
+        for item in items:
+            if type(item) is dict:
+                try:
+                    nodes.append(Node.from_doc(item))
+                except FormatError as e:
+                    self._fail(d.target + b"/" + item["name"], f"cannot read its tree: {e}")
+            else:
+                nodes.append(item)  # type: ignore[arg-type]
         self.plan_ahead(nodes)
         for node in nodes:
             self._leaf(d, node)
@@ -416,7 +458,7 @@ class Restorer:
             return True
         run = [node]
         for n in reversed(d.todo):
-            if n.type == "dir":
+            if isinstance(n, dict) or n.type == "dir":
                 break
             snap_path = d.snap_path + b"/" + n.name
             if n.type != "file" or self.opts.excludes.matches(snap_path):
@@ -608,11 +650,16 @@ class Restorer:
         named = False
         try:
             out = SparseWriter(fd)
-            for blob_id, size in zip(node.content, node.sizes, strict=True):
-                out.write(self._blob(blob_id, size))
+            last = len(node.content) - 1
+            for i, (blob_id, size) in enumerate(zip(node.content, node.sizes, strict=True)):
+                if i == 0 and last == 0:
+                    out.write_all(self._blob(blob_id, size))  # most files: often one write
+                else:
+                    out.write(self._blob(blob_id, size))
                 self.summary.bytes_written += size
                 self.report.bytes_done(size)
-            out.finish()
+            if last != 0:
+                out.finish()
             if tmp is None:
                 try:
                     os.link(b"/proc/self/fd/%d" % fd, name, dst_dir_fd=dir_fd)
@@ -704,6 +751,10 @@ class Restorer:
                 except OSError as e:
                     self._fail(path, f"could not delete: {e.strerror}")
 
+    def fail(self, path: bytes, why: str) -> None:
+        """Name ``path`` as not restored, and why."""
+        self._fail(path, why)
+
     def _fail(self, path: bytes, why: str) -> None:
         self.summary.failed.append(_fmt(path))
         self.report.warning(f"{_fmt(path)}: not restored: {why}")
@@ -725,6 +776,7 @@ class SparseWriter:
         self.fd = fd
         self.pos = 0  # file offset of ``tail``; always a multiple of SPARSE_BLOCK
         self.tail = b""  # the start of a block not yet complete
+        self.end = 0  # the end of the last write (the file's size so far)
 
     def write(self, data: bytes) -> None:
         """Append ``data``."""
@@ -744,8 +796,24 @@ class SparseWriter:
         if self.tail.count(0) != len(self.tail):
             self._pwrite(self.tail, 0, len(self.tail), self.pos)
         size = self.pos + len(self.tail)
-        os.ftruncate(self.fd, size)
+        if self.end != size:  # it ends in a hole (or is empty after all)
+            os.ftruncate(self.fd, size)
         return size
+
+    def write_all(self, data: bytes) -> int:
+        """The whole content at once (``write`` then ``finish``): one system call when it
+        holds no zero block and does not end in zeros."""
+        cut = len(data) - len(data) % SPARSE_BLOCK
+        if (
+            self.pos == 0
+            and not self.tail
+            and data.find(_ZERO_BLOCK) < 0
+            and data.count(0, cut) != len(data) - cut
+        ):
+            self._pwrite(data, 0, len(data), 0)
+            return len(data)
+        self.write(data)
+        return self.finish()
 
     def _blocks(self, data: bytes, lo: int, hi: int) -> None:
         """Write whole blocks ``data[lo:hi]`` at ``pos``, skipping all-zero ones."""
@@ -777,11 +845,14 @@ class SparseWriter:
         self.pos += hi - lo
 
     def _pwrite(self, data: bytes, lo: int, hi: int, offset: int) -> None:
+        if lo == hi:
+            return
         view = memoryview(data)[lo:hi]
         while view:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
+        self.end = max(self.end, offset)
 
 
 def _check_target(target: bytes) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cas import failpoints, ipc
-from cas.errors import CasError
+from cas.errors import CasError, FormatError
 from cas.format.tree import Node
 from cas.repo.readerspec import LocatedReader, ReaderSpec, open_located
 from cas.restore.restorer import RestoreAborted, RestoreOptions, Restorer, RestoreReporter
@@ -69,6 +69,7 @@ class _Batch:
     path: bytes
     nodes: list[Node]
     blobs: list[bytes]
+    bad: list[tuple[bytes, str]]  # node maps that are not valid nodes: (name, why)
 
 
 def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
@@ -77,8 +78,13 @@ def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
     for blob_id, pack_id, offset, length in msg["loc"]:
         reader.add(bytes(blob_id), bytes(pack_id), offset, length)
         blobs.append(bytes(blob_id))
-    nodes = [Node.from_doc(d) for d in msg["nodes"]]
-    return _Batch(msg["j"], fd, bool(msg["fresh"]), bytes(msg["path"]), nodes, blobs)
+    nodes, bad = [], []
+    for doc in msg["nodes"]:
+        try:  # validated here, not in the main process (it only read the names)
+            nodes.append(Node.from_doc(doc))
+        except FormatError as e:
+            bad.append((doc["name"], str(e)))
+    return _Batch(msg["j"], fd, bool(msg["fresh"]), bytes(msg["path"]), nodes, blobs, bad)
 
 
 def _serve(sock: socket.socket) -> None:
@@ -111,6 +117,8 @@ def _serve(sock: socket.socket) -> None:
                 summary = restorer.restore_leaves(
                     batch.fd, batch.path, batch.nodes, fresh=batch.fresh
                 )
+                for name, why in batch.bad:
+                    restorer.fail(batch.path + b"/" + name, f"cannot read its tree: {why}")
             except RestoreAborted as e:
                 ipc.send(sock, ["x", e.fields["detail"]])
                 return
