@@ -22,7 +22,7 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections"}`` frame, then per batch a
+``{"spec", "options", "prefix", "connections", "budget"}`` frame, then per batch a
 frame with the directory's descriptor: ``{"j": id, "fresh": bool, "path":
 shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
 ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
@@ -46,6 +46,7 @@ from cas import ipc
 from cas.format.tree import Node
 from cas.repo.index import Location
 from cas.repo.readerspec import ReaderSpec
+from cas.restore.blobstream import BUDGET
 
 WORKER_MODULE = "cas.restore.worker"
 PER_WRITER = 4  # batches in flight per writer process
@@ -246,6 +247,8 @@ class WriterPool:
                         "options": self._options,
                         "prefix": prefix,
                         "connections": self._connections,
+                        # Blobs loaded ahead: the one-process budget, shared out.
+                        "budget": max(BUDGET // self.count, 4 << 20),
                     },
                 )
             except OSError:

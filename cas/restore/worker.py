@@ -98,6 +98,7 @@ def _serve(sock: socket.socket) -> None:
         RestoreOptions(**init["options"]),
         collector,
         connections=int(init["connections"]),
+        budget=int(init["budget"]),
     )
     restorer._tmp_prefix = bytes(init["prefix"])
     pending: deque[_Batch] = deque()
