@@ -60,6 +60,11 @@ def _backed_up(tmp_path: Path, build: object = _many_dirs) -> tuple[Path, Path]:
     return src, repo
 
 
+def _restore(repo: Path, out: Path, *global_options: str) -> list[str | Path]:
+    """``cas -r REPO [OPTIONS] restore latest -t OUT --workers 2``."""
+    return ["-r", repo, *global_options, "restore", "latest", "-t", out, "--workers", "2"]
+
+
 def _landed(out: Path, src: Path) -> Path:
     return out / src.relative_to("/")
 
@@ -151,18 +156,7 @@ def test_a_writer_that_dies_is_reported_and_its_work_redone(tmp_path: Path) -> N
     their unfinished batches, removes their temporary files, and warns (exit 3)."""
     src, repo = _backed_up(tmp_path)
     out = tmp_path / "out"
-    done = run_cas(
-        "-r",
-        repo,
-        "--json",
-        "restore",
-        "latest",
-        "-t",
-        out,
-        "--workers",
-        "2",
-        env={"CAS_FAILPOINTS": "restore-writer-file@7"},
-    )
+    done = run_cas(*_restore(repo, out, "--json"), env={"CAS_FAILPOINTS": "restore-writer-file@7"})
     assert done.code == 3, done.err
     assert "Traceback" not in done.err
     assert "restore writer process" in done.err and "killed by signal 9" in done.err
@@ -200,14 +194,7 @@ def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
     out, gate = tmp_path / "out", tmp_path / "gate"
     gate.mkdir()
     proc = start_cas(
-        "-r",
-        repo,
-        "restore",
-        "latest",
-        "-t",
-        out,
-        "--workers",
-        "2",
+        *_restore(repo, out),
         env={
             "CAS_FAILPOINTS": "restore-writer-file@3:pause",
             "CAS_FAILPOINTS_DIR": str(gate),

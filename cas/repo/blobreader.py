@@ -25,7 +25,24 @@ from cas.repo.verified import read_verified
 TREE_PACKS_IN_MEMORY = 8
 
 
-class BlobReader:
+class PackRanges:
+    """Ranges of packs, and the blobs read in them: what every blob reader shares."""
+
+    backend: Backend
+    _keys: crypto.KeyBase
+
+    def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
+        return self.backend.read(layout.pack_name(pack_id), offset, length)
+
+    def open_blob(
+        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
+    ) -> bytes:
+        """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
+        return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
+
+
+class BlobReader(PackRanges):
     """Blobs by ID through the master index; whole packs and pack headers by pack ID."""
 
     def __init__(self, backend: Backend, keys: crypto.KeyBase, indexes: IndexStore) -> None:
@@ -103,16 +120,6 @@ class BlobReader:
                 self.damaged_tree_packs[loc.pack_id] = str(e)
         if sealed is None:
             sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
-        return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
-
-    def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
-        """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
-        return self.backend.read(layout.pack_name(pack_id), offset, length)
-
-    def open_blob(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
-    ) -> bytes:
-        """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
         return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
     def _tree_pack(self, pack_id: bytes) -> bytes:

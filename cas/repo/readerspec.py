@@ -23,8 +23,7 @@ from cas.backend.base import Backend
 from cas.backend.registry import open_backend, shared_location
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound
-from cas.format import pack as packfmt
-from cas.repo import layout
+from cas.repo.blobreader import PackRanges
 from cas.repo.index import Location
 from cas.repo.repository import Repository
 
@@ -64,7 +63,7 @@ def reader_spec(
     return ReaderSpec(location, backend_options, repo.keys.TYPE, repo.keys.encode())
 
 
-class LocatedReader:
+class LocatedReader(PackRanges):
     """Data blobs by the locations the caller gives (``add``), on its own backend.
 
     What a BlobStream needs (cas/restore/blobstream.py PackReader).  A blob
@@ -103,16 +102,6 @@ class LocatedReader:
         if loc is None:
             raise BlobNotFound(blob=blob_id.hex())
         return loc
-
-    def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
-        """``length`` raw bytes of a pack from ``offset``."""
-        return self.backend.read(layout.pack_name(pack_id), offset, length)
-
-    def open_blob(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
-    ) -> bytes:
-        """Authenticate, decrypt and re-hash a sealed blob."""
-        return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
