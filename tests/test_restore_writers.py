@@ -109,7 +109,7 @@ def test_workers_zero_and_one(tmp_path: Path) -> None:
 
 
 def test_a_small_restore_starts_no_writers_by_default(tmp_path: Path) -> None:
-    src, repo = _backed_up(tmp_path)
+    src, repo = _backed_up(tmp_path, lambda root: _many_dirs(root, dirs=6, files=8))
     out = tmp_path / "out"
     done = run_cas("-r", repo, "--json", "restore", "latest", "-t", out, env={"CAS_WORKERS": ""})
     assert done.code == 0, done.err

@@ -65,7 +65,7 @@ class BlobStream:
         max_request: int = MAX_REQUEST,
     ) -> None:
         self.repo = repo
-        self.threads = max(1, threads)
+        self.threads = max(0, threads)  # 0: each read runs when it is issued, here
         self.budget = budget
         self.gap = gap
         self.max_request = max_request
@@ -175,9 +175,13 @@ class BlobStream:
     def _submit(
         self, group: list[tuple[bytes, int, Location | None]], job: Callable[[], _Loaded]
     ) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cas-load")
-        future = self._pool.submit(job)
+        if self.threads == 0:
+            future: Future[_Loaded] = Future()
+            future.set_result(job())  # _load turns every CasError into a result
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cas-load")
+            future = self._pool.submit(job)
         self.requests += 1
         for blob_id, size, _ in group:
             self._ahead[blob_id] = (future, size)

@@ -225,6 +225,10 @@ class WriterPool:
 
     # -- processes ----------------------------------------------------------
 
+    def start(self) -> None:
+        """Start the writer processes now (else with the first batch)."""
+        self._start()
+
     def _start(self) -> list[_Writer]:
         if self._writers is not None:
             return self._writers

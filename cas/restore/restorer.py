@@ -142,7 +142,7 @@ class Restorer:
         budget: int = BUDGET,
     ) -> None:
         self.repo = repo
-        self.connections = max(1, connections)
+        self.connections = max(0, connections)
         self.new_digest = new_digest
         self.opts = options or RestoreOptions()
         self.report = reporter or RestoreReporter()
@@ -306,6 +306,8 @@ class Restorer:
                 self._batch(d, node, path)
                 return None
             self._leaves_here += 1
+            if self._leaves_here == max(1, self._pool_after // 4):
+                self._pool.start()  # they start up while the first files are written here
         self._leaf(d, node)
         return None
 
