@@ -20,6 +20,7 @@ import pytest
 from cas.repo import layout
 from cas.repo.readerspec import LocatedReader, ReaderSpec
 from tests.support.cli import finish, run_cas, start_cas
+from tests.support.procs import alive, children, describe
 from tests.support.trees import (
     build_deep_tree,
     build_full_tree,
@@ -165,28 +166,6 @@ def test_a_writer_that_dies_is_reported_and_its_work_redone(tmp_path: Path) -> N
     assert _leftovers(out) == []
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
     """The writers pause at their 3rd file; the main process is killed with SIGKILL; the
     writers die with it, and a second restore into the same target is exact."""
@@ -206,12 +185,14 @@ def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
             assert proc.poll() is None, finish(proc).err
             assert time.monotonic() < deadline, "no writer reached its 3rd file"
             time.sleep(0.02)
-        writers = _children(proc.pid)
+        writers = children(proc.pid)
         assert writers, "the restore has no writer processes"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        while any(_alive(w) for w in writers):
-            assert time.monotonic() < deadline, "writers outlived the restore"
+        while any(alive(w) for w in writers):
+            assert time.monotonic() < deadline, "writers outlived the restore: " + ", ".join(
+                describe(w) for w in writers
+            )
             time.sleep(0.02)
     finally:
         if proc.poll() is None:

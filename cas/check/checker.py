@@ -44,6 +44,7 @@ from cas import failpoints
 from cas.backend.base import ReadBackend
 from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Severity
 from cas.check.state import CheckState, Subset, select_packs
+from cas.check.verifier import VerifierPool
 from cas.crypto import SEAL_OVERHEAD, BlobType, KeyBase
 from cas.errors import BlobNotFound, CasError, IntegrityError, ObjectNotFound
 from cas.format import index as indexfmt
@@ -80,6 +81,9 @@ class CheckOptions:
     leftover_min_age: float = 3600.0  # younger uploads may still be running
     workers: int = 4  # packs read at once (headers, --read-data)
     clock: Callable[[], float] = time.time
+    # --read-data in helper processes (cas/check/verifier.py), from this many packs
+    verifier: VerifierPool | None = None
+    verifier_from: int = 1
 
     @property
     def reads_data(self) -> bool:
@@ -563,7 +567,13 @@ class Checker:
             now=now,
         )
         self.summary.packs_selected = len(selected)
-        for n, (pack_id, result) in enumerate(self._each(self.repo.verify_pack, selected)):
+        pool = self.opts.verifier
+        results: Iterable[tuple[bytes, object]]
+        if pool is not None and len(selected) >= self.opts.verifier_from:
+            results = pool.verify(selected, self.repo.verify_pack)
+        else:
+            results = self._each(self.repo.verify_pack, selected)
+        for n, (pack_id, result) in enumerate(results):
             self._progress("read-data", n, len(selected))
             if isinstance(result, ObjectNotFound):
                 self._vanished(pack_id)

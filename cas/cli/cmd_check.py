@@ -21,7 +21,9 @@ from cas.check.sourcediff import (
     covering_path,
 )
 from cas.check.state import CheckState, parse_duration, parse_subset, state_path
+from cas.check.verifier import VerifierPool
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.options import Workers, workers_option
 from cas.errors import EXIT_ERROR, UsageError
 from cas.format.snapshot import Snapshot
 from cas.progress import Progress
@@ -72,6 +74,7 @@ def register(cli: click.Group) -> None:
     help="With --against: the snapshot (ID prefix or 'latest'; default: the latest one "
     "holding the path).",
 )
+@workers_option("verify packs (--read-data)")
 @pass_globals
 def check_cmd(
     g: Globals,
@@ -82,6 +85,7 @@ def check_cmd(
     old_state_dir: Path | None,
     against: bytes | None,
     snapshot_ref: str | None,
+    workers: Workers,
 ) -> None:
     """Check the repository's structure and, optionally, its data.
 
@@ -125,6 +129,11 @@ def check_cmd(
             if note:
                 out.warn(note)
             options.state = state
+        plan = g.helpers(repo, workers.count)
+        if plan is not None:
+            options.verifier = VerifierPool(plan.spec, plan.count, plan.per_process(1))
+            # With the default count, not for a handful of packs: starting costs more.
+            options.verifier_from = 1 if workers.explicit else 4 * plan.count
     started = time.monotonic()
     try:
         with g.locked(repo, exclusive=False, command="check"):
@@ -132,7 +141,11 @@ def check_cmd(
     finally:
         if state is not None:
             _save_state(out, state)
+    if options.verifier is not None:
+        for message in options.verifier.lost:
+            out.warn(message)
     doc = _doc(result, time.monotonic() - started)
+    doc["summary"]["processes"] = options.verifier.started if options.verifier else 0
     out.emit(doc, lambda: _human(out, result, doc["summary"]))
     if result.errors:
         sys.exit(EXIT_ERROR)

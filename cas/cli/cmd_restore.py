@@ -9,13 +9,12 @@ from typing import Any
 
 import click
 
-from cas.backend.registry import split_location
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.options import Workers, workers_option
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
 from cas.fs.patterns import PatternSet
 from cas.repo import Repository
-from cas.repo.readerspec import reader_spec
-from cas.restore.pool import AUTO_START_AFTER, WriterPool, usable_cores
+from cas.restore.pool import AUTO_START_AFTER, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
 
 
@@ -74,14 +73,7 @@ class _Progress(RestoreReporter):
     "--delete", is_flag=True, help="Remove files in the target that are not in the snapshot."
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Only list what would change.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    envvar="CAS_WORKERS",
-    help="Processes that write files (default: one per usable core, when there are two "
-    "or more; 0: all in this process). Env: CAS_WORKERS.",
-)
+@workers_option("write files")
 @pass_globals
 def restore(
     g: Globals,
@@ -94,7 +86,7 @@ def restore(
     verify: bool,
     delete: bool,
     dry_run: bool,
-    workers: int | None,
+    workers: Workers,
 ) -> None:
     """Restore a snapshot into --target: a snapshot of /a/b lands in TARGET/a/b."""
     out = Output(g)
@@ -116,7 +108,7 @@ def restore(
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
-        pool, after = _writers(g, repo, opts, workers, connections)
+        pool, after = _writers(g, repo, opts, workers)
         restorer = Restorer(
             repo,
             repo.file_digest,
@@ -143,31 +135,25 @@ def restore(
 
 
 def _writers(
-    g: Globals, repo: Repository, opts: RestoreOptions, workers: int | None, connections: int
+    g: Globals, repo: Repository, opts: RestoreOptions, workers: Workers
 ) -> tuple[WriterPool | None, int]:
     """The writer processes for this restore and after how many files they start: with
     the default count, not for a small restore (starting them costs more than it saves)."""
-    count = workers if workers is not None else usable_cores()
-    if opts.dry_run or count < 1 or (workers is None and count < 2):
+    plan = None if opts.dry_run else g.helpers(repo, workers.count)
+    if plan is None:
         return None, 0
-    spec = reader_spec(repo, repo.location, g.options().backend)
-    if spec is None:
-        return None, 0
-    # The connections are shared out among the writers.  Reading a local
-    # repository, a writer reads its blobs itself, without loading threads: on
-    # the linux restore four threads per writer took 10% longer than one, and
-    # one 5% longer than none (they only contend for the writer's GIL).
-    local = split_location(repo.location)[0] in ("", "file")
-    per_writer = 0 if local and not g.connections else max(1, connections // count)
     pool = WriterPool(
-        spec,
-        count,
+        plan.spec,
+        plan.count,
         numeric_owner=opts.numeric_owner,
         verify=opts.verify,
         delete=opts.delete,
-        connections=per_writer,
+        # Reading a local repository, a writer reads its blobs itself, without
+        # loading threads: on the linux restore four threads per writer took 10%
+        # longer than one, and one 5% longer than none (they contend for its GIL).
+        connections=plan.per_process(0),
     )
-    return pool, (AUTO_START_AFTER if workers is None else 0)
+    return pool, (0 if workers.explicit else AUTO_START_AFTER)
 
 
 def _human(out: Output, doc: dict[str, Any]) -> None:

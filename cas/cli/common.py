@@ -17,10 +17,35 @@ import click
 
 from cas import crypto
 from cas import repo as repo_pkg
-from cas.backend import Backend, S3Options, request_summary
+from cas.backend import Backend, S3Options, request_summary, split_location
 from cas.errors import CasError, EmptyPassword, NoPassword, UsageError
 from cas.repo import RepoOptions, Repository
 from cas.repo.locks import RepoLock
+from cas.repo.readerspec import ReaderSpec, reader_spec
+
+
+@dataclass(frozen=True)
+class HelperPlan:
+    """Helper processes for one command: what they need to read the repository, how
+    many, whether it is local and unthrottled (no need for many reads in flight per
+    process), and the connections to share out among them."""
+
+    spec: ReaderSpec
+    count: int
+    local: bool
+    connections: int
+
+    def per_process(self, minimum: int) -> int:
+        """Reads in flight per process: ``minimum`` when local, else a share."""
+        return minimum if self.local else max(1, self.connections // self.count)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -77,6 +102,19 @@ class Globals:
             cache_dir=self.cache_dir,
             connections=self.connections,
         )
+
+    def helpers(self, repo: Repository, count: int | None) -> HelperPlan | None:
+        """How helper processes reach ``repo`` and how many to start (``count``, else one
+        per usable core), or None when none should (one core, 0 asked for, or a
+        repository another process cannot open)."""
+        n = count if count is not None else usable_cores()
+        if n < 1 or (count is None and n < 2):
+            return None
+        spec = reader_spec(repo, repo.location, self.options().backend)
+        if spec is None:
+            return None
+        local = split_location(repo.location)[0] in ("", "file")
+        return HelperPlan(spec, n, local and not self.connections, self.connections or 4)
 
     def backend(self) -> Backend:
         """The storage stack of -r/--repo or CAS_REPOSITORY (for init)."""

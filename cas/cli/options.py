@@ -244,3 +244,40 @@ def _selection(
     host: tuple[str, ...], tag: tuple[str, ...], path: tuple[str, ...] = ()
 ) -> SnapshotFilter:
     return SnapshotFilter.of(host, tag, path)
+
+
+# -- helper processes (restore's writers, check's verifiers) ---------------------------
+
+
+@dataclass(frozen=True)
+class Workers:
+    """``--workers``: how many helper processes, and whether the user chose."""
+
+    count: int | None  # None: one per usable core
+
+    @property
+    def explicit(self) -> bool:
+        """Given on the command line or in CAS_WORKERS: used whatever the job's size."""
+        return self.count is not None
+
+
+def _workers(workers: int | None) -> Workers:
+    return Workers(workers)
+
+
+def workers_option(what: str) -> Callable[[F], F]:
+    """``--workers N`` (CAS_WORKERS): ``what`` runs in N helper processes."""
+    return option_group(
+        "workers",
+        _workers,
+        [
+            click.option(
+                "--workers",
+                type=click.IntRange(min=0),
+                default=None,
+                envvar="CAS_WORKERS",
+                help=f"Processes that {what} (default: one per usable core, when there are "
+                "two or more; 0: all in this process). Env: CAS_WORKERS.",
+            )
+        ],
+    )

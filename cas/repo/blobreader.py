@@ -41,6 +41,22 @@ class PackRanges:
         """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
         return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
+    def read_pack(self, pack_id: bytes) -> bytes:
+        """A whole pack, checked against its name (SHA-256)."""
+        return read_verified(self.backend, layout.pack_name(pack_id), "pack")
+
+    def verify_pack(self, pack_id: bytes) -> list[packfmt.PackEntry]:
+        """Read a whole pack and prove it: SHA-256 name, header, and every blob opened.
+
+        Returns the header entries; raises IntegrityError/FormatError on the first problem.
+        """
+        data = self.read_pack(pack_id)
+        entries = packfmt.parse_pack(self._keys, data)
+        for e in entries:
+            sealed = data[e.offset : e.offset + e.length]
+            packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
+        return entries
+
 
 class BlobReader(PackRanges):
     """Blobs by ID through the master index; whole packs and pack headers by pack ID."""
@@ -140,10 +156,6 @@ class BlobReader(PackRanges):
                 self._tree_packs.popitem(last=False)
         return pack
 
-    def read_pack(self, pack_id: bytes) -> bytes:
-        """A whole pack, checked against its name (SHA-256)."""
-        return read_verified(self.backend, layout.pack_name(pack_id), "pack")
-
     def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:
         """Read and decode a pack's header with two ranged reads (trailer, then header)."""
         name = layout.pack_name(pack_id)
@@ -154,15 +166,3 @@ class BlobReader(PackRanges):
         n = packfmt.header_length(trailer, size)
         header = self.backend.read(name, size - packfmt.TRAILER_SIZE - n, n)
         return packfmt.decode_header(self._keys, header, size)
-
-    def verify_pack(self, pack_id: bytes) -> list[packfmt.PackEntry]:
-        """Read a whole pack and prove it: SHA-256 name, header, and every blob opened.
-
-        Returns the header entries; raises IntegrityError/FormatError on the first problem.
-        """
-        data = self.read_pack(pack_id)
-        entries = packfmt.parse_pack(self._keys, data)
-        for e in entries:
-            sealed = data[e.offset : e.offset + e.length]
-            packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
-        return entries

@@ -62,14 +62,6 @@ def _name(item: Item) -> Any:
     return item.get("name") if isinstance(item, dict) else item.name
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 @dataclass
 class Finished:
     """A batch a writer finished."""

@@ -1,0 +1,232 @@
+"""``check --read-data`` on every core: packs verified in helper processes.
+
+Verifying a pack (its SHA-256 name, its header, every blob opened and
+re-hashed) is C work per byte but Python work per blob, and a repository of
+small files has many blobs: on one interpreter the second core idles.  A
+:class:`VerifierPool` starts ``count`` processes (``python -m
+cas.check.verifier FD``); each gets the repository's location, backend
+options and key over its socket (cas/repo/readerspec.py), then pack IDs, and
+answers each with the outcome of ``verify_pack`` on a backend of its own.
+Each process runs ``threads`` verifications at once (more than one where
+storage latency dominates, as on S3).
+
+Results come back in the order the packs were given.  A process that dies
+is reported in ``lost`` and its packs are verified by the caller's own
+function instead; so is every pack when no process can start.
+
+Wire format (frames of cas/ipc.py): to a helper ``{"spec", "threads"}``, then
+``pack ID`` frames; from it ``[pack ID, None]`` or ``[pack ID, pickled
+CasError]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import select
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from cas import failpoints, ipc
+from cas.errors import CasError
+from cas.repo.readerspec import ReaderSpec, open_located
+
+MODULE = "cas.check.verifier"
+
+
+@dataclass
+class _Helper:
+    proc: subprocess.Popen[bytes]
+    sock: socket.socket
+    out: deque[bytes] = field(default_factory=deque)  # packs sent, not answered
+
+
+class VerifierPool:
+    """``count`` verifying processes, each ``threads`` packs at a time."""
+
+    def __init__(self, spec: ReaderSpec, count: int, threads: int = 1) -> None:
+        self.spec = spec
+        self.count = max(1, count)
+        self.threads = max(1, threads)
+        self.lost: list[str] = []  # one message per process that died
+        self.started = 0
+
+    def verify(
+        self, pack_ids: list[bytes], here: Callable[[bytes], object]
+    ) -> Iterator[tuple[bytes, CasError | None]]:
+        """``(pack ID, None or its CasError)`` for each pack, in order; ``here`` verifies
+        a pack in this process when no helper can."""
+        helpers = self._start()
+        done: dict[bytes, CasError | None] = {}
+        todo = deque(pack_ids)
+        window = 2 * self.threads
+        try:
+            for pack_id in pack_ids:
+                while pack_id not in done:
+                    live = [h for h in helpers if h.sock.fileno() >= 0]
+                    for h in live:
+                        while todo and len(h.out) < window:
+                            nxt = todo.popleft()
+                            if not self._send(h, nxt):
+                                todo.appendleft(nxt)
+                                break
+                    live = [h for h in helpers if h.sock.fileno() >= 0]
+                    if not live:  # none left: the rest here
+                        done[pack_id] = _here(here, pack_id)
+                        with contextlib.suppress(ValueError):
+                            todo.remove(pack_id)
+                        continue
+                    self._receive(live, done, here)
+                yield pack_id, done.pop(pack_id)
+        finally:
+            for h in helpers:
+                self._stop(h)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _start(self) -> list[_Helper]:
+        helpers = []
+        for _ in range(self.count):
+            try:
+                proc, sock = ipc.spawn(MODULE, storage_access=True)
+            except OSError:
+                break
+            h = _Helper(proc, sock)
+            try:
+                ipc.send(sock, {"spec": self.spec.encode(), "threads": self.threads})
+            except OSError:
+                self._stop(h)
+                continue
+            helpers.append(h)
+            self.started += 1
+        return helpers
+
+    def _send(self, h: _Helper, pack_id: bytes) -> bool:
+        try:
+            ipc.send(h.sock, pack_id)
+        except OSError:
+            return False  # it died: the next receive finds out
+        h.out.append(pack_id)
+        return True
+
+    def _receive(
+        self,
+        live: list[_Helper],
+        done: dict[bytes, CasError | None],
+        here: Callable[[bytes], object],
+    ) -> None:
+        """Wait for answers; a helper that closed has its packs verified here."""
+        waiting = select.poll()  # not select(): descriptors may be above 1024
+        for h in live:
+            if h.out:
+                waiting.register(h.sock, select.POLLIN)
+        ready = {fd for fd, _ in waiting.poll()}
+        for h in live:
+            if h.sock.fileno() not in ready:
+                continue
+            try:
+                pack_id, error = ipc.recv(h.sock)
+            except (OSError, EOFError, ValueError):
+                self._died(h, done, here)
+                continue
+            with contextlib.suppress(ValueError):
+                h.out.remove(bytes(pack_id))
+            done[bytes(pack_id)] = None if error is None else _error(error)
+
+    def _died(
+        self, h: _Helper, done: dict[bytes, CasError | None], here: Callable[[bytes], object]
+    ) -> None:
+        self._stop(h)
+        code = h.proc.returncode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        self.lost.append(
+            f"check process {h.proc.pid} {how}; its {len(h.out)} packs were verified "
+            "by the main process"
+        )
+        while h.out:
+            pack_id = h.out.popleft()
+            done[pack_id] = _here(here, pack_id)
+
+    def _stop(self, h: _Helper) -> None:
+        if h.sock.fileno() < 0:
+            return
+        if h.out:  # stopped early (an interrupt, a failure): no need to finish
+            with contextlib.suppress(OSError):
+                h.proc.kill()
+        ipc.stop(h.proc, h.sock)
+
+
+def _here(fn: Callable[[bytes], object], pack_id: bytes) -> CasError | None:
+    try:
+        fn(pack_id)
+    except CasError as e:
+        return e
+    return None
+
+
+def _error(raw: Any) -> CasError:
+    """The helper's CasError, as raised there (same class and message)."""
+    try:
+        error = pickle.loads(bytes(raw))  # from our own helper process
+    except Exception as e:
+        return CasError(f"check process sent an unreadable answer: {e}")
+    return error if isinstance(error, CasError) else CasError(str(error))
+
+
+# -- the helper process -------------------------------------------------------------
+
+
+def _serve(sock: socket.socket) -> None:
+    init = ipc.recv(sock)
+    reader = open_located(ReaderSpec.decode(bytes(init["spec"])))
+    sending = threading.Lock()
+
+    def verify(pack_id: bytes) -> None:
+        try:
+            reader.verify_pack(pack_id)
+            failpoints.hit("check-verify-pack")
+            answer: Any = None
+        except CasError as e:
+            try:
+                answer = pickle.dumps(e)
+            except Exception:  # an error that does not pickle: its class and message
+                answer = pickle.dumps(CasError(f"{type(e).__name__}: {e}"))
+        with sending:
+            ipc.send(sock, [pack_id, answer])
+
+    threads = int(init["threads"])
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        while True:
+            pack_id = bytes(ipc.recv(sock))
+            if pool is None:
+                verify(pack_id)
+            else:
+                pool.submit(verify, pack_id)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        reader.close()
+
+
+def main(argv: list[str]) -> None:
+    """Entry point: ``python -m cas.check.verifier FD``."""
+    ipc.die_with_parent()
+    sock = ipc.helper_socket(argv)
+    try:
+        _serve(sock)
+    except (OSError, EOFError, KeyboardInterrupt):
+        pass  # the check ended or went away
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

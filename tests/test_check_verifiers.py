@@ -1,0 +1,105 @@
+"""``check --read-data`` in helper processes (cas/check/verifier.py), through the CLI.
+
+The findings with ``--workers 2`` must be exactly those of the one-process
+check (``--workers 0``) on a repository with a damaged and a missing pack;
+helpers that die have their packs verified by the main process; helpers die
+with a check killed by ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.cli import finish, run_cas, start_cas
+from tests.support.procs import alive, children, describe
+
+
+def _repo(tmp_path: Path) -> Path:
+    """A repository of 1 MiB packs (about 12 data packs), one damaged, one missing."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    for i in range(12):
+        (src / f"f{i}").write_bytes(os.urandom(1 << 20))
+    assert run_cas("-r", repo, "init", "--pack-size", str(1 << 20)).code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    packs = sorted(p for p in (repo / "data").rglob("*") if p.is_file())
+    assert len(packs) >= 8
+    damaged = bytearray(packs[2].read_bytes())
+    damaged[len(damaged) // 3] ^= 0x40
+    packs[2].write_bytes(bytes(damaged))
+    packs[5].unlink()
+    return repo
+
+
+def _findings(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return sorted((f["kind"], f["object"], f["message"]) for f in doc["findings"])
+
+
+def _check(repo: Path, workers: str, env: dict[str, str] | None = None) -> Any:
+    done = run_cas(
+        "-r", repo, "--json", "check", "--read-data", "--workers", workers, env=env or {}
+    )
+    assert done.code == 1, done.err
+    assert "Traceback" not in done.err
+    return done
+
+
+def test_findings_are_the_same_with_helper_processes(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    alone = _check(repo, "0").json()
+    helped = _check(repo, "2").json()
+    assert alone["summary"]["processes"] == 0
+    assert helped["summary"]["processes"] == 2
+    assert _findings(helped) == _findings(alone)
+    kinds = {k for k, _, _ in _findings(helped)}
+    assert {"pack_damaged", "pack_missing"} <= kinds, kinds
+    for key in ("packs_read", "packs_selected", "bytes_read", "errors"):
+        assert helped["summary"][key] == alone["summary"][key], key
+
+
+def test_helpers_that_die_have_their_packs_verified_here(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    alone = _check(repo, "0").json()
+    done = _check(repo, "2", env={"CAS_FAILPOINTS": "check-verify-pack@2"})
+    assert "check process" in done.err and "killed by signal 9" in done.err
+    assert _findings(done.json()) == _findings(alone)
+    assert done.json()["summary"]["packs_read"] == alone["summary"]["packs_read"]
+
+
+def test_kill_9_of_the_check_leaves_no_helper_behind(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = start_cas(
+        "-r",
+        repo,
+        "check",
+        "--read-data",
+        "--workers",
+        "2",
+        env={"CAS_FAILPOINTS": "check-verify-pack@1:pause", "CAS_FAILPOINTS_DIR": str(gate)},
+    )
+    try:
+        deadline = time.monotonic() + 120  # bounds a hang; not a timing assertion
+        while not (gate / "check-verify-pack.paused").exists():
+            assert proc.poll() is None, finish(proc).err
+            assert time.monotonic() < deadline, "no helper reached its first pack"
+            time.sleep(0.02)
+        helpers = children(proc.pid)
+        assert helpers
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        while any(alive(h) for h in helpers):
+            assert time.monotonic() < deadline, "helpers outlived the check: " + ", ".join(
+                describe(h) for h in helpers
+            )
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        finish(proc)
+    assert _check(repo, "2").json()["summary"]["processes"] == 2
