@@ -10,10 +10,14 @@ with writers everywhere by setting CAS_TEST_WORKERS=2.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
+import struct
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +63,14 @@ def _backed_up(tmp_path: Path, build: object = _many_dirs) -> tuple[Path, Path]:
     done = run_cas("-r", repo, "backup", src)
     assert done.code == 0, done.err
     return src, repo
+
+
+def _set_flags(path: Path, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, 0x40086602, struct.pack("l", flags))  # FS_IOC_SETFLAGS
+    finally:
+        os.close(fd)
 
 
 def _restore(repo: Path, out: Path, *global_options: str) -> list[str | Path]:
@@ -272,3 +284,33 @@ def test_reader_spec_never_shows_its_key_and_locations_are_counted() -> None:
     reader.forget([b"b" * 32])
     with pytest.raises(Exception, match="not in the index"):
         reader.locate(b"b" * 32)
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_target_that_passes_things_on_changes_nothing_restored(
+    tmp_path: Path, workers: str
+) -> None:
+    """Into a target with a default ACL, or setgid to another group, or an inheritable
+    inode flag, entries come out as recorded: the shortcut for entries created in a
+    directory that passes nothing on (no chown, no xattr listing, no flags) is not taken."""
+    from tests.support.trees import _DEFAULT_ACL
+
+    src, repo = _backed_up(tmp_path, lambda root: _many_dirs(root, dirs=6, files=3))
+    kinds: list[tuple[str, Any]] = [
+        ("acl", lambda t: os.setxattr(t, "system.posix_acl_default", _DEFAULT_ACL)),
+        ("setgid", lambda t: (os.chown(t, -1, 4242), os.chmod(t, 0o2775))),
+    ]
+    if IS_ROOT:
+        kinds.append(("noatime", lambda t: _set_flags(t, 0x80)))  # chattr +A
+    for kind, prepare in kinds:
+        out = tmp_path / f"out-{kind}"
+        out.mkdir()
+        try:
+            prepare(out)
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.ENOTTY, errno.EPERM):
+                continue  # this filesystem or user cannot: nothing to test here
+            raise
+        done = run_cas(*_restore(repo, out, "--json")[:-2], "--workers", workers)
+        assert done.code == 0, (kind, done.err)
+        assert compare_trees(src, _landed(out, src)) == [], kind

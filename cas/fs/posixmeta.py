@@ -497,6 +497,7 @@ def apply_metadata(
     dir_fd: int | None = None,
     shown: bytes | None = None,
     fd: int | None = None,
+    created_by: tuple[int, int] | None = None,
 ) -> list[str]:
     """Apply ``node``'s owner, xattrs, mode, times and flags to ``path``; return warnings.
 
@@ -511,11 +512,17 @@ def apply_metadata(
     ``shown`` (its full path, which may exceed PATH_MAX) names it in warnings.
     With ``fd`` (the file or directory itself, open; not for symlinks) every
     change goes through it and ``path`` is not looked up at all.
+
+    ``created_by``: the entry was just created by this process, as (uid, gid),
+    in a directory that passes nothing on (no default ACL, no inheritable
+    inode flags, no setgid): it has that owner, no xattrs and no flags, so
+    only what differs from that is changed (three system calls fewer per file).
     """
     at = _At(path, dir_fd, path if shown is None else shown, fd)
     warnings: list[str] = []
-    _apply_owner(at, node, names, numeric_owner, is_root, warnings)
-    _apply_xattrs(at, node, warnings)
+    _apply_owner(at, node, names, numeric_owner, is_root, warnings, created_by)
+    if created_by is None or node.xattrs:
+        _apply_xattrs(at, node, warnings)
     if node.type != "symlink":  # Linux has no lchmod; a symlink's mode means nothing
         try:
             at.chmod(stat.S_IMODE(node.mode))
@@ -525,7 +532,11 @@ def apply_metadata(
         at.utime(node.atime_ns, node.mtime_ns)
     except OSError as err:
         warnings.append(f"could not restore times of {_show(at.shown)}: {_reason(err)}")
-    if restore_flags and node.type in ("file", "dir"):
+    if (
+        restore_flags
+        and node.type in ("file", "dir")
+        and (created_by is None or node.flags & RESTORABLE_FLAGS)
+    ):
         _apply_flags(at, node.flags, warnings)
     return warnings
 
@@ -600,6 +611,7 @@ def _apply_owner(
     numeric_owner: bool,
     is_root: bool,
     warnings: list[str],
+    created_by: tuple[int, int] | None = None,
 ) -> None:
     uid, gid = node.uid, node.gid
     if not numeric_owner:
@@ -607,6 +619,8 @@ def _apply_owner(
             uid = _first(names.uid(node.user), uid)
         if node.group is not None:
             gid = _first(names.gid(node.group), gid)
+    if created_by == (uid, gid):
+        return  # just created with this owner
     if not is_root:
         # An unprivileged chown can at most hand a file to one of our own
         # groups; skip it when there is nothing to change.

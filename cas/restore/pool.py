@@ -23,7 +23,7 @@ all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
 ``{"spec", "options", "prefix", "connections", "budget"}`` frame, then per batch a
-frame with the directory's descriptor: ``{"j": id, "fresh": bool, "path":
+frame with the directory's descriptor: ``{"j": id, "fresh": bool, "clean": bool, "path":
 shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
 ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
 [[action, name], ...], [warning, ...], [name to retry, ...]]`` when a batch
@@ -147,6 +147,7 @@ class WriterPool:
         where: dict[bytes, Location],
         *,
         fresh: bool,
+        clean: bool = False,
     ) -> bool:
         """Hand a batch to the least busy writer; False if none can take it."""
         writers = self._start()
@@ -155,6 +156,7 @@ class WriterPool:
         msg = {
             "j": job,
             "fresh": fresh,
+            "clean": clean,
             "path": target,
             "nodes": [n.to_doc() if isinstance(n, Node) else n for n in nodes],
             "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],

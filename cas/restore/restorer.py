@@ -115,6 +115,9 @@ class _Dir:
     selected: bool  # wholly selected by include patterns (or no includes given)
     created: bool = False
     fresh: bool = False  # created empty by this restore: nothing in it to compare or replace
+    # Entries created in it inherit nothing (no default ACL, inode flags or setgid):
+    # it is fresh and so are its parents, up to a target that passes nothing on.
+    clean: bool = False
     fd: int = -1  # the directory, open once created (or, with --dry-run, if it exists)
     names: set[bytes] = field(default_factory=set)  # entry names of the snapshot tree
     # What must end before its metadata is applied: its own walk, each child
@@ -149,6 +152,7 @@ class Restorer:
         self.summary = RestoreSummary()
         self.names = posixmeta.NameCache()
         self.is_root = os.geteuid() == 0
+        self._creator = (os.geteuid(), os.getegid())  # the owner of what it creates
         self._links: dict[tuple[int, int], bytes] = {}
         self._opener: dirfd.Opener | None = None  # made by restore(): it raises the fd limit
         self._flags_later: list[tuple[bytes, Node]] = []  # hardlinked immutable/append-only
@@ -194,6 +198,7 @@ class Restorer:
         try:
             # The target itself may be reached through symlinks: it is the user's choice.
             root.fd = opener.open_dir(target)
+            root.clean = not self.opts.dry_run and _passes_nothing_on(root.fd)
             self._open[id(root)] = root
         except OSError as e:
             if not self.opts.dry_run:
@@ -360,7 +365,7 @@ class Restorer:
         )
 
     def restore_leaves(
-        self, dir_fd: int, target: bytes, nodes: list[Node], *, fresh: bool
+        self, dir_fd: int, target: bytes, nodes: list[Node], *, fresh: bool, clean: bool = False
     ) -> RestoreSummary:
         """Restore these non-directory entries into the open directory ``dir_fd``
         (shown as ``target``); what a writer process does with a batch.
@@ -368,6 +373,7 @@ class Restorer:
         self._opener = self._opener or dirfd.Opener()
         self.summary = RestoreSummary()
         d = _Dir(target, b"", None, [], None, True, created=True, fresh=fresh, fd=dir_fd)
+        d.clean = clean
         self.plan_ahead(nodes)
         for node in nodes:
             self._leaf(d, node)
@@ -395,7 +401,7 @@ class Restorer:
                 if b not in where and type(b) is bytes:
                     with contextlib.suppress(CasError):  # the writer reports it missing
                         where[b] = locate(b)
-        if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh):
+        if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh, clean=d.clean):
             d.waiting += 1
         else:
             self._here(d, nodes)
@@ -426,7 +432,7 @@ class Restorer:
             for d, nodes in event.redo:
                 # The writer died with this batch: some of its files may be there
                 # (or its temporary files): compare and replace, as in a used target.
-                d.fresh = False
+                d.fresh = d.clean = False
                 if d.fd >= 0:
                     _remove_temporaries(d.fd, event.tmp_prefix)
                 self._here(d, nodes)
@@ -512,6 +518,7 @@ class Restorer:
                     self._clear(parent_fd, name)
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
                 d.fresh = True
+                d.clean = d.parent.clean
             d.fd = self._opener.open_dir(name, parent_fd)
         if d.fd >= 0:
             self._open[id(d)] = d
@@ -550,7 +557,12 @@ class Restorer:
                 self.report.action("file", path)
                 if not self.opts.dry_run:
                     self._write_file(
-                        dir_fd, path, node, restore_flags=not flags_later, fresh=d.fresh
+                        dir_fd,
+                        path,
+                        node,
+                        restore_flags=not flags_later,
+                        fresh=d.fresh,
+                        created=d.clean,
                     )
                 self.summary.files_restored += 1
         else:
@@ -565,7 +577,9 @@ class Restorer:
                 except FileExistsError:
                     self._clear(dir_fd, name)
                     posixmeta.create_special(name, node, dir_fd=dir_fd)
-                self._apply(dir_fd, name, path, node, restore_flags=not flags_later)
+                self._apply(
+                    dir_fd, name, path, node, restore_flags=not flags_later, created=d.clean
+                )
         if flags_later and not self.opts.dry_run:
             self._flags_later.append((path, node))
         if node.links > 1:
@@ -623,7 +637,14 @@ class Restorer:
         return self._stream.get(blob_id, size)
 
     def _write_file(
-        self, dir_fd: int, path: bytes, node: Node, *, restore_flags: bool, fresh: bool
+        self,
+        dir_fd: int,
+        path: bytes,
+        node: Node,
+        *,
+        restore_flags: bool,
+        fresh: bool,
+        created: bool = False,
     ) -> None:
         """Write ``node``'s content unnamed or under a temporary name, then give it its
         name and apply its metadata.
@@ -678,7 +699,9 @@ class Restorer:
             named = True
             if self.opts.verify:  # before the mode is applied: it may forbid reading
                 self._verify(dir_fd, path, node)
-            self._apply(dir_fd, name, path, node, restore_flags=restore_flags, fd=fd)
+            self._apply(
+                dir_fd, name, path, node, restore_flags=restore_flags, fd=fd, created=created
+            )
         finally:
             os.close(fd)
             if not named and tmp is not None:
@@ -704,7 +727,10 @@ class Restorer:
         *,
         restore_flags: bool = True,
         fd: int | None = None,
+        created: bool = False,
     ) -> None:
+        """Apply ``node``'s metadata; ``created``: the entry was just made in a clean
+        directory (``_Dir.clean``)."""
         for w in posixmeta.apply_metadata(
             name,
             node,
@@ -715,6 +741,7 @@ class Restorer:
             dir_fd=dir_fd,
             shown=path,
             fd=fd,
+            created_by=self._creator if created else None,
         ):
             self._warn(w)
 
@@ -867,6 +894,29 @@ def _check_target(target: bytes) -> None:
         os.unlink(probe)
     except OSError as e:
         raise RestoreAborted(f"cannot write into {_fmt(target)}: {e.strerror}") from None
+
+
+def _passes_nothing_on(dir_fd: int) -> bool:
+    """Whether entries created in this directory inherit nothing from it: no default
+    ACL, no inode flags, no setgid bit (what a restore target usually is)."""
+    try:
+        if os.fstat(dir_fd).st_mode & stat.S_ISGID:
+            return False
+        try:
+            os.getxattr(dir_fd, posixmeta.ACL_DEFAULT)
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                return False
+        try:
+            if posixmeta.fd_flags(dir_fd) & posixmeta.RESTORABLE_FLAGS:
+                return False
+        except OSError as e:
+            if e.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+                return False  # flags the filesystem has but cannot tell: assume some
+    except OSError:
+        return False
+    return True
 
 
 def _remove_temporaries(dir_fd: int, prefix: bytes) -> None:

@@ -66,6 +66,7 @@ class _Batch:
     job: int
     fd: int
     fresh: bool
+    clean: bool
     path: bytes
     nodes: list[Node]
     blobs: list[bytes]
@@ -84,7 +85,8 @@ def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
             nodes.append(Node.from_doc(doc))
         except FormatError as e:
             bad.append((doc["name"], str(e)))
-    return _Batch(msg["j"], fd, bool(msg["fresh"]), bytes(msg["path"]), nodes, blobs, bad)
+    fresh, clean, path = bool(msg["fresh"]), bool(msg["clean"]), bytes(msg["path"])
+    return _Batch(msg["j"], fd, fresh, clean, path, nodes, blobs, bad)
 
 
 def _serve(sock: socket.socket) -> None:
@@ -116,7 +118,7 @@ def _serve(sock: socket.socket) -> None:
             collector.actions, collector.warnings = [], []
             try:
                 summary = restorer.restore_leaves(
-                    batch.fd, batch.path, batch.nodes, fresh=batch.fresh
+                    batch.fd, batch.path, batch.nodes, fresh=batch.fresh, clean=batch.clean
                 )
                 for name, why in batch.bad:
                     restorer.fail(batch.path + b"/" + name, f"cannot read its tree: {why}")
