@@ -22,7 +22,7 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections", "budget"}`` frame, then per batch a
+``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per batch a
 frame with the directory's descriptor: ``{"j": id, "fresh": bool, "clean": bool, "path":
 shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
 ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
@@ -46,7 +46,7 @@ from cas import ipc
 from cas.format.tree import Node
 from cas.repo.index import Location
 from cas.repo.readerspec import ReaderSpec
-from cas.restore.blobstream import BUDGET
+from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
 PER_WRITER = 4  # batches in flight per writer process
@@ -245,8 +245,7 @@ class WriterPool:
                         "options": self._options,
                         "prefix": prefix,
                         "connections": self._connections,
-                        # Blobs loaded ahead: the one-process budget, shared out.
-                        "budget": max(BUDGET // self.count, 4 << 20),
+                        **self._loading(),
                     },
                 )
             except OSError:
@@ -259,6 +258,19 @@ class WriterPool:
             self._writers.append(w)
             self.started += 1
         return self._writers
+
+    def _loading(self) -> dict[str, int]:
+        """How much a writer loads ahead, and in reads of at most how many bytes.
+
+        Without loading threads (a local repository) nothing is gained by reading
+        ahead, and large reads only leave a writer's heap large: 2 MiB in reads of
+        256 KiB (linux restore: summed peak 146-150 MiB instead of 232-237, no
+        slower).  With threads (S3), the one-process budget shared out, and reads
+        as large as ever (each is a request).
+        """
+        if self._connections == 0:
+            return {"budget": 2 << 20, "max_request": 256 << 10}
+        return {"budget": max(BUDGET // self.count, 4 << 20), "max_request": MAX_REQUEST}
 
     def _read(self, w: _Writer) -> None:
         """Pass the writer's messages on as events; None when it is gone."""

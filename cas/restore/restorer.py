@@ -35,7 +35,7 @@ from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
 from cas.repo.index import Location
-from cas.restore.blobstream import BUDGET, BlobStream, PackReader
+from cas.restore.blobstream import BUDGET, MAX_REQUEST, BlobStream, PackReader
 from cas.restore.pool import WriterEvent, WriterPool
 from cas.walker import load_tree
 
@@ -143,6 +143,7 @@ class Restorer:
         writers: WriterPool | None = None,
         writers_after: int = 0,
         budget: int = BUDGET,
+        max_request: int = MAX_REQUEST,
     ) -> None:
         self.repo = repo
         self.connections = max(0, connections)
@@ -160,7 +161,7 @@ class Restorer:
         # can read pack ranges: the files of a directory, planned together,
         # cost a few ranged reads on worker threads instead of one read each.
         self._stream = (
-            BlobStream(repo, self.connections, budget=budget)
+            BlobStream(repo, self.connections, budget=budget, max_request=max_request)
             if isinstance(repo, PackReader) and not self.opts.dry_run
             else None
         )

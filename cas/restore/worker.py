@@ -101,6 +101,7 @@ def _serve(sock: socket.socket) -> None:
         collector,
         connections=int(init["connections"]),
         budget=int(init["budget"]),
+        max_request=int(init["max_request"]),
     )
     restorer._tmp_prefix = bytes(init["prefix"])
     pending: deque[_Batch] = deque()
