@@ -30,6 +30,14 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PR_SET_PDEATHSIG = 1
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, cgroup cpusets), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def exactly(sock: socket.socket, n: int, start: bytes = b"") -> bytes:
     """``n`` bytes from ``sock`` (``start``: the first of them, already read); EOFError
     if the other end closes first."""

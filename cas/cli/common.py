@@ -19,6 +19,7 @@ from cas import crypto
 from cas import repo as repo_pkg
 from cas.backend import Backend, S3Options, request_summary, split_location
 from cas.errors import CasError, EmptyPassword, NoPassword, UsageError
+from cas.ipc import usable_cores
 from cas.repo import RepoOptions, Repository
 from cas.repo.locks import RepoLock
 from cas.repo.readerspec import ReaderSpec, reader_spec
@@ -38,14 +39,6 @@ class HelperPlan:
     def per_process(self, minimum: int) -> int:
         """Reads in flight per process: ``minimum`` when local, else a share."""
         return minimum if self.local else max(1, self.connections // self.count)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclass

@@ -16,7 +16,6 @@ the next run.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +27,7 @@ from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
+from cas.ipc import usable_cores
 from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.indexstore import IndexStore
@@ -136,7 +136,7 @@ class BlobSaver:
         self._unindexed_blobs = 0
         # Sealing threads (compression and encryption: one per core) hand
         # finished packs to uploading threads (``--connections``).
-        self.workers = max(1, os.cpu_count() or 1)
+        self.workers = usable_cores()  # taskset -c 0: one sealing thread, not one per CPU
         self.connections = max(2, self.workers)
         self._pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
