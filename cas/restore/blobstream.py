@@ -30,6 +30,7 @@ from cas.repo.index import Location
 GAP = 256 * 1024
 MAX_REQUEST = 8 << 20
 BUDGET = 32 << 20
+INLINE_MAX = 1 << 20
 
 
 @runtime_checkable
@@ -65,7 +66,10 @@ class BlobStream:
         max_request: int = MAX_REQUEST,
     ) -> None:
         self.repo = repo
-        self.threads = max(0, threads)  # 0: each read runs when it is issued, here
+        # 0: each read of less than INLINE_MAX bytes runs when it is issued, here
+        # (a hand-off to a thread costs more than it saves); larger ones on one thread,
+        # so a large blob is decrypted while the one before it is written.
+        self.threads = max(0, threads)
         self.budget = budget
         self.gap = gap
         self.max_request = max_request
@@ -175,12 +179,13 @@ class BlobStream:
     def _submit(
         self, group: list[tuple[bytes, int, Location | None]], job: Callable[[], _Loaded]
     ) -> None:
-        if self.threads == 0:
+        if self.threads == 0 and sum(size for _, size, _ in group) < INLINE_MAX:
             future: Future[_Loaded] = Future()
             future.set_result(job())  # _load turns every CasError into a result
         else:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="cas-load")
+                n = max(1, self.threads)
+                self._pool = ThreadPoolExecutor(n, thread_name_prefix="cas-load")
             future = self._pool.submit(job)
         self.requests += 1
         for blob_id, size, _ in group:

@@ -53,6 +53,9 @@ PER_WRITER = 4  # batches in flight per writer process
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
 AUTO_START_AFTER = 256
+# Loading without threads (a local repository): this far ahead, in reads this large.
+LOCAL_BUDGET = 4 << 20
+LOCAL_MAX_REQUEST = 256 << 10
 
 
 Item = Node | dict[Any, Any]  # a node, or its map from the tree as it was stored
@@ -269,7 +272,7 @@ class WriterPool:
         as large as ever (each is a request).
         """
         if self._connections == 0:
-            return {"budget": 2 << 20, "max_request": 256 << 10}
+            return {"budget": LOCAL_BUDGET, "max_request": LOCAL_MAX_REQUEST}
         return {"budget": max(BUDGET // self.count, 4 << 20), "max_request": MAX_REQUEST}
 
     def _read(self, w: _Writer) -> None:

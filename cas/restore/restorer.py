@@ -41,6 +41,9 @@ from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
 PREFETCH_THREADS = 4
+# With writers_after N, the writers also start once the files seen hold N times
+# this many bytes (256 files or 64 MiB by default): a few large files use them too.
+WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
@@ -141,7 +144,7 @@ class Restorer:
         reporter: RestoreReporter | None = None,
         connections: int = PREFETCH_THREADS,
         writers: WriterPool | None = None,
-        writers_after: int = 0,
+        writers_after: int = 0,  # files restored here before the writers take over
         budget: int = BUDGET,
         max_request: int = MAX_REQUEST,
     ) -> None:
@@ -176,7 +179,9 @@ class Restorer:
         # restored here: a small restore does not start processes.
         self._pool = writers if writers is not None and not self.opts.dry_run else None
         self._pool_after = writers_after
+        self._pool_after_bytes = writers_after * WRITERS_AFTER_FILE_BYTES if writers_after else 0
         self._leaves_here = 0
+        self._bytes_here = 0
         self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
 
     # -- walking ------------------------------------------------------------
@@ -308,6 +313,9 @@ class Restorer:
         if not selected:
             return None
         if self._pool is not None and node.links <= 1:
+            self._bytes_here += node.size
+            if self._bytes_here >= self._pool_after_bytes:
+                self._pool_after = 0  # a large file: writers from now on
             if self._leaves_here >= self._pool_after:
                 self._batch(d, node, path)
                 return None
