@@ -14,6 +14,7 @@ a ``kill -9`` of cas leaves no helper behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -21,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -111,7 +113,9 @@ def spawn(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(child.fileno())],
+            # The parent's PID (not a secret) lets the helper tell whether the
+            # process that started it is still there (``die_with_parent``).
+            [sys.executable, "-m", module, str(child.fileno()), str(os.getpid())],
             env=env,
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
@@ -137,10 +141,12 @@ def stop(proc: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10
         proc.wait()
 
 
-def die_with_parent() -> None:
-    """In a helper: be killed when the process that started it dies (Linux), and stop
-    now if it is already gone."""
-    parent = os.getppid()
+def die_with_parent(parent: int | None = None) -> None:
+    """In a helper: be killed when the process that started it (``parent``, by default
+    the current parent) dies (Linux), and stop now if it is already gone: a parent
+    killed while this helper was still starting must not leave it behind."""
+    if parent is None:
+        parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -153,3 +159,26 @@ def die_with_parent() -> None:
 def helper_socket(argv: list[str]) -> socket.socket:
     """In a helper: the socket whose descriptor number is ``argv[1]``."""
     return socket.socket(fileno=int(argv[1]))
+
+
+def run_helper(
+    argv: list[str],
+    serve: Callable[[socket.socket], None],
+    on_bug: Callable[[socket.socket, Exception], None] | None = None,
+) -> None:
+    """A helper's whole life: die with the parent, ``serve`` the socket of ``argv[1]``
+    until the parent goes away, then close it.  An unexpected exception is passed to
+    ``on_bug`` (to tell the parent) and raised."""
+    die_with_parent(int(argv[2]) if len(argv) > 2 else None)
+    sock = helper_socket(argv)
+    try:
+        serve(sock)
+    except (OSError, EOFError, KeyboardInterrupt):
+        pass  # the parent ended, went away or was interrupted: nothing to report
+    except Exception as e:
+        if on_bug is not None:
+            with contextlib.suppress(OSError):
+                on_bug(sock, e)
+        raise
+    finally:
+        sock.close()

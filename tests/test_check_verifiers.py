@@ -9,13 +9,11 @@ with a check killed by ``kill -9``.
 from __future__ import annotations
 
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.cli import finish, run_cas, start_cas
-from tests.support.procs import alive, children, describe
+from tests.support.cli import run_cas, start_cas
+from tests.support.procs import kill_when_paused
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -83,23 +81,5 @@ def test_kill_9_of_the_check_leaves_no_helper_behind(tmp_path: Path) -> None:
         "2",
         env={"CAS_FAILPOINTS": "check-verify-pack@1:pause", "CAS_FAILPOINTS_DIR": str(gate)},
     )
-    try:
-        deadline = time.monotonic() + 120  # bounds a hang; not a timing assertion
-        while not (gate / "check-verify-pack.paused").exists():
-            assert proc.poll() is None, finish(proc).err
-            assert time.monotonic() < deadline, "no helper reached its first pack"
-            time.sleep(0.02)
-        helpers = children(proc.pid)
-        assert helpers
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        while any(alive(h) for h in helpers):
-            assert time.monotonic() < deadline, "helpers outlived the check: " + ", ".join(
-                describe(h) for h in helpers
-            )
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        finish(proc)
+    kill_when_paused(proc, gate / "check-verify-pack.paused")
     assert _check(repo, "2").json()["summary"]["processes"] == 2

@@ -244,7 +244,9 @@ def test_helper_gets_no_secrets_in_its_environment(
         os.close(fd)
         worker.close()
     assert not any(k.startswith(("CAS_", "AWS_")) for k in seen["env"])
-    assert seen["argv"][1:3] == ["-m", "cas.chunking.worker"] and len(seen["argv"]) == 4
+    # python -m cas.chunking.worker SOCKET_FD PARENT_PID: nothing else on the command line
+    assert seen["argv"][1:3] == ["-m", "cas.chunking.worker"] and len(seen["argv"]) == 5
+    assert seen["argv"][4] == str(os.getpid())
 
 
 # -- the real command, killed --------------------------------------------------------

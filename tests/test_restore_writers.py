@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import struct
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ import pytest
 
 from cas.repo import layout
 from cas.repo.readerspec import LocatedReader, ReaderSpec
-from tests.support.cli import finish, run_cas, start_cas
-from tests.support.procs import alive, children, describe
+from tests.support.cli import run_cas, start_cas
+from tests.support.procs import kill_when_paused
 from tests.support.trees import (
     build_deep_tree,
     build_full_tree,
@@ -191,25 +190,7 @@ def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
             "CAS_FAILPOINTS_DIR": str(gate),
         },
     )
-    try:
-        deadline = time.monotonic() + 120  # bounds a hang; not a timing assertion
-        while not (gate / "restore-writer-file.paused").exists():
-            assert proc.poll() is None, finish(proc).err
-            assert time.monotonic() < deadline, "no writer reached its 3rd file"
-            time.sleep(0.02)
-        writers = children(proc.pid)
-        assert writers, "the restore has no writer processes"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        while any(alive(w) for w in writers):
-            assert time.monotonic() < deadline, "writers outlived the restore: " + ", ".join(
-                describe(w) for w in writers
-            )
-            time.sleep(0.02)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        finish(proc)
+    kill_when_paused(proc, gate / "restore-writer-file.paused")
     done = run_cas("-r", repo, "restore", "latest", "-t", out, "--workers", "2")
     assert done.code == 0, done.err
     assert compare_trees(src, _landed(out, src)) == []

@@ -218,14 +218,7 @@ def _serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     """Entry point: ``python -m cas.check.verifier FD``."""
-    ipc.die_with_parent()
-    sock = ipc.helper_socket(argv)
-    try:
-        _serve(sock)
-    except (OSError, EOFError, KeyboardInterrupt):
-        pass  # the check ended or went away
-    finally:
-        sock.close()
+    ipc.run_helper(argv, _serve)
 
 
 if __name__ == "__main__":

@@ -178,14 +178,7 @@ def _serve(sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> None:
     """Entry point of the helper: ``python -m cas.chunking.worker FD``."""
-    ipc.die_with_parent()
-    sock = ipc.helper_socket(argv)
-    try:
-        _serve(sock)
-    except (OSError, EOFError):
-        pass  # the backup went away: nothing to report to anyone
-    finally:
-        sock.close()
+    ipc.run_helper(argv, _serve)
 
 
 if __name__ == "__main__":

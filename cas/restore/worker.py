@@ -8,7 +8,6 @@ ahead, so their blobs load while the current one is written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import socket
@@ -139,20 +138,13 @@ def _serve(sock: socket.socket) -> None:
         reader.close()
 
 
+def _tell(sock: socket.socket, e: Exception) -> None:
+    ipc.send(sock, ["e", f"{type(e).__name__}: {e}"])
+
+
 def main(argv: list[str]) -> None:
     """Entry point: ``python -m cas.restore.worker FD``."""
-    ipc.die_with_parent()
-    sock = ipc.helper_socket(argv)
-    try:
-        _serve(sock)
-    except (OSError, EOFError, KeyboardInterrupt):
-        pass  # the restore went away or stopped: nothing to report to anyone
-    except Exception as e:  # a bug: say what it was before going
-        with contextlib.suppress(OSError):
-            ipc.send(sock, ["e", f"{type(e).__name__}: {e}"])
-        raise
-    finally:
-        sock.close()
+    ipc.run_helper(argv, _serve, _tell)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ to a new process after the first one ended is not mistaken for it.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 Proc = tuple[int, int]  # (PID, start time in clock ticks since boot)
@@ -49,3 +52,30 @@ def describe(proc: Proc) -> str:
         return f"{proc[0]} ({state}): {cmd.decode(errors='replace')}"
     except (OSError, IndexError):
         return f"{proc[0]} (gone)"
+
+
+def kill_when_paused(proc: subprocess.Popen[bytes], paused: Path) -> list[Proc]:
+    """Wait until a helper of ``proc`` creates ``paused`` (a ``name@N:pause`` fail point),
+    kill ``proc`` with SIGKILL, and return its helpers once every one of them has ended
+    too; fails if that does not happen within two minutes (a bound on a hang, not a
+    timing assertion)."""
+    deadline = time.monotonic() + 120
+    try:
+        while not paused.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode(errors="replace")
+            assert time.monotonic() < deadline, f"nothing reached {paused.name}"
+            time.sleep(0.02)
+        helpers = children(proc.pid)
+        assert helpers, "no helper process"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        while any(alive(h) for h in helpers):
+            assert time.monotonic() < deadline, "helpers outlived their parent: " + ", ".join(
+                describe(h) for h in helpers
+            )
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    return helpers
