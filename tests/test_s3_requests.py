@@ -69,3 +69,43 @@ def test_unchanged_rebackup_makes_few_requests(
         assert doc["summary"]["data_added_stored"] == 0
     assert seen == counted, (seen, doc["requests"])
     assert doc["requests"]["GET"] <= 1  # the config; keys, snapshots, index and trees are cached
+
+
+@pytest.mark.parametrize("command", ["restore", "check"])
+def test_helper_processes_requests_are_counted(
+    s3_server: str,
+    s3_bucket: str,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    command: str,
+) -> None:
+    """Restore's writers and check's verifiers read on backends of their own: the cost
+    report adds their requests, and the total is what the server saw."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env["CAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    args = ["-r", f"s3://{s3_bucket}/{command}", "--s3-endpoint", s3_server, "--s3-path-style"]
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(10):
+            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(300_000 + 997 * f))
+    assert run_cas(*args, "init", "--pack-size", str(1 << 20), env=env).code == 0
+    assert run_cas(*args, "backup", src, env=env).code == 0
+
+    log = _moto_log(tmp_path_factory)
+    _, start = _server_requests(log, 0)
+    if command == "restore":
+        done = run_cas(
+            *args, "--json", "restore", "latest", "-t", tmp_path / "out", "--workers", "2", env=env
+        )
+        helpers = done.json()["summary"]["writers"] if done.code == 0 else None
+    else:
+        done = run_cas(*args, "--json", "check", "--read-data", "--workers", "2", env=env)
+        helpers = done.json()["summary"]["processes"] if done.code == 0 else None
+    assert done.code == 0, done.err
+    assert helpers == 2
+    doc = done.json()
+    counted = sum(doc["requests"][k] for k in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
+    seen, _ = _server_requests(log, start)
+    assert seen == counted, (seen, doc["requests"])
+    assert doc["requests"]["GET"] >= 10  # the data packs were read, by the helpers

@@ -15,8 +15,8 @@ is reported in ``lost`` and its packs are verified by the caller's own
 function instead; so is every pack when no process can start.
 
 Wire format (frames of cas/ipc.py): to a helper ``{"spec", "threads"}``, then
-``pack ID`` frames; from it ``[pack ID, None]`` or ``[pack ID, pickled
-CasError]``.
+``pack ID`` frames; from it ``[pack ID, None or pickled CasError, its storage
+requests so far]``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cas import failpoints, ipc
+from cas.backend import request_summary
 from cas.errors import CasError
 from cas.repo.readerspec import ReaderSpec, open_located
 
@@ -46,6 +47,7 @@ class _Helper:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     out: deque[bytes] = field(default_factory=deque)  # packs sent, not answered
+    requests: dict[str, Any] | None = None  # its backend's requests so far
 
 
 class VerifierPool:
@@ -57,6 +59,7 @@ class VerifierPool:
         self.threads = max(1, threads)
         self.lost: list[str] = []  # one message per process that died
         self.started = 0
+        self.requests: dict[str, Any] = {}  # the helpers' storage requests, summed
 
     def verify(
         self, pack_ids: list[bytes], here: Callable[[bytes], object]
@@ -88,6 +91,8 @@ class VerifierPool:
         finally:
             for h in helpers:
                 self._stop(h)
+                for k, v in (h.requests or {}).items():
+                    self.requests[k] = self.requests.get(k, 0) + v
 
     # -- helpers ----------------------------------------------------------------
 
@@ -132,10 +137,12 @@ class VerifierPool:
             if h.sock.fileno() not in ready:
                 continue
             try:
-                pack_id, error = ipc.recv(h.sock)
+                pack_id, error, requests = ipc.recv(h.sock)
             except (OSError, EOFError, ValueError):
                 self._died(h, done, here)
                 continue
+            if requests:
+                h.requests = requests
             with contextlib.suppress(ValueError):
                 h.out.remove(bytes(pack_id))
             done[bytes(pack_id)] = None if error is None else _error(error)
@@ -199,7 +206,7 @@ def _serve(sock: socket.socket) -> None:
             except Exception:  # an error that does not pickle: its class and message
                 answer = pickle.dumps(CasError(f"{type(e).__name__}: {e}"))
         with sending:
-            ipc.send(sock, [pack_id, answer])
+            ipc.send(sock, [pack_id, answer, request_summary(reader.backend)])
 
     threads = int(init["threads"])
     pool = ThreadPoolExecutor(threads) if threads > 1 else None

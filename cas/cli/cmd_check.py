@@ -142,6 +142,7 @@ def check_cmd(
         if state is not None:
             _save_state(out, state)
     if options.verifier is not None:
+        g.helper_requests.append(options.verifier.requests)
         for message in options.verifier.lost:
             out.warn(message)
     doc = _doc(result, time.monotonic() - started)

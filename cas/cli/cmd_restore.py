@@ -119,7 +119,11 @@ def restore(
             writers_after=after,
         )
         started = time.time()
-        summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
+        try:
+            summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
+        finally:
+            if pool is not None:
+                g.helper_requests.append(pool.requests())
     doc: dict[str, Any] = {
         "snapshot_id": sid.hex(),
         "target": fs_text(os.path.abspath(target)),

@@ -62,6 +62,7 @@ class Globals:
     backends: list[Backend] = field(default_factory=list)
     repos: list[Repository] = field(default_factory=list)
     degraded: bool = False  # a damaged object was skipped: exit 3 once done
+    helper_requests: list[dict[str, Any]] = field(default_factory=list)  # their own backends
     _warned: set[bytes] = field(default_factory=set)
 
     def warn_damaged(self, out: Output) -> None:
@@ -121,10 +122,11 @@ class Globals:
         return backend
 
     def requests(self) -> dict[str, Any] | None:
-        """Storage requests made so far (all repositories this command opened), or None."""
+        """Storage requests made so far (all repositories this command opened, and its
+        helper processes), or None."""
         total: dict[str, Any] = {}
-        for b in self.backends:
-            for k, v in (request_summary(b) or {}).items():
+        for summary in [*(request_summary(b) for b in self.backends), *self.helper_requests]:
+            for k, v in (summary or {}).items():
                 total[k] = total.get(k, 0) + v
         if "estimated_cost_usd" in total:
             total["estimated_cost_usd"] = round(total["estimated_cost_usd"], 6)

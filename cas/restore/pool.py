@@ -26,8 +26,8 @@ Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
 frame with the directory's descriptor: ``{"j": id, "fresh": bool, "clean": bool, "path":
 shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
 ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
-[[action, name], ...], [warning, ...], [name to retry, ...]]`` when a batch
-is done, ``["x", message]`` when the restore must stop (the disk is full).
+[[action, name], ...], [warning, ...], [name to retry, ...], requests so far]``
+when a batch is done, ``["x", message]`` when the restore must stop (the disk is full).
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class _Writer:
     jobs: dict[int, tuple[Any, list[Item]]] = field(default_factory=dict)
     alive: bool = True
     error: str | None = None  # what it said before it died
+    requests: dict[str, Any] | None = None  # its backend's requests so far
     thread: threading.Thread | None = None
 
 
@@ -120,6 +121,7 @@ class WriterPool:
         self._options = {"numeric_owner": numeric_owner, "verify": verify, "delete": delete}
         self._connections = connections
         self._writers: list[_Writer] | None = None
+        self._gone: list[_Writer] = []  # after close
         self._events: queue.Queue[tuple[_Writer, Any]] = queue.Queue()
         self._next_job = 0
         self._in_flight = 0
@@ -191,7 +193,9 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, summary, actions, warnings, retry = msg
+        _, job, summary, actions, warnings, retry, requests = msg
+        if requests:
+            w.requests = requests
         directory, nodes = w.jobs.pop(job)
         self._in_flight -= 1
         again = set(retry)
@@ -204,6 +208,14 @@ class WriterPool:
                 [n for n in nodes if _name(n) in again],
             )
         )
+
+    def requests(self) -> dict[str, Any]:
+        """Storage requests the writers made (by kind, bytes, estimated cost), summed."""
+        total: dict[str, Any] = {}
+        for w in self._writers or self._gone:
+            for k, v in (w.requests or {}).items():
+                total[k] = total.get(k, 0) + v
+        return total
 
     def close(self) -> None:
         """Stop the writers: at once if batches are still out (the restore stopped),
@@ -218,7 +230,7 @@ class WriterPool:
             if w.thread is not None:
                 w.thread.join()
             ipc.stop(w.proc, w.sock)
-        self._writers = []
+        self._gone, self._writers = self._writers or [], []
 
     # -- processes ----------------------------------------------------------
 

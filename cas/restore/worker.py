@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cas import failpoints, ipc
+from cas.backend import request_summary
 from cas.errors import CasError, FormatError
 from cas.format.tree import Node
 from cas.repo.readerspec import LocatedReader, ReaderSpec, open_located
@@ -131,7 +132,8 @@ def _serve(sock: socket.socket) -> None:
             if collector.unreported:
                 ipc.send(sock, ["p", collector.unreported])
                 collector.unreported = 0
-            report = [collector.actions, collector.warnings, restorer.retry]
+            requests = request_summary(reader.backend)  # so far, for the cost report
+            report = [collector.actions, collector.warnings, restorer.retry, requests]
             ipc.send(sock, ["d", batch.job, summary.as_dict(), *report])
     finally:
         restorer.close()
