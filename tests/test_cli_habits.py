@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import pty
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import TEST_ENV, read_until, run_cas
+from tests.support.cli import TEST_ENV, end_pty_child, read_until, run_cas
 
 PASSWORD = "correct horse"
 
@@ -103,12 +102,7 @@ def test_init_on_a_terminal_warns_and_asks_twice(tmp_path: Path) -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        end_pty_child(pid, fd)
     assert run_cas("-r", repo, "snapshots", password="right").code == 0
     assert run_cas("-r", repo, "snapshots", password="two").code == 12
 

@@ -36,18 +36,30 @@ def _moto_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return logs[-1]
 
 
-def test_unchanged_rebackup_makes_few_requests(
-    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def _s3(
+    s3_server: str, s3_bucket: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, str], list[str]]:
+    """The environment (AWS_* and a fresh cache) and global options of a repository."""
     env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     # outside the backed-up tree's ancestors, whose mtimes would change otherwise
     env["CAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    args = ["-r", f"s3://{s3_bucket}/r", "--s3-endpoint", s3_server, "--s3-path-style"]
-    src = tmp_path / "src"
-    for d in range(5):
+    args = ["-r", f"s3://{s3_bucket}/{prefix}", "--s3-endpoint", s3_server, "--s3-path-style"]
+    return env, args
+
+
+def _tree(src: Path, dirs: int, files: int, size: int) -> None:
+    for d in range(dirs):
         (src / f"d{d}").mkdir(parents=True)
-        for f in range(20):
-            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(1000 + 997 * f))
+        for f in range(files):
+            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(size + 997 * f))
+
+
+def test_unchanged_rebackup_makes_few_requests(
+    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    env, args = _s3(s3_server, s3_bucket, "r", tmp_path_factory)
+    src = tmp_path / "src"
+    _tree(src, 5, 20, 1000)
     assert run_cas(*args, "init", env=env).code == 0
     ancestors = _ancestor_times(src)
     first = run_cas(*args, "--json", "backup", src, env=env)
@@ -81,14 +93,9 @@ def test_helper_processes_requests_are_counted(
 ) -> None:
     """Restore's writers and check's verifiers read on backends of their own: the cost
     report adds their requests, and the total is what the server saw."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    env["CAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    args = ["-r", f"s3://{s3_bucket}/{command}", "--s3-endpoint", s3_server, "--s3-path-style"]
+    env, args = _s3(s3_server, s3_bucket, command, tmp_path_factory)
     src = tmp_path / "src"
-    for d in range(4):
-        (src / f"d{d}").mkdir(parents=True)
-        for f in range(10):
-            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(300_000 + 997 * f))
+    _tree(src, 4, 10, 300_000)
     assert run_cas(*args, "init", "--pack-size", str(1 << 20), env=env).code == 0
     assert run_cas(*args, "backup", src, env=env).code == 0
 

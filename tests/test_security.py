@@ -16,7 +16,6 @@ import json
 import os
 import pty
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from cas.backend.local import LocalBackend
 from cas.chunking.worker import OFFLOAD_MIN
 from cas.errors import WrongPassword
 from cas.repo import layout, open_repository
-from tests.support.cli import TEST_ENV, Result, read_until, run_cas
+from tests.support.cli import TEST_ENV, Result, end_pty_child, read_until, run_cas
 from tests.test_crash import parallel
 
 SECRET = "Sekr1t-Pa55phrase-xyzzy-4711"
@@ -262,12 +261,7 @@ def test_password_prompt_does_not_echo(tmp_path: Path) -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
-        try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        os.close(fd)
+        end_pty_child(pid, fd)
 
 
 # -- a wrong password touches nothing -----------------------------------------------------------

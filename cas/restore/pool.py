@@ -90,7 +90,6 @@ class WriterEvent:
 
 @dataclass
 class _Writer:
-    number: int
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     prefix: bytes
@@ -251,7 +250,7 @@ class WriterPool:
                 proc, sock = ipc.spawn(WORKER_MODULE, storage_access=True)
             except OSError:
                 break
-            w = _Writer(i, proc, sock, prefix)
+            w = _Writer(proc, sock, prefix)
             try:
                 ipc.send(
                     sock,

@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,16 @@ def run_cas(
     return Result(
         proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
     )
+
+
+def end_pty_child(pid: int, fd: int) -> None:
+    """Kill and reap a ``pty.fork`` child if it still runs, and close its terminal."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    os.close(fd)
 
 
 def read_until(fd: int, pattern: bytes, hang: float = 120) -> bytes:
