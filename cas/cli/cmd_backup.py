@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -15,9 +16,10 @@ import click
 from cas import __version__
 from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
+from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
 from cas.chunking.worker import ChunkWorker
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
-from cas.cli.options import ExcludeOptions, exclude_options
+from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
 from cas.format import compress
@@ -84,6 +86,7 @@ class _Progress(Reporter):
     help="zstd level for new blobs: auto is 3 with incompressible blobs stored as they are.",
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@workers_option("read, chunk and store new and changed files")
 @pass_globals
 def backup(
     g: Globals,
@@ -97,6 +100,7 @@ def backup(
     force: bool,
     compression: str,
     dry_run: bool,
+    workers: Workers,
 ) -> None:
     """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
     out = Output(g)
@@ -117,19 +121,34 @@ def backup(
     chunker = repo.chunker()
     # Large files are chunked in a helper process (fastcdc holds the GIL).
     helper = ChunkWorker(repo.keys, chunker.params)
-    with g.locked(repo, exclusive=False, command="backup"), contextlib.closing(helper):
+    pool = None if dry_run or use_stdin else _pool(g, repo, workers)
+    with (
+        g.locked(repo, exclusive=False, command="backup"),
+        contextlib.closing(helper),
+        _closing_pool(g, pool),
+    ):
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
         writer = DryRunWriter(repo) if dry_run else repo
         progress = _Progress(out)
-        archiver = Archiver(writer, chunker, opts, progress, offload=helper)
+        after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
+        archiver = Archiver(
+            writer, chunker, opts, progress, offload=helper, pool=pool, pool_after=after
+        )
         started = time.time()
         if use_stdin:
             node = stdin_node(stdin_filename.encode(), sys.stdin.buffer.read, archiver)
             tree, _ = writer.save_blob(BlobType.TREE, encode_tree([node]))
         else:
-            tree = archiver.backup(abs_paths, parent_tree)
+            try:
+                tree = archiver.backup(abs_paths, parent_tree)
+            except WorkerFailed:
+                # What the workers stored goes into an index file: the next run reuses it.
+                with contextlib.suppress(Exception):
+                    repo.flush()
+                raise
         summary = archiver.summary.as_dict()
+        summary["workers"] = archiver.workers_used
         stats = repo.stats if not dry_run else None
         snap = Snapshot(
             time_ns=int(started * 1e9),
@@ -168,6 +187,37 @@ def backup(
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
+
+
+def _pool(g: Globals, repo: Repository, workers: Workers) -> SaverPool | None:
+    """The worker processes of this backup (None: everything in this process)."""
+    plan = g.helpers(repo, workers.count)
+    if plan is None:
+        return None
+    params = repo.chunker().params
+    return SaverPool(
+        plan.spec,
+        plan.count,
+        claim=repo.claim_blobs,
+        adopt=repo.adopt_pack,
+        add_sealed=repo.add_sealed,
+        level=repo.compression_level,
+        pack_size=repo.config.pack_size,
+        chunker=(params.min_size, params.avg_size, params.max_size),
+        # Uploads per worker: two locally (one packs while the other syncs), else a share.
+        connections=plan.per_process(1),
+    )
+
+
+@contextlib.contextmanager
+def _closing_pool(g: Globals, pool: SaverPool | None) -> Iterator[None]:
+    """Stop the workers at the end, and count their storage requests."""
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
+            g.helper_requests.append(pool.requests())
 
 
 COMPRESSION_NAMES = {"auto": compress.DEFAULT_LEVEL, "off": None, "fastest": 1, "max": 19}
