@@ -87,6 +87,10 @@ class Reporter:
     def warning(self, message: str) -> None:
         """Something was skipped or could not be read; the backup goes on."""
 
+    def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
+        """A file or directory is decided: ``action`` "new", "modified" or "unchanged";
+        ``size`` its bytes (files), ``added`` the bytes of new blobs it brought."""
+
 
 @dataclass(eq=False)
 class _Frame:
@@ -387,15 +391,11 @@ class Archiver:
             node.ctime_ns = 0  # metadata missing or a change seen: read again next time
         self.summary.data_blobs_new += new_blobs
         self.summary.data_added += added
-        self.summary.bytes_total += q.st.st_size
-        if q.parent is None or q.parent.type != "file":
-            self.summary.files_new += 1
-        else:
-            self.summary.files_changed += 1
+        self._file_saved(q.path, q.st, q.parent, added)
         self.report.bytes_done(q.st.st_size)
         frame.nodes.append(node)
         for f, w in q.waiters:
-            self._same_as_first(f, w.node, w.st, node)
+            self._same_as_first(f, w.node, w.path, w.st, node)
             f.waiting -= 1
             self._finish(f)
 
@@ -458,7 +458,7 @@ class Archiver:
             first = self._hardlinks.get(key)
             if first is not None:
                 # Another name of an inode already saved: same content, xattrs and flags.
-                self._same_as_first(frame, self._stat_node(name, path, st), st, first)
+                self._same_as_first(frame, self._stat_node(name, path, st), path, st, first)
                 return
         node = self._stat_node(name, path, st)
         if not self.opts.force and self._unchanged(node, parent):
@@ -469,6 +469,7 @@ class Archiver:
             _same_inode(node, parent)
             self.summary.bytes_total += st.st_size
             self.summary.files_unchanged += 1
+            self.report.entry(path, "unchanged", "file", st.st_size, 0)
             self.report.bytes_done(st.st_size)
         elif self._to_workers(st):
             self._queue(frame, node, path, st, parent)
@@ -484,12 +485,25 @@ class Archiver:
             self._hardlinks[key] = node
         frame.nodes.append(node)
 
-    def _same_as_first(self, frame: _Frame, node: Node, st: os.stat_result, first: Node) -> None:
+    def _same_as_first(
+        self, frame: _Frame, node: Node, path: bytes, st: os.stat_result, first: Node
+    ) -> None:
         """Save ``node``, another name of the inode saved as ``first``."""
         _same_inode(node, first)
         self.summary.bytes_total += st.st_size
         self.summary.files_unchanged += 1
+        self.report.entry(path, "unchanged", "file", st.st_size, 0)
         frame.nodes.append(node)
+
+    def _file_saved(self, path: bytes, st: os.stat_result, parent: Node | None, added: int) -> None:
+        """Count a file that was read (new or changed) and report it."""
+        self.summary.bytes_total += st.st_size
+        if parent is None or parent.type != "file":
+            self.summary.files_new += 1
+            self.report.entry(path, "new", "file", st.st_size, added)
+        else:
+            self.summary.files_changed += 1
+            self.report.entry(path, "modified", "file", st.st_size, added)
 
     def _stat_node(self, name: bytes, path: bytes, st: os.stat_result) -> Node:
         """The node of a file from its ``lstat`` alone (no xattrs, flags or content yet)."""
@@ -512,6 +526,7 @@ class Archiver:
         except OSError as e:
             self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
             return None
+        added = self.summary.data_added
         try:
             node = self._stat_node(name, path, st)
             node.xattrs, node.flags, warnings = posixmeta.fd_metadata(fd, path)
@@ -525,11 +540,7 @@ class Archiver:
             os.close(fd)
         if warnings:
             node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
-        self.summary.bytes_total += st.st_size
-        if parent is None or parent.type != "file":
-            self.summary.files_new += 1
-        else:
-            self.summary.files_changed += 1
+        self._file_saved(path, st, parent, self.summary.data_added - added)
         return node
 
     def _visit_dir(
@@ -651,10 +662,14 @@ class Archiver:
         if frame.node is not None:
             if frame.parent_subtree is None:
                 self.summary.dirs_new += 1
+                action = "new"
             elif frame.parent_subtree == tree_id:
                 self.summary.dirs_unchanged += 1
+                action = "unchanged"
             else:
                 self.summary.dirs_changed += 1
+                action = "modified"
+            self.report.entry(frame.path + b"/", action, "dir", 0, 0)
         return tree_id
 
     # -- selection ----------------------------------------------------------

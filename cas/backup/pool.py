@@ -2,13 +2,16 @@
 
 ``SaverPool`` starts ``count`` workers, hands each batch of files to the
 least loaded live one, and turns what they send into events for the
-archiver.  Two kinds of message are answered at once on the thread that
-reads the worker's socket, without waiting for the archiver: a worker's
-question which chunks are new (``claim``: the main process's index and the
-blobs in flight decide, and each new blob is claimed for that worker) and
-the report of a stored pack (``adopt``: indexed like the main process's own
-packs).  Batch results, the end of a flush, a worker's fatal error and its
-death are queued for the archiver (``next_event``).
+archiver.  Some messages are dealt with as soon as they are read, between
+two entries of the walk: a worker's question which chunks are new
+(``claim``: the main process's index and the blobs in flight decide, and
+each new blob is claimed for that worker), the report of a stored pack
+(``adopt``: indexed like the main process's own packs) and, at the end, the
+sealed blobs of a worker's last pack (``add_sealed``: packed with the main
+process's own).  Batch results, the end of a flush, a worker's fatal error
+and its death are queued for the archiver (``next_event``).  No thread
+reads the sockets: the walk would compete with it for the GIL (each
+``readdir`` and ``lstat`` releases it).
 
 A worker that dies takes blobs it had claimed but not stored with it, and
 files already answered may name them; so the backup stops with an error
@@ -20,14 +23,17 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-import queue
+import select
 import signal
 import socket
+import struct
 import subprocess
-import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from cas import ipc
 from cas.crypto import BlobType
@@ -41,6 +47,8 @@ PER_WORKER = 3  # batches in flight per worker
 # a backup this small is over before processes would start.
 AUTO_START_FILES = 256
 AUTO_START_BYTES = 64 << 20
+_RECV = 1 << 20  # bytes read from a worker's socket at a time
+_U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
 
 
 class WorkerFailed(CasError):
@@ -59,24 +67,25 @@ class BatchDone:
 class _Worker:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
-    lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: dict[int, int] = field(default_factory=dict)  # job -> bytes in it
     alive: bool = True
     error: str | None = None  # what it said before it died
     requests: dict[str, Any] | None = None
     flushed: bool = False
-    thread: threading.Thread | None = None
-
-    def send(self, value: Any, fd: int | None = None) -> None:
-        with self.lock:
-            ipc.send(self.sock, value, fd)
+    received: bytearray = field(default_factory=bytearray)  # not yet a whole frame
 
     def load(self) -> int:
         return sum(self.jobs.values())
 
 
 class SaverPool:
-    """``count`` backup worker processes (started by ``start``)."""
+    """``count`` backup worker processes (started by ``start``).
+
+    Everything runs on the caller's thread: their messages are read when the
+    archiver asks for news (``has_news``, between the entries it walks) or
+    waits for an event, so no thread of this process competes for the GIL
+    with the walk.
+    """
 
     def __init__(
         self,
@@ -105,9 +114,10 @@ class SaverPool:
             "connections": connections,
         }
         self._workers: list[_Worker] | None = None
-        self._events: queue.Queue[tuple[_Worker, Any]] = queue.Queue()
+        self._by_fd: dict[int, _Worker] = {}
+        self._poll = select.poll()  # not select(): descriptors may be above 1024
+        self._events: deque[tuple[_Worker, Any]] = deque()
         self._next_job = 0
-        self._closing = False
         self.started = 0  # processes started (statistics, tests)
 
     @property
@@ -120,18 +130,16 @@ class SaverPool:
         if self._workers is not None:
             return self.running
         self._workers = []
-        for i in range(self.count):
+        for _ in range(self.count):
             # The backend may need the user's storage credentials (AWS_*): passed on as
             # they are; the key goes over the socket.
             started = ipc.start(WORKER_MODULE, self._init, storage_access=True)
             if started is None:
                 break
             w = _Worker(*started)
-            w.thread = threading.Thread(
-                target=self._read, args=(w,), name=f"cas-backup-worker-{i}", daemon=True
-            )
-            w.thread.start()
             self._workers.append(w)
+            self._by_fd[w.sock.fileno()] = w
+            self._poll.register(w.sock, select.POLLIN)
             self.started += 1
         return self.running
 
@@ -139,10 +147,6 @@ class SaverPool:
         """Every live worker has its share of batches: wait for an event first."""
         live = [w for w in self._workers or [] if w.alive]
         return bool(live) and all(len(w.jobs) >= self.per_worker for w in live)
-
-    def busy(self) -> bool:
-        """Batches are out at workers."""
-        return any(w.jobs for w in self._workers or [])
 
     def submit(self, dir_fd: int, shown: bytes, files: list[list[Any]], size: int) -> int:
         """Hand a batch of files in ``dir_fd`` to the least loaded worker; its job number.
@@ -156,17 +160,25 @@ class SaverPool:
             (w for w in self._workers or [] if w.alive), key=lambda w: (len(w.jobs), w.load())
         ):
             try:
-                w.send(msg, dir_fd)
+                ipc.send(w.sock, msg, dir_fd)
             except OSError:
-                continue  # its reader thread reports its death
+                continue  # reading its socket reports its death
             w.jobs[job] = size
             return job
         raise WorkerFailed("no backup worker process is left")
 
+    def has_news(self) -> bool:
+        """Whether an event is waiting (what the workers sent is read first)."""
+        if not self._events:
+            self._pump(0)
+        return bool(self._events)
+
     def next_event(self) -> BatchDone | None:
         """The next finished batch (waits for one); None for an event that needs nothing
         of the caller.  Raises the error a worker stopped with, or WorkerFailed."""
-        w, msg = self._events.get()
+        while not self._events:
+            self._pump(None)
+        w, msg = self._events.popleft()
         if msg is None:
             self._died(w)
         kind = msg[0]
@@ -183,22 +195,15 @@ class SaverPool:
         if kind == "x":
             w.alive = False
             raise _unpickle(msg[1])
-        if kind == "!":  # an error in this process, on the worker's reading thread
-            w.alive = False
-            raise msg[1]
         raise WorkerFailed(f"backup worker process {w.proc.pid} sent {kind!r}")
 
-    def has_news(self) -> bool:
-        """An event is waiting."""
-        return not self._events.empty()
-
     def flush(self) -> None:
-        """Have every worker store its open packs; returns once each has (and has
-        reported them, so the index has them)."""
+        """Have every worker store its full packs and hand over its last one's blobs;
+        returns once each has (so the index has them all)."""
         live = [w for w in self._workers or [] if w.alive]
         for w in live:
             w.flushed = False
-            w.send(["f"])
+            ipc.send(w.sock, ["f"])
         while not all(w.flushed for w in live):
             event = self.next_event()
             if event is not None:
@@ -215,39 +220,50 @@ class SaverPool:
     def close(self) -> None:
         """Stop the workers: at once if batches are still out (the backup failed), else
         when they see their socket close."""
-        self._closing = True
         for w in self._workers or []:
             if w.jobs or not w.flushed:
                 with contextlib.suppress(OSError):
                     w.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                w.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread too
-            if w.thread is not None:
-                w.thread.join()
             ipc.stop(w.proc, w.sock)
 
-    # -- the reading threads --------------------------------------------------------
+    # -- reading the sockets ----------------------------------------------------------
 
-    def _read(self, w: _Worker) -> None:
-        """Answer the worker's questions, index its packs, queue the rest; None at the end."""
-        try:
-            while True:
-                msg = ipc.recv(w.sock)
-                kind = msg[0]
-                if kind == "a":
-                    w.send(["n", self._claim([bytes(b) for b in msg[1]])])
-                elif kind == "k":
-                    self._adopt(bytes(msg[1]), msg[2], _entries(msg[3]))
-                elif kind == "t":
-                    self._add_sealed(bytes(msg[1]), _entries(msg[2]))
-                else:
-                    self._events.put((w, msg))
-        except (OSError, EOFError, ValueError):
-            pass
-        except Exception as e:  # claim or adopt failed here (an index file not written)
-            self._events.put((w, ["!", e]))
-            return
-        self._events.put((w, None))
+    def _pump(self, timeout: int | None) -> None:
+        """Read what the workers sent (waiting up to ``timeout`` ms, None: until
+        something comes): answer questions, index stored packs, queue the rest."""
+        for fd, _ in self._poll.poll(timeout):
+            w = self._by_fd[fd]
+            try:
+                data = w.sock.recv(_RECV)
+            except OSError:
+                data = b""
+            if not data:
+                self._poll.unregister(fd)
+                self._events.append((w, None))
+                continue
+            buf = w.received
+            buf += data
+            start = 0
+            while len(buf) - start >= _U32.size:
+                (n,) = _U32.unpack_from(buf, start)
+                if len(buf) - start - _U32.size < n:
+                    break
+                begin = start + _U32.size
+                msg = msgpack.unpackb(buf[begin : begin + n], raw=False)
+                start = begin + n
+                self._handle(w, msg)
+            del buf[:start]
+
+    def _handle(self, w: _Worker, msg: Any) -> None:
+        kind = msg[0]
+        if kind == "a":
+            ipc.send(w.sock, ["n", self._claim([bytes(b) for b in msg[1]])])
+        elif kind == "k":
+            self._adopt(bytes(msg[1]), msg[2], _entries(msg[3]))
+        elif kind == "t":
+            self._add_sealed(bytes(msg[1]), _entries(msg[2]))
+        else:
+            self._events.append((w, msg))
 
     def _died(self, w: _Worker) -> None:
         w.alive = False

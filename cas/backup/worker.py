@@ -134,7 +134,13 @@ class _Worker:
         self.chunker = Chunker(self.keys.chunker_permutation(), ChunkerParams(lo, avg, hi))
         # One sealing thread: the other cores have workers of their own.
         self.saver = BlobSaver(
-            self.backend, self.keys, init["pack_size"], None, None, on_pack=self._stored, threads=1
+            self.backend,
+            self.keys,
+            init["pack_size"],
+            None,
+            None,
+            on_pack=self._stored,
+            threads=int(os.environ.get("CAS_SEAL_THREADS", "1")),
         )
         self.saver.compression_level = init["level"]
         self.saver.set_connections(init["connections"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import socket
 import sys
@@ -18,7 +19,7 @@ from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
 from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
 from cas.chunking.worker import ChunkWorker
-from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, fs_text, human_bytes, one_line, pass_globals
 from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
@@ -35,8 +36,9 @@ def register(cli: click.Group) -> None:
 
 
 class _Progress(Reporter):
-    def __init__(self, out: Output) -> None:
+    def __init__(self, out: Output, verbose: int = 0) -> None:
         self.out = out
+        self.verbose = verbose
         self.start = time.monotonic()
         self.bytes = 0
         self.files = 0
@@ -53,6 +55,27 @@ class _Progress(Reporter):
 
     def warning(self, message: str) -> None:
         self.out.warn(message)
+
+    def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
+        """-v: new and modified entries as they are decided; -vv: unchanged ones too."""
+        if self.verbose < (2 if action == "unchanged" else 1) or self.out.quiet:
+            return
+        if self.out.json:
+            self.out.clear_progress()
+            event = {
+                "message_type": "verbose_status",
+                "action": action,
+                "item": fs_text(path),
+                "type": kind,
+                "data_size": size,
+                "data_added": added,
+            }
+            click.echo(json.dumps(event, sort_keys=True))
+            return
+        text = f"{action:<10}{one_line(fs_text(path))}"
+        if kind == "file" and action != "unchanged":
+            text += f" ({human_bytes(size)}, {human_bytes(added)} added)"
+        self.out.line(text)
 
     def _show(self) -> None:
         if not self.out.progress_enabled:
@@ -86,6 +109,13 @@ class _Progress(Reporter):
     help="zstd level for new blobs: auto is 3 with incompressible blobs stored as they are.",
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@click.option(
+    "--verbose",
+    "-v",
+    count=True,
+    help="Show each new and modified file and directory as it is decided; -vv: unchanged "
+    "ones too (with --json: verbose_status lines before the summary).",
+)
 @workers_option("read, chunk and store new and changed files")
 @pass_globals
 def backup(
@@ -100,6 +130,7 @@ def backup(
     force: bool,
     compression: str,
     dry_run: bool,
+    verbose: int,
     workers: Workers,
 ) -> None:
     """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
@@ -130,7 +161,7 @@ def backup(
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
         writer = DryRunWriter(repo) if dry_run else repo
-        progress = _Progress(out)
+        progress = _Progress(out, verbose)
         after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
         archiver = Archiver(
             writer, chunker, opts, progress, offload=helper, pool=pool, pool_after=after
@@ -184,6 +215,8 @@ def backup(
         )
     if isinstance(writer, DryRunWriter):
         doc["estimate"] = _estimate(repo, writer)
+    if verbose and g.json:
+        doc["message_type"] = "summary"  # the last of the JSON lines
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
