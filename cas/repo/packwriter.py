@@ -333,7 +333,6 @@ class BlobSaver:
 
     def _stored(self, pack: FinishedPack) -> None:
         """Record a stored pack; write an index file when enough are unindexed."""
-        failpoints.hit("pack-stored")
         if self._on_pack is not None:
             self._on_pack(pack)
             with self._lock:
@@ -344,7 +343,10 @@ class BlobSaver:
         self._record(pack.pack_id, len(pack.data), pack.entries)
 
     def _record(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
+        """Index a stored pack (this saver's, or a worker's), writing an index file when
+        enough are unindexed."""
         assert self._indexes is not None
+        failpoints.hit("pack-stored")  # a worker's pack: once this process knows of it
         with self._lock:
             self.stats.packs += 1
             self.stats.pack_bytes += size
