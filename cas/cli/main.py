@@ -18,6 +18,7 @@ from cas.cli import (
     cmd_forget,
     cmd_init,
     cmd_key,
+    cmd_ls,
     cmd_mount,
     cmd_prune,
     cmd_repair,
@@ -70,6 +71,7 @@ for module in (
     cmd_stats,
     cmd_check,
     cmd_mount,
+    cmd_ls,
 ):
     module.register(cli)
 
