@@ -15,6 +15,7 @@ from cas.cli import (
     cmd_cat,
     cmd_check,
     cmd_copy,
+    cmd_diff,
     cmd_dump,
     cmd_forget,
     cmd_init,
@@ -73,6 +74,7 @@ for module in (
     cmd_check,
     cmd_mount,
     cmd_ls,
+    cmd_diff,
     cmd_dump,
 ):
     module.register(cli)
