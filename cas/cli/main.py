@@ -17,6 +17,7 @@ from cas.cli import (
     cmd_copy,
     cmd_diff,
     cmd_dump,
+    cmd_find,
     cmd_forget,
     cmd_init,
     cmd_key,
@@ -76,6 +77,7 @@ for module in (
     cmd_ls,
     cmd_diff,
     cmd_dump,
+    cmd_find,
 ):
     module.register(cli)
 
