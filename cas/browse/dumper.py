@@ -20,14 +20,15 @@ import stat
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from cas import sparse
 from cas.browse import tarstream as ts
-from cas.browse.nav import Entry, WalkError, walk
+from cas.browse.nav import Entry, WalkError, shown, walk
 from cas.crypto import BlobType
-from cas.errors import IntegrityError
+from cas.errors import CasError, IntegrityError
 from cas.format.tree import Node
 from cas.protocols import BlobReader
 
@@ -39,6 +40,10 @@ _TAR_TYPES = {
     "blockdev": ts.BLOCKDEV,
     "fifo": ts.FIFO,
 }
+
+
+class DumpError(CasError):
+    """cannot dump {path}: {detail}"""
 
 
 @dataclass(frozen=True)
@@ -151,13 +156,14 @@ class Dumper:
                     continue
                 first_names[key] = name
             if node.type == "file":
-                extents = self.extents(node)
-                if extents is not None:
-                    m.extents = extents
-                    summary.sparse_files += 1
-                    w.add(m, self._counted(self.sparse_content(node, extents), summary))
-                else:
-                    w.add(m, self._counted(self.content(node), summary))
+                with failing(entry.path):
+                    extents = self.extents(node)
+                    if extents is not None:
+                        m.extents = extents
+                        summary.sparse_files += 1
+                        w.add(m, self._counted(self.sparse_content(node, extents), summary))
+                    else:
+                        w.add(m, self._counted(self.content(node), summary))
             else:
                 w.add(m)
             summary.members += 1
@@ -186,7 +192,7 @@ class Dumper:
                 elif node.type == "dir":
                     zf.writestr(info, b"")
                 else:
-                    with zf.open(info, "w", force_zip64=True) as f:
+                    with failing(entry.path), zf.open(info, "w", force_zip64=True) as f:
                         for chunk in self._counted(self.content(node), summary):
                             f.write(chunk)
                 summary.members += 1
@@ -206,6 +212,17 @@ class Dumper:
         for chunk in chunks:
             summary.content_bytes += len(chunk)
             yield chunk
+
+
+@contextmanager
+def failing(path: bytes) -> Iterator[None]:
+    """Name the entry whose content could not be read or written in the error."""
+    try:
+        yield
+    except DumpError:
+        raise
+    except CasError as e:
+        raise DumpError(path=shown(path), detail=str(e)) from e
 
 
 def _check_sizes(node: Node) -> None:

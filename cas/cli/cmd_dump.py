@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 import click
 
 from cas import sparse
-from cas.browse.dumper import Blobs, Dumper, DumpSummary
+from cas.browse.dumper import Blobs, Dumper, DumpSummary, failing
 from cas.browse.nav import lookup
 from cas.cli.common import Globals, Output, pass_globals
 from cas.cli.nodeview import json_path, path_text, split_ref
@@ -82,9 +82,10 @@ def dump(
             if as_file:
                 assert entry.node is not None
                 summary = DumpSummary(members=1)
-                for chunk in dumper.content(entry.node):
-                    sink.write(chunk)
-                    summary.content_bytes += len(chunk)
+                with failing(entry.path):
+                    for chunk in dumper.content(entry.node):
+                        sink.write(chunk)
+                        summary.content_bytes += len(chunk)
                 sink.flush()
             elif archive == "zip":
                 summary = dumper.zip(entry, sink)
