@@ -126,6 +126,8 @@ def node_doc(entry: Entry) -> dict[str, Any]:
         ctime=iso_ns(node.ctime_ns),
         mtime_ns=node.mtime_ns,
     )
+    if node.subtree is not None:
+        doc["subtree"] = node.subtree.hex()  # what find --tree looks for
     if node.target is not None:
         doc.update(json_path(node.target, "link_target"))
     if node.type in ("chardev", "blockdev"):
