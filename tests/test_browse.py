@@ -495,3 +495,20 @@ def test_odd_names_and_a_4000_deep_tree(tmp_path: Path) -> None:
     with tarfile.open(odd_tar, encoding="utf-8", errors="surrogateescape") as tf:
         got = {os.fsencode(n) for n in tf.getnames()}
     assert got == {b"src"} | {b"src/" + n for n in [*odd, b"added"]}
+
+
+def test_dump_of_a_stdin_backup(tmp_path: Path) -> None:
+    env = {"CAS_REPOSITORY": str(tmp_path / "repo")}
+    assert run_cas("init", env=env).code == 0
+    data = os.urandom(1 << 20) + bytes(1 << 20) + b"end"
+    assert run_cas("backup", "--stdin", input=data, env=env).code == 0
+    r = subprocess.run(
+        [sys.executable, "-m", "cas", "dump", "latest", "/stdin"],
+        env=cas_env("test-password", env),
+        capture_output=True,
+        check=False,
+    )
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout == data
+    r2 = run_cas("ls", "-l", "latest", env=env)
+    assert r2.code == 0 and r2.out.rstrip().endswith(" /stdin")
