@@ -1,7 +1,8 @@
 """``cas dump``: a stored file's bytes, or a directory as a tar or zip stream.
 
 Content is read blob by blob through a :class:`~cas.protocols.BlobReader` and
-written as it comes: at most one blob of a file is held at a time.  Holes are
+written as it comes: a few blobs are loaded ahead on threads (READAHEAD), never
+a whole file.  Holes are
 found as the mount finds them (:mod:`cas.sparse`) and written as GNU sparse
 members, so an extracted file is as sparse as a restored one.
 
@@ -19,7 +20,9 @@ import os
 import stat
 import time
 import zipfile
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -31,6 +34,8 @@ from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError
 from cas.format.tree import Node
 from cas.protocols import BlobReader
+
+READAHEAD = 4  # blobs loaded ahead of the one being written (at most 8 MiB each by default)
 
 _TAR_TYPES = {
     "file": ts.REGULAR,
@@ -72,17 +77,21 @@ class Dumper:
     def __init__(self, blobs: Blobs, on_error: WalkError | None = None) -> None:
         self.blobs = blobs
         self.on_error = on_error
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the loading threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     # -- one file ------------------------------------------------------------------
 
     def content(self, node: Node) -> Iterator[bytes]:
-        """A file's bytes in order, one blob at a time (zero blobs without a read)."""
+        """A file's bytes in order (zero blobs without a read), at most READAHEAD
+        blobs loaded ahead of the one being written."""
         _check_sizes(node)
-        for blob_id, size in zip(node.content, node.sizes, strict=True):
-            if self.blobs.is_zero(blob_id, size):
-                yield bytes(size)
-            else:
-                yield self._load(blob_id, size)
+        yield from self._stream(list(zip(node.content, node.sizes, strict=True)))
 
     def extents(self, node: Node) -> list[tuple[int, int]] | None:
         """The file's data extents when it has holes, else None."""
@@ -96,21 +105,52 @@ class Dumper:
 
     def sparse_content(self, node: Node, extents: list[tuple[int, int]]) -> Iterator[bytes]:
         """The bytes of ``extents`` of the file, in order, reading only the blobs they touch."""
+        wanted: list[tuple[bytes, int]] = []
+        cuts: list[list[tuple[int, int]]] = []  # per wanted blob: its slices to write
         pos, k = 0, 0
         for blob_id, size in zip(node.content, node.sizes, strict=True):
             start, pos = pos, pos + size
             while k < len(extents) and extents[k][0] + extents[k][1] <= start:
                 k += 1
-            data: bytes | None = None
+            parts = []
             j = k
             while j < len(extents) and extents[j][0] < pos:
                 lo = max(extents[j][0], start) - start
                 hi = min(extents[j][0] + extents[j][1], pos) - start
-                if data is None:
-                    zero = self.blobs.is_zero(blob_id, size)
-                    data = bytes(size) if zero else self._load(blob_id, size)
-                yield data[lo:hi]
+                parts.append((lo, hi))
                 j += 1
+            if parts:
+                wanted.append((blob_id, size))
+                cuts.append(parts)
+        for data, parts in zip(self._stream(wanted), cuts, strict=True):
+            for lo, hi in parts:
+                yield data[lo:hi]
+
+    def _stream(self, wanted: list[tuple[bytes, int]]) -> Iterator[bytes]:
+        """The plaintexts of ``wanted`` blobs in order: zero blobs made here, the others
+        loaded on threads, at most READAHEAD ahead of the one the caller has."""
+        if len(wanted) <= 1:
+            for blob_id, size in wanted:
+                yield self._load_or_zero(blob_id, size)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(READAHEAD, thread_name_prefix="cas-dump")
+        pending: deque[Future[bytes]] = deque()
+        try:
+            for blob_id, size in wanted:
+                pending.append(self._pool.submit(self._load_or_zero, blob_id, size))
+                if len(pending) > READAHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def _load_or_zero(self, blob_id: bytes, size: int) -> bytes:
+        if self.blobs.is_zero(blob_id, size):
+            return bytes(size)
+        return self._load(blob_id, size)
 
     def _kind(self, node: Node) -> Callable[[int], str]:
         def kind(i: int) -> str:

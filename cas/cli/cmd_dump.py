@@ -76,6 +76,7 @@ def dump(
 
         dumper = Dumper(_blobs(repo), on_error)
         with ExitStack() as stack:
+            stack.callback(dumper.close)
             sink: BinaryIO = (
                 stack.enter_context(open(target, "wb")) if target else sys.stdout.buffer
             )
