@@ -69,6 +69,13 @@ def test_find_skips_trees_known_to_hold_no_match() -> None:
     # A pattern with a slash matches paths: nothing can be skipped.
     by_path = Finder(t, Query(patterns=[b"/a/*"]))
     assert [[m.entry.path for m in by_path.find(r)] for r in roots[:2]] == [[b"/a/plain"]] * 2
+    # --exclude's syntax: * never crosses a slash, ** does; a name must match whole.
+    top = Finder(t, Query(patterns=[b"/*"]))
+    assert [m.entry.path for m in top.find(roots[0])] == [b"/a", b"/wanted-0"]
+    deep = Finder(t, Query(patterns=[b"/**/plain", b"want"]))
+    assert [m.entry.path for m in deep.find(roots[0])] == [b"/a/plain"]
+    newline = t.add([file(b"x\n", blob(3))])
+    assert list(Finder(t, Query(patterns=[b"x"])).find(newline)) == []
 
 
 def test_lookup_and_walk_keep_an_explicit_stack() -> None:

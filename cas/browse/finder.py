@@ -11,13 +11,14 @@ one slowly changing tree reads each distinct tree about once.
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from cas.browse.nav import Entry, WalkError, join, of_node
-from cas.errors import CasError
+from cas.errors import CasError, UsageError
 from cas.format.tree import Node
+from cas.fs.patterns import translate
 from cas.protocols import BlobReader
 from cas.walker import load_tree
 
@@ -32,23 +33,52 @@ class Match:
 
 @dataclass(frozen=True)
 class Query:
-    """What ``cas find`` looks for; every criterion given must hold."""
+    """What ``cas find`` looks for; every criterion given must hold.
 
-    patterns: Sequence[bytes] = ()  # shell patterns: the name, or the path with a slash
+    A pattern without a slash matches an entry's name; one with a slash its
+    whole path, anchored at the root when it starts with ``/``, else at any
+    directory boundary.  ``*`` and ``?`` never cross a slash, ``**`` does
+    (the syntax of --exclude, :mod:`cas.fs.patterns`).
+    """
+
+    patterns: Sequence[bytes] = ()
     ignore_case: bool = False
     newest_ns: int | None = None  # mtime at most this
     oldest_ns: int | None = None  # mtime at least this
     blobs: Collection[bytes] = ()  # data or tree blob IDs used by the entry
     trees: Collection[bytes] = ()  # the entry is a directory with this tree
+    _names: re.Pattern[bytes] | None = field(init=False, default=None, repr=False)
+    _paths: re.Pattern[bytes] | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        names, paths = [], []
+        for p in self.patterns:
+            p = p.rstrip(b"/") or b"/"
+            body = translate(p)
+            if b"/" not in p:
+                names.append(body)
+            else:
+                paths.append((b"^" if p.startswith(b"/") else b"(?:^|/)") + body)
+        flags = (re.IGNORECASE if self.ignore_case else 0) | re.DOTALL
+        try:
+            if names:
+                object.__setattr__(self, "_names", re.compile(_any(names), flags))
+            if paths:
+                object.__setattr__(self, "_paths", re.compile(_any(paths), flags))
+        except re.error as e:
+            raise UsageError(f"invalid pattern: {e.msg}") from None
 
     @property
     def by_path(self) -> bool:
         """Whether a match depends on the entry's path (then no tree can be skipped)."""
-        return any(b"/" in p for p in self.patterns)
+        return self._paths is not None
 
     def matches(self, path: bytes, node: Node) -> tuple[bytes, ...] | None:
         """None if ``node`` at ``path`` does not match; else the searched IDs it uses."""
-        if self.patterns and not any(self._glob(p, path, node.name) for p in self.patterns):
+        if self.patterns and not (
+            (self._names is not None and self._names.match(node.name))
+            or (self._paths is not None and self._paths.search(path))
+        ):
             return None
         if self.newest_ns is not None and node.mtime_ns > self.newest_ns:
             return None
@@ -66,11 +96,10 @@ class Query:
             ids = tuple(dict.fromkeys(used))
         return ids
 
-    def _glob(self, pattern: bytes, path: bytes, name: bytes) -> bool:
-        subject = path if b"/" in pattern else name
-        if self.ignore_case:
-            return fnmatch.fnmatchcase(subject.lower(), pattern.lower())
-        return fnmatch.fnmatchcase(subject, pattern)
+
+def _any(bodies: list[bytes]) -> bytes:
+    """One expression matching any of ``bodies`` up to the end of the subject."""
+    return b"(?:" + b"|".join(bodies) + b")\\Z"
 
 
 @dataclass

@@ -52,8 +52,9 @@ def find(
     pack_ids: tuple[str, ...],
 ) -> None:
     """Find entries in all snapshots (or --snapshot ..., --host/--tag/--path) whose
-    name matches a shell PATTERN (the whole path when it holds a slash), grouped
-    per snapshot, oldest first.
+    name matches a PATTERN, grouped per snapshot, oldest first.  A pattern with a
+    slash matches the whole path (anchored at the root when it starts with /);
+    * and ? never cross a slash, ** does, as in --exclude.
 
     --blob, --tree and --pack ID (unique prefixes) trace stored objects, such as
     the ones a `cas check` finding names, to the files and directories that use
