@@ -8,6 +8,7 @@ from cas.browse.differ import Differ
 from cas.browse.finder import Finder, Query, resolve_ids
 from cas.browse.nav import Entry, lookup, walk
 from cas.crypto import BlobType
+from cas.errors import CasError, IntegrityError
 from cas.format.tree import Node, encode_tree
 
 
@@ -29,6 +30,8 @@ class Trees:
     ) -> bytes:
         assert blob_type == BlobType.TREE
         self.loads[blob_id] = self.loads.get(blob_id, 0) + 1
+        if blob_id not in self.blobs:
+            raise IntegrityError(what=f"blob {blob_id.hex()[:8]}", detail="missing")
         return self.blobs[blob_id]
 
 
@@ -99,3 +102,21 @@ def test_id_prefixes() -> None:
             assert "blob" in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_a_tree_that_cannot_be_read_is_reported_in_every_snapshot() -> None:
+    t = Trees()
+    missing = bytes(32)
+    parent = t.add([directory(b"broken", missing)])
+    roots = [t.add([directory(b"p", parent), file(b"n%d" % i, blob(1))]) for i in range(2)]
+    errors: list[bytes] = []
+
+    def on_error(path: bytes, error: CasError) -> None:
+        errors.append(path)
+
+    finder = Finder(t, Query(patterns=[b"nothing"]), on_error)
+    for r in roots:
+        assert list(finder.find(r)) == []
+    assert errors == [b"/p/broken", b"/p/broken"]  # its parent was not taken for clean
+    d = Differ(t, on_error)
+    assert list(d.changes(Entry(b"/", None, roots[0]), Entry(b"/", None, parent))) != []

@@ -110,6 +110,7 @@ class Finder:
     query: Query
     on_error: WalkError | None = None
     clean: set[bytes] = field(default_factory=set)  # trees with no match below
+    _events: int = field(default=0, init=False, repr=False)
 
     def find(self, root_tree: bytes) -> Iterator[Match]:
         """Matches below the snapshot root ``root_tree``, in path order."""
@@ -119,39 +120,41 @@ class Finder:
         memo = not q.by_path
         if memo and root_tree in self.clean:
             return
-        found = 0
-        # (entry, matches found before it) to visit; an int marks the end of a
-        # directory: (tree, matches found when it was entered)
+        # Matches and unreadable trees seen so far: a tree is known to hold no
+        # match below only when neither grew while it was walked.
+        self._events = 0
+        # (entry, events before it) to visit; a tree ID marks the end of a
+        # directory: (tree, events when it was entered)
         stack: list[tuple[Entry, int] | tuple[bytes, int]] = []
-        self._push(Entry(b"/", None, root_tree), stack, found)
+        self._push(Entry(b"/", None, root_tree), stack)
         while stack:
             item, before = stack.pop()
             if isinstance(item, bytes):  # a directory is done
-                if memo and found == before:
+                if memo and self._events == before:
                     self.clean.add(item)
                 continue
             node = item.node
             assert node is not None
             ids = q.matches(item.path, node)
             if ids is not None:
-                found += 1
+                self._events += 1
                 yield Match(item, ids)
             if item.tree is not None and not (memo and item.tree in self.clean):
-                self._push(item, stack, found)
+                self._push(item, stack)
 
-    def _push(
-        self, d: Entry, stack: list[tuple[Entry, int] | tuple[bytes, int]], found: int
-    ) -> None:
+    def _push(self, d: Entry, stack: list[tuple[Entry, int] | tuple[bytes, int]]) -> None:
         assert d.tree is not None
         try:
             nodes = load_tree(self.reader, d.tree)
         except CasError as e:
+            self._events += 1  # nothing below it is known: it and its parents stay unknown
             if self.on_error is None:
                 raise
             self.on_error(d.path, e)
             return
-        stack.append((d.tree, found))
-        stack.extend((of_node(join(d.path, n.name), n), found) for n in reversed(nodes))
+        events = self._events
+        stack.append((d.tree, events))
+        stack.extend((of_node(join(d.path, n.name), n), events) for n in reversed(nodes))
 
 
 def resolve_ids(
