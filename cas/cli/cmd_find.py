@@ -122,6 +122,7 @@ def _objects(
             for e in entries:
                 index[e.blob_id] = e.type
                 members.add(e.blob_id)
+    blob_ids, tree_ids, pack_ids = _bare(blob_ids), _bare(tree_ids), _bare(pack_ids)
     blobs = set(resolve_ids(blob_ids, lambda: index.keys(), "blob"))
     trees = set(
         resolve_ids(tree_ids, lambda: [b for b, t in index.items() if t == BlobType.TREE], "tree")
@@ -134,6 +135,11 @@ def _objects(
             else:  # a pack no index names: its own header says what it holds
                 blobs |= {e.blob_id for e in repo.read_pack_header(pid)}
     return blobs, trees
+
+
+def _bare(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """IDs as `check` names objects ("blob:9d6c...", "data/a7/a7c7...") taken as given."""
+    return tuple(i.rsplit("/", 1)[-1].rsplit(":", 1)[-1] for i in ids)
 
 
 def _time(text: str, option: str) -> int:
