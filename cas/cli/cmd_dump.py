@@ -12,8 +12,8 @@ import click
 from cas import sparse
 from cas.browse.dumper import Blobs, Dumper, DumpSummary, failing
 from cas.browse.nav import lookup
-from cas.cli.common import Globals, Output, pass_globals
-from cas.cli.nodeview import json_path, path_text, split_ref
+from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.cli.nodeview import inside, json_path, path_text, split_ref
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound, CasError, UsageError
 from cas.repo import Repository
@@ -57,7 +57,7 @@ def dump(
     """
     out = Output(g)
     ref, base = split_ref(snapshot)
-    where = base if path is None else _inside(base, path)
+    where = base if path is None else inside(base, path)
     if g.json and target is None:
         raise UsageError("--json needs --target: the dump itself goes to stdout")
     repo = g.open()
@@ -105,13 +105,15 @@ def dump(
         "skipped": [{**json_path(p), "why": why} for p, why in summary.skipped],
         "warnings": out.warnings,
     }
-    if target is not None:
+    if target is not None:  # stdout is free for a summary
         doc["target"] = os.fsdecode(target)
-        out.emit(doc, lambda: None)
-
-
-def _inside(base: bytes, path: bytes) -> bytes:
-    return path if path.startswith(b"/") else base.rstrip(b"/") + b"/" + path
+        what = "the file" if as_file else f"a {doc['format']} of {summary.members} entries"
+        out.emit(
+            doc,
+            lambda: out.line(
+                f"wrote {what} ({human_bytes(summary.content_bytes)}) to {path_text(target)}"
+            ),
+        )
 
 
 def _blobs(repo: Repository) -> Blobs:

@@ -6,7 +6,15 @@ import click
 
 from cas.browse.nav import Entry, lookup, walk
 from cas.cli.common import Globals, Output, pass_globals
-from cas.cli.nodeview import json_line, long_line, node_doc, path_text, snapshot_doc, split_ref
+from cas.cli.nodeview import (
+    inside,
+    json_line,
+    long_line,
+    node_doc,
+    path_text,
+    snapshot_doc,
+    split_ref,
+)
 from cas.errors import CasError
 
 
@@ -47,9 +55,7 @@ def ls(
     repo = g.open()
     with g.locked(repo, exclusive=False, command="ls"):
         sid, snap = repo.find_snapshot(ref)
-        starts = [lookup(repo, snap.tree, base)]
-        if paths:
-            starts = [lookup(repo, snap.tree, _inside(base, p)) for p in paths]
+        starts = [lookup(repo, snap.tree, inside(base, p)) for p in paths or (base,)]
 
         def on_error(path: bytes, error: CasError) -> None:
             g.degraded = True
@@ -63,10 +69,6 @@ def ls(
             for entry in walk(repo, top, recursive=recursive, on_error=on_error):
                 _show(g, entry, long_, human_readable)
     g.warn_damaged(out)
-
-
-def _inside(base: bytes, path: bytes) -> bytes:
-    return path if path.startswith(b"/") else base.rstrip(b"/") + b"/" + path
 
 
 def _show(g: Globals, entry: Entry, long_: bool, human: bool) -> None:

@@ -33,6 +33,11 @@ def split_ref(text: str) -> tuple[str, bytes]:
     return ref, os.fsencode(sub) if sub else b"/"
 
 
+def inside(base: bytes, path: bytes) -> bytes:
+    """A PATH argument inside ``SNAPSHOT:/base``: absolute as given, relative below base."""
+    return path if path.startswith(b"/") else base.rstrip(b"/") + b"/" + path
+
+
 def path_text(path: bytes) -> str:
     """A path on one line for people: not UTF-8 bytes as ``\\xNN``, control characters
     (a newline in a name) as escapes, and a backslash doubled so neither is ambiguous."""
