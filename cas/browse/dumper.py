@@ -2,16 +2,17 @@
 
 Content is read blob by blob through a :class:`~cas.protocols.BlobReader` and
 written as it comes: a few blobs are loaded ahead on threads (READAHEAD), never
-a whole file.  Holes are
-found as the mount finds them (:mod:`cas.sparse`) and written as GNU sparse
-members, so an extracted file is as sparse as a restored one.
+a whole file.  Holes are found as the mount finds them (:mod:`cas.sparse`) and
+written as GNU sparse members, so an extracted file is as sparse as a restored
+one.
 
 A tar member holds everything ``tar --xattrs --acls --numeric-owner -xpf``
 restores (:mod:`cas.browse.tarstream`); what tar cannot hold is left out and
 reported: sockets, and inode flags (chattr), ctimes and inode numbers, which no
-archive restores.  A zip holds files, directories and symlinks with their
-modes and times (2-second resolution); names that are not UTF-8 are written
-with their bytes as ``\\xNN`` text.
+archive restores.  Atimes are in the archive; GNU tar applies them only with
+-G.  A zip holds files, directories and symlinks with their modes and times
+(2-second resolution); names that are not UTF-8 are written with their bytes as
+``\\xNN`` text.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def dump(
     restores as root: owners (ids and names), modes with setuid/setgid/sticky,
     nanosecond times, symlinks, hardlinks, devices, fifos, xattrs, POSIX ACLs and
     holes (GNU sparse 1.0).  Not in it: sockets, inode flags (chattr), ctimes.
-    With --json (and --target) a summary is printed.
+    GNU tar sets atimes to the time of extraction unless given -G.  With --json
+    (and --target) a summary is printed.
     """
     out = Output(g)
     ref, base = split_ref(snapshot)
