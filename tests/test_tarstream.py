@@ -6,6 +6,8 @@ import io
 import struct
 import tarfile
 
+import pytest
+
 from cas.browse import tarstream as ts
 
 _ACL = struct.pack("<I", 2) + b"".join(
@@ -98,6 +100,26 @@ def test_sparse_members_hold_only_their_data() -> None:
     assert m.name == "s" and m.size == size and m.sparse == [*ext, (size, 0)]
     assert data == bytes(4096) + b"a" * 4096 + bytes(4096) + b"b" * 5000 + bytes(size - 17288)
     assert h.size == 1 << 20 and hole == bytes(1 << 20)
+
+
+def test_sizes_beyond_the_header_fields() -> None:
+    huge = 20 << 30  # 20 GiB: more than 11 octal digits hold
+    raw = written(
+        (
+            ts.Member(b"sparse-huge", ts.REGULAR, size=huge, extents=[(huge - 4096, 4096)]),
+            [b"x" * 4096],
+        ),
+    )
+    with tarfile.open(fileobj=io.BytesIO(raw)) as t:
+        (m,) = t.getmembers()  # (not read: 20 GiB of zeros)
+    assert m.size == huge and m.sparse == [(huge - 4096, 4096)]
+    assert "size" not in m.pax_headers  # what is stored is small: no size record
+    # A plain member that large announces its size in a pax record (content not written).
+    buf = io.BytesIO()
+    w = ts.TarWriter(buf)
+    with pytest.raises(ts.IntegrityError):
+        w.add(ts.Member(b"big", ts.REGULAR, size=huge), [b"short"])
+    assert b" size=%d\n" % huge in buf.getvalue()
 
 
 def test_content_must_match_the_size() -> None:

@@ -92,7 +92,7 @@ class TarWriter:
             ustar_name = b"GNUSparseFile.0/" + m.name.rsplit(b"/", 1)[-1]
             sparse_map = _sparse_map(m.extents, m.size)
             stored = len(sparse_map) + sum(n for _, n in m.extents)
-            if stored >= 0o77777777777:
+            if stored > 0o77777777777:
                 records.append((b"size", b"%d" % stored))
         if records:
             self._write_pax(m.name, records)
@@ -150,7 +150,7 @@ class TarWriter:
         if m.atime_ns is not None:
             rec.append((b"atime", _pax_time(m.atime_ns)))
         stored = m.size if m.type == REGULAR else 0
-        if stored > 0o77777777777:
+        if stored > 0o77777777777 and m.extents is None:  # a sparse one's is set by add()
             rec.append((b"size", b"%d" % stored))
         for key, value in m.xattrs:
             if key in (ACL_ACCESS, ACL_DEFAULT):
