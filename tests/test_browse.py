@@ -73,14 +73,38 @@ def escaped(path: bytes) -> str:
     return "".join(out)
 
 
+def _listdir(path: bytes) -> list[bytes]:
+    """The names in a directory, read without changing its atime (the dump tests
+    compare atimes with the snapshot's, and relatime would move these)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME)
+    try:
+        return [os.fsencode(n) for n in os.listdir(fd)]
+    finally:
+        os.close(fd)
+
+
+def read_source(path: bytes) -> bytes:
+    """A source file's content, read without changing its atime."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def source_entries(root: Path) -> dict[bytes, os.stat_result]:
-    """Every entry below ``root`` by absolute path (bytes), from ``os.lstat``."""
+    """Every entry below ``root`` by absolute path (bytes), from ``os.lstat``; no atime
+    is changed."""
     found: dict[bytes, os.stat_result] = {}
-    top = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            found[p] = os.lstat(p)
+    todo = [os.fsencode(root)]
+    while todo:
+        d = todo.pop()
+        for name in _listdir(d):
+            p = d + b"/" + name
+            found[p] = st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode):
+                todo.append(p)
     return found
 
 
@@ -175,7 +199,7 @@ def test_ls_long_matches_lstat(backed: Backed) -> None:
     # --no-recursive: the directory and its own entries only.
     r = cas(backed, "ls", "--no-recursive", f"latest:{src}", "names")
     assert r.code == 0, r.err
-    names = sorted(os.listdir(os.fsencode(src / "names")))
+    names = sorted(_listdir(os.fsencode(src / "names")))
     assert r.out.splitlines() == [escaped(os.fsencode(src / "names"))] + [
         escaped(os.fsencode(src / "names") + b"/" + n) for n in names
     ]
@@ -194,8 +218,7 @@ def test_dump_every_file_is_byte_identical(backed: Backed) -> None:
         path, target, proc = running.pop(0)
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
-        with open(path, "rb") as f:
-            assert target.read_bytes() == f.read(), path
+        assert target.read_bytes() == read_source(path), path
 
     for i, path in enumerate(files):  # four at a time: a few seconds, little memory
         target = backed.base / f"file-{i}"
@@ -212,7 +235,7 @@ def test_dump_every_file_is_byte_identical(backed: Backed) -> None:
         capture_output=True,
         check=False,
     )
-    assert r.returncode == 0 and r.stdout == (backed.src / "binary").read_bytes()
+    assert r.returncode == 0 and r.stdout == read_source(os.fsencode(backed.src / "binary"))
 
 
 @needs_root
@@ -277,8 +300,7 @@ def test_dump_zip_opens_with_zipfile(backed: Backed) -> None:
             rel = os.path.relpath(path, os.fsencode(backed.src.parent))
             name = rel.decode("utf-8", "backslashreplace")
             if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    assert zf.read(name) == f.read(), name
+                assert zf.read(name) == read_source(path), name
                 assert members[name].external_attr >> 16 == st.st_mode
                 seen += 1
             elif stat.S_ISLNK(st.st_mode):
