@@ -19,7 +19,10 @@ lookup on an empty dict.  Names in use (spec/format.md §14.3 and §13.5):
 - check: ``check-listed-snapshots``, ``check-listed-index``,
   ``check-listed-data`` (after listing that directory);
 - prune: ``prune-listed-packs`` (after the plan's listing of packs, before
-  the listing of index files).
+  the listing of index files);
+- helper processes: ``backup-worker-batch`` (a backup worker starts a
+  batch), ``backup-worker-pack-stored`` (a worker's pack stored, not yet
+  reported), ``restore-writer-file``, ``check-verify-pack``.
 
 **Pause instead of kill** (for concurrency tests, tests/test_concurrency.py):
 ``name@N:pause`` makes the N-th hit of ``name`` create the file

@@ -69,9 +69,8 @@ def recv(sock: socket.socket) -> Any:
     return msgpack.unpackb(exactly(sock, n), raw=False)
 
 
-def recv_with_fd(sock: socket.socket) -> tuple[Any, int]:
-    """The next frame's value and the descriptor it carries; EOFError at the end and
-    ValueError if it carries no descriptor (one that came is closed)."""
+def recv_maybe_fd(sock: socket.socket) -> tuple[Any, int | None]:
+    """The next frame's value and the descriptor it carries, if any; EOFError at the end."""
     head, fds, _, _ = socket.recv_fds(sock, _U32.size, 1)
     if not head:
         for fd in fds:
@@ -84,11 +83,16 @@ def recv_with_fd(sock: socket.socket) -> tuple[Any, int]:
         for fd in fds:
             os.close(fd)
         raise
-    if len(fds) != 1:
-        for fd in fds:
-            os.close(fd)
+    return value, (fds[0] if fds else None)
+
+
+def recv_with_fd(sock: socket.socket) -> tuple[Any, int]:
+    """The next frame's value and the descriptor it carries; EOFError at the end and
+    ValueError if it carries no descriptor."""
+    value, fd = recv_maybe_fd(sock)
+    if fd is None:
         raise ValueError("a frame came without its descriptor")
-    return value, fds[0]
+    return value, fd
 
 
 def spawn(
@@ -128,6 +132,34 @@ def spawn(
     finally:
         child.close()
     return proc, parent
+
+
+def start(
+    module: str, init: Any, *, storage_access: bool = False
+) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
+    """``spawn`` a helper and send it its first frame, ``init`` (keys go there); None if
+    it could not start or take that frame."""
+    try:
+        proc, sock = spawn(module, storage_access=storage_access)
+    except OSError:
+        return None
+    try:
+        send(sock, init)
+    except OSError:
+        stop(proc, sock, timeout=1)
+        return None
+    return proc, sock
+
+
+def ended(proc: subprocess.Popen[bytes], error: str | None = None) -> str:
+    """Kill a helper that is still there, reap it, and say how it ended ("was killed by
+    signal 9", "exited with status 1", or "failed (``error``)" when it said why)."""
+    with contextlib.suppress(OSError):
+        proc.kill()
+    code = proc.wait()
+    if error:
+        return f"failed ({error})"
+    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
 
 
 def stop(proc: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10.0) -> None:

@@ -396,6 +396,36 @@ def test_backup_killed_at_fail_point_more(
     _backup_killed(tmp_path, backup_template, case)
 
 
+# -- named fail points: backup worker processes ----------------------------------------
+
+WORKER_POINTS = ["backup-worker-batch@2", "backup-worker-pack-stored@2"]
+
+
+@pytest.mark.parametrize("failpoint", WORKER_POINTS)
+def test_backup_worker_killed_at_fail_point(
+    tmp_path: Path, backup_template: Template, failpoint: str
+) -> None:
+    """A worker dies (SIGKILL) before its 2nd batch, or with its 2nd pack stored but not
+    reported: the backup stops with exit 1 and no snapshot, the repository checks, and
+    the next backup completes without sending much again."""
+    repo, src = backup_template.copy(tmp_path)
+    backend = repo.open_backend()
+    src.churn()
+    added = src.add(6 * MiB, files=24)
+    expected = src.manifest()
+    failed = repo.cas("--json", "backup", src.root, "--workers", "2", failpoints=failpoint)
+    assert failed.code == 1, (failed.code, failed.err)
+    assert "backup worker process" in failed.err and "Traceback" not in failed.err
+    assert _names(backend, layout.SNAPSHOTS) == _names(
+        LocalBackend(backup_template.root), "snapshots"
+    )
+    parallel(repo.check, lambda: verify_in_process(repo, backup_template.snapshots))
+    doc = repo.ok("backup", src.root, "--workers", "2")
+    assert doc["summary"]["workers"] == 2
+    assert doc["summary"]["data_added"] <= added + 2 * MiB
+    verify_in_process(repo, [(doc["snapshot_id"], src.root, expected)])
+
+
 # -- named fail points: prune ------------------------------------------------------
 
 PRUNE_POINTS = [
@@ -615,6 +645,14 @@ def random_kills(
 def test_random_kills_local(tmp_path: Path) -> None:
     stats = random_kills(local_repo(tmp_path), tmp_path, kills=5, seed=1, restore_all=False)
     assert stats.killed == 5
+
+
+def test_random_kills_local_with_workers(tmp_path: Path) -> None:
+    """The same with every backup through two worker processes (they die with it)."""
+    repo = local_repo(tmp_path)
+    repo.env["CAS_WORKERS"] = "2"
+    stats = random_kills(repo, tmp_path, kills=3, seed=4, restore_all=False)
+    assert stats.killed == 3
 
 
 @pytest.mark.s3

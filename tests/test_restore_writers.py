@@ -14,7 +14,6 @@ import errno
 import fcntl
 import os
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.support.trees import (
     build_full_tree,
     compare_trees,
     remove_tree,
+    settled_symlink,
     unlock_tree,
 )
 
@@ -43,11 +43,7 @@ def _many_dirs(root: Path, dirs: int = 12, files: int = 20) -> None:
         d.mkdir()
         for j in range(files):
             (d / f"f{j:03d}").write_bytes(os.urandom(100 + 37 * j) * (1 + j % 3))
-        (d / "link").symlink_to(f"f{i:03d}")
-        # Reading a link (backup and the comparison do) moves an atime that is not
-        # after mtime and ctime (relatime): an hour ahead, it stays.
-        ahead = (int(time.time()) + 3600) * 10**9 + i
-        os.utime(d / "link", ns=(ahead, 1_600_000_000_000_000_000 + i), follow_symlinks=False)
+        settled_symlink(d / "link", f"f{i:03d}", i)
         os.utime(d, ns=(1_600_000_000_000_000_000 + i, 1_600_000_000_000_000_000 + i))
     os.link(root / "dir00" / "f001", root / "dir05" / "hard")
     (root / "sub" / "deeper").mkdir(parents=True)

@@ -83,7 +83,7 @@ def test_unchanged_rebackup_makes_few_requests(
     assert doc["requests"]["GET"] <= 1  # the config; keys, snapshots, index and trees are cached
 
 
-@pytest.mark.parametrize("command", ["restore", "check"])
+@pytest.mark.parametrize("command", ["backup", "restore", "check"])
 def test_helper_processes_requests_are_counted(
     s3_server: str,
     s3_bucket: str,
@@ -91,22 +91,27 @@ def test_helper_processes_requests_are_counted(
     tmp_path_factory: pytest.TempPathFactory,
     command: str,
 ) -> None:
-    """Restore's writers and check's verifiers read on backends of their own: the cost
-    report adds their requests, and the total is what the server saw."""
+    """Backup's workers store packs, restore's writers and check's verifiers read, on
+    backends of their own: the cost report adds their requests, and the total is what
+    the server saw."""
     env, args = _s3(s3_server, s3_bucket, command, tmp_path_factory)
     src = tmp_path / "src"
     _tree(src, 4, 10, 300_000)
     assert run_cas(*args, "init", "--pack-size", str(1 << 20), env=env).code == 0
-    assert run_cas(*args, "backup", src, env=env).code == 0
-
     log = _moto_log(tmp_path_factory)
     _, start = _server_requests(log, 0)
+    if command == "backup":
+        done = run_cas(*args, "--json", "backup", src, "--workers", "2", env=env)
+        helpers = done.json()["summary"]["workers"] if done.code == 0 else None
+    else:
+        assert run_cas(*args, "backup", src, env=env).code == 0
+        _, start = _server_requests(log, 0)
     if command == "restore":
         done = run_cas(
             *args, "--json", "restore", "latest", "-t", tmp_path / "out", "--workers", "2", env=env
         )
         helpers = done.json()["summary"]["writers"] if done.code == 0 else None
-    else:
+    elif command == "check":
         done = run_cas(*args, "--json", "check", "--read-data", "--workers", "2", env=env)
         helpers = done.json()["summary"]["processes"] if done.code == 0 else None
     assert done.code == 0, done.err
@@ -115,4 +120,7 @@ def test_helper_processes_requests_are_counted(
     counted = sum(doc["requests"][k] for k in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
     seen, _ = _server_requests(log, start)
     assert seen == counted, (seen, doc["requests"])
-    assert doc["requests"]["GET"] >= 10  # the data packs were read, by the helpers
+    if command == "backup":
+        assert doc["requests"]["PUT"] >= 10  # the data packs were stored, by the helpers
+    else:
+        assert doc["requests"]["GET"] >= 10  # the data packs were read, by the helpers

@@ -165,7 +165,7 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
     assert run("--json", "init", env=by_cmd).code == 0
     assert run("backup", str(src), env=by_cmd).code == 0
     (src / "new").write_bytes(os.urandom(1000))
-    assert run("--json", "backup", str(src), env=by_env).code == 0
+    assert run("--json", "backup", str(src), "--workers", "2", env=by_env).code == 0
     # read-only commands, side by side
     reads = [
         partial(run, "snapshots", env=by_file),
@@ -211,16 +211,19 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
         assert OTHER.encode() not in out, out.decode(errors="replace")
         assert not _leaks(out, forms), out
     # Processes started: the password command of the runs that had one, the chunk
-    # helper of the first backup, restore's two writers, check's two verifiers, and
-    # nothing else; no secret in their argv or environment (except where the user's
-    # own command holds one).
+    # helper of the first backup, the second backup's two workers, restore's two
+    # writers, check's two verifiers, and nothing else; no secret in their argv or
+    # environment (except where the user's own command holds one).
+    # (With CAS_TEST_WORKERS the first backup has two workers, which chunk the large
+    # file, instead of the chunk helper.)
+    everywhere = "CAS_WORKERS" in TEST_ENV
     children = [json.loads(line) for line in session["log"].read_text().splitlines()]
-    assert len(children) == 8 and all(e == "subprocess.Popen" for e, _ in children), children
+    assert len(children) == 10 + everywhere, children
+    assert all(e == "subprocess.Popen" for e, _ in children), children
     helpers = [args for _, args in children if "cas.chunking.worker" in args]
-    writers = [
-        args for _, args in children if "cas.restore.worker" in args or "cas.check.verifier" in args
-    ]
-    assert len(helpers) == 1 and len(writers) == 4, children
+    workers = ("cas.restore.worker", "cas.check.verifier", "cas.backup.worker")
+    writers = [args for _, args in children if any(w in args for w in workers)]
+    assert len(helpers) == 1 - everywhere and len(writers) == 6 + 2 * everywhere, children
     for _, args in children:
         if "sys.exit(3)" in args:
             continue  # the failing password command: the user put the secret in it
@@ -229,7 +232,7 @@ def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
             assert SECRET not in args and "PASSWORD" not in args, args
         else:
             assert str(tmp_path / "pwcmd.py") in args, args
-    assert "CAS_" not in helpers[0]
+    assert all("CAS_" not in args for args in helpers)
     # Nothing in plaintext on disk, in the repository or in the cache.
     for root in (session["repo"], tmp_path / "cache"):
         for path in root.rglob("*"):

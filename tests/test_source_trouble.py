@@ -246,15 +246,18 @@ def test_symlink_vanishing_after_lstat_is_skipped(
     assert b(src / "link") not in walk(repo, done.tree)
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
 @pytest.mark.parametrize(("call", "change"), [("open", "vanish"), ("open", "shrink")])
 def test_cli_file_changing_before_it_is_read(
-    cli_repo: str, tmp_path: Path, call: str, change: str
+    cli_repo: str, tmp_path: Path, call: str, change: str, workers: str
 ) -> None:
+    """In the backup process, or in its worker processes (the hook is installed in every
+    process of the run)."""
     src = tmp_path / "src"
     victim = src / "victim"
     make_files(src, {"victim": b"v" * 100_000, "other": b"o" * 1000})
-    hook = races.prelude(call, b"victim", change)
-    done = run_cas("-r", cli_repo, "--json", "backup", src, prelude=hook)
+    hook = races.everywhere(tmp_path / "site", call, b"victim", change)
+    done = run_cas("-r", cli_repo, "--json", "backup", src, "--workers", workers, env=hook)
     assert done.code == 3, done.err
     line = one_line(done.err)
     assert line.startswith(f"warning: {victim}: ")

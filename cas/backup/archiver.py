@@ -23,15 +23,16 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from cas.backup.pool import SaverPool
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.tree import Node, encode_tree
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
-from cas.protocols import BlobWriter, Chunks, FileChunker
+from cas.protocols import BlobWriter, Chunks, Digest, FileChunker
 from cas.walker import load_tree
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
@@ -86,10 +87,19 @@ class Reporter:
     def warning(self, message: str) -> None:
         """Something was skipped or could not be read; the backup goes on."""
 
+    def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
+        """A file or directory is decided: ``action`` "new", "modified" or "unchanged";
+        ``size`` its bytes (files), ``added`` the bytes of new blobs it brought."""
 
-@dataclass
+
+@dataclass(eq=False)
 class _Frame:
-    """A directory being backed up: its own node, entries left to do, nodes done."""
+    """A directory being backed up: its own node, entries left to do, nodes done.
+
+    With worker processes a directory is done when it is walked and nothing
+    in it is waiting (``waiting``: files out at workers, hardlinks waiting
+    for their first name, subdirectories not done); its tree is saved then.
+    """
 
     path: bytes
     fd: int  # the open directory (-1: it could not be opened, nothing to visit)
@@ -100,6 +110,23 @@ class _Frame:
     parent_subtree: bytes | None
     device: int
     nodes: list[Node] = field(default_factory=list)
+    up: _Frame | None = None  # the directory this one is in
+    walked: bool = False
+    waiting: int = 0
+    saved: bool = False  # its tree is saved (once)
+    batch: list[_Queued] = field(default_factory=list)  # files for the next worker batch
+    batch_bytes: int = 0
+
+
+@dataclass
+class _Queued:
+    """A file handed (or about to be handed) to a worker process."""
+
+    node: Node  # from its lstat; the worker's result completes it
+    path: bytes
+    st: os.stat_result
+    parent: Node | None
+    waiters: list[tuple[_Frame, _Queued]] = field(default_factory=list)  # its other names
 
 
 FULL = object()  # marks a path given on the command line: back it up whole
@@ -129,6 +156,9 @@ def _fmt(path: bytes) -> str:
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TAG_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # CACHEDIR.TAG may be a symlink
 _DIGEST_READ = 4 << 20  # bytes per read when a file is only hashed (_same_content)
+# A worker batch: up to this many files of one directory, or this many bytes.
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
 
 
 class Archiver:
@@ -141,7 +171,11 @@ class Archiver:
         options: BackupOptions | None = None,
         reporter: Reporter | None = None,
         offload: FileChunker | None = None,
+        pool: SaverPool | None = None,
+        pool_after: tuple[int, int] = (0, 0),
     ) -> None:
+        """``pool``: worker processes that read and store new files, started once the
+        walk has seen ``pool_after`` (files, bytes) of files to read."""
         self.repo = repo
         self.chunker = chunker
         self.offload = offload  # chunks large files in another process, if given
@@ -151,6 +185,19 @@ class Archiver:
         self.names = posixmeta.NameCache()
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._opener: dirfd.Opener | None = None  # made by backup(): it raises the fd limit
+        self._pool = pool
+        self._pool_after = pool_after
+        self._pool_on = False
+        self._seen = [0, 0]  # files and bytes to read before the workers start
+        self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
+        self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
+        self._unfinished: set[_Frame] = set()  # walked, waiting for workers
+        self._root_tree: bytes | None = None
+
+    @property
+    def workers_used(self) -> int:
+        """Worker processes that took part."""
+        return self._pool.started if self._pool is not None and self._pool_on else 0
 
     # -- the walk -----------------------------------------------------------
 
@@ -187,28 +234,170 @@ class Archiver:
             device,
         )
         stack = [root]
-        root_tree = b""
+        self._root_tree = None
         try:
             while stack:
+                if self._pool_on:
+                    self._take_results(block=self._pool_full())
                 frame = stack[-1]
                 if frame.todo:
                     child = self._visit(frame, frame.todo.pop())
                     if child is not None:
+                        child.up = frame
+                        frame.waiting += 1
                         stack.append(child)
                     continue
                 stack.pop()
-                self._opener.close_dir(frame.fd)
-                frame.fd = -1
-                tree_id = self._save_tree(frame)
-                if frame.node is None:
-                    root_tree = tree_id
-                else:
-                    frame.node.subtree = tree_id
-                    stack[-1].nodes.append(frame.node)
+                self._send_batch(frame)
+                frame.walked = True
+                self._unfinished.add(frame)
+                self._finish(frame)
+            while not self._saved_root():
+                self._take_results(block=True)
+            if self._pool_on:
+                assert self._pool is not None
+                self._pool.flush()  # the snapshot may name only stored blobs
         finally:
-            for frame in stack:
+            for frame in [*stack, *self._unfinished]:
                 self._opener.close_dir(frame.fd)
-        return root_tree
+        return self._saved_root()
+
+    def _saved_root(self) -> bytes:
+        """The root tree's ID once it is saved, else b""."""
+        return self._root_tree or b""
+
+    def _finish(self, frame: _Frame | None) -> None:
+        """Save the tree of ``frame`` if it is walked and nothing in it is waiting, then
+        of each directory above it that this leaves done."""
+        assert self._opener is not None
+        while frame is not None and frame.walked and frame.waiting == 0 and not frame.saved:
+            frame.saved = True
+            self._unfinished.discard(frame)
+            self._opener.close_dir(frame.fd)
+            frame.fd = -1
+            tree_id = self._save_tree(frame)
+            up = frame.up
+            if frame.node is None or up is None:
+                self._root_tree = tree_id
+                return
+            frame.node.subtree = tree_id
+            up.nodes.append(frame.node)
+            up.waiting -= 1
+            frame = up
+
+    # -- worker processes ------------------------------------------------------------
+
+    def _pool_full(self) -> bool:
+        return self._pool is not None and self._pool.full()
+
+    def _to_workers(self, st: os.stat_result) -> bool:
+        """Whether this file goes to a worker process (starting them when it is time)."""
+        if self._pool_on or self._pool is None:
+            return self._pool_on
+        self._seen[0] += 1
+        self._seen[1] += st.st_size
+        if self._seen[0] <= self._pool_after[0] and self._seen[1] <= self._pool_after[1]:
+            return False
+        if not self._pool.start():
+            self._pool = None  # none could start: every file is read here
+            return False
+        self._pool_on = True
+        return True
+
+    def _queue(
+        self, frame: _Frame, node: Node, path: bytes, st: os.stat_result, parent: Node | None
+    ) -> None:
+        """Add a new or changed file (``node``: from its lstat) to the directory's next
+        worker batch."""
+        q = _Queued(node, path, st, parent)
+        if st.st_nlink > 1:
+            self._queued[(st.st_dev, st.st_ino)] = q
+        frame.batch.append(q)
+        frame.batch_bytes += st.st_size
+        frame.waiting += 1
+        self.report.file_started(path, st.st_size)
+        if len(frame.batch) >= BATCH_FILES or frame.batch_bytes >= BATCH_BYTES:
+            self._send_batch(frame)
+
+    def _send_batch(self, frame: _Frame) -> None:
+        if not frame.batch:
+            return
+        assert self._pool is not None
+        files = [
+            [
+                q.node.name,
+                q.st.st_size,
+                q.st.st_blocks,
+                q.st.st_dev,
+                q.st.st_ino,
+                q.st.st_mtime_ns,
+                q.st.st_ctime_ns,
+                self._parent_digest(q.st, q.parent),
+            ]
+            for q in frame.batch
+        ]
+        job = self._pool.submit(frame.fd, frame.path, files, frame.batch_bytes)
+        self._jobs[job] = (frame, frame.batch)
+        frame.batch, frame.batch_bytes = [], 0
+
+    def _take_results(self, *, block: bool) -> None:
+        """Use the batches the workers finished (with ``block``, wait for one)."""
+        pool = self._pool
+        if pool is None or not self._pool_on:
+            raise CasError("a directory is waiting for a worker process that never started")
+        while block or pool.has_news():
+            done = pool.next_event()
+            if done is None:
+                continue
+            block = False
+            frame, queued = self._jobs.pop(done.job)
+            for q, result in zip(queued, done.results, strict=True):
+                self._file_done(frame, q, result)
+            self._finish(frame)
+
+    def _file_done(self, frame: _Frame, q: _Queued, result: list[Any]) -> None:
+        """Complete a file's node from a worker's result (worker.FileResult.to_wire)."""
+        status, xattrs, flags, content, sizes, digest, bytes_read, warnings = result[:8]
+        moved_, new_blobs, added = result[8:]
+        for w in warnings:
+            self._warn(w)
+        self.summary.bytes_read += bytes_read
+        frame.waiting -= 1
+        key = (q.st.st_dev, q.st.st_ino)
+        if self._queued.get(key) is q:
+            del self._queued[key]
+        if status == "skip":
+            if self._hardlinks.get(key) is q.node:
+                del self._hardlinks[key]
+            for f, w in q.waiters:  # its other names are read on their own
+                f.waiting -= 1
+                self._visit_file(f, w.node.name, w.path, w.st, w.parent)
+                if f.walked:
+                    self._send_batch(f)
+                self._finish(f)
+            return
+        node = q.node
+        node.xattrs = [(bytes(k), bytes(v)) for k, v in xattrs]
+        node.flags = flags
+        if status == "same":
+            assert q.parent is not None
+            _same_data(node, q.parent)
+        else:
+            node.content = [bytes(b) for b in content]
+            node.sizes = list(sizes)
+            node.size = sum(node.sizes)
+            node.digest = bytes(digest)
+        if warnings or moved_:
+            node.ctime_ns = 0  # metadata missing or a change seen: read again next time
+        self.summary.data_blobs_new += new_blobs
+        self.summary.data_added += added
+        self._file_saved(q.path, q.st, q.parent, added)
+        self.report.bytes_done(q.st.st_size)
+        frame.nodes.append(node)
+        for f, w in q.waiters:
+            self._same_as_first(f, w.node, w.path, w.st, node)
+            f.waiting -= 1
+            self._finish(f)
 
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
         if tree_id is None:
@@ -258,15 +447,19 @@ class Archiver:
         if limit is not None and st.st_size > limit:
             return
         key = (st.st_dev, st.st_ino)
-        first = self._hardlinks.get(key) if st.st_nlink > 1 else None
-        if first is not None:
-            # Another name of an inode already saved: same content, xattrs and flags.
-            node = self._stat_node(name, path, st)
-            _same_inode(node, first)
-            self.summary.bytes_total += st.st_size
-            self.summary.files_unchanged += 1
-            frame.nodes.append(node)
-            return
+        if st.st_nlink > 1:
+            out = self._queued.get(key)
+            if out is not None:  # another name of a file out at a worker: wait for it
+                out.waiters.append(
+                    (frame, _Queued(self._stat_node(name, path, st), path, st, parent))
+                )
+                frame.waiting += 1
+                return
+            first = self._hardlinks.get(key)
+            if first is not None:
+                # Another name of an inode already saved: same content, xattrs and flags.
+                self._same_as_first(frame, self._stat_node(name, path, st), path, st, first)
+                return
         node = self._stat_node(name, path, st)
         if not self.opts.force and self._unchanged(node, parent):
             # Size, mtime, ctime and inode as in the parent: changing the content,
@@ -276,7 +469,13 @@ class Archiver:
             _same_inode(node, parent)
             self.summary.bytes_total += st.st_size
             self.summary.files_unchanged += 1
+            self.report.entry(path, "unchanged", "file", st.st_size, 0)
             self.report.bytes_done(st.st_size)
+        elif self._to_workers(st):
+            self._queue(frame, node, path, st, parent)
+            if st.st_nlink > 1:
+                self._hardlinks[key] = self._queued[key].node
+            return
         else:
             read = self._read_new_file(frame.fd, name, path, st, parent)
             if read is None:
@@ -285,6 +484,26 @@ class Archiver:
         if st.st_nlink > 1:
             self._hardlinks[key] = node
         frame.nodes.append(node)
+
+    def _same_as_first(
+        self, frame: _Frame, node: Node, path: bytes, st: os.stat_result, first: Node
+    ) -> None:
+        """Save ``node``, another name of the inode saved as ``first``."""
+        _same_inode(node, first)
+        self.summary.bytes_total += st.st_size
+        self.summary.files_unchanged += 1
+        self.report.entry(path, "unchanged", "file", st.st_size, 0)
+        frame.nodes.append(node)
+
+    def _file_saved(self, path: bytes, st: os.stat_result, parent: Node | None, added: int) -> None:
+        """Count a file that was read (new or changed) and report it."""
+        self.summary.bytes_total += st.st_size
+        if parent is None or parent.type != "file":
+            self.summary.files_new += 1
+            self.report.entry(path, "new", "file", st.st_size, added)
+        else:
+            self.summary.files_changed += 1
+            self.report.entry(path, "modified", "file", st.st_size, added)
 
     def _stat_node(self, name: bytes, path: bytes, st: os.stat_result) -> Node:
         """The node of a file from its ``lstat`` alone (no xattrs, flags or content yet)."""
@@ -303,24 +522,14 @@ class Archiver:
         """
         assert self._opener is not None
         try:
-            fd = self._opener.open(name, _FILE_FLAGS, dir_fd)
+            fd = open_source(self._opener, name, dir_fd, st)
         except OSError as e:
             self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
             return None
+        added = self.summary.data_added
         try:
-            opened = os.fstat(fd)
-            if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(
-                opened.st_mode
-            ):
-                self._warn(f"{_fmt(path)}: replaced while it was backed up; skipped")
-                return None
-            node, warnings = posixmeta.node_from_stat(
-                name, st, path=path, names=self.names, read_flags=False, fd=fd
-            )
-            try:
-                node.flags = posixmeta.fd_flags(fd)
-            except OSError as e:
-                warnings.append(f"could not read inode flags of {_fmt(path)}: {e.strerror}")
+            node = self._stat_node(name, path, st)
+            node.xattrs, node.flags, warnings = posixmeta.fd_metadata(fd, path)
             for w in warnings:
                 self._warn(w)
             if not self._same_content(fd, path, node, st, parent) and not self._read_file(
@@ -331,11 +540,7 @@ class Archiver:
             os.close(fd)
         if warnings:
             node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
-        self.summary.bytes_total += st.st_size
-        if parent is None or parent.type != "file":
-            self.summary.files_new += 1
-        else:
-            self.summary.files_changed += 1
+        self._file_saved(path, st, parent, self.summary.data_added - added)
         return node
 
     def _visit_dir(
@@ -457,10 +662,14 @@ class Archiver:
         if frame.node is not None:
             if frame.parent_subtree is None:
                 self.summary.dirs_new += 1
+                action = "new"
             elif frame.parent_subtree == tree_id:
                 self.summary.dirs_unchanged += 1
+                action = "unchanged"
             else:
                 self.summary.dirs_changed += 1
+                action = "modified"
+            self.report.entry(frame.path + b"/", action, "dir", 0, 0)
         return tree_id
 
     # -- selection ----------------------------------------------------------
@@ -510,38 +719,32 @@ class Archiver:
     def _same_content(
         self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: Node | None
     ) -> bool:
-        """Whether a file whose size and mtime are the parent's holds the parent's content.
+        """Whether a file whose size and mtime are the parent's holds the parent's content
+        (``same_digest``); if so ``node`` takes the parent's content list."""
+        expected = self._parent_digest(st, parent)
+        if expected is None:
+            return False
+        assert parent is not None
+        self.report.file_started(path, st.st_size)
+        same, bytes_read = same_digest(fd, st, self.repo.file_digest(), expected)
+        self.summary.bytes_read += bytes_read
+        if not same:
+            return False
+        _same_data(node, parent)
+        self.report.bytes_done(st.st_size)
+        return True
 
-        Its ctime or inode moved (chmod, chown, new xattrs, ``cp -a``, a restore),
-        so it must be read; but one pass of the whole-file digest (BLAKE3, spec
-        §6.2) is much cheaper than chunking it and hashing and looking up every
-        chunk.  If the digest is the parent's, ``node`` takes the parent's
-        content list.  Any doubt (a change while reading, a read error, another
-        digest) returns False and the file is read the normal way.
-        """
+    def _parent_digest(self, st: os.stat_result, parent: Node | None) -> bytes | None:
+        """The digest a changed file is compared with before it is chunked: the parent's,
+        when its size and mtime are the file's and its content is still stored."""
         if (
             self.opts.force
             or parent is None
             or (parent.size, parent.mtime_ns) != (st.st_size, st.st_mtime_ns)
             or not self._reusable(parent)
         ):
-            return False
-        self.report.file_started(path, st.st_size)
-        reader = SourceReader(fd, st)
-        digest = self.repo.file_digest()
-        try:
-            while data := reader.read(_DIGEST_READ):
-                digest.update(data)
-            after = os.fstat(fd)
-        except OSError:
-            return False  # the normal read reports it
-        finally:
-            self.summary.bytes_read += reader.bytes_read
-        if reader.pos != st.st_size or _moved(after, st) or digest.digest() != parent.digest:
-            return False
-        _same_data(node, parent)
-        self.report.bytes_done(st.st_size)
-        return True
+            return None
+        return parent.digest
 
     def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
         self.report.file_started(path, st.st_size)
@@ -558,7 +761,7 @@ class Archiver:
             return False
         finally:
             self.summary.bytes_read += reader.bytes_read
-        if _moved(after, st) or total != st.st_size:
+        if moved(after, st) or total != st.st_size:
             # The node keeps the times seen before reading and the size read (so
             # the content list agrees with it).  A change within one tick of the
             # kernel's clock leaves the times as they were, so the ctime is
@@ -639,7 +842,7 @@ class SourceReader:
     it simply reads.
     """
 
-    def __init__(self, fd: int, st: os.stat_result) -> None:
+    def __init__(self, fd: int, st: SourceStat) -> None:
         self.fd = fd
         self.size = st.st_size  # holes are looked for only below this
         self.pos = 0
@@ -699,11 +902,65 @@ class SourceReader:
             self._sparse = False
 
 
+class SourceStat(Protocol):
+    """What reading a file needs of the ``lstat`` seen before it was opened."""
+
+    @property
+    def st_dev(self) -> int: ...
+    @property
+    def st_ino(self) -> int: ...
+    @property
+    def st_size(self) -> int: ...
+    @property
+    def st_blocks(self) -> int: ...
+    @property
+    def st_mtime_ns(self) -> int: ...
+    @property
+    def st_ctime_ns(self) -> int: ...
+
+
+def open_source(opener: dirfd.Opener, name: bytes, dir_fd: int, st: SourceStat) -> int:
+    """The regular file ``name`` in ``dir_fd``, opened for reading (not through a
+    symlink, without blocking on a FIFO put in its place); OSError if it cannot be
+    opened or is no longer the file ``st`` describes (ESTALE)."""
+    fd = opener.open(name, _FILE_FLAGS, dir_fd)
+    try:
+        opened = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        raise OSError(errno.ESTALE, "replaced while it was backed up")
+    return fd
+
+
+def same_digest(fd: int, st: SourceStat, digest: Digest, expected: bytes) -> tuple[bool, int]:
+    """Whether the open file's whole-file digest is ``expected``, and the bytes read.
+
+    A file whose ctime or inode moved (chmod, chown, new xattrs, ``cp -a``, a
+    restore) but whose size and mtime did not must be read; one pass of the
+    whole-file digest (BLAKE3, spec §6.2) is much cheaper than chunking it and
+    hashing and looking up every chunk.  Any doubt (a change while reading, a
+    read error, another digest) answers False: the file is then read the
+    normal way, which reports errors.
+    """
+    reader = SourceReader(fd, st)
+    try:
+        while data := reader.read(_DIGEST_READ):
+            digest.update(data)
+        after = os.fstat(fd)
+    except OSError:
+        return False, reader.bytes_read
+    same = reader.pos == st.st_size and not moved(after, st) and digest.digest() == expected
+    return same, reader.bytes_read
+
+
 class _Moved(Exception):
     """A chunk read for storing is not the chunk the helper found: the file changed."""
 
 
-def _moved(after: os.stat_result, before: os.stat_result) -> bool:
+def moved(after: SourceStat, before: SourceStat) -> bool:
     """Whether a file's size, mtime or ctime differ between two stats of it."""
     return (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
         before.st_size,

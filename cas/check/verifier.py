@@ -99,16 +99,11 @@ class VerifierPool:
     def _start(self) -> list[_Helper]:
         helpers = []
         for _ in range(self.count):
-            try:
-                proc, sock = ipc.spawn(MODULE, storage_access=True)
-            except OSError:
+            init = {"spec": self.spec.encode(), "threads": self.threads}
+            started = ipc.start(MODULE, init, storage_access=True)
+            if started is None:
                 break
-            h = _Helper(proc, sock)
-            try:
-                ipc.send(sock, {"spec": self.spec.encode(), "threads": self.threads})
-            except OSError:
-                self._stop(h)
-                continue
+            h = _Helper(*started)
             helpers.append(h)
             self.started += 1
         return helpers
@@ -151,8 +146,7 @@ class VerifierPool:
         self, h: _Helper, done: dict[bytes, CasError | None], here: Callable[[bytes], object]
     ) -> None:
         self._stop(h)
-        code = h.proc.returncode
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        how = ipc.ended(h.proc)
         self.lost.append(
             f"check process {h.proc.pid} {how}; its {len(h.out)} packs were verified "
             "by the main process"

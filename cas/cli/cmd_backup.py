@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -15,9 +17,10 @@ import click
 from cas import __version__
 from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
+from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
 from cas.chunking.worker import ChunkWorker
-from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
-from cas.cli.options import ExcludeOptions, exclude_options
+from cas.cli.common import Globals, Output, fs_text, human_bytes, one_line, pass_globals
+from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
 from cas.format import compress
@@ -33,8 +36,9 @@ def register(cli: click.Group) -> None:
 
 
 class _Progress(Reporter):
-    def __init__(self, out: Output) -> None:
+    def __init__(self, out: Output, verbose: int = 0) -> None:
         self.out = out
+        self.verbose = verbose
         self.start = time.monotonic()
         self.bytes = 0
         self.files = 0
@@ -51,6 +55,27 @@ class _Progress(Reporter):
 
     def warning(self, message: str) -> None:
         self.out.warn(message)
+
+    def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
+        """-v: new and modified entries as they are decided; -vv: unchanged ones too."""
+        if self.verbose < (2 if action == "unchanged" else 1) or self.out.quiet:
+            return
+        if self.out.json:
+            self.out.clear_progress()
+            event = {
+                "message_type": "verbose_status",
+                "action": action,
+                "item": fs_text(path),
+                "type": kind,
+                "data_size": size,
+                "data_added": added,
+            }
+            click.echo(json.dumps(event, sort_keys=True))
+            return
+        text = f"{action:<10}{one_line(fs_text(path))}"
+        if kind == "file" and action != "unchanged":
+            text += f" ({human_bytes(size)}, {human_bytes(added)} added)"
+        self.out.line(text)
 
     def _show(self) -> None:
         if not self.out.progress_enabled:
@@ -84,6 +109,14 @@ class _Progress(Reporter):
     help="zstd level for new blobs: auto is 3 with incompressible blobs stored as they are.",
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
+@click.option(
+    "--verbose",
+    "-v",
+    count=True,
+    help="Show each new and modified file and directory as it is decided; -vv: unchanged "
+    "ones too (with --json: verbose_status lines before the summary).",
+)
+@workers_option("read, chunk and store new and changed files")
 @pass_globals
 def backup(
     g: Globals,
@@ -97,6 +130,8 @@ def backup(
     force: bool,
     compression: str,
     dry_run: bool,
+    verbose: int,
+    workers: Workers,
 ) -> None:
     """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
     out = Output(g)
@@ -117,19 +152,34 @@ def backup(
     chunker = repo.chunker()
     # Large files are chunked in a helper process (fastcdc holds the GIL).
     helper = ChunkWorker(repo.keys, chunker.params)
-    with g.locked(repo, exclusive=False, command="backup"), contextlib.closing(helper):
+    pool = None if dry_run or use_stdin else _pool(g, repo, workers)
+    with (
+        g.locked(repo, exclusive=False, command="backup"),
+        contextlib.closing(helper),
+        _closing_pool(g, pool),
+    ):
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
         writer = DryRunWriter(repo) if dry_run else repo
-        progress = _Progress(out)
-        archiver = Archiver(writer, chunker, opts, progress, offload=helper)
+        progress = _Progress(out, verbose)
+        after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
+        archiver = Archiver(
+            writer, chunker, opts, progress, offload=helper, pool=pool, pool_after=after
+        )
         started = time.time()
         if use_stdin:
             node = stdin_node(stdin_filename.encode(), sys.stdin.buffer.read, archiver)
             tree, _ = writer.save_blob(BlobType.TREE, encode_tree([node]))
         else:
-            tree = archiver.backup(abs_paths, parent_tree)
+            try:
+                tree = archiver.backup(abs_paths, parent_tree)
+            except WorkerFailed:
+                # What the workers stored goes into an index file: the next run reuses it.
+                with contextlib.suppress(Exception):
+                    repo.flush()
+                raise
         summary = archiver.summary.as_dict()
+        summary["workers"] = archiver.workers_used
         stats = repo.stats if not dry_run else None
         snap = Snapshot(
             time_ns=int(started * 1e9),
@@ -165,9 +215,42 @@ def backup(
         )
     if isinstance(writer, DryRunWriter):
         doc["estimate"] = _estimate(repo, writer)
+    if verbose and g.json:
+        doc["message_type"] = "summary"  # the last of the JSON lines
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
+
+
+def _pool(g: Globals, repo: Repository, workers: Workers) -> SaverPool | None:
+    """The worker processes of this backup (None: everything in this process)."""
+    plan = g.helpers(repo, workers.count)
+    if plan is None:
+        return None
+    params = repo.chunker().params
+    return SaverPool(
+        plan.spec,
+        plan.count,
+        claim=repo.claim_blobs,
+        adopt=repo.adopt_pack,
+        add_sealed=repo.add_sealed,
+        level=repo.compression_level,
+        pack_size=repo.config.pack_size,
+        chunker=(params.min_size, params.avg_size, params.max_size),
+        # Uploads per worker: two locally (one packs while the other syncs), else a share.
+        connections=plan.per_process(1),
+    )
+
+
+@contextlib.contextmanager
+def _closing_pool(g: Globals, pool: SaverPool | None) -> Iterator[None]:
+    """Stop the workers at the end, and count their storage requests."""
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
+            g.helper_requests.append(pool.requests())
 
 
 COMPRESSION_NAMES = {"auto": compress.DEFAULT_LEVEL, "off": None, "fastest": 1, "max": 19}

@@ -308,6 +308,19 @@ def node_from_stat(
     return node, warnings
 
 
+def fd_metadata(fd: int, path: bytes) -> tuple[list[tuple[bytes, bytes]], int, list[str]]:
+    """The xattrs and inode flags of the open file ``fd`` (``path`` names it in
+    warnings), and warnings for what could not be read."""
+    warnings: list[str] = []
+    xattrs = _read_xattrs(fd, path, warnings)
+    try:
+        flags = _ioctl_get_flags(fd)
+    except OSError as e:
+        flags = 0
+        warnings.append(f"could not read inode flags of {_show(path)}: {_reason(e)}")
+    return xattrs, flags, warnings
+
+
 def _read_xattrs(where: bytes | int, path: bytes, warnings: list[str]) -> list[tuple[bytes, bytes]]:
     """The xattrs of ``where`` (a path, not followed if a symlink, or an open descriptor)."""
     # A descriptor cannot be combined with follow_symlinks.

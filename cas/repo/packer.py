@@ -60,6 +60,14 @@ class Packer:
             self._parts.append(self._small)
             self._small = bytearray()
 
+    def take(self) -> tuple[bytes, list[packfmt.PackEntry]]:
+        """The sealed blobs added so far, end to end (each entry's offset and length
+        locate it), without a header; the packer is empty afterwards."""
+        body = b"".join([*self._parts, self._small])
+        entries = self._entries
+        self._parts, self._small, self._entries, self.size = [], bytearray(), [], 0
+        return body, entries
+
     def finish(self) -> FinishedPack:
         """Append the sealed header and trailer, verify the result and reset.
 

@@ -92,6 +92,10 @@ class PackWriter:
         self._packers[blob_type] = Packer(self._keys, blob_type)
         return packer
 
+    def take_open(self, blob_type: BlobType) -> tuple[bytes, list[packfmt.PackEntry]]:
+        """The sealed blobs of the open packer of ``blob_type`` (Packer.take)."""
+        return self._packers[blob_type].take()
+
     def finish_open(self) -> list[FinishedPack]:
         """Finish every packer that holds blobs."""
         return [p.finish() for p in self._packers.values() if len(p)]
@@ -122,11 +126,18 @@ class BlobSaver:
         backend: Backend,
         keys: crypto.KeyBase,
         pack_size: int,
-        indexes: IndexStore,
+        indexes: IndexStore | None,
         cache: LocalCache | None,
+        *,
+        on_pack: Callable[[FinishedPack], None] | None = None,
+        threads: int | None = None,
     ) -> None:
+        # Without ``indexes`` (a backup worker process, cas/backup/worker.py) every
+        # blob handed to ``save`` is new, and each stored pack goes to ``on_pack``
+        # instead of an index: the process that asked for it indexes it.
         self._keys = keys
         self._indexes = indexes
+        self._on_pack = on_pack
         self.stats = WriteStats()
         self.compression_level: int | None = 3
         self._lock = threading.RLock()
@@ -136,7 +147,8 @@ class BlobSaver:
         self._unindexed_blobs = 0
         # Sealing threads (compression and encryption: one per core) hand
         # finished packs to uploading threads (``--connections``).
-        self.workers = usable_cores()  # taskset -c 0: one sealing thread, not one per CPU
+        # taskset -c 0: one sealing thread, not one per CPU
+        self.workers = threads if threads is not None else usable_cores()
         self.connections = max(2, self.workers)
         self._pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
@@ -153,10 +165,67 @@ class BlobSaver:
             self.connections = n
             self._upload_slots = threading.BoundedSemaphore(n)
 
+    def _known(self, blob_id: bytes) -> bool:
+        """Whether the blob is stored or about to be (with the lock held)."""
+        return blob_id in self._inflight or (
+            self._indexes is not None and blob_id in self._indexes.index
+        )
+
     def has(self, blob_id: bytes) -> bool:
         """Whether the blob is stored or about to be."""
         with self._lock:
-            return blob_id in self._inflight or blob_id in self._indexes.index
+            return self._known(blob_id)
+
+    def claim(self, blob_ids: list[bytes]) -> bytes:
+        """For blobs another process stores: 1 for each that is new, which now counts
+        as in flight (no one else stores it), 0 for each stored or claimed already.
+
+        The claimant must store each claimed blob in a pack it then hands to
+        ``adopt``; the snapshot that uses them is written after that.
+        """
+        answer = bytearray(len(blob_ids))
+        with self._lock:
+            self._raise_worker_error()
+            for i, blob_id in enumerate(blob_ids):
+                if not self._known(blob_id):
+                    self._inflight.add(blob_id)
+                    answer[i] = 1
+        return bytes(answer)
+
+    def take_open(self) -> tuple[bytes, list[packfmt.PackEntry]]:
+        """Once everything is sealed (``wait``): the sealed data blobs not yet in a stored
+        pack, taken out of this saver (a worker hands them to the main process, so a
+        backup ends with one partly filled data pack, not one per worker)."""
+        self.wait()
+        with self._lock:
+            return self.writer.take_open(BlobType.DATA)
+
+    def add_sealed(self, body: bytes, entries: list[packfmt.PackEntry]) -> None:
+        """Sealed blobs another process claimed and sealed (``take_open`` there): packed
+        and stored with this saver's own."""
+        full = []
+        with self._lock:
+            self._raise_worker_error()
+            for e in entries:
+                self.stats.blobs[e.type] += 1
+                self.stats.raw_bytes += e.raw_length
+                self.stats.stored_bytes += e.length
+                sealed = body[e.offset : e.offset + e.length]
+                packer = self.writer.add(e.type, e.blob_id, sealed, e.raw_length)
+                if packer is not None:
+                    full.append(packer)
+        for packer in full:
+            self._upload(packer.finish())
+
+    def adopt(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
+        """A pack another process stored with blobs it claimed: counted and indexed
+        as if this saver had stored it."""
+        with self._lock:
+            for e in entries:
+                self.stats.blobs[e.type] += 1
+                self.stats.raw_bytes += e.raw_length
+                self.stats.stored_bytes += e.length
+        self._record(pack_id, size, entries)
 
     def save(self, blob_type: BlobType, data: bytes, blob_id: bytes) -> bool:
         """Store ``data`` as ``blob_id`` unless already there; whether it is new.
@@ -166,7 +235,7 @@ class BlobSaver:
         """
         with self._lock:
             self._raise_worker_error()
-            if blob_id in self._inflight or blob_id in self._indexes.index:
+            if self._known(blob_id):
                 return False
             self._inflight.add(blob_id)
         # Small blobs travel to the workers in batches: one hand-off per blob
@@ -181,6 +250,10 @@ class BlobSaver:
     def _submit_batch(self) -> None:
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         if not batch:
+            return
+        if self.workers == 0:  # sealing in the calling thread
+            self._slots.acquire()
+            self._sealing_job(batch)
             return
         self._slots.acquire()  # bounds memory: at most this many batches in flight
         try:
@@ -260,16 +333,29 @@ class BlobSaver:
 
     def _stored(self, pack: FinishedPack) -> None:
         """Record a stored pack; write an index file when enough are unindexed."""
-        failpoints.hit("pack-stored")
+        if self._on_pack is not None:
+            self._on_pack(pack)
+            with self._lock:
+                self.stats.packs += 1
+                self.stats.pack_bytes += len(pack.data)
+                self._inflight.difference_update(e.blob_id for e in pack.entries)
+            return
+        self._record(pack.pack_id, len(pack.data), pack.entries)
+
+    def _record(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
+        """Index a stored pack (this saver's, or a worker's), writing an index file when
+        enough are unindexed."""
+        assert self._indexes is not None
+        failpoints.hit("pack-stored")  # a worker's pack: once this process knows of it
         with self._lock:
             self.stats.packs += 1
-            self.stats.pack_bytes += len(pack.data)
-            self._unindexed[pack.pack_id] = pack.entries
+            self.stats.pack_bytes += size
+            self._unindexed[pack_id] = entries
             self._indexes.index.add_pack(
-                pack.pack_id, ((e.blob_id, e.offset, e.length) for e in pack.entries)
+                pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
             )
-            self._inflight.difference_update(e.blob_id for e in pack.entries)
-            self._unindexed_blobs += len(pack.entries)
+            self._inflight.difference_update(e.blob_id for e in entries)
+            self._unindexed_blobs += len(entries)
             due = (
                 len(self._unindexed) >= INDEX_EVERY_PACKS
                 or self._unindexed_blobs >= INDEX_EVERY_BLOBS
@@ -281,7 +367,7 @@ class BlobSaver:
         with self._lock:
             packs, self._unindexed = self._unindexed, {}
             self._unindexed_blobs = 0
-        if not packs:
+        if not packs or self._indexes is None:
             return
         failpoints.hit("before-index")
         try:

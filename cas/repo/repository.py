@@ -239,6 +239,22 @@ class Repository:
         self.indexes.load()
         return blob_id, self.saver.save(blob_type, data, blob_id)
 
+    def claim_blobs(self, blob_ids: list[bytes]) -> bytes:
+        """For a backup worker process that stores blobs itself: 1 for each blob that
+        is new and now its to store, 0 for each the repository has or is getting."""
+        self.indexes.load()
+        return self.saver.claim(blob_ids)
+
+    def adopt_pack(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
+        """A pack a backup worker process stored (with blobs it claimed): indexed with
+        this session's packs."""
+        self.saver.adopt(pack_id, size, entries)
+
+    def add_sealed(self, body: bytes, entries: list[packfmt.PackEntry]) -> None:
+        """Sealed blobs a backup worker claimed but did not pack (its last, partly filled
+        pack): packed and stored with this session's own."""
+        self.saver.add_sealed(body, entries)
+
     def wait(self) -> None:
         """Wait until every blob handed to ``save_blob`` is sealed (and packed)."""
         self.saver.wait()

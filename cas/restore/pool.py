@@ -244,27 +244,19 @@ class WriterPool:
         base = b".cas-restore-" + os.urandom(6).hex().encode()
         for i in range(self.count):
             prefix = base + b"-w%d-" % i
-            try:
-                # The backend may need the user's storage credentials (AWS_*): passed
-                # on as they are; the key goes over the socket.
-                proc, sock = ipc.spawn(WORKER_MODULE, storage_access=True)
-            except OSError:
+            # The backend may need the user's storage credentials (AWS_*): passed on as
+            # they are; the key goes over the socket.
+            init = {
+                "spec": self.spec.encode(),
+                "options": self._options,
+                "prefix": prefix,
+                "connections": self._connections,
+                **self._loading(),
+            }
+            started = ipc.start(WORKER_MODULE, init, storage_access=True)
+            if started is None:
                 break
-            w = _Writer(proc, sock, prefix)
-            try:
-                ipc.send(
-                    sock,
-                    {
-                        "spec": self.spec.encode(),
-                        "options": self._options,
-                        "prefix": prefix,
-                        "connections": self._connections,
-                        **self._loading(),
-                    },
-                )
-            except OSError:
-                ipc.stop(proc, sock, timeout=1)
-                continue
+            w = _Writer(*started, prefix)
             w.thread = threading.Thread(
                 target=self._read, args=(w,), name=f"cas-writer-{i}", daemon=True
             )
@@ -299,12 +291,7 @@ class WriterPool:
         w.alive = False
         if self._closing:
             return WriterEvent()
-        with contextlib.suppress(OSError):
-            w.proc.kill()
-        code = w.proc.wait()
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        if w.error:
-            how = f"failed ({w.error})"
+        how = ipc.ended(w.proc, w.error)
         redo = list(w.jobs.values())
         self._in_flight -= len(redo)
         w.jobs.clear()

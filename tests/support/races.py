@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 GROWTH = b"g" * 5000
@@ -86,3 +87,11 @@ def prelude(call: str, name: bytes, change: str) -> str:
         "from tests.support.races import hooked\n"
         f"os.{call} = hooked({call!r}, {name!r}, {change!r})"
     )
+
+
+def everywhere(site: Path, call: str, name: bytes, change: str) -> dict[str, str]:
+    """The environment that installs :func:`hooked` in every Python process of a run,
+    helper processes included: a ``sitecustomize`` module in ``site``, on PYTHONPATH."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(prelude(call, name, change) + "\n")
+    return {"PYTHONPATH": str(site)}

@@ -380,6 +380,15 @@ def build_full_tree(root: Path) -> None:
         _set_flags(path, _get_flags(path) | flags)
 
 
+def settled_symlink(link: Path, target: str, n: int) -> None:
+    """A symlink whose atime reading it will not move: a backup or comparison reads a
+    link, which moves an atime that is not after mtime and ctime (relatime); an hour
+    ahead, it stays.  ``n`` makes its times differ from other links'."""
+    link.symlink_to(target)
+    ahead = (int(time.time()) + 3600) * 10**9 + n
+    os.utime(link, ns=(ahead, 1_600_000_000_000_000_000 + n), follow_symlinks=False)
+
+
 def build_deep_tree(root: Path | bytes, depth: int) -> list[bytes]:
     """``root``/d/d/.../d, ``depth`` directories below ``root``, made with ``*at()`` calls.
 

@@ -1,0 +1,272 @@
+"""Backup's worker processes (cas/backup/pool.py, cas/backup/worker.py), through the CLI.
+
+Each test backs up with ``--workers 2``, so even small trees go through the
+worker processes.  What they store must be what one process stores (the
+same trees, to the byte), every blob once however many workers meet it,
+and a restore must equal the source (tests/support/trees.py, ``os`` and
+``stat`` only).  A worker that dies or cannot store, a main process killed
+with ``kill -9`` and files that vanish under a worker are covered here; the
+crash suite (tests/test_crash.py) kills workers at its fail points, and the
+whole suite can be run with workers everywhere (CAS_TEST_WORKERS=2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cli import run_cas, start_cas
+from tests.support.mounts import tmpfs
+from tests.support.procs import kill_when_paused
+from tests.support.trees import (
+    build_deep_tree,
+    build_full_tree,
+    compare_trees,
+    remove_tree,
+    settled_symlink,
+    unlock_tree,
+)
+
+IS_ROOT = os.geteuid() == 0
+
+
+def _tree(root: Path, dirs: int = 10, files: int = 30) -> None:
+    """Directories of small files (more than one batch in some), a large file, shared
+    content in several places and a file with three names in three directories."""
+    root.mkdir()
+    for i in range(dirs):
+        d = root / f"dir{i:02d}"
+        d.mkdir()
+        for j in range(files * (1 + i % 3)):
+            (d / f"f{j:03d}").write_bytes(os.urandom(50 + 97 * j))
+        (d / "same").write_bytes(b"the same content in every directory\n" * 100)
+        settled_symlink(d / "link", "same", i)
+    (root / "big").write_bytes(os.urandom(3 << 20) * 2)  # two equal halves
+    os.link(root / "dir00" / "f001", root / "hard")
+    os.link(root / "dir00" / "f001", root / f"dir{dirs - 1:02d}" / "hard2")
+    (root / "empty").write_bytes(b"")
+
+
+def _init(repo: Path) -> None:
+    assert run_cas("-r", repo, "init").code == 0
+
+
+def _backup(repo: Path, src: Path, *args: str, code: int = 0, **kw: Any) -> dict[str, Any]:
+    done = run_cas("-r", repo, "--json", "backup", src, *args, **kw)
+    assert done.code == code, done.err
+    doc: dict[str, Any] = done.json()
+    return doc
+
+
+def _restored_equal(tmp_path: Path, repo: Path, src: Path, snapshot: str = "latest") -> None:
+    out = tmp_path / f"out-{snapshot}"
+    done = run_cas("-r", repo, "restore", snapshot, "-t", out, "--workers", "0")
+    assert done.code == 0, done.err
+    assert compare_trees(src, out / src.relative_to("/")) == []
+
+
+def _paused_backup(
+    repo: Path, src: Path, gate: Path, batch: str, workers: str = "2"
+) -> subprocess.Popen[bytes]:
+    """``backup --json`` started in the background, its workers to pause before their
+    ``batch``-th batch (``gate``/backup-worker-batch.paused appears; .go lets them on)."""
+    return start_cas(
+        *("-r", repo, "--json", "backup", src, "--workers", workers),
+        env={
+            "CAS_FAILPOINTS": f"backup-worker-batch@{batch}:pause",
+            "CAS_FAILPOINTS_DIR": str(gate),
+        },
+    )
+
+
+def _check(repo: Path) -> dict[str, Any]:
+    done = run_cas("-r", repo, "--json", "check", "--read-data")
+    assert done.code == 0, (done.out, done.err)
+    doc: dict[str, Any] = done.json()
+    assert doc["summary"]["errors"] == 0, doc["findings"]
+    return doc
+
+
+def test_workers_store_what_one_process_stores(tmp_path: Path) -> None:
+    """One process, then --force through two workers: every tree is the same blob, no
+    data blob is new; a fresh repository through workers checks and restores exactly."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src)
+    _init(repo)
+    one = _backup(repo, src, "--workers", "0")
+    assert one["summary"]["workers"] == 0
+    # Listing a directory or reading a symlink the first time moves its atime
+    # (relatime), which the trees record: the second run sees settled times.
+    _backup(repo, src, "--force", "--workers", "0")
+    two = _backup(repo, src, "--force", "--workers", "2")
+    s = two["summary"]
+    assert s["workers"] == 2
+    assert s["tree_blobs_new"] == 0 and s["data_blobs_new"] == 0, s
+    assert s["dirs_new"] == s["dirs_changed"] == 0
+    assert s["files_changed"] == one["summary"]["files_new"]
+    assert s["bytes_total"] == one["summary"]["bytes_total"]
+
+    fresh = tmp_path / "fresh"
+    _init(fresh)
+    doc = _backup(fresh, src, "--workers", "2")
+    assert doc["summary"]["files_new"] == one["summary"]["files_new"]
+    _check(fresh)
+    _restored_equal(tmp_path, fresh, src)
+
+
+def test_each_blob_is_stored_once_whichever_worker_meets_it(tmp_path: Path) -> None:
+    """The same content in many directories (batches of both workers) and twice within
+    one large file: stored once, and the index holds no blob twice."""
+    src, repo, one_copy = tmp_path / "src", tmp_path / "repo", tmp_path / "one"
+    _tree(src)
+    _init(repo)
+    shutil.copytree(repo, one_copy)  # the same keys: the same chunks
+    doc = _backup(repo, src, "--workers", "2")
+    alone = _backup(one_copy, src, "--workers", "0")
+    assert doc["summary"]["data_blobs_new"] == alone["summary"]["data_blobs_new"]
+    assert doc["summary"]["data_added"] == alone["summary"]["data_added"]
+    findings = _check(repo)["findings"]
+    assert not [f for f in findings if "duplicate" in f["kind"]], findings
+
+
+def test_unchanged_files_stay_in_the_main_process(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src)
+    _init(repo)
+    _backup(repo, src, "--workers", "2")
+    (src / "dir03" / "f002").write_bytes(b"changed")
+    again = _backup(repo, src, "--workers", "2")["summary"]
+    assert again["files_changed"] == 1 and again["bytes_read"] == len(b"changed")
+    _restored_equal(tmp_path, repo, src)
+
+
+def test_a_small_backup_starts_no_workers_by_default(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src, dirs=2, files=5)
+    _init(repo)
+    assert _backup(repo, src, env={"CAS_WORKERS": ""})["summary"]["workers"] == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root (owners, devices, flags)")
+def test_full_tree_through_workers(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    try:
+        try:
+            build_full_tree(src)
+        except OSError as e:
+            pytest.skip(f"cannot build the full test tree here: {e}")
+        _init(repo)
+        doc = _backup(repo, src, "--workers", "2")
+        assert doc["warnings"] == []
+        _restored_equal(tmp_path, repo, src)
+    finally:
+        unlock_tree(tmp_path)
+
+
+def test_deeper_than_path_max_through_workers(tmp_path: Path) -> None:
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    try:
+        src.mkdir()
+        build_deep_tree(src, 2100)
+        _init(repo)
+        _backup(repo, src, "--workers", "2")
+        _check(repo)
+        _restored_equal(tmp_path, repo, src)
+    finally:
+        remove_tree(tmp_path)  # deeper than pytest's own clean-up can go
+
+
+def test_a_file_gone_before_its_worker_opens_it_is_a_warning(tmp_path: Path) -> None:
+    """The workers pause before their first batch; a file of it is deleted; the worker
+    warns about it and the backup saves the rest (exit 3)."""
+    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
+    src.mkdir()
+    gate.mkdir()
+    for i in range(5):
+        (src / f"f{i}").write_bytes(os.urandom(1000))
+    _init(repo)
+    proc = _paused_backup(repo, src, gate, "1", workers="1")
+    try:
+        paused = gate / "backup-worker-batch.paused"
+        deadline = time.monotonic() + 120  # a bound on a hang, not a timing assertion
+        while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert paused.exists(), proc.communicate()
+        (src / "f3").unlink()
+        (gate / "backup-worker-batch.go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert b"f3: No such file or directory; skipped" in err
+    assert b"Traceback" not in err
+    doc = json.loads(out)
+    assert doc["summary"]["files_new"] == 4
+    out_dir = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "-t", out_dir).code == 0
+    landed = out_dir / src.relative_to("/")
+    assert sorted(os.listdir(landed)) == sorted(os.listdir(src)) == ["f0", "f1", "f2", "f4"]
+    for name in os.listdir(src):  # the directory's mtime moved with the deletion
+        assert (landed / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_a_worker_that_dies_stops_the_backup_cleanly(tmp_path: Path) -> None:
+    """Each worker kills itself (SIGKILL) at its 3rd batch: the backup stops with one
+    line and exit 1, writes no snapshot, leaves the repository sound, and the next
+    backup finishes it."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src)
+    _init(repo)
+    done = run_cas(
+        "-r",
+        repo,
+        "backup",
+        src,
+        "--workers",
+        "2",
+        env={"CAS_FAILPOINTS": "backup-worker-batch@3"},
+    )
+    assert done.code == 1, done.err
+    assert "Traceback" not in done.err
+    assert "backup worker process" in done.err and "killed by signal 9" in done.err
+    assert done.err.count("\n") == 1, done.err
+    assert run_cas("-r", repo, "--json", "snapshots").json() == []
+    _check(repo)
+    _backup(repo, src, "--workers", "2")
+    _check(repo)
+    _restored_equal(tmp_path, repo, src)
+
+
+def test_kill_9_of_the_backup_leaves_no_worker_behind(tmp_path: Path) -> None:
+    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
+    _tree(src)
+    gate.mkdir()
+    _init(repo)
+    proc = _paused_backup(repo, src, gate, "4")
+    kill_when_paused(proc, gate / "backup-worker-batch.paused")
+    _check(repo)
+    _backup(repo, src, "--workers", "2")
+    _restored_equal(tmp_path, repo, src)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounts a tmpfs")
+def test_a_full_disk_under_a_worker_stops_the_backup_with_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(1 << 20))
+    with tmpfs(tmp_path / "disk", "6m") as disk:
+        repo = disk / "repo"
+        _init(repo)
+        done = run_cas("-r", repo, "backup", src, "--workers", "2")
+        assert done.code == 1, done.err
+        assert "No space left on device" in done.err, done.err
+        assert done.err.count("\n") == 1 and "Traceback" not in done.err
