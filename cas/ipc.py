@@ -173,6 +173,26 @@ def stop(proc: subprocess.Popen[bytes], sock: socket.socket, timeout: float = 10
         proc.wait()
 
 
+_M_MMAP_THRESHOLD = -3  # mallopt(3)
+HEAP_MMAP_THRESHOLD = 1 << 20
+
+
+def keep_heap_small() -> None:
+    """Serve allocations of 1 MiB or more (packs, batches, read buffers) from their own
+    mappings, returned to the system when freed (glibc; elsewhere nothing).
+
+    glibc raises its mmap threshold each time such a block is freed, up to 32 MiB,
+    after which 16 MiB packs come from the heap and its fragments stay resident:
+    a backup with two workers peaked at 401-425 MiB summed over its processes, with
+    a fixed 1 MiB threshold at 272-277 MiB, for about 0.5 s more system time.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 def die_with_parent(parent: int | None = None) -> None:
     """In a helper: be killed when the process that started it (``parent``, by default
     the current parent) dies (Linux), and stop now if it is already gone: a parent

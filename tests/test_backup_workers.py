@@ -108,8 +108,11 @@ def test_workers_store_what_one_process_stores(tmp_path: Path) -> None:
     two = _backup(repo, src, "--force", "--workers", "2")
     s = two["summary"]
     assert s["workers"] == 2
-    assert s["tree_blobs_new"] == 0 and s["data_blobs_new"] == 0, s
-    assert s["dirs_new"] == s["dirs_changed"] == 0
+    # Every tree of the source is the same blob.  Only the trees of its ancestors may
+    # be new: other processes change /tmp meanwhile (any change inside the source would
+    # make its own tree new as well as every ancestor's: more than this).
+    assert s["data_blobs_new"] == 0 and s["dirs_new"] == 0, s
+    assert s["tree_blobs_new"] <= len(src.parents), s
     assert s["files_changed"] == one["summary"]["files_new"]
     assert s["bytes_total"] == one["summary"]["bytes_total"]
 

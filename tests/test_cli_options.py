@@ -26,7 +26,7 @@ CLI_DIR = Path(options.__file__).parent
 
 # (option strings, envvar, metavar, help) as before the groups; defaults not listed
 # are None, or () for a repeatable option.
-Row = tuple[tuple[str, ...], str | None, str | None, str]
+Row = tuple[tuple[str, ...], str | list[str] | None, str | None, str]
 GLOBAL: list[Row] = [
     (("-r", "--repo"), "CAS_REPOSITORY", None, "Repository: a path or s3://bucket/prefix."),
     (("--password-file",), "CAS_PASSWORD_FILE", None, "Read the password from this file."),
@@ -36,9 +36,14 @@ GLOBAL: list[Row] = [
         None,
         "Run this command and use its output as the password.",
     ),
-    (("--json",), None, None, "Machine-readable output on stdout."),
-    (("-q", "--quiet"), None, None, "No progress and no human summary."),
-    (("--s3-endpoint",), "AWS_ENDPOINT_URL", None, "S3 endpoint URL (S3-compatible stores)."),
+    (("--json",), "CAS_JSON", None, "Machine-readable output on stdout."),
+    (("-q", "--quiet"), "CAS_QUIET", None, "No progress and no human summary."),
+    (
+        ("--s3-endpoint",),
+        ["CAS_S3_ENDPOINT", "AWS_ENDPOINT_URL"],
+        None,
+        "S3 endpoint URL (S3-compatible stores).",
+    ),
     (("--s3-path-style",), "CAS_S3_PATH_STYLE", None, "Path-style S3 addressing."),
     (
         ("--storage-class",),
@@ -52,8 +57,8 @@ GLOBAL: list[Row] = [
         None,
         "Parallel uploads (default: CPU count) and restore reads (default: 4).",
     ),
-    (("--no-lock",), None, None, "Do not lock the repository (read-only use only)."),
-    (("--retry-lock",), None, "SECONDS", "Wait for a lock."),
+    (("--no-lock",), "CAS_NO_LOCK", None, "Do not lock the repository (read-only use only)."),
+    (("--retry-lock",), "CAS_RETRY_LOCK", "SECONDS", "Wait for a lock."),
     (("--no-cache",), "CAS_NO_CACHE", None, "Do not use the local cache."),
     (("--cache-dir",), "CAS_CACHE_DIR", None, "Local cache directory (default ~/.cache/cas)."),
 ]
@@ -133,8 +138,8 @@ def test_each_command_has_its_groups_as_before(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for _, envvar, _, _ in rows:
-        if envvar:
-            monkeypatch.delenv(envvar, raising=False)
+        for name in [envvar] if isinstance(envvar, str) else envvar or []:
+            monkeypatch.delenv(name, raising=False)
     cmd = _command(path)
     declared = _options_of(cmd)
     for opts, envvar, metavar, help_text in rows:
@@ -170,6 +175,7 @@ def _declarations() -> dict[str, list[tuple[str, str | None]]]:
     found: dict[str, list[tuple[str, str | None]]] = {}
     for source in sorted(CLI_DIR.glob("*.py")):
         for node in ast.walk(ast.parse(source.read_text())):
+            _global_specs(node, source.name, found)
             if not (isinstance(node, ast.Call) and ast.unparse(node.func) == "click.option"):
                 continue
             helps = [k.value for k in node.keywords if k.arg == "help"]
@@ -185,6 +191,28 @@ def _declarations() -> dict[str, list[tuple[str, str | None]]]:
                 ):
                     found.setdefault(arg.value, []).append((source.name, help_text))
     return found
+
+
+def _global_specs(node: ast.AST, module: str, found: dict[str, list[Any]]) -> None:
+    """The global options, declared as data (``_GLOBAL_SPECS``: flags, settings, field)."""
+    if not (
+        isinstance(node, ast.AnnAssign)
+        and ast.unparse(node.target) == "_GLOBAL_SPECS"
+        and isinstance(node.value, ast.Tuple)
+    ):
+        return
+    for spec in node.value.elts:
+        assert isinstance(spec, ast.Tuple)
+        flags, settings = spec.elts[0], spec.elts[1]
+        assert isinstance(flags, ast.Tuple) and isinstance(settings, ast.Dict)
+        helps = [
+            ast.literal_eval(v)
+            for k, v in zip(settings.keys, settings.values, strict=True)
+            if isinstance(k, ast.Constant) and k.value == "help"
+        ]
+        for flag in flags.elts:
+            if isinstance(flag, ast.Constant) and str(flag.value)[:1] == "-":
+                found.setdefault(flag.value, []).append((module, helps[0] if helps else None))
 
 
 # Other options spelt like a group's, with another meaning.

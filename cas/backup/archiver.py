@@ -158,7 +158,7 @@ _TAG_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # CACHEDIR.TAG may be a
 _DIGEST_READ = 4 << 20  # bytes per read when a file is only hashed (_same_content)
 # A worker batch: up to this many files of one directory, or this many bytes.
 BATCH_FILES = 64
-BATCH_BYTES = 4 << 20
+BATCH_BYTES = 2 << 20
 
 
 class Archiver:

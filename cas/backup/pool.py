@@ -129,6 +129,7 @@ class SaverPool:
         """Start the workers (once); whether any could start."""
         if self._workers is not None:
             return self.running
+        ipc.keep_heap_small()  # the workers' last packs come here (add_sealed)
         self._workers = []
         for _ in range(self.count):
             # The backend may need the user's storage credentials (AWS_*): passed on as
@@ -203,7 +204,8 @@ class SaverPool:
         live = [w for w in self._workers or [] if w.alive]
         for w in live:
             w.flushed = False
-            ipc.send(w.sock, ["f"])
+            with contextlib.suppress(OSError):  # gone: reading its socket reports that
+                ipc.send(w.sock, ["f"])
         while not all(w.flushed for w in live):
             event = self.next_event()
             if event is not None:
@@ -257,7 +259,9 @@ class SaverPool:
     def _handle(self, w: _Worker, msg: Any) -> None:
         kind = msg[0]
         if kind == "a":
-            ipc.send(w.sock, ["n", self._claim([bytes(b) for b in msg[1]])])
+            answer = self._claim([bytes(b) for b in msg[1]])
+            with contextlib.suppress(OSError):  # gone: reading its socket reports that
+                ipc.send(w.sock, ["n", answer])
         elif kind == "k":
             self._adopt(bytes(msg[1]), msg[2], _entries(msg[3]))
         elif kind == "t":

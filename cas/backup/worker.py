@@ -65,7 +65,9 @@ from cas.repo.readerspec import ReaderSpec
 
 # Chunks held while the main process answers which are new: a large file asks
 # (and waits) each time this many bytes are held.
-ASK_BYTES = 8 << 20
+ASK_BYTES = 2 << 20
+# Sealing: batches of this many bytes, two at a time (one sealed while one fills).
+SEAL_BATCH = 1 << 20
 # Batches read and asked about before the answer of the first is used.
 HELD_BATCHES = 2
 
@@ -315,6 +317,7 @@ def _wire_entries(entries: list[PackEntry]) -> list[list[Any]]:
 
 
 def _serve(sock: socket.socket) -> None:
+    ipc.keep_heap_small()
     worker = _Worker(sock, ipc.recv(sock))
     try:
         worker.serve()

@@ -164,7 +164,8 @@ def forget(
         "removed": [sid.hex() for sid in doomed],
         "damaged": [sid.hex() for sid in damaged],
     }
-    out.emit(doc, lambda: _human(out, doc))
+    # A dry run exists to show the plan: -q does not hide it.
+    out.emit(doc, lambda: _human(out, doc), answer=dry_run)
     if prune:
         # After the forget lock is released: prune takes its own.
         run_prune(g, out, repo, unused, dry_run)

@@ -54,7 +54,7 @@ def key_list(g: Globals) -> None:
             who = f"{one_line(d['username'])}@{one_line(d['hostname'])}"
             out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {who}")
 
-    out.emit(docs, human)
+    out.emit(docs, human, answer=True)
 
 
 @key.command("add")

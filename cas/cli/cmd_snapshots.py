@@ -9,6 +9,7 @@ import click
 
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 from cas.cli.options import snapshot_filter_options
+from cas.errors import UsageError
 from cas.selection import SnapshotFilter
 
 
@@ -17,11 +18,31 @@ def register(cli: click.Group) -> None:
     cli.add_command(snapshots)
 
 
+GROUP_FIELDS = {"host": "hostname", "paths": "paths", "tags": "tags"}
+
+
 @click.command()
 @snapshot_filter_options()
+@click.option(
+    "--latest",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Only the last N snapshots of each host and path set (of each group with --group-by).",
+)
+@click.option(
+    "--group-by",
+    default="",
+    metavar="FIELDS",
+    help="Group the snapshots by host, paths and/or tags (comma-separated, e.g. host,paths).",
+)
+@click.option("-c", "--compact", is_flag=True, help="One short line per snapshot.")
 @pass_globals
-def snapshots(g: Globals, selection: SnapshotFilter) -> None:
+def snapshots(
+    g: Globals, selection: SnapshotFilter, latest: int | None, group_by: str, compact: bool
+) -> None:
     """List snapshots, oldest first."""
+    fields = _group_fields(group_by)
     out = Output(g)
     repo = g.open()
     docs: list[dict[str, Any]] = []
@@ -42,16 +63,76 @@ def snapshots(g: Globals, selection: SnapshotFilter) -> None:
                 "summary": s.summary,
             }
         )
+    docs.sort(key=lambda d: d["time"])
+    groups = _grouped(docs, fields or ["hostname", "paths"])
+    if latest is not None:
+        groups = [(key, members[-latest:]) for key, members in groups]
+        kept = {d["id"] for _, members in groups for d in members}
+        docs = [d for d in docs if d["id"] in kept]
 
-    def human() -> None:
-        out.line(f"{'ID':8}  {'time':19}  {'host':12}  {'size':>10}  paths")
-        for d in docs:
+    def table(members: list[dict[str, Any]]) -> None:
+        if compact:
+            out.line(f"{'ID':8}  {'time':19}  {'host':12}  tags")
+        else:
+            out.line(f"{'ID':8}  {'time':19}  {'host':12}  {'size':>10}  paths")
+        for d in members:
+            tags = ", ".join(d["tags"])
+            if compact:
+                out.line(f"{d['id'][:8]}  {d['time_iso']}  {d['hostname'][:12]:12}  {tags}")
+                continue
             size = human_bytes(d["summary"].get("bytes_total", 0))
-            tags = f"  [{', '.join(d['tags'])}]" if d["tags"] else ""
+            shown = f"  [{tags}]" if tags else ""
             out.line(
                 f"{d['id'][:8]}  {d['time_iso']}  {d['hostname'][:12]:12}  {size:>10}  "
-                f"{', '.join(d['paths'])}{tags}"
+                f"{', '.join(d['paths'])}{shown}"
             )
-        out.line(f"{len(docs)} snapshots")
 
-    out.emit(docs, human)
+    def human() -> None:
+        if not fields:
+            table(docs)
+        for key, members in groups if fields else []:
+            out.line(f"snapshots of {_describe(key)}:")
+            table(members)
+            out.line("")
+        out.line(f"{len(docs)} snapshot{'' if len(docs) == 1 else 's'}")
+
+    if fields:
+        doc: Any = [{"group_key": key, "snapshots": members} for key, members in groups]
+    else:
+        doc = docs
+    out.emit(doc, human, answer=True)
+
+
+def _group_fields(group_by: str) -> list[str]:
+    """The snapshot fields ``--group-by`` names (restic's spelling: host, paths, tags)."""
+    fields = []
+    for name in filter(None, (part.strip() for part in group_by.split(","))):
+        field = GROUP_FIELDS.get(name) or GROUP_FIELDS.get(name + "s")
+        if field is None:
+            raise UsageError(f"--group-by {name!r}: use host, paths and/or tags")
+        if field not in fields:
+            fields.append(field)
+    return fields
+
+
+def _grouped(
+    docs: list[dict[str, Any]], fields: list[str]
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The snapshots (oldest first) in groups of equal ``fields``, groups in order of
+    their first snapshot."""
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for d in docs:
+        key = {f: sorted(d[f]) if isinstance(d[f], list) else d[f] for f in fields}
+        groups.setdefault(repr(sorted(key.items())), (key, []))[1].append(d)
+    return list(groups.values())
+
+
+def _describe(key: dict[str, Any]) -> str:
+    parts = []
+    if "hostname" in key:
+        parts.append(f"host {key['hostname']}")
+    if "paths" in key:
+        parts.append(f"paths {', '.join(key['paths'])}")
+    if "tags" in key:
+        parts.append(f"tags [{', '.join(key['tags'])}]")
+    return "; ".join(parts)

@@ -65,7 +65,7 @@ def stats(
                 "indexed_blobs": len(repo.index),
             }
 
-    out.emit(doc, lambda: _human(out, doc))
+    out.emit(doc, lambda: _human(out, doc), answer=True)
 
 
 def _ratio(x: float | None) -> str:

@@ -271,13 +271,18 @@ class Output:
         self.quiet = g.quiet
         self.progress_enabled = not g.json and not g.quiet and sys.stderr.isatty()
         self._last_progress = 0.0
+        self._answering = False  # lines of a listing's answer: -q does not hide them
         self.warnings: list[str] = []
 
-    def emit(self, doc: Any, human: Callable[[], None] | None = None) -> None:
+    def emit(
+        self, doc: Any, human: Callable[[], None] | None = None, *, answer: bool = False
+    ) -> None:
         """Print ``doc`` as JSON, or call ``human`` to print it for people.
 
-        Object documents get a ``requests`` key: storage requests by kind,
-        bytes moved and their estimated cost; people see a line about them for S3.
+        ``answer``: ``human`` prints what the command exists to print (a listing):
+        ``-q`` silences progress and chatter, never that.  Object documents get a
+        ``requests`` key: storage requests by kind, bytes moved and their estimated
+        cost; people see a line about them for S3.
         """
         self.clear_progress()
         self.g.warn_damaged(self)
@@ -297,12 +302,16 @@ class Output:
 
         if self.json:
             click.echo(json.dumps(doc, indent=None, sort_keys=True, default=_json_default))
-        elif human is not None and not self.quiet:
-            human()
+        elif human is not None and (answer or not self.quiet):
+            self._answering = answer
+            try:
+                human()
+            finally:
+                self._answering = False
 
     def line(self, text: str) -> None:
-        """A human line (suppressed by --json and --quiet)."""
-        if not self.json and not self.quiet:
+        """A human line (suppressed by --json, and by --quiet unless it is an answer)."""
+        if not self.json and (self._answering or not self.quiet):
             self.clear_progress()
             click.echo(text)
 

@@ -31,7 +31,7 @@ from cas.cli import (
     cmd_tag,
 )
 from cas.cli.common import Globals, Output
-from cas.cli.options import global_options
+from cas.cli.options import accept_global_options, global_options
 from cas.errors import EXIT_ERROR, EXIT_USAGE, EXIT_WARNINGS, CasError
 
 # The Globals of each invocation of the group (one per main()): read after the command
@@ -80,6 +80,7 @@ for module in (
     cmd_find,
 ):
     module.register(cli)
+accept_global_options(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,55 +56,143 @@ def option_group(
 
 # -- global options (the ``cas`` group) ---------------------------------------------
 
-GLOBAL_OPTIONS: tuple[_Decorator, ...] = (
-    click.option(
-        "-r", "--repo", envvar="CAS_REPOSITORY", help="Repository: a path or s3://bucket/prefix."
+# Each global option: its flags, its click settings, and the Globals field it sets.
+_GLOBAL_SPECS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
+    (
+        ("-r", "--repo"),
+        {"envvar": "CAS_REPOSITORY", "help": "Repository: a path or s3://bucket/prefix."},
+        "repo",
     ),
-    click.option(
-        "--password-file", envvar="CAS_PASSWORD_FILE", help="Read the password from this file."
+    (
+        ("--password-file",),
+        {"envvar": "CAS_PASSWORD_FILE", "help": "Read the password from this file."},
+        "password_file",
     ),
-    click.option(
-        "--password-command",
-        envvar="CAS_PASSWORD_COMMAND",
-        help="Run this command and use its output as the password.",
+    (
+        ("--password-command",),
+        {
+            "envvar": "CAS_PASSWORD_COMMAND",
+            "help": "Run this command and use its output as the password.",
+        },
+        "password_command",
     ),
-    click.option("--json", "json_", is_flag=True, help="Machine-readable output on stdout."),
-    click.option("-q", "--quiet", is_flag=True, help="No progress and no human summary."),
-    click.option(
-        "--s3-endpoint", envvar="AWS_ENDPOINT_URL", help="S3 endpoint URL (S3-compatible stores)."
+    (
+        ("--json", "json_"),
+        {"is_flag": True, "envvar": "CAS_JSON", "help": "Machine-readable output on stdout."},
+        "json",
     ),
-    click.option(
-        "--s3-path-style",
-        is_flag=True,
-        envvar="CAS_S3_PATH_STYLE",
-        help="Path-style S3 addressing.",
+    (
+        ("-q", "--quiet"),
+        {"is_flag": True, "envvar": "CAS_QUIET", "help": "No progress and no human summary."},
+        "quiet",
     ),
-    click.option(
-        "--storage-class",
-        envvar="CAS_S3_STORAGE_CLASS",
-        metavar="CLASS",
-        help="S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); "
-        "the rest stays STANDARD.",
+    (
+        ("--s3-endpoint",),
+        {
+            "envvar": ["CAS_S3_ENDPOINT", "AWS_ENDPOINT_URL"],
+            "help": "S3 endpoint URL (S3-compatible stores).",
+        },
+        "s3_endpoint",
     ),
-    click.option(
-        "--connections",
-        type=click.IntRange(1, 64),
-        envvar="CAS_CONNECTIONS",
-        help="Parallel uploads (default: CPU count) and restore reads (default: 4).",
+    (
+        ("--s3-path-style",),
+        {"is_flag": True, "envvar": "CAS_S3_PATH_STYLE", "help": "Path-style S3 addressing."},
+        "s3_path_style",
     ),
-    click.option(
-        "--no-lock", is_flag=True, help="Do not lock the repository (read-only use only)."
+    (
+        ("--storage-class",),
+        {
+            "envvar": "CAS_S3_STORAGE_CLASS",
+            "metavar": "CLASS",
+            "help": "S3 storage class of data packs (e.g. STANDARD_IA, GLACIER_IR); "
+            "the rest stays STANDARD.",
+        },
+        "s3_storage_class",
     ),
-    click.option(
-        "--retry-lock", type=float, default=0.0, metavar="SECONDS", help="Wait for a lock."
+    (
+        ("--connections",),
+        {
+            "type": click.IntRange(1, 64),
+            "envvar": "CAS_CONNECTIONS",
+            "help": "Parallel uploads (default: CPU count) and restore reads (default: 4).",
+        },
+        "connections",
     ),
-    click.option(
-        "--no-cache", is_flag=True, envvar="CAS_NO_CACHE", help="Do not use the local cache."
+    (
+        ("--no-lock",),
+        {
+            "is_flag": True,
+            "envvar": "CAS_NO_LOCK",
+            "help": "Do not lock the repository (read-only use only).",
+        },
+        "no_lock",
     ),
-    click.option(
-        "--cache-dir", envvar="CAS_CACHE_DIR", help="Local cache directory (default ~/.cache/cas)."
+    (
+        ("--retry-lock",),
+        {
+            "type": float,
+            "default": 0.0,
+            "envvar": "CAS_RETRY_LOCK",
+            "metavar": "SECONDS",
+            "help": "Wait for a lock.",
+        },
+        "lock_wait",
+    ),
+    (
+        ("--no-cache",),
+        {"is_flag": True, "envvar": "CAS_NO_CACHE", "help": "Do not use the local cache."},
+        "no_cache",
+    ),
+    (
+        ("--cache-dir",),
+        {"envvar": "CAS_CACHE_DIR", "help": "Local cache directory (default ~/.cache/cas)."},
+        "cache_dir",
     ),
 )
+GLOBAL_OPTIONS: tuple[_Decorator, ...] = tuple(
+    click.option(*decls, **settings) for decls, settings, _ in _GLOBAL_SPECS
+)
+
+
+def accept_global_options(command: click.Command) -> None:
+    """Let the global options also follow the command name (``cas snapshots --json``,
+    ``cas backup SRC -r REPO``), as restic does, for ``command`` and every command
+    of a group.
+
+    Given after the name, an option overrides the same option given before it or
+    in the environment.  A command's own option of the same name (``check``'s
+    hidden ``--cache-dir``) keeps its meaning there.
+    """
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_global_options(sub)
+        return
+    taken = {flag for p in command.params for flag in [*p.opts, *p.secondary_opts]}
+    added: dict[str, str] = {}  # parameter name -> Globals field
+    for decls, settings, target in _GLOBAL_SPECS:
+        if any(d in taken for d in decls if d.startswith("-")):
+            continue
+        # No environment variable and no default here: only what is typed after the
+        # command name may override the value the group already took.
+        here = {k: v for k, v in settings.items() if k not in ("envvar", "default")}
+        option = click.Option(list(decls), default=None, **here)
+        assert option.name is not None
+        command.params.append(option)
+        added[option.name] = target
+    inner = command.callback
+    if inner is None or not added:
+        return
+
+    @functools.wraps(inner)
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        g = click.get_current_context().find_object(Globals)
+        for name, target in added.items():
+            value = kwargs.pop(name)
+            if value is not None and value is not False and g is not None:
+                setattr(g, target, value)
+        return inner(*args, **kwargs)
+
+    command.callback = callback
 
 
 def _globals(

@@ -32,7 +32,7 @@ class Packer:
     def __init__(self, keys: crypto.KeyBase, blob_type: BlobType) -> None:
         self.keys = keys
         self.blob_type = blob_type
-        self._parts: list[bytes | bytearray] = []
+        self._parts: list[bytes | bytearray | memoryview] = []
         self._small = bytearray()  # small sealed blobs, coalesced (no object per blob)
         self._entries: list[packfmt.PackEntry] = []
         self.size = 0
@@ -40,7 +40,7 @@ class Packer:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, blob_id: bytes, sealed: bytes | bytearray, raw_length: int) -> None:
+    def add(self, blob_id: bytes, sealed: bytes | bytearray | memoryview, raw_length: int) -> None:
         """Append one sealed blob."""
         self._entries.append(
             packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)

@@ -82,7 +82,11 @@ class PackWriter:
         self._packers = {t: Packer(keys, t) for t in BlobType}
 
     def add(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray, raw_length: int
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        sealed: bytes | bytearray | memoryview,
+        raw_length: int,
     ) -> Packer | None:
         """Append a sealed blob; returns the full packer (to finish outside a lock) or None."""
         packer = self._packers[blob_type]
@@ -131,6 +135,8 @@ class BlobSaver:
         *,
         on_pack: Callable[[FinishedPack], None] | None = None,
         threads: int | None = None,
+        batch_bytes: int = BATCH_BYTES,
+        batches: int | None = None,
     ) -> None:
         # Without ``indexes`` (a backup worker process, cas/backup/worker.py) every
         # blob handed to ``save`` is new, and each stored pack goes to ``on_pack``
@@ -153,7 +159,9 @@ class BlobSaver:
         self._pool: ThreadPoolExecutor | None = None
         self._upload_pool: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
-        self._slots = threading.BoundedSemaphore(2 * self.workers + 2)
+        # ``batches`` of ``batch_bytes`` at most wait for or are in sealing (memory).
+        self._batch_limit = batch_bytes
+        self._slots = threading.BoundedSemaphore(batches or 2 * self.workers + 2)
         self._upload_slots = threading.BoundedSemaphore(self.connections)
         self._worker_error: BaseException | None = None
         self._batch: list[tuple[BlobType, bytes, bytes]] = []
@@ -204,13 +212,14 @@ class BlobSaver:
         """Sealed blobs another process claimed and sealed (``take_open`` there): packed
         and stored with this saver's own."""
         full = []
+        view = memoryview(body)  # slices share it: no copy of each blob
         with self._lock:
             self._raise_worker_error()
             for e in entries:
                 self.stats.blobs[e.type] += 1
                 self.stats.raw_bytes += e.raw_length
                 self.stats.stored_bytes += e.length
-                sealed = body[e.offset : e.offset + e.length]
+                sealed = view[e.offset : e.offset + e.length]
                 packer = self.writer.add(e.type, e.blob_id, sealed, e.raw_length)
                 if packer is not None:
                     full.append(packer)
@@ -243,7 +252,7 @@ class BlobSaver:
         # wait for the GIL after each of its system calls.
         self._batch.append((blob_type, blob_id, data))
         self._batch_bytes += len(data)
-        if self._batch_bytes >= BATCH_BYTES or len(self._batch) >= BATCH_BLOBS:
+        if self._batch_bytes >= self._batch_limit or len(self._batch) >= BATCH_BLOBS:
             self._submit_batch()
         return True
 
