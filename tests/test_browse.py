@@ -550,3 +550,11 @@ def test_dump_of_a_stdin_backup(tmp_path: Path) -> None:
     assert r.stdout == data
     r2 = run_cas("ls", "-l", "latest", env=env)
     assert r2.code == 0 and r2.out.rstrip().endswith(" /stdin")
+    # -q hides chatter, never a listing's answer (issue 15).
+    assert run_cas("ls", "-q", "latest", env=env).out == "/stdin\n"
+    found = run_cas("find", "-q", "stdin", env=env).out.splitlines()
+    assert found[1:] == ["/stdin", ""] and "entries in" not in found[-1]
+    snaps = run_cas("--json", "snapshots", env=env).json()
+    assert run_cas("backup", "--stdin", input=b"other", env=env).code == 0
+    changed = run_cas("diff", "-q", snaps[0]["id"], "latest", env=env).out
+    assert changed.startswith("M    /stdin\n") and "Added:" in changed

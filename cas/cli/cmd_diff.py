@@ -59,7 +59,7 @@ def diff(g: Globals, first: str, second: str, metadata: bool) -> None:
         g.warn_damaged(out)
         json_line(doc)
     else:
-        out.emit(doc, lambda: _human(out, differ.stats))
+        out.emit(doc, lambda: _human(out, differ.stats), answer=True)
 
 
 def _show(g: Globals, c: Change) -> None:
@@ -71,7 +71,7 @@ def _show(g: Globals, c: Change) -> None:
         if c.old is not None and c.new is not None and c.old.type != c.new.type:
             doc["types"] = [c.old.type, c.new.type]
         json_line(doc)
-    elif not g.quiet:
+    else:  # the changes are the answer: -q does not hide them
         click.echo(f"{c.kind}    {path_text(c.path)}{'/' if c.is_dir else ''}")
 
 

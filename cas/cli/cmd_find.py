@@ -173,8 +173,6 @@ def _show(g: Globals, sid: bytes, snap: Snapshot, matches: list[Match], long_: b
             }
         )
         return
-    if g.quiet:
-        return
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.time_ns / 1e9))
     click.echo(f"Found matching entries in snapshot {sid.hex()[:8]} from {when}")
     for m in matches:

@@ -74,5 +74,5 @@ def ls(
 def _show(g: Globals, entry: Entry, long_: bool, human: bool) -> None:
     if g.json:
         json_line(node_doc(entry))
-    elif not g.quiet:
+    else:  # the listing is the answer: -q does not hide it
         click.echo(long_line(entry, human) if long_ else path_text(entry.path))
