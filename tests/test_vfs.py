@@ -507,6 +507,37 @@ def test_zero_blobs_are_holes_and_are_not_loaded(repo: Repository) -> None:
         view.close()
 
 
+def test_holes_inside_a_blob_count_and_seek(repo: Repository) -> None:
+    rnd = random.Random(9)
+    # One blob: 8 KiB of data, 1 MiB of zeros, 100 bytes of data.  It compresses to
+    # almost nothing, so the view scans it; an incompressible blob is data throughout.
+    mixed = rnd.randbytes(8192) + bytes(1 << 20) + rnd.randbytes(100)
+    noise = rnd.randbytes(64 << 10)
+    mixed_id, _ = repo.save_blob(BlobType.DATA, mixed)
+    noise_id, _ = repo.save_blob(BlobType.DATA, noise)
+    node = Node(
+        name=b"mixed",
+        type="file",
+        size=len(mixed) + len(noise),
+        content=[mixed_id, noise_id],
+        sizes=[len(mixed), len(noise)],
+    )
+    snapshot(repo, [node])
+    view, _ = make_view(repo)
+    try:
+        ino = view.resolve(b"snapshots/latest/mixed")
+        end_of_zeros = (8192 + (1 << 20)) // 4096 * 4096  # the block holding the 100 bytes
+        assert view.getattr(ino).blocks == (2 + 1 + 16) * 8
+        assert view.seek(ino, 0, data=False) == 8192
+        assert view.seek(ino, 8192, data=True) == end_of_zeros
+        assert view.seek(ino, end_of_zeros, data=False) == node.size
+        with pytest.raises(OSError) as e:
+            view.seek(ino, node.size, data=True)
+        assert os_error(e) == errno.ENXIO
+    finally:
+        view.close()
+
+
 def test_blob_cache_loads_a_blob_once_for_concurrent_readers() -> None:
     started, release = threading.Event(), threading.Event()
     calls: list[bytes] = []

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[set[str]] = [
     {"__main__"},
     {"cli"},
-    {"backup", "restore", "check", "manage", "mount"},
+    {"backup", "restore", "check", "manage", "mount", "browse"},
     {"repo"},
-    {"walker", "fs"},
+    {"walker", "fs", "sparse"},
     {"protocols", "selection"},
     {"format"},
     {"chunking"},

@@ -15,9 +15,13 @@ from cas.cli import (
     cmd_cat,
     cmd_check,
     cmd_copy,
+    cmd_diff,
+    cmd_dump,
+    cmd_find,
     cmd_forget,
     cmd_init,
     cmd_key,
+    cmd_ls,
     cmd_mount,
     cmd_prune,
     cmd_repair,
@@ -70,6 +74,10 @@ for module in (
     cmd_stats,
     cmd_check,
     cmd_mount,
+    cmd_ls,
+    cmd_diff,
+    cmd_dump,
+    cmd_find,
 ):
     module.register(cli)
 accept_global_options(cli)

@@ -66,6 +66,13 @@ def _translate(pattern: bytes) -> bytes:
     return b"".join(out)
 
 
+def translate(pattern: bytes) -> bytes:
+    """The regular expression of one glob, without anchors: ``*`` and ``?`` never
+    cross a slash, ``**`` does, ``[...]`` is a class (for matching single entries,
+    as ``cas find`` does, rather than whole subtrees)."""
+    return _translate(pattern)
+
+
 class PatternSet:
     """A compiled list of patterns; ``matches(path)`` is true when any pattern matches."""
 

@@ -8,7 +8,8 @@ numbers (``use_ino``, so hardlinks share one), checks permissions in the
 kernel against the recorded modes and POSIX ACLs (``default_permissions``
 and the POSIX ACL capability) and lets the kernel keep file pages and
 attributes cached (content never changes).  ``lsattr`` gets the recorded
-inode flags through the FS_IOC_GETFLAGS ioctl.
+inode flags through the FS_IOC_GETFLAGS ioctl, and ``lseek`` answers SEEK_DATA and
+SEEK_HOLE from the holes the view finds (so ``cp`` and ``rsync -S`` keep them).
 
 Directory listings carry each entry's attributes (readdirplus), so a
 ``find`` or ``ls -l`` costs one request per directory rather than one per
@@ -208,6 +209,12 @@ class Operations:
         ctypes.c_uint.from_address(data).value = value & 0xFFFFFFFF
         return 0
 
+    def lseek(self, path: str, offset: int, whence: int, fh: int) -> int:
+        """SEEK_DATA and SEEK_HOLE from the view's holes; the kernel answers the others."""
+        if whence not in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return self.view.seek(fh or self.view.resolve(_b(path)), offset, whence == os.SEEK_DATA)
+
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
 
@@ -281,5 +288,11 @@ def _fuse_class(fuse: Any) -> Any:
                 if filler(buf, name, st if ino else None, pos + 1, fill) != 0:
                     break
             return 0
+
+        def lseek(self, path: bytes | None, offset: int, whence: int, fip: Any) -> int:
+            # libfuse 3's lseek (since 3.8), which mfusepy declares but does not wrap.
+            ops: Operations = self.operations
+            fh = fip.contents.fh if fip else 0
+            return ops.lseek(_s(path or b""), offset, whence, fh)
 
     return Fuse

@@ -18,8 +18,10 @@ metadata: permission bits with setuid/setgid/sticky, owner, size, the three
 times in nanoseconds, link count, symlink target, device number and xattrs.
 Entries that were hardlinks of one another when backed up (same device and
 inode within one snapshot) share one inode here.  ``st_blocks`` counts the
-4 KiB blocks touched by content blobs that are not all zero, so a file that
-restore would write sparse looks sparse.
+4 KiB blocks restore would allocate, and ``seek`` answers SEEK_DATA/SEEK_HOLE
+with the same holes (:mod:`cas.sparse`: all-zero blobs, and zero blocks inside
+blobs that compressed to almost nothing), so a file that restore would write
+sparse looks sparse to ``du``, ``cp`` and ``rsync``.
 
 A snapshot directory is one object wherever it appears (``snapshots/``,
 ``ids/``, ``hosts/``, ``tags/``), so it has one inode.  Trees are loaded
@@ -50,6 +52,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from cas import sparse
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.snapshot import Snapshot
@@ -202,7 +205,7 @@ class _Entry:
 
 
 class _File(_Entry):
-    __slots__ = ("blocks", "content", "offsets", "sizes", "zero")
+    __slots__ = ("content", "extents", "offsets", "sizes", "zero")
 
     def __init__(self, ino: int, mode: int, content: list[bytes], sizes: list[int]) -> None:
         super().__init__(ino, mode)
@@ -210,7 +213,7 @@ class _File(_Entry):
         self.sizes = sizes
         self.offsets: list[int] | None = None  # start of each blob, then the end
         self.zero: frozenset[int] | None = None  # indices of all-zero blobs
-        self.blocks: int | None = None
+        self.extents: list[tuple[int, int]] | None = None  # (offset, length) of data
 
 
 class _Symlink(_Entry):
@@ -695,20 +698,49 @@ class SnapshotView:
         return zero
 
     def _blocks(self, f: _File) -> int:
-        """512-byte units of the 4 KiB blocks that hold content other than zero blobs."""
-        if f.blocks is None:
+        """512-byte units of the 4 KiB blocks that restore would allocate (not holes)."""
+        return sparse.allocated_blocks(self._extents(f)) * (BLOCK // 512)
+
+    def _extents(self, f: _File) -> list[tuple[int, int]]:
+        """``(offset, length)`` of the file's data, holes left out (:mod:`cas.sparse`):
+        all-zero blobs, and zero blocks inside blobs that compressed to almost nothing."""
+        extents = f.extents
+        if extents is None:
             zero = self._zero_blobs(f)
-            total, last = 0, -1
-            for i, (start, size) in enumerate(zip(self._offsets(f), f.sizes, strict=False)):
-                if size == 0 or i in zero:
-                    continue
-                first, end = start // BLOCK, (start + size - 1) // BLOCK
-                first = max(first, last + 1)
-                if end >= first:
-                    total += end - first + 1
-                last = max(last, end)
-            f.blocks = total * (BLOCK // 512)
-        return f.blocks
+
+            def kind(i: int) -> str:
+                if i in zero:
+                    return "zero"
+                try:
+                    stored = self._store.stored_size(f.content[i])
+                except CasError:
+                    stored = None
+                return "scan" if sparse.worth_scanning(f.sizes[i], stored) else "data"
+
+            def load(i: int) -> bytes:
+                try:
+                    return self.cache.get(f.content[i], f.sizes[i])
+                except CasError as e:  # counted as data; a read reports the damage
+                    log.warning("blob %s: %s", f.content[i].hex()[:8], e)
+                    return b""
+
+            extents = sparse.data_extents(f.sizes, kind, load)
+            f.extents = extents
+        return extents
+
+    def seek(self, ino: int, offset: int, data: bool) -> int:
+        """``lseek`` SEEK_DATA (``data``) or SEEK_HOLE in a file: ENXIO past the last
+        data or the end, as a filesystem answers."""
+        entry = self._entry(ino)
+        if not isinstance(entry, _File):
+            if isinstance(entry, _Dir):
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(ino))
+            raise OSError(errno.ENXIO, os.strerror(errno.ENXIO), str(ino))
+        size = min(entry.size, self._offsets(entry)[-1])
+        pos = sparse.seek(self._extents(entry), size, offset, data)
+        if pos is None:
+            raise OSError(errno.ENXIO, os.strerror(errno.ENXIO), str(ino))
+        return pos
 
     def _may_be_zero(self, blob_id: bytes, size: int) -> bool:
         """Whether the blob is all zero: its zero-blob ID of that size, hashed only for blobs

@@ -1,0 +1,78 @@
+"""``cas ls``: list the entries of a snapshot, like ``restic ls``."""
+
+from __future__ import annotations
+
+import click
+
+from cas.browse.nav import Entry, lookup, walk
+from cas.cli.common import Globals, Output, pass_globals
+from cas.cli.nodeview import (
+    inside,
+    json_line,
+    long_line,
+    node_doc,
+    path_text,
+    snapshot_doc,
+    split_ref,
+)
+from cas.errors import CasError
+
+
+def register(cli: click.Group) -> None:
+    """Add the command."""
+    cli.add_command(ls)
+
+
+@click.command()
+@click.argument("snapshot", metavar="SNAPSHOT[:/path]")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=bytes), metavar="[PATH]...")
+@click.option(
+    "--recursive/--no-recursive",
+    default=True,
+    show_default=True,
+    help="List everything below each path, or only its own entries.",
+)
+@click.option("-l", "--long", "long_", is_flag=True, help="Type and mode, owner, size, mtime.")
+@click.option("--human-readable", "-H", is_flag=True, help="Sizes as 1.5 MiB with --long.")
+@pass_globals
+def ls(
+    g: Globals,
+    snapshot: str,
+    paths: tuple[bytes, ...],
+    recursive: bool,
+    long_: bool,
+    human_readable: bool,
+) -> None:
+    """List the entries at and below PATHs of a snapshot (default: all of it, or of
+    SNAPSHOT:/path).  A relative PATH is taken inside SNAPSHOT:/path.
+
+    Names that are not UTF-8 show their bytes as \\xNN and control characters
+    (a newline in a name) as escapes, so every entry is one line.  With --json
+    every line is one JSON object: the snapshot first, then one per entry.
+    """
+    out = Output(g)
+    ref, base = split_ref(snapshot)
+    repo = g.open()
+    with g.locked(repo, exclusive=False, command="ls"):
+        sid, snap = repo.find_snapshot(ref)
+        starts = [lookup(repo, snap.tree, inside(base, p)) for p in paths or (base,)]
+
+        def on_error(path: bytes, error: CasError) -> None:
+            g.degraded = True
+            out.warn(f"cannot list {path_text(path)}: {error}")
+
+        if g.json:
+            json_line(snapshot_doc(sid, snap))
+        for top in starts:
+            if top.node is not None:
+                _show(g, top, long_, human_readable)
+            for entry in walk(repo, top, recursive=recursive, on_error=on_error):
+                _show(g, entry, long_, human_readable)
+    g.warn_damaged(out)
+
+
+def _show(g: Globals, entry: Entry, long_: bool, human: bool) -> None:
+    if g.json:
+        json_line(node_doc(entry))
+    else:  # the listing is the answer: -q does not hide it
+        click.echo(long_line(entry, human) if long_ else path_text(entry.path))
