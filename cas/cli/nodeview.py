@@ -14,17 +14,7 @@ import click
 from cas.browse.nav import Entry
 from cas.cli.common import human_bytes
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node
-
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-    "socket": stat.S_IFSOCK,
-}
+from cas.format.tree import TYPE_BITS, Node
 
 
 def split_ref(text: str) -> tuple[str, bytes]:
@@ -70,7 +60,7 @@ def json_path(path: bytes, key: str = "path") -> dict[str, str]:
 
 def st_mode(node: Node) -> int:
     """The node's type and permission bits as ``st_mode``."""
-    return _TYPE_BITS.get(node.type, 0) | (node.mode & 0o7777)
+    return TYPE_BITS.get(node.type, 0) | (node.mode & 0o7777)
 
 
 def iso_ns(ns: int) -> str:

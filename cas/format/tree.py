@@ -9,6 +9,7 @@ are omitted when absent; readers ignore keys they do not know.
 from __future__ import annotations
 
 import itertools
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,18 @@ from cas.format.codec import field as get_field
 from cas.format.codec import shown, sorted_keys, unpack_map
 
 NODE_TYPES = ("file", "dir", "symlink", "fifo", "chardev", "blockdev", "socket")
+
+
+# The file type bits of st_mode for each node type (ls -l, stat through the mount).
+TYPE_BITS = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "chardev": stat.S_IFCHR,
+    "blockdev": stat.S_IFBLK,
+    "socket": stat.S_IFSOCK,
+}
 
 
 @dataclass

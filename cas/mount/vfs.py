@@ -56,7 +56,7 @@ from cas import sparse
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node
+from cas.format.tree import TYPE_BITS, Node
 from cas.protocols import BlobReader
 from cas.selection import EVERY_SNAPSHOT, SnapshotFilter
 from cas.walker import load_tree
@@ -99,16 +99,6 @@ READ_STATE_FILES = 256  # files whose read position is remembered for readahead
 # A read starting at most this far after the previous one's end counts as
 # sequential (the kernel's requests may be handled slightly out of order).
 SEQUENTIAL_GAP = 1 << 20
-
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "fifo": stat.S_IFIFO,
-    "chardev": stat.S_IFCHR,
-    "blockdev": stat.S_IFBLK,
-    "socket": stat.S_IFSOCK,
-}
 
 
 class SnapshotStore(BlobReader, Protocol):
@@ -634,7 +624,7 @@ class SnapshotView:
             entry = _Symlink(ino, node.target or b"")
             entry.mode = stat.S_IFLNK | perm
         else:
-            entry = _Entry(ino, _TYPE_BITS[node.type] | perm)
+            entry = _Entry(ino, TYPE_BITS[node.type] | perm)
         entry.from_node(node)
         entry.size = node.size
         entry.nlink = node.links
