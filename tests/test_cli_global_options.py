@@ -9,6 +9,7 @@ every kind, and the exit code and output must be the same.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,36 @@ def test_every_command_takes_every_global_option() -> None:
         flags = {o for p in cmd.params for o in p.opts}
         missing = group_flags - flags
         assert not missing or (path == ("check",) and missing <= {"--cache-dir"}), (path, missing)
+
+
+@pytest.mark.s3
+def test_the_s3_options_before_after_and_from_the_environment(
+    s3_server: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    """--s3-endpoint, --s3-path-style and --storage-class on moto's server, over HTTP."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    env.pop("AWS_ENDPOINT_URL", None)
+    env["CAS_CACHE_DIR"] = str(tmp_path / "cache")
+    loc = f"s3://{s3_bucket}/globals"
+    s3 = ["--s3-endpoint", s3_server, "--s3-path-style"]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"f" * 1000)
+    assert run_cas("-r", loc, *s3, "init", env=env).code == 0
+    backup = run_cas("backup", src, "-r", loc, *s3, "--storage-class", "STANDARD_IA", env=env)
+    assert backup.code == 0, backup.err
+    before = run_cas("--json", "-r", loc, *s3, "snapshots", env=env)
+    after = run_cas("snapshots", "--json", "-r", loc, *s3, env=env)
+    from_env = run_cas(
+        "snapshots",
+        env={
+            **env,
+            "CAS_JSON": "1",
+            "CAS_REPOSITORY": loc,
+            "CAS_S3_ENDPOINT": s3_server,
+            "CAS_S3_PATH_STYLE": "1",
+        },
+    )
+    assert before.code == after.code == from_env.code == 0, (after.err, from_env.err)
+    assert before.json() == after.json() == from_env.json()
+    assert len(before.json()) == 1
