@@ -310,8 +310,9 @@ class Archiver:
         """Add a new or changed file (``node``: from its lstat) to the directory's next
         worker batch."""
         q = _Queued(node, path, st, parent)
-        if st.st_nlink > 1:
+        if st.st_nlink > 1:  # its other names wait for it, then take what it gets
             self._queued[(st.st_dev, st.st_ino)] = q
+            self._hardlinks[(st.st_dev, st.st_ino)] = node
         frame.batch.append(q)
         frame.batch_bytes += st.st_size
         frame.waiting += 1
@@ -473,14 +474,9 @@ class Archiver:
             self.report.bytes_done(st.st_size)
         elif self._to_workers(st):
             self._queue(frame, node, path, st, parent)
-            if st.st_nlink > 1:
-                self._hardlinks[key] = self._queued[key].node
             return
-        else:
-            read = self._read_new_file(frame.fd, name, path, st, parent)
-            if read is None:
-                return
-            node = read
+        elif not self._read_new_file(frame.fd, name, path, st, parent, node):
+            return
         if st.st_nlink > 1:
             self._hardlinks[key] = node
         frame.nodes.append(node)
@@ -513,9 +509,16 @@ class Archiver:
         return node
 
     def _read_new_file(
-        self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
-    ) -> Node | None:
-        """Open, describe and read a new or changed file; None if it was skipped.
+        self,
+        dir_fd: int,
+        name: bytes,
+        path: bytes,
+        st: os.stat_result,
+        parent: Node | None,
+        node: Node,
+    ) -> bool:
+        """Open, describe and read a new or changed file into ``node`` (made from its
+        ``lstat``); False if it was skipped.
 
         One descriptor serves the xattrs, the inode flags and the content, so a
         file that cannot be opened costs exactly one warning.
@@ -525,23 +528,22 @@ class Archiver:
             fd = open_source(self._opener, name, dir_fd, st)
         except OSError as e:
             self._warn(f"{_fmt(path)}: {dirfd.reason(e)}; skipped")
-            return None
+            return False
         added = self.summary.data_added
         try:
-            node = self._stat_node(name, path, st)
             node.xattrs, node.flags, warnings = posixmeta.fd_metadata(fd, path)
             for w in warnings:
                 self._warn(w)
             if not self._same_content(fd, path, node, st, parent) and not self._read_file(
                 fd, path, node, st
             ):
-                return None
+                return False
         finally:
             os.close(fd)
         if warnings:
             node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
         self._file_saved(path, st, parent, self.summary.data_added - added)
-        return node
+        return True
 
     def _visit_dir(
         self,

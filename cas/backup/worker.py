@@ -176,12 +176,11 @@ class _Worker:
             if self.flush_asked and not self.inbox and not self.asks:
                 self.flush()
                 continue
-            if not self.take(block=True):
-                return
+            self.take(block=True)
 
-    def take(self, *, block: bool) -> bool:
+    def take(self, *, block: bool) -> None:
         """Receive and handle the messages waiting (with ``block``, at least one);
-        False when the main process closed the socket."""
+        EOFError when the main process closed the socket (the worker ends)."""
         while block or self.poll.poll(0):
             block = False
             msg, fd = ipc.recv_maybe_fd(self.sock)
@@ -193,7 +192,6 @@ class _Worker:
                 self.flush_asked = True
             else:
                 raise ValueError(f"unexpected message {msg[0]!r}")
-        return True
 
     # -- files ----------------------------------------------------------------------
 
