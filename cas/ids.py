@@ -17,7 +17,7 @@ FileId = NewType("FileId", bytes)  # SHA-256 of an index, snapshot, key or lock 
 ID_LEN = 32
 
 
-def storage_id(data: bytes | memoryview) -> bytes:
+def storage_id(data: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of stored bytes: the name of every file except ``config``."""
     return hashlib.sha256(data).digest()
 

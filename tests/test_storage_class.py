@@ -39,7 +39,7 @@ class Recording(MemoryBackend):
         super().__init__()
         self.cold: dict[str, bool] = {}
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         super().write(name, data, cold=cold)
         self.cold[name] = cold
 

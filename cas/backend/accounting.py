@@ -264,7 +264,7 @@ class AccountingBackend:
         """Prepare the location (not counted: a directory or bucket check)."""
         self._inner.create()
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; one PUT."""
         if self._count:
             self.meter.record("PUT", bytes_up=len(data))

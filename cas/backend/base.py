@@ -63,7 +63,7 @@ class Backend(ReadBackend, Protocol):
         """Prepare an empty location for a new repository (directories, bucket check)."""
         ...
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name`` atomically and durably, never replacing an object.
 
         Readers see either nothing or the whole object.  Raises ObjectExists if

@@ -148,7 +148,7 @@ class FaultyBackend:
         if fault is not None:
             raise fault.make_error("create", "")
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data``, unless a fault strikes before (or, with lost_reply, after) it."""
         fault = self._strike("write", name)
         if fault is not None and not fault.lost_reply:

@@ -57,7 +57,7 @@ class LocalBackend:
         if not self._root.is_dir():
             raise BackendError(f"cannot create directory {self._root}: a file is in the way")
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name`` atomically and durably; never replace an object.
 
         ``cold`` is ignored: a directory has one storage class.
@@ -215,7 +215,7 @@ class LocalBackend:
             except OSError as err:
                 raise _os_error("sync directory", path.parent, err) from err
 
-    def _publish(self, name: str, temp: str, path: Path, data: bytes) -> None:
+    def _publish(self, name: str, temp: str, path: Path, data: bytes | bytearray) -> None:
         """Give the synced temporary file its final name, unless that name is taken."""
         try:
             os.link(temp, path)
@@ -267,7 +267,7 @@ def _os_error(action: str, path: Path | str, err: OSError) -> BackendError:
     return BackendError(f"cannot {action} {path}: {reason}")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -288,7 +288,7 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _same_content(path: Path, data: bytes) -> bool:
+def _same_content(path: Path, data: bytes | bytearray) -> bool:
     """Whether the file at ``path`` holds exactly ``data``, read in chunks."""
     with open(path, "rb") as existing:
         if os.fstat(existing.fileno()).st_size != len(data):

@@ -63,7 +63,7 @@ class MemoryBackend:
         with self._store.lock:
             self._store.created = True
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name`` unless a different object already has that name.
 
         ``cold`` is ignored: memory has one storage class.

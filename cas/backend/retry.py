@@ -109,7 +109,7 @@ class RetryBackend:
         """Prepare the location."""
         self._call("create", self._inner.create)
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; a retry of a write that did land succeeds."""
         self._call(f"write {name}", lambda: self._inner.write(name, data, cold=cold))
 

@@ -233,7 +233,7 @@ class S3Backend:
         except BotoCoreError as err:
             raise self._error(err, "CreateBucket", "") from err
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; never replace an object with different content.
 
         The Content-MD5 header (and x-amz-checksum-sha256 unless checksums

@@ -70,6 +70,9 @@ ASK_BYTES = 2 << 20
 SEAL_BATCH = 1 << 20
 # Batches read and asked about before the answer of the first is used.
 HELD_BATCHES = 2
+# The last, partly filled pack goes to the main process in messages of about this
+# many bytes: neither side then holds a whole pack twice (sent, received, repacked).
+TAIL_PIECE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,7 @@ class _Worker:
         last, partly filled one to the main process (which packs them with the other
         workers' remainders), then say so."""
         self.flush_asked = False
-        body, entries = self.saver.take_open()
-        if entries:
+        for body, entries in self.saver.take_open(TAIL_PIECE):
             self.send(["t", body, _wire_entries(entries)])
         self.saver.flush()
         self.send(["f", request_summary(self.backend) or {}])

@@ -42,28 +42,30 @@ class IndexFile:
     garbage: dict[bytes, tuple[int, list[PackEntry]]] = field(default_factory=dict)
 
 
-def _blob_row(e: PackEntry) -> list[Any]:
-    return [e.blob_id, int(e.type), e.offset, e.length, e.raw_length]
+def _blob_row(e: PackEntry) -> tuple[Any, ...]:
+    return (e.blob_id, int(e.type), e.offset, e.length, e.raw_length)
 
 
 def encode_index(
     idx: IndexFile, index_key: crypto.Sealer | bytes, nonce: bytes | None = None
 ) -> bytes:
-    """Serialise and seal; packs in the order given, blobs in pack order."""
-    doc: dict[str, Any] = {
-        "v": 1,
-        "packs": [
-            {"id": pack_id, "blobs": [_blob_row(e) for e in entries]}
-            for pack_id, entries in idx.packs.items()
-        ],
-        "supersedes": list(idx.supersedes),
-    }
+    """Serialise and seal; packs in the order given, blobs in pack order.
+
+    Every map is built with its keys in sorted order (the canonical form, §3), so
+    the document is packed without the deep copy that sorting would make."""
+    doc: dict[str, Any] = {}
     if idx.garbage:
         doc["garbage"] = [
-            {"id": pack_id, "marked": marked, "blobs": [_blob_row(e) for e in entries]}
+            {"blobs": [_blob_row(e) for e in entries], "id": pack_id, "marked": marked}
             for pack_id, (marked, entries) in idx.garbage.items()
         ]
-    return seal_document(index_key, INDEX_AD, doc, nonce)
+    doc["packs"] = [
+        {"blobs": [_blob_row(e) for e in entries], "id": pack_id}
+        for pack_id, entries in idx.packs.items()
+    ]
+    doc["supersedes"] = list(idx.supersedes)
+    doc["v"] = 1
+    return seal_document(index_key, INDEX_AD, doc, nonce, sorted_already=True)
 
 
 def decode_index(raw: bytes, index_key: crypto.Sealer | bytes) -> IndexFile:

@@ -128,7 +128,7 @@ def decode_header(keys: crypto.KeyBase, sealed_header: bytes, pack_size: int) ->
     return entries
 
 
-def parse_pack(keys: crypto.KeyBase, pack: bytes) -> list[PackEntry]:
+def parse_pack(keys: crypto.KeyBase, pack: bytes | bytearray) -> list[PackEntry]:
     """Header entries of a whole pack held in memory."""
-    n = header_length(pack[-TRAILER_SIZE:], len(pack))
-    return decode_header(keys, pack[-TRAILER_SIZE - n : -TRAILER_SIZE], len(pack))
+    n = header_length(bytes(pack[-TRAILER_SIZE:]), len(pack))
+    return decode_header(keys, bytes(pack[-TRAILER_SIZE - n : -TRAILER_SIZE]), len(pack))

@@ -65,7 +65,7 @@ class LocalCache:
         self.hits += 1
         return data
 
-    def put(self, kind: str, object_id: bytes, data: bytes) -> None:
+    def put(self, kind: str, object_id: bytes, data: bytes | bytearray) -> None:
         """Store an object; failures (full disk, permissions) only cost the cache."""
         path = self._path(kind, object_id)
         try:

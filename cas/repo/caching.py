@@ -55,7 +55,7 @@ class CachingBackend:
             self.cache.put(key[0], key[1], data)
         return data
 
-    def write(self, name: str, data: bytes, *, cold: bool = False) -> None:
+    def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Write through: the backend first, then the cache."""
         self.inner.write(name, data, cold=cold)
         key = _split(name)

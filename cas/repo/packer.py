@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cas import crypto
@@ -10,19 +11,13 @@ from cas.errors import IntegrityError
 from cas.format import pack as packfmt
 from cas.ids import storage_id
 
-# Sealed blobs under SMALL bytes are appended to a shared buffer of up to
-# SMALL_RUN bytes: a pack of 100,000 tiny blobs then holds 16 MiB, not
-# 100,000 buffers with their object overhead.
-SMALL = 64 * 1024
-SMALL_RUN = 1 << 20
-
 
 @dataclass(frozen=True)
 class FinishedPack:
     """A complete pack ready to store: its ID (SHA-256), bytes and blob entries."""
 
     pack_id: bytes
-    data: bytes
+    data: bytes | bytearray
     entries: list[packfmt.PackEntry]
 
 
@@ -32,10 +27,17 @@ class Packer:
     def __init__(self, keys: crypto.KeyBase, blob_type: BlobType) -> None:
         self.keys = keys
         self.blob_type = blob_type
-        self._parts: list[bytes | bytearray | memoryview] = []
-        self._small = bytearray()  # small sealed blobs, coalesced (no object per blob)
+        # The pack's bytes, end to end, in one buffer: appending grows it in place
+        # (a large buffer is its own mapping, which glibc moves with mremap), and the
+        # header is appended to it at the end, so a pack never exists twice (as
+        # parts and joined) and tiny blobs cost no object each.
+        self._data = bytearray()
         self._entries: list[packfmt.PackEntry] = []
-        self.size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes of sealed blobs so far."""
+        return len(self._data)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -43,30 +45,33 @@ class Packer:
     def add(self, blob_id: bytes, sealed: bytes | bytearray | memoryview, raw_length: int) -> None:
         """Append one sealed blob."""
         self._entries.append(
-            packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)
+            packfmt.PackEntry(blob_id, self.blob_type, len(self._data), len(sealed), raw_length)
         )
-        if len(sealed) < SMALL:
-            self._small += sealed
-            if len(self._small) >= SMALL_RUN:
-                self._flush_small()
-        else:
-            self._flush_small()
-            self._parts.append(sealed)
-        self.size += len(sealed)
+        self._data += sealed
 
-    def _flush_small(self) -> None:
-        """Move the coalesced small blobs into the parts, in order."""
-        if self._small:
-            self._parts.append(self._small)
-            self._small = bytearray()
-
-    def take(self) -> tuple[bytes, list[packfmt.PackEntry]]:
-        """The sealed blobs added so far, end to end (each entry's offset and length
-        locate it), without a header; the packer is empty afterwards."""
-        body = b"".join([*self._parts, self._small])
-        entries = self._entries
-        self._parts, self._small, self._entries, self.size = [], bytearray(), [], 0
-        return body, entries
+    def take(self, piece: int) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
+        """The sealed blobs added so far, in pieces of about ``piece`` bytes (more only
+        for one larger blob), without a header: each piece's entries locate its blobs
+        in it (offsets from the piece's start).  The packer is empty afterwards; the
+        pieces are copied out one at a time, so handing over a full pack never holds
+        it twice."""
+        data, entries = self._data, self._entries
+        self._data, self._entries = bytearray(), []
+        view = memoryview(data)
+        out: list[memoryview] = []
+        out_entries: list[packfmt.PackEntry] = []
+        out_size = 0
+        for e in entries:
+            out.append(view[e.offset : e.offset + e.length])
+            out_entries.append(
+                packfmt.PackEntry(e.blob_id, e.type, out_size, e.length, e.raw_length)
+            )
+            out_size += e.length
+            if out_size >= piece:
+                yield b"".join(out), out_entries
+                out, out_entries, out_size = [], [], 0
+        if out_entries:
+            yield b"".join(out), out_entries
 
     def finish(self) -> FinishedPack:
         """Append the sealed header and trailer, verify the result and reset.
@@ -74,10 +79,10 @@ class Packer:
         The pack is parsed back with the keys before it is handed out, so a
         bug or a memory error here cannot produce a pack that will not read.
         """
-        tail = packfmt.encode_pack_tail(self.keys, self._entries)
-        data = b"".join([*self._parts, self._small, tail])
         entries = self._entries
+        data = self._data
+        data += packfmt.encode_pack_tail(self.keys, entries)
         if packfmt.parse_pack(self.keys, data) != entries:
             raise IntegrityError(what="new pack", detail="header does not read back as written")
-        self._parts, self._small, self._entries, self.size = [], bytearray(), [], 0
+        self._data, self._entries = bytearray(), []
         return FinishedPack(storage_id(data), data, entries)

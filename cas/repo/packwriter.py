@@ -17,7 +17,7 @@ the next run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -96,9 +96,12 @@ class PackWriter:
         self._packers[blob_type] = Packer(self._keys, blob_type)
         return packer
 
-    def take_open(self, blob_type: BlobType) -> tuple[bytes, list[packfmt.PackEntry]]:
-        """The sealed blobs of the open packer of ``blob_type`` (Packer.take)."""
-        return self._packers[blob_type].take()
+    def take_open(self, blob_type: BlobType) -> Packer:
+        """The open packer of ``blob_type``, replaced by an empty one (its blobs go
+        elsewhere: Packer.take)."""
+        packer = self._packers[blob_type]
+        self._packers[blob_type] = Packer(self._keys, blob_type)
+        return packer
 
     def finish_open(self) -> list[FinishedPack]:
         """Finish every packer that holds blobs."""
@@ -200,13 +203,15 @@ class BlobSaver:
                     answer[i] = 1
         return bytes(answer)
 
-    def take_open(self) -> tuple[bytes, list[packfmt.PackEntry]]:
+    def take_open(self, piece: int) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
         """Once everything is sealed (``wait``): the sealed data blobs not yet in a stored
-        pack, taken out of this saver (a worker hands them to the main process, so a
-        backup ends with one partly filled data pack, not one per worker)."""
+        pack, taken out of this saver in pieces of about ``piece`` bytes (Packer.take:
+        a worker hands them to the main process, so a backup ends with one partly
+        filled data pack, not one per worker)."""
         self.wait()
         with self._lock:
-            return self.writer.take_open(BlobType.DATA)
+            packer = self.writer.take_open(BlobType.DATA)
+        return packer.take(piece)
 
     def add_sealed(self, body: bytes, entries: list[packfmt.PackEntry]) -> None:
         """Sealed blobs another process claimed and sealed (``take_open`` there): packed
