@@ -42,11 +42,13 @@ def streamed_ends(chunker: Chunker, data: bytes, rng: random.Random, most: int) 
         pos += len(out)
         return out
 
-    ends, total = [], 0
+    ends, total, chunks = [], 0, []
     for chunk in chunker.iter_chunks(read):
-        assert chunk
+        assert chunk and isinstance(chunk, bytes)
         total += len(chunk)
         ends.append(total)
+        chunks.append(chunk)
+    assert b"".join(chunks) == data  # the bytes themselves, not only where they were cut
     return ends
 
 

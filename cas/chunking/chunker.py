@@ -84,33 +84,45 @@ class Chunker:
         fastcdc never looks at the first ``min_size`` bytes of a chunk nor past
         its cut, so only the bytes in between are permuted, window by window,
         into a scratch buffer behind ``min_size`` bytes fastcdc skips: about
-        half of the input at the default sizes.  The unread tail (shorter than
-        ``max_size``) is carried into the next buffer.
+        half of the input at the default sizes.
+
+        A stream that fits in one buffer (almost every file) is read into one
+        bytes object and cut from it.  A longer one continues in a bytearray:
+        consumed bytes are dropped from its front and reads appended at its end,
+        in place, so at most one buffer and one read are held (carrying the tail
+        into a fresh buffer held the old buffer, the tail and the new one).
         """
         p = self.params
-        buf = b""
+        first, eof = self._refill(read, b"")
+        buf: bytes | bytearray = first
         start = 0
-        eof = False
         scratch: bytearray | None = None
         try:
             while True:
                 if not eof and len(buf) - start < p.max_size:
-                    buf, eof = self._refill(read, buf[start:] if start else buf)
+                    if isinstance(buf, bytes):
+                        with memoryview(buf) as view:
+                            buf = bytearray(view[start:])  # the tail; the buffer goes
+                    else:
+                        del buf[:start]  # bytearray: drops the front in place
                     start = 0
+                    eof = self._fill(read, buf)
                 left = len(buf) - start
                 if eof and left <= p.min_size:
                     # fastcdc never cuts before min_size: what is left is one chunk.
                     # Most files of a source tree end here, without a search.
                     if left:
-                        yield buf[start:] if start else buf
+                        yield _piece(buf, start, left)
                     return
                 if scratch is None:
                     scratch = self._scratch.pop() if self._scratch else self._new_scratch()
                 cut = self._cut(buf, start, min(left, p.max_size), scratch)
-                yield buf[start : start + cut]
+                yield _piece(buf, start, cut)
                 start += cut
         finally:
-            if scratch is not None:
+            # One kept, at most: a stream abandoned mid-way (a read error) is closed
+            # only when collected, after the next stream made a scratch of its own.
+            if scratch is not None and not self._scratch:
                 self._scratch.append(scratch)
 
     def _refill(self, read: Callable[[int], bytes], tail: bytes) -> tuple[bytes, bool]:
@@ -125,7 +137,16 @@ class Chunker:
             have += len(data)
         return (parts[0] if len(parts) == 1 else b"".join(parts)), False
 
-    def _cut(self, buf: bytes, start: int, limit: int, scratch: bytearray) -> int:
+    def _fill(self, read: Callable[[int], bytes], buf: bytearray) -> bool:
+        """Append reads to ``buf`` up to ``buffer_size`` bytes; whether the stream ended."""
+        while len(buf) < self.buffer_size:
+            data = read(self.buffer_size - len(buf))
+            if not data:
+                return True
+            buf += data
+        return False
+
+    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
         """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
         p = self.params
         done = p.min_size  # scratch[min_size:done] holds the permuted bytes
@@ -138,6 +159,14 @@ class Chunker:
             if c.length < end or end == limit:
                 return int(c.length)
             done, step = end, step * 2
+
+
+def _piece(buf: bytes | bytearray, start: int, n: int) -> bytes:
+    """``buf[start:start + n]`` as bytes: the whole of a bytes ``buf`` is not copied."""
+    if isinstance(buf, bytes):
+        return buf if start == 0 and n == len(buf) else buf[start : start + n]
+    with memoryview(buf) as view, view[start : start + n] as part:
+        return bytes(part)
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:
