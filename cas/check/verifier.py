@@ -10,13 +10,18 @@ answers each with the outcome of ``verify_pack`` on a backend of its own.
 Each process runs ``threads`` verifications at once (more than one where
 storage latency dominates, as on S3).
 
+The same processes salvage packs for prune's repack (``salvage``): each reads
+a pack, proves it and the blobs to keep, and sends back those blobs' sealed
+bytes, so the main process only packs and stores them.
+
 Results come back in the order the packs were given.  A process that dies
-is reported in ``lost`` and its packs are verified by the caller's own
+is reported in ``lost`` and its packs are done by the caller's own
 function instead; so is every pack when no process can start.
 
 Wire format (frames of cas/ipc.py): to a helper ``{"spec", "threads"}``, then
-``pack ID`` frames; from it ``[pack ID, None or pickled CasError, its storage
-requests so far]``.
+``[pack ID, None]`` (verify) or ``[pack ID, [blob ID, ...]]`` (salvage those)
+frames; from it ``[pack ID, None or pickled CasError, its storage requests so
+far, None or [sealed bytes, [[blob ID, type, offset, length, raw length], ...]]]``.
 """
 
 from __future__ import annotations
@@ -36,10 +41,15 @@ from typing import Any
 
 from cas import failpoints, ipc
 from cas.backend import request_summary
+from cas.crypto import BlobType
 from cas.errors import CasError
+from cas.format.pack import PackEntry
 from cas.repo.readerspec import ReaderSpec, open_located
 
 MODULE = "cas.check.verifier"
+
+# A salvaged pack: the sealed bytes of the blobs kept, and their entries in them.
+Salvaged = tuple[bytes, list[PackEntry]]
 
 
 @dataclass
@@ -53,8 +63,9 @@ class _Helper:
 class VerifierPool:
     """``count`` verifying processes, each ``threads`` packs at a time."""
 
-    def __init__(self, spec: ReaderSpec, count: int, threads: int = 1) -> None:
+    def __init__(self, spec: ReaderSpec, count: int, threads: int = 1, role: str = "check") -> None:
         self.spec = spec
+        self.role = role  # the command, in messages
         self.count = max(1, count)
         self.threads = max(1, threads)
         self.lost: list[str] = []  # one message per process that died
@@ -66,28 +77,52 @@ class VerifierPool:
     ) -> Iterator[tuple[bytes, CasError | None]]:
         """``(pack ID, None or its CasError)`` for each pack, in order; ``here`` verifies
         a pack in this process when no helper can."""
+        for pack_id, error, _ in self._run([(p, None) for p in pack_ids], lambda p, _: here(p)):
+            yield pack_id, error
+
+    def salvage(
+        self,
+        jobs: list[tuple[bytes, set[bytes]]],
+        here: Callable[[bytes, set[bytes]], Salvaged],
+    ) -> Iterator[tuple[bytes, Salvaged]]:
+        """For each ``(pack ID, blob IDs to keep)``, in order: the kept blobs' sealed
+        bytes and entries (Repository.salvage), done in the helpers (``here`` where
+        none can); the first pack that fails raises its error."""
+        for pack_id, error, result in self._run(
+            [(p, sorted(keep)) for p, keep in jobs], lambda p, keep: here(p, set(keep))
+        ):
+            if error is not None:
+                raise error
+            assert result is not None
+            yield pack_id, result
+
+    def _run(
+        self, jobs: list[tuple[bytes, Any]], here: Callable[[bytes, Any], Any]
+    ) -> Iterator[tuple[bytes, CasError | None, Any]]:
         helpers = self._start()
-        done: dict[bytes, CasError | None] = {}
-        todo = deque(pack_ids)
+        args = dict(jobs)
+        done: dict[bytes, tuple[CasError | None, Any]] = {}
+        todo = deque(p for p, _ in jobs)
         window = 2 * self.threads
         try:
-            for pack_id in pack_ids:
+            for pack_id, _ in jobs:
                 while pack_id not in done:
                     live = [h for h in helpers if h.sock.fileno() >= 0]
                     for h in live:
                         while todo and len(h.out) < window:
                             nxt = todo.popleft()
-                            if not self._send(h, nxt):
+                            if not self._send(h, nxt, args[nxt]):
                                 todo.appendleft(nxt)
                                 break
                     live = [h for h in helpers if h.sock.fileno() >= 0]
                     if not live:  # none left: the rest here
-                        done[pack_id] = _here(here, pack_id)
+                        done[pack_id] = _here(here, pack_id, args[pack_id])
                         with contextlib.suppress(ValueError):
                             todo.remove(pack_id)
                         continue
-                    self._receive(live, done, here)
-                yield pack_id, done.pop(pack_id)
+                    self._receive(live, done, here, args)
+                error, result = done.pop(pack_id)
+                yield pack_id, error, result
         finally:
             for h in helpers:
                 self._stop(h)
@@ -108,9 +143,9 @@ class VerifierPool:
             self.started += 1
         return helpers
 
-    def _send(self, h: _Helper, pack_id: bytes) -> bool:
+    def _send(self, h: _Helper, pack_id: bytes, arg: Any) -> bool:
         try:
-            ipc.send(h.sock, pack_id)
+            ipc.send(h.sock, [pack_id, arg])
         except OSError:
             return False  # it died: the next receive finds out
         h.out.append(pack_id)
@@ -119,10 +154,11 @@ class VerifierPool:
     def _receive(
         self,
         live: list[_Helper],
-        done: dict[bytes, CasError | None],
-        here: Callable[[bytes], object],
+        done: dict[bytes, tuple[CasError | None, Any]],
+        here: Callable[[bytes, Any], Any],
+        args: dict[bytes, Any],
     ) -> None:
-        """Wait for answers; a helper that closed has its packs verified here."""
+        """Wait for answers; a helper that closed has its packs done here."""
         waiting = select.poll()  # not select(): descriptors may be above 1024
         for h in live:
             if h.out:
@@ -132,28 +168,36 @@ class VerifierPool:
             if h.sock.fileno() not in ready:
                 continue
             try:
-                pack_id, error, requests = ipc.recv(h.sock)
+                pack_id, error, requests, result = ipc.recv(h.sock)
             except (OSError, EOFError, ValueError):
-                self._died(h, done, here)
+                self._died(h, done, here, args)
                 continue
             if requests:
                 h.requests = requests
             with contextlib.suppress(ValueError):
                 h.out.remove(bytes(pack_id))
-            done[bytes(pack_id)] = None if error is None else _error(error)
+            done[bytes(pack_id)] = (
+                None if error is None else _error(error),
+                None if result is None else _salvaged(result),
+            )
 
     def _died(
-        self, h: _Helper, done: dict[bytes, CasError | None], here: Callable[[bytes], object]
+        self,
+        h: _Helper,
+        done: dict[bytes, tuple[CasError | None, Any]],
+        here: Callable[[bytes, Any], Any],
+        args: dict[bytes, Any],
     ) -> None:
         self._stop(h)
         how = ipc.ended(h.proc)
+        n = len(h.out)
         self.lost.append(
-            f"check process {h.proc.pid} {how}; its {len(h.out)} packs were verified "
-            "by the main process"
+            f"{self.role} process {h.proc.pid} {how}; its {n} pack{'' if n == 1 else 's'} "
+            f"{'was' if n == 1 else 'were'} done by the main process"
         )
         while h.out:
             pack_id = h.out.popleft()
-            done[pack_id] = _here(here, pack_id)
+            done[pack_id] = _here(here, pack_id, args[pack_id])
 
     def _stop(self, h: _Helper) -> None:
         if h.sock.fileno() < 0:
@@ -164,12 +208,18 @@ class VerifierPool:
         ipc.stop(h.proc, h.sock)
 
 
-def _here(fn: Callable[[bytes], object], pack_id: bytes) -> CasError | None:
+def _here(fn: Callable[[bytes, Any], Any], pack_id: bytes, arg: Any) -> tuple[CasError | None, Any]:
     try:
-        fn(pack_id)
+        return None, fn(pack_id, arg)
     except CasError as e:
-        return e
-    return None
+        return e, None
+
+
+def _salvaged(wire: Any) -> Salvaged:
+    body, entries = wire
+    return bytes(body), [
+        PackEntry(bytes(b), BlobType(t), off, n, raw) for b, t, off, n, raw in entries
+    ]
 
 
 def _error(raw: Any) -> CasError:
@@ -189,28 +239,39 @@ def _serve(sock: socket.socket) -> None:
     reader = open_located(ReaderSpec.decode(bytes(init["spec"])))
     sending = threading.Lock()
 
-    def verify(pack_id: bytes) -> None:
+    def work(pack_id: bytes, keep: list[bytes] | None) -> None:
+        result: Any = None
         try:
-            reader.verify_pack(pack_id)
-            failpoints.hit("check-verify-pack")
+            if keep is None:
+                reader.verify_pack(pack_id)
+                failpoints.hit("check-verify-pack")
+            else:
+                body, entries = reader.salvage(pack_id, {bytes(b) for b in keep})
+                failpoints.hit("prune-salvage-pack")
+                result = [
+                    body,
+                    [[e.blob_id, int(e.type), e.offset, e.length, e.raw_length] for e in entries],
+                ]
             answer: Any = None
         except CasError as e:
+            result = None
             try:
                 answer = pickle.dumps(e)
             except Exception:  # an error that does not pickle: its class and message
                 answer = pickle.dumps(CasError(f"{type(e).__name__}: {e}"))
         with sending:
-            ipc.send(sock, [pack_id, answer, request_summary(reader.backend)])
+            ipc.send(sock, [pack_id, answer, request_summary(reader.backend), result])
 
     threads = int(init["threads"])
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         while True:
-            pack_id = bytes(ipc.recv(sock))
+            pack_id, keep = ipc.recv(sock)
+            pack_id = bytes(pack_id)
             if pool is None:
-                verify(pack_id)
+                work(pack_id, keep)
             else:
-                pool.submit(verify, pack_id)
+                pool.submit(work, pack_id, keep)
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

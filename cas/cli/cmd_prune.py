@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import click
 
+from cas.check.verifier import VerifierPool
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.cli.options import Workers, workers_option
 from cas.errors import LockedError, UsageError
 from cas.repo import Repository
 from cas.repo.locks import RepoLock
-from cas.repo.prune import PruneOptions, execute_prune, plan_prune
+from cas.repo.prune import PruneOptions, PrunePlan, Salvager, execute_prune, plan_prune
 
 
 def register(cli: click.Group) -> None:
@@ -37,8 +40,9 @@ def parse_fraction(text: str) -> float:
     help="Repack packs in which more than this share of bytes is unused.",
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Print the plan; change nothing.")
+@workers_option("read and check the packs to repack")
 @pass_globals
-def prune(g: Globals, max_unused: str, dry_run: bool) -> None:
+def prune(g: Globals, max_unused: str, dry_run: bool, workers: Workers) -> None:
     """Delete data that no snapshot needs, safely beside running backups.
 
     Packs to delete are first marked in the index; they are deleted once no
@@ -46,19 +50,55 @@ def prune(g: Globals, max_unused: str, dry_run: bool) -> None:
     """
     out = Output(g)
     repo = g.open()
-    run_prune(g, out, repo, parse_fraction(max_unused), dry_run)
+    run_prune(g, out, repo, parse_fraction(max_unused), dry_run, workers)
 
 
-def run_prune(g: Globals, out: Output, repo: Repository, max_unused: float, dry_run: bool) -> None:
+def run_prune(
+    g: Globals,
+    out: Output,
+    repo: Repository,
+    max_unused: float,
+    dry_run: bool,
+    workers: Workers | None = None,
+) -> None:
     """Plan and (unless dry_run) execute; shared with ``forget --prune``."""
     with g.locked(repo, exclusive=False, command="prune") as lock:
         _refuse_concurrent_prune(repo, lock)
         plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.report)
         doc: dict[str, Any] = {"dry_run": dry_run, "plan": plan.summary()}
         if not dry_run:
-            result = execute_prune(repo, plan, lock, out.report)
+            pool = _salvagers(g, repo, plan, workers or Workers(None))
+            salvage: Salvager | None = None
+            if pool is not None:
+                salvage = partial(pool.salvage, here=repo.salvage)
+            result = execute_prune(repo, plan, lock, out.report, salvage)
             doc["result"] = dict(result.__dict__)
+            doc["result"]["processes"] = pool.started if pool is not None else 0
+            if pool is not None:
+                g.helper_requests.append(pool.requests)
+                for message in pool.lost:
+                    out.warn(message)
     out.emit(doc, lambda: _human(out, doc))
+
+
+# With the default worker count, helpers start only for this many packs to repack
+# per helper: starting one costs more than repacking a pack or two.
+SALVAGE_FROM = 4
+
+
+def _salvagers(
+    g: Globals, repo: Repository, plan: PrunePlan, workers: Workers
+) -> VerifierPool | None:
+    """Helper processes that read and prove the packs to repack, or None (a few
+    packs, one core, ``--workers 0``)."""
+    if not plan.repack:
+        return None
+    helpers = g.helpers(repo, workers.count)
+    if helpers is None or (
+        not workers.explicit and len(plan.repack) < SALVAGE_FROM * helpers.count
+    ):
+        return None
+    return VerifierPool(helpers.spec, helpers.count, helpers.per_process(1), role="prune")
 
 
 def _refuse_concurrent_prune(repo: Repository, lock: RepoLock | None) -> None:

@@ -57,6 +57,25 @@ class PackRanges:
             packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
         return entries
 
+    def salvage(self, pack_id: bytes, keep: set[bytes]) -> tuple[bytes, list[packfmt.PackEntry]]:
+        """The sealed blobs of ``keep`` that a pack holds, end to end, for another pack:
+        the pack is checked against its name and each blob opened and re-hashed before
+        it moves (damage is never copied forward), but not sealed again.  The entries
+        locate the blobs in the returned bytes."""
+        data = self.read_pack(pack_id)
+        body = bytearray()
+        out: list[packfmt.PackEntry] = []
+        taken: set[bytes] = set()
+        for e in packfmt.parse_pack(self._keys, data):
+            if e.blob_id not in keep or e.blob_id in taken:
+                continue
+            taken.add(e.blob_id)
+            sealed = data[e.offset : e.offset + e.length]
+            packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
+            out.append(packfmt.PackEntry(e.blob_id, e.type, len(body), e.length, e.raw_length))
+            body += sealed
+        return bytes(body), out
+
 
 class BlobReader(PackRanges):
     """Blobs by ID through the master index; whole packs and pack headers by pack ID."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,11 +243,13 @@ def execute_prune(
     plan: PrunePlan,
     lock: locks.RepoLock | None = None,
     progress: Progress = no_progress,
+    salvage: Salvager | None = None,
 ) -> PruneResult:
-    """Carry out ``plan``: repack, write the marking index, delete what is safe to delete."""
+    """Carry out ``plan``: repack (salvaging packs with ``salvage``, by default in this
+    process), write the marking index, delete what is safe to delete."""
     result = PruneResult()
     now = time.time_ns()
-    new_packs = _repack(repo, plan, lock, result, progress)
+    new_packs = _repack(repo, plan, lock, result, progress, salvage)
     failpoints.hit("prune-repacked")
     garbage = dict(plan.pending)
     for pid, entries in [*plan.remove.items(), *plan.repack.items()]:
@@ -338,14 +340,36 @@ def _oldest_writer(repo: Repository, lock: locks.RepoLock | None) -> int | None:
     return min(starts) if starts else None
 
 
+# Salvages packs for the repack: for each (pack ID, blob IDs to keep), in order, the
+# kept blobs' sealed bytes and their entries in them (Repository.salvage, or the same
+# in helper processes: cas/check/verifier.py).
+Salvager = Callable[
+    [list[tuple[bytes, set[bytes]]]], Iterator[tuple[bytes, tuple[bytes, list[packfmt.PackEntry]]]]
+]
+
+
+def salvage_here(repo: Repository) -> Salvager:
+    """Salvage in this process, one pack after the other."""
+
+    def salvage(
+        jobs: list[tuple[bytes, set[bytes]]],
+    ) -> Iterator[tuple[bytes, tuple[bytes, list[packfmt.PackEntry]]]]:
+        for pid, keep in jobs:
+            yield pid, repo.salvage(pid, keep)
+
+    return salvage
+
+
 def _repack(
     repo: Repository,
     plan: PrunePlan,
     lock: locks.RepoLock | None,
     result: PruneResult,
     progress: Progress,
+    salvage: Salvager | None,
 ) -> dict[bytes, list[packfmt.PackEntry]]:
-    """Copy the surviving sealed blobs of partly used packs into new packs (no re-encryption)."""
+    """Copy the surviving sealed blobs of partly used packs into new packs (no
+    re-encryption; each blob proven before it moves: Repository.salvage)."""
     new_packs: dict[bytes, list[packfmt.PackEntry]] = {}
 
     def stored(fp: FinishedPack) -> None:
@@ -354,16 +378,15 @@ def _repack(
         result.bytes_written += len(fp.data)
 
     writer = repo.pack_writer(stored)
-    for pid in plan.repack:
-        progress(f"repacking {pid.hex()[:8]}")
-        data = repo.read_pack(pid)
-        for e in packfmt.parse_pack(repo.keys, data):
-            if plan.holder.get(e.blob_id) != pid:
-                continue
-            sealed = data[e.offset : e.offset + e.length]
-            # Never copy damage forward: the blob must open before it moves.
-            repo.open_blob(e.type, e.blob_id, sealed, e.raw_length)
-            full = writer.add(e.type, e.blob_id, sealed, e.raw_length)
+    jobs = [
+        (pid, {e.blob_id for e in entries if plan.holder.get(e.blob_id) == pid})
+        for pid, entries in plan.repack.items()
+    ]
+    for pid, (body, entries) in (salvage or salvage_here(repo))(jobs):
+        progress(f"repacked {pid.hex()[:8]}")
+        view = memoryview(body)
+        for e in entries:
+            full = writer.add(e.type, e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)
             if full is not None:
                 writer.store(full.finish())
         if lock is not None:

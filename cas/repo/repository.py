@@ -309,6 +309,10 @@ class Repository:
         """Read a whole pack and prove it: SHA-256 name, header, and every blob opened."""
         return self.reader.verify_pack(pack_id)
 
+    def salvage(self, pack_id: bytes, keep: set[bytes]) -> tuple[bytes, list[packfmt.PackEntry]]:
+        """The sealed blobs of ``keep`` in a pack, each proven first (PackRanges.salvage)."""
+        return self.reader.salvage(pack_id, keep)
+
     def pack_sizes(self) -> dict[bytes, int]:
         """Every pack file by ID with its size, from one listing (indexed or not)."""
         sizes = {}
