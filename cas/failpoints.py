@@ -23,7 +23,8 @@ lookup on an empty dict.  Names in use (spec/format.md §14.3 and §13.5):
 - helper processes: ``backup-worker-batch`` (a backup worker starts a
   batch), ``backup-worker-pack-stored`` (a worker's pack stored, not yet
   reported), ``restore-writer-file``, ``check-verify-pack``, ``prune-salvage-pack``
-  (a helper salvaged a pack for prune, before it answers).
+  (a helper salvaged a pack for prune, before it answers), ``copy-reseal-batch``
+  (a helper sealed a batch of blobs for copy's target, before it answers).
 
 **Pause instead of kill** (for concurrency tests, tests/test_concurrency.py):
 ``name@N:pause`` makes the N-th hit of ``name`` create the file

@@ -30,7 +30,11 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], l
     return ["-r", f"s3://{bucket}/copy", *s3], ["--to", f"s3://{bucket}/copy"]
 
 
-def test_copy_sends_only_missing_blobs(tmp_path: Path, target: tuple[list[str], list[str]]) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_copy_sends_only_missing_blobs(
+    tmp_path: Path, target: tuple[list[str], list[str]], workers: str
+) -> None:
+    """With --workers 2, helper processes read the blobs and seal them for the target."""
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     dst_args, to_args = target
     s3_opts = dst_args[2:]
@@ -52,14 +56,16 @@ def test_copy_sends_only_missing_blobs(tmp_path: Path, target: tuple[list[str], 
     )
     assert made.code == 0, made.err
 
-    first = run_cas(*src, "--json", "copy", *to_args, "--to-password-file", pw, env=aws)
+    copy = [*src, "--json", "copy", *to_args, "--to-password-file", pw, "--workers", workers]
+    first = run_cas(*copy, env=aws)
     assert first.code == 0, first.err
     doc = first.json()
     assert len(doc["snapshots_copied"]) == 1 and doc["blobs_copied"] > 0
+    assert doc["processes"] == int(workers)
 
     (data / "extra").write_bytes(b"new" * 1000)
     assert run_cas(*src, "backup", data).code == 0
-    second = run_cas(*src, "--json", "copy", *to_args, "--to-password-file", pw, env=aws)
+    second = run_cas(*copy, env=aws)
     assert second.code == 0, second.err
     doc2 = second.json()
     assert len(doc2["snapshots_copied"]) == 1 and len(doc2["snapshots_skipped"]) == 1
@@ -80,3 +86,36 @@ def test_copy_refuses_unrelated_repository(tmp_path: Path) -> None:
     assert run_cas("-r", tmp_path / "b", "init").code == 0
     result = run_cas("-r", tmp_path / "a", "copy", "--to", tmp_path / "b", "--to-password-file", pw)
     assert result.code == 1 and "copy-keys-from" in result.err
+
+
+def test_a_copy_helper_that_dies_has_its_blobs_sealed_here(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("test-password")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(40):  # 8 batches of 4 MiB or more: both helpers get work
+        (data / f"f{i}").write_bytes(os.urandom(1 << 20))
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert run_cas("-r", src, "init").code == 0
+    assert run_cas("-r", src, "backup", data).code == 0
+    made = run_cas("-r", dst, "init", "--copy-keys-from", src, "--from-password-file", pw)
+    assert made.code == 0, made.err
+    done = run_cas(
+        "-r",
+        src,
+        "copy",
+        "--to",
+        dst,
+        "--to-password-file",
+        pw,
+        "--workers",
+        "2",
+        env={"CAS_FAILPOINTS": "copy-reseal-batch@1"},
+    )
+    assert "Traceback" not in done.err
+    assert done.code in (0, 3) and "copy process" in done.err and "killed by signal 9" in done.err
+    assert run_cas("-r", dst, "check", "--read-data").code == 0
+    out = tmp_path / "out"
+    assert run_cas("-r", dst, "restore", "latest", "--target", out).code == 0
+    for f in data.iterdir():
+        assert (out / str(data).lstrip("/") / f.name).read_bytes() == f.read_bytes()

@@ -34,16 +34,18 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from cas import failpoints, ipc
+from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.pack import PackEntry
+from cas.repo.blobreader import BlobRef, reseal
+from cas.repo.index import Location
 from cas.repo.readerspec import ReaderSpec, open_located
 
 MODULE = "cas.check.verifier"
@@ -63,8 +65,17 @@ class _Helper:
 class VerifierPool:
     """``count`` verifying processes, each ``threads`` packs at a time."""
 
-    def __init__(self, spec: ReaderSpec, count: int, threads: int = 1, role: str = "check") -> None:
+    def __init__(
+        self,
+        spec: ReaderSpec,
+        count: int,
+        threads: int = 1,
+        role: str = "check",
+        target: tuple[str, bytes, int | None] | None = None,
+    ) -> None:
         self.spec = spec
+        # (key type, key material, zstd level) of the repository ``reseal`` seals for
+        self.target = target
         self.role = role  # the command, in messages
         self.count = max(1, count)
         self.threads = max(1, threads)
@@ -77,7 +88,7 @@ class VerifierPool:
     ) -> Iterator[tuple[bytes, CasError | None]]:
         """``(pack ID, None or its CasError)`` for each pack, in order; ``here`` verifies
         a pack in this process when no helper can."""
-        for pack_id, error, _ in self._run([(p, None) for p in pack_ids], lambda p, _: here(p)):
+        for pack_id, _, error, _ in self._run([(p, None) for p in pack_ids], lambda p, _: here(p)):
             yield pack_id, error
 
     def salvage(
@@ -88,41 +99,76 @@ class VerifierPool:
         """For each ``(pack ID, blob IDs to keep)``, in order: the kept blobs' sealed
         bytes and entries (Repository.salvage), done in the helpers (``here`` where
         none can); the first pack that fails raises its error."""
-        for pack_id, error, result in self._run(
-            [(p, sorted(keep)) for p, keep in jobs], lambda p, keep: here(p, set(keep))
+        for pack_id, _, error, result in self._run(
+            [(p, ["salvage", sorted(keep)]) for p, keep in jobs],
+            lambda p, arg: here(p, set(arg[1])),
         ):
             if error is not None:
                 raise error
             assert result is not None
             yield pack_id, result
 
+    def reseal(
+        self,
+        jobs: Iterable[tuple[bytes, list[BlobRef]]],
+        here: Callable[[list[BlobRef]], Salvaged],
+    ) -> Iterator[tuple[bytes, Salvaged]]:
+        """For each ``(key, blobs)``, in order: the blobs read from this pool's
+        repository and sealed again with the ``target`` keys it was made with (copy),
+        their sealed bytes and entries.  A batch a helper could not do is done by
+        ``here`` (which may find another copy of a damaged blob); its error is raised."""
+        wire = ((key, ["copy", [_ref_wire(r) for r in refs]]) for key, refs in jobs)
+        for key, arg, error, result in self._run(wire, lambda _, arg: here(_refs(arg[1]))):
+            if error is not None:  # here: the index may know another copy
+                yield key, here(_refs(arg[1]))
+                continue
+            assert result is not None
+            yield key, result
+
     def _run(
-        self, jobs: list[tuple[bytes, Any]], here: Callable[[bytes, Any], Any]
-    ) -> Iterator[tuple[bytes, CasError | None, Any]]:
+        self, jobs: Iterable[tuple[bytes, Any]], here: Callable[[bytes, Any], Any]
+    ) -> Iterator[tuple[bytes, Any, CasError | None, Any]]:
+        """``(key, argument, error, result)`` for each job, in order.  Jobs are taken from
+        ``jobs`` only as the helpers have room for them (``2 × threads`` each), so a
+        caller may produce them as it goes (copy walks trees while blobs travel)."""
         helpers = self._start()
-        args = dict(jobs)
+        source = iter(jobs)
+        args: dict[bytes, Any] = {}
+        order: deque[bytes] = deque()  # every job taken, in order
+        todo: deque[bytes] = deque()  # taken, not sent
         done: dict[bytes, tuple[CasError | None, Any]] = {}
-        todo = deque(p for p, _ in jobs)
         window = 2 * self.threads
+
+        def take() -> bool:
+            job = next(source, None)
+            if job is None:
+                return False
+            args[job[0]] = job[1]
+            order.append(job[0])
+            todo.append(job[0])
+            return True
+
         try:
-            for pack_id, _ in jobs:
-                while pack_id not in done:
+            while order or take():
+                key = order[0]
+                while key not in done:
                     live = [h for h in helpers if h.sock.fileno() >= 0]
                     for h in live:
-                        while todo and len(h.out) < window:
+                        while len(h.out) < window and (todo or take()):
                             nxt = todo.popleft()
                             if not self._send(h, nxt, args[nxt]):
                                 todo.appendleft(nxt)
                                 break
                     live = [h for h in helpers if h.sock.fileno() >= 0]
                     if not live:  # none left: the rest here
-                        done[pack_id] = _here(here, pack_id, args[pack_id])
+                        done[key] = _here(here, key, args[key])
                         with contextlib.suppress(ValueError):
-                            todo.remove(pack_id)
+                            todo.remove(key)
                         continue
                     self._receive(live, done, here, args)
-                error, result = done.pop(pack_id)
-                yield pack_id, error, result
+                order.popleft()
+                error, result = done.pop(key)
+                yield key, args.pop(key), error, result
         finally:
             for h in helpers:
                 self._stop(h)
@@ -134,7 +180,9 @@ class VerifierPool:
     def _start(self) -> list[_Helper]:
         helpers = []
         for _ in range(self.count):
-            init = {"spec": self.spec.encode(), "threads": self.threads}
+            init: dict[str, Any] = {"spec": self.spec.encode(), "threads": self.threads}
+            if self.target is not None:
+                init["target"] = list(self.target)
             started = ipc.start(MODULE, init, storage_access=True)
             if started is None:
                 break
@@ -215,6 +263,22 @@ def _here(fn: Callable[[bytes, Any], Any], pack_id: bytes, arg: Any) -> tuple[Ca
         return e, None
 
 
+def _entries_wire(entries: list[PackEntry]) -> list[list[Any]]:
+    return [[e.blob_id, int(e.type), e.offset, e.length, e.raw_length] for e in entries]
+
+
+def _ref_wire(r: BlobRef) -> list[Any]:
+    loc = r.location
+    return [int(r.type), r.blob_id, loc.pack_id, loc.offset, loc.length, r.raw_length]
+
+
+def _refs(wire: list[Any]) -> list[BlobRef]:
+    return [
+        BlobRef(BlobType(t), bytes(b), Location(bytes(p), off, n), raw)
+        for t, b, p, off, n, raw in wire
+    ]
+
+
 def _salvaged(wire: Any) -> Salvaged:
     body, entries = wire
     return bytes(body), [
@@ -239,19 +303,25 @@ def _serve(sock: socket.socket) -> None:
     reader = open_located(ReaderSpec.decode(bytes(init["spec"])))
     sending = threading.Lock()
 
-    def work(pack_id: bytes, keep: list[bytes] | None) -> None:
+    target = init.get("target")
+    target_keys = None if target is None else crypto.key_factory(target[0], bytes(target[1]))
+
+    def work(key: bytes, arg: Any) -> None:
         result: Any = None
         try:
-            if keep is None:
-                reader.verify_pack(pack_id)
+            if arg is None:
+                reader.verify_pack(key)
                 failpoints.hit("check-verify-pack")
-            else:
-                body, entries = reader.salvage(pack_id, {bytes(b) for b in keep})
+            elif arg[0] == "salvage":
+                body, entries = reader.salvage(key, {bytes(b) for b in arg[1]})
                 failpoints.hit("prune-salvage-pack")
-                result = [
-                    body,
-                    [[e.blob_id, int(e.type), e.offset, e.length, e.raw_length] for e in entries],
-                ]
+                result = [body, _entries_wire(entries)]
+            else:  # "copy"
+                if target_keys is None:
+                    raise CasError("no target keys for a copy")
+                body, entries = reseal(reader.load_at, _refs(arg[1]), target_keys, target[2])
+                failpoints.hit("copy-reseal-batch")
+                result = [body, _entries_wire(entries)]
             answer: Any = None
         except CasError as e:
             result = None
@@ -260,18 +330,17 @@ def _serve(sock: socket.socket) -> None:
             except Exception:  # an error that does not pickle: its class and message
                 answer = pickle.dumps(CasError(f"{type(e).__name__}: {e}"))
         with sending:
-            ipc.send(sock, [pack_id, answer, request_summary(reader.backend), result])
+            ipc.send(sock, [key, answer, request_summary(reader.backend), result])
 
     threads = int(init["threads"])
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         while True:
-            pack_id, keep = ipc.recv(sock)
-            pack_id = bytes(pack_id)
+            key, arg = ipc.recv(sock)
             if pool is None:
-                work(pack_id, keep)
+                work(bytes(key), arg)
             else:
-                pool.submit(work, pack_id, keep)
+                pool.submit(work, bytes(key), arg)
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

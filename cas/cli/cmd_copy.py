@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import click
 
+from cas.check.verifier import VerifierPool
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
-from cas.manage.copier import copy_snapshots
+from cas.cli.options import Workers, workers_option
+from cas.manage.copier import Resealer, copy_snapshots, reseal_here
+from cas.repo import Repository
+
+# With the default worker count, helpers start once this many bytes were copied.
+RESEAL_AFTER = 64 << 20
 
 
 def register(cli: click.Group) -> None:
@@ -19,9 +26,14 @@ def register(cli: click.Group) -> None:
 @click.argument("snapshots", nargs=-1)
 @click.option("--to", "to_repo", required=True, metavar="REPO", help="Target repository.")
 @click.option("--to-password-file", help="Password file of the target (or CAS_OTHER_PASSWORD).")
+@workers_option("read blobs and seal them for the target")
 @pass_globals
 def copy(
-    g: Globals, snapshots: tuple[str, ...], to_repo: str, to_password_file: str | None
+    g: Globals,
+    snapshots: tuple[str, ...],
+    to_repo: str,
+    to_password_file: str | None,
+    workers: Workers,
 ) -> None:
     """Copy SNAPSHOTS (default: all) to the repository --to, sending only blobs it lacks.
 
@@ -35,8 +47,18 @@ def copy(
         g.locked(src, exclusive=False, command="copy-source"),
         g.locked(dst, exclusive=False, command="copy"),
     ):
-        result = copy_snapshots(src, dst, ids, out.report)
+        pool = _resealers(g, src, dst, workers)
+        reseal: Resealer | None = None
+        if pool is not None:
+            reseal = partial(pool.reseal, here=reseal_here(src, dst))
+        after = 0 if workers.explicit else RESEAL_AFTER
+        result = copy_snapshots(src, dst, ids, out.report, reseal, after)
     doc = dataclasses.asdict(result)
+    doc["processes"] = pool.started if pool is not None else 0
+    if pool is not None:
+        g.helper_requests.append(pool.requests)
+        for message in pool.lost:
+            out.warn(message)
 
     def human() -> None:
         for line in result.snapshots_copied:
@@ -48,3 +70,17 @@ def copy(
         )
 
     out.emit(doc, human)
+
+
+def _resealers(
+    g: Globals, src: Repository, dst: Repository, workers: Workers
+) -> VerifierPool | None:
+    """Helper processes that read blobs from ``src`` and seal them for ``dst``, or None
+    (one core, ``--workers 0``, a repository another process cannot open)."""
+    helpers = g.helpers(src, workers.count)
+    if helpers is None or not dst.keys.CAN_OPEN_DATA:
+        return None
+    target = (dst.keys.TYPE, dst.keys.encode(), dst.compression_level)
+    return VerifierPool(
+        helpers.spec, helpers.count, helpers.per_process(1), role="copy", target=target
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cas import crypto
 from cas.backend.base import Backend
@@ -23,6 +25,16 @@ from cas.repo.indexstore import IndexStore
 from cas.repo.verified import read_verified
 
 TREE_PACKS_IN_MEMORY = 8
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A stored blob: its type, ID, where it is and its plaintext length."""
+
+    type: BlobType
+    blob_id: bytes
+    location: Location
+    raw_length: int
 
 
 class PackRanges:
@@ -57,6 +69,11 @@ class PackRanges:
             packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
         return entries
 
+    def load_at(self, blob_type: BlobType, blob_id: bytes, loc: Location, raw_length: int) -> bytes:
+        """The blob stored at ``loc``: read, authenticated, decrypted and re-hashed."""
+        sealed = self.read_pack_range(loc.pack_id, loc.offset, loc.length)
+        return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
+
     def salvage(self, pack_id: bytes, keep: set[bytes]) -> tuple[bytes, list[packfmt.PackEntry]]:
         """The sealed blobs of ``keep`` that a pack holds, end to end, for another pack:
         the pack is checked against its name and each blob opened and re-hashed before
@@ -75,6 +92,25 @@ class PackRanges:
             out.append(packfmt.PackEntry(e.blob_id, e.type, len(body), e.length, e.raw_length))
             body += sealed
         return bytes(body), out
+
+
+def reseal(
+    load: Callable[[BlobType, bytes, Location, int], bytes],
+    refs: list[BlobRef],
+    keys: crypto.KeyBase,
+    level: int | None,
+) -> tuple[bytes, list[packfmt.PackEntry]]:
+    """Blobs read with ``load`` (authenticated, decrypted and re-hashed there) and sealed
+    again with ``keys``: their sealed bytes end to end and their entries in them (for
+    another repository's packer: copy)."""
+    body = bytearray()
+    out: list[packfmt.PackEntry] = []
+    for ref in refs:
+        data = load(ref.type, ref.blob_id, ref.location, ref.raw_length)
+        sealed = packfmt.seal_blob(keys, ref.type, ref.blob_id, data, level)
+        out.append(packfmt.PackEntry(ref.blob_id, ref.type, len(body), len(sealed), len(data)))
+        body += sealed
+    return bytes(body), out
 
 
 class BlobReader(PackRanges):
