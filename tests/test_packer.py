@@ -1,14 +1,22 @@
 """The packer: one buffer per pack, finished packs that read back, and the hand-over of
-an open pack's blobs in bounded pieces (a backup worker's last pack)."""
+an open pack's blobs in bounded pieces (a backup worker's last pack); a stored pack
+proven piece by piece (a check helper on a local repository)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
+
+from cas.backend.local import LocalBackend
 from cas.crypto import BlobType, MasterKeys
+from cas.errors import CasError, IntegrityError
 from cas.format import pack as packfmt
 from cas.ids import storage_id
+from cas.repo import layout
 from cas.repo.packer import Packer
+from cas.repo.readerspec import LocatedReader
 
 
 def _blobs() -> list[tuple[bytes, bytes]]:
@@ -48,3 +56,38 @@ def test_taking_an_open_pack_gives_every_blob_once_in_bounded_pieces() -> None:
             got.append((e.blob_id, body[e.offset : e.offset + e.length]))
     assert got == blobs
     assert len(pieces) == 3  # ..1_000_000 | 60, 2_500_000 | 45, 40_000
+
+
+def _stored_pack(tmp_path: Path, sizes: list[int]) -> tuple[LocatedReader, bytes, Path]:
+    keys = MasterKeys.generate()
+    backend = LocalBackend(tmp_path)
+    packer = Packer(keys, BlobType.DATA)
+    for n in sizes:
+        data = os.urandom(n)
+        blob_id = keys.blob_id(BlobType.DATA, data)
+        packer.add(blob_id, packfmt.seal_blob(keys, BlobType.DATA, blob_id, data), n)
+    fp = packer.finish()
+    backend.write(layout.pack_name(fp.pack_id), fp.data)
+    return LocatedReader(backend, keys), fp.pack_id, tmp_path / layout.pack_name(fp.pack_id)
+
+
+@pytest.mark.parametrize("piece", [997, 65536, 1 << 20, 64 << 20])
+def test_a_pack_verified_in_pieces_is_proven_as_a_whole(tmp_path: Path, piece: int) -> None:
+    reader, pack_id, _ = _stored_pack(tmp_path, [100, 300_000, 5, 2_000_000, 70_000, 1])
+    assert reader.verify_pack_streamed(pack_id, piece) == reader.verify_pack(pack_id)
+
+
+@pytest.mark.parametrize("where", [0, 200, 150_000, -60, -3])
+def test_a_damaged_pack_fails_in_pieces_and_reads_as_always(tmp_path: Path, where: int) -> None:
+    """Any flipped byte (a blob, the header, the trailer) fails the streamed proof; the
+    whole-pack path then names the damage exactly as before (its message)."""
+    reader, pack_id, path = _stored_pack(tmp_path, [100, 300_000, 5, 70_000])
+    raw = bytearray(path.read_bytes())
+    raw[where] ^= 0x08
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CasError):
+        reader.verify_pack_streamed(pack_id, 4096)
+    reader.stream_packs = True
+    with pytest.raises(IntegrityError, match="does not match its name"):
+        reader.verify_pack(pack_id)
