@@ -1052,7 +1052,7 @@ def gen_lock() -> dict[str, Any]:
             }
         )
     return {
-        "description": "Lock files (§13): canonical msgpack sealed under the data key, "
+        "description": "Lock files (§13): canonical msgpack sealed under the index key, "
         "AD 'cas.lock.v1'",
         "cases": cases,
         "invalid": invalid,
