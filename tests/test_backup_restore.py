@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.independent.compare import assert_snapshot_is, read_local
 from tests.support.cli import TEST_ENV, Result, run_cas
 from tests.support.trees import (
     NUMERIC_GID,
@@ -112,7 +113,8 @@ def test_full_tree_roundtrip_is_exact(repo: str, tmp_path: Path, unlock_afterwar
     except OSError as e:
         pytest.skip(f"cannot build the full test tree here: {e}")
 
-    first = summary(backup_json(repo, src))
+    first_doc = backup_json(repo, src)
+    first = summary(first_doc)
     # Holes are not read: 12 MiB of the tree's sparse files are holes.
     assert first["bytes_read"] < first["bytes_total"] - (12 << 20)
 
@@ -137,6 +139,13 @@ def test_full_tree_roundtrip_is_exact(repo: str, tmp_path: Path, unlock_afterwar
     assert again.json()["summary"]["files_restored"] == 0
     assert again.json()["summary"]["bytes_written"] == 0
     assert compare_trees(src, landed(out, src)) == []
+
+    # Both snapshots, read by code written from the spec alone, are the tree
+    # (last: reading the source moves its atimes, which compare_trees checks).
+    view = read_local(repo)
+    assert set(view.snapshots) == {first_doc["snapshot_id"], second["snapshot_id"]}
+    for sid in view.snapshots:
+        assert_snapshot_is(view, sid, src)
 
     rsync = shutil.which("rsync")
     if rsync is None:
@@ -233,6 +242,9 @@ def test_dedup_copies_and_insertion(tmp_path: Path) -> None:
     # Three copies add nothing; the insertion adds the chunk(s) around it.
     assert 1 <= second["data_blobs_new"] <= 3
     assert second["data_added"] <= 3 * 262144
+    view = read_local(repo)
+    assert len(view.snapshots) == 2
+    assert_snapshot_is(view, max(view.snapshots.values(), key=lambda v: v.doc["time"]).id, src)
 
 
 # -- errors ----------------------------------------------------------------------

@@ -8,7 +8,10 @@ Two kinds of kill (issue 8, spec/format.md §14.3 and §13.5):
   (seeded) delay.
 
 After every kill: ``cas check --read-data`` passes (unreferenced data is only
-a warning), every earlier snapshot restores bit-exact, the lock the dead
+a warning), every earlier snapshot restores bit-exact (with the CLI, compared
+with a manifest read with ``os``), the whole repository reads back with the
+independent reader of tests/independent/ (written from spec/format.md, no cas
+code) and every snapshot it rebuilds equals its manifest, the lock the dead
 process left blocks nothing, and the next backup succeeds and reuses what
 the dead one had already indexed.  Counts are printed (``pytest -s``) and
 recorded in docs/reliability.md.
@@ -43,6 +46,8 @@ from cas.format.pack import open_blob
 from cas.format.tree import Node, decode_tree
 from cas.ids import storage_id
 from cas.repo import Repository, layout, open_repository, read_verified
+from tests.independent import compare
+from tests.independent.repository import LocalStore, Store, read_repository
 from tests.support.cli import TEST_ENV, Result, run_cas
 
 PASSWORD = "crash-test-password"
@@ -147,6 +152,7 @@ class Repo:
     env: dict[str, str]
     work: Path
     open_backend: Any  # () -> Backend, for looking behind the CLI's back
+    store: Callable[[], Store]  # the same objects for the independent reader
     restores: int = 0
 
     def cas(self, *args: str | Path, failpoints: str | None = None) -> Result:
@@ -203,7 +209,9 @@ def local_repo(tmp_path: Path) -> Repo:
     """A new local repository (own cache directory, so tests share nothing)."""
     root = tmp_path / "repo"
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
-    repo = Repo(["-r", str(root)], env, tmp_path, lambda: LocalBackend(root))
+    repo = Repo(
+        ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root)
+    )
     r = repo.cas("init", *INIT_ARGS)
     assert r.code == 0, r.err
     return repo
@@ -219,6 +227,7 @@ def s3_repo(tmp_path: Path, endpoint: str, bucket: str) -> Repo:
         env,
         tmp_path,
         lambda: S3Backend(bucket, "r", endpoint_url=endpoint, path_style=True),
+        lambda: compare.s3_store(endpoint, bucket, "r"),
     )
     r = repo.cas("init", *INIT_ARGS)
     assert r.code == 0, r.err
@@ -257,6 +266,23 @@ def verify_in_process(repo: Repo, known: list[tuple[str, Path, Manifest]]) -> in
         return compared
     finally:
         backend.close()
+
+
+def verify_independently(repo: Repo, known: list[tuple[str, Path, Manifest]]) -> int:
+    """Read the whole repository with the independent reader (every object checked
+    against the spec, every blob re-hashed); its snapshots must be exactly ``known``,
+    each rebuilding to its manifest.  Returns the number of files rebuilt."""
+    view = read_repository(repo.store(), PASSWORD.encode())
+    assert set(view.snapshots) == {sid for sid, _, _ in known}
+    for sid, src, expected in known:
+        assert compare.manifest(view.snapshots[sid].below(src)) == expected, sid
+    return view.files_rebuilt
+
+
+def restore_each(repo: Repo, known: list[tuple[str, Path, Manifest]]) -> None:
+    """Restore every snapshot of ``known`` with the CLI and compare it with its manifest."""
+    for sid, src, expected in known:
+        repo.restore_exact(sid, src, expected)
 
 
 class _BlobReader:
@@ -311,7 +337,9 @@ class Template:
         root = tmp_path / "repo"
         shutil.copytree(self.root, root, symlinks=True)
         env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
-        repo = Repo(["-r", str(root)], env, tmp_path, lambda: LocalBackend(root))
+        repo = Repo(
+            ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root)
+        )
         shutil.copytree(self.src, tmp_path / "src", symlinks=True)
         return repo, Source(tmp_path / "src", seed=len(self.snapshots) + 97)
 
@@ -368,7 +396,12 @@ def _backup_killed(tmp_path: Path, template: Template, case: BackupCase) -> None
     new_index = _names(backend, layout.INDEX) - index_before
     assert bool(new_index) == (case.reuse != "none"), new_index
 
-    parallel(repo.check, lambda: verify_in_process(repo, template.snapshots))
+    parallel(
+        repo.check,
+        lambda: verify_in_process(repo, template.snapshots),
+        lambda: verify_independently(repo, template.snapshots),
+    )
+    restore_each(repo, template.snapshots)
     doc = repo.ok("backup", src.root)
     data_added = doc["summary"]["data_added"]
     if case.reuse == "all":
@@ -379,6 +412,7 @@ def _backup_killed(tmp_path: Path, template: Template, case: BackupCase) -> None
     else:
         assert data_added <= added + 2 * MiB  # the churned files' changed chunks on top
     verify_in_process(repo, [(doc["snapshot_id"], src.root, expected)])
+    verify_independently(repo, [*template.snapshots, (doc["snapshot_id"], src.root, expected)])
 
 
 @pytest.mark.parametrize("case", BACKUP_CASES, ids=[c.failpoint for c in BACKUP_CASES])
@@ -419,11 +453,19 @@ def test_backup_worker_killed_at_fail_point(
     assert _names(backend, layout.SNAPSHOTS) == _names(
         LocalBackend(backup_template.root), "snapshots"
     )
-    parallel(repo.check, lambda: verify_in_process(repo, backup_template.snapshots))
+    parallel(
+        repo.check,
+        lambda: verify_in_process(repo, backup_template.snapshots),
+        lambda: verify_independently(repo, backup_template.snapshots),
+    )
+    restore_each(repo, backup_template.snapshots)
     doc = repo.ok("backup", src.root, "--workers", "2")
     assert doc["summary"]["workers"] == 2
     assert doc["summary"]["data_added"] <= added + 2 * MiB
     verify_in_process(repo, [(doc["snapshot_id"], src.root, expected)])
+    verify_independently(
+        repo, [*backup_template.snapshots, (doc["snapshot_id"], src.root, expected)]
+    )
 
 
 # -- named fail points: prune ------------------------------------------------------
@@ -477,7 +519,12 @@ def _prune_killed(tmp_path: Path, template: Template, failpoint: str) -> None:
     earlier = [(sid, template.src, m) for sid, _, m in template.snapshots]
     killed = repo.cas("--json", "prune", "--max-unused", "1%", failpoints=failpoint)
     assert killed.code == KILLED, (killed.code, killed.out, killed.err)
-    parallel(repo.check, lambda: verify_in_process(repo, earlier))
+    parallel(
+        repo.check,
+        lambda: verify_in_process(repo, earlier),
+        lambda: verify_independently(repo, earlier),
+    )
+    restore_each(repo, earlier)
 
     # A backup in the half-pruned state brings back content only s1 had: it
     # must not come to depend on packs the dead prune marked for deletion.
@@ -487,7 +534,11 @@ def _prune_killed(tmp_path: Path, template: Template, failpoint: str) -> None:
     m4 = src.manifest()
     done = repo.ok("prune", "--max-unused", "1%")
     assert done["result"]["deferred_packs"] == 0, done
-    after, _ = parallel(repo.check, lambda: verify_in_process(repo, [*earlier, (s4, src.root, m4)]))
+    after, _, _ = parallel(
+        repo.check,
+        lambda: verify_in_process(repo, [*earlier, (s4, src.root, m4)]),
+        lambda: verify_independently(repo, [*earlier, (s4, src.root, m4)]),
+    )
     assert not [f for f in after["findings"] if f["kind"] == "pack_unreferenced"]
 
 
@@ -548,6 +599,7 @@ class KillStats:
     snapshots_from_killed: int = 0
     snapshots_verified: int = 0
     files_compared: int = 0
+    files_read_independently: int = 0
 
 
 def _timed(repo: Repo, *args: str | Path) -> tuple[Any, float]:
@@ -570,7 +622,7 @@ def random_kills(
     After each kill: ``check --read-data`` passes; a snapshot the dead run
     managed to store restores exactly (CLI); the next backup succeeds and
     re-sends at most what the dead run had not yet indexed; every snapshot
-    so far reads back exactly (library).  At the end every snapshot (or,
+    so far reads back exactly (library, and the independent reader).  At the end every snapshot (or,
     with ``restore_all`` false, the first and the last) is restored with the CLI.
     """
     rnd = random.Random(seed)
@@ -629,9 +681,9 @@ def random_kills(
         # beyond what it had uploaded but not yet indexed.
         assert doc["summary"]["data_added"] <= new_bytes + 2 * MiB
         known[doc["snapshot_id"]] = expected
-        stats.files_compared += verify_in_process(
-            repo, [(sid, src.root, m) for sid, m in known.items()]
-        )
+        now = [(sid, src.root, m) for sid, m in known.items()]
+        stats.files_compared += verify_in_process(repo, now)
+        stats.files_read_independently += verify_independently(repo, now)
         stats.snapshots_verified += len(known)
     ids = list(known)
     for sid in ids if restore_all else [ids[0], ids[-1]]:

@@ -37,12 +37,17 @@ def read_local(root: str | Path, password: bytes = PASSWORD) -> RepositoryView:
     return read_repository(LocalStore(root), password)
 
 
-def read_s3(endpoint: str, bucket: str, prefix: str, password: bytes = PASSWORD) -> RepositoryView:
-    """The whole repository under ``s3://bucket/prefix`` of a loopback S3 server."""
+def s3_store(endpoint: str, bucket: str, prefix: str) -> S3Store:
+    """``s3://bucket/prefix`` of a loopback S3 server (credentials from the environment)."""
     client = boto3.client(
         "s3", endpoint_url=endpoint, config=BotoConfig(s3={"addressing_style": "path"})
     )
-    return read_repository(S3Store(client, bucket, prefix), password)
+    return S3Store(client, bucket, prefix)
+
+
+def read_s3(endpoint: str, bucket: str, prefix: str, password: bytes = PASSWORD) -> RepositoryView:
+    """The whole repository under ``s3://bucket/prefix``, read and verified independently."""
+    return read_repository(s3_store(endpoint, bucket, prefix), password)
 
 
 def manifest(entries: dict[bytes, Rebuilt]) -> dict[str, tuple[Any, ...]]:
