@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.independent.compare import assert_snapshot_is, manifest, read_local, read_s3
 from tests.support.cli import run_cas
 
 
@@ -19,24 +21,29 @@ def _tree(root: Path, seed: int) -> None:
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], list[str]]:
-    """(global options of the target, the same as --to arguments)."""
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[list[str], list[str], Any]:
+    """(global options of the target, the same as --to arguments, () -> the target read
+    by the independent reader)."""
     if request.param == "local":
         loc = str(tmp_path / "dst")
-        return ["-r", loc], ["--to", loc]
+        return ["-r", loc], ["--to", loc], lambda: read_local(loc)
     endpoint = request.getfixturevalue("s3_server")
     bucket = request.getfixturevalue("s3_bucket")
     s3 = ["--s3-endpoint", endpoint, "--s3-path-style"]
-    return ["-r", f"s3://{bucket}/copy", *s3], ["--to", f"s3://{bucket}/copy"]
+    return (
+        ["-r", f"s3://{bucket}/copy", *s3],
+        ["--to", f"s3://{bucket}/copy"],
+        lambda: read_s3(endpoint, bucket, "copy"),
+    )
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_copy_sends_only_missing_blobs(
-    tmp_path: Path, target: tuple[list[str], list[str]], workers: str
+    tmp_path: Path, target: tuple[list[str], list[str], Any], workers: str
 ) -> None:
     """With --workers 2, helper processes read the blobs and seal them for the target."""
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    dst_args, to_args = target
+    dst_args, to_args, read_target = target
     s3_opts = dst_args[2:]
     src = ["-r", str(tmp_path / "src"), *s3_opts]
     pw = tmp_path / "pw"
@@ -77,6 +84,23 @@ def test_copy_sends_only_missing_blobs(
     assert restored.code == 0, restored.err
     for f in data.iterdir():
         assert (out / str(data).lstrip("/") / f.name).read_bytes() == f.read_bytes()
+
+    # Read by code written from the spec alone, the target holds the source's two
+    # snapshots, file for file and byte for byte, the latest equal to the tree.
+    source, copied = read_local(tmp_path / "src"), read_target()
+    assert len(copied.snapshots) == len(source.snapshots) == 2
+    assert not copied.unindexed_packs
+    # spec §4.3: the ID and chunker keys are the source's, the others the target's own
+    assert (copied.keys.id, copied.keys.chunker) == (source.keys.id, source.keys.chunker)
+    assert copied.keys.data != source.keys.data and copied.keys.index != source.keys.index
+
+    def by_time(view: Any) -> list[Any]:
+        return sorted(view.snapshots.values(), key=lambda s: s.doc["time"])
+
+    for a, b in zip(by_time(source), by_time(copied), strict=True):
+        assert b.doc["copied_from"] == a.id and b.doc["tree"] == a.doc["tree"]
+        assert manifest(b.below(data)) == manifest(a.below(data))
+    assert_snapshot_is(copied, by_time(copied)[-1].id, data)
 
 
 def test_copy_refuses_unrelated_repository(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, decode_tree, encode_tree
 from cas.repo import Repository, layout, locks, open_repository
 from cas.repo.prune import PruneOptions, PruneRefused, execute_prune, plan_prune
+from tests.independent.compare import assert_snapshot_is, read_local
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 
@@ -215,6 +216,10 @@ def test_forget_keep_last_prune_returns_space_via_cli(tmp_path: Path) -> None:
     src3 = tmp_path / "src3"
     for f in src3.iterdir():
         assert (out / str(src3).lstrip("/") / f.name).read_bytes() == f.read_bytes()
+    # Read by code written from the spec alone: one snapshot, whole, equal to src3.
+    view = read_local(repo)
+    assert [s.doc["paths"] for s in view.snapshots.values()] == [[bytes(src3)]]
+    assert_snapshot_is(view, next(iter(view.snapshots)), src3)
 
 
 def test_backup_and_prune_in_parallel_processes(tmp_path: Path) -> None:
@@ -250,3 +255,8 @@ def test_backup_and_prune_in_parallel_processes(tmp_path: Path) -> None:
     final = run_cas("-r", repo, "--json", "prune")
     assert final.code == 0, final.err
     assert _assert_snapshots_whole(open_repository(LocalBackend(repo), PASSWORD)) > 0
+    # Read by code written from the spec alone: the last backup is whole and equals src3.
+    view = read_local(repo)
+    last = [s for s in view.snapshots.values() if s.doc["paths"] == [bytes(src)]]
+    assert len(last) == 1
+    assert_snapshot_is(view, last[0].id, src)

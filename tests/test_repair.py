@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from cas.format.tree import decode_tree
 from cas.manage.repair import STUB_TEXT, repair_snapshots
 from cas.repo import layout, open_repository
 from cas.repo.rebuild import rebuild_index
+from tests.independent.compare import read_local
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, new_repo, populate
 
@@ -102,3 +105,16 @@ def test_after_repair_check_passes_and_unaffected_files_restore(tmp_path: Path) 
         else:
             assert data == f.read_bytes()
     assert stubs == len(lost)
+
+    # Read by code written from the spec alone: only the repaired snapshot is left,
+    # whole; the lost files are stubs marked ``repaired``, the others the source's.
+    view = read_local(repo)
+    (snap,) = view.snapshots.values()
+    assert snap.doc["repaired_from"] and "repaired" in snap.doc["tags"]
+    entries = snap.below(src)
+    assert sorted(entries) == sorted(os.fsencode(f.name) for f in src.iterdir())
+    for name, e in entries.items():
+        if any(p.endswith("/" + os.fsdecode(name)) for p in lost):
+            assert "repaired" in e.node
+        else:
+            assert e.sha256 == hashlib.sha256((src / os.fsdecode(name)).read_bytes()).hexdigest()
