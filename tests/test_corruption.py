@@ -29,6 +29,7 @@ from cas.crypto import BlobType
 from cas.format.tree import decode_tree
 from cas.ids import storage_id
 from cas.repo import layout, open_repository
+from tests.independent.repository import LocalStore
 from tests.test_crash import (
     PASSWORD,
     Manifest,
@@ -152,7 +153,10 @@ def _copy(tmp_path: Path, lay: Layout) -> Damaged:
     root = tmp_path / "repo"
     shutil.copytree(lay.root, root)
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
-    return Damaged(Repo(["-r", str(root)], env, tmp_path, lambda: LocalBackend(root)), lay)
+    repo = Repo(
+        ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root)
+    )
+    return Damaged(repo, lay)
 
 
 def flip(path: Path, pos: int) -> None:
