@@ -7,6 +7,9 @@ import os
 import random
 from pathlib import Path
 
+import pytest
+
+from cas.errors import FormatError
 from cas.format import compress
 from tests.support.cli import run_cas
 
@@ -43,6 +46,60 @@ def test_a_blob_compressible_in_one_region_only_is_compressed() -> None:
         assert flag(payload) == compress.ZSTD, region
         assert len(payload) < size - step // 2
         assert compress.decode_payload(payload, size, "t") == data
+
+
+def _probe_fooler(size: int) -> bytes:
+    """Random bytes where the probe looks, zeros everywhere else: zstd would shrink it."""
+    rng = random.Random(size)
+    data = bytearray(size)
+    step = size // compress.PROBE_SLICES
+    for i in range(compress.PROBE_SLICES):
+        data[i * step : i * step + compress.PROBE_SLICE] = rng.randbytes(compress.PROBE_SLICE)
+    return bytes(data)
+
+
+def test_the_probe_decides_for_large_blobs_only() -> None:
+    """From PROBE_MIN up, four slices at i * size / 4 decide alone (their verdict is
+    trusted even when the rest would compress); below it zstd is always tried."""
+    for size in (compress.PROBE_MIN, 1 << 20):
+        data = _probe_fooler(size)
+        payload = compress.encode_payload(data)
+        assert flag(payload) == compress.STORED, size
+        assert len(compress._compressor(3).compress(data)) < size // 2  # zstd would shrink it
+    for size in (compress.PROBE_MIN - 1, 100_000):
+        payload = compress.encode_payload(_probe_fooler(size))
+        assert flag(payload) == compress.ZSTD, size
+
+
+def test_the_probe_reads_whole_slices_where_the_step_is_odd() -> None:
+    """At 5 x 64 KiB the second slice starts at 80 KiB (not a multiple of 32 KiB): a
+    zeroed slice there, and only there, is seen and makes the blob compressed."""
+    size = 5 * (64 << 10)
+    step = size // compress.PROBE_SLICES
+    data = bytearray(random.Random(5).randbytes(size))
+    data[step : step + compress.PROBE_SLICE] = bytes(compress.PROBE_SLICE)
+    assert flag(compress.encode_payload(bytes(data))) == compress.ZSTD
+
+
+def test_slices_that_shrink_by_less_than_3_percent_count_as_incompressible() -> None:
+    """PROBE_RATIO: a slice must shrink below 97% of its size.  Each 16 KiB of this blob
+    is random but for 2% zeros: zstd would save about 2%, the probe says no."""
+    rng = random.Random(6)
+    chunk = compress.PROBE_SLICE
+    data = b"".join(bytes(chunk // 50) + rng.randbytes(chunk - chunk // 50) for _ in range(64))
+    whole = len(compress._compressor(compress.PROBE_LEVEL).compress(data[:chunk]))
+    assert compress.PROBE_RATIO * chunk <= whole < chunk  # the slice shrinks, but too little
+    assert flag(compress.encode_payload(data)) == compress.STORED
+
+
+def test_a_frame_followed_by_anything_is_refused() -> None:
+    """Spec §8: exactly one zstd frame; bytes after it are refused, whatever its size says."""
+    text = b"the quick brown fox jumps over the lazy dog\n" * 100
+    payload = compress.encode_payload(text)
+    assert flag(payload) == compress.ZSTD
+    for extra in (b"\0", b"junk", compress.encode_payload(text)[1:]):
+        with pytest.raises(FormatError, match="junk"):
+            compress.decode_payload(payload + extra, 10 * len(text), "t")
 
 
 def test_level_none_stores_everything() -> None:

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # here need --tests.
 GUARDS: dict[str, list[str]] = {
     "cas/format/pack.py": ["tests/test_pack_format.py", "tests/test_vectors.py"],
-    "cas/format/compress.py": ["tests/test_vectors.py"],
+    "cas/format/compress.py": ["tests/test_vectors.py", "tests/test_compress.py"],
     "cas/format/index.py": ["tests/test_vectors.py", "tests/test_index_load.py"],
     "cas/format/tree.py": ["tests/test_vectors.py"],
     "cas/format/config.py": ["tests/test_vectors.py"],
