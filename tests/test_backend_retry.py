@@ -29,6 +29,10 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         self.delays.append(seconds)
 
+    def now(self) -> float:
+        """The time the sleeps would have taken."""
+        return sum(self.delays)
+
 
 @pytest.fixture
 def memory() -> MemoryBackend:
@@ -50,7 +54,7 @@ def clock() -> Clock:
 def retrying(inner: Any, clock: Clock, **options: Any) -> RetryBackend:
     # random() at its maximum makes each delay the full ceiling: predictable.
     options.setdefault("random", lambda: 1.0)
-    return RetryBackend(inner, sleep=clock.sleep, **options)
+    return RetryBackend(inner, sleep=clock.sleep, clock=clock.now, **options)
 
 
 def test_transient_failures_are_retried_until_they_pass(
@@ -124,7 +128,8 @@ def test_giving_up_keeps_the_cause(faulty: FaultyBackend, clock: Clock) -> None:
         backend.read(NAME)
     message = str(caught.value)
     assert message.startswith("storage error: injected fault: read data/ab/ab01")
-    assert message.endswith("(gave up after 3 attempts)")
+    # How long it tried: the two delays of the full ceiling, 0.5 s and 1 s.
+    assert message.endswith("(gave up after 3 attempts in 1.5 s)")
     assert isinstance(caught.value.__cause__, TransientBackendError)
     assert faulty.calls["read"] == 3
     assert len(clock.delays) == 2
@@ -238,7 +243,7 @@ def test_retry_listener_sees_each_retry(faulty: FaultyBackend, clock: Clock) -> 
         faulty, clock, on_retry=lambda op, n, delay, err: seen.append((op, n, delay))
     )
     backend.write(NAME, b"x")
-    assert seen == [(f"write {NAME}", 1, 0.5), (f"write {NAME}", 2, 1.0)]
+    assert seen == [(f"PUT {NAME}", 1, 0.5), (f"PUT {NAME}", 2, 1.0)]
 
 
 def test_attempts_must_be_positive(memory: MemoryBackend) -> None:

@@ -143,7 +143,7 @@ def test_full_tree_roundtrip_is_exact(repo: str, tmp_path: Path, unlock_afterwar
     # Both snapshots, read by code written from the spec alone, are the tree
     # (last: reading the source moves its atimes, which compare_trees checks).
     view = read_local(repo)
-    assert set(view.snapshots) == {first_doc["snapshot_id"], second["snapshot_id"]}
+    assert set(view.snapshots) == {first_doc["id"], second["id"]}
     for sid in view.snapshots:
         assert_snapshot_is(view, sid, src)
 
@@ -185,12 +185,12 @@ def test_parent_selection(repo: str, tmp_path: Path) -> None:
     other = backup_json(repo, b)
     assert other["parent"] is None  # other paths: not a parent
     again = backup_json(repo, a)
-    assert again["parent"] == first["snapshot_id"]
+    assert again["parent"] == first["id"]
     assert summary(again)["bytes_read"] == 0
     other_host = backup_json(repo, a, "--host", "elsewhere")
     assert other_host["parent"] is None and summary(other_host)["bytes_read"] == 5000
-    explicit = backup_json(repo, a, "--host", "elsewhere", "--parent", str(first["snapshot_id"]))
-    assert explicit["parent"] == first["snapshot_id"]
+    explicit = backup_json(repo, a, "--host", "elsewhere", "--parent", str(first["id"]))
+    assert explicit["parent"] == first["id"]
     assert summary(explicit)["bytes_read"] == 0
 
 
@@ -205,7 +205,7 @@ def test_dry_run_and_stdin(repo: str, tmp_path: Path) -> None:
     before = stored()
     dry = run_cas("-r", repo, "--json", "backup", "--dry-run", src)
     assert dry.code == 0, dry.err
-    assert dry.json()["snapshot_id"] is None and dry.json()["summary"]["data_added"] == 1000
+    assert dry.json()["id"] is None and dry.json()["summary"]["data_added"] == 1000
     assert stored() == before
 
     data = random.Random(5).randbytes(100_000)
@@ -293,7 +293,7 @@ def test_missing_source_path(repo: str, tmp_path: Path) -> None:
     line = one_line(done.err)
     assert str(missing) in line and "does not exist" in line
     snapshots = run_cas("-r", repo, "--json", "snapshots")
-    assert snapshots.code == 0 and snapshots.json() == []
+    assert snapshots.code == 0 and snapshots.json()["snapshots"] == []
 
 
 def test_restore_into_read_only_directory(repo: str, tmp_path: Path) -> None:

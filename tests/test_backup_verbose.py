@@ -62,11 +62,11 @@ def test_verbose_json_is_one_object_per_line_ending_with_the_summary(tmp_path: P
     assert done.code == 0, done.err
     lines = [json.loads(line) for line in done.out.splitlines()]
     *events, summary = lines
-    assert summary["message_type"] == "summary" and summary["snapshot_id"]
+    assert summary["message_type"] == "summary" and summary["id"]
     assert {e["message_type"] for e in events} == {"verbose_status"}
     files = {e["item"]: e for e in events if e["type"] == "file"}
     assert files[str(src / "new\nline")]["action"] == "new"
     assert files[str(src / "a")]["data_size"] == 100
-    # without -v, --json stays one document
+    # without -v, --json is one line: the summary
     again = run_cas("-r", repo, "--json", "backup", src)
-    assert "message_type" not in again.json()
+    assert again.out.count("\n") == 1 and again.json()["message_type"] == "summary"

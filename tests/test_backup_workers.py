@@ -241,7 +241,7 @@ def test_a_worker_that_dies_stops_the_backup_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in done.err
     assert "backup worker process" in done.err and "killed by signal 9" in done.err
     assert done.err.count("\n") == 1, done.err
-    assert run_cas("-r", repo, "--json", "snapshots").json() == []
+    assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
     _check(repo)
     _backup(repo, src, "--workers", "2")
     _check(repo)

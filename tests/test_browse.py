@@ -41,6 +41,13 @@ def json_lines(r: Result) -> list[dict[str, Any]]:
     return [json.loads(line) for line in r.out.splitlines()]
 
 
+def listing(r: Result) -> list[dict[str, Any]]:
+    """The lines of ``ls --json`` or ``find --json`` before their summary (the last line)."""
+    *items, summary = json_lines(r)
+    assert summary["message_type"] == "summary"
+    return items
+
+
 def raw_path(doc: dict[str, Any]) -> bytes:
     """The path of a JSON node object as bytes (``path_hex`` where it is not UTF-8)."""
     return bytes.fromhex(doc["path_hex"]) if "path_hex" in doc else doc["path"].encode()
@@ -182,7 +189,7 @@ def test_ls_long_matches_lstat(backed: Backed) -> None:
     assert sorted(lines) == sorted(expected)
 
     # --json: the snapshot first, then one object per entry, raw names kept.
-    docs = json_lines(cas(backed, "--json", "ls", f"latest:{src}"))
+    docs = listing(cas(backed, "--json", "ls", f"latest:{src}"))
     assert docs[0]["message_type"] == "snapshot"
     nodes = docs[1:]
     assert len(nodes) == len(entries) + 1
@@ -340,7 +347,7 @@ def test_diff_lists_one_of_every_kind_of_change(tmp_path: Path) -> None:
     os.utime(src, ns=dir_times)  # the directory itself: unchanged
     assert run_cas("backup", src, env=env).code == 0
 
-    snaps = run_cas("--json", "snapshots", env=env).json()
+    snaps = run_cas("--json", "snapshots", env=env).json()["snapshots"]
     first, second = snaps[0]["id"][:8], snaps[1]["id"]
     docs = json_lines(run_cas("--json", "diff", "--metadata", first, second, env=env))
     changes = {(d["modifier"], d["path"]) for d in docs if d["message_type"] == "change"}
@@ -358,7 +365,7 @@ def test_diff_lists_one_of_every_kind_of_change(tmp_path: Path) -> None:
         ("M", f"{p}/link"),
     }
     stats = docs[-1]
-    assert stats["message_type"] == "statistics"
+    assert stats["message_type"] == "summary"
     # A type change counts the old entry removed and the new one added.
     assert stats["added"]["files"] == 2 and stats["removed"]["files"] == 3
     assert stats["added"]["dirs"] == 1 and stats["removed"]["dirs"] == 1
@@ -375,7 +382,7 @@ def test_diff_lists_one_of_every_kind_of_change(tmp_path: Path) -> None:
     assert "Files:" in r.out and "Added:" in r.out
     # A subtree against itself: nothing.
     same = json_lines(run_cas("--json", "diff", f"{second}:{p}", f"{second}:{p}", env=env))
-    assert [d["message_type"] for d in same] == ["statistics"]
+    assert [d["message_type"] for d in same] == ["summary"]
 
 
 # -- find ------------------------------------------------------------------------------
@@ -408,7 +415,7 @@ def test_find_patterns_times_and_a_damaged_blob(tmp_path: Path) -> None:
     assert r.out.count(f"{p}/other\n") == 2 and "a.TXT" not in r.out
     r = run_cas("find", "--oldest", "1995-01-01", "other", env=env)
     assert "other" not in r.out.replace("0 entries", "")
-    groups = json_lines(run_cas("--json", "find", "-s", "latest", "new.txt", env=env))
+    groups = listing(run_cas("--json", "find", "-s", "latest", "new.txt", env=env))
     assert [[m["path"] for m in g["matches"]] for g in groups] == [[f"{p}/new.txt"]]
 
     # Damage the one data blob the two copies share: check names it, find traces it.
@@ -424,20 +431,20 @@ def test_find_patterns_times_and_a_damaged_blob(tmp_path: Path) -> None:
     check = run_cas("--json", "check", "--read-data", env=env)
     (finding,) = [f for f in check.json()["findings"] if f["kind"] == "blob_damaged"]
     blob = finding["object"].removeprefix("blob:")
-    groups = json_lines(run_cas("--json", "find", "--blob", blob[:10], env=env))
+    groups = listing(run_cas("--json", "find", "--blob", blob[:10], env=env))
     assert len(groups) == 2
     for g in groups:
         assert sorted(m["path"] for m in g["matches"]) == [f"{p}/a.TXT", f"{p}/sub/b.txt"]
         assert all(m["ids"] == [blob] for m in g["matches"])
     # check's own names of the objects are taken as they are.
-    assert json_lines(run_cas("--json", "find", "--blob", finding["object"], env=env)) == groups
+    assert listing(run_cas("--json", "find", "--blob", finding["object"], env=env)) == groups
     r = run_cas("find", "--pack", f"data/{pack.parent.name}/{pack.name[:12]}", env=env)
     assert f"{p}/a.TXT" in r.out and f"{p}/sub/b.txt" in r.out
     # --tree names the directories with that tree (the same in both snapshots).
     (sub,) = [
-        d for d in json_lines(run_cas("--json", "ls", "latest", env=env)) if d.get("name") == "sub"
+        d for d in listing(run_cas("--json", "ls", "latest", env=env)) if d.get("name") == "sub"
     ]
-    groups = json_lines(run_cas("--json", "find", "--tree", sub["subtree"][:8], env=env))
+    groups = listing(run_cas("--json", "find", "--tree", sub["subtree"][:8], env=env))
     assert [[m["path"] for m in g["matches"]] for g in groups] == [[f"{p}/sub"]] * 2
 
     # Dumping the damaged file: one line naming it, exit 1.
@@ -502,20 +509,20 @@ def test_odd_names_and_a_4000_deep_tree(tmp_path: Path) -> None:
     assert r.code == 0, r.err
     # One line per entry, in the order of the names' bytes.
     assert r.out.splitlines() == [s] + [f"{s}/{escaped(n)}" for n in sorted([*odd, b"added"])]
-    docs = json_lines(run_cas("--json", "ls", f"latest:{s}", env=env))
+    docs = listing(run_cas("--json", "ls", f"latest:{s}", env=env))
     raw = {
         bytes.fromhex(d["path_hex"]) if "path_hex" in d else d["path"].encode() for d in docs[1:]
     }
     assert raw == {os.fsencode(src)} | {os.fsencode(src) + b"/" + n for n in [*odd, b"added"]}
 
     # The deep tree: ls, find, diff and dump walk it without recursion.
-    deep_ls = json_lines(run_cas("--json", "ls", f"latest:{deep}", env=env))
+    deep_ls = listing(run_cas("--json", "ls", f"latest:{deep}", env=env))
     paths = [d["path"] for d in deep_ls[1:]]
     assert f"{deep}/{bottom.decode()}" in paths and f"{deep}/{middle.decode()}" in paths
     assert len(paths) == 1 + 4000 + 4  # deep, d..., middle, bottom, fifo, up
-    found = json_lines(run_cas("--json", "find", "-s", "latest", "bottom", env=env))
+    found = listing(run_cas("--json", "find", "-s", "latest", "bottom", env=env))
     assert [m["path"] for m in found[0]["matches"]] == [f"{deep}/{bottom.decode()}"]
-    snaps = run_cas("--json", "snapshots", env=env).json()
+    snaps = run_cas("--json", "snapshots", env=env).json()["snapshots"]
     changes = json_lines(run_cas("--json", "diff", snaps[0]["id"], snaps[1]["id"], env=env))
     assert [(c.get("modifier"), c.get("path")) for c in changes[:-1]] == [("+", f"{s}/added")]
     one = tmp_path / "bottom"
@@ -554,7 +561,7 @@ def test_dump_of_a_stdin_backup(tmp_path: Path) -> None:
     assert run_cas("ls", "-q", "latest", env=env).out == "/stdin\n"
     found = run_cas("find", "-q", "stdin", env=env).out.splitlines()
     assert found[1:] == ["/stdin", ""] and "entries in" not in found[-1]
-    snaps = run_cas("--json", "snapshots", env=env).json()
+    snaps = run_cas("--json", "snapshots", env=env).json()["snapshots"]
     assert run_cas("backup", "--stdin", input=b"other", env=env).code == 0
     changed = run_cas("diff", "-q", snaps[0]["id"], "latest", env=env).out
     assert changed.startswith("M    /stdin\n") and "Added:" in changed

@@ -53,7 +53,7 @@ def test_errors_exit_1_and_name_what_they_break(tmp_path: Path) -> None:
         d.names["data_pack"],
     )
     assert {a["path"] for a in finding["affected"]} == {"/file0", "/file1", "/file2"}
-    assert {a["snapshot"] for a in finding["affected"]} == {d.snapshot.hex()}
+    assert {a["id"] for a in finding["affected"]} == {d.snapshot.hex()}
     assert doc["summary"]["errors"] == 1
 
 
@@ -128,7 +128,7 @@ def test_against_lists_every_difference(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "init").code == 0
     backup = run_cas("-r", repo, "--json", "backup", src)
     assert backup.code == 0, backup.err
-    sid = backup.json()["snapshot_id"]
+    sid = backup.json()["id"]
 
     same = _check(repo, "--against", src)
     assert same.code == 0, same.err
@@ -151,7 +151,7 @@ def test_against_lists_every_difference(tmp_path: Path) -> None:
     result = _check(repo, "--against", src, "--snapshot", sid[:8], json_out=True)
     assert result.code == 1
     doc = result.json()
-    assert doc["snapshot_id"] == sid
+    assert doc["id"] == sid
     top = str(src)
     found = {(d["path"].removeprefix(top), d["kind"], d["field"]) for d in doc["differences"]}
     assert found == {

@@ -96,7 +96,7 @@ def test_forget_removes_the_planned_snapshots_and_is_idempotent(fx: Fixture) -> 
     assert removed(fx.cas("--json", "forget", "--keep-last", "3")) == set(ids[:7])
     assert fx.ids() == set(ids[7:])
     listed = fx.cas("--json", "snapshots")
-    assert [s["id"] for s in listed.json()] == ids[7:]
+    assert [s["id"] for s in listed.json()["snapshots"]] == ids[7:]
     assert removed(fx.cas("--json", "forget", "--keep-last", "3")) == set()
 
     human = fx.cas("forget", "--keep-last", "1")
@@ -199,13 +199,15 @@ def test_forget_then_prune(tmp_path: Path) -> None:
 
     dry = run_cas("-r", repo, "--json", "forget", "--keep-last", "1", "--prune", "--dry-run")
     assert dry.code == 0, dry.err
-    forget_doc, prune_doc = (json.loads(line) for line in dry.out.splitlines())
+    (forget_doc,) = (json.loads(line) for line in dry.out.splitlines())  # one summary
+    prune_doc = forget_doc["prune"]
     assert len(forget_doc["removed"]) == 1 and prune_doc["dry_run"]
     assert len(list((repo / "snapshots").iterdir())) == 2
 
     real = run_cas("-r", repo, "--json", "forget", "--keep-last", "1", "--prune")
     assert real.code == 0, real.err
-    forget_doc, prune_doc = (json.loads(line) for line in real.out.splitlines())
+    (forget_doc,) = (json.loads(line) for line in real.out.splitlines())
+    prune_doc = forget_doc["prune"]
     assert len(forget_doc["removed"]) == 1
     assert prune_doc["plan"]["packs_to_remove"] >= 1
     assert len(list((repo / "data").rglob("*"))) < packs_before

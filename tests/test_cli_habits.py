@@ -136,18 +136,20 @@ def test_a_comma_separates_tags_as_in_restic(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "init").code == 0
     assert run_cas("-r", repo, "backup", src, "--tag", "home,daily").code == 0
     assert run_cas("-r", repo, "backup", src, "--tag", "home").code == 0
-    snaps = run_cas("-r", repo, "--json", "snapshots").json()
+    snaps = run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]
     assert [s["tags"] for s in snaps] == [["daily", "home"], ["home"]]
 
     def count(*tags: str) -> int:
         args = [a for t in tags for a in ("--tag", t)]
-        return len(run_cas("-r", repo, "--json", "snapshots", *args).json())
+        return len(run_cas("-r", repo, "--json", "snapshots", *args).json()["snapshots"])
 
     assert count("home,daily") == 1  # both
     assert count("home") == 2
     assert count("daily", "nope") == 1  # either
     assert run_cas("-r", repo, "tag", "--add", "a,b", snaps[1]["id"][:8]).code == 0
-    tags = {tuple(s["tags"]) for s in run_cas("-r", repo, "--json", "snapshots").json()}
+    tags = {
+        tuple(s["tags"]) for s in run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]
+    }
     assert ("a", "b", "home") in tags
 
 

@@ -52,9 +52,9 @@ def test_quiet_still_silences_chatter(tmp_path: Path, repo: Path) -> None:
 
 
 def test_snapshots_latest_per_host_and_paths(repo: Path) -> None:
-    docs = run_cas("-r", repo, "--json", "snapshots").json()
+    docs = run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]
     assert len(docs) >= 5
-    latest = run_cas("-r", repo, "--json", "snapshots", "--latest", "1").json()
+    latest = run_cas("-r", repo, "--json", "snapshots", "--latest", "1").json()["snapshots"]
     groups = {(d["hostname"], tuple(d["paths"])) for d in docs}
     assert len(latest) == len(groups)
     for d in latest:  # the newest of its host and paths
@@ -63,13 +63,13 @@ def test_snapshots_latest_per_host_and_paths(repo: Path) -> None:
 
 
 def test_snapshots_group_by(repo: Path) -> None:
-    grouped = run_cas("-r", repo, "--json", "snapshots", "--group-by", "host").json()
+    grouped = run_cas("-r", repo, "--json", "snapshots", "--group-by", "host").json()["groups"]
     keys = sorted(g["group_key"]["hostname"] for g in grouped)
     assert keys[:2] == ["a", "b"] and len(keys) == len(set(keys))
     by_a = next(g for g in grouped if g["group_key"] == {"hostname": "a"})
     assert all(s["hostname"] == "a" for s in by_a["snapshots"])
     both = run_cas("-r", repo, "--json", "snapshots", "--group-by", "host,tags", "--latest", "1")
-    assert all(len(g["snapshots"]) == 1 for g in both.json())
+    assert all(len(g["snapshots"]) == 1 for g in both.json()["groups"])
     human = run_cas("-r", repo, "snapshots", "--group-by", "host,paths")
     assert human.code == 0 and "snapshots of host a; paths " in human.out
     bad = run_cas("-r", repo, "snapshots", "--group-by", "colour")

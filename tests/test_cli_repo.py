@@ -45,7 +45,7 @@ def test_init_key_and_password_errors(repo_args: list[str], tmp_path: Path) -> N
 
     listed = run_cas(*repo_args, "--json", "key", "list", password="second password", env=env)
     assert listed.code == 0, listed.err
-    keys = listed.json()
+    keys = listed.json()["keys"]
     assert len(keys) == 2 and sum(k["current"] for k in keys) == 1
 
     cfg = run_cas(*repo_args, "cat", "config", password="second password", env=env)
@@ -100,12 +100,12 @@ def test_passwd_and_remove(tmp_path: Path) -> None:
         run_cas("-r", repo, "key", "passwd", "--new-password-file", new, password="old").code == 0
     )
     assert run_cas("-r", repo, "key", "list", password="old").code == 12
-    keys = run_cas("-r", repo, "--json", "key", "list", password="new").json()
+    keys = run_cas("-r", repo, "--json", "key", "list", password="new").json()["keys"]
     assert len(keys) == 1
     other = tmp_path / "other"
     other.write_text("other")
     run_cas("-r", repo, "key", "add", "--new-password-file", other, password="new")
-    current = run_cas("-r", repo, "--json", "key", "list", password="new").json()
+    current = run_cas("-r", repo, "--json", "key", "list", password="new").json()["keys"]
     in_use = next(k["id"] for k in current if k["current"])
     refused = run_cas("-r", repo, "key", "remove", in_use[:12], password="new")
     assert refused.code == 1 and "in use" in refused.err

@@ -123,7 +123,7 @@ class Known:
     snapshots: dict[str, tuple[Path, Manifest]]
 
     def add(self, doc: dict[str, Any], src: Source, expected: Manifest) -> None:
-        self.snapshots[doc["snapshot_id"]] = (src.root, expected)
+        self.snapshots[doc["id"]] = (src.root, expected)
 
     def verify(self, repo: Repo) -> int:
         """Every snapshot exact (library reads, compared with the manifests); files compared."""
@@ -298,7 +298,7 @@ def forgotten_and_kept(repo: Repo, tmp_path: Path, seed: int) -> tuple[Source, K
     """Two snapshots, the first forgotten: prune has packs to mark and delete."""
     src = Source(tmp_path / "src", seed)
     src.add(2 * MiB, subdir="old")
-    old = ok(repo.cas("--json", "backup", src.root))["snapshot_id"]
+    old = ok(repo.cas("--json", "backup", src.root))["id"]
     shutil.rmtree(src.root / "old")
     src.add(2 * MiB)
     known = Known({})
@@ -365,7 +365,7 @@ def test_forget_snapshots_restore_during_a_backup(
     repo = make_repo(kind, tmp_path, request)
     src = Source(tmp_path / "src", seed=10)
     src.add(MiB)
-    first = ok(repo.cas("--json", "backup", src.root))["snapshot_id"]
+    first = ok(repo.cas("--json", "backup", src.root))["id"]
     src.churn()
     src.add(MiB)
     known = Known({})

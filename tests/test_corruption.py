@@ -100,10 +100,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Layout:
     src.add(1200 << 10, files=3, subdir="d1")
     (src.root / "small.txt").write_bytes(b"a small file\n")
     m1 = src.manifest()
-    s1 = repo.ok("backup", src.root)["snapshot_id"]
+    s1 = repo.ok("backup", src.root)["id"]
     src.add(MiB, files=3, subdir="d2")
     m2 = src.manifest()
-    s2 = repo.ok("backup", src.root)["snapshot_id"]
+    s2 = repo.ok("backup", src.root)["id"]
 
     backend = LocalBackend(tmp / "repo")
     r = open_repository(backend, PASSWORD.encode())

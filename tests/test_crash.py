@@ -379,7 +379,7 @@ def backup_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     repo = local_repo(tmp)
     src = Source(tmp / "src", seed=7)
     src.add(2 * MiB)
-    sid = repo.ok("backup", src.root)["snapshot_id"]
+    sid = repo.ok("backup", src.root)["id"]
     return Template(tmp / "repo", src.root, [(sid, src.root, src.manifest())])
 
 
@@ -411,8 +411,8 @@ def _backup_killed(tmp_path: Path, template: Template, case: BackupCase) -> None
         assert data_added < added - 30 * MiB, (data_added, added)
     else:
         assert data_added <= added + 2 * MiB  # the churned files' changed chunks on top
-    verify_in_process(repo, [(doc["snapshot_id"], src.root, expected)])
-    verify_independently(repo, [*template.snapshots, (doc["snapshot_id"], src.root, expected)])
+    verify_in_process(repo, [(doc["id"], src.root, expected)])
+    verify_independently(repo, [*template.snapshots, (doc["id"], src.root, expected)])
 
 
 @pytest.mark.parametrize("case", BACKUP_CASES, ids=[c.failpoint for c in BACKUP_CASES])
@@ -462,10 +462,8 @@ def test_backup_worker_killed_at_fail_point(
     doc = repo.ok("backup", src.root, "--workers", "2")
     assert doc["summary"]["workers"] == 2
     assert doc["summary"]["data_added"] <= added + 2 * MiB
-    verify_in_process(repo, [(doc["snapshot_id"], src.root, expected)])
-    verify_independently(
-        repo, [*backup_template.snapshots, (doc["snapshot_id"], src.root, expected)]
-    )
+    verify_in_process(repo, [(doc["id"], src.root, expected)])
+    verify_independently(repo, [*backup_template.snapshots, (doc["id"], src.root, expected)])
 
 
 # -- named fail points: prune ------------------------------------------------------
@@ -488,18 +486,18 @@ def prune_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     repo = local_repo(tmp)
     src = Source(tmp / "src", seed=11)
     src.add(3 * MiB, files=12, subdir="old")
-    s1 = repo.ok("backup", src.root)["snapshot_id"]
+    s1 = repo.ok("backup", src.root)["id"]
     old = {p.name: p.read_bytes() for p in (src.root / "old").glob("*.bin")}
     # s2 keeps half of s1's files: after forgetting s1, the packs of the other
     # half are unused, and the pack holding the boundary is partly used (repacked).
     for name in sorted(old)[:6]:
         (src.root / "old" / name).unlink()
     src.add(2 * MiB)
-    s2 = repo.ok("backup", src.root)["snapshot_id"]
+    s2 = repo.ok("backup", src.root)["id"]
     m2 = src.manifest()
     src.churn()
     src.add(1 * MiB)
-    s3 = repo.ok("backup", src.root)["snapshot_id"]
+    s3 = repo.ok("backup", src.root)["id"]
     m3 = src.manifest()
     repo.ok("forget", s1)
     plan = repo.ok("prune", "--dry-run", "--max-unused", "1%")["plan"]
@@ -530,7 +528,7 @@ def _prune_killed(tmp_path: Path, template: Template, failpoint: str) -> None:
     # must not come to depend on packs the dead prune marked for deletion.
     for name, data in template.extra["gone"].items():
         (src.root / "old" / name).write_bytes(data)
-    s4 = repo.ok("backup", src.root)["snapshot_id"]
+    s4 = repo.ok("backup", src.root)["id"]
     m4 = src.manifest()
     done = repo.ok("prune", "--max-unused", "1%")
     assert done["result"]["deferred_packs"] == 0, done
@@ -631,7 +629,7 @@ def random_kills(
     stats = KillStats()
     src.add(mib[0] * MiB)
     doc, backup_time = _timed(repo, "backup", src.root)
-    known: dict[str, Manifest] = {doc["snapshot_id"]: src.manifest()}
+    known: dict[str, Manifest] = {doc["id"]: src.manifest()}
     prune_time = backup_time
     i = -1
     while stats.killed < kills and stats.attempts < 3 * kills:
@@ -680,7 +678,7 @@ def random_kills(
         # Whatever the dead run had indexed is reused; nothing is sent twice
         # beyond what it had uploaded but not yet indexed.
         assert doc["summary"]["data_added"] <= new_bytes + 2 * MiB
-        known[doc["snapshot_id"]] = expected
+        known[doc["id"]] = expected
         now = [(sid, src.root, m) for sid, m in known.items()]
         stats.files_compared += verify_in_process(repo, now)
         stats.files_read_independently += verify_independently(repo, now)

@@ -30,7 +30,7 @@ def _flip_last_byte(path: Path) -> None:
 def _snapshot_ids(repo: Path, *extra: str) -> list[str]:
     r = run_cas("-r", repo, "--json", *extra, "snapshots")
     assert r.code in (0, 3), r.err
-    return [d["id"] for d in r.json()]
+    return [d["id"] for d in r.json()["snapshots"]]
 
 
 @pytest.fixture(params=["empty-cache", "no-cache"])
@@ -61,7 +61,7 @@ def test_listings_show_the_others_and_warn(damaged: tuple[Path, Path, list[str],
     _, repo, ids, flags = damaged
     r = _cas(repo, flags, "--json", "snapshots")
     assert r.code == 3, r.err
-    assert [d["id"] for d in r.json()] == ids[:2]
+    assert [d["id"] for d in r.json()["snapshots"]] == ids[:2]
     assert f"snapshot {ids[2][:8]} skipped" in r.err
     assert f"cas forget {ids[2][:8]}" in r.err
     assert "Traceback" not in r.err
@@ -152,12 +152,12 @@ def test_a_damaged_key_file_leaves_the_others_usable(tmp_path: Path) -> None:
     other.write_text("second password\n")
     assert run_cas("-r", repo, "init").code == 0
     assert run_cas("-r", repo, "key", "add", "--new-password-file", other).code == 0
-    keys = run_cas("-r", repo, "--json", "key", "list").json()
+    keys = run_cas("-r", repo, "--json", "key", "list").json()["keys"]
     damaged = next(k["id"] for k in keys if not k["current"])
     _flip_last_byte(repo / "keys" / damaged)
     r = run_cas("-r", repo, "--no-cache", "--json", "key", "list")  # a warm cache has it whole
     assert r.code == 3, r.err
-    assert [k["id"] for k in r.json()] == [k["id"] for k in keys if k["current"]]
+    assert [k["id"] for k in r.json()["keys"]] == [k["id"] for k in keys if k["current"]]
     assert f"key file {damaged[:8]} skipped" in r.err and "cas key remove" in r.err
     assert run_cas("-r", repo, "--no-cache", "snapshots").code == 0  # the good key opens it
     assert run_cas("-r", repo, "--no-cache", "key", "remove", damaged[:8]).code == 0
@@ -182,7 +182,7 @@ def test_repair_snapshots_removes_a_damaged_snapshot_file(
     assert not (repo / "snapshots" / ids[2]).exists()
     assert sorted(p.name for p in (repo / "data").rglob("*") if p.is_file()) == packs_before
     r = _cas(repo, flags, "--json", "snapshots")
-    assert r.code == 0 and [d["id"] for d in r.json()] == ids[:2], r.err
+    assert r.code == 0 and [d["id"] for d in r.json()["snapshots"]] == ids[:2], r.err
 
 
 def test_repair_snapshots_dry_run_writes_nothing(tmp_path: Path) -> None:
@@ -242,7 +242,7 @@ def test_repair_packs_then_a_backup_heals_a_damaged_data_pack(tmp_path: Path) ->
     assert run_cas("-r", repo, "--no-cache", "backup", src).code == 0  # stores the lost chunk again
     check = run_cas("-r", repo, "--no-cache", "check", "--read-data")
     assert check.code == 0, check.out + check.err
-    for sid in [d["id"] for d in run_cas("-r", repo, "--json", "snapshots").json()]:
+    for sid in [d["id"] for d in run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]]:
         target = tmp_path / f"out-{sid[:8]}"
         assert run_cas("-r", repo, "--no-cache", "restore", sid, "--target", target).code == 0
         for i in range(4):
@@ -303,7 +303,7 @@ def _two_snapshots(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _restores_exactly(repo: Path, src: Path, tmp_path: Path) -> None:
-    for d in run_cas("-r", repo, "--no-cache", "--json", "snapshots").json():
+    for d in run_cas("-r", repo, "--no-cache", "--json", "snapshots").json()["snapshots"]:
         target = tmp_path / f"check-{d['id'][:8]}"
         assert run_cas("-r", repo, "--no-cache", "restore", d["id"], "--target", target).code == 0
         restored = target / src.relative_to("/")

@@ -424,7 +424,7 @@ def test_reader_rebuilds_a_cli_backup_and_refuses_a_flipped_byte(tmp_path: Path)
     assert run_cas("-r", repo, "init", "--chunk-min", "4096", "--chunk-avg", "16384").code == 0
     done = run_cas("-r", repo, "--json", "backup", src)
     assert done.code == 0, done.err
-    sid = done.json()["snapshot_id"]
+    sid = done.json()["id"]
 
     view = read_local(repo)
     assert list(view.snapshots) == [sid]

@@ -203,7 +203,7 @@ def test_forget_keep_last_prune_returns_space_via_cli(tmp_path: Path) -> None:
         _tree(src, seed)
         assert run_cas("-r", repo, "backup", src).code == 0
     before = sum(p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file())
-    snaps = run_cas("-r", repo, "--json", "snapshots").json()
+    snaps = run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]
     for s in snaps[:-1]:
         (repo / "snapshots" / s["id"]).unlink()  # what `forget --keep-last 1` does
     result = run_cas("-r", repo, "--json", "prune")
@@ -243,7 +243,7 @@ def test_backup_and_prune_in_parallel_processes(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
         )
         time.sleep(0.05 * round_)
-        snaps = run_cas("-r", repo, "--json", "snapshots").json()
+        snaps = run_cas("-r", repo, "--json", "snapshots").json()["snapshots"]
         for s in snaps[:-1]:
             (repo / "snapshots" / s["id"]).unlink(missing_ok=True)
         pruned = run_cas("-r", repo, "prune")

@@ -236,8 +236,8 @@ def test_backup_restore_check_round_trip(
 
     # Read by code written from the spec alone, straight from the bucket.
     view = read_s3(s3_any.endpoint, s3_any.bucket, s3_any.prefix)
-    assert list(view.snapshots) == [doc["snapshot_id"]] and not view.unindexed_packs
-    assert_snapshot_is(view, doc["snapshot_id"], dataset)
+    assert list(view.snapshots) == [doc["id"]] and not view.unindexed_packs
+    assert_snapshot_is(view, doc["id"], dataset)
 
 
 def _blobs(count: int, seed: int = 5) -> list[bytes]:

@@ -334,7 +334,7 @@ def test_key_list_shows_hostile_key_file_members_escaped(tmp_path: Path) -> None
     assert "\x1b" not in r.out and "\x07" not in r.out
     assert "evil\\nfake line\\x1b[2J" in lines[1]
     js = run_cas("-r", repo, "--json", "key", "list", password=SECRET, env=env)
-    assert json.loads(js.out)[0]["hostname"] == doc["hostname"]  # JSON escapes by itself
+    assert json.loads(js.out)["keys"][0]["hostname"] == doc["hostname"]  # JSON escapes by itself
 
 
 REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) ([^ "]*) HTTP/1\.[01]')

@@ -151,7 +151,7 @@ def test_nesting_beyond_the_open_file_limit_is_one_clear_line(
     src = tmp_path / "src"
     src.mkdir()
     build_deep_tree(src, 600)
-    whole = cas_json("-r", cli_repo, "--json", "backup", src)["snapshot_id"]
+    whole = cas_json("-r", cli_repo, "--json", "backup", src)["id"]
 
     # 300 descriptors: cas keeps 128 for itself, so about 170 levels fit.
     limited = run_cas("-r", cli_repo, "--json", "backup", src, nofile=300)
@@ -159,7 +159,7 @@ def test_nesting_beyond_the_open_file_limit_is_one_clear_line(
     line = one_line(limited.err)
     assert line.startswith("warning: ") and "Too many open files" in line
     assert "ulimit -n" in line and "saved empty" in line
-    assert limited.json()["snapshot_id"]
+    assert limited.json()["id"]
 
     out = tmp_path / "out"
     cut = run_cas("-r", cli_repo, "--json", "restore", whole, "--target", out, nofile=300)

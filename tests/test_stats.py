@@ -191,7 +191,7 @@ def test_cli_stats(tmp_path: Path) -> None:
     assert doc["repository"]["packs"] >= 1
     assert doc["repository"]["pack_bytes"] >= doc["stored_size"]
 
-    sid = first.json()["snapshot_id"]
+    sid = first.json()["id"]
     one = run_cas("-r", repo, "--json", "stats", sid[:10])
     assert one.code == 0, one.err
     d1 = one.json()

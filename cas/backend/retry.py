@@ -54,9 +54,12 @@ RetryListener = Callable[[str, int, float, TransientBackendError], None]
 class RetryBackend:
     """Retries transient failures of ``inner`` up to ``attempts`` tries per call.
 
-    ``sleep`` and ``random`` are injectable so that tests run without
-    waiting: ``random`` returns a float in [0, 1).  ``on_retry`` is called
-    before each sleep with (operation, attempt that failed, delay, error).
+    ``sleep``, ``random`` and ``clock`` are injectable so that tests run
+    without waiting: ``random`` returns a float in [0, 1).  ``on_retry`` is
+    called before each sleep with (operation, attempt that failed, delay,
+    error); ``operation`` is ``PUT``, ``GET``, ``HEAD``, ``LIST``, ``DELETE``
+    or another word, then the object's name.  Giving up, the error says after
+    how many attempts and how long (by ``clock``).
     With the defaults a call gives up after 8 attempts and at most about a
     minute of waiting (31 s on average).
     """
@@ -71,6 +74,7 @@ class RetryBackend:
         sleep: Callable[[float], None] = time.sleep,
         random: Callable[[], float] = random.random,
         on_retry: RetryListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -81,6 +85,7 @@ class RetryBackend:
         self._sleep = sleep
         self._random = random
         self._on_retry = on_retry
+        self._clock = clock
         self._lock = threading.Lock()
         self._retries = 0
 
@@ -93,6 +98,11 @@ class RetryBackend:
     def location(self) -> str:
         """The wrapped backend's location."""
         return self._inner.location
+
+    @property
+    def attempts(self) -> int:
+        """Attempts per call before giving up."""
+        return self._attempts
 
     @property
     def retries(self) -> int:
@@ -111,19 +121,19 @@ class RetryBackend:
 
     def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; a retry of a write that did land succeeds."""
-        self._call(f"write {name}", lambda: self._inner.write(name, data, cold=cold))
+        self._call(f"PUT {name}", lambda: self._inner.write(name, data, cold=cold))
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read (a range of) ``name``; a truncated body is read again."""
-        return self._call(f"read {name}", lambda: self._inner.read(name, offset, length))
+        return self._call(f"GET {name}", lambda: self._inner.read(name, offset, length))
 
     def stat(self, name: str) -> ObjectInfo:
         """The size of ``name``."""
-        return self._call(f"stat {name}", lambda: self._inner.stat(name))
+        return self._call(f"HEAD {name}", lambda: self._inner.stat(name))
 
     def delete(self, name: str) -> None:
         """Remove ``name``."""
-        self._call(f"delete {name}", lambda: self._inner.delete(name))
+        self._call(f"DELETE {name}", lambda: self._inner.delete(name))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """The objects under ``prefix``; a listing that fails part way is resumed.
@@ -137,6 +147,7 @@ class RetryBackend:
         seen: set[str] = set()
         resumable = isinstance(self._inner, ResumableList)
         failures = 0
+        started = self._clock()
         while True:
             progressed = False
             try:
@@ -155,12 +166,15 @@ class RetryBackend:
                     yield info
                 return
             except TransientBackendError as err:
-                failures = 1 if progressed else failures + 1
-                self._backoff(f"list {prefix or '/'}", failures, err)
+                if progressed:
+                    failures, started = 1, self._clock()
+                else:
+                    failures += 1
+                self._backoff(f"LIST {prefix or '/'}", failures, err, started)
 
     def list_leftovers(self) -> Iterator[UnfinishedUpload]:
         """The wrapped backend's unfinished uploads, listed again whole after a failure."""
-        found = self._call("list leftovers", lambda: list(list_leftovers(self._inner)))
+        found = self._call("LIST leftovers", lambda: list(list_leftovers(self._inner)))
         return iter(found)
 
     def abort_leftover(self, upload: UnfinishedUpload) -> None:
@@ -175,18 +189,26 @@ class RetryBackend:
 
     def _call(self, operation: str, call: Callable[[], T]) -> T:
         attempt = 1
+        started = self._clock()
         while True:
             try:
                 return call()
             except TransientBackendError as err:
-                self._backoff(operation, attempt, err)
+                self._backoff(operation, attempt, err, started)
                 attempt += 1
 
-    def _backoff(self, operation: str, attempt: int, err: TransientBackendError) -> None:
-        """Sleep before the next attempt, or raise if ``attempt`` was the last one."""
+    def _backoff(
+        self, operation: str, attempt: int, err: TransientBackendError, started: float
+    ) -> None:
+        """Sleep before the next attempt, or raise if ``attempt`` was the last one (saying
+        how long the attempts took since ``started``: a user waited that long)."""
         if attempt >= self._attempts:
             detail = err.fields.get("detail") or str(err)
-            raise TransientBackendError(f"{detail} (gave up after {attempt} attempts)") from err
+            took = self._clock() - started
+            raise TransientBackendError(
+                f"{detail} (gave up after {attempt} attempts in {took:.1f} s)",
+                reason=err.fields.get("reason"),
+            ) from err
         delay = self.delay(attempt)
         with self._lock:
             self._retries += 1

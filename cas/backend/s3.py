@@ -522,7 +522,8 @@ class S3Backend:
             status = _status(err)
             if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
                 return TransientBackendError(
-                    f"S3 {operation} {where} failed: {_one_line(detail)} (HTTP {status})"
+                    f"S3 {operation} {where} failed: {_one_line(detail)} (HTTP {status})",
+                    reason=f"{status} {code}",
                 )
             if code == "InvalidObjectState":
                 detail = (

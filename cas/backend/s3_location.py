@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from cas.backend.base import Backend
 from cas.backend.registry import BackendFactory
-from cas.errors import BackendError, UsageError
+from cas.errors import BackendError, TransientBackendError, UsageError
 
 CHECKSUMS_ENV = "CAS_S3_CHECKSUMS"
 STORAGE_CLASS_ENV = "CAS_S3_STORAGE_CLASS"
@@ -35,7 +36,9 @@ class S3Options:
     storage class of data packs, e.g. STANDARD_IA or GLACIER_IR;
     ``prices_file``: the price table (else the user's config, see
     :func:`cas.backend.accounting.load_prices`); ``retry``: retry transient
-    failures (tests turn it off).
+    failures (tests turn it off); ``on_retry``: told of each retry as it
+    happens (see :class:`~cas.backend.retry.RetryBackend`; not for helper
+    processes, which cannot call back).
     """
 
     endpoint: str | None = None
@@ -44,6 +47,7 @@ class S3Options:
     storage_class: str | None = None
     prices_file: str | None = None
     retry: bool = True
+    on_retry: Callable[[str, int, float, TransientBackendError], None] | None = None
 
 
 def open_s3(location: str, rest: str, options: S3Options) -> Backend:
@@ -70,7 +74,7 @@ def open_s3(location: str, rest: str, options: S3Options) -> Backend:
         meter=meter,
         storage_class=cold_class,
     )
-    inner: Backend = RetryBackend(s3) if options.retry else s3
+    inner: Backend = RetryBackend(s3, on_retry=options.on_retry) if options.retry else s3
     return AccountingBackend(inner, meter=meter, prices=prices, count_operations=False)
 
 

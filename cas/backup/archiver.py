@@ -51,6 +51,14 @@ class BackupOptions:
     exclude_larger_than: int | None = None
     force: bool = False
 
+    def excludes_path(self, path: bytes) -> bool:
+        """Whether --exclude or --iexclude matches ``path``."""
+        return self.excludes.matches(path) or self.iexcludes.matches(path)
+
+    def excludes_size(self, size: int) -> bool:
+        """Whether --exclude-larger-than leaves out a file of ``size`` bytes."""
+        return self.exclude_larger_than is not None and size > self.exclude_larger_than
+
 
 @dataclass
 class BackupSummary:
@@ -444,8 +452,7 @@ class Archiver:
     def _visit_file(
         self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
     ) -> None:
-        limit = self.opts.exclude_larger_than
-        if limit is not None and st.st_size > limit:
+        if self.opts.excludes_size(st.st_size):
             return
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
@@ -677,27 +684,10 @@ class Archiver:
     # -- selection ----------------------------------------------------------
 
     def _excluded(self, path: bytes) -> bool:
-        return self.opts.excludes.matches(path) or self.opts.iexcludes.matches(path)
+        return self.opts.excludes_path(path)
 
     def _skip_contents(self, dir_fd: int, names: list[bytes]) -> bool:
-        if not self.opts.exclude_if_present and not self.opts.exclude_caches:
-            return False
-        present = set(names)
-        for marker in self.opts.exclude_if_present:
-            if marker in present:
-                return True
-        if self.opts.exclude_caches and CACHEDIR_TAG in present:
-            try:
-                fd = os.open(CACHEDIR_TAG, _TAG_FLAGS, dir_fd=dir_fd)
-            except OSError:
-                return False
-            try:
-                return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
-            except OSError:
-                return False
-            finally:
-                os.close(fd)
-        return False
+        return skip_contents(self.opts, dir_fd, names)
 
     # -- files --------------------------------------------------------------
 
@@ -1001,3 +991,27 @@ def stdin_node(name: bytes, read: Callable[[int], bytes], archiver: Archiver) ->
     archiver.summary.bytes_read += size
     archiver.summary.bytes_total += size
     return node
+
+
+def skip_contents(opts: BackupOptions, dir_fd: int, names: list[bytes]) -> bool:
+    """Whether the directory open as ``dir_fd`` and holding ``names`` is kept empty:
+    it holds an --exclude-if-present marker, or (--exclude-caches) a CACHEDIR.TAG
+    that starts with the signature."""
+    if not opts.exclude_if_present and not opts.exclude_caches:
+        return False
+    present = set(names)
+    for marker in opts.exclude_if_present:
+        if marker in present:
+            return True
+    if opts.exclude_caches and CACHEDIR_TAG in present:
+        try:
+            fd = os.open(CACHEDIR_TAG, _TAG_FLAGS, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            return os.read(fd, len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    return False

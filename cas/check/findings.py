@@ -127,7 +127,7 @@ class Finding:
             "message": self.message,
             "next": self.next_step,
             "affected": [
-                {"snapshot": a.snapshot.hex(), "path": a.path.decode("utf-8", "backslashreplace")}
+                {"id": a.snapshot.hex(), "path": a.path.decode("utf-8", "backslashreplace")}
                 for a in self.affected
             ],
         }

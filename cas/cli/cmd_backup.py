@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import os
 import socket
 import sys
@@ -18,8 +17,18 @@ from cas import __version__
 from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
 from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
+from cas.backup.scanner import SourceScan
 from cas.chunking.worker import ChunkWorker
-from cas.cli.common import Globals, Output, fs_text, human_bytes, one_line, pass_globals
+from cas.cli.common import (
+    Globals,
+    Output,
+    clock_text,
+    completion,
+    fs_text,
+    human_bytes,
+    one_line,
+    pass_globals,
+)
 from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
@@ -36,16 +45,19 @@ def register(cli: click.Group) -> None:
 
 
 class _Progress(Reporter):
-    def __init__(self, out: Output, verbose: int = 0) -> None:
+    """The status line of a backup: files and bytes done (read, or found unchanged),
+    and with the totals of a finished scan the percentage and the time left."""
+
+    def __init__(self, out: Output, verbose: int = 0, scan: SourceScan | None = None) -> None:
         self.out = out
         self.verbose = verbose
+        self.scan = scan
         self.start = time.monotonic()
         self.bytes = 0
         self.files = 0
         self.current = b""
 
     def file_started(self, path: bytes, size: int) -> None:
-        self.files += 1
         self.current = path
         self._show()
 
@@ -58,10 +70,11 @@ class _Progress(Reporter):
 
     def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
         """-v: new and modified entries as they are decided; -vv: unchanged ones too."""
+        if kind == "file":
+            self.files += 1
         if self.verbose < (2 if action == "unchanged" else 1) or self.out.quiet:
             return
         if self.out.json:
-            self.out.clear_progress()
             event = {
                 "message_type": "verbose_status",
                 "action": action,
@@ -70,22 +83,47 @@ class _Progress(Reporter):
                 "data_size": size,
                 "data_added": added,
             }
-            click.echo(json.dumps(event, sort_keys=True))
+            self.out.message(event)
             return
         text = f"{action:<10}{one_line(fs_text(path))}"
         if kind == "file" and action != "unchanged":
             text += f" ({human_bytes(size)}, {human_bytes(added)} added)"
         self.out.line(text)
 
-    def _show(self) -> None:
-        if not self.out.progress_enabled:
+    def _show(self, force: bool = False) -> None:
+        if not (force or self.out.progress_due()):
             return
         elapsed = time.monotonic() - self.start
         rate = self.bytes / elapsed if elapsed > 0 else 0
+        scan = self.scan
+        if scan is not None and not scan.done and self.files > scan.files:
+            scan.stop()  # the backup overtook it: its totals would come too late
+        if scan is None or scan.stopped:
+            done = f"{self.files} files, {human_bytes(self.bytes)}"
+        elif not scan.done:  # totals so far, still growing
+            done = (
+                f"{self.files}/{scan.files}+ files, "
+                f"{human_bytes(self.bytes)}/{human_bytes(scan.bytes)}+"
+            )
+        else:
+            left = completion(self.bytes, scan.bytes, elapsed)
+            done = (
+                f"{left}  {self.files}/{scan.files} files, "
+                f"{human_bytes(self.bytes)}/{human_bytes(scan.bytes)}"
+            )
         self.out.progress(
-            f"[{int(elapsed) // 60}:{int(elapsed) % 60:02d}] {human_bytes(self.bytes)} "
-            f"{human_bytes(rate)}/s {self.files} files read  {fs_text(self.current)}"
+            f"[{clock_text(elapsed)}] {done}  {human_bytes(rate)}/s  {fs_text(self.current)}",
+            force=force,
         )
+
+    def finish(self) -> None:
+        """Show the end state (all done, with the totals if the scan finished), and
+        stop the scan if it still runs."""
+        if self.scan is not None:
+            self.scan.stop()
+        self.current = b""
+        if self.out.progress_enabled:
+            self._show(force=True)
 
 
 @click.command()
@@ -116,6 +154,12 @@ class _Progress(Reporter):
     help="Show each new and modified file and directory as it is decided; -vv: unchanged "
     "ones too (with --json: verbose_status lines before the summary).",
 )
+@click.option(
+    "--no-scan",
+    is_flag=True,
+    help="Do not count the source first (the status line then has no totals, "
+    "percentage or time left).",
+)
 @workers_option("read, chunk and store new and changed files")
 @pass_globals
 def backup(
@@ -131,9 +175,16 @@ def backup(
     compression: str,
     dry_run: bool,
     verbose: int,
+    no_scan: bool,
     workers: Workers,
 ) -> None:
-    """Back up PATHs into a new snapshot; only data the repository lacks is uploaded."""
+    """Back up PATHs into a new snapshot; only data the repository lacks is uploaded.
+
+    On a terminal (or with -v) a background scan counts the files and bytes to
+    back up first, so the status line shows totals, a percentage and the time
+    left; --no-scan skips it.
+    """
+    verbose = g.verbose = max(verbose, g.verbose)  # -v before or after the command name
     out = Output(g)
     level = compression_level(compression)
     if use_stdin == bool(paths):
@@ -145,6 +196,10 @@ def backup(
         if not os.path.lexists(p):
             raise UsageError(f"{fs_text(p)} does not exist")
     opts = excludes.backup_options(force=force)
+    scan = None
+    if out.shows_progress and not (no_scan or use_stdin):
+        scan = SourceScan(abs_paths, opts)  # started now: it counts while the repository opens
+        scan.start()
     repo = g.open()
     repo.compression_level = level
     hostname = host or socket.gethostname()
@@ -161,7 +216,7 @@ def backup(
         repo.load_index()
         parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
         writer = DryRunWriter(repo) if dry_run else repo
-        progress = _Progress(out, verbose)
+        progress = _Progress(out, verbose, scan)
         after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
         archiver = Archiver(
             writer, chunker, opts, progress, offload=helper, pool=pool, pool_after=after
@@ -173,6 +228,7 @@ def backup(
         else:
             try:
                 tree = archiver.backup(abs_paths, parent_tree)
+                progress.finish()
             except WorkerFailed:
                 # What the workers stored goes into an index file: the next run reuses it.
                 with contextlib.suppress(Exception):
@@ -201,7 +257,7 @@ def backup(
             summary["data_added_stored"] = stats.stored_bytes
             summary["packs_written"] = stats.packs
     doc: dict[str, Any] = {
-        "snapshot_id": None if dry_run else snapshot_id.hex(),
+        "id": None if dry_run else snapshot_id.hex(),
         "dry_run": dry_run,
         "parent": parent_id.hex() if parent_id else None,
         "summary": summary,
@@ -215,8 +271,6 @@ def backup(
         )
     if isinstance(writer, DryRunWriter):
         doc["estimate"] = _estimate(repo, writer)
-    if verbose and g.json:
-        doc["message_type"] = "summary"  # the last of the JSON lines
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings:
         sys.exit(EXIT_WARNINGS)
@@ -319,8 +373,8 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     )
     if "estimate" in doc:
         _human_estimate(out, doc["estimate"])
-    if doc["snapshot_id"]:
-        out.line(f"snapshot {doc['snapshot_id'][:8]} saved")
+    if doc["id"]:
+        out.line(f"snapshot {doc['id'][:8]} saved")
     if doc["warnings"]:
         n = len(doc["warnings"])
         out.line(f"{n} warning{'s' if n != 1 else ''}: some entries were not saved (see above)")

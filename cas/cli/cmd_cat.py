@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from typing import Any
 
 import click
 
-from cas.cli.common import Globals, Output, pass_globals
+from cas.cli.common import Globals, Output, json_default, pass_globals
 from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError, UsageError
 from cas.format import keyfile as keyfmt
@@ -30,9 +31,17 @@ def register(cli: click.Group) -> None:
 def cat(g: Globals, kind: str, object_id: str | None) -> None:
     """Print one object: config, or key|index|pack|blob|tree|snapshot ID (unique prefix).
 
-    Blobs print their raw plaintext; everything else prints JSON with bytes as hex.
+    Blobs print their raw plaintext; everything else prints JSON on one line, bytes
+    as hex.  With --json a blob is a JSON object too (its plaintext as hex).
     """
     out = Output(g)
+
+    def _print(doc: dict[str, Any]) -> None:
+        if out.json:
+            out.emit({"kind": kind, "object": doc})
+        else:  # the object is the answer, whatever -q says
+            click.echo(json.dumps(doc, sort_keys=True, default=json_default))
+
     repo = g.open()
     if kind == "config":
         c = repo.config
@@ -90,9 +99,11 @@ def cat(g: Globals, kind: str, object_id: str | None) -> None:
             _print({"nodes": [n.to_doc() for n in nodes]})
         else:
             data = _load_any(repo, bid)
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
-    del out
+            if out.json:
+                _print({"id": bid, "length": len(data), "data_hex": data})
+            else:
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
 
 
 def _entry(e: Any) -> dict[str, Any]:
@@ -130,16 +141,3 @@ def _resolve(repo: Repository, directory: str, prefix: str) -> str:
     if len(names) != 1:
         raise CasError(f"{prefix!r} matches {len(names)} objects in {directory}/")
     return names[0]
-
-
-def _print(doc: Any) -> None:
-    import json
-
-    def default(o: Any) -> Any:
-        if isinstance(o, bytes):
-            return o.hex()
-        if isinstance(o, tuple):
-            return list(o)
-        raise TypeError(type(o).__name__)
-
-    click.echo(json.dumps(doc, indent=1, sort_keys=True, default=default))

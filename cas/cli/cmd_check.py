@@ -156,10 +156,7 @@ def _progress(out: Output) -> Progress:
     """The check's status line: its phase and how far it is."""
 
     def progress(what: str, done: int | None = None, total: int | None = None) -> None:
-        if out.progress_due():
-            out.progress(
-                f"check: {what} {done}/{total}" if total else f"check: {what} {done or ''}"
-            )
+        out.report(f"check: {what}", done, total)
 
     return progress
 
@@ -218,7 +215,7 @@ def _against(g: Globals, out: Output, against: bytes, ref: str | None) -> None:
         comparer = SourceComparer(repo, repo.file_digest)
         diffs = comparer.compare(snap, path)
     doc = {
-        "snapshot_id": sid.hex(),
+        "id": sid.hex(),
         "path": fs_text(path),
         "differences": [d.as_dict() for d in diffs],
         "summary": {"entries": comparer.entries, "differences": len(diffs)},
@@ -249,8 +246,7 @@ def _human_diffs(out: Output, doc: dict[str, Any], diffs: list[Difference]) -> N
     s = doc["summary"]
     verdict = "identical" if not diffs else f"{len(diffs)} differences"
     out.line(
-        f"compared {s['entries']} entries of snapshot {doc['snapshot_id'][:8]} with "
-        f"{doc['path']}: {verdict}"
+        f"compared {s['entries']} entries of snapshot {doc['id'][:8]} with {doc['path']}: {verdict}"
     )
 
 

@@ -59,10 +59,11 @@ def copy(
         g.helper_requests.append(pool.requests)
         for message in pool.lost:
             out.warn(message)
+    doc["snapshots_copied"] = [{"id": a, "new_id": b} for a, b in result.snapshots_copied]
 
     def human() -> None:
-        for line in result.snapshots_copied:
-            out.line(f"copied {line}")
+        for old, new in result.snapshots_copied:
+            out.line(f"copied {old} -> {new}")
         out.line(
             f"{len(result.snapshots_copied)} snapshots copied, "
             f"{len(result.snapshots_skipped)} already there; "

@@ -9,7 +9,7 @@ import click
 from cas.browse.differ import METADATA, Change, Differ, DiffStats, Side
 from cas.browse.nav import lookup
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
-from cas.cli.nodeview import json_line, json_path, path_text, split_ref
+from cas.cli.nodeview import json_path, path_text, split_ref
 from cas.errors import CasError
 
 
@@ -30,7 +30,7 @@ def diff(g: Globals, first: str, second: str, metadata: bool) -> None:
 
     File data is not read: contents are compared by their blob IDs, and
     directories with the same tree ID are skipped.  With --json every line is
-    one JSON object: one per change, then the statistics.
+    one JSON object: one per change, then the summary (the statistics).
     """
     out = Output(g)
     (ref1, path1), (ref2, path2) = split_ref(first), split_ref(second)
@@ -49,28 +49,21 @@ def diff(g: Globals, first: str, second: str, metadata: bool) -> None:
         for change in differ.changes(old, new):
             if change.kind == METADATA and not metadata:
                 continue
-            _show(g, change)
+            _show(out, change)
     doc = _stats_doc(differ.stats)
     doc.update(source_snapshot=sid1.hex(), target_snapshot=sid2.hex())
-    if g.json:
-        requests = g.requests()
-        if requests:
-            doc["requests"] = requests
-        g.warn_damaged(out)
-        json_line(doc)
-    else:
-        out.emit(doc, lambda: _human(out, differ.stats), answer=True)
+    out.emit(doc, lambda: _human(out, differ.stats), answer=True)
 
 
-def _show(g: Globals, c: Change) -> None:
-    if g.json:
+def _show(out: Output, c: Change) -> None:
+    if out.json:
         doc: dict[str, Any] = {"message_type": "change", "modifier": c.kind}
         doc.update(json_path(c.path))
         if c.fields:
             doc["fields"] = list(c.fields)
         if c.old is not None and c.new is not None and c.old.type != c.new.type:
             doc["types"] = [c.old.type, c.new.type]
-        json_line(doc)
+        out.message(doc)
     else:  # the changes are the answer: -q does not hide them
         click.echo(f"{c.kind}    {path_text(c.path)}{'/' if c.is_dir else ''}")
 
@@ -87,7 +80,6 @@ def _side(s: Side, n_bytes: int) -> dict[str, int]:
 
 def _stats_doc(s: DiffStats) -> dict[str, Any]:
     return {
-        "message_type": "statistics",
         "changed_files": s.modified,
         "type_changed": s.type_changed,
         "metadata_changed": s.metadata_changed,

@@ -96,7 +96,7 @@ def dump(
     for p, why in summary.skipped:
         click.echo(f"note: not in the archive: {path_text(p)} ({why})", err=True)
     doc: dict[str, Any] = {
-        "snapshot_id": sid.hex(),
+        "id": sid.hex(),
         **json_path(where),
         "format": "file" if as_file else (archive or "tar"),
         "members": summary.members,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +9,7 @@ import click
 
 from cas.browse.finder import Finder, Match, Query, resolve_ids
 from cas.cli.common import Globals, Output, pass_globals
-from cas.cli.nodeview import iso_ns, json_line, long_line, node_doc, path_text
+from cas.cli.nodeview import local_time, long_line, node_doc, path_text, snapshot_doc
 from cas.cli.options import snapshot_filter_options
 from cas.crypto import BlobType
 from cas.errors import CasError, UsageError
@@ -58,7 +57,8 @@ def find(
 
     --blob, --tree and --pack ID (unique prefixes) trace stored objects, such as
     the ones a `cas check` finding names, to the files and directories that use
-    them.  With --json every line is one JSON object: one per snapshot with matches.
+    them.  With --json every line is one JSON object: one per snapshot with matches,
+    then the summary.
     """
     out = Output(g)
     if not (patterns or blob_ids or tree_ids or pack_ids or newest or oldest):
@@ -89,10 +89,12 @@ def find(
                 continue
             groups += 1
             total += len(matches)
-            _show(g, sid, snap, matches, long_)
+            _show(out, sid, snap, matches, long_)
     g.warn_damaged(out)
-    if not g.json:
-        out.line(f"{total} entries in {groups} snapshots")
+    out.emit(
+        {"entries": total, "snapshots": groups},
+        lambda: out.line(f"{total} entries in {groups} snapshots"),
+    )
 
 
 def _snapshots(
@@ -152,28 +154,21 @@ def _time(text: str, option: str) -> int:
     return int(dt.timestamp() * 1_000_000_000)
 
 
-def _show(g: Globals, sid: bytes, snap: Snapshot, matches: list[Match], long_: bool) -> None:
-    if g.json:
+def _show(out: Output, sid: bytes, snap: Snapshot, matches: list[Match], long_: bool) -> None:
+    if out.json:
         docs: list[dict[str, Any]] = []
         for m in matches:
             doc = node_doc(m.entry)
             if m.ids:
                 doc["ids"] = [i.hex() for i in m.ids]
             docs.append(doc)
-        json_line(
-            {
-                "message_type": "snapshot_matches",
-                "snapshot": sid.hex(),
-                "short_id": sid.hex()[:8],
-                "time": iso_ns(snap.time_ns),
-                "hostname": snap.hostname,
-                "paths": [p.decode("utf-8", "backslashreplace") for p in snap.paths],
-                "hits": len(matches),
-                "matches": docs,
-            }
+        out.message(
+            snapshot_doc(
+                sid, snap, message_type="snapshot_matches", hits=len(matches), matches=docs
+            )
         )
         return
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.time_ns / 1e9))
+    when = local_time(snap.time_ns)
     click.echo(f"Found matching entries in snapshot {sid.hex()[:8]} from {when}")
     for m in matches:
         line = long_line(m.entry) if long_ else path_text(m.entry.path)

@@ -8,14 +8,14 @@ write snapshots and so defers deleting packs it marked while forget runs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from cas.cli.cmd_prune import parse_fraction, run_prune
+from cas.cli.cmd_prune import parse_fraction, prune_lines, run_prune
 from cas.cli.common import Globals, Output, fs_text, pass_globals
+from cas.cli.nodeview import local_time, snapshot_doc
 from cas.cli.options import snapshot_filter_options
 from cas.errors import FormatError, IntegrityError, UnsupportedVersion, UsageError
 from cas.format.snapshot import Snapshot
@@ -165,10 +165,15 @@ def forget(
         "damaged": [sid.hex() for sid in damaged],
     }
     # A dry run exists to show the plan: -q does not hide it.
-    out.emit(doc, lambda: _human(out, doc), answer=dry_run)
+    if not prune or not g.json:  # people see what was forgotten before prune starts
+        out.emit(doc, lambda: _human(out, doc), answer=dry_run)
     if prune:
         # After the forget lock is released: prune takes its own.
-        run_prune(g, out, repo, unused, dry_run)
+        pruned = run_prune(g, out, repo, unused, dry_run)
+        if g.json:  # one summary for the whole command
+            out.emit({**doc, "prune": pruned})
+        else:
+            out.emit(pruned, lambda: prune_lines(out, pruned))
 
 
 def _by_id(
@@ -195,15 +200,7 @@ def _by_id(
 
 
 def _snap_doc(d: Decision, snap: Snapshot) -> dict[str, Any]:
-    return {
-        "id": d.ref.id.hex(),
-        "time": snap.time_ns / 1e9,
-        "time_iso": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.time_ns / 1e9)),
-        "hostname": snap.hostname,
-        "paths": [fs_text(p) for p in snap.paths],
-        "tags": sorted(snap.tags),
-        "reasons": list(d.reasons),
-    }
+    return snapshot_doc(d.ref.id, snap, reasons=list(d.reasons))
 
 
 def _group_doc(plan: GroupPlan, snaps: dict[bytes, Snapshot]) -> dict[str, Any]:
@@ -239,7 +236,7 @@ def _table(out: Output, rows: list[dict[str, Any]], with_reasons: bool) -> None:
     out.line(header if with_reasons else header.removesuffix("reasons").rstrip())
     for r in rows:
         tags = ",".join(r["tags"])[:16]
-        line = f"  {r['id'][:8]}  {r['time_iso']}  {r['hostname'][:12]:12}  {tags:16}"
+        line = f"  {r['id'][:8]}  {local_time(r['time_ns'])}  {r['hostname'][:12]:12}  {tags:16}"
         if with_reasons:
             line += "  " + ", ".join(r["reasons"])
         out.line(line.rstrip())

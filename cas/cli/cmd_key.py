@@ -54,7 +54,7 @@ def key_list(g: Globals) -> None:
             who = f"{one_line(d['username'])}@{one_line(d['hostname'])}"
             out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {who}")
 
-    out.emit(docs, human, answer=True)
+    out.emit({"keys": docs}, human, answer=True)
 
 
 @key.command("add")
@@ -84,7 +84,7 @@ def key_remove(g: Globals, key_id: str) -> None:
         raise UsageError(f"{key_id!r} matches {len(matches)} key files; give a unique prefix")
     repo.remove_key(matches[0])
     out.emit(
-        {"removed": matches[0].hex()},
+        {"id": matches[0].hex()},
         lambda: out.line(f"removed key {matches[0].hex()[:8]}"),
     )
 

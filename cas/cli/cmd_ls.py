@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import chain
+
 import click
 
 from cas.browse.nav import Entry, lookup, walk
 from cas.cli.common import Globals, Output, pass_globals
 from cas.cli.nodeview import (
     inside,
-    json_line,
     long_line,
     node_doc,
     path_text,
@@ -48,7 +49,8 @@ def ls(
 
     Names that are not UTF-8 show their bytes as \\xNN and control characters
     (a newline in a name) as escapes, so every entry is one line.  With --json
-    every line is one JSON object: the snapshot first, then one per entry.
+    every line is one JSON object: the snapshot first, then one per entry, then
+    the summary.
     """
     out = Output(g)
     ref, base = split_ref(snapshot)
@@ -61,18 +63,19 @@ def ls(
             g.degraded = True
             out.warn(f"cannot list {path_text(path)}: {error}")
 
-        if g.json:
-            json_line(snapshot_doc(sid, snap))
+        out.message(snapshot_doc(sid, snap, message_type="snapshot", struct_type="snapshot"))
+        entries = 0
         for top in starts:
-            if top.node is not None:
-                _show(g, top, long_, human_readable)
-            for entry in walk(repo, top, recursive=recursive, on_error=on_error):
-                _show(g, entry, long_, human_readable)
+            first = [top] if top.node is not None else []
+            for entry in chain(first, walk(repo, top, recursive=recursive, on_error=on_error)):
+                entries += 1
+                _show(out, entry, long_, human_readable)
     g.warn_damaged(out)
+    out.emit({"id": sid.hex(), "entries": entries})
 
 
-def _show(g: Globals, entry: Entry, long_: bool, human: bool) -> None:
-    if g.json:
-        json_line(node_doc(entry))
+def _show(out: Output, entry: Entry, long_: bool, human: bool) -> None:
+    if out.json:
+        out.message(node_doc(entry))
     else:  # the listing is the answer: -q does not hide it
         click.echo(long_line(entry, human) if long_ else path_text(entry.path))

@@ -92,6 +92,9 @@ def mount(
             count = view.snapshot_count()
 
             def ready() -> None:
+                out.message(
+                    {"message_type": "mounted", "mountpoint": mountpoint, "snapshots": count}
+                )
                 quoted = shlex.quote(mountpoint)
                 out.line(
                     f"{count} snapshots mounted at {mountpoint}; "

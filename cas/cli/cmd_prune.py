@@ -50,7 +50,8 @@ def prune(g: Globals, max_unused: str, dry_run: bool, workers: Workers) -> None:
     """
     out = Output(g)
     repo = g.open()
-    run_prune(g, out, repo, parse_fraction(max_unused), dry_run, workers)
+    doc = run_prune(g, out, repo, parse_fraction(max_unused), dry_run, workers)
+    out.emit(doc, lambda: prune_lines(out, doc))
 
 
 def run_prune(
@@ -60,8 +61,9 @@ def run_prune(
     max_unused: float,
     dry_run: bool,
     workers: Workers | None = None,
-) -> None:
-    """Plan and (unless dry_run) execute; shared with ``forget --prune``."""
+) -> dict[str, Any]:
+    """Plan and (unless dry_run) execute; shared with ``forget --prune``.  Returns
+    what happened, for :func:`prune_lines` and the JSON summary."""
     with g.locked(repo, exclusive=False, command="prune") as lock:
         _refuse_concurrent_prune(repo, lock)
         plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.report)
@@ -78,7 +80,7 @@ def run_prune(
                 g.helper_requests.append(pool.requests)
                 for message in pool.lost:
                     out.warn(message)
-    out.emit(doc, lambda: _human(out, doc))
+    return doc
 
 
 # With the default worker count, helpers start only for this many packs to repack
@@ -108,7 +110,8 @@ def _refuse_concurrent_prune(repo: Repository, lock: RepoLock | None) -> None:
             raise LockedError(f"another prune is running on {e.info.hostname} (pid {e.info.pid})")
 
 
-def _human(out: Output, doc: dict[str, Any]) -> None:
+def prune_lines(out: Output, doc: dict[str, Any]) -> None:
+    """What prune did (or would do), for people."""
     p = doc["plan"]
     verb = "would" if doc["dry_run"] else "will"
     out.line(

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 from typing import Any
 
 import click
 
-from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.common import (
+    Globals,
+    Output,
+    clock_text,
+    completion,
+    fs_text,
+    human_bytes,
+    pass_globals,
+)
 from cas.cli.options import Workers, workers_option
-from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
+from cas.crypto import BlobType
+from cas.errors import EXIT_ERROR, EXIT_WARNINGS, CasError, UsageError
+from cas.format.snapshot import Snapshot
 from cas.fs.patterns import PatternSet
+from cas.manage.stats import StatsCollector
 from cas.repo import Repository
 from cas.restore.pool import AUTO_START_AFTER, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
@@ -23,10 +36,30 @@ def register(cli: click.Group) -> None:
     cli.add_command(restore)
 
 
+class _Totals:
+    """The bytes a restore of a tree will write: the snapshot's own count for a whole
+    snapshot, else measured from the trees in a background thread (None until known,
+    or when includes or excludes leave it unknown)."""
+
+    def __init__(self, repo: Repository, snap: Snapshot, tree: bytes, whole: bool) -> None:
+        self.bytes: int | None = None
+        if whole and isinstance(snap.summary.get("bytes_total"), int):
+            self.bytes = snap.summary["bytes_total"]
+            return
+        collector = StatsCollector(lambda t: repo.load_blob(BlobType.TREE, t), lambda _: None)
+
+        def measure() -> None:
+            with contextlib.suppress(CasError):
+                self.bytes = collector.add_snapshot(b"", tree).restore_size
+
+        threading.Thread(target=measure, name="cas-restore-size", daemon=True).start()
+
+
 class _Progress(RestoreReporter):
-    def __init__(self, out: Output, list_actions: bool) -> None:
+    def __init__(self, out: Output, list_actions: bool, totals: _Totals | None = None) -> None:
         self.out = out
         self.list_actions = list_actions
+        self.totals = totals
         self.start = time.monotonic()
         self.bytes = 0
 
@@ -36,12 +69,25 @@ class _Progress(RestoreReporter):
 
     def bytes_done(self, n: int) -> None:
         self.bytes += n
-        if not self.out.progress_due():
+        self._show()
+
+    def _show(self, force: bool = False) -> None:
+        if not (force or self.out.progress_due()):
             return
         elapsed = time.monotonic() - self.start
-        self.out.progress(
-            f"[{int(elapsed) // 60}:{int(elapsed) % 60:02d}] {human_bytes(self.bytes)} restored"
-        )
+        total = self.totals.bytes if self.totals is not None else None
+        done = f"{human_bytes(self.bytes)} restored"
+        if total:
+            done = (
+                f"{completion(self.bytes, total, elapsed)}  "
+                f"{human_bytes(self.bytes)}/{human_bytes(total)} restored"
+            )
+        self.out.progress(f"[{clock_text(elapsed)}] {done}", force=force)
+
+    def finish(self) -> None:
+        """Show the end state before the summary."""
+        if self.out.progress_enabled:
+            self._show(force=True)
 
     def warning(self, message: str) -> None:
         self.out.warn(message)
@@ -109,11 +155,15 @@ def restore(
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
         pool, after = _writers(g, repo, opts, workers)
+        totals = None
+        if out.shows_progress and not (include or exclude):
+            totals = _Totals(repo, snap, tree, whole=not sub.strip("/"))
+        progress = _Progress(out, dry_run, totals)
         restorer = Restorer(
             repo,
             repo.file_digest,
             opts,
-            _Progress(out, dry_run),
+            progress,
             connections=connections,
             writers=pool,
             writers_after=after,
@@ -121,11 +171,12 @@ def restore(
         started = time.time()
         try:
             summary = restorer.restore(tree, os.path.abspath(target), os.fsencode(sub.rstrip("/")))
+            progress.finish()
         finally:
             if pool is not None:
                 g.helper_requests.append(pool.requests())
     doc: dict[str, Any] = {
-        "snapshot_id": sid.hex(),
+        "id": sid.hex(),
         "target": fs_text(os.path.abspath(target)),
         "dry_run": dry_run,
         "summary": {**summary.as_dict(), "duration": round(time.time() - started, 3)},
@@ -164,7 +215,7 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     s = doc["summary"]
     verb = "would restore" if doc["dry_run"] else "restored"
     out.line(
-        f"{verb} snapshot {doc['snapshot_id'][:8]} to {doc['target']}: "
+        f"{verb} snapshot {doc['id'][:8]} to {doc['target']}: "
         f"{s['files_restored']} files ({human_bytes(s['bytes_written'])}), "
         f"{s['files_unchanged']} unchanged, {s['dirs']} dirs, {s['symlinks']} symlinks, "
         f"{s['special']} special, {s['hardlinks']} hardlinks in {s['duration']:.1f}s"

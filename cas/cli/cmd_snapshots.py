@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import click
 
-from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.cli.nodeview import local_time, snapshot_doc
 from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
 from cas.selection import SnapshotFilter
@@ -45,25 +45,10 @@ def snapshots(
     fields = _group_fields(group_by)
     out = Output(g)
     repo = g.open()
-    docs: list[dict[str, Any]] = []
-    for sid, s in repo.iter_snapshots():
-        if not selection.matches(s):
-            continue
-        docs.append(
-            {
-                "id": sid.hex(),
-                "time": s.time_ns / 1e9,
-                "time_iso": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.time_ns / 1e9)),
-                "hostname": s.hostname,
-                "username": s.username,
-                "tags": s.tags,
-                "paths": [fs_text(p) for p in s.paths],
-                "parent": s.parent.hex() if s.parent else None,
-                "program": s.program,
-                "summary": s.summary,
-            }
-        )
-    docs.sort(key=lambda d: d["time"])
+    docs: list[dict[str, Any]] = [
+        snapshot_doc(sid, s) for sid, s in repo.iter_snapshots() if selection.matches(s)
+    ]
+    docs.sort(key=lambda d: (d["time_ns"], d["id"]))
     groups = _grouped(docs, fields or ["hostname", "paths"])
     if latest is not None:
         groups = [(key, members[-latest:]) for key, members in groups]
@@ -76,14 +61,15 @@ def snapshots(
         else:
             out.line(f"{'ID':8}  {'time':19}  {'host':12}  {'size':>10}  paths")
         for d in members:
+            when = local_time(d["time_ns"])
             tags = ", ".join(d["tags"])
             if compact:
-                out.line(f"{d['id'][:8]}  {d['time_iso']}  {d['hostname'][:12]:12}  {tags}")
+                out.line(f"{d['id'][:8]}  {when}  {d['hostname'][:12]:12}  {tags}")
                 continue
             size = human_bytes(d["summary"].get("bytes_total", 0))
             shown = f"  [{tags}]" if tags else ""
             out.line(
-                f"{d['id'][:8]}  {d['time_iso']}  {d['hostname'][:12]:12}  {size:>10}  "
+                f"{d['id'][:8]}  {when}  {d['hostname'][:12]:12}  {size:>10}  "
                 f"{', '.join(d['paths'])}{shown}"
             )
 
@@ -96,10 +82,11 @@ def snapshots(
             out.line("")
         out.line(f"{len(docs)} snapshot{'' if len(docs) == 1 else 's'}")
 
+    doc: dict[str, Any] = {"count": len(docs)}
     if fields:
-        doc: Any = [{"group_key": key, "snapshots": members} for key, members in groups]
+        doc["groups"] = [{"group_key": key, "snapshots": members} for key, members in groups]
     else:
-        doc = docs
+        doc["snapshots"] = docs
     out.emit(doc, human, answer=True)
 
 

@@ -18,7 +18,15 @@ import click
 from cas import crypto
 from cas import repo as repo_pkg
 from cas.backend import Backend, S3Options, request_summary, split_location
-from cas.errors import CasError, EmptyPassword, NoPassword, UsageError
+from cas.backend.retry import DEFAULT_ATTEMPTS
+from cas.errors import (
+    CasError,
+    EmptyPassword,
+    LockedError,
+    NoPassword,
+    TransientBackendError,
+    UsageError,
+)
 from cas.ipc import usable_cores
 from cas.repo import RepoOptions, Repository
 from cas.repo.locks import RepoLock
@@ -58,6 +66,8 @@ class Globals:
     cache_dir: str | None = None
     s3_storage_class: str | None = None
     connections: int | None = None
+    verbose: int = 0
+    output: Output | None = None  # the command's, once it made one: where retries are told
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     backends: list[Backend] = field(default_factory=list)
     repos: list[Repository] = field(default_factory=list)
@@ -83,12 +93,15 @@ class Globals:
                         + fix.format(short=short)
                     )
 
-    def options(self) -> RepoOptions:
-        """How to reach and use repositories, from the global options."""
+    def options(self, *, here: bool = True) -> RepoOptions:
+        """How to reach and use repositories, from the global options; ``here``: for
+        this process (retries are told to the user as they happen), else for a
+        helper process."""
         s3 = S3Options(
             endpoint=self.s3_endpoint,
             path_style=self.s3_path_style,
             storage_class=self.s3_storage_class,
+            on_retry=self._retrying if here else None,
         )
         return RepoOptions(
             backend=(s3,),
@@ -104,7 +117,7 @@ class Globals:
         n = count if count is not None else usable_cores()
         if n < 1 or (count is None and n < 2):
             return None
-        spec = reader_spec(repo, repo.location, self.options().backend)
+        spec = reader_spec(repo, repo.location, self.options(here=False).backend)
         if spec is None:
             return None
         local = split_location(repo.location)[0] in ("", "file")
@@ -190,8 +203,20 @@ class Globals:
         if self.no_lock:
             yield None
             return
-        with repo.lock(exclusive=exclusive, command=command, wait=self.lock_wait) as lock:
+        with repo.lock(
+            exclusive=exclusive, command=command, wait=self.lock_wait, on_wait=self._lock_waiting
+        ) as lock:
             yield lock
+
+    def _retrying(
+        self, operation: str, failed: int, delay: float, error: TransientBackendError
+    ) -> None:
+        if self.output is not None:
+            self.output.retrying(operation, failed + 1, DEFAULT_ATTEMPTS, delay, error)
+
+    def _lock_waiting(self, conflict: LockedError, waited: float) -> None:
+        if self.output is not None:
+            self.output.lock_waiting(conflict, waited, self.lock_wait)
 
 
 def _trimmed(data: bytes) -> bytes:
@@ -262,22 +287,39 @@ def kdf_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+PROGRESS_EVERY = 0.1  # seconds between redraws of the status line on a terminal
+PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines off a terminal (-v)
+
+
 class Output:
-    """Human lines on stdout, or one JSON document; progress on stderr when it is a terminal."""
+    """Human lines on stdout, or JSON lines ending with the summary; progress on stderr:
+    a status line redrawn on a terminal, or with -v off a terminal a line every ten
+    seconds (never with --json or -q)."""
 
     def __init__(self, g: Globals) -> None:
         self.g = g
         self.json = g.json
         self.quiet = g.quiet
-        self.progress_enabled = not g.json and not g.quiet and sys.stderr.isatty()
-        self._last_progress = 0.0
+        shown = not g.json and not g.quiet
+        self.progress_enabled = shown and sys.stderr.isatty()
+        self.progress_lines = shown and not self.progress_enabled and g.verbose > 0
+        g.output = self
+        # Off a terminal the first line comes after PROGRESS_LINE_EVERY: short runs print none.
+        self._last_progress = time.monotonic() if self.progress_lines else 0.0
+        self._phase = ""  # what report() was last told, and since when
+        self._phase_started = 0.0
         self._answering = False  # lines of a listing's answer: -q does not hide them
         self.warnings: list[str] = []
 
     def emit(
-        self, doc: Any, human: Callable[[], None] | None = None, *, answer: bool = False
+        self,
+        doc: dict[str, Any],
+        human: Callable[[], None] | None = None,
+        *,
+        answer: bool = False,
     ) -> None:
-        """Print ``doc`` as JSON, or call ``human`` to print it for people.
+        """Print ``doc`` as the JSON summary line (``message_type: "summary"``, the
+        last line of every ``--json`` output), or call ``human`` to print it for people.
 
         ``answer``: ``human`` prints what the command exists to print (a listing):
         ``-q`` silences progress and chatter, never that.  Object documents get a
@@ -287,7 +329,7 @@ class Output:
         self.clear_progress()
         self.g.warn_damaged(self)
         requests = self.g.requests()
-        if isinstance(doc, dict) and requests is not None:
+        if requests is not None:
             doc.setdefault("requests", requests)
         if (
             human is not None
@@ -301,13 +343,19 @@ class Output:
                 self.line(_describe_requests(requests))
 
         if self.json:
-            click.echo(json.dumps(doc, indent=None, sort_keys=True, default=_json_default))
+            self.message({"message_type": "summary", **doc})
         elif human is not None and (answer or not self.quiet):
             self._answering = answer
             try:
                 human()
             finally:
                 self._answering = False
+
+    def message(self, doc: dict[str, Any]) -> None:
+        """One JSON object on one line of stdout (with --json only): the lines a
+        command streams before its summary, each saying its ``message_type``."""
+        if self.json:
+            click.echo(json.dumps(doc, sort_keys=True, default=json_default))
 
     def line(self, text: str) -> None:
         """A human line (suppressed by --json, and by --quiet unless it is an answer)."""
@@ -321,34 +369,129 @@ class Output:
         self.clear_progress()
         click.echo(f"warning: {text}", err=True)
 
+    def retrying(
+        self,
+        operation: str,
+        attempt: int,
+        attempts: int,
+        delay: float,
+        error: TransientBackendError,
+    ) -> None:
+        """A storage request failed for a reason that may pass and is sent again after
+        ``delay`` seconds: told on a terminal and with -v (with --json: -v only, as a
+        ``retry`` line), so a slow store is seen as slow, not as hung."""
+        why = _reason(error)
+        if self.json:
+            if self.g.verbose:
+                self.message(
+                    {
+                        "message_type": "retry",
+                        "operation": operation,
+                        "attempt": attempt,
+                        "attempts": attempts,
+                        "delay": round(delay, 3),
+                        "error": why,
+                    }
+                )
+        elif self.progress_enabled or (self.g.verbose and not self.quiet):
+            self.note(
+                f"retrying {operation} in {delay:.1f} s: {why} (attempt {attempt} of {attempts})"
+            )
+
+    def lock_waiting(self, conflict: LockedError, waited: float, wait: float) -> None:
+        """Waiting for a lock (--retry-lock): told like retries."""
+        holder = conflict.fields.get("detail") or str(conflict)
+        if self.json:
+            if self.g.verbose:
+                self.message(
+                    {
+                        "message_type": "lock_wait",
+                        "holder": holder,
+                        "waited": round(waited, 3),
+                        "wait": wait,
+                    }
+                )
+        elif self.progress_enabled or (self.g.verbose and not self.quiet):
+            self.note(f"waiting for a lock ({waited:.0f} of {wait:.0f} s): {holder}")
+
+    def note(self, text: str) -> None:
+        """A line on stderr about what is happening (not a warning; the status line
+        is redrawn below it)."""
+        self.clear_progress()
+        click.echo(text, err=True)
+
+    @property
+    def shows_progress(self) -> bool:
+        """Whether progress is shown at all (worth measuring totals for)."""
+        return self.progress_enabled or self.progress_lines
+
     def progress_due(self) -> bool:
         """Whether ``progress`` would draw now: callers skip formatting a line otherwise."""
-        return self.progress_enabled and time.monotonic() - self._last_progress >= 0.1
+        every = PROGRESS_EVERY if self.progress_enabled else PROGRESS_LINE_EVERY
+        return self.shows_progress and time.monotonic() - self._last_progress >= every
 
     def progress(self, text: str, force: bool = False) -> None:
-        """Overwrite the status line at most ten times a second."""
-        if not self.progress_enabled:
+        """Overwrite the status line at most ten times a second (``force``: now), or
+        off a terminal with -v print it as a line every ten seconds."""
+        if not (force and self.progress_enabled) and not self.progress_due():
             return
-        now = time.monotonic()
-        if force or now - self._last_progress >= 0.1:
-            self._last_progress = now
+        self._last_progress = time.monotonic()
+        if self.progress_enabled:
             width = max(20, _term_width() - 1)
             click.echo("\r\x1b[K" + text[:width], nl=False, err=True)
+        else:
+            click.echo(text, err=True)
 
     def report(self, what: str, done: int | None = None, total: int | None = None) -> None:
-        """A :class:`cas.progress.Progress` drawn as the status line."""
+        """A :class:`cas.progress.Progress` drawn as the status line: ``done`` of
+        ``total`` with the percentage and the time left at the pace of this phase."""
+        now = time.monotonic()
+        if what != self._phase:
+            self._phase, self._phase_started = what, now
         if not self.progress_due():
             return
         if done is None:
             self.progress(what)
+        elif not total:
+            self.progress(f"{what} {done}")
         else:
-            self.progress(f"{what} {done}/{total}" if total else f"{what} {done}")
+            left = completion(done, total, now - self._phase_started)
+            self.progress(f"{what} {done}/{total} {left}")
 
     def clear_progress(self) -> None:
         """Erase the status line before normal output."""
         if self.progress_enabled and self._last_progress:
             click.echo("\r\x1b[K", nl=False, err=True)
             self._last_progress = 0.0
+
+
+def clock_text(seconds: float) -> str:
+    """``1:02:03`` or ``2:03``: a duration for a status line."""
+    whole = max(0, int(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def completion(done: float, total: float, elapsed: float) -> str:
+    """``45.2% ETA 0:15``: how far ``done`` is of ``total`` and the time left at the
+    pace so far (``ETA --:--`` until something is done)."""
+    share = min(1.0, done / total) if total > 0 else 0.0
+    if done <= 0 or elapsed <= 0:
+        return f"{100 * share:.1f}% ETA --:--"
+    left = elapsed * max(0.0, total - done) / done
+    return f"{100 * share:.1f}% ETA {clock_text(left)}"
+
+
+def _reason(error: TransientBackendError) -> str:
+    """Why a request failed, short: ``503 SlowDown`` where the store said so, else
+    the error's own text after "failed:" (it names the request, which the caller
+    already shows)."""
+    reason = error.fields.get("reason")
+    if reason:
+        return str(reason)
+    detail = str(error.fields.get("detail") or error)
+    return detail.split(" failed: ", 1)[-1]
 
 
 def _describe_requests(r: dict[str, Any]) -> str:
@@ -369,7 +512,8 @@ def _term_width() -> int:
         return 80
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps``'s fallback: bytes as hex (IDs, raw names)."""
     if isinstance(o, bytes):
         return o.hex()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -3,13 +3,10 @@ one JSON object each for programs (restic's node objects, with raw names kept)."
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import time
 from typing import Any
-
-import click
 
 from cas.browse.nav import Entry
 from cas.cli.common import human_bytes
@@ -64,7 +61,7 @@ def st_mode(node: Node) -> int:
 
 
 def iso_ns(ns: int) -> str:
-    """UTC time with nanoseconds, RFC 3339."""
+    """UTC time with nanoseconds, RFC 3339 (``2026-12-06T16:40:00.123456789Z``)."""
     sec, frac = divmod(ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
@@ -120,6 +117,8 @@ def node_doc(entry: Entry) -> dict[str, Any]:
         atime=iso_ns(node.atime_ns),
         ctime=iso_ns(node.ctime_ns),
         mtime_ns=node.mtime_ns,
+        atime_ns=node.atime_ns,
+        ctime_ns=node.ctime_ns,
     )
     if node.subtree is not None:
         doc["subtree"] = node.subtree.hex()  # what find --tree looks for
@@ -134,22 +133,28 @@ def node_doc(entry: Entry) -> dict[str, Any]:
     return doc
 
 
-def snapshot_doc(sid: bytes, snap: Snapshot) -> dict[str, Any]:
-    """The first object of ``ls --json``: the snapshot listed."""
-    return {
-        "message_type": "snapshot",
-        "struct_type": "snapshot",
+def snapshot_doc(sid: bytes, snap: Snapshot, **extra: Any) -> dict[str, Any]:
+    """A snapshot in JSON, the same in every command (``snapshots``, the first line of
+    ``ls``, ``find``'s groups, ``forget``'s plan): ``id``, RFC 3339 UTC ``time`` with
+    its integer ``time_ns``, and ``extra`` (``message_type``, ``reasons`` ...)."""
+    doc: dict[str, Any] = {
         "id": sid.hex(),
         "short_id": sid.hex()[:8],
         "time": iso_ns(snap.time_ns),
+        "time_ns": snap.time_ns,
         "tree": snap.tree.hex(),
         "paths": [p.decode("utf-8", "backslashreplace") for p in snap.paths],
         "hostname": snap.hostname,
         "username": snap.username,
         "tags": list(snap.tags),
+        "parent": snap.parent.hex() if snap.parent else None,
+        "program": snap.program,
+        "summary": snap.summary,
     }
+    doc.update(extra)
+    return doc
 
 
-def json_line(doc: dict[str, Any]) -> None:
-    """One JSON object on one line of stdout."""
-    click.echo(json.dumps(doc, sort_keys=True, ensure_ascii=True))
+def local_time(ns: int) -> str:
+    """``2026-12-06 16:40:00`` in local time, for people."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 1_000_000_000))

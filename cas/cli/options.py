@@ -87,6 +87,16 @@ _GLOBAL_SPECS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
         "quiet",
     ),
     (
+        ("-v", "--verbose"),
+        {
+            "count": True,
+            "envvar": "CAS_VERBOSE",
+            "help": "More output: storage retries and lock waits as they happen, also off "
+            "a terminal (with --json: retry and lock_wait lines); backup -v lists entries.",
+        },
+        "verbose",
+    ),
+    (
         ("--s3-endpoint",),
         {
             "envvar": ["CAS_S3_ENDPOINT", "AWS_ENDPOINT_URL"],
@@ -188,7 +198,10 @@ def accept_global_options(command: click.Command) -> None:
         g = click.get_current_context().find_object(Globals)
         for name, target in added.items():
             value = kwargs.pop(name)
-            if value is not None and value is not False and g is not None:
+            # A flag not given is False and a count (-v) not given the int 0: neither
+            # overrides what came before the command name.
+            not_given = value is None or value is False or (type(value) is int and value == 0)
+            if not not_given and g is not None:
                 setattr(g, target, value)
         return inner(*args, **kwargs)
 
@@ -201,6 +214,7 @@ def _globals(
     password_command: str | None,
     json_: bool,
     quiet: bool,
+    verbose: int,
     s3_endpoint: str | None,
     s3_path_style: bool,
     storage_class: str | None,
@@ -224,6 +238,7 @@ def _globals(
         cache_dir,
         s3_storage_class=storage_class,
         connections=connections,
+        verbose=verbose,
     )
 
 

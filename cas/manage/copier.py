@@ -43,7 +43,7 @@ class IncompatibleRepositories(CasError):
 class CopyResult:
     """What was copied."""
 
-    snapshots_copied: list[str] = field(default_factory=list)  # "src id -> dst id"
+    snapshots_copied: list[tuple[str, str]] = field(default_factory=list)  # (src id, dst id)
     snapshots_skipped: list[str] = field(default_factory=list)  # already in the target
     blobs_copied: int = 0
     bytes_copied: int = 0
@@ -80,12 +80,13 @@ def copy_snapshots(
         else sid
         for sid, s in dst.iter_snapshots()
     }
-    for sid in snapshot_ids:
+    ids = list(snapshot_ids)
+    for n, sid in enumerate(ids):
         if sid in present:
             result.snapshots_skipped.append(sid.hex())
             continue
         snap = src.load_snapshot(sid)
-        progress(f"copying snapshot {sid.hex()[:8]}")
+        progress("copying snapshots", n, len(ids))
         if reseal is None:
             _copy_tree(src, dst, snap.tree, result)
         else:
@@ -105,7 +106,7 @@ def copy_snapshots(
             extra={**snap.extra, "copied_from": sid.hex()},
         )
         new_id = dst.save_snapshot(copied)  # flushes packs and index first
-        result.snapshots_copied.append(f"{sid.hex()} -> {new_id.hex()}")
+        result.snapshots_copied.append((sid.hex(), new_id.hex()))
     return result
 
 

@@ -233,6 +233,7 @@ def acquire(
     pid_alive: PidCheck = pid_alive,
     identity: Identity | None = None,
     refresh_every: float = REFRESH_EVERY,
+    on_wait: Callable[[LockedError, float], None] | None = None,
 ) -> RepoLock:
     """Lock the repository, shared or exclusive, and keep the lock refreshed until released.
 
@@ -240,12 +241,14 @@ def acquire(
     exclusive lock conflicts with every lock, a shared one only with
     exclusive ones), after retrying for up to ``wait`` seconds.  Stale locks
     found on the way are removed; unreadable ones are ignored and reported
-    in ``RepoLock.unreadable``.
+    in ``RepoLock.unreadable``.  ``on_wait`` is told before each wait why (the
+    conflict) and how many seconds were waited so far.
     """
     if not 0 < refresh_every < STALE_AFTER - LOST_MARGIN:
         raise ValueError(f"refresh interval {refresh_every}s would let the lock go stale")
     me = identity or Identity.current()
-    deadline = time.monotonic() + max(wait, 0)
+    started = time.monotonic()
+    deadline = started + max(wait, 0)
     delay = _FIRST_RETRY
     while True:
         try:
@@ -259,10 +262,12 @@ def acquire(
                 alive=pid_alive,
             )
             break
-        except LockedError:
+        except LockedError as err:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise
+            if on_wait is not None:
+                on_wait(err, time.monotonic() - started)
             # Jitter, so two lockers that backed off from each other do not collide again.
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
         delay = min(delay * 2, _MAX_RETRY)

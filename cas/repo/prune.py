@@ -115,8 +115,8 @@ def used_blobs(
     """Every tree and data blob the snapshots (all, or ``snapshot_ids``) refer to;
     refuses when a tree cannot be read."""
     used: set[bytes] = set()
-    ids = repo.snapshot_ids() if snapshot_ids is None else snapshot_ids
-    for sid in sorted(ids):
+    ids = sorted(repo.snapshot_ids() if snapshot_ids is None else snapshot_ids)
+    for n, sid in enumerate(ids):
         try:
             snap = repo.load_snapshot(sid)
         except ObjectNotFound:
@@ -126,7 +126,7 @@ def used_blobs(
                 f"snapshot {sid.hex()[:8]} cannot be read ({e}); 'cas forget {sid.hex()[:8]}' "
                 "removes it: prune never deletes data while a snapshot might still need it"
             ) from None
-        progress(f"reading trees of snapshot {sid.hex()[:8]}")
+        progress("reading the trees of snapshots", n, len(ids))
         try:
             reachable(repo, [snap.tree], used=used)
         except CasError as e:
@@ -274,8 +274,9 @@ def execute_prune(
         if _safe(marked, oldest) and not (late and marked == now)
     ]
     orphans = _orphans_still_unindexed(repo, plan, mark_id) if _safe(plan.listed_at, oldest) else []
-    for pid in [*deletable, *orphans]:
-        progress(f"deleting pack {pid.hex()[:8]}")
+    doomed = [*deletable, *orphans]
+    for n, pid in enumerate(doomed):
+        progress("deleting packs", n, len(doomed))
         repo.delete_pack(pid)
         failpoints.hit("prune-pack-deleted")
         result.packs_deleted += 1
@@ -382,8 +383,8 @@ def _repack(
         (pid, {e.blob_id for e in entries if plan.holder.get(e.blob_id) == pid})
         for pid, entries in plan.repack.items()
     ]
-    for pid, (body, entries) in (salvage or salvage_here(repo))(jobs):
-        progress(f"repacked {pid.hex()[:8]}")
+    for n, (_, (body, entries)) in enumerate((salvage or salvage_here(repo))(jobs)):
+        progress("repacking packs", n + 1, len(jobs))
         view = memoryview(body)
         for e in entries:
             full = writer.add(e.type, e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)

@@ -27,6 +27,7 @@ from cas.crypto import BlobType
 from cas.errors import (
     FormatError,
     IntegrityError,
+    LockedError,
     ObjectNotFound,
     SnapshotNotFound,
     UnsupportedVersion,
@@ -410,10 +411,24 @@ class Repository:
 
     # -- locks ------------------------------------------------------------------
 
-    def lock(self, *, exclusive: bool, command: str, wait: float = 0.0) -> locks.RepoLock:
-        """Take a shared or exclusive lock (a context manager that releases it)."""
+    def lock(
+        self,
+        *,
+        exclusive: bool,
+        command: str,
+        wait: float = 0.0,
+        on_wait: Callable[[LockedError, float], None] | None = None,
+    ) -> locks.RepoLock:
+        """Take a shared or exclusive lock (a context manager that releases it), waiting
+        up to ``wait`` seconds for a conflicting one to go (``on_wait``: see
+        :func:`cas.repo.locks.acquire`)."""
         return locks.acquire(
-            self.backend, self.keys.index, exclusive=exclusive, command=command, wait=wait
+            self.backend,
+            self.keys.index,
+            exclusive=exclusive,
+            command=command,
+            wait=wait,
+            on_wait=on_wait,
         )
 
     def scan_locks(self) -> locks.LockScan:

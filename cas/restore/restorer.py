@@ -98,7 +98,7 @@ class RestoreReporter:
         """An entry was (or, with --dry-run, would be) created, skipped or deleted."""
 
     def bytes_done(self, n: int) -> None:
-        """``n`` more content bytes were written."""
+        """``n`` more content bytes were written (or found already in place)."""
 
     def warning(self, message: str) -> None:
         """Something could not be restored exactly."""
@@ -557,6 +557,7 @@ class Restorer:
             if not d.fresh and self._identical(dir_fd, name, node):
                 self.summary.files_unchanged += 1
                 self.report.action("unchanged", path)
+                self.report.bytes_done(node.size)
                 if self.opts.verify:
                     self.summary.verified += 1  # just hashed and compared
                 if not self.opts.dry_run:
