@@ -507,9 +507,10 @@ def _describe_requests(r: dict[str, Any]) -> str:
 
 def _term_width() -> int:
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
     except OSError:
         return 80
+    return columns or 80  # a terminal that never set its size says 0
 
 
 def json_default(o: Any) -> Any:
