@@ -65,8 +65,13 @@ def check_lines(command: str, lines: list[dict[str, Any]]) -> None:
         kind = line.get("message_type")
         allowed = [*spec["messages"], *SCHEMA["x-anywhere"]]
         assert kind in allowed, f"{command}: unexpected line {line}"
-        errors = [str(e.message) for e in _validator(kind).iter_errors(line)]
-        assert not errors, f"{command} {kind} line: {errors}"
+        check_message(kind, line)
+
+
+def check_message(kind: str, line: dict[str, Any]) -> None:
+    """One line of kind ``kind`` (not a summary), valid against its definition."""
+    errors = [str(e.message) for e in _validator(kind).iter_errors(line)]
+    assert not errors, f"{kind} line: {errors}"
 
 
 def parse(command: str, r: Result) -> list[dict[str, Any]]:

@@ -39,6 +39,14 @@ GLOBAL: list[Row] = [
     (("--json",), "CAS_JSON", None, "Machine-readable output on stdout."),
     (("-q", "--quiet"), "CAS_QUIET", None, "No progress and no human summary."),
     (
+        ("-v", "--verbose"),
+        "CAS_VERBOSE",
+        None,
+        "More output: storage retries and lock waits as they happen, also off a terminal "
+        "(with --json: retry and lock_wait lines); backup -v lists new and changed entries "
+        "(-vv: all, with --json as verbose_status lines).",
+    ),
+    (
         ("--s3-endpoint",),
         ["CAS_S3_ENDPOINT", "AWS_ENDPOINT_URL"],
         None,
@@ -65,6 +73,7 @@ GLOBAL: list[Row] = [
 GLOBAL_DEFAULTS = {
     "json_": False,
     "quiet": False,
+    "verbose": 0,
     "s3_path_style": False,
     "no_lock": False,
     "retry_lock": 0.0,

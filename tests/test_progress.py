@@ -25,10 +25,12 @@ from typing import Any
 
 import pytest
 
+from cas.backend.local import LocalBackend
+from cas.repo import open_repository
 from tests.support.backends import S3Target
 from tests.support.cli import TEST_ENV, Result, end_pty_child, run_cas
 from tests.support.s3proxy import CountingProxy
-from tests.test_cli_json import check_lines
+from tests.test_cli_json import check_lines, check_message
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "test-password"
@@ -244,3 +246,23 @@ def test_a_run_that_never_gets_through_says_how_long_it_tried(
         assert re.search(r"SlowDown .*\(gave up after 8 attempts in \d+\.\d s\)$", last), last
     finally:
         proxy.close()
+
+
+def test_a_wait_for_a_lock_is_shown_as_it_happens(tmp_path: Path, repo: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src, files=2)
+    holder = open_repository(LocalBackend(repo), PASSWORD.encode())
+    try:
+        with holder.lock(exclusive=True, command="prune"):
+            waited = run_cas("-r", repo, "-v", "--retry-lock", "1", "backup", src)
+            as_json = run_cas("-r", repo, "--json", "-v", "--retry-lock", "1", "backup", src)
+    finally:
+        holder.close()
+    assert waited.code == 11, waited.err
+    told = re.findall(r"^waiting for a lock \(\d+\.\d of 1 s\): (.*)$", waited.err, flags=re.M)
+    assert told and all("prune" in t for t in told), waited.err
+    assert as_json.code == 11 and as_json.out, as_json.err
+    for line in as_json.out.splitlines():  # no summary: the backup never ran
+        doc = json.loads(line)
+        assert doc["message_type"] == "lock_wait" and doc["wait"] == 1, doc
+        check_message("lock_wait", doc)

@@ -148,13 +148,6 @@ class _Progress(Reporter):
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Do everything but write to the repository.")
 @click.option(
-    "--verbose",
-    "-v",
-    count=True,
-    help="Show each new and modified file and directory as it is decided; -vv: unchanged "
-    "ones too (with --json: verbose_status lines before the summary).",
-)
-@click.option(
     "--no-scan",
     is_flag=True,
     help="Do not count the source first (the status line then has no totals, "
@@ -174,7 +167,6 @@ def backup(
     force: bool,
     compression: str,
     dry_run: bool,
-    verbose: int,
     no_scan: bool,
     workers: Workers,
 ) -> None:
@@ -184,7 +176,7 @@ def backup(
     back up first, so the status line shows totals, a percentage and the time
     left; --no-scan skips it.
     """
-    verbose = g.verbose = max(verbose, g.verbose)  # -v before or after the command name
+    verbose = g.verbose  # -v (-vv) before or after the command name: each entry as decided
     out = Output(g)
     level = compression_level(compression)
     if use_stdin == bool(paths):

@@ -412,7 +412,7 @@ class Output:
                     }
                 )
         elif self.progress_enabled or (self.g.verbose and not self.quiet):
-            self.note(f"waiting for a lock ({waited:.0f} of {wait:.0f} s): {holder}")
+            self.note(f"waiting for a lock ({waited:.1f} of {wait:g} s): {holder}")
 
     def note(self, text: str) -> None:
         """A line on stderr about what is happening (not a warning; the status line

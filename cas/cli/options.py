@@ -92,7 +92,8 @@ _GLOBAL_SPECS: tuple[tuple[tuple[str, ...], dict[str, Any], str], ...] = (
             "count": True,
             "envvar": "CAS_VERBOSE",
             "help": "More output: storage retries and lock waits as they happen, also off "
-            "a terminal (with --json: retry and lock_wait lines); backup -v lists entries.",
+            "a terminal (with --json: retry and lock_wait lines); backup -v lists new and "
+            "changed entries (-vv: all, with --json as verbose_status lines).",
         },
         "verbose",
     ),
