@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from cas.backend.local import LocalBackend
+from cas.cli.common import clock_text, completion
 from cas.repo import open_repository
 from tests.support.backends import S3Target
 from tests.support.cli import TEST_ENV, Result, end_pty_child, run_cas
@@ -84,6 +85,15 @@ def on_terminal(args: list[str], env: dict[str, str], prelude: str = "") -> tupl
 def _status_lines(text: str) -> list[str]:
     """The status lines drawn (each starts by erasing the line)."""
     return [part.split("\r")[0] for part in text.split("\x1b[K")[1:] if part.strip()]
+
+
+def test_the_time_left_is_told_at_the_pace_so_far() -> None:
+    assert completion(0, 100, 5.0) == "0.0% ETA --:--"  # nothing done: no pace yet
+    assert completion(25, 100, 10.0) == "25.0% ETA 0:30"
+    assert completion(100, 100, 10.0) == "100.0% ETA 0:00"
+    assert completion(120, 100, 10.0) == "100.0% ETA 0:00"  # a file grew since the scan
+    assert completion(1, 4000, 1.0) == "0.0% ETA 1:06:39"
+    assert clock_text(59.9) == "0:59" and clock_text(3600) == "1:00:00"
 
 
 @pytest.fixture
