@@ -85,6 +85,10 @@ def parse(command: str, r: Result) -> list[dict[str, Any]]:
 
 def test_the_schema_names_every_command() -> None:
     assert set(COMMANDS) == leaf_commands()
+    # ... which are the commands ``cas --help`` lists, and their subcommands.
+    listed = run_cas("--help", password=None).out.split("Commands:\n", 1)[1]
+    names = {line.split()[0] for line in listed.splitlines() if line.startswith("  ")}
+    assert names == {c.split()[0] for c in COMMANDS}
 
 
 def test_the_doc_shows_every_command_and_its_examples_are_valid() -> None:
