@@ -183,7 +183,7 @@ class Repo:
 
     def snapshot_ids(self) -> set[str]:
         """IDs of the snapshots stored now."""
-        return {d["id"] for d in self.ok("snapshots")}
+        return {d["id"] for d in self.ok("snapshots")["snapshots"]}
 
     def check(self) -> dict[str, Any]:
         """``check --read-data`` must pass; only crash leftovers may be warned about."""
