@@ -349,6 +349,33 @@ def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None
     assert r.code == 0, r.err
     for name, content in d.files.items():
         assert (target / name.decode()).read_bytes() == content
+    # copy: the target gets the intact copy, and restores from it exact
+    other, env = tmp_path / "other", {"CAS_OTHER_PASSWORD": "test-password"}
+    assert run_cas("-r", other, "init", "--copy-keys-from", tmp_path / "repo", env=env).code == 0
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "copy", "--to", other, env=env)
+    assert r.code == 0, r.err
+    copied = tmp_path / "copied"
+    r = run_cas("-r", other, "--no-cache", "restore", "latest", "--target", copied)
+    assert r.code == 0, r.err
+    for name, content in d.files.items():
+        assert (copied / name.decode()).read_bytes() == content
+    # mount: the file reads back whole through FUSE
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError:
+        return  # no FUSE here (tests/test_mount.py says why)
+    from tests.test_mount import Mount
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = Mount(tmp_path / "repo", mnt, "--no-cache")
+    try:
+        (shown,) = os.listdir(mnt / "ids")
+        for name, content in d.files.items():
+            assert (mnt / "ids" / shown / name.decode()).read_bytes() == content
+        assert m.stop() == 0, m.stderr()
+    finally:
+        m.close()
 
 
 def _two_snapshots(tmp_path: Path) -> tuple[Path, Path]:
