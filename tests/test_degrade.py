@@ -427,6 +427,9 @@ def test_a_damaged_index_file_is_skipped_with_a_warning_then_replaced(tmp_path: 
         f for f in check.json()["findings"] if f["kind"] in ("index_damaged", "name_mismatch")
     )
     assert "cas repair index" in damaged["next"]
+    prune = run_cas("-r", repo, "--no-cache", "prune")
+    assert prune.code == 1 and f"index file {index.name[:8]} cannot be read" in prune.err
+    assert "'cas repair index' replaces it" in prune.err and "Traceback" not in prune.err
     assert run_cas("-r", repo, "--no-cache", "repair", "index").code == 0
     r = run_cas("-r", repo, "--no-cache", "check", "--read-data")
     # the backup stored again what the damaged index hid: duplicates, which prune removes
