@@ -318,6 +318,19 @@ def test_check_reports_a_damaged_copy_of_a_blob_stored_twice_as_a_warning(
     assert copy["next"].startswith(f"cas repair packs {pack.name[:8]}")
     assert kinds["pack_damaged"]["object"] == d.names["data_pack"]
     assert "intact copies in other packs" in kinds["pack_damaged"]["message"]
+    # repair packs drops the damaged copy and loses nothing
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "--json", "repair", "packs", pack.name)
+    assert r.code == 0, r.err
+    assert r.json()["blobs_lost"] == [] and r.json()["blobs_elsewhere"] == [
+        f"data:{first_blob.hex()}"
+    ]
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "--json", "check", "--read-data")
+    assert {f["severity"] for f in r.json()["findings"]} <= {"warning"}, r.out
+    target = tmp_path / "out"
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "restore", "latest", "--target", target)
+    assert r.code == 0, r.err
+    for name, content in d.files.items():
+        assert (target / name.decode()).read_bytes() == content
 
 
 def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None:
