@@ -251,12 +251,86 @@ def test_repair_packs_then_a_backup_heals_a_damaged_data_pack(tmp_path: Path) ->
 
 
 def test_every_finding_kind_names_the_next_command() -> None:
+    """Each kind's hint exists, and every ``cas ...`` in it is a real command and
+    subcommand; a damaged blob's hint names its pack, not the blob."""
+    import re
+
+    import click
+
     from cas.check.findings import KINDS, NEXT, Finding
+    from cas.cli.main import cli
 
     assert set(NEXT) == set(KINDS)
+    pack, blob = bytes.fromhex("cd" * 32), "ef" * 32
     for kind in KINDS:
-        step = Finding(kind, "data/ab/" + "ab" * 32, "m").next_step
+        step = Finding(kind, f"blob:{blob}", "m", pack=pack).next_step
         assert step and "{" not in step, (kind, step)
+        commands = re.findall(r"\bcas ((?:[a-z][a-z-]* ?)+)", step)
+        if kind != "unexpected_object":
+            assert commands, (kind, step)
+        for words in commands:
+            group: click.Command = cli
+            for word in words.split():
+                if not isinstance(group, click.Group):
+                    break  # an argument of a command
+                assert word in group.commands, (kind, step, word)
+                group = group.commands[word]
+        if "repair packs" in step:
+            assert "repair packs cdcdcdcd" in step, (kind, step)
+        if "docs/" in step:
+            assert (Path(__file__).parent.parent / re.findall(r"docs/\S+\.md", step)[0]).exists()
+        options = re.findall(r"cas [a-z ]+ (--[a-z-]+)", step)
+        for option in options:
+            name = re.findall(r"cas ([a-z ]+) --", step)[0].split()
+            command: click.Command = cli
+            for word in name:
+                if isinstance(command, click.Group) and word in command.commands:
+                    command = command.commands[word]
+            assert any(option in p.opts for p in command.params), (kind, step, option)
+
+
+def test_check_reports_a_damaged_copy_of_a_blob_stored_twice_as_a_warning(
+    tmp_path: Path,
+) -> None:
+    """The first copy of a blob damaged, the second intact: nothing is lost, so check names
+    the damaged copy as a warning (and its pack as damaged), never the files as lost."""
+    from cas.backend.local import LocalBackend
+    from tests.support.damaged import duplicates
+
+    d = duplicates(LocalBackend(tmp_path / "repo"))
+    first_blob = bytes.fromhex(d.names["first_blob"].split(":")[1])
+    repo = d.open()
+    loc = repo.locate(first_blob)
+    repo.close()
+    pack = tmp_path / "repo" / d.names["data_pack"]
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0x01
+    pack.write_bytes(bytes(data))
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "--json", "check", "--read-data")
+    findings = r.json()["findings"]
+    kinds = {f["kind"]: f for f in findings}
+    assert "blob_damaged" not in kinds and "blob_missing" not in kinds, findings
+    copy = kinds["blob_copy_damaged"]
+    assert copy["severity"] == "warning" and copy["affected"] == []
+    assert copy["object"] == f"blob:{first_blob.hex()}"
+    short_dup = d.names["dup_pack"].rsplit("/", 1)[1][:8]
+    assert f"the copy in pack {short_dup} is intact" in copy["message"]
+    assert copy["next"].startswith(f"cas repair packs {pack.name[:8]}")
+    assert kinds["pack_damaged"]["object"] == d.names["data_pack"]
+    assert "intact copies in other packs" in kinds["pack_damaged"]["message"]
+    # repair packs drops the damaged copy and loses nothing
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "--json", "repair", "packs", pack.name)
+    assert r.code == 0, r.err
+    assert r.json()["blobs_lost"] == [] and r.json()["blobs_elsewhere"] == [
+        f"data:{first_blob.hex()}"
+    ]
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "--json", "check", "--read-data")
+    assert {f["severity"] for f in r.json()["findings"]} <= {"warning"}, r.out
+    target = tmp_path / "out"
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "restore", "latest", "--target", target)
+    assert r.code == 0, r.err
+    for name, content in d.files.items():
+        assert (target / name.decode()).read_bytes() == content
 
 
 def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None:
@@ -288,6 +362,33 @@ def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None
     assert r.code == 0, r.err
     for name, content in d.files.items():
         assert (target / name.decode()).read_bytes() == content
+    # copy: the target gets the intact copy, and restores from it exact
+    other, env = tmp_path / "other", {"CAS_OTHER_PASSWORD": "test-password"}
+    assert run_cas("-r", other, "init", "--copy-keys-from", tmp_path / "repo", env=env).code == 0
+    r = run_cas("-r", tmp_path / "repo", "--no-cache", "copy", "--to", other, env=env)
+    assert r.code == 0, r.err
+    copied = tmp_path / "copied"
+    r = run_cas("-r", other, "--no-cache", "restore", "latest", "--target", copied)
+    assert r.code == 0, r.err
+    for name, content in d.files.items():
+        assert (copied / name.decode()).read_bytes() == content
+    # mount: the file reads back whole through FUSE
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError:
+        return  # no FUSE here (tests/test_mount.py says why)
+    from tests.test_mount import Mount
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = Mount(tmp_path / "repo", mnt, "--no-cache")
+    try:
+        (shown,) = os.listdir(mnt / "ids")
+        for name, content in d.files.items():
+            assert (mnt / "ids" / shown / name.decode()).read_bytes() == content
+        assert m.stop() == 0, m.stderr()
+    finally:
+        m.close()
 
 
 def _two_snapshots(tmp_path: Path) -> tuple[Path, Path]:
@@ -339,6 +440,9 @@ def test_a_damaged_index_file_is_skipped_with_a_warning_then_replaced(tmp_path: 
         f for f in check.json()["findings"] if f["kind"] in ("index_damaged", "name_mismatch")
     )
     assert "cas repair index" in damaged["next"]
+    prune = run_cas("-r", repo, "--no-cache", "prune")
+    assert prune.code == 1 and f"index file {index.name[:8]} cannot be read" in prune.err
+    assert "'cas repair index' replaces it" in prune.err and "Traceback" not in prune.err
     assert run_cas("-r", repo, "--no-cache", "repair", "index").code == 0
     r = run_cas("-r", repo, "--no-cache", "check", "--read-data")
     # the backup stored again what the damaged index hid: duplicates, which prune removes

@@ -183,6 +183,7 @@ class Checker:
         self._gone: set[bytes] = set()  # indexed packs that are not stored
         self._bad: dict[bytes, Finding] = {}  # blob ID (or node key) -> why it is unusable
         self._orphan_blobs: dict[bytes, bytes] = {}  # blob ID -> unreferenced pack holding it
+        self._copies: dict[bytes, list[bytes]] = {}  # blob ID -> its other packs (duplicates)
         self._visited: set[bytes] = set()
         self._drop_unless_needed: list[Finding] = []
         self._memo: dict[bytes, list[tuple[bytes, bytes]]] = {}
@@ -409,6 +410,10 @@ class Checker:
         target = self.garbage_index if marked else self.index
         added = target.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
         if not marked and added < len(entries):
+            for e in entries:
+                first_loc = self.index.get(e.blob_id)
+                if first_loc is not None and first_loc.pack_id != pack_id:
+                    self._copies.setdefault(e.blob_id, []).append(pack_id)
             self._add(
                 "blob_duplicate",
                 name,
@@ -606,24 +611,57 @@ class Checker:
         except CasError:
             header_state = "its header is damaged"
         entries = self._packs[pack_id].entries()
-        damaged = 0
+        damaged = copies = 0
         for e in entries:
             sealed = data[e.offset : e.offset + e.length]
             try:
                 packfmt.open_blob(self.keys, e.type, e.blob_id, sealed, e.raw_length)
             except CasError as be:
                 damaged += 1
-                loc = self._locate(e.blob_id)
-                used = loc is not None and loc.pack_id == pack_id
-                note = "" if used else " (the copy in another pack is used)"
+                intact = self._intact_copy(e, pack_id)
+                if intact is not None:
+                    # Readers take the other copy when this one fails: nothing is lost.
+                    copies += 1
+                    self._add(
+                        "blob_copy_damaged",
+                        _blob_object(e.type, e.blob_id),
+                        f"in pack {_short(pack_id)}: {be}; the copy in pack {_short(intact)} "
+                        "is intact and is read instead",
+                    ).pack = pack_id
+                    continue
                 blob = self._add(
                     "blob_damaged",
                     _blob_object(e.type, e.blob_id),
-                    f"in pack {_short(pack_id)}: {be}{note}",
+                    f"in pack {_short(pack_id)}: {be}",
                 )
-                if used:
+                blob.pack = pack_id
+                loc = self._locate(e.blob_id)
+                if loc is not None and loc.pack_id == pack_id:
                     self._bad.setdefault(e.blob_id, blob)
         finding.message += f"; {header_state}, {damaged} of {len(entries)} blobs are damaged"
+        if copies:
+            finding.message += f" ({copies} of them have intact copies in other packs)"
+
+    def _intact_copy(self, entry: packfmt.PackEntry, damaged_pack: bytes) -> bytes | None:
+        """Another pack whose copy of the blob opens and verifies, if there is one."""
+        loc = self._locate(entry.blob_id)
+        others = [loc.pack_id] if loc is not None else []
+        others += self._copies.get(entry.blob_id, [])
+        for other in dict.fromkeys(others):
+            if other == damaged_pack or other in self._gone or other not in self._stored:
+                continue
+            found = [x for x in self._packs[other].entries() if x.blob_id == entry.blob_id]
+            if not found:
+                continue
+            try:
+                sealed = self.backend.read(
+                    layout.pack_name(other), found[0].offset, found[0].length
+                )
+                packfmt.open_blob(self.keys, entry.type, entry.blob_id, sealed, entry.raw_length)
+            except CasError:
+                continue
+            return other
+        return None
 
     # -- phase 5: snapshots and trees -------------------------------------------
 
@@ -716,7 +754,8 @@ class Checker:
         """The tree's nodes, or None when it is missing or damaged (with a finding)."""
         if tree_id in self._bad:
             return None
-        if self._locate(tree_id) is None:
+        loc = self._locate(tree_id)
+        if loc is None:
             self._bad[tree_id] = self._add(
                 "tree_missing", _blob_object(BlobType.TREE, tree_id), self._not_indexed(tree_id)
             )
@@ -724,9 +763,9 @@ class Checker:
         try:
             return load_tree(self, tree_id)
         except CasError as e:
-            self._bad[tree_id] = self._add(
-                "tree_damaged", _blob_object(BlobType.TREE, tree_id), str(e)
-            )
+            finding = self._add("tree_damaged", _blob_object(BlobType.TREE, tree_id), str(e))
+            finding.pack = loc.pack_id
+            self._bad[tree_id] = finding
             return None
 
     def load_blob(

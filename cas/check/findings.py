@@ -44,6 +44,7 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "pack_unreferenced": (W, "a stored pack that no index file names (orphan)"),
     "pack_indexed_twice": (W, "a pack is listed by more than one index file"),
     "blob_duplicate": (W, "a pack holds blobs that are also stored in other packs"),
+    "blob_copy_damaged": (W, "read-data: a damaged copy of a blob another pack holds intact"),
     "lock_unreadable": (W, "a lock file cannot be opened (foreign or damaged)"),
     "leftover_upload": (W, "an unfinished upload (temporary file or multipart upload)"),
     "unexpected_object": (W, "an object whose name is not part of the repository layout"),
@@ -52,9 +53,10 @@ KINDS: dict[str, tuple[Severity, str]] = {
 
 
 # The way back from each kind: the next command to run (docs/recovery.md walks through
-# each).  "{id}" is the object's ID, "{short}" its first 8 hex digits.
+# each).  "{id}" is the object's ID, "{short}" its first 8 hex digits, "{pack}" those of
+# the pack that holds it (of the object itself when it is a pack).
 _REINDEX = "cas repair index"
-_SALVAGE = "cas repair packs {short}, then back up the same paths again"
+_SALVAGE = "cas repair packs {pack}, then back up the same paths again"
 NEXT: dict[str, str] = {
     "name_mismatch": "see docs/recovery.md: cas repair index (index file), "
     "cas forget {short} (snapshot), cas key remove {short} (key file)",
@@ -78,9 +80,11 @@ NEXT: dict[str, str] = {
     "pack_unreferenced": "cas prune (removes it once no backup is running)",
     "pack_indexed_twice": "cas prune",
     "blob_duplicate": "cas prune",
-    "lock_unreadable": "cas unlock (once no other cas runs)",
+    "blob_copy_damaged": "cas repair packs {pack} (drops the damaged copy; nothing is lost)",
+    "lock_unreadable": "cas unlock --remove-all, once no other process uses the repository "
+    "(locking ignores the file)",
     "leftover_upload": "cas prune (aborts uploads older than an hour)",
-    "unexpected_object": "nothing: cas ignores it; remove it by hand if it is yours",
+    "unexpected_object": "nothing: it is ignored; remove it by hand if it is yours",
     "check_incomplete": "cas check again",
 }
 
@@ -99,13 +103,15 @@ class Finding:
 
     ``object`` names a stored object by its name (``data/ab/<id>``,
     ``index/<id>``, ...), or a blob as ``tree:<id>`` / ``blob:<id>``.
-    ``affected`` lists what depends on a damaged or missing object.
+    ``affected`` lists what depends on a damaged or missing object; ``pack`` is
+    the pack holding a damaged blob (its ID goes into the next command).
     """
 
     kind: str
     object: str
     message: str
     affected: list[Affected] = field(default_factory=list)
+    pack: bytes | None = None
 
     @property
     def severity(self) -> Severity:
@@ -116,7 +122,8 @@ class Finding:
     def next_step(self) -> str:
         """The command to run next (docs/recovery.md)."""
         oid = self.object.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        return NEXT[self.kind].format(id=oid, short=oid[:8])
+        pack = self.pack.hex()[:8] if self.pack is not None else oid[:8]
+        return NEXT[self.kind].format(id=oid, short=oid[:8], pack=pack)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; paths with undecodable bytes get backslash escapes."""

@@ -53,6 +53,10 @@ def copy(
             reseal = partial(pool.reseal, here=reseal_here(src, dst))
         after = 0 if workers.explicit else RESEAL_AFTER
         result = copy_snapshots(src, dst, ids, out.report, reseal, after)
+    for failed in result.snapshots_failed:
+        g.degraded = True
+        sid, _, why = failed.partition(": ")
+        out.warn(f"snapshot {sid[:8]} not copied, it cannot be read whole ({why}); run 'cas check'")
     doc = dataclasses.asdict(result)
     doc["processes"] = pool.started if pool is not None else 0
     if pool is not None:

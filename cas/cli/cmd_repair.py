@@ -67,6 +67,8 @@ def repair_packs(g: Globals, pack_ids: tuple[str, ...]) -> None:
         )
         for blob in result.blobs_lost:
             out.line(f"  lost: {blob}")
+        for blob in result.blobs_elsewhere:
+            out.line(f"  damaged here, kept in another pack: {blob}")
         if result.blobs_lost:
             out.line(
                 "next: back up the same paths again (what the source still has is stored "

@@ -55,6 +55,12 @@ def stats(
             out.progress(f"snapshot {i + 1}/{len(snaps)}")
             collector.add_snapshot(sid, snap.tree)
         result = collector.result()
+        for tree, why in sorted(result.unreadable_trees.items()):
+            g.degraded = True
+            out.warn(
+                f"tree {tree.hex()[:8]} counted as empty, it cannot be read ({why}); "
+                "'cas check' names the way back"
+            )
         doc: dict[str, Any] = {"scope": "repository" if whole else "snapshots"}
         doc.update(result.as_dict())
         if whole:

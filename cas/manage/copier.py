@@ -45,6 +45,8 @@ class CopyResult:
 
     snapshots_copied: list[tuple[str, str]] = field(default_factory=list)  # (src id, dst id)
     snapshots_skipped: list[str] = field(default_factory=list)  # already in the target
+    # Not copied: a tree or blob they need cannot be read ("id: why"); the others still are.
+    snapshots_failed: list[str] = field(default_factory=list)
     blobs_copied: int = 0
     bytes_copied: int = 0
 
@@ -85,12 +87,19 @@ def copy_snapshots(
         if sid in present:
             result.snapshots_skipped.append(sid.hex())
             continue
-        snap = src.load_snapshot(sid)
-        progress("copying snapshots", n, len(ids))
-        if reseal is None:
-            _copy_tree(src, dst, snap.tree, result)
-        else:
-            _copy_resealed(src, dst, snap.tree, result, reseal, reseal_after)
+        try:
+            snap = src.load_snapshot(sid)
+            progress("copying snapshots", n, len(ids))
+            if reseal is None:
+                _copy_tree(src, dst, snap.tree, result)
+            else:
+                _copy_resealed(src, dst, snap.tree, result, reseal, reseal_after)
+        except IncompatibleRepositories:
+            raise
+        except CasError as err:
+            # What was copied of it stays unreferenced in the target until prune.
+            result.snapshots_failed.append(f"{sid.hex()}: {err}")
+            continue
         copied = Snapshot(
             time_ns=snap.time_ns,
             tree=snap.tree,

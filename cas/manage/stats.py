@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cas.crypto import BlobType
+from cas.errors import CasError
 from cas.format.tree import Node
 from cas.walker import bottom_up, load_tree
 
@@ -69,6 +70,8 @@ class Stats:
     raw_tree: int = 0  # the tree blobs' share of raw_data
     stored_size: int = 0
     missing_blobs: int = 0  # referenced but not in the index (stored size unknown)
+    # Trees that could not be read (damaged, or in no readable pack): counted as empty.
+    unreadable_trees: dict[bytes, str] = field(default_factory=dict)
 
     @property
     def restore_size(self) -> int:
@@ -112,6 +115,7 @@ class Stats:
             "raw_tree": self.raw_tree,
             "stored_size": self.stored_size,
             "missing_blobs": self.missing_blobs,
+            "unreadable_trees": {t.hex(): why for t, why in sorted(self.unreadable_trees.items())},
             "dedup_ratio": self.dedup_ratio,
             "compression_ratio": self.compression_ratio,
         }
@@ -121,7 +125,9 @@ class StatsCollector:
     """Walks snapshot trees once each and adds up sizes.
 
     ``load_tree`` returns a tree blob's plaintext; ``stored_length`` the
-    sealed length the index records for a blob, or None if it has none.
+    sealed length the index records for a blob, or None if it has none.  A tree
+    that cannot be read is counted as an empty directory and noted in the result
+    (one damaged tree never stops the measurement of the rest).
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class StatsCollector:
         self._trees: dict[bytes, int] = {}  # tree blob -> plaintext size
         self._reader = _SizedTrees(load_tree, self._trees)
         self._snapshots: list[SnapshotSize] = []
+        self._unreadable: dict[bytes, str] = {}
 
     def add_snapshot(self, snapshot_id: bytes, tree_id: bytes) -> SnapshotSize:
         """Measure one snapshot given its root tree."""
@@ -151,7 +158,7 @@ class StatsCollector:
 
     def result(self) -> Stats:
         """The totals over every snapshot added so far."""
-        s = Stats(snapshots=list(self._snapshots))
+        s = Stats(snapshots=list(self._snapshots), unreadable_trees=dict(self._unreadable))
         s.data_blobs, s.tree_blobs = len(self._data), len(self._trees)
         s.raw_tree = sum(self._trees.values())
         s.raw_data = sum(self._data.values()) + s.raw_tree
@@ -168,11 +175,17 @@ class StatsCollector:
             self._totals[tree_id] = self._sum(nodes)
         return self._totals[root]
 
-    def _read(self, tree_id: bytes) -> list[Node]:
-        return load_tree(self._reader, tree_id)
+    def _read(self, tree_id: bytes) -> list[Node] | None:
+        try:
+            return load_tree(self._reader, tree_id)
+        except CasError as err:
+            self._unreadable[tree_id] = str(err)
+            return None
 
-    def _sum(self, nodes: list[Node]) -> _TreeTotals:
+    def _sum(self, nodes: list[Node] | None) -> _TreeTotals:
         t = _TreeTotals()
+        if nodes is None:
+            return t
         for n in nodes:
             if n.type == "dir":
                 t.dirs += 1

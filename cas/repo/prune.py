@@ -137,6 +137,18 @@ def used_blobs(
     return used
 
 
+def _index_file(repo: Repository, file_id: bytes) -> indexfmt.IndexFile:
+    """An index file prune will supersede; a damaged one refuses the prune (it would drop
+    what only that file knows) and names the repair."""
+    try:
+        return repo.read_index_file(file_id)
+    except (IntegrityError, FormatError, UnsupportedVersion) as e:
+        raise PruneRefused(
+            f"index file {file_id.hex()[:8]} cannot be read ({e}); 'cas repair index' "
+            "replaces it: prune never deletes data from a damaged repository"
+        ) from None
+
+
 def plan_prune(
     repo: Repository, options: PruneOptions, progress: Progress = no_progress
 ) -> PrunePlan:
@@ -156,7 +168,7 @@ def plan_prune(
     # Supersede exactly the index files read here: one written by a backup
     # after this listing must survive, since this prune never saw its packs.
     index_ids = repo.index_files()
-    decoded = {fid: repo.read_index_file(fid) for fid in index_ids}
+    decoded = {fid: _index_file(repo, fid) for fid in index_ids}
     superseded = {s for f in decoded.values() for s in f.supersedes}
     files = {fid: f for fid, f in decoded.items() if fid not in superseded}
     used = used_blobs(repo, progress, snapshot_ids)

@@ -62,6 +62,8 @@ class PackSalvage:
     packs: list[str] = field(default_factory=list)  # the damaged packs, now removed
     blobs_salvaged: int = 0
     blobs_lost: list[str] = field(default_factory=list)  # "type:id"
+    # Damaged here, but another pack the index keeps holds a copy: not lost.
+    blobs_elsewhere: list[str] = field(default_factory=list)  # "type:id"
     packs_written: int = 0
     bytes_written: int = 0
     index: IndexRepair = field(default_factory=IndexRepair)
@@ -88,6 +90,13 @@ def salvage_packs(
         out.bytes_written += len(fp.data)
 
     writer = repo.pack_writer(stored)
+    elsewhere = {
+        e.blob_id
+        for f in files.values()
+        for pid, pack_entries in f.packs.items()
+        if pid not in pack_ids
+        for e in pack_entries
+    }
     for pid in sorted(pack_ids):
         progress(f"salvaging pack {pid.hex()[:8]}")
         entries = {e.blob_id: e for f in files.values() for e in f.packs.get(pid, [])}
@@ -106,7 +115,8 @@ def salvage_packs(
                 # Never copy damage forward: the blob must open before it moves.
                 repo.open_blob(e.type, e.blob_id, sealed, e.raw_length)
             except CasError:
-                out.blobs_lost.append(f"{e.type.name.lower()}:{e.blob_id.hex()}")
+                name = f"{e.type.name.lower()}:{e.blob_id.hex()}"
+                (out.blobs_elsewhere if e.blob_id in elsewhere else out.blobs_lost).append(name)
                 continue
             full = writer.add(e.type, e.blob_id, sealed, e.raw_length)
             if full is not None:
