@@ -93,12 +93,13 @@ class _Progress(Reporter):
 @exclude_options
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin.")
-@click.option("--tag", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--tag", multiple=True, help="Tag the snapshot (repeatable; a,b is two tags).")
 @click.option("--host", default=None, help="Host name to record (default: this machine's).")
 @click.option(
     "--parent",
     default=None,
-    help="Snapshot to compare with (default: the latest with the same host and paths).",
+    help="Snapshot to compare with (default, and 'latest': the latest with the same "
+    "host, as --host gives it, and the same paths).",
 )
 @click.option("--force", is_flag=True, help="Read every file, even unchanged ones.")
 @click.option(
@@ -268,7 +269,9 @@ def compression_level(name: str) -> int | None:
 def _find_parent(
     repo: Repository, ref: str | None, hostname: str, paths: list[bytes]
 ) -> tuple[bytes | None, bytes | None]:
-    if ref:
+    """The parent: the snapshot ``ref`` names, else (no ``ref`` or 'latest') the latest
+    snapshot of this host (--host) with the same paths, as restic chooses it."""
+    if ref and ref != "latest":
         sid, snap = repo.find_snapshot(ref)
         return sid, snap.tree
     best: tuple[bytes, Snapshot] | None = None

@@ -50,7 +50,7 @@ def check_mountpoint(path: str) -> None:
     help="Let other users use the mount (as root, or with user_allow_other in /etc/fuse.conf); "
     "the recorded permissions still apply.",
 )
-@snapshot_filter_options(paths=False)
+@snapshot_filter_options()
 @click.option(
     "--cache-size",
     type=click.IntRange(min=1),

@@ -10,12 +10,13 @@ from typing import Any
 import click
 
 from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
-from cas.cli.options import Workers, workers_option
+from cas.cli.options import LATEST_AMONG, Workers, snapshot_filter_options, workers_option
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, UsageError
 from cas.fs.patterns import PatternSet
 from cas.repo import Repository
 from cas.restore.pool import AUTO_START_AFTER, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -53,9 +54,9 @@ class _Progress(RestoreReporter):
     "--snapshot",
     "-s",
     "snapshot_opt",
-    help="ID (unique prefix) or 'latest', "
-    "optionally followed by :/path/inside to restore only that subtree's contents.",
+    help="The snapshot, as the SNAPSHOT argument says (give one or the other).",
 )
+@snapshot_filter_options(only=LATEST_AMONG)
 @click.option(
     "--target",
     "-t",
@@ -79,6 +80,7 @@ def restore(
     g: Globals,
     snapshot_arg: str | None,
     snapshot_opt: str | None,
+    selection: SnapshotFilter,
     target: bytes,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -88,11 +90,21 @@ def restore(
     dry_run: bool,
     workers: Workers,
 ) -> None:
-    """Restore a snapshot into --target: a snapshot of /a/b lands in TARGET/a/b."""
+    """Restore SNAPSHOT into --target: a snapshot of /a/b lands in TARGET/a/b.
+
+    SNAPSHOT is an ID (a unique prefix) or 'latest' (the latest one, among those of
+    --host, --tag and --path when given), optionally followed by :/path/inside to
+    restore only that subtree's contents.
+    """
     out = Output(g)
+    if snapshot_arg and snapshot_opt:
+        raise UsageError(
+            f"two snapshots given ({snapshot_arg!r} and --snapshot {snapshot_opt!r}): "
+            "give the snapshot once"
+        )
     ref = snapshot_opt or snapshot_arg
     if not ref:
-        raise UsageError("which snapshot? give --snapshot ID (or 'latest')")
+        raise UsageError("which snapshot? give its ID or 'latest' (restore latest --target DIR)")
     ref, _, sub = ref.partition(":")
     repo = g.open()
     opts = RestoreOptions(
@@ -104,7 +116,7 @@ def restore(
         verify=verify,
     )
     with g.locked(repo, exclusive=False, command="restore"):
-        sid, snap = repo.find_snapshot(ref)
+        sid, snap = repo.find_snapshot(ref, selection)
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
