@@ -66,7 +66,12 @@ class _Progress(RestoreReporter):
 )
 @click.option("--include", "-i", multiple=True, help="Restore only matching paths.")
 @click.option("--exclude", "-e", multiple=True, help="Do not restore matching paths.")
-@click.option("--numeric-owner", is_flag=True, help="Restore owners by id, ignoring names.")
+@click.option(
+    "--numeric-owner",
+    is_flag=True,
+    help="Restore owners by id, ignoring names (not as root: warn of each owner the "
+    "system refuses; without it those are skipped silently, as restic does).",
+)
 @click.option(
     "--verify", is_flag=True, help="Re-read restored files and compare with the snapshot."
 )
