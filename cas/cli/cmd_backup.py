@@ -28,6 +28,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
 from cas.repo import Repository
 from cas.selection import split_tags
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -292,7 +293,8 @@ def _human_estimate(out: Output, e: dict[str, Any]) -> None:
     upload, storage = _usd(e["upload_cost_usd"]), _usd(e["storage_cost_usd_per_month"])
     out.line(
         f"estimate: {approx}{human_bytes(e['bytes_stored'])} stored in "
-        f"{e['data_packs'] + e['tree_packs']} packs{cold}; {e['put_requests']} PUT requests; "
+        f"{counted(e['data_packs'] + e['tree_packs'], 'pack')}{cold}; "
+        f"{counted(e['put_requests'], 'PUT request')}; "
         f"upload {upload}, storage {storage}/month"
     )
 

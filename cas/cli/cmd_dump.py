@@ -19,6 +19,7 @@ from cas.crypto import BlobType
 from cas.errors import BlobNotFound, CasError, UsageError
 from cas.repo import Repository
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -116,7 +117,9 @@ def dump(
     }
     if target is not None:  # stdout is free for a summary
         doc["target"] = os.fsdecode(target)
-        what = "the file" if as_file else f"a {doc['format']} of {summary.members} entries"
+        what = (
+            "the file" if as_file else f"a {doc['format']} of {counted(summary.members, 'entry')}"
+        )
         out.emit(
             doc,
             lambda: out.line(

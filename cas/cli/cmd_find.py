@@ -17,6 +17,7 @@ from cas.errors import CasError, UsageError
 from cas.format.snapshot import Snapshot
 from cas.repo import Repository
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -96,7 +97,7 @@ def find(
             _show(g, sid, snap, matches, long_)
     g.warn_damaged(out)
     if not g.json:
-        out.line(f"{total} entries in {groups} snapshots")
+        out.line(f"{counted(total, 'entry')} in {counted(groups, 'snapshot')}")
 
 
 def _snapshots(

@@ -15,6 +15,7 @@ from cas.errors import CasError, UsageError
 from cas.mount.vfs import CACHE_BYTES, SnapshotView
 from cas.repo.store import RepositoryStore
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -94,7 +95,7 @@ def mount(
             def ready() -> None:
                 quoted = shlex.quote(mountpoint)
                 out.line(
-                    f"{count} snapshots mounted at {mountpoint}; "
+                    f"{counted(count, 'snapshot')} mounted at {mountpoint}; "
                     f"Ctrl-C or `fusermount3 -u {quoted}` unmounts"
                 )
 

@@ -17,6 +17,7 @@ from cas.repo import Repository
 from cas.restore.pool import AUTO_START_AFTER, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -182,15 +183,17 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     verb = "would restore" if doc["dry_run"] else "restored"
     out.line(
         f"{verb} snapshot {doc['snapshot_id'][:8]} to {doc['target']}: "
-        f"{s['files_restored']} files ({human_bytes(s['bytes_written'])}), "
-        f"{s['files_unchanged']} unchanged, {s['dirs']} dirs, {s['symlinks']} symlinks, "
-        f"{s['special']} special, {s['hardlinks']} hardlinks in {s['duration']:.1f}s"
+        f"{counted(s['files_restored'], 'file')} ({human_bytes(s['bytes_written'])}), "
+        f"{s['files_unchanged']} unchanged, {counted(s['dirs'], 'dir')}, "
+        f"{counted(s['symlinks'], 'symlink')}, {s['special']} special, "
+        f"{counted(s['hardlinks'], 'hardlink')} in {s['duration']:.1f}s"
     )
     if s["deleted"]:
-        out.line(f"{'would delete' if doc['dry_run'] else 'deleted'} {s['deleted']} entries")
+        verb = "would delete" if doc["dry_run"] else "deleted"
+        out.line(f"{verb} {counted(s['deleted'], 'entry')}")
     if s["verified"]:
-        out.line(f"verified {s['verified']} files")
+        out.line(f"verified {counted(s['verified'], 'file')}")
     if s["failed"]:
-        out.line(f"{len(s['failed'])} entries could not be restored:")
+        out.line(f"{counted(len(s['failed']), 'entry')} could not be restored:")
         for p in s["failed"]:
             out.line(f"  {p}")
