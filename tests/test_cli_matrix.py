@@ -10,9 +10,7 @@ directory of each run) is masked before the outputs are compared.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import pytest
 
 from cas.cli.main import cli
 from tests.support.cli import Result, cas_env, finish, run_cas, start_cas
+from tests.support.mounts import fuse_usable
 
 PASSWORD = "test-password"
 
@@ -171,14 +170,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(tmp, repo, src, pwfile)
 
 
-def _fuse_usable() -> bool:
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError:
-        return False
-    return shutil.which("fusermount3") is not None
-
-
 def _is_mount(path: Path) -> bool:
     with open("/proc/self/mountinfo") as f:
         return any(line.split()[4] == str(path) for line in f)
@@ -290,7 +281,7 @@ def _masked(r: Result, scratch: Path) -> tuple[int, str]:
     return r.code, _HEX.sub("ID", out)
 
 
-MOUNT_OK = _fuse_usable()
+MOUNT_OK = fuse_usable()
 
 
 def _cases() -> list[Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import TEST_ENV
+from tests.support.mounts import fuse_usable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\n```sh\n")
@@ -130,7 +130,7 @@ def test_the_readme_example_runs(line: int, tmp_path: Path, request: pytest.Fixt
     text = next(t for n, t, _ in blocks() if n == line)
     if "sudo " in text and os.geteuid() != 0:
         pytest.skip("the example uses sudo; the test maps it only as root")
-    if "cas mount" in text and not _fuse_usable():
+    if "cas mount" in text and not fuse_usable():
         pytest.skip("the example mounts and FUSE is not usable here")
     home, scratch, bin_dir = tmp_path / "home" / "me", tmp_path / "scratch", tmp_path / "bin"
     _home(home)
@@ -171,11 +171,3 @@ def test_the_readme_example_runs(line: int, tmp_path: Path, request: pytest.Fixt
     )
     assert proc.returncode == 0, (script, proc.stdout.decode(), proc.stderr.decode())
     assert b"Traceback" not in proc.stderr
-
-
-def _fuse_usable() -> bool:
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError:
-        return False
-    return shutil.which("fusermount3") is not None
