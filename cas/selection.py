@@ -54,6 +54,17 @@ class SnapshotFilter:
             and (not self.paths or not self.paths.isdisjoint(snap.paths))
         )
 
+    def describe(self) -> str:
+        """The criteria in words, for a message ("of host a or b, tagged x,y, with path /p")."""
+        parts = []
+        if self.hosts:
+            parts.append("of host " + " or ".join(sorted(self.hosts)))
+        if self.tags:
+            parts.append("tagged " + " or ".join(sorted(self.tags)))
+        if self.paths:
+            parts.append("with path " + " or ".join(sorted(os.fsdecode(p) for p in self.paths)))
+        return ", ".join(parts) or "at all"
+
 
 def split_tags(values: Iterable[str]) -> list[str]:
     """Tags as given to --tag/--add/--remove/--set: "a,b" is two tags (as restic)."""

@@ -44,7 +44,7 @@ def test_errors_exit_1_and_name_what_they_break(tmp_path: Path) -> None:
     lines = human.out.splitlines()
     assert f"error: pack_missing {d.names['data_pack']}: " in lines[0]
     assert sum("needed by snapshot" in line for line in lines) == 3
-    assert lines[-1] == "1 errors, 0 warnings"
+    assert lines[-1] == "1 error, 0 warnings"
     doc = _check(root, json_out=True).json()
     (finding,) = doc["findings"]
     assert (finding["kind"], finding["severity"], finding["object"]) == (

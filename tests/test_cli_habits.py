@@ -51,6 +51,13 @@ def test_an_empty_cas_password_is_refused_as_such(repo: Path) -> None:
     assert r.code == 2 and "an empty password is not a password: CAS_PASSWORD is empty" in r.err
 
 
+def test_an_empty_other_password_is_refused_as_such(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    assert run_cas("-r", other, "init", "--copy-keys-from", repo, password=PASSWORD).code == 2
+    r = run_cas("-r", other, "init", "--copy-keys-from", repo, env={"CAS_OTHER_PASSWORD": ""})
+    assert r.code == 2 and "CAS_OTHER_PASSWORD is empty" in r.err, r.err
+
+
 def test_the_password_command_is_named_and_its_stderr_shown(repo: Path, tmp_path: Path) -> None:
     script = tmp_path / "vault"
     script.write_text("#!/bin/sh\necho 'vault sealed' >&2\nexit 4\n")

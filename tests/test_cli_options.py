@@ -106,7 +106,12 @@ EXCLUDE_DEFAULTS = {"exclude_caches": False, "one_file_system": False, "exclude_
 def _filter(only: str, paths: bool = True) -> list[Row]:
     rows: list[Row] = [
         (("--host",), None, None, f"{only} snapshots of this host."),
-        (("--tag",), None, None, f"{only} snapshots with this tag."),
+        (
+            ("--tag",),
+            None,
+            None,
+            f"{only} snapshots with this tag (a,b: with both; repeated: with either).",
+        ),
         (("--path",), None, None, f"{only} snapshots that include this path."),
     ]
     return rows if paths else rows[:2]
@@ -120,7 +125,12 @@ USES = [
     (("forget",), _filter("Only consider"), {}, []),
     (("tag",), _filter("Only"), {}, []),
     (("stats",), _filter("Only"), {}, []),
-    (("mount",), _filter("Only", paths=False), {}, ["/mnt"]),
+    (("mount",), _filter("Only"), {}, ["/mnt"]),
+    # one snapshot: the filter narrows 'latest' (issue 15, item 3)
+    (("restore",), _filter("'latest' among"), {}, ["latest", "--target", "/t"]),
+    (("ls",), _filter("'latest' among"), {}, ["latest"]),
+    (("dump",), _filter("'latest' among"), {}, ["latest", "/f"]),
+    (("diff",), _filter("'latest' among"), {}, ["latest", "latest"]),
 ]
 
 

@@ -249,6 +249,35 @@ def test_content_and_layout(tmp_path: Path, mounts: list[Mount]) -> None:
     assert "allow_other" in line and " ro" in line and "default_permissions" in line
 
 
+def test_host_tag_and_path_narrow_the_view_and_its_latest(
+    tmp_path: Path, mounts: list[Mount]
+) -> None:
+    """Issue 15, item 3: ``mount --host/--tag/--path`` shows those snapshots only, so
+    ``snapshots/latest`` is the latest of them."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for src in (one, two):
+        src.mkdir()
+        (src / "f").write_text(src.name)
+    repo = tmp_path / "repo"
+    assert run_cas("-r", repo, "init", password=PASSWORD).code == 0
+    for src, host in ((one, "alpha"), (two, "beta")):
+        r = run_cas("-r", repo, "backup", src, "--host", host, "--tag", "t", password=PASSWORD)
+        assert r.code == 0, r.err
+    for i, (args, shown, count) in enumerate(
+        (
+            (["--host", "alpha"], one, 1),
+            (["--path", str(two)], two, 1),
+            (["--tag", "t", "--host", "alpha"], one, 1),
+            (["--tag", "t"], two, 2),
+        )
+    ):
+        m = mount(mounts, repo, tmp_path / f"mnt{i}", *args)
+        assert len(os.listdir(m.mnt / "snapshots")) == count + 1  # and latest
+        latest = m.mnt / "snapshots" / "latest" / str(shown).lstrip("/") / "f"
+        assert latest.read_text() == shown.name
+        assert m.stop() == 0
+
+
 def test_writes_fail_with_erofs(tmp_path: Path, mounts: list[Mount]) -> None:
     src = small_tree(tmp_path / "src")
     repo = backed_up(tmp_path, src)

@@ -361,9 +361,10 @@ def test_setuid_survives_owner_change_and_capability_survives_chown(
     assert dict(c.xattrs)[b"security.capability"] == cap
 
 
-def test_non_root_owner_failure_is_a_warning(
+def test_non_root_owner_failure_is_a_warning_when_owners_were_asked_for(
     tmp_path: Path, names: NameCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With --numeric-owner (owners asked for); without it, see the next test."""
     calls: list[tuple[int, int]] = []
 
     def refuse(path: bytes, uid: int, gid: int) -> None:
@@ -374,12 +375,32 @@ def test_non_root_owner_failure_is_a_warning(
     name = b"caf\xe9\nx"
     dst = b(tmp_path) + b"/" + name
     node = Node(name=name, type="file", mode=0o640, uid=4321, gid=8765, mtime_ns=MTIME)
-    warnings = restore(dst, node, names, is_root=False)
+    warnings = restore(dst, node, names, is_root=False, numeric_owner=True)
     assert len(warnings) == 1
     assert warnings[0].startswith("could not restore owner of ")
     assert "\n" not in warnings[0] and "caf\\udce9" in warnings[0]
     assert calls == [(4321, 8765), (-1, 8765)]  # the group alone is tried too
     st = os.lstat(dst)  # everything else still applied
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, MTIME)
+
+
+def test_non_root_owner_failure_is_skipped_silently_by_default(
+    tmp_path: Path, names: NameCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, item 5: as restic (and cp -a), a user cannot give files away and was
+    not asked to: no warning; the group is still set when it is one of the user's."""
+    calls: list[tuple[int, int]] = []
+
+    def refuse(path: bytes, uid: int, gid: int) -> None:
+        calls.append((uid, gid))
+        raise PermissionError(errno.EPERM, "Operation not permitted", path)
+
+    monkeypatch.setattr(os, "lchown", refuse)
+    dst = b(tmp_path / "f")
+    node = Node(name=b"f", type="file", mode=0o640, uid=4321, gid=8765, mtime_ns=MTIME)
+    assert restore(dst, node, names, is_root=False) == []
+    assert calls == [(4321, 8765), (-1, 8765)]
+    st = os.lstat(dst)
     assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, MTIME)
 
 

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"format"},
     {"chunking"},
     {"backend", "crypto"},
-    {"errors", "ids", "failpoints", "progress", "ipc"},
+    {"errors", "ids", "failpoints", "progress", "ipc", "wording"},
 ]
 
 

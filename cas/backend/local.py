@@ -337,7 +337,8 @@ def open_local(location: str, rest: str, options: LocalOptions) -> Backend:
         raise UsageError(f"no path in location {location!r}")
     near = _NEAR_SCHEME.match(rest)
     if near and location == rest and not os.path.lexists(rest):
-        # restic writes "s3:host/bucket"; "s3:/bucket" is a typo: neither is a new directory
+        # restic writes "s3:host/bucket"; "s3:/bucket" and "s3//bucket" are typos: none
+        # of them is a new directory
         scheme, after = near.group(1).lower(), rest[near.end() :].lstrip("/")
         raise UsageError(
             f"{location!r} is not a location cas knows: did you mean {scheme}://{after}? "
@@ -346,8 +347,11 @@ def open_local(location: str, rest: str, options: LocalOptions) -> Backend:
     return AccountingBackend(LocalBackend(os.path.expanduser(rest)), prices=PriceTable.free())
 
 
-# A plain path that starts like a URL scheme without its "//": s3:, sftp:, rest:, b2:...
-_NEAR_SCHEME = re.compile(r"^(s3|sftp|rest|b2|azure|gs|swift|rclone|file|memory):", re.IGNORECASE)
+# A plain path that starts like a URL scheme without its "//" (s3:, sftp:, rest:, b2:...)
+# or without its colon (s3//bucket).
+_NEAR_SCHEME = re.compile(
+    r"^(s3|sftp|rest|b2|azure|gs|swift|rclone|file|memory)(:|//)", re.IGNORECASE
+)
 
 
 FACTORY = BackendFactory(("", "file"), LocalOptions, open_local, "a path, file://")

@@ -60,6 +60,7 @@ from cas.repo.index import Location, MasterIndex
 from cas.repo.leftovers import find_leftovers
 from cas.repo.locks import scan_locks
 from cas.walker import bottom_up, load_tree
+from cas.wording import counted
 
 _T = TypeVar("_T")
 
@@ -417,7 +418,8 @@ class Checker:
             self._add(
                 "blob_duplicate",
                 name,
-                f"{len(entries) - added} of its {len(entries)} blobs are also stored in other "
+                f"{len(entries) - added} of its {counted(len(entries), 'blob')} "
+                f"{'is' if len(entries) - added == 1 else 'are'} also stored in other "
                 f"packs (harmless; prune removes the extra copies)",
             )
 
@@ -487,7 +489,8 @@ class Checker:
                 finding = self._add(
                     "pack_missing",
                     layout.pack_name(pack_id),
-                    f"index file {_short(ip.index_file)} names it ({n} blobs) but it is not stored",
+                    f"index file {_short(ip.index_file)} names it ({counted(n, 'blob')}) "
+                    "but it is not stored",
                 )
                 if ip.marked:
                     # Prune deletes marked packs: only a problem if a snapshot needs one.
@@ -508,7 +511,7 @@ class Checker:
             else:
                 for entry in entries:
                     self._orphan_blobs.setdefault(entry.blob_id, pack_id)
-                what = f"it holds {len(entries)} blobs"
+                what = f"it holds {counted(len(entries), 'blob')}"
             self._add(
                 "pack_unreferenced",
                 layout.pack_name(pack_id),
@@ -638,7 +641,10 @@ class Checker:
                 loc = self._locate(e.blob_id)
                 if loc is not None and loc.pack_id == pack_id:
                     self._bad.setdefault(e.blob_id, blob)
-        finding.message += f"; {header_state}, {damaged} of {len(entries)} blobs are damaged"
+        finding.message += (
+            f"; {header_state}, {damaged} of {counted(len(entries), 'blob')} "
+            f"{'is' if damaged == 1 else 'are'} damaged"
+        )
         if copies:
             finding.message += f" ({copies} of them have intact copies in other packs)"
 

@@ -47,6 +47,7 @@ from cas.format.pack import PackEntry
 from cas.repo.blobreader import BlobRef, reseal
 from cas.repo.index import Location
 from cas.repo.readerspec import ReaderSpec, open_located
+from cas.wording import counted
 
 MODULE = "cas.check.verifier"
 
@@ -240,7 +241,7 @@ class VerifierPool:
         how = ipc.ended(h.proc)
         n = len(h.out)
         self.lost.append(
-            f"{self.role} process {h.proc.pid} {how}; its {n} pack{'' if n == 1 else 's'} "
+            f"{self.role} process {h.proc.pid} {how}; its {counted(n, 'pack')} "
             f"{'was' if n == 1 else 'were'} done by the main process"
         )
         while h.out:

@@ -37,6 +37,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
 from cas.repo import Repository
 from cas.selection import split_tags
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -131,12 +132,13 @@ class _Progress(Reporter):
 @exclude_options
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up standard input as one file.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin.")
-@click.option("--tag", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option("--tag", multiple=True, help="Tag the snapshot (repeatable; a,b is two tags).")
 @click.option("--host", default=None, help="Host name to record (default: this machine's).")
 @click.option(
     "--parent",
     default=None,
-    help="Snapshot to compare with (default: the latest with the same host and paths).",
+    help="Snapshot to compare with (default, and 'latest': the latest with the same "
+    "host, as --host gives it, and the same paths).",
 )
 @click.option("--force", is_flag=True, help="Read every file, even unchanged ones.")
 @click.option(
@@ -314,7 +316,9 @@ def compression_level(name: str) -> int | None:
 def _find_parent(
     repo: Repository, ref: str | None, hostname: str, paths: list[bytes]
 ) -> tuple[bytes | None, bytes | None]:
-    if ref:
+    """The parent: the snapshot ``ref`` names, else (no ``ref`` or 'latest') the latest
+    snapshot of this host (--host) with the same paths, as restic chooses it."""
+    if ref and ref != "latest":
         sid, snap = repo.find_snapshot(ref)
         return sid, snap.tree
     best: tuple[bytes, Snapshot] | None = None
@@ -335,7 +339,8 @@ def _human_estimate(out: Output, e: dict[str, Any]) -> None:
     upload, storage = _usd(e["upload_cost_usd"]), _usd(e["storage_cost_usd_per_month"])
     out.line(
         f"estimate: {approx}{human_bytes(e['bytes_stored'])} stored in "
-        f"{e['data_packs'] + e['tree_packs']} packs{cold}; {e['put_requests']} PUT requests; "
+        f"{counted(e['data_packs'] + e['tree_packs'], 'pack')}{cold}; "
+        f"{counted(e['put_requests'], 'PUT request')}; "
         f"upload {upload}, storage {storage}/month"
     )
 

@@ -28,6 +28,7 @@ from cas.errors import EXIT_ERROR, UsageError
 from cas.format.snapshot import Snapshot
 from cas.progress import Progress
 from cas.repo import Repository
+from cas.wording import counted
 
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
 
@@ -183,18 +184,19 @@ def _human(out: Output, result: CheckResult, s: dict[str, Any]) -> None:
         if len(f.affected) > AFFECTED_SHOWN:
             out.line(f"    ... and {len(f.affected) - AFFECTED_SHOWN} more")
     out.line(
-        f"checked {s['snapshots']} snapshots ({s['trees']} trees, {s['files']} files), "
-        f"{s['index_files']} index files, {s['packs_stored']} packs"
+        f"checked {counted(s['snapshots'], 'snapshot')} ({counted(s['trees'], 'tree')}, "
+        f"{counted(s['files'], 'file')}), {counted(s['index_files'], 'index file')}, "
+        f"{counted(s['packs_stored'], 'pack')}"
     )
     if s["packs_selected"] or s["packs_read"]:
         out.line(
-            f"read {s['packs_read']} of {s['packs_selected']} selected packs "
+            f"read {s['packs_read']} of {counted(s['packs_selected'], 'selected pack')} "
             f"({human_bytes(s['bytes_read'])})"
         )
     if result.errors:
-        out.line(f"{result.errors} errors, {result.warnings} warnings")
+        out.line(f"{counted(result.errors, 'error')}, {counted(result.warnings, 'warning')}")
     elif result.warnings:
-        out.line(f"no errors, {result.warnings} warnings")
+        out.line(f"no errors, {counted(result.warnings, 'warning')}")
     else:
         out.line("no errors found")
 
@@ -244,9 +246,10 @@ def _human_diffs(out: Output, doc: dict[str, Any], diffs: list[Difference]) -> N
     for d in diffs:
         out.line(_diff_line(d))
     s = doc["summary"]
-    verdict = "identical" if not diffs else f"{len(diffs)} differences"
+    verdict = "identical" if not diffs else counted(len(diffs), "difference")
     out.line(
-        f"compared {s['entries']} entries of snapshot {doc['id'][:8]} with {doc['path']}: {verdict}"
+        f"compared {counted(s['entries'], 'entry')} of snapshot {doc['id'][:8]} with "
+        f"{doc['path']}: {verdict}"
     )
 
 

@@ -12,6 +12,7 @@ from cas.cli.common import Globals, Output, human_bytes, pass_globals
 from cas.cli.options import Workers, workers_option
 from cas.manage.copier import Resealer, copy_snapshots, reseal_here
 from cas.repo import Repository
+from cas.wording import counted
 
 # With the default worker count, helpers start once this many bytes were copied.
 RESEAL_AFTER = 64 << 20
@@ -69,9 +70,9 @@ def copy(
         for old, new in result.snapshots_copied:
             out.line(f"copied {old} -> {new}")
         out.line(
-            f"{len(result.snapshots_copied)} snapshots copied, "
+            f"{counted(len(result.snapshots_copied), 'snapshot')} copied, "
             f"{len(result.snapshots_skipped)} already there; "
-            f"{result.blobs_copied} blobs ({human_bytes(result.bytes_copied)}) sent"
+            f"{counted(result.blobs_copied, 'blob')} ({human_bytes(result.bytes_copied)}) sent"
         )
 
     out.emit(doc, human)

@@ -10,7 +10,9 @@ from cas.browse.differ import METADATA, Change, Differ, DiffStats, Side
 from cas.browse.nav import lookup
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
 from cas.cli.nodeview import json_path, path_text, split_ref
+from cas.cli.options import LATEST_AMONG, snapshot_filter_options
 from cas.errors import CasError
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -22,8 +24,9 @@ def register(cli: click.Group) -> None:
 @click.argument("first", metavar="SNAPSHOT1[:/path]")
 @click.argument("second", metavar="SNAPSHOT2[:/path]")
 @click.option("--metadata", is_flag=True, help="Also list metadata-only changes (U).")
+@snapshot_filter_options(only=LATEST_AMONG)
 @pass_globals
-def diff(g: Globals, first: str, second: str, metadata: bool) -> None:
+def diff(g: Globals, first: str, second: str, metadata: bool, selection: SnapshotFilter) -> None:
     """List what changed from SNAPSHOT1 to SNAPSHOT2, restic's way: + added,
     - removed, M content modified, T type changed, U metadata only (with
     --metadata), then a summary of counts and bytes added and removed.
@@ -36,8 +39,8 @@ def diff(g: Globals, first: str, second: str, metadata: bool) -> None:
     (ref1, path1), (ref2, path2) = split_ref(first), split_ref(second)
     repo = g.open()
     with g.locked(repo, exclusive=False, command="diff"):
-        sid1, snap1 = repo.find_snapshot(ref1)
-        sid2, snap2 = repo.find_snapshot(ref2)
+        sid1, snap1 = repo.find_snapshot(ref1, selection)
+        sid2, snap2 = repo.find_snapshot(ref2, selection)
         old = lookup(repo, snap1.tree, path1)
         new = lookup(repo, snap2.tree, path2)
 

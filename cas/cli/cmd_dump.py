@@ -14,9 +14,12 @@ from cas.browse.dumper import Blobs, Dumper, DumpSummary, failing
 from cas.browse.nav import lookup
 from cas.cli.common import Globals, Output, human_bytes, pass_globals
 from cas.cli.nodeview import inside, json_path, path_text, split_ref
+from cas.cli.options import LATEST_AMONG, snapshot_filter_options
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound, CasError, UsageError
 from cas.repo import Repository
+from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -41,9 +44,15 @@ def register(cli: click.Group) -> None:
     type=click.Path(dir_okay=False, path_type=bytes),
     help="Write to this file instead of stdout.",
 )
+@snapshot_filter_options(only=LATEST_AMONG)
 @pass_globals
 def dump(
-    g: Globals, snapshot: str, path: bytes | None, archive: str | None, target: bytes | None
+    g: Globals,
+    snapshot: str,
+    path: bytes | None,
+    archive: str | None,
+    target: bytes | None,
+    selection: SnapshotFilter,
 ) -> None:
     """Write PATH of a snapshot to stdout: a file's bytes as they are (also the /stdin
     file of a `backup --stdin`), a directory (or a symlink, device, fifo) as a tar or
@@ -63,7 +72,7 @@ def dump(
         raise UsageError("--json needs --target: the dump itself goes to stdout")
     repo = g.open()
     with g.locked(repo, exclusive=False, command="dump"):
-        sid, snap = repo.find_snapshot(ref)
+        sid, snap = repo.find_snapshot(ref, selection)
         entry = lookup(repo, snap.tree, where)
         as_file = entry.node is not None and entry.node.type == "file" and archive is None
         if not as_file and target is None and sys.stdout.isatty():
@@ -108,7 +117,9 @@ def dump(
     }
     if target is not None:  # stdout is free for a summary
         doc["target"] = os.fsdecode(target)
-        what = "the file" if as_file else f"a {doc['format']} of {summary.members} entries"
+        what = (
+            "the file" if as_file else f"a {doc['format']} of {counted(summary.members, 'entry')}"
+        )
         out.emit(
             doc,
             lambda: out.line(

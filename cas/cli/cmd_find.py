@@ -16,6 +16,7 @@ from cas.errors import CasError, UsageError
 from cas.format.snapshot import Snapshot
 from cas.repo import Repository
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -26,7 +27,11 @@ def register(cli: click.Group) -> None:
 @click.command()
 @click.argument("patterns", nargs=-1, type=click.Path(path_type=bytes), metavar="[PATTERN]...")
 @click.option(
-    "--snapshot", "-s", "snapshot_refs", multiple=True, help="Only this snapshot (repeatable)."
+    "--snapshot",
+    "-s",
+    "snapshot_refs",
+    multiple=True,
+    help="Only this snapshot (repeatable; 'latest' is narrowed by --host/--tag/--path).",
 )
 @snapshot_filter_options()
 @click.option("--ignore-case", "-i", is_flag=True, help="Patterns ignore case.")
@@ -93,7 +98,7 @@ def find(
     g.warn_damaged(out)
     out.emit(
         {"entries": total, "snapshots": groups},
-        lambda: out.line(f"{total} entries in {groups} snapshots"),
+        lambda: out.line(f"{counted(total, 'entry')} in {counted(groups, 'snapshot')}"),
     )
 
 
@@ -101,7 +106,7 @@ def _snapshots(
     repo: Repository, refs: tuple[str, ...], selection: SnapshotFilter
 ) -> list[tuple[bytes, Snapshot]]:
     if refs:
-        chosen = dict(repo.find_snapshot(r) for r in refs)
+        chosen = dict(repo.find_snapshot(r, selection) for r in refs)
         return sorted(chosen.items(), key=lambda p: (p[1].time_ns, p[0]))
     return [(sid, s) for sid, s in repo.iter_snapshots() if selection.matches(s)]
 

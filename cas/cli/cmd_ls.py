@@ -16,7 +16,9 @@ from cas.cli.nodeview import (
     snapshot_doc,
     split_ref,
 )
+from cas.cli.options import LATEST_AMONG, snapshot_filter_options
 from cas.errors import CasError
+from cas.selection import SnapshotFilter
 
 
 def register(cli: click.Group) -> None:
@@ -35,6 +37,7 @@ def register(cli: click.Group) -> None:
 )
 @click.option("-l", "--long", "long_", is_flag=True, help="Type and mode, owner, size, mtime.")
 @click.option("--human-readable", "-H", is_flag=True, help="Sizes as 1.5 MiB with --long.")
+@snapshot_filter_options(only=LATEST_AMONG)
 @pass_globals
 def ls(
     g: Globals,
@@ -43,9 +46,11 @@ def ls(
     recursive: bool,
     long_: bool,
     human_readable: bool,
+    selection: SnapshotFilter,
 ) -> None:
     """List the entries at and below PATHs of a snapshot (default: all of it, or of
-    SNAPSHOT:/path).  A relative PATH is taken inside SNAPSHOT:/path.
+    SNAPSHOT:/path).  A relative PATH is taken inside SNAPSHOT:/path.  SNAPSHOT is
+    an ID (a unique prefix) or 'latest' (narrowed by --host, --tag and --path).
 
     Names that are not UTF-8 show their bytes as \\xNN and control characters
     (a newline in a name) as escapes, so every entry is one line.  With --json
@@ -56,7 +61,7 @@ def ls(
     ref, base = split_ref(snapshot)
     repo = g.open()
     with g.locked(repo, exclusive=False, command="ls"):
-        sid, snap = repo.find_snapshot(ref)
+        sid, snap = repo.find_snapshot(ref, selection)
         starts = [lookup(repo, snap.tree, inside(base, p)) for p in paths or (base,)]
 
         def on_error(path: bytes, error: CasError) -> None:

@@ -15,6 +15,7 @@ from cas.errors import CasError, UsageError
 from cas.mount.vfs import CACHE_BYTES, SnapshotView
 from cas.repo.store import RepositoryStore
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -50,7 +51,7 @@ def check_mountpoint(path: str) -> None:
     help="Let other users use the mount (as root, or with user_allow_other in /etc/fuse.conf); "
     "the recorded permissions still apply.",
 )
-@snapshot_filter_options(paths=False)
+@snapshot_filter_options()
 @click.option(
     "--cache-size",
     type=click.IntRange(min=1),
@@ -97,7 +98,7 @@ def mount(
                 )
                 quoted = shlex.quote(mountpoint)
                 out.line(
-                    f"{count} snapshots mounted at {mountpoint}; "
+                    f"{counted(count, 'snapshot')} mounted at {mountpoint}; "
                     f"Ctrl-C or `fusermount3 -u {quoted}` unmounts"
                 )
 

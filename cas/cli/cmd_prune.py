@@ -14,6 +14,7 @@ from cas.errors import LockedError, UsageError
 from cas.repo import Repository
 from cas.repo.locks import RepoLock
 from cas.repo.prune import PruneOptions, PrunePlan, Salvager, execute_prune, plan_prune
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -115,7 +116,7 @@ def prune_lines(out: Output, doc: dict[str, Any]) -> None:
     p = doc["plan"]
     verb = "would" if doc["dry_run"] else "will"
     out.line(
-        f"{p['packs_kept']} packs kept, {p['packs_to_repack']} to repack "
+        f"{counted(p['packs_kept'], 'pack')} kept, {p['packs_to_repack']} to repack "
         f"({human_bytes(p['bytes_to_repack'])}, keeping {human_bytes(p['bytes_repack_kept'])}), "
         f"{p['packs_to_remove']} unused, {p['orphan_packs']} unindexed, "
         f"{p['packs_pending_deletion']} marked earlier"
@@ -126,20 +127,26 @@ def prune_lines(out: Output, doc: dict[str, Any]) -> None:
         f"{r['GET']} GET, {r['PUT']} PUT, {r['DELETE']} DELETE and {r['LIST']} LIST requests"
     )
     if p["missing_packs"]:
+        one = p["missing_packs"] == 1
         out.line(
-            f"{p['missing_packs']} packs named by the index are missing and were dropped "
+            f"{counted(p['missing_packs'], 'pack')} named by the index "
+            f"{'is' if one else 'are'} missing and {'was' if one else 'were'} dropped "
             "from it (run 'cas check')"
         )
     res = doc.get("result")
     if res:
         out.line(
-            f"wrote {res['packs_written']} packs ({human_bytes(res['bytes_written'])}), "
-            f"deleted {res['packs_deleted']} packs, freed {human_bytes(res['bytes_freed'])}"
+            f"wrote {counted(res['packs_written'], 'pack')} "
+            f"({human_bytes(res['bytes_written'])}), "
+            f"deleted {counted(res['packs_deleted'], 'pack')}, "
+            f"freed {human_bytes(res['bytes_freed'])}"
         )
         if res.get("leftovers_aborted"):
-            out.line(f"aborted {res['leftovers_aborted']} unfinished uploads")
+            out.line(f"aborted {counted(res['leftovers_aborted'], 'unfinished upload')}")
         if res["deferred_packs"]:
             out.line(
-                f"{res['deferred_packs']} packs ({human_bytes(res['deferred_bytes'])}) stay "
-                f"marked: {res['deferred_because']}"
+                f"{counted(res['deferred_packs'], 'pack')} "
+                f"({human_bytes(res['deferred_bytes'])}) "
+                f"{'stays' if res['deferred_packs'] == 1 else 'stay'} marked: "
+                f"{res['deferred_because']}"
             )

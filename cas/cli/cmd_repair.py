@@ -10,6 +10,7 @@ from cas.cli.common import Globals, Output, pass_globals
 from cas.errors import UsageError
 from cas.manage.repair import repair_snapshots
 from cas.repo.rebuild import rebuild_index, salvage_packs
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -35,8 +36,9 @@ def repair_index(g: Globals) -> None:
 
     def human() -> None:
         out.line(
-            f"indexed {result.blobs_indexed} blobs in {result.packs_indexed} packs, "
-            f"replacing {result.index_files_replaced} index files"
+            f"indexed {counted(result.blobs_indexed, 'blob')} in "
+            f"{counted(result.packs_indexed, 'pack')}, "
+            f"replacing {counted(result.index_files_replaced, 'index file')}"
         )
         for p in result.unreadable_packs:
             out.line(f"unreadable pack left out: {p}")
@@ -62,8 +64,10 @@ def repair_packs(g: Globals, pack_ids: tuple[str, ...]) -> None:
 
     def human() -> None:
         out.line(
-            f"salvaged {result.blobs_salvaged} blobs of {len(result.packs)} packs into "
-            f"{result.packs_written} new packs; {len(result.blobs_lost)} blobs lost"
+            f"salvaged {counted(result.blobs_salvaged, 'blob')} of "
+            f"{counted(len(result.packs), 'pack')} into "
+            f"{counted(result.packs_written, 'new pack')}; "
+            f"{counted(len(result.blobs_lost), 'blob')} lost"
         )
         for blob in result.blobs_lost:
             out.line(f"  lost: {blob}")
@@ -112,7 +116,7 @@ def repair_snaps(g: Globals, forget: bool, dry_run: bool) -> None:
         for sid in result.removed_damaged:
             out.line(f"{verb} damaged snapshot {sid[:8]} (its file cannot be read)")
         out.line(
-            f"checked {result.snapshots_checked} snapshots, "
+            f"checked {counted(result.snapshots_checked, 'snapshot')}, "
             f"{'would rewrite' if dry_run else 'rewrote'} {len(result.snapshots_rewritten)}"
         )
 
@@ -127,4 +131,4 @@ def unlock(g: Globals, remove_all: bool) -> None:
     out = Output(g)
     repo = g.open()
     removed = repo.remove_all_locks() if remove_all else repo.remove_stale_locks()
-    out.emit({"removed": removed}, lambda: out.line(f"removed {len(removed)} locks"))
+    out.emit({"removed": removed}, lambda: out.line(f"removed {counted(len(removed), 'lock')}"))

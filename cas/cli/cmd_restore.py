@@ -20,7 +20,7 @@ from cas.cli.common import (
     human_bytes,
     pass_globals,
 )
-from cas.cli.options import Workers, workers_option
+from cas.cli.options import LATEST_AMONG, Workers, snapshot_filter_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, CasError, UsageError
 from cas.format.snapshot import Snapshot
@@ -29,6 +29,8 @@ from cas.manage.stats import StatsCollector
 from cas.repo import Repository
 from cas.restore.pool import AUTO_START_AFTER, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
+from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -99,9 +101,9 @@ class _Progress(RestoreReporter):
     "--snapshot",
     "-s",
     "snapshot_opt",
-    help="ID (unique prefix) or 'latest', "
-    "optionally followed by :/path/inside to restore only that subtree's contents.",
+    help="The snapshot, as the SNAPSHOT argument says (give one or the other).",
 )
+@snapshot_filter_options(only=LATEST_AMONG)
 @click.option(
     "--target",
     "-t",
@@ -111,7 +113,12 @@ class _Progress(RestoreReporter):
 )
 @click.option("--include", "-i", multiple=True, help="Restore only matching paths.")
 @click.option("--exclude", "-e", multiple=True, help="Do not restore matching paths.")
-@click.option("--numeric-owner", is_flag=True, help="Restore owners by id, ignoring names.")
+@click.option(
+    "--numeric-owner",
+    is_flag=True,
+    help="Restore owners by id, ignoring names (not as root: warn of each owner the "
+    "system refuses; without it those are skipped silently, as restic does).",
+)
 @click.option(
     "--verify", is_flag=True, help="Re-read restored files and compare with the snapshot."
 )
@@ -125,6 +132,7 @@ def restore(
     g: Globals,
     snapshot_arg: str | None,
     snapshot_opt: str | None,
+    selection: SnapshotFilter,
     target: bytes,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
@@ -134,11 +142,21 @@ def restore(
     dry_run: bool,
     workers: Workers,
 ) -> None:
-    """Restore a snapshot into --target: a snapshot of /a/b lands in TARGET/a/b."""
+    """Restore SNAPSHOT into --target: a snapshot of /a/b lands in TARGET/a/b.
+
+    SNAPSHOT is an ID (a unique prefix) or 'latest' (the latest one, among those of
+    --host, --tag and --path when given), optionally followed by :/path/inside to
+    restore only that subtree's contents.
+    """
     out = Output(g)
+    if snapshot_arg and snapshot_opt:
+        raise UsageError(
+            f"two snapshots given ({snapshot_arg!r} and --snapshot {snapshot_opt!r}): "
+            "give the snapshot once"
+        )
     ref = snapshot_opt or snapshot_arg
     if not ref:
-        raise UsageError("which snapshot? give --snapshot ID (or 'latest')")
+        raise UsageError("which snapshot? give its ID or 'latest' (restore latest --target DIR)")
     ref, _, sub = ref.partition(":")
     repo = g.open()
     opts = RestoreOptions(
@@ -150,7 +168,7 @@ def restore(
         verify=verify,
     )
     with g.locked(repo, exclusive=False, command="restore"):
-        sid, snap = repo.find_snapshot(ref)
+        sid, snap = repo.find_snapshot(ref, selection)
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
@@ -216,15 +234,17 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     verb = "would restore" if doc["dry_run"] else "restored"
     out.line(
         f"{verb} snapshot {doc['id'][:8]} to {doc['target']}: "
-        f"{s['files_restored']} files ({human_bytes(s['bytes_written'])}), "
-        f"{s['files_unchanged']} unchanged, {s['dirs']} dirs, {s['symlinks']} symlinks, "
-        f"{s['special']} special, {s['hardlinks']} hardlinks in {s['duration']:.1f}s"
+        f"{counted(s['files_restored'], 'file')} ({human_bytes(s['bytes_written'])}), "
+        f"{s['files_unchanged']} unchanged, {counted(s['dirs'], 'dir')}, "
+        f"{counted(s['symlinks'], 'symlink')}, {s['special']} special, "
+        f"{counted(s['hardlinks'], 'hardlink')} in {s['duration']:.1f}s"
     )
     if s["deleted"]:
-        out.line(f"{'would delete' if doc['dry_run'] else 'deleted'} {s['deleted']} entries")
+        verb = "would delete" if doc["dry_run"] else "deleted"
+        out.line(f"{verb} {counted(s['deleted'], 'entry')}")
     if s["verified"]:
-        out.line(f"verified {s['verified']} files")
+        out.line(f"verified {counted(s['verified'], 'file')}")
     if s["failed"]:
-        out.line(f"{len(s['failed'])} entries could not be restored:")
+        out.line(f"{counted(len(s['failed']), 'entry')} could not be restored:")
         for p in s["failed"]:
             out.line(f"  {p}")

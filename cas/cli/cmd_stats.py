@@ -11,6 +11,7 @@ from cas.cli.options import snapshot_filter_options
 from cas.crypto import BlobType
 from cas.manage.stats import StatsCollector
 from cas.selection import SnapshotFilter
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -81,12 +82,17 @@ def _ratio(x: float | None) -> str:
 def _human(out: Output, doc: dict[str, Any]) -> None:
     if doc["scope"] == "snapshots":
         for s in doc["snapshots"]:
-            out.line(f"{s['id'][:8]}  {human_bytes(s['restore_size']):>10}  {s['files']} files")
+            out.line(
+                f"{s['id'][:8]}  {human_bytes(s['restore_size']):>10}  "
+                f"{counted(s['files'], 'file')}"
+            )
     out.line(f"snapshots:          {doc['snapshot_count']}")
-    out.line(f"restore size:       {human_bytes(doc['restore_size'])} in {doc['files']} files")
+    out.line(
+        f"restore size:       {human_bytes(doc['restore_size'])} in {counted(doc['files'], 'file')}"
+    )
     out.line(
         f"raw data:           {human_bytes(doc['raw_data'])} in "
-        f"{doc['data_blobs'] + doc['tree_blobs']} blobs "
+        f"{counted(doc['data_blobs'] + doc['tree_blobs'], 'blob')} "
         f"(trees {human_bytes(doc['raw_tree'])} in {doc['tree_blobs']})"
     )
     out.line(f"stored size:        {human_bytes(doc['stored_size'])}")
@@ -97,6 +103,6 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
     if "repository" in doc:
         r = doc["repository"]
         out.line(
-            f"repository:         {r['packs']} packs, {human_bytes(r['pack_bytes'])}, "
-            f"{r['indexed_blobs']} blobs indexed"
+            f"repository:         {counted(r['packs'], 'pack')}, {human_bytes(r['pack_bytes'])}, "
+            f"{counted(r['indexed_blobs'], 'blob')} indexed"
         )

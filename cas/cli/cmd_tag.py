@@ -21,6 +21,7 @@ from cas.errors import UsageError
 from cas.format.snapshot import Snapshot
 from cas.repo import Repository
 from cas.selection import SnapshotFilter, split_tags
+from cas.wording import counted
 
 
 def register(cli: click.Group) -> None:
@@ -79,7 +80,7 @@ def tag(
     def human() -> None:
         for c in changed:
             out.line(f"{c['id'][:8]} -> {c['new_id'][:8]}  [{', '.join(c['tags'])}]")
-        out.line(f"changed {len(changed)} snapshots, {unchanged} unchanged")
+        out.line(f"changed {counted(len(changed), 'snapshot')}, {unchanged} unchanged")
 
     out.emit(doc, human)
 

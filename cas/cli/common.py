@@ -182,10 +182,11 @@ class Globals:
             if password_file:
                 return read_password_file(password_file)
             if "CAS_OTHER_PASSWORD" in os.environ:
-                return os.environ["CAS_OTHER_PASSWORD"].encode()
+                env = os.environ["CAS_OTHER_PASSWORD"].encode()
+                return _not_empty(env, "CAS_OTHER_PASSWORD is empty")
             if sys.stdin.isatty():
                 text: str = click.prompt(f"password of {location}", hide_input=True, err=True)
-                return text.encode()
+                return _not_empty(text.encode(), "nothing was typed")
             raise NoPassword(
                 f"no password for {location}: give its password file or set CAS_OTHER_PASSWORD"
             )

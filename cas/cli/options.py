@@ -329,25 +329,38 @@ exclude_options = option_group("excludes", ExcludeOptions, EXCLUDE_OPTIONS)
 # -- snapshot filter (snapshots, forget, tag, stats, mount) --------------------------
 
 
+LATEST_AMONG = "'latest' among"
+"""``only`` for commands given one snapshot: the options narrow 'latest'."""
+
+
 def snapshot_filter_options(*, only: str = "Only", paths: bool = True) -> Callable[[F], F]:
     """--host, --tag and (unless ``paths`` is false) --path, each repeatable; the
     callback gets ``selection: SnapshotFilter``.  ``only`` starts the help texts
     ("Only consider" where other options pick among the snapshots chosen)."""
     options = [
         click.option("--host", multiple=True, help=f"{only} snapshots of this host."),
-        click.option("--tag", multiple=True, help=f"{only} snapshots with this tag."),
+        click.option(
+            "--tag",
+            multiple=True,
+            help=f"{only} snapshots with this tag (a,b: with both; repeated: with either).",
+        ),
     ]
     if paths:
         options.append(
-            click.option("--path", multiple=True, help=f"{only} snapshots that include this path.")
+            click.option(
+                "--path",
+                "snapshot_path",  # not "path": dump has an argument of that name
+                multiple=True,
+                help=f"{only} snapshots that include this path.",
+            )
         )
     return option_group("selection", _selection, options)
 
 
 def _selection(
-    host: tuple[str, ...], tag: tuple[str, ...], path: tuple[str, ...] = ()
+    host: tuple[str, ...], tag: tuple[str, ...], snapshot_path: tuple[str, ...] = ()
 ) -> SnapshotFilter:
-    return SnapshotFilter.of(host, tag, path)
+    return SnapshotFilter.of(host, tag, snapshot_path)
 
 
 # -- helper processes (restore's writers, check's verifiers) ---------------------------

@@ -515,9 +515,11 @@ def apply_metadata(
     """Apply ``node``'s owner, xattrs, mode, times and flags to ``path``; return warnings.
 
     Ownership goes by name when the name exists here (unless ``numeric_owner``),
-    else by id.  ``path`` must already exist with its content written; call this
-    for a directory only after its contents are restored, because it may make
-    the directory immutable or append-only and it sets its mtime.  Access ACLs
+    else by id.  Not as root, an owner the system refuses to set is skipped
+    without a warning (as restic does) unless ``numeric_owner`` asked for owners.
+    ``path`` must already exist with its content written; call this for a
+    directory only after its contents are restored, because it may make the
+    directory immutable or append-only and it sets its mtime.  Access ACLs
     present on ``path`` but not in ``node`` (inherited from a default ACL) are
     removed, so the restored permissions are the recorded ones.
 
@@ -653,8 +655,14 @@ def _apply_owner(
         try:  # at least the group, if it is one of ours
             at.lchown(-1, gid)
         except OSError:
-            pass
+            group_set = False
         else:
+            group_set = True
+        if not numeric_owner:
+            # As restic, cp -a and rsync -a: a user cannot give files away, and
+            # was not asked to (--numeric-owner asks), so that is no warning.
+            return
+        if group_set:
             warnings.append(f"could not restore owner of {_show(at.shown)}: only its group")
             return
     warnings.append(f"could not restore owner of {_show(at.shown)}: {_reason(first_error)}")

@@ -11,6 +11,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
 from cas.repo import Repository
 from cas.walker import load_tree
+from cas.wording import counted
 
 STUB_TEXT = b"cas: this file could not be recovered: %d of its %d chunks are lost\n"
 
@@ -68,7 +69,9 @@ class _Rewriter:
     def _stub(self, n: Node, path: bytes) -> None:
         lost = sum(not self.repo.has_blob(b) for b in n.content)
         text = STUB_TEXT % (lost, len(n.content))
-        n.extra["repaired"] = f"{lost} of {len(n.content)} chunks lost; was {n.size} bytes"
+        n.extra["repaired"] = (
+            f"{lost} of {counted(len(n.content), 'chunk')} lost; was {n.size} bytes"
+        )
         bid = self._save(BlobType.DATA, text)
         digest = self.repo.file_digest()
         digest.update(text)

@@ -36,6 +36,7 @@ from cas.repo import leftovers, locks
 from cas.repo.packer import FinishedPack
 from cas.repo.repository import Repository
 from cas.walker import used_blobs as reachable
+from cas.wording import counted
 
 # Commands whose lock holds back deletion: those that may write a snapshot
 # referring to blobs they saw, and finite readers (a check or restore must
@@ -212,7 +213,8 @@ def plan_prune(
     lost = used - holder.keys()
     if lost:
         raise PruneRefused(
-            f"{len(lost)} blobs that snapshots need are in no existing pack; run "
+            f"{counted(len(lost), 'blob')} that snapshots need "
+            f"{'is' if len(lost) == 1 else 'are'} in no existing pack; run "
             "'cas check' and 'cas repair index' first"
         )
 

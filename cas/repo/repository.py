@@ -46,6 +46,7 @@ from cas.repo.keyring import KeyInfo
 from cas.repo.packer import FinishedPack
 from cas.repo.packwriter import BlobSaver, PackWriter, WriteStats
 from cas.repo.verified import read_verified
+from cas.selection import EVERY_SNAPSHOT, SnapshotFilter
 
 __all__ = ["KeyInfo", "Repository", "WriteStats"]
 
@@ -387,12 +388,18 @@ class Repository:
             )
         return matches[0]
 
-    def find_snapshot(self, ref: str) -> tuple[bytes, Snapshot]:
-        """Resolve "latest" or a unique hex prefix of a snapshot ID."""
+    def find_snapshot(
+        self, ref: str, among: SnapshotFilter = EVERY_SNAPSHOT
+    ) -> tuple[bytes, Snapshot]:
+        """Resolve "latest" (the latest of the snapshots ``among`` lets through: the
+        --host, --tag and --path options narrow it, as restic's do) or a unique hex
+        prefix of a snapshot ID (found whatever ``among`` says, as in restic)."""
         if ref == "latest":
-            snaps = list(self.iter_snapshots())
+            snaps = [p for p in self.iter_snapshots() if among.matches(p[1])]
             if not snaps:
-                raise SnapshotNotFound("latest: the repository has no snapshots")
+                if among == EVERY_SNAPSHOT:
+                    raise SnapshotNotFound("latest: the repository has no snapshots")
+                raise SnapshotNotFound(f"latest: no snapshot {among.describe()}")
             return snaps[-1]
         sid = self.resolve_snapshot_id(ref)
         return sid, self.load_snapshot(sid)
