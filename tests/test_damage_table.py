@@ -98,11 +98,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
             (index,) = (p for p in new if p.parent.name == "index")
             (snap,) = (p for p in new if p.parent.name == "snapshots")
             objects["index"], objects["snapshot"] = str(index.relative_to(repo)), snap.name
-    listed = run_cas("-r", repo, "--cache-dir", cache, "--json", "snapshots").json()
+    listed = run_cas("-r", repo, "--cache-dir", cache, "--json", "snapshots").json()["snapshots"]
     ids = {Path(d["paths"][0]).name: d["id"] for d in listed}
     objects["snapshot"] = f"snapshots/{ids['s2']}"
     objects["d1_tree_byte"] = str(_middle_of_d1_tree(repo, ids["s2"], src / "s2"))
-    keys = run_cas("-r", repo, "--cache-dir", cache, "--json", "key", "list").json()
+    keys = run_cas("-r", repo, "--cache-dir", cache, "--json", "key", "list").json()["keys"]
     objects["key"] = "keys/" + next(k["id"] for k in keys if not k["current"])
     objects["config"] = "config"
     for name in SNAPS:  # the cache then holds every snapshot, index and key file and tree pack
@@ -148,7 +148,7 @@ class Case:
     def snapshot_sources(self) -> dict[str, str]:
         """Each listed snapshot's ID and the source tree it is of."""
         r = self.cas("--json", "snapshots")
-        return {d["id"]: Path(d["paths"][0]).name for d in r.json()}
+        return {d["id"]: Path(d["paths"][0]).name for d in r.json()["snapshots"]}
 
 
 def _damage(path: Path, state: str, at: int | None = None) -> None:
@@ -240,7 +240,7 @@ def test_one_damaged_or_missing_object(case: Case) -> None:
         listing, restore_s2 = _expected(c.kind, c.state, c.cache)
         r = c.cas("--json", "snapshots")
         assert r.code == listing, r.err
-        listed = [d["id"] for d in r.json()]
+        listed = [d["id"] for d in r.json()["snapshots"]]
         assert b.ids["s1"] in listed and b.ids["s3"] in listed
         assert (b.ids["s2"] in listed) == (not s2_gone)
         for name in ("s1", "s3"):
@@ -283,7 +283,7 @@ def test_one_damaged_or_missing_object(case: Case) -> None:
 
 
 def _repaired(c: Case, sid: str) -> bool:
-    (doc,) = (d for d in c.cas("--json", "snapshots").json() if d["id"] == sid)
+    (doc,) = (d for d in c.cas("--json", "snapshots").json()["snapshots"] if d["id"] == sid)
     return "repaired" in doc.get("tags", [])
 
 
@@ -323,7 +323,7 @@ def _every_command_copes(c: Case) -> None:
     for args in (("ls", s1), ("ls", s3), ("diff", s1, s3)):
         assert c.cas(*args).code == 0, args  # the unaffected ones are served whole
     r = c.cas("--json", "copy", "--to", str(other), env=env)
-    copied = run_cas("-r", other, "--no-cache", "--json", "snapshots").json()
+    copied = run_cas("-r", other, "--no-cache", "--json", "snapshots").json()["snapshots"]
     sources = {Path(d["paths"][0]).name for d in copied}
     assert {"s1", "s3"} <= sources, (sources, r.err)
     _mount_serves_the_rest(c)

@@ -81,3 +81,29 @@ def test_keys_never_show_their_bytes() -> None:
     keys = MasterKeys.generate()
     for shown in (repr(keys), repr(keys.ids_only()), repr(keys.data), repr(SecretKey(b"k" * 32))):
         assert keys.data_key.hex() not in shown and "k" * 32 not in shown
+
+
+def test_a_key_file_removed_while_the_repository_opens_is_passed_over() -> None:
+    """Another client's ``cas key remove`` between the listing of key files and their
+    reading: the key in hand still opens the repository, and the listing of keys shows
+    the rest (the global-option matrix ran three removals side by side and met it)."""
+    from collections.abc import Iterator
+
+    from cas.backend.base import ObjectInfo
+    from cas.backend.memory import MemoryBackend
+    from cas.repo import keyring, layout
+    from cas.repo.connect import init_repository
+
+    class Vanishing(MemoryBackend):
+        def list(self, prefix: str) -> Iterator[ObjectInfo]:
+            yield from super().list(prefix)
+            if prefix == layout.KEYS:  # listed, then removed before it is read
+                yield ObjectInfo(layout.key_name(b"\x00" * 32), 400)
+
+    backend = Vanishing()
+    repo = init_repository(backend, b"pw", kdf=crypto.KdfParams.new(opslimit=1, memlimit=8192))
+    raw_config = backend.read(layout.CONFIG)
+    unlocked = keyring.unlock(backend, b"pw", raw_config)
+    assert unlocked.key_id == repo.key_id
+    listed = keyring.list_keys(backend, unlocked.key_id, {})
+    assert [k.key_id for k in listed] == [repo.key_id]

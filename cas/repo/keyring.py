@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from cas import crypto
 from cas.backend.base import Backend
-from cas.errors import CasError, FormatError, IntegrityError, UnsupportedVersion, WrongPassword
+from cas.errors import (
+    CasError,
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+    UnsupportedVersion,
+    WrongPassword,
+)
 from cas.format import config as configfmt
 from cas.format import keyfile as keyfmt
 from cas.ids import storage_id
@@ -78,6 +85,8 @@ def list_keys(
     for kid in key_ids(backend):
         try:
             kf = keyfmt.decode_keyfile(read_verified(backend, layout.key_name(kid), "key file"))
+        except ObjectNotFound:
+            continue  # removed by another client since the listing
         except (IntegrityError, FormatError, UnsupportedVersion) as e:
             if damaged is None:
                 raise
@@ -119,10 +128,14 @@ def unlock(backend: Backend, password: bytes, raw_config: bytes) -> Unlocked:
         raise FormatError(what="repository", detail="it has no key files")
     damaged: list[str] = []
     opened_elsewhere: list[str] = []  # the password opened these, but not the config
+    vanished = 0
     for name in sorted(names):
         try:
             kf = keyfmt.decode_keyfile(read_verified(backend, name, "key file"))
             keys = keyfmt.unlock(kf, password)
+        except ObjectNotFound:
+            vanished += 1  # removed by another client since the listing (cas key remove)
+            continue
         except WrongPassword:
             continue
         except (IntegrityError, UnsupportedVersion) as e:
@@ -141,6 +154,10 @@ def unlock(backend: Backend, password: bytes, raw_config: bytes) -> Unlocked:
     if opened_elsewhere:
         # The password is right, so this is damage (of the config, or a stray key file).
         raise IntegrityError(what="config", detail="; ".join(opened_elsewhere))
-    if damaged and len(damaged) == len(names):
+    if damaged and len(damaged) == len(names) - vanished:
         raise IntegrityError(what="key files", detail="; ".join(damaged))
+    if vanished == len(names):
+        raise FormatError(
+            what="repository", detail="its key files were removed while it was opened"
+        )
     raise WrongPassword()
