@@ -79,10 +79,12 @@ class PackRanges:
             packfmt.open_blob(self._keys, e.type, e.blob_id, sealed, e.raw_length)
         return entries
 
-    def read_pack_header(self, pack_id: bytes) -> list[packfmt.PackEntry]:
-        """Read and decode a pack's header with two ranged reads (trailer, then header)."""
+    def read_pack_header(self, pack_id: bytes, size: int | None = None) -> list[packfmt.PackEntry]:
+        """Read and decode a pack's header with two ranged reads (trailer, then header);
+        ``size``: the pack's, when the caller has it (else a stat)."""
         name = layout.pack_name(pack_id)
-        size = self.backend.stat(name).size
+        if size is None:
+            size = self.backend.stat(name).size
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
         trailer = self.backend.read(name, size - packfmt.TRAILER_SIZE, packfmt.TRAILER_SIZE)
@@ -99,7 +101,7 @@ class PackRanges:
         size = self.backend.stat(name).size
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
-        entries = self.read_pack_header(pack_id)
+        entries = self.read_pack_header(pack_id, size)
         digest = hashlib.sha256()
         held = b""  # read, hashed, not yet opened: the start of the next blob
         held_at = 0  # its offset in the pack
