@@ -82,9 +82,17 @@ def same_as_decode_index(raw: bytes) -> str:
     if isinstance(got[1], indexfmt.IndexFile):
         assert got[1] == f
         return "full"
-    assert not f.supersedes and not f.garbage
     assert [(pid, list(blobs)) for pid, blobs in got[1]] == _locations(f)
+    assert _as_index_file(got[1]) == f  # every field of every entry, supersedes, garbage
     return "locations"
+
+
+def _as_index_file(loc: indexfmt.BlobLocations) -> indexfmt.IndexFile:
+    return indexfmt.IndexFile(
+        {pid: loc.entries(first, n) for pid, first, n in loc.packs},
+        list(loc.supersedes),
+        {pid: (marked, loc.entries(first, n)) for pid, marked, first, n in loc.garbage},
+    )
 
 
 # The document, as msgpack of a map with the keys given (in order, repeats allowed).
@@ -126,17 +134,54 @@ CASES: list[tuple[str, bytes, str]] = [
         _seal(_doc(packs=[{**_pack(1, _row(1)), "x": [_row(2), 5]}])),
         "full",
     ),
-    ("supersedes", _seal(_doc(packs=[_pack(1, _row(1))], supersedes=[BID])), "full"),
+    ("supersedes", _seal(_doc(packs=[_pack(1, _row(1))], supersedes=[BID])), "locations"),
     (
         "garbage",
         _seal(_doc(garbage=[{"id": BID, "marked": 5, "blobs": [_row(2)]}])),
-        "full",
+        "locations",
     ),
     (
         "garbage without blobs",
         _seal(_doc(packs=[_pack(1, _row(1))], garbage=[{"id": BID, "marked": 5, "blobs": []}])),
-        "full",
+        "locations",
     ),
+    (
+        "what prune writes",
+        _seal(
+            _doc(
+                packs=[_pack(1, _row(1), _row(2, 100, 200)), _pack(2, _row(3))],
+                supersedes=[BID, bytes(32)],
+                garbage=[
+                    {"id": BID, "marked": 5, "blobs": [_row(4), _row(5, 100)]},
+                    {"id": bytes(32), "marked": -1, "blobs": [_row(6)]},
+                ],
+            )
+        ),
+        "locations",
+    ),
+    ("garbage not a list", _seal(_doc(garbage={"id": BID})), "refused"),
+    (
+        "garbage without marked",
+        _seal(_doc(garbage=[{"id": BID, "blobs": [_row(2)]}])),
+        "refused",
+    ),
+    (
+        "garbage marked true",
+        _seal(_doc(garbage=[{"id": BID, "marked": True, "blobs": [_row(2)]}])),
+        "refused",
+    ),
+    (
+        "a pack both live and garbage",
+        _seal(_doc(packs=[_pack(1, _row(1))], garbage=[{**_pack(1, _row(2)), "marked": 5}])),
+        "refused",
+    ),
+    (
+        "garbage listed twice",
+        _seal(_doc(garbage=[{"id": BID, "marked": 5, "blobs": []}] * 2)),
+        "refused",
+    ),
+    ("a short superseded ID", _seal(_doc(supersedes=[BID[:31]])), "refused"),
+    ("a text superseded ID", _seal(_doc(supersedes=["x" * 32])), "refused"),
     (
         "packs given twice (the later counts)",
         _seal_payload(
@@ -317,3 +362,72 @@ def test_load_of_a_file_written_by_prune_takes_the_prune_way() -> None:
     assert store.index.pack_ids() == {b"b" * 32}
     assert store.garbage_index.pack_ids() == {b"c" * 32}
     assert bytes(32) not in store.index and store.garbage_index.get(bytes(32)) is not None
+
+
+class _Counted(IndexStore):
+    slow = 0
+
+    def _load_during_prune(self) -> None:
+        self.slow += 1
+        super()._load_during_prune()
+
+
+def _prune_model(backend: MemoryBackend) -> IndexStore:
+    model = IndexStore(backend, KEYS)
+    model._load_during_prune()
+    model.index.compact()
+    model.garbage_index.compact()
+    return model
+
+
+def _same(got: MasterIndex, want: MasterIndex) -> None:
+    assert got.pack_ids() == want.pack_ids()
+    assert list(got._run.iter_records()) == list(want._run.iter_records())
+    assert got._packs == want._packs
+
+
+def test_load_after_a_finished_prune_reads_each_file_once() -> None:
+    """A finished prune leaves one file that supersedes files no longer stored and lists
+    the packs it could not delete yet under garbage: the files are used as they come
+    (no second reading) and give what the prune way gives."""
+    rnd = random.Random(5)
+    backend = MemoryBackend()
+    backend.create()
+    store = _Counted(backend, KEYS)
+    ids = [rnd.randbytes(32) for _ in range(500)]
+    live = {rnd.randbytes(32): _entries(rnd, ids, 50) for _ in range(4)}
+    marked = {rnd.randbytes(32): (7, _entries(rnd, ids, 20)) for _ in range(3)}
+    gone = [rnd.randbytes(32), rnd.randbytes(32)]  # superseded files, deleted since
+    store.write(indexfmt.IndexFile(live, gone, marked))
+    # a backup's file written after the prune
+    store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 30)}))
+    store.load()
+    assert store.slow == 0
+    model = _prune_model(backend)
+    _same(store.index, model.index)
+    _same(store.garbage_index, model.garbage_index)
+    assert store.garbage_index.pack_ids() == set(marked)
+
+
+@pytest.mark.parametrize("state", ["superseded file still stored", "a listed pack marked"])
+def test_load_during_a_prune_takes_the_prune_way(state: str) -> None:
+    rnd = random.Random(6)
+    backend = MemoryBackend()
+    backend.create()
+    store = _Counted(backend, KEYS)
+    ids = [rnd.randbytes(32) for _ in range(300)]
+    packs = [rnd.randbytes(32) for _ in range(4)]
+    old = store.write(indexfmt.IndexFile({p: _entries(rnd, ids, 40) for p in packs[:2]}))
+    if state == "superseded file still stored":
+        new = indexfmt.IndexFile({packs[2]: _entries(rnd, ids, 40)}, [old])
+    else:  # another file lists packs[0]; this one marks it
+        new = indexfmt.IndexFile(
+            {packs[2]: _entries(rnd, ids, 40)}, [], {packs[0]: (3, _entries(rnd, ids, 40))}
+        )
+    store.write(new)
+    store.load()
+    assert store.slow == 1
+    model = _prune_model(backend)
+    _same(store.index, model.index)
+    _same(store.garbage_index, model.garbage_index)
+    assert packs[0] not in store.index.pack_ids()

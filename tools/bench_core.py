@@ -80,10 +80,11 @@ def _build_index(n: int, blobs_per_pack: int, blob_size: int) -> MasterIndex:
 
 
 def _index_files(
-    n: int, blobs_per_pack: int, blob_size: int, per_file: int
+    n: int, blobs_per_pack: int, blob_size: int, per_file: int, pruned: bool = False
 ) -> tuple[MemoryBackend, crypto.MasterKeys]:
     """A memory backend holding the benchmark's packs as real index files of at most
-    ``per_file`` blobs each (whole packs), as a repository's writers leave them."""
+    ``per_file`` blobs each (whole packs), as a repository's writers leave them; with
+    ``pruned``, as one file that supersedes another, as a finished prune leaves them."""
     backend = MemoryBackend()
     backend.create()
     keys = crypto.MasterKeys.generate()
@@ -91,7 +92,7 @@ def _index_files(
     packs: dict[bytes, list[packfmt.PackEntry]] = {}
     count = 0
     for pack_id, entries in _packs(n, blobs_per_pack, blob_size):
-        if count + len(entries) > per_file and packs:
+        if count + len(entries) > per_file and packs and not pruned:
             store.write(indexfmt.IndexFile(packs))
             packs, count = {}, 0
         packs[pack_id] = [
@@ -100,7 +101,7 @@ def _index_files(
         ]
         count += len(entries)
     if packs:
-        store.write(indexfmt.IndexFile(packs))
+        store.write(indexfmt.IndexFile(packs, [os.urandom(32)] if pruned else []))
     return backend, keys
 
 
@@ -204,14 +205,21 @@ def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
             return _build_index(n, per_pack, bsize)
 
         backend, keys = _index_files(n, per_pack, bsize, INDEX_EVERY_BLOBS)
+        pruned = _index_files(n, per_pack, bsize, INDEX_EVERY_BLOBS, pruned=True)
         files = sum(1 for _ in backend.list(layout.INDEX))
 
         def loaded(backend: MemoryBackend = backend, keys: crypto.MasterKeys = keys) -> MasterIndex:
             return _load_index(backend, keys)
 
+        def loaded_pruned(
+            backend: MemoryBackend = pruned[0], keys: crypto.MasterKeys = pruned[1]
+        ) -> MasterIndex:
+            return _load_index(backend, keys)
+
         for how, build in (
             ("MasterIndex.add_pack", direct),
             (f"IndexStore.load of {files} index files", loaded),
+            ("IndexStore.load of the 1 index file a prune leaves", loaded_pruned),
         ):
             f = index_figures(build, n, per_pack, repeat, lookups)
             rows.append(
@@ -223,7 +231,7 @@ def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
                     f"{f.gets_absent / 1e3:.0f}k/s absent; in {f.contains / 1e3:.0f}k/s",
                 )
             )
-        del backend
+        del backend, pruned
     return rows
 
 

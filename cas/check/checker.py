@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, TypeVar
 
 from cas import failpoints
@@ -136,6 +137,27 @@ def check(
 ) -> CheckResult:
     """Check ``repo``; see the module docstring for what is checked."""
     return Checker(repo, options, progress).run()
+
+
+def _given(raw: bytes) -> bytes:
+    return raw
+
+
+def _entries(
+    f: indexfmt.BlobLocations | indexfmt.IndexFile, garbage: bool
+) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
+    """Each pack of an index file (its live packs, or those under ``garbage``) with its
+    entries, made one pack at a time from compact columns."""
+    if isinstance(f, indexfmt.IndexFile):
+        if garbage:
+            yield from ((p, e) for p, (_, e) in f.garbage.items())
+        else:
+            yield from f.packs.items()
+        return
+    if garbage:
+        yield from ((p, f.entries(first, n)) for p, _, first, n in f.garbage)
+    else:
+        yield from ((p, f.entries(first, n)) for p, first, n in f.packs)
 
 
 def _short(id_: bytes) -> str:
@@ -339,7 +361,9 @@ class Checker:
         they listed, so the caller lists again.
         """
         ids = self._ids[layout.INDEX]
-        files: dict[bytes, indexfmt.IndexFile] = {}
+        # Compact columns, not an object per entry, until every file is read: only
+        # then is it known which files are superseded and which packs are marked.
+        files: dict[bytes, indexfmt.BlobLocations | indexfmt.IndexFile] = {}
         for n, file_id in enumerate(ids):
             self._progress("index", n, len(ids))
             name = layout.index_name(file_id)
@@ -350,19 +374,23 @@ class Checker:
             if raw is None:
                 continue
             try:
-                files[file_id] = indexfmt.decode_index(raw, self.keys.index)
+                files[file_id] = indexfmt.read_locations(partial(_given, raw), self.keys.index)
             except CasError as e:
                 self._add("index_damaged", name, str(e))
+            del raw
         superseded = {s for f in files.values() for s in f.supersedes}
-        active = {fid: f for fid, f in files.items() if fid not in superseded}
+        for fid in superseded.intersection(files):
+            del files[fid]
         # Packs prune marked for deletion (spec §13.5) stay readable until deleted.
-        doomed = {p for f in active.values() for p in f.garbage}
-        for file_id, f in active.items():
+        doomed = {p for f in files.values() for p, _ in _entries(f, garbage=True)}
+        for file_id in list(files):  # in listing order, as before
+            f = files.pop(file_id)
             self.summary.index_files += 1
-            for pack_id, entries in f.packs.items():
+            for pack_id, entries in _entries(f, garbage=False):
                 self._add_indexed_pack(file_id, pack_id, entries, pack_id in doomed, False)
-            for pack_id, (_, entries) in f.garbage.items():
+            for pack_id, entries in _entries(f, garbage=True):
                 self._add_indexed_pack(file_id, pack_id, entries, True, True)
+            del f
         self.index.compact()
         self.garbage_index.compact()
         self.summary.packs_indexed = len(self._packs)

@@ -127,18 +127,42 @@ def _id(value: object, what: str) -> bytes:
 
 @dataclass(eq=False)
 class BlobLocations:
-    """The blob locations of an index file that lists packs only (no ``supersedes``,
-    no ``garbage``), in file order: what loading the master index needs of it."""
+    """An index file's entries in compact columns, in file order: what loading the
+    master index (and check) needs of it, without an object per entry."""
 
     packs: list[tuple[bytes, int, int]]  # (pack id, its first blob, how many blobs)
     ids: bytes  # the blob IDs, 32 bytes each
     offsets: array[int]
     lengths: array[int]
+    types: bytes = b""  # one byte per blob
+    raw_lengths: array[int] = field(default_factory=lambda: array("Q"))
+    supersedes: list[bytes] = field(default_factory=list)
+    garbage: list[tuple[bytes, int, int, int]] = field(default_factory=list)
+    """(pack id, marked, first blob, how many blobs) of each pack under ``garbage``"""
 
     def __iter__(self) -> Iterator[tuple[bytes, Iterator[tuple[bytes, int, int]]]]:
-        """Each pack's ID and its (blob id, offset, length), in file order."""
+        """Each listed (live) pack's ID and its (blob id, offset, length), in file order."""
         for pack_id, first, count in self.packs:
             yield pack_id, self._blobs(first, first + count)
+
+    def garbage_packs(self) -> Iterator[tuple[bytes, Iterator[tuple[bytes, int, int]]]]:
+        """The same for the packs under ``garbage``."""
+        for pack_id, _, first, count in self.garbage:
+            yield pack_id, self._blobs(first, first + count)
+
+    def entries(self, first: int, count: int) -> list[PackEntry]:
+        """The entries ``first`` to ``first + count`` in full."""
+        ids, size = self.ids, crypto.ID_SIZE
+        return [
+            PackEntry(
+                ids[i * size : (i + 1) * size],
+                _BLOB_TYPES[self.types[i]],
+                self.offsets[i],
+                self.lengths[i],
+                self.raw_lengths[i],
+            )
+            for i in range(first, first + count)
+        ]
 
     def _blobs(self, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
         ids, size = self.ids, crypto.ID_SIZE
@@ -154,14 +178,15 @@ class BlobLocations:
 def read_locations(
     fetch: Callable[[], bytes], index_key: crypto.Sealer | bytes
 ) -> BlobLocations | IndexFile:
-    """``decode_index(fetch(), index_key)``, but a file of packs only comes back as
-    its :class:`BlobLocations`.
+    """``decode_index(fetch(), index_key)``, but as :class:`BlobLocations`: compact
+    columns instead of an object per entry.
 
     Accepts and refuses exactly what ``decode_index`` does, with the same
     errors: the same steps run (open, decompress, msgpack), and the shortcut
     taken while parsing is checked afterwards; whatever it does not cover (a
     file written by prune, or anything unusual, damaged or hostile) is
-    decoded by ``decode_index``'s own code from the bytes at hand.  ``fetch``
+    decoded by ``decode_index``'s own code from the bytes at hand (an
+    :class:`IndexFile` then comes back).  ``fetch``
     rather than the sealed bytes, so that they are freed once opened.
 
     The shortcut: msgpack hands every array to a hook as it is parsed.  An
@@ -176,7 +201,8 @@ def read_locations(
     plain = crypto.as_sealer(index_key).open(fetch(), INDEX_AD, what)
     payload = compress.decode_payload(plain, MAX_DOCUMENT, what)
     del plain
-    ids, offsets, lengths = bytearray(), array("Q"), array("Q")
+    ids, types = bytearray(), bytearray()
+    offsets, lengths, raws = array("Q"), array("Q"), array("Q")
     ranges = [0]
     try:
         doc = msgpack.unpackb(
@@ -184,26 +210,35 @@ def read_locations(
             raw=False,
             strict_map_key=False,
             use_list=True,
-            list_hook=_entry_hook(ids, offsets, lengths, ranges),
+            list_hook=_entry_hook(ids, types, offsets, lengths, raws, ranges),
         )
-        packs = _plain_packs(doc, len(offsets), ranges[0])
+        found = _compact_doc(doc, len(offsets), ranges[0])
     except Exception:  # whatever it was, decode_index's own code says what
-        packs = None
+        found = None
     doc = None
-    if packs is None:
-        del ids, offsets, lengths
+    if found is None:
+        del ids, types, offsets, lengths, raws
         return _decode_doc(unpack_map(payload, what), what)
     del payload
-    return BlobLocations(packs, bytes(ids), offsets, lengths)
+    packs, supersedes, garbage = found
+    return BlobLocations(
+        packs, bytes(ids), offsets, lengths, bytes(types), raws, supersedes, garbage
+    )
 
 
 _ENTRY = object()  # what the hook leaves in place of a valid blob entry
 
 
 def _entry_hook(
-    ids: bytearray, offsets: array[int], lengths: array[int], ranges: list[int]
+    ids: bytearray,
+    types: bytearray,
+    offsets: array[int],
+    lengths: array[int],
+    raws: array[int],
+    ranges: list[int],
 ) -> Callable[[list[Any]], Any]:
     add_id, add_offset, add_length = ids.extend, offsets.append, lengths.append
+    add_type, add_raw = types.append, raws.append
     overhead, id_size, entry = crypto.SEAL_OVERHEAD, crypto.ID_SIZE, _ENTRY
 
     def hook(items: list[Any]) -> Any:
@@ -220,8 +255,10 @@ def _entry_hook(
                 and len(bid) == id_size
             ):
                 add_id(bid)
+                add_type(t)
                 add_offset(off)
                 add_length(length)
+                add_raw(raw_len)
                 return entry
         if items and items.count(entry) == len(items):
             # Only entries: they are the last len(items) ones parsed.
@@ -232,45 +269,60 @@ def _entry_hook(
     return hook
 
 
-def _plain_packs(doc: Any, entries: int, ranges: int) -> list[tuple[bytes, int, int]] | None:
-    """(pack id, first, count) of each pack of a hooked document that ``decode_index``
-    accepts with no ``supersedes`` and no ``garbage``; None for anything else."""
+def _compact_doc(
+    doc: Any, entries: int, ranges: int
+) -> tuple[list[tuple[bytes, int, int]], list[bytes], list[tuple[bytes, int, int, int]]] | None:
+    """The packs, ``supersedes`` and ``garbage`` of a hooked document that
+    ``decode_index`` accepts, as (pack id, first, count), IDs and (pack id, marked,
+    first, count); None for anything else (then ``decode_index`` decides)."""
     if type(doc) is not dict:
         return None
     v = doc.get("v")
     if not isinstance(v, int) or v != 1:
         return None
     supersedes = doc.get("supersedes")
-    if type(supersedes) is not list or supersedes:
+    if type(supersedes) is not list:
         return None
-    if "garbage" in doc:
-        garbage = doc["garbage"]
-        if type(garbage) is not list or garbage:
+    for s in supersedes:
+        if type(s) is not bytes or len(s) != crypto.ID_SIZE:
             return None
+    garbage = doc.get("garbage", []) if "garbage" in doc else []
     packs = doc.get("packs")
-    if type(packs) is not list:
+    if type(packs) is not list or type(garbage) is not list:
         return None
-    out: list[tuple[bytes, int, int]] = []
     seen: set[bytes] = set()
-    used = listed = 0
+    counts = [0, 0]  # ranges used, entries listed
+    live = _ranges(packs, seen, counts, False)
+    dead = _ranges(garbage, seen, counts, True) if live is not None else None
+    # Every entry and every range the hook made is accounted for: nothing was
+    # replaced anywhere else (an unknown field, a map key, a mixed array).
+    if live is None or dead is None or counts != [ranges, entries]:
+        return None
+    return [(p, f, n) for p, _, f, n in live], list(supersedes), dead
+
+
+def _ranges(
+    packs: list[Any], seen: set[bytes], counts: list[int], marked: bool
+) -> list[tuple[bytes, int, int, int]] | None:
+    """(pack id, marked or 0, first, count) of hooked pack maps; None if one is unusual."""
+    out: list[tuple[bytes, int, int, int]] = []
     for p in packs:
         if type(p) is not dict:
             return None
         pack_id, blobs = p.get("id"), p.get("blobs")
         if type(pack_id) is not bytes or len(pack_id) != crypto.ID_SIZE or pack_id in seen:
             return None
+        when = p.get("marked") if marked else 0
+        if type(when) is not int:
+            return None
         if type(blobs) is tuple:
             first, count = blobs
-            used += 1
+            counts[0] += 1
         elif type(blobs) is list and not blobs:
             first = count = 0
         else:
             return None
         seen.add(pack_id)
-        out.append((pack_id, first, count))
-        listed += count
-    # Every entry and every range the hook made is accounted for: nothing was
-    # replaced anywhere else (an unknown field, a map key, a mixed array).
-    if used != ranges or listed != entries:
-        return None
+        out.append((pack_id, when, first, count))
+        counts[1] += count
     return out

@@ -11,6 +11,7 @@ replaces it, prune refuses to run).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from functools import partial
 
 from cas import crypto
@@ -78,16 +79,22 @@ class IndexStore:
         """Read every index file into the master index (once).
 
         Index files are decoded one at a time, as compact columns of blob
-        locations (``read_locations``: no object per entry), and dropped once
-        added, so a million blobs cost the compact index and one file's
-        columns, not a million decoded entries.  Only while a prune is under
-        way (superseded files, packs marked as garbage) must all files be
-        seen before any is used: then the files are read again, the slow way.
+        locations (``read_locations``: no object per entry), added, and
+        dropped, so a million blobs cost the compact index and one file's
+        columns, not a million decoded entries.  A file prune wrote
+        (``supersedes``, ``garbage``) is read the same way: once a prune has
+        finished, the files it superseded are gone and no listed pack is
+        marked, and the files can be used as they come.  Only while a prune
+        is under way (a superseded file still stored, a listed pack marked)
+        must all files be seen before any is used: then the files are read
+        again, the slow way.
         """
         if self.loaded:
             return
         ids = self.file_ids()
         self._seen.update(ids)
+        superseded: set[bytes] = set()
+        doomed: set[bytes] = set()
         for fid in ids:
             fetch = partial(read_verified, self.backend, layout.index_name(fid), "index file")
             try:
@@ -95,16 +102,15 @@ class IndexStore:
             except (IntegrityError, UnsupportedVersion) as e:
                 self.damaged[fid] = str(e)
                 continue
-            if isinstance(f, indexfmt.BlobLocations):
-                for pack_id, blobs in f:
-                    self.index.add_pack(pack_id, blobs)
-            elif f.supersedes or f.garbage:
-                self._load_during_prune()
-                break
-            else:
-                for pack_id, entries in f.packs.items():
-                    self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
+            superseded.update(f.supersedes)
+            for pack_id, blobs in _packs(f, garbage=False):
+                self.index.add_pack(pack_id, blobs)
+            for pack_id, blobs in _packs(f, garbage=True):
+                doomed.add(pack_id)
+                self.garbage_index.add_pack(pack_id, blobs)
             del f  # before the next file is read
+        if superseded.intersection(ids) or not doomed.isdisjoint(self.index.pack_ids()):
+            self._load_during_prune()
         self.index.compact()
         self.garbage_index.compact()
         self.loaded = True
@@ -140,3 +146,16 @@ class IndexStore:
                 for pack_id, entries in index_file.packs.items():
                     self.index.add_pack(pack_id, ((e.blob_id, e.offset, e.length) for e in entries))
                 self._seen.add(fid)
+
+
+def _packs(
+    f: indexfmt.BlobLocations | indexfmt.IndexFile, garbage: bool
+) -> Iterator[tuple[bytes, Iterator[tuple[bytes, int, int]]]]:
+    """Each pack of ``f`` (its live packs, or those under ``garbage``) with its blobs'
+    (id, offset, length), whichever way the file was read."""
+    if isinstance(f, indexfmt.BlobLocations):
+        yield from f.garbage_packs() if garbage else f
+        return
+    listed = ((p, e) for p, (_, e) in f.garbage.items()) if garbage else f.packs.items()
+    for pack_id, entries in listed:
+        yield pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
