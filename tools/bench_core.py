@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """Micro-benchmarks of the repository core: index memory, sealing, hashing, chunking.
 
-    python tools/bench_core.py [--blobs N] [--mib M] [--repeat R] [--index-only]
+    python tools/bench_core.py [--blobs N] [--mib M] [--repeat R] [--index-only] [--only TEXT]
 
-Prints a Markdown table.  Not a test: figures depend on the machine.
+Prints a Markdown table.  Not a test: figures depend on the machine.  Every
+figure is the median of ``--repeat`` runs; the table's first line says which
+CPUs the process may use, so pin it (``taskset -c 1``) on a shared machine.
+The figures quoted in README.md and docs/performance.md come from
+
+    taskset -c 1 python tools/bench_core.py --repeat 5
+    taskset -c 0,1 python tools/bench_core.py --repeat 5 --only threads
+
+(the second: the rows that compare two threads with one, which need two cores).
 
 The master index is built two ways, for both shapes of repository: by
 ``MasterIndex.add_pack`` directly, and through the real loading path (index
@@ -23,6 +31,8 @@ import os
 import platform
 import random
 import statistics
+import sysconfig
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -47,14 +57,66 @@ from cas.repo.packwriter import INDEX_EVERY_BLOBS
 Entry = tuple[bytes, int, int]
 
 
-def rate(nbytes: int, fn: Callable[[], object], repeat: int = 3) -> float:
-    """Best-of-``repeat`` throughput in MB/s."""
-    best = float("inf")
+def seconds(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` runs of ``fn``."""
+    runs = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best / 1e6
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def rate(nbytes: int, fn: Callable[[], object], repeat: int = 3) -> float:
+    """Median throughput of ``repeat`` runs in MB/s."""
+    return nbytes / seconds(fn, repeat) / 1e6
+
+
+def _in_two_threads(fn: Callable[[bytes], object], halves: list[bytes]) -> None:
+    """``fn`` over each half at once, one thread per half."""
+    threads = [threading.Thread(target=fn, args=(h,)) for h in halves]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def thread_rows(data: bytes, chunk_params: ChunkerParams, repeat: int) -> list[tuple[str, str]]:
+    """Does the work release the GIL?  Each of two halves of ``data`` handled by its own
+    thread, against one after the other in one thread, with SHA-256 (hashlib releases the
+    GIL) as the control.  Only meaningful with two free cores."""
+    p = chunk_params
+    halves = [data[: len(data) // 2], data[len(data) // 2 :]]
+    rows = []
+    for label, fn in (
+        ("fastcdc", lambda b: list(fastcdc_cy(b, p.min_size, p.avg_size, p.max_size))),
+        ("SHA-256 (control)", lambda b: hashlib.sha256(b).digest()),
+    ):
+        apart = seconds(lambda fn=fn: _in_two_threads(fn, halves), repeat)
+        serial = seconds(lambda fn=fn: [fn(h) for h in halves], repeat)
+        rows.append(
+            (
+                f"{label}, {len(data) >> 20} MiB in two halves: two threads vs one after the other",
+                f"{apart:.3f} s vs {serial:.3f} s (x{serial / apart:.2f} from the 2nd thread)",
+            )
+        )
+    return rows
+
+
+def _source_text(size: int) -> bytes:
+    """``size`` bytes of real text: the Python standard library's ``.py`` files, repeated
+    only if they are fewer."""
+    root = sysconfig.get_paths()["stdlib"]
+    parts, total = [], 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py") and total < size:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    parts.append(f.read())
+                total += len(parts[-1])
+    text = b"".join(parts) or b"text "
+    return (text * (size // len(text) + 1))[:size]
 
 
 def _packs(n: int, blobs_per_pack: int, blob_size: int) -> Iterator[tuple[bytes, list[Entry]]]:
@@ -239,11 +301,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--blobs", type=int, default=1_000_000)
     ap.add_argument("--mib", type=int, default=256)
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each index build")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs of each figure (median)")
     ap.add_argument("--lookups", type=int, default=200_000, help="present and absent IDs")
     ap.add_argument("--index-only", action="store_true", help="only the master index rows")
+    ap.add_argument("--only", metavar="TEXT", help="only the rows whose label holds TEXT")
     args = ap.parse_args()
-    rows = index_rows(args.blobs, args.repeat, args.lookups)
+    rows = [] if args.only else index_rows(args.blobs, args.repeat, args.lookups)
     if args.index_only:
         _print(rows)
         return
@@ -262,6 +325,8 @@ def main() -> None:
     text = "\n".join(sorted(os.listdir("/usr/lib"))).encode() or b"text "
     text = (text * (size // len(text) + 1))[:size]
     text_blocks = [text[i : i + mib] for i in range(0, size, mib)]
+    source = _source_text(size)
+    source_blocks = [source[i : i + mib] for i in range(0, size, mib)]
     p = ChunkerParams()
     perm = crypto.chunker_permutation(k.chunker_key)
     chunker = Chunker(perm, p)
@@ -290,8 +355,12 @@ def main() -> None:
             lambda: [compress.encode_payload(b) for b in blocks],
         ),
         (
-            "zstd level 3, repetitive text",
+            "zstd level 3, repetitive text (a directory listing, repeated)",
             lambda: [compress.encode_payload(b) for b in text_blocks],
+        ),
+        (
+            "zstd level 3, source code (Python's standard library)",
+            lambda: [compress.encode_payload(b) for b in source_blocks],
         ),
         (
             "fastcdc 512K/1M/8M unkeyed, whole buffer",
@@ -308,16 +377,20 @@ def main() -> None:
         ),
     ]
     for label, fn in timed:
-        rows.append((label, f"{rate(size, fn):.0f} MB/s"))
-
+        if not args.only or args.only in label:
+            rows.append((label, f"{rate(size, fn, args.repeat):.0f} MB/s"))
+    threads = thread_rows(data, p, args.repeat)
+    rows += [r for r in threads if not args.only or args.only in r[0]]
     _print(rows)
 
 
 def _print(rows: list[tuple[str, str]]) -> None:
     cpu = platform.processor() or platform.machine()
+    usable = sorted(os.sched_getaffinity(0))
     print(
-        f"cas core benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}\n"
+        f"cas core benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} CPUs "
+        f"(this run on CPUs {','.join(map(str, usable))}), Python {platform.python_version()}; "
+        "medians of each figure's runs\n"
     )
     print("| measure | result |\n|---|---|")
     for label, value in rows:
