@@ -44,7 +44,7 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/compress.py": ["tests/test_vectors.py", "tests/test_compress.py"],
     "cas/format/index.py": ["tests/test_vectors.py", "tests/test_index_load.py"],
     "cas/format/tree.py": ["tests/test_vectors.py"],
-    "cas/format/config.py": ["tests/test_vectors.py"],
+    "cas/format/config.py": ["tests/test_vectors.py", "tests/test_config_format.py"],
     "cas/format/keyfile.py": ["tests/test_vectors.py", "tests/test_keys.py"],
     "cas/format/snapshot.py": ["tests/test_vectors.py"],
     "cas/format/lock.py": ["tests/test_vectors.py", "tests/test_locks.py"],
