@@ -46,7 +46,7 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/tree.py": ["tests/test_vectors.py"],
     "cas/format/config.py": ["tests/test_vectors.py", "tests/test_config_format.py"],
     "cas/format/keyfile.py": ["tests/test_vectors.py", "tests/test_keys.py"],
-    "cas/format/snapshot.py": ["tests/test_vectors.py"],
+    "cas/format/snapshot.py": ["tests/test_vectors.py", "tests/test_snapshot_format.py"],
     "cas/format/lock.py": ["tests/test_vectors.py", "tests/test_locks.py"],
     "cas/format/codec.py": ["tests/test_vectors.py"],
     "cas/crypto/primitives.py": ["tests/test_vectors.py", "tests/test_keys.py"],
