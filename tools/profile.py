@@ -7,10 +7,11 @@
 Runs ``py-spy record -t -r RATE -f raw --subprocesses`` on the command (py-spy is not
 a dependency of cas: ``pip install py-spy``; it needs ptrace, i.e. root or
 ``kernel.yama.ptrace_scope=0``) and prints, for each thread of each process, how busy
-it was (its samples against the command's wall time at RATE samples a second) and the
+it was (its samples against the command's wall time at RATE samples a second), the
 functions it spent its samples in, inclusive (a function counted once per sample,
-wherever it is on the stack), as a Markdown table. docs/performance.md's profile
-figures ("chunker 80%", "sealing threads ~80% busy") are this table's columns.
+wherever it is on the stack), and the innermost functions, as a Markdown table.
+docs/performance.md's profile figures ("chunker 80%", "sealing threads ~80% busy") are
+this table's columns.
 
 Exit codes: 0, 1 when the command or py-spy failed, 2 for bad usage (py-spy missing).
 """
@@ -40,6 +41,7 @@ class Thread:
 
     samples: int = 0
     inclusive: Counter[str] = field(default_factory=Counter)
+    own: Counter[str] = field(default_factory=Counter)  # the innermost frame
 
 
 def _frame_label(frame: str) -> str:
@@ -54,7 +56,8 @@ def summarise(lines: list[str]) -> dict[tuple[str, str], Thread]:
     threads: dict[tuple[str, str], Thread] = defaultdict(Thread)
     names: dict[str, str] = {}
     for line in lines:
-        m = THREAD.match(line.split(";")[1] if line.startswith("process ") else line.split(";")[0])
+        head = [f for f in line.split(";") if not f.startswith("process ")][:1]
+        m = THREAD.match(head[0]) if head else None
         if m and m["name"]:
             names[m["tid"]] = m["name"]
     for line in lines:
@@ -63,8 +66,10 @@ def summarise(lines: list[str]) -> dict[tuple[str, str], Thread]:
             continue
         frames = stack.split(";")
         process, thread = "", ""
-        if frames and frames[0].startswith("process "):
-            process = frames.pop(0).split(":", 1)[-1].strip('"')
+        while frames and frames[0].startswith("process "):  # a child under its parent
+            pid, _, cmd = frames.pop(0)[len("process ") :].partition(":")
+            words = cmd.strip('"').split()
+            process = " ".join([pid, *(w.rsplit("/", 1)[-1] for w in words[:1]), *words[1:]])
         if frames and (m := THREAD.match(frames[0])):
             frames.pop(0)
             thread = names.get(m["tid"], m["tid"])
@@ -73,21 +78,24 @@ def summarise(lines: list[str]) -> dict[tuple[str, str], Thread]:
         t.samples += n
         for label in {_frame_label(f) for f in frames if not any(p in f for p in PLUMBING)}:
             t.inclusive[label] += n
+        if frames:
+            t.own[_frame_label(frames[-1])] += n
     return threads
 
 
 def table(threads: dict[tuple[str, str], Thread], seconds: float, rate: int, top: int) -> str:
     """The Markdown table of ``summarise``'s result."""
     out = [
-        "| process | thread | busy | where (inclusive share of its samples) |",
-        "|---|---|---:|---|",
+        "| process | thread | busy | in (inclusive share of its samples) | itself (innermost) |",
+        "|---|---|---:|---|---|",
     ]
     for (process, thread), t in sorted(threads.items(), key=lambda kv: -kv[1].samples):
         busy = f"{100 * t.samples / (seconds * rate):.0f}%" if seconds else f"{t.samples} samples"
-        where = ", ".join(
-            f"{label} {100 * n / t.samples:.0f}%" for label, n in t.inclusive.most_common(top)
+        where, own = (
+            ", ".join(f"{label} {100 * n / t.samples:.0f}%" for label, n in c.most_common(top))
+            for c in (t.inclusive, t.own)
         )
-        out.append(f"| {process[:60]} | {thread} | {busy} | {where} |")
+        out.append(f"| {process[:60]} | {thread} | {busy} | {where} | {own} |")
     return "\n".join(out)
 
 
