@@ -170,14 +170,16 @@ def check_compress(v: Any) -> None:
 def check_config(v: Any) -> None:
     for c in v["cases"]:
         doc = {
-            "v": 1,
+            "v": c["version"],
             "id": h(c["repo_id"]),
             "chunker": {"algorithm": "fastcdc-2016-permuted", **c["chunker"]},
             "pack_size": c["pack_size"],
         }
+        if c["padding"] is not None:
+            doc["padding"] = c["padding"]
         assert spec.pack_canonical(doc) == h(c["msgpack"])
         assert spec.encode_payload(h(c["msgpack"]), 3) == h(c["payload"])
-        header = spec.CONFIG_MAGIC + b"\x01"
+        header = spec.CONFIG_MAGIC + bytes([c["version"]])
         assert header == h(c["header"])
         sealed = spec.seal(h(c["data_key"]), h(c["payload"]), header, h(c["nonce"]))
         assert header + sealed == h(c["file"])
@@ -250,6 +252,16 @@ def check_pack(v: Any) -> None:
             assert spec.open_blob(keys, e, pack[e.offset : e.offset + e.length]) == h(
                 b["plaintext"]
             )
+    for p in v["packs_v2"]:
+        check_pack_v2(keys, p)
+    for c in v["invalid_v2_headers"]:
+        sealed = h(c["sealed_header"])
+        assert spec.seal(keys.index, h(c["header_plaintext"]), b"cas.pack.v1", sealed[1:25]) == (
+            sealed
+        )
+        refuses(c["error"], spec.header_entries, sealed, keys.index, c["pack_size"], True)
+    for c in v["padme"]:
+        assert spec.padme(c["length"]) == c["padded"]
     for c in v["invalid"]:
         refuses(c["error"], spec.pack_header, h(c["pack"]), keys.index)
     for c in v["invalid_blobs"]:
@@ -395,6 +407,48 @@ CHECKS = {
     "snapshot.json": check_snapshot,
     "lock.json": check_lock,
 }
+
+
+def check_pack_v2(keys: spec.MasterKeys, p: dict[str, Any]) -> None:
+    """§9.6 and §8.1, from the text: count, entries, zeros to the bucket and to whole
+    64 KiB units; padded payloads of Padmé lengths."""
+    sealed_blobs = []
+    for b in p["blobs"]:
+        plain = h(b["plaintext"])
+        assert spec.blob_id(keys.id, b["type"], plain) == h(b["id"])
+        payload = spec.encode_payload(plain, b["level"])
+        assert payload == h(b["payload"])
+        if p["padding"] == "padme":
+            m = len(payload) - 1
+            size = spec.padme(41 + 5 + m)
+            payload = (
+                bytes([0x80 | payload[0]])
+                + m.to_bytes(4, "little")
+                + payload[1:]
+                + bytes(size - 41 - 5 - m)
+            )
+            assert payload == h(b["padded_payload"])
+        ad = b"cas.blob.v1" + bytes([b["type"]]) + h(b["id"])
+        sealed = spec.seal(keys.data, payload, ad, h(b["nonce"]))
+        assert sealed == h(b["sealed"])
+        sealed_blobs.append(sealed)
+    entries = [_entry(e) for e in p["entries"]]
+    records = spec.header_plaintext(entries)
+    bucket = max(256, 1 << (len(entries) - 1).bit_length()) if entries else 256
+    least = 4 + 41 * bucket
+    blobs = sum(len(x) for x in sealed_blobs)
+    zeros = least - 4 - len(records)
+    while (blobs + 41 + 4 + len(records) + zeros + 8) % 65536:
+        zeros += 1
+    plain = len(entries).to_bytes(4, "little") + records + bytes(zeros)
+    assert plain == h(p["header_plaintext"])
+    header = spec.seal(keys.index, plain, b"cas.pack.v1", h(p["header_nonce"]))
+    pack = b"".join(sealed_blobs) + header + len(header).to_bytes(4, "little") + b"CPK2"
+    assert pack == h(p["pack"]) and spec.storage_id(pack) == h(p["pack_id"])
+    assert len(pack) % 65536 == 0
+    assert spec.pack_header(pack, keys.index) == entries
+    for e, b in zip(entries, p["blobs"], strict=True):
+        assert spec.open_blob(keys, e, pack[e.offset : e.offset + e.length]) == h(b["plaintext"])
 
 
 def test_every_vector_file_has_an_independent_check() -> None:

@@ -384,6 +384,54 @@ def test_pack(p: dict[str, Any]) -> None:
     assert b"".join(parts) + tail == pack
 
 
+@pytest.mark.parametrize("p", cases("pack.json", "packs_v2"))
+def test_pack_v2(p: dict[str, Any]) -> None:
+    """§9.6: 'CPK2', the count first, zero padding to the bucket and to whole 64 KiB
+    units; §8.1: padded payloads."""
+    keys = master_keys(load("pack.json")["master_keys"])
+    pack = b(p["pack"])
+    entries = entries_of(p["entries"])
+    assert packfmt.parse_pack(keys, pack) == entries
+    assert storage_id(pack).hex() == p["pack_id"]
+    assert pack[-4:] == b"CPK2" and len(pack) % (64 << 10) == 0
+    n = int.from_bytes(pack[-8:-4], "little")
+    header = crypto.open_sealed(keys.index_key, pack[-8 - n : -8], b"cas.pack.v1", "v")
+    assert header.hex() == p["header_plaintext"]
+    count = int.from_bytes(header[:4], "little")
+    assert count == len(entries) and not any(header[4 + 41 * count :])
+    assert len(header) >= 4 + 41 * 256
+    parts = []
+    for blob, e in zip(p["blobs"], entries, strict=True):
+        t, pt, level = BlobType(blob["type"]), b(blob["plaintext"]), blob["level"]
+        sealed = pack[e.offset : e.offset + e.length]
+        assert sealed.hex() == blob["sealed"]
+        assert packfmt.open_blob(keys, t, b(blob["id"]), sealed, e.raw_length) == pt
+        inner = crypto.open_sealed(keys.data_key, sealed, crypto.blob_ad(t, e.blob_id), "v")
+        if p["padding"] is not None:
+            assert inner.hex() == blob["padded_payload"]
+            assert len(sealed) == packfmt.padme(len(sealed))
+            assert packfmt.unpad_payload(inner, "v").hex() == blob["payload"]
+        else:
+            assert inner.hex() == blob["payload"]
+        again = packfmt.seal_blob(keys, t, e.blob_id, pt, level, b(blob["nonce"]), p["padding"])
+        assert_encoded(again, blob["sealed"], blob["payload"])
+        parts.append(sealed)
+    tail = packfmt.encode_pack_tail(keys, entries, b(p["header_nonce"]), 2)
+    assert b"".join(parts) + tail == pack
+
+
+@pytest.mark.parametrize("c", cases("pack.json", "invalid_v2_headers"))
+def test_pack_v2_header_invalid(c: dict[str, Any]) -> None:
+    keys = master_keys(load("pack.json")["master_keys"])
+    sealed = b(c["sealed_header"])
+    assert_error(c["error"], lambda: packfmt.decode_header(keys, sealed, c["pack_size"], 2))
+
+
+def test_padme_lengths() -> None:
+    for c in load("pack.json")["padme"]:
+        assert packfmt.padme(c["length"]) == c["padded"]
+
+
 @pytest.mark.parametrize("c", cases("pack.json", "invalid"))
 def test_pack_invalid(c: dict[str, Any]) -> None:
     keys = master_keys(load("pack.json")["master_keys"])
@@ -590,21 +638,28 @@ def test_snapshot_invalid(c: dict[str, Any]) -> None:
 @pytest.mark.parametrize("c", cases("config.json"))
 def test_config(c: dict[str, Any]) -> None:
     key, raw = b(c["data_key"]), b(c["file"])
-    assert raw[:8] == b"CASREPO\x01" == b(c["header"])
-    assert configfmt.read_version(raw) == 1
+    version = c["version"]
+    assert raw[:8] == b"CASREPO" + bytes((version,)) == b(c["header"])
+    assert configfmt.read_version(raw) == version
     open_layers(key, raw[:8], c)
     assert raw[8:].hex() == c["sealed"]
     ch = c["chunker"]
     expected = configfmt.Config(
-        b(c["repo_id"]), ChunkerParams(ch["min"], ch["avg"], ch["max"]), c["pack_size"]
+        b(c["repo_id"]),
+        ChunkerParams(ch["min"], ch["avg"], ch["max"]),
+        c["pack_size"],
+        version,
+        c["padding"],
     )
     assert configfmt.decode_config(raw, key) == expected
     doc = {
-        "v": 1,
+        "v": version,
         "id": b(c["repo_id"]),
         "chunker": {"algorithm": "fastcdc-2016-permuted", **ch},
         "pack_size": c["pack_size"],
     }
+    if c["padding"] is not None:
+        doc["padding"] = c["padding"]
     assert canonical(doc).hex() == c["msgpack"]
     assert_encoded(configfmt.encode_config(expected, key, b(c["nonce"])), c["file"], c["payload"])
 

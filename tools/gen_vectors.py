@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -364,12 +365,18 @@ DATA_BLOBS = (
 TREE_BLOBS = (("tree blob, compression off", b"\x82\xa5nodes\x90\xa1v\x01", None),)
 
 
-def build_pack(label: str, blob_type: BlobType, blobs: tuple[Any, ...]) -> dict[str, Any]:
+def build_pack(
+    label: str,
+    blob_type: BlobType,
+    blobs: tuple[Any, ...],
+    version: int = 1,
+    padding: str | None = None,
+) -> dict[str, Any]:
     sealed_blobs, entries, offset, out_blobs = [], [], 0, []
     for i, (desc, pt, level) in enumerate(blobs):
         bid = crypto.blob_id(KEYS.id_key, blob_type, pt)
         n = nonce(f"{label}.blob.{i}")
-        sealed = packfmt.seal_blob(KEYS, blob_type, bid, pt, level, n)
+        sealed = packfmt.seal_blob(KEYS, blob_type, bid, pt, level, n, padding)
         sealed_blobs.append(sealed)
         entries.append(packfmt.PackEntry(bid, blob_type, offset, len(sealed), len(pt)))
         offset += len(sealed)
@@ -382,18 +389,32 @@ def build_pack(label: str, blob_type: BlobType, blobs: tuple[Any, ...]) -> dict[
                 "id": h(bid),
                 "nonce": h(n),
                 "payload": h(compress.encode_payload(pt, level)),
+                **(
+                    {}
+                    if padding is None
+                    else {
+                        "padded_payload": h(
+                            packfmt.pad_payload(compress.encode_payload(pt, level), padding)
+                        )
+                    }
+                ),
                 "sealed": h(sealed),
             }
         )
     header_nonce = nonce(f"{label}.header")
-    tail = packfmt.encode_pack_tail(KEYS, entries, header_nonce)
+    tail = packfmt.encode_pack_tail(KEYS, entries, header_nonce, version)
     data = b"".join(sealed_blobs) + tail
     parsed = packfmt.parse_pack(KEYS, data)
     assert parsed == entries
+    n = int.from_bytes(data[-8:-4], "little")
+    header_plain = crypto.open_sealed(KEYS.index_key, data[-8 - n : -8], packfmt.PACK_AD, "v")
     return {
-        "description": f"a {blob_type.name.lower()} pack of {len(blobs)} blob(s)",
+        "description": f"a {blob_type.name.lower()} pack of {len(blobs)} blob(s)"
+        + ("" if version == 1 else f", version {version}")
+        + ("" if padding is None else f", blobs padded ({padding})"),
+        **({} if version == 1 else {"version": version, "padding": padding}),
         "blobs": out_blobs,
-        "header_plaintext": h(packfmt.encode_header(entries)),
+        "header_plaintext": h(header_plain),
         "header_nonce": h(header_nonce),
         "pack": h(data),
         "pack_id": h(storage_id(data)),
@@ -437,6 +458,33 @@ def gen_pack() -> dict[str, Any]:
                 "error": error_name(packfmt.parse_pack, KEYS, pack),
             }
         )
+    v2_data = build_pack("pack.v2.data", BlobType.DATA, DATA_BLOBS, 2)
+    v2_padded = build_pack("pack.v2.padded", BlobType.DATA, DATA_BLOBS, 2, "padme")
+    invalid_v2 = []
+    entry = packfmt.PackEntry(b"\x11" * 32, BlobType.DATA, 0, 100, 50)
+    records = packfmt.encode_header([entry])
+    for i, (desc, plain) in enumerate(
+        (
+            ("count larger than the entries the header holds", struct.pack("<I", 2) + records),
+            ("padding not zero", struct.pack("<I", 1) + records + b"\x00" * 40 + b"\x01"),
+            ("shorter than its count", b"\x01\x00"),
+        )
+    ):
+        sealed = bytes(KEYS.index.seal(plain, packfmt.PACK_AD, nonce(f"pack.v2.bad.{i}")))
+        size = 100 + len(sealed) + packfmt.TRAILER_SIZE
+        invalid_v2.append(
+            {
+                "description": desc,
+                "header_plaintext": h(plain),
+                "sealed_header": h(sealed),
+                "pack_size": size,
+                "error": error_name(packfmt.decode_header, KEYS, sealed, size, 2),
+            }
+        )
+    padme = [
+        {"length": n, "padded": packfmt.padme(n)}
+        for n in (0, 1, 2, 42, 100, 255, 256, 1000, 4096, 65537, 1 << 20, (1 << 20) + 1, 8388659)
+    ]
     swapped = {
         "description": "the first blob's bytes opened as the second blob (type and ID are in "
         "the AD, so a blob cannot be swapped for another)",
@@ -447,9 +495,14 @@ def gen_pack() -> dict[str, Any]:
     }
     return {
         "description": "Packs (§9): sealed blobs, sealed header (index key, AD 'cas.pack.v1'), "
-        "u32 LE header length, 'CPK1'",
+        "u32 LE header length, 'CPK1'; version 2 packs (§9.6: 'CPK2', the header's entry count "
+        "first and zero padding to a bucket and to a multiple of 64 KiB for the pack); Padmé "
+        "padded payloads (§8.1) and Padmé lengths",
         "master_keys": keys_json(KEYS),
         "packs": [data_pack, tree_pack],
+        "packs_v2": [v2_data, v2_padded],
+        "invalid_v2_headers": invalid_v2,
+        "padme": padme,
         "invalid": invalid,
         "invalid_blobs": [swapped],
     }
@@ -817,8 +870,16 @@ def gen_config() -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     for i, (desc, cfg) in enumerate(
         (
-            ("default parameters", configfmt.Config(repo_id, ChunkerParams())),
-            ("small chunks, 4 MiB packs", configfmt.Config(repo_id, SMALL_PARAMS, 4 << 20)),
+            ("default parameters", configfmt.Config(repo_id, ChunkerParams(), version=1)),
+            (
+                "small chunks, 4 MiB packs",
+                configfmt.Config(repo_id, SMALL_PARAMS, 4 << 20, version=1),
+            ),
+            ("version 2, default parameters", configfmt.Config(repo_id, ChunkerParams())),
+            (
+                "version 2, Padmé padding of sealed blobs (init --padding padme)",
+                configfmt.Config(repo_id, ChunkerParams(), padding="padme"),
+            ),
         )
     ):
         n = nonce(f"config.{i}")
@@ -836,17 +897,19 @@ def gen_config() -> dict[str, Any]:
                     "max": cfg.chunker.max_size,
                 },
                 "pack_size": cfg.pack_size,
+                "version": cfg.version,
+                "padding": cfg.padding,
                 "header": h(raw[:8]),
                 **sealed_doc_json(KEYS.data_key, raw[:8], raw[8:]),
                 "file": h(raw),
             }
         )
     good = bytes.fromhex(cases[0]["file"])
-    hdr = configfmt.header()
 
-    def bad_doc(i: int, **changes: Any) -> bytes:
+    def bad_doc(i: int, version: int = 1, **changes: Any) -> bytes:
+        hdr = configfmt.header(version)
         doc = {
-            "v": 1,
+            "v": version,
             "id": repo_id,
             "chunker": {
                 "algorithm": configfmt.CHUNKER_ALGORITHM,
@@ -861,7 +924,9 @@ def gen_config() -> dict[str, Any]:
 
     invalid = []
     for desc, raw in (
-        ("format version 2 in the plaintext header", b"CASREPO\x02" + good[8:]),
+        ("format version 3 in the plaintext header", b"CASREPO\x03" + good[8:]),
+        ("version 2 in the plaintext header over a version 1 document", bad_doc(3, 2, v=1)),
+        ("version 2: unknown padding scheme", bad_doc(4, 2, padding="zeros")),
         ("wrong magic", b"CASREPX\x01" + good[8:]),
         (
             "unknown chunker algorithm",

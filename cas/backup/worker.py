@@ -146,6 +146,7 @@ class _Worker:
             None,
             on_pack=self._stored,
             threads=int(os.environ.get("CAS_SEAL_THREADS", "1")),
+            fmt=spec.pack_format,
         )
         self.saver.compression_level = init["level"]
         self.saver.set_connections(init["connections"])

@@ -57,6 +57,7 @@ from cas.format.tree import Node
 from cas.ids import storage_id
 from cas.progress import Progress
 from cas.repo import layout
+from cas.repo.blobreader import read_aligned
 from cas.repo.index import Location, MasterIndex
 from cas.repo.leftovers import find_leftovers
 from cas.repo.locks import scan_locks
@@ -688,9 +689,7 @@ class Checker:
             if not found:
                 continue
             try:
-                sealed = self.backend.read(
-                    layout.pack_name(other), found[0].offset, found[0].length
-                )
+                sealed = self._read_range(other, found[0].offset, found[0].length)
                 packfmt.open_blob(self.keys, entry.type, entry.blob_id, sealed, entry.raw_length)
             except CasError:
                 continue
@@ -813,5 +812,10 @@ class Checker:
         loc = self._locate(blob_id)
         if loc is None:
             raise BlobNotFound(blob=blob_id.hex())
-        sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+        sealed = self._read_range(loc.pack_id, loc.offset, loc.length)
         return packfmt.open_blob(self.keys, blob_type, blob_id, sealed, raw_length)
+
+    def _read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """A blob's range, in the repository's read units (spec §9.6)."""
+        unit = self.repo.config.pack_format.read_unit
+        return read_aligned(self.backend, layout.pack_name(pack_id), offset, length, unit)

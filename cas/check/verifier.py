@@ -72,10 +72,11 @@ class VerifierPool:
         count: int,
         threads: int = 1,
         role: str = "check",
-        target: tuple[str, bytes, int | None] | None = None,
+        target: tuple[str, bytes, int | None, str | None] | None = None,
     ) -> None:
         self.spec = spec
-        # (key type, key material, zstd level) of the repository ``reseal`` seals for
+        # (key type, key material, zstd level, padding) of the repository ``reseal``
+        # seals for
         self.target = target
         self.role = role  # the command, in messages
         self.count = max(1, count)
@@ -320,7 +321,9 @@ def _serve(sock: socket.socket) -> None:
             else:  # "copy"
                 if target_keys is None:
                     raise CasError("no target keys for a copy")
-                body, entries = reseal(reader.load_at, _refs(arg[1]), target_keys, target[2])
+                body, entries = reseal(
+                    reader.load_at, _refs(arg[1]), target_keys, target[2], target[3]
+                )
                 failpoints.hit("copy-reseal-batch")
                 result = [body, _entries_wire(entries)]
             answer: Any = None

@@ -48,6 +48,7 @@ def cat(g: Globals, kind: str, object_id: str | None) -> None:
         _print(
             {
                 "version": c.version,
+                "padding": c.padding or "none",
                 "id": c.repo_id.hex(),
                 "pack_size": c.pack_size,
                 "chunker": dataclasses.asdict(c.chunker),

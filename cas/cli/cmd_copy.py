@@ -86,7 +86,7 @@ def _resealers(
     helpers = g.helpers(src, workers.count)
     if helpers is None or not dst.keys.CAN_OPEN_DATA:
         return None
-    target = (dst.keys.TYPE, dst.keys.encode(), dst.compression_level)
+    target = (dst.keys.TYPE, dst.keys.encode(), dst.compression_level, dst.config.padding)
     return VerifierPool(
         helpers.spec, helpers.count, helpers.per_process(1), role="copy", target=target
     )

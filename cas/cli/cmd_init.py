@@ -37,6 +37,14 @@ def register(cli: click.Group) -> None:
     help="Share blob IDs and chunking with REPO, so 'cas copy' moves only missing data.",
 )
 @click.option("--from-password-file", help="Password file for --copy-keys-from.")
+@click.option(
+    "--padding",
+    type=click.Choice(["none", "padme"]),
+    default="none",
+    show_default=True,
+    help="Pad every stored blob (Padmé: at most 12% larger) so its size tells the "
+    "storage provider less.",
+)
 @click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
 @click.option(
     "--force", is_flag=True, help="Create the repository even where other files are stored."
@@ -49,6 +57,7 @@ def init(
     copy_keys_from: str | None,
     from_password_file: str | None,
     create_bucket: bool,
+    padding: str,
     force: bool,
     pack_size: int,
     chunk_min: int,
@@ -79,13 +88,17 @@ def init(
         kdf=kdf_params(kdf_opslimit, kdf_memlimit),
         share_ids_with=source,
         among_other_files=force,
+        padding=None if padding == "none" else padding,
     )
     doc = {
         "repository": backend.location,
         "id": repo.config.repo_id.hex(),
         "key": repo.key_id.hex(),
+        "version": repo.config.version,
+        "padding": repo.config.padding or "none",
     }
-    out.emit(doc, lambda: out.line(f"created repository {doc['id'][:8]} at {backend.location}"))
+    short = repo.config.repo_id.hex()[:8]
+    out.emit(doc, lambda: out.line(f"created repository {short} at {backend.location}"))
 
 
 LOST_PASSWORD = (

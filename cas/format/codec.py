@@ -41,16 +41,16 @@ def unpack(raw: bytes, what: str) -> Any:
         raise FormatError(what=what, detail=f"msgpack: {e}") from None
 
 
-def unpack_map(raw: bytes, what: str, version_key: str = "v") -> dict[str, Any]:
-    """Decode a msgpack map carrying a format version, refusing versions newer than 1."""
+def unpack_map(raw: bytes, what: str, version_key: str = "v", version: int = 1) -> dict[str, Any]:
+    """Decode a msgpack map carrying a format version, refusing any but ``version``."""
     doc = unpack(raw, what)
     if not isinstance(doc, dict):
         raise FormatError(what=what, detail="not a map")
     v = doc.get(version_key)
     if not isinstance(v, int):
         raise FormatError(what=what, detail="missing version")
-    if v != 1:
-        raise UnsupportedVersion(what=what, version=v, supported=1)
+    if v != version:
+        raise UnsupportedVersion(what=what, version=v, supported=version)
     return doc
 
 
@@ -72,11 +72,12 @@ def seal_document(
 
 
 def open_document(
-    key: crypto.Sealer | bytes, ad: bytes, sealed: bytes, what: str
+    key: crypto.Sealer | bytes, ad: bytes, sealed: bytes, what: str, version: int = 1
 ) -> dict[str, Any]:
-    """Inverse of ``seal_document``: authenticate, decompress, decode and check the version."""
+    """Inverse of ``seal_document``: authenticate, decompress, decode and check that the
+    version is ``version`` (the config's; 1 for every other document)."""
     plain = crypto.as_sealer(key).open(sealed, ad, what)
-    return unpack_map(compress.decode_payload(plain, MAX_DOCUMENT, what), what)
+    return unpack_map(compress.decode_payload(plain, MAX_DOCUMENT, what), what, "v", version)
 
 
 def shown(value: Any) -> str:

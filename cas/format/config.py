@@ -15,8 +15,14 @@ from cas.chunking.chunker import ChunkerParams
 from cas.errors import FormatError, UnsupportedVersion
 from cas.format import FORMAT_VERSION
 from cas.format.codec import field, id_field, open_document, seal_document, shown
+from cas.format.pack import PADDINGS, PackFormat
+
+__all__ = ["PADDINGS", "VERSIONS", "Config", "decode_config", "encode_config", "header"]
 
 MAGIC = b"CASREPO"
+# Versions this cas reads; ``init`` writes FORMAT_VERSION (2), an existing version 1
+# repository stays version 1 (spec §16).
+VERSIONS = (1, 2)
 CHUNKER_ALGORITHM = "fastcdc-2016-permuted"
 DEFAULT_PACK_SIZE = 16 << 20
 
@@ -29,6 +35,12 @@ class Config:
     chunker: ChunkerParams
     pack_size: int = DEFAULT_PACK_SIZE
     version: int = FORMAT_VERSION
+    padding: str | None = None  # version 2: "padme" pads sealed blobs (§8.1)
+
+    @property
+    def pack_format(self) -> PackFormat:
+        """How this repository's packs and blobs are written and read."""
+        return PackFormat(self.version, self.padding)
 
 
 def header(version: int = FORMAT_VERSION) -> bytes:
@@ -58,6 +70,10 @@ def encode_config(
         },
         "pack_size": cfg.pack_size,
     }
+    if cfg.padding is not None:
+        if cfg.version < 2 or cfg.padding not in PADDINGS:
+            raise FormatError(what="config", detail="padding needs a known scheme and version 2")
+        doc["padding"] = cfg.padding
     hdr = header(cfg.version)
     return hdr + seal_document(data_key, hdr, doc, nonce)
 
@@ -65,9 +81,9 @@ def encode_config(
 def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
     """Check the version, authenticate and parse the config file."""
     version = read_version(raw)
-    if version != FORMAT_VERSION:
+    if version not in VERSIONS:
         raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
-    doc = open_document(data_key, raw[:8], raw[8:], "config")
+    doc = open_document(data_key, raw[:8], raw[8:], "config", version)
     ch = field(doc, "chunker", dict, "config")
     if ch.get("algorithm") != CHUNKER_ALGORITHM:
         raise FormatError(what="config", detail=f"unknown chunker {shown(ch.get('algorithm'))}")
@@ -83,4 +99,7 @@ def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
     pack_size = field(doc, "pack_size", int, "config")
     if not (1 << 20) <= pack_size <= (1 << 30):
         raise FormatError(what="config", detail="pack_size out of range")
-    return Config(id_field(doc, "id", "config"), params, pack_size)
+    padding = doc.get("padding") if version >= 2 else None
+    if padding is not None and padding not in PADDINGS:
+        raise FormatError(what="config", detail=f"unknown padding {shown(padding)}")
+    return Config(id_field(doc, "id", "config"), params, pack_size, version, padding)

@@ -4,12 +4,20 @@
                       sealed blob 1 ...
     H                 sealed header (index key, AD "cas.pack.v1")
     end - 8           u32 LE length of the sealed header
-    end - 4           magic "CPK1"
+    end - 4           magic "CPK1" (repository version 1) or "CPK2" (version 2)
 
 A sealed blob is ``seal(data_key, flag | payload, AD = "cas.blob.v1" | type | id)``.
 The header plaintext is a sequence of 41-byte entries, one per blob in
 order: type (u8), stored length (u32 LE), raw length (u32 LE), blob ID (32).
 Offsets are implicit: each blob starts where the previous one ended.
+
+A ``CPK2`` header starts with the entry count (u32 LE) and ends with zero
+bytes: padded to at least ``HEADER_BUCKET_MIN`` entries (the next power of two
+above), and so that the whole pack is a multiple of ``PACK_ALIGN`` bytes.  Its
+length then says little about the count, and blob ranges can be read in
+whole aligned units without knowing the pack's size (spec §9.6).  Sealed
+blobs of a repository made with ``init --padding`` are padded (Padmé) so
+their length says less about their content (§8.1).
 """
 
 from __future__ import annotations
@@ -25,10 +33,82 @@ from cas.format import compress
 
 PACK_AD = b"cas.pack.v1"
 TRAILER_MAGIC = b"CPK1"
+TRAILER_MAGIC_V2 = b"CPK2"
 TRAILER_SIZE = 8
 ENTRY = struct.Struct("<BII32s")  # 41 bytes
+COUNT = struct.Struct("<I")
 MAX_BLOB = (1 << 32) - 1
 MAX_HEADER = 1 << 28
+# Version 2 packs: their size is a multiple of this, and readers fetch blob ranges
+# in whole units of it (spec §9.6: 64 KiB, measured in docs/leaks.md).
+PACK_ALIGN = 64 * 1024
+# A version 2 header holds room for at least this many entries, then powers of two.
+HEADER_BUCKET_MIN = 256
+# Padded payloads (§8.1): the flag's high bit, then the body's length.
+PADDED = 0x80
+PAD_LENGTH = struct.Struct("<I")
+PADDINGS = ("padme",)
+
+
+@dataclass(frozen=True, slots=True)
+class PackFormat:
+    """How a repository's packs and blobs are laid out (from its config, spec §3, §9).
+
+    Version 1: ``CPK1`` packs, exact ranged reads.  Version 2: ``CPK2`` packs
+    (count hidden, size aligned), reads in ``PACK_ALIGN`` units, and sealed
+    blobs padded when ``padding`` names a scheme.
+    """
+
+    version: int = 1
+    padding: str | None = None
+
+    @property
+    def read_unit(self) -> int:
+        """The unit blob ranges are read in (0: exact ranges)."""
+        return PACK_ALIGN if self.version >= 2 else 0
+
+
+V1 = PackFormat()
+V2 = PackFormat(2)
+
+
+def padme(length: int) -> int:
+    """Padmé (Nikitin et al., PETS 2019): ``length`` rounded up so that only its top
+    bits vary; at most 12% larger, and a padded length leaks O(log log) bits."""
+    if length < 2:
+        return length
+    e = length.bit_length() - 1
+    low = e - e.bit_length()
+    mask = (1 << low) - 1
+    return (length + mask) & ~mask
+
+
+def pad_payload(payload: bytes, scheme: str | None) -> bytes:
+    """``payload`` padded (§8.1) so that its sealed length is a Padmé length; as is
+    without a scheme."""
+    if scheme is None:
+        return payload
+    if scheme not in PADDINGS:
+        raise FormatError(what="padding", detail=f"unknown padding {scheme!r}")
+    body = len(payload) - 1
+    minimal = crypto.SEAL_OVERHEAD + 1 + PAD_LENGTH.size + body
+    zeros = padme(minimal) - minimal
+    return b"".join(
+        (bytes((PADDED | payload[0],)), PAD_LENGTH.pack(body), payload[1:], bytes(zeros))
+    )
+
+
+def unpad_payload(plain: bytes, what: str) -> bytes:
+    """The payload inside a padded one (§8.1); any other payload as is."""
+    if not plain or not plain[0] & PADDED:
+        return plain
+    head = 1 + PAD_LENGTH.size
+    if len(plain) < head:
+        raise FormatError(what=what, detail="padded payload too short")
+    (body,) = PAD_LENGTH.unpack_from(plain, 1)
+    if head + body > len(plain) or any(memoryview(plain)[head + body :]):
+        raise FormatError(what=what, detail="padded payload malformed")
+    return bytes((plain[0] & ~PADDED,)) + plain[head : head + body]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +129,11 @@ def seal_blob(
     plaintext: bytes | memoryview,
     level: int | None = compress.DEFAULT_LEVEL,
     nonce: bytes | None = None,
+    padding: str | None = None,
 ) -> bytearray:
-    """Compress (when it pays) and seal one blob bound to its type and ID."""
-    payload = compress.encode_payload(plaintext, level)
+    """Compress (when it pays), pad (with a ``padding`` scheme) and seal one blob bound
+    to its type and ID."""
+    payload = pad_payload(compress.encode_payload(plaintext, level), padding)
     return keys.data.seal(payload, crypto.blob_ad(blob_type, blob_id), nonce)
 
 
@@ -68,7 +150,7 @@ def open_blob(
     match the plaintext and bounds decompression.
     """
     what = f"blob {blob_id.hex()}"
-    plain = keys.data.open(sealed, crypto.blob_ad(blob_type, blob_id), what)
+    plain = unpad_payload(keys.data.open(sealed, crypto.blob_ad(blob_type, blob_id), what), what)
     data = compress.decode_payload(plain, MAX_BLOB if raw_length is None else raw_length, what)
     if raw_length is not None and len(data) != raw_length:
         raise IntegrityError(what=what, detail="plaintext length differs from the recorded one")
@@ -82,17 +164,39 @@ def encode_header(entries: Iterable[PackEntry]) -> bytes:
     return b"".join(ENTRY.pack(e.type, e.length, e.raw_length, e.blob_id) for e in entries)
 
 
+def header_room(count: int, blobs_size: int) -> int:
+    """The plaintext length of a version 2 header for ``count`` entries after
+    ``blobs_size`` bytes of blobs: room for the bucket of ``count`` (at least
+    HEADER_BUCKET_MIN, else the next power of two), then zeros up to the next
+    multiple of PACK_ALIGN for the whole pack."""
+    bucket = max(HEADER_BUCKET_MIN, 1 << max(0, count - 1).bit_length())
+    least = COUNT.size + ENTRY.size * bucket
+    fixed = blobs_size + crypto.SEAL_OVERHEAD + TRAILER_SIZE
+    return least + (-(fixed + least)) % PACK_ALIGN
+
+
 def encode_pack_tail(
-    keys: crypto.KeyBase, entries: list[PackEntry], nonce: bytes | None = None
+    keys: crypto.KeyBase,
+    entries: list[PackEntry],
+    nonce: bytes | None = None,
+    version: int = 1,
 ) -> bytes:
-    """Sealed header followed by the trailer: append this after the blobs."""
-    sealed = bytes(keys.index.seal(encode_header(entries), PACK_AD, nonce))
-    return sealed + struct.pack("<I", len(sealed)) + TRAILER_MAGIC
+    """Sealed header followed by the trailer: append this after the blobs.  ``version``
+    2: the count and padding of §9.6 (``CPK2``)."""
+    plain = encode_header(entries)
+    magic = TRAILER_MAGIC
+    if version >= 2:
+        room = header_room(len(entries), sum(e.length for e in entries))
+        plain = COUNT.pack(len(entries)) + plain
+        plain += bytes(room - len(plain))
+        magic = TRAILER_MAGIC_V2
+    sealed = bytes(keys.index.seal(plain, PACK_AD, nonce))
+    return sealed + struct.pack("<I", len(sealed)) + magic
 
 
 def header_length(trailer: bytes, pack_size: int) -> int:
     """Length of the sealed header from the 8-byte trailer, checked against the pack size."""
-    if len(trailer) != TRAILER_SIZE or trailer[4:] != TRAILER_MAGIC:
+    if len(trailer) != TRAILER_SIZE or trailer[4:] not in (TRAILER_MAGIC, TRAILER_MAGIC_V2):
         raise FormatError(what="pack", detail="bad trailer (not a cas pack or truncated)")
     n: int = struct.unpack("<I", trailer[:4])[0]
     if n < crypto.SEAL_OVERHEAD or n > MAX_HEADER or n + TRAILER_SIZE > pack_size:
@@ -102,13 +206,18 @@ def header_length(trailer: bytes, pack_size: int) -> int:
     return n
 
 
-def decode_header(keys: crypto.KeyBase, sealed_header: bytes, pack_size: int) -> list[PackEntry]:
-    """Open the sealed header and compute each blob's offset; checks the blobs tile the pack."""
+def decode_header(
+    keys: crypto.KeyBase, sealed_header: bytes, pack_size: int, version: int = 1
+) -> list[PackEntry]:
+    """Open the sealed header and compute each blob's offset; checks the blobs tile the
+    pack.  ``version``: 2 for a ``CPK2`` trailer (count first, zero padding after)."""
     if sealed_header[:1] != bytes((crypto.SCHEME_XCHACHA,)):
         # The trailer's length is authenticated only through the header itself: a
         # wrong length lands inside blob data, which is damage, not a newer format.
         raise FormatError(what="pack header", detail="header length in the trailer is wrong")
     plain = keys.index.open(sealed_header, PACK_AD, "pack header")
+    if version >= 2:
+        plain = _strip_padding(plain)
     if len(plain) % ENTRY.size:
         raise FormatError(what="pack header", detail="length is not a whole number of entries")
     entries, offset = [], 0
@@ -128,7 +237,31 @@ def decode_header(keys: crypto.KeyBase, sealed_header: bytes, pack_size: int) ->
     return entries
 
 
+def _strip_padding(plain: bytes) -> bytes:
+    """The entries of a version 2 header plaintext: count, entries, zeros (§9.6)."""
+    if len(plain) < COUNT.size:
+        raise FormatError(what="pack header", detail="shorter than its entry count")
+    (count,) = COUNT.unpack_from(plain)
+    end = COUNT.size + count * ENTRY.size
+    if end > len(plain):
+        raise FormatError(what="pack header", detail="entry count larger than the header")
+    if any(memoryview(plain)[end:]):
+        raise FormatError(what="pack header", detail="padding is not zero")
+    return plain[COUNT.size : end]
+
+
+def trailer_version(trailer: bytes) -> int:
+    """2 for a ``CPK2`` trailer, else 1 (``header_length`` has checked the magic)."""
+    return 2 if trailer[4:] == TRAILER_MAGIC_V2 else 1
+
+
 def parse_pack(keys: crypto.KeyBase, pack: bytes | bytearray) -> list[PackEntry]:
-    """Header entries of a whole pack held in memory."""
-    n = header_length(bytes(pack[-TRAILER_SIZE:]), len(pack))
-    return decode_header(keys, bytes(pack[-TRAILER_SIZE - n : -TRAILER_SIZE]), len(pack))
+    """Header entries of a whole pack held in memory (either version)."""
+    trailer = bytes(pack[-TRAILER_SIZE:])
+    n = header_length(trailer, len(pack))
+    return decode_header(
+        keys,
+        bytes(pack[-TRAILER_SIZE - n : -TRAILER_SIZE]),
+        len(pack),
+        trailer_version(trailer),
+    )

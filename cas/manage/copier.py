@@ -202,6 +202,7 @@ def reseal_here(
             refs,
             dst.keys,
             dst.compression_level,
+            dst.config.padding,
         )
 
     return here

@@ -3,7 +3,10 @@
 Tree packs hold only trees, which every backup and restore walks: with a
 local cache they are kept whole on local disk (verified by their SHA-256
 name when read) and the last few in memory, so each is read and hashed once
-per run.  Data blobs are read with ranged reads of just their bytes.
+per run.  Data blobs are read with ranged reads: of just their bytes in a
+version 1 repository; in a version 2 repository rounded out to whole
+``PACK_ALIGN`` units (its packs are multiples of that size), so that the
+length of a read does not give the length of a blob (spec §9.6, §15).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cas import crypto
-from cas.backend.base import Backend
+from cas.backend.base import Backend, ReadBackend
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound, CasError, FormatError, IntegrityError
 from cas.format import pack as packfmt
@@ -38,15 +41,32 @@ class BlobRef:
     raw_length: int
 
 
+def read_aligned(backend: ReadBackend, name: str, offset: int, length: int, unit: int) -> bytes:
+    """``length`` bytes of object ``name`` from ``offset``, read as the whole ``unit``-byte
+    units that hold them (exactly, with ``unit`` 0): what the provider sees is a range
+    of whole units.  The object's size must be a multiple of ``unit`` (a version 2
+    pack); one that is not reads short, which the backend reports as damage."""
+    if unit <= 0 or length <= 0:
+        return backend.read(name, offset, length)
+    start = offset - offset % unit
+    end = offset + length
+    end += -end % unit
+    data = backend.read(name, start, end - start)
+    return data[offset - start : offset - start + length]
+
+
 class PackRanges:
     """Ranges of packs, and the blobs read in them: what every blob reader shares."""
 
     backend: Backend
     _keys: crypto.KeyBase
+    # Ranges are read in whole units of this many bytes (0: exactly): the
+    # repository's PackFormat.read_unit.
+    read_unit = 0
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
-        return self.backend.read(layout.pack_name(pack_id), offset, length)
+        return read_aligned(self.backend, layout.pack_name(pack_id), offset, length, self.read_unit)
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
@@ -87,10 +107,22 @@ class PackRanges:
             size = self.backend.stat(name).size
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
-        trailer = self.backend.read(name, size - packfmt.TRAILER_SIZE, packfmt.TRAILER_SIZE)
-        n = packfmt.header_length(trailer, size)
-        header = self.backend.read(name, size - packfmt.TRAILER_SIZE - n, n)
-        return packfmt.decode_header(self._keys, header, size)
+        if self.read_unit and size % self.read_unit == 0:
+            # A version 2 pack: the last unit holds the trailer and (for fewer than
+            # about 1,500 blobs) the whole header, so one request of a unit reads both.
+            tail = self.backend.read(name, size - self.read_unit, self.read_unit)
+            trailer = tail[-packfmt.TRAILER_SIZE :]
+            n = packfmt.header_length(trailer, size)
+            if n + packfmt.TRAILER_SIZE <= len(tail):
+                header = tail[-packfmt.TRAILER_SIZE - n : -packfmt.TRAILER_SIZE]
+            else:
+                header = self.read_pack_range(pack_id, size - packfmt.TRAILER_SIZE - n, n)
+        else:
+            trailer = self.backend.read(name, size - packfmt.TRAILER_SIZE, packfmt.TRAILER_SIZE)
+            n = packfmt.header_length(trailer, size)
+            header = self.backend.read(name, size - packfmt.TRAILER_SIZE - n, n)
+        version = packfmt.trailer_version(trailer)
+        return packfmt.decode_header(self._keys, header, size, version)
 
     def verify_pack_streamed(self, pack_id: bytes, piece: int = 1 << 20) -> list[packfmt.PackEntry]:
         """``verify_pack`` holding about ``piece`` bytes (or one larger blob) instead of
@@ -110,6 +142,8 @@ class PackRanges:
         nxt = next(todo, None)
         while pos < size:
             want = piece if nxt is None else max(piece, nxt.offset + nxt.length - pos)
+            if self.read_unit:  # whole units: a piece's length gives no blob's end
+                want += -want % self.read_unit
             data = self.backend.read(name, pos, min(want, size - pos))
             if not data:
                 raise IntegrityError(what=f"pack {name}", detail="shorter than its listing")
@@ -157,15 +191,16 @@ def reseal(
     refs: list[BlobRef],
     keys: crypto.KeyBase,
     level: int | None,
+    padding: str | None = None,
 ) -> tuple[bytes, list[packfmt.PackEntry]]:
     """Blobs read with ``load`` (authenticated, decrypted and re-hashed there) and sealed
-    again with ``keys``: their sealed bytes end to end and their entries in them (for
-    another repository's packer: copy)."""
+    again with ``keys`` (padded with the target's ``padding``): their sealed bytes end to
+    end and their entries in them (for another repository's packer: copy)."""
     body = bytearray()
     out: list[packfmt.PackEntry] = []
     for ref in refs:
         data = load(ref.type, ref.blob_id, ref.location, ref.raw_length)
-        sealed = packfmt.seal_blob(keys, ref.type, ref.blob_id, data, level)
+        sealed = packfmt.seal_blob(keys, ref.type, ref.blob_id, data, level, None, padding)
         out.append(packfmt.PackEntry(ref.blob_id, ref.type, len(body), len(sealed), len(data)))
         body += sealed
     return bytes(body), out
@@ -248,7 +283,7 @@ class BlobReader(PackRanges):
             except IntegrityError as e:
                 self.damaged_tree_packs[loc.pack_id] = str(e)
         if sealed is None:
-            sealed = self.backend.read(layout.pack_name(loc.pack_id), loc.offset, loc.length)
+            sealed = self.read_pack_range(loc.pack_id, loc.offset, loc.length)
         return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
     def _tree_pack(self, pack_id: bytes) -> bytes:

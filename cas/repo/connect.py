@@ -104,7 +104,7 @@ def read_config_version(backend: Backend) -> bytes:
     except ObjectNotFound:
         raise RepositoryNotFound(location=backend.location) from None
     version = configfmt.read_version(raw)
-    if version != FORMAT_VERSION:
+    if version not in configfmt.VERSIONS:
         raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
     return raw
 
@@ -133,6 +133,7 @@ def init_repository(
     kdf: crypto.KdfParams | None = None,
     share_ids_with: Repository | None = None,
     among_other_files: bool = False,
+    padding: str | None = None,
 ) -> Repository:
     """Create a new repository: fresh master keys, the first key file, then the config.
 
@@ -144,12 +145,17 @@ def init_repository(
     key, chunker key and chunker parameters (its data and index keys stay
     fresh), so blob IDs agree and ``cas copy`` moves only missing blobs.
 
+    The repository has the current format version (2); ``padding`` ("padme") pads
+    every sealed blob it stores (spec §8.1).
+
     The config is written last so a crash halfway leaves no half-made
     repository that ``open`` would accept; ``init`` refuses any location that
     already holds a config.
     """
     if not (1 << 20) <= pack_size <= (1 << 30):
         raise UsageError("the pack size must be between 1 MiB and 1 GiB")
+    if padding is not None and padding not in configfmt.PADDINGS:
+        raise UsageError(f"unknown padding {padding!r}; known: {', '.join(configfmt.PADDINGS)}")
     if repository_exists(backend):
         raise RepositoryExists(location=backend.location)
     if not among_other_files:
@@ -170,7 +176,7 @@ def init_repository(
             raise UsageError("keys can only be copied from a repository opened with a full key")
         keys = keys.with_ids_of(share_ids_with.keys)
         chunker = share_ids_with.config.chunker
-    cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size)
+    cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size, padding=padding)
     key_id = keyring.write_key(backend, keys, password, kdf or crypto.KdfParams.new())
     backend.write(layout.CONFIG, configfmt.encode_config(cfg, keys.data))
     cache = backend.cache if isinstance(backend, CachingBackend) else None

@@ -24,9 +24,10 @@ class FinishedPack:
 class Packer:
     """Collects sealed blobs until the pack is full, then emits the finished pack."""
 
-    def __init__(self, keys: crypto.KeyBase, blob_type: BlobType) -> None:
+    def __init__(self, keys: crypto.KeyBase, blob_type: BlobType, version: int = 1) -> None:
         self.keys = keys
         self.blob_type = blob_type
+        self.version = version  # of the pack layout (spec §9.6): the repository's
         # The pack's bytes, end to end, in one buffer: appending grows it in place
         # (a large buffer is its own mapping, which glibc moves with mremap), and the
         # header is appended to it at the end, so a pack never exists twice (as
@@ -81,7 +82,7 @@ class Packer:
         """
         entries = self._entries
         data = self._data
-        data += packfmt.encode_pack_tail(self.keys, entries)
+        data += packfmt.encode_pack_tail(self.keys, entries, version=self.version)
         if packfmt.parse_pack(self.keys, data) != entries:
             raise IntegrityError(what="new pack", detail="header does not read back as written")
         self._data, self._entries = bytearray(), []

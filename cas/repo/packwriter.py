@@ -1,8 +1,11 @@
 """Writing packs: the one pack writer (backup and repack) and the backup's saving pipeline.
 
-:class:`PackWriter` fills one packer per blob type with sealed blobs and
+:class:`PackWriter` fills ``OPEN_PACKS`` packers per blob type with sealed
+blobs, each blob going to one of them at random (as restic 0.18 does), and
 stores each finished pack (data packs flagged cold, tree packs also kept in
-the local cache).  Backup and prune's repack both store packs through it.
+the local cache).  So a file's consecutive chunks do not sit side by side in
+one pack, and pack sizes do not line up with file boundaries (spec §9.5,
+§15).  Backup and prune's repack both store packs through it.
 
 :class:`BlobSaver` is the backup side: it deduplicates against the index and
 the blobs in flight, seals blobs on worker threads (zstd, libsodium and
@@ -16,6 +19,7 @@ the next run.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +46,10 @@ INDEX_EVERY_BLOBS = 100_000
 # Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
 BATCH_BYTES = 4 << 20
 BATCH_BLOBS = 512
+# Packs open at once per blob type; each new blob goes to one of them at random.  At
+# the end the partly filled ones are poured together, so a backup still leaves one
+# partly filled pack per type.
+OPEN_PACKS = 4
 
 
 @dataclass
@@ -72,6 +80,8 @@ class PackWriter:
         on_stored: Callable[[FinishedPack], None],
         *,
         verify_size: bool = False,
+        version: int = 1,
+        open_packs: int = OPEN_PACKS,
     ) -> None:
         self.backend = backend
         self._keys = keys
@@ -79,7 +89,13 @@ class PackWriter:
         self.cache = cache
         self._on_stored = on_stored
         self._verify_size = verify_size
-        self._packers = {t: Packer(keys, t) for t in BlobType}
+        self._version = version
+        # The provider must not predict where a blob goes: the OS's randomness.
+        self._random = random.SystemRandom()
+        self._packers = {t: [self._new(t) for _ in range(max(1, open_packs))] for t in BlobType}
+
+    def _new(self, blob_type: BlobType) -> Packer:
+        return Packer(self._keys, blob_type, self._version)
 
     def add(
         self,
@@ -88,24 +104,48 @@ class PackWriter:
         sealed: bytes | bytearray | memoryview,
         raw_length: int,
     ) -> Packer | None:
-        """Append a sealed blob; returns the full packer (to finish outside a lock) or None."""
-        packer = self._packers[blob_type]
+        """Append a sealed blob to one of the open packers, chosen at random; returns
+        that packer once full (to finish outside a lock), else None."""
+        packers = self._packers[blob_type]
+        i = self._random.randrange(len(packers))
+        packer = packers[i]
         packer.add(blob_id, sealed, raw_length)
         if packer.size < self._pack_size:
             return None
-        self._packers[blob_type] = Packer(self._keys, blob_type)
+        packers[i] = self._new(blob_type)
         return packer
 
-    def take_open(self, blob_type: BlobType) -> Packer:
-        """The open packer of ``blob_type``, replaced by an empty one (its blobs go
-        elsewhere: Packer.take)."""
-        packer = self._packers[blob_type]
-        self._packers[blob_type] = Packer(self._keys, blob_type)
-        return packer
+    def take_open(
+        self, blob_type: BlobType, piece: int
+    ) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
+        """The sealed blobs of the open packers of ``blob_type`` in pieces of about
+        ``piece`` bytes (Packer.take), the packers replaced by empty ones."""
+        packers = self._packers[blob_type]
+        self._packers[blob_type] = [self._new(blob_type) for _ in packers]
+        return (p for packer in packers for p in packer.take(piece))
 
     def finish_open(self) -> list[FinishedPack]:
-        """Finish every packer that holds blobs."""
-        return [p.finish() for p in self._packers.values() if len(p)]
+        """Finish every packer that holds blobs: the partly filled packers of a type are
+        poured together (in random order) into as few packs as the pack size allows."""
+        finished = []
+        for blob_type, packers in self._packers.items():
+            full = [p for p in packers if len(p)]
+            self._packers[blob_type] = [self._new(blob_type) for _ in packers]
+            if len(full) == 1:
+                finished.append(full[0].finish())
+                continue
+            self._random.shuffle(full)
+            out = self._new(blob_type)
+            for body, entries in (piece for p in full for piece in p.take(self._pack_size)):
+                view = memoryview(body)
+                for e in entries:
+                    out.add(e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)
+                    if out.size >= self._pack_size:
+                        finished.append(out.finish())
+                        out = self._new(blob_type)
+            if len(out):
+                finished.append(out.finish())
+        return finished
 
     def store(self, pack: FinishedPack) -> None:
         """Store a finished pack, then report it (callable from worker threads).
@@ -140,6 +180,7 @@ class BlobSaver:
         threads: int | None = None,
         batch_bytes: int = BATCH_BYTES,
         batches: int | None = None,
+        fmt: packfmt.PackFormat = packfmt.V1,
     ) -> None:
         # Without ``indexes`` (a backup worker process, cas/backup/worker.py) every
         # blob handed to ``save`` is new, and each stored pack goes to ``on_pack``
@@ -149,8 +190,9 @@ class BlobSaver:
         self._on_pack = on_pack
         self.stats = WriteStats()
         self.compression_level: int | None = 3
+        self.padding = fmt.padding  # of sealed blobs (spec §8.1)
         self._lock = threading.RLock()
-        self.writer = PackWriter(backend, keys, pack_size, cache, self._stored)
+        self.writer = PackWriter(backend, keys, pack_size, cache, self._stored, version=fmt.version)
         self._inflight: set[bytes] = set()  # blobs in open packers
         self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
         self._unindexed_blobs = 0
@@ -210,8 +252,7 @@ class BlobSaver:
         filled data pack, not one per worker)."""
         self.wait()
         with self._lock:
-            packer = self.writer.take_open(BlobType.DATA)
-        return packer.take(piece)
+            return self.writer.take_open(BlobType.DATA, piece)
 
     def add_sealed(self, body: bytes, entries: list[packfmt.PackEntry]) -> None:
         """Sealed blobs another process claimed and sealed (``take_open`` there): packed
@@ -298,14 +339,20 @@ class BlobSaver:
     def _sealing_job(self, batch: list[tuple[BlobType, bytes, bytes]]) -> None:
         """Seal a batch, then add it to the packers in one go.
 
-        A batch's blobs stay together and in order in their pack (restore
-        reads neighbours in one request, cas/restore/blobstream.py); packs are
-        finished (joined, parsed back, hashed) outside the lock.
+        A batch's blobs keep their order within each open pack they are spread
+        over (restore still reads neighbours in one request,
+        cas/restore/blobstream.py); packs are finished (joined, parsed back,
+        hashed) outside the lock.
         """
         try:
-            level = self.compression_level
+            level, padding = self.compression_level, self.padding
             sealed = [
-                (t, bid, packfmt.seal_blob(self._keys, t, bid, data, level), len(data))
+                (
+                    t,
+                    bid,
+                    packfmt.seal_blob(self._keys, t, bid, data, level, None, padding),
+                    len(data),
+                )
                 for t, bid, data in batch
             ]
             full = []

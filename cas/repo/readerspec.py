@@ -23,6 +23,7 @@ from cas.backend.base import Backend
 from cas.backend.registry import open_backend, shared_location, split_location
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound
+from cas.format.pack import V1, PackFormat
 from cas.repo.blobreader import PackRanges
 from cas.repo.index import Location
 from cas.repo.repository import Repository
@@ -36,6 +37,9 @@ class ReaderSpec:
     backend_options: tuple[object, ...]
     key_type: str
     key_material: bytes
+    # How the repository's packs are laid out: blob ranges are read in its units,
+    # and a backup worker writes packs and pads blobs as the repository does.
+    pack_format: PackFormat = V1
 
     def encode(self) -> bytes:
         """Bytes for the socket (pickle: both ends are this same cas)."""
@@ -60,7 +64,9 @@ def reader_spec(
     cannot reach that location (an in-memory backend) or the key cannot open data."""
     if not shared_location(location) or not repo.keys.CAN_OPEN_DATA:
         return None
-    return ReaderSpec(location, backend_options, repo.keys.TYPE, repo.keys.encode())
+    return ReaderSpec(
+        location, backend_options, repo.keys.TYPE, repo.keys.encode(), repo.config.pack_format
+    )
 
 
 class LocatedReader(PackRanges):
@@ -120,6 +126,7 @@ def open_located(spec: ReaderSpec) -> LocatedReader:
     """A LocatedReader on a backend of its own for ``spec``."""
     keys = crypto.key_factory(spec.key_type, spec.key_material)
     reader = LocatedReader(open_backend(spec.location, spec.backend_options), keys)
+    reader.read_unit = spec.pack_format.read_unit
     # A local pack read in pieces costs a few more system calls, not requests: a
     # verifying process then holds a piece, not a 16 MiB pack.
     reader.stream_packs = split_location(spec.location)[0] in ("", "file")

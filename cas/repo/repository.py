@@ -72,7 +72,10 @@ class Repository:
         self.damaged_snapshots: dict[bytes, str] = {}
         self.damaged_keys: dict[bytes, str] = {}  # key files list_keys could not read
         self.reader = BlobReader(backend, keys, self.indexes)
-        self.saver = BlobSaver(backend, keys, config.pack_size, self.indexes, cache)
+        self.reader.read_unit = config.pack_format.read_unit
+        self.saver = BlobSaver(
+            backend, keys, config.pack_size, self.indexes, cache, fmt=config.pack_format
+        )
         self.cache = cache
 
     @property
@@ -275,6 +278,7 @@ class Repository:
             self._cache,
             on_stored,
             verify_size=True,
+            version=self.config.version,
         )
 
     # -- reading blobs and packs ---------------------------------------------------

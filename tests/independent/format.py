@@ -267,6 +267,31 @@ def chunk_ends(data: bytes, perm: list[int], p: ChunkParams, final: bool = True)
 DOCUMENT_BOUND = 1 << 30
 
 
+def unpad_payload(payload: bytes) -> bytes:
+    """§8.1: a flag with the high bit set: 0x80 | f, u32 LE m, m bytes, zero bytes."""
+    if not payload or payload[0] < 0x80:
+        return payload
+    require(len(payload) >= 5, "padded payload shorter than 5 bytes")
+    (m,) = struct.unpack("<I", payload[1:5])
+    require(5 + m <= len(payload), "padded payload length past its end")
+    require(payload[5 + m :] == bytes(len(payload) - 5 - m), "padding not zero")
+    return bytes([payload[0] - 0x80]) + payload[5 : 5 + m]
+
+
+def padme(length: int) -> int:
+    """§8.1: E = floor(log2 L), S = floor(log2 E) + 1, round L up to a multiple of 2^(E-S)."""
+    if length < 2:
+        return length
+    e = math.floor(math.log2(length))
+    while 2 ** (e + 1) <= length:  # floating point at large L
+        e += 1
+    while 2**e > length:
+        e -= 1
+    s = e.bit_length()  # floor(log2 E) + 1 for E >= 1
+    unit = 2 ** (e - s)
+    return -(-length // unit) * unit
+
+
 def decode_payload(payload: bytes, bound: int) -> bytes:
     """Flag 0: stored; flag 1: exactly one zstd frame with its content size <= bound."""
     require(len(payload) >= 1, "empty payload")
@@ -332,9 +357,9 @@ def _is_id(v: Any) -> bool:
     return isinstance(v, bytes) and len(v) == 32
 
 
-def _version(doc: Any, what: str) -> dict[str, Any]:
+def _version(doc: Any, what: str, version: int = 1) -> dict[str, Any]:
     require(isinstance(doc, dict), f"{what} is not a map")
-    if doc.get("v") != 1:
+    if doc.get("v") != version:
         raise Newer(f"{what} version {doc.get('v')!r}")
     return doc  # type: ignore[no-any-return]
 
@@ -350,21 +375,26 @@ class Config:
     chunker: ChunkParams
     pack_size: int
     doc: dict[str, Any]
+    version: int = 1
 
 
 def config_version(data: bytes) -> int:
-    """§3.1/§16: the plaintext version byte, read before any password is asked."""
+    """§3.1/§16: the plaintext version byte (1 or 2), read before any password is asked."""
     require(len(data) >= 8 and data[:7] == CONFIG_MAGIC, "config magic")
-    if data[7] != 1:
+    if data[7] not in (1, 2):
         raise Newer(f"repository format version {data[7]}")
-    return 1
+    return data[7]
 
 
 def open_config(data: bytes, data_key: bytes) -> Config:
-    config_version(data)
+    version = config_version(data)
     doc = _version(
-        unpack(decode_payload(unseal(data_key, data[8:], data[:8]), DOCUMENT_BOUND)), "config"
+        unpack(decode_payload(unseal(data_key, data[8:], data[:8]), DOCUMENT_BOUND)),
+        "config",
+        version,
     )
+    if version == 2 and "padding" in doc:
+        require(doc["padding"] == "padme", f"padding {doc['padding']!r}")
     ch = doc.get("chunker")
     require(isinstance(ch, dict), "config chunker")
     if ch.get("algorithm") != "fastcdc-2016-permuted":
@@ -376,7 +406,7 @@ def open_config(data: bytes, data_key: bytes) -> Config:
     pack_size = doc.get("pack_size")
     require(_is_int(pack_size) and 1 << 20 <= pack_size <= 1 << 30, "pack_size")
     require(_is_id(doc.get("id")), "repository id")
-    return Config(doc["id"], ChunkParams(lo, avg, hi), pack_size, doc)
+    return Config(doc["id"], ChunkParams(lo, avg, hi), pack_size, doc, version)
 
 
 # -- §4 key files ----------------------------------------------------------------------------
@@ -443,14 +473,31 @@ class Entry:
 
 
 def pack_header(pack: bytes, index_key: bytes) -> list[Entry]:
-    """§9.4 steps 1 to 3."""
-    require(len(pack) >= 8 and pack[-4:] == b"CPK1", "pack trailer magic")
+    """§9.4 steps 1 to 3 (and §9.6 for 'CPK2')."""
+    require(len(pack) >= 8 and pack[-4:] in (b"CPK1", b"CPK2"), "pack trailer magic")
     (h,) = struct.unpack("<I", pack[-8:-4])
     require(ENTRY <= h <= 256 << 20 and h + 8 <= len(pack), "pack header length")
     sealed = pack[len(pack) - 8 - h : len(pack) - 8]
+    return header_entries(sealed, index_key, len(pack), pack[-4:] == b"CPK2")
+
+
+def v2_entries(plain: bytes) -> bytes:
+    """§9.6: u32 LE n, 41·n bytes of entries, zero bytes."""
+    require(len(plain) >= 4, "CPK2 header shorter than its count")
+    (n,) = struct.unpack("<I", plain[:4])
+    require(4 + ENTRY * n <= len(plain), "CPK2 count past the header")
+    require(plain[4 + ENTRY * n :] == bytes(len(plain) - 4 - ENTRY * n), "CPK2 padding not zero")
+    return plain[4 : 4 + ENTRY * n]
+
+
+def header_entries(sealed: bytes, index_key: bytes, pack_size: int, v2: bool) -> list[Entry]:
+    """§9.4 steps 2 and 3 on a sealed header of a pack of ``pack_size`` bytes."""
+    h = len(sealed)
     if sealed[0] != 0:
         raise Malformed("pack header scheme byte (damage, not a newer format)")
     plain = unseal(index_key, sealed, b"cas.pack.v1")
+    if v2:
+        plain = v2_entries(plain)
     require(len(plain) % ENTRY == 0, "pack header length not a multiple of 41")
     entries = []
     offset = 0
@@ -460,7 +507,7 @@ def pack_header(pack: bytes, index_key: bytes) -> list[Entry]:
         require(length >= 42, "stored length under 42")
         entries.append(Entry(plain[k + 9 : k + 41], t, offset, length, raw))
         offset += length
-    require(offset + h + 8 == len(pack), "blobs and header do not tile the pack")
+    require(offset + h + 8 == pack_size, "blobs and header do not tile the pack")
     return entries
 
 
@@ -468,7 +515,8 @@ def open_blob(keys: MasterKeys, e: Entry, sealed: bytes) -> bytes:
     """§9.4 step 4: AD with type and ID, bounded payload, exact length, ID recomputed."""
     require(len(sealed) == e.length, "sealed blob length")
     plain = decode_payload(
-        unseal(keys.data, sealed, b"cas.blob.v1" + bytes([e.type]) + e.id), e.raw_length
+        unpad_payload(unseal(keys.data, sealed, b"cas.blob.v1" + bytes([e.type]) + e.id)),
+        e.raw_length,
     )
     require(len(plain) == e.raw_length, "blob raw length")
     if blob_id(keys.id, e.type, plain) != e.id:
