@@ -31,7 +31,7 @@ from tests.independent.compare import assert_snapshot_is, read_local
 from tests.support.cli import run_cas
 from tests.support.repos import PASSWORD, SMALL_CHUNKS, cheap_kdf, populate
 
-UNIT = packfmt.PACK_ALIGN
+UNIT = packfmt.READ_UNIT
 KEYS = crypto.MasterKeys.generate()
 
 
@@ -61,29 +61,33 @@ def _pack_of(sizes: list[int], version: int) -> bytes:
 # -- the header: its length does not give the count -----------------------------------------
 
 
+def _header_length(pack: bytes) -> int:
+    return int(struct.unpack("<I", pack[-8:-4])[0])
+
+
 def test_header_length_does_not_depend_on_the_count() -> None:
     total = 3_000_000
     seen_v2: set[tuple[int, int]] = set()
     seen_v1: set[int] = set()
-    for count in (1, 2, 17, 100, 256):
-        sizes = [total // count] * count
-        sizes[-1] += total - sum(sizes)
+    for count in (0, 1, 2, 17, 100, 256):
+        sizes = [total // count] * count if count else []
+        if count:
+            sizes[-1] += total - sum(sizes)
         pack = _pack_of(sizes, 2)
-        assert pack[-4:] == b"CPK2" and len(pack) % UNIT == 0
+        assert pack[-4:] == b"CPK2"
         assert [e.length for e in packfmt.parse_pack(KEYS, pack)] == sizes
-        (h,) = struct.unpack("<I", pack[-8:-4])
-        seen_v2.add((h, len(pack)))
+        # the size follows from the index entries (§9.6): readers cut ranges there
+        assert len(pack) == packfmt.pack_size(2, sum(sizes), count)
+        seen_v2.add((_header_length(pack), len(pack) - sum(sizes)))
         v1 = _pack_of(sizes, 1)
-        seen_v1.add(struct.unpack("<I", v1[-8:-4])[0])
-    assert len(seen_v2) == 1  # the same header length and pack size for 1 to 256 blobs
-    assert len(seen_v1) == 5  # the control: a version 1 header gives the count away
+        assert len(v1) == packfmt.pack_size(1, sum(sizes), count)
+        seen_v1.add(_header_length(v1))
+    assert seen_v2 == {(45 + 41 * 256, 45 + 41 * 256 + 8)}  # the same for 0 to 256 blobs
+    assert len(seen_v1) == 6  # the control: a version 1 header gives the count away
     # above 256 the header gives only the power of two above the count
-    lengths = set()
-    for count in (300, 400, 512):  # all in the bucket of 512, the same blob bytes
-        sizes = [60_000 // count] * count
-        sizes[-1] += 60_000 - sum(sizes)
-        lengths.add(struct.unpack("<I", _pack_of(sizes, 2)[-8:-4])[0])
-    assert len(lengths) == 1
+    lengths = {_header_length(_pack_of([100] * n, 2)) for n in (257, 400, 512)}
+    assert lengths == {45 + 41 * 512}
+    assert _header_length(_pack_of([100] * 513, 2)) == 45 + 41 * 1024
 
 
 def test_v2_header_refusals() -> None:
@@ -139,9 +143,8 @@ def test_a_files_chunks_are_spread_over_packs_and_restore_exactly(tmp_path: Path
     for name, data in files.items():
         assert _read_back(repo, sid, name) == data
     assert b"".join(repo.load_blob(BlobType.DATA, b) for b in content) == big
-    # every pack a version 2 repository stores is a whole number of units
     for info in backend.list("data"):
-        assert info.size % UNIT == 0
+        assert backend.read(info.name)[-4:] == b"CPK2"
 
 
 def _read_back(repo: Repository, sid: bytes, name: bytes) -> bytes:
@@ -183,17 +186,22 @@ def test_a_cli_backup_restores_exactly_and_the_independent_reader_agrees(tmp_pat
             assert (restored / path.relative_to(src)).read_bytes() == path.read_bytes()
     for pack in (repo / "data").rglob("*"):
         if pack.is_file():
-            assert pack.stat().st_size % UNIT == 0 and pack.read_bytes()[-4:] == b"CPK2"
+            assert pack.read_bytes()[-4:] == b"CPK2"
 
 
 # -- reads: whole units only ----------------------------------------------------------------
 
 
 def _assert_whole_units(backend: Recording, what: str) -> int:
+    """Every ranged read of a pack starts on a unit and is whole units long or ends at
+    the pack's end (which the provider knows), or is the pack's last unit (a header)."""
     reads = backend.ranged_pack_reads()
     assert reads, f"{what} read no pack range"
     for name, offset, length in reads:
-        assert offset % UNIT == 0 and length % UNIT == 0, (what, name, offset, length)
+        size = backend.stat(name).size
+        units = offset % UNIT == 0 and (length % UNIT == 0 or offset + length == size)
+        last_unit = offset + length == size and length == min(UNIT, size)
+        assert units or last_unit, (what, name, offset, length, size)
     return len(reads)
 
 

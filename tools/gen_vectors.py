@@ -496,7 +496,7 @@ def gen_pack() -> dict[str, Any]:
     return {
         "description": "Packs (§9): sealed blobs, sealed header (index key, AD 'cas.pack.v1'), "
         "u32 LE header length, 'CPK1'; version 2 packs (§9.6: 'CPK2', the header's entry count "
-        "first and zero padding to a bucket and to a multiple of 64 KiB for the pack); Padmé "
+        "first and zero padding to a bucket of 256 entries or the power of two above); Padmé "
         "padded payloads (§8.1) and Padmé lengths",
         "master_keys": keys_json(KEYS),
         "packs": [data_pack, tree_pack],

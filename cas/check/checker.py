@@ -818,4 +818,6 @@ class Checker:
     def _read_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """A blob's range, in the repository's read units (spec §9.6)."""
         unit = self.repo.config.pack_format.read_unit
-        return read_aligned(self.backend, layout.pack_name(pack_id), offset, length, unit)
+        name = layout.pack_name(pack_id)
+        size = self._stored.get(pack_id, offset + length)
+        return read_aligned(self.backend, name, offset, length, unit, size)

@@ -12,12 +12,10 @@ order: type (u8), stored length (u32 LE), raw length (u32 LE), blob ID (32).
 Offsets are implicit: each blob starts where the previous one ended.
 
 A ``CPK2`` header starts with the entry count (u32 LE) and ends with zero
-bytes: padded to at least ``HEADER_BUCKET_MIN`` entries (the next power of two
-above), and so that the whole pack is a multiple of ``PACK_ALIGN`` bytes.  Its
-length then says little about the count, and blob ranges can be read in
-whole aligned units without knowing the pack's size (spec §9.6).  Sealed
-blobs of a repository made with ``init --padding`` are padded (Padmé) so
-their length says less about their content (§8.1).
+bytes: room for at least ``HEADER_BUCKET_MIN`` entries, else the next power of
+two above the count, so its length says little about the count (spec §9.6).
+Sealed blobs of a repository made with ``init --padding`` are padded (Padmé)
+so their length says less about their content (§8.1).
 """
 
 from __future__ import annotations
@@ -39,9 +37,9 @@ ENTRY = struct.Struct("<BII32s")  # 41 bytes
 COUNT = struct.Struct("<I")
 MAX_BLOB = (1 << 32) - 1
 MAX_HEADER = 1 << 28
-# Version 2 packs: their size is a multiple of this, and readers fetch blob ranges
-# in whole units of it (spec §9.6: 64 KiB, measured in docs/leaks.md).
-PACK_ALIGN = 64 * 1024
+# Version 2 repositories: readers fetch blob ranges in whole aligned units of this
+# many bytes, cut at the pack's end (spec §9.6: 64 KiB, measured in docs/leaks.md).
+READ_UNIT = 64 * 1024
 # A version 2 header holds room for at least this many entries, then powers of two.
 HEADER_BUCKET_MIN = 256
 # Padded payloads (§8.1): the flag's high bit, then the body's length.
@@ -55,7 +53,7 @@ class PackFormat:
     """How a repository's packs and blobs are laid out (from its config, spec §3, §9).
 
     Version 1: ``CPK1`` packs, exact ranged reads.  Version 2: ``CPK2`` packs
-    (count hidden, size aligned), reads in ``PACK_ALIGN`` units, and sealed
+    (count hidden), reads in ``READ_UNIT`` units, and sealed
     blobs padded when ``padding`` names a scheme.
     """
 
@@ -65,7 +63,7 @@ class PackFormat:
     @property
     def read_unit(self) -> int:
         """The unit blob ranges are read in (0: exact ranges)."""
-        return PACK_ALIGN if self.version >= 2 else 0
+        return READ_UNIT if self.version >= 2 else 0
 
 
 V1 = PackFormat()
@@ -164,15 +162,18 @@ def encode_header(entries: Iterable[PackEntry]) -> bytes:
     return b"".join(ENTRY.pack(e.type, e.length, e.raw_length, e.blob_id) for e in entries)
 
 
-def header_room(count: int, blobs_size: int) -> int:
-    """The plaintext length of a version 2 header for ``count`` entries after
-    ``blobs_size`` bytes of blobs: room for the bucket of ``count`` (at least
-    HEADER_BUCKET_MIN, else the next power of two), then zeros up to the next
-    multiple of PACK_ALIGN for the whole pack."""
+def header_room(count: int) -> int:
+    """The plaintext length of a version 2 header of ``count`` entries: the count and
+    room for the bucket of ``count`` (HEADER_BUCKET_MIN, else the next power of two)."""
     bucket = max(HEADER_BUCKET_MIN, 1 << max(0, count - 1).bit_length())
-    least = COUNT.size + ENTRY.size * bucket
-    fixed = blobs_size + crypto.SEAL_OVERHEAD + TRAILER_SIZE
-    return least + (-(fixed + least)) % PACK_ALIGN
+    return COUNT.size + ENTRY.size * bucket
+
+
+def pack_size(version: int, blobs_end: int, count: int) -> int:
+    """The size of a pack whose ``count`` blobs end at ``blobs_end``, as this cas
+    writes it in a repository of ``version`` (from its index entries: §9.6)."""
+    plain = header_room(count) if version >= 2 else ENTRY.size * count
+    return blobs_end + crypto.SEAL_OVERHEAD + plain + TRAILER_SIZE
 
 
 def encode_pack_tail(
@@ -186,7 +187,7 @@ def encode_pack_tail(
     plain = encode_header(entries)
     magic = TRAILER_MAGIC
     if version >= 2:
-        room = header_room(len(entries), sum(e.length for e in entries))
+        room = header_room(len(entries))
         plain = COUNT.pack(len(entries)) + plain
         plain += bytes(room - len(plain))
         magic = TRAILER_MAGIC_V2

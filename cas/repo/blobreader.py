@@ -5,8 +5,8 @@ local cache they are kept whole on local disk (verified by their SHA-256
 name when read) and the last few in memory, so each is read and hashed once
 per run.  Data blobs are read with ranged reads: of just their bytes in a
 version 1 repository; in a version 2 repository rounded out to whole
-``PACK_ALIGN`` units (its packs are multiples of that size), so that the
-length of a read does not give the length of a blob (spec §9.6, §15).
+aligned ``READ_UNIT`` units (cut at the pack's end, which the index entries
+give), so that a read does not give a blob's offset or length (spec §9.6).
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ class BlobRef:
     raw_length: int
 
 
-def read_aligned(backend: ReadBackend, name: str, offset: int, length: int, unit: int) -> bytes:
-    """``length`` bytes of object ``name`` from ``offset``, read as the whole ``unit``-byte
-    units that hold them (exactly, with ``unit`` 0): what the provider sees is a range
-    of whole units.  The object's size must be a multiple of ``unit`` (a version 2
-    pack); one that is not reads short, which the backend reports as damage."""
+def read_aligned(
+    backend: ReadBackend, name: str, offset: int, length: int, unit: int, size: int
+) -> bytes:
+    """``length`` bytes of object ``name`` from ``offset``, read as the whole aligned
+    ``unit``-byte units that hold them, the last cut at the object's ``size`` (exactly,
+    with ``unit`` 0): the provider sees ranges of whole units, never a blob's own."""
     if unit <= 0 or length <= 0:
         return backend.read(name, offset, length)
     start = offset - offset % unit
     end = offset + length
-    end += -end % unit
+    end = max(end, min(end + (-end % unit), size))
     data = backend.read(name, start, end - start)
     return data[offset - start : offset - start + length]
 
@@ -63,10 +64,31 @@ class PackRanges:
     # Ranges are read in whole units of this many bytes (0: exactly): the
     # repository's PackFormat.read_unit.
     read_unit = 0
+    version = 1  # the repository's: how a pack's size follows from its entries
+    _sizes: dict[bytes, int] | None = None  # packs stat'ed for want of index entries
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
-        return read_aligned(self.backend, layout.pack_name(pack_id), offset, length, self.read_unit)
+        name = layout.pack_name(pack_id)
+        if not self.read_unit:
+            return self.backend.read(name, offset, length)
+        size = self.known_pack_size(pack_id)
+        if size is None or size < offset + length:
+            size = self._stat_once(name, pack_id)
+        return read_aligned(self.backend, name, offset, length, self.read_unit, size)
+
+    def known_pack_size(self, pack_id: bytes) -> int | None:
+        """The pack's size as the index entries this reader holds give it, or None."""
+        return None
+
+    def _stat_once(self, name: str, pack_id: bytes) -> int:
+        """The pack's size from the storage, asked once per pack and reader."""
+        if self._sizes is None:
+            self._sizes = {}
+        size = self._sizes.get(pack_id)
+        if size is None:
+            size = self._sizes[pack_id] = self.backend.stat(name).size
+        return size
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
@@ -107,16 +129,18 @@ class PackRanges:
             size = self.backend.stat(name).size
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
-        if self.read_unit and size % self.read_unit == 0:
-            # A version 2 pack: the last unit holds the trailer and (for fewer than
-            # about 1,500 blobs) the whole header, so one request of a unit reads both.
-            tail = self.backend.read(name, size - self.read_unit, self.read_unit)
+        if self.read_unit:
+            # Version 2: the last unit holds the trailer and (up to 1,024 blobs) the
+            # whole header, so one request reads both and gives no header length.
+            last = min(size, self.read_unit)
+            tail = self.backend.read(name, size - last, last)
             trailer = tail[-packfmt.TRAILER_SIZE :]
             n = packfmt.header_length(trailer, size)
             if n + packfmt.TRAILER_SIZE <= len(tail):
                 header = tail[-packfmt.TRAILER_SIZE - n : -packfmt.TRAILER_SIZE]
             else:
-                header = self.read_pack_range(pack_id, size - packfmt.TRAILER_SIZE - n, n)
+                start = size - packfmt.TRAILER_SIZE - n
+                header = read_aligned(self.backend, name, start, n, self.read_unit, size)
         else:
             trailer = self.backend.read(name, size - packfmt.TRAILER_SIZE, packfmt.TRAILER_SIZE)
             n = packfmt.header_length(trailer, size)
@@ -222,6 +246,12 @@ class BlobReader(PackRanges):
         # Other copies of blobs stored more than once (the master index keeps the first),
         # found by one pass over the index files the first time a read fails.
         self._alternates: dict[bytes, list[Location]] | None = None
+
+    def known_pack_size(self, pack_id: bytes) -> int | None:
+        """The pack's size from its index entries (spec §9.6), or None."""
+        indexes = self._indexes
+        extent = indexes.index.extent(pack_id) or indexes.garbage_index.extent(pack_id)
+        return None if extent is None else packfmt.pack_size(self.version, *extent)
 
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""

@@ -168,6 +168,9 @@ class MasterIndex:
         self._pending: dict[bytes, int | tuple[int, int, int, int]] = {}
         # OR of the pending pack numbers, offsets and lengths: their widths
         self._or_p = self._or_o = self._or_n = 0
+        # pack ID -> (end of its last blob, number of blobs): with the repository's
+        # header layout, the pack's size (readers round ranges out to it, spec §9.6)
+        self._extents: dict[bytes, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return self._run.count + len(self._pending)
@@ -209,8 +212,11 @@ class MasterIndex:
         self._packs += pack_id
         pending, locate = self._pending, self._run.locate
         or_o = or_n = 0
-        added = 0
+        added = count = end = 0
         for blob_id, offset, length in blobs:
+            count += 1
+            if offset + length > end:
+                end = offset + length
             if blob_id in pending:
                 continue
             pos = locate(blob_id)
@@ -226,6 +232,7 @@ class MasterIndex:
             or_o |= offset
             or_n |= length
             added += 1
+        self._extents[pack_id] = max((end, count), self._extents.get(pack_id, (0, 0)))
         if added:
             self._or_p |= number
             self._or_o |= or_o
@@ -233,6 +240,10 @@ class MasterIndex:
             if len(pending) >= max(PENDING_MIN, self._run.count >> PENDING_SHIFT):
                 self.compact()
         return added
+
+    def extent(self, pack_id: bytes) -> tuple[int, int] | None:
+        """(end of the last blob, number of blobs) of a pack this index lists, or None."""
+        return self._extents.get(pack_id)
 
     def compact(self) -> None:
         """Fold pending entries into the sorted segments."""

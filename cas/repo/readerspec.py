@@ -127,6 +127,7 @@ def open_located(spec: ReaderSpec) -> LocatedReader:
     keys = crypto.key_factory(spec.key_type, spec.key_material)
     reader = LocatedReader(open_backend(spec.location, spec.backend_options), keys)
     reader.read_unit = spec.pack_format.read_unit
+    reader.version = spec.pack_format.version
     # A local pack read in pieces costs a few more system calls, not requests: a
     # verifying process then holds a piece, not a 16 MiB pack.
     reader.stream_packs = split_location(spec.location)[0] in ("", "file")

@@ -73,6 +73,7 @@ class Repository:
         self.damaged_keys: dict[bytes, str] = {}  # key files list_keys could not read
         self.reader = BlobReader(backend, keys, self.indexes)
         self.reader.read_unit = config.pack_format.read_unit
+        self.reader.version = config.version
         self.saver = BlobSaver(
             backend, keys, config.pack_size, self.indexes, cache, fmt=config.pack_format
         )
