@@ -118,12 +118,12 @@ def test_newer_format_is_refused(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "init").code == 0
     config = repo / "config"
     data = bytearray(config.read_bytes())
-    data[7] = 2
+    data[7] = 3
     config.chmod(0o600)
     config.write_bytes(bytes(data))
     result = run_cas("-r", repo, "key", "list")
     assert result.code == 1
-    assert "format version 2" in result.err and "upgrade cas" in result.err
+    assert "format version 3" in result.err and "upgrade cas" in result.err
 
 
 @pytest.mark.s3

@@ -400,11 +400,17 @@ def _opener(e: packfmt.PackEntry, sealed: bytes) -> Callable[[], bytes]:
 
 
 def prop_pack_header(plain: bytes, body: bytes) -> None:
-    """A sealed header of arbitrary entries, after arbitrary blob bytes."""
+    """A sealed header of arbitrary entries, after arbitrary blob bytes (as a version 1
+    and as a version 2 pack, whose header starts with a count and ends in zeros)."""
     tail = crypto.seal(KEYS.index_key, plain, packfmt.PACK_AD, bytes(24))
-    pack = body + tail + struct.pack("<I", len(tail)) + packfmt.TRAILER_MAGIC
-    only_cas_errors("pack header", lambda: packfmt.parse_pack(KEYS, pack))
-    only_cas_errors("pack header", lambda: packfmt.decode_header(KEYS, tail, len(pack)))
+    for version, magic in ((1, packfmt.TRAILER_MAGIC), (2, packfmt.TRAILER_MAGIC_V2)):
+        pack = body + tail + struct.pack("<I", len(tail)) + magic
+        only_cas_errors("pack header", lambda p=pack: packfmt.parse_pack(KEYS, p))
+        size = len(pack)
+        only_cas_errors(
+            "pack header",
+            lambda n=size, v=version: packfmt.decode_header(KEYS, tail, n, v),
+        )
 
 
 def prop_pack_header_tiled(header_and_body: tuple[bytes, bytes]) -> None:
@@ -433,6 +439,9 @@ def prop_blob(payload: bytes, raw_length: int | None) -> None:
         "blob", lambda: packfmt.open_blob(KEYS, BlobType.DATA, bid, sealed, raw_length)
     )
     assert data is None  # the ID of all zeros is never right
+    inner = only_cas_errors("padded payload", lambda: packfmt.unpad_payload(payload, "p"))
+    if inner is not None:  # a padded payload's inner one is never longer
+        assert len(inner) <= len(payload) and not (inner and inner[0] & packfmt.PADDED)
 
 
 def prop_payload(payload: bytes, max_size: int) -> None:
@@ -574,7 +583,7 @@ def test_newer_repository_version_is_refused_clearly(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "init", env=env).code == 0
     cfg = repo / "config"
     raw = bytearray(cfg.read_bytes())
-    raw[7] = 2
+    raw[7] = 3
     cfg.write_bytes(bytes(raw))
     for args in (
         ("snapshots",),
@@ -585,7 +594,7 @@ def test_newer_repository_version_is_refused_clearly(tmp_path: Path) -> None:
         r = run_cas("-r", repo, *args, env=env)
         assert r.code == 1, (args, r.code, r.err)
         assert r.err.strip() == (
-            "cas: repository has format version 2; this cas (format 1) cannot read it, upgrade cas"
+            "cas: repository has format version 3; this cas (format 2) cannot read it, upgrade cas"
         )
     assert not (tmp_path / "out").exists()
 
@@ -597,7 +606,7 @@ def test_newer_repository_version_is_refused_before_asking_for_a_password(
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
     assert run_cas("-r", repo, "init", env=env).code == 0
     raw = bytearray((repo / "config").read_bytes())
-    raw[7] = 2
+    raw[7] = 3
     (repo / "config").write_bytes(bytes(raw))
     r = run_cas("-r", repo, "snapshots", password=None, env=env)
     assert "upgrade cas" in r.err, r.err

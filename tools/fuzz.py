@@ -176,13 +176,23 @@ def seeds(target: str) -> list[bytes]:
         "master_keys": [KEYS.encode(), *_vectors("keyfile", ("cases", "master_keys_msgpack"))],
         "pack": [
             t.VALID_PACK,
-            *_vectors("pack", ("packs", "pack"), ("invalid", "pack")),
+            *_vectors("pack", ("packs", "pack"), ("packs_v2", "pack"), ("invalid", "pack")),
         ],
-        "pack_header": _vectors("pack", ("packs", "header_plaintext")),
+        "pack_header": _vectors(
+            "pack",
+            ("packs", "header_plaintext"),
+            ("packs_v2", "header_plaintext"),
+            ("invalid_v2_headers", "header_plaintext"),
+        ),
         "pack_trailer": [
             struct.pack("<Q", len(t.VALID_PACK)) + t.VALID_PACK[-packfmt.TRAILER_SIZE :]
         ],
-        "blob": [u32(0xFFFFFFFF) + p for p in _vectors("pack", ("packs", "blobs", "payload"))],
+        "blob": [
+            u32(0xFFFFFFFF) + p
+            for p in _vectors(
+                "pack", ("packs", "blobs", "payload"), ("packs_v2", "blobs", "padded_payload")
+            )
+        ],
         "payload": [u32(1 << 20) + p for p in [*payloads, *t.HOSTILE_PAYLOADS]],
         "sealed": _vectors("aead", ("cases", "sealed"), ("invalid", "sealed")),
     }

@@ -37,7 +37,6 @@ from cas.repo.packwriter import INDEX_EVERY_PACKS
 EXACT_BYTES = 128 << 20  # new data compressed in full before sampling starts
 SAMPLE_EVERY = 8  # then one blob in this many is compressed
 # Per pack: the sealed header's overhead and the trailer; per blob: its header entry.
-PACK_OVERHEAD = SEAL_OVERHEAD + packfmt.TRAILER_SIZE
 # An index entry is a msgpack array of an ID and four ints (spec §10), ~50 bytes.
 INDEX_BYTES_PER_BLOB = 50
 SNAPSHOT_BYTES = 1024  # a snapshot file, roughly
@@ -68,19 +67,25 @@ class _Tally:
         raw, payload = self.sample if self.sample[0] else self.measured
         return payload / raw if raw else 1.0
 
-    def packs(self, pack_size: int) -> tuple[int, int]:
-        """(packs, bytes) once stored: Packer's rule replayed over the sizes."""
+    def packs(self, pack_size: int, fmt: packfmt.PackFormat = packfmt.V1) -> tuple[int, int]:
+        """(packs, bytes) once stored: Packer's rule replayed over the sizes, each blob
+        padded and each pack's header sized as the repository's format does."""
         ratio = self.ratio()
-        packs = fill = sealed = 0
+        packs = fill = count = stored = 0
         for size in self.sizes:
             blob = size if size > 0 else round(-size * ratio) + SEAL_OVERHEAD
-            sealed += blob
+            if fmt.padding is not None:
+                blob = packfmt.padme(blob + packfmt.PAD_LENGTH.size)
             fill += blob
+            count += 1
             if fill >= pack_size:  # as Packer: a pack is finished once it reaches the target
                 packs += 1
-                fill = 0
-        packs += 1 if fill else 0
-        return packs, sealed + packs * PACK_OVERHEAD + self.blobs * packfmt.ENTRY.size
+                stored += packfmt.pack_size(fmt.version, fill, count)
+                fill = count = 0
+        if count:
+            packs += 1
+            stored += packfmt.pack_size(fmt.version, fill, count)
+        return packs, stored
 
 
 @dataclass
@@ -165,8 +170,8 @@ class DryRunWriter:
         data, tree = self._tally[BlobType.DATA], self._tally[BlobType.TREE]
         pack_size = self.repo.config.pack_size
         (data_packs, data_bytes), (tree_packs, tree_bytes) = (
-            data.packs(pack_size),
-            tree.packs(pack_size),
+            data.packs(pack_size, self.repo.config.pack_format),
+            tree.packs(pack_size, self.repo.config.pack_format),
         )
         packs = data_packs + tree_packs
         index_files = -(-packs // INDEX_EVERY_PACKS)

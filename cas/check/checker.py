@@ -46,7 +46,7 @@ from cas.backend.base import ReadBackend
 from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Severity
 from cas.check.state import CheckState, Subset, select_packs
 from cas.check.verifier import VerifierPool
-from cas.crypto import SEAL_OVERHEAD, BlobType, KeyBase
+from cas.crypto import BlobType, KeyBase
 from cas.errors import BlobNotFound, CasError, IntegrityError, ObjectNotFound
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
@@ -128,9 +128,10 @@ class _IndexedPack:
             offset += length
         return out
 
-    def expected_size(self) -> int:
+    def expected_size(self, version: int) -> int:
+        """The pack's size as its entries give it, with the header of ``version`` (§9.6)."""
         blobs: int = sum(e[1] for e in packfmt.ENTRY.iter_unpack(self.header))
-        return blobs + len(self.header) + SEAL_OVERHEAD + packfmt.TRAILER_SIZE
+        return packfmt.pack_size(version, blobs, len(self.header) // packfmt.ENTRY.size)
 
 
 def check(
@@ -559,7 +560,7 @@ class Checker:
                 continue
             if isinstance(header, CasError):
                 e = header
-                size, expected = self._stored[pack_id], ip.expected_size()
+                size, expected = self._stored[pack_id], ip.expected_size(self.repo.config.version)
                 if size == expected:
                     self._add("pack_header_damaged", name, str(e))
                     continue

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from cas import crypto
 from cas.backend.base import Backend, ReadBackend
 from cas.crypto import BlobType
-from cas.errors import BlobNotFound, CasError, FormatError, IntegrityError
+from cas.errors import (
+    BackendError,
+    BlobNotFound,
+    CasError,
+    FormatError,
+    IntegrityError,
+    ObjectNotFound,
+)
 from cas.format import pack as packfmt
 from cas.repo import layout
 from cas.repo.cache import LocalCache
@@ -75,7 +82,18 @@ class PackRanges:
         size = self.known_pack_size(pack_id)
         if size is None or size < offset + length:
             size = self._stat_once(name, pack_id)
-        return read_aligned(self.backend, name, offset, length, self.read_unit, size)
+        try:
+            return read_aligned(self.backend, name, offset, length, self.read_unit, size)
+        except ObjectNotFound:
+            raise
+        except BackendError:
+            # A pack shorter than its entries say (damaged, truncated): what it still
+            # holds of this range is read up to its real end, so one lost tail costs
+            # only the blobs in it.
+            actual = self.backend.stat(name).size
+            if actual >= size:
+                raise
+            return read_aligned(self.backend, name, offset, length, self.read_unit, actual)
 
     def known_pack_size(self, pack_id: bytes) -> int | None:
         """The pack's size as the index entries this reader holds give it, or None."""

@@ -3,8 +3,10 @@
 Restore needs blobs in a known order (the files of a directory, one after
 another), and that order is mostly the order in which backup packed them.
 A :class:`BlobStream` is told that order with :meth:`BlobStream.plan`; it
-merges blobs that lie close together in one pack into one ranged read (so
-thousands of small files cost a handful of requests, not one each), runs
+merges planned blobs that lie close together in one pack into one ranged
+read, whatever their places in the plan (backup spreads blobs over several
+open packs at random, spec §9.5, so a directory's files alternate between
+packs; thousands of small files still cost a handful of requests), runs
 the reads and the decryption on worker threads (libsodium, zstd and BLAKE3
 release the GIL; on S3 each is a request in flight), and keeps at most
 ``budget`` bytes of loaded blobs ahead of the consumer.
@@ -16,6 +18,7 @@ raises its error from :meth:`BlobStream.get`, for the file that needs it.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,12 +82,20 @@ class BlobStream:
         self._ahead: dict[bytes, tuple[Future[_Loaded], int]] = {}
         self._ahead_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
+        # Planned blobs not yet requested, per pack, by offset: (offset, blob ID, size).
+        # Entries of blobs requested since are skipped when met.
+        self._queued: dict[bytes, list[tuple[int, bytes, int]]] = {}
 
     def plan(self, blobs: Iterable[tuple[bytes, int]]) -> None:
         """Append ``(blob ID, size)`` pairs in the order ``get`` will ask for them."""
         for blob_id, size in blobs:
             self._plan.append((blob_id, size))
             self._uses[blob_id] += 1
+            try:
+                loc = self.repo.locate(blob_id)
+            except CasError:
+                continue  # its request reports the error
+            bisect.insort(self._queued.setdefault(loc.pack_id, []), (loc.offset, blob_id, size))
         self._pump()
 
     def discard(self, blobs: Iterable[tuple[bytes, int]]) -> None:
@@ -116,6 +127,7 @@ class BlobStream:
         self._plan.clear()
         self._uses.clear()
         self._ahead.clear()
+        self._queued.clear()
         self._ahead_bytes = 0
 
     # -- scheduling ---------------------------------------------------------
@@ -151,30 +163,64 @@ class BlobStream:
             failed: _Loaded = {blob_id: e}
             self._submit([(blob_id, size, None)], lambda: failed)
             return
-        group: list[tuple[bytes, int, Location | None]] = [(blob_id, size, loc)]
-        end = loc.offset + loc.length
-        seen = {blob_id}
-        while self._plan:
-            nid, nsize = self._plan[0]
-            if self._uses[nid] <= 0 or nid in self._ahead or nid in seen:
-                self._plan.popleft()
-                continue
-            try:
-                nloc = self.repo.locate(nid)
-            except CasError:
-                break  # it gets a request (and its error) of its own
-            if (
-                nloc.pack_id != loc.pack_id
-                or not end <= nloc.offset <= end + self.gap
-                or nloc.offset + nloc.length - loc.offset > self.max_request
-            ):
-                break
-            self._plan.popleft()
-            group.append((nid, nsize, nloc))
-            seen.add(nid)
-            end = nloc.offset + nloc.length
-        start = loc.offset
+        group = self._neighbours(blob_id, size, loc)
+        first, last = group[0][2], group[-1][2]
+        assert first is not None and last is not None
+        start, end = first.offset, last.offset + last.length
         self._submit(group, lambda: self._load(loc.pack_id, start, end, group))
+
+    def _neighbours(
+        self, blob_id: bytes, size: int, loc: Location
+    ) -> list[tuple[bytes, int, Location | None]]:
+        """``blob_id`` and the planned blobs around it in its pack, not yet requested,
+        with gaps of at most ``gap``, ``max_request`` bytes in all and no more than
+        the budget leaves room for (they may come late in the plan), by offset."""
+        room = self.budget - self._ahead_bytes - size
+        queued = self._queued.get(loc.pack_id, [])
+        at = bisect.bisect_left(queued, (loc.offset, b""))
+        start, end = loc.offset, loc.offset + loc.length
+        seen = {blob_id}
+        after: list[tuple[bytes, int, Location | None]] = []
+        before: list[tuple[bytes, int, Location | None]] = []
+        i = at
+        while i < len(queued):
+            offset, nid, nsize = queued[i]
+            i += 1
+            if self._uses[nid] <= 0 or nid in self._ahead or nid in seen:
+                continue
+            nloc = self.repo.locate(nid)
+            if offset < end or offset > end + self.gap:
+                if offset < end:
+                    continue  # a copy stored twice at once; or this blob's own entry
+                break
+            if offset + nloc.length - start > self.max_request or nsize > room:
+                break
+            room -= nsize
+            after.append((nid, nsize, nloc))
+            seen.add(nid)
+            end = offset + nloc.length
+        i = at - 1
+        while i >= 0:
+            offset, nid, nsize = queued[i]
+            i -= 1
+            if self._uses[nid] <= 0 or nid in self._ahead or nid in seen:
+                continue
+            nloc = self.repo.locate(nid)
+            if offset + nloc.length > start or start - offset - nloc.length > self.gap:
+                break
+            if end - offset > self.max_request or nsize > room:
+                break
+            room -= nsize
+            before.append((nid, nsize, nloc))
+            seen.add(nid)
+            start = offset
+        # drop what was taken (and every stale entry met) from the pack's queue
+        if queued:
+            self._queued[loc.pack_id] = [
+                q for q in queued if q[1] not in seen and self._uses[q[1]] > 0
+            ]
+        before.reverse()
+        return [*before, (blob_id, size, loc), *after]
 
     def _submit(
         self, group: list[tuple[bytes, int, Location | None]], job: Callable[[], _Loaded]
