@@ -25,11 +25,13 @@ def _repo(tmp_path: Path) -> tuple[Path, Path]:
     files of a forgotten snapshot), and the source of the snapshot that stays."""
     src, repo = tmp_path / "src", tmp_path / "repo"
     src.mkdir()
-    for i in range(30):
-        (src / f"f{i:02}").write_bytes(os.urandom(150_000 + i * 1000))
+    # 60 files of ~80 KB: blobs go to packs at random (spec §9.5), so a pack holds
+    # about a dozen files, which makes every data pack about half unused
+    for i in range(60):
+        (src / f"f{i:02}").write_bytes(os.urandom(75_000 + i * 500))
     assert run_cas("-r", repo, "init", "--pack-size", str(1 << 20)).code == 0
     assert run_cas("-r", repo, "backup", src).code == 0
-    for i in range(0, 30, 2):
+    for i in range(0, 60, 2):
         (src / f"f{i:02}").unlink()
     assert run_cas("-r", repo, "backup", src).code == 0
     assert run_cas("-r", repo, "forget", "--keep-last", "1").code == 0
