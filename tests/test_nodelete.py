@@ -1,0 +1,284 @@
+"""Storage that refuses deletes (issue 19, Deliver 2): a backup-only identity.
+
+Backup, check, restore, copy and mount work with credentials that may put, get
+and list but not delete: the lock file they cannot remove is left to go stale
+(a warning, exit code unchanged, ``not_deleted`` in ``--json``), other clients
+treat it as stale on time (spec §13.3), and prune, forget, repair and tag fail
+with one line before doing any work.  A full-rights prune then cleans up.
+
+The real servers: SeaweedFS, whose bucket policy denies s3:DeleteObject to one
+identity (its identities cannot tell writing from deleting), and moto behind a
+loopback proxy that answers 403 AccessDenied to every DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cas.repo
+from cas import crypto
+from cas.backend import S3Options
+from cas.backend.faulty import Fault, FaultyBackend
+from cas.backend.memory import MemoryBackend
+from cas.backend.s3 import S3Backend
+from cas.errors import AccessDenied, BackendError, LockedError
+from cas.repo import RepoOptions, Repository, layout, locks
+from tests.independent.compare import assert_snapshot_is, read_s3
+from tests.support.cli import Result, run_cas
+from tests.support.s3proxy import CountingProxy
+from tests.support.s3server import FAKE_AWS_ENV
+from tests.support.seaweed import WRITER_KEY, WRITER_SECRET, SeaweedServer
+from tests.support.trees import compare_trees
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+
+
+def _refusing() -> FaultyBackend:
+    """A memory store whose every delete is refused, as S3 refuses a backup-only user."""
+    store = FaultyBackend(MemoryBackend())
+    store.create()
+    store.add("delete", Fault(times=None, error=AccessDenied("DeleteObject: AccessDenied")))
+    return store
+
+
+def _names(backend: Any) -> set[str]:
+    return {o.name for o in backend.list(layout.LOCKS)}
+
+
+def test_a_lock_the_store_will_not_delete_is_left_behind_without_an_error() -> None:
+    store, key = _refusing(), crypto.MasterKeys.generate().index_key
+    lock = locks.acquire(store, key, exclusive=False, command="backup", clock=lambda: T0)
+    name = lock.name
+    lock.release()  # no error
+    assert [n for n, _ in lock.left_behind] == [name]
+    assert _names(store) == {name}
+    lock.release()  # a second release does not try again
+    assert store.calls["delete"] == 1
+
+
+def test_other_hosts_treat_a_left_behind_lock_as_stale_on_time() -> None:
+    store, key = _refusing(), crypto.MasterKeys.generate().index_key
+    me = locks.Identity("backup-host", "backup", 4242)
+    with locks.acquire(
+        store, key, exclusive=False, command="backup", clock=lambda: T0, identity=me
+    ):
+        pass
+    trusted = locks.Identity("trusted-host", "admin", 1)
+
+    def scan(at: int) -> list[bool]:
+        entries = locks.list_locks(store, key, clock=lambda: at, hostname=trusted.hostname)
+        return [e.stale for e in entries]
+
+    assert scan(T0 + int(locks.STALE_AFTER * NS) - NS) == [False]
+    assert scan(T0 + int(locks.STALE_AFTER * NS) + NS) == [True]
+    # Before that an exclusive locker is refused; after it the file is ignored.
+    with pytest.raises(Exception, match="held by backup@backup-host"):
+        locks.acquire(
+            store, key, exclusive=True, command="repair", clock=lambda: T0, identity=trusted
+        )
+    later = T0 + int(locks.STALE_AFTER * NS) + NS
+    lock = locks.acquire(
+        store, key, exclusive=True, command="repair", clock=lambda: later, identity=trusted
+    )
+    assert len(lock.stale_kept) == 1  # ignored; this store would not let it go either
+    lock.release()
+
+
+def test_a_command_that_must_delete_learns_it_before_any_work() -> None:
+    store, key = _refusing(), crypto.MasterKeys.generate().index_key
+    lock = locks.acquire(store, key, exclusive=False, command="prune")
+    with pytest.raises(AccessDenied, match="refused to delete locks/"):
+        lock.require_delete()
+    lock.release()
+    ok = MemoryBackend()
+    ok.create()
+    with locks.acquire(ok, key, exclusive=False, command="prune") as lock:
+        lock.require_delete()  # deletes the previous lock file
+        assert _names(ok) == {lock.name}
+
+
+def test_a_transient_delete_failure_is_still_an_error_of_release() -> None:
+    store = FaultyBackend(MemoryBackend())
+    store.create()
+    store.add("delete", Fault(times=None, error=BackendError("DeleteObject: 500")))
+    key = crypto.MasterKeys.generate().index_key
+    lock = locks.acquire(store, key, exclusive=False, command="backup")
+    with pytest.raises(BackendError):
+        lock.release()
+    assert lock.left_behind == []
+
+
+# -- real S3 servers ------------------------------------------------------------------
+
+
+@dataclass
+class NoDeleteSetup:
+    """One repository, reached by a backup-only client and by a full-rights one."""
+
+    name: str
+    bucket: str
+    prefix: str
+    endpoint: str  # the store itself: what the full-rights client and the reader use
+    limited_endpoint: str  # what the backup-only client uses
+    limited_env: dict[str, str]
+    cache: Path
+
+    def cas(
+        self, *args: str | Path, full: bool = False, env: dict[str, str] | None = None
+    ) -> Result:
+        environment = dict(FAKE_AWS_ENV if full else self.limited_env)
+        environment["CAS_CACHE_DIR"] = str(self.cache / ("full" if full else "limited"))
+        environment.update(env or {})
+        endpoint = self.endpoint if full else self.limited_endpoint
+        location = f"s3://{self.bucket}/{self.prefix}"
+        result = run_cas(
+            "-r", location, "--s3-endpoint", endpoint, "--s3-path-style", *args, env=environment
+        )
+        assert "Traceback" not in result.err, result.err
+        return result
+
+    def objects(self, under: str) -> set[str]:
+        backend = S3Backend(self.bucket, self.prefix, endpoint_url=self.endpoint, path_style=True)
+        try:
+            return {o.name for o in backend.list(under)}
+        finally:
+            backend.close()
+
+
+@pytest.fixture(params=["seaweed-policy", "moto-proxy"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NoDeleteSetup]:
+    if request.param == "seaweed-policy":
+        seaweed: SeaweedServer = request.getfixturevalue("seaweed_server")
+        bucket = seaweed.new_bucket()
+        seaweed.deny_deletes(bucket)
+        env = {
+            **FAKE_AWS_ENV,
+            "AWS_ACCESS_KEY_ID": WRITER_KEY,
+            "AWS_SECRET_ACCESS_KEY": WRITER_SECRET,
+        }
+        yield NoDeleteSetup(
+            request.param, bucket, "repo", seaweed.endpoint, seaweed.endpoint, env, tmp_path
+        )
+        return
+    endpoint: str = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    proxy = CountingProxy(
+        endpoint, fault=lambda method, _: (403, "AccessDenied") if method == "DELETE" else None
+    )
+    try:
+        yield NoDeleteSetup(
+            request.param, bucket, "repo", endpoint, proxy.endpoint, dict(FAKE_AWS_ENV), tmp_path
+        )
+    finally:
+        proxy.close()
+
+
+def repo_lock(repo: Repository, who: locks.Identity, at: int) -> locks.RepoLock:
+    """An exclusive lock taken by ``who`` with the clock at ``at`` (ns)."""
+    return locks.acquire(
+        repo.backend,
+        repo.keys.index,
+        exclusive=True,
+        command="repair",
+        clock=lambda: at,
+        identity=who,
+    )
+
+
+def _tree(root: Path) -> Path:
+    for i in range(12):
+        d = root / f"d{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.bin").write_bytes(os.urandom(1000 + 5000 * i))
+    (root / "d0" / "text.txt").write_text("hello\n" * 1000)
+    return root
+
+
+@pytest.mark.s3
+def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
+    setup: NoDeleteSetup, tmp_path: Path
+) -> None:
+    src = _tree(tmp_path / "src")
+    assert setup.cas("init", full=True).code == 0
+
+    backup = setup.cas("--json", "backup", src)
+    assert backup.code == 0, backup.err
+    doc = json.loads(backup.out)
+    left = doc["not_deleted"]
+    assert [e["kind"] for e in left] == ["lock"], left
+    assert left[0]["stale_at_ns"] > 0 and left[0]["stale_at"].endswith("Z")
+    assert "warning: the storage refused to delete 1 lock file of this command" in backup.err
+    assert doc["warnings"] == []
+    assert left[0]["name"] in setup.objects(layout.LOCKS)
+    # Seen from another host, the lock is live until STALE_AFTER after its time, then
+    # ignored: an exclusive locker there is refused before and goes ahead after.
+    repo = cas.repo.open(
+        f"s3://{setup.bucket}/{setup.prefix}",
+        lambda: b"test-password",
+        RepoOptions(backend=(S3Options(endpoint=setup.endpoint, path_style=True),), cache=False),
+    )
+    try:
+        stale_at = left[0]["stale_at_ns"]
+        trusted = locks.Identity("trusted-host", "admin", 1)
+        with pytest.raises(LockedError):
+            repo_lock(repo, trusted, stale_at - NS)
+        repo_lock(repo, trusted, stale_at + NS).release()
+    finally:
+        repo.close()
+
+    # Human output: the same warning, exit 0.
+    again = setup.cas("backup", src)
+    assert again.code == 0, again.err
+    # (the trusted host removed the first backup's lock: it may delete)
+    assert again.err.count("warning: ") == 1, again.err
+
+    check = setup.cas("--json", "check", "--read-data")
+    assert check.code == 0, check.out + check.err
+    check_doc = json.loads(check.out)
+    assert check_doc["summary"]["errors"] == 0
+    kinds = sorted(e["kind"] for e in check_doc["not_deleted"])
+    # The second backup's lock is stale at once here (same host, its process ended).
+    assert kinds == ["lock", "stale_lock"], check_doc["not_deleted"]
+    assert "stale lock file of other processes" in check.err
+
+    target = tmp_path / "restored"
+    restore = setup.cas("--json", "restore", "latest", "--target", target)
+    assert restore.code == 0, restore.err
+    assert json.loads(restore.out)["not_deleted"]
+    assert compare_trees(src, target / src.relative_to(src.anchor)) == []
+    view = read_s3(setup.endpoint, setup.bucket, setup.prefix)
+    assert_snapshot_is(view, doc["id"], src)
+
+    # Commands that must delete stop at once, with one line, having changed nothing.
+    before = setup.objects("snapshots") | setup.objects("index") | setup.objects("data")
+    for args in (
+        ["prune"],
+        ["forget", "--keep-last", "1"],
+        ["repair", "index"],
+        ["tag", "--add", "x"],
+    ):
+        refused = setup.cas(*args)
+        assert refused.code == 1, (args, refused.err)
+        lines = refused.err.strip().splitlines()
+        assert len(lines) == 1 and "refuses deletes to these credentials" in lines[0], lines
+        assert "docs/deploy.md" in lines[0]
+    assert setup.objects("snapshots") | setup.objects("index") | setup.objects("data") == before
+
+    # A full-rights prune (here on the same host, where the leftovers' processes are
+    # gone, so they are stale at once) removes every leftover lock.
+    assert len(setup.objects(layout.LOCKS)) >= 3
+    setup.cas("forget", "--keep-last", "1", full=True)
+    prune = setup.cas("--json", "prune", full=True)
+    assert prune.code == 0, prune.err
+    assert "not_deleted" not in json.loads(prune.out)
+    assert setup.objects(layout.LOCKS) == set()
+    final = setup.cas("check", "--read-data", full=True)
+    assert final.code == 0, final.out + final.err
