@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +35,12 @@ from cas.backend.s3 import S3Backend
 from cas.errors import AccessDenied, BackendError, LockedError
 from cas.repo import RepoOptions, Repository, layout, locks
 from tests.independent.compare import assert_snapshot_is, read_s3
-from tests.support.cli import Result, run_cas
+from tests.support.cli import Result, finish, run_cas, start_cas
 from tests.support.s3proxy import CountingProxy
 from tests.support.s3server import FAKE_AWS_ENV
 from tests.support.seaweed import WRITER_KEY, WRITER_SECRET, SeaweedServer
 from tests.support.trees import compare_trees
+from tests.test_cli_json import check_lines
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS
@@ -95,7 +100,7 @@ def test_other_hosts_treat_a_left_behind_lock_as_stale_on_time() -> None:
 def test_a_command_that_must_delete_learns_it_before_any_work() -> None:
     store, key = _refusing(), crypto.MasterKeys.generate().index_key
     lock = locks.acquire(store, key, exclusive=False, command="prune")
-    with pytest.raises(AccessDenied, match="refused to delete locks/"):
+    with pytest.raises(AccessDenied, match="refused to delete lock file"):
         lock.require_delete()
     lock.release()
     ok = MemoryBackend()
@@ -218,6 +223,7 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     assert "warning: the storage refused to delete 1 lock file of this command" in backup.err
     assert doc["warnings"] == []
     assert left[0]["name"] in setup.objects(layout.LOCKS)
+    check_lines("backup", [doc])  # docs/json.schema.json knows not_deleted
     # Seen from another host, the lock is live until STALE_AFTER after its time, then
     # ignored: an exclusive locker there is refused before and goes ahead after.
     repo = cas.repo.open(
@@ -244,6 +250,7 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     assert check.code == 0, check.out + check.err
     check_doc = json.loads(check.out)
     assert check_doc["summary"]["errors"] == 0
+    check_lines("check", [check_doc])
     kinds = sorted(e["kind"] for e in check_doc["not_deleted"])
     # The second backup's lock is stale at once here (same host, its process ended).
     assert kinds == ["lock", "stale_lock"], check_doc["not_deleted"]
@@ -253,6 +260,7 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     restore = setup.cas("--json", "restore", "latest", "--target", target)
     assert restore.code == 0, restore.err
     assert json.loads(restore.out)["not_deleted"]
+    check_lines("restore", [json.loads(restore.out)])
     assert compare_trees(src, target / src.relative_to(src.anchor)) == []
     view = read_s3(setup.endpoint, setup.bucket, setup.prefix)
     assert_snapshot_is(view, doc["id"], src)
@@ -282,3 +290,62 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     assert setup.objects(layout.LOCKS) == set()
     final = setup.cas("check", "--read-data", full=True)
     assert final.code == 0, final.out + final.err
+
+
+def _mounted(mnt: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(mnt) for line in f)
+
+
+@pytest.mark.s3
+def test_copy_and_mount_without_delete_rights(setup: NoDeleteSetup, tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src")
+    assert setup.cas("init", full=True).code == 0
+    assert setup.cas("backup", src).code == 0
+
+    # copy: the source is the no-delete repository, the target a local one.
+    target = tmp_path / "copy"
+    location = f"s3://{setup.bucket}/{setup.prefix}"
+    env = {**setup.limited_env, "CAS_OTHER_PASSWORD": "test-password"}
+    init = run_cas(
+        "-r", target, "init", "--copy-keys-from", location, "--s3-endpoint",
+        setup.limited_endpoint, "--s3-path-style", env=env,
+    )  # fmt: skip
+    assert init.code == 0, init.err
+    copy = setup.cas("--json", "copy", "--to", target, env={"CAS_OTHER_PASSWORD": "test-password"})
+    assert copy.code == 0, copy.err
+    doc = json.loads(copy.out)
+    check_lines("copy", [doc])
+    assert [e["kind"] for e in doc["not_deleted"]].count("lock") == 1, doc["not_deleted"]
+    assert len(doc["snapshots_copied"]) == 1
+    assert list((target / "locks").iterdir()) == []  # the target could delete its own
+
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("no FUSE here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    environment = {**setup.limited_env, "CAS_CACHE_DIR": str(setup.cache / "limited")}
+    proc = start_cas(
+        "-r", location, "--s3-endpoint", setup.limited_endpoint, "--s3-path-style",
+        "--json", "mount", mnt, env=environment,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60  # bounds a hang; not a timed assertion
+        while not _mounted(mnt):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        latest = mnt / "snapshots" / "latest" / str(src).lstrip("/")
+        assert (latest / "d0" / "text.txt").read_text() == "hello\n" * 1000
+        proc.send_signal(signal.SIGTERM)
+        result = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if _mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert result.code == 0, result.err
+    summary = json.loads(result.out.splitlines()[-1])
+    check_lines("mount", [json.loads(line) for line in result.out.splitlines()])
+    assert "lock" in [e["kind"] for e in summary["not_deleted"]]
+    assert "warning: the storage refused to delete" in result.err

@@ -245,7 +245,7 @@ class Globals:
                 try:
                     lock.require_delete()
                 except AccessDenied as e:
-                    raise DeleteRefused(command=command, detail=str(e)) from e
+                    raise DeleteRefused(command=command, detail=e.fields["detail"]) from e
             yield lock
         self.not_deleted.extend({"name": n, "kind": "stale_lock"} for n in lock.stale_kept)
         for name, info in lock.left_behind:

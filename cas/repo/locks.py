@@ -461,7 +461,8 @@ class RepoLock:
         with self._mutex:
             refused = [name for name, _ in self.left_behind]
         if refused:
-            raise AccessDenied(f"the storage refused to delete {refused[0]}")
+            short = refused[0].rsplit("/", 1)[-1][:8]
+            raise AccessDenied(f"it refused to delete lock file {short} of this command")
 
     def release(self) -> None:
         """Stop refreshing and delete the lock file; a second call only retries failed deletes.
