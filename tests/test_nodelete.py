@@ -19,25 +19,27 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.config import Config
 
 import cas.repo
 from cas import crypto
 from cas.backend import S3Options
 from cas.backend.faulty import Fault, FaultyBackend
 from cas.backend.memory import MemoryBackend
-from cas.backend.s3 import S3Backend
+from cas.backend.s3 import S3Backend, new_session
 from cas.errors import AccessDenied, BackendError, LockedError
 from cas.repo import RepoOptions, Repository, layout, locks
 from tests.independent.compare import assert_snapshot_is, read_s3
 from tests.support.cli import Result, finish, run_cas, start_cas
 from tests.support.s3proxy import CountingProxy
-from tests.support.s3server import FAKE_AWS_ENV
+from tests.support.s3server import FAKE_AWS_ENV, enforce_iam, start_moto_server, stop_process
 from tests.support.seaweed import WRITER_KEY, WRITER_SECRET, SeaweedServer
 from tests.support.trees import compare_trees
 from tests.test_cli_json import check_lines
@@ -135,11 +137,12 @@ class NoDeleteSetup:
     limited_endpoint: str  # what the backup-only client uses
     limited_env: dict[str, str]
     cache: Path
+    full_env: dict[str, str] = field(default_factory=lambda: dict(FAKE_AWS_ENV))
 
     def cas(
         self, *args: str | Path, full: bool = False, env: dict[str, str] | None = None
     ) -> Result:
-        environment = dict(FAKE_AWS_ENV if full else self.limited_env)
+        environment = dict(self.full_env if full else self.limited_env)
         environment["CAS_CACHE_DIR"] = str(self.cache / ("full" if full else "limited"))
         environment.update(env or {})
         endpoint = self.endpoint if full else self.limited_endpoint
@@ -151,14 +154,59 @@ class NoDeleteSetup:
         return result
 
     def objects(self, under: str) -> set[str]:
-        backend = S3Backend(self.bucket, self.prefix, endpoint_url=self.endpoint, path_style=True)
+        client = new_session(
+            aws_access_key_id=self.full_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.full_env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        ).client("s3", endpoint_url=self.endpoint, config=Config(s3={"addressing_style": "path"}))
+        backend = S3Backend(self.bucket, self.prefix, client=client)
         try:
             return {o.name for o in backend.list(under)}
         finally:
             backend.close()
 
 
-@pytest.fixture(params=["seaweed-policy", "moto-proxy"])
+@pytest.fixture(scope="module")
+def moto_iam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A moto server of this module's own, enforcing IAM: an admin who may do anything
+    and a backup client denied every delete (moto names some S3 actions its own way,
+    ListObjectsV2 and HeadObject, so the client is allowed s3:* less the deletes)."""
+    process, endpoint = start_moto_server(tmp_path_factory.mktemp("moto-iam") / "server.log")
+    try:
+        bucket_arns = [f"arn:aws:s3:::{MOTO_BUCKET}", f"arn:aws:s3:::{MOTO_BUCKET}/*"]
+        keys = enforce_iam(
+            endpoint,
+            {
+                "admin": _policy({"Effect": "Allow", "Action": "*", "Resource": "*"}),
+                "backup-client": _policy(
+                    {"Effect": "Allow", "Action": "s3:*", "Resource": bucket_arns},
+                    {"Effect": "Deny", "Action": DELETES, "Resource": bucket_arns},
+                ),
+            },
+        )
+        env = {}
+        for user, (key, secret) in keys.items():
+            env[user] = {**FAKE_AWS_ENV, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+        admin = new_session(
+            aws_access_key_id=keys["admin"][0],
+            aws_secret_access_key=keys["admin"][1],
+            region_name="us-east-1",
+        ).client("s3", endpoint_url=endpoint)
+        admin.create_bucket(Bucket=MOTO_BUCKET)
+        yield endpoint, env
+    finally:
+        stop_process(process)
+
+
+MOTO_BUCKET = "cas-nodelete"
+DELETES = ["s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload"]
+
+
+def _policy(*statements: dict[str, Any]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": list(statements)}
+
+
+@pytest.fixture(params=["seaweed-policy", "moto-iam", "moto-proxy"])
 def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NoDeleteSetup]:
     if request.param == "seaweed-policy":
         seaweed: SeaweedServer = request.getfixturevalue("seaweed_server")
@@ -171,6 +219,20 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NoDeleteSe
         }
         yield NoDeleteSetup(
             request.param, bucket, "repo", seaweed.endpoint, seaweed.endpoint, env, tmp_path
+        )
+        return
+    if request.param == "moto-iam":
+        endpoint, env = request.getfixturevalue("moto_iam")
+        prefix = f"t-{uuid.uuid4().hex[:16]}/repo"
+        yield NoDeleteSetup(
+            request.param,
+            MOTO_BUCKET,
+            prefix,
+            endpoint,
+            endpoint,
+            env["backup-client"],
+            tmp_path,
+            full_env=env["admin"],
         )
         return
     endpoint: str = request.getfixturevalue("s3_server")
@@ -209,8 +271,10 @@ def _tree(root: Path) -> Path:
 
 @pytest.mark.s3
 def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
-    setup: NoDeleteSetup, tmp_path: Path
+    setup: NoDeleteSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # for the readers in here
+        monkeypatch.setenv(name, setup.full_env[name])
     src = _tree(tmp_path / "src")
     assert setup.cas("init", full=True).code == 0
 
