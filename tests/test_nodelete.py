@@ -36,7 +36,8 @@ from cas.backend.memory import MemoryBackend
 from cas.backend.s3 import S3Backend, new_session
 from cas.errors import AccessDenied, BackendError, LockedError
 from cas.repo import RepoOptions, Repository, layout, locks
-from tests.independent.compare import assert_snapshot_is, read_s3
+from tests.independent.compare import PASSWORD, assert_snapshot_is
+from tests.independent.repository import S3Store, read_repository
 from tests.support.cli import Result, finish, run_cas, start_cas
 from tests.support.s3proxy import CountingProxy
 from tests.support.s3server import FAKE_AWS_ENV, enforce_iam, start_moto_server, stop_process
@@ -99,17 +100,17 @@ def test_other_hosts_treat_a_left_behind_lock_as_stale_on_time() -> None:
     lock.release()
 
 
-def test_a_command_that_must_delete_learns_it_before_any_work() -> None:
+def test_a_command_that_must_delete_learns_it_before_taking_its_lock() -> None:
     store, key = _refusing(), crypto.MasterKeys.generate().index_key
-    lock = locks.acquire(store, key, exclusive=False, command="prune")
     with pytest.raises(AccessDenied, match="refused to delete lock file"):
-        lock.require_delete()
-    lock.release()
+        locks.require_delete(store, key)
+    # What the refusal leaves is a probe: it stops no prune and writes no snapshot.
+    (left,) = locks.list_locks(store, key)
+    assert (left.info.command, left.info.exclusive) == (locks.PROBE_COMMAND, False)
     ok = MemoryBackend()
     ok.create()
-    with locks.acquire(ok, key, exclusive=False, command="prune") as lock:
-        lock.require_delete()  # deletes the previous lock file
-        assert _names(ok) == {lock.name}
+    locks.require_delete(ok, key)
+    assert _names(ok) == set()
 
 
 def test_a_transient_delete_failure_is_still_an_error_of_release() -> None:
@@ -153,13 +154,16 @@ class NoDeleteSetup:
         assert "Traceback" not in result.err, result.err
         return result
 
-    def objects(self, under: str) -> set[str]:
-        client = new_session(
+    def client(self) -> Any:
+        """A boto3 client of the store with full rights."""
+        return new_session(
             aws_access_key_id=self.full_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=self.full_env["AWS_SECRET_ACCESS_KEY"],
             region_name="us-east-1",
         ).client("s3", endpoint_url=self.endpoint, config=Config(s3={"addressing_style": "path"}))
-        backend = S3Backend(self.bucket, self.prefix, client=client)
+
+    def objects(self, under: str) -> set[str]:
+        backend = S3Backend(self.bucket, self.prefix, client=self.client())
         try:
             return {o.name for o in backend.list(under)}
         finally:
@@ -248,6 +252,15 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NoDeleteSe
         proxy.close()
 
 
+def _open_full(setup: NoDeleteSetup) -> Repository:
+    """The repository, opened in this process with full rights (from the environment)."""
+    return cas.repo.open(
+        f"s3://{setup.bucket}/{setup.prefix}",
+        lambda: b"test-password",
+        RepoOptions(backend=(S3Options(endpoint=setup.endpoint, path_style=True),), cache=False),
+    )
+
+
 def repo_lock(repo: Repository, who: locks.Identity, at: int) -> locks.RepoLock:
     """An exclusive lock taken by ``who`` with the clock at ``at`` (ns)."""
     return locks.acquire(
@@ -273,7 +286,7 @@ def _tree(root: Path) -> Path:
 def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     setup: NoDeleteSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # for the readers in here
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # for cas.repo.open in here
         monkeypatch.setenv(name, setup.full_env[name])
     src = _tree(tmp_path / "src")
     assert setup.cas("init", full=True).code == 0
@@ -290,11 +303,7 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     check_lines("backup", [doc])  # docs/json.schema.json knows not_deleted
     # Seen from another host, the lock is live until STALE_AFTER after its time, then
     # ignored: an exclusive locker there is refused before and goes ahead after.
-    repo = cas.repo.open(
-        f"s3://{setup.bucket}/{setup.prefix}",
-        lambda: b"test-password",
-        RepoOptions(backend=(S3Options(endpoint=setup.endpoint, path_style=True),), cache=False),
-    )
+    repo = _open_full(setup)
     try:
         stale_at = left[0]["stale_at_ns"]
         trusted = locks.Identity("trusted-host", "admin", 1)
@@ -326,7 +335,8 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
     assert json.loads(restore.out)["not_deleted"]
     check_lines("restore", [json.loads(restore.out)])
     assert compare_trees(src, target / src.relative_to(src.anchor)) == []
-    view = read_s3(setup.endpoint, setup.bucket, setup.prefix)
+    # Read by code written from the spec alone (tests/independent), with full rights.
+    view = read_repository(S3Store(setup.client(), setup.bucket, setup.prefix), PASSWORD)
     assert_snapshot_is(view, doc["id"], src)
 
     # Commands that must delete stop at once, with one line, having changed nothing.
@@ -343,6 +353,14 @@ def test_backup_check_restore_without_delete_rights_then_prune_cleans_up(
         assert len(lines) == 1 and "refuses deletes to these credentials" in lines[0], lines
         assert "docs/deploy.md" in lines[0]
     assert setup.objects("snapshots") | setup.objects("index") | setup.objects("data") == before
+    # The refusals left probes behind, never a prune lock (which would stop every prune
+    # for 10 minutes when seen from another host).
+    repo = _open_full(setup)
+    try:
+        commands = {e.info.command for e in locks.list_locks(repo.backend, repo.keys.index)}
+    finally:
+        repo.close()
+    assert locks.PROBE_COMMAND in commands and "prune" not in commands, commands
 
     # A full-rights prune (here on the same host, where the leftovers' processes are
     # gone, so they are stale at once) removes every leftover lock.

@@ -238,14 +238,14 @@ class Globals:
         if self.no_lock:
             yield None
             return
+        if deletes:
+            try:
+                repo.require_delete()
+            except AccessDenied as e:
+                raise DeleteRefused(command=command, detail=e.fields["detail"]) from e
         with repo.lock(
             exclusive=exclusive, command=command, wait=self.lock_wait, on_wait=self._lock_waiting
         ) as lock:
-            if deletes:
-                try:
-                    lock.require_delete()
-                except AccessDenied as e:
-                    raise DeleteRefused(command=command, detail=e.fields["detail"]) from e
             yield lock
         self.not_deleted.extend({"name": n, "kind": "stale_lock"} for n in lock.stale_kept)
         for name, info in lock.left_behind:

@@ -27,8 +27,8 @@ docs/deploy.md) does not stop a holder: a lock file the store will not
 remove (AccessDenied) is left behind to go stale on time, as a crashed
 holder's would, and listed in ``RepoLock.left_behind``; stale locks of
 others it cannot remove are ignored as before and listed in
-``RepoLock.stale_kept``.  Commands that must delete call
-``RepoLock.require_delete`` first, so they fail before doing any work.
+``RepoLock.stale_kept``.  Commands that must delete call ``require_delete``
+before they take their lock, so they fail before doing any work.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ __all__ = [
     "pid_alive",
     "remove_all",
     "remove_stale",
+    "require_delete",
     "scan_locks",
 ]
 
@@ -228,6 +229,38 @@ def remove_all(backend: Backend) -> list[str]:
     for name in names:
         backend.delete(name)
     return names
+
+
+PROBE_COMMAND = "delete-probe"
+
+
+def require_delete(
+    backend: Backend,
+    lock_key: crypto.Sealer | bytes,
+    *,
+    clock: Clock = time.time_ns,
+    identity: Identity | None = None,
+) -> None:
+    """Raise AccessDenied if the storage refuses this client's deletes.
+
+    A command that must delete calls this before it takes its lock.  It
+    writes a shared lock file with command ``delete-probe`` and deletes it:
+    a file that a refusal leaves behind blocks no prune (which reads the
+    command, spec §13.5), is no snapshot writer, and goes stale like any
+    lock of a process that stopped.  Probing with the command's own lock
+    would leave, say, a ``prune`` lock that stops every prune for 10 minutes.
+    """
+    me = identity or Identity.current()
+    now = clock()
+    info = LockInfo(me.hostname, me.username, me.pid, now, False, PROBE_COMMAND, started_ns=now)
+    raw = encode_lock(info, lock_key)
+    name = layout.lock_name(storage_id(raw))
+    backend.write(name, raw)
+    try:
+        backend.delete(name)
+    except AccessDenied as err:
+        short = name.rsplit("/", 1)[-1][:8]
+        raise AccessDenied(f"it refused to delete lock file {short}, a probe") from err
 
 
 def acquire(
@@ -452,17 +485,6 @@ class RepoLock:
             raise LockedError(
                 f"lock was lost: {reason}; stopping so as not to damage the repository"
             )
-
-    def require_delete(self) -> None:
-        """Refresh the lock now and raise AccessDenied if the store refused to delete the
-        previous lock file: a command that must delete calls this before any work, so
-        that credentials without delete permission stop it at once."""
-        self._refresh()
-        with self._mutex:
-            refused = [name for name, _ in self.left_behind]
-        if refused:
-            short = refused[0].rsplit("/", 1)[-1][:8]
-            raise AccessDenied(f"it refused to delete lock file {short} of this command")
 
     def release(self) -> None:
         """Stop refreshing and delete the lock file; a second call only retries failed deletes.

@@ -438,6 +438,10 @@ class Repository:
             on_wait=on_wait,
         )
 
+    def require_delete(self) -> None:
+        """Raise AccessDenied if the storage refuses deletes (see :func:`locks.require_delete`)."""
+        locks.require_delete(self.backend, self.keys.index)
+
     def scan_locks(self) -> locks.LockScan:
         """Every lock file, decoded (unreadable ones listed apart)."""
         return locks.scan_locks(self.backend, self.keys.index)
