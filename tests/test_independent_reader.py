@@ -153,6 +153,19 @@ def check_chunker(v: Any, full: bool = False) -> None:
         prefix = 1 << 20 if run["max"] < (1 << 20) else 3 << 20
         got = spec.chunk_ends(stream[:prefix], perms[run["permutation"]], p, final=False)
         assert len(got) >= 3 and got == want[: len(got)], run["description"]
+    w = v["window_aes128"]
+    for k in w["keys"]:
+        assert spec.window_key(h(k["chunker_key"])) == h(k["aes_key"])
+    aes_key = spec.window_key(h(v["chunker_key"]))
+    for run in w["runs"]:
+        p = spec.ChunkParams(run["min"], run["avg"], run["max"], "window-aes128")
+        want, data = run["chunk_ends"], stream[: run["length"]]
+        if full or len(data) <= 1 << 16:
+            assert spec.window_chunk_ends(data, aes_key, p) == want, run["description"]
+            continue
+        # a prefix (6 MiB at the default sizes), whose decided cuts are the vector's first
+        got = spec.window_chunk_ends(data[: 6 * max(run["avg"], 1 << 18)], aes_key, p, final=False)
+        assert len(got) >= 3 and got == want[: len(got)], run["description"]
 
 
 def check_compress(v: Any) -> None:
@@ -172,7 +185,7 @@ def check_config(v: Any) -> None:
         doc = {
             "v": 1,
             "id": h(c["repo_id"]),
-            "chunker": {"algorithm": "fastcdc-2016-permuted", **c["chunker"]},
+            "chunker": c["chunker"],
             "pack_size": c["pack_size"],
         }
         assert spec.pack_canonical(doc) == h(c["msgpack"])

@@ -596,13 +596,15 @@ def test_config(c: dict[str, Any]) -> None:
     assert raw[8:].hex() == c["sealed"]
     ch = c["chunker"]
     expected = configfmt.Config(
-        b(c["repo_id"]), ChunkerParams(ch["min"], ch["avg"], ch["max"]), c["pack_size"]
+        b(c["repo_id"]),
+        ChunkerParams(ch["min"], ch["avg"], ch["max"], ch["algorithm"]),
+        c["pack_size"],
     )
     assert configfmt.decode_config(raw, key) == expected
     doc = {
         "v": 1,
         "id": b(c["repo_id"]),
-        "chunker": {"algorithm": "fastcdc-2016-permuted", **ch},
+        "chunker": ch,
         "pack_size": c["pack_size"],
     }
     assert canonical(doc).hex() == c["msgpack"]

@@ -28,7 +28,7 @@ import zstandard
 from fastcdc import fastcdc_py
 
 from cas import crypto
-from cas.chunking.chunker import Chunker, ChunkerParams
+from cas.chunking.chunker import PERMUTED, Chunker, ChunkerParams, WindowChunker, window_threshold
 from cas.crypto import BlobType, KdfParams, MasterKeys
 from cas.errors import CasError
 from cas.format import codec, compress
@@ -57,7 +57,9 @@ KDF_MEM = 8192 * 1024
 STREAM_KEY = bytes(range(32))
 STREAM_CONTEXT = b"cas.vectors.chunker-stream.v1"
 STREAM_LENGTH = 24 << 20
-SMALL_PARAMS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+SMALL_PARAMS = ChunkerParams(16 << 10, 64 << 10, 256 << 10, PERMUTED)
+WINDOW_SMALL = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+WINDOW_TINY = ChunkerParams(64, 256, 1024)
 
 
 def chunker_stream() -> bytes:
@@ -271,7 +273,7 @@ def gen_chunker() -> dict[str, Any]:
     for desc, params, permutation in (
         ("small parameters, keyed", SMALL_PARAMS, perm),
         ("small parameters, identity permutation (plain fastcdc)", SMALL_PARAMS, identity),
-        ("default parameters, keyed", ChunkerParams(), perm),
+        ("default parameters, keyed", ChunkerParams(algorithm=PERMUTED), perm),
     ):
         ends = Chunker(permutation, params).cut_points(stream)
         runs.append(
@@ -298,6 +300,39 @@ def gen_chunker() -> dict[str, Any]:
             "length": STREAM_LENGTH,
             "sha256": h(hashlib.sha256(stream).digest()),
         },
+        "runs": runs,
+        "window_aes128": gen_window_chunker(stream),
+    }
+
+
+def gen_window_chunker(stream: bytes) -> dict[str, Any]:
+    """The window-aes128 chunker (§7.6): AES keys, and chunk ends over the same stream."""
+    keys = [
+        {"chunker_key": h(k), "aes_key": h(crypto.chunker_window_key(k))}
+        for k in (KEYS.chunker_key, bytes(32))
+    ]
+    aes_key = crypto.chunker_window_key(KEYS.chunker_key)
+    runs = []
+    for desc, params, length in (
+        ("tiny parameters, the first 64 KiB of the stream", WINDOW_TINY, 64 << 10),
+        ("small parameters", WINDOW_SMALL, len(stream)),
+        ("default parameters", ChunkerParams(), len(stream)),
+    ):
+        runs.append(
+            {
+                "description": desc,
+                "min": params.min_size,
+                "avg": params.avg_size,
+                "max": params.max_size,
+                "threshold": window_threshold(params),
+                "length": length,
+                "chunk_ends": WindowChunker(aes_key, params).cut_points(stream[:length]),
+            }
+        )
+    return {
+        "description": "window-aes128 (§7.6): AES-128 keys derived from chunker keys, and chunk "
+        "end offsets over a prefix of the stream with the vector chunker key",
+        "keys": keys,
         "runs": runs,
     }
 
@@ -817,8 +852,15 @@ def gen_config() -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     for i, (desc, cfg) in enumerate(
         (
-            ("default parameters", configfmt.Config(repo_id, ChunkerParams())),
+            (
+                "default parameters",
+                configfmt.Config(repo_id, ChunkerParams(algorithm=PERMUTED)),
+            ),
             ("small chunks, 4 MiB packs", configfmt.Config(repo_id, SMALL_PARAMS, 4 << 20)),
+            (
+                "window-aes128 chunker, default parameters",
+                configfmt.Config(repo_id, ChunkerParams()),
+            ),
         )
     ):
         n = nonce(f"config.{i}")
@@ -831,6 +873,7 @@ def gen_config() -> dict[str, Any]:
                 "nonce": h(n),
                 "repo_id": h(cfg.repo_id),
                 "chunker": {
+                    "algorithm": cfg.chunker.algorithm,
                     "min": cfg.chunker.min_size,
                     "avg": cfg.chunker.avg_size,
                     "max": cfg.chunker.max_size,
@@ -849,7 +892,7 @@ def gen_config() -> dict[str, Any]:
             "v": 1,
             "id": repo_id,
             "chunker": {
-                "algorithm": configfmt.CHUNKER_ALGORITHM,
+                "algorithm": PERMUTED,
                 "min": 1 << 19,
                 "avg": 1 << 20,
                 "max": 1 << 23,
@@ -875,7 +918,7 @@ def gen_config() -> dict[str, Any]:
             bad_doc(
                 2,
                 chunker={
-                    "algorithm": configfmt.CHUNKER_ALGORITHM,
+                    "algorithm": PERMUTED,
                     "min": 1 << 21,
                     "avg": 1 << 20,
                     "max": 1 << 23,

@@ -28,6 +28,7 @@ from cas.crypto.primitives import (
     FileDigest,
     blob_id,
     chunker_permutation,
+    chunker_window_key,
     open_sealed,
     seal_buffer,
 )
@@ -104,6 +105,10 @@ class KeyBase(ABC):
         """The secret byte permutation that keys chunk boundaries (spec §7)."""
 
     @abstractmethod
+    def chunker_window_key(self) -> bytes:
+        """The AES key of the ``window-aes128`` chunker (spec §7.6)."""
+
+    @abstractmethod
     def shares_ids_with(self, other: KeyBase) -> bool:
         """Whether blob IDs and chunk boundaries agree with ``other``'s (copy needs it)."""
 
@@ -138,6 +143,10 @@ class _Identifying(KeyBase):
     def chunker_permutation(self) -> bytes:
         """The permutation derived from chunker_key."""
         return chunker_permutation(self.chunker_key)
+
+    def chunker_window_key(self) -> bytes:
+        """The window chunker's AES key derived from chunker_key."""
+        return chunker_window_key(self.chunker_key)
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,16 @@ class FileDigest:
         return bytes(self._h.digest())
 
 
+def chunker_window_key(chunker_key: bytes) -> bytes:
+    """The 16-byte AES-128 key of the ``window-aes128`` chunker (spec/format.md §7.6).
+
+    The first 16 bytes of the BLAKE3 XOF keyed with chunker_key over
+    ``cas.chunker.window-aes128.v1``: independent of the permutation, which is
+    drawn from the same key under another context string.
+    """
+    return bytes(blake3.blake3(b"cas.chunker.window-aes128.v1", key=chunker_key).digest(length=16))
+
+
 def chunker_permutation(chunker_key: bytes) -> bytes:
     """The secret byte permutation applied to input before cut-point search.
 

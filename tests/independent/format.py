@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -212,6 +213,7 @@ class ChunkParams:
     min: int
     avg: int
     max: int
+    algorithm: str = "fastcdc-2016-permuted"
 
     @property
     def bits(self) -> int:
@@ -240,19 +242,28 @@ def chunk_ends(data: bytes, perm: list[int], p: ChunkParams, final: bool = True)
     """
     permuted = data.translate(bytes(perm))
     gear = GEAR
-    ends: list[int] = []
-    start = 0
-    while start < len(permuted):
-        n = min(len(permuted) - start, p.max)
+
+    def search(start: int, n: int) -> int:
         i = min(p.min, n)
         h = 0
-        cut = 0
         while i < n:
             h = (h >> 1) + gear[permuted[start + i]]
             if h & (p.mask_s if i < p.center else p.mask_l) == 0:
-                cut = i + 1
-                break
+                return i + 1
             i += 1
+        return 0
+
+    return _ends(len(data), p, search, final)
+
+
+def _ends(size: int, p: ChunkParams, search: Callable[[int, int], int], final: bool) -> list[int]:
+    """Chunk after chunk (§7.3, §7.6): ``search(start, n)`` is the cut's length, or 0
+    when none of the ``n`` bytes in view makes one."""
+    ends: list[int] = []
+    start = 0
+    while start < size:
+        n = min(size - start, p.max)
+        cut = search(start, n)
         if not cut:
             if not final and n < p.max:
                 break  # the prefix ended before a cut was found
@@ -260,6 +271,34 @@ def chunk_ends(data: bytes, perm: list[int], p: ChunkParams, final: bool = True)
         start += cut
         ends.append(start)
     return ends
+
+
+def window_key(chunker_key: bytes) -> bytes:
+    """§7.6: the AES-128 key, 16 bytes of BLAKE3's keyed XOF over a context string."""
+    return blake3.blake3(b"cas.chunker.window-aes128.v1", key=chunker_key).digest(length=16)
+
+
+def window_chunk_ends(data: bytes, aes_key: bytes, p: ChunkParams, final: bool = True) -> list[int]:
+    """§7.6: cut after the first length l >= min whose 16 bytes before it encrypt to a
+    block whose first four bytes, read big-endian, are below 2^32 // max(avg - min, 1);
+    else at max or the end of the stream."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    aes = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
+    threshold = 2**32 // max(p.avg - p.min, 1)
+
+    def search(start: int, n: int) -> int:
+        length = p.min
+        while length <= n:
+            batch = range(length, min(length + 4096, n + 1))
+            out = aes.update(b"".join(data[start + x - 16 : start + x] for x in batch))
+            for k, x in enumerate(batch):
+                if int.from_bytes(out[16 * k : 16 * k + 4], "big") < threshold:
+                    return x
+            length = batch.stop
+        return 0
+
+    return _ends(len(data), p, search, final)
 
 
 # -- §8 payloads ------------------------------------------------------------------------
@@ -367,7 +406,7 @@ def open_config(data: bytes, data_key: bytes) -> Config:
     )
     ch = doc.get("chunker")
     require(isinstance(ch, dict), "config chunker")
-    if ch.get("algorithm") != "fastcdc-2016-permuted":
+    if ch.get("algorithm") not in ("fastcdc-2016-permuted", "window-aes128"):
         raise Malformed(f"chunker algorithm {ch.get('algorithm')!r}")
     lo, avg, hi = ch.get("min"), ch.get("avg"), ch.get("max")
     require(all(_is_int(v) for v in (lo, avg, hi)), "chunker sizes")
@@ -376,7 +415,7 @@ def open_config(data: bytes, data_key: bytes) -> Config:
     pack_size = doc.get("pack_size")
     require(_is_int(pack_size) and 1 << 20 <= pack_size <= 1 << 30, "pack_size")
     require(_is_id(doc.get("id")), "repository id")
-    return Config(doc["id"], ChunkParams(lo, avg, hi), pack_size, doc)
+    return Config(doc["id"], ChunkParams(lo, avg, hi, ch["algorithm"]), pack_size, doc)
 
 
 # -- §4 key files ----------------------------------------------------------------------------
