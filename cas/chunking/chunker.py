@@ -241,14 +241,16 @@ class WindowChunker(StreamChunker):
         if threshold >> 32:
             return 0 if n else -1  # avg - min <= 1: every length cuts
         lane = out[0:n:16]
-        if self._top:
+        top, second = self._top, self._second
+        if top:
             lane = lane.translate(self._first_byte)
-        i = lane.find(0)
+        find = lane.find
+        i = find(0)
         while i >= 0:
-            at = 16 * i
-            if (self._top or out[at + 1] <= self._second) and _u32be(out, at) < threshold:
+            at = i << 4
+            if (top or out[at + 1] <= second) and _u32be(out, at) < threshold:
                 return i
-            i = lane.find(0, i + 1)
+            i = find(0, i + 1)
         return -1
 
     def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
