@@ -180,7 +180,7 @@ def recover(data: bytes, lengths: list[int], order: list[int], p: ChunkerParams)
     cut (or ``max``); a hypothesis for the values in that window predicts its
     length exactly.  Chunks are grouped by the last-introduced value their
     window holds; the first group fixes two values (65,280 pairs), each later
-    one a single value (at most 254 candidates).
+    one a single value (at most 254 candidates, depth first).
     """
     rank = bytes(order.index(v) for v in range(256))  # byte value -> when it appears
     starts = [0]
@@ -217,25 +217,36 @@ def recover(data: bytes, lengths: list[int], order: list[int], p: ChunkerParams)
             tested += 1
             if first and explains(first[:1]) and explains(first):
                 found.append((x, y))
-    if len(found) != 1:
-        return Recovery(None, 0, tested)
-    table[a], table[b] = found[0]
-    used.update(found[0])
-    for k in range(2, 256):
+    deepest = 2
+
+    def extend(k: int) -> bool:
+        """Pin values k, k + 1, ... depth first: a section whose chunks all run into
+        the next one (no chunk of its own), or that two values explain, leaves
+        several candidates, and the next section's chunks decide between them."""
+        nonlocal tested, deepest
+        deepest = max(deepest, k)
+        if k == 256:
+            return True
         chunks = groups.get(k, [])
-        fits = []
         for z in range(256):
             if z in used:
                 continue
             table[order[k]] = z
             tested += 1
-            if chunks and explains(chunks):
-                fits.append(z)
-        if len(fits) != 1:
-            return Recovery(None, k, tested)
-        table[order[k]] = fits[0]
-        used.add(fits[0])
-    return Recovery(bytes(table), 256, tested)
+            if explains(chunks):
+                used.add(z)
+                if extend(k + 1):
+                    return True
+                used.discard(z)
+        return False
+
+    for pair in found:
+        table[a], table[b] = pair
+        used.clear()
+        used.update(pair)
+        if extend(2):
+            return Recovery(bytes(table), 256, tested)
+    return Recovery(None, deepest if found else 0, tested)
 
 
 def chunk_lengths(perm: bytes, data: bytes, p: ChunkerParams) -> list[int]:
