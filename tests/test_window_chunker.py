@@ -40,8 +40,9 @@ PARAMS = [
 
 
 def definition(data: bytes, key: bytes, p: ChunkerParams) -> list[int]:
-    """§7.6 read literally: every length from min, one AES block each."""
-    aes = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    """§7.6 read literally: every length from min, one AES block each (decrypted, then
+    XORed with the 16 bytes before the window)."""
+    aes = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
     threshold = 2**32 // max(p.avg_size - p.min_size, 1)
     ends, start = [], 0
     while start < len(data):
@@ -49,7 +50,8 @@ def definition(data: bytes, key: bytes, p: ChunkerParams) -> list[int]:
         cut = n
         for length in range(p.min_size, n + 1):
             block = aes.update(data[start + length - 16 : start + length])
-            if int.from_bytes(block[:4], "big") < threshold:
+            before = data[start + length - 32 : start + length - 28]
+            if int.from_bytes(block[:4], "big") ^ int.from_bytes(before, "big") < threshold:
                 cut = length
                 break
         start += cut

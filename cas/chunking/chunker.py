@@ -1,12 +1,12 @@
 """Keyed content-defined chunking (spec/format.md §7): the streaming, and two cut searches.
 
 ``window-aes128`` (what ``init`` uses, §7.6): the cut after a position is decided
-by AES-128 under a secret key over the 16 bytes before it, a pseudo-random
-function of the content, so chunk lengths seen by the storage provider say
-nothing about the key (§7.5).  ``fastcdc-2016-permuted`` (older repositories,
-§7.3): fastcdc's compiled chunker over a secretly permuted copy of the input,
-which a chosen file recovers byte value by byte value (§7.5); still read and
-written for repositories that have it.
+by AES-128 under a secret key over the 16 bytes before it (the inverse cipher,
+XORed with the 16 bytes before those), a pseudo-random function of the content,
+so chunk lengths seen by the storage provider say nothing about the key (§7.5).
+``fastcdc-2016-permuted`` (older repositories, §7.3): fastcdc's compiled chunker
+over a secretly permuted copy of the input, which a chosen file recovers byte
+value by byte value (§7.5); still read and written for repositories that have it.
 """
 
 from __future__ import annotations
@@ -208,19 +208,23 @@ def window_threshold(params: ChunkerParams) -> int:
 
 class WindowChunker(StreamChunker):
     """``window-aes128`` (§7.6): a cut after the first length ``l >= min`` whose 16
-    bytes before it encrypt (AES-128, secret key) to a block whose first four
-    bytes, big-endian, are below ``2^32 // (avg - min)``.
+    bytes before it decrypt (AES-128, secret key), XOR the 16 bytes before them,
+    to a block whose first four bytes, big-endian, are below ``2^32 // (avg - min)``.
 
-    Every position gets its own AES block: the 16 passes of ECB over the region,
-    each shifted by one byte, encrypt every 16-byte window once; a search for
-    the zero bytes the mask implies finds the rare candidate blocks in C.
+    Every position gets its own AES block: 16 passes of CBC decryption over the
+    region, each shifted by one byte, decrypt every 16-byte window once (and
+    XOR the block before it, as CBC does); a search of the blocks' first bytes
+    finds the rare candidates in C.
     """
 
     def __init__(self, aes_key: bytes, params: ChunkerParams, buffer_size: int = 0) -> None:
         super().__init__(params, buffer_size)
         if len(aes_key) != 16:
             raise CasError("window chunker key is not 16 bytes")
-        self._aes = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
+        # CBC decryption: block i of the output is AES-decrypt(block i) XOR block i - 1
+        # of the input, one PRF value per window (OpenSSL decrypts CBC in parallel);
+        # the first output block of each call depends on the previous call: unused.
+        self._aes = Cipher(algorithms.AES(aes_key), modes.CBC(bytes(16))).decryptor()
         self._threshold = window_threshold(params)
         # the largest first (and, after a zero first, second) byte a cut can have
         self._top = (self._threshold - 1) >> 24
@@ -228,10 +232,10 @@ class WindowChunker(StreamChunker):
         self._first_byte = bytes(int(v > self._top) for v in range(256))  # 0: may cut
 
     def _new_scratch(self) -> bytearray:
-        return bytearray(AES_WINDOW + 32)
+        return bytearray(AES_WINDOW + 48)
 
     def _first_cut(self, out: bytearray, n: int) -> int:
-        """Index of the first 16-byte block of ``out[:n]`` that makes a cut, or -1.
+        """Index of the first 16-byte block of ``out[16:n]`` that makes a cut, or -1.
 
         The first byte of each block is gathered (a strided slice, in C) and
         searched for the values the threshold allows there; only those rare
@@ -239,15 +243,15 @@ class WindowChunker(StreamChunker):
         """
         threshold = self._threshold
         if threshold >> 32:
-            return 0 if n else -1  # avg - min <= 1: every length cuts
-        lane = out[0:n:16]
+            return 0 if n > 16 else -1  # avg - min <= 1: every length cuts
+        lane = out[16:n:16]
         top, second = self._top, self._second
         if top:
             lane = lane.translate(self._first_byte)
         find = lane.find
         i = find(0)
         while i >= 0:
-            at = i << 4
+            at = (i + 1) << 4
             if (top or out[at + 1] <= second) and _u32be(out, at) < threshold:
                 return i
             i = find(0, i + 1)
@@ -263,8 +267,8 @@ class WindowChunker(StreamChunker):
                     if first >= best:
                         break
                     blocks = (best - first + 15) >> 4
-                    a = start + first - 16
-                    n = self._aes.update_into(view[a : a + 16 * blocks], scratch)
+                    a = start + first - 32  # the window before the first, then the first
+                    n = self._aes.update_into(view[a : a + 16 * blocks + 16], scratch)
                     i = self._first_cut(scratch, n)
                     if i >= 0:
                         best = min(best, first + 16 * i)

@@ -279,12 +279,12 @@ def window_key(chunker_key: bytes) -> bytes:
 
 
 def window_chunk_ends(data: bytes, aes_key: bytes, p: ChunkParams, final: bool = True) -> list[int]:
-    """§7.6: cut after the first length l >= min whose 16 bytes before it encrypt to a
-    block whose first four bytes, read big-endian, are below 2^32 // max(avg - min, 1);
-    else at max or the end of the stream."""
+    """§7.6: cut after the first length l >= min where AES-128-decrypt of the 16 bytes
+    before it, XOR the 16 bytes before those, starts with four bytes that, read
+    big-endian, are below 2^32 // max(avg - min, 1); else at max or the end of the stream."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    aes = Cipher(algorithms.AES(aes_key), modes.ECB()).encryptor()
+    aes = Cipher(algorithms.AES(aes_key), modes.ECB()).decryptor()
     threshold = 2**32 // max(p.avg - p.min, 1)
 
     def search(start: int, n: int) -> int:
@@ -293,7 +293,9 @@ def window_chunk_ends(data: bytes, aes_key: bytes, p: ChunkParams, final: bool =
             batch = range(length, min(length + 4096, n + 1))
             out = aes.update(b"".join(data[start + x - 16 : start + x] for x in batch))
             for k, x in enumerate(batch):
-                if int.from_bytes(out[16 * k : 16 * k + 4], "big") < threshold:
+                value = int.from_bytes(out[16 * k : 16 * k + 4], "big")
+                before = int.from_bytes(data[start + x - 32 : start + x - 28], "big")
+                if value ^ before < threshold:
                     return x
             length = batch.stop
         return 0
