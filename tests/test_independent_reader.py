@@ -35,6 +35,7 @@ REFUSAL = {
     "IntegrityError": spec.Tampered,
     "UnsupportedVersion": spec.Newer,
     "WrongPassword": spec.BadPassword,
+    "KeyFileAltered": spec.Tampered,
 }
 THIRD_PARTY = {"blake3", "msgpack", "zstandard", "cryptography", "boto3", "botocore"}
 
@@ -194,22 +195,27 @@ def check_keyfile(v: Any) -> None:
         assert kek == h(c["kek"])
         keys = {k: h(x) for k, x in c["master_keys"].items()}
         assert spec.pack_canonical(keys) == h(c["master_keys_msgpack"])
-        sealed = spec.seal(kek, h(c["master_keys_msgpack"]), b"cas.key.v1", h(c["nonce"]))
-        assert sealed == h(c["sealed_keys"])
-        doc = {
-            "version": 1,
+        kdf = {"algorithm": "argon2id", "opslimit": c["opslimit"], "memlimit": c["memlimit"]}
+        members = {
+            "version": c["version"],
             "type": "full",
             "created": c["created"],
             "hostname": c["hostname"],
             "username": c["username"],
-            "kdf": {
-                "algorithm": "argon2id",
-                "salt": base64.b64encode(salt).decode(),
-                "opslimit": c["opslimit"],
-                "memlimit": c["memlimit"],
-            },
+        }
+        if c["version"] == 2:
+            ad = b"cas.key.v2" + spec.pack_canonical({**members, "kdf": {**kdf, "salt": salt}})
+        else:
+            ad = b"cas.key.v1"
+        sealed = spec.seal(kek, h(c["master_keys_msgpack"]), ad, h(c["nonce"]))
+        assert sealed == h(c["sealed_keys"])
+        doc: dict[str, Any] = {
+            **members,
+            "kdf": {**kdf, "salt": base64.b64encode(salt).decode()},
             "keys": base64.b64encode(sealed).decode(),
         }
+        if c["version"] == 2:
+            doc["check"] = base64.b64encode(spec.key_check(kek)).decode()
         text = json.dumps(doc, sort_keys=True, indent=1) + "\n"  # §4.1's writer form
         assert text == c["file_text"] and text.encode() == h(c["file"])
         assert spec.storage_id(h(c["file"])) == h(c["key_id"])

@@ -72,7 +72,7 @@ def test_the_factory_builds_the_kind_a_key_file_names() -> None:
     assert key_factory("full", keys.encode()) == keys
     with pytest.raises(UnsupportedVersion):
         key_factory("write-only", keys.encode())  # reserved (spec §4.4), not yet a kind
-    kdf = crypto.KdfParams.new(opslimit=1, memlimit=8 << 20)
+    kdf = crypto.KdfParams.for_tests(opslimit=1, memlimit=8 << 20)
     kf, _ = keyfmt.create(keys, b"pw", kdf, created="c", hostname="h", username="u")
     assert kf.type == "full" and keyfmt.unlock(kf, b"pw") == keys
 
@@ -101,7 +101,9 @@ def test_a_key_file_removed_while_the_repository_opens_is_passed_over() -> None:
                 yield ObjectInfo(layout.key_name(b"\x00" * 32), 400)
 
     backend = Vanishing()
-    repo = init_repository(backend, b"pw", kdf=crypto.KdfParams.new(opslimit=1, memlimit=8192))
+    repo = init_repository(
+        backend, b"pw", kdf=crypto.KdfParams.for_tests(opslimit=1, memlimit=8192)
+    )
     raw_config = backend.read(layout.CONFIG)
     unlocked = keyring.unlock(backend, b"pw", raw_config)
     assert unlocked.key_id == repo.key_id

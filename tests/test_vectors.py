@@ -626,19 +626,38 @@ def test_keyfile(c: dict[str, Any]) -> None:
         c["opslimit"],
         c["memlimit"],
     )
-    assert (kf.created, kf.hostname, kf.username, kf.type) == (
+    assert (kf.created, kf.hostname, kf.username, kf.type, kf.version) == (
         c["created"],
         c["hostname"],
         c["username"],
         "full",
+        c["version"],
     )
     assert kf.sealed_keys.hex() == c["sealed_keys"]
     assert keyfmt.unlock(kf, password) == keys
     kek = crypto.derive_key(password, kf.kdf)
     assert kek.hex() == c["kek"]
+    if c["version"] == 2:
+        assert crypto.key_check(kek).hex() == c["check"] == (kf.check or b"").hex()
+        # §4.1: the AD is the constant, then the canonical msgpack of the bound members
+        members = {
+            "created": c["created"],
+            "hostname": c["hostname"],
+            "kdf": {
+                "algorithm": "argon2id",
+                "memlimit": c["memlimit"],
+                "opslimit": c["opslimit"],
+                "salt": b(c["salt"]),
+            },
+            "type": "full",
+            "username": c["username"],
+            "version": 2,
+        }
+        assert b(c["ad"]) == b"cas.key.v2" + canonical(members) == keyfmt.bound_members(kf)
+    else:
+        assert c["check"] is None and kf.check is None and b(c["ad"]) == b"cas.key.v1"
     assert (
-        crypto.open_sealed(kek, kf.sealed_keys, b"cas.key.v1", "v").hex()
-        == c["master_keys_msgpack"]
+        crypto.open_sealed(kek, kf.sealed_keys, b(c["ad"]), "v").hex() == c["master_keys_msgpack"]
     )
     assert keys.encode().hex() == c["master_keys_msgpack"]
     assert MasterKeys.decode(b(c["master_keys_msgpack"])) == keys
@@ -646,15 +665,17 @@ def test_keyfile(c: dict[str, Any]) -> None:
     _, again = keyfmt.create(
         keys,
         password,
-        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"]),
+        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
         created=c["created"],
         hostname=c["hostname"],
         username=c["username"],
         nonce=b(c["nonce"]),
+        version=c["version"],
     )
     assert again == raw
     doc = json.loads(raw)
-    assert doc["version"] == 1 and doc["type"] == "full" and doc["kdf"]["algorithm"] == "argon2id"
+    assert doc["version"] == c["version"] and doc["type"] == "full"
+    assert doc["kdf"]["algorithm"] == "argon2id"
 
 
 @pytest.mark.parametrize("c", cases("keyfile.json", "invalid"))

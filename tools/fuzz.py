@@ -172,7 +172,11 @@ def seeds(target: str) -> list[bytes]:
             _payload_of(t.VALID_LOCK, KEYS.index_key, lockfmt.LOCK_AD),
             *_vectors("lock", ("cases", "payload")),
         ],
-        "keyfile": [t.VALID_KEYFILE, *_vectors("keyfile", ("cases", "file"), ("invalid", "file"))],
+        "keyfile": [
+            t.VALID_KEYFILE,
+            t.VALID_KEYFILE_V1,
+            *_vectors("keyfile", ("cases", "file"), ("invalid", "file")),
+        ],
         "master_keys": [KEYS.encode(), *_vectors("keyfile", ("cases", "master_keys_msgpack"))],
         "pack": [
             t.VALID_PACK,

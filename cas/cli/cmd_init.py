@@ -56,6 +56,7 @@ def init(
     chunk_max: int,
     kdf_opslimit: int | None,
     kdf_memlimit: int | None,
+    test_weak_kdf: bool,
 ) -> None:
     """Create a new repository at -r/--repo.
 
@@ -63,6 +64,7 @@ def init(
     --password-command or a prompt.
     """
     out = Output(g)
+    kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)  # refused before anything else
     backend = g.backend()
     g.cleanups.append(backend.close)
     if create_bucket:
@@ -76,7 +78,7 @@ def init(
         password,
         chunker=params,
         pack_size=pack_size,
-        kdf=kdf_params(kdf_opslimit, kdf_memlimit),
+        kdf=kdf,
         share_ids_with=source,
         among_other_files=force,
     )
