@@ -460,6 +460,13 @@ def prop_sealed(sealed: bytes) -> None:
     only_cas_errors("sealed", lambda: crypto.open_sealed(KEYS.data_key, sealed, b"ad", "x"))
 
 
+def prop_sealed_to_public(sealed: bytes) -> None:
+    """Scheme 1 (spec §5.5) through the data key, which opens both schemes."""
+    plain = only_cas_errors("scheme 1", lambda: KEYS.data.open(sealed, b"ad", "x"))
+    if plain is not None and sealed[:1] == b"\x01":
+        assert plain == b"secret"  # nothing else was sealed under this AD and key
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 SETTINGS = dict(
@@ -575,6 +582,10 @@ TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]
         ),
     ),
     "sealed": (prop_sealed, (hostile(crypto.seal(KEYS.data_key, b"secret", b"ad")),)),
+    "sealed_to_public": (
+        prop_sealed_to_public,
+        (hostile(crypto.seal_to_public(KEYS.public_key(), b"secret", b"ad")),),
+    ),
 }
 
 for _name, (_prop, _strategies) in TARGETS.items():

@@ -111,6 +111,18 @@ def check_aead(v: Any) -> None:
         refuses(c["error"], spec.unseal, h(c["key"]), h(c["sealed"]), h(c["ad"]))
 
 
+def check_scheme1(v: Any) -> None:
+    for c in v["cases"]:
+        secret, public = spec.x25519_keys(h(c["data_key"]))
+        assert (secret, public) == (h(c["secret"]), h(c["public"]))
+        assert spec.unseal_scheme1(h(c["data_key"]), h(c["sealed"]), h(c["ad"])) == h(
+            c["plaintext"]
+        )
+        refuses("UnsupportedVersion", spec.unseal, h(c["data_key"]), h(c["sealed"]), h(c["ad"]))
+    for c in v["invalid"]:
+        refuses(c["error"], spec.unseal_scheme1, h(c["data_key"]), h(c["sealed"]), h(c["ad"]))
+
+
 def check_blob_id(v: Any) -> None:
     for c in v["cases"]:
         data = h(c["plaintext"])
@@ -390,6 +402,7 @@ def check_lock(v: Any) -> None:
 CHECKS = {
     "kdf.json": check_kdf,
     "aead.json": check_aead,
+    "scheme1.json": check_scheme1,
     "blob_id.json": check_blob_id,
     "chunker.json": check_chunker,
     "compress.json": check_compress,

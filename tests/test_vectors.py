@@ -58,6 +58,7 @@ EXPECTED_FILES = {
     "config.json",
     "keyfile.json",
     "lock.json",
+    "scheme1.json",
 }
 
 
@@ -155,6 +156,30 @@ def test_aead_invalid(c: dict[str, Any]) -> None:
     assert_error(
         c["error"], lambda: crypto.open_sealed(b(c["key"]), b(c["sealed"]), b(c["ad"]), "v")
     )
+
+
+@pytest.mark.parametrize("c", cases("scheme1.json"))
+def test_scheme1(c: dict[str, Any]) -> None:
+    """§5.5: sealed to the repository's public key; the data key opens it, the
+    symmetric opener of v1 refuses it as newer."""
+    secret, public = crypto.x25519_secret(b(c["data_key"])), b(c["public"])
+    assert secret.hex() == c["secret"] and crypto.x25519_public(secret) == public
+    ad, pt, sealed = b(c["ad"]), b(c["plaintext"]), b(c["sealed"])
+    assert crypto.seal_to_public(public, pt, ad, b(c["ephemeral_secret"]), b(c["nonce"])) == sealed
+    assert sealed[0] == 1 and sealed[1:33].hex() == c["ephemeral_public"]
+    assert sealed[33:57].hex() == c["nonce"] and len(sealed) == 73 + len(pt)
+    keys = MasterKeys(b(c["data_key"]), bytes(32), bytes(32), bytes(32))
+    assert keys.public_key() == public and keys.data.open(sealed, ad, "v") == pt
+    assert crypto.open_sealed_to_public(secret, sealed, ad, "v") == pt
+    assert_error(
+        "UnsupportedVersion", lambda: crypto.open_sealed(b(c["data_key"]), sealed, ad, "v")
+    )
+
+
+@pytest.mark.parametrize("c", cases("scheme1.json", "invalid"))
+def test_scheme1_invalid(c: dict[str, Any]) -> None:
+    keys = MasterKeys(b(c["data_key"]), bytes(32), bytes(32), bytes(32))
+    assert_error(c["error"], lambda: keys.data.open(b(c["sealed"]), b(c["ad"]), "v"))
 
 
 @pytest.mark.parametrize("c", cases("blob_id.json"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import nacl.bindings
 import zstandard
 from fastcdc import fastcdc_py
 
@@ -944,6 +945,66 @@ def gen_config() -> dict[str, Any]:
     }
 
 
+def gen_scheme1() -> dict[str, Any]:
+    secret = crypto.x25519_secret(KEYS.data_key)
+    public = crypto.x25519_public(secret)
+    cases = []
+    for i, (desc, pt, ad) in enumerate(
+        (
+            ("a data blob's plaintext under its blob AD", b"hello, write-only world", None),
+            ("empty plaintext, snapshot AD", b"", b"cas.snapshot.v1"),
+        )
+    ):
+        if ad is None:
+            ad = crypto.blob_ad(BlobType.DATA, crypto.blob_id(KEYS.id_key, BlobType.DATA, pt))
+        eph = hashlib.sha256(b"cas.vectors.ephemeral.%d" % i).digest()
+        n = nonce(f"scheme1.{i}")
+        sealed = crypto.seal_to_public(public, pt, ad, eph, n)
+        shared = bytes(nacl.bindings.crypto_scalarmult(eph, public))
+        cases.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "secret": h(secret),
+                "public": h(public),
+                "ephemeral_secret": h(eph),
+                "ephemeral_public": h(crypto.x25519_public(eph)),
+                "shared": h(shared),
+                "object_key": h(crypto.primitives._object_key(shared, sealed[1:33], public)),
+                "nonce": h(n),
+                "ad": h(ad),
+                "plaintext": h(pt),
+                "sealed": h(sealed),
+            }
+        )
+    first = cases[0]
+    good, ad = bytes.fromhex(first["sealed"]), bytes.fromhex(first["ad"])
+    invalid = []
+    for desc, sealed, ad_ in (
+        ("a flipped ciphertext byte", good[:40] + bytes([good[40] ^ 1]) + good[41:], ad),
+        ("a flipped ephemeral key byte", good[:5] + bytes([good[5] ^ 1]) + good[6:], ad),
+        ("the wrong AD", good, ad + b"x"),
+        ("truncated below the 73-byte overhead", good[:72], ad),
+        ("an all-zero ephemeral key (low order)", good[:1] + bytes(32) + good[33:], ad),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "ad": h(ad_),
+                "sealed": h(sealed),
+                "error": error_name(KEYS.data.open, sealed, ad_, "v"),
+            }
+        )
+    return {
+        "description": "Scheme 1 (§5.5): sealed to the repository's X25519 public key, "
+        "derived from the data key; the symmetric v1 opener refuses it as newer "
+        "(`open_sealed` gives UnsupportedVersion)",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
 def unlock_keyfile(raw: bytes, password: bytes) -> MasterKeys:
     return keyfmt.unlock(keyfmt.decode_keyfile(raw), password)
 
@@ -1135,6 +1196,7 @@ def gen_lock() -> dict[str, Any]:
 GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "kdf.json": gen_kdf,
     "aead.json": gen_aead,
+    "scheme1.json": gen_scheme1,
     "blob_id.json": gen_blob_id,
     "chunker.json": gen_chunker,
     "compress.json": gen_compress,

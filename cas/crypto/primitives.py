@@ -213,6 +213,76 @@ def open_sealed(key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, w
     return bytes(out)
 
 
+# -- scheme 1: sealed to the repository's X25519 public key (spec §5.5) -------------
+
+SCHEME_PUBLIC = 1
+X25519_SIZE = 32
+PUBLIC_SEAL_OVERHEAD = 1 + X25519_SIZE + NONCE_SIZE + TAG_SIZE  # 73
+
+
+def x25519_secret(data_key: bytes) -> bytes:
+    """The repository's X25519 secret key: derived from the data key (spec §5.5), so
+    every full key file, old ones included, holds it without being rewritten."""
+    return bytes(blake3.blake3(b"cas.x25519.v1", key=data_key).digest())
+
+
+def x25519_public(secret: bytes) -> bytes:
+    """The X25519 public key of ``secret`` (what a write-only key file would hold)."""
+    return bytes(sodium.crypto_scalarmult_base(secret))
+
+
+def _object_key(shared: bytes, ephemeral: bytes, public: bytes) -> bytes:
+    material = shared + ephemeral + public
+    return bytes(blake3.blake3(material, derive_key_context="cas.scheme1.v1").digest())
+
+
+def seal_to_public(
+    public: bytes,
+    plaintext: bytes | bytearray | memoryview,
+    ad: bytes,
+    ephemeral_secret: bytes | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Scheme 1: 1 | ephemeral X25519 public key | nonce | ciphertext | tag, under a
+    per-object key from X25519(ephemeral, public); the sealer cannot open it again.
+    ``ephemeral_secret`` and ``nonce`` are only for test vectors."""
+    eph = ephemeral_secret if ephemeral_secret is not None else os.urandom(X25519_SIZE)
+    nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+    eph_public = x25519_public(eph)
+    try:
+        shared = bytes(sodium.crypto_scalarmult(eph, public))
+    except nacl.exceptions.RuntimeError:
+        raise ValueError("bad public key") from None
+    key = _object_key(shared, eph_public, public)
+    body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), ad, nonce, key)
+    return bytes((SCHEME_PUBLIC,)) + eph_public + nonce + body
+
+
+def open_sealed_to_public(
+    secret: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+) -> bytes:
+    """Verify and decrypt a scheme 1 string with the repository's X25519 secret key."""
+    sealed = bytes(sealed)
+    if len(sealed) < PUBLIC_SEAL_OVERHEAD:
+        raise IntegrityError(what=what, detail="too short to be sealed data")
+    if sealed[0] != SCHEME_PUBLIC:
+        raise UnsupportedVersion(what=what, version=f"(scheme {sealed[0]})", supported=1)
+    eph_public = sealed[1 : 1 + X25519_SIZE]
+    nonce = sealed[1 + X25519_SIZE : 1 + X25519_SIZE + NONCE_SIZE]
+    try:
+        shared = bytes(sodium.crypto_scalarmult(secret, eph_public))
+        key = _object_key(shared, eph_public, x25519_public(secret))
+        return bytes(
+            sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                sealed[1 + X25519_SIZE + NONCE_SIZE :], ad, nonce, key
+            )
+        )
+    except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError):
+        raise IntegrityError(
+            what=what, detail="authentication failed (wrong key or altered data)"
+        ) from None
+
+
 def blob_ad(blob_type: BlobType, blob_id: bytes) -> bytes:
     """Associated data binding a sealed blob to its type and ID."""
     return b"cas.blob.v1" + bytes((blob_type,)) + blob_id

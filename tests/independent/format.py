@@ -29,6 +29,7 @@ import blake3
 import msgpack
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -118,6 +119,37 @@ def unseal(key: bytes, sealed: bytes, ad: bytes) -> bytes:
         return aead.decrypt(inner, sealed[25:], ad)
     except InvalidTag:
         raise Tampered("AEAD tag") from None
+
+
+# -- §5.5 scheme 1: sealed to the repository's X25519 public key -----------------------
+
+
+def x25519_keys(data_key: bytes) -> tuple[bytes, bytes]:
+    """(secret, public): the secret is BLAKE3 keyed with the data key over cas.x25519.v1."""
+    secret = blake3.blake3(b"cas.x25519.v1", key=data_key).digest()
+    public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+    return secret, public
+
+
+def unseal_scheme1(data_key: bytes, sealed: bytes, ad: bytes) -> bytes:
+    if len(sealed) < 1 + 32 + 24 + 16:
+        raise Tampered("too short")
+    if sealed[0] != 1:
+        raise Newer(f"scheme {sealed[0]}")
+    secret, public = x25519_keys(data_key)
+    ephemeral, nonce, body = sealed[1:33], sealed[33:57], sealed[57:]
+    try:
+        shared = X25519PrivateKey.from_private_bytes(secret).exchange(
+            X25519PublicKey.from_public_bytes(ephemeral)
+        )
+    except ValueError:  # an all-zero shared secret (a low-order point)
+        raise Tampered("low-order ephemeral key") from None
+    key = blake3.blake3(shared + ephemeral + public, derive_key_context="cas.scheme1.v1").digest()
+    aead, inner = _xchacha(key, nonce)
+    try:
+        return aead.decrypt(inner, body, ad)
+    except InvalidTag:
+        raise Tampered("scheme 1 tag") from None
 
 
 # -- §4.2 key derivation ------------------------------------------------------------
