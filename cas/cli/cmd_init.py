@@ -61,6 +61,7 @@ def init(
     chunker: str,
     kdf_opslimit: int | None,
     kdf_memlimit: int | None,
+    test_weak_kdf: bool,
 ) -> None:
     """Create a new repository at -r/--repo.
 
@@ -68,6 +69,7 @@ def init(
     --password-command or a prompt.
     """
     out = Output(g)
+    kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)  # refused before anything else
     backend = g.backend()
     g.cleanups.append(backend.close)
     if create_bucket:
@@ -81,7 +83,7 @@ def init(
         password,
         chunker=params,
         pack_size=pack_size,
-        kdf=kdf_params(kdf_opslimit, kdf_memlimit),
+        kdf=kdf,
         share_ids_with=source,
         among_other_files=force,
     )

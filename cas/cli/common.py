@@ -323,13 +323,32 @@ def new_password(password_file: str | None) -> bytes:
     return _not_empty(pw, "nothing was typed")
 
 
-def kdf_params(opslimit: int | None, memlimit: int | None) -> crypto.KdfParams:
-    """Argon2id parameters: libsodium's MODERATE unless overridden (tests use tiny costs)."""
-    return crypto.KdfParams.new(opslimit=opslimit, memlimit=memlimit)
+def kdf_params(
+    opslimit: int | None, memlimit: int | None, test_weak_kdf: bool = False
+) -> crypto.KdfParams:
+    """Argon2id parameters: the default unless overridden.  Costs below the minimum of
+    spec §4.2 are refused (WeakKdf, exit 2) unless the test suite's explicit switch
+    ``CAS_TEST_WEAK_KDF=1`` is set; costs over the readers' ceilings always are."""
+    if test_weak_kdf:
+        params = crypto.KdfParams.for_tests(
+            opslimit or crypto.DEFAULT_OPSLIMIT, memlimit or crypto.DEFAULT_MEMLIMIT
+        )
+    else:
+        params = crypto.KdfParams.new(opslimit=opslimit, memlimit=memlimit)
+    crypto.check_writer_costs(params)
+    return params
 
 
 def kdf_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--kdf-opslimit / --kdf-memlimit (hidden; for tests and slow machines)."""
+    """--kdf-opslimit / --kdf-memlimit (hidden; for slow machines, within the limits of
+    spec §4.2) and --test-weak-kdf (hidden; lets a test suite go below the minimum)."""
+    f = click.option(
+        "--test-weak-kdf",
+        is_flag=True,
+        envvar="CAS_TEST_WEAK_KDF",
+        hidden=True,
+        help="for test suites only: allow KDF costs below the minimum",
+    )(f)
     f = click.option(
         "--kdf-memlimit", type=int, envvar="CAS_KDF_MEMLIMIT", hidden=True, default=None
     )(f)
