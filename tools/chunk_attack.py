@@ -62,7 +62,12 @@ FIRST_SECTION = 256 << 10  # bytes over the first two values
 SECTION = 32 << 10  # bytes per further value
 KNOWN_SIZE = 1 << 20
 PASSWORD = "chunk-attack-password"
-ENV = {"CAS_KDF_OPSLIMIT": "1", "CAS_KDF_MEMLIMIT": str(8 << 20), "CAS_PASSWORD": PASSWORD}
+ENV = {
+    "CAS_KDF_OPSLIMIT": "1",
+    "CAS_KDF_MEMLIMIT": str(8 << 20),
+    "CAS_TEST_WEAK_KDF": "1",  # a throwaway repository: the attack needs no strong key file
+    "CAS_PASSWORD": PASSWORD,
+}
 
 
 # -- the provider's view ------------------------------------------------------------
