@@ -100,6 +100,21 @@ class TransientBackendError(BackendError):
     """
 
 
+class AccessDenied(BackendError):
+    """storage error: {detail}
+
+    The store refused the request for lack of permission (S3 403 AccessDenied,
+    a local EACCES or EPERM): another attempt with the same credentials gets
+    the same answer.  Backup, check, restore, copy and mount meet it on
+    purpose with credentials that may not delete (docs/deploy.md): a lock file
+    they cannot remove is left to go stale instead of failing the command.
+    """
+
+
+class DeleteRefused(CasError):
+    """{command} must delete objects and the storage refuses deletes to these credentials ({detail}): run it with credentials that may delete, e.g. from a trusted host (docs/deploy.md)"""  # noqa: E501
+
+
 class ObjectNotFound(BackendError):
     """object not found: {name}"""
 

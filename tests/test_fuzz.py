@@ -103,7 +103,12 @@ def _valid_nodes() -> list[treefmt.Node]:
     d = treefmt.Node(name=b"dir", type="dir", mode=0o755, subtree=bytes(32))
     link = treefmt.Node(name=b"link", type="symlink", target=b"file\xff", size=5)
     dev = treefmt.Node(name=b"tty", type="chardev", rdev=1025, extra={"future": [1, "x"]})
-    return [f, d, link, dev]
+    # One node of every other type too, so mutations reach each type's rules (spec §11.3).
+    empty = treefmt.Node(name=b"empty", type="file", digest=bytes(range(1, 33)))
+    disk = treefmt.Node(name=b"sda", type="blockdev", rdev=2048)
+    fifo = treefmt.Node(name=b"fifo", type="fifo")
+    sock = treefmt.Node(name=b"sock", type="socket")
+    return [f, d, link, dev, empty, disk, fifo, sock]
 
 
 VALID_TREE = treefmt.encode_tree(_valid_nodes())
@@ -133,14 +138,24 @@ CONFIG = configfmt.Config(bytes(32), ChunkerParams(), 16 << 20)
 VALID_CONFIG = configfmt.encode_config(CONFIG, KEYS.data_key)
 LOCK = lockfmt.LockInfo("host", "user", 1234, 5, True, "prune", 3)
 VALID_LOCK = lockfmt.encode_lock(LOCK, KEYS.index_key)
-_, VALID_KEYFILE = keyfmt.create(
-    KEYS,
-    b"pw",
-    crypto.KdfParams(bytes(16), 1, 8192),
-    created="2024-01-01T00:00:00Z",
-    hostname="h",
-    username="u",
-)
+
+
+def _keyfile(version: int) -> bytes:
+    _, raw = keyfmt.create(
+        KEYS,
+        b"pw",
+        crypto.KdfParams(bytes(16), 1, 8192, test_only=True),
+        created="2024-01-01T00:00:00Z",
+        hostname="h",
+        username="u",
+        version=version,
+    )
+    return raw
+
+
+VALID_KEYFILE = _keyfile(2)
+# A version 1 key file (members not bound), as cas wrote before: still decoded.
+VALID_KEYFILE_V1 = _keyfile(1)
 
 
 def _valid_pack() -> bytes:
@@ -454,6 +469,13 @@ def prop_sealed(sealed: bytes) -> None:
     only_cas_errors("sealed", lambda: crypto.open_sealed(KEYS.data_key, sealed, b"ad", "x"))
 
 
+def prop_sealed_to_public(sealed: bytes) -> None:
+    """Scheme 1 (spec §5.5) through the data key, which opens both schemes."""
+    plain = only_cas_errors("scheme 1", lambda: KEYS.data.open(sealed, b"ad", "x"))
+    if plain is not None and sealed[:1] == b"\x01":
+        assert plain == b"secret"  # nothing else was sealed under this AD and key
+
+
 # -- the tests ----------------------------------------------------------------------------
 
 SETTINGS = dict(
@@ -514,7 +536,10 @@ def tiled_packs(draw: st.DrawFn) -> tuple[bytes, bytes]:
 TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]]] = {
     "tree_bytes": (prop_tree, (hostile(VALID_TREE),)),
     "tree_documents": (prop_tree, (_tree_docs(),)),
-    "node_documents": (prop_node, (documents(TREE_DOC["nodes"][0]),)),
+    "node_documents": (
+        prop_node,
+        (st.sampled_from(TREE_DOC["nodes"]).flatmap(documents),),
+    ),
     "snapshot_bytes": (prop_snapshot, (hostile(VALID_SNAPSHOT),)),
     "snapshot_plaintexts": (
         prop_snapshot,
@@ -540,6 +565,7 @@ TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]
         (sealed_plaintexts(KEYS.index_key, lockfmt.LOCK_AD, LOCK_DOC),),
     ),
     "keyfile_bytes": (prop_keyfile, (hostile(VALID_KEYFILE),)),
+    "keyfile_v1_bytes": (prop_keyfile, (hostile(VALID_KEYFILE_V1),)),
     "keyfile_documents": (
         prop_keyfile,
         (
@@ -565,6 +591,10 @@ TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]
         ),
     ),
     "sealed": (prop_sealed, (hostile(crypto.seal(KEYS.data_key, b"secret", b"ad")),)),
+    "sealed_to_public": (
+        prop_sealed_to_public,
+        (hostile(crypto.seal_to_public(KEYS.public_key(), b"secret", b"ad")),),
+    ),
 }
 
 for _name, (_prop, _strategies) in TARGETS.items():
@@ -613,7 +643,8 @@ def test_newer_repository_version_is_refused_before_asking_for_a_password(
 
 
 def test_newer_versions_inside_documents_are_refused_as_such() -> None:
-    """v = 2 in a sealed document, an unknown sealing scheme, a key file of version 2."""
+    """v = 2 in a sealed document, an unknown sealing scheme, a key file of version 3
+    (version 2 is the current one)."""
     doc = dict(INDEX_DOC, v=2)
     sealed = crypto.seal(
         KEYS.index_key, compress.encode_payload(pack_canonical(doc)), indexfmt.INDEX_AD
@@ -623,7 +654,7 @@ def test_newer_versions_inside_documents_are_refused_as_such() -> None:
     with pytest.raises(UnsupportedVersion, match="upgrade cas"):
         snapfmt.decode_snapshot(b"\x01" + VALID_SNAPSHOT[1:], KEYS.data_key)
     with pytest.raises(UnsupportedVersion, match="upgrade cas"):
-        keyfmt.decode_keyfile(json.dumps(dict(KEYFILE_DOC, version=2)).encode())
+        keyfmt.decode_keyfile(json.dumps(dict(KEYFILE_DOC, version=3)).encode())
     with pytest.raises(UnsupportedVersion, match="upgrade cas"):
         treefmt.decode_tree(pack_canonical(dict(TREE_DOC, v=2)))
 

@@ -35,6 +35,7 @@ REFUSAL = {
     "IntegrityError": spec.Tampered,
     "UnsupportedVersion": spec.Newer,
     "WrongPassword": spec.BadPassword,
+    "KeyFileAltered": spec.Tampered,
 }
 THIRD_PARTY = {"blake3", "msgpack", "zstandard", "cryptography", "boto3", "botocore"}
 
@@ -110,6 +111,18 @@ def check_aead(v: Any) -> None:
         refuses(c["error"], spec.unseal, h(c["key"]), h(c["sealed"]), h(c["ad"]))
 
 
+def check_scheme1(v: Any) -> None:
+    for c in v["cases"]:
+        secret, public = spec.x25519_keys(h(c["data_key"]))
+        assert (secret, public) == (h(c["secret"]), h(c["public"]))
+        assert spec.unseal_scheme1(h(c["data_key"]), h(c["sealed"]), h(c["ad"])) == h(
+            c["plaintext"]
+        )
+        refuses("UnsupportedVersion", spec.unseal, h(c["data_key"]), h(c["sealed"]), h(c["ad"]))
+    for c in v["invalid"]:
+        refuses(c["error"], spec.unseal_scheme1, h(c["data_key"]), h(c["sealed"]), h(c["ad"]))
+
+
 def check_blob_id(v: Any) -> None:
     for c in v["cases"]:
         data = h(c["plaintext"])
@@ -153,6 +166,19 @@ def check_chunker(v: Any, full: bool = False) -> None:
         prefix = 1 << 20 if run["max"] < (1 << 20) else 3 << 20
         got = spec.chunk_ends(stream[:prefix], perms[run["permutation"]], p, final=False)
         assert len(got) >= 3 and got == want[: len(got)], run["description"]
+    w = v["window_aes128"]
+    for k in w["keys"]:
+        assert spec.window_key(h(k["chunker_key"])) == h(k["aes_key"])
+    aes_key = spec.window_key(h(v["chunker_key"]))
+    for run in w["runs"]:
+        p = spec.ChunkParams(run["min"], run["avg"], run["max"], "window-aes128")
+        want, data = run["chunk_ends"], stream[: run["length"]]
+        if full or len(data) <= 1 << 16:
+            assert spec.window_chunk_ends(data, aes_key, p) == want, run["description"]
+            continue
+        # a prefix (6 MiB at the default sizes), whose decided cuts are the vector's first
+        got = spec.window_chunk_ends(data[: 6 * max(run["avg"], 1 << 18)], aes_key, p, final=False)
+        assert len(got) >= 3 and got == want[: len(got)], run["description"]
 
 
 def check_compress(v: Any) -> None:
@@ -172,7 +198,7 @@ def check_config(v: Any) -> None:
         doc = {
             "v": c["version"],
             "id": h(c["repo_id"]),
-            "chunker": {"algorithm": "fastcdc-2016-permuted", **c["chunker"]},
+            "chunker": c["chunker"],
             "pack_size": c["pack_size"],
         }
         if c["padding"] is not None:
@@ -196,22 +222,27 @@ def check_keyfile(v: Any) -> None:
         assert kek == h(c["kek"])
         keys = {k: h(x) for k, x in c["master_keys"].items()}
         assert spec.pack_canonical(keys) == h(c["master_keys_msgpack"])
-        sealed = spec.seal(kek, h(c["master_keys_msgpack"]), b"cas.key.v1", h(c["nonce"]))
-        assert sealed == h(c["sealed_keys"])
-        doc = {
-            "version": 1,
+        kdf = {"algorithm": "argon2id", "opslimit": c["opslimit"], "memlimit": c["memlimit"]}
+        members = {
+            "version": c["version"],
             "type": "full",
             "created": c["created"],
             "hostname": c["hostname"],
             "username": c["username"],
-            "kdf": {
-                "algorithm": "argon2id",
-                "salt": base64.b64encode(salt).decode(),
-                "opslimit": c["opslimit"],
-                "memlimit": c["memlimit"],
-            },
+        }
+        if c["version"] == 2:
+            ad = b"cas.key.v2" + spec.pack_canonical({**members, "kdf": {**kdf, "salt": salt}})
+        else:
+            ad = b"cas.key.v1"
+        sealed = spec.seal(kek, h(c["master_keys_msgpack"]), ad, h(c["nonce"]))
+        assert sealed == h(c["sealed_keys"])
+        doc: dict[str, Any] = {
+            **members,
+            "kdf": {**kdf, "salt": base64.b64encode(salt).decode()},
             "keys": base64.b64encode(sealed).decode(),
         }
+        if c["version"] == 2:
+            doc["check"] = base64.b64encode(spec.key_check(kek)).decode()
         text = json.dumps(doc, sort_keys=True, indent=1) + "\n"  # §4.1's writer form
         assert text == c["file_text"] and text.encode() == h(c["file"])
         assert spec.storage_id(h(c["file"])) == h(c["key_id"])
@@ -396,6 +427,7 @@ def check_lock(v: Any) -> None:
 CHECKS = {
     "kdf.json": check_kdf,
     "aead.json": check_aead,
+    "scheme1.json": check_scheme1,
     "blob_id.json": check_blob_id,
     "chunker.json": check_chunker,
     "compress.json": check_compress,

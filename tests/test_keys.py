@@ -7,6 +7,7 @@ import pytest
 from cas import crypto
 from cas.crypto import BlobType, IdKey, KeyNotPermitted, MasterKeys, SecretKey, key_factory
 from cas.errors import FormatError, IntegrityError, UnsupportedVersion
+from cas.format import compress
 from cas.format import keyfile as keyfmt
 from cas.format import pack as packfmt
 from cas.format import snapshot as snapfmt
@@ -72,7 +73,7 @@ def test_the_factory_builds_the_kind_a_key_file_names() -> None:
     assert key_factory("full", keys.encode()) == keys
     with pytest.raises(UnsupportedVersion):
         key_factory("write-only", keys.encode())  # reserved (spec §4.4), not yet a kind
-    kdf = crypto.KdfParams.new(opslimit=1, memlimit=8 << 20)
+    kdf = crypto.KdfParams.for_tests(opslimit=1, memlimit=8 << 20)
     kf, _ = keyfmt.create(keys, b"pw", kdf, created="c", hostname="h", username="u")
     assert kf.type == "full" and keyfmt.unlock(kf, b"pw") == keys
 
@@ -101,9 +102,35 @@ def test_a_key_file_removed_while_the_repository_opens_is_passed_over() -> None:
                 yield ObjectInfo(layout.key_name(b"\x00" * 32), 400)
 
     backend = Vanishing()
-    repo = init_repository(backend, b"pw", kdf=crypto.KdfParams.new(opslimit=1, memlimit=8192))
+    repo = init_repository(
+        backend, b"pw", kdf=crypto.KdfParams.for_tests(opslimit=1, memlimit=8192)
+    )
     raw_config = backend.read(layout.CONFIG)
     unlocked = keyring.unlock(backend, b"pw", raw_config)
     assert unlocked.key_id == repo.key_id
     listed = keyring.list_keys(backend, unlocked.key_id, {})
     assert [k.key_id for k in listed] == [repo.key_id]
+
+
+def test_a_full_key_opens_blobs_and_snapshots_sealed_to_its_public_key() -> None:
+    """Scheme 1 (spec §5.5): what a write-only client seals, any full key opens, through
+    the same pack and snapshot decoders; the symmetric v1 opener refuses it as newer."""
+    keys = MasterKeys.generate()
+    data = b"written by a client that cannot read it" * 10
+    bid = keys.blob_id(BlobType.DATA, data)
+    payload = compress.encode_payload(data, 3)
+    sealed = crypto.seal_to_public(keys.public_key(), payload, crypto.blob_ad(BlobType.DATA, bid))
+    assert sealed[0] == crypto.SCHEME_PUBLIC
+    assert packfmt.open_blob(keys, BlobType.DATA, bid, sealed, len(data)) == data
+    with pytest.raises(IntegrityError):  # bound to its type and ID like scheme 0
+        packfmt.open_blob(keys, BlobType.TREE, bid, sealed)
+    with pytest.raises(IntegrityError):  # another repository's data key
+        packfmt.open_blob(MasterKeys.generate(), BlobType.DATA, bid, sealed)
+    with pytest.raises(UnsupportedVersion):
+        crypto.open_sealed(keys.data_key, sealed, crypto.blob_ad(BlobType.DATA, bid), "v")
+    snap = Snapshot(1, b"\x01" * 32, [b"/p"], "h", "u")
+    to_public = crypto.PublicSealer(keys.public_key())
+    raw = snapfmt.encode_snapshot(snap, to_public)
+    assert raw[0] == crypto.SCHEME_PUBLIC and snapfmt.decode_snapshot(raw, keys.data) == snap
+    with pytest.raises(KeyNotPermitted, match="write-only"):  # the sealer cannot open it
+        snapfmt.decode_snapshot(raw, to_public)

@@ -230,6 +230,7 @@ def test_backup_and_prune_in_parallel_processes(tmp_path: Path) -> None:
         **os.environ,
         "CAS_PASSWORD": "test-password",
         "CAS_REPOSITORY": str(repo),
+        "CAS_TEST_WEAK_KDF": "1",
         "CAS_KDF_OPSLIMIT": "1",
         "CAS_KDF_MEMLIMIT": str(8 << 20),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -9,7 +10,8 @@ from pathlib import Path
 
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
-from cas.format.tree import decode_tree
+from cas.format.codec import pack_canonical
+from cas.format.tree import Node, decode_tree
 from cas.manage.repair import STUB_TEXT, repair_snapshots
 from cas.repo import layout, open_repository
 from cas.repo.rebuild import rebuild_index
@@ -70,6 +72,35 @@ def test_repair_snapshots_stubs_only_the_damaged_file() -> None:
             assert data == files[node.name]
     assert stubbed >= 1
     assert stubbed < len(files)
+
+
+def test_repair_drops_only_a_refused_entry() -> None:
+    """A tree entry that breaks spec §11.3 (a dir without subtree, a file whose content
+    does not add up) is dropped by repair snapshots; its siblings are kept as they were."""
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    sid, files = populate(repo, n_files=3)
+    snap = repo.load_snapshot(sid)
+    docs = [n.to_doc() for n in decode_tree(repo.load_blob(BlobType.TREE, snap.tree))]
+    bad_dir = Node(name=b"a-dir", type="dir", mode=0o755).to_doc()  # no subtree
+    bad_file = dict(docs[0], name=b"b-file", size=docs[0]["size"] + 1)
+    raw = pack_canonical({"v": 1, "nodes": sorted([*docs, bad_dir, bad_file], key=_name)})
+    tree, _ = repo.save_blob(BlobType.TREE, raw)
+    broken = repo.save_snapshot(dataclasses.replace(snap, tree=tree))
+    result = repair_snapshots(open_repository(backend, PASSWORD))
+    assert sorted(result.damaged_paths) == [
+        "/a-dir (a dir node without subtree)",
+        "/b-file (a file's content list does not add up to its size)",
+    ]
+    repo = open_repository(backend, PASSWORD)
+    fixed = repo.load_snapshot(bytes.fromhex(result.snapshots_rewritten[broken.hex()]))
+    kept = decode_tree(repo.load_blob(BlobType.TREE, fixed.tree))
+    assert [n.name for n in kept] == sorted(files)
+    assert [n.to_doc() for n in kept] == docs
+
+
+def _name(doc: dict[str, object]) -> object:
+    return doc["name"]
 
 
 def test_after_repair_check_passes_and_unaffected_files_restore(tmp_path: Path) -> None:

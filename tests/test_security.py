@@ -312,9 +312,11 @@ def test_wrong_password_reads_only_config_and_keys(tmp_path: Path) -> None:
 
 
 def test_key_list_shows_hostile_key_file_members_escaped(tmp_path: Path) -> None:
-    """hostname and username of a key file are not authenticated (spec §4.1): whoever
-    can write the repository can set them, and ``key list`` must not let them add
-    lines or terminal escapes to its output."""
+    """hostname and username of a version 1 key file are not authenticated, and any
+    key file is listed before anything opens it (spec §4.1): whoever can write the
+    repository can set them, and ``key list`` must not let them add lines or terminal
+    escapes to its output.  (A version 2 file so edited no longer opens; the one that
+    does is left as it was and listed beside it.)"""
     repo = tmp_path / "repo"
     env = _env(tmp_path)
     assert run_cas("-r", repo, "init", password=SECRET, env=env).code == 0
@@ -322,15 +324,15 @@ def test_key_list_shows_hostile_key_file_members_escaped(tmp_path: Path) -> None
     doc = json.loads(path.read_bytes())
     doc["hostname"] = "evil\nfake line\x1b[2J"
     doc["username"] = "\x1b]0;title\x07root"
+    doc["created"] = "2000-01-01T00:00:00Z"  # listed first (oldest)
     data = json.dumps(doc).encode()
-    path.unlink()
     new = repo / layout.KEYS / hashlib.sha256(data).hexdigest()
     new.write_bytes(data)
     new.chmod(0o600)
     r = run_cas("-r", repo, "key", "list", password=SECRET, env=env)
     assert r.code == 0, r.err
     lines = r.out.splitlines()
-    assert len(lines) == 2, lines  # the heading and one key
+    assert len(lines) == 3, lines  # the heading and two keys
     assert "\x1b" not in r.out and "\x07" not in r.out
     assert "evil\\nfake line\\x1b[2J" in lines[1]
     js = run_cas("-r", repo, "--json", "key", "list", password=SECRET, env=env)

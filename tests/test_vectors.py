@@ -58,6 +58,7 @@ EXPECTED_FILES = {
     "config.json",
     "keyfile.json",
     "lock.json",
+    "scheme1.json",
 }
 
 
@@ -155,6 +156,30 @@ def test_aead_invalid(c: dict[str, Any]) -> None:
     assert_error(
         c["error"], lambda: crypto.open_sealed(b(c["key"]), b(c["sealed"]), b(c["ad"]), "v")
     )
+
+
+@pytest.mark.parametrize("c", cases("scheme1.json"))
+def test_scheme1(c: dict[str, Any]) -> None:
+    """§5.5: sealed to the repository's public key; the data key opens it, the
+    symmetric opener of v1 refuses it as newer."""
+    secret, public = crypto.x25519_secret(b(c["data_key"])), b(c["public"])
+    assert secret.hex() == c["secret"] and crypto.x25519_public(secret) == public
+    ad, pt, sealed = b(c["ad"]), b(c["plaintext"]), b(c["sealed"])
+    assert crypto.seal_to_public(public, pt, ad, b(c["ephemeral_secret"]), b(c["nonce"])) == sealed
+    assert sealed[0] == 1 and sealed[1:33].hex() == c["ephemeral_public"]
+    assert sealed[33:57].hex() == c["nonce"] and len(sealed) == 73 + len(pt)
+    keys = MasterKeys(b(c["data_key"]), bytes(32), bytes(32), bytes(32))
+    assert keys.public_key() == public and keys.data.open(sealed, ad, "v") == pt
+    assert crypto.open_sealed_to_public(secret, sealed, ad, "v") == pt
+    assert_error(
+        "UnsupportedVersion", lambda: crypto.open_sealed(b(c["data_key"]), sealed, ad, "v")
+    )
+
+
+@pytest.mark.parametrize("c", cases("scheme1.json", "invalid"))
+def test_scheme1_invalid(c: dict[str, Any]) -> None:
+    keys = MasterKeys(b(c["data_key"]), bytes(32), bytes(32), bytes(32))
+    assert_error(c["error"], lambda: keys.data.open(b(c["sealed"]), b(c["ad"]), "v"))
 
 
 @pytest.mark.parametrize("c", cases("blob_id.json"))
@@ -647,7 +672,7 @@ def test_config(c: dict[str, Any]) -> None:
     ch = c["chunker"]
     expected = configfmt.Config(
         b(c["repo_id"]),
-        ChunkerParams(ch["min"], ch["avg"], ch["max"]),
+        ChunkerParams(ch["min"], ch["avg"], ch["max"], ch["algorithm"]),
         c["pack_size"],
         version,
         c["padding"],
@@ -656,7 +681,7 @@ def test_config(c: dict[str, Any]) -> None:
     doc = {
         "v": version,
         "id": b(c["repo_id"]),
-        "chunker": {"algorithm": "fastcdc-2016-permuted", **ch},
+        "chunker": ch,
         "pack_size": c["pack_size"],
     }
     if c["padding"] is not None:
@@ -682,19 +707,38 @@ def test_keyfile(c: dict[str, Any]) -> None:
         c["opslimit"],
         c["memlimit"],
     )
-    assert (kf.created, kf.hostname, kf.username, kf.type) == (
+    assert (kf.created, kf.hostname, kf.username, kf.type, kf.version) == (
         c["created"],
         c["hostname"],
         c["username"],
         "full",
+        c["version"],
     )
     assert kf.sealed_keys.hex() == c["sealed_keys"]
     assert keyfmt.unlock(kf, password) == keys
     kek = crypto.derive_key(password, kf.kdf)
     assert kek.hex() == c["kek"]
+    if c["version"] == 2:
+        assert crypto.key_check(kek).hex() == c["check"] == (kf.check or b"").hex()
+        # §4.1: the AD is the constant, then the canonical msgpack of the bound members
+        members = {
+            "created": c["created"],
+            "hostname": c["hostname"],
+            "kdf": {
+                "algorithm": "argon2id",
+                "memlimit": c["memlimit"],
+                "opslimit": c["opslimit"],
+                "salt": b(c["salt"]),
+            },
+            "type": "full",
+            "username": c["username"],
+            "version": 2,
+        }
+        assert b(c["ad"]) == b"cas.key.v2" + canonical(members) == keyfmt.bound_members(kf)
+    else:
+        assert c["check"] is None and kf.check is None and b(c["ad"]) == b"cas.key.v1"
     assert (
-        crypto.open_sealed(kek, kf.sealed_keys, b"cas.key.v1", "v").hex()
-        == c["master_keys_msgpack"]
+        crypto.open_sealed(kek, kf.sealed_keys, b(c["ad"]), "v").hex() == c["master_keys_msgpack"]
     )
     assert keys.encode().hex() == c["master_keys_msgpack"]
     assert MasterKeys.decode(b(c["master_keys_msgpack"])) == keys
@@ -702,15 +746,17 @@ def test_keyfile(c: dict[str, Any]) -> None:
     _, again = keyfmt.create(
         keys,
         password,
-        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"]),
+        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
         created=c["created"],
         hostname=c["hostname"],
         username=c["username"],
         nonce=b(c["nonce"]),
+        version=c["version"],
     )
     assert again == raw
     doc = json.loads(raw)
-    assert doc["version"] == 1 and doc["type"] == "full" and doc["kdf"]["algorithm"] == "argon2id"
+    assert doc["version"] == c["version"] and doc["type"] == "full"
+    assert doc["kdf"]["algorithm"] == "argon2id"
 
 
 @pytest.mark.parametrize("c", cases("keyfile.json", "invalid"))

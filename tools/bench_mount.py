@@ -157,7 +157,7 @@ class Cas(Tool):
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAS_")}
         env.update(CAS_REPOSITORY=str(self.repo), CAS_PASSWORD=PASSWORD)
-        env.update(CAS_KDF_OPSLIMIT="1", CAS_KDF_MEMLIMIT=str(8 << 20))
+        env.update(CAS_TEST_WEAK_KDF="1", CAS_KDF_OPSLIMIT="1", CAS_KDF_MEMLIMIT=str(8 << 20))
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
 

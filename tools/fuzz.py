@@ -121,6 +121,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "blob": _blob,
     "payload": _payload,
     "sealed": t.prop_sealed,
+    "sealed_to_public": t.prop_sealed_to_public,
 }
 
 
@@ -172,7 +173,11 @@ def seeds(target: str) -> list[bytes]:
             _payload_of(t.VALID_LOCK, KEYS.index_key, lockfmt.LOCK_AD),
             *_vectors("lock", ("cases", "payload")),
         ],
-        "keyfile": [t.VALID_KEYFILE, *_vectors("keyfile", ("cases", "file"), ("invalid", "file"))],
+        "keyfile": [
+            t.VALID_KEYFILE,
+            t.VALID_KEYFILE_V1,
+            *_vectors("keyfile", ("cases", "file"), ("invalid", "file")),
+        ],
         "master_keys": [KEYS.encode(), *_vectors("keyfile", ("cases", "master_keys_msgpack"))],
         "pack": [
             t.VALID_PACK,
@@ -195,6 +200,7 @@ def seeds(target: str) -> list[bytes]:
         ],
         "payload": [u32(1 << 20) + p for p in [*payloads, *t.HOSTILE_PAYLOADS]],
         "sealed": _vectors("aead", ("cases", "sealed"), ("invalid", "sealed")),
+        "sealed_to_public": _vectors("scheme1", ("cases", "sealed"), ("invalid", "sealed")),
     }
     return by_target[target]
 

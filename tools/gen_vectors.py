@@ -16,6 +16,7 @@ library version; compress.json records the version the files were made with.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import struct
@@ -25,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import nacl.bindings
 import zstandard
 from fastcdc import fastcdc_py
 
 from cas import crypto
-from cas.chunking.chunker import Chunker, ChunkerParams
+from cas.chunking.chunker import PERMUTED, Chunker, ChunkerParams, WindowChunker, window_threshold
 from cas.crypto import BlobType, KdfParams, MasterKeys
 from cas.errors import CasError
 from cas.format import codec, compress
@@ -58,7 +60,9 @@ KDF_MEM = 8192 * 1024
 STREAM_KEY = bytes(range(32))
 STREAM_CONTEXT = b"cas.vectors.chunker-stream.v1"
 STREAM_LENGTH = 24 << 20
-SMALL_PARAMS = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+SMALL_PARAMS = ChunkerParams(16 << 10, 64 << 10, 256 << 10, PERMUTED)
+WINDOW_SMALL = ChunkerParams(16 << 10, 64 << 10, 256 << 10)
+WINDOW_TINY = ChunkerParams(64, 256, 1024)
 
 
 def chunker_stream() -> bytes:
@@ -272,7 +276,7 @@ def gen_chunker() -> dict[str, Any]:
     for desc, params, permutation in (
         ("small parameters, keyed", SMALL_PARAMS, perm),
         ("small parameters, identity permutation (plain fastcdc)", SMALL_PARAMS, identity),
-        ("default parameters, keyed", ChunkerParams(), perm),
+        ("default parameters, keyed", ChunkerParams(algorithm=PERMUTED), perm),
     ):
         ends = Chunker(permutation, params).cut_points(stream)
         runs.append(
@@ -299,6 +303,39 @@ def gen_chunker() -> dict[str, Any]:
             "length": STREAM_LENGTH,
             "sha256": h(hashlib.sha256(stream).digest()),
         },
+        "runs": runs,
+        "window_aes128": gen_window_chunker(stream),
+    }
+
+
+def gen_window_chunker(stream: bytes) -> dict[str, Any]:
+    """The window-aes128 chunker (§7.6): AES keys, and chunk ends over the same stream."""
+    keys = [
+        {"chunker_key": h(k), "aes_key": h(crypto.chunker_window_key(k))}
+        for k in (KEYS.chunker_key, bytes(32))
+    ]
+    aes_key = crypto.chunker_window_key(KEYS.chunker_key)
+    runs = []
+    for desc, params, length in (
+        ("tiny parameters, the first 64 KiB of the stream", WINDOW_TINY, 64 << 10),
+        ("small parameters", WINDOW_SMALL, len(stream)),
+        ("default parameters", ChunkerParams(), len(stream)),
+    ):
+        runs.append(
+            {
+                "description": desc,
+                "min": params.min_size,
+                "avg": params.avg_size,
+                "max": params.max_size,
+                "threshold": window_threshold(params),
+                "length": length,
+                "chunk_ends": WindowChunker(aes_key, params).cut_points(stream[:length]),
+            }
+        )
+    return {
+        "description": "window-aes128 (§7.6): AES-128 keys derived from chunker keys, and chunk "
+        "end offsets over a prefix of the stream with the vector chunker key",
+        "keys": keys,
         "runs": runs,
     }
 
@@ -640,13 +677,13 @@ def tree_nodes() -> list[treefmt.Node]:
     chunk_b = crypto.blob_id(KEYS.id_key, BlobType.DATA, b"chunk b")
     digest = crypto.FileDigest(KEYS.id_key)
     digest.update(b"chunk achunk b")
+    empty_digest = crypto.FileDigest(KEYS.id_key).digest()
     return [
         # Given out of order on purpose: the encoder sorts by name bytes.
         treefmt.Node(
             name=b"zz-dir",
             type="dir",
             mode=0o755,
-            size=4096,
             mtime_ns=t,
             atime_ns=t,
             ctime_ns=t,
@@ -676,7 +713,7 @@ def tree_nodes() -> list[treefmt.Node]:
             name=b"link",
             type="symlink",
             mode=0o777,
-            size=9,
+            size=11,
             mtime_ns=t,
             atime_ns=t,
             ctime_ns=t,
@@ -709,6 +746,7 @@ def tree_nodes() -> list[treefmt.Node]:
             inode=15,
             uid=4_000_000_000,
             gid=65534,
+            digest=empty_digest,
             extra={"x_future_field": "kept as is", "x_future_int": 7},
         ),
     ]
@@ -736,7 +774,10 @@ def gen_tree() -> dict[str, Any]:
             "id": h(crypto.blob_id(KEYS.id_key, BlobType.TREE, empty)),
         },
     ]
-    base = treefmt.Node(name=b"a", type="file").to_doc()
+    base = treefmt.Node(name=b"a", type="file", digest=bytes(32)).to_doc()
+    one, two = bytes(32), bytes(range(32))
+    with_content = dict(base, size=5, content=[one, two], sizes=[2, 3])
+    plain = {k: v for k, v in base.items() if k != "digest"}
     invalid = []
     for desc, doc in (
         ("duplicate names", {"v": 1, "nodes": [base, base]}),
@@ -748,6 +789,45 @@ def gen_tree() -> dict[str, Any]:
         ("unknown node type", {"v": 1, "nodes": [dict(base, type="door")]}),
         ("required field mode missing", {"v": 1, "nodes": [{"name": b"a", "type": "file"}]}),
         ("content without sizes", {"v": 1, "nodes": [dict(base, content=[bytes(32)])]}),
+        ("file with a size but no content", {"v": 1, "nodes": [dict(base, size=5)]}),
+        (
+            "file whose sizes do not add up to its size",
+            {"v": 1, "nodes": [dict(with_content, size=6)]},
+        ),
+        (
+            "empty file with a content list",
+            {"v": 1, "nodes": [dict(base, content=[one], sizes=[0])]},
+        ),
+        ("file with sizes but no content", {"v": 1, "nodes": [dict(base, sizes=[])]}),
+        ("file with subtree", {"v": 1, "nodes": [dict(base, subtree=one)]}),
+        ("file with target", {"v": 1, "nodes": [dict(base, target=b"x")]}),
+        ("file with rdev", {"v": 1, "nodes": [dict(base, rdev=1)]}),
+        ("dir without subtree", {"v": 1, "nodes": [dict(plain, type="dir")]}),
+        ("dir with a size", {"v": 1, "nodes": [dict(plain, type="dir", subtree=one, size=4096)]}),
+        ("dir with content", {"v": 1, "nodes": [dict(with_content, type="dir", subtree=one)]}),
+        ("dir with digest", {"v": 1, "nodes": [dict(base, type="dir", subtree=one)]}),
+        ("symlink without target", {"v": 1, "nodes": [dict(plain, type="symlink")]}),
+        (
+            "symlink whose size is not its target's length",
+            {"v": 1, "nodes": [dict(plain, type="symlink", target=b"abc", size=2)]},
+        ),
+        (
+            "symlink with subtree",
+            {"v": 1, "nodes": [dict(plain, type="symlink", target=b"a", size=1, subtree=one)]},
+        ),
+        (
+            "symlink with an empty target",
+            {"v": 1, "nodes": [dict(plain, type="symlink", target=b"")]},
+        ),
+        ("chardev with a size", {"v": 1, "nodes": [dict(plain, type="chardev", rdev=1, size=1)]}),
+        (
+            "blockdev with content",
+            {"v": 1, "nodes": [dict(plain, type="blockdev", content=[one], sizes=[0])]},
+        ),
+        ("fifo with rdev", {"v": 1, "nodes": [dict(plain, type="fifo", rdev=1)]}),
+        ("fifo with target", {"v": 1, "nodes": [dict(plain, type="fifo", target=b"a")]}),
+        ("socket with a size", {"v": 1, "nodes": [dict(plain, type="socket", size=1)]}),
+        ("socket with digest", {"v": 1, "nodes": [dict(base, type="socket")]}),
         ("tree version 2", {"v": 2, "nodes": []}),
     ):
         raw = codec.pack_canonical(doc)
@@ -870,10 +950,17 @@ def gen_config() -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     for i, (desc, cfg) in enumerate(
         (
-            ("default parameters", configfmt.Config(repo_id, ChunkerParams(), version=1)),
+            (
+                "default parameters",
+                configfmt.Config(repo_id, ChunkerParams(algorithm=PERMUTED), version=1),
+            ),
             (
                 "small chunks, 4 MiB packs",
                 configfmt.Config(repo_id, SMALL_PARAMS, 4 << 20, version=1),
+            ),
+            (
+                "window-aes128 chunker, default parameters",
+                configfmt.Config(repo_id, ChunkerParams(), version=1),
             ),
             ("version 2, default parameters", configfmt.Config(repo_id, ChunkerParams())),
             (
@@ -892,6 +979,7 @@ def gen_config() -> dict[str, Any]:
                 "nonce": h(n),
                 "repo_id": h(cfg.repo_id),
                 "chunker": {
+                    "algorithm": cfg.chunker.algorithm,
                     "min": cfg.chunker.min_size,
                     "avg": cfg.chunker.avg_size,
                     "max": cfg.chunker.max_size,
@@ -912,7 +1000,7 @@ def gen_config() -> dict[str, Any]:
             "v": version,
             "id": repo_id,
             "chunker": {
-                "algorithm": configfmt.CHUNKER_ALGORITHM,
+                "algorithm": PERMUTED,
                 "min": 1 << 19,
                 "avg": 1 << 20,
                 "max": 1 << 23,
@@ -940,7 +1028,7 @@ def gen_config() -> dict[str, Any]:
             bad_doc(
                 2,
                 chunker={
-                    "algorithm": configfmt.CHUNKER_ALGORITHM,
+                    "algorithm": PERMUTED,
                     "min": 1 << 21,
                     "avg": 1 << 20,
                     "max": 1 << 23,
@@ -965,15 +1053,75 @@ def gen_config() -> dict[str, Any]:
     }
 
 
+def gen_scheme1() -> dict[str, Any]:
+    secret = crypto.x25519_secret(KEYS.data_key)
+    public = crypto.x25519_public(secret)
+    cases = []
+    for i, (desc, pt, ad) in enumerate(
+        (
+            ("a data blob's plaintext under its blob AD", b"hello, write-only world", None),
+            ("empty plaintext, snapshot AD", b"", b"cas.snapshot.v1"),
+        )
+    ):
+        if ad is None:
+            ad = crypto.blob_ad(BlobType.DATA, crypto.blob_id(KEYS.id_key, BlobType.DATA, pt))
+        eph = hashlib.sha256(b"cas.vectors.ephemeral.%d" % i).digest()
+        n = nonce(f"scheme1.{i}")
+        sealed = crypto.seal_to_public(public, pt, ad, eph, n)
+        shared = bytes(nacl.bindings.crypto_scalarmult(eph, public))
+        cases.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "secret": h(secret),
+                "public": h(public),
+                "ephemeral_secret": h(eph),
+                "ephemeral_public": h(crypto.x25519_public(eph)),
+                "shared": h(shared),
+                "object_key": h(crypto.primitives._object_key(shared, sealed[1:33], public)),
+                "nonce": h(n),
+                "ad": h(ad),
+                "plaintext": h(pt),
+                "sealed": h(sealed),
+            }
+        )
+    first = cases[0]
+    good, ad = bytes.fromhex(first["sealed"]), bytes.fromhex(first["ad"])
+    invalid = []
+    for desc, sealed, ad_ in (
+        ("a flipped ciphertext byte", good[:40] + bytes([good[40] ^ 1]) + good[41:], ad),
+        ("a flipped ephemeral key byte", good[:5] + bytes([good[5] ^ 1]) + good[6:], ad),
+        ("the wrong AD", good, ad + b"x"),
+        ("truncated below the 73-byte overhead", good[:72], ad),
+        ("an all-zero ephemeral key (low order)", good[:1] + bytes(32) + good[33:], ad),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "ad": h(ad_),
+                "sealed": h(sealed),
+                "error": error_name(KEYS.data.open, sealed, ad_, "v"),
+            }
+        )
+    return {
+        "description": "Scheme 1 (§5.5): sealed to the repository's X25519 public key, "
+        "derived from the data key; the symmetric v1 opener refuses it as newer "
+        "(`open_sealed` gives UnsupportedVersion)",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
 def unlock_keyfile(raw: bytes, password: bytes) -> MasterKeys:
     return keyfmt.unlock(keyfmt.decode_keyfile(raw), password)
 
 
-def gen_keyfile() -> dict[str, Any]:
+def _keyfile_case(version: int, desc: str) -> tuple[dict[str, Any], keyfmt.KeyFile, bytes]:
     password = b"correct horse battery staple"
-    salt = bytes(range(0x10, 0x20))
-    kdf = KdfParams(salt, KDF_OPS, KDF_MEM)
-    n = nonce("keyfile.0")
+    salt = bytes(range(0x10, 0x20)) if version == 1 else bytes(range(0x30, 0x40))
+    kdf = KdfParams(salt, KDF_OPS, KDF_MEM, test_only=True)
+    n = nonce("keyfile.0" if version == 1 else "keyfile.v2")
     kf, raw = keyfmt.create(
         KEYS,
         password,
@@ -982,31 +1130,78 @@ def gen_keyfile() -> dict[str, Any]:
         hostname="host1",
         username="alice",
         nonce=n,
+        version=version,
     )
     kek = crypto.derive_key(password, kdf)
-    doc = json.loads(raw)
+    case: dict[str, Any] = {
+        "description": desc,
+        "version": version,
+        "password": h(password),
+        "salt": h(salt),
+        "opslimit": KDF_OPS,
+        "memlimit": KDF_MEM,
+        "created": kf.created,
+        "hostname": kf.hostname,
+        "username": kf.username,
+        "nonce": h(n),
+        "kek": h(kek),
+        "ad": h(keyfmt.bound_members(kf) if version == 2 else keyfmt.KEY_AD),
+        "check": None if kf.check is None else h(kf.check),
+        "master_keys": keys_json(KEYS),
+        "master_keys_msgpack": h(KEYS.encode()),
+        "sealed_keys": h(kf.sealed_keys),
+        "file": h(raw),
+        "file_text": raw.decode(),
+        "key_id": h(storage_id(raw)),
+    }
+    return case, kf, raw
 
-    def variant(**changes: Any) -> bytes:
-        d = dict(doc)
+
+def gen_keyfile() -> dict[str, Any]:
+    password = b"correct horse battery staple"
+    v2, _, raw = _keyfile_case(2, "a version 2 key file (members bound, check value)")
+    v1, _, raw1 = _keyfile_case(1, "a version 1 key file, as cas wrote before: still read")
+    doc, doc1 = json.loads(raw), json.loads(raw1)
+
+    def variant(base: dict[str, Any] = doc, **changes: Any) -> bytes:
+        d = dict(base)
         d.update(changes)
         return (json.dumps(d, sort_keys=True, indent=1) + "\n").encode()
+
+    def resealed_keys() -> str:
+        sealed = bytearray(base64.b64decode(doc["keys"]))
+        sealed[-1] ^= 1
+        return base64.b64encode(bytes(sealed)).decode()
 
     invalid = []
     for desc, file, pw in (
         ("wrong password", raw, b"Tr0ub4dor&3"),
+        ("wrong password, version 1", raw1, b"Tr0ub4dor&3"),
         ("reserved key type 'write-only'", variant(type="write-only"), password),
-        ("key file version 2", variant(version=2), password),
+        ("key file version 3", variant(version=3), password),
         (
-            "KDF opslimit above the ceiling of 64",
-            variant(kdf=dict(doc["kdf"], opslimit=65)),
+            "version 2 without its check value",
+            variant({k: v for k, v in doc.items() if k != "check"}),
+            password,
+        ),
+        ("version 2: hostname altered", variant(hostname="host2"), password),
+        ("version 2: username altered", variant(username="mallory"), password),
+        ("version 2: created altered", variant(created="2030-01-01T00:00:00Z"), password),
+        ("version 2: sealed keys altered", variant(keys=resealed_keys()), password),
+        ("version 2 relabelled as version 1", variant(version=1), password),
+        ("version 1 relabelled as version 2", variant(doc1, version=2), password),
+        (
+            "KDF opslimit above the ceiling of 16",
+            variant(kdf=dict(doc["kdf"], opslimit=17)),
             password,
         ),
         (
-            "memlimit above the ceiling of 4 GiB",
-            variant(kdf=dict(doc["kdf"], memlimit=(4 << 30) + 1024)),
+            "memlimit above the ceiling of 1 GiB",
+            variant(kdf=dict(doc["kdf"], memlimit=(1 << 30) + 1024)),
             password,
         ),
         ("unknown KDF", variant(kdf=dict(doc["kdf"], algorithm="scrypt")), password),
+        ("larger than 64 KiB", variant(x_padding="x" * (64 << 10)), password),
     ):
         invalid.append(
             {
@@ -1018,27 +1213,9 @@ def gen_keyfile() -> dict[str, Any]:
         )
     return {
         "description": "Key files (§4): JSON with the master key set sealed under the "
-        "Argon2id-derived key, AD 'cas.key.v1'",
-        "cases": [
-            {
-                "description": "a full key file at the lowest KDF cost",
-                "password": h(password),
-                "salt": h(salt),
-                "opslimit": KDF_OPS,
-                "memlimit": KDF_MEM,
-                "created": kf.created,
-                "hostname": kf.hostname,
-                "username": kf.username,
-                "nonce": h(n),
-                "kek": h(kek),
-                "master_keys": keys_json(KEYS),
-                "master_keys_msgpack": h(KEYS.encode()),
-                "sealed_keys": h(kf.sealed_keys),
-                "file": h(raw),
-                "file_text": raw.decode(),
-                "key_id": h(storage_id(raw)),
-            }
-        ],
+        "Argon2id-derived key; version 2 with AD 'cas.key.v2' | canonical msgpack of the "
+        "members and a check value, version 1 with AD 'cas.key.v1'",
+        "cases": [v2, v1],
         "invalid": invalid,
     }
 
@@ -1127,6 +1304,7 @@ def gen_lock() -> dict[str, Any]:
 GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "kdf.json": gen_kdf,
     "aead.json": gen_aead,
+    "scheme1.json": gen_scheme1,
     "blob_id.json": gen_blob_id,
     "chunker.json": gen_chunker,
     "compress.json": gen_compress,

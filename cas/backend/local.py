@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, check_name, check_prefix
 from cas.backend.registry import BackendFactory
-from cas.errors import BackendError, ObjectExists, ObjectNotFound, UsageError
+from cas.errors import AccessDenied, BackendError, ObjectExists, ObjectNotFound, UsageError
 
 _TEMP_PREFIX = ".tmp-"
 _DIR_MODE = 0o700
@@ -264,6 +264,8 @@ def _raise_walk_error(err: OSError) -> None:
 def _os_error(action: str, path: Path | str, err: OSError) -> BackendError:
     """One line naming the path and the system's reason, e.g. 'No space left on device'."""
     reason = err.strerror or str(err) or type(err).__name__
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(f"cannot {action} {path}: {reason}")
     return BackendError(f"cannot {action} {path}: {reason}")
 
 

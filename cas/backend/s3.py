@@ -71,7 +71,13 @@ from botocore.exceptions import (
 
 from cas.backend.accounting import RequestMeter
 from cas.backend.base import ObjectInfo, UnfinishedUpload, check_name, check_prefix
-from cas.errors import BackendError, ObjectExists, ObjectNotFound, TransientBackendError
+from cas.errors import (
+    AccessDenied,
+    BackendError,
+    ObjectExists,
+    ObjectNotFound,
+    TransientBackendError,
+)
 
 CHECKSUM_MODES = ("when_supported", "when_required")
 DEFAULT_CHECKSUMS = "when_supported"
@@ -142,6 +148,7 @@ _REQUEST_KINDS = {
     "DeleteBucket": "DELETE",
     "AbortMultipartUpload": "DELETE",
 }
+_DELETES = frozenset({"DeleteObject", "AbortMultipartUpload"})
 _METHOD_KINDS = {"GET": "GET", "HEAD": "HEAD", "DELETE": "DELETE"}
 _loader: Any = None
 _loader_lock = threading.Lock()
@@ -532,8 +539,16 @@ class S3Backend:
                 )
             elif code == "InvalidStorageClass":
                 detail = f"{detail} (the store does not offer storage class {self._storage_class})"
-            elif status == 403:
-                detail = f"{detail} (HTTP 403: check the credentials and the bucket policy)"
+            elif status == 403 or code == "AccessDenied":
+                why = (
+                    "these credentials may not delete: run prune, forget and repair with"
+                    " credentials that may (docs/deploy.md)"
+                    if operation in _DELETES
+                    else "check the credentials and the bucket policy"
+                )
+                return AccessDenied(
+                    f"S3 {operation} {where} failed: {_one_line(detail)} (HTTP 403: {why})"
+                )
             return BackendError(f"S3 {operation} {where} failed: {_one_line(detail)}")
         if isinstance(err, _TRANSIENT_BOTOCORE) and not isinstance(err, SSLError):
             return TransientBackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")

@@ -97,7 +97,7 @@ class SaverPool:
         add_sealed: Callable[[bytes, list[PackEntry]], None],
         level: int | None,
         pack_size: int,
-        chunker: tuple[int, int, int],
+        chunker: tuple[int, int, int, str],
         connections: int,
         per_worker: int = PER_WORKER,
     ) -> None:

@@ -23,7 +23,7 @@ filled data pack, as in one process, and a snapshot never names a blob that
 is not stored.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a worker: one
-``{"spec", "level", "pack_size", "chunker": [min, avg, max], "connections"}``
+``{"spec", "level", "pack_size", "chunker": [min, avg, max, algorithm], "connections"}``
 frame, then per batch a frame carrying the directory's descriptor:
 ``{"j": id, "dir": shown path, "f": [[name, size, blocks, dev, ino, mtime_ns,
 ctime_ns, parent digest or None], ...]}``; answers ``["n", bytes of 0/1]``
@@ -54,7 +54,7 @@ from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
 from cas.backend.registry import open_backend
 from cas.backup.archiver import SourceReader, moved, open_source, same_digest
-from cas.chunking.chunker import Chunker, ChunkerParams
+from cas.chunking.chunker import ChunkerParams, make_chunker
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.pack import PackEntry
@@ -135,8 +135,8 @@ class _Worker:
         spec = ReaderSpec.decode(init["spec"])
         self.keys = crypto.key_factory(spec.key_type, spec.key_material)
         self.backend = open_backend(spec.location, spec.backend_options)
-        lo, avg, hi = init["chunker"]
-        self.chunker = Chunker(self.keys.chunker_permutation(), ChunkerParams(lo, avg, hi))
+        lo, avg, hi, algorithm = init["chunker"]
+        self.chunker = make_chunker(self.keys, ChunkerParams(lo, avg, hi, algorithm))
         # One sealing thread: the other cores have workers of their own.
         self.saver = BlobSaver(
             self.backend,

@@ -47,13 +47,13 @@ from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Sev
 from cas.check.state import CheckState, Subset, select_packs
 from cas.check.verifier import VerifierPool
 from cas.crypto import BlobType, KeyBase
-from cas.errors import BlobNotFound, CasError, IntegrityError, ObjectNotFound
+from cas.errors import BlobNotFound, CasError, FormatError, IntegrityError, ObjectNotFound
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.format.config import Config
 from cas.format.keyfile import decode_keyfile
 from cas.format.snapshot import decode_snapshot
-from cas.format.tree import Node
+from cas.format.tree import Node, decode_tree_docs
 from cas.ids import storage_id
 from cas.progress import Progress
 from cas.repo import layout
@@ -61,7 +61,7 @@ from cas.repo.blobreader import read_aligned
 from cas.repo.index import Location, MasterIndex
 from cas.repo.leftovers import find_leftovers
 from cas.repo.locks import scan_locks
-from cas.walker import bottom_up, load_tree
+from cas.walker import bottom_up
 from cas.wording import counted
 
 _T = TypeVar("_T")
@@ -212,6 +212,9 @@ class Checker:
         self._visited: set[bytes] = set()
         self._drop_unless_needed: list[Finding] = []
         self._memo: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        # Entries of a readable tree that the tree decoder refuses (spec §11.3):
+        # tree ID -> (name, why), reported as node_invalid on that entry alone.
+        self._refused: dict[bytes, list[tuple[bytes, str]]] = {}
 
     def run(self) -> CheckResult:
         """All phases, then the findings sorted: errors first, then by kind and object."""
@@ -737,13 +740,12 @@ class Checker:
         """The bad uses under a tree whose subdirectories are walked already."""
         uses: list[tuple[bytes, bytes]] = []
         self.summary.trees += 1
+        for name, why in self._refused.pop(tree_id, []):
+            uses.append((name, self._node_problem(tree_id, name, why)))
         for node in nodes:
             if node.type == "dir":
                 self.summary.dirs += 1
-                if node.subtree is None:
-                    key = self._node_problem(tree_id, node, "a directory without a subtree")
-                    uses.append((node.name, key))
-                elif node.subtree in self._memo:
+                if node.subtree in self._memo:
                     uses.extend(_prefixed(node.name, self._memo[node.subtree]))
             elif node.type == "file":
                 self.summary.files += 1
@@ -751,12 +753,6 @@ class Checker:
         return uses
 
     def _file_problems(self, tree_id: bytes, node: Node) -> Iterator[bytes]:
-        if sum(node.sizes) != node.size:
-            yield self._node_problem(
-                tree_id,
-                node,
-                f"its content adds up to {sum(node.sizes)} bytes, its size is {node.size}",
-            )
         for blob_id in dict.fromkeys(node.content):
             if blob_id in self._bad:
                 yield blob_id
@@ -766,10 +762,10 @@ class Checker:
                 )
                 yield blob_id
 
-    def _node_problem(self, tree_id: bytes, node: Node, what: str) -> bytes:
-        key = b"node:" + tree_id + b"/" + node.name
+    def _node_problem(self, tree_id: bytes, name: bytes, what: str) -> bytes:
+        key = b"node:" + tree_id + b"/" + name
         if key not in self._bad:
-            entry = node.name.decode("utf-8", "backslashreplace")
+            entry = name.decode("utf-8", "backslashreplace")
             self._bad[key] = self._add(
                 "node_invalid", _blob_object(BlobType.TREE, tree_id), f"entry {entry!r}: {what}"
             )
@@ -795,12 +791,19 @@ class Checker:
             )
             return None
         try:
-            return load_tree(self, tree_id)
+            docs = decode_tree_docs(self.load_blob(BlobType.TREE, tree_id))
         except CasError as e:
             finding = self._add("tree_damaged", _blob_object(BlobType.TREE, tree_id), str(e))
             finding.pack = loc.pack_id
             self._bad[tree_id] = finding
             return None
+        nodes = []
+        for doc in docs:
+            try:
+                nodes.append(Node.from_doc(doc))
+            except FormatError as e:  # one entry breaks §11.3: the others stay checked
+                self._refused.setdefault(tree_id, []).append((doc["name"], e.fields["detail"]))
+        return nodes
 
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None

@@ -1,18 +1,23 @@
-"""Keyed content-defined chunking over fastcdc's compiled chunker (spec/format.md §7).
+"""Keyed content-defined chunking (spec/format.md §7): the streaming, and two cut searches.
 
-fastcdc's gear table is public and fixed, so unkeyed cut points would let the
-storage provider recognise known files from their chunk sizes.  cas applies
-a secret byte permutation (derived from the chunker key) to the input before
-the cut-point search and cuts the original bytes at the positions found:
-equivalent to a secret gear table, and ``bytes.translate`` costs well under
-a nanosecond per byte.
+``window-aes128`` (what ``init`` uses, §7.6): the cut after a position is decided
+by AES-128 under a secret key over the 16 bytes before it (the inverse cipher,
+XORed with the 16 bytes before those), a pseudo-random function of the content,
+so chunk lengths seen by the storage provider say nothing about the key (§7.5).
+``fastcdc-2016-permuted`` (older repositories, §7.3): fastcdc's compiled chunker
+over a secretly permuted copy of the input, which a chosen file recovers byte
+value by byte value (§7.5); still read and written for repositories that have it.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from cas import crypto
 from cas.errors import CasError
 
 try:
@@ -26,20 +31,29 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 
 # First window of bytes permuted after min_size; it doubles while no cut is found.
 WINDOW = 256 * 1024
+# Chunk lengths the window chunker tests per round of 16 AES passes.
+AES_WINDOW = 64 * 1024
+
+PERMUTED = "fastcdc-2016-permuted"
+WINDOW_AES = "window-aes128"
+ALGORITHMS = (PERMUTED, WINDOW_AES)
 
 
 @dataclass(frozen=True)
 class ChunkerParams:
-    """Minimum, average and maximum chunk sizes in bytes (recorded in the config)."""
+    """Algorithm and minimum, average and maximum chunk sizes (recorded in the config)."""
 
     min_size: int = 512 * 1024
     avg_size: int = 1024 * 1024
     max_size: int = 8 * 1024 * 1024
+    algorithm: str = WINDOW_AES
 
     def validate(self) -> None:
-        """Raise CasError unless fastcdc accepts the sizes and min <= avg <= max."""
+        """Raise CasError unless the algorithm is known, fastcdc accepts the sizes
+        and min <= avg <= max."""
         if not (
-            64 <= self.min_size <= self.avg_size <= self.max_size <= (1 << 30)
+            self.algorithm in ALGORITHMS
+            and 64 <= self.min_size <= self.avg_size <= self.max_size <= (1 << 30)
             and self.min_size <= (64 << 20)
             and 256 <= self.avg_size <= (256 << 20)
             and self.max_size >= 1024
@@ -47,28 +61,31 @@ class ChunkerParams:
             raise CasError(f"invalid chunker parameters {self}")
 
 
-class Chunker:
-    """Splits byte streams at keyed content-defined boundaries."""
+def make_chunker(key: crypto.KeyBase, params: ChunkerParams) -> StreamChunker:
+    """The chunker of ``params.algorithm`` keyed with ``key``'s chunker key."""
+    if params.algorithm == PERMUTED:
+        return Chunker(key.chunker_permutation(), params)
+    return WindowChunker(key.chunker_window_key(), params)
 
-    def __init__(self, permutation: bytes, params: ChunkerParams, buffer_size: int = 0) -> None:
+
+class StreamChunker(ABC):
+    """Splits byte streams at keyed content-defined boundaries; ``_cut`` finds one."""
+
+    def __init__(self, params: ChunkerParams, buffer_size: int = 0) -> None:
         params.validate()
-        if sorted(permutation) != list(range(256)):
-            raise CasError("chunker permutation is not a permutation of 0..255")
         self.params = params
-        self._perm = permutation
         # Large enough that re-scanning the carried tail (< max_size) is cheap.
         self.buffer_size = max(buffer_size, 2 * params.max_size)
-        # Scratch buffers for permuted windows, kept between streams (a fresh
+        # Scratch buffers for the search, kept between streams (a fresh
         # 8.5 MiB buffer per file would cost more than chunking a small file).
         self._scratch: list[bytearray] = []
 
-    @property
-    def permutation(self) -> bytes:
-        """The secret byte permutation this chunker applies (spec §7.1)."""
-        return self._perm
+    @abstractmethod
+    def _new_scratch(self) -> bytearray: ...
 
-    def _new_scratch(self) -> bytearray:
-        return bytearray(self.params.min_size + self.params.max_size)
+    @abstractmethod
+    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+        """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
 
     def cut_points(self, data: bytes) -> list[int]:
         """End offsets of the chunks of ``data`` taken as a whole stream."""
@@ -81,9 +98,8 @@ class Chunker:
     def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
         """Yield the chunks of the stream that ``read(n)`` returns (b"" at the end).
 
-        fastcdc never looks at the first ``min_size`` bytes of a chunk nor past
-        its cut, so only the bytes in between are permuted, window by window,
-        into a scratch buffer behind ``min_size`` bytes fastcdc skips: about
+        Neither search looks at the first ``min_size`` bytes of a chunk (but
+        for the window before the first possible cut) nor past its cut: about
         half of the input at the default sizes.
 
         A stream that fits in one buffer (almost every file) is read into one
@@ -109,7 +125,7 @@ class Chunker:
                     eof = self._fill(read, buf)
                 left = len(buf) - start
                 if eof and left <= p.min_size:
-                    # fastcdc never cuts before min_size: what is left is one chunk.
+                    # No cut comes before min_size: what is left is one chunk.
                     # Most files of a source tree end here, without a search.
                     if left:
                         yield _piece(buf, start, left)
@@ -146,8 +162,30 @@ class Chunker:
             buf += data
         return False
 
+
+class Chunker(StreamChunker):
+    """``fastcdc-2016-permuted`` (§7.3): fastcdc over the input under a secret byte permutation.
+
+    fastcdc never looks at the first ``min_size`` bytes of a chunk nor past its
+    cut, so only the bytes in between are permuted, window by window, into a
+    scratch buffer behind the ``min_size`` bytes fastcdc skips.
+    """
+
+    def __init__(self, permutation: bytes, params: ChunkerParams, buffer_size: int = 0) -> None:
+        super().__init__(params, buffer_size)
+        if sorted(permutation) != list(range(256)):
+            raise CasError("chunker permutation is not a permutation of 0..255")
+        self._perm = permutation
+
+    @property
+    def permutation(self) -> bytes:
+        """The secret byte permutation this chunker applies (spec §7.1)."""
+        return self._perm
+
+    def _new_scratch(self) -> bytearray:
+        return bytearray(self.params.min_size + self.params.max_size)
+
     def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
-        """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
         p = self.params
         done = p.min_size  # scratch[min_size:done] holds the permuted bytes
         step = WINDOW
@@ -159,6 +197,89 @@ class Chunker:
             if c.length < end or end == limit:
                 return int(c.length)
             done, step = end, step * 2
+
+
+def window_threshold(params: ChunkerParams) -> int:
+    """A cut where the AES output's first four bytes, big-endian, are below this
+    (§7.6): probability 1 / (avg - min) at each length from ``min``, so the mean
+    chunk is about ``avg``."""
+    return (1 << 32) // max(params.avg_size - params.min_size, 1)
+
+
+class WindowChunker(StreamChunker):
+    """``window-aes128`` (§7.6): a cut after the first length ``l >= min`` whose 16
+    bytes before it decrypt (AES-128, secret key), XOR the 16 bytes before them,
+    to a block whose first four bytes, big-endian, are below ``2^32 // (avg - min)``.
+
+    Every position gets its own AES block: 16 passes of CBC decryption over the
+    region, each shifted by one byte, decrypt every 16-byte window once (and
+    XOR the block before it, as CBC does); a search of the blocks' first bytes
+    finds the rare candidates in C.
+    """
+
+    def __init__(self, aes_key: bytes, params: ChunkerParams, buffer_size: int = 0) -> None:
+        super().__init__(params, buffer_size)
+        if len(aes_key) != 16:
+            raise CasError("window chunker key is not 16 bytes")
+        # CBC decryption: block i of the output is AES-decrypt(block i) XOR block i - 1
+        # of the input, one PRF value per window (OpenSSL decrypts CBC in parallel);
+        # the first output block of each call depends on the previous call: unused.
+        self._aes = Cipher(algorithms.AES(aes_key), modes.CBC(bytes(16))).decryptor()
+        self._threshold = window_threshold(params)
+        # the largest first (and, after a zero first, second) byte a cut can have
+        self._top = (self._threshold - 1) >> 24
+        self._second = min((self._threshold - 1) >> 16, 255)
+        self._first_byte = bytes(int(v > self._top) for v in range(256))  # 0: may cut
+
+    def _new_scratch(self) -> bytearray:
+        return bytearray(AES_WINDOW + 48)
+
+    def _first_cut(self, out: bytearray, n: int) -> int:
+        """Index of the first 16-byte block of ``out[16:n]`` that makes a cut, or -1.
+
+        The first byte of each block is gathered (a strided slice, in C) and
+        searched for the values the threshold allows there; only those rare
+        blocks are checked whole.
+        """
+        threshold = self._threshold
+        if threshold >> 32:
+            return 0 if n > 16 else -1  # avg - min <= 1: every length cuts
+        lane = out[16:n:16]
+        top, second = self._top, self._second
+        if top:
+            lane = lane.translate(self._first_byte)
+        find = lane.find
+        i = find(0)
+        while i >= 0:
+            at = (i + 1) << 4
+            if (top or out[at + 1] <= second) and _u32be(out, at) < threshold:
+                return i
+            i = find(0, i + 1)
+        return -1
+
+    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+        lo = self.params.min_size  # the shortest chunk length still to test
+        with memoryview(buf) as view:
+            while lo <= limit:
+                best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
+                for shift in range(16):
+                    first = lo + shift  # lengths first, first + 16, ... below best
+                    if first >= best:
+                        break
+                    blocks = (best - first + 15) >> 4
+                    a = start + first - 32  # the window before the first, then the first
+                    n = self._aes.update_into(view[a : a + 16 * blocks + 16], scratch)
+                    i = self._first_cut(scratch, n)
+                    if i >= 0:
+                        best = min(best, first + 16 * i)
+                if best < hi:
+                    return best
+                lo = hi
+        return limit
+
+
+def _u32be(buf: bytearray, at: int) -> int:
+    return int.from_bytes(buf[at : at + 4], "big")
 
 
 def _piece(buf: bytes | bytearray, start: int, n: int) -> bytes:

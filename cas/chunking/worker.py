@@ -16,7 +16,7 @@ every file is chunked in the backup process, as without it.
 
 Wire format (private to one backup run): frames of a little-endian u32
 length and a msgpack value.  Parent to helper: one frame ``{"perm", "min",
-"avg", "max", "id_key"}``, then per file 8 bytes (the size, u64) carrying
+"avg", "max", "algorithm", "id_key"}``, then per file 8 bytes (the size, u64) carrying
 the descriptor.  Helper to parent, per file: ``["c", [[size, id], ...]]``
 frames, then ``["e", digest, bytes_read]`` or ``["x", errno, message]``.
 """
@@ -33,7 +33,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from cas import crypto, ipc
-from cas.chunking.chunker import Chunker, ChunkerParams
+from cas.chunking.chunker import ChunkerParams, StreamChunker, make_chunker
 
 OFFLOAD_MIN = 16 << 20  # files from this size are chunked by the helper
 _BATCH = 4  # chunks per message: the parent starts on a file's first chunks early
@@ -56,6 +56,7 @@ class ChunkWorker:
             "min": params.min_size,
             "avg": params.avg_size,
             "max": params.max_size,
+            "algorithm": params.algorithm,
         }
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -131,7 +132,7 @@ class ChunkWorker:
 # -- the helper process ----------------------------------------------------------
 
 
-def _chunk_file(sock: socket.socket, chunker: Chunker, key: crypto.IdKey, fd: int) -> None:
+def _chunk_file(sock: socket.socket, chunker: StreamChunker, key: crypto.IdKey, fd: int) -> None:
     pos = 0
 
     def read(n: int) -> bytes:
@@ -159,9 +160,9 @@ def _chunk_file(sock: socket.socket, chunker: Chunker, key: crypto.IdKey, fd: in
 
 def _serve(sock: socket.socket) -> None:
     init = _recv(sock)
-    params = ChunkerParams(init["min"], init["avg"], init["max"])
+    params = ChunkerParams(init["min"], init["avg"], init["max"], init["algorithm"])
     key = crypto.IdKey.decode(bytes(init["key"]))
-    chunker = Chunker(key.chunker_permutation(), params)
+    chunker = make_chunker(key, params)
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, _U64.size, 1)
         if not msg:

@@ -284,7 +284,7 @@ def _pool(g: Globals, repo: Repository, workers: Workers) -> SaverPool | None:
         add_sealed=repo.add_sealed,
         level=repo.compression_level,
         pack_size=repo.config.pack_size,
-        chunker=(params.min_size, params.avg_size, params.max_size),
+        chunker=(params.min_size, params.avg_size, params.max_size, params.algorithm),
         # Uploads per worker: two locally (one packs while the other syncs), else a share.
         connections=plan.per_process(1),
     )

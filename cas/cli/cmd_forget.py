@@ -144,7 +144,7 @@ def forget(
     unused = parse_fraction(max_unused)
 
     repo = g.open()
-    with g.locked(repo, exclusive=False, command="forget"):
+    with g.locked(repo, exclusive=False, command="forget", deletes=not dry_run):
         damaged: list[bytes] = []
         if snapshot_ids:
             plans, snaps, damaged = _by_id(repo, snapshot_ids)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from cas.backend import create_bucket as make_bucket
-from cas.chunking.chunker import ChunkerParams
+from cas.chunking.chunker import ALGORITHMS, ChunkerParams
 from cas.cli.common import Globals, Output, kdf_options, kdf_params, new_password, pass_globals
 from cas.format.config import DEFAULT_PACK_SIZE
 from cas.repo import init_repository
@@ -31,6 +31,10 @@ def register(cli: click.Group) -> None:
 @click.option("--chunk-min", type=int, default=ChunkerParams.min_size, hidden=True)
 @click.option("--chunk-avg", type=int, default=ChunkerParams.avg_size, hidden=True)
 @click.option("--chunk-max", type=int, default=ChunkerParams.max_size, hidden=True)
+# The older, chosen-file-breakable algorithm: for tests and tools/chunk_attack.py's control.
+@click.option(
+    "--chunker", type=click.Choice(ALGORITHMS), default=ChunkerParams.algorithm, hidden=True
+)
 @click.option(
     "--copy-keys-from",
     metavar="REPO",
@@ -63,8 +67,10 @@ def init(
     chunk_min: int,
     chunk_avg: int,
     chunk_max: int,
+    chunker: str,
     kdf_opslimit: int | None,
     kdf_memlimit: int | None,
+    test_weak_kdf: bool,
 ) -> None:
     """Create a new repository at -r/--repo.
 
@@ -72,12 +78,13 @@ def init(
     --password-command or a prompt.
     """
     out = Output(g)
+    kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)  # refused before anything else
     backend = g.backend()
     g.cleanups.append(backend.close)
     if create_bucket:
         make_bucket(backend)
     password = _init_password(g, new_password_file)
-    params = ChunkerParams(chunk_min, chunk_avg, chunk_max)
+    params = ChunkerParams(chunk_min, chunk_avg, chunk_max, chunker)
     params.validate()
     source = g.open_other(copy_keys_from, from_password_file) if copy_keys_from else None
     repo = init_repository(
@@ -85,7 +92,7 @@ def init(
         password,
         chunker=params,
         pack_size=pack_size,
-        kdf=kdf_params(kdf_opslimit, kdf_memlimit),
+        kdf=kdf,
         share_ids_with=source,
         among_other_files=force,
         padding=None if padding == "none" else padding,

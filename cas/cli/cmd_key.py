@@ -62,12 +62,17 @@ def key_list(g: Globals) -> None:
 @kdf_options
 @pass_globals
 def key_add(
-    g: Globals, new_password_file: str | None, kdf_opslimit: int | None, kdf_memlimit: int | None
+    g: Globals,
+    new_password_file: str | None,
+    kdf_opslimit: int | None,
+    kdf_memlimit: int | None,
+    test_weak_kdf: bool,
 ) -> None:
     """Add a key file with a new password."""
     out = Output(g)
+    kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)
     repo = g.open()
-    kid = repo.add_key(new_password(new_password_file), kdf_params(kdf_opslimit, kdf_memlimit))
+    kid = repo.add_key(new_password(new_password_file), kdf)
     out.emit({"id": kid.hex()}, lambda: out.line(f"added key {kid.hex()[:8]}"))
 
 
@@ -94,15 +99,18 @@ def key_remove(g: Globals, key_id: str) -> None:
 @kdf_options
 @pass_globals
 def key_passwd(
-    g: Globals, new_password_file: str | None, kdf_opslimit: int | None, kdf_memlimit: int | None
+    g: Globals,
+    new_password_file: str | None,
+    kdf_opslimit: int | None,
+    kdf_memlimit: int | None,
+    test_weak_kdf: bool,
 ) -> None:
     """Change the password of the key file in use (writes the new one, then removes the old)."""
     out = Output(g)
+    kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)
     repo = g.open()
     old = repo.key_id
-    kid = repo.change_password(
-        new_password(new_password_file), kdf_params(kdf_opslimit, kdf_memlimit)
-    )
+    kid = repo.change_password(new_password(new_password_file), kdf)
     out.emit(
         {"old": old.hex(), "id": kid.hex()},
         lambda: out.line(f"changed password: key {old.hex()[:8]} replaced by {kid.hex()[:8]}"),

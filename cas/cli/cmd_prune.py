@@ -65,7 +65,7 @@ def run_prune(
 ) -> dict[str, Any]:
     """Plan and (unless dry_run) execute; shared with ``forget --prune``.  Returns
     what happened, for :func:`prune_lines` and the JSON summary."""
-    with g.locked(repo, exclusive=False, command="prune") as lock:
+    with g.locked(repo, exclusive=False, command="prune", deletes=not dry_run) as lock:
         _refuse_concurrent_prune(repo, lock)
         plan = plan_prune(repo, PruneOptions(max_unused, dry_run), out.report)
         doc: dict[str, Any] = {"dry_run": dry_run, "plan": plan.summary()}

@@ -30,7 +30,7 @@ def repair_index(g: Globals) -> None:
     """Rebuild the index from the headers of all packs."""
     out = Output(g)
     repo = g.open()
-    with g.locked(repo, exclusive=False, command="repair"):
+    with g.locked(repo, exclusive=False, command="repair", deletes=True):
         result = rebuild_index(repo, out.report)
     doc = dataclasses.asdict(result)
 
@@ -54,7 +54,7 @@ def repair_packs(g: Globals, pack_ids: tuple[str, ...]) -> None:
     packs (their IDs, or unique prefixes, as 'cas check' names them)."""
     out = Output(g)
     repo = g.open()
-    with g.locked(repo, exclusive=True, command="repair"):
+    with g.locked(repo, exclusive=True, command="repair", deletes=True):
         known = set(repo.pack_sizes()) | {
             p for f in repo.active_index_files().values() for p in f.packs
         }
@@ -99,7 +99,7 @@ def repair_snaps(g: Globals, forget: bool, dry_run: bool) -> None:
     """Rewrite snapshots that refer to lost data, with stubs for damaged files."""
     out = Output(g)
     repo = g.open()
-    with g.locked(repo, exclusive=False, command="repair"):
+    with g.locked(repo, exclusive=False, command="repair", deletes=not dry_run):
         result = repair_snapshots(repo, forget=forget, dry_run=dry_run)
     doc = dataclasses.asdict(result)
 

@@ -66,7 +66,7 @@ def tag(
     repo = g.open()
     changed: list[dict[str, Any]] = []
     unchanged = 0
-    with g.locked(repo, exclusive=False, command="tag"):
+    with g.locked(repo, exclusive=False, command="tag", deletes=True):
         for sid, snap in _chosen(repo, snapshot_ids, selection):
             tags = set(set_) if given_set else (set(snap.tags) | set(add)) - set(remove)
             if tags == set(snap.tags):

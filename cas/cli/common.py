@@ -20,7 +20,9 @@ from cas import repo as repo_pkg
 from cas.backend import Backend, S3Options, request_summary, split_location
 from cas.backend.retry import DEFAULT_ATTEMPTS
 from cas.errors import (
+    AccessDenied,
     CasError,
+    DeleteRefused,
     EmptyPassword,
     LockedError,
     NoPassword,
@@ -29,8 +31,9 @@ from cas.errors import (
 )
 from cas.ipc import usable_cores
 from cas.repo import RepoOptions, Repository
-from cas.repo.locks import RepoLock
+from cas.repo.locks import STALE_AFTER, RepoLock
 from cas.repo.readerspec import ReaderSpec, reader_spec
+from cas.wording import counted
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ class Globals:
     repos: list[Repository] = field(default_factory=list)
     degraded: bool = False  # a damaged object was skipped: exit 3 once done
     helper_requests: list[dict[str, Any]] = field(default_factory=list)  # their own backends
+    # Objects the storage refused to delete (credentials without delete permission):
+    # ``not_deleted`` in the summary, and a warning (exit code unchanged).
+    not_deleted: list[dict[str, Any]] = field(default_factory=list)
     _warned: set[bytes] = field(default_factory=set)
+    _told_not_deleted: int = 0
 
     def warn_damaged(self, out: Output) -> None:
         """Warn once about each snapshot a listing had to skip, and mark the run degraded."""
@@ -92,6 +99,27 @@ class Globals:
                         f"{kind} {short} skipped, it cannot be read ({why}); "
                         + fix.format(short=short)
                     )
+
+    def warn_not_deleted(self, out: Output) -> None:
+        """Warn once about the lock files the storage refused to delete: they are no
+        error (the store is set up so, docs/deploy.md), so the exit code stays."""
+        new = self.not_deleted[self._told_not_deleted :]
+        self._told_not_deleted = len(self.not_deleted)
+        own = [e for e in new if e["kind"] == "lock"]
+        if own:
+            last = max(e["stale_at_ns"] for e in own)
+            out.notice(
+                f"the storage refused to delete {counted(len(own), 'lock file')} of this "
+                f"command ({_short_names(own)}): left to go stale at {iso_ns(last)[:19]}Z "
+                "and be removed by the next prune or unlock that may delete"
+            )
+        others = [e for e in new if e["kind"] == "stale_lock"]
+        if others:
+            out.notice(
+                f"the storage refused to delete {counted(len(others), 'stale lock file')} "
+                f"of other processes ({_short_names(others)}): ignored; the next prune or "
+                "unlock that may delete removes them"
+            )
 
     def options(self, *, here: bool = True) -> RepoOptions:
         """How to reach and use repositories, from the global options; ``here``: for
@@ -198,16 +226,38 @@ class Globals:
 
     @contextmanager
     def locked(
-        self, repo: Repository, *, exclusive: bool, command: str
+        self, repo: Repository, *, exclusive: bool, command: str, deletes: bool = False
     ) -> Iterator[RepoLock | None]:
-        """Hold a shared or exclusive repository lock for the block (unless --no-lock)."""
+        """Hold a shared or exclusive repository lock for the block (unless --no-lock).
+
+        ``deletes``: the command must delete objects (prune, forget, repair, tag); on
+        storage that refuses deletes it fails here, before any work.  Other commands
+        work on such storage: the lock files it will not delete are left to go stale
+        and recorded in ``not_deleted``.
+        """
         if self.no_lock:
             yield None
             return
+        if deletes:
+            try:
+                repo.require_delete()
+            except AccessDenied as e:
+                raise DeleteRefused(command=command, detail=e.fields["detail"]) from e
         with repo.lock(
             exclusive=exclusive, command=command, wait=self.lock_wait, on_wait=self._lock_waiting
         ) as lock:
             yield lock
+        self.not_deleted.extend({"name": n, "kind": "stale_lock"} for n in lock.stale_kept)
+        for name, info in lock.left_behind:
+            stale_ns = info.time_ns + int(STALE_AFTER * 1e9)
+            self.not_deleted.append(
+                {
+                    "name": name,
+                    "kind": "lock",
+                    "stale_at": iso_ns(stale_ns),
+                    "stale_at_ns": stale_ns,
+                }
+            )
 
     def _retrying(
         self, operation: str, failed: int, delay: float, error: TransientBackendError
@@ -273,13 +323,32 @@ def new_password(password_file: str | None) -> bytes:
     return _not_empty(pw, "nothing was typed")
 
 
-def kdf_params(opslimit: int | None, memlimit: int | None) -> crypto.KdfParams:
-    """Argon2id parameters: libsodium's MODERATE unless overridden (tests use tiny costs)."""
-    return crypto.KdfParams.new(opslimit=opslimit, memlimit=memlimit)
+def kdf_params(
+    opslimit: int | None, memlimit: int | None, test_weak_kdf: bool = False
+) -> crypto.KdfParams:
+    """Argon2id parameters: the default unless overridden.  Costs below the minimum of
+    spec §4.2 are refused (WeakKdf, exit 2) unless the test suite's explicit switch
+    ``CAS_TEST_WEAK_KDF=1`` is set; costs over the readers' ceilings always are."""
+    if test_weak_kdf:
+        params = crypto.KdfParams.for_tests(
+            opslimit or crypto.DEFAULT_OPSLIMIT, memlimit or crypto.DEFAULT_MEMLIMIT
+        )
+    else:
+        params = crypto.KdfParams.new(opslimit=opslimit, memlimit=memlimit)
+    crypto.check_writer_costs(params)
+    return params
 
 
 def kdf_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--kdf-opslimit / --kdf-memlimit (hidden; for tests and slow machines)."""
+    """--kdf-opslimit / --kdf-memlimit (hidden; for slow machines, within the limits of
+    spec §4.2) and --test-weak-kdf (hidden; lets a test suite go below the minimum)."""
+    f = click.option(
+        "--test-weak-kdf",
+        is_flag=True,
+        envvar="CAS_TEST_WEAK_KDF",
+        hidden=True,
+        help="for test suites only: allow KDF costs below the minimum",
+    )(f)
     f = click.option(
         "--kdf-memlimit", type=int, envvar="CAS_KDF_MEMLIMIT", hidden=True, default=None
     )(f)
@@ -329,9 +398,12 @@ class Output:
         """
         self.clear_progress()
         self.g.warn_damaged(self)
+        self.g.warn_not_deleted(self)
         requests = self.g.requests()
         if requests is not None:
             doc.setdefault("requests", requests)
+        if self.g.not_deleted:
+            doc.setdefault("not_deleted", list(self.g.not_deleted))
         if (
             human is not None
             and requests
@@ -367,6 +439,11 @@ class Output:
     def warn(self, text: str) -> None:
         """A warning on stderr (always; JSON consumers also get them in the result)."""
         self.warnings.append(text)
+        self.clear_progress()
+        click.echo(f"warning: {text}", err=True)
+
+    def notice(self, text: str) -> None:
+        """A warning on stderr that leaves the exit code as it is (not in ``warnings``)."""
         self.clear_progress()
         click.echo(f"warning: {text}", err=True)
 
@@ -464,6 +541,19 @@ class Output:
         if self.progress_enabled and self._last_progress:
             click.echo("\r\x1b[K", nl=False, err=True)
             self._last_progress = 0.0
+
+
+def iso_ns(ns: int) -> str:
+    """UTC time with nanoseconds, RFC 3339 (``2026-12-06T16:40:00.123456789Z``)."""
+    sec, frac = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
+
+
+def _short_names(entries: list[dict[str, Any]]) -> str:
+    """``locks/1a2b3c4d, locks/5e6f7a8b`` (and how many more): lock files, short."""
+    names = [e["name"].rsplit("/", 1)[-1][:8] for e in entries]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return "locks/" + ", locks/".join(names[:3]) + more
 
 
 def clock_text(seconds: float) -> str:

@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="cas", standalone_mode=False)
         for g in _runs:
-            g.warn_damaged(Output(g))  # a command that printed nothing still warns
+            out = Output(g)  # a command that printed nothing still warns
+            g.warn_damaged(out)
+            g.warn_not_deleted(out)
         if any(g.degraded for g in _runs):
             sys.exit(EXIT_WARNINGS)
     except click.exceptions.Abort:

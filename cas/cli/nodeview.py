@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from cas.browse.nav import Entry
-from cas.cli.common import human_bytes
+from cas.cli.common import human_bytes, iso_ns
 from cas.format.snapshot import Snapshot
 from cas.format.tree import TYPE_BITS, Node
 
@@ -58,12 +58,6 @@ def json_path(path: bytes, key: str = "path") -> dict[str, str]:
 def st_mode(node: Node) -> int:
     """The node's type and permission bits as ``st_mode``."""
     return TYPE_BITS.get(node.type, 0) | (node.mode & 0o7777)
-
-
-def iso_ns(ns: int) -> str:
-    """UTC time with nanoseconds, RFC 3339 (``2026-12-06T16:40:00.123456789Z``)."""
-    sec, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac:09d}Z"
 
 
 def owner(node: Node) -> tuple[str, str]:

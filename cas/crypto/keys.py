@@ -24,12 +24,18 @@ import msgpack
 
 from cas.crypto.primitives import (
     KEY_SIZE,
+    SCHEME_PUBLIC,
     BlobType,
     FileDigest,
     blob_id,
     chunker_permutation,
+    chunker_window_key,
     open_sealed,
+    open_sealed_to_public,
     seal_buffer,
+    seal_to_public,
+    x25519_public,
+    x25519_secret,
 )
 from cas.errors import CasError, FormatError, UnsupportedVersion
 
@@ -68,6 +74,44 @@ class SecretKey:
         return "SecretKey(...)"  # never the key itself
 
 
+class DataKey(SecretKey):
+    """The data key: seals with scheme 0 and opens scheme 0 and scheme 1, the objects
+    sealed to the repository's public key (spec §5.5), whose secret it derives."""
+
+    __slots__ = ()
+
+    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+        """Verify and decrypt either scheme; IntegrityError if anything was altered."""
+        if len(sealed) and sealed[0] == SCHEME_PUBLIC:
+            return open_sealed_to_public(x25519_secret(self._key), sealed, ad, what)
+        return open_sealed(self._key, sealed, ad, what)
+
+    def __repr__(self) -> str:
+        return "DataKey(...)"
+
+
+class PublicSealer:
+    """Seals to the repository's X25519 public key (scheme 1, spec §5.5) and opens
+    nothing: the data domain of a key that may write but not read (spec §4.4)."""
+
+    __slots__ = ("_public",)
+
+    def __init__(self, public: bytes) -> None:
+        if len(public) != KEY_SIZE:
+            raise ValueError("bad public key size")
+        self._public = public
+
+    def seal(
+        self, plaintext: bytes | bytearray | memoryview, ad: bytes, nonce: bytes | None = None
+    ) -> bytearray:
+        """1 | ephemeral public key | nonce | ciphertext | tag."""
+        return bytearray(seal_to_public(self._public, plaintext, ad, None, nonce))
+
+    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+        """Refused: what is sealed to the public key opens only with the data key."""
+        raise KeyNotPermitted(action=f"open {what}: the key is write-only")
+
+
 def as_sealer(key: Sealer | bytes) -> Sealer:
     """A Sealer for ``key``; raw bytes (test vectors, tools) become a :class:`SecretKey`."""
     return SecretKey(key) if isinstance(key, bytes) else key
@@ -102,6 +146,10 @@ class KeyBase(ABC):
     @abstractmethod
     def chunker_permutation(self) -> bytes:
         """The secret byte permutation that keys chunk boundaries (spec §7)."""
+
+    @abstractmethod
+    def chunker_window_key(self) -> bytes:
+        """The AES key of the ``window-aes128`` chunker (spec §7.6)."""
 
     @abstractmethod
     def shares_ids_with(self, other: KeyBase) -> bool:
@@ -139,6 +187,10 @@ class _Identifying(KeyBase):
         """The permutation derived from chunker_key."""
         return chunker_permutation(self.chunker_key)
 
+    def chunker_window_key(self) -> bytes:
+        """The window chunker's AES key derived from chunker_key."""
+        return chunker_window_key(self.chunker_key)
+
 
 @dataclass(frozen=True)
 class MasterKeys(_Identifying):
@@ -166,8 +218,13 @@ class MasterKeys(_Identifying):
 
     @cached_property
     def data(self) -> Sealer:
-        """Seals and opens under data_key."""
-        return SecretKey(self.data_key)
+        """Seals under data_key; opens what it sealed and what was sealed to the
+        repository's public key (scheme 1)."""
+        return DataKey(self.data_key)
+
+    def public_key(self) -> bytes:
+        """The repository's X25519 public key (spec §5.5), derived from data_key."""
+        return x25519_public(x25519_secret(self.data_key))
 
     @cached_property
     def index(self) -> Sealer:

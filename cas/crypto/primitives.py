@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import blake3
@@ -21,7 +21,7 @@ import nacl.pwhash
 from nacl._sodium import ffi as _ffi
 from nacl._sodium import lib as _lib
 
-from cas.errors import FormatError, IntegrityError, UnsupportedVersion
+from cas.errors import FormatError, IntegrityError, UnsupportedVersion, UsageError
 
 KEY_SIZE = 32
 NONCE_SIZE = sodium.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
@@ -49,11 +49,23 @@ DEFAULT_MEMLIMIT = 32 << 20
 
 @dataclass(frozen=True)
 class KdfParams:
-    """Argon2id cost parameters and salt, recorded in each key file."""
+    """Argon2id cost parameters and salt, recorded in each key file.
+
+    ``test_only`` marks costs below the writers' minimum (spec §4.2) that a
+    test asked for explicitly (:meth:`for_tests`); writers refuse such costs
+    otherwise.  It is never stored.
+    """
 
     salt: bytes
     opslimit: int
     memlimit: int
+    test_only: bool = field(default=False, compare=False, repr=False)
+
+    @classmethod
+    def for_tests(cls, opslimit: int, memlimit: int) -> KdfParams:
+        """Fresh salt with costs that may be below the minimum: for test suites only,
+        where thousands of key files are made (the CLI's ``CAS_TEST_WEAK_KDF``)."""
+        return cls(os.urandom(nacl.pwhash.argon2id.SALTBYTES), opslimit, memlimit, True)
 
     @classmethod
     def new(cls, opslimit: int | None = None, memlimit: int | None = None) -> KdfParams:
@@ -72,10 +84,36 @@ class KdfParams:
         )
 
 
-# Cost ceilings a key file may ask for; a hostile key file must not make us
-# allocate unbounded memory or spin for hours before failing.
-MAX_OPSLIMIT = 64
-MAX_MEMLIMIT = 4 << 30
+# Cost ceilings a key file may ask for (spec §4.2); a hostile key file must not
+# make us allocate unbounded memory or spin for minutes before failing: 16 passes
+# over 1 GiB is about 10 s and 1 GiB at most per key file tried.
+MAX_OPSLIMIT = 16
+MAX_MEMLIMIT = 1 << 30
+# The least a writer may use (spec §4.2): 32 MiB and 512 MiB-passes (the default).
+MIN_MEMLIMIT = 32 << 20
+MIN_COST = 512 << 20
+
+
+class WeakKdf(UsageError):
+    """KDF costs {detail}"""
+
+
+def check_writer_costs(params: KdfParams) -> None:
+    """Refuse costs a writer must not use: below the minimum of spec §4.2 (unless the
+    params were made by :meth:`KdfParams.for_tests`) or above what readers accept."""
+    ops, mem = params.opslimit, params.memlimit
+    if not (1 <= ops <= MAX_OPSLIMIT and 8192 <= mem <= MAX_MEMLIMIT):
+        raise WeakKdf(
+            detail=f"out of range: at most {MAX_OPSLIMIT} passes over {MAX_MEMLIMIT >> 20} MiB"
+        )
+    if params.test_only:
+        return
+    if mem < MIN_MEMLIMIT or ops * mem < MIN_COST:
+        raise WeakKdf(
+            detail=f"too weak ({ops} passes over {mem >> 10} KiB): a key file needs at least "
+            f"{MIN_MEMLIMIT >> 20} MiB and passes x memory of {MIN_COST >> 20} MiB "
+            f"(the default is {DEFAULT_OPSLIMIT} passes over {DEFAULT_MEMLIMIT >> 20} MiB)"
+        )
 
 
 def derive_key(password: bytes, params: KdfParams) -> bytes:
@@ -89,6 +127,16 @@ def derive_key(password: bytes, params: KdfParams) -> bytes:
             KEY_SIZE, password, params.salt, opslimit=params.opslimit, memlimit=params.memlimit
         )
     )
+
+
+KEY_CHECK_SIZE = 16
+
+
+def key_check(kek: bytes) -> bytes:
+    """The password check value of a version 2 key file (spec §4.1): the first 16 bytes
+    of BLAKE3 keyed with the key-encryption key over ``cas.key.check.v2``.  It tells a
+    wrong password from a key file whose members were altered."""
+    return bytes(blake3.blake3(b"cas.key.check.v2", key=kek).digest(length=KEY_CHECK_SIZE))
 
 
 def seal(key: bytes, plaintext: bytes, ad: bytes, nonce: bytes | None = None) -> bytes:
@@ -165,6 +213,76 @@ def open_sealed(key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, w
     return bytes(out)
 
 
+# -- scheme 1: sealed to the repository's X25519 public key (spec §5.5) -------------
+
+SCHEME_PUBLIC = 1
+X25519_SIZE = 32
+PUBLIC_SEAL_OVERHEAD = 1 + X25519_SIZE + NONCE_SIZE + TAG_SIZE  # 73
+
+
+def x25519_secret(data_key: bytes) -> bytes:
+    """The repository's X25519 secret key: derived from the data key (spec §5.5), so
+    every full key file, old ones included, holds it without being rewritten."""
+    return bytes(blake3.blake3(b"cas.x25519.v1", key=data_key).digest())
+
+
+def x25519_public(secret: bytes) -> bytes:
+    """The X25519 public key of ``secret`` (what a write-only key file would hold)."""
+    return bytes(sodium.crypto_scalarmult_base(secret))
+
+
+def _object_key(shared: bytes, ephemeral: bytes, public: bytes) -> bytes:
+    material = shared + ephemeral + public
+    return bytes(blake3.blake3(material, derive_key_context="cas.scheme1.v1").digest())
+
+
+def seal_to_public(
+    public: bytes,
+    plaintext: bytes | bytearray | memoryview,
+    ad: bytes,
+    ephemeral_secret: bytes | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Scheme 1: 1 | ephemeral X25519 public key | nonce | ciphertext | tag, under a
+    per-object key from X25519(ephemeral, public); the sealer cannot open it again.
+    ``ephemeral_secret`` and ``nonce`` are only for test vectors."""
+    eph = ephemeral_secret if ephemeral_secret is not None else os.urandom(X25519_SIZE)
+    nonce = nonce if nonce is not None else os.urandom(NONCE_SIZE)
+    eph_public = x25519_public(eph)
+    try:
+        shared = bytes(sodium.crypto_scalarmult(eph, public))
+    except nacl.exceptions.RuntimeError:
+        raise ValueError("bad public key") from None
+    key = _object_key(shared, eph_public, public)
+    body = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(bytes(plaintext), ad, nonce, key)
+    return bytes((SCHEME_PUBLIC,)) + eph_public + nonce + body
+
+
+def open_sealed_to_public(
+    secret: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+) -> bytes:
+    """Verify and decrypt a scheme 1 string with the repository's X25519 secret key."""
+    sealed = bytes(sealed)
+    if len(sealed) < PUBLIC_SEAL_OVERHEAD:
+        raise IntegrityError(what=what, detail="too short to be sealed data")
+    if sealed[0] != SCHEME_PUBLIC:
+        raise UnsupportedVersion(what=what, version=f"(scheme {sealed[0]})", supported=1)
+    eph_public = sealed[1 : 1 + X25519_SIZE]
+    nonce = sealed[1 + X25519_SIZE : 1 + X25519_SIZE + NONCE_SIZE]
+    try:
+        shared = bytes(sodium.crypto_scalarmult(secret, eph_public))
+        key = _object_key(shared, eph_public, x25519_public(secret))
+        return bytes(
+            sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                sealed[1 + X25519_SIZE + NONCE_SIZE :], ad, nonce, key
+            )
+        )
+    except (nacl.exceptions.CryptoError, nacl.exceptions.RuntimeError):
+        raise IntegrityError(
+            what=what, detail="authentication failed (wrong key or altered data)"
+        ) from None
+
+
 def blob_ad(blob_type: BlobType, blob_id: bytes) -> bytes:
     """Associated data binding a sealed blob to its type and ID."""
     return b"cas.blob.v1" + bytes((blob_type,)) + blob_id
@@ -190,6 +308,16 @@ class FileDigest:
     def digest(self) -> bytes:
         """The 32-byte digest of everything fed so far."""
         return bytes(self._h.digest())
+
+
+def chunker_window_key(chunker_key: bytes) -> bytes:
+    """The 16-byte AES-128 key of the ``window-aes128`` chunker (spec/format.md §7.6).
+
+    The first 16 bytes of the BLAKE3 XOF keyed with chunker_key over
+    ``cas.chunker.window-aes128.v1``: independent of the permutation, which is
+    drawn from the same key under another context string.
+    """
+    return bytes(blake3.blake3(b"cas.chunker.window-aes128.v1", key=chunker_key).digest(length=16))
 
 
 def chunker_permutation(chunker_key: bytes) -> bytes:

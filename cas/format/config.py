@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cas import crypto
-from cas.chunking.chunker import ChunkerParams
+from cas.chunking.chunker import ALGORITHMS, ChunkerParams
 from cas.errors import FormatError, UnsupportedVersion
 from cas.format import FORMAT_VERSION
 from cas.format.codec import field, id_field, open_document, seal_document, shown
@@ -23,7 +23,6 @@ MAGIC = b"CASREPO"
 # Versions this cas reads; ``init`` writes FORMAT_VERSION (2), an existing version 1
 # repository stays version 1 (spec §16).
 VERSIONS = (1, 2)
-CHUNKER_ALGORITHM = "fastcdc-2016-permuted"
 DEFAULT_PACK_SIZE = 16 << 20
 
 
@@ -63,7 +62,7 @@ def encode_config(
         "v": cfg.version,
         "id": cfg.repo_id,
         "chunker": {
-            "algorithm": CHUNKER_ALGORITHM,
+            "algorithm": cfg.chunker.algorithm,
             "min": cfg.chunker.min_size,
             "avg": cfg.chunker.avg_size,
             "max": cfg.chunker.max_size,
@@ -85,12 +84,14 @@ def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
         raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
     doc = open_document(data_key, raw[:8], raw[8:], "config", version)
     ch = field(doc, "chunker", dict, "config")
-    if ch.get("algorithm") != CHUNKER_ALGORITHM:
-        raise FormatError(what="config", detail=f"unknown chunker {shown(ch.get('algorithm'))}")
+    algorithm = ch.get("algorithm")
+    if algorithm not in ALGORITHMS:
+        raise FormatError(what="config", detail=f"unknown chunker {shown(algorithm)}")
     params = ChunkerParams(
         field(ch, "min", int, "config"),
         field(ch, "avg", int, "config"),
         field(ch, "max", int, "config"),
+        str(algorithm),
     )
     try:
         params.validate()

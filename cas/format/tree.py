@@ -133,7 +133,8 @@ class Node:
             n.digest = _id_field(d, "digest", what)
         if "content" in d:
             n.content, n.sizes = _content(d, what)
-        if d.keys() <= _PLAIN:  # most file nodes: nothing more to look at
+        if d.keys() <= _PLAIN and typ == "file":  # most file nodes: nothing more to look at
+            _check_file(n, d, what)
             return n
         for k, typ_ in (("links", int), ("rdev", int), ("flags", int), ("target", bytes)):
             if k in d:
@@ -152,6 +153,7 @@ class Node:
             n.xattrs = [(x[0], x[1]) for x in xs]
         if not d.keys() <= _KNOWN:
             n.extra = {k: v for k, v in d.items() if k not in _KNOWN and isinstance(k, str)}
+        _check_kind(n, d, what)
         return n
 
 
@@ -170,6 +172,45 @@ _KNOWN = frozenset(f for f in Node.__dataclass_fields__ if f != "extra")
 # The keys of most file nodes: the required ones and user, group, digest, content
 # (no links, rdev, flags, target, subtree, xattrs or unknown keys).
 _PLAIN = frozenset({"name", "type", *_REQUIRED_INTS, "user", "group", "digest", "content", "sizes"})
+
+
+# The fields that only some node types may carry (spec §11.3, "Per-type rules"):
+# each present on a node of another type is refused.
+_ONLY_FOR = {
+    "content": ("file",),
+    "sizes": ("file",),
+    "digest": ("file",),
+    "subtree": ("dir",),
+    "target": ("symlink",),
+    "rdev": ("chardev", "blockdev"),
+}
+
+
+def _check_kind(n: Node, d: dict[Any, Any], what: str) -> None:
+    """The per-type rules of spec §11.3: what each type must have and must not have."""
+    for key, types in _ONLY_FOR.items():
+        if key in d and n.type not in types:
+            raise FormatError(what=what, detail=f"a {n.type} node with {key}")
+    if n.type == "file":
+        _check_file(n, d, what)
+    elif n.type == "dir":
+        if n.subtree is None:
+            raise FormatError(what=what, detail="a dir node without subtree")
+    elif n.type == "symlink":
+        if n.target is None:
+            raise FormatError(what=what, detail="a symlink node without target")
+        if n.size != len(n.target):
+            raise FormatError(what=what, detail="a symlink's size is not its target's length")
+    if n.type not in ("file", "symlink") and n.size != 0:
+        raise FormatError(what=what, detail=f"a {n.type} node with a size")
+
+
+def _check_file(n: Node, d: dict[Any, Any], what: str) -> None:
+    """A file has a content list exactly when it has a size, and the list adds up to it."""
+    if "sizes" in d and "content" not in d:
+        raise FormatError(what=what, detail="sizes without content")
+    if n.size != sum(n.sizes) or (n.size == 0) != (not n.content):
+        raise FormatError(what=what, detail="a file's content list does not add up to its size")
 
 
 def _id_field(d: dict[Any, Any], key: str, what: str) -> bytes:

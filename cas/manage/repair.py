@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 from cas.crypto import BlobType
-from cas.errors import CasError
+from cas.errors import CasError, FormatError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node, encode_tree
+from cas.format.tree import Node, decode_tree_docs, encode_tree
 from cas.repo import Repository
-from cas.walker import load_tree
 from cas.wording import counted
 
 STUB_TEXT = b"cas: this file could not be recovered: %d of its %d chunks are lost\n"
@@ -46,13 +45,20 @@ class _Rewriter:
         if tree_id in self.done:
             return self.done[tree_id]
         try:
-            nodes = load_tree(self.repo, tree_id)
+            docs = decode_tree_docs(self.repo.load_blob(BlobType.TREE, tree_id))
         except CasError:
             self.report.damaged_paths.append(f"{_text(path)}/ (directory contents lost)")
             new = self._save(BlobType.TREE, encode_tree([]))
             self.done[tree_id] = new
             return new
-        changed = False
+        nodes, changed = [], False
+        for doc in docs:
+            try:
+                nodes.append(Node.from_doc(doc))
+            except FormatError as e:  # an entry breaking spec §11.3 is dropped, not the rest
+                why = e.fields["detail"]
+                self.report.damaged_paths.append(f"{_text(path + b'/' + doc['name'])} ({why})")
+                changed = True
         for n in nodes:
             child = path + b"/" + n.name
             if n.subtree is not None:

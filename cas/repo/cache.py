@@ -85,6 +85,27 @@ class LocalCache:
         if due:
             self.evict()
 
+    def note(self, name: str) -> str | None:
+        """A small note kept beside the objects (``last-key``: the key file that opened
+        last), or None.  A note is a hint only: a wrong one costs time, never safety."""
+        try:
+            return (self.dir / "notes" / name).read_text(encoding="ascii")[:200]
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def set_note(self, name: str, text: str) -> None:
+        """Write a note (atomically); failures only cost the hint."""
+        path = self.dir / "notes" / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{name}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except OSError:
+            return
+
     def remove(self, kind: str, object_id: bytes) -> None:
         """Forget an object (deleted from the repository)."""
         with contextlib.suppress(OSError):

@@ -32,6 +32,8 @@ from cas.repo.cache import LocalCache, cache_dir_for
 from cas.repo.caching import CachingBackend
 from cas.repo.repository import Repository
 
+LAST_KEY = "last-key"  # the cache note naming the key file that opened last
+
 
 @dataclass(frozen=True)
 class RepoOptions:
@@ -119,8 +121,14 @@ def open_repository(
     """
     if raw_config is None:
         raw_config = read_config_version(backend)
-    unlocked = keyring.unlock(backend, password, raw_config)
     cache = backend.cache if isinstance(backend, CachingBackend) else None
+    # The key file that opened last time is tried first (spec §4.5): a storage provider
+    # that plants key files cannot make every open derive keys for them first.
+    last = cache.note(LAST_KEY) if cache is not None else None
+    first = layout.id_from_name(layout.KEYS + "/" + last) if last else None
+    unlocked = keyring.unlock(backend, password, raw_config, first)
+    if cache is not None and unlocked.key_id != first:
+        cache.set_note(LAST_KEY, unlocked.key_id.hex())
     return Repository(backend, unlocked.keys, unlocked.config, unlocked.key_id, cache)
 
 

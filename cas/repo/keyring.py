@@ -121,22 +121,67 @@ def remove_all_keys(backend: Backend) -> None:
         backend.delete(o.name)
 
 
-def unlock(backend: Backend, password: bytes, raw_config: bytes) -> Unlocked:
-    """Unlock with the first key file that ``password`` opens and that opens the config."""
-    names = [o.name for o in backend.list(layout.KEYS) if layout.id_from_name(o.name)]
-    if not names:
+class TooManyKeyFiles(WrongPassword):
+    """wrong password: no key file tried opens with it; {detail}"""
+
+
+# At most this many key files are tried for one password (spec §4.5): with the cost
+# ceilings of §4.2, a storage provider planting key files can cost a client a bounded time.
+MAX_TRIED = 32
+
+
+def _order(
+    backend: Backend, first: bytes | None
+) -> tuple[list[tuple[str, keyfmt.KeyFile | Exception]], int]:
+    """The key files to try, in order, and how many were listed: the remembered one
+    first, then the cheapest to derive (a planted costly file is tried last), at most
+    MAX_TRIED; a listed file larger than a key file can be is not read."""
+    listed = [o for o in backend.list(layout.KEYS) if layout.id_from_name(o.name) is not None]
+    if not listed:
         raise FormatError(what="repository", detail="it has no key files")
+    first_name = layout.key_name(first) if first is not None else None
+    listed.sort(key=lambda o: (o.name != first_name, o.name))
+    parsed: list[tuple[str, keyfmt.KeyFile | Exception]] = []
+    for o in listed[: MAX_TRIED * 2]:
+        try:
+            if o.size > keyfmt.MAX_SIZE:
+                raise FormatError(what="key file", detail=f"{o.name} is {o.size} bytes")
+            parsed.append(
+                (o.name, keyfmt.decode_keyfile(read_verified(backend, o.name, "key file")))
+            )
+        except (ObjectNotFound, IntegrityError, UnsupportedVersion) as e:
+            parsed.append((o.name, e))
+
+    def cost(item: tuple[str, keyfmt.KeyFile | Exception]) -> tuple[bool, int, str]:
+        name, kf = item
+        work = kf.kdf.opslimit * kf.kdf.memlimit if isinstance(kf, keyfmt.KeyFile) else 0
+        return (name != first_name, work, name)
+
+    return sorted(parsed, key=cost)[:MAX_TRIED], len(listed)
+
+
+def unlock(
+    backend: Backend, password: bytes, raw_config: bytes, first: bytes | None = None
+) -> Unlocked:
+    """Unlock with a key file that ``password`` opens and that opens the config, trying
+    ``first`` (the key file that opened last time) before the others."""
+    tried, listed = _order(backend, first)
     damaged: list[str] = []
+    altered: list[str] = []  # the password is right, the file was changed
     opened_elsewhere: list[str] = []  # the password opened these, but not the config
     vanished = 0
-    for name in sorted(names):
+    for name, kf in tried:
         try:
-            kf = keyfmt.decode_keyfile(read_verified(backend, name, "key file"))
+            if isinstance(kf, Exception):
+                raise kf
             keys = keyfmt.unlock(kf, password)
         except ObjectNotFound:
             vanished += 1  # removed by another client since the listing (cas key remove)
             continue
         except WrongPassword:
+            continue
+        except keyfmt.KeyFileAltered as e:
+            altered.append(f"{name}: {e.fields['detail']}")
             continue
         except (IntegrityError, UnsupportedVersion) as e:
             damaged.append(str(e))
@@ -151,13 +196,20 @@ def unlock(backend: Backend, password: bytes, raw_config: bytes) -> Unlocked:
         kid = layout.id_from_name(name)
         assert kid is not None
         return Unlocked(keys, cfg, kid)
+    if altered:
+        raise keyfmt.KeyFileAltered(detail="; ".join(altered))
     if opened_elsewhere:
         # The password is right, so this is damage (of the config, or a stray key file).
         raise IntegrityError(what="config", detail="; ".join(opened_elsewhere))
-    if damaged and len(damaged) == len(names) - vanished:
+    if damaged and len(damaged) == len(tried) - vanished:
         raise IntegrityError(what="key files", detail="; ".join(damaged))
-    if vanished == len(names):
+    if vanished == len(tried):
         raise FormatError(
             what="repository", detail="its key files were removed while it was opened"
+        )
+    if listed > len(tried):
+        raise TooManyKeyFiles(
+            detail=f"only {len(tried)} of the {listed} key files were tried (at most "
+            f"{MAX_TRIED}); remove key files that are not in use ('cas key list')"
         )
     raise WrongPassword()

@@ -21,6 +21,14 @@ once when it was written on this host by a process that no longer exists.
 Holders refresh their lock every ``REFRESH_EVERY`` from a daemon thread and
 declare it lost (``check_alive`` raises) before others could call it stale,
 so a long prune stops rather than run on after its lock was taken over.
+
+Storage that refuses deletes (credentials without delete permission,
+docs/deploy.md) does not stop a holder: a lock file the store will not
+remove (AccessDenied) is left behind to go stale on time, as a crashed
+holder's would, and listed in ``RepoLock.left_behind``; stale locks of
+others it cannot remove are ignored as before and listed in
+``RepoLock.stale_kept``.  Commands that must delete call ``require_delete``
+before they take their lock, so they fail before doing any work.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import NamedTuple
 
 from cas import crypto, failpoints
 from cas.backend.base import Backend, ReadBackend
-from cas.errors import CasError, LockedError, ObjectNotFound
+from cas.errors import AccessDenied, CasError, LockedError, ObjectNotFound
 from cas.format.lock import LockInfo, decode_lock, encode_lock
 from cas.ids import storage_id
 from cas.repo import layout
@@ -60,6 +68,7 @@ __all__ = [
     "pid_alive",
     "remove_all",
     "remove_stale",
+    "require_delete",
     "scan_locks",
 ]
 
@@ -222,6 +231,38 @@ def remove_all(backend: Backend) -> list[str]:
     return names
 
 
+PROBE_COMMAND = "delete-probe"
+
+
+def require_delete(
+    backend: Backend,
+    lock_key: crypto.Sealer | bytes,
+    *,
+    clock: Clock = time.time_ns,
+    identity: Identity | None = None,
+) -> None:
+    """Raise AccessDenied if the storage refuses this client's deletes.
+
+    A command that must delete calls this before it takes its lock.  It
+    writes a shared lock file with command ``delete-probe`` and deletes it:
+    a file that a refusal leaves behind blocks no prune (which reads the
+    command, spec §13.5), is no snapshot writer, and goes stale like any
+    lock of a process that stopped.  Probing with the command's own lock
+    would leave, say, a ``prune`` lock that stops every prune for 10 minutes.
+    """
+    me = identity or Identity.current()
+    now = clock()
+    info = LockInfo(me.hostname, me.username, me.pid, now, False, PROBE_COMMAND, started_ns=now)
+    raw = encode_lock(info, lock_key)
+    name = layout.lock_name(storage_id(raw))
+    backend.write(name, raw)
+    try:
+        backend.delete(name)
+    except AccessDenied as err:
+        short = name.rsplit("/", 1)[-1][:8]
+        raise AccessDenied(f"it refused to delete lock file {short}, a probe") from err
+
+
 def acquire(
     backend: Backend,
     lock_key: crypto.Sealer | bytes,
@@ -252,7 +293,7 @@ def acquire(
     delay = _FIRST_RETRY
     while True:
         try:
-            name, info, unreadable = _try_acquire(
+            name, info, unreadable, kept = _try_acquire(
                 backend,
                 lock_key,
                 me,
@@ -272,6 +313,7 @@ def acquire(
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
         delay = min(delay * 2, _MAX_RETRY)
     lock = RepoLock(backend, lock_key, name, info, clock, unreadable)
+    lock.stale_kept = kept
     lock._start(refresh_every)
     return lock
 
@@ -285,13 +327,18 @@ def _try_acquire(
     command: str,
     clock: Clock,
     alive: PidCheck,
-) -> tuple[str, LockInfo, list[tuple[str, str]]]:
-    """One attempt of the list / write / list-again protocol; LockedError on conflict."""
+) -> tuple[str, LockInfo, list[tuple[str, str]], list[str]]:
+    """One attempt of the list / write / list-again protocol; LockedError on conflict.
+
+    Returns our lock's name and content, the unreadable lock files, and the
+    stale ones the store refused to delete.
+    """
     before = scan_locks(backend, lock_key, clock=clock, pid_alive=alive, hostname=me.hostname)
+    kept: list[str] = []
     for entry in before.entries:
-        if entry.stale:
-            # Best effort: the file is ignored as stale whether or not it goes.
-            _delete_quietly(backend, entry.name)
+        # Best effort: the file is ignored as stale whether or not it goes.
+        if entry.stale and not _delete_quietly(backend, entry.name):
+            kept.append(entry.name)
     _raise_on_conflict(before.entries, exclusive, clock())
 
     now = clock()
@@ -316,7 +363,7 @@ def _try_acquire(
         _delete_quietly(backend, name)
         raise
     unreadable = sorted(set(before.unreadable) | set(after.unreadable))
-    return name, info, unreadable
+    return name, info, unreadable, kept
 
 
 def _raise_on_conflict(entries: Iterable[LockEntry], exclusive: bool, now_ns: int) -> None:
@@ -352,10 +399,18 @@ def _format_age(ns: int) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _delete_quietly(backend: Backend, name: str) -> None:
-    """Delete during cleanup, where a failure must not hide the error being raised."""
-    with contextlib.suppress(CasError):
+def _delete_quietly(backend: Backend, name: str) -> bool:
+    """Delete during cleanup, where a failure must not hide the error being raised.
+
+    Returns False only when the store refused the delete (AccessDenied).
+    """
+    try:
         backend.delete(name)
+    except AccessDenied:
+        return False
+    except CasError:
+        pass
+    return True
 
 
 class RepoLock:
@@ -392,6 +447,12 @@ class RepoLock:
         self._last_error: BaseException | None = None
         self._released = False
         self._leftovers: list[str] = []  # our old lock files whose deletion failed
+        # Lock files of ours the store refused to delete (AccessDenied): left to go
+        # stale, STALE_AFTER after the time in each, and not tried again.
+        self.left_behind: list[tuple[str, LockInfo]] = []
+        # Stale lock files of others that could not be deleted when acquiring.
+        self.stale_kept: list[str] = []
+        self._infos: dict[str, LockInfo] = {name: info}
 
     @property
     def name(self) -> str:
@@ -429,7 +490,8 @@ class RepoLock:
         """Stop refreshing and delete the lock file; a second call only retries failed deletes.
 
         Raises BackendError if a lock file could not be deleted (it becomes
-        stale by itself once this process has ended).
+        stale by itself once this process has ended); a delete the store refuses
+        (AccessDenied) is no error: the file is added to ``left_behind``.
         """
         self._stop.set()
         thread = self._thread
@@ -501,6 +563,7 @@ class RepoLock:
                 raise
             self._leftovers.append(self._name)
             self._name, self._info = new_name, info
+            self._infos[new_name] = info
             self._last_error = None
             self._delete_leftovers(raise_errors=False)
 
@@ -522,9 +585,14 @@ class RepoLock:
         for name in self._leftovers:
             try:
                 self._backend.delete(name)
+            except AccessDenied:
+                # Never removable by us: it goes stale by its time, like a crashed holder's.
+                self.left_behind.append((name, self._infos[name]))
             except CasError as err:
                 failed.append(name)
                 error = err
+            else:
+                self._infos.pop(name, None)
         self._leftovers = failed
         if error is not None and raise_errors:
             raise error

@@ -312,7 +312,8 @@ def execute_prune(
         )
     elif result.deferred_packs:
         result.deferred_because = (
-            "a backup that started before the packs were marked is still running; "
+            "a backup that started before the packs were marked is still running "
+            "(or left a lock file it could not delete, live for up to 10 minutes); "
             "the next prune after it finishes deletes them"
         )
     result.leftovers_aborted = _remove_leftovers(repo, progress)

@@ -22,7 +22,7 @@ from cas import crypto, failpoints
 from cas.backend.accounting import AccountingBackend, PriceTable
 from cas.backend.base import Backend
 from cas.backend.stack import find_layer, request_summary, storage_class
-from cas.chunking.chunker import Chunker
+from cas.chunking.chunker import StreamChunker, make_chunker
 from cas.crypto import BlobType
 from cas.errors import (
     FormatError,
@@ -141,9 +141,9 @@ class Repository:
 
     # -- chunking and IDs -----------------------------------------------------------
 
-    def chunker(self) -> Chunker:
-        """A chunker keyed for this repository."""
-        return Chunker(self.keys.chunker_permutation(), self.config.chunker)
+    def chunker(self) -> StreamChunker:
+        """A chunker keyed for this repository, of its config's algorithm."""
+        return make_chunker(self.keys, self.config.chunker)
 
     def file_digest(self) -> crypto.FileDigest:
         """A fresh keyed whole-file digest."""
@@ -442,6 +442,10 @@ class Repository:
             wait=wait,
             on_wait=on_wait,
         )
+
+    def require_delete(self) -> None:
+        """Raise AccessDenied if the storage refuses deletes (see :func:`locks.require_delete`)."""
+        locks.require_delete(self.backend, self.keys.index)
 
     def scan_locks(self) -> locks.LockScan:
         """Every lock file, decoded (unreadable ones listed apart)."""

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import blake3
 import msgpack
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
@@ -118,6 +120,37 @@ def unseal(key: bytes, sealed: bytes, ad: bytes) -> bytes:
         return aead.decrypt(inner, sealed[25:], ad)
     except InvalidTag:
         raise Tampered("AEAD tag") from None
+
+
+# -- §5.5 scheme 1: sealed to the repository's X25519 public key -----------------------
+
+
+def x25519_keys(data_key: bytes) -> tuple[bytes, bytes]:
+    """(secret, public): the secret is BLAKE3 keyed with the data key over cas.x25519.v1."""
+    secret = blake3.blake3(b"cas.x25519.v1", key=data_key).digest()
+    public = X25519PrivateKey.from_private_bytes(secret).public_key().public_bytes_raw()
+    return secret, public
+
+
+def unseal_scheme1(data_key: bytes, sealed: bytes, ad: bytes) -> bytes:
+    if len(sealed) < 1 + 32 + 24 + 16:
+        raise Tampered("too short")
+    if sealed[0] != 1:
+        raise Newer(f"scheme {sealed[0]}")
+    secret, public = x25519_keys(data_key)
+    ephemeral, nonce, body = sealed[1:33], sealed[33:57], sealed[57:]
+    try:
+        shared = X25519PrivateKey.from_private_bytes(secret).exchange(
+            X25519PublicKey.from_public_bytes(ephemeral)
+        )
+    except ValueError:  # an all-zero shared secret (a low-order point)
+        raise Tampered("low-order ephemeral key") from None
+    key = blake3.blake3(shared + ephemeral + public, derive_key_context="cas.scheme1.v1").digest()
+    aead, inner = _xchacha(key, nonce)
+    try:
+        return aead.decrypt(inner, body, ad)
+    except InvalidTag:
+        raise Tampered("scheme 1 tag") from None
 
 
 # -- §4.2 key derivation ------------------------------------------------------------
@@ -212,6 +245,7 @@ class ChunkParams:
     min: int
     avg: int
     max: int
+    algorithm: str = "fastcdc-2016-permuted"
 
     @property
     def bits(self) -> int:
@@ -240,19 +274,28 @@ def chunk_ends(data: bytes, perm: list[int], p: ChunkParams, final: bool = True)
     """
     permuted = data.translate(bytes(perm))
     gear = GEAR
-    ends: list[int] = []
-    start = 0
-    while start < len(permuted):
-        n = min(len(permuted) - start, p.max)
+
+    def search(start: int, n: int) -> int:
         i = min(p.min, n)
         h = 0
-        cut = 0
         while i < n:
             h = (h >> 1) + gear[permuted[start + i]]
             if h & (p.mask_s if i < p.center else p.mask_l) == 0:
-                cut = i + 1
-                break
+                return i + 1
             i += 1
+        return 0
+
+    return _ends(len(data), p, search, final)
+
+
+def _ends(size: int, p: ChunkParams, search: Callable[[int, int], int], final: bool) -> list[int]:
+    """Chunk after chunk (§7.3, §7.6): ``search(start, n)`` is the cut's length, or 0
+    when none of the ``n`` bytes in view makes one."""
+    ends: list[int] = []
+    start = 0
+    while start < size:
+        n = min(size - start, p.max)
+        cut = search(start, n)
         if not cut:
             if not final and n < p.max:
                 break  # the prefix ended before a cut was found
@@ -260,6 +303,36 @@ def chunk_ends(data: bytes, perm: list[int], p: ChunkParams, final: bool = True)
         start += cut
         ends.append(start)
     return ends
+
+
+def window_key(chunker_key: bytes) -> bytes:
+    """§7.6: the AES-128 key, 16 bytes of BLAKE3's keyed XOF over a context string."""
+    return blake3.blake3(b"cas.chunker.window-aes128.v1", key=chunker_key).digest(length=16)
+
+
+def window_chunk_ends(data: bytes, aes_key: bytes, p: ChunkParams, final: bool = True) -> list[int]:
+    """§7.6: cut after the first length l >= min where AES-128-decrypt of the 16 bytes
+    before it, XOR the 16 bytes before those, starts with four bytes that, read
+    big-endian, are below 2^32 // max(avg - min, 1); else at max or the end of the stream."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    aes = Cipher(algorithms.AES(aes_key), modes.ECB()).decryptor()
+    threshold = 2**32 // max(p.avg - p.min, 1)
+
+    def search(start: int, n: int) -> int:
+        length = p.min
+        while length <= n:
+            batch = range(length, min(length + 4096, n + 1))
+            out = aes.update(b"".join(data[start + x - 16 : start + x] for x in batch))
+            for k, x in enumerate(batch):
+                value = int.from_bytes(out[16 * k : 16 * k + 4], "big")
+                before = int.from_bytes(data[start + x - 32 : start + x - 28], "big")
+                if value ^ before < threshold:
+                    return x
+            length = batch.stop
+        return 0
+
+    return _ends(len(data), p, search, final)
 
 
 # -- §8 payloads ------------------------------------------------------------------------
@@ -397,7 +470,7 @@ def open_config(data: bytes, data_key: bytes) -> Config:
         require(doc["padding"] == "padme", f"padding {doc['padding']!r}")
     ch = doc.get("chunker")
     require(isinstance(ch, dict), "config chunker")
-    if ch.get("algorithm") != "fastcdc-2016-permuted":
+    if ch.get("algorithm") not in ("fastcdc-2016-permuted", "window-aes128"):
         raise Malformed(f"chunker algorithm {ch.get('algorithm')!r}")
     lo, avg, hi = ch.get("min"), ch.get("avg"), ch.get("max")
     require(all(_is_int(v) for v in (lo, avg, hi)), "chunker sizes")
@@ -406,7 +479,7 @@ def open_config(data: bytes, data_key: bytes) -> Config:
     pack_size = doc.get("pack_size")
     require(_is_int(pack_size) and 1 << 20 <= pack_size <= 1 << 30, "pack_size")
     require(_is_id(doc.get("id")), "repository id")
-    return Config(doc["id"], ChunkParams(lo, avg, hi), pack_size, doc, version)
+    return Config(doc["id"], ChunkParams(lo, avg, hi, ch["algorithm"]), pack_size, doc, version)
 
 
 # -- §4 key files ----------------------------------------------------------------------------
@@ -422,33 +495,63 @@ class MasterKeys:
     chunker: bytes
 
 
+KEYFILE_MAX = 64 << 10  # §4.1
+KEY_CHECK_CONTEXT = b"cas.key.check.v2"
+
+
+def key_check(kek: bytes) -> bytes:
+    """§4.1: the first 16 bytes of BLAKE3 keyed with the KEK over ``cas.key.check.v2``."""
+    return blake3.blake3(KEY_CHECK_CONTEXT, key=kek).digest(length=16)
+
+
 def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
+    require(len(text) <= KEYFILE_MAX, "key file too large")
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise Malformed("key file is not JSON") from None
     require(isinstance(doc, dict), "key file is not an object")
-    if doc.get("version") != 1:
-        raise Newer(f"key file version {doc.get('version')!r}")
+    version = doc.get("version")
+    if not _is_int(version) or version not in (1, 2):
+        raise Newer(f"key file version {version!r}")
     if doc.get("type") != "full":
         raise Newer(f"key type {doc.get('type')!r}")
     kdf = doc.get("kdf")
     require(isinstance(kdf, dict), "kdf")
     require(kdf.get("algorithm") == "argon2id", f"kdf {kdf.get('algorithm')!r}")
     ops, mem = kdf.get("opslimit"), kdf.get("memlimit")
-    require(_is_int(ops) and 1 <= ops <= 64, "opslimit")
-    require(_is_int(mem) and 8192 <= mem <= 4 << 30, "memlimit")
+    require(_is_int(ops) and 1 <= ops <= 16, "opslimit")
+    require(_is_int(mem) and 8192 <= mem <= 1 << 30, "memlimit")
     try:
         salt = base64.b64decode(kdf.get("salt", ""), validate=True)
         sealed = base64.b64decode(doc.get("keys", ""), validate=True)
+        check = base64.b64decode(doc["check"], validate=True) if "check" in doc else None
     except (ValueError, TypeError):
         raise Malformed("base64") from None
     require(len(salt) == 16, "salt length")
+    if version == 1:
+        require(check is None, "a version 1 key file has no check value")
+        ad = b"cas.key.v1"
+    else:
+        require(check is not None and len(check) == 16, "check value")
+        info = {k: doc.get(k) for k in ("created", "hostname", "username")}
+        require(all(isinstance(v, str) for v in info.values()), "informational members")
+        bound = {
+            **info,
+            "kdf": {"algorithm": "argon2id", "memlimit": mem, "opslimit": ops, "salt": salt},
+            "type": "full",
+            "version": 2,
+        }
+        ad = b"cas.key.v2" + pack_canonical(bound)
     kek = derive_kek(password, salt, ops, mem)
+    if check is not None and key_check(kek) != check:
+        raise BadPassword("the check value does not match")
     try:
-        plain = unseal(kek, sealed, b"cas.key.v1")
+        plain = unseal(kek, sealed, ad)
     except Tampered:
-        raise BadPassword("the key file does not open") from None
+        if version == 1:
+            raise BadPassword("the key file does not open") from None
+        raise  # the password is right: the file was altered
     keys = unpack(plain)
     require(isinstance(keys, dict), "master keys")
     for name in MASTER_KEYS:
@@ -602,12 +705,37 @@ def _check_node(n: Any) -> dict[str, Any]:
         require(isinstance(n["content"], list) and all(_is_id(c) for c in n["content"]), "content")
         require(isinstance(n["sizes"], list) and all(_is_int(s) for s in n["sizes"]), "sizes")
         require(len(n["content"]) == len(n["sizes"]), "content and sizes lengths")
-    if n["type"] == "dir":
-        require("subtree" in n, "directory without subtree")
-    if n["type"] == "symlink":
+    _check_type_rules(n)
+    return n  # type: ignore[no-any-return]
+
+
+# §11.3 per-type rules: the fields a type may carry, and what each type needs.
+_ONLY_FOR = {
+    "content": {"file"},
+    "sizes": {"file"},
+    "digest": {"file"},
+    "subtree": {"dir"},
+    "target": {"symlink"},
+    "rdev": {"chardev", "blockdev"},
+}
+
+
+def _check_type_rules(n: dict[str, Any]) -> None:
+    kind = n["type"]
+    for key, kinds in _ONLY_FOR.items():
+        require(key not in n or kind in kinds, f"{key} on a {kind}")
+    if kind == "file":
+        sizes = n.get("sizes", [])
+        require(sum(sizes) == n["size"], "file sizes do not add up")
+        require((n["size"] > 0) == bool(n.get("content")), "file content and size")
+    elif kind == "symlink":
         target = n.get("target")
         require(isinstance(target, bytes) and target and b"\0" not in target, "symlink target")
-    return n  # type: ignore[no-any-return]
+        require(n["size"] == len(target), "symlink size")
+    else:
+        require(n["size"] == 0, f"size of a {kind}")
+        if kind == "dir":
+            require("subtree" in n, "directory without subtree")
 
 
 def decode_tree(plaintext: bytes) -> list[dict[str, Any]]:

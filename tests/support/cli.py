@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Argon2id at its cheapest: tests create many key files.  The local cache
-# goes to a directory of this test session, never to the user's ~/.cache.
+# Argon2id at its cheapest: tests create many key files (below the writers' minimum,
+# so through the explicit test-only switch).  The local cache goes to a directory of
+# this test session, never to the user's ~/.cache.
 TEST_ENV = {
+    "CAS_TEST_WEAK_KDF": "1",
     "CAS_KDF_OPSLIMIT": "1",
     "CAS_KDF_MEMLIMIT": str(8 << 20),
     "CAS_CACHE_DIR": tempfile.mkdtemp(prefix="cas-test-cache-"),

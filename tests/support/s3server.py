@@ -12,6 +12,7 @@ Fixtures: ``s3_server`` (endpoint URL), ``s3_bucket`` (a fresh bucket name),
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import subprocess
@@ -159,3 +160,33 @@ def _wait_until_serving(process: subprocess.Popen[bytes], port: int) -> bool:
         finally:
             connection.close()
     return False
+
+
+def enforce_iam(endpoint: str, policies: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Make IAM users with these inline policies on the moto server at ``endpoint``, then
+    turn on moto's IAM enforcement (its ``reset-auth`` API with a count of 0): from then
+    on it answers every request as AWS would for the user that signed it.
+
+    Returns each user's (access key, secret).  Only for a server of its own: the session
+    server's fake credentials name no IAM user, so enforcement would lock them out.
+    """
+    session = new_session(
+        aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )
+    iam = session.client("iam", endpoint_url=endpoint)
+    keys: dict[str, tuple[str, str]] = {}
+    for user, policy in policies.items():
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="cas", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        keys[user] = (key["AccessKeyId"], key["SecretAccessKey"])
+    port = int(endpoint.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", "/moto-api/reset-auth", body=b"0")
+        reply = connection.getresponse()
+        reply.read()
+        assert reply.status == 200, reply.status
+    finally:
+        connection.close()
+    return keys

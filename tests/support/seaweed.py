@@ -12,7 +12,8 @@ in one process; every port it opens is chosen free on 127.0.0.1 and bound
 there only, and telemetry is off.
 
 Fixtures: ``seaweed_server`` (an object with the endpoint, the credentials
-of an admin and of a read-only identity, and a shared bucket),
+of an admin, of a read-only identity and of a writer whose deletes a bucket
+policy can refuse, and a shared bucket),
 ``seaweed_bucket`` (a fresh bucket; the first write to a new bucket costs
 SeaweedFS ~0.2 s to grow a volume, so tests that only need isolation use
 a fresh prefix in the shared bucket instead: ``seaweed_prefix``).
@@ -44,6 +45,11 @@ ADMIN_KEY = FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"]
 ADMIN_SECRET = FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"]
 READER_KEY = "reader"
 READER_SECRET = "reader-secret"
+# An identity that may read, write and list; the bucket policy of
+# ``deny_deletes`` takes deleting away from it (a backup-only user).
+WRITER_NAME = "cas-test-writer"
+WRITER_KEY = "writer"
+WRITER_SECRET = "writer-secret"
 _STARTUP_DEADLINE = 60.0
 _START_ATTEMPTS = 3
 # Ports weed mini opens: each HTTP port and its gRPC port, set explicitly so
@@ -75,6 +81,27 @@ class SeaweedServer:
         )
         config.setdefault("s3", {"addressing_style": "path"})
         return session.client("s3", endpoint_url=self.endpoint, config=Config(**config))
+
+    def deny_deletes(self, bucket: str, user: str = WRITER_NAME) -> None:
+        """Give ``bucket`` a policy that refuses deletes to identity ``user`` only.
+
+        SeaweedFS identities cannot write without deleting (its ``Write`` action
+        covers both), but it enforces bucket policies as AWS does: a Deny of
+        s3:DeleteObject for the principal ``arn:aws:iam::<account>:user/<name>``.
+        """
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "BackupOnlyMayNotDelete",
+                    "Effect": "Deny",
+                    "Principal": {"AWS": f"arn:aws:iam::000000000000:user/{user}"},
+                    "Action": ["s3:DeleteObject", "s3:DeleteObjectVersion"],
+                    "Resource": [f"arn:aws:s3:::{bucket}/*"],
+                }
+            ],
+        }
+        self.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
     def new_bucket(self) -> str:
         """Create a uniquely named bucket and return its name."""
@@ -200,6 +227,11 @@ def _identities() -> dict[str, Any]:
                 "name": "cas-test-reader",
                 "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
                 "actions": ["Read", "List"],
+            },
+            {
+                "name": WRITER_NAME,
+                "credentials": [{"accessKey": WRITER_KEY, "secretKey": WRITER_SECRET}],
+                "actions": ["Read", "Write", "List"],
             },
         ]
     }

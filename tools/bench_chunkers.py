@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Throughput of the two chunker algorithms, and the new one's chunk sizes (spec §7.6).
+
+    taskset -c 1 python tools/bench_chunkers.py [--mib 32] [--runs 9] [--ciphers]
+
+Alternates the two over the same random data (one process, one core), prints
+the median of the runs of each in CPU time of the process (``process_time``, so
+other work on a shared core does not make them look slower), then the chunk-length statistics of
+``window-aes128`` at the default sizes over the data; with ``--ciphers``, first
+the rates of AES-128 ECB encryption and CBC decryption over 64 KiB buffers (why
+the chunker decrypts).  Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from cas import crypto
+from cas.chunking.chunker import PERMUTED, Chunker, ChunkerParams, WindowChunker
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--ciphers", action="store_true", help="AES ECB and CBC rates first")
+    args = ap.parse_args()
+    if args.ciphers:
+        ciphers()
+    data = os.urandom(args.mib << 20)
+    key = os.urandom(32)
+    chunkers = {
+        PERMUTED: Chunker(crypto.chunker_permutation(key), ChunkerParams(algorithm=PERMUTED)),
+        "window-aes128": WindowChunker(crypto.chunker_window_key(key), ChunkerParams()),
+    }
+    times: dict[str, list[float]] = {name: [] for name in chunkers}
+    for _ in range(args.runs):
+        for name, chunker in chunkers.items():
+            t = time.process_time()
+            chunker.cut_points(data)
+            times[name].append(time.process_time() - t)
+    for name, ts in times.items():
+        print(f"{name}: median {len(data) / statistics.median(ts) / 1e9:.3f} GB/s")
+    ends = chunkers["window-aes128"].cut_points(data)
+    lengths = [e - s for s, e in zip([0, *ends], ends, strict=False)][:-1]
+    kib = [n / 1024 for n in lengths]
+    print(
+        f"window-aes128 chunks: {len(kib)}, mean {statistics.mean(kib):.0f} KiB, "
+        f"median {statistics.median(kib):.0f} KiB, min {min(kib):.0f}, max {max(kib):.0f}"
+    )
+
+
+def ciphers() -> None:
+    block, out = os.urandom(64 << 10), bytearray((64 << 10) + 16)
+    key = os.urandom(16)
+    for name, ctx in (
+        ("AES-128-ECB encrypt", Cipher(algorithms.AES(key), modes.ECB()).encryptor()),
+        ("AES-128-CBC decrypt", Cipher(algorithms.AES(key), modes.CBC(bytes(16))).decryptor()),
+    ):
+        t = time.process_time()
+        for _ in range(4096):
+            ctx.update_into(block, out)
+        print(f"{name}: {4096 * len(block) / (time.process_time() - t) / 1e9:.1f} GB/s")
+
+
+if __name__ == "__main__":
+    main()
