@@ -38,13 +38,22 @@ def test_the_attack_recovers_nothing_against_window_aes128(tmp_path: Path) -> No
 
 def test_the_provider_view_is_lengths_plus_a_constant(tmp_path: Path) -> None:
     """The log the attack works from: one ranged read per blob, sealed length = chunk
-    length + the sealing overhead (§5, §8), summing to the file's size."""
+    length + the sealing overhead (§5, §8), summing to the file's size (a version 1
+    repository: version 2 reads whole 64 KiB units, §9.6, checked at the end)."""
     repo = tmp_path / "repo"
     chunk_attack.cas("init", "-r", repo, "--chunk-min", 2048, "--chunk-avg", 8192,
-                     "--chunk-max", 32768)  # fmt: skip
+                     "--chunk-max", 32768, "--format-version", 1)  # fmt: skip
     f = tmp_path / "src" / "f.bin"
     f.parent.mkdir()
     f.write_bytes(bytes(range(256)) * 400)
     lengths = chunk_attack.logged_read_lengths(repo, chunk_attack.back_up(repo, f), "f.bin")
     overhead, rest = divmod(sum(lengths) - 256 * 400, len(lengths))
     assert len(lengths) > 3 and rest == 0 and 0 < overhead < 100
+    # the same file in a version 2 repository: every read is a whole 64 KiB unit or runs
+    # to the pack's end, whatever the chunk: no read has a chunk's length
+    v2 = tmp_path / "v2"
+    chunk_attack.cas("init", "-r", v2, "--chunk-min", 2048, "--chunk-avg", 8192,
+                     "--chunk-max", 32768)  # fmt: skip
+    v2_lengths = chunk_attack.logged_read_lengths(v2, chunk_attack.back_up(v2, f), "f.bin")
+    assert len(v2_lengths) == len(lengths) and len(set(v2_lengths)) <= 2
+    assert not set(v2_lengths) & set(lengths)

@@ -301,6 +301,9 @@ def run(algorithm: str, workdir: Path, seed: int = 1) -> Outcome:
     cas(
         "init", "-r", repo, "--chunk-min", PARAMS.min_size, "--chunk-avg", PARAMS.avg_size,
         "--chunk-max", PARAMS.max_size, "--chunker", algorithm,
+        # a version 1 repository: its blob reads have exact lengths (version 2 reads
+        # whole 64 KiB units, spec §9.6), the worst case the chunker must stand alone
+        "--format-version", "1",
     )  # fmt: skip
     data, order = chosen_file(seed)
     planted = workdir / "planted" / "chosen.bin"

@@ -49,6 +49,9 @@ def register(cli: click.Group) -> None:
     help="Pad every stored blob (Padmé: at most 12% larger) so its size tells the "
     "storage provider less.",
 )
+# Test-only: a version 1 repository as cas 0.1 made it (exact ranged reads: the
+# chosen-file attack harness, tools/chunk_attack.py, models that worst case).
+@click.option("--format-version", type=click.IntRange(1, 2), default=2, hidden=True)
 @click.option("--create-bucket", is_flag=True, help="Create the S3 bucket if it does not exist.")
 @click.option(
     "--force", is_flag=True, help="Create the repository even where other files are stored."
@@ -62,6 +65,7 @@ def init(
     from_password_file: str | None,
     create_bucket: bool,
     padding: str,
+    format_version: int,
     force: bool,
     pack_size: int,
     chunk_min: int,
@@ -96,6 +100,7 @@ def init(
         share_ids_with=source,
         among_other_files=force,
         padding=None if padding == "none" else padding,
+        version=format_version,
     )
     doc = {
         "repository": backend.location,

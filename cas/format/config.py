@@ -17,7 +17,15 @@ from cas.format import FORMAT_VERSION
 from cas.format.codec import field, id_field, open_document, seal_document, shown
 from cas.format.pack import PADDINGS, PackFormat
 
-__all__ = ["PADDINGS", "VERSIONS", "Config", "decode_config", "encode_config", "header"]
+__all__ = [
+    "FORMAT_VERSION",
+    "PADDINGS",
+    "VERSIONS",
+    "Config",
+    "decode_config",
+    "encode_config",
+    "header",
+]
 
 MAGIC = b"CASREPO"
 # Versions this cas reads; ``init`` writes FORMAT_VERSION (2), an existing version 1

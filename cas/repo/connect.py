@@ -142,6 +142,7 @@ def init_repository(
     share_ids_with: Repository | None = None,
     among_other_files: bool = False,
     padding: str | None = None,
+    version: int = configfmt.FORMAT_VERSION,
 ) -> Repository:
     """Create a new repository: fresh master keys, the first key file, then the config.
 
@@ -162,6 +163,8 @@ def init_repository(
     """
     if not (1 << 20) <= pack_size <= (1 << 30):
         raise UsageError("the pack size must be between 1 MiB and 1 GiB")
+    if version not in configfmt.VERSIONS or (padding is not None and version < 2):
+        raise UsageError("a repository is version 2 (or 1, without padding)")
     if padding is not None and padding not in configfmt.PADDINGS:
         raise UsageError(f"unknown padding {padding!r}; known: {', '.join(configfmt.PADDINGS)}")
     if repository_exists(backend):
@@ -184,7 +187,7 @@ def init_repository(
             raise UsageError("keys can only be copied from a repository opened with a full key")
         keys = keys.with_ids_of(share_ids_with.keys)
         chunker = share_ids_with.config.chunker
-    cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size, padding=padding)
+    cfg = configfmt.Config(os.urandom(32), chunker or ChunkerParams(), pack_size, version, padding)
     key_id = keyring.write_key(backend, keys, password, kdf or crypto.KdfParams.new())
     backend.write(layout.CONFIG, configfmt.encode_config(cfg, keys.data))
     cache = backend.cache if isinstance(backend, CachingBackend) else None
