@@ -87,6 +87,8 @@ def init(
         share_ids_with=source,
         among_other_files=force,
     )
+    repo.generations.client = g.options().state()
+    repo.generations.bind()  # this client created it: the location is now bound to it
     doc = {
         "repository": backend.location,
         "id": repo.config.repo_id.hex(),

@@ -29,6 +29,7 @@ from cas.cli import (
     cmd_snapshots,
     cmd_stats,
     cmd_tag,
+    cmd_trust,
 )
 from cas.cli.common import Globals, Output
 from cas.cli.options import accept_global_options, global_options
@@ -78,6 +79,7 @@ for module in (
     cmd_diff,
     cmd_dump,
     cmd_find,
+    cmd_trust,
 ):
     module.register(cli)
 accept_global_options(cli)
