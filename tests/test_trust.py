@@ -16,8 +16,9 @@ import filecmp
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ from cas.repo import layout
 from cas.repo.clientstate import ClientState
 from cas.repo.connect import init_repository, open_repository
 from cas.repo.generations import Generations
+from tests.independent.compare import read_local, read_s3
+from tests.independent.repository import RepositoryView
 from tests.support.backends import s3_target
 from tests.support.cli import Result, run_cas
 
@@ -50,6 +53,7 @@ class Place:
     args: list[str]
     raw: Backend
     env: dict[str, str] = field(default_factory=dict)
+    read: Callable[[], RepositoryView] | None = None  # the independent reader
 
     def cas(self, *args: str | Path, state: Path | None = None) -> Result:
         env = dict(self.env)
@@ -97,14 +101,16 @@ def _other(place: Place, tmp_path: Path, name: str, request: pytest.FixtureReque
 )
 def place(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Place]:
     if request.param == "local":
-        yield Place("local", ["-r", str(tmp_path / "repo")], LocalBackend(tmp_path / "repo"))
+        root = tmp_path / "repo"
+        yield Place("local", ["-r", str(root)], LocalBackend(root), read=lambda: read_local(root))
         return
     target = s3_target(request.param.removeprefix("s3-"), request)
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     loc = f"s3://{target.bucket}/{target.prefix}"
     raw = target.backend()
     args = ["-r", loc, "--s3-endpoint", target.endpoint, "--s3-path-style"]
-    yield Place(request.param, args, raw, aws)
+    read = partial(read_s3, target.endpoint, target.bucket, target.prefix)
+    yield Place(request.param, args, raw, aws, read)
     raw.close()
 
 
@@ -246,6 +252,13 @@ def test_a_forget_by_another_client_is_accepted_silently(place: Place, tmp_path:
     assert place.ok("forget", "--keep-last", "1", "--prune")["removed"] == []  # by paths
     assert place.cas("check").code == 0
     _restored_equals(place, kept, kept_src, tmp_path / "restored")
+    # read per spec by the independent reader: the records chain, the tombstone is there
+    assert place.read is not None
+    view = place.read()
+    assert list(view.snapshots) == [kept]
+    records = [view.generations[n] for n in sorted(view.generations)]
+    assert any(r.get("forgotten") == [bytes.fromhex(first)] for r in records)
+    assert records[-1]["snapshots"] == [bytes.fromhex(kept)]
 
 
 # -- fail points of the new writes --------------------------------------------------
