@@ -117,9 +117,7 @@ class IndexStore:
                 doomed.add(pack_id)
                 self.garbage_index.add_pack(pack_id, blobs)
             del f  # before the next file is read
-        pruning = bool(superseded.intersection(ids)) or not doomed.isdisjoint(
-            self.index.pack_ids()
-        )
+        pruning = bool(superseded.intersection(ids)) or not doomed.isdisjoint(self.index.pack_ids())
         if pruning:
             self._load_during_prune()  # tells on_active itself (through active())
         self.index.compact()
