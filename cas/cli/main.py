@@ -48,7 +48,8 @@ def cli(ctx: click.Context, g: Globals) -> None:
     """cas: deduplicating, encrypted snapshot backups to a local directory or S3.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 finished with warnings, 10 no repository,
-    11 repository locked, 12 wrong password, 130 interrupted.
+    11 repository locked, 12 wrong password, 13 the storage changed behind this
+    client's back (cas trust), 130 interrupted.
     """
     ctx.obj = g
     _runs.append(g)
