@@ -17,6 +17,7 @@ EXIT_WARNINGS = 3
 EXIT_NO_REPOSITORY = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
+EXIT_UNTRUSTED = 13
 
 
 class CasError(Exception):
@@ -129,3 +130,9 @@ class BlobNotFound(IntegrityError):
 
 class SnapshotNotFound(CasError):
     """no snapshot matches {detail}"""
+
+
+class UntrustedChange(CasError):
+    """{detail}; 'cas trust' lists what changed, 'cas trust --accept' accepts a legitimate change"""
+
+    exit_code = EXIT_UNTRUSTED

@@ -15,6 +15,10 @@ lookup on an empty dict.  Names in use (spec/format.md §14.3 and §13.5):
 - prune: ``prune-repacked``, ``prune-marked``, ``prune-index-deleted``
   (after each superseded index file deleted), ``prune-pack-deleted``
   (after each pack deleted), ``prune-before-final-index``;
+- generations (§13.6): ``before-generation`` and ``after-generation`` (around
+  each generation record stored: after a snapshot, before a forget's deletes,
+  before prune's index deletes), ``forget-tombstoned`` (before each snapshot
+  file a forget deletes, its tombstone stored);
 - locks: ``lock-written`` (after the own lock file is stored);
 - check: ``check-listed-snapshots``, ``check-listed-index``,
   ``check-listed-data`` (after listing that directory);

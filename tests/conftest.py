@@ -1,6 +1,28 @@
 """Shared fixtures; the reusable kit lives in tests/support/ and is loaded as plugins."""
 
+import os
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
 pytest_plugins = [
     "tests.support.s3server",
     "tests.support.backends",
 ]
+
+# The client state (spec §13.6) of every cas a test runs goes to a directory of this
+# session, never to the user's ~/.local/state ...
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="cas-test-state-")
+
+
+@pytest.fixture(autouse=True)
+def client_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """... and each test is a client of its own: tests copy repositories from templates
+    (to this client, a copy older than one it wrote to is a rollback).  A test that
+    wants a second client gives its cas another XDG_STATE_HOME."""
+    state = str(tmp_path_factory.mktemp("client-state"))
+    monkeypatch.setenv("XDG_STATE_HOME", state)
+    yield state

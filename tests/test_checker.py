@@ -540,12 +540,17 @@ def _supersede(d: Damaged, name: str) -> None:
     d.backend.delete(name)
 
 
+def _is_index_file(name: str) -> bool:
+    """An index file, not a generation record (which lives under index/ too, §13.6)."""
+    return name.startswith("index/") and layout.id_from_name(name) is not None
+
+
 def test_index_replaced_during_the_check_is_read_again() -> None:
     d = healthy(MemoryBackend())
     done: list[str] = []
 
     def hook(op: str, name: str) -> None:
-        if op == "read" and name.startswith("index/") and not done:
+        if op == "read" and _is_index_file(name) and not done:
             done.append(name)
             _supersede(d, name)
 
@@ -555,7 +560,7 @@ def test_index_replaced_during_the_check_is_read_again() -> None:
     assert done and result.findings == [] and result.summary.index_files == 1
 
     def always(op: str, name: str) -> None:
-        if op == "read" and name.startswith("index/"):
+        if op == "read" and _is_index_file(name):
             _supersede(d, name)
 
     repo.backend = _Hooked(d.backend, always)  # type: ignore[assignment]

@@ -123,6 +123,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "repair snapshots": Command(("repair", "snapshots"), alone=True),
     "unlock": Command(("unlock",), locks=False),
+    "trust": Command(("trust",)),
     "copy": Command(("copy", "--to", "{scratch}/target"), setup=_copy_target),
     "forget": Command(("forget", "--keep-last", "1000")),
     "tag": Command(("tag", "--add", "matrix"), setup=_untagged, alone=True),

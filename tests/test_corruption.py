@@ -26,6 +26,7 @@ import pytest
 
 from cas.backend.local import LocalBackend
 from cas.crypto import BlobType
+from cas.errors import EXIT_UNTRUSTED
 from cas.format.tree import decode_tree
 from cas.ids import storage_id
 from cas.repo import layout, open_repository
@@ -144,6 +145,9 @@ class Damaged:
     lost_snapshots: set[str] = field(default_factory=set)
     unopenable: bool = False  # key file or config: no command gets past opening
     check_detects: bool = True
+    # the storage contradicts the generation records (spec §13.6): check reports it,
+    # every other command stops with exit 13 before it reads or deletes anything
+    untrusted: bool = False
 
     def path(self, name: str) -> Path:
         return Path(self.repo.args[1]) / name
@@ -285,10 +289,11 @@ def snapshot_truncated(d: Damaged) -> None:
 
 
 def snapshot_deleted(d: Damaged) -> None:
-    """Indistinguishable from ``forget`` (spec §15): not an error for check."""
+    """Deleted behind cas's back: no tombstone, while the latest generation names it
+    (spec §13.6), so check reports ``snapshot_hidden`` and the other commands stop."""
     d.path(layout.snapshot_name(bytes.fromhex(d.lay.s2))).unlink()
     d.lost_snapshots.add(d.lay.s2)
-    d.check_detects = False
+    d.untrusted = True
 
 
 def _key(d: Damaged) -> Path:
@@ -404,13 +409,20 @@ def assert_check_detects(d: Damaged) -> dict[str, Any]:
     assert r.code == 1, (r.code, r.out, r.err)
     doc = r.json()
     assert doc["summary"]["errors"] >= 1
-    return {"kinds": sorted({f["kind"] for f in doc["findings"] if f["severity"] == "error"})}
+    kinds = sorted({f["kind"] for f in doc["findings"] if f["severity"] == "error"})
+    assert not d.untrusted or "snapshot_hidden" in kinds, kinds
+    return {"kinds": kinds}
 
 
 def assert_restore_safe(d: Damaged, sid: str) -> str:
     """Restore ``sid``; returns how it went ("exact", "partial" or "refused")."""
     target = d.repo.work / f"restore-{sid[:8]}"
     r = d.repo.cas("--json", "restore", sid, "--target", target)
+    if d.untrusted:
+        assert r.code == EXIT_UNTRUSTED, (r.code, r.out, r.err)
+        assert r.err.startswith("cas: ") and r.err.count("\n") == 1, r.err
+        assert not target.exists() or not any(target.iterdir())
+        return "refused"
     if d.unopenable or sid in d.lost_snapshots or d.lay.snapshots[sid][1] in d.lost:
         # Nothing to go on: a one-line error, exit 1 (or 10 for a missing config)
         # and not a byte written.

@@ -472,6 +472,10 @@ PRUNE_POINTS = [
     "lock-written",
     "prune-repacked",
     "prune-marked",
+    # the generation retiring the index files the marking index supersedes (§13.6):
+    # killed before it is stored, and after it, before those files are deleted
+    "before-generation",
+    "after-generation",
     "prune-index-deleted",
     "prune-pack-deleted",
     "prune-before-final-index",

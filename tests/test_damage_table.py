@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from cas.errors import EXIT_UNTRUSTED
 from cas.repo import RepoOptions, open_repository, open_storage
 from cas.repo.cache import cache_dir_for
 from cas.walker import load_tree
@@ -33,7 +34,7 @@ SNAPS = ("s1", "s2", "s3")
 KINDS = ("snapshot", "index", "key", "lock", "tree_pack", "data_pack", "config")
 STATES = ("damaged", "missing")
 CACHES = ("warm-cache", "empty-cache")
-EXIT_CODES = {0, 1, 3, 10, 11, 12}  # documented in `cas --help`; never 2 here (usage)
+EXIT_CODES = {0, 1, 3, 10, 11, 12, 13}  # documented in `cas --help`; never 2 here (usage)
 
 
 @dataclass
@@ -95,7 +96,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
             packs = sorted((p for p in new if p.parent.parent.name == "data"), key=os.path.getsize)
             assert len(packs) == 2, packs
             objects["tree_pack"], objects["data_pack"] = (str(p.relative_to(repo)) for p in packs)
-            (index,) = (p for p in new if p.parent.name == "index")
+            # (and its generation record, index/gen-<n>, spec §13.6)
+            (index,) = (p for p in new if p.parent.name == "index" and len(p.name) == 64)
             (snap,) = (p for p in new if p.parent.name == "snapshots")
             objects["index"], objects["snapshot"] = str(index.relative_to(repo)), snap.name
     listed = run_cas("-r", repo, "--cache-dir", cache, "--json", "snapshots").json()["snapshots"]
@@ -193,7 +195,8 @@ def _expected(kind: str, state: str, cache: str) -> tuple[int, int]:
     if kind == "snapshot":
         if state == "damaged":
             return (0, 0) if warm else (3, 1)  # a warm cache serves the verified copy
-        return 0, 1  # a missing snapshot is a forgotten one: "no snapshot matches"
+        # deleted by hand: no tombstone, and the latest generation names it (spec §13.6)
+        return EXIT_UNTRUSTED, EXIT_UNTRUSTED
     if kind == "index":
         if state == "damaged" and warm:
             return 0, 0
@@ -211,6 +214,8 @@ def _recover(c: Case) -> None:
     steps: list[tuple[str, ...]] = []
     if c.kind == "snapshot" and c.state == "damaged":
         steps = [("forget", s2)]
+    elif c.kind == "snapshot":
+        steps = [("trust", "--accept")]  # it was us: a snapshot file deleted by hand
     elif c.kind == "index":
         steps = [("repair", "index")]
     elif c.kind == "key" and c.state == "damaged":
@@ -236,6 +241,16 @@ def test_one_damaged_or_missing_object(case: Case) -> None:
         assert r.code in (1, 10) and r.err.count("\n") == 1 and r.err.startswith("cas: "), r.err
         assert c.cas("restore", b.ids["s1"], "--target", c.work / "none").code in (1, 10)
         assert not (c.work / "none").exists()
+    elif c.kind == "snapshot" and c.state == "missing":
+        # A hidden snapshot: every command stops with one line and exit 13 before it
+        # reads or deletes anything, until `cas trust --accept` (spec §13.6).
+        for args in (("snapshots",), ("restore", b.ids["s1"], "--target", c.work / "none")):
+            r = c.cas(*args)
+            assert r.code == EXIT_UNTRUSTED and r.err.count("\n") == 1, (args, r.err)
+            assert "without a tombstone" in r.err, r.err
+        assert not (c.work / "none").exists()
+        r = c.cas("--json", "check")
+        assert r.code == 1 and "snapshot_hidden" in r.out, r.out + r.err
     else:
         listing, restore_s2 = _expected(c.kind, c.state, c.cache)
         r = c.cas("--json", "snapshots")

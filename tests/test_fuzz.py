@@ -43,6 +43,7 @@ from cas.crypto import BlobType, MasterKeys
 from cas.errors import CasError, UnsupportedVersion
 from cas.format import compress
 from cas.format import config as configfmt
+from cas.format import generation as genfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt
 from cas.format import lock as lockfmt
@@ -156,6 +157,10 @@ def _keyfile(version: int) -> bytes:
 VALID_KEYFILE = _keyfile(2)
 # A version 1 key file (members not bound), as cas wrote before: still decoded.
 VALID_KEYFILE_V1 = _keyfile(1)
+GENERATION = genfmt.Generation(
+    3, bytes(32), 5, [bytes([1]) * 32], bytes([2]) * 32, [bytes([3]) * 32], [], "forget"
+)
+VALID_GENERATION = genfmt.encode_generation(GENERATION, KEYS.index_key)
 
 
 def _valid_pack() -> bytes:
@@ -323,6 +328,7 @@ SNAPSHOT_DOC = _doc(KEYS.data_key, snapfmt.SNAPSHOT_AD, VALID_SNAPSHOT)
 INDEX_DOC = _doc(KEYS.index_key, indexfmt.INDEX_AD, VALID_INDEX)
 CONFIG_DOC = _doc(KEYS.data_key, VALID_CONFIG[:8], VALID_CONFIG[8:])
 LOCK_DOC = _doc(KEYS.index_key, lockfmt.LOCK_AD, VALID_LOCK)
+GENERATION_DOC = _doc(KEYS.index_key, genfmt.GENERATION_AD, VALID_GENERATION)
 KEYFILE_DOC = json.loads(VALID_KEYFILE)
 MASTER_DOC = msgpack.unpackb(KEYS.encode(), raw=False)
 
@@ -374,6 +380,14 @@ def prop_lock(raw: bytes) -> None:
         assert info.pid > 0
         again = lockfmt.encode_lock(info, KEYS.index_key)
         assert lockfmt.decode_lock(again, KEYS.index_key) == info
+
+
+def prop_generation(raw: bytes) -> None:
+    record = only_cas_errors("generation", lambda: genfmt.decode_generation(raw, KEYS.index_key))
+    if record is not None:
+        assert record.n >= 1
+        again = genfmt.encode_generation(record, KEYS.index_key)
+        assert genfmt.decode_generation(again, KEYS.index_key) == record
 
 
 def prop_keyfile(raw: bytes) -> None:
@@ -563,6 +577,11 @@ TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]
     "lock_plaintexts": (
         prop_lock,
         (sealed_plaintexts(KEYS.index_key, lockfmt.LOCK_AD, LOCK_DOC),),
+    ),
+    "generation_bytes": (prop_generation, (hostile(VALID_GENERATION),)),
+    "generation_plaintexts": (
+        prop_generation,
+        (sealed_plaintexts(KEYS.index_key, genfmt.GENERATION_AD, GENERATION_DOC),),
     ),
     "keyfile_bytes": (prop_keyfile, (hostile(VALID_KEYFILE),)),
     "keyfile_v1_bytes": (prop_keyfile, (hostile(VALID_KEYFILE_V1),)),

@@ -424,6 +424,36 @@ def check_lock(v: Any) -> None:
         refuses(c["error"], spec.open_lock, h(c["sealed"]), h(c["index_key"]))
 
 
+def check_generation(v: Any) -> None:
+    """§13.6, from the spec's table: optional lists only when not empty, ``accepted``
+    only when true, ``prev`` only when there is one."""
+    for c in v["cases"]:
+        g = c["generation"]
+        doc: dict[str, Any] = {
+            "v": 1,
+            "n": g["n"],
+            "repo": h(g["repo"]),
+            "time": g["time_ns"],
+            "snapshots": [h(x) for x in g["snapshots"]],
+            "command": g["command"],
+        }
+        if g["prev"] is not None:
+            doc["prev"] = h(g["prev"])
+        for key in ("forgotten", "retired"):
+            if g[key]:
+                doc[key] = [h(x) for x in g[key]]
+        if g["accepted"]:
+            doc["accepted"] = True
+        assert spec.pack_canonical(doc) == h(c["msgpack"]), c["description"]
+        assert c["name"] == "index/gen-" + format(g["n"], "016x")
+        sealed = spec.seal(h(c["index_key"]), h(c["payload"]), b"cas.generation.v1", h(c["nonce"]))
+        assert sealed == h(c["sealed"]) and spec.storage_id(sealed) == h(c["record_sha256"])
+        assert spec.open_generation(sealed, h(c["index_key"]), g["n"], h(g["repo"])) == doc
+    repo = h(v["cases"][0]["generation"]["repo"])
+    for c in v["invalid"]:
+        refuses(c["error"], spec.open_generation, h(c["sealed"]), h(c["index_key"]), 1, repo)
+
+
 CHECKS = {
     "kdf.json": check_kdf,
     "aead.json": check_aead,
@@ -438,6 +468,7 @@ CHECKS = {
     "tree.json": check_tree,
     "snapshot.json": check_snapshot,
     "lock.json": check_lock,
+    "generation.json": check_generation,
 }
 
 

@@ -76,7 +76,9 @@ def test_unchanged_rebackup_makes_few_requests(
     # Another process may touch /tmp meanwhile; then the snapshot's ancestor
     # directories really changed, and one tree pack plus its index is honest.
     allowance = 2 if _ancestor_times(src) != ancestors else 0
-    assert counted <= 10 + allowance, (doc["requests"], doc["summary"])
+    # config, key listing, lock (list, put, list, delete), index listing (generation
+    # records included), snapshot and generation record: issue 18 asks for at most 9
+    assert counted <= 9 + allowance, (doc["requests"], doc["summary"])
     if not allowance:
         assert doc["summary"]["data_added_stored"] == 0
     assert seen == counted, (seen, doc["requests"])

@@ -35,6 +35,7 @@ from cas.chunking.chunker import Chunker, ChunkerParams
 from cas.crypto import BlobType, KdfParams, MasterKeys
 from cas.format import compress
 from cas.format import config as configfmt
+from cas.format import generation as genfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt
 from cas.format import lock as lockfmt
@@ -59,6 +60,7 @@ EXPECTED_FILES = {
     "keyfile.json",
     "lock.json",
     "scheme1.json",
+    "generation.json",
 }
 
 
@@ -801,3 +803,32 @@ def test_lock(c: dict[str, Any]) -> None:
 @pytest.mark.parametrize("c", cases("lock.json", "invalid"))
 def test_lock_invalid(c: dict[str, Any]) -> None:
     assert_error(c["error"], lambda: lockfmt.decode_lock(b(c["sealed"]), b(c["index_key"])))
+
+
+# -- §13.6 generation records ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c", cases("generation.json"))
+def test_generation(c: dict[str, Any]) -> None:
+    key, j = b(c["index_key"]), c["generation"]
+    open_layers(key, b"cas.generation.v1", c)
+    g = genfmt.Generation(
+        n=j["n"],
+        repo_id=b(j["repo"]),
+        time_ns=j["time_ns"],
+        snapshots=[b(s) for s in j["snapshots"]],
+        prev=None if j["prev"] is None else b(j["prev"]),
+        forgotten=[b(s) for s in j["forgotten"]],
+        retired=[b(s) for s in j["retired"]],
+        command=j["command"],
+        accepted=j["accepted"],
+    )
+    assert genfmt.decode_generation(b(c["sealed"]), key) == g
+    assert c["name"] == f"index/gen-{g.n:016x}"
+    assert_encoded(genfmt.encode_generation(g, key, b(c["nonce"])), c["sealed"], c["payload"])
+    assert storage_id(b(c["sealed"])).hex() == c["record_sha256"]
+
+
+@pytest.mark.parametrize("c", cases("generation.json", "invalid"))
+def test_generation_invalid(c: dict[str, Any]) -> None:
+    assert_error(c["error"], lambda: genfmt.decode_generation(b(c["sealed"]), b(c["index_key"])))

@@ -51,6 +51,7 @@ with atheris.instrument_imports(include=["cas"]):
     import cas.format.codec
     import cas.format.compress
     import cas.format.config
+    import cas.format.generation
     import cas.format.index
     import cas.format.keyfile
     import cas.format.lock
@@ -59,6 +60,7 @@ with atheris.instrument_imports(include=["cas"]):
     import cas.format.tree  # noqa: F401  (imported here to be instrumented)
 
 from cas import crypto  # noqa: E402
+from cas.format import generation as genfmt  # noqa: E402
 from cas.format import index as indexfmt  # noqa: E402
 from cas.format import lock as lockfmt  # noqa: E402
 from cas.format import pack as packfmt  # noqa: E402
@@ -113,6 +115,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "config": _config,
     "config_raw": t.prop_config,
     "lock": lambda d: t.prop_lock(_sealed(KEYS.index_key, lockfmt.LOCK_AD)(d)),
+    "generation": lambda d: t.prop_generation(_sealed(KEYS.index_key, genfmt.GENERATION_AD)(d)),
     "keyfile": t.prop_keyfile,
     "master_keys": t.prop_master_keys,
     "pack": t.prop_pack,
@@ -172,6 +175,10 @@ def seeds(target: str) -> list[bytes]:
         "lock": [
             _payload_of(t.VALID_LOCK, KEYS.index_key, lockfmt.LOCK_AD),
             *_vectors("lock", ("cases", "payload")),
+        ],
+        "generation": [
+            _payload_of(t.VALID_GENERATION, KEYS.index_key, genfmt.GENERATION_AD),
+            *_vectors("generation", ("cases", "payload")),
         ],
         "keyfile": [
             t.VALID_KEYFILE,

@@ -36,6 +36,7 @@ from cas.crypto import BlobType, KdfParams, MasterKeys
 from cas.errors import CasError
 from cas.format import codec, compress
 from cas.format import config as configfmt
+from cas.format import generation as genfmt
 from cas.format import index as indexfmt
 from cas.format import keyfile as keyfmt
 from cas.format import lock as lockfmt
@@ -1301,6 +1302,97 @@ def gen_lock() -> dict[str, Any]:
     }
 
 
+def generation_json(g: genfmt.Generation) -> dict[str, Any]:
+    return {
+        "n": g.n,
+        "repo": h(g.repo_id),
+        "time_ns": g.time_ns,
+        "snapshots": [h(s) for s in g.snapshots],
+        "prev": None if g.prev is None else h(g.prev),
+        "forgotten": [h(s) for s in g.forgotten],
+        "retired": [h(s) for s in g.retired],
+        "command": g.command,
+        "accepted": g.accepted,
+    }
+
+
+def gen_generation() -> dict[str, Any]:
+    repo = bytes(range(0x80, 0xA0))
+    snap = [bytes([i]) * 32 for i in (1, 2, 3)]
+    first = genfmt.Generation(1, repo, 1_700_000_000_000_000_000, snap[:2], command="snapshot")
+    first_sealed = genfmt.encode_generation(first, KEYS.index_key, nonce("generation.0"))
+    second = genfmt.Generation(
+        2,
+        repo,
+        1_700_000_060_000_000_000,
+        [snap[1]],
+        prev=storage_id(first_sealed),
+        forgotten=[snap[0]],
+        retired=[bytes([0x44]) * 32],
+        command="forget",
+    )
+    third = genfmt.Generation(
+        5,
+        repo,
+        1_700_000_120_000_000_000,
+        [snap[1], snap[2]],
+        prev=bytes([0x55]) * 32,
+        forgotten=[snap[0]],
+        command="trust --accept",
+        accepted=True,
+    )
+    cases = []
+    for i, (desc, g) in enumerate(
+        (
+            ("generation 1: a backup's snapshot, no previous record", first),
+            ("generation 2: a forget's tombstone and a retired index file", second),
+            ("generation 5: an accepted change (cas trust --accept) above a rollback", third),
+        )
+    ):
+        n = nonce(f"generation.{i}")
+        sealed = genfmt.encode_generation(g, KEYS.index_key, n)
+        assert genfmt.decode_generation(sealed, KEYS.index_key) == g
+        cases.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "nonce": h(n),
+                "name": f"index/gen-{g.n:016x}",
+                "generation": generation_json(g),
+                **sealed_doc_json(KEYS.index_key, genfmt.GENERATION_AD, sealed),
+                "record_sha256": h(storage_id(sealed)),
+            }
+        )
+    base = {"v": 1, "n": 1, "repo": repo, "time": 0, "snapshots": [], "command": ""}
+    invalid = []
+    for i, (desc, doc) in enumerate(
+        (
+            ("generation 0", dict(base, n=0)),
+            ("a snapshot ID of 31 bytes", dict(base, snapshots=[bytes(31)])),
+            ("prev that is not an ID", dict(base, prev=b"x")),
+            ("accepted given as an integer", dict(base, accepted=1)),
+            ("record version 2", dict(base, v=2)),
+        )
+    ):
+        sealed = codec.seal_document(
+            KEYS.index_key, genfmt.GENERATION_AD, doc, nonce(f"generation.bad.{i}")
+        )
+        invalid.append(
+            {
+                "description": desc,
+                "index_key": h(KEYS.index_key),
+                "sealed": h(sealed),
+                "error": error_name(genfmt.decode_generation, sealed, KEYS.index_key),
+            }
+        )
+    return {
+        "description": "Generation records (§13.6): canonical msgpack sealed under the index "
+        "key, AD 'cas.generation.v1', stored as index/gen-<n as 16 hex digits>",
+        "cases": cases,
+        "invalid": invalid,
+    }
+
+
 GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "kdf.json": gen_kdf,
     "aead.json": gen_aead,
@@ -1315,6 +1407,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "config.json": gen_config,
     "keyfile.json": gen_keyfile,
     "lock.json": gen_lock,
+    "generation.json": gen_generation,
 }
 
 

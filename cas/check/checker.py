@@ -48,6 +48,7 @@ from cas.check.state import CheckState, Subset, select_packs
 from cas.check.verifier import VerifierPool
 from cas.crypto import BlobType, KeyBase
 from cas.errors import BlobNotFound, CasError, FormatError, IntegrityError, ObjectNotFound
+from cas.format import generation as genfmt
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
 from cas.format.config import Config
@@ -215,6 +216,7 @@ class Checker:
         # Entries of a readable tree that the tree decoder refuses (spec §11.3):
         # tree ID -> (name, why), reported as node_invalid on that entry alone.
         self._refused: dict[bytes, list[tuple[bytes, str]]] = {}
+        self._generations: list[int] = []  # generation records listed (§13.6)
 
     def run(self) -> CheckResult:
         """All phases, then the findings sorted: errors first, then by kind and object."""
@@ -231,6 +233,7 @@ class Checker:
                 "repair running?); the check may report packs and blobs it could not see",
             )
         self._check_keys()
+        self._check_generations()
         self._check_locks()
         self._check_leftovers()
         self._check_packs()
@@ -286,6 +289,8 @@ class Checker:
         if top == layout.DATA and object_id is not None and name == layout.pack_name(object_id):
             self._stored[object_id] = size
             self._ids[layout.DATA].append(object_id)
+        elif top == layout.INDEX and layout.generation_from_name(name) is not None:
+            self._generations.append(layout.generation_from_name(name) or 0)
         elif (
             top in self._ids
             and top != layout.DATA
@@ -332,6 +337,33 @@ class Checker:
                 decode_keyfile(raw)
             except CasError as e:
                 self._add("key_damaged", name, str(e))
+
+    def _check_generations(self) -> None:
+        """Every generation record opens, is the generation its name says of this
+        repository, and names the record below it when that one exists (§13.6)."""
+        hashes: dict[int, bytes] = {}
+        records: dict[int, genfmt.Generation] = {}
+        for n in sorted(self._generations):
+            name = layout.generation_name(n)
+            try:
+                raw = self.backend.read(name)
+                record = genfmt.decode_generation(raw, self.keys.index)
+            except ObjectNotFound:
+                continue
+            except CasError as e:
+                self._add("generation_damaged", name, str(e))
+                continue
+            if record.n != n or record.repo_id != self.repo.config.repo_id:
+                self._add("generation_damaged", name, "not this generation of this repository")
+                continue
+            hashes[n], records[n] = storage_id(raw), record
+        for n, record in records.items():
+            if n - 1 in hashes and record.prev != hashes[n - 1]:
+                self._add(
+                    "generation_damaged",
+                    layout.generation_name(n),
+                    f"does not name generation {n - 1} as the one before it",
+                )
 
     def _check_locks(self) -> None:
         self._progress("locks", 0, 0)

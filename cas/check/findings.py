@@ -49,6 +49,11 @@ KINDS: dict[str, tuple[Severity, str]] = {
     "leftover_upload": (W, "an unfinished upload (temporary file or multipart upload)"),
     "unexpected_object": (W, "an object whose name is not part of the repository layout"),
     "check_incomplete": (W, "part of the check could not run"),
+    "generation_damaged": (E, "a generation record does not open or does not chain (§13.6)"),
+    "snapshot_hidden": (E, "a snapshot this client saw is gone without a tombstone (§13.6)"),
+    "generation_rollback": (E, "the repository is older than a generation this client saw"),
+    "index_replayed": (E, "an index file a generation retired is back in use"),
+    "repository_swapped": (E, "another repository is at a location this client knows"),
 }
 
 
@@ -57,6 +62,10 @@ KINDS: dict[str, tuple[Severity, str]] = {
 # the pack that holds it (of the object itself when it is a pack).
 _REINDEX = "cas repair index"
 _SALVAGE = "cas repair packs {pack}, then back up the same paths again"
+_TRUST = (
+    "find out who changed the storage; nothing is deleted meanwhile; cas trust --accept "
+    "if the change is legitimate (a restored bucket)"
+)
 NEXT: dict[str, str] = {
     "name_mismatch": "see docs/recovery.md: cas repair index (index file), "
     "cas forget {short} (snapshot), cas key remove {short} (key file)",
@@ -86,6 +95,11 @@ NEXT: dict[str, str] = {
     "leftover_upload": "cas prune (aborts uploads older than an hour)",
     "unexpected_object": "nothing: it is ignored; remove it by hand if it is yours",
     "check_incomplete": "cas check again",
+    "generation_damaged": "cas trust --accept records a new generation above it",
+    "snapshot_hidden": _TRUST,
+    "generation_rollback": _TRUST,
+    "index_replayed": _TRUST,
+    "repository_swapped": _TRUST,
 }
 
 

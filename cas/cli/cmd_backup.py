@@ -322,7 +322,7 @@ def _find_parent(
         sid, snap = repo.find_snapshot(ref)
         return sid, snap.tree
     best: tuple[bytes, Snapshot] | None = None
-    for sid, snap in repo.iter_snapshots():
+    for sid, snap in repo.recorded_snapshots():
         if snap.hostname == hostname and sorted(snap.paths) == sorted(paths):
             best = (sid, snap)
     return (best[0], best[1].tree) if best else (None, None)

@@ -154,8 +154,7 @@ def forget(
             plans = plan_forget([r for r in refs if selection.matches(r)], policy, groups, None)
         doomed = [d.ref.id for p in plans for d in p.remove] + damaged
         if not dry_run:
-            for sid in doomed:
-                repo.remove_snapshot(sid)
+            repo.remove_snapshots(doomed)
 
     doc = {
         "dry_run": dry_run,

@@ -102,6 +102,8 @@ def init(
         padding=None if padding == "none" else padding,
         version=format_version,
     )
+    repo.generations.client = g.options().state()
+    repo.generations.bind()  # this client created it: the location is now bound to it
     doc = {
         "repository": backend.location,
         "id": repo.config.repo_id.hex(),

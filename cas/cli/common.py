@@ -136,6 +136,7 @@ class Globals:
             cache=not self.no_cache,
             cache_dir=self.cache_dir,
             connections=self.connections,
+            client_state=here,
         )
 
     def helpers(self, repo: Repository, count: int | None) -> HelperPlan | None:

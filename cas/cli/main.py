@@ -29,6 +29,7 @@ from cas.cli import (
     cmd_snapshots,
     cmd_stats,
     cmd_tag,
+    cmd_trust,
 )
 from cas.cli.common import Globals, Output
 from cas.cli.options import accept_global_options, global_options
@@ -47,7 +48,8 @@ def cli(ctx: click.Context, g: Globals) -> None:
     """cas: deduplicating, encrypted snapshot backups to a local directory or S3.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 finished with warnings, 10 no repository,
-    11 repository locked, 12 wrong password, 130 interrupted.
+    11 repository locked, 12 wrong password, 13 the storage changed behind this
+    client's back (cas trust), 130 interrupted.
     """
     ctx.obj = g
     _runs.append(g)
@@ -78,6 +80,7 @@ for module in (
     cmd_diff,
     cmd_dump,
     cmd_find,
+    cmd_trust,
 ):
     module.register(cli)
 accept_global_options(cli)

@@ -30,6 +30,7 @@ from cas.format import config as configfmt
 from cas.repo import keyring, layout
 from cas.repo.cache import LocalCache, cache_dir_for
 from cas.repo.caching import CachingBackend
+from cas.repo.clientstate import ClientState, default_state_dir
 from cas.repo.repository import Repository
 
 LAST_KEY = "last-key"  # the cache note naming the key file that opened last
@@ -42,13 +43,23 @@ class RepoOptions:
     ``backend``: options objects of backends (e.g. :class:`cas.backend.S3Options`),
     each taken by the backend of its type; ``cache``: keep immutable objects in
     a local cache (under ``cache_dir``, default ~/.cache/cas); ``connections``:
-    parallel uploads (default: one per core, at least two).
+    parallel uploads (default: one per core, at least two); ``client_state``: check
+    the repository against what this client saw before (spec §13.6).
     """
 
     backend: tuple[object, ...] = ()
     cache: bool = True
     cache_dir: str | None = None
     connections: int | None = None
+    client_state: bool = False
+    state_dir: str | None = None
+
+    def state(self) -> ClientState | None:
+        """This client's state directory (``state_dir``, else ``$XDG_STATE_HOME/cas``),
+        or None when ``client_state`` is off (library use: nothing is checked)."""
+        if not self.client_state:
+            return None
+        return ClientState(Path(self.state_dir) if self.state_dir else default_state_dir())
 
     def local_cache(self, location: str) -> LocalCache | None:
         """The local cache of ``location``, or None when caching is off."""
@@ -81,7 +92,7 @@ def open_on(
     """Open and unlock the repository on an already built storage stack."""
     try:
         raw_config = read_config_version(backend)
-        repo = open_repository(backend, password(), raw_config)
+        repo = open_repository(backend, password(), raw_config, options.state())
     except BaseException:
         backend.close()
         raise
@@ -112,7 +123,10 @@ def read_config_version(backend: Backend) -> bytes:
 
 
 def open_repository(
-    backend: Backend, password: bytes, raw_config: bytes | None = None
+    backend: Backend,
+    password: bytes,
+    raw_config: bytes | None = None,
+    state: ClientState | None = None,
 ) -> Repository:
     """Unlock with the first key file that ``password`` opens, then read the config.
 
@@ -129,7 +143,7 @@ def open_repository(
     unlocked = keyring.unlock(backend, password, raw_config, first)
     if cache is not None and unlocked.key_id != first:
         cache.set_note(LAST_KEY, unlocked.key_id.hex())
-    return Repository(backend, unlocked.keys, unlocked.config, unlocked.key_id, cache)
+    return Repository(backend, unlocked.keys, unlocked.config, unlocked.key_id, cache, state)
 
 
 def init_repository(

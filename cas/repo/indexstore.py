@@ -11,7 +11,7 @@ replaces it, prune refuses to run).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 from cas import crypto
@@ -36,14 +36,19 @@ class IndexStore:
         self.loaded = False
         self._seen: set[bytes] = set()  # index files read into the master index
         self._refresh_lock = threading.Lock()
+        # Told every listing of index/ (generation records live there too) and the
+        # index files in use after a load: the generations' checks (spec §13.6).
+        self.on_listing: Callable[[list[tuple[str, int]]], None] | None = None
+        self.on_active: Callable[[list[bytes]], None] | None = None
 
     # -- files ------------------------------------------------------------------
 
     def file_ids(self) -> list[bytes]:
         """IDs of all index files, sorted."""
-        return sorted(
-            i for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.INDEX)) if i
-        )
+        listing = [(o.name, o.size) for o in self.backend.list(layout.INDEX)]
+        if self.on_listing is not None:
+            self.on_listing(listing)
+        return sorted(i for i in (layout.id_from_name(name) for name, _ in listing) if i)
 
     def read(self, file_id: bytes) -> indexfmt.IndexFile:
         """Load, verify and decode one index file."""
@@ -71,7 +76,10 @@ class IndexStore:
             except (IntegrityError, UnsupportedVersion) as e:
                 self.damaged[fid] = str(e)
         superseded = {s for f in files.values() for s in f.supersedes}
-        return {fid: f for fid, f in files.items() if fid not in superseded}
+        active = {fid: f for fid, f in files.items() if fid not in superseded}
+        if self.on_active is not None:
+            self.on_active(list(active))
+        return active
 
     # -- the master index ---------------------------------------------------------
 
@@ -109,11 +117,14 @@ class IndexStore:
                 doomed.add(pack_id)
                 self.garbage_index.add_pack(pack_id, blobs)
             del f  # before the next file is read
-        if superseded.intersection(ids) or not doomed.isdisjoint(self.index.pack_ids()):
-            self._load_during_prune()
+        pruning = bool(superseded.intersection(ids)) or not doomed.isdisjoint(self.index.pack_ids())
+        if pruning:
+            self._load_during_prune()  # tells on_active itself (through active())
         self.index.compact()
         self.garbage_index.compact()
         self.loaded = True
+        if not pruning and self.on_active is not None:
+            self.on_active(ids)  # no stored file is superseded: every one is in use
 
     def _load_during_prune(self) -> None:
         self.index, self.garbage_index = MasterIndex(), MasterIndex()

@@ -47,3 +47,25 @@ def id_from_name(name: str) -> bytes | None:
         return bytes.fromhex(last)
     except ValueError:
         return None
+
+
+GENERATION_PREFIX = f"{INDEX}/gen-"
+
+
+def generation_name(n: int) -> str:
+    """``index/gen-<n as 16 hex digits>``: fixed width, so names sort as numbers do.
+    Not a 64-digit ID, so readers of index files pass it over (§2.4)."""
+    return f"{GENERATION_PREFIX}{n:016x}"
+
+
+def generation_from_name(name: str) -> int | None:
+    """The generation number of a generation record's name, or None."""
+    if not name.startswith(GENERATION_PREFIX):
+        return None
+    digits = name[len(GENERATION_PREFIX) :]
+    if len(digits) != 16 or digits != digits.lower():
+        return None
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None

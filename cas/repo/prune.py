@@ -271,6 +271,7 @@ def execute_prune(
     marking = indexfmt.IndexFile({**plan.keep, **new_packs}, list(plan.index_files), garbage)
     mark_id = repo.write_index_file(marking)
     failpoints.hit("prune-marked")
+    repo.retire_index_files(list(plan.index_files), "prune")
     for fid in plan.index_files:
         repo.delete_index_file(fid)
         failpoints.hit("prune-index-deleted")

@@ -49,6 +49,7 @@ def rebuild_index(
         out.packs_indexed += 1
         out.blobs_indexed += len(entries)
     repo.write_index_file(idx)
+    repo.retire_index_files(list(old), "repair index")
     for fid in old:
         repo.delete_index_file(fid)
     out.index_files_replaced = len(old)

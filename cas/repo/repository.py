@@ -40,6 +40,8 @@ from cas.ids import storage_id
 from cas.repo import keyring, layout, locks
 from cas.repo.blobreader import BlobReader
 from cas.repo.cache import LocalCache
+from cas.repo.clientstate import ClientState
+from cas.repo.generations import Finding, Generations
 from cas.repo.index import Location, MasterIndex
 from cas.repo.indexstore import IndexStore
 from cas.repo.keyring import KeyInfo
@@ -61,12 +63,20 @@ class Repository:
         config: configfmt.Config,
         key_id: bytes,
         cache: LocalCache | None = None,
+        state: ClientState | None = None,
     ) -> None:
         self._backend = backend
         self.keys = keys
         self.config = config
         self.key_id = key_id
+        # Generation records, checked against this client's state when it has one
+        # (the CLI's; library users without it write records and check nothing).
+        self.generations = Generations(backend, keys, config.repo_id, state)
         self.indexes = IndexStore(backend, keys)
+        if state is not None:
+            self.indexes.on_listing = self.generations.sync
+            self.indexes.on_active = self.generations.check_index
+        self._retired: set[bytes] = set()  # index files a generation already retired
         # Snapshot files that could not be read by iter_snapshots, with why: listings
         # skip them and the CLI warns (one damaged snapshot never stops the others).
         self.damaged_snapshots: dict[bytes, str] = {}
@@ -88,6 +98,7 @@ class Repository:
     def backend(self, backend: Backend) -> None:
         # Tests wrap a repository's storage in fault injectors after opening it.
         self._backend = self.indexes.backend = self.reader.backend = backend
+        self.generations.backend = backend
         self.saver.writer.backend = backend
 
     @property
@@ -208,8 +219,18 @@ class Repository:
         """Store an index file (prune's marking index, a rebuilt index); returns its ID."""
         return self.indexes.write(idx)
 
+    def retire_index_files(self, file_ids: list[bytes], command: str = "") -> None:
+        """Record in a new generation that stored index files supersede these, before
+        they are deleted: an index file of a generation's ``retired`` that comes back
+        is a replay (spec §13.6)."""
+        todo = [f for f in file_ids if f not in self._retired]
+        if todo:
+            self.generations.commit(retired=todo, command=command)
+            self._retired.update(todo)
+
     def delete_index_file(self, file_id: bytes) -> None:
-        """Delete an index file that a stored index file supersedes."""
+        """Delete an index file that a stored index file supersedes (retired first)."""
+        self.retire_index_files([file_id])
         self.indexes.delete(file_id)
 
     def load_index(self) -> None:
@@ -346,15 +367,51 @@ class Repository:
         sid = storage_id(raw)
         failpoints.hit("before-snapshot")
         self.backend.write(layout.snapshot_name(sid), raw)
+        self.generations.commit(added=[sid], command="snapshot")
         return sid
 
     def snapshot_ids(self) -> list[bytes]:
-        """IDs of all snapshot files."""
-        return [
+        """IDs of all snapshot files; with a client state, a snapshot it saw that is
+        gone without a tombstone is a finding (spec §13.6)."""
+        ids = [
             i
             for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.SNAPSHOTS))
             if i
         ]
+        if self.generations.client is not None:
+            self.generations.check_snapshots(set(ids))
+        return ids
+
+    def recorded_snapshot_ids(self) -> list[bytes] | None:
+        """The snapshots of the latest generation (no listing of ``snapshots/``), or None
+        without a client state or a generation."""
+        if self.generations.client is None:
+            return None
+        recorded = self.generations.recorded_snapshots()
+        return None if recorded is None else sorted(recorded)
+
+    @property
+    def trust_findings(self) -> list[Finding]:
+        """What the storage changed behind this client's back, found so far."""
+        return self.generations.findings
+
+    def check_trust(self) -> list[Finding]:
+        """Look for every kind of finding: the binding, the generations, the snapshots
+        and the index files in use."""
+        self.generations.sync()
+        self.snapshot_ids()
+        self.generations.check_index(self.indexes.active())
+        return self.generations.findings
+
+    def accept_changes(self) -> int:
+        """Accept the repository as it is now (``cas trust --accept``); returns the
+        generation that records it."""
+        listed = {
+            i
+            for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.SNAPSHOTS))
+            if i
+        }
+        return self.generations.accept(listed, set(self.indexes.active()))
 
     def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
         """Read, verify and decode one snapshot."""
@@ -375,6 +432,23 @@ class Repository:
                 continue  # forgotten since the listing
             except (IntegrityError, FormatError, UnsupportedVersion) as e:
                 self.damaged_snapshots[sid] = str(e)
+        yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
+
+    def recorded_snapshots(self) -> Iterator[tuple[bytes, Snapshot]]:
+        """(ID, snapshot), oldest first, of the snapshots the latest generation records
+        (backup's parent: no listing of ``snapshots/``, spec §13.6); of every readable
+        snapshot when there is no generation or no client state.  Unreadable or
+        vanished ones are passed over."""
+        ids = self.recorded_snapshot_ids()
+        if ids is None:
+            yield from self.iter_snapshots()
+            return
+        snaps = []
+        for sid in ids:
+            try:
+                snaps.append((sid, self.load_snapshot(sid)))
+            except (ObjectNotFound, IntegrityError, FormatError, UnsupportedVersion):
+                continue
         yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
 
     def resolve_snapshot_id(self, ref: str) -> bytes:
@@ -411,7 +485,17 @@ class Repository:
 
     def remove_snapshot(self, snapshot_id: bytes) -> None:
         """Delete a snapshot file (forget, tag, repair): the one way to remove a snapshot."""
-        self.backend.delete(layout.snapshot_name(snapshot_id))
+        self.remove_snapshots([snapshot_id])
+
+    def remove_snapshots(self, snapshot_ids: list[bytes], command: str = "forget") -> None:
+        """Delete snapshot files after one generation records their tombstones, so
+        other clients tell this forget from a hidden file (spec §13.6)."""
+        if not snapshot_ids:
+            return
+        self.generations.commit(forgotten=snapshot_ids, command=command)
+        for sid in snapshot_ids:
+            failpoints.hit("forget-tombstoned")
+            self.backend.delete(layout.snapshot_name(sid))
 
     def replace_snapshot(self, snapshot_id: bytes, snap: Snapshot) -> bytes:
         """Store ``snap`` in place of ``snapshot_id`` (new file first, then the old one

@@ -779,3 +779,25 @@ def open_lock(data: bytes, index_key: bytes) -> dict[str, Any]:
     require(isinstance(doc.get("exclusive"), bool), "lock exclusive")
     require(_is_int(doc.get("started", 0)), "lock started")
     return doc
+
+
+# -- §13.6 generation records ------------------------------------------------------------
+
+
+def open_generation(data: bytes, index_key: bytes, n: int, repo_id: bytes) -> dict[str, Any]:
+    """Generation record ``n`` of repository ``repo_id`` (the number from its name)."""
+    doc = _version(
+        unpack(decode_payload(unseal(index_key, data, b"cas.generation.v1"), DOCUMENT_BOUND)),
+        "generation record",
+    )
+    require(_is_int(doc.get("n")) and 1 <= doc["n"] < 2**63, "generation number")
+    require(doc["n"] == n, f"generation record {n} holds generation {doc['n']}")
+    require(doc.get("repo") == repo_id, "generation record of another repository")
+    require(_is_int(doc.get("time")), "generation time")
+    for key in ("snapshots", "forgotten", "retired"):
+        ids = doc.get(key, [])
+        require(isinstance(ids, list) and all(_is_id(i) for i in ids), f"generation {key}")
+    require("prev" not in doc or _is_id(doc["prev"]), "generation prev")
+    require(isinstance(doc.get("command", ""), str), "generation command")
+    require(isinstance(doc.get("accepted", False), bool), "generation accepted")
+    return doc  # type: ignore[no-any-return]

@@ -35,6 +35,7 @@ from tests.independent.format import (
     file_digest,
     open_blob,
     open_config,
+    open_generation,
     open_index,
     open_keyfile,
     open_lock,
@@ -124,6 +125,7 @@ class RepositoryView:
     packs: dict[bytes, list[Entry]]
     unindexed_packs: set[bytes] = field(default_factory=set)
     locks: int = 0
+    generations: dict[int, dict[str, Any]] = field(default_factory=dict)
     blobs_verified: int = 0
     files_rebuilt: int = 0
 
@@ -171,10 +173,11 @@ def read_repository(store: Store, password: bytes) -> RepositoryView:
         for name, iid in _ids(store, "index")
     }
     live = _live_index(index_files)
+    generations = _generations(store, keys, config)
 
     pack_bytes: dict[bytes, bytes] = {}
     headers: dict[bytes, list[Entry]] = {}
-    view = RepositoryView(config, keys, {}, headers)
+    view = RepositoryView(config, keys, {}, headers, generations=generations)
     for name, pid in _ids(store, "data"):
         require(name == f"data/{pid.hex()[:2]}/{pid.hex()}", f"pack name {name}")
         data = _read_named(store, name, pid)
@@ -229,6 +232,24 @@ def read_repository(store: Store, password: bytes) -> RepositoryView:
             entries[path] = entry
         view.snapshots[sid] = SnapshotView(sid, doc, entries)
     return view
+
+
+GENERATION_NAME = re.compile(r"index/gen-([0-9a-f]{16})")
+
+
+def _generations(store: Store, keys: MasterKeys, config: Config) -> dict[int, dict[str, Any]]:
+    """§13.6: every generation record opens, holds the number of its name and the
+    repository's ID, and names the record below it by its SHA-256 when that exists."""
+    raw: dict[int, bytes] = {}
+    for name in store.list("index"):
+        m = GENERATION_NAME.fullmatch(name)
+        if m:
+            raw[int(m.group(1), 16)] = store.read(name)
+    docs = {n: open_generation(data, keys.index, n, config.repo_id) for n, data in raw.items()}
+    for n, doc in docs.items():
+        if n - 1 in raw:
+            require(doc.get("prev") == storage_id(raw[n - 1]), f"generation {n} prev")
+    return docs
 
 
 def _live_index(index_files: dict[bytes, IndexFile]) -> set[bytes]:
