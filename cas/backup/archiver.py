@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cas.backup.anomaly import Changes
 from cas.backup.pool import SaverPool
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
@@ -190,6 +191,7 @@ class Archiver:
         self.opts = options or BackupOptions()
         self.report = reporter or Reporter()
         self.summary = BackupSummary()
+        self.changes = Changes()  # against the parent, for the anomaly check
         self.names = posixmeta.NameCache()
         self._hardlinks: dict[tuple[int, int], Node] = {}
         self._opener: dirfd.Opener | None = None  # made by backup(): it raises the fd limit
@@ -503,6 +505,8 @@ class Archiver:
         self.summary.bytes_total += st.st_size
         if parent is None or parent.type != "file":
             self.summary.files_new += 1
+            if added == 0 and st.st_size > 0:  # its content is stored already: moved or copied
+                self.changes.moved += 1
             self.report.entry(path, "new", "file", st.st_size, added)
         else:
             self.summary.files_changed += 1
@@ -665,6 +669,7 @@ class Archiver:
         return tree_id
 
     def _save_tree(self, frame: _Frame) -> bytes:
+        self.changes.directory(frame.nodes, frame.parent_nodes)
         tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree(frame.nodes))
         if new:
             self.summary.tree_blobs_new += 1

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from cas import __version__
+from cas.backup import anomaly
 from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
 from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
@@ -155,6 +156,13 @@ class _Progress(Reporter):
     help="Do not count the source first (the status line then has no totals, "
     "percentage or time left).",
 )
+@click.option(
+    "--anomaly-thresholds",
+    default=None,
+    metavar="off|NAME=VALUE,...",
+    help="When a change is flagged as unusual (exit 3): 'off', or e.g. "
+    "modified=0.6,min-files=100 (docs/anomalies.md). Env: CAS_ANOMALY_THRESHOLDS.",
+)
 @workers_option("read, chunk and store new and changed files")
 @pass_globals
 def backup(
@@ -170,6 +178,7 @@ def backup(
     compression: str,
     dry_run: bool,
     no_scan: bool,
+    anomaly_thresholds: str | None,
     workers: Workers,
 ) -> None:
     """Back up PATHs into a new snapshot; only data the repository lacks is uploaded.
@@ -190,6 +199,7 @@ def backup(
         if not os.path.lexists(p):
             raise UsageError(f"{fs_text(p)} does not exist")
     opts = excludes.backup_options(force=force)
+    thresholds = anomaly.Thresholds.from_env(anomaly_thresholds)
     scan = None
     if out.shows_progress and not (no_scan or use_stdin):
         scan = SourceScan(abs_paths, opts)  # started now: it counts while the repository opens
@@ -208,7 +218,8 @@ def backup(
         _closing_pool(g, pool),
     ):
         repo.load_index()
-        parent_id, parent_tree = _find_parent(repo, parent, hostname, snap_paths)
+        parent_id, parent_snap, history = _find_parent(repo, parent, hostname, snap_paths)
+        parent_tree = parent_snap.tree if parent_snap is not None else None
         writer = DryRunWriter(repo) if dry_run else repo
         progress = _Progress(out, verbose, scan)
         after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
@@ -246,6 +257,13 @@ def backup(
         )
         summary["duration"] = round(time.time() - started, 3)
         snap.summary = summary
+        found: list[anomaly.Anomaly] = []
+        if not use_stdin:
+            archiver.changes.new_bytes = archiver.summary.data_added
+            found = _judge(repo, archiver.changes, parent_snap, history, thresholds, dry_run)
+            snap.extra["changes"] = archiver.changes.as_doc()
+            if found:
+                snap.extra["anomalies"] = [a.as_doc() for a in found]
         snapshot_id = writer.save_snapshot(snap)
         if stats is not None:
             summary["data_added_stored"] = stats.stored_bytes
@@ -256,7 +274,10 @@ def backup(
         "parent": parent_id.hex() if parent_id else None,
         "summary": summary,
         "warnings": out.warnings,
+        "anomalies": [anomaly_doc(a) for a in found],
     }
+    for a in found:
+        out.warn(f"unusual backup: {a.message}", record=False)
     for fid, why in sorted(repo.damaged_index_files.items()):
         # Its blobs were unknown to this backup, which stored again what it needed.
         out.warn(
@@ -266,7 +287,7 @@ def backup(
     if isinstance(writer, DryRunWriter):
         doc["estimate"] = _estimate(repo, writer)
     out.emit(doc, lambda: _human(out, doc))
-    if out.warnings:
+    if out.warnings or found:
         sys.exit(EXIT_WARNINGS)
 
 
@@ -315,17 +336,54 @@ def compression_level(name: str) -> int | None:
 
 def _find_parent(
     repo: Repository, ref: str | None, hostname: str, paths: list[bytes]
-) -> tuple[bytes | None, bytes | None]:
+) -> tuple[bytes | None, Snapshot | None, list[Snapshot]]:
     """The parent: the snapshot ``ref`` names, else (no ``ref`` or 'latest') the latest
-    snapshot of this host (--host) with the same paths, as restic chooses it."""
+    snapshot of this host (--host) with the same paths, as restic chooses it; and those
+    snapshots of the host and paths, oldest first (the history of the anomaly check)."""
+    same = [
+        (sid, snap)
+        for sid, snap in repo.recorded_snapshots()
+        if snap.hostname == hostname and sorted(snap.paths) == sorted(paths)
+    ]
+    history = [snap for _, snap in same]
     if ref and ref != "latest":
         sid, snap = repo.find_snapshot(ref)
-        return sid, snap.tree
-    best: tuple[bytes, Snapshot] | None = None
-    for sid, snap in repo.recorded_snapshots():
-        if snap.hostname == hostname and sorted(snap.paths) == sorted(paths):
-            best = (sid, snap)
-    return (best[0], best[1].tree) if best else (None, None)
+        return sid, snap, history
+    return (same[-1][0], same[-1][1], history) if same else (None, None, history)
+
+
+def _judge(
+    repo: Repository | DryRunWriter,
+    changes: anomaly.Changes,
+    parent: Snapshot | None,
+    history: list[Snapshot],
+    thresholds: anomaly.Thresholds,
+    dry_run: bool,
+) -> list[anomaly.Anomaly]:
+    """Complete this backup's figures and flag what is far outside the history."""
+    changes.parent_files = anomaly.file_count(parent) if parent is not None else None
+    if not dry_run and isinstance(repo, Repository):
+        repo.wait()  # every new blob sealed: its compressed size is known
+        changes.new_bytes = repo.stats.data_raw_bytes
+        if repo.compression_level is not None:
+            changes.incompressible_bytes = repo.stats.data_incompressible_bytes
+    return anomaly.detect(changes.as_doc(), anomaly.history_of(history), thresholds)
+
+
+def anomaly_doc(a: anomaly.Anomaly) -> dict[str, Any]:
+    """An anomaly in JSON: ``kind``, ``message`` and its figures."""
+    doc: dict[str, Any] = {
+        "kind": a.kind,
+        "message": a.message,
+        "count": a.count,
+        "total": a.total,
+        "share": round(a.share, 4),
+        "baseline": None if a.baseline is None else round(a.baseline, 4),
+        "threshold": round(a.threshold, 4),
+    }
+    if a.extension is not None:
+        doc["extension"] = fs_text(a.extension)
+    return doc
 
 
 def _estimate(repo: Repository, writer: DryRunWriter) -> dict[str, Any]:
@@ -372,6 +430,12 @@ def _human(out: Output, doc: dict[str, Any]) -> None:
         _human_estimate(out, doc["estimate"])
     if doc["id"]:
         out.line(f"snapshot {doc['id'][:8]} saved")
+    if doc["anomalies"]:
+        kinds = ", ".join(a["kind"] for a in doc["anomalies"])
+        out.line(
+            f"flagged as unusual ({kinds}; see the warnings): forget keeps the snapshot "
+            "before it until told --allow-anomalous"
+        )
     if doc["warnings"]:
         n = len(doc["warnings"])
         out.line(f"{n} warning{'s' if n != 1 else ''}: some entries were not saved (see above)")

@@ -437,9 +437,11 @@ class Output:
             self.clear_progress()
             click.echo(text)
 
-    def warn(self, text: str) -> None:
-        """A warning on stderr (always; JSON consumers also get them in the result)."""
-        self.warnings.append(text)
+    def warn(self, text: str, *, record: bool = True) -> None:
+        """A warning on stderr (always; JSON consumers also get them in the result's
+        ``warnings`` unless not ``record``: the result says it another way)."""
+        if record:
+            self.warnings.append(text)
         self.clear_progress()
         click.echo(f"warning: {text}", err=True)
 

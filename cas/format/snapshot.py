@@ -34,6 +34,21 @@ class Snapshot:
     summary: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # ``changes`` and ``anomalies`` (optional, §12) live in ``extra``, so that every
+    # rewrite of a snapshot (tag, copy, repair) keeps them as it keeps unknown keys.
+
+    @property
+    def changes(self) -> dict[str, Any] | None:
+        """What the backup changed against its parent (figures), if recorded."""
+        value = self.extra.get("changes")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def anomalies(self) -> list[dict[str, Any]]:
+        """The kinds of change the backup flagged; empty when it is not flagged."""
+        value = self.extra.get("anomalies")
+        return value if isinstance(value, list) else []
+
 
 def encode_snapshot(
     s: Snapshot, data_key: crypto.Sealer | bytes, nonce: bytes | None = None
@@ -94,4 +109,33 @@ def decode_snapshot(raw: bytes, data_key: crypto.Sealer | bytes) -> Snapshot:
         "summary",
     }
     s.extra = {k: v for k, v in d.items() if k not in known}
+    _check_anomaly_fields(s.extra, what)
     return s
+
+
+def _check_anomaly_fields(extra: dict[str, Any], what: str) -> None:
+    """``changes``: a map of str to int or bin; ``anomalies``: an array of maps with
+    ``kind`` (str), ``count`` and ``total`` (int >= 0) and an optional ``extension`` (bin)."""
+    changes = extra.get("changes")
+    if "changes" in extra and not (
+        isinstance(changes, dict)
+        and all(
+            isinstance(k, str) and isinstance(v, (int, bytes)) and not isinstance(v, bool)
+            for k, v in changes.items()
+        )
+    ):
+        raise FormatError(what=what, detail="malformed changes")
+    anomalies = extra.get("anomalies")
+    if "anomalies" in extra and not (
+        isinstance(anomalies, list) and all(_is_anomaly(a) for a in anomalies)
+    ):
+        raise FormatError(what=what, detail="malformed anomalies")
+
+
+def _is_anomaly(a: Any) -> bool:
+    if not isinstance(a, dict) or not isinstance(a.get("kind"), str):
+        return False
+    counts = (a.get("count"), a.get("total"))
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return False
+    return "extension" not in a or isinstance(a["extension"], bytes)

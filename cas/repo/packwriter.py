@@ -62,6 +62,18 @@ class WriteStats:
     packs: int = 0
     pack_bytes: int = 0
     index_files: int = 0
+    data_raw_bytes: int = 0  # plaintext of new data blobs
+    data_incompressible_bytes: int = 0  # of those, in blobs that did not shrink by 10%
+
+    def add(self, blob_type: BlobType, raw_length: int, stored_length: int) -> None:
+        """Count one new blob (``stored_length``: sealed, with its overhead)."""
+        self.blobs[blob_type] += 1
+        self.raw_bytes += raw_length
+        self.stored_bytes += stored_length
+        if blob_type == BlobType.DATA:
+            self.data_raw_bytes += raw_length
+            if stored_length * 10 >= raw_length * 9:
+                self.data_incompressible_bytes += raw_length
 
 
 class PackWriter:
@@ -262,9 +274,7 @@ class BlobSaver:
         with self._lock:
             self._raise_worker_error()
             for e in entries:
-                self.stats.blobs[e.type] += 1
-                self.stats.raw_bytes += e.raw_length
-                self.stats.stored_bytes += e.length
+                self.stats.add(e.type, e.raw_length, e.length)
                 sealed = view[e.offset : e.offset + e.length]
                 packer = self.writer.add(e.type, e.blob_id, sealed, e.raw_length)
                 if packer is not None:
@@ -277,9 +287,7 @@ class BlobSaver:
         as if this saver had stored it."""
         with self._lock:
             for e in entries:
-                self.stats.blobs[e.type] += 1
-                self.stats.raw_bytes += e.raw_length
-                self.stats.stored_bytes += e.length
+                self.stats.add(e.type, e.raw_length, e.length)
         self._record(pack_id, size, entries)
 
     def save(self, blob_type: BlobType, data: bytes, blob_id: bytes) -> bool:
@@ -358,9 +366,7 @@ class BlobSaver:
             full = []
             with self._lock:
                 for blob_type, blob_id, blob, raw_length in sealed:
-                    self.stats.blobs[blob_type] += 1
-                    self.stats.raw_bytes += raw_length
-                    self.stats.stored_bytes += len(blob)
+                    self.stats.add(blob_type, raw_length, len(blob))
                     packer = self.writer.add(blob_type, blob_id, blob, raw_length)
                     if packer is not None:
                         full.append(packer)
