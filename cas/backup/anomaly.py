@@ -222,7 +222,7 @@ class Anomaly:
     @property
     def share(self) -> float:
         """count / total."""
-        return self.count / self.total
+        return self.count / self.total if self.total > 0 else 0.0
 
     @property
     def message(self) -> str:

@@ -30,6 +30,7 @@ from cas.cli.common import (
     one_line,
     pass_globals,
 )
+from cas.cli.nodeview import anomaly_doc
 from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
@@ -274,7 +275,7 @@ def backup(
         "parent": parent_id.hex() if parent_id else None,
         "summary": summary,
         "warnings": out.warnings,
-        "anomalies": [anomaly_doc(a) for a in found],
+        "anomalies": [anomaly_doc(a, judged=True) for a in found],
     }
     for a in found:
         out.warn(f"unusual backup: {a.message}", record=False)
@@ -368,22 +369,6 @@ def _judge(
         if repo.compression_level is not None:
             changes.incompressible_bytes = repo.stats.data_incompressible_bytes
     return anomaly.detect(changes.as_doc(), anomaly.history_of(history), thresholds)
-
-
-def anomaly_doc(a: anomaly.Anomaly) -> dict[str, Any]:
-    """An anomaly in JSON: ``kind``, ``message`` and its figures."""
-    doc: dict[str, Any] = {
-        "kind": a.kind,
-        "message": a.message,
-        "count": a.count,
-        "total": a.total,
-        "share": round(a.share, 4),
-        "baseline": None if a.baseline is None else round(a.baseline, 4),
-        "threshold": round(a.threshold, 4),
-    }
-    if a.extension is not None:
-        doc["extension"] = fs_text(a.extension)
-    return doc
 
 
 def _estimate(repo: Repository, writer: DryRunWriter) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from cas.cli.cmd_prune import parse_fraction, prune_lines, run_prune
 from cas.cli.common import Globals, Output, fs_text, pass_globals
 from cas.cli.nodeview import local_time, snapshot_doc
 from cas.cli.options import snapshot_filter_options
-from cas.errors import FormatError, IntegrityError, UnsupportedVersion, UsageError
+from cas.errors import CasError, FormatError, IntegrityError, UnsupportedVersion, UsageError
 from cas.format.snapshot import Snapshot
 from cas.manage.policy import (
     UNLIMITED,
@@ -28,6 +28,8 @@ from cas.manage.policy import (
     GroupPlan,
     Policy,
     SnapshotRef,
+    anomaly_guard,
+    keep_guarded,
     parse_group_by,
     plan_forget,
 )
@@ -89,6 +91,12 @@ def _keep_option(name: str, what: str) -> Callable[[_F], _F]:
     "(comma list of host, paths, tags; empty for one group).",
 )
 @snapshot_filter_options(only="Only consider")
+@click.option(
+    "--allow-anomalous",
+    is_flag=True,
+    help="Also forget snapshots flagged as unusual by their backup and the newest "
+    "unflagged snapshot before each (kept otherwise, whatever the policy).",
+)
 @click.option("--dry-run", "-n", is_flag=True, help="Only show what would be kept and removed.")
 @click.option("--prune", is_flag=True, help="Run prune afterwards to free the space.")
 @click.option(
@@ -111,6 +119,7 @@ def forget(
     keep_tag: tuple[str, ...],
     group_by: str,
     selection: SnapshotFilter,
+    allow_anomalous: bool,
     dry_run: bool,
     prune: bool,
     max_unused: str,
@@ -118,8 +127,10 @@ def forget(
     """Remove snapshots: those no --keep-* rule keeps, or the IDs given.
 
     Each group of snapshots (by default: same host and paths) is judged on its
-    own. A snapshot kept by any rule is kept. Only snapshot files are deleted;
-    run prune (or --prune) to free the data no snapshot needs any more.
+    own. A snapshot kept by any rule is kept. A snapshot its backup flagged as
+    unusual, and the newest unflagged one before it (same host and paths), are
+    kept unless --allow-anomalous. Only snapshot files are deleted; run prune
+    (or --prune) to free the data no snapshot needs any more.
     """
     out = Output(g)
     try:
@@ -148,10 +159,14 @@ def forget(
         damaged: list[bytes] = []
         if snapshot_ids:
             plans, snaps, damaged = _by_id(repo, snapshot_ids)
+            if not allow_anomalous:
+                _refuse_guarded(plans, repo)
         else:
             snaps = dict(repo.iter_snapshots())
             refs = [SnapshotRef.of(i, s) for i, s in snaps.items()]
             plans = plan_forget([r for r in refs if selection.matches(r)], policy, groups, None)
+            if not allow_anomalous:
+                plans = keep_guarded(plans, anomaly_guard(refs))
         doomed = [d.ref.id for p in plans for d in p.remove] + damaged
         if not dry_run:
             repo.remove_snapshots(doomed)
@@ -196,6 +211,27 @@ def _by_id(
     ordered = sorted(snaps.items(), key=lambda p: (p[1].time_ns, p[0]))
     decisions = [Decision(SnapshotRef.of(i, s), False, ()) for i, s in ordered]
     return [GroupPlan(GroupKey(), decisions)], snaps, damaged
+
+
+class AnomalousSnapshot(CasError):
+    """{detail}"""
+
+
+def _refuse_guarded(plans: list[GroupPlan], repo: Repository) -> None:
+    """Refuse to forget, by ID, a flagged snapshot or the newest one before it."""
+    guard = anomaly_guard(SnapshotRef.of(i, s) for i, s in repo.iter_snapshots())
+    for d in (d for p in plans for d in p.decisions):
+        why = guard.get(d.ref.id)
+        if why is not None:
+            what = (
+                "was flagged as unusual by its backup"
+                if why == "anomaly"
+                else "is the last snapshot before one flagged as unusual"
+            )
+            raise AnomalousSnapshot(
+                f"snapshot {d.ref.id.hex()[:8]} {what}; nothing was forgotten "
+                "(give --allow-anomalous to forget it)"
+            )
 
 
 def _snap_doc(d: Decision, snap: Snapshot) -> dict[str, Any]:

@@ -63,15 +63,18 @@ def snapshots(
         for d in members:
             when = local_time(d["time_ns"])
             tags = ", ".join(d["tags"])
+            flag = _flag(d)
             if compact:
-                out.line(f"{d['id'][:8]}  {when}  {d['hostname'][:12]:12}  {tags}")
+                out.line(f"{d['id'][:8]}  {when}  {d['hostname'][:12]:12}  {tags}{flag}")
                 continue
             size = human_bytes(d["summary"].get("bytes_total", 0))
             shown = f"  [{tags}]" if tags else ""
             out.line(
                 f"{d['id'][:8]}  {when}  {d['hostname'][:12]:12}  {size:>10}  "
-                f"{', '.join(d['paths'])}{shown}"
+                f"{', '.join(d['paths'])}{shown}{flag}"
             )
+            for a in d["anomalies"]:
+                out.line(f"          unusual: {a['message']}")
 
     def human() -> None:
         if not fields:
@@ -88,6 +91,13 @@ def snapshots(
     else:
         doc["snapshots"] = docs
     out.emit(doc, human, answer=True)
+
+
+def _flag(d: dict[str, Any]) -> str:
+    """The mark of a snapshot whose backup was flagged as unusual."""
+    if not d["anomalies"]:
+        return ""
+    return f"  !unusual ({', '.join(a['kind'] for a in d['anomalies'])})"
 
 
 def _group_fields(group_by: str) -> list[str]:

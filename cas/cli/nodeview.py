@@ -8,6 +8,7 @@ import stat
 import time
 from typing import Any
 
+from cas.backup import anomaly
 from cas.browse.nav import Entry
 from cas.cli.common import human_bytes, iso_ns
 from cas.format.snapshot import Snapshot
@@ -144,8 +145,27 @@ def snapshot_doc(sid: bytes, snap: Snapshot, **extra: Any) -> dict[str, Any]:
         "parent": snap.parent.hex() if snap.parent else None,
         "program": snap.program,
         "summary": snap.summary,
+        "anomalies": [anomaly_doc(anomaly.stored(a)) for a in snap.anomalies],
     }
     doc.update(extra)
+    return doc
+
+
+def anomaly_doc(a: anomaly.Anomaly, *, judged: bool = False) -> dict[str, Any]:
+    """An unusual change in JSON: ``kind``, ``message`` and its figures; ``judged`` (the
+    backup that found it): with the history's share and the threshold."""
+    doc: dict[str, Any] = {
+        "kind": a.kind,
+        "message": a.message,
+        "count": a.count,
+        "total": a.total,
+        "share": round(a.share, 4),
+    }
+    if judged:
+        doc["baseline"] = None if a.baseline is None else round(a.baseline, 4)
+        doc["threshold"] = round(a.threshold, 4)
+    if a.extension is not None:
+        doc["extension"] = a.extension.decode("utf-8", "backslashreplace")
     return doc
 
 

@@ -51,12 +51,18 @@ class SnapshotRef:
     hostname: str = ""
     paths: tuple[bytes, ...] = ()
     tags: frozenset[str] = frozenset()
+    flagged: bool = False  # the backup found its change unusual (anomalies)
 
     @classmethod
     def of(cls, snapshot_id: bytes, snap: Snapshot) -> SnapshotRef:
         """The ref of a stored snapshot."""
         return cls(
-            snapshot_id, snap.time_ns, snap.hostname, tuple(snap.paths), frozenset(snap.tags)
+            snapshot_id,
+            snap.time_ns,
+            snap.hostname,
+            tuple(snap.paths),
+            frozenset(snap.tags),
+            bool(snap.anomalies),
         )
 
 
@@ -304,3 +310,45 @@ def plan_forget(
     for ref in sorted(snapshots, key=lambda r: (r.time_ns, r.id)):
         groups.setdefault(group_key(ref, by), []).append(ref)
     return [GroupPlan(k, apply_policy(refs, policy, tz)) for k, refs in groups.items()]
+
+
+# -- snapshots flagged as unusual -------------------------------------------------
+
+FLAGGED = "anomaly"
+BEFORE_FLAGGED = "before anomaly"
+
+
+def anomaly_guard(snapshots: Iterable[SnapshotRef]) -> dict[bytes, str]:
+    """The snapshots forget keeps whatever the policy says (unless --allow-anomalous),
+    with the reason: each flagged snapshot, and the newest unflagged one before it of
+    the same host and paths (the last state before the unusual change).
+
+    The flagged snapshot is kept too: it carries the flag, so forgetting it would
+    leave the one before it unprotected at the next forget.
+    """
+    guard: dict[bytes, str] = {}
+    groups: dict[GroupKey, list[SnapshotRef]] = {}
+    for ref in sorted(snapshots, key=lambda r: (r.time_ns, r.id)):
+        groups.setdefault(group_key(ref, ("host", "paths")), []).append(ref)
+    for refs in groups.values():
+        good: SnapshotRef | None = None
+        for ref in refs:
+            if not ref.flagged:
+                good = ref
+                continue
+            guard[ref.id] = FLAGGED
+            if good is not None:
+                guard.setdefault(good.id, BEFORE_FLAGGED)
+    return guard
+
+
+def keep_guarded(plans: list[GroupPlan], guard: dict[bytes, str]) -> list[GroupPlan]:
+    """``plans`` with every guarded snapshot kept, its reason added."""
+    out = []
+    for plan in plans:
+        decisions = [
+            Decision(d.ref, True, (*d.reasons, guard[d.ref.id])) if d.ref.id in guard else d
+            for d in plan.decisions
+        ]
+        out.append(GroupPlan(plan.key, decisions))
+    return out
