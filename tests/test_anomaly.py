@@ -15,6 +15,7 @@ from cas.backup import anomaly
 from cas.errors import EXIT_WARNINGS, FormatError, UsageError
 from cas.format.snapshot import Snapshot, decode_snapshot, encode_snapshot
 from cas.format.tree import Node
+from tests.independent.compare import read_local
 from tests.support.cli import Result, run_cas
 from tests.support.hometree import edit_day, make_home, ransomware
 
@@ -71,6 +72,13 @@ def test_a_normal_week_is_not_flagged_and_ransomware_is(home: Home) -> None:
     assert {a["kind"] for a in listed[-1]["anomalies"]} == set(kinds)
     human = home.cas("snapshots").out
     assert "!unusual (" in human and "*.locked" in human
+
+    # A reader written from the spec alone reads the flag and the figures.
+    view = read_local(home.repo)
+    stored = view.snapshots[listed[-1]["id"]].doc
+    assert {a["kind"] for a in stored["anomalies"]} == set(kinds)
+    assert stored["changes"]["renamed"] == hit and stored["changes"]["renamed_to"] == "locked"
+    assert "anomalies" not in view.snapshots[listed[0]["id"]].doc
 
     # The next backup compares with the encrypted parent: nothing unusual any more.
     code, doc, _ = home.backup()
@@ -155,7 +163,7 @@ def test_changes_count_modified_emptied_and_renamed_in_place() -> None:
     c.directory(now, parent)
     assert (c.files, c.matched, c.modified, c.emptied, c.renamed) == (5, 3, 2, 1, 1)
     assert c.removed == 2
-    assert c.as_doc()["renamed_to"] == b"locked"
+    assert c.as_doc()["renamed_to"] == "locked"
 
 
 def test_detect_needs_counts_shares_and_a_margin_over_the_history() -> None:
@@ -197,14 +205,16 @@ def _snap(**extra: Any) -> Snapshot:
 
 def test_snapshot_fields_round_trip_and_malformed_ones_are_refused() -> None:
     key = bytes(range(32))
-    changes = {"files": 3, "parent_files": 2, "renamed_to": b"locked"}
-    flags = [{"kind": "renamed", "count": 2, "total": 2, "extension": b"locked"}]
+    changes = {"files": 3, "parent_files": 2, "renamed_to": "locked"}
+    flags = [{"kind": "renamed", "count": 2, "total": 2, "extension": "locked"}]
     back = decode_snapshot(encode_snapshot(_snap(changes=changes, anomalies=flags), key), key)
     assert back.changes == changes and back.anomalies == flags
     assert decode_snapshot(encode_snapshot(_snap(), key), key).anomalies == []
     for bad in (
         {"changes": [1]},
         {"changes": {"files": 1.5}},
+        {"changes": {"files": -1}},
+        {"anomalies": [{"kind": "x", "count": 1, "total": 1, "extension": b"x"}]},
         {"anomalies": {}},
         {"anomalies": [{"kind": "x", "count": -1, "total": 1}]},
         {"anomalies": [{"kind": 1, "count": 1, "total": 1}]},

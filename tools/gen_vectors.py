@@ -896,6 +896,39 @@ def gen_snapshot() -> dict[str, Any]:
                 extra={"x_future": [1, 2, 3]},
             ),
         ),
+        (
+            "a snapshot whose backup was flagged as unusual: changes and anomalies (§12.1)",
+            snapfmt.Snapshot(
+                time_ns=1_700_172_800_000_000_000,
+                tree=tree_id,
+                paths=[b"/home/alice"],
+                hostname="host1",
+                username="alice",
+                uid=1000,
+                gid=1000,
+                parent=storage_id(b"child snapshot"),
+                program="cas 0.1.0",
+                extra={
+                    "changes": {
+                        "files": 1000,
+                        "parent_files": 1000,
+                        "modified": 12,
+                        "removed": 800,
+                        "moved": 0,
+                        "renamed": 800,
+                        "emptied": 0,
+                        "new_bytes": 52_428_800,
+                        "incompressible_bytes": 52_000_000,
+                        "renamed_to": "locked",
+                        "renamed_to_count": 800,
+                    },
+                    "anomalies": [
+                        {"kind": "removed", "count": 800, "total": 1000},
+                        {"kind": "renamed", "count": 800, "total": 1000, "extension": "locked"},
+                    ],
+                },
+            ),
+        ),
     )
     cases: list[dict[str, Any]] = []
     for i, (desc, s) in enumerate(snaps):
@@ -935,6 +968,32 @@ def gen_snapshot() -> dict[str, Any]:
             "error": error_name(snapfmt.decode_snapshot, first, KEYS.index_key),
         },
     ]
+    bad_fields = (
+        ("changes that is not a map", {"changes": [1]}),
+        ("a negative count in changes", {"changes": {"files": -1}}),
+        ("anomalies that is not an array", {"anomalies": {"kind": "removed"}}),
+        ("an anomaly without a total", {"anomalies": [{"kind": "removed", "count": 1}]}),
+        (
+            "an anomaly whose extension is bin",
+            {"anomalies": [{"kind": "renamed", "count": 1, "total": 2, "extension": b"x"}]},
+        ),
+    )
+    for i, (desc, extra) in enumerate(bad_fields):
+        doc = codec.unpack(
+            compress.decode_payload(bytes.fromhex(cases[0]["payload"]), 1 << 20, "v"), "v"
+        )
+        doc.update(extra)
+        sealed = codec.seal_document(
+            KEYS.data_key, snapfmt.SNAPSHOT_AD, doc, nonce(f"snapshot.bad.field.{i}")
+        )
+        invalid.append(
+            {
+                "description": desc,
+                "data_key": h(KEYS.data_key),
+                "sealed": h(sealed),
+                "error": error_name(snapfmt.decode_snapshot, sealed, KEYS.data_key),
+            }
+        )
     return {
         "description": "Snapshot files (§12): canonical msgpack sealed under the data key, "
         "AD 'cas.snapshot.v1'",

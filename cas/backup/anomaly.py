@@ -175,8 +175,8 @@ class Changes:
                 self.renamed_to[extension(node.name)] += 1
 
     def as_doc(self) -> dict[str, Any]:
-        """The snapshot's ``changes`` map (spec §12): integers, and the most common
-        extension of renamed files as bytes."""
+        """The snapshot's ``changes`` map (spec §12.1): integers, and the most common
+        extension of renamed files (text; bytes that are not UTF-8 as \\xNN)."""
         doc: dict[str, Any] = {
             "files": self.files,
             "modified": self.modified,
@@ -192,7 +192,7 @@ class Changes:
             doc["incompressible_bytes"] = self.incompressible_bytes
         if self.renamed_to:
             ext, n = max(self.renamed_to.items(), key=lambda p: (p[1], p[0]))
-            doc["renamed_to"] = ext
+            doc["renamed_to"] = ext.decode("utf-8", "backslashreplace")
             doc["renamed_to_count"] = n
         return doc
 
@@ -217,7 +217,7 @@ class Anomaly:
     total: int
     baseline: float | None  # the history's share (None: no history of this kind)
     threshold: float  # the share that would have been flagged
-    extension: bytes | None = None  # renamed: the most common new extension
+    extension: str | None = None  # renamed: the most common new extension
 
     @property
     def share(self) -> float:
@@ -242,8 +242,7 @@ class Anomaly:
         }[self.kind]
         text = f"{self.count} of the parent's {self.total} files ({pct}) {what}{usual}"
         if self.kind == "renamed" and self.extension is not None:
-            shown = self.extension.decode("utf-8", "backslashreplace") or "(none)"
-            text += f" (most common new extension: *.{shown})"
+            text += f" (most common new extension: *.{self.extension})"
         return text
 
     def as_doc(self) -> dict[str, Any]:
@@ -307,7 +306,7 @@ def stored(doc: Mapping[str, Any]) -> Anomaly:
         int(doc["total"]),
         None,
         0.0,
-        ext if isinstance(ext, bytes) else None,
+        ext if isinstance(ext, str) else None,
     )
 
 

@@ -165,7 +165,7 @@ def anomaly_doc(a: anomaly.Anomaly, *, judged: bool = False) -> dict[str, Any]:
         doc["baseline"] = None if a.baseline is None else round(a.baseline, 4)
         doc["threshold"] = round(a.threshold, 4)
     if a.extension is not None:
-        doc["extension"] = a.extension.decode("utf-8", "backslashreplace")
+        doc["extension"] = a.extension
     return doc
 
 

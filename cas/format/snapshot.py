@@ -114,14 +114,13 @@ def decode_snapshot(raw: bytes, data_key: crypto.Sealer | bytes) -> Snapshot:
 
 
 def _check_anomaly_fields(extra: dict[str, Any], what: str) -> None:
-    """``changes``: a map of str to int or bin; ``anomalies``: an array of maps with
-    ``kind`` (str), ``count`` and ``total`` (int >= 0) and an optional ``extension`` (bin)."""
+    """``changes``: a map of str to int >= 0 or str; ``anomalies``: an array of maps with
+    ``kind`` (str), ``count`` and ``total`` (int >= 0) and an optional ``extension`` (str)."""
     changes = extra.get("changes")
     if "changes" in extra and not (
         isinstance(changes, dict)
         and all(
-            isinstance(k, str) and isinstance(v, (int, bytes)) and not isinstance(v, bool)
-            for k, v in changes.items()
+            isinstance(k, str) and (isinstance(v, str) or _is_count(v)) for k, v in changes.items()
         )
     ):
         raise FormatError(what=what, detail="malformed changes")
@@ -135,7 +134,10 @@ def _check_anomaly_fields(extra: dict[str, Any], what: str) -> None:
 def _is_anomaly(a: Any) -> bool:
     if not isinstance(a, dict) or not isinstance(a.get("kind"), str):
         return False
-    counts = (a.get("count"), a.get("total"))
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+    if not (_is_count(a.get("count")) and _is_count(a.get("total"))):
         return False
-    return "extension" not in a or isinstance(a["extension"], bytes)
+    return "extension" not in a or isinstance(a["extension"], str)
+
+
+def _is_count(n: Any) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0

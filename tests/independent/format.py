@@ -765,7 +765,24 @@ def open_snapshot(data: bytes, data_key: bytes) -> dict[str, Any]:
     require(isinstance(doc.get("tags"), list), "snapshot tags")
     require(isinstance(doc.get("summary"), dict), "snapshot summary")
     require("parent" not in doc or _is_id(doc["parent"]), "snapshot parent")
+    # §12.1: optional; values of changes are counts or text, anomalies name a kind,
+    # a count and a total (and for renamed, text for the extension).
+    if "changes" in doc:
+        changes = doc["changes"]
+        require(isinstance(changes, dict), "snapshot changes")
+        for k, v in changes.items():
+            require(isinstance(k, str) and (isinstance(v, str) or _is_count(v)), "changes")
+    if "anomalies" in doc:
+        require(isinstance(doc["anomalies"], list), "snapshot anomalies")
+        for a in doc["anomalies"]:
+            require(isinstance(a, dict) and isinstance(a.get("kind"), str), "anomaly kind")
+            require(_is_count(a.get("count")) and _is_count(a.get("total")), "anomaly count")
+            require(isinstance(a.get("extension", ""), str), "anomaly extension")
     return doc
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
 
 
 def open_lock(data: bytes, index_key: bytes) -> dict[str, Any]:

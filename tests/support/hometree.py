@@ -15,11 +15,60 @@ import os
 import random
 from pathlib import Path
 
-WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at "
-    "which but have an they you were her she there been one all we their has would when "
-    "backup snapshot meeting invoice report draft holiday budget project notes review"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "they",
+    "you",
+    "were",
+    "her",
+    "she",
+    "there",
+    "been",
+    "one",
+    "all",
+    "we",
+    "their",
+    "has",
+    "would",
+    "when",
+    "backup",
+    "snapshot",
+    "meeting",
+    "invoice",
+    "report",
+    "draft",
+    "holiday",
+    "budget",
+    "project",
+    "notes",
+    "review",
+]
 
 
 def _text(rng: random.Random, n: int) -> bytes:
