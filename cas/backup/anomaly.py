@@ -282,7 +282,7 @@ def detect(
         ext = changes.get("renamed_to") if kind == "renamed" else None
         found.append(
             Anomaly(
-                kind, count, total, baseline, threshold, ext if isinstance(ext, bytes) else None
+                kind, count, total, baseline, threshold, ext if isinstance(ext, str) else None
             )
         )
     return found
