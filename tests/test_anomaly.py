@@ -191,6 +191,11 @@ def test_incompressible_data_counts_only_where_it_is_unusual_and_replaces_files(
     assert anomaly.detect(attack, [photos] * 5, t) == []  # random data is this host's usual
 
 
+def test_a_kind_of_a_newer_cas_is_shown_not_refused() -> None:
+    a = anomaly.stored({"kind": "future\x1b", "count": 3, "total": 0})
+    assert a.share == 0 and a.message.startswith("future")
+
+
 def test_threshold_text() -> None:
     t = anomaly.Thresholds.parse("modified=0.7, min-bytes=4M,history=3")
     assert (t.modified, t.min_bytes, t.history) == (0.7, 4 << 20, 3)

@@ -123,6 +123,11 @@ SNAPSHOT = snapfmt.Snapshot(
     parent=bytes(range(32)),
     program="cas test",
     summary={"files": 3, "duration": 1.5, "nothing": None},
+    # §12.1: the optional fields of a flagged backup, so their checks are fuzzed too
+    extra={
+        "changes": {"files": 10, "parent_files": 9, "renamed": 8, "renamed_to": "locked"},
+        "anomalies": [{"kind": "renamed", "count": 8, "total": 9, "extension": "locked"}],
+    },
 )
 VALID_SNAPSHOT = snapfmt.encode_snapshot(SNAPSHOT, KEYS.data_key)
 ENTRIES = [

@@ -239,7 +239,9 @@ class Anomaly:
             "removed": "are gone",
             "renamed": "were replaced by a file of another extension with new content",
             "emptied": "were emptied",
-        }[self.kind]
+        }.get(self.kind)
+        if what is None:  # a kind of a newer cas (spec §12.1: readers accept any)
+            return f"{self.kind}: {self.count} of {self.total} ({pct})"
         text = f"{self.count} of the parent's {self.total} files ({pct}) {what}{usual}"
         if self.kind == "renamed" and self.extension is not None:
             text += f" (most common new extension: *.{self.extension})"
@@ -281,9 +283,7 @@ def detect(
             continue
         ext = changes.get("renamed_to") if kind == "renamed" else None
         found.append(
-            Anomaly(
-                kind, count, total, baseline, threshold, ext if isinstance(ext, str) else None
-            )
+            Anomaly(kind, count, total, baseline, threshold, ext if isinstance(ext, str) else None)
         )
     return found
 

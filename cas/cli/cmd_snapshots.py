@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from cas.cli.common import Globals, Output, human_bytes, pass_globals
+from cas.cli.common import Globals, Output, human_bytes, one_line, pass_globals
 from cas.cli.nodeview import local_time, snapshot_doc
 from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
@@ -74,7 +74,7 @@ def snapshots(
                 f"{', '.join(d['paths'])}{shown}{flag}"
             )
             for a in d["anomalies"]:
-                out.line(f"          unusual: {a['message']}")
+                out.line(f"          unusual: {one_line(a['message'])}")
 
     def human() -> None:
         if not fields:
@@ -97,7 +97,7 @@ def _flag(d: dict[str, Any]) -> str:
     """The mark of a snapshot whose backup was flagged as unusual."""
     if not d["anomalies"]:
         return ""
-    return f"  !unusual ({', '.join(a['kind'] for a in d['anomalies'])})"
+    return f"  !unusual ({one_line(', '.join(a['kind'] for a in d['anomalies']))})"
 
 
 def _group_fields(group_by: str) -> list[str]:
