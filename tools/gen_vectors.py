@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import struct
@@ -546,6 +547,20 @@ def gen_pack() -> dict[str, Any]:
     }
 
 
+def sealed_invalid(desc: str, key_name: str, ad: bytes, doc: Any, label: str) -> dict[str, Any]:
+    """A refused document: ``doc`` sealed under the key ``key_name`` names (index_key or
+    data_key) with ``ad``, and the error its decoder raises."""
+    key = getattr(KEYS, key_name)
+    sealed = codec.seal_document(key, ad, doc, nonce(label))
+    decode = indexfmt.decode_index if ad == indexfmt.INDEX_AD else snapfmt.decode_snapshot
+    return {
+        "description": desc,
+        key_name: h(key),
+        "sealed": h(sealed),
+        "error": error_name(decode, sealed, key),
+    }
+
+
 def gen_index() -> dict[str, Any]:
     pack = gen_pack()
     packs = {
@@ -614,17 +629,7 @@ def gen_index() -> dict[str, Any]:
             ),
         )
     ):
-        sealed = codec.seal_document(
-            KEYS.index_key, indexfmt.INDEX_AD, doc, nonce(f"index.bad.{i}")
-        )
-        invalid.append(
-            {
-                "description": desc,
-                "index_key": h(KEYS.index_key),
-                "sealed": h(sealed),
-                "error": error_name(indexfmt.decode_index, sealed, KEYS.index_key),
-            }
-        )
+        invalid.append(sealed_invalid(desc, "index_key", indexfmt.INDEX_AD, doc, f"index.bad.{i}"))
     return {
         "description": "Index files (§10): canonical msgpack sealed under the index key, "
         "AD 'cas.index.v1'",
@@ -865,6 +870,18 @@ def snapshot_json(s: snapfmt.Snapshot) -> dict[str, Any]:
 
 def gen_snapshot() -> dict[str, Any]:
     tree_id = bytes.fromhex(gen_tree()["cases"][0]["id"])
+    child = snapfmt.Snapshot(
+        time_ns=1_700_086_400_000_000_000,
+        tree=tree_id,
+        paths=[b"/home/alice"],
+        hostname="host1",
+        username="alice",
+        uid=1000,
+        gid=1000,
+        parent=storage_id(b"parent snapshot"),
+        program="cas 0.1.0",
+        extra={"x_future": [1, 2, 3]},
+    )
     snaps = (
         (
             "first snapshot, tags given unsorted (stored sorted), a non-UTF-8 path",
@@ -881,33 +898,13 @@ def gen_snapshot() -> dict[str, Any]:
                 summary={"files_new": 3, "bytes_added": 12345},
             ),
         ),
-        (
-            "child snapshot with a parent and an unknown field kept",
-            snapfmt.Snapshot(
-                time_ns=1_700_086_400_000_000_000,
-                tree=tree_id,
-                paths=[b"/home/alice"],
-                hostname="host1",
-                username="alice",
-                uid=1000,
-                gid=1000,
-                parent=storage_id(b"parent snapshot"),
-                program="cas 0.1.0",
-                extra={"x_future": [1, 2, 3]},
-            ),
-        ),
+        ("child snapshot with a parent and an unknown field kept", child),
         (
             "a snapshot whose backup was flagged as unusual: changes and anomalies (§12.1)",
-            snapfmt.Snapshot(
+            dataclasses.replace(
+                child,
                 time_ns=1_700_172_800_000_000_000,
-                tree=tree_id,
-                paths=[b"/home/alice"],
-                hostname="host1",
-                username="alice",
-                uid=1000,
-                gid=1000,
                 parent=storage_id(b"child snapshot"),
-                program="cas 0.1.0",
                 extra={
                     "changes": {
                         "files": 1000,
@@ -983,17 +980,8 @@ def gen_snapshot() -> dict[str, Any]:
             compress.decode_payload(bytes.fromhex(cases[0]["payload"]), 1 << 20, "v"), "v"
         )
         doc.update(extra)
-        sealed = codec.seal_document(
-            KEYS.data_key, snapfmt.SNAPSHOT_AD, doc, nonce(f"snapshot.bad.field.{i}")
-        )
-        invalid.append(
-            {
-                "description": desc,
-                "data_key": h(KEYS.data_key),
-                "sealed": h(sealed),
-                "error": error_name(snapfmt.decode_snapshot, sealed, KEYS.data_key),
-            }
-        )
+        label = f"snapshot.bad.field.{i}"
+        invalid.append(sealed_invalid(desc, "data_key", snapfmt.SNAPSHOT_AD, doc, label))
     return {
         "description": "Snapshot files (§12): canonical msgpack sealed under the data key, "
         "AD 'cas.snapshot.v1'",
