@@ -354,7 +354,7 @@ def _find_parent(
 
 
 def _judge(
-    repo: Repository | DryRunWriter,
+    repo: Repository,
     changes: anomaly.Changes,
     parent: Snapshot | None,
     history: list[Snapshot],
@@ -363,7 +363,7 @@ def _judge(
 ) -> list[anomaly.Anomaly]:
     """Complete this backup's figures and flag what is far outside the history."""
     changes.parent_files = anomaly.file_count(parent) if parent is not None else None
-    if not dry_run and isinstance(repo, Repository):
+    if not dry_run:
         repo.wait()  # every new blob sealed: its compressed size is known
         changes.new_bytes = repo.stats.data_raw_bytes
         if repo.compression_level is not None:
