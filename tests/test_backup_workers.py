@@ -132,7 +132,8 @@ def test_each_blob_is_stored_once_whichever_worker_meets_it(tmp_path: Path) -> N
     _init(repo)
     shutil.copytree(repo, one_copy)  # the same keys: the same chunks
     doc = _backup(repo, src, "--workers", "2")
-    alone = _backup(one_copy, src, "--workers", "0")
+    # The copy is another client's repository (the same ID): its own client state
+    alone = _backup(one_copy, src, "--workers", "0", env={"XDG_STATE_HOME": str(tmp_path / "st")})
     assert doc["summary"]["data_blobs_new"] == alone["summary"]["data_blobs_new"]
     assert doc["summary"]["data_added"] == alone["summary"]["data_added"]
     findings = _check(repo)["findings"]

@@ -50,12 +50,14 @@ def _result(done: Any) -> dict[str, Any]:
     return dict(last["result"])
 
 
-def _proven(repo: Path, src: Path, tmp_path: Path, name: str) -> None:
+def _proven(
+    repo: Path, src: Path, tmp_path: Path, name: str, env: dict[str, str] | None = None
+) -> None:
     """check --read-data passes and the snapshot left restores exactly."""
-    check = run_cas("-r", repo, "check", "--read-data")
+    check = run_cas("-r", repo, "check", "--read-data", env=env)
     assert check.code == 0, check.out + check.err
     target = tmp_path / name
-    assert run_cas("-r", repo, "restore", "latest", "--target", target).code == 0
+    assert run_cas("-r", repo, "restore", "latest", "--target", target, env=env).code == 0
     assert compare_trees(src, target / str(src).lstrip("/")) == []
 
 
@@ -63,8 +65,9 @@ def test_repack_with_helpers_writes_what_one_process_writes(tmp_path: Path) -> N
     repo, src = _repo(tmp_path)
     twin = tmp_path / "twin"
     shutil.copytree(repo, twin)
+    twin_env = {"XDG_STATE_HOME": str(tmp_path / "twin-state")}  # another client's copy
     alone = _prune(repo, "0")
-    helped = _prune(twin, "2")
+    helped = _prune(twin, "2", env=twin_env)
     assert alone.code == 0 and helped.code == 0, alone.err + helped.err
     a, h = _result(alone), _result(helped)
     assert a["processes"] == 0 and h["processes"] == 2
@@ -73,7 +76,7 @@ def test_repack_with_helpers_writes_what_one_process_writes(tmp_path: Path) -> N
     for key in ("packs_written", "bytes_written", "packs_deleted", "bytes_freed"):
         assert h[key] == a[key], key
     _proven(repo, src, tmp_path, "alone")
-    _proven(twin, src, tmp_path, "helped")
+    _proven(twin, src, tmp_path, "helped", twin_env)
 
 
 def test_a_helper_that_dies_has_its_packs_repacked_here(tmp_path: Path) -> None:

@@ -58,7 +58,12 @@ def _as_user(who: pwd.struct_passwd, base: Path, modules: list[str], *args: str 
         f"os.setgroups([]); os.setgid({who.pw_gid}); os.setuid({who.pw_uid})\n"
         "assert os.geteuid() != 0 and os.getuid() != 0"
     )
-    env = {"HOME": str(base), "CAS_CACHE_DIR": str(base / "cache"), "CAS_WORKERS": "0"}
+    env = {
+        "HOME": str(base),
+        "CAS_CACHE_DIR": str(base / "cache"),
+        "XDG_STATE_HOME": str(base / "state"),  # the user's own client state
+        "CAS_WORKERS": "0",
+    }
     return run_cas(*args, password=PASSWORD, env=env, cwd=base, prelude=prelude)
 
 

@@ -161,6 +161,8 @@ def forget(
             plans, snaps, damaged = _by_id(repo, snapshot_ids)
             if not allow_anomalous:
                 _refuse_guarded(plans, repo)
+                for sid in damaged:  # named to be removed: no warning that it is damaged
+                    repo.damaged_snapshots.pop(sid, None)
         else:
             snaps = dict(repo.iter_snapshots())
             refs = [SnapshotRef.of(i, s) for i, s in snaps.items()]

@@ -49,7 +49,8 @@ def trust(g: Globals, accept: bool) -> None:
         "accepted": accept,
         "generation": repo.generations.state.generation,
     }
-    out.emit(doc, lambda: _human(out, doc), answer=True)
+    # The findings are the answer (-q does not hide them); "nothing changed" is not.
+    out.emit(doc, lambda: _human(out, doc), answer=bool(found))
     if found and not accept:
         sys.exit(EXIT_UNTRUSTED)
 

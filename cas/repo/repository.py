@@ -437,8 +437,8 @@ class Repository:
     def recorded_snapshots(self) -> Iterator[tuple[bytes, Snapshot]]:
         """(ID, snapshot), oldest first, of the snapshots the latest generation records
         (backup's parent: no listing of ``snapshots/``, spec §13.6); of every readable
-        snapshot when there is no generation or no client state.  Unreadable or
-        vanished ones are passed over."""
+        snapshot when there is no generation or no client state.  Vanished ones are
+        passed over, unreadable ones too and recorded in ``damaged_snapshots``."""
         ids = self.recorded_snapshot_ids()
         if ids is None:
             yield from self.iter_snapshots()
@@ -447,8 +447,10 @@ class Repository:
         for sid in ids:
             try:
                 snaps.append((sid, self.load_snapshot(sid)))
-            except (ObjectNotFound, IntegrityError, FormatError, UnsupportedVersion):
+            except ObjectNotFound:
                 continue
+            except (IntegrityError, FormatError, UnsupportedVersion) as e:
+                self.damaged_snapshots[sid] = str(e)  # warned about, as iter_snapshots does
         yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
 
     def resolve_snapshot_id(self, ref: str) -> bytes:
