@@ -55,5 +55,7 @@ def test_the_provider_view_is_lengths_plus_a_constant(tmp_path: Path) -> None:
     chunk_attack.cas("init", "-r", v2, "--chunk-min", 2048, "--chunk-avg", 8192,
                      "--chunk-max", 32768)  # fmt: skip
     v2_lengths = chunk_attack.logged_read_lengths(v2, chunk_attack.back_up(v2, f), "f.bin")
-    assert len(v2_lengths) == len(lengths) and len(set(v2_lengths)) <= 2
+    # (how many reads there are is not the point: a unit already read may serve the next
+    # blob, which varies with where the blobs were placed; what each read shows is)
+    assert v2_lengths and len(set(v2_lengths)) <= 2
     assert not set(v2_lengths) & set(lengths)
