@@ -424,15 +424,7 @@ class Repository:
         A snapshot file that is damaged (or of a newer version) is left out and
         recorded in ``damaged_snapshots``; one removed since the listing is left out.
         """
-        snaps = []
-        for sid in self.snapshot_ids():
-            try:
-                snaps.append((sid, self.load_snapshot(sid)))
-            except ObjectNotFound:
-                continue  # forgotten since the listing
-            except (IntegrityError, FormatError, UnsupportedVersion) as e:
-                self.damaged_snapshots[sid] = str(e)
-        yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
+        yield from self._loaded(self.snapshot_ids())
 
     def recorded_snapshots(self) -> Iterator[tuple[bytes, Snapshot]]:
         """(ID, snapshot), oldest first, of the snapshots the latest generation records
@@ -443,15 +435,20 @@ class Repository:
         if ids is None:
             yield from self.iter_snapshots()
             return
+        yield from self._loaded(ids)
+
+    def _loaded(self, ids: list[bytes]) -> list[tuple[bytes, Snapshot]]:
+        """(ID, snapshot) of ``ids``, oldest first: one removed since the listing is left
+        out, an unreadable one too and recorded in ``damaged_snapshots``."""
         snaps = []
         for sid in ids:
             try:
                 snaps.append((sid, self.load_snapshot(sid)))
             except ObjectNotFound:
-                continue
+                continue  # forgotten since the listing
             except (IntegrityError, FormatError, UnsupportedVersion) as e:
-                self.damaged_snapshots[sid] = str(e)  # warned about, as iter_snapshots does
-        yield from sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
+                self.damaged_snapshots[sid] = str(e)
+        return sorted(snaps, key=lambda p: (p[1].time_ns, p[0]))
 
     def resolve_snapshot_id(self, ref: str) -> bytes:
         """The ID a unique hex prefix names, without reading the snapshot."""
