@@ -1419,6 +1419,8 @@ def gen_generation() -> dict[str, Any]:
             ("prev that is not an ID", dict(base, prev=b"x")),
             ("accepted given as an integer", dict(base, accepted=1)),
             ("record version 2", dict(base, v=2)),
+            ("a tombstone listed twice", dict(base, forgotten=[bytes(32), bytes(32)])),
+            ("snapshots not sorted", dict(base, snapshots=[b"\x01" * 32, bytes(32)])),
         )
     ):
         sealed = codec.seal_document(

@@ -10,6 +10,7 @@ the snapshots (tombstones) and index files this generation removed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,11 @@ def _ids(doc: dict[str, Any], key: str, what: str) -> list[bytes]:
     value = get_field(doc, key, list, what) if key in doc else []
     if not all(isinstance(v, bytes) and len(v) == crypto.ID_SIZE for v in value):
         raise FormatError(what=what, detail=f"field {key!r} is not a list of 32-byte IDs")
-    return [bytes(v) for v in value]
+    ids = [bytes(v) for v in value]
+    if any(a >= b for a, b in itertools.pairwise(ids)):
+        # One canonical form: re-encoding a record gives the record back.
+        raise FormatError(what=what, detail=f"field {key!r} is not sorted without duplicates")
+    return ids
 
 
 def encode_generation(

@@ -814,6 +814,7 @@ def open_generation(data: bytes, index_key: bytes, n: int, repo_id: bytes) -> di
     for key in ("snapshots", "forgotten", "retired"):
         ids = doc.get(key, [])
         require(isinstance(ids, list) and all(_is_id(i) for i in ids), f"generation {key}")
+        require(all(a < b for a, b in itertools.pairwise(ids)), f"generation {key} not sorted")
     require("prev" not in doc or _is_id(doc["prev"]), "generation prev")
     require(isinstance(doc.get("command", ""), str), "generation command")
     require(isinstance(doc.get("accepted", False), bool), "generation accepted")
