@@ -136,6 +136,14 @@ def _refused(done: Result, words: str) -> None:
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in done.err, done.err
 
 
+def _read_anyway(done: Result, words: str) -> None:
+    """A reading command reads on: a warning per finding (one names ``words``), exit 13."""
+    assert done.code == EXIT_UNTRUSTED, (done.code, done.err)
+    lines = done.err.strip().splitlines()
+    assert all(ln.startswith("warning: ") and ln.endswith("see 'cas trust')") for ln in lines)
+    assert any(words in ln for ln in lines) and "Traceback" not in done.err, done.err
+
+
 def _kinds(place: Place) -> set[str]:
     done = place.cas("--json", "check")
     assert done.code == 1, done.err
@@ -203,8 +211,22 @@ def test_a_repository_rolled_back_to_an_earlier_copy_is_reported(
     place.ok("backup", _tree(tmp_path / "b", 2))
     place.replace_all(earlier)
 
-    _refused(place.cas("snapshots"), "older than generation")
+    listed = place.cas("--json", "snapshots")
+    _read_anyway(listed, "older than generation")
+    assert [s["id"] for s in listed.json()["snapshots"]] == [first]
     _refused(place.cas("forget", "--keep-last", "1", "--prune"), "rolled back")
+    # Data still comes out, named by ID (it cannot be forged, only hidden); "latest"
+    # is what a rollback falsifies, so it is refused and nothing is written.
+    done = place.cas("restore", "latest", "--target", tmp_path / "t1")
+    assert done.code == EXIT_UNTRUSTED and "Traceback" not in done.err, done.err
+    assert "name the snapshot by its ID" in done.err.strip().splitlines()[-1], done.err
+    assert not (tmp_path / "t1").exists()
+    done = place.cas("restore", first, "--target", tmp_path / "t2")
+    _read_anyway(done, "older than generation")
+    restored = tmp_path / "t2" / first_src.relative_to("/")
+    assert sorted(p.name for p in restored.iterdir()) == sorted(p.name for p in first_src.iterdir())
+    for name in os.listdir(first_src):
+        assert (first_src / name).read_bytes() == (restored / name).read_bytes()
     assert place.objects() == earlier
     assert "generation_rollback" in _kinds(place)
     # A restored bucket is a legitimate change: accepted, and all goes on.
@@ -227,7 +249,7 @@ def test_another_repository_at_a_known_location_is_reported(
     other.ok("backup", _tree(tmp_path / "b", 2), state=tmp_path / "stranger")
     place.replace_all(other.objects())
 
-    _refused(place.cas("snapshots"), "another repository was put in its place")
+    _read_anyway(place.cas("snapshots"), "another repository was put in its place")
     _refused(place.cas("forget", "--keep-last", "1", "--prune"), "another repository")
     assert "repository_swapped" in _kinds(place)
     place.replace_all(mine_objects)  # put back: nothing was lost

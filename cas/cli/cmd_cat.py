@@ -42,7 +42,7 @@ def cat(g: Globals, kind: str, object_id: str | None) -> None:
         else:  # the object is the answer, whatever -q says
             click.echo(json.dumps(doc, sort_keys=True, default=json_default))
 
-    repo = g.open()
+    repo = g.open(reading=True)
     if kind == "config":
         c = repo.config
         _print(

@@ -41,7 +41,7 @@ def copy(
     The target must have been created with 'cas init --copy-keys-from SOURCE'.
     """
     out = Output(g)
-    src = g.open()
+    src = g.open(reading=True)
     dst = g.open_other(to_repo, to_password_file)
     ids = [src.find_snapshot(s)[0] for s in snapshots] or [i for i, _ in src.iter_snapshots()]
     with (

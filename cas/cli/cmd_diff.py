@@ -37,7 +37,7 @@ def diff(g: Globals, first: str, second: str, metadata: bool, selection: Snapsho
     """
     out = Output(g)
     (ref1, path1), (ref2, path2) = split_ref(first), split_ref(second)
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="diff"):
         sid1, snap1 = repo.find_snapshot(ref1, selection)
         sid2, snap2 = repo.find_snapshot(ref2, selection)

@@ -70,7 +70,7 @@ def dump(
     where = base if path is None else inside(base, path)
     if g.json and target is None:
         raise UsageError("--json needs --target: the dump itself goes to stdout")
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="dump"):
         sid, snap = repo.find_snapshot(ref, selection)
         entry = lookup(repo, snap.tree, where)

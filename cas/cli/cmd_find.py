@@ -70,7 +70,7 @@ def find(
         raise UsageError(
             "what to find? give a PATTERN, --blob, --tree, --pack, --newest or --oldest"
         )
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="find"):
         blobs, trees = _objects(repo, blob_ids, tree_ids, pack_ids)
         query = Query(

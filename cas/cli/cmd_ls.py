@@ -59,7 +59,7 @@ def ls(
     """
     out = Output(g)
     ref, base = split_ref(snapshot)
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="ls"):
         sid, snap = repo.find_snapshot(ref, selection)
         starts = [lookup(repo, snap.tree, inside(base, p)) for p in paths or (base,)]

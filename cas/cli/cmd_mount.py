@@ -81,7 +81,7 @@ def mount(
     out = Output(g)
     check_mountpoint(mountpoint)
     load_binding()  # no libfuse: say so before asking for a password
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="mount"):
         view = SnapshotView(
             RepositoryStore(repo), selection=selection, cache_bytes=cache_size << 20

@@ -158,7 +158,7 @@ def restore(
     if not ref:
         raise UsageError("which snapshot? give its ID or 'latest' (restore latest --target DIR)")
     ref, _, sub = ref.partition(":")
-    repo = g.open()
+    repo = g.open(reading=True)
     opts = RestoreOptions(
         includes=PatternSet([os.fsencode(p) for p in include]),
         excludes=PatternSet([os.fsencode(p) for p in exclude]),

@@ -44,7 +44,7 @@ def snapshots(
     """List snapshots, oldest first."""
     fields = _group_fields(group_by)
     out = Output(g)
-    repo = g.open()
+    repo = g.open(reading=True)
     docs: list[dict[str, Any]] = [
         snapshot_doc(sid, s) for sid, s in repo.iter_snapshots() if selection.matches(s)
     ]

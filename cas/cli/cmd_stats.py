@@ -37,7 +37,7 @@ def stats(
     """
     out = Output(g)
     whole = not snapshot_ids and selection == SnapshotFilter()
-    repo = g.open()
+    repo = g.open(reading=True)
     with g.locked(repo, exclusive=False, command="stats"):
         if snapshot_ids:
             found = dict(repo.find_snapshot(r) for r in snapshot_ids)

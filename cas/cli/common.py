@@ -79,6 +79,10 @@ class Globals:
     # Objects the storage refused to delete (credentials without delete permission):
     # ``not_deleted`` in the summary, and a warning (exit code unchanged).
     not_deleted: list[dict[str, Any]] = field(default_factory=list)
+    # Repositories a reading command opened: what contradicts this client's state
+    # (spec §13.6) is warned about at the end, with exit 13, instead of stopping it.
+    reading: list[Repository] = field(default_factory=list)
+    untrusted: bool = False
     _warned: set[bytes] = field(default_factory=set)
     _told_not_deleted: int = 0
 
@@ -99,6 +103,17 @@ class Globals:
                         f"{kind} {short} skipped, it cannot be read ({why}); "
                         + fix.format(short=short)
                     )
+
+    def warn_untrusted(self, out: Output) -> None:
+        """Warn once about each finding a reading command met (it read on: nothing it
+        reads can be forged, only hidden or old), and mark the run for exit 13."""
+        for repo in self.reading:
+            for finding in repo.generations.findings:
+                key = finding.message.encode()
+                if key not in self._warned:
+                    self._warned.add(key)
+                    self.untrusted = True
+                    out.warn(f"{finding.message} (read anyway; see 'cas trust')")
 
     def warn_not_deleted(self, out: Output) -> None:
         """Warn once about the lock files the storage refused to delete: they are no
@@ -192,13 +207,19 @@ class Globals:
             "(or --password-file, --password-command), or run on a terminal"
         )
 
-    def open(self) -> Repository:
+    def open(self, *, reading: bool = False) -> Repository:
         """Open and unlock the repository (a missing or newer one is refused before the
-        password is asked for)."""
+        password is asked for).  ``reading``: a command that only reads (restore, ls,
+        dump ...) reads on when the storage contradicts what this client saw, warns
+        and ends with exit 13, so a user can still get data out (spec §13.6); every
+        other command stops at the first finding."""
         backend = self.backend()
         repo = repo_pkg.open_on(backend, self.password, self.options())
         self.cleanups.append(repo.close)
         self.repos.append(repo)
+        if reading:
+            repo.generations.strict = False
+            self.reading.append(repo)
         return repo
 
     def open_other(self, location: str, password_file: str | None) -> Repository:

@@ -33,7 +33,7 @@ from cas.cli import (
 )
 from cas.cli.common import Globals, Output
 from cas.cli.options import accept_global_options, global_options
-from cas.errors import EXIT_ERROR, EXIT_USAGE, EXIT_WARNINGS, CasError
+from cas.errors import EXIT_ERROR, EXIT_UNTRUSTED, EXIT_USAGE, EXIT_WARNINGS, CasError
 
 # The Globals of each invocation of the group (one per main()): read after the command
 # returns, to turn skipped damaged objects into exit code 3.
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
             out = Output(g)  # a command that printed nothing still warns
             g.warn_damaged(out)
             g.warn_not_deleted(out)
+            g.warn_untrusted(out)
+        if any(g.untrusted for g in _runs):
+            sys.exit(EXIT_UNTRUSTED)
         if any(g.degraded for g in _runs):
             sys.exit(EXIT_WARNINGS)
     except click.exceptions.Abort:
@@ -112,8 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except CasError as e:
+        for g in _runs:  # what the storage changed may be why it failed: said first
+            g.warn_untrusted(Output(g))
         click.echo(f"cas: {e}", err=True)
-        sys.exit(e.exit_code)
+        sys.exit(EXIT_UNTRUSTED if any(g.untrusted for g in _runs) else e.exit_code)
     except KeyboardInterrupt:
         click.echo("cas: interrupted", err=True)
         sys.exit(130)

@@ -31,6 +31,7 @@ from cas.errors import (
     ObjectNotFound,
     SnapshotNotFound,
     UnsupportedVersion,
+    UntrustedChange,
 )
 from cas.format import config as configfmt
 from cas.format import index as indexfmt
@@ -478,6 +479,13 @@ class Repository:
                 if among == EVERY_SNAPSHOT:
                     raise SnapshotNotFound("latest: the repository has no snapshots")
                 raise SnapshotNotFound(f"latest: no snapshot {among.describe()}")
+            if self.generations.findings:
+                # The listing is what the provider chose to show: the newest snapshot
+                # may be hidden, so "latest" could name an old one.  An ID is safe.
+                raise UntrustedChange(
+                    f"{self.generations.findings[0].message}: 'latest' may not be the "
+                    "latest; name the snapshot by its ID, or see 'cas trust'"
+                )
             return snaps[-1]
         sid = self.resolve_snapshot_id(ref)
         return sid, self.load_snapshot(sid)
