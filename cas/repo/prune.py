@@ -98,7 +98,7 @@ class PrunePlan:
             "missing_packs": len(self.missing),
             "bytes_to_repack": size(self.repack),
             "bytes_repack_kept": repack_used,
-            "bytes_to_delete": size(delete_ids) + sum(self.orphans.values()),
+            "bytes_to_delete": size(delete_ids),  # orphans' sizes are in pack_sizes too
             "requests": {
                 "GET": len(self.repack),
                 "PUT": new_packs + 2,

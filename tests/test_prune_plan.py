@@ -1,0 +1,184 @@
+"""Prune's plan summary and its deletion rules, in process (cas/repo/prune.py).
+
+Aimed at what mutation testing found unpinned (docs/reliability.md §8.3): the
+numbers ``prune --dry-run`` promises, the 5-minute skew margin of spec §13.5,
+whose locks hold deletion back, the ``max_unused`` edge, and why deletion
+was deferred.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cas.backend.memory import MemoryBackend
+from cas.crypto import BlobType
+from cas.format.pack import PackEntry
+from cas.format.snapshot import Snapshot
+from cas.format.tree import Node, encode_tree
+from cas.repo import Repository, layout, locks, open_repository
+from cas.repo.prune import (
+    SKEW_MARGIN_NS,
+    PruneOptions,
+    PrunePlan,
+    PruneResult,
+    _oldest_writer,
+    _safe,
+    execute_prune,
+    plan_prune,
+)
+from tests.support.repos import PASSWORD, new_repo
+
+MIB = 1 << 20
+MINUTE = 60 * 10**9
+
+
+def _id(n: int) -> bytes:
+    return bytes([n]) * 32
+
+
+def _entry(n: int, length: int) -> PackEntry:
+    return PackEntry(_id(n), BlobType.DATA, 0, length, length)
+
+
+def test_summary_counts_what_execution_will_delete_and_write() -> None:
+    kept, repacked, removed, pending, orphan = (_id(n) for n in range(200, 205))
+    plan = PrunePlan(
+        used={_id(1), _id(2), _id(3)},
+        keep={kept: [_entry(1, 50)]},
+        repack={repacked: [_entry(2, 16 * MIB), _entry(3, 5), _entry(4, 7)]},
+        remove={removed: [_entry(5, 9)]},
+        pending={pending: (1, [_entry(6, 9)])},
+        orphans={orphan: 7},
+        missing=[_id(206)],
+        index_files=[_id(207), _id(208)],
+        pack_sizes={kept: 100, repacked: 1000, removed: 30, pending: 40, orphan: 7},
+        holder={_id(1): kept, _id(2): repacked, _id(3): kept},  # blob 3 survives elsewhere
+    )
+    assert plan.summary() == {
+        "snapshots_blobs_used": 3,
+        "packs_kept": 1,
+        "packs_to_repack": 1,
+        "packs_to_remove": 1,
+        "packs_pending_deletion": 1,
+        "orphan_packs": 1,
+        "missing_packs": 1,
+        "bytes_to_repack": 1000,
+        "bytes_repack_kept": 16 * MIB,
+        "bytes_to_delete": 1000 + 30 + 40 + 7,  # an orphan's size counted once
+        # one new pack of 16 MiB; the marking and the final index file
+        "requests": {"GET": 1, "PUT": 1 + 2, "DELETE": 4 + 2 + 1, "LIST": 3},
+    }
+    plan.holder[_id(3)] = repacked  # one byte more than a new pack holds
+    plan.repack[repacked][1] = _entry(3, 1)
+    assert plan.summary()["requests"]["PUT"] == 2 + 2
+    plan.holder.clear()  # nothing kept: no new pack
+    assert plan.summary()["requests"]["PUT"] == 2
+    assert plan.summary()["bytes_repack_kept"] == 0
+
+
+def test_deletion_waits_five_minutes_of_clock_skew_past_the_mark() -> None:
+    assert _safe(123, None)  # no writer at all
+    assert not _safe(0, 0)
+    assert not _safe(0, SKEW_MARGIN_NS)  # started exactly at the margin: not after it
+    assert _safe(0, SKEW_MARGIN_NS + 1)
+    assert not _safe(10 * MINUTE, 14 * MINUTE + 59 * 10**9)
+    assert _safe(10 * MINUTE, 15 * MINUTE + 1)
+
+
+def _repo() -> tuple[MemoryBackend, Repository]:
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    return backend, repo
+
+
+def test_only_live_locks_of_other_writers_and_readers_hold_deletion_back() -> None:
+    backend, repo = _repo()
+    key = repo.keys.index_key
+    assert _oldest_writer(repo, None) is None
+    mount = locks.acquire(backend, key, exclusive=False, command="mount")
+    assert _oldest_writer(repo, None) is None  # a mount may last for days
+    first = locks.acquire(backend, key, exclusive=False, command="backup")
+    second = locks.acquire(backend, key, exclusive=False, command="restore")
+    try:
+        assert _oldest_writer(repo, None) == first.info.started_ns
+        assert _oldest_writer(repo, first) == second.info.started_ns  # one's own lock
+        dead = locks.acquire(
+            backend,
+            key,
+            exclusive=False,
+            command="backup",
+            clock=lambda: 1,
+            pid_alive=lambda _: True,
+        )  # written long ago and never refreshed: stale
+        assert _oldest_writer(repo, first) == second.info.started_ns
+        backend.write(f"{layout.LOCKS}/{os.urandom(32).hex()}", b"not a lock")
+        assert _oldest_writer(repo, first) == 0  # might be a writer's: delete nothing
+        dead.release()
+    finally:
+        for lock in (mount, first, second):
+            lock.release()
+
+
+def _two_snapshots_in_shared_packs(backend: MemoryBackend) -> bytes:
+    """Two snapshots (1 and 3 files) whose blobs share packs; returns the first."""
+    repo = new_repo(backend, pack_size=8 << 20)
+    trees = []
+    for files in (1, 3):
+        nodes = []
+        for i in range(files):
+            data = os.urandom(20_000 + i)
+            bid, _ = repo.save_blob(BlobType.DATA, data)
+            nodes.append(
+                Node(name=b"f%d" % i, type="file", size=len(data), content=[bid], sizes=[len(data)])
+            )
+        trees.append(repo.save_blob(BlobType.TREE, encode_tree(nodes))[0])
+    first = repo.save_snapshot(Snapshot(1, trees[0], [b"/a"], "h", "u"))
+    repo.save_snapshot(Snapshot(2, trees[1], [b"/b"], "h", "u"))
+    return first
+
+
+def test_a_pack_exactly_max_unused_empty_is_kept_and_one_beyond_is_repacked() -> None:
+    backend = MemoryBackend()
+    first = _two_snapshots_in_shared_packs(backend)
+    backend.delete(layout.snapshot_name(first))
+    repo = open_repository(backend, PASSWORD)
+    plan = plan_prune(repo, PruneOptions(max_unused=0))
+    fractions = {
+        pid: sum(e.length for e in es if plan.holder.get(e.blob_id) != pid)
+        / sum(e.length for e in es)
+        for pid, es in plan.repack.items()
+    }
+    assert fractions and all(0 < f < 1 for f in fractions.values())
+    pid, unused = max(fractions.items(), key=lambda kv: kv[1])
+    assert pid in plan_prune(repo, PruneOptions(max_unused=unused)).keep
+    assert pid in plan_prune(repo, PruneOptions(max_unused=unused * 0.999)).repack
+
+
+def _prune_now(backend: MemoryBackend) -> PruneResult:
+    repo = open_repository(backend, PASSWORD)
+    return execute_prune(repo, plan_prune(repo, PruneOptions()))
+
+
+def test_a_snapshot_stored_while_planning_defers_this_runs_marks_and_says_so() -> None:
+    backend = MemoryBackend()
+    first = _two_snapshots_in_shared_packs(backend)
+    backend.delete(layout.snapshot_name(first))
+    plan = plan_prune(open_repository(backend, PASSWORD), PruneOptions(max_unused=0))
+    assert plan.repack
+    late = open_repository(backend, PASSWORD)
+    tree, _ = late.save_blob(BlobType.TREE, encode_tree([]))
+    late.save_snapshot(Snapshot(3, tree, [b"/late"], "h", "u"))
+    result = execute_prune(open_repository(backend, PASSWORD), plan)
+    assert result.packs_deleted == 0 and result.deferred_packs == len(plan.repack)
+    assert result.deferred_because.startswith("a snapshot was stored while prune was planning")
+    assert result.deferred_bytes == sum(plan.pack_sizes[p] for p in plan.repack)
+
+    writer = locks.acquire(backend, late.keys.index_key, exclusive=False, command="backup")
+    try:
+        result = _prune_now(backend)
+    finally:
+        writer.release()
+    assert result.packs_deleted == 0 and result.deferred_packs > 0
+    assert result.deferred_because.startswith("a backup that started before the packs")
+    result = _prune_now(backend)
+    assert result.packs_deleted > 0 and (result.deferred_packs, result.deferred_because) == (0, "")
