@@ -207,6 +207,12 @@ CASES: list[tuple[str, bytes, str]] = [
     ("a boolean type", _seal(_doc(packs=[_pack(1, _row(1), [BID, True, 0, 100, 0])])), "refused"),
     ("a short ID", _seal(_doc(packs=[_pack(1, [BID[:31], 0, 0, 100, 0])])), "refused"),
     ("a length of 41", _seal(_doc(packs=[_pack(1, [BID, 0, 0, 41, 0])])), "refused"),
+    ("a length of 40", _seal(_doc(packs=[_pack(1, [BID, 0, 0, 40, 0])])), "refused"),
+    (
+        "a length of 42, raw length 0",
+        _seal(_doc(packs=[_pack(1, [BID, 0, 0, 42, 0])])),
+        "locations",
+    ),
     ("a negative offset", _seal(_doc(packs=[_pack(1, [BID, 0, -1, 100, 0])])), "refused"),
     ("a negative raw length", _seal(_doc(packs=[_pack(1, [BID, 0, 0, 100, -1])])), "refused"),
     ("a float raw length", _seal(_doc(packs=[_pack(1, [BID, 0, 0, 100, 1.0])])), "refused"),

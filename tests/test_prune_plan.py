@@ -182,3 +182,27 @@ def test_a_snapshot_stored_while_planning_defers_this_runs_marks_and_says_so() -
     assert result.deferred_because.startswith("a backup that started before the packs")
     result = _prune_now(backend)
     assert result.packs_deleted > 0 and (result.deferred_packs, result.deferred_because) == (0, "")
+
+
+def test_an_unindexed_pack_beside_a_running_backup_is_deferred_and_counted() -> None:
+    backend = MemoryBackend()
+    first = _two_snapshots_in_shared_packs(backend)
+    backend.delete(layout.snapshot_name(first))
+    crashed = open_repository(backend, PASSWORD)
+    crashed.save_blob(BlobType.DATA, os.urandom(5000))
+    crashed.wait()
+    (orphan,) = crashed.saver.writer.finish_open()  # stored, never indexed
+    backend.write(layout.pack_name(orphan.pack_id), orphan.data)
+    writer = locks.acquire(backend, crashed.keys.index_key, exclusive=False, command="backup")
+    try:
+        repo = open_repository(backend, PASSWORD)
+        plan = plan_prune(repo, PruneOptions(max_unused=0))
+        result = execute_prune(repo, plan)
+    finally:
+        writer.release()
+    assert list(plan.orphans) == [orphan.pack_id] and plan.repack
+    assert result.packs_deleted == 0
+    assert result.deferred_packs == len(plan.repack) + 1
+    assert result.deferred_bytes == sum(plan.pack_sizes[p] for p in plan.repack) + len(orphan.data)
+    result = _prune_now(backend)  # the backup is gone: both kinds go
+    assert result.packs_deleted == len(plan.repack) + 1 and result.deferred_packs == 0

@@ -52,9 +52,10 @@ GUARDS: dict[str, list[str]] = {
     "cas/crypto/primitives.py": ["tests/test_vectors.py", "tests/test_keys.py"],
     "cas/crypto/keys.py": ["tests/test_keys.py", "tests/test_vectors.py"],
     "cas/restore/restorer.py": ["tests/test_blind_spots.py", "tests/test_archiver.py"],
-    "cas/repo/packwriter.py": ["tests/test_blind_spots.py", "tests/test_archiver.py"],
+    "cas/repo/packwriter.py": ["tests/test_packwriter.py", "tests/test_blind_spots.py"],
     "cas/repo/index.py": ["tests/test_index.py"],
-    "cas/repo/prune.py": ["tests/test_pruner.py"],
+    "cas/repo/indexstore.py": ["tests/test_index_load.py"],
+    "cas/repo/prune.py": ["tests/test_prune_plan.py", "tests/test_pruner.py"],
     "cas/check/checker.py": ["tests/test_checker.py", "tests/test_blind_spots.py"],
     "cas/backup/archiver.py": ["tests/test_archiver.py"],
 }
