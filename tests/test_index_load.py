@@ -108,6 +108,11 @@ ROW_KEY = msgpack.packb(_row(1), use_bin_type=True)  # an array as a map key
 
 CASES: list[tuple[str, bytes, str]] = [
     ("packs only", _seal(_doc(packs=[_pack(1, _row(1), _row(2)), _pack(2, _row(3))])), "locations"),
+    (  # more than CPython's cached small ints: the count is compared by value
+        "a pack of 300 entries",
+        _seal(_doc(packs=[_pack(1, *(_row(i % 256, i) for i in range(300)))])),
+        "locations",
+    ),
     (
         "exactly five entries",
         _seal(_doc(packs=[_pack(1, *(_row(i) for i in range(5)))])),

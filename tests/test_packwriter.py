@@ -98,6 +98,9 @@ def test_a_packer_is_full_at_exactly_the_pack_size() -> None:
     full = writer.add(BlobType.DATA, bid2, sealed2, raw2)
     assert full is not None and full.size == 2 * len(sealed)
     assert writer.finish_open() == []  # a fresh packer took the full one's place
+    writer, _ = _writer(_store(), 1 << 20, open_packs=0)  # at least one open packer
+    assert writer.add(BlobType.DATA, bid, sealed, raw) is None
+    assert [len(p.entries) for p in writer.finish_open()] == [1]
 
 
 def test_finish_open_pours_the_open_packers_together_into_few_packs() -> None:

@@ -168,7 +168,10 @@ def test_a_snapshot_stored_while_planning_defers_this_runs_marks_and_says_so() -
     late = open_repository(backend, PASSWORD)
     tree, _ = late.save_blob(BlobType.TREE, encode_tree([]))
     late.save_snapshot(Snapshot(3, tree, [b"/late"], "h", "u"))
+    before = {o.name for o in backend.list(layout.DATA)}
     result = execute_prune(open_repository(backend, PASSWORD), plan)
+    new = [o.size for o in backend.list(layout.DATA) if o.name not in before]
+    assert (result.packs_written, result.bytes_written) == (len(new), sum(new)) and new
     assert result.packs_deleted == 0 and result.deferred_packs == len(plan.repack)
     assert result.deferred_because.startswith("a snapshot was stored while prune was planning")
     assert result.deferred_bytes == sum(plan.pack_sizes[p] for p in plan.repack)
