@@ -12,10 +12,13 @@ import os
 
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
+from cas.format import pack as packfmt
+from cas.format.index import IndexFile
 from cas.format.pack import PackEntry
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
 from cas.repo import Repository, layout, locks, open_repository
+from cas.repo.packer import Packer
 from cas.repo.prune import (
     SKEW_MARGIN_NS,
     PruneOptions,
@@ -209,3 +212,32 @@ def test_an_unindexed_pack_beside_a_running_backup_is_deferred_and_counted() -> 
     assert result.deferred_bytes == sum(plan.pack_sizes[p] for p in plan.repack) + len(orphan.data)
     result = _prune_now(backend)  # the backup is gone: both kinds go
     assert result.packs_deleted == len(plan.repack) + 1 and result.deferred_packs == 0
+
+
+def test_unindexed_packs_named_by_index_files_written_since_the_plan_stay() -> None:
+    """Backups that stored their pack before the plan's listing and its index file after
+    it: each pack was an orphan to the plan, but is not deleted.  Each is named by its
+    own file, so a run that skipped some of those files (one comparing a file ID with
+    the marking file's by order, not equality) deletes a pack, unless all 40 IDs sort
+    on the side it reads (1 in 41)."""
+    backend = MemoryBackend()
+    first = _two_snapshots_in_shared_packs(backend)
+    backend.delete(layout.snapshot_name(first))
+    late = open_repository(backend, PASSWORD)
+    packs = []
+    for _ in range(40):
+        packer = Packer(late.keys, BlobType.DATA, late.config.version)
+        data = os.urandom(100)
+        bid = late.blob_id(BlobType.DATA, data)
+        packer.add(bid, packfmt.seal_blob(late.keys, BlobType.DATA, bid, data), len(data))
+        packs.append(packer.finish())
+        backend.write(layout.pack_name(packs[-1].pack_id), packs[-1].data)
+    repo = open_repository(backend, PASSWORD)
+    plan = plan_prune(repo, PruneOptions())
+    assert set(plan.orphans) == {p.pack_id for p in packs}
+    for p in packs:  # the backups' index files, written after the plan
+        late.write_index_file(IndexFile({p.pack_id: p.entries}))
+    result = execute_prune(repo, plan)
+    assert result.packs_deleted > 0
+    stored = {layout.id_from_name(o.name) for o in backend.list(layout.DATA)}
+    assert {p.pack_id for p in packs} <= stored
