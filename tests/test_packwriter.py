@@ -219,6 +219,39 @@ def test_saver_counts_packs_and_writes_an_index_file_every_few_packs(
     assert len(indexes.index) == 7
 
 
+def _save(saver: BlobSaver, size: int) -> None:
+    data = os.urandom(size)
+    assert saver.save(BlobType.DATA, data, KEYS.blob_id(BlobType.DATA, data))
+
+
+def test_small_blobs_are_sealed_in_batches_of_bytes_or_blobs() -> None:
+    saver, _ = _saver(_store(), batch_bytes=1200)
+    _save(saver, 600)
+    assert saver.stats.blobs[BlobType.DATA] == 0  # waits for its batch
+    _save(saver, 600)
+    assert saver.stats.blobs[BlobType.DATA] == 2  # 1200 bytes: the batch is full
+    saver, _ = _saver(_store())  # the default batch: 4 MiB or 512 blobs
+    for _ in range(packwriter.BATCH_BLOBS - 1):
+        _save(saver, 10)
+    assert saver.stats.blobs[BlobType.DATA] == 0
+    _save(saver, 10)
+    assert saver.stats.blobs[BlobType.DATA] == 512 == packwriter.BATCH_BLOBS
+
+
+def test_connections_are_set_before_the_first_upload_only() -> None:
+    store = _store()
+    saver, _ = _saver(store, batch_bytes=1)
+    saver.set_connections(0)
+    assert saver.connections == 2  # at least one: ignored
+    saver.set_connections(3)
+    assert saver.connections == 3
+    saver.writer = PackWriter(store, KEYS, 1, None, saver._stored, open_packs=1)
+    _save(saver, 10)  # a full pack: uploading threads started
+    saver.set_connections(5)
+    assert saver.connections == 3
+    saver.close()
+
+
 def test_saver_writes_an_index_file_after_enough_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(packwriter, "INDEX_EVERY_BLOBS", 4)
     store = _store()
