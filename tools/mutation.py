@@ -49,7 +49,12 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/snapshot.py": ["tests/test_vectors.py", "tests/test_snapshot_format.py"],
     "cas/format/lock.py": ["tests/test_vectors.py", "tests/test_locks.py"],
     "cas/format/codec.py": ["tests/test_vectors.py"],
-    "cas/crypto/primitives.py": ["tests/test_vectors.py", "tests/test_keys.py"],
+    "cas/crypto/primitives.py": [
+        "tests/test_vectors.py",
+        "tests/test_keys.py",
+        "tests/test_crypto_edges.py",
+        "tests/test_keyfiles.py",
+    ],
     "cas/crypto/keys.py": ["tests/test_keys.py", "tests/test_vectors.py"],
     "cas/restore/restorer.py": ["tests/test_blind_spots.py", "tests/test_archiver.py"],
     "cas/repo/packwriter.py": ["tests/test_packwriter.py", "tests/test_blind_spots.py"],

@@ -1,0 +1,54 @@
+"""Edges of cas/crypto that known-answer vectors cannot reach (mutation testing, issue 20).
+
+The chunker permutation's rejection rule (spec §7.1) matters only for XOF words
+within a few units of 2**32, which no real key's first draws come near: here
+the XOF is replaced by words placed on each side of every limit, and cas's
+permutation is compared with the spec's text as written in tests/test_vectors.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from cas import crypto
+from cas.crypto import primitives
+from tests import test_vectors
+
+
+def _edge_words() -> bytes:
+    """For each n = 256 .. 2: the smallest rejected word, then the largest accepted."""
+    words: list[int] = []
+    for n in range(256, 1, -1):
+        limit = 2**32 - (2**32 % n)
+        words += [limit, limit - 1] if limit < 2**32 else [2**32 - 1]
+    words += [0] * (2048 - len(words))
+    return struct.pack("<2048I", *words)
+
+
+class _FixedXof:
+    """Stands in for the ``blake3`` module: every keyed hash gives ``stream``."""
+
+    def __init__(self, stream: bytes) -> None:
+        self.stream = stream
+
+    def blake3(self, *args: Any, **kwargs: Any) -> _FixedXof:
+        return self
+
+    def digest(self, length: int = 32) -> bytes:
+        return self.stream[:length]
+
+
+def test_the_permutation_rejects_exactly_the_words_the_spec_rejects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = _FixedXof(_edge_words())
+    monkeypatch.setattr(primitives, "blake3", fake)
+    monkeypatch.setattr(test_vectors, "blake3", fake)
+    perm = crypto.chunker_permutation(bytes(32))
+    assert perm == test_vectors.spec_permutation(bytes(32))
+    # Every accepted word is n - 1 modulo n: each draw picks its own place.  A rule
+    # that accepted a rejected word, or rejected an accepted one, moves something.
+    assert perm == bytes(range(256))
