@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import tracemalloc
 from typing import Any
 from unittest import mock
 
@@ -190,3 +191,29 @@ def test_values_past_64_bits_survive_pending_and_compaction() -> None:
         for bid, off, length in blobs:
             loc = idx.get(bid)
             assert loc is not None and (loc.pack_id, loc.offset, loc.length) == (pack, off, length)
+
+
+def _pending_bytes_per_blob(blobs: list[tuple[bytes, int, int]]) -> float:
+    """Bytes allocated per blob by adding ``blobs`` (IDs and values made beforehand)."""
+    idx = MasterIndex()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        idx.add_pack(b"p" * 32, blobs)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(idx._pending) == len(blobs)  # nothing folded yet
+    return grown / len(blobs)
+
+
+def test_a_pending_blob_costs_one_packed_int_not_a_tuple() -> None:
+    """The pending dict holds one int per blob; values too wide for it (never written
+    by cas) fall back to a tuple, which costs more: the packing is not lost."""
+    n = 4000
+    ids = [os.urandom(32) for _ in range(n)]
+    packed = _pending_bytes_per_blob([(b, i << 10, 5000 + i) for i, b in enumerate(ids)])
+    wide = _pending_bytes_per_blob(
+        [(b, (i << 10) + (1 << 64), 5000 + i) for i, b in enumerate(ids)]
+    )
+    assert packed + 16 < wide, (packed, wide)
