@@ -52,3 +52,19 @@ def test_the_permutation_rejects_exactly_the_words_the_spec_rejects(
     # Every accepted word is n - 1 modulo n: each draw picks its own place.  A rule
     # that accepted a rejected word, or rejected an accepted one, moves something.
     assert perm == bytes(range(256))
+
+
+def test_new_key_files_get_the_default_costs_the_spec_names() -> None:
+    """§4.2: cas's default is opslimit 16 with memlimit 32 MiB."""
+    params = crypto.KdfParams.new()
+    assert (params.opslimit, params.memlimit) == (16, 32 << 20)
+    assert len(params.salt) == 16 and not params.test_only
+
+
+def test_writers_refuse_one_mib_pass_below_the_minimum_cost_and_name_the_minimum() -> None:
+    crypto.check_writer_costs(crypto.KdfParams.new(1, 512 << 20))
+    with pytest.raises(crypto.WeakKdf) as info:
+        crypto.check_writer_costs(crypto.KdfParams.new(1, 511 << 20))
+    message = str(info.value)
+    assert "at least 32 MiB and passes x memory of 512 MiB" in message, message
+    assert "the default is 16 passes over 32 MiB" in message, message

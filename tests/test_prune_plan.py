@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format import pack as packfmt
@@ -23,13 +25,14 @@ from cas.repo.prune import (
     SKEW_MARGIN_NS,
     PruneOptions,
     PrunePlan,
+    PruneRefused,
     PruneResult,
     _oldest_writer,
     _safe,
     execute_prune,
     plan_prune,
 )
-from tests.support.repos import PASSWORD, new_repo
+from tests.support.repos import PASSWORD, flip_byte, new_repo
 
 MIB = 1 << 20
 MINUTE = 60 * 10**9
@@ -241,3 +244,20 @@ def test_unindexed_packs_named_by_index_files_written_since_the_plan_stay() -> N
     assert result.packs_deleted > 0
     stored = {layout.id_from_name(o.name) for o in backend.list(layout.DATA)}
     assert {p.pack_id for p in packs} <= stored
+
+
+def test_refusals_name_the_damaged_index_file_and_count_one_lost_blob() -> None:
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    data = os.urandom(1000)
+    bid, _ = repo.save_blob(BlobType.DATA, data)
+    node = Node(name=b"f", type="file", size=len(data), content=[bid], sizes=[len(data)])
+    tree, _ = repo.save_blob(BlobType.TREE, encode_tree([node]))
+    repo.save_snapshot(Snapshot(1, tree, [b"/a"], "h", "u"))
+    backend.delete(layout.pack_name(repo.locate(bid).pack_id))  # the one data blob
+    with pytest.raises(PruneRefused, match="1 blob that snapshots need is in no existing pack"):
+        plan_prune(open_repository(backend, PASSWORD), PruneOptions())
+    [fid] = open_repository(backend, PASSWORD).index_files()
+    flip_byte(backend, layout.index_name(fid), 40)
+    with pytest.raises(PruneRefused, match=f"index file {fid.hex()[:8]} cannot be read"):
+        plan_prune(open_repository(backend, PASSWORD), PruneOptions())
