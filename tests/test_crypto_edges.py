@@ -8,13 +8,16 @@ permutation is compared with the spec's text as written in tests/test_vectors.py
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from typing import Any
 
+import msgpack
 import pytest
 
 from cas import crypto
 from cas.crypto import primitives
+from cas.errors import FormatError
 from tests import test_vectors
 
 
@@ -68,3 +71,22 @@ def test_writers_refuse_one_mib_pass_below_the_minimum_cost_and_name_the_minimum
     message = str(info.value)
     assert "at least 32 MiB and passes x memory of 512 MiB" in message, message
     assert "the default is 16 passes over 32 MiB" in message, message
+
+
+@pytest.mark.parametrize("member", ["data", "index", "id", "chunker"])
+@pytest.mark.parametrize("size", [31, 33])
+def test_master_key_material_with_a_key_of_the_wrong_length_is_refused(
+    member: str, size: int
+) -> None:
+    good = crypto.MasterKeys.generate()
+    doc = msgpack.unpackb(good.encode())
+    assert crypto.MasterKeys.decode(msgpack.packb(doc)) == good
+    doc[member] = bytes(size)
+    with pytest.raises(FormatError, match="bad key length"):
+        crypto.MasterKeys.decode(msgpack.packb(doc))
+
+
+def test_master_keys_are_immutable() -> None:
+    keys = crypto.MasterKeys.generate()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        keys.data_key = bytes(32)  # type: ignore[misc]

@@ -55,7 +55,11 @@ GUARDS: dict[str, list[str]] = {
         "tests/test_crypto_edges.py",
         "tests/test_keyfiles.py",
     ],
-    "cas/crypto/keys.py": ["tests/test_keys.py", "tests/test_vectors.py"],
+    "cas/crypto/keys.py": [
+        "tests/test_keys.py",
+        "tests/test_vectors.py",
+        "tests/test_crypto_edges.py",
+    ],
     "cas/restore/restorer.py": ["tests/test_blind_spots.py", "tests/test_archiver.py"],
     "cas/repo/packwriter.py": ["tests/test_packwriter.py", "tests/test_blind_spots.py"],
     "cas/repo/index.py": ["tests/test_index.py"],
