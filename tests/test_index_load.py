@@ -442,3 +442,57 @@ def test_load_during_a_prune_takes_the_prune_way(state: str) -> None:
     _same(store.index, model.index)
     _same(store.garbage_index, model.garbage_index)
     assert packs[0] not in store.index.pack_ids()
+
+
+def test_the_files_in_use_are_told_and_a_damaged_one_is_recorded_the_prune_way_too() -> None:
+    rnd = random.Random(7)
+    backend = MemoryBackend()
+    backend.create()
+    told: list[list[bytes]] = []
+    store = IndexStore(backend, KEYS)
+    store.on_active = told.append
+    ids = [rnd.randbytes(32) for _ in range(50)]
+    files = [store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)}))]
+    files.append(store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)})))
+    store.load()
+    assert told == [sorted(files)]  # no prune under way: every file is in use
+
+    newer = store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)}, [files[0]]))
+    bad = bytes(81)  # fails authentication
+    backend.write(layout.index_name(storage_id(bad)), bad)
+    told.clear()
+    during = IndexStore(backend, KEYS)  # a superseded file still stored: the prune way
+    during.on_active = told.append
+    during.load()
+    assert set(during.damaged) == {storage_id(bad)}
+    assert told == [sorted([files[1], newer])]
+
+
+class _CountingReads(MemoryBackend):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.reads.append(name)
+        return super().read(name, offset, length)
+
+
+def test_refresh_reads_only_the_files_written_since_the_load() -> None:
+    rnd = random.Random(8)
+    backend = _CountingReads()
+    backend.create()
+    store = IndexStore(backend, KEYS)
+    ids = [rnd.randbytes(32) for _ in range(50)]
+    for _ in range(3):
+        store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)}))
+    store.load()
+    late_pack = rnd.randbytes(32)
+    late = store.write(indexfmt.IndexFile({late_pack: _entries(rnd, ids, 5)}))
+    backend.reads.clear()
+    store.refresh()
+    assert backend.reads == [layout.index_name(late)]
+    assert late_pack in store.index.pack_ids()
+    backend.reads.clear()
+    store.refresh()  # nothing new
+    assert backend.reads == []
