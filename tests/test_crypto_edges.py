@@ -90,3 +90,18 @@ def test_master_keys_are_immutable() -> None:
     keys = crypto.MasterKeys.generate()
     with pytest.raises(dataclasses.FrozenInstanceError):
         keys.data_key = bytes(32)  # type: ignore[misc]
+
+
+def test_keys_share_ids_by_value_and_only_with_both_keys_equal() -> None:
+    keys = crypto.MasterKeys.generate()
+    again = crypto.MasterKeys.decode(keys.encode())  # equal bytes, other objects
+    assert again.shares_ids_with(keys) and again.ids_only().shares_ids_with(keys)
+    for other in (
+        crypto.MasterKeys.generate().with_ids_of(keys),  # the same IDs, other secrets
+        dataclasses.replace(keys, chunker_key=bytes(32)),
+        dataclasses.replace(keys, chunker_key=b"\xff" * 32),
+        dataclasses.replace(keys, id_key=bytes(32)),
+    ):
+        same = other.id_key == keys.id_key and other.chunker_key == keys.chunker_key
+        assert keys.ids_only().shares_ids_with(other) is same
+        assert other.ids_only().shares_ids_with(keys) is same

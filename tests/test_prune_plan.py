@@ -9,9 +9,11 @@ was deferred.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.format import pack as packfmt
@@ -19,7 +21,7 @@ from cas.format.index import IndexFile
 from cas.format.pack import PackEntry
 from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
-from cas.repo import Repository, layout, locks, open_repository
+from cas.repo import layout, locks, open_repository
 from cas.repo.packer import Packer
 from cas.repo.prune import (
     SKEW_MARGIN_NS,
@@ -91,14 +93,10 @@ def test_deletion_waits_five_minutes_of_clock_skew_past_the_mark() -> None:
     assert _safe(10 * MINUTE, 15 * MINUTE + 1)
 
 
-def _repo() -> tuple[MemoryBackend, Repository]:
-    backend = MemoryBackend()
+def test_only_live_locks_of_other_writers_and_readers_hold_deletion_back(tmp_path: Path) -> None:
+    # A directory, not memory: names listed are other string objects than those written.
+    backend = LocalBackend(tmp_path / "repo")
     repo = new_repo(backend)
-    return backend, repo
-
-
-def test_only_live_locks_of_other_writers_and_readers_hold_deletion_back() -> None:
-    backend, repo = _repo()
     key = repo.keys.index_key
     assert _oldest_writer(repo, None) is None
     mount = locks.acquire(backend, key, exclusive=False, command="mount")
@@ -257,6 +255,14 @@ def test_refusals_name_the_damaged_index_file_and_count_one_lost_blob() -> None:
     backend.delete(layout.pack_name(repo.locate(bid).pack_id))  # the one data blob
     with pytest.raises(PruneRefused, match="1 blob that snapshots need is in no existing pack"):
         plan_prune(open_repository(backend, PASSWORD), PruneOptions())
+    snap = layout.snapshot_name(open_repository(backend, PASSWORD).snapshot_ids()[0])
+    saved = flip_byte(backend, snap, 30)
+    with pytest.raises(PruneRefused, match=f"snapshot {snap[-64:][:8]} cannot be read"):
+        plan_prune(open_repository(backend, PASSWORD), PruneOptions())
+    backend.delete(snap)
+    saved = bytearray(saved)
+    saved[30] ^= 0xFF
+    backend.write(snap, bytes(saved))
     [fid] = open_repository(backend, PASSWORD).index_files()
     flip_byte(backend, layout.index_name(fid), 40)
     with pytest.raises(PruneRefused, match=f"index file {fid.hex()[:8]} cannot be read"):
