@@ -460,11 +460,13 @@ def test_the_files_in_use_are_told_and_a_damaged_one_is_recorded_the_prune_way_t
     newer = store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)}, [files[0]]))
     bad = bytes(81)  # fails authentication
     backend.write(layout.index_name(storage_id(bad)), bad)
+    newer_scheme = b"\x07" + bytes(80)  # sealed by a scheme this cas does not know
+    backend.write(layout.index_name(storage_id(newer_scheme)), newer_scheme)
     told.clear()
     during = IndexStore(backend, KEYS)  # a superseded file still stored: the prune way
     during.on_active = told.append
     during.load()
-    assert set(during.damaged) == {storage_id(bad)}
+    assert set(during.damaged) == {storage_id(bad), storage_id(newer_scheme)}
     assert told == [sorted([files[1], newer])]
 
 
@@ -484,9 +486,15 @@ def test_refresh_reads_only_the_files_written_since_the_load() -> None:
     backend.create()
     store = IndexStore(backend, KEYS)
     ids = [rnd.randbytes(32) for _ in range(50)]
-    for _ in range(3):
+    first = [
         store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 5)}))
+        for _ in range(3)
+    ]
     store.load()
+    backend.reads.clear()
+    store.load()  # loaded once
+    assert backend.reads == []
+    store.delete(first[0])  # superseded and deleted by a prune meanwhile
     late_pack = rnd.randbytes(32)
     late = store.write(indexfmt.IndexFile({late_pack: _entries(rnd, ids, 5)}))
     backend.reads.clear()
