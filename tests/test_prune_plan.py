@@ -34,7 +34,7 @@ from cas.repo.prune import (
     execute_prune,
     plan_prune,
 )
-from tests.support.repos import PASSWORD, flip_byte, new_repo
+from tests.support.repos import PASSWORD, flip_byte, new_repo, snapshots_sharing_packs
 
 MIB = 1 << 20
 MINUTE = 60 * 10**9
@@ -126,19 +126,8 @@ def test_only_live_locks_of_other_writers_and_readers_hold_deletion_back(tmp_pat
 def _two_snapshots_in_shared_packs(backend: MemoryBackend) -> bytes:
     """Two snapshots (1 and 3 files) whose blobs share packs; returns the first."""
     repo = new_repo(backend, pack_size=8 << 20)
-    trees = []
-    for files in (1, 3):
-        nodes = []
-        for i in range(files):
-            data = os.urandom(20_000 + i)
-            bid, _ = repo.save_blob(BlobType.DATA, data)
-            nodes.append(
-                Node(name=b"f%d" % i, type="file", size=len(data), content=[bid], sizes=[len(data)])
-            )
-        trees.append(repo.save_blob(BlobType.TREE, encode_tree(nodes))[0])
-    first = repo.save_snapshot(Snapshot(1, trees[0], [b"/a"], "h", "u"))
-    repo.save_snapshot(Snapshot(2, trees[1], [b"/b"], "h", "u"))
-    return first
+    sets = [[os.urandom(20_000 + i) for i in range(files)] for files in (1, 3)]
+    return snapshots_sharing_packs(repo, sets)[0]
 
 
 def test_a_pack_exactly_max_unused_empty_is_kept_and_one_beyond_is_repacked() -> None:

@@ -14,13 +14,12 @@ import pytest
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
-from cas.format.snapshot import Snapshot
-from cas.format.tree import Node, decode_tree, encode_tree
+from cas.format.tree import decode_tree
 from cas.repo import Repository, layout, locks, open_repository
 from cas.repo.prune import PruneOptions, PruneRefused, execute_prune, plan_prune
 from tests.independent.compare import assert_snapshot_is, read_local
 from tests.support.cli import run_cas
-from tests.support.repos import PASSWORD, new_repo, populate
+from tests.support.repos import PASSWORD, new_repo, populate, snapshots_sharing_packs
 
 
 def _reopen(backend: MemoryBackend | LocalBackend) -> Repository:
@@ -76,18 +75,8 @@ def test_partly_used_pack_is_repacked() -> None:
     repo = new_repo(backend, pack_size=8 << 20)
     # Two sets of blobs in the same packs (one flush), referenced by two snapshots.
     rnd = random.Random(3)
-    trees = []
-    for _ in range(2):
-        nodes = []
-        for i in range(4):
-            data = rnd.randbytes(100_000)
-            bid, _ = repo.save_blob(BlobType.DATA, data)
-            nodes.append(
-                Node(name=b"f%d" % i, type="file", size=len(data), content=[bid], sizes=[len(data)])
-            )
-        trees.append(repo.save_blob(BlobType.TREE, encode_tree(nodes))[0])
-    a = repo.save_snapshot(Snapshot(1, trees[0], [b"/a"], "h", "u"))
-    repo.save_snapshot(Snapshot(2, trees[1], [b"/b"], "h", "u"))
+    sets = [[rnd.randbytes(100_000) for _ in range(4)] for _ in range(2)]
+    a, _ = snapshots_sharing_packs(repo, sets)
     assert len(list(backend.list(layout.DATA))) == 2  # one data pack, one tree pack
     backend.delete(layout.snapshot_name(a))
     plan, result = _prune(_reopen(backend))

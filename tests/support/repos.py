@@ -80,3 +80,21 @@ def sample_positions(size: int, count: int = 40, seed: int = 0) -> list[int]:
 def urandom_name() -> str:
     """A short random name."""
     return os.urandom(4).hex()
+
+
+def snapshots_sharing_packs(repo: Repository, sets: list[list[bytes]]) -> list[bytes]:
+    """One snapshot per set of file contents (/a, /b, ...), every blob saved before the
+    first snapshot flushes, so that the snapshots share packs; returns their IDs."""
+    trees = []
+    for files in sets:
+        nodes = []
+        for i, data in enumerate(files):
+            bid, _ = repo.save_blob(BlobType.DATA, data)
+            nodes.append(
+                Node(name=b"f%d" % i, type="file", size=len(data), content=[bid], sizes=[len(data)])
+            )
+        trees.append(repo.save_blob(BlobType.TREE, encode_tree(nodes))[0])
+    return [
+        repo.save_snapshot(Snapshot(n + 1, tree, [b"/" + bytes([97 + n])], "h", "u"))
+        for n, tree in enumerate(trees)
+    ]
