@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import click
@@ -17,6 +17,7 @@ from cas import __version__
 from cas.backup import anomaly
 from cas.backup.archiver import Archiver, Reporter, stdin_node
 from cas.backup.dryrun import DryRunWriter
+from cas.backup.localtrees import LocalTrees
 from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
 from cas.backup.scanner import SourceScan
 from cas.chunking.worker import ChunkWorker
@@ -37,7 +38,9 @@ from cas.errors import EXIT_WARNINGS, UsageError
 from cas.format import compress
 from cas.format.snapshot import Snapshot
 from cas.format.tree import encode_tree
+from cas.protocols import BlobWriter
 from cas.repo import Repository
+from cas.repo.filescache import LastBackup
 from cas.selection import split_tags
 from cas.wording import counted
 
@@ -205,10 +208,20 @@ def backup(
     if out.shows_progress and not (no_scan or use_stdin):
         scan = SourceScan(abs_paths, opts)  # started now: it counts while the repository opens
         scan.start()
-    repo = g.open()
+    repo = g.open(write_only=True)
     repo.compression_level = level
     hostname = host or socket.gethostname()
     snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
+    # A write-only key (spec §4.4) cannot read snapshots or trees: it compares with its
+    # own last backup of these paths, kept in the client state (the files cache).
+    files_cache = None
+    if not repo.keys.CAN_OPEN_DATA:
+        if parent not in (None, "latest"):
+            raise UsageError(
+                "--parent needs a full key: a write-only key cannot read snapshots, and "
+                "compares with its own last backup of the same host and paths"
+            )
+        files_cache = None if use_stdin else repo.files_cache(hostname, snap_paths)
     chunker = repo.chunker()
     # Large files are chunked in a helper process (fastcdc holds the GIL).
     helper = ChunkWorker(repo.keys, chunker.params)
@@ -219,9 +232,24 @@ def backup(
         _closing_pool(g, pool),
     ):
         repo.load_index()
-        parent_id, parent_snap, history = _find_parent(repo, parent, hostname, snap_paths)
-        parent_tree = parent_snap.tree if parent_snap is not None else None
-        writer = DryRunWriter(repo) if dry_run else repo
+        dry = DryRunWriter(repo) if dry_run else None
+        writer: BlobWriter = dry or repo
+        local: LocalTrees | None = None
+        last: LastBackup | None = None
+        history: list[Mapping[str, Any]]
+        if not repo.keys.CAN_OPEN_DATA:
+            last = files_cache.load(repo.keys) if files_cache is not None else None
+            local = LocalTrees(writer, last.trees if last is not None else {})
+            writer = local
+            parent_id = last.snapshot if last is not None else None
+            parent_tree = last.tree if last is not None else None
+            parent_files = last.files if last is not None else None
+            history = list(last.history) if last is not None else []
+        else:
+            parent_id, parent_snap, snaps = _find_parent(repo, parent, hostname, snap_paths)
+            parent_tree = parent_snap.tree if parent_snap is not None else None
+            parent_files = anomaly.file_count(parent_snap) if parent_snap is not None else None
+            history = anomaly.history_of(snaps)
         progress = _Progress(out, verbose, scan)
         after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
         archiver = Archiver(
@@ -261,7 +289,7 @@ def backup(
         found: list[anomaly.Anomaly] = []
         if not use_stdin:
             archiver.changes.new_bytes = archiver.summary.data_added
-            found = _judge(repo, archiver.changes, parent_snap, history, thresholds, dry_run)
+            found = _judge(repo, archiver.changes, parent_files, history, thresholds, dry_run)
             snap.extra["changes"] = archiver.changes.as_doc()
             if found:
                 snap.extra["anomalies"] = [a.as_doc() for a in found]
@@ -269,6 +297,13 @@ def backup(
         if stats is not None:
             summary["data_added_stored"] = stats.stored_bytes
             summary["packs_written"] = stats.packs
+        if files_cache is not None and local is not None and dry is None:
+            kept = [dict(h) for h in history] + ([] if found else [snap.extra["changes"]])
+            files_cache.save(
+                LastBackup(
+                    snapshot_id, snap.time_ns, tree, anomaly.file_count(snap), local.saved, kept
+                )
+            )
     doc: dict[str, Any] = {
         "id": None if dry_run else snapshot_id.hex(),
         "dry_run": dry_run,
@@ -285,8 +320,8 @@ def backup(
             f"index file {fid.hex()[:8]} skipped, it cannot be read ({why}); "
             "'cas repair index' replaces it"
         )
-    if isinstance(writer, DryRunWriter):
-        doc["estimate"] = _estimate(repo, writer)
+    if dry is not None:
+        doc["estimate"] = _estimate(repo, dry)
     out.emit(doc, lambda: _human(out, doc))
     if out.warnings or found:
         sys.exit(EXIT_WARNINGS)
@@ -356,19 +391,20 @@ def _find_parent(
 def _judge(
     repo: Repository,
     changes: anomaly.Changes,
-    parent: Snapshot | None,
-    history: list[Snapshot],
+    parent_files: int | None,
+    history: list[Mapping[str, Any]],
     thresholds: anomaly.Thresholds,
     dry_run: bool,
 ) -> list[anomaly.Anomaly]:
-    """Complete this backup's figures and flag what is far outside the history."""
-    changes.parent_files = anomaly.file_count(parent) if parent is not None else None
+    """Complete this backup's figures and flag what is far outside the history (the
+    ``changes`` of earlier unflagged backups of the host and paths, oldest first)."""
+    changes.parent_files = parent_files
     if not dry_run:
         repo.wait()  # every new blob sealed: its compressed size is known
         changes.new_bytes = repo.stats.data_raw_bytes
         if repo.compression_level is not None:
             changes.incompressible_bytes = repo.stats.data_incompressible_bytes
-    return anomaly.detect(changes.as_doc(), anomaly.history_of(history), thresholds)
+    return anomaly.detect(changes.as_doc(), history, thresholds)
 
 
 def _estimate(repo: Repository, writer: DryRunWriter) -> dict[str, Any]:

@@ -42,7 +42,9 @@ def cat(g: Globals, kind: str, object_id: str | None) -> None:
         else:  # the object is the answer, whatever -q says
             click.echo(json.dumps(doc, sort_keys=True, default=json_default))
 
-    repo = g.open(reading=True)
+    # A write-only key reads what is under the index key (key files are not sealed at
+    # all) and knows the config's document; blobs, trees and snapshots it cannot open.
+    repo = g.open(reading=True, write_only=kind in ("config", "key", "index", "pack"))
     if kind == "config":
         c = repo.config
         _print(

@@ -33,7 +33,7 @@ def key() -> None:
 def key_list(g: Globals) -> None:
     """List key files; the one that opened the repository is marked."""
     out = Output(g)
-    repo = g.open()
+    repo = g.open(write_only=True)  # key files are not sealed under the data key
     keys = repo.list_keys()
     docs: list[dict[str, Any]] = [
         {
@@ -52,28 +52,40 @@ def key_list(g: Globals) -> None:
         for d in docs:
             mark = "*" if d["current"] else " "
             who = f"{one_line(d['username'])}@{one_line(d['hostname'])}"
-            out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {who}")
+            kind = "" if d["type"] == "full" else f"  ({one_line(d['type'])})"
+            out.line(f"{mark} {d['id'][:8]}  {d['created']:20}  {who}{kind}")
 
     out.emit({"keys": docs}, human, answer=True)
 
 
 @key.command("add")
 @click.option("--new-password-file", help="Read the new key's password from this file.")
+@click.option(
+    "--write-only",
+    is_flag=True,
+    help="A key that can back up but not read, list contents, delete or add keys "
+    "(spec §4.4); only a full key adds one.",
+)
 @kdf_options
 @pass_globals
 def key_add(
     g: Globals,
     new_password_file: str | None,
+    write_only: bool,
     kdf_opslimit: int | None,
     kdf_memlimit: int | None,
     test_weak_kdf: bool,
 ) -> None:
-    """Add a key file with a new password."""
+    """Add a key file with a new password (--write-only: a key that backs up only)."""
     out = Output(g)
     kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)
     repo = g.open()
-    kid = repo.add_key(new_password(new_password_file), kdf)
-    out.emit({"id": kid.hex()}, lambda: out.line(f"added key {kid.hex()[:8]}"))
+    kid = repo.add_key(new_password(new_password_file), kdf, write_only=write_only)
+    kind = "write-only" if write_only else "full"
+    out.emit(
+        {"id": kid.hex(), "type": kind},
+        lambda: out.line(f"added {'write-only ' if write_only else ''}key {kid.hex()[:8]}"),
+    )
 
 
 @key.command("remove")
@@ -108,7 +120,7 @@ def key_passwd(
     """Change the password of the key file in use (writes the new one, then removes the old)."""
     out = Output(g)
     kdf = kdf_params(kdf_opslimit, kdf_memlimit, test_weak_kdf)
-    repo = g.open()
+    repo = g.open(write_only=True)  # a key file of the same kind, under a new password
     old = repo.key_id
     kid = repo.change_password(new_password(new_password_file), kdf)
     out.emit(

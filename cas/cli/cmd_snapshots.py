@@ -44,7 +44,10 @@ def snapshots(
     """List snapshots, oldest first."""
     fields = _group_fields(group_by)
     out = Output(g)
-    repo = g.open(reading=True)
+    repo = g.open(reading=True, write_only=True)
+    if not repo.keys.CAN_OPEN_DATA:
+        _sealed(out, sorted(repo.snapshot_ids()))
+        return
     docs: list[dict[str, Any]] = [
         snapshot_doc(sid, s) for sid, s in repo.iter_snapshots() if selection.matches(s)
     ]
@@ -91,6 +94,21 @@ def snapshots(
     else:
         doc["snapshots"] = docs
     out.emit(doc, human, answer=True)
+
+
+def _sealed(out: Output, ids: list[bytes]) -> None:
+    """What a write-only key sees of the snapshots: their IDs (the names of the files),
+    nothing inside them; each is sealed whole to the repository's public key (spec §4.4)."""
+
+    def human() -> None:
+        for sid in ids:
+            out.line(sid.hex()[:8])
+        out.line(
+            f"{len(ids)} snapshot{'' if len(ids) == 1 else 's'} (the key is write-only: "
+            "times, hosts and paths are sealed)"
+        )
+
+    out.emit({"count": len(ids), "sealed": [s.hex() for s in ids]}, human, answer=True)
 
 
 def _flag(d: dict[str, Any]) -> str:

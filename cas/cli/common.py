@@ -207,12 +207,14 @@ class Globals:
             "(or --password-file, --password-command), or run on a terminal"
         )
 
-    def open(self, *, reading: bool = False) -> Repository:
+    def open(self, *, reading: bool = False, write_only: bool = False) -> Repository:
         """Open and unlock the repository (a missing or newer one is refused before the
         password is asked for).  ``reading``: a command that only reads (restore, ls,
         dump ...) reads on when the storage contradicts what this client saw, warns
         and ends with exit 13, so a user can still get data out (spec §13.6); every
-        other command stops at the first finding."""
+        other command stops at the first finding.  A write-only key (spec §4.4) is
+        refused here, before anything is locked or written, unless the command says it
+        can work with one (``write_only``)."""
         backend = self.backend()
         repo = repo_pkg.open_on(backend, self.password, self.options())
         self.cleanups.append(repo.close)
@@ -220,6 +222,8 @@ class Globals:
         if reading:
             repo.generations.strict = False
             self.reading.append(repo)
+        if not write_only:
+            refuse_write_only(repo)
         return repo
 
     def open_other(self, location: str, password_file: str | None) -> Repository:
@@ -244,6 +248,7 @@ class Globals:
         repo = repo_pkg.open_on(self._storage(location), password, self.options())
         self.cleanups.append(repo.close)
         self.repos.append(repo)
+        refuse_write_only(repo)
         return repo
 
     @contextmanager
@@ -290,6 +295,18 @@ class Globals:
     def _lock_waiting(self, conflict: LockedError, waited: float) -> None:
         if self.output is not None:
             self.output.lock_waiting(conflict, waited, self.lock_wait)
+
+
+def refuse_write_only(repo: Repository, what: str | None = None) -> None:
+    """KeyIsWriteOnly (exit 14) when ``repo`` was opened with a write-only key: the
+    command (or ``what``) reads or removes what is stored, which such a key may not."""
+    if repo.keys.CAN_OPEN_DATA:
+        return
+    if what is None:
+        ctx = click.get_current_context(silent=True)
+        name = ctx.command_path.split(" ", 1)[-1] if ctx is not None else "this command"
+        what = f"run '{name}', which reads or removes what the repository holds"
+    raise crypto.KeyIsWriteOnly(action=what)
 
 
 def _trimmed(data: bytes) -> bytes:

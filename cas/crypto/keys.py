@@ -37,7 +37,7 @@ from cas.crypto.primitives import (
     x25519_public,
     x25519_secret,
 )
-from cas.errors import CasError, FormatError, UnsupportedVersion
+from cas.errors import EXIT_WRITE_ONLY, CasError, FormatError, UnsupportedVersion
 
 
 class Sealer(Protocol):
@@ -109,7 +109,7 @@ class PublicSealer:
 
     def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
         """Refused: what is sealed to the public key opens only with the data key."""
-        raise KeyNotPermitted(action=f"open {what}: the key is write-only")
+        raise KeyIsWriteOnly(action=f"open {what}")
 
 
 def as_sealer(key: Sealer | bytes) -> Sealer:
@@ -167,6 +167,12 @@ class KeyBase(ABC):
 
 class KeyNotPermitted(CasError):
     """this key cannot {action}"""
+
+
+class KeyIsWriteOnly(KeyNotPermitted):
+    """the key is write-only: it cannot {action}; use a full key"""
+
+    exit_code = EXIT_WRITE_ONLY
 
 
 class _Identifying(KeyBase):
@@ -238,6 +244,14 @@ class MasterKeys(_Identifying):
     def ids_only(self) -> IdKey:
         """The ID and chunker keys alone."""
         return IdKey(self.id_key, self.chunker_key)
+
+    def write_only(self, config: bytes, config_sha256: bytes) -> WriteOnlyKey:
+        """The write-only key of this repository (spec §4.4): the index, ID and chunker
+        keys, the public key, and the config it cannot open (its document ``config``
+        and the SHA-256 of the stored config file)."""
+        return WriteOnlyKey(
+            self.index_key, self.id_key, self.chunker_key, self.public_key(), config, config_sha256
+        )
 
     def with_ids_of(self, other: MasterKeys) -> MasterKeys:
         """These keys with ``other``'s ID and chunker keys (``init --copy-keys-from``)."""
@@ -329,7 +343,85 @@ class IdKey(_Identifying):
         return "IdKey(...)"
 
 
-_KINDS: dict[str, type[MasterKeys]] = {MasterKeys.TYPE: MasterKeys}
+@dataclass(frozen=True)
+class WriteOnlyKey(_Identifying):
+    """A key that adds backups and reads none (key-file type ``write-only``, spec §4.4).
+
+    It holds what deduplication needs (the index, ID and chunker keys) and the
+    repository's X25519 public key, to which it seals blobs and snapshots
+    (scheme 1, §5.5); it has no data key, so it opens none of them, nor the
+    config, whose document and hash it carries instead.
+    """
+
+    TYPE: ClassVar[str] = "write-only"
+    CAN_OPEN_DATA: ClassVar[bool] = False
+
+    index_key: bytes
+    id_key: bytes
+    chunker_key: bytes
+    public: bytes
+    config: bytes  # canonical msgpack of the config document (spec §3.1)
+    config_sha256: bytes  # SHA-256 of the config file it belongs to
+
+    @cached_property
+    def data(self) -> Sealer:
+        """Seals to the public key; opens nothing (KeyIsWriteOnly)."""
+        return PublicSealer(self.public)
+
+    @cached_property
+    def index(self) -> Sealer:
+        """Seals and opens under index_key: pack headers, index files, locks."""
+        return SecretKey(self.index_key)
+
+    def shares_ids_with(self, other: KeyBase) -> bool:
+        """Same id_key and chunker_key."""
+        return self.ids_only().shares_ids_with(other)
+
+    def ids_only(self) -> IdKey:
+        """The ID and chunker keys alone."""
+        return IdKey(self.id_key, self.chunker_key)
+
+    def encode(self) -> bytes:
+        """The msgpack map stored (sealed) in a ``write-only`` key file, keys sorted."""
+        raw: bytes = msgpack.packb(
+            {
+                "chunker": self.chunker_key,
+                "config": self.config,
+                "config_sha256": self.config_sha256,
+                "id": self.id_key,
+                "index": self.index_key,
+                "public": self.public,
+            },
+            use_bin_type=True,
+        )
+        return raw
+
+    @classmethod
+    def decode(cls, raw: bytes) -> WriteOnlyKey:
+        """Parse the map ``encode`` wrote; unknown fields are ignored."""
+        what = "write-only key material"
+        try:
+            m = msgpack.unpackb(raw)
+            key = cls(
+                m["index"], m["id"], m["chunker"], m["public"], m["config"], m["config_sha256"]
+            )
+        except Exception as e:
+            raise FormatError(what=what, detail=str(e) or type(e).__name__) from None
+        sized = (key.index_key, key.id_key, key.chunker_key, key.public, key.config_sha256)
+        if not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in sized):
+            raise FormatError(what=what, detail="bad key length")
+        if not isinstance(key.config, bytes) or not key.config:
+            raise FormatError(what=what, detail="no config document")
+        return key
+
+    def __repr__(self) -> str:
+        return "WriteOnlyKey(...)"
+
+
+_KINDS: dict[str, type[MasterKeys] | type[WriteOnlyKey]] = {
+    MasterKeys.TYPE: MasterKeys,
+    WriteOnlyKey.TYPE: WriteOnlyKey,
+}
 
 
 def key_factory(key_type: str, material: bytes) -> KeyBase:

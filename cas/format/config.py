@@ -8,13 +8,23 @@ a password; the seal keeps the chunker parameters from being altered.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from cas import crypto
 from cas.chunking.chunker import ALGORITHMS, ChunkerParams
-from cas.errors import FormatError, UnsupportedVersion
+from cas.errors import FormatError, IntegrityError, UnsupportedVersion
 from cas.format import FORMAT_VERSION
-from cas.format.codec import field, id_field, open_document, seal_document, shown
+from cas.format.codec import (
+    field,
+    id_field,
+    open_document,
+    pack_canonical,
+    seal_document,
+    shown,
+    unpack_map,
+)
 from cas.format.pack import PADDINGS, PackFormat
 
 __all__ = [
@@ -22,7 +32,9 @@ __all__ = [
     "PADDINGS",
     "VERSIONS",
     "Config",
+    "config_plaintext",
     "decode_config",
+    "decode_config_for_write_only",
     "encode_config",
     "header",
 ]
@@ -62,11 +74,8 @@ def read_version(raw: bytes) -> int:
     return raw[7]
 
 
-def encode_config(
-    cfg: Config, data_key: crypto.Sealer | bytes, nonce: bytes | None = None
-) -> bytes:
-    """Serialise and seal ``cfg``."""
-    doc = {
+def _document(cfg: Config) -> dict[str, Any]:
+    doc: dict[str, Any] = {
         "v": cfg.version,
         "id": cfg.repo_id,
         "chunker": {
@@ -81,8 +90,21 @@ def encode_config(
         if cfg.version < 2 or cfg.padding not in PADDINGS:
             raise FormatError(what="config", detail="padding needs a known scheme and version 2")
         doc["padding"] = cfg.padding
+    return doc
+
+
+def encode_config(
+    cfg: Config, data_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
+    """Serialise and seal ``cfg``."""
     hdr = header(cfg.version)
-    return hdr + seal_document(data_key, hdr, doc, nonce)
+    return hdr + seal_document(data_key, hdr, _document(cfg), nonce)
+
+
+def config_plaintext(cfg: Config) -> bytes:
+    """The canonical msgpack of the config document, as a write-only key carries it
+    (spec §4.4): a key that cannot open the config still knows its parameters."""
+    return pack_canonical(_document(cfg))
 
 
 def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
@@ -91,6 +113,24 @@ def decode_config(raw: bytes, data_key: crypto.Sealer | bytes) -> Config:
     if version not in VERSIONS:
         raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
     doc = open_document(data_key, raw[:8], raw[8:], "config", version)
+    return _parsed(doc, version)
+
+
+def decode_config_for_write_only(raw: bytes, plaintext: bytes, sha256: bytes) -> Config:
+    """The config as a write-only key knows it (spec §4.4): ``plaintext`` (the document
+    the key carries) is trusted only if ``raw``, the stored config, hashes to ``sha256``,
+    so the key opens only the repository it was made for."""
+    version = read_version(raw)
+    if version not in VERSIONS:
+        raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
+    if hashlib.sha256(raw).digest() != sha256:
+        raise IntegrityError(
+            what="config", detail="it is not the config this write-only key was made for"
+        )
+    return _parsed(unpack_map(plaintext, "config", "v", version), version)
+
+
+def _parsed(doc: dict[str, Any], version: int) -> Config:
     ch = field(doc, "chunker", dict, "config")
     algorithm = ch.get("algorithm")
     if algorithm not in ALGORITHMS:

@@ -25,7 +25,7 @@ from cas.format.codec import pack_canonical, shown
 
 KEY_AD = b"cas.key.v1"  # version 1: the members are not bound to the seal
 KEY_AD_V2 = b"cas.key.v2"
-KEY_TYPES = ("full",)  # "write-only" is reserved, see spec §4.4
+KEY_TYPES = ("full", "write-only")  # spec §4.1, §4.4
 VERSIONS = (1, 2)
 VERSION = 2  # what writers write
 # A key file is a few hundred bytes; anything much larger is not one (spec §4.1).

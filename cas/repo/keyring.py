@@ -8,6 +8,7 @@ writes or deletes key files.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import socket
 import time
 from dataclasses import dataclass
@@ -160,6 +161,23 @@ def _order(
     return sorted(parsed, key=cost)[:MAX_TRIED], len(listed)
 
 
+def _config(raw_config: bytes, keys: crypto.KeyBase) -> configfmt.Config:
+    """The config as ``keys`` opens it: a write-only key cannot, and carries the document
+    of the one config it was made for (spec §4.4)."""
+    if isinstance(keys, crypto.WriteOnlyKey):
+        return configfmt.decode_config_for_write_only(raw_config, keys.config, keys.config_sha256)
+    return configfmt.decode_config(raw_config, keys.data)
+
+
+def write_only_key(keys: crypto.KeyBase, raw_config: bytes) -> crypto.WriteOnlyKey:
+    """The write-only key of the repository whose config is ``raw_config``, made from its
+    full ``keys`` (KeyIsWriteOnly for any other key)."""
+    if not isinstance(keys, crypto.MasterKeys):
+        raise crypto.KeyIsWriteOnly(action="add keys")
+    cfg = configfmt.decode_config(raw_config, keys.data)
+    return keys.write_only(configfmt.config_plaintext(cfg), hashlib.sha256(raw_config).digest())
+
+
 def unlock(
     backend: Backend, password: bytes, raw_config: bytes, first: bytes | None = None
 ) -> Unlocked:
@@ -187,7 +205,7 @@ def unlock(
             damaged.append(str(e))
             continue
         try:
-            cfg = configfmt.decode_config(raw_config, keys.data)
+            cfg = _config(raw_config, keys)
         except IntegrityError as e:
             # A key file left by an interrupted init of another repository here:
             # it opens with the password but its keys do not open this config.

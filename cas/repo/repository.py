@@ -42,6 +42,7 @@ from cas.repo import keyring, layout, locks
 from cas.repo.blobreader import BlobReader
 from cas.repo.cache import LocalCache
 from cas.repo.clientstate import ClientState
+from cas.repo.filescache import FilesCache
 from cas.repo.generations import Finding, Generations
 from cas.repo.index import Location, MasterIndex
 from cas.repo.indexstore import IndexStore
@@ -176,9 +177,19 @@ class Repository:
         """IDs of every key file, readable or not."""
         return keyring.key_ids(self.backend)
 
-    def add_key(self, password: bytes, kdf: crypto.KdfParams | None = None) -> bytes:
-        """Store a new key file wrapping this repository's master keys; returns its ID."""
-        return keyring.write_key(self.backend, self.keys, password, kdf or crypto.KdfParams.new())
+    def add_key(
+        self, password: bytes, kdf: crypto.KdfParams | None = None, *, write_only: bool = False
+    ) -> bytes:
+        """Store a new key file wrapping this repository's master keys (``write_only``: the
+        write-only key made from them, spec §4.4); returns its ID.  Only a full key adds
+        keys (KeyIsWriteOnly otherwise)."""
+        if not isinstance(self.keys, crypto.MasterKeys):
+            raise crypto.KeyIsWriteOnly(action="add keys")
+        keys: crypto.KeyBase = self.keys
+        if write_only:
+            # The config is authenticated by its seal, which write_only_key opens.
+            keys = keyring.write_only_key(self.keys, self.backend.read(layout.CONFIG))
+        return keyring.write_key(self.backend, keys, password, kdf or crypto.KdfParams.new())
 
     def remove_key(self, key_id: bytes) -> None:
         """Delete a key file; refuses the one this session was opened with."""
@@ -186,7 +197,7 @@ class Repository:
 
     def change_password(self, password: bytes, kdf: crypto.KdfParams | None = None) -> bytes:
         """Replace the current key file by one under a new password (new first, then old)."""
-        new_id = self.add_key(password, kdf)
+        new_id = keyring.write_key(self.backend, self.keys, password, kdf or crypto.KdfParams.new())
         keyring.delete_key(self.backend, self.key_id)
         self.key_id = new_id
         return new_id
@@ -413,6 +424,14 @@ class Repository:
             if i
         }
         return self.generations.accept(listed, set(self.indexes.active()))
+
+    def files_cache(self, hostname: str, paths: list[bytes]) -> FilesCache | None:
+        """The local files cache of a write-only client for this host and path set
+        (spec §4.4), or None without a client state."""
+        client = self.generations.client
+        if client is None:
+            return None
+        return FilesCache(client.root, self.config.repo_id, hostname, paths)
 
     def load_snapshot(self, snapshot_id: bytes) -> Snapshot:
         """Read, verify and decode one snapshot."""
