@@ -153,6 +153,13 @@ def unseal_scheme1(data_key: bytes, sealed: bytes, ad: bytes) -> bytes:
         raise Tampered("scheme 1 tag") from None
 
 
+def unseal_data(data_key: bytes, sealed: bytes, ad: bytes) -> bytes:
+    """§5.4, §5.5: where a data-key object is expected (blobs, snapshots), scheme 1 too."""
+    if len(sealed) and sealed[0] == 1:
+        return unseal_scheme1(data_key, sealed, ad)
+    return unseal(data_key, sealed, ad)
+
+
 # -- §4.2 key derivation ------------------------------------------------------------
 
 
@@ -461,11 +468,12 @@ def config_version(data: bytes) -> int:
 
 def open_config(data: bytes, data_key: bytes) -> Config:
     version = config_version(data)
-    doc = _version(
-        unpack(decode_payload(unseal(data_key, data[8:], data[:8]), DOCUMENT_BOUND)),
-        "config",
-        version,
-    )
+    doc = unpack(decode_payload(unseal(data_key, data[8:], data[:8]), DOCUMENT_BOUND))
+    return _config_doc(doc, version)
+
+
+def _config_doc(raw_doc: Any, version: int) -> Config:
+    doc = _version(raw_doc, "config", version)
     if version == 2 and "padding" in doc:
         require(doc["padding"] == "padme", f"padding {doc['padding']!r}")
     ch = doc.get("chunker")
@@ -504,7 +512,32 @@ def key_check(kek: bytes) -> bytes:
     return blake3.blake3(KEY_CHECK_CONTEXT, key=kek).digest(length=16)
 
 
+@dataclass(frozen=True)
+class WriteOnlyKeys:
+    """§4.4: a write-only key file's sealed map."""
+
+    index: bytes
+    id: bytes
+    chunker: bytes
+    public: bytes
+    config: bytes
+    config_sha256: bytes
+
+
+WRITE_ONLY_KEYS = ("chunker", "config_sha256", "id", "index", "public")
+
+
 def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
+    """§4.1: a key file of type "full"; any other type is refused as newer."""
+    keys = open_any_keyfile(text, password, ("full",))
+    assert isinstance(keys, MasterKeys)
+    return keys
+
+
+def open_any_keyfile(
+    text: bytes, password: bytes, types: tuple[str, ...] = ("full", "write-only")
+) -> MasterKeys | WriteOnlyKeys:
+    """§4.1 and §4.4: a key file of one of ``types``."""
     require(len(text) <= KEYFILE_MAX, "key file too large")
     try:
         doc = json.loads(text)
@@ -514,8 +547,9 @@ def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
     version = doc.get("version")
     if not _is_int(version) or version not in (1, 2):
         raise Newer(f"key file version {version!r}")
-    if doc.get("type") != "full":
-        raise Newer(f"key type {doc.get('type')!r}")
+    kind = doc.get("type")
+    if kind not in types:
+        raise Newer(f"key type {kind!r}")
     kdf = doc.get("kdf")
     require(isinstance(kdf, dict), "kdf")
     require(kdf.get("algorithm") == "argon2id", f"kdf {kdf.get('algorithm')!r}")
@@ -531,6 +565,7 @@ def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
     require(len(salt) == 16, "salt length")
     if version == 1:
         require(check is None, "a version 1 key file has no check value")
+        require(kind == "full", "a write-only key file is version 2")
         ad = b"cas.key.v1"
     else:
         require(check is not None and len(check) == 16, "check value")
@@ -539,7 +574,7 @@ def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
         bound = {
             **info,
             "kdf": {"algorithm": "argon2id", "memlimit": mem, "opslimit": ops, "salt": salt},
-            "type": "full",
+            "type": kind,
             "version": 2,
         }
         ad = b"cas.key.v2" + pack_canonical(bound)
@@ -554,9 +589,29 @@ def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
         raise  # the password is right: the file was altered
     keys = unpack(plain)
     require(isinstance(keys, dict), "master keys")
+    if kind == "write-only":
+        for name in WRITE_ONLY_KEYS:
+            require(isinstance(keys.get(name), bytes) and len(keys[name]) == 32, f"key {name}")
+        require(isinstance(keys.get("config"), bytes) and keys["config"], "config document")
+        return WriteOnlyKeys(
+            keys["index"],
+            keys["id"],
+            keys["chunker"],
+            keys["public"],
+            keys["config"],
+            keys["config_sha256"],
+        )
     for name in MASTER_KEYS:
         require(isinstance(keys.get(name), bytes) and len(keys[name]) == 32, f"key {name}")
     return MasterKeys(keys["data"], keys["index"], keys["id"], keys["chunker"])
+
+
+def write_only_config(raw_config: bytes, keys: WriteOnlyKeys) -> Config:
+    """§4.4: the config a write-only key carries, for the stored config it hashes to."""
+    version = config_version(raw_config)
+    if storage_id(raw_config) != keys.config_sha256:
+        raise Tampered("the config is not the one this write-only key was made for")
+    return _config_doc(unpack(keys.config), version)
 
 
 # -- §9 packs --------------------------------------------------------------------------------
@@ -618,7 +673,7 @@ def open_blob(keys: MasterKeys, e: Entry, sealed: bytes) -> bytes:
     """§9.4 step 4: AD with type and ID, bounded payload, exact length, ID recomputed."""
     require(len(sealed) == e.length, "sealed blob length")
     plain = decode_payload(
-        unpad_payload(unseal(keys.data, sealed, b"cas.blob.v1" + bytes([e.type]) + e.id)),
+        unpad_payload(unseal_data(keys.data, sealed, b"cas.blob.v1" + bytes([e.type]) + e.id)),
         e.raw_length,
     )
     require(len(plain) == e.raw_length, "blob raw length")
@@ -753,7 +808,7 @@ def decode_tree(plaintext: bytes) -> list[dict[str, Any]]:
 
 def open_snapshot(data: bytes, data_key: bytes) -> dict[str, Any]:
     doc = _version(
-        unpack(decode_payload(unseal(data_key, data, b"cas.snapshot.v1"), DOCUMENT_BOUND)),
+        unpack(decode_payload(unseal_data(data_key, data, b"cas.snapshot.v1"), DOCUMENT_BOUND)),
         "snapshot",
     )
     require(_is_int(doc.get("time")) and _is_id(doc.get("tree")), "snapshot time, tree")

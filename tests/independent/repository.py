@@ -31,8 +31,10 @@ from tests.independent.format import (
     MasterKeys,
     Refused,
     Tampered,
+    WriteOnlyKeys,
     decode_tree,
     file_digest,
+    open_any_keyfile,
     open_blob,
     open_config,
     open_generation,
@@ -43,6 +45,7 @@ from tests.independent.format import (
     pack_header,
     require,
     storage_id,
+    write_only_config,
 )
 
 HEX_ID = re.compile(r"[0-9a-f]{64}")
@@ -155,6 +158,21 @@ def open_keys(store: Store, password: bytes) -> tuple[MasterKeys, Config]:
         try:
             keys = open_keyfile(_read_named(store, name, kid), password)
             return keys, open_config(raw_config, keys.data)
+        except Refused as e:
+            failures.append(e)
+    raise failures[-1] if failures else Malformed("no key files")
+
+
+def open_write_only_key(store: Store, password: bytes) -> tuple[WriteOnlyKeys, Config]:
+    """§4.4: the write-only key file ``password`` opens, and the config it carries for
+    this repository's stored config."""
+    raw_config = store.read("config")
+    failures: list[Refused] = []
+    for name, kid in _ids(store, "keys"):
+        try:
+            keys = open_any_keyfile(_read_named(store, name, kid), password, ("write-only",))
+            assert isinstance(keys, WriteOnlyKeys)
+            return keys, write_only_config(raw_config, keys)
         except Refused as e:
             failures.append(e)
     raise failures[-1] if failures else Malformed("no key files")
