@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import struct
 import time
@@ -39,7 +40,7 @@ from hypothesis import strategies as st
 from cas import crypto
 from cas.backend.memory import MemoryBackend
 from cas.chunking.chunker import ChunkerParams
-from cas.crypto import BlobType, MasterKeys
+from cas.crypto import BlobType, MasterKeys, WriteOnlyKey
 from cas.errors import CasError, UnsupportedVersion
 from cas.format import compress
 from cas.format import config as configfmt
@@ -142,6 +143,7 @@ VALID_INDEX = indexfmt.encode_index(
 )
 CONFIG = configfmt.Config(bytes(32), ChunkerParams(), 16 << 20)
 VALID_CONFIG = configfmt.encode_config(CONFIG, KEYS.data_key)
+VALID_CONFIG_DOCUMENT = configfmt.config_plaintext(CONFIG)
 LOCK = lockfmt.LockInfo("host", "user", 1234, 5, True, "prune", 3)
 VALID_LOCK = lockfmt.encode_lock(LOCK, KEYS.index_key)
 
@@ -336,6 +338,10 @@ LOCK_DOC = _doc(KEYS.index_key, lockfmt.LOCK_AD, VALID_LOCK)
 GENERATION_DOC = _doc(KEYS.index_key, genfmt.GENERATION_AD, VALID_GENERATION)
 KEYFILE_DOC = json.loads(VALID_KEYFILE)
 MASTER_DOC = msgpack.unpackb(KEYS.encode(), raw=False)
+WRITE_ONLY_DOC = msgpack.unpackb(
+    KEYS.write_only(VALID_CONFIG_DOCUMENT, hashlib.sha256(VALID_CONFIG).digest()).encode(),
+    raw=False,
+)
 
 # -- the properties -------------------------------------------------------------------
 
@@ -417,6 +423,19 @@ def prop_master_keys(raw: bytes) -> None:
     keys = only_cas_errors("master keys", lambda: MasterKeys.decode(raw))
     if keys is not None:
         assert MasterKeys.decode(keys.encode()) == keys
+
+
+def prop_write_only_keys(raw: bytes) -> None:
+    """A write-only key's sealed map (spec §4.4), and the config document it carries."""
+    keys = only_cas_errors("write-only keys", lambda: WriteOnlyKey.decode(raw))
+    if keys is not None:
+        assert WriteOnlyKey.decode(keys.encode()) == keys
+        only_cas_errors(
+            "write-only config",
+            lambda: configfmt.decode_config_for_write_only(
+                VALID_CONFIG, keys.config, hashlib.sha256(VALID_CONFIG).digest()
+            ),
+        )
 
 
 def prop_pack(raw: bytes) -> None:
@@ -599,6 +618,7 @@ TARGETS: dict[str, tuple[Callable[..., None], tuple[st.SearchStrategy[Any], ...]
         ),
     ),
     "master_keys": (prop_master_keys, (packed(documents(MASTER_DOC)),)),
+    "write_only_keys": (prop_write_only_keys, (packed(documents(WRITE_ONLY_DOC)),)),
     "pack_bytes": (prop_pack, (hostile(VALID_PACK),)),
     "pack_headers": (prop_pack_header, (header_plaintexts, st.binary(max_size=300))),
     "pack_headers_tiled": (prop_pack_header_tiled, (tiled_packs(),)),

@@ -248,7 +248,51 @@ def check_keyfile(v: Any) -> None:
         assert spec.storage_id(h(c["file"])) == h(c["key_id"])
         assert spec.open_keyfile(h(c["file"]), pw) == spec.MasterKeys(**keys)
     for c in v["invalid"]:
-        refuses(c["error"], spec.open_keyfile, h(c["file"]), h(c["password"]))
+        # Either type: a full key file relabelled write-only reads as altered (§4.1).
+        refuses(c["error"], spec.open_any_keyfile, h(c["file"]), h(c["password"]))
+
+
+def check_keyfile_write_only(v: Any) -> None:
+    """§4.1 and §4.4 from the text: the AD binds type "write-only", the sealed map holds
+    chunker, config, config_sha256, id, index and public, and the config document is
+    trusted for the config file of that SHA-256 only."""
+    for c in v["cases"]:
+        pw, salt = h(c["password"]), h(c["salt"])
+        kek = spec.derive_kek(pw, salt, c["opslimit"], c["memlimit"])
+        assert kek == h(c["kek"]) and spec.key_check(kek) == h(c["check"])
+        w = {k: h(x) for k, x in c["write_only_keys"].items()}
+        assert spec.pack_canonical(w) == h(c["write_only_keys_msgpack"])
+        kdf = {"algorithm": "argon2id", "opslimit": c["opslimit"], "memlimit": c["memlimit"]}
+        members = {
+            "version": 2,
+            "type": "write-only",
+            "created": c["created"],
+            "hostname": c["hostname"],
+            "username": c["username"],
+        }
+        ad = b"cas.key.v2" + spec.pack_canonical({**members, "kdf": {**kdf, "salt": salt}})
+        assert ad == h(c["ad"])
+        sealed = spec.seal(kek, h(c["write_only_keys_msgpack"]), ad, h(c["nonce"]))
+        assert sealed == h(c["sealed_keys"])
+        keys = spec.open_any_keyfile(h(c["file"]), pw)
+        assert keys == spec.WriteOnlyKeys(
+            w["index"], w["id"], w["chunker"], w["public"], w["config"], w["config_sha256"]
+        )
+        with pytest.raises(spec.Newer):  # a reader of full keys only refuses it as newer
+            spec.open_keyfile(h(c["file"]), pw)
+        assert spec.x25519_keys(h(c["data_key"]))[1] == w["public"]
+        config_file = h(c["config_file"])
+        assert isinstance(keys, spec.WriteOnlyKeys)
+        assert spec.write_only_config(config_file, keys) == spec.open_config(
+            config_file, h(c["data_key"])
+        )
+    for c in v["invalid"]:
+        refuses(c["error"], spec.open_any_keyfile, h(c["file"]), h(c["password"]))
+    good = spec.WriteOnlyKeys(
+        *(h(v["cases"][0]["write_only_keys"][k]) for k in spec.WRITE_ONLY_FIELDS)
+    )
+    for c in v["invalid_configs"]:
+        refuses(c["error"], spec.write_only_config, h(c["config_file"]), good)
 
 
 def _keys(m: dict[str, str]) -> spec.MasterKeys:
@@ -463,6 +507,7 @@ CHECKS = {
     "compress.json": check_compress,
     "config.json": check_config,
     "keyfile.json": check_keyfile,
+    "keyfile_write_only.json": check_keyfile_write_only,
     "pack.json": check_pack,
     "index.json": check_index,
     "tree.json": check_tree,

@@ -72,7 +72,12 @@ def test_the_factory_builds_the_kind_a_key_file_names() -> None:
     keys = MasterKeys.generate()
     assert key_factory("full", keys.encode()) == keys
     with pytest.raises(UnsupportedVersion):
-        key_factory("write-only", keys.encode())  # reserved (spec §4.4), not yet a kind
+        key_factory("read-only", keys.encode())  # a type this cas does not know
+    with pytest.raises(FormatError):  # full key material is not a write-only key's
+        key_factory("write-only", keys.encode())
+    wo = keys.write_only(b"\x81\xa1v\x02", bytes(32))
+    assert key_factory("write-only", wo.encode()) == wo and not wo.CAN_OPEN_DATA
+    assert wo.shares_ids_with(keys) and wo.public == keys.public_key()
     kdf = crypto.KdfParams.for_tests(opslimit=1, memlimit=8 << 20)
     kf, _ = keyfmt.create(keys, b"pw", kdf, created="c", hostname="h", username="u")
     assert kf.type == "full" and keyfmt.unlock(kf, b"pw") == keys

@@ -58,6 +58,7 @@ EXPECTED_FILES = {
     "snapshot.json",
     "config.json",
     "keyfile.json",
+    "keyfile_write_only.json",
     "lock.json",
     "scheme1.json",
     "generation.json",
@@ -759,6 +760,65 @@ def test_keyfile(c: dict[str, Any]) -> None:
     doc = json.loads(raw)
     assert doc["version"] == c["version"] and doc["type"] == "full"
     assert doc["kdf"]["algorithm"] == "argon2id"
+
+
+@pytest.mark.parametrize("c", cases("keyfile_write_only.json"))
+def test_keyfile_write_only(c: dict[str, Any]) -> None:
+    raw, password, w = b(c["file"]), b(c["password"]), c["write_only_keys"]
+    assert raw.decode() == c["file_text"] and storage_id(raw).hex() == c["key_id"]
+    kf = keyfmt.decode_keyfile(raw)
+    assert (kf.type, kf.version, kf.sealed_keys.hex()) == ("write-only", 2, c["sealed_keys"])
+    keys = keyfmt.unlock(kf, password)
+    assert isinstance(keys, crypto.WriteOnlyKey) and not keys.CAN_OPEN_DATA
+    assert keys.encode().hex() == c["write_only_keys_msgpack"]
+    # §4.4: the sealed map, keys sorted; bin values
+    assert canonical({k: b(v) for k, v in w.items()}).hex() == c["write_only_keys_msgpack"]
+    assert crypto.WriteOnlyKey.decode(b(c["write_only_keys_msgpack"])) == keys
+    full = MasterKeys(b(c["data_key"]), keys.index_key, keys.id_key, keys.chunker_key)
+    assert keys.public.hex() == w["public"] == full.public_key().hex()
+    kek = crypto.derive_key(password, kf.kdf)
+    assert kek.hex() == c["kek"] and crypto.key_check(kek).hex() == c["check"]
+    assert keyfmt.bound_members(kf).hex() == c["ad"]
+    # The config it carries is the stored config's document, for that config only.
+    config_file = b(c["config_file"])
+    assert hashlib.sha256(config_file).hexdigest() == w["config_sha256"]
+    assert configfmt.decode_config_for_write_only(
+        config_file, keys.config, keys.config_sha256
+    ) == configfmt.decode_config(config_file, b(c["data_key"]))
+    # What it seals only the data key opens (scheme 1, §5.5).
+    sealed = keys.data.seal(b"blob", b"ad")
+    assert sealed[0] == crypto.SCHEME_PUBLIC and full.data.open(sealed, b"ad", "x") == b"blob"
+    with pytest.raises(crypto.KeyIsWriteOnly):
+        keys.data.open(sealed, b"ad", "x")
+    _, again = keyfmt.create(
+        keys,
+        password,
+        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
+        created=c["created"],
+        hostname=c["hostname"],
+        username=c["username"],
+        nonce=b(c["nonce"]),
+    )
+    assert again == raw
+
+
+@pytest.mark.parametrize("c", cases("keyfile_write_only.json", "invalid"))
+def test_keyfile_write_only_invalid(c: dict[str, Any]) -> None:
+    assert_error(
+        c["error"], lambda: keyfmt.unlock(keyfmt.decode_keyfile(b(c["file"])), b(c["password"]))
+    )
+
+
+@pytest.mark.parametrize("c", cases("keyfile_write_only.json", "invalid_configs"))
+def test_keyfile_write_only_refused_configs(c: dict[str, Any]) -> None:
+    (good,) = load("keyfile_write_only.json")["cases"]
+    w = good["write_only_keys"]
+    assert_error(
+        c["error"],
+        lambda: configfmt.decode_config_for_write_only(
+            b(c["config_file"]), b(w["config"]), b(w["config_sha256"])
+        ),
+    )
 
 
 @pytest.mark.parametrize("c", cases("keyfile.json", "invalid"))

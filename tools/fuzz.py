@@ -118,6 +118,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "generation": lambda d: t.prop_generation(_sealed(KEYS.index_key, genfmt.GENERATION_AD)(d)),
     "keyfile": t.prop_keyfile,
     "master_keys": t.prop_master_keys,
+    "write_only_keys": t.prop_write_only_keys,
     "pack": t.prop_pack,
     "pack_header": _pack_from_header,
     "pack_trailer": _trailer,
@@ -186,6 +187,7 @@ def seeds(target: str) -> list[bytes]:
             *_vectors("keyfile", ("cases", "file"), ("invalid", "file")),
         ],
         "master_keys": [KEYS.encode(), *_vectors("keyfile", ("cases", "master_keys_msgpack"))],
+        "write_only_keys": _vectors("keyfile_write_only", ("cases", "write_only_keys_msgpack")),
         "pack": [
             t.VALID_PACK,
             *_vectors("pack", ("packs", "pack"), ("packs_v2", "pack"), ("invalid", "pack")),

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+import msgpack
 import nacl.bindings
 import zstandard
 from fastcdc import fastcdc_py
@@ -1161,7 +1162,7 @@ def gen_scheme1() -> dict[str, Any]:
     }
 
 
-def unlock_keyfile(raw: bytes, password: bytes) -> MasterKeys:
+def unlock_keyfile(raw: bytes, password: bytes) -> crypto.KeyBase:
     return keyfmt.unlock(keyfmt.decode_keyfile(raw), password)
 
 
@@ -1225,7 +1226,11 @@ def gen_keyfile() -> dict[str, Any]:
     for desc, file, pw in (
         ("wrong password", raw, b"Tr0ub4dor&3"),
         ("wrong password, version 1", raw1, b"Tr0ub4dor&3"),
-        ("reserved key type 'write-only'", variant(type="write-only"), password),
+        (
+            "a full key file relabelled 'write-only' (the type is bound: altered)",
+            variant(type="write-only"),
+            password,
+        ),
         ("key file version 3", variant(version=3), password),
         (
             "version 2 without its check value",
@@ -1265,6 +1270,127 @@ def gen_keyfile() -> dict[str, Any]:
         "members and a check value, version 1 with AD 'cas.key.v1'",
         "cases": [v2, v1],
         "invalid": invalid,
+    }
+
+
+class _Material:
+    """Key material sealed as a key file of ``TYPE`` as it is (to make refused files)."""
+
+    def __init__(self, kind: str, raw: bytes) -> None:
+        self.TYPE, self.raw = kind, raw
+
+    def encode(self) -> bytes:
+        return self.raw
+
+
+def gen_keyfile_write_only() -> dict[str, Any]:
+    password = b"write only, read never"
+    salt = bytes(range(0x50, 0x60))
+    kdf = KdfParams(salt, KDF_OPS, KDF_MEM, test_only=True)
+    cfg = configfmt.Config(bytes(range(0xC0, 0xE0)), ChunkerParams())
+    raw_config = configfmt.encode_config(cfg, KEYS.data_key, nonce("keyfile.write-only.config"))
+    wo = KEYS.write_only(configfmt.config_plaintext(cfg), storage_id(raw_config))
+    members = dict(created="2024-01-02T03:04:05Z", hostname="laptop", username="bob")
+
+    def key_file(keys: Any, label: str) -> tuple[keyfmt.KeyFile, bytes]:
+        return keyfmt.create(keys, password, kdf, nonce=nonce(label), **members)
+
+    kf, raw = key_file(wo, "keyfile.write-only")
+    assert keyfmt.unlock(keyfmt.decode_keyfile(raw), password) == wo
+    kek = crypto.derive_key(password, kdf)
+    case = {
+        "description": "a write-only key file (§4.4): the index, ID and chunker keys, the "
+        "public key, and the config's document and SHA-256; no data key",
+        "password": h(password),
+        "salt": h(salt),
+        "opslimit": KDF_OPS,
+        "memlimit": KDF_MEM,
+        **members,
+        "nonce": h(nonce("keyfile.write-only")),
+        "kek": h(kek),
+        "ad": h(keyfmt.bound_members(kf)),
+        "check": h(crypto.key_check(kek)),
+        "data_key": h(KEYS.data_key),
+        "config_file": h(raw_config),
+        "write_only_keys": {
+            "chunker": h(wo.chunker_key),
+            "config": h(wo.config),
+            "config_sha256": h(wo.config_sha256),
+            "id": h(wo.id_key),
+            "index": h(wo.index_key),
+            "public": h(wo.public),
+        },
+        "write_only_keys_msgpack": h(wo.encode()),
+        "sealed_keys": h(kf.sealed_keys),
+        "file": h(raw),
+        "file_text": raw.decode(),
+        "key_id": h(storage_id(raw)),
+    }
+    doc = json.loads(raw)
+    relabelled = (json.dumps(dict(doc, type="full"), sort_keys=True, indent=1) + "\n").encode()
+    no_public = msgpack.unpackb(wo.encode())
+    del no_public["public"]
+    short = dict(msgpack.unpackb(wo.encode()), index=bytes(16))
+    invalid = []
+    for desc, file, pw in (
+        ("wrong password", raw, b"read always"),
+        ("relabelled 'full' (the type is bound: altered)", relabelled, password),
+        (
+            "no public key in the sealed map",
+            key_file(_Material("write-only", msgpack.packb(no_public)), "kwo.1")[1],
+            password,
+        ),
+        (
+            "an index key of 16 bytes",
+            key_file(_Material("write-only", msgpack.packb(short)), "kwo.2")[1],
+            password,
+        ),
+        (
+            "full master keys in a write-only key file",
+            key_file(_Material("write-only", KEYS.encode()), "kwo.3")[1],
+            password,
+        ),
+    ):
+        invalid.append(
+            {
+                "description": desc,
+                "password": h(pw),
+                "file": h(file),
+                "error": error_name(unlock_keyfile, file, pw),
+            }
+        )
+    other = configfmt.encode_config(
+        configfmt.Config(bytes(range(0xA0, 0xC0)), ChunkerParams()),
+        KEYS.data_key,
+        nonce("keyfile.write-only.other"),
+    )
+    refused_configs = [
+        {
+            "description": "another repository's config: its SHA-256 is not the key's",
+            "config_file": h(other),
+            "error": error_name(
+                configfmt.decode_config_for_write_only, other, wo.config, wo.config_sha256
+            ),
+        },
+        {
+            "description": "this config with one byte of its seal changed",
+            "config_file": h(raw_config[:-1] + bytes([raw_config[-1] ^ 1])),
+            "error": error_name(
+                configfmt.decode_config_for_write_only,
+                raw_config[:-1] + bytes([raw_config[-1] ^ 1]),
+                wo.config,
+                wo.config_sha256,
+            ),
+        },
+    ]
+    return {
+        "description": "Write-only key files (§4.1, §4.4): type 'write-only', the sealed map "
+        "holds chunker, config (canonical msgpack of the config document, §3.1), "
+        "config_sha256 (SHA-256 of the config file), id, index and public (the X25519 public "
+        "key of §5.5); the config is trusted only for the stored config of that hash",
+        "cases": [case],
+        "invalid": invalid,
+        "invalid_configs": refused_configs,
     }
 
 
@@ -1455,6 +1581,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
     "snapshot.json": gen_snapshot,
     "config.json": gen_config,
     "keyfile.json": gen_keyfile,
+    "keyfile_write_only.json": gen_keyfile_write_only,
     "lock.json": gen_lock,
     "generation.json": gen_generation,
 }

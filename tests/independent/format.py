@@ -525,6 +525,7 @@ class WriteOnlyKeys:
 
 
 WRITE_ONLY_KEYS = ("chunker", "config_sha256", "id", "index", "public")
+WRITE_ONLY_FIELDS = ("index", "id", "chunker", "public", "config", "config_sha256")
 
 
 def open_keyfile(text: bytes, password: bytes) -> MasterKeys:
