@@ -114,7 +114,8 @@ def test_every_block_is_run_or_says_why_not() -> None:
 
 
 def _home(home: Path) -> None:
-    """What the README's examples find in ~: files, photos, a password, other.txt."""
+    """What the README's examples find in ~: files, photos, a password, other.txt,
+    laptop.txt."""
     (home / "photos").mkdir(parents=True)
     (home / "photos" / "cat.jpg").write_bytes(os.urandom(50_000))
     (home / "notes.odt").write_bytes(b"notes")
@@ -160,6 +161,7 @@ def test_the_readme_example_runs(line: int, tmp_path: Path, request: pytest.Fixt
     work = home / "work"
     work.mkdir()
     (work / "other.txt").write_text("another password\n")
+    (work / "laptop.txt").write_text("a write-only key's password\n")
     if "CAS_REPOSITORY=" not in text:  # it uses one: a local one with a backup of ~
         env.update(CAS_REPOSITORY=str(scratch / "repo"), CAS_PASSWORD="a password")
         for args in (["init"], ["backup", str(home)]):
