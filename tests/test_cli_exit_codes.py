@@ -77,6 +77,7 @@ def test_the_exit_codes_are_documented_where_users_look() -> None:
     from cas.cli.main import cli
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for code in ("| 11 |", "| 130 |"):
+    for code in ("| 11 |", "| 14 |", "| 130 |"):
         assert code in readme
     assert "11 repository locked" in (cli.help or "") and "130 interrupted" in (cli.help or "")
+    assert "14 the key is write-only" in (cli.help or "")

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from cas import crypto
+from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
 from cas.errors import EXIT_WRITE_ONLY, IntegrityError, WrongPassword
 from cas.format import config as configfmt
@@ -113,6 +114,7 @@ def _round_trip(
     tmp_path: Path,
     listing: Callable[[], dict[str, str]],
     read_paths: Callable[[str, Path], list[tuple[str | Path, ...]]],
+    first_backup_args: tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """Add a write-only key, back up twice with it (the second through the files cache),
     and restore both with the full key; returns the two snapshot IDs."""
@@ -124,7 +126,7 @@ def _round_trip(
     assert added.json()["type"] == "write-only"
     check_lines("key add", _lines(added))
 
-    first = c.wo("--json", "backup", src)
+    first = c.wo("--json", "backup", src, *first_backup_args)
     assert first.code == 0, first.err
     check_lines("backup", _lines(first))
     one = first.json()
@@ -204,11 +206,22 @@ def test_write_only_backups_restore_exactly_and_every_read_path_refuses(tmp_path
     _tree(src)
     repo = tmp_path / "repo"
     c = Client(str(repo), {})
-    one, two = _round_trip(c, src, tmp_path, _local_listing(repo), _every_read_path)
+    # The first backup through a worker process (which gets the write-only key).
+    one, two = _round_trip(
+        c, src, tmp_path, _local_listing(repo), _every_read_path, ("--workers", "1")
+    )
 
-    # What the write-only key stored is sealed to the public key (scheme 1, §5.5).
+    # What the write-only key stored is sealed to the public key (scheme 1, §5.5): the
+    # snapshots, and every data and tree blob (all of them are its own here).
     for sid in (one, two):
         assert (repo / layout.snapshot_name(bytes.fromhex(sid))).read_bytes()[0] == 1
+    full = open_repository(LocalBackend(repo), FULL.encode())
+    packs = full.pack_sizes()
+    assert packs
+    for pid in packs:
+        for e in full.read_pack_header(pid):
+            assert full.read_pack_range(pid, e.offset, 1) == b"\x01", e
+    full.close()
     # cat of what is not sealed under the data key works: key files, the config it carries.
     assert c.wo("--json", "cat", "config").code == 0
     # The independent reader: the full key reads both snapshots, the write-only key

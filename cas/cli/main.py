@@ -49,7 +49,7 @@ def cli(ctx: click.Context, g: Globals) -> None:
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 finished with warnings, 10 no repository,
     11 repository locked, 12 wrong password, 13 the storage changed behind this
-    client's back (cas trust), 130 interrupted.
+    client's back (cas trust), 14 the key is write-only, 130 interrupted.
     """
     ctx.obj = g
     _runs.append(g)

@@ -61,8 +61,10 @@ def reader_spec(
     repo: Repository, location: str, backend_options: tuple[object, ...]
 ) -> ReaderSpec | None:
     """The spec for ``repo`` opened at ``location``, or None when another process
-    cannot reach that location (an in-memory backend) or the key cannot open data."""
-    if not shared_location(location) or not repo.keys.CAN_OPEN_DATA:
+    cannot reach that location (an in-memory backend).  With a write-only key (spec
+    §4.4) it serves backup's workers only, which seal and read nothing stored: every
+    reading command refuses such a key before it starts helpers."""
+    if not shared_location(location):
         return None
     return ReaderSpec(
         location, backend_options, repo.keys.TYPE, repo.keys.encode(), repo.config.pack_format
