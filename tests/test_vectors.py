@@ -698,6 +698,21 @@ def test_config_invalid(c: dict[str, Any]) -> None:
     assert_error(c["error"], lambda: configfmt.decode_config(b(c["file"]), b(c["data_key"])))
 
 
+def _recreated(keys: crypto.KeyBase, password: bytes, c: dict[str, Any], version: int) -> bytes:
+    """The key file ``create`` makes from a case's inputs and nonce."""
+    _, raw = keyfmt.create(
+        keys,
+        password,
+        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
+        created=c["created"],
+        hostname=c["hostname"],
+        username=c["username"],
+        nonce=b(c["nonce"]),
+        version=version,
+    )
+    return raw
+
+
 @pytest.mark.parametrize("c", cases("keyfile.json"))
 def test_keyfile(c: dict[str, Any]) -> None:
     raw, password = b(c["file"]), b(c["password"])
@@ -746,17 +761,7 @@ def test_keyfile(c: dict[str, Any]) -> None:
     assert keys.encode().hex() == c["master_keys_msgpack"]
     assert MasterKeys.decode(b(c["master_keys_msgpack"])) == keys
     # encode: same inputs and nonce give the same file
-    _, again = keyfmt.create(
-        keys,
-        password,
-        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
-        created=c["created"],
-        hostname=c["hostname"],
-        username=c["username"],
-        nonce=b(c["nonce"]),
-        version=c["version"],
-    )
-    assert again == raw
+    assert _recreated(keys, password, c, c["version"]) == raw
     doc = json.loads(raw)
     assert doc["version"] == c["version"] and doc["type"] == "full"
     assert doc["kdf"]["algorithm"] == "argon2id"
@@ -790,16 +795,7 @@ def test_keyfile_write_only(c: dict[str, Any]) -> None:
     assert sealed[0] == crypto.SCHEME_PUBLIC and full.data.open(sealed, b"ad", "x") == b"blob"
     with pytest.raises(crypto.KeyIsWriteOnly):
         keys.data.open(sealed, b"ad", "x")
-    _, again = keyfmt.create(
-        keys,
-        password,
-        KdfParams(b(c["salt"]), c["opslimit"], c["memlimit"], test_only=True),
-        created=c["created"],
-        hostname=c["hostname"],
-        username=c["username"],
-        nonce=b(c["nonce"]),
-    )
-    assert again == raw
+    assert _recreated(keys, password, c, 2) == raw
 
 
 @pytest.mark.parametrize("c", cases("keyfile_write_only.json", "invalid"))

@@ -192,13 +192,7 @@ def _every_read_path(sid: str, tmp_path: Path) -> list[tuple[str | Path, ...]]:
 
 def _some_read_paths(sid: str, tmp_path: Path) -> list[tuple[str | Path, ...]]:
     """On S3 (the refusal comes before any storage request of the command itself)."""
-    return [
-        ("restore", "latest", "--target", tmp_path / "never"),
-        ("forget", "--keep-last", "1"),
-        ("prune",),
-        ("check", "--read-data"),
-        ("dump", f"{sid}:/", "--target", tmp_path / "never.tar"),
-    ]
+    return _every_read_path(sid, tmp_path)[:5]
 
 
 def test_write_only_backups_restore_exactly_and_every_read_path_refuses(tmp_path: Path) -> None:

@@ -198,8 +198,28 @@ class _Identifying(KeyBase):
         return chunker_window_key(self.chunker_key)
 
 
+class _Indexing(_Identifying):
+    """An index key besides the ID and chunker keys: a key of a repository (full or
+    write-only) that reads and writes index files, pack headers and locks."""
+
+    index_key: bytes
+
+    @cached_property
+    def index(self) -> Sealer:
+        """Seals and opens under index_key: pack headers, index files, locks."""
+        return SecretKey(self.index_key)
+
+    def shares_ids_with(self, other: KeyBase) -> bool:
+        """Same id_key and chunker_key."""
+        return self.ids_only().shares_ids_with(other)
+
+    def ids_only(self) -> IdKey:
+        """The ID and chunker keys alone."""
+        return IdKey(self.id_key, self.chunker_key)
+
+
 @dataclass(frozen=True)
-class MasterKeys(_Identifying):
+class MasterKeys(_Indexing):
     """The repository's secret key set (a ``full`` key): it may do everything.
 
     data_key seals blob contents, snapshots and the config; index_key seals
@@ -231,19 +251,6 @@ class MasterKeys(_Identifying):
     def public_key(self) -> bytes:
         """The repository's X25519 public key (spec §5.5), derived from data_key."""
         return x25519_public(x25519_secret(self.data_key))
-
-    @cached_property
-    def index(self) -> Sealer:
-        """Seals and opens under index_key."""
-        return SecretKey(self.index_key)
-
-    def shares_ids_with(self, other: KeyBase) -> bool:
-        """Same id_key and chunker_key."""
-        return self.ids_only().shares_ids_with(other)
-
-    def ids_only(self) -> IdKey:
-        """The ID and chunker keys alone."""
-        return IdKey(self.id_key, self.chunker_key)
 
     def write_only(self, config: bytes, config_sha256: bytes) -> WriteOnlyKey:
         """The write-only key of this repository (spec §4.4): the index, ID and chunker
@@ -344,7 +351,7 @@ class IdKey(_Identifying):
 
 
 @dataclass(frozen=True)
-class WriteOnlyKey(_Identifying):
+class WriteOnlyKey(_Indexing):
     """A key that adds backups and reads none (key-file type ``write-only``, spec §4.4).
 
     It holds what deduplication needs (the index, ID and chunker keys) and the
@@ -367,19 +374,6 @@ class WriteOnlyKey(_Identifying):
     def data(self) -> Sealer:
         """Seals to the public key; opens nothing (KeyIsWriteOnly)."""
         return PublicSealer(self.public)
-
-    @cached_property
-    def index(self) -> Sealer:
-        """Seals and opens under index_key: pack headers, index files, locks."""
-        return SecretKey(self.index_key)
-
-    def shares_ids_with(self, other: KeyBase) -> bool:
-        """Same id_key and chunker_key."""
-        return self.ids_only().shares_ids_with(other)
-
-    def ids_only(self) -> IdKey:
-        """The ID and chunker keys alone."""
-        return IdKey(self.id_key, self.chunker_key)
 
     def encode(self) -> bytes:
         """The msgpack map stored (sealed) in a ``write-only`` key file, keys sorted."""
