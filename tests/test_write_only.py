@@ -25,7 +25,7 @@ import pytest
 from cas import crypto
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
-from cas.errors import EXIT_WRITE_ONLY, IntegrityError, WrongPassword
+from cas.errors import EXIT_WRITE_ONLY, IntegrityError, UnsupportedVersion, WrongPassword
 from cas.format import config as configfmt
 from cas.repo import layout
 from cas.repo.connect import init_repository, open_repository
@@ -212,9 +212,15 @@ def test_write_only_backups_restore_exactly_and_every_read_path_refuses(tmp_path
     full = open_repository(LocalBackend(repo), FULL.encode())
     packs = full.pack_sizes()
     assert packs
+    assert isinstance(full.keys, crypto.MasterKeys)
     for pid in packs:
         for e in full.read_pack_header(pid):
-            assert full.read_pack_range(pid, e.offset, 1) == b"\x01", e
+            sealed = full.read_pack_range(pid, e.offset, e.length)
+            assert sealed[0] == 1, e
+            # A reader of scheme 0 only (cas before issue 19) refuses it as newer (§4.4).
+            ad = crypto.blob_ad(e.type, e.blob_id)
+            with pytest.raises(UnsupportedVersion, match="upgrade cas"):
+                crypto.open_sealed(full.keys.data_key, sealed, ad, "blob")
     full.close()
     # cat of what is not sealed under the data key works: key files, the config it carries.
     assert c.wo("--json", "cat", "config").code == 0
