@@ -211,9 +211,15 @@ def test_a_directory_above_the_path_that_cannot_be_listed_is_walked_through(
     tmp_path: Path,
 ) -> None:
     """``backup top/inner`` where ``top`` may be searched but not read: a warning about
-    ``top``'s flags, and ``inner`` is backed up (cas obeying permissions, as a user)."""
+    ``top``'s flags and xattr values, and ``inner`` is backed up (cas obeying
+    permissions, as a user)."""
     inner = tmp_path / "top" / "inner"
     make_files(inner, {"f": b"inside"})
+    try:  # listed through the directory's path, since it cannot be opened
+        os.setxattr(tmp_path / "top", "user.cas-test", b"kept")
+        xattrs = True
+    except OSError:
+        xattrs = False
     (tmp_path / "top").chmod(0o311)
     if IS_ROOT:
         os.chown(tmp_path / "top", NUMERIC_UID, NUMERIC_GID)
@@ -222,6 +228,9 @@ def test_a_directory_above_the_path_that_cannot_be_listed_is_walked_through(
     done = run_unprivileged("-r", repo, "--json", "backup", inner)
     assert done.code == 3, done.err
     assert f"could not read inode flags of {tmp_path / 'top'}" in done.err
+    # Its xattrs are listed by path (their values need read permission).
+    if xattrs:
+        assert f"could not read extended attribute user.cas-test of {tmp_path / 'top'}" in done.err
     out = tmp_path / "out"
     assert run_cas("-r", repo, "restore", "latest", "--target", out).code == 0
     assert (landed(out, inner) / "f").read_bytes() == b"inside"

@@ -176,6 +176,33 @@ def test_backup_through_the_helper_is_the_same_snapshot(
     s = via.summary
     assert s.bytes_read == sum(map(len, made.values()))
     assert s.data_added < s.bytes_read  # the shared 5 MiB were stored once
+    stored = {
+        blob: size
+        for node in nodes.values()
+        if node.type == "file"
+        for blob, size in zip(node.content, node.sizes, strict=True)
+    }
+    assert (s.data_added, s.data_blobs_new) == (sum(stored.values()), len(stored))
+
+
+def test_a_sparse_file_is_chunked_here_where_its_holes_are_not_read(
+    repo: Repository, helper: ChunkWorker, tmp_path: Path, small_threshold: None
+) -> None:
+    """The helper reads holes as zeros: a sparse file above the threshold stays in the
+    backup process, which skips them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"d" * 5000)
+        f.truncate(4 * MiB)
+    if os.stat(src / "sparse").st_blocks * 512 >= 4 * MiB:
+        pytest.skip("this filesystem does not keep holes")
+    done = backup(repo, src, offload=helper)
+    assert helper._proc is None  # never started
+    assert done.summary.bytes_read < MiB
+    assert content(repo, walk(repo, done.tree)[os.fsencode(src / "sparse")]) == (
+        b"d" * 5000 + bytes(4 * MiB - 5000)
+    )
 
 
 def test_a_file_changing_between_the_two_reads_is_read_again(

@@ -60,13 +60,21 @@ GUARDS: dict[str, list[str]] = {
         "tests/test_vectors.py",
         "tests/test_crypto_edges.py",
     ],
-    "cas/restore/restorer.py": ["tests/test_blind_spots.py", "tests/test_archiver.py"],
+    "cas/restore/restorer.py": [
+        "tests/test_blind_spots.py",
+        "tests/test_archiver.py",
+        "tests/test_restore_paths.py",
+    ],
     "cas/repo/packwriter.py": ["tests/test_packwriter.py", "tests/test_blind_spots.py"],
     "cas/repo/index.py": ["tests/test_index.py"],
     "cas/repo/indexstore.py": ["tests/test_index_load.py"],
     "cas/repo/prune.py": ["tests/test_prune_plan.py", "tests/test_pruner.py"],
-    "cas/check/checker.py": ["tests/test_checker.py", "tests/test_blind_spots.py"],
-    "cas/backup/archiver.py": ["tests/test_archiver.py"],
+    "cas/check/checker.py": [
+        "tests/test_checker.py",
+        "tests/test_blind_spots.py",
+        "tests/test_checker_paths.py",
+    ],
+    "cas/backup/archiver.py": ["tests/test_archiver.py", "tests/test_change_detection.py"],
 }
 COPIED = ["cas", "tests", "tools", "spec", "pyproject.toml"]
 
