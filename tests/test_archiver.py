@@ -111,6 +111,13 @@ def walk(repo: Repository, tree: bytes, prefix: bytes = b"") -> dict[bytes, Node
     return out
 
 
+def walk_source(repo: Repository, tree: bytes, root: Path) -> dict[bytes, Node]:
+    """The nodes of ``root`` and below: not its ancestors (/tmp ...), which are only
+    stat'ed and whose times other processes may move between two backups."""
+    top = b(root)
+    return {p: n for p, n in walk(repo, tree).items() if p == top or p.startswith(top + b"/")}
+
+
 def below(repo: Repository, tree: bytes, root: Path) -> set[str]:
     """Paths under ``root`` in the snapshot, relative to it."""
     top = b(root) + b"/"
