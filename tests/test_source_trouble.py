@@ -99,7 +99,10 @@ def test_tree_4000_levels_deep(cli_repo: str, tmp_path: Path, removed_afterwards
     again = cas_json("-r", cli_repo, "--json", "backup", src)
     s = again["summary"]
     assert again["warnings"] == [] and s["bytes_read"] == 0 and s["files_unchanged"] == 2
-    assert s["dirs_unchanged"] == dirs
+    # every directory of the source unchanged; its ancestors (/tmp ...) are only stat'ed
+    # and other processes may move their times between the two backups
+    assert s["dirs_unchanged"] + s["dirs_changed"] == dirs and s["dirs_new"] == 0
+    assert s["dirs_unchanged"] >= DEPTH + 1
 
     check = run_cas("-r", cli_repo, "check", "--read-data")
     assert check.code == 0, check.err + check.out
