@@ -52,8 +52,10 @@ class LazyCommands(MutableMapping[str, click.Command]):
         self._loaded[name] = cmd  # click's add_command: already imported
 
     def __delitem__(self, name: str) -> None:
+        if name not in self:
+            raise KeyError(name)
         self.table.pop(name, None)
-        del self._loaded[name]
+        self._loaded.pop(name, None)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted({*self.table, *self._loaded}))
