@@ -15,6 +15,13 @@ pytest_plugins = [
 # session, never to the user's ~/.local/state ...
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="cas-test-state-")
 
+# The suite runs cas in thousands of subprocesses; under PYTHONDONTWRITEBYTECODE each
+# would compile every module of cas again (about half its start-up).  Their bytecode
+# goes to a directory of this session instead, never into the source tree.  (Set once,
+# in the first process: the xdist workers inherit it.)
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="cas-test-pycache-")
+
 
 @pytest.fixture(autouse=True)
 def client_state(

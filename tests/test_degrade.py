@@ -9,6 +9,7 @@ prune refuses and names the way out, and after the forget everything is clean ag
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,11 @@ def _snapshot_ids(repo: Path, *extra: str) -> list[str]:
     return [d["id"] for d in r.json()["snapshots"]]
 
 
-@pytest.fixture(params=["empty-cache", "no-cache"])
-def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, list[str], str]:
-    """A repository of three snapshots of ``src`` whose newest snapshot file is damaged."""
-    src, repo = tmp_path / "src", tmp_path / "repo"
+@pytest.fixture(scope="module")
+def three_snapshots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[str]]:
+    """A repository of three snapshots of ``src`` (tests use copies of it)."""
+    root = tmp_path_factory.mktemp("three")
+    src, repo = root / "src", root / "repo"
     src.mkdir()
     assert run_cas("-r", repo, "init").code == 0
     for i in range(3):
@@ -45,6 +47,18 @@ def damaged(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path,
         assert r.code == 0, r.err
     ids = _snapshot_ids(repo)
     assert len(ids) == 3
+    return src, repo, ids
+
+
+@pytest.fixture(params=["empty-cache", "no-cache"])
+def damaged(
+    request: pytest.FixtureRequest, tmp_path: Path, three_snapshots: tuple[Path, Path, list[str]]
+) -> tuple[Path, Path, list[str], str]:
+    """A copy of ``three_snapshots`` whose newest snapshot file is damaged (its ``src``
+    is the one backed up: to be read, not changed)."""
+    src, template, ids = three_snapshots
+    repo = tmp_path / "repo"
+    shutil.copytree(template, repo)
     _flip_last_byte(repo / "snapshots" / ids[-1])
     # The second-machine case: a cache that never saw the good copy (a warm cache keeps
     # serving the verified original, which is right), or no cache at all.

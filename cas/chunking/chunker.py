@@ -15,8 +15,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 from cas import crypto
 from cas.errors import CasError
 
@@ -221,6 +219,9 @@ class WindowChunker(StreamChunker):
         super().__init__(params, buffer_size)
         if len(aes_key) != 16:
             raise CasError("window chunker key is not 16 bytes")
+        # Imported here: a command that reads and never chunks does without it.
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         # CBC decryption: block i of the output is AES-decrypt(block i) XOR block i - 1
         # of the input, one PRF value per window (OpenSSL decrypts CBC in parallel);
         # the first output block of each call depends on the previous call: unused.

@@ -45,11 +45,6 @@ from cas.selection import split_tags
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(backup)
-
-
 class _Progress(Reporter):
     """The status line of a backup: files and bytes done (read, or found unchanged),
     and with the totals of a finished scan the percentage and the time left."""

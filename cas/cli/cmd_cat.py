@@ -19,11 +19,6 @@ from cas.walker import load_tree
 KINDS = ("config", "key", "index", "pack", "blob", "tree", "snapshot")
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(cat)
-
-
 @click.command()
 @click.argument("kind", type=click.Choice(KINDS))
 @click.argument("object_id", required=False)

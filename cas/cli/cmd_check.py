@@ -33,11 +33,6 @@ from cas.wording import counted
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(check_cmd)
-
-
 @click.command("check")
 @click.option("--read-data", is_flag=True, help="Also read every pack and verify every blob.")
 @click.option(

@@ -18,11 +18,6 @@ from cas.wording import counted
 RESEAL_AFTER = 64 << 20
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(copy)
-
-
 @click.command()
 @click.argument("snapshots", nargs=-1)
 @click.option("--to", "to_repo", required=True, metavar="REPO", help="Target repository.")

@@ -15,11 +15,6 @@ from cas.errors import CasError
 from cas.selection import SnapshotFilter
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(diff)
-
-
 @click.command()
 @click.argument("first", metavar="SNAPSHOT1[:/path]")
 @click.argument("second", metavar="SNAPSHOT2[:/path]")

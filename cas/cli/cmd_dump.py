@@ -22,11 +22,6 @@ from cas.selection import SnapshotFilter
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(dump)
-
-
 @click.command()
 @click.argument("snapshot", metavar="SNAPSHOT[:/path]")
 @click.argument("path", type=click.Path(path_type=bytes), required=False)

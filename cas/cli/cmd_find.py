@@ -19,11 +19,6 @@ from cas.selection import SnapshotFilter
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(find)
-
-
 @click.command()
 @click.argument("patterns", nargs=-1, type=click.Path(path_type=bytes), metavar="[PATTERN]...")
 @click.option(

@@ -36,12 +36,6 @@ from cas.manage.policy import (
 from cas.repo import Repository
 from cas.selection import SnapshotFilter
 
-
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(forget)
-
-
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 

@@ -14,11 +14,6 @@ from cas.format.config import DEFAULT_PACK_SIZE
 from cas.repo import init_repository
 
 
-def register(cli: click.Group) -> None:
-    """Add the command to the group."""
-    cli.add_command(init)
-
-
 @click.command()
 @click.option("--new-password-file", help="Read the new repository password from this file.")
 @click.option(

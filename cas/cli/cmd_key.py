@@ -18,11 +18,6 @@ from cas.cli.common import (
 from cas.errors import UsageError
 
 
-def register(cli: click.Group) -> None:
-    """Add the command group."""
-    cli.add_command(key)
-
-
 @click.group()
 def key() -> None:
     """Manage key files (each opens the repository with its own password)."""

@@ -21,11 +21,6 @@ from cas.errors import CasError
 from cas.selection import SnapshotFilter
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(ls)
-
-
 @click.command()
 @click.argument("snapshot", metavar="SNAPSHOT[:/path]")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=bytes), metavar="[PATH]...")

@@ -18,11 +18,6 @@ from cas.selection import SnapshotFilter
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(mount)
-
-
 class StaleMount(CasError):
     """{mountpoint} is a stale FUSE mount (the process that served it is gone); clear it with `fusermount3 -u {quoted}` (or `umount -l {quoted}`) and mount again"""  # noqa: E501
 

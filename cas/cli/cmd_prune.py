@@ -17,11 +17,6 @@ from cas.repo.prune import PruneOptions, PrunePlan, Salvager, execute_prune, pla
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(prune)
-
-
 def parse_fraction(text: str) -> float:
     """``5%`` or ``0.05`` -> 0.05."""
     try:

@@ -13,12 +13,6 @@ from cas.repo.rebuild import rebuild_index, salvage_packs
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the commands."""
-    cli.add_command(repair)
-    cli.add_command(unlock)
-
-
 @click.group()
 def repair() -> None:
     """Repair a damaged repository (run 'cas check' first)."""

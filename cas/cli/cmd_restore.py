@@ -33,11 +33,6 @@ from cas.selection import SnapshotFilter
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(restore)
-
-
 class _Totals:
     """The bytes a restore of a tree will write: the snapshot's own count for a whole
     snapshot, else measured from the trees in a background thread (None until known,

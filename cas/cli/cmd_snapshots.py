@@ -12,12 +12,6 @@ from cas.cli.options import snapshot_filter_options
 from cas.errors import UsageError
 from cas.selection import SnapshotFilter
 
-
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(snapshots)
-
-
 GROUP_FIELDS = {"host": "hostname", "paths": "paths", "tags": "tags"}
 
 

@@ -14,11 +14,6 @@ from cas.selection import SnapshotFilter
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(stats)
-
-
 @click.command()
 @click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
 @snapshot_filter_options()

@@ -24,11 +24,6 @@ from cas.selection import SnapshotFilter, split_tags
 from cas.wording import counted
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(tag)
-
-
 @click.command()
 @click.argument("snapshot_ids", nargs=-1, metavar="[ID]...")
 @click.option("--add", "add", multiple=True, metavar="TAG", help="Add this tag.")

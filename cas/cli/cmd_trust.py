@@ -20,11 +20,6 @@ from cas.cli.common import Globals, Output, pass_globals
 from cas.errors import EXIT_UNTRUSTED
 
 
-def register(cli: click.Group) -> None:
-    """Add the command."""
-    cli.add_command(trust)
-
-
 @click.command()
 @click.option(
     "--accept",

@@ -10,28 +10,8 @@ import traceback
 import click
 
 from cas import __version__
-from cas.cli import (
-    cmd_backup,
-    cmd_cat,
-    cmd_check,
-    cmd_copy,
-    cmd_diff,
-    cmd_dump,
-    cmd_find,
-    cmd_forget,
-    cmd_init,
-    cmd_key,
-    cmd_ls,
-    cmd_mount,
-    cmd_prune,
-    cmd_repair,
-    cmd_restore,
-    cmd_snapshots,
-    cmd_stats,
-    cmd_tag,
-    cmd_trust,
-)
 from cas.cli.common import Globals, Output
+from cas.cli.lazy import LazyCommand, LazyGroup
 from cas.cli.options import accept_global_options, global_options
 from cas.errors import EXIT_ERROR, EXIT_UNTRUSTED, EXIT_USAGE, EXIT_WARNINGS, CasError
 
@@ -40,7 +20,117 @@ from cas.errors import EXIT_ERROR, EXIT_UNTRUSTED, EXIT_USAGE, EXIT_WARNINGS, Ca
 _runs: list[Globals] = []
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Every command: its name, where it is defined, and its short help for ``cas --help``
+# (click's own short help of the command; tests/test_cli_lazy.py checks they agree).
+# A command's module is imported only when the command is used.
+COMMANDS: dict[str, LazyCommand] = {
+    "backup": LazyCommand(
+        "cas.cli.cmd_backup",
+        "backup",
+        "Back up PATHs into a new snapshot; only data the repository lacks is uploaded.",
+    ),
+    "cat": LazyCommand(
+        "cas.cli.cmd_cat",
+        "cat",
+        "Print one object: config, or key|index|pack|blob|tree|snapshot ID (unique prefix).",
+    ),
+    "check": LazyCommand(
+        "cas.cli.cmd_check",
+        "check_cmd",
+        "Check the repository's structure and, optionally, its data.",
+    ),
+    "copy": LazyCommand(
+        "cas.cli.cmd_copy",
+        "copy",
+        "Copy SNAPSHOTS (default: all) to the repository --to, sending only blobs it lacks.",
+    ),
+    "diff": LazyCommand(
+        "cas.cli.cmd_diff",
+        "diff",
+        "List what changed from SNAPSHOT1 to SNAPSHOT2, restic's way: + added, - removed, "
+        "M content modified, T type changed, U metadata only (with --metadata), then a "
+        "summary of counts and bytes added and removed.",
+    ),
+    "dump": LazyCommand(
+        "cas.cli.cmd_dump",
+        "dump",
+        "Write PATH of a snapshot to stdout: a file's bytes as they are (also the /stdin "
+        "file of a `backup --stdin`), a directory (or a symlink, device, fifo) as a tar or "
+        "zip archive.",
+    ),
+    "find": LazyCommand(
+        "cas.cli.cmd_find",
+        "find",
+        "Find entries in all snapshots (or --snapshot ..., --host/--tag/--path) whose name "
+        "matches a PATTERN, grouped per snapshot, oldest first.",
+    ),
+    "forget": LazyCommand(
+        "cas.cli.cmd_forget",
+        "forget",
+        "Remove snapshots: those no --keep-* rule keeps, or the IDs given.",
+    ),
+    "init": LazyCommand("cas.cli.cmd_init", "init", "Create a new repository at -r/--repo."),
+    "key": LazyCommand(
+        "cas.cli.cmd_key",
+        "key",
+        "Manage key files (each opens the repository with its own password).",
+    ),
+    "ls": LazyCommand(
+        "cas.cli.cmd_ls",
+        "ls",
+        "List the entries at and below PATHs of a snapshot (default: all of it, or of "
+        "SNAPSHOT:/path).",
+    ),
+    "mount": LazyCommand(
+        "cas.cli.cmd_mount",
+        "mount",
+        "Browse snapshots read-only at MOUNTPOINT until Ctrl-C, SIGTERM or `fusermount3 -u`.",
+    ),
+    "prune": LazyCommand(
+        "cas.cli.cmd_prune",
+        "prune",
+        "Delete data that no snapshot needs, safely beside running backups.",
+    ),
+    "repair": LazyCommand(
+        "cas.cli.cmd_repair",
+        "repair",
+        "Repair a damaged repository (run 'cas check' first).",
+    ),
+    "restore": LazyCommand(
+        "cas.cli.cmd_restore",
+        "restore",
+        "Restore SNAPSHOT into --target: a snapshot of /a/b lands in TARGET/a/b.",
+    ),
+    "snapshots": LazyCommand("cas.cli.cmd_snapshots", "snapshots", "List snapshots, oldest first."),
+    "stats": LazyCommand(
+        "cas.cli.cmd_stats",
+        "stats",
+        "Sizes of the snapshots given (default: the whole repository).",
+    ),
+    "tag": LazyCommand(
+        "cas.cli.cmd_tag",
+        "tag",
+        "Add, remove or set tags of the snapshots given (all that match the filters if none).",
+    ),
+    "trust": LazyCommand(
+        "cas.cli.cmd_trust",
+        "trust",
+        "Show what changed in the storage behind this client's back, or accept it.",
+    ),
+    "unlock": LazyCommand(
+        "cas.cli.cmd_repair",
+        "unlock",
+        "Remove stale locks (those of dead or silent processes); rarely needed.",
+    ),
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    table=COMMANDS,
+    prepare=accept_global_options,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="cas")
 @global_options
 @click.pass_context
@@ -59,31 +149,6 @@ def cli(ctx: click.Context, g: Globals) -> None:
             fn()
 
     ctx.call_on_close(cleanup)
-
-
-for module in (
-    cmd_init,
-    cmd_key,
-    cmd_backup,
-    cmd_restore,
-    cmd_snapshots,
-    cmd_cat,
-    cmd_prune,
-    cmd_repair,
-    cmd_copy,
-    cmd_forget,
-    cmd_tag,
-    cmd_stats,
-    cmd_check,
-    cmd_mount,
-    cmd_ls,
-    cmd_diff,
-    cmd_dump,
-    cmd_find,
-    cmd_trust,
-):
-    module.register(cli)
-accept_global_options(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

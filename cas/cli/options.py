@@ -14,15 +14,17 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from cas.backup.archiver import BackupOptions
 from cas.cli.common import Globals
 from cas.errors import UsageError
 from cas.fs.patterns import PatternSet, read_pattern_file
 from cas.selection import SnapshotFilter
+
+if TYPE_CHECKING:  # imported by backup_options: only backup needs the archiver
+    from cas.backup.archiver import BackupOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 _Decorator = Callable[[Any], Any]
@@ -301,6 +303,8 @@ class ExcludeOptions:
 
     def backup_options(self, *, force: bool = False) -> BackupOptions:
         """The archiver's rules: pattern files read, the size parsed (UsageError if not)."""
+        from cas.backup.archiver import BackupOptions
+
         pats = [os.fsencode(p) for p in self.exclude]
         ipats = [os.fsencode(p) for p in self.iexclude]
         try:
