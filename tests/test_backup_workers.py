@@ -73,7 +73,7 @@ def _restored_equal(tmp_path: Path, repo: Path, src: Path, snapshot: str = "late
 
 
 def _paused_backup(
-    repo: Path, src: Path, gate: Path, batch: str, workers: str = "2"
+    repo: Path, src: Path, gate: Path, batch: str, workers: str = "2", tmp: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """``backup --json`` started in the background, its workers to pause before their
     ``batch``-th batch (``gate``/backup-worker-batch.paused appears; .go lets them on)."""
@@ -82,6 +82,7 @@ def _paused_backup(
         env={
             "CAS_FAILPOINTS": f"backup-worker-batch@{batch}:pause",
             "CAS_FAILPOINTS_DIR": str(gate),
+            **({"TMPDIR": str(tmp)} if tmp is not None else {}),
         },
     )
 
@@ -254,8 +255,11 @@ def test_kill_9_of_the_backup_leaves_no_worker_behind(tmp_path: Path) -> None:
     _tree(src)
     gate.mkdir()
     _init(repo)
-    proc = _paused_backup(repo, src, gate, "4")
+    tmp = tmp_path / "tmp"  # where open packs wait (unnamed files: none left behind)
+    tmp.mkdir()
+    proc = _paused_backup(repo, src, gate, "4", tmp=tmp)
     kill_when_paused(proc, gate / "backup-worker-batch.paused")
+    assert os.listdir(tmp) == []
     _check(repo)
     _backup(repo, src, "--workers", "2")
     _restored_equal(tmp_path, repo, src)
@@ -274,3 +278,22 @@ def test_a_full_disk_under_a_worker_stops_the_backup_with_one_line(tmp_path: Pat
         assert done.code == 1, done.err
         assert "No space left on device" in done.err, done.err
         assert done.err.count("\n") == 1 and "Traceback" not in done.err
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounts a tmpfs")
+def test_a_full_temporary_directory_stops_the_backup_with_one_line(tmp_path: Path) -> None:
+    """Open packs wait in unnamed files in $TMPDIR (cas/repo/packer.py): a full one stops
+    the backup with one line naming it, no snapshot, and leaves nothing there."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    src.mkdir()
+    for i in range(8):
+        (src / f"f{i}").write_bytes(os.urandom(1 << 20))
+    _init(repo)
+    with tmpfs(tmp_path / "tmp", "1m") as tmp:
+        done = run_cas("-r", repo, "backup", src, "--workers", "2", env={"TMPDIR": str(tmp)})
+        assert done.code == 1, done.err
+        assert f"cannot write a temporary pack file in {tmp}: No space left" in done.err
+        assert done.err.count("\n") == 1 and "Traceback" not in done.err
+        assert os.listdir(tmp) == []
+    assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
+    _check(repo)

@@ -5,6 +5,7 @@ proven piece by piece (a check helper on a local repository)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from cas.errors import CasError, IntegrityError
 from cas.format import pack as packfmt
 from cas.ids import storage_id
 from cas.repo import layout
-from cas.repo.packer import Packer
+from cas.repo.packer import SPOOL_BUFFER, Packer
 from cas.repo.readerspec import LocatedReader
 
 
@@ -24,9 +25,10 @@ def _blobs() -> list[tuple[bytes, bytes]]:
     return [(os.urandom(32), os.urandom(n)) for n in sizes]
 
 
-def test_a_finished_pack_holds_every_blob_where_its_header_says() -> None:
+@pytest.mark.parametrize("spool", [False, True])
+def test_a_finished_pack_holds_every_blob_where_its_header_says(spool: bool) -> None:
     keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA)
+    packer = Packer(keys, BlobType.DATA, spool=spool)
     blobs = _blobs()
     for blob_id, sealed in blobs:
         packer.add(blob_id, sealed, len(sealed) + 1)
@@ -39,9 +41,10 @@ def test_a_finished_pack_holds_every_blob_where_its_header_says() -> None:
     assert len(packer) == 0 and packer.size == 0
 
 
-def test_taking_an_open_pack_gives_every_blob_once_in_bounded_pieces() -> None:
+@pytest.mark.parametrize("spool", [False, True])
+def test_taking_an_open_pack_gives_every_blob_once_in_bounded_pieces(spool: bool) -> None:
     keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA)
+    packer = Packer(keys, BlobType.DATA, spool=spool)
     blobs = _blobs()
     for blob_id, sealed in blobs:
         packer.add(blob_id, sealed, len(sealed))
@@ -56,6 +59,45 @@ def test_taking_an_open_pack_gives_every_blob_once_in_bounded_pieces() -> None:
             got.append((e.blob_id, body[e.offset : e.offset + e.length]))
     assert got == blobs
     assert len(pieces) == 3  # ..1_000_000 | 60, 2_500_000 | 45, 40_000
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_spooling_packer_holds_a_small_buffer_and_its_file_goes_with_the_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blobs beyond SPOOL_BUFFER wait in an unnamed file in $TMPDIR (nothing to see
+    there, nothing left behind); the pack read back from it is the pack named."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    keys = MasterKeys.generate()
+    before = _open_fds()
+    packer = Packer(keys, BlobType.DATA, spool=True)
+    blobs = _blobs()
+    for blob_id, sealed in blobs:
+        packer.add(blob_id, sealed, len(sealed))
+        assert len(packer._data) < SPOOL_BUFFER  # the rest is in the file
+    assert len(_open_fds() - before) == 1 and os.listdir(tmp_path) == []
+    fp = packer.finish()
+    data = fp.read()
+    assert fp.pack_id == storage_id(data) and fp.size == len(data)
+    assert packfmt.parse_pack(keys, data) == fp.entries
+    fp.discard()
+    assert _open_fds() == before and os.listdir(tmp_path) == []
+
+
+def test_a_spooled_pack_whose_file_changed_is_not_stored() -> None:
+    keys = MasterKeys.generate()
+    packer = Packer(keys, BlobType.DATA, spool=True)
+    for blob_id, sealed in _blobs():
+        packer.add(blob_id, sealed, len(sealed))
+    fp = packer.finish()
+    assert fp._spool is not None
+    os.pwrite(fp._spool.fileno(), b"\xff", 1000)
+    with pytest.raises(IntegrityError, match="temporary file changed"):
+        fp.read()
+    fp.discard()
 
 
 def _stored_pack(tmp_path: Path, sizes: list[int]) -> tuple[LocatedReader, bytes, Path]:

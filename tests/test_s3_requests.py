@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import run_cas
+from tests.support.s3proxy import CountingProxy
+from tests.support.trees import compare_trees
 
 pytestmark = pytest.mark.s3
 
@@ -126,3 +129,34 @@ def test_helper_processes_requests_are_counted(
         assert doc["requests"]["PUT"] >= 10  # the data packs were stored, by the helpers
     else:
         assert doc["requests"]["GET"] >= 10  # the data packs were read, by the helpers
+
+
+def test_a_restore_reads_each_unit_of_a_pack_at_most_once(
+    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Blobs of neighbouring files share 64 KiB read units (spec §9.6); a restore takes
+    a unit it read already from the reader's unit cache (cas/repo/unitcache.py) instead
+    of asking for it again, and every range the store sees is still whole units."""
+    env, args = _s3(s3_server, s3_bucket, "units", tmp_path_factory)
+    src = tmp_path / "src"
+    _tree(src, 6, 20, 3000)
+    assert run_cas(*args, "init", env=env).code == 0
+    assert run_cas(*args, "backup", src, "--workers", "0", env=env).code == 0
+    proxy = CountingProxy(s3_server)
+    try:
+        at_proxy = [*args[:2], "--s3-endpoint", proxy.endpoint, "--s3-path-style"]
+        out = tmp_path / "out"
+        done = run_cas(*at_proxy, "restore", "latest", "-t", out, "--workers", "0", env=env)
+        assert done.code == 0, done.err
+        ranges = [(path, rng) for path, rng in proxy.ranges if "/data/" in path]
+    finally:
+        proxy.close()
+    unit = 64 << 10
+    seen: Counter[tuple[str, int]] = Counter()
+    for path, rng in ranges:
+        first, last = map(int, rng.removeprefix("bytes=").split("-"))
+        assert first % unit == 0, (path, rng)
+        for k in range(first // unit, last // unit + 1):
+            seen[(path, k)] += 1
+    assert ranges and max(seen.values()) == 1, [k for k, n in seen.items() if n > 1]
+    assert compare_trees(src, out / src.relative_to("/")) == []

@@ -300,7 +300,7 @@ class _Worker:
     def _stored(self, pack: FinishedPack) -> None:
         """A pack is stored (on an upload thread): the main process indexes it."""
         failpoints.hit("backup-worker-pack-stored")  # stored, not yet reported
-        self.send(["k", pack.pack_id, len(pack.data), _wire_entries(pack.entries)])
+        self.send(["k", pack.pack_id, pack.size, _wire_entries(pack.entries)])
 
     def flush(self) -> None:
         """Store every full pack (each reported as stored), hand the sealed blobs of the

@@ -33,9 +33,11 @@ from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location
 from cas.repo.indexstore import IndexStore
+from cas.repo.unitcache import UnitCache
 from cas.repo.verified import read_verified
 
 TREE_PACKS_IN_MEMORY = 8
+_UNITS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class PackRanges:
     read_unit = 0
     version = 1  # the repository's: how a pack's size follows from its entries
     _sizes: dict[bytes, int] | None = None  # packs stat'ed for want of index entries
+    _unit_cache: UnitCache | None = None
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
@@ -83,7 +86,9 @@ class PackRanges:
         if size is None or size < offset + length:
             size = self._stat_once(name, pack_id)
         try:
-            return read_aligned(self.backend, name, offset, length, self.read_unit, size)
+            return self._units().read(
+                lambda start, n: self.backend.read(name, start, n), pack_id, offset, length, size
+            )
         except ObjectNotFound:
             raise
         except BackendError:
@@ -98,6 +103,13 @@ class PackRanges:
     def known_pack_size(self, pack_id: bytes) -> int | None:
         """The pack's size as the index entries this reader holds give it, or None."""
         return None
+
+    def _units(self) -> UnitCache:
+        """The units at the ends of this reader's recent reads (cas/repo/unitcache.py)."""
+        with _UNITS_LOCK:
+            if self._unit_cache is None:
+                self._unit_cache = UnitCache(self.read_unit)
+            return self._unit_cache
 
     def _stat_once(self, name: str, pack_id: bytes) -> int:
         """The pack's size from the storage, asked once per pack and reader."""

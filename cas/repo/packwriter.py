@@ -94,6 +94,7 @@ class PackWriter:
         verify_size: bool = False,
         version: int = 1,
         open_packs: int = OPEN_PACKS,
+        spool: bool = True,
     ) -> None:
         self.backend = backend
         self._keys = keys
@@ -102,12 +103,15 @@ class PackWriter:
         self._on_stored = on_stored
         self._verify_size = verify_size
         self._version = version
+        # Open packs are spooled to temporary files (cas/repo/packer.py): memory holds
+        # a small buffer per open pack, and a pack only while it is stored.
+        self._spool = spool
         # The provider must not predict where a blob goes: the OS's randomness.
         self._random = random.SystemRandom()
         self._packers = {t: [self._new(t) for _ in range(max(1, open_packs))] for t in BlobType}
 
     def _new(self, blob_type: BlobType) -> Packer:
-        return Packer(self._keys, blob_type, self._version)
+        return Packer(self._keys, blob_type, self._version, spool=self._spool)
 
     def add(
         self,
@@ -169,11 +173,16 @@ class PackWriter:
         """
         name = layout.pack_name(pack.pack_id)
         is_tree = bool(pack.entries) and pack.entries[0].type == BlobType.TREE
-        self.backend.write(name, pack.data, cold=bool(pack.entries) and not is_tree)
-        if self._verify_size and self.backend.stat(name).size != len(pack.data):
-            raise CasError(f"pack {name} was stored with the wrong size")
-        if self.cache is not None and is_tree:
-            self.cache.put("packs", pack.pack_id, pack.data)
+        try:
+            data = pack.read()
+            self.backend.write(name, data, cold=bool(pack.entries) and not is_tree)
+            if self._verify_size and self.backend.stat(name).size != len(data):
+                raise CasError(f"pack {name} was stored with the wrong size")
+            if self.cache is not None and is_tree:
+                self.cache.put("packs", pack.pack_id, data)
+            del data
+        finally:
+            pack.discard()
         self._on_stored(pack)
 
 
@@ -404,10 +413,10 @@ class BlobSaver:
             self._on_pack(pack)
             with self._lock:
                 self.stats.packs += 1
-                self.stats.pack_bytes += len(pack.data)
+                self.stats.pack_bytes += pack.size
                 self._inflight.difference_update(e.blob_id for e in pack.entries)
             return
-        self._record(pack.pack_id, len(pack.data), pack.entries)
+        self._record(pack.pack_id, pack.size, pack.entries)
 
     def _record(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
         """Index a stored pack (this saver's, or a worker's), writing an index file when

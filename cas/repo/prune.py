@@ -392,7 +392,7 @@ def _repack(
     def stored(fp: FinishedPack) -> None:
         new_packs[fp.pack_id] = fp.entries
         result.packs_written += 1
-        result.bytes_written += len(fp.data)
+        result.bytes_written += fp.size
 
     writer = repo.pack_writer(stored)
     jobs = [

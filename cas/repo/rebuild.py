@@ -88,7 +88,7 @@ def salvage_packs(
 
     def stored(fp: FinishedPack) -> None:
         out.packs_written += 1
-        out.bytes_written += len(fp.data)
+        out.bytes_written += fp.size
 
     writer = repo.pack_writer(stored)
     elsewhere = {

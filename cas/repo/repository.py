@@ -327,6 +327,11 @@ class Repository:
         """Read, authenticate, decrypt and re-hash one blob."""
         return self.reader.load_blob(blob_type, blob_id, raw_length)
 
+    @property
+    def read_unit(self) -> int:
+        """Pack ranges are read in whole units of this many bytes (0: exactly; spec §9.6)."""
+        return self.reader.read_unit
+
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
         return self.reader.read_pack_range(pack_id, offset, length)

@@ -74,7 +74,10 @@ class BlobStream:
         # so a large blob is decrypted while the one before it is written.
         self.threads = max(0, threads)
         self.budget = budget
-        self.gap = gap
+        # Reads in whole units (a version 2 repository, spec §9.6): a gap of a whole unit
+        # or more would fetch units that other files need later, and read them twice.
+        unit = getattr(repo, "read_unit", 0)
+        self.gap = min(gap, unit - 1) if isinstance(unit, int) and unit > 0 else gap
         self.max_request = max_request
         self.requests = 0  # ranged reads issued (for tests and statistics)
         self._plan: deque[tuple[bytes, int]] = deque()

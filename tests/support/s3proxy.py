@@ -35,6 +35,7 @@ class CountingProxy:
     def __init__(self, upstream: str, fault: Fault | None = None) -> None:
         self.counts: Counter[str] = Counter()
         self.bytes_up = 0
+        self.ranges: list[tuple[str, str]] = []  # (path, Range header) of each ranged GET
         self._lock = threading.Lock()
         target = urlsplit(upstream)
         host, port = target.hostname or "127.0.0.1", target.port or 80
@@ -51,6 +52,9 @@ class CountingProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 proxy._count(self.command, self.path, length)
+                if self.command == "GET" and self.headers.get("Range"):
+                    with proxy._lock:
+                        proxy.ranges.append((self.path, self.headers["Range"]))
                 refusal = fault(self.command, self.path) if fault is not None else None
                 if refusal is not None:
                     self._refuse(*refusal)
