@@ -146,6 +146,8 @@ class _Worker:
             None,
             on_pack=self._stored,
             threads=int(os.environ.get("CAS_SEAL_THREADS", "1")),
+            batch_bytes=SEAL_BATCH,
+            batches=2,
             fmt=spec.pack_format,
         )
         self.saver.compression_level = init["level"]

@@ -5,7 +5,9 @@ blobs, each blob going to one of them at random (as restic 0.18 does), and
 stores each finished pack (data packs flagged cold, tree packs also kept in
 the local cache).  So a file's consecutive chunks do not sit side by side in
 one pack, and pack sizes do not line up with file boundaries (spec §9.5,
-§15).  Backup and prune's repack both store packs through it.
+§15).  Backup and prune's repack both store packs through it.  Open packs
+are spooled to temporary files beyond a small buffer (cas/repo/packer.py),
+so four of them cost little memory.
 
 :class:`BlobSaver` is the backup side: it deduplicates against the index and
 the blobs in flight, seals blobs on worker threads (zstd, libsodium and

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Summed peak RSS of ``cas backup`` and bytes a restore reads, for one tree.
+
+    python tools/bench_memory.py [--data /tmp/cas-bench/linux] [--repeat 3] [--workers 2]
+                                 [--cas-path DIR] [--restore] [--work /tmp/cas-bench-memory]
+
+Each run makes a fresh local repository (with its own cache and client state under
+``--work``), backs the tree up with ``--workers`` pinned with ``taskset`` to as many
+cores, and prints the peak of the process tree's resident memory summed over its
+processes (sampled every 20 ms from /proc, as tools/bench.py does), the same with
+shared file pages counted once, and each process's share at that peak (the main
+process first).  With ``--restore`` the last run's repository is then
+restored into tmpfs (/dev/shm) with ``--workers 0`` and ``--workers`` and the bytes
+read from the repository (``requests.bytes_down`` of ``--json``, helpers included)
+are printed beside the size of its packs.  ``--cas-path`` runs the cas found in that
+directory (a checkout of another commit: before and after a change, same conditions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import TreeRss
+
+
+class SplitRss(TreeRss):
+    """TreeRss that also keeps each process's resident memory at the summed peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.at_peak: list[int] = []
+
+    def _sample(self) -> tuple[int, int]:
+        total, unique = super()._sample()
+        if total > self.peak:
+            per = []
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                path = f"/proc/{self.pid}/task/{task}/children"
+                with contextlib.suppress(OSError), open(path) as f:
+                    per += [int(c) for c in f.read().split()]
+            self.at_peak = [_rss(p) for p in [self.pid, *per]]
+        return total, unique
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * TreeRss.PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _env(work: Path, cas_path: str | None) -> dict[str, str]:
+    env = dict(os.environ, CAS_PASSWORD="bench-memory", CAS_REPOSITORY=str(work / "repo"))
+    env.update(XDG_CACHE_HOME=str(work / "cache"), XDG_STATE_HOME=str(work / "state"))
+    if cas_path:
+        env["PYTHONPATH"] = cas_path
+    return env
+
+
+def backup(data: str, work: Path, workers: int, cas_path: str | None) -> dict[str, float]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = _env(work, cas_path)
+    cas = [sys.executable, "-m", "cas"]
+    subprocess.run([*cas, "init"], env=env, check=True, capture_output=True)
+    cpus = ",".join(str(c) for c in range(max(1, workers)))
+    cmd = ["taskset", "-c", cpus, *cas, "backup", "--workers", str(workers), data]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    sampler = SplitRss(proc.pid)
+    sampler.start()
+    code = proc.wait()
+    sampler.stop()
+    if code not in (0, 3):
+        raise SystemExit(f"backup exited {code}")
+    return {
+        "peak_mib": round(sampler.peak / 2**20),
+        "shared_once_mib": round(sampler.unique_peak / 2**20),
+        # the main process, then its children, at the summed peak
+        "at_peak_mib": [round(r / 2**20) for r in sampler.at_peak],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def restore_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, int]:
+    env = _env(work, cas_path)
+    target = Path("/dev/shm") / f"cas-bench-memory-{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    cmd = [sys.executable, "-m", "cas", "--json", "restore", "latest", "--target", str(target)]
+    try:
+        out = subprocess.run(
+            [*cmd, "--workers", str(workers)], env=env, check=True, stdout=subprocess.PIPE
+        )
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+    summary = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    packs = sum(f.stat().st_size for f in (work / "repo" / "data").rglob("*") if f.is_file())
+    return {
+        "workers": workers,
+        "bytes_read": summary["requests"]["bytes_down"],
+        "pack_bytes": packs,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="/tmp/cas-bench/linux")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--cas-path", default=None, help="run the cas package found in this directory")
+    ap.add_argument("--restore", action="store_true", help="then count what restores read")
+    ap.add_argument("--work", default="/tmp/cas-bench-memory")
+    args = ap.parse_args()
+    work = Path(args.work)
+    for run in range(args.repeat):
+        result = backup(args.data, work, args.workers, args.cas_path)
+        print(json.dumps({"run": run, **result}), flush=True)
+    if args.restore:
+        for workers in (0, args.workers):
+            print(json.dumps(restore_reads(work, workers, args.cas_path)), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
