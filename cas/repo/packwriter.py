@@ -52,6 +52,9 @@ BATCH_BLOBS = 512
 # the end the partly filled ones are poured together, so a backup still leaves one
 # partly filled pack per type.
 OPEN_PACKS = 4
+# ... poured together in pieces of this many bytes (read back from their temporary
+# files: a whole pack's worth at once was the main process's largest allocation).
+POUR_PIECE = 1 << 20
 
 
 @dataclass
@@ -154,7 +157,7 @@ class PackWriter:
                 continue
             self._random.shuffle(full)
             out = self._new(blob_type)
-            for body, entries in (piece for p in full for piece in p.take(self._pack_size)):
+            for body, entries in (piece for p in full for piece in p.take(POUR_PIECE)):
                 view = memoryview(body)
                 for e in entries:
                     out.add(e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)
