@@ -12,7 +12,8 @@ shared file pages counted once, and each process's share at that peak (the main
 process first).  With ``--restore`` the last run's repository is then
 restored into tmpfs (/dev/shm) with ``--workers 0`` and ``--workers`` and the bytes
 read from the repository (``requests.bytes_down`` of ``--json``, helpers included)
-are printed beside the size of its packs.  ``--cas-path`` runs the cas found in that
+are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`` reads
+from it into a fresh repository with the same keys.  ``--cas-path`` runs the cas found in that
 directory (a checkout of another commit: before and after a change, same conditions).
 """
 
@@ -112,6 +113,25 @@ def restore_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, i
     }
 
 
+def copy_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, int]:
+    """Bytes ``cas copy`` reads from the repository into a fresh one that shares its keys."""
+    env = _env(work, cas_path)
+    env["CAS_OTHER_PASSWORD"] = env["CAS_PASSWORD"]
+    target = work / "copy"
+    cas = [sys.executable, "-m", "cas"]
+    subprocess.run(
+        [*cas, "init", "-r", str(target), "--copy-keys-from", str(work / "repo")],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    cmd = [*cas, "--json", "copy", "--to", str(target), "--workers", str(workers)]
+    out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE)
+    shutil.rmtree(target, ignore_errors=True)
+    summary = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    return {"copy_workers": workers, "bytes_read": summary["requests"]["bytes_down"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/tmp/cas-bench/linux")
@@ -119,6 +139,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--cas-path", default=None, help="run the cas package found in this directory")
     ap.add_argument("--restore", action="store_true", help="then count what restores read")
+    ap.add_argument("--copy", action="store_true", help="then count what a copy reads")
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
     args = ap.parse_args()
     work = Path(args.work)
@@ -128,6 +149,8 @@ def main() -> None:
     if args.restore:
         for workers in (0, args.workers):
             print(json.dumps(restore_reads(work, workers, args.cas_path)), flush=True)
+    if args.copy:
+        print(json.dumps(copy_reads(work, args.workers, args.cas_path)), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
