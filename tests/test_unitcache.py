@@ -90,3 +90,13 @@ def test_a_failed_fetch_is_raised_and_its_units_are_free() -> None:
         cache.read(broken, ID, 3, 40, len(PACK))
     assert not cache._reading and not cache._units
     assert cache.read(store.fetch, ID, 3, 40, len(PACK)) == PACK[3:43]
+
+
+def test_a_forgotten_pack_is_fetched_again() -> None:
+    """A blob that did not open (restore's BlobStream) may have been damaged on its way:
+    its pack's units are dropped, and the next read asks the storage again."""
+    store, cache = Store(), UnitCache(UNIT)
+    cache.read(store.fetch, ID, 3, 40, len(PACK))
+    cache.forget(ID)
+    cache.read(store.fetch, ID, 3, 40, len(PACK))
+    assert store.units() == [0, 1, 2, 0, 1, 2]

@@ -104,6 +104,11 @@ class PackRanges:
         """The pack's size as the index entries this reader holds give it, or None."""
         return None
 
+    def forget_units(self, pack_id: bytes) -> None:
+        """Read the units of this pack from the storage again next time."""
+        if self._unit_cache is not None:
+            self._unit_cache.forget(pack_id)
+
     def _units(self) -> UnitCache:
         """The units at the ends of this reader's recent reads (cas/repo/unitcache.py)."""
         with _UNITS_LOCK:

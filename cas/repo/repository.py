@@ -332,6 +332,10 @@ class Repository:
         """Pack ranges are read in whole units of this many bytes (0: exactly; spec §9.6)."""
         return self.reader.read_unit
 
+    def forget_units(self, pack_id: bytes) -> None:
+        """Read the units of this pack from the storage again next time (unitcache.py)."""
+        self.reader.forget_units(pack_id)
+
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
         return self.reader.read_pack_range(pack_id, offset, length)

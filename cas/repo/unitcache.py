@@ -86,6 +86,13 @@ class UnitCache:
         parts.extend(have[k] for k in range(max(hi, lo - 1) + 1, last + 1))
         return b"".join(parts)[skip : skip + length]
 
+    def forget(self, pack_id: bytes) -> None:
+        """Drop the units of a pack (a blob in them did not open: the next read fetches
+        them again, in case the bytes were damaged on their way)."""
+        with self._lock:
+            for key in [k for k in self._units if k[0] == pack_id]:
+                del self._units[key]
+
     def _take(
         self, pack_id: bytes, k: int, have: dict[int, bytes], wait: dict[int, threading.Event]
     ) -> bool:

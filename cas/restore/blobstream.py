@@ -264,6 +264,9 @@ class BlobStream:
             try:
                 out[blob_id] = self.repo.open_blob(BlobType.DATA, blob_id, sealed, size)
             except CasError as e:
+                forget = getattr(self.repo, "forget_units", None)
+                if forget is not None:  # damaged on the way? read its units again
+                    forget(pack_id)
                 try:  # the repository reads another copy if the blob is stored twice
                     out[blob_id] = self.repo.load_blob(BlobType.DATA, blob_id, size)
                 except CasError:
