@@ -225,6 +225,7 @@ def test_restore_copy_mount_and_check_read_whole_units(tmp_path: Path) -> None:
     # copy (blob by blob, in this process)
     dst = init_repository(MemoryBackend(), PASSWORD, kdf=cheap_kdf(), share_ids_with=repo)
     backend.reads.clear()
+    repo.reader._unit_cache = None  # each step reads from the storage (cas/repo/unitcache.py)
     result = copy_snapshots(repo, dst, [sid])
     assert result.blobs_copied >= len(files)
     _assert_whole_units(backend, "copy")
@@ -232,6 +233,7 @@ def test_restore_copy_mount_and_check_read_whole_units(tmp_path: Path) -> None:
     # mount (the read-only view FUSE serves)
     backend.reads.clear()
     repo.reader._tree_packs.clear()
+    repo.reader._unit_cache = None
     view = SnapshotView(RepositoryStore(repo), readahead_workers=0)
     view.refresh()
     latest = view.readlink(view.resolve(b"snapshots/latest"))
@@ -244,6 +246,7 @@ def test_restore_copy_mount_and_check_read_whole_units(tmp_path: Path) -> None:
 
     # check: pack headers (the last unit of each pack), then --read-data
     backend.reads.clear()
+    repo.reader._unit_cache = None
     found = Checker(repo, CheckOptions(read_data=True, workers=1)).run()
     assert found.errors == 0, found.findings
     _assert_whole_units(backend, "check")
