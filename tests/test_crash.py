@@ -445,7 +445,10 @@ def test_backup_worker_killed_at_fail_point(
     repo, src = backup_template.copy(tmp_path)
     backend = repo.open_backend()
     src.churn()
-    added = src.add(6 * MiB, files=24)
+    # 12 MiB of incompressible data over two workers: one of them chunks at least 6 MiB,
+    # and its four open 1 MiB packs hold under 4 MiB, so it stores at least two packs
+    # (with 6 MiB the 2nd store did not always come: the test passed without a kill).
+    added = src.add(12 * MiB, files=48)
     expected = src.manifest()
     failed = repo.cas("--json", "backup", src.root, "--workers", "2", failpoints=failpoint)
     assert failed.code == 1, (failed.code, failed.err)
