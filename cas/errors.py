@@ -80,6 +80,10 @@ class UnsupportedVersion(CasError):
     """{what} has format version {version}; this cas (format {supported}) cannot read it, upgrade cas"""  # noqa: E501
 
 
+class UnsupportedKeyType(UnsupportedVersion):
+    """key file has type {key_type}, which this cas cannot use (it knows {known}); upgrade cas"""
+
+
 class IntegrityError(CasError):
     """integrity error in {what}: {detail}"""
 

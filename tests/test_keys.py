@@ -71,7 +71,7 @@ def test_copy_keys_keep_ids_and_chunking_only() -> None:
 def test_the_factory_builds_the_kind_a_key_file_names() -> None:
     keys = MasterKeys.generate()
     assert key_factory("full", keys.encode()) == keys
-    with pytest.raises(UnsupportedVersion):
+    with pytest.raises(UnsupportedVersion, match=r"type 'read-only'.*knows full and write-only"):
         key_factory("read-only", keys.encode())  # a type this cas does not know
     with pytest.raises(FormatError):  # full key material is not a write-only key's
         key_factory("write-only", keys.encode())

@@ -37,7 +37,7 @@ from cas.crypto.primitives import (
     x25519_public,
     x25519_secret,
 )
-from cas.errors import EXIT_WRITE_ONLY, CasError, FormatError, UnsupportedVersion
+from cas.errors import EXIT_WRITE_ONLY, CasError, FormatError, UnsupportedKeyType
 
 
 class Sealer(Protocol):
@@ -422,5 +422,5 @@ def key_factory(key_type: str, material: bytes) -> KeyBase:
     """The key of ``key_type`` (a key file's ``type``) from its unsealed material."""
     kind = _KINDS.get(key_type)
     if kind is None:
-        raise UnsupportedVersion(what="key file", version=f"(type {key_type!r})", supported=1)
+        raise UnsupportedKeyType(key_type=repr(key_type)[:40], known=" and ".join(sorted(_KINDS)))
     return kind.decode(material)
