@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 pytest_plugins = [
+    "tests.support.sweep",  # first: the S3 fixtures register their servers with it
     "tests.support.s3server",
     "tests.support.backends",
 ]

@@ -48,6 +48,7 @@ from cas.ids import storage_id
 from cas.repo import Repository, layout, open_repository, read_verified
 from tests.independent import compare
 from tests.independent.repository import LocalStore, Store, read_repository
+from tests.support import sweep
 from tests.support.cli import TEST_ENV, Result, run_cas
 
 PASSWORD = "crash-test-password"
@@ -153,6 +154,7 @@ class Repo:
     work: Path
     open_backend: Any  # () -> Backend, for looking behind the CLI's back
     store: Callable[[], Store]  # the same objects for the independent reader
+    root: Path | None = None  # a local repository's directory
     restores: int = 0
 
     def cas(self, *args: str | Path, failpoints: str | None = None) -> Result:
@@ -210,7 +212,7 @@ def local_repo(tmp_path: Path) -> Repo:
     root = tmp_path / "repo"
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
     repo = Repo(
-        ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root)
+        ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root), root
     )
     r = repo.cas("init", *INIT_ARGS)
     assert r.code == 0, r.err
@@ -272,10 +274,13 @@ def verify_independently(repo: Repo, known: list[tuple[str, Path, Manifest]]) ->
     """Read the whole repository with the independent reader (every object checked
     against the spec, every blob re-hashed); its snapshots must be exactly ``known``,
     each rebuilding to its manifest.  Returns the number of files rebuilt."""
+    before = sweep.signature(repo.root) if repo.root else None
     view = read_repository(repo.store(), PASSWORD.encode())
     assert set(view.snapshots) == {sid for sid, _, _ in known}
     for sid, src, expected in known:
         assert compare.manifest(view.snapshots[sid].below(src)) == expected, sid
+    if before is not None:
+        sweep.vouch(before)  # the teardown sweep need not read it again unless it changes
     return view.files_rebuilt
 
 
@@ -338,7 +343,12 @@ class Template:
         shutil.copytree(self.root, root, symlinks=True)
         env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
         repo = Repo(
-            ["-r", str(root)], env, tmp_path, lambda: LocalBackend(root), lambda: LocalStore(root)
+            ["-r", str(root)],
+            env,
+            tmp_path,
+            lambda: LocalBackend(root),
+            lambda: LocalStore(root),
+            root,
         )
         shutil.copytree(self.src, tmp_path / "src", symlinks=True)
         return repo, Source(tmp_path / "src", seed=len(self.snapshots) + 97)
@@ -619,7 +629,7 @@ def random_kills(
     kills: int,
     seed: int,
     mib: tuple[int, int] = (2, 7),
-    restore_all: bool = True,
+    restore_every_round: bool = False,
 ) -> KillStats:
     """Kill backups and prunes at random moments until ``kills`` of them died; verify
     after each attempt (a run the kill came too late for is verified the same way).
@@ -627,8 +637,10 @@ def random_kills(
     After each kill: ``check --read-data`` passes; a snapshot the dead run
     managed to store restores exactly (CLI); the next backup succeeds and
     re-sends at most what the dead run had not yet indexed; every snapshot
-    so far reads back exactly (library, and the independent reader).  At the end every snapshot (or,
-    with ``restore_all`` false, the first and the last) is restored with the CLI.
+    so far reads back exactly (library, and the independent reader); with
+    ``restore_every_round`` every earlier snapshot is also restored with the CLI.
+    At the end every snapshot is restored with the CLI and compared with its
+    manifest by ``os``-only code.
     """
     rnd = random.Random(seed)
     src = Source(tmp_path / "src", seed=seed)
@@ -672,6 +684,8 @@ def random_kills(
             stats.completed_anyway += 1
 
         repo.check()
+        if restore_every_round:
+            restore_each(repo, [(sid, src.root, m) for sid, m in known.items()])
         for name in _names(backend, layout.SNAPSHOTS) - before:
             assert command == "backup"
             sid = name.rsplit("/", 1)[1]
@@ -690,9 +704,8 @@ def random_kills(
         stats.files_compared += verify_in_process(repo, now)
         stats.files_read_independently += verify_independently(repo, now)
         stats.snapshots_verified += len(known)
-    ids = list(known)
-    for sid in ids if restore_all else [ids[0], ids[-1]]:
-        repo.restore_exact(sid, src.root, known[sid])
+    for sid, expected in known.items():
+        repo.restore_exact(sid, src.root, expected)
     assert {n.rsplit("/", 1)[1] for n in _names(backend, layout.SNAPSHOTS)} == set(known)
     backend.close()
     print(f"\nrandom kills ({repo.args[1]}): {stats}")
@@ -700,7 +713,7 @@ def random_kills(
 
 
 def test_random_kills_local(tmp_path: Path) -> None:
-    stats = random_kills(local_repo(tmp_path), tmp_path, kills=5, seed=1, restore_all=False)
+    stats = random_kills(local_repo(tmp_path), tmp_path, kills=5, seed=1)
     assert stats.killed == 5
 
 
@@ -708,21 +721,22 @@ def test_random_kills_local_with_workers(tmp_path: Path) -> None:
     """The same with every backup through two worker processes (they die with it)."""
     repo = local_repo(tmp_path)
     repo.env["CAS_WORKERS"] = "2"
-    stats = random_kills(repo, tmp_path, kills=3, seed=4, restore_all=False)
+    stats = random_kills(repo, tmp_path, kills=3, seed=4)
     assert stats.killed == 3
 
 
 @pytest.mark.s3
 def test_random_kills_s3(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     repo = s3_repo(tmp_path, s3_server, s3_bucket)
-    stats = random_kills(repo, tmp_path, kills=2, seed=2, mib=(1, 3), restore_all=False)
+    stats = random_kills(repo, tmp_path, kills=2, seed=2, mib=(1, 3))
     assert stats.killed == 2
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [101, 202])
 def test_random_kills_local_long(tmp_path: Path, seed: int) -> None:
-    stats = random_kills(local_repo(tmp_path), tmp_path, kills=30, seed=seed)
+    repo = local_repo(tmp_path)
+    stats = random_kills(repo, tmp_path, kills=30, seed=seed, restore_every_round=True)
     assert stats.killed == 30
 
 
@@ -730,7 +744,7 @@ def test_random_kills_local_long(tmp_path: Path, seed: int) -> None:
 @pytest.mark.s3
 def test_random_kills_s3_long(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     repo = s3_repo(tmp_path, s3_server, s3_bucket)
-    stats = random_kills(repo, tmp_path, kills=12, seed=303, mib=(1, 3))
+    stats = random_kills(repo, tmp_path, kills=12, seed=303, mib=(1, 3), restore_every_round=True)
     assert stats.killed == 12
 
 

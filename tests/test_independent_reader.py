@@ -23,6 +23,7 @@ import pytest
 from tests.independent import format as spec
 from tests.independent.compare import assert_snapshot_is, read_local
 from tests.independent.repository import LocalStore, read_repository
+from tests.support import sweep
 from tests.support.cli import run_cas
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -573,6 +574,7 @@ def test_chunker_vectors_over_the_whole_stream() -> None:
 # -- a repository cas made, read back; and what the reader refuses -----------------------------
 
 
+@pytest.mark.damaged_repo_ok("flips a byte of a pack to see the reader refuse it")
 def test_reader_rebuilds_a_cli_backup_and_refuses_a_flipped_byte(tmp_path: Path) -> None:
     repo, src = tmp_path / "repo", tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -600,3 +602,35 @@ def test_reader_rebuilds_a_cli_backup_and_refuses_a_flipped_byte(tmp_path: Path)
     pack.write_bytes(bytes(data))
     with pytest.raises(spec.Tampered):
         read_local(repo)
+
+
+# -- the sweep: every repository a test leaves is read (tests/support/sweep.py) ----------------
+
+
+def test_the_sweep_finds_a_repository_and_its_password_and_refuses_damage(tmp_path: Path) -> None:
+    repo, pw = tmp_path / "deep" / "repo", tmp_path / "pw"
+    pw.write_bytes(b"another password\r\n")
+    assert run_cas("-r", repo, "init", "--password-file", pw, password=None).code == 0
+    assert sweep._local_repos(tmp_path) == [repo]
+    assert b"another password" in sweep.STATE.passwords  # the file's, without its line end
+    assert sweep._sweep_local([repo]) == []
+    assert sweep.STATE.opened_with[str(repo)] == b"another password"
+
+    config = repo / "config"
+    good = config.read_bytes()
+    config.chmod(0o600)
+    config.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    (problem,) = sweep._sweep_local([repo])
+    assert problem.startswith(f"{repo}: ") and "Tampered" in problem, problem
+    config.write_bytes(good)  # and the teardown sweep reads it whole again
+
+
+def test_every_damaged_repo_ok_marker_says_why(request: pytest.FixtureRequest) -> None:
+    marked = [
+        (item.nodeid, m.args)
+        for item in request.session.items
+        for m in item.iter_markers("damaged_repo_ok")
+    ]
+    assert all(len(args) == 1 and isinstance(args[0], str) and args[0] for _, args in marked), [
+        nodeid for nodeid, args in marked if not (args and args[0])
+    ]

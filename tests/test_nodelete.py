@@ -41,6 +41,7 @@ from tests.independent.repository import S3Store, read_repository
 from tests.support.cli import Result, finish, run_cas, start_cas
 from tests.support.s3proxy import CountingProxy
 from tests.support.s3server import FAKE_AWS_ENV, enforce_iam, start_moto_server, stop_process
+from tests.support import sweep
 from tests.support.seaweed import WRITER_KEY, WRITER_SECRET, SeaweedServer
 from tests.support.trees import compare_trees
 from tests.test_cli_json import check_lines
@@ -197,8 +198,10 @@ def moto_iam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, di
             region_name="us-east-1",
         ).client("s3", endpoint_url=endpoint)
         admin.create_bucket(Bucket=MOTO_BUCKET)
+        sweep.serve("moto-iam", admin, shared=(MOTO_BUCKET,))
         yield endpoint, env
     finally:
+        sweep.unserve("moto-iam")
         stop_process(process)
 
 

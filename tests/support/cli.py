@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support import sweep
+
 # Argon2id at its cheapest: tests create many key files (below the writers' minimum,
 # so through the explicit test-only switch).  The local cache goes to a directory of
 # this test session, never to the user's ~/.cache.
@@ -59,9 +61,11 @@ def start_cas(
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m cas ARGS`` in the background (stdout and stderr piped);
     ``finish`` collects it."""
+    full_env = cas_env(password, env)
+    sweep.note_cli([str(a) for a in args], full_env)
     return subprocess.Popen(
         [sys.executable, "-m", "cas", *map(str, args)],
-        env=cas_env(password, env),
+        env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -89,6 +93,7 @@ def run_cas(
     call and make a race happen at a chosen step).
     """
     full_env = cas_env(password, env)
+    sweep.note_cli([os.fsdecode(a) if isinstance(a, bytes) else str(a) for a in args], full_env)
     start = ["-m", "cas"]
     if prelude is not None:
         start = ["-c", f"{prelude}\nimport runpy\nrunpy.run_module('cas', run_name='__main__')"]

@@ -27,6 +27,7 @@ import pytest
 from botocore.config import Config
 
 from cas.backend.s3 import new_session
+from tests.support import sweep
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "test",
@@ -74,9 +75,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start moto's S3 server on a free port of 127.0.0.1 and yield its endpoint URL."""
     log_path = tmp_path_factory.mktemp("moto") / "server.log"
     process, endpoint = start_moto_server(log_path)
+    sweep.serve("moto", make_s3_client(endpoint))
     try:
         yield endpoint
     finally:
+        sweep.unserve("moto")
         stop_process(process)
 
 

@@ -39,6 +39,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cas.backend.s3 import new_session
+from tests.support import sweep
 from tests.support.s3server import FAKE_AWS_ENV, stop_process
 
 ADMIN_KEY = FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"]
@@ -132,9 +133,11 @@ def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed
     """Start ``weed mini`` on 127.0.0.1 for the session."""
     root = tmp_path_factory.mktemp("seaweed")
     process, server, ports = start_seaweed(root)
+    sweep.serve("seaweed", server.client(), shared=(server.bucket,))
     try:
         yield server
     finally:
+        sweep.unserve("seaweed")
         stop_process(process)
         _remove_sockets(ports)
 
