@@ -38,10 +38,10 @@ from cas.errors import AccessDenied, BackendError, LockedError
 from cas.repo import RepoOptions, Repository, layout, locks
 from tests.independent.compare import PASSWORD, assert_snapshot_is
 from tests.independent.repository import S3Store, read_repository
+from tests.support import sweep
 from tests.support.cli import Result, finish, run_cas, start_cas
 from tests.support.s3proxy import CountingProxy
 from tests.support.s3server import FAKE_AWS_ENV, enforce_iam, start_moto_server, stop_process
-from tests.support import sweep
 from tests.support.seaweed import WRITER_KEY, WRITER_SECRET, SeaweedServer
 from tests.support.trees import compare_trees
 from tests.test_cli_json import check_lines
