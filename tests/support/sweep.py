@@ -43,7 +43,13 @@ from typing import Any
 import pytest
 
 from tests.independent.format import BadPassword, Refused
-from tests.independent.repository import LocalStore, S3Store, Store, read_repository
+from tests.independent.repository import (
+    HEX_ID,
+    LocalStore,
+    S3Store,
+    Store,
+    read_repository,
+)
 
 ENABLED = os.environ.get("CAS_TEST_SWEEP", "1") != "0"
 LOG = os.environ.get("CAS_TEST_SWEEP_LOG")  # a file: every refusal, marked or not, one a line
@@ -66,7 +72,9 @@ class Stats:
     read: int = 0
     unchanged: int = 0
     refused_as_marked: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the reads
+    cpu: float = 0.0  # this process's CPU time in them (steadier on a shared machine)
+    total_cpu: float = 0.0  # and in the whole sweep (finding repositories, signatures)
     blobs: int = 0
     files: int = 0
     opted_out: dict[str, str] = field(default_factory=dict)
@@ -171,10 +179,18 @@ def vouch(sig: tuple[Any, ...]) -> None:
 def _local_repos(top: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(top):
-        if "config" in filenames and "keys" in dirnames:
+        if "config" in filenames and "keys" in dirnames and _has_key_file(Path(dirpath)):
             out.append(Path(dirpath))
             dirnames[:] = []
     return out
+
+
+def _has_key_file(root: Path) -> bool:
+    """A repository, not a test's objects named ``config`` and ``keys/x`` (§2.1, §4)."""
+    try:
+        return any(HEX_ID.fullmatch(n) for n in os.listdir(root / "keys"))
+    except OSError:
+        return False
 
 
 def _local_signature(root: Path) -> tuple[Any, ...]:
@@ -224,7 +240,8 @@ def _s3_repos(client: Any, bucket: str, top: str) -> list[tuple[str, tuple[Any, 
         if key.rsplit("/", 1)[-1] != "config" or (top == "" and key != "config"):
             continue
         prefix = key[: -len("config")]
-        if not any(k.startswith(prefix + "keys/") for k in keys):
+        named = [k[len(prefix) + 5 :] for k in keys if k.startswith(prefix + "keys/")]
+        if not any(HEX_ID.fullmatch(n) for n in named):
             continue
         sig = tuple(sorted((k[len(prefix) :], e, s) for k, e, s in objects if k.startswith(prefix)))
         out.append((prefix.rstrip("/"), ("s3", *sig)))
@@ -247,7 +264,7 @@ def _read(key: str, store: Store, signature: tuple[Any, ...]) -> str | None:
     if signature in STATE.good:
         STATS.unchanged += 1
         return None
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     try:
         for pw in _candidates(key):
             try:
@@ -267,6 +284,7 @@ def _read(key: str, store: Store, signature: tuple[Any, ...]) -> str | None:
         return f"{key}: {e}"
     finally:
         STATS.seconds += time.monotonic() - start
+        STATS.cpu += time.process_time() - cpu
 
 
 def _sweep_local(roots: list[Path]) -> list[str]:
@@ -344,6 +362,14 @@ def independent_sweep(
     yield
     if not ENABLED:
         return
+    cpu = time.process_time()
+    try:
+        _sweep_after(request, tmp_path_factory)
+    finally:
+        STATS.total_cpu += time.process_time() - cpu
+
+
+def _sweep_after(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
     base = tmp_path_factory.getbasetemp()
     roots: list[Path] = []
     for top in _new_tops(base):
@@ -377,7 +403,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if ENABLED and (STATS.read or STATS.unchanged):
         terminalreporter.write_line(
             f"independent sweep: {STATS.read} repositories read ({STATS.blobs} blobs,"
-            f" {STATS.files} files) in {STATS.seconds:.1f} s, {STATS.unchanged} unchanged,"
+            f" {STATS.files} files) in {STATS.seconds:.1f} s ({STATS.cpu:.1f} s CPU; whole"
+            f" sweep {STATS.total_cpu:.1f} s CPU),"
+            f" {STATS.unchanged} unchanged,"
             f" {len(STATS.opted_out)} tests marked damaged_repo_ok"
             f" ({STATS.refused_as_marked} refusals)"
         )
