@@ -445,6 +445,9 @@ def assert_restore_safe(d: Damaged, sid: str) -> str:
 
 
 @pytest.mark.parametrize("damage", CASES)
+@pytest.mark.damaged_repo_ok(
+    "leaves each fault of CASES in its copy of the repository, to see check and restore meet it"
+)
 def test_damage_is_detected_and_restore_stays_exact(
     tmp_path: Path, built: Layout, damage: Callable[[Damaged], None]
 ) -> None:
@@ -520,6 +523,7 @@ def test_random_byte_flips_many(tmp_path: Path, built: Layout) -> None:
     assert sum(_random_flips(tmp_path, built, count=60, seed=2).values()) == 60
 
 
+@pytest.mark.damaged_repo_ok("flips a byte of an index, a snapshot and a key file")
 def test_check_sees_damage_behind_a_warm_cache(tmp_path: Path, built: Layout) -> None:
     """The user's cache holds intact copies; check must still judge what is stored."""
     d = _copy(tmp_path, built)
@@ -530,6 +534,7 @@ def test_check_sees_damage_behind_a_warm_cache(tmp_path: Path, built: Layout) ->
     assert r.code == 1, f"check passed with index, snapshot and key files damaged: {r.out}"
 
 
+@pytest.mark.damaged_repo_ok("flips a byte of the config")
 def test_damaged_config_is_not_called_a_wrong_password(tmp_path: Path, built: Layout) -> None:
     d = _copy(tmp_path, built)
     (tmp_path / "pw").write_text("another password\n")

@@ -233,6 +233,7 @@ def _recover(c: Case) -> None:
         assert r.code == 0, (step, r.err)
 
 
+@pytest.mark.damaged_repo_ok("each row damages or deletes one object of its copy")
 def test_one_damaged_or_missing_object(case: Case) -> None:
     c, b = case, case.base
     s2_gone = c.kind == "snapshot" and not (c.state == "damaged" and c.cache == WARM)
