@@ -176,33 +176,58 @@ def vouch(sig: tuple[Any, ...]) -> None:
 # -- finding repositories ---------------------------------------------------------------
 
 
+def _listdir(path: Path) -> list[tuple[str, bool]]:
+    """(name, is a directory, not following links) of ``path``'s entries, read without
+    moving its access time (O_NOATIME): tests compare the atimes of their source trees,
+    and on relatime an old atime moves at the first read."""
+    try:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
+        except PermissionError:  # not the owner, and not root
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return []
+    try:
+        return [(e.name, e.is_dir(follow_symlinks=False)) for e in os.scandir(fd)]
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
+
+
 def _local_repos(top: Path) -> list[Path]:
     out = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        if "config" in filenames and "keys" in dirnames and _has_key_file(Path(dirpath)):
-            out.append(Path(dirpath))
-            dirnames[:] = []
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        entries = _listdir(path)
+        names = {n for n, _ in entries}
+        if "config" in names and "keys" in names and _has_key_file(path):
+            out.append(path)
+            continue
+        stack += [path / n for n, is_dir in sorted(entries, reverse=True) if is_dir]
     return out
 
 
 def _has_key_file(root: Path) -> bool:
     """A repository, not a test's objects named ``config`` and ``keys/x`` (§2.1, §4)."""
-    try:
-        return any(HEX_ID.fullmatch(n) for n in os.listdir(root / "keys"))
-    except OSError:
-        return False
+    return any(HEX_ID.fullmatch(n) for n, _ in _listdir(root / "keys"))
 
 
 def _local_signature(root: Path) -> tuple[Any, ...]:
     items = []
-    for dirpath, _, filenames in os.walk(root):
-        for f in filenames:
-            p = Path(dirpath) / f
+    stack = [Path()]
+    while stack:
+        rel = stack.pop()
+        for name, is_dir in _listdir(root / rel):
+            if is_dir:
+                stack.append(rel / name)
+                continue
             try:
-                st = p.lstat()
+                st = (root / rel / name).lstat()
             except OSError:
                 continue
-            items.append((str(p.relative_to(root)), st.st_size, st.st_mtime_ns))
+            items.append((str(rel / name), st.st_size, st.st_mtime_ns))
     return ("local", *sorted(items))
 
 
