@@ -392,6 +392,7 @@ def test_diff_lists_one_of_every_kind_of_change(tmp_path: Path) -> None:
 # -- find ------------------------------------------------------------------------------
 
 
+@pytest.mark.damaged_repo_ok("damages a blob to see find --blob and dump name it")
 def test_find_patterns_times_and_a_damaged_blob(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

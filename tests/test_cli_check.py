@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from cas.backend.local import LocalBackend
 from tests.support.cli import Result, run_cas
 from tests.support.damaged import Damaged, healthy, pack_deleted, pack_unreferenced
@@ -37,6 +39,7 @@ def test_clean_repository_exits_0(tmp_path: Path) -> None:
     assert (s["snapshots"], s["files"], s["errors"], s["warnings"]) == (1, 3, 0, 0)
 
 
+@pytest.mark.damaged_repo_ok("deletes a pack to see check name what it breaks")
 def test_errors_exit_1_and_name_what_they_break(tmp_path: Path) -> None:
     d, root = _local(tmp_path, pack_deleted)
     human = _check(root)

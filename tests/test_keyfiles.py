@@ -135,6 +135,7 @@ def test_altered_type_and_costs_never_open() -> None:
         open_repository(backend, PASSWORD)
 
 
+@pytest.mark.damaged_repo_ok("alters a key file's members to see check report it")
 def test_altered_members_are_reported_by_the_cli(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert run_cas("-r", repo, "init").code == 0
