@@ -113,6 +113,9 @@ def test_passwd_and_remove(tmp_path: Path) -> None:
     assert run_cas("-r", repo, "key", "list", password="new").code == 12
 
 
+@pytest.mark.damaged_repo_ok(
+    "writes a config of format version 3, which readers of version 2 must refuse"
+)
 def test_newer_format_is_refused(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert run_cas("-r", repo, "init").code == 0
