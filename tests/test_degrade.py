@@ -71,6 +71,7 @@ def _cas(repo: Path, flags: str, *args: str | Path) -> Result:
     return run_cas("-r", repo, *(flags.split() if flags else ()), *args)
 
 
+@pytest.mark.damaged_repo_ok("a snapshot file damaged on purpose (the damaged fixture)")
 def test_listings_show_the_others_and_warn(damaged: tuple[Path, Path, list[str], str]) -> None:
     _, repo, ids, flags = damaged
     r = _cas(repo, flags, "--json", "snapshots")
@@ -85,6 +86,7 @@ def test_listings_show_the_others_and_warn(damaged: tuple[Path, Path, list[str],
         assert f"snapshot {ids[2][:8]} skipped" in r.err
 
 
+@pytest.mark.damaged_repo_ok("a snapshot file damaged on purpose (the damaged fixture)")
 def test_latest_and_backup_parent_are_the_newest_readable(
     damaged: tuple[Path, Path, list[str], str], tmp_path: Path
 ) -> None:
@@ -130,6 +132,7 @@ def test_forget_removes_the_damaged_file_and_all_is_clean_again(
 
 
 @pytest.mark.parametrize("cache", ["empty-cache", "no-cache"])
+@pytest.mark.damaged_repo_ok("a tree blob damaged on purpose")
 def test_a_damaged_tree_loses_one_directory_not_its_pack(tmp_path: Path, cache: str) -> None:
     """Trees share packs; a flipped byte in one tree blob fails the whole pack's hash, but
     only that tree is lost: the others are read from their own ranges."""
