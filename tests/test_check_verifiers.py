@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.cli import run_cas, start_cas
 from tests.support.procs import kill_when_paused
 
@@ -46,6 +48,7 @@ def _check(repo: Path, workers: str, env: dict[str, str] | None = None) -> Any:
     return done
 
 
+@pytest.mark.damaged_repo_ok("its repository has a damaged and a missing pack, for check to find")
 def test_findings_are_the_same_with_helper_processes(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     alone = _check(repo, "0").json()
@@ -59,6 +62,7 @@ def test_findings_are_the_same_with_helper_processes(tmp_path: Path) -> None:
         assert helped["summary"][key] == alone["summary"][key], key
 
 
+@pytest.mark.damaged_repo_ok("its repository has a damaged and a missing pack, for check to find")
 def test_helpers_that_die_have_their_packs_verified_here(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     alone = _check(repo, "0").json()
@@ -68,6 +72,7 @@ def test_helpers_that_die_have_their_packs_verified_here(tmp_path: Path) -> None
     assert done.json()["summary"]["packs_read"] == alone["summary"]["packs_read"]
 
 
+@pytest.mark.damaged_repo_ok("its repository has a damaged and a missing pack, for check to find")
 def test_kill_9_of_the_check_leaves_no_helper_behind(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     gate = tmp_path / "gate"

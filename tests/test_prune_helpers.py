@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support.cli import run_cas, start_cas
 from tests.support.procs import kill_when_paused
 from tests.support.trees import compare_trees
@@ -107,6 +109,7 @@ def test_kill_9_of_a_prune_with_helpers_leaves_none_behind(tmp_path: Path) -> No
     _proven(repo, src, tmp_path, "restored")
 
 
+@pytest.mark.damaged_repo_ok("a byte of a pack flipped, for prune's repack to stop on")
 def test_a_damaged_pack_stops_the_repack_in_a_helper_as_in_one_process(tmp_path: Path) -> None:
     repo, _ = _repo(tmp_path)
     packs = sorted(p for p in (repo / "data").rglob("*") if p.is_file())

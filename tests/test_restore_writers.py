@@ -193,6 +193,7 @@ def test_kill_9_of_the_restore_leaves_no_writer_behind(tmp_path: Path) -> None:
     assert _leftovers(out) == []
 
 
+@pytest.mark.damaged_repo_ok("the first copy of a blob stored twice is damaged")
 def test_data_a_writer_cannot_read_is_read_by_the_main_process(tmp_path: Path) -> None:
     """A blob stored twice, its first copy damaged: the writer fails on it, the main
     process reads the other copy (it has the whole index)."""
@@ -226,6 +227,7 @@ def test_data_a_writer_cannot_read_is_read_by_the_main_process(tmp_path: Path) -
         assert (target / name.decode()).read_bytes() == content
 
 
+@pytest.mark.damaged_repo_ok("a pack deleted")
 def test_a_lost_pack_fails_the_same_files_with_and_without_writers(tmp_path: Path) -> None:
     _, repo = _backed_up(tmp_path)
     packs = [p for p in (repo / "data").rglob("*") if p.is_file()]
