@@ -202,6 +202,9 @@ def test_repair_snapshots_removes_a_damaged_snapshot_file(
     assert r.code == 0 and [d["id"] for d in r.json()["snapshots"]] == ids[:2], r.err
 
 
+@pytest.mark.damaged_repo_ok(
+    "a data pack deleted; repair snapshots without --forget keeps the damaged original"
+)
 def test_repair_snapshots_dry_run_writes_nothing(tmp_path: Path) -> None:
     src, repo = tmp_path / "src", tmp_path / "repo"
     src.mkdir()
