@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cas.backend.memory import MemoryBackend
 from cas.crypto import BlobType
 from cas.repo.packwriter import INDEX_EVERY_PACKS
@@ -114,6 +116,7 @@ def test_restore_verify_reports_a_file_the_disk_did_not_keep(tmp_path: Path) -> 
 # -- check --read-data names a pack that does not hash to its name --------------------------
 
 
+@pytest.mark.damaged_repo_ok("a pack overwritten with another pack's bytes, for check to name")
 def test_read_data_says_a_pack_does_not_hash_to_its_name(tmp_path: Path) -> None:
     """Mutant killed: reading whole packs without checking their SHA-256 name
     (``read_pack`` without ``read_verified``).  One pack's file is replaced by another

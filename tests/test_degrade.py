@@ -353,6 +353,7 @@ def test_check_reports_a_damaged_copy_of_a_blob_stored_twice_as_a_warning(
         assert (target / name.decode()).read_bytes() == content
 
 
+@pytest.mark.damaged_repo_ok("the first copy of a blob stored twice is damaged")
 def test_a_blob_stored_twice_is_read_from_its_other_copy(tmp_path: Path) -> None:
     """The index keeps a blob's first location; when that copy is damaged, restore (CLI,
     ranged reads) and the library read the copy in the other pack."""
