@@ -33,11 +33,20 @@ from cas.backend.local import LocalBackend
 from cas.chunking.worker import OFFLOAD_MIN
 from cas.errors import WrongPassword
 from cas.repo import layout, open_repository
+from tests.support import sweep
 from tests.support.cli import TEST_ENV, Result, end_pty_child, read_until, run_cas
 from tests.test_crash import parallel
 
 SECRET = "Sekr1t-Pa55phrase-xyzzy-4711"
 OTHER = "An0ther-Pa55phrase-plugh-0815"
+
+
+@pytest.fixture(autouse=True)
+def _sweep_passwords() -> None:
+    """These tests run cas by hand, with their own passwords: the teardown sweep
+    (tests/support/sweep.py) opens their repositories with them."""
+    sweep.knows_password(SECRET)
+    sweep.knows_password(OTHER)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

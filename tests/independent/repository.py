@@ -276,11 +276,17 @@ def _live_index(index_files: dict[bytes, IndexFile]) -> set[bytes]:
 
 
 def _walk(load: Any, tree: bytes, prefix: bytes) -> Iterator[tuple[bytes, dict[str, Any]]]:
-    for node in decode_tree(load(TREE, tree)):
-        path = prefix + node["name"]
-        yield path, node
-        if node["type"] == "dir":
-            yield from _walk(load, node["subtree"], path + b"/")
+    """Depth first, parents before children; iterative (trees may nest thousands deep)."""
+    stack = [(tree, prefix)]
+    while stack:
+        tree, prefix = stack.pop()
+        subtrees = []
+        for node in decode_tree(load(TREE, tree)):
+            path = prefix + node["name"]
+            yield path, node
+            if node["type"] == "dir":
+                subtrees.append((node["subtree"], path + b"/"))
+        stack += reversed(subtrees)
 
 
 def _rebuild_file(load: Any, keys: MasterKeys, node: dict[str, Any]) -> str:
