@@ -165,6 +165,7 @@ def session(tmp_path: Path) -> Iterator[dict[str, Any]]:
     }
 
 
+@pytest.mark.damaged_repo_ok("damages the config to see that the failure shows no secret")
 def test_secrets_never_leak(tmp_path: Path, session: dict[str, Any]) -> None:
     """Human and JSON output, error messages, child processes, repository and cache."""
     run, src = session["run"], session["src"]
