@@ -13,8 +13,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support import sweep
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import chunk_attack
+
+
+@pytest.fixture(autouse=True)
+def _sweep_password() -> None:
+    """tools/chunk_attack.py runs cas with its own password: the teardown sweep
+    (tests/support/sweep.py) opens the repositories with it."""
+    sweep.knows_password(chunk_attack.PASSWORD)
 
 
 def test_the_attack_recovers_the_permutation_of_the_older_chunker(tmp_path: Path) -> None:

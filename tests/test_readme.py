@@ -19,10 +19,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import sweep
 from tests.support.cli import TEST_ENV
 from tests.support.mounts import fuse_usable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(autouse=True)
+def _sweep_password() -> None:
+    """The README's examples set their own password: the teardown sweep
+    (tests/support/sweep.py) opens their repositories with it."""
+    sweep.knows_password("correct-horse-battery-staple")
+
+
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\n```sh\n")
 BLOCK = re.compile(r"```sh\n(.*?)```", re.DOTALL)
 
