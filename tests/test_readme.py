@@ -30,7 +30,13 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def _sweep_password() -> None:
     """The README's examples set their own password: the teardown sweep
     (tests/support/sweep.py) opens their repositories with it."""
-    sweep.knows_password("correct-horse-battery-staple")
+    for password in (
+        "correct-horse-battery-staple",
+        "a password of mine",
+        "another password",
+        "a write-only key's password",
+    ):
+        sweep.knows_password(password)
 
 
 SKIP = re.compile(r"<!-- not run by tests/test_readme\.py: (.+?) -->\n```sh\n")
