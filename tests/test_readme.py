@@ -33,6 +33,7 @@ def _sweep_password() -> None:
     for password in (
         "correct-horse-battery-staple",
         "a password of mine",
+        "a password",
         "another password",
         "a write-only key's password",
     ):

@@ -43,7 +43,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.independent.format import Refused
+from tests.independent.format import BadPassword, Refused
 from tests.independent.repository import (
     HEX_ID,
     LocalStore,
@@ -294,10 +294,14 @@ def _read(key: str, store: Store, signature: tuple[Any, ...]) -> str | None:
         return None
     start, cpu = time.monotonic(), time.process_time()
     try:
+        refusal: Refused | None = None
         for pw in _candidates(key):
             try:
                 open_keys(store, pw)
-            except Refused:  # not this password (or only a key file this reader refuses)
+            except BadPassword:
+                continue
+            except Refused as e:  # a damaged config, or a key file this reader refuses
+                refusal = refusal or e
                 continue
             view = read_repository(store, pw)
             STATE.opened_with[key] = pw
@@ -306,6 +310,8 @@ def _read(key: str, store: Store, signature: tuple[Any, ...]) -> str | None:
             STATS.blobs += view.blobs_verified
             STATS.files += view.files_rebuilt
             return None
+        if refusal is not None:
+            raise refusal
         return f"{key}: no password the test used opens it (name it with sweep.knows_password)"
     except Refused as e:
         return f"{key}: {type(e).__name__}: {e}"
