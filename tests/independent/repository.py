@@ -59,6 +59,12 @@ class Store(Protocol):
     def read(self, name: str) -> bytes: ...
 
 
+def _no_such_key(e: Exception) -> bool:
+    """An S3 GET of an object deleted since it was listed (botocore's ClientError)."""
+    code = getattr(e, "response", {}).get("Error", {}).get("Code")
+    return code in ("NoSuchKey", "404")
+
+
 class LocalStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -228,8 +234,15 @@ def read_repository(store: Store, password: bytes) -> RepositoryView:
     view.unindexed_packs = set(headers) - indexed
 
     for name, lid in _ids(store, "locks"):
-        # lock files are exempt from the name check (§14.2) but must open
-        open_lock(store.read(name), keys.index)
+        # lock files are exempt from the name check (§14.2) but must open; one may be
+        # removed by its owner between the listing and the read (§14.2: locks come and go)
+        try:
+            raw = store.read(name)
+        except Exception as e:
+            if isinstance(e, FileNotFoundError) or _no_such_key(e):
+                continue
+            raise
+        open_lock(raw, keys.index)
         view.locks += 1
         del lid
 
