@@ -651,6 +651,7 @@ for _name, (_prop, _strategies) in TARGETS.items():
 # -- versions and other repositories --------------------------------------------------------
 
 
+@pytest.mark.damaged_repo_ok("a version 3 config: the reader refuses it, as cas does")
 def test_newer_repository_version_is_refused_clearly(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     env = {"CAS_CACHE_DIR": str(tmp_path / "cache")}
@@ -673,6 +674,7 @@ def test_newer_repository_version_is_refused_clearly(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.damaged_repo_ok("a version 3 config: the reader refuses it, as cas does")
 def test_newer_repository_version_is_refused_before_asking_for_a_password(
     tmp_path: Path,
 ) -> None:
