@@ -18,7 +18,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import msgpack
 
@@ -266,28 +266,15 @@ class MasterKeys(_Indexing):
 
     def encode(self) -> bytes:
         """Serialise as the msgpack map stored (encrypted) in key files."""
-        raw: bytes = msgpack.packb(
-            {
-                "chunker": self.chunker_key,
-                "data": self.data_key,
-                "id": self.id_key,
-                "index": self.index_key,
-            }
+        return _pack_map(
+            chunker=self.chunker_key, data=self.data_key, id=self.id_key, index=self.index_key
         )
-        return raw
 
     @classmethod
     def decode(cls, raw: bytes) -> MasterKeys:
         """Parse the msgpack map written by ``encode``; unknown fields are ignored."""
-        try:
-            m = msgpack.unpackb(raw)
-            keys = cls(m["data"], m["index"], m["id"], m["chunker"])
-        except Exception as e:
-            raise FormatError(what="master key material", detail=str(e)) from None
-        for k in (keys.data_key, keys.index_key, keys.id_key, keys.chunker_key):
-            if not isinstance(k, bytes) or len(k) != KEY_SIZE:
-                raise FormatError(what="master key material", detail="bad key length")
-        return keys
+        names = ("data", "index", "id", "chunker")
+        return cls(*_unpack_map(raw, "master key material", names, sized=names))
 
     def __repr__(self) -> str:
         return "MasterKeys(...)"  # never the keys themselves
@@ -329,22 +316,13 @@ class IdKey(_Identifying):
 
     def encode(self) -> bytes:
         """msgpack map of the two keys (sent to a chunk helper, never stored)."""
-        raw: bytes = msgpack.packb({"chunker": self.chunker_key, "id": self.id_key})
-        return raw
+        return _pack_map(chunker=self.chunker_key, id=self.id_key)
 
     @classmethod
     def decode(cls, raw: bytes) -> IdKey:
         """Parse what ``encode`` wrote."""
-        try:
-            m = msgpack.unpackb(raw)
-            key = cls(m["id"], m["chunker"])
-        except Exception as e:
-            raise FormatError(what="ID key material", detail=str(e)) from None
-        if not all(
-            isinstance(k, bytes) and len(k) == KEY_SIZE for k in (key.id_key, key.chunker_key)
-        ):
-            raise FormatError(what="ID key material", detail="bad key length")
-        return key
+        names = ("id", "chunker")
+        return cls(*_unpack_map(raw, "ID key material", names, sized=names))
 
     def __repr__(self) -> str:
         return "IdKey(...)"
@@ -377,39 +355,47 @@ class WriteOnlyKey(_Indexing):
 
     def encode(self) -> bytes:
         """The msgpack map stored (sealed) in a ``write-only`` key file, keys sorted."""
-        raw: bytes = msgpack.packb(
-            {
-                "chunker": self.chunker_key,
-                "config": self.config,
-                "config_sha256": self.config_sha256,
-                "id": self.id_key,
-                "index": self.index_key,
-                "public": self.public,
-            },
-            use_bin_type=True,
+        return _pack_map(
+            chunker=self.chunker_key,
+            config=self.config,
+            config_sha256=self.config_sha256,
+            id=self.id_key,
+            index=self.index_key,
+            public=self.public,
         )
-        return raw
 
     @classmethod
     def decode(cls, raw: bytes) -> WriteOnlyKey:
         """Parse the map ``encode`` wrote; unknown fields are ignored."""
         what = "write-only key material"
-        try:
-            m = msgpack.unpackb(raw)
-            key = cls(
-                m["index"], m["id"], m["chunker"], m["public"], m["config"], m["config_sha256"]
-            )
-        except Exception as e:
-            raise FormatError(what=what, detail=str(e) or type(e).__name__) from None
-        sized = (key.index_key, key.id_key, key.chunker_key, key.public, key.config_sha256)
-        if not all(isinstance(k, bytes) and len(k) == KEY_SIZE for k in sized):
-            raise FormatError(what=what, detail="bad key length")
+        names = ("index", "id", "chunker", "public", "config", "config_sha256")
+        key = cls(*_unpack_map(raw, what, names, sized=names[:4] + names[5:]))
         if not isinstance(key.config, bytes) or not key.config:
             raise FormatError(what=what, detail="no config document")
         return key
 
     def __repr__(self) -> str:
         return "WriteOnlyKey(...)"
+
+
+def _pack_map(**members: bytes) -> bytes:
+    """A key's msgpack map, as stored in a key file or sent to a helper: keys sorted."""
+    raw: bytes = msgpack.packb(dict(sorted(members.items())), use_bin_type=True)
+    return raw
+
+
+def _unpack_map(raw: bytes, what: str, names: tuple[str, ...], sized: tuple[str, ...]) -> list[Any]:
+    """The members ``names`` of a key's msgpack map, in that order (others are ignored);
+    those in ``sized`` must be keys of KEY_SIZE bytes."""
+    try:
+        m = msgpack.unpackb(raw)
+        values = [m[n] for n in names]
+    except Exception as e:
+        raise FormatError(what=what, detail=str(e) or type(e).__name__) from None
+    for name, value in zip(names, values, strict=True):
+        if name in sized and not (isinstance(value, bytes) and len(value) == KEY_SIZE):
+            raise FormatError(what=what, detail="bad key length")
+    return values
 
 
 _KINDS: dict[str, type[MasterKeys] | type[WriteOnlyKey]] = {
