@@ -31,6 +31,7 @@ from cas.errors import (
 )
 from cas.ipc import usable_cores
 from cas.repo import RepoOptions, Repository
+from cas.repo.generations import Finding
 from cas.repo.locks import STALE_AFTER, RepoLock
 from cas.repo.readerspec import ReaderSpec, reader_spec
 from cas.wording import counted
@@ -84,6 +85,7 @@ class Globals:
     reading: list[Repository] = field(default_factory=list)
     untrusted: bool = False
     _warned: set[bytes] = field(default_factory=set)
+    _told_findings: set[Finding] = field(default_factory=set)
     _told_not_deleted: int = 0
 
     def warn_damaged(self, out: Output) -> None:
@@ -109,9 +111,8 @@ class Globals:
         reads can be forged, only hidden or old), and mark the run for exit 13."""
         for repo in self.reading:
             for finding in repo.generations.findings:
-                key = finding.message.encode()
-                if key not in self._warned:
-                    self._warned.add(key)
+                if finding not in self._told_findings:
+                    self._told_findings.add(finding)
                     self.untrusted = True
                     out.warn(f"{finding.message} (read anyway; see 'cas trust')")
 
