@@ -22,6 +22,22 @@ from typing import Any
 
 from cas.errors import CasError
 
+
+def write_private(path: Path, data: bytes, what: str) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, readable by this user only
+    (a file of the client state: what this client saw, a write-only client's cache)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CasError(f"cannot write {what} {path}: {e}") from None
+
+
 LOCATIONS = "locations.json"
 
 
@@ -105,16 +121,8 @@ class ClientState:
         return doc if isinstance(doc, dict) else {}
 
     def _write(self, name: str, doc: dict[str, Any]) -> None:
-        tmp = self.root / f".{name}.{os.getpid()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / name)
-        except OSError as e:
-            raise CasError(f"cannot write the client state {self.root / name}: {e}") from None
+        data = json.dumps(doc, indent=1, sort_keys=True).encode()
+        write_private(self.root / name, data, "the client state")
 
     def bound(self, location: str) -> bytes | None:
         """The repository ID this client knows at ``location``, or None."""

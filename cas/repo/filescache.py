@@ -18,7 +18,6 @@ metadata) and IDs keyed with a key it holds; it is never uploaded.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import msgpack
 from cas import crypto
 from cas.crypto import BlobType
 from cas.errors import CasError
+from cas.repo.clientstate import write_private
 
 VERSION = 1
 HISTORY = 30  # figures of this many recent unflagged backups are kept
@@ -92,14 +92,8 @@ class FilesCache:
             "trees": last.trees,
             "history": last.history[-HISTORY:],
         }
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(msgpack.packb(doc, use_bin_type=True))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
         except OSError as e:
             raise CasError(f"cannot write the files cache {self.path}: {e.strerror}") from None
+        write_private(self.path, msgpack.packb(doc, use_bin_type=True), "the files cache")
