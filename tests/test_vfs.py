@@ -25,6 +25,7 @@ from cas.format.snapshot import Snapshot
 from cas.format.tree import Node, encode_tree
 from cas.mount.vfs import ROOT_INO, BlobCache, SnapshotView, time_name
 from cas.repo import Repository, open_repository
+from cas.repo.generations import Finding
 from cas.repo.store import RepositoryStore
 from cas.selection import SnapshotFilter
 from tests.support.cli import run_cas
@@ -76,6 +77,7 @@ class CountingStore:
         self.inner = inner
         self.data_loads: list[bytes] = []
         self.missing: set[bytes] = set()
+        self.trusted = True
 
     def snapshot_ids(self) -> list[bytes]:
         return self.inner.snapshot_ids()
@@ -97,6 +99,9 @@ class CountingStore:
 
     def stored_size(self, blob_id: bytes) -> int | None:
         return self.inner.stored_size(blob_id)
+
+    def listing_trusted(self) -> bool:
+        return self.trusted and self.inner.listing_trusted()
 
 
 class Clock:
@@ -139,6 +144,44 @@ def os_error(excinfo: pytest.ExceptionInfo[OSError]) -> int | None:
 
 
 # -- layout ---------------------------------------------------------------------------
+
+
+def test_no_latest_link_while_the_listing_may_hide_snapshots(repo: Repository) -> None:
+    """Under a trust finding (spec §13.6) the newest listed snapshot may not be the
+    newest, so no ``latest`` link is shown (as restore and ls refuse ``latest``);
+    the snapshots themselves stay, by time and by ID, and ``latest`` comes back once
+    the listing is trusted again."""
+    a = snapshot(repo, [file_node(repo, b"f", b"one")], BASE_NS, "host-a", ("daily",))
+    store = CountingStore(RepositoryStore(repo))
+    store.trusted = False
+    view = SnapshotView(store, readahead_workers=0)
+    try:
+        view.refresh()
+        ta = time_name(BASE_NS)
+        assert names(view, b"snapshots") == [ta]
+        assert names(view, b"hosts/host-a") == [ta]
+        assert names(view, b"tags/daily") == [ta]
+        assert names(view, b"ids") == [a.hex()[:8].encode()]
+        with pytest.raises(OSError) as e:
+            view.resolve(b"snapshots/latest")
+        assert os_error(e) == errno.ENOENT
+        assert view.read(view.resolve(b"snapshots/" + ta + b"/f"), 0, 100) == b"one"
+        store.trusted = True
+        snapshot(repo, [file_node(repo, b"f", b"two")], BASE_NS + 10**9)
+        view.refresh()
+        assert names(view, b"snapshots")[-1] == b"latest"
+    finally:
+        view.close()
+
+
+def test_the_repository_store_trusts_its_listing_until_a_finding(repo: Repository) -> None:
+    store = RepositoryStore(repo)
+    assert store.listing_trusted()
+    repo.generations.findings.append(Finding("snapshot_hidden", "a snapshot vanished"))
+    try:
+        assert not store.listing_trusted()
+    finally:
+        repo.generations.findings.pop()
 
 
 def test_layout_by_time_id_host_and_tag(repo: Repository) -> None:

@@ -114,6 +114,12 @@ class SnapshotStore(BlobReader, Protocol):
         """The blob's sealed size in its pack, or None when unknown (a hint only)."""
         ...
 
+    def listing_trusted(self) -> bool:
+        """False while the listing may hide snapshots (a trust finding, spec §13.6):
+        then no ``latest`` link is shown, as ``latest`` is refused by the other
+        reading commands; snapshots named by time or ID stay."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Attr:
@@ -861,7 +867,7 @@ class SnapshotView:
             seen[base] = n + 1
             name = base if n == 0 else base + b"-%d" % n
             names[name] = s.root
-        if members:  # sorted by time: the last one is the latest
+        if members and self._store.listing_trusted():  # sorted by time: the last is latest
             names[b"latest"] = self._latest_link((*key, b"latest"), name)
         self._fill_names(d, names)
         return d

@@ -58,3 +58,8 @@ class RepositoryStore:
             return self.repo.locate(blob_id).length
         except BlobNotFound:
             return None
+
+    def listing_trusted(self) -> bool:
+        """Whether no trust finding stands (a hidden snapshot or a rollback makes the
+        newest listed snapshot possibly not the newest: spec §13.6)."""
+        return not self.repo.generations.findings
