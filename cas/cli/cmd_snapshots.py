@@ -9,8 +9,9 @@ import click
 from cas.cli.common import Globals, Output, human_bytes, one_line, pass_globals
 from cas.cli.nodeview import local_time, snapshot_doc
 from cas.cli.options import snapshot_filter_options
+from cas.crypto.keys import KeyIsWriteOnly
 from cas.errors import UsageError
-from cas.selection import SnapshotFilter
+from cas.selection import EVERY_SNAPSHOT, SnapshotFilter
 
 GROUP_FIELDS = {"host": "hostname", "paths": "paths", "tags": "tags"}
 
@@ -40,6 +41,11 @@ def snapshots(
     out = Output(g)
     repo = g.open(reading=True, write_only=True)
     if not repo.keys.CAN_OPEN_DATA:
+        if selection != EVERY_SNAPSHOT or latest is not None or fields:
+            # Silently listing every ID would look like an answer to the filter.
+            raise KeyIsWriteOnly(
+                action="select or group snapshots (their hosts, paths, tags and times are sealed)"
+            )
         _sealed(out, sorted(repo.snapshot_ids()))
         return
     docs: list[dict[str, Any]] = [
