@@ -234,6 +234,9 @@ def test_unindexed_packs_named_by_index_files_written_since_the_plan_stay() -> N
     assert result.packs_deleted > 0
     stored = {layout.id_from_name(o.name) for o in backend.list(layout.DATA)}
     assert {p.pack_id for p in packs} <= stored
+    # They are in use, not held back: nothing is reported as left for a later prune
+    # (which would blame a backup still running, and there is none).
+    assert (result.deferred_packs, result.deferred_bytes, result.deferred_because) == (0, 0, "")
 
 
 def test_refusals_name_the_damaged_index_file_and_count_one_lost_blob() -> None:

@@ -288,7 +288,13 @@ def execute_prune(
         for p, (marked, _) in garbage.items()
         if _safe(marked, oldest) and not (late and marked == now)
     ]
-    orphans = _orphans_still_unindexed(repo, plan, mark_id) if _safe(plan.listed_at, oldest) else []
+    if _safe(plan.listed_at, oldest):
+        # Orphans an index written since the plan names are in use (a backup that
+        # finished meanwhile stored them): neither deleted nor held back.
+        orphans = _orphans_still_unindexed(repo, plan, mark_id)
+        held_orphans: dict[bytes, int] = {}
+    else:
+        orphans, held_orphans = [], plan.orphans
     doomed = [*deletable, *orphans]
     for n, pid in enumerate(doomed):
         progress("deleting packs", n, len(doomed))
@@ -302,9 +308,9 @@ def execute_prune(
         failpoints.hit("prune-before-final-index")
         repo.write_index_file(final)
         repo.delete_index_file(mark_id)
-    result.deferred_packs = len(left) + len(plan.orphans) - len(orphans)
+    result.deferred_packs = len(left) + len(held_orphans)
     result.deferred_bytes = sum(plan.pack_sizes.get(p, 0) for p in left) + sum(
-        s for p, s in plan.orphans.items() if p not in set(orphans)
+        held_orphans.values()
     )
     if result.deferred_packs and late and oldest is None:
         result.deferred_because = (
