@@ -1,8 +1,9 @@
 """The window-aes128 chunker (spec/format.md §7.6) against its plain definition.
 
-The code encrypts 16 shifted copies of a region at once and searches the
-output in C; these properties pin it to the definition (one AES block per
-candidate length, in order), whatever the read sizes and the buffer size, and
+The code encrypts 16 shifted copies of a region at once and scans the
+output (in C when the accelerator was built, else in Python: both are run);
+these properties pin it to the definition (one AES block per candidate
+length, in order), whatever the read sizes and the buffer size, and
 check that the chunk lengths follow the configured average.
 """
 
@@ -81,9 +82,11 @@ def test_cuts_follow_the_definition_whatever_the_reads(
     if small_window:  # rounds of 16 passes over a few lengths only
         old, chunker_mod.AES_WINDOW = chunker_mod.AES_WINDOW, rng.choice([16, 17, 100, 1000])
     try:
-        chunker = WindowChunker(key, params, buffer_size=rng.choice([0, params.max_size * 3 + 7]))
-        assert chunker.cut_points(data) == want
-        assert streamed_ends(chunker, data, rng, rng.choice([1, 100, 5000, 1 << 20])) == want
+        buffer_size = rng.choice([0, params.max_size * 3 + 7])
+        for accelerate in (True, False):  # the C scan (when built), and the Python one
+            chunker = WindowChunker(key, params, buffer_size, accelerate=accelerate)
+            assert chunker.cut_points(data) == want
+            assert streamed_ends(chunker, data, rng, rng.choice([1, 100, 5000, 1 << 20])) == want
     finally:
         if small_window:
             chunker_mod.AES_WINDOW = old

@@ -3,8 +3,12 @@
 
     taskset -c 1 python tools/bench_chunkers.py [--mib 32] [--runs 9] [--ciphers]
 
-Alternates the two over the same random data (one process, one core), prints
-the median of the runs of each in CPU time of the process (``process_time``, so
+Alternates the chunkers over the same random data (one process, one core):
+``fastcdc-2016-permuted``, ``window-aes128`` with its scan in C (the optional
+accelerator, ``cas/chunking/_scan.c``, when it was built) and with its
+pure-Python scan (what runs without the accelerator). It says first whether
+the accelerator is there, prints the median of the runs of each in CPU time of the
+process (``process_time``, so
 other work on a shared core does not make them look slower), then the chunk-length statistics of
 ``window-aes128`` at the default sizes over the data; with ``--ciphers``, first
 the rates of AES-128 ECB encryption and CBC decryption over 64 KiB buffers (why
@@ -21,7 +25,14 @@ import time
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cas import crypto
-from cas.chunking.chunker import PERMUTED, Chunker, ChunkerParams, WindowChunker
+from cas.chunking.chunker import (
+    FIRST_BELOW,
+    PERMUTED,
+    Chunker,
+    ChunkerParams,
+    StreamChunker,
+    WindowChunker,
+)
 
 
 def main() -> None:
@@ -34,18 +45,29 @@ def main() -> None:
         ciphers()
     data = os.urandom(args.mib << 20)
     key = os.urandom(32)
-    chunkers = {
+    window_key = crypto.chunker_window_key(key)
+    chunkers: dict[str, StreamChunker] = {
         PERMUTED: Chunker(crypto.chunker_permutation(key), ChunkerParams(algorithm=PERMUTED)),
-        "window-aes128": WindowChunker(crypto.chunker_window_key(key), ChunkerParams()),
+        "window-aes128": WindowChunker(window_key, ChunkerParams()),
     }
+    if FIRST_BELOW is None:
+        print(
+            "accelerator: not used (not built, or CAS_NO_ACCEL set): window-aes128 scans in Python"
+        )
+    else:
+        print("accelerator: used (cas/chunking/_scan.c); the Python scan measured beside it")
+        chunkers["window-aes128 (Python scan)"] = WindowChunker(
+            window_key, ChunkerParams(), accelerate=False
+        )
     times: dict[str, list[float]] = {name: [] for name in chunkers}
     for _ in range(args.runs):
         for name, chunker in chunkers.items():
             t = time.process_time()
             chunker.cut_points(data)
             times[name].append(time.process_time() - t)
-    for name, ts in times.items():
-        print(f"{name}: median {len(data) / statistics.median(ts) / 1e9:.3f} GB/s")
+    rate = {name: len(data) / statistics.median(ts) / 1e9 for name, ts in times.items()}
+    for name, r in rate.items():
+        print(f"{name}: median {r:.3f} GB/s ({r / rate[PERMUTED]:.2f}x {PERMUTED})")
     ends = chunkers["window-aes128"].cut_points(data)
     lengths = [e - s for s, e in zip([0, *ends], ends, strict=False)][:-1]
     kib = [n / 1024 for n in lengths]

@@ -11,6 +11,7 @@ value by byte value (§7.5); still read and written for repositories that have i
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,25 @@ except ImportError as e:  # pragma: no cover - depends on the installation
 WINDOW = 256 * 1024
 # Chunk lengths the window chunker tests per round of 16 AES passes.
 AES_WINDOW = 64 * 1024
+
+
+def _load_accelerator() -> Callable[[bytearray, int, int, int, int], int] | None:
+    """The window chunker's scan in C (``cas/chunking/_scan.c``, built when a compiler
+    was there at install time), or None: the pure-Python scan, same cut points.
+
+    ``CAS_NO_ACCEL=1`` (read once, here) disables it: a test and diagnostic switch.
+    """
+    if os.environ.get("CAS_NO_ACCEL", "") not in ("", "0"):
+        return None
+    try:
+        from cas.chunking._scan import first_below
+    except ImportError:
+        return None
+    return first_below
+
+
+# first_below(buf, start, n, stride, threshold): the first block of buf[start:n] below
+FIRST_BELOW = _load_accelerator()
 
 PERMUTED = "fastcdc-2016-permuted"
 WINDOW_AES = "window-aes128"
@@ -211,11 +231,14 @@ class WindowChunker(StreamChunker):
 
     Every position gets its own AES block: 16 passes of CBC decryption over the
     region, each shifted by one byte, decrypt every 16-byte window once (and
-    XOR the block before it, as CBC does); a search of the blocks' first bytes
-    finds the rare candidates in C.
+    XOR the block before it, as CBC does); a scan of the output blocks finds the
+    first below the threshold: in C (``FIRST_BELOW``, when it was built and
+    ``accelerate``), or in Python (``_first_cut``), with the same results.
     """
 
-    def __init__(self, aes_key: bytes, params: ChunkerParams, buffer_size: int = 0) -> None:
+    def __init__(
+        self, aes_key: bytes, params: ChunkerParams, buffer_size: int = 0, accelerate: bool = True
+    ) -> None:
         super().__init__(params, buffer_size)
         if len(aes_key) != 16:
             raise CasError("window chunker key is not 16 bytes")
@@ -231,12 +254,19 @@ class WindowChunker(StreamChunker):
         self._top = (self._threshold - 1) >> 24
         self._second = min((self._threshold - 1) >> 16, 255)
         self._first_byte = bytes(int(v > self._top) for v in range(256))  # 0: may cut
+        self._first_below = FIRST_BELOW if accelerate else None  # None: _first_cut
+
+    @property
+    def accelerated(self) -> bool:
+        """Whether the scan runs in C (``cas/chunking/_scan.c``) rather than in Python."""
+        return self._first_below is not None
 
     def _new_scratch(self) -> bytearray:
         return bytearray(AES_WINDOW + 48)
 
     def _first_cut(self, out: bytearray, n: int) -> int:
-        """Index of the first 16-byte block of ``out[16:n]`` that makes a cut, or -1.
+        """Index of the first 16-byte block of ``out[16:n]`` that makes a cut, or -1
+        (the pure-Python scan, when the C one is not there).
 
         The first byte of each block is gathered (a strided slice, in C) and
         searched for the values the threshold allows there; only those rare
@@ -260,6 +290,7 @@ class WindowChunker(StreamChunker):
 
     def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
         lo = self.params.min_size  # the shortest chunk length still to test
+        first_below, threshold = self._first_below, self._threshold
         with memoryview(buf) as view:
             while lo <= limit:
                 best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
@@ -270,7 +301,10 @@ class WindowChunker(StreamChunker):
                     blocks = (best - first + 15) >> 4
                     a = start + first - 32  # the window before the first, then the first
                     n = self._aes.update_into(view[a : a + 16 * blocks + 16], scratch)
-                    i = self._first_cut(scratch, n)
+                    if first_below is None:
+                        i = self._first_cut(scratch, n)
+                    else:  # the same search in C: blocks of out[16:n] below the threshold
+                        i = first_below(scratch, 16, n, 16, threshold)
                     if i >= 0:
                         best = min(best, first + 16 * i)
                 if best < hi:
