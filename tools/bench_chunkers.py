@@ -6,13 +6,15 @@
 Alternates the chunkers over the same random data (one process, one core):
 ``fastcdc-2016-permuted``, ``window-aes128`` with its scan in C (the optional
 accelerator, ``cas/chunking/_scan.c``, when it was built) and with its
-pure-Python scan (what runs without the accelerator). It says first whether
-the accelerator is there, prints the median of the runs of each in CPU time of the
-process (``process_time``, so
-other work on a shared core does not make them look slower), then the chunk-length statistics of
-``window-aes128`` at the default sizes over the data; with ``--ciphers``, first
-the rates of AES-128 ECB encryption and CBC decryption over 64 KiB buffers (why
-the chunker decrypts).  Not a test: figures depend on the machine.
+pure-Python scan (what runs without the accelerator), and the streaming alone
+(the window chunker's cuts replayed: reads, buffers and chunk copies, which
+every chunker pays). It says first whether the accelerator is there, prints the
+median of the runs of each in CPU time of the process (``process_time``, so
+other work on a shared core does not make them look slower), then the
+chunk-length statistics of ``window-aes128`` at the default sizes over the
+data; with ``--ciphers``, first the rates of AES-128 ECB encryption and CBC
+decryption over 64 KiB buffers (why the chunker decrypts).  Not a test: figures
+depend on the machine.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ def main() -> None:
         chunkers["window-aes128 (Python scan)"] = WindowChunker(
             window_key, ChunkerParams(), accelerate=False
         )
+    # the reads, buffers and chunk copies every chunker pays, without any search
+    chunkers[STREAMING] = Replay(chunkers["window-aes128"].cut_points(data))
     times: dict[str, list[float]] = {name: [] for name in chunkers}
     for _ in range(args.runs):
         for name, chunker in chunkers.items():
@@ -75,6 +79,28 @@ def main() -> None:
         f"window-aes128 chunks: {len(kib)}, mean {statistics.mean(kib):.0f} KiB, "
         f"median {statistics.median(kib):.0f} KiB, min {min(kib):.0f}, max {max(kib):.0f}"
     )
+
+
+STREAMING = "streaming alone (window-aes128's cuts replayed)"
+
+
+class Replay(StreamChunker):
+    """Cuts a stream where given end offsets say: what ``iter_chunks`` costs alone."""
+
+    def __init__(self, ends: list[int]) -> None:
+        super().__init__(ChunkerParams())
+        self._ends = ends
+        self._next = iter(())
+
+    def cut_points(self, data: bytes) -> list[int]:
+        self._next = iter(e - s for s, e in zip([0, *self._ends], self._ends, strict=False))
+        return super().cut_points(data)
+
+    def _new_scratch(self) -> bytearray:
+        return bytearray()
+
+    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+        return next(self._next)
 
 
 def ciphers() -> None:
