@@ -15,8 +15,11 @@
 #include <Python.h>
 #include <stdint.h>
 
-/* Below this many blocks, releasing and taking back the GIL costs more than the scan. */
+/* Below this many blocks, releasing and taking back the GIL costs more than the scan
+ * (-DRELEASE_GIL_BLOCKS=N at build time overrides it, for measurements). */
+#ifndef RELEASE_GIL_BLOCKS
 #define RELEASE_GIL_BLOCKS 1024
+#endif
 
 static Py_ssize_t
 scan(const unsigned char *p, Py_ssize_t count, Py_ssize_t stride, uint32_t top, uint64_t threshold)
@@ -94,6 +97,10 @@ static struct PyModuleDef module = {
     "The window chunker's scan in C (optional accelerator; spec/format.md §7.6).",
     0,
     methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
 };
 
 PyMODINIT_FUNC
