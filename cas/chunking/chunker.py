@@ -49,7 +49,9 @@ def _load_accelerator() -> Callable[[bytearray, int, int, int, int], int] | None
     return first_below
 
 
-# first_below(buf, start, n, stride, threshold): the first block of buf[start:n] below
+# first_below(buf, start, n, stride, threshold): the index of the first whole block of
+# ``stride`` bytes in buf[start:n] whose first four bytes, big-endian, are below
+# ``threshold``, or -1; None without the accelerator
 FIRST_BELOW = _load_accelerator()
 
 PERMUTED = "fastcdc-2016-permuted"
