@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cas.restore.restorer import SPARSE_BLOCK, SparseWriter
+from cas.backend.memory import MemoryBackend
+from cas.crypto import BlobType
+from cas.format.tree import Node, encode_tree
+from cas.repo import Repository
+from cas.restore.restorer import SPARSE_BLOCK, Restorer, SparseWriter
+from tests.support.repos import new_repo
 
 
 @pytest.mark.parametrize(
@@ -55,3 +61,81 @@ def test_write_all_leaves_a_short_zero_tail_a_hole(tmp_path: Path) -> None:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == data
     assert os.stat(tmp_path / "f").st_blocks == ref.stat().st_blocks
+
+
+class _Offered:
+    """Stands in for the writer processes (cas/restore/pool.py) at the restorer's side:
+    records what it is offered and takes nothing, so the restorer writes every file
+    itself; the test sees which files the writers would have been given."""
+
+    def __init__(self) -> None:
+        self.offered: list[bytes] = []
+        self.started = 0
+
+    def start(self) -> None:
+        self.started = 1
+
+    def submit(self, d: Any, fd: int, target: bytes, nodes: list[Any], *a: Any, **k: Any) -> bool:
+        self.offered += [n["name"] if type(n) is dict else n.name for n in nodes]
+        return False
+
+    def full(self) -> bool:
+        return False
+
+    def busy(self) -> bool:
+        return False
+
+    def has_news(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _snapshot_of(repo: Repository, files: dict[bytes, bytes], broken: bytes = b"") -> bytes:
+    """The tree of one directory holding ``files`` (and a file node ``broken`` whose size
+    its content list does not add up to); its ID."""
+    nodes = [Node(name=broken, type="file", mode=0o644, size=5)] if broken else []
+    for name, data in files.items():
+        node = Node(name=name, type="file", mode=0o644, size=len(data))
+        if data:
+            node.content, node.sizes = [repo.save_blob(BlobType.DATA, data)[0]], [len(data)]
+        nodes.append(node)
+    tree, _ = repo.save_blob(BlobType.TREE, encode_tree(nodes))
+    repo.flush()
+    return tree
+
+
+def _restored(tmp_path: Path, repo: Repository, tree: bytes, after: int) -> tuple[Any, _Offered]:
+    pool = _Offered()
+    r = Restorer(repo, repo.file_digest, writers=pool, writers_after=after)  # type: ignore[arg-type]
+    out = tmp_path / f"out{after}-{len(os.listdir(tmp_path))}"
+    out.mkdir()
+    return r.restore(tree, os.fsencode(out)), pool
+
+
+def test_writers_take_files_once_those_seen_hold_writers_after_times_256_kib(
+    tmp_path: Path,
+) -> None:
+    """With ``writers_after`` N the writers take the files after N files, or once the
+    files seen hold N × 256 KiB: not before (pinned at N = 4, 1 MiB)."""
+    repo = new_repo(MemoryBackend())
+    small = {b"a": b"x" * 3000, b"b": b"y" * 3000, b"c": b"z" * 3000}
+    summary, pool = _restored(tmp_path, repo, _snapshot_of(repo, small), after=4)
+    assert pool.offered == [] and summary.files_restored == 3  # 9 KB in 3 files: all here
+    large = {b"a": os.urandom(600 << 10), b"b": os.urandom(500 << 10), b"c": b"z", b"d": b"w"}
+    summary, pool = _restored(tmp_path, repo, _snapshot_of(repo, large), after=4)
+    assert pool.offered == [b"b", b"c", b"d"]  # 1,100 KiB seen at b: from b on
+    assert summary.files_restored == 4 and summary.failed == []
+
+
+def test_a_malformed_file_node_in_a_batch_taken_back_is_named(tmp_path: Path) -> None:
+    """Writers get a file's node map unchecked; when the batch comes back to this
+    process (no writer could take it), a map that is not a valid node fails that file,
+    named with its path, and the others are restored."""
+    repo = new_repo(MemoryBackend())
+    tree = _snapshot_of(repo, {b"good": b"data"}, broken=b"bad")
+    summary, pool = _restored(tmp_path, repo, tree, after=0)
+    assert pool.offered == [b"bad", b"good"]
+    assert len(summary.failed) == 1 and summary.failed[0].endswith("/bad")
+    assert summary.files_restored == 1
