@@ -10,17 +10,27 @@ cas/backup/archiver.py that the rest of the suite let pass (docs/reliability.md
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cas.backend.memory import MemoryBackend
-from cas.backup.archiver import CACHEDIR_SIGNATURE, Archiver, BackupOptions, Reporter
+from cas.backup.archiver import (
+    CACHEDIR_SIGNATURE,
+    Archiver,
+    BackupOptions,
+    Reporter,
+    open_source,
+)
 from cas.crypto import BlobType
 from cas.format.tree import Node, decode_tree, encode_tree
+from cas.fs import dirfd
 from cas.repo import Repository
 from tests.support.cli import run_cas
 from tests.support.repos import new_repo
@@ -234,3 +244,74 @@ def test_a_directory_above_the_path_that_cannot_be_listed_is_walked_through(
     out = tmp_path / "out"
     assert run_cas("-r", repo, "restore", "latest", "--target", out).code == 0
     assert (landed(out, inner) / "f").read_bytes() == b"inside"
+
+
+def test_a_source_file_is_opened_without_following_blocking_or_passing_on(
+    tmp_path: Path,
+) -> None:
+    """``open_source`` opens with O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC: a symlink put in
+    the file's place is refused, a FIFO put there is refused at once (not waited on for
+    a writer), and the descriptor is not inherited by child processes."""
+    make_files(tmp_path, {"f": b"data"})
+    os.symlink("f", tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    opener = dirfd.Opener()
+    d = opener.open_dir(b(tmp_path))
+    try:
+        fd = open_source(opener, b"f", d, os.stat(tmp_path / "f"))
+        try:
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        finally:
+            os.close(fd)
+        with pytest.raises(OSError) as e:
+            open_source(opener, b"link", d, os.stat(tmp_path / "f"))
+        assert e.value.errno == errno.ELOOP
+        with pytest.raises(OSError) as e:  # after the flags: without O_NONBLOCK it would hang
+            open_source(opener, b"fifo", d, os.stat(tmp_path / "fifo"))
+        assert e.value.errno == errno.ESTALE
+    finally:
+        opener.close_dir(d)
+
+
+class NoWorkers:
+    """Worker processes that cannot start (``SaverPool.start`` false): every file is read
+    in this process; records how many files were stored before the archiver asked."""
+
+    started = 0
+
+    def __init__(self) -> None:
+        self.archiver: Archiver | None = None
+        self.asked_after: int | None = None
+
+    def start(self) -> bool:
+        assert self.archiver is not None and self.asked_after is None
+        self.asked_after = self.archiver.summary.files_new
+        return False
+
+
+@pytest.mark.parametrize(
+    ("after", "asked"),
+    [((3, 1 << 20), 3), ((100, 10_000), 2), ((0, 0), 0)],
+    ids=["after-3-files", "after-10-kb", "at-once"],
+)
+def test_workers_are_started_once_the_files_seen_pass_pool_after(
+    repo: Repository, tmp_path: Path, after: tuple[int, int], asked: int
+) -> None:
+    """``pool_after`` (files, bytes): the workers are asked to start by the first file
+    beyond either bound, not before it and not after (files of 4,000 bytes here)."""
+    src = tmp_path / "src"
+    make_files(src, {f"f{i}": bytes([i]) * 4000 for i in range(6)})
+    pool: Any = NoWorkers()
+    archiver = Archiver(
+        repo,
+        repo.chunker(),
+        BackupOptions(),
+        Reporter(),
+        pool=pool,
+        pool_after=after,
+    )
+    pool.archiver = archiver
+    archiver.backup([b(src)], None)
+    assert pool.asked_after == asked
+    assert archiver.summary.files_new == 6 and archiver.workers_used == 0
