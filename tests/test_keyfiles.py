@@ -4,7 +4,9 @@ files stay readable, and readers bound what planted key files cost them."""
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import nacl.pwhash
@@ -13,7 +15,7 @@ import pytest
 from cas import crypto
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
-from cas.errors import EXIT_USAGE, IntegrityError, WrongPassword
+from cas.errors import EXIT_USAGE, FormatError, IntegrityError, WrongPassword
 from cas.format import keyfile as keyfmt
 from cas.ids import storage_id
 from cas.repo import keyring, layout
@@ -243,3 +245,39 @@ def test_the_key_that_opened_last_is_tried_first(
     runs.clear()
     open_on(open_storage(location, options), lambda: PASSWORD, options)
     assert len(runs) == 2  # a wrong note costs one derivation, nothing else
+
+
+# -- the decoder's bounds (each written against a mutant, docs/reliability.md §8.3) -------
+
+
+def _key_file_doc() -> dict[str, object]:
+    _, raw = keyfmt.create(KEYS, PASSWORD, cheap_kdf(), **INFO)
+    doc: dict[str, object] = json.loads(raw)
+    return doc
+
+
+def test_a_key_file_of_exactly_the_size_bound_is_read() -> None:
+    """§4.1: at most 64 KiB.  A key file padded with JSON white space to exactly that is
+    read; one byte more is not."""
+    raw = json.dumps(_key_file_doc()).encode()
+    exact = raw + b" " * (keyfmt.MAX_SIZE - len(raw))
+    assert keyfmt.decode_keyfile(exact).check is not None
+    with pytest.raises(FormatError, match="larger than 64 KiB"):
+        keyfmt.decode_keyfile(exact + b" ")
+
+
+@pytest.mark.parametrize(
+    "check",
+    [lambda c: c[:-4], lambda c: c + "AAAA", lambda c: c[:4] + "!" + c[4:], lambda c: c + "\n"],
+    ids=["short", "long", "not-base64", "newline"],
+)
+def test_a_check_value_not_of_its_size_or_not_strict_base64_is_refused(
+    check: Callable[[str], str],
+) -> None:
+    """The version 2 check value is 16 bytes in strict base64 (§4.1): anything else is a
+    malformed key file when it is read, not a wrong password when it is opened."""
+    doc = _key_file_doc()
+    assert isinstance(doc["check"], str) and len(base64.b64decode(doc["check"])) == 16
+    doc["check"] = check(doc["check"])
+    with pytest.raises(FormatError):
+        keyfmt.decode_keyfile(json.dumps(doc).encode())
