@@ -43,7 +43,11 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/pack.py": ["tests/test_pack_format.py", "tests/test_vectors.py"],
     "cas/format/compress.py": ["tests/test_vectors.py", "tests/test_compress.py"],
     "cas/format/index.py": ["tests/test_vectors.py", "tests/test_index_load.py"],
-    "cas/format/tree.py": ["tests/test_vectors.py", "tests/test_posixmeta.py"],
+    "cas/format/tree.py": [
+        "tests/test_vectors.py",
+        "tests/test_posixmeta.py",
+        "tests/test_tree_format.py",
+    ],
     "cas/format/config.py": ["tests/test_vectors.py", "tests/test_config_format.py"],
     "cas/format/keyfile.py": ["tests/test_vectors.py", "tests/test_keyfiles.py"],
     "cas/format/snapshot.py": ["tests/test_vectors.py", "tests/test_snapshot_format.py"],

@@ -1,0 +1,83 @@
+"""Tree blobs (spec/format.md §11): edges that mutation testing (tools/mutation.py,
+docs/reliability.md §8.3) found unpinned by the vectors and the metadata tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from cas.errors import FormatError
+from cas.format import tree as treefmt
+from cas.format.tree import Node
+
+ID = b"\x01" * 32
+
+
+def _raw(docs: list[Any]) -> bytes:
+    raw: bytes = msgpack.packb({"nodes": docs, "v": 1}, use_bin_type=True)
+    return raw
+
+
+def _file(name: bytes, **changes: Any) -> dict[str, Any]:
+    doc = Node(name, "file", 0o644, size=3, content=[ID], sizes=[3], digest=ID).to_doc()
+    doc.update(changes)
+    return doc
+
+
+def test_the_node_maps_of_a_tree_come_back_as_they_are() -> None:
+    """``decode_tree_docs`` (the restorer's reader while writers take the files) gives
+    every map as it is, checking only that each has a byte-string name, in order."""
+    docs = [_file(b"a"), _file(b"b", size="not checked here"), {"name": b"c"}]
+    assert treefmt.decode_tree_docs(_raw(docs)) == docs
+    assert treefmt.decode_tree_docs(_raw([])) == []
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[b"b", b"a"], [b"a", b"a"], [b"a", b"c", b"b"]],
+    ids=["reversed", "twice", "last-two-swapped"],
+)
+def test_names_not_strictly_sorted_are_refused_by_both_readers(names: list[bytes]) -> None:
+    raw = _raw([_file(n) for n in names])
+    for decode in (treefmt.decode_tree_docs, treefmt.decode_tree):
+        with pytest.raises(FormatError, match="names not strictly sorted"):
+            decode(raw)
+
+
+@pytest.mark.parametrize(
+    "doc", [{"name": "text"}, {"type": "file"}, [b"a"], b"a"], ids=["text", "none", "list", "bytes"]
+)
+def test_a_node_without_a_byte_string_name_is_refused_by_docs(doc: Any) -> None:
+    with pytest.raises(FormatError, match="not a map with a name"):
+        treefmt.decode_tree_docs(_raw([_file(b"a"), doc]))
+
+
+@pytest.mark.parametrize("key", treefmt._REQUIRED_INTS)
+@pytest.mark.parametrize("value", [None, "1", 1.0, True, b"\x01"], ids=repr)
+def test_each_required_integer_must_be_an_integer(key: str, value: Any) -> None:
+    """§11.3: mode, uid, gid, size, the three times, inode and device are integers
+    (booleans are not); missing (None: left out) or of another type refuses the node."""
+    doc = _file(b"a")
+    if value is None:
+        del doc[key]
+    else:
+        doc[key] = value
+    with pytest.raises(FormatError, match=f"field '{key}' missing or of the wrong type"):
+        Node.from_doc(doc)
+
+
+@pytest.mark.parametrize(
+    "xattrs",
+    [[[b"k", "v"]], [["k", b"v"]], [[b"k"]], [[b"k", b"v", b"w"]], [b"kv"], [(b"k", b"v")]],
+    ids=["text-value", "text-name", "one", "three", "bytes", "not-a-list"],
+)
+def test_malformed_xattrs_are_refused(xattrs: list[Any]) -> None:
+    """Each extended attribute is a list of two byte strings, name and value."""
+    good = Node.from_doc(_file(b"a", xattrs=[[b"user.k", b"v"]]))
+    assert good.xattrs == [(b"user.k", b"v")]
+    doc = _file(b"a")
+    doc["xattrs"] = xattrs
+    with pytest.raises(FormatError, match="malformed xattrs"):
+        Node.from_doc(doc)
