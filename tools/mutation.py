@@ -53,7 +53,11 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/snapshot.py": ["tests/test_vectors.py", "tests/test_snapshot_format.py"],
     "cas/format/lock.py": ["tests/test_vectors.py", "tests/test_locks.py"],
     "cas/format/codec.py": ["tests/test_vectors.py"],
-    "cas/format/generation.py": ["tests/test_vectors.py", "tests/test_checker_paths.py"],
+    "cas/format/generation.py": [
+        "tests/test_vectors.py",
+        "tests/test_checker_paths.py",
+        "tests/test_generation_format.py",
+    ],
     "cas/crypto/primitives.py": [
         "tests/test_vectors.py",
         "tests/test_keys.py",
