@@ -38,3 +38,24 @@ def test_numbers_out_of_range_are_neither_written_nor_read(n: int) -> None:
         genfmt.encode_generation(_record(n), KEY)
     with pytest.raises(FormatError, match=f"generation {n} out of range"):
         genfmt.decode_generation(_sealed_as_is(n), KEY)
+
+
+@pytest.mark.parametrize("key", ["snapshots", "forgotten", "retired"])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        [b"\x01" * 31],
+        [b"\x01" * 33],
+        ["\x01" * 32],
+        [b"\x02" * 32, b"\x01" * 32],
+        [b"\x01" * 32] * 2,
+    ],
+    ids=["31-bytes", "33-bytes", "text", "unsorted", "twice"],
+)
+def test_id_lists_hold_sorted_32_byte_ids_only(key: str, ids: list[object]) -> None:
+    """§13.6: readers refuse ID lists holding anything but 32-byte strings, or not
+    sorted in ascending order without duplicates."""
+    doc = {"v": 1, "n": 1, "repo": REPO, "time": 1, "snapshots": [], "command": "test"}
+    doc[key] = ids
+    with pytest.raises(FormatError, match=f"field '{key}' is not"):
+        genfmt.decode_generation(seal_document(KEY, genfmt.GENERATION_AD, doc), KEY)
