@@ -52,7 +52,7 @@ GUARDS: dict[str, list[str]] = {
     "cas/format/keyfile.py": ["tests/test_vectors.py", "tests/test_keyfiles.py"],
     "cas/format/snapshot.py": ["tests/test_vectors.py", "tests/test_snapshot_format.py"],
     "cas/format/lock.py": ["tests/test_vectors.py", "tests/test_locks.py"],
-    "cas/format/codec.py": ["tests/test_vectors.py"],
+    "cas/format/codec.py": ["tests/test_vectors.py", "tests/test_codec_format.py"],
     "cas/format/generation.py": [
         "tests/test_vectors.py",
         "tests/test_checker_paths.py",
