@@ -8,6 +8,7 @@ import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nacl.pwhash
 import pytest
@@ -279,5 +280,17 @@ def test_a_check_value_not_of_its_size_or_not_strict_base64_is_refused(
     doc = _key_file_doc()
     assert isinstance(doc["check"], str) and len(base64.b64decode(doc["check"])) == 16
     doc["check"] = check(doc["check"])
+    with pytest.raises(FormatError):
+        keyfmt.decode_keyfile(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("member", ["salt", "keys"])
+def test_the_salt_and_the_sealed_keys_are_strict_base64(member: str) -> None:
+    """A character outside base64 in the KDF salt or the sealed keys makes a malformed
+    key file (``binascii`` would otherwise drop it and read the rest)."""
+    doc: dict[str, Any] = _key_file_doc()
+    where = doc["kdf"] if member == "salt" else doc
+    assert keyfmt.decode_keyfile(json.dumps(doc).encode())
+    where[member] = where[member][:4] + "!" + where[member][4:]
     with pytest.raises(FormatError):
         keyfmt.decode_keyfile(json.dumps(doc).encode())

@@ -97,6 +97,18 @@ def test_lock_file_hides_its_content_and_needs_the_key(key: bytes) -> None:
         decode_lock(raw, other)
 
 
+# A lock document without ``started``, as cas wrote before it.
+GOOD_LOCK = {
+    "v": 1,
+    "hostname": "h",
+    "username": "u",
+    "pid": 5,
+    "time": T0,
+    "exclusive": False,
+    "command": "c",
+}
+
+
 @pytest.mark.parametrize(
     ("doc", "error"),
     [
@@ -109,17 +121,15 @@ def test_lock_file_hides_its_content_and_needs_the_key(key: bytes) -> None:
     ],
 )
 def test_decode_refuses_bad_documents(key: bytes, doc: dict[str, object], error: type) -> None:
-    good = {
-        "v": 1,
-        "hostname": "h",
-        "username": "u",
-        "pid": 5,
-        "time": T0,
-        "exclusive": False,
-        "command": "c",
-    }
     with pytest.raises(error):
-        decode_lock(seal_document(key, LOCK_AD, {**good, **doc}), key)
+        decode_lock(seal_document(key, LOCK_AD, {**GOOD_LOCK, **doc}), key)
+
+
+def test_a_lock_without_started_was_started_at_0(key: bytes) -> None:
+    """§13: ``started`` is optional, default 0 (a lock of an older cas counts as old)."""
+    assert decode_lock(seal_document(key, LOCK_AD, GOOD_LOCK), key).started_ns == 0
+    later = decode_lock(seal_document(key, LOCK_AD, {**GOOD_LOCK, "started": T0 - 1}), key)
+    assert later.started_ns == T0 - 1
 
 
 def test_decode_refuses_garbage(key: bytes) -> None:
