@@ -3,12 +3,15 @@ mutation testing (tools/mutation.py, docs/reliability.md §8.3) found unpinned."
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
+import zstandard
 
+from cas import crypto
 from cas.errors import FormatError
-from cas.format import codec
+from cas.format import codec, compress
 
 
 @pytest.mark.parametrize(
@@ -43,3 +46,15 @@ def test_an_id_field_is_exactly_32_bytes(size: int) -> None:
     assert codec.id_field({"id": b"\x01" * 32}, "id", "document") == b"\x01" * 32
     with pytest.raises(FormatError, match="'id' is not a 32-byte ID"):
         codec.id_field({"id": b"\x01" * size}, "id", "document")
+
+
+def test_a_document_over_1_gib_is_refused_from_its_zstd_frame_header() -> None:
+    """MAX_DOCUMENT: a sealed document whose zstd frame declares 2^30 + 1 bytes is
+    refused as too large before anything is decompressed (the frame holds none)."""
+    key = crypto.MasterKeys.generate().index_key
+    header = struct.pack("<IB", 0xFD2FB528, 0xE0)  # single segment, 8-byte content size
+    frame = header + struct.pack("<Q", (1 << 30) + 1) + b"\x01\x00\x00"  # one empty block
+    assert zstandard.get_frame_parameters(frame).content_size == (1 << 30) + 1
+    sealed = crypto.as_sealer(key).seal(bytes([compress.ZSTD]) + frame, b"ad")
+    with pytest.raises(FormatError, match="payload larger than allowed"):
+        codec.open_document(key, b"ad", sealed, "document")
