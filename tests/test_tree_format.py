@@ -86,7 +86,7 @@ def test_malformed_xattrs_are_refused(xattrs: list[Any]) -> None:
 def test_a_content_blob_of_no_bytes_is_accepted_and_a_negative_size_is_not() -> None:
     """§11.3 asks only that ``sizes`` add up to ``size``: an entry for a blob of no bytes
     (the empty blob, which no cas chunker cuts but the format allows) is read; a
-    negative size, a size that is not an integer, an ID that is not 32 bytes, or lists
+    negative size, a size that is not an integer, an ID of 31 or 33 bytes, or lists
     of different lengths make a malformed content list."""
     node = Node.from_doc(_file(b"a", content=[ID, b"\x02" * 32], sizes=[3, 0]))
     assert (node.content, node.sizes, node.size) == ([ID, b"\x02" * 32], [3, 0], 3)
@@ -94,6 +94,7 @@ def test_a_content_blob_of_no_bytes_is_accepted_and_a_negative_size_is_not() -> 
         ([ID, ID], [4, -1]),
         ([ID], [3.0]),
         ([ID[:31]], [3]),
+        ([ID + b"\x01"], [3]),
         ([ID, ID], [3]),
     ]:
         with pytest.raises(FormatError, match="malformed content list"):
