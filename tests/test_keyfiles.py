@@ -269,7 +269,12 @@ def test_a_key_file_of_exactly_the_size_bound_is_read() -> None:
 
 @pytest.mark.parametrize(
     "check",
-    [lambda c: c[:-4], lambda c: c + "AAAA", lambda c: c[:4] + "!" + c[4:], lambda c: c + "\n"],
+    [
+        lambda c: base64.b64encode(base64.b64decode(c)[:15]).decode(),
+        lambda c: base64.b64encode(base64.b64decode(c) + b"x").decode(),
+        lambda c: c[:4] + "!" + c[4:],
+        lambda c: c + "\n",
+    ],
     ids=["short", "long", "not-base64", "newline"],
 )
 def test_a_check_value_not_of_its_size_or_not_strict_base64_is_refused(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -123,6 +124,14 @@ GOOD_LOCK = {
 def test_decode_refuses_bad_documents(key: bytes, doc: dict[str, object], error: type) -> None:
     with pytest.raises(error):
         decode_lock(seal_document(key, LOCK_AD, {**GOOD_LOCK, **doc}), key)
+
+
+def test_a_decoded_lock_cannot_be_changed(key: bytes) -> None:
+    """LockInfo is frozen (and so hashable): what a lock file said stays what it said."""
+    info = decode_lock(seal_document(key, LOCK_AD, GOOD_LOCK), key)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.pid = 6  # type: ignore[misc]
+    assert {info: 1}[decode_lock(seal_document(key, LOCK_AD, GOOD_LOCK), key)] == 1
 
 
 def test_a_lock_without_started_was_started_at_0(key: bytes) -> None:
