@@ -48,13 +48,22 @@ def test_an_id_field_is_exactly_32_bytes(size: int) -> None:
         codec.id_field({"id": b"\x01" * size}, "id", "document")
 
 
-def test_a_document_over_1_gib_is_refused_from_its_zstd_frame_header() -> None:
-    """MAX_DOCUMENT: a sealed document whose zstd frame declares 2^30 + 1 bytes is
-    refused as too large before anything is decompressed (the frame holds none)."""
+@pytest.mark.parametrize(
+    ("declared", "error"),
+    [(1 << 30, "frame truncated"), ((1 << 30) + 1, "payload larger than allowed")],
+    ids=["1-gib", "1-gib-and-1"],
+)
+def test_documents_are_bounded_at_1_gib_from_their_zstd_frame_header(
+    declared: int, error: str
+) -> None:
+    """MAX_DOCUMENT: a sealed document whose zstd frame declares more than 2^30 bytes is
+    refused as too large before anything is decompressed; one that declares 2^30 passes
+    that bound (and is refused next because its frame holds no bytes)."""
     key = crypto.MasterKeys.generate().index_key
-    header = struct.pack("<IB", 0xFD2FB528, 0xE0)  # single segment, 8-byte content size
-    frame = header + struct.pack("<Q", (1 << 30) + 1) + b"\x01\x00\x00"  # one empty block
-    assert zstandard.get_frame_parameters(frame).content_size == (1 << 30) + 1
+    # Frame header: 8-byte content size, a 1 KiB window (no single segment), then one
+    # empty last block.
+    frame = struct.pack("<IBBQ", 0xFD2FB528, 0xC0, 0x00, declared) + b"\x01\x00\x00"
+    assert zstandard.get_frame_parameters(frame).content_size == declared
     sealed = crypto.as_sealer(key).seal(bytes([compress.ZSTD]) + frame, b"ad")
-    with pytest.raises(FormatError, match="payload larger than allowed"):
+    with pytest.raises(FormatError, match=error):
         codec.open_document(key, b"ad", sealed, "document")
