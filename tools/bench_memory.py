@@ -9,7 +9,9 @@ Each run makes a fresh local repository (with its own cache and client state und
 cores, and prints the peak of the process tree's resident memory summed over its
 processes (sampled every 20 ms from /proc, as tools/bench.py does), the same with
 shared file pages counted once, and each process's share at that peak (the main
-process first).  With ``--restore`` the last run's repository is then
+process first); then the peak of the summed PSS (every shared page counted once, the
+anonymous pages a fork shares too: what a cgroup counts) with each process's
+/proc/PID/smaps_rollup at that peak.  With ``--restore`` the last run's repository is then
 restored into tmpfs (/dev/shm) with ``--workers 0`` and ``--workers`` and the bytes
 read from the repository (``requests.bytes_down`` of ``--json``, helpers included)
 are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`` reads
@@ -34,22 +36,49 @@ from bench import TreeRss
 
 
 class SplitRss(TreeRss):
-    """TreeRss that also keeps each process's resident memory at the summed peak."""
+    """TreeRss that also keeps each process's resident memory at the summed peak, and
+    the peak of the processes' summed proportional set size (PSS: each page divided
+    among the processes that map it, so pages a fork shares are counted once, as a
+    cgroup counts them, anonymous ones included) with each process's
+    /proc/PID/smaps_rollup at that peak."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(pid)
         self.at_peak: list[int] = []
+        self.pss_peak = 0
+        self.at_pss_peak: list[dict[str, int]] = []
 
     def _sample(self) -> tuple[int, int]:
         total, unique = super()._sample()
+        pids = [self.pid]
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            path = f"/proc/{self.pid}/task/{task}/children"
+            with contextlib.suppress(OSError), open(path) as f:
+                pids += [int(c) for c in f.read().split()]
         if total > self.peak:
-            per = []
-            for task in os.listdir(f"/proc/{self.pid}/task"):
-                path = f"/proc/{self.pid}/task/{task}/children"
-                with contextlib.suppress(OSError), open(path) as f:
-                    per += [int(c) for c in f.read().split()]
-            self.at_peak = [_rss(p) for p in [self.pid, *per]]
+            self.at_peak = [_rss(p) for p in pids]
+        rollups = [_rollup(p) for p in pids]
+        pss = sum(r.get("Pss", 0) for r in rollups)
+        if pss > self.pss_peak:
+            self.pss_peak, self.at_pss_peak = pss, rollups
         return total, unique
+
+
+_ROLLUP = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Shared_Dirty", "Anonymous")
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """The fields of ``_ROLLUP`` from /proc/PID/smaps_rollup, in bytes (empty if gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in _ROLLUP:
+                    out[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
 
 
 def _rss(pid: int) -> int:
@@ -89,6 +118,11 @@ def backup(data: str, work: Path, workers: int, cas_path: str | None) -> dict[st
         "shared_once_mib": round(sampler.unique_peak / 2**20),
         # the main process, then its children, at the summed peak
         "at_peak_mib": [round(r / 2**20) for r in sampler.at_peak],
+        # summed PSS (a cgroup's count) and each process's smaps_rollup at its peak
+        "pss_mib": round(sampler.pss_peak / 2**20),
+        "at_pss_peak_mib": [
+            {k: round(v / 2**20) for k, v in r.items()} for r in sampler.at_pss_peak
+        ],
         "seconds": round(time.perf_counter() - start, 1),
     }
 
