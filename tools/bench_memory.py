@@ -17,6 +17,9 @@ read from the repository (``requests.bytes_down`` of ``--json``, helpers include
 are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`` reads
 from it into a fresh repository with the same keys.  ``--cas-path`` runs the cas found in that
 directory (a checkout of another commit: before and after a change, same conditions).
+``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
+importing each helper process's module and the CLI's; ``--traced`` runs the main
+process under tracemalloc and prints its traced peak and largest allocation sites.
 """
 
 from __future__ import annotations
@@ -97,14 +100,45 @@ def _env(work: Path, cas_path: str | None) -> dict[str, str]:
     return env
 
 
-def backup(data: str, work: Path, workers: int, cas_path: str | None) -> dict[str, float]:
+# Runs cas with tracemalloc on in the main process only (helpers start their own
+# interpreter without it); at exit, prints its traced peak and the largest allocation
+# sites of the snapshot taken when the traced heap was highest (one every 4 MiB of
+# growth, checked every 0.3 s) to stderr.
+TRACED = """
+import atexit, sys, threading, time, tracemalloc
+tracemalloc.start(1)
+best = [0, None]
+def watch():
+    while True:
+        time.sleep(0.3)
+        cur = tracemalloc.get_traced_memory()[0]
+        if cur > best[0] + (4 << 20):
+            best[0], best[1] = cur, tracemalloc.take_snapshot()
+threading.Thread(target=watch, daemon=True).start()
+def report():
+    peak = tracemalloc.get_traced_memory()[1]
+    print(f"main process traced peak {peak / 2**20:.1f} MiB; largest sites at "
+          f"{best[0] / 2**20:.1f} MiB:", file=sys.stderr)
+    for s in (best[1].statistics("lineno")[:15] if best[1] else []):
+        print(f"  {s.size / 2**20:6.2f} MiB {s.count:8d} {s.traceback[0]}", file=sys.stderr)
+atexit.register(report)
+sys.argv = ["cas", *sys.argv[1:]]
+from cas.cli.main import main
+main()
+"""
+
+
+def backup(
+    data: str, work: Path, workers: int, cas_path: str | None, traced: bool = False
+) -> dict[str, float]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = _env(work, cas_path)
     cas = [sys.executable, "-m", "cas"]
     subprocess.run([*cas, "init"], env=env, check=True, capture_output=True)
     cpus = ",".join(str(c) for c in range(max(1, workers)))
-    cmd = ["taskset", "-c", cpus, *cas, "backup", "--workers", str(workers), data]
+    run = [sys.executable, "-c", TRACED] if traced else cas
+    cmd = ["taskset", "-c", cpus, *run, "backup", "--workers", str(workers), data]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     sampler = SplitRss(proc.pid)
@@ -166,6 +200,40 @@ def copy_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, int]
     return {"copy_workers": workers, "bytes_read": summary["requests"]["bytes_down"]}
 
 
+HELPER_MODULES = (
+    "cas.backup.worker",
+    "cas.restore.worker",
+    "cas.check.verifier",
+    "cas.chunking.worker",
+    "cas.cli.main",
+)
+
+
+def import_costs(cas_path: str | None) -> list[dict[str, object]]:
+    """What a fresh interpreter costs before it does anything: its peak RSS and module
+    count with nothing imported, and after importing each helper's module (and the
+    CLI's, the main process's floor)."""
+    env = dict(os.environ, **({"PYTHONPATH": cas_path} if cas_path else {}))
+    out: list[dict[str, object]] = []
+    for module in ("", *HELPER_MODULES):
+        code = (f"import {module}; " if module else "") + (
+            "import resource, sys; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(sys.modules))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, check=True, stdout=subprocess.PIPE
+        )
+        kib, modules = done.stdout.split()
+        out.append(
+            {
+                "imports": module or "(nothing)",
+                "rss_mib": round(int(kib) / 1024, 1),
+                "modules": int(modules),
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/tmp/cas-bench/linux")
@@ -175,10 +243,22 @@ def main() -> None:
     ap.add_argument("--restore", action="store_true", help="then count what restores read")
     ap.add_argument("--copy", action="store_true", help="then count what a copy reads")
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
+    ap.add_argument(
+        "--traced",
+        action="store_true",
+        help="tracemalloc in the main process (slower; its figures on stderr)",
+    )
+    ap.add_argument(
+        "--imports", action="store_true", help="only the interpreter's cost for each module"
+    )
     args = ap.parse_args()
+    if args.imports:
+        for row in import_costs(args.cas_path):
+            print(json.dumps(row), flush=True)
+        return
     work = Path(args.work)
     for run in range(args.repeat):
-        result = backup(args.data, work, args.workers, args.cas_path)
+        result = backup(args.data, work, args.workers, args.cas_path, args.traced)
         print(json.dumps({"run": run, **result}), flush=True)
     if args.restore:
         for workers in (0, args.workers):
