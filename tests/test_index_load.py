@@ -8,8 +8,10 @@ same locations, and leave the same master index.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -504,3 +506,58 @@ def test_refresh_reads_only_the_files_written_since_the_load() -> None:
     backend.reads.clear()
     store.refresh()  # nothing new
     assert backend.reads == []
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+def _index_files(n: int, per_pack: int, per_file: int) -> tuple[MemoryBackend, MasterKeys]:
+    """Index files for ``n`` blobs (``per_pack`` to a pack, files of ``per_file`` blobs
+    as a backup writes them), the same every run."""
+    backend = MemoryBackend()
+    backend.create()
+    keys = MasterKeys.generate()
+    store = IndexStore(backend, keys)
+    rnd = random.Random(17)
+    packs: dict[bytes, list[PackEntry]] = {}
+    count = 0
+    for first in range(0, n, per_pack):
+        if count >= per_file:
+            store.write(indexfmt.IndexFile(packs))
+            packs, count = {}, 0
+        k = min(per_pack, n - first)
+        packs[rnd.randbytes(32)] = [
+            PackEntry(rnd.randbytes(32), BlobType.DATA, j * 10240, 10280, 10240) for j in range(k)
+        ]
+        count += k
+    store.write(indexfmt.IndexFile(packs))
+    return backend, keys
+
+
+def _load_peak_per_blob(backend: MemoryBackend, keys: MasterKeys, n: int) -> tuple[float, float]:
+    """(traced heap peak while loading, traced heap held after) per blob: Python's
+    allocations, where the index lives; no clock involved."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        store = IndexStore(backend, keys)
+        store.load()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(store.index) == n
+    return (peak - base) / n, (held - base) / n
+
+
+def test_the_load_peak_per_blob_stays_where_it_was_measured() -> None:
+    """A guard, not the target: loading 30,000 blobs from files of 10,000 costs about
+    55 bytes per blob at rest and 144 at the peak (the index so far, one file's columns,
+    the pending blobs not yet folded, at least 16,384 of them: fixed costs that weigh
+    more on a small index; issue 17 asks for 60 at the peak, see docs/performance.md
+    "Memory").  The figures are tracemalloc's, the same every run."""
+    n = 30_000
+    backend, keys = _index_files(n, 1600, 10_000)
+    peak, held = _load_peak_per_blob(backend, keys, n)
+    assert held <= 60, held
+    assert peak <= 150, peak

@@ -9,12 +9,17 @@ Each run makes a fresh local repository (with its own cache and client state und
 cores, and prints the peak of the process tree's resident memory summed over its
 processes (sampled every 20 ms from /proc, as tools/bench.py does), the same with
 shared file pages counted once, and each process's share at that peak (the main
-process first).  With ``--restore`` the last run's repository is then
+process first); then the peak of the summed PSS (every shared page counted once, the
+anonymous pages a fork shares too: what a cgroup counts) with each process's
+/proc/PID/smaps_rollup at that peak.  With ``--restore`` the last run's repository is then
 restored into tmpfs (/dev/shm) with ``--workers 0`` and ``--workers`` and the bytes
 read from the repository (``requests.bytes_down`` of ``--json``, helpers included)
 are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`` reads
 from it into a fresh repository with the same keys.  ``--cas-path`` runs the cas found in that
 directory (a checkout of another commit: before and after a change, same conditions).
+``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
+importing each helper process's module and the CLI's; ``--traced`` runs the main
+process under tracemalloc and prints its traced peak and largest allocation sites.
 """
 
 from __future__ import annotations
@@ -34,22 +39,49 @@ from bench import TreeRss
 
 
 class SplitRss(TreeRss):
-    """TreeRss that also keeps each process's resident memory at the summed peak."""
+    """TreeRss that also keeps each process's resident memory at the summed peak, and
+    the peak of the processes' summed proportional set size (PSS: each page divided
+    among the processes that map it, so pages a fork shares are counted once, as a
+    cgroup counts them, anonymous ones included) with each process's
+    /proc/PID/smaps_rollup at that peak."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(pid)
         self.at_peak: list[int] = []
+        self.pss_peak = 0
+        self.at_pss_peak: list[dict[str, int]] = []
 
     def _sample(self) -> tuple[int, int]:
         total, unique = super()._sample()
+        pids = [self.pid]
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            path = f"/proc/{self.pid}/task/{task}/children"
+            with contextlib.suppress(OSError), open(path) as f:
+                pids += [int(c) for c in f.read().split()]
         if total > self.peak:
-            per = []
-            for task in os.listdir(f"/proc/{self.pid}/task"):
-                path = f"/proc/{self.pid}/task/{task}/children"
-                with contextlib.suppress(OSError), open(path) as f:
-                    per += [int(c) for c in f.read().split()]
-            self.at_peak = [_rss(p) for p in [self.pid, *per]]
+            self.at_peak = [_rss(p) for p in pids]
+        rollups = [_rollup(p) for p in pids]
+        pss = sum(r.get("Pss", 0) for r in rollups)
+        if pss > self.pss_peak:
+            self.pss_peak, self.at_pss_peak = pss, rollups
         return total, unique
+
+
+_ROLLUP = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Shared_Dirty", "Anonymous")
+
+
+def _rollup(pid: int) -> dict[str, int]:
+    """The fields of ``_ROLLUP`` from /proc/PID/smaps_rollup, in bytes (empty if gone)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in _ROLLUP:
+                    out[name] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
 
 
 def _rss(pid: int) -> int:
@@ -68,14 +100,45 @@ def _env(work: Path, cas_path: str | None) -> dict[str, str]:
     return env
 
 
-def backup(data: str, work: Path, workers: int, cas_path: str | None) -> dict[str, float]:
+# Runs cas with tracemalloc on in the main process only (helpers start their own
+# interpreter without it); at exit, prints its traced peak and the largest allocation
+# sites of the snapshot taken when the traced heap was highest (one every 4 MiB of
+# growth, checked every 0.3 s) to stderr.
+TRACED = """
+import atexit, sys, threading, time, tracemalloc
+tracemalloc.start(1)
+best = [0, None]
+def watch():
+    while True:
+        time.sleep(0.3)
+        cur = tracemalloc.get_traced_memory()[0]
+        if cur > best[0] + (4 << 20):
+            best[0], best[1] = cur, tracemalloc.take_snapshot()
+threading.Thread(target=watch, daemon=True).start()
+def report():
+    peak = tracemalloc.get_traced_memory()[1]
+    print(f"main process traced peak {peak / 2**20:.1f} MiB; largest sites at "
+          f"{best[0] / 2**20:.1f} MiB:", file=sys.stderr)
+    for s in (best[1].statistics("lineno")[:15] if best[1] else []):
+        print(f"  {s.size / 2**20:6.2f} MiB {s.count:8d} {s.traceback[0]}", file=sys.stderr)
+atexit.register(report)
+sys.argv = ["cas", *sys.argv[1:]]
+from cas.cli.main import main
+main()
+"""
+
+
+def backup(
+    data: str, work: Path, workers: int, cas_path: str | None, traced: bool = False
+) -> dict[str, float]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = _env(work, cas_path)
     cas = [sys.executable, "-m", "cas"]
     subprocess.run([*cas, "init"], env=env, check=True, capture_output=True)
     cpus = ",".join(str(c) for c in range(max(1, workers)))
-    cmd = ["taskset", "-c", cpus, *cas, "backup", "--workers", str(workers), data]
+    run = [sys.executable, "-c", TRACED] if traced else cas
+    cmd = ["taskset", "-c", cpus, *run, "backup", "--workers", str(workers), data]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     sampler = SplitRss(proc.pid)
@@ -89,6 +152,11 @@ def backup(data: str, work: Path, workers: int, cas_path: str | None) -> dict[st
         "shared_once_mib": round(sampler.unique_peak / 2**20),
         # the main process, then its children, at the summed peak
         "at_peak_mib": [round(r / 2**20) for r in sampler.at_peak],
+        # summed PSS (a cgroup's count) and each process's smaps_rollup at its peak
+        "pss_mib": round(sampler.pss_peak / 2**20),
+        "at_pss_peak_mib": [
+            {k: round(v / 2**20) for k, v in r.items()} for r in sampler.at_pss_peak
+        ],
         "seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -132,6 +200,40 @@ def copy_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, int]
     return {"copy_workers": workers, "bytes_read": summary["requests"]["bytes_down"]}
 
 
+HELPER_MODULES = (
+    "cas.backup.worker",
+    "cas.restore.worker",
+    "cas.check.verifier",
+    "cas.chunking.worker",
+    "cas.cli.main",
+)
+
+
+def import_costs(cas_path: str | None) -> list[dict[str, object]]:
+    """What a fresh interpreter costs before it does anything: its peak RSS and module
+    count with nothing imported, and after importing each helper's module (and the
+    CLI's, the main process's floor)."""
+    env = dict(os.environ, **({"PYTHONPATH": cas_path} if cas_path else {}))
+    out: list[dict[str, object]] = []
+    for module in ("", *HELPER_MODULES):
+        code = (f"import {module}; " if module else "") + (
+            "import resource, sys; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, len(sys.modules))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, check=True, stdout=subprocess.PIPE
+        )
+        kib, modules = done.stdout.split()
+        out.append(
+            {
+                "imports": module or "(nothing)",
+                "rss_mib": round(int(kib) / 1024, 1),
+                "modules": int(modules),
+            }
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="/tmp/cas-bench/linux")
@@ -141,10 +243,22 @@ def main() -> None:
     ap.add_argument("--restore", action="store_true", help="then count what restores read")
     ap.add_argument("--copy", action="store_true", help="then count what a copy reads")
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
+    ap.add_argument(
+        "--traced",
+        action="store_true",
+        help="tracemalloc in the main process (slower; its figures on stderr)",
+    )
+    ap.add_argument(
+        "--imports", action="store_true", help="only the interpreter's cost for each module"
+    )
     args = ap.parse_args()
+    if args.imports:
+        for row in import_costs(args.cas_path):
+            print(json.dumps(row), flush=True)
+        return
     work = Path(args.work)
     for run in range(args.repeat):
-        result = backup(args.data, work, args.workers, args.cas_path)
+        result = backup(args.data, work, args.workers, args.cas_path, args.traced)
         print(json.dumps({"run": run, **result}), flush=True)
     if args.restore:
         for workers in (0, args.workers):

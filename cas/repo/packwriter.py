@@ -43,8 +43,10 @@ from cas.repo.packer import FinishedPack, Packer
 # uploads are found (and not sent again) by the next run.
 INDEX_EVERY_PACKS = 32
 # ... or after this many blobs, so packs of tiny blobs (100,000 to a pack) do
-# not keep a million unindexed entries in memory.
-INDEX_EVERY_BLOBS = 100_000
+# not keep a million unindexed entries in memory, and so that loading the index
+# holds the columns of a file this large at most besides the index itself (its
+# peak per blob, docs/performance.md "Memory").
+INDEX_EVERY_BLOBS = 25_000
 # Blobs go to the sealing threads in batches of this many bytes or blobs (save_blob).
 BATCH_BYTES = 4 << 20
 BATCH_BLOBS = 512
