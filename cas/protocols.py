@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
+from cas.chunking.resync import ParentChunks
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
 
@@ -25,7 +26,11 @@ class BlobReader(Protocol):
 class Chunks(Protocol):
     """A keyed chunker."""
 
-    def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]: ...
+    def iter_chunks(
+        self,
+        read: Callable[[int], bytes],
+        guess: Callable[[bytes | bytearray, int, int, bool], int] | None = None,
+    ) -> Iterator[bytes]: ...
 
 
 class BlobWriter(BlobReader, Protocol):
@@ -47,7 +52,8 @@ class BlobWriter(BlobReader, Protocol):
 class FileChunker(Protocol):
     """Chunks an open file elsewhere (cas/chunking/worker.py) and reports each chunk.
 
-    ``chunks`` yields (size, blob ID) pairs; afterwards ``digest`` and
+    ``chunks`` yields (size, blob ID) pairs (resynchronised with ``parent``'s
+    chunks when given, cas/chunking/resync.py); afterwards ``digest`` and
     ``bytes_read`` describe the file as read.  ``failed`` once it cannot serve.
     """
 
@@ -55,7 +61,9 @@ class FileChunker(Protocol):
     digest: bytes
     bytes_read: int
 
-    def chunks(self, fd: int, size: int) -> Generator[tuple[int, bytes], None, None]: ...
+    def chunks(
+        self, fd: int, size: int, parent: ParentChunks | None = None
+    ) -> Generator[tuple[int, bytes], None, None]: ...
 
 
 class Digest(Protocol):

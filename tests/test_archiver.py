@@ -28,6 +28,7 @@ from cas.backup.archiver import (
     stdin_node,
 )
 from cas.backup.dryrun import DryRunWriter
+from cas.chunking.chunker import Guess
 from cas.crypto import BlobType
 from cas.errors import CasError, IntegrityError
 from cas.format.snapshot import Snapshot
@@ -343,7 +344,9 @@ class _Mutating:
     def __init__(self, inner: Chunks, change: Callable[[], None]) -> None:
         self.inner, self.change = inner, change
 
-    def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+    def iter_chunks(
+        self, read: Callable[[int], bytes], guess: Guess | None = None
+    ) -> Iterator[bytes]:
         calls = 0
 
         def reading(n: int) -> bytes:
@@ -354,7 +357,7 @@ class _Mutating:
                 self.change()
             return data
 
-        yield from self.inner.iter_chunks(reading)
+        yield from self.inner.iter_chunks(reading, guess)
 
 
 @pytest.mark.parametrize("how", ["grows", "shrinks", "rewritten"])

@@ -28,6 +28,7 @@ from cas.backup.archiver import (
     Reporter,
     open_source,
 )
+from cas.chunking.chunker import Guess
 from cas.crypto import BlobType
 from cas.format.tree import Node, decode_tree, encode_tree
 from cas.fs import dirfd
@@ -48,9 +49,11 @@ class CountingChunker:
         self.inner = repo.chunker()
         self.files = 0
 
-    def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+    def iter_chunks(
+        self, read: Callable[[int], bytes], guess: Guess | None = None
+    ) -> Iterator[bytes]:
         self.files += 1
-        return self.inner.iter_chunks(read)
+        return self.inner.iter_chunks(read, guess)
 
 
 @pytest.fixture

@@ -342,9 +342,9 @@ class CountingChunker:
     def __init__(self, inner: Any) -> None:
         self.inner, self.files = inner, 0
 
-    def iter_chunks(self, read: Any) -> Any:
+    def iter_chunks(self, read: Any, guess: Any = None) -> Any:
         self.files += 1
-        return self.inner.iter_chunks(read)
+        return self.inner.iter_chunks(read, guess)
 
 
 def test_metadata_change_is_hashed_not_chunked_and_same_mtime_edits_are_caught(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import time
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 
 from cas.backup.anomaly import Changes
 from cas.backup.pool import SaverPool
+from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
 from cas.errors import CasError
@@ -344,6 +346,7 @@ class Archiver:
                 q.st.st_mtime_ns,
                 q.st.st_ctime_ns,
                 self._parent_digest(q.st, q.parent),
+                _parent_chunks(q.parent, wire=True),
             ]
             for q in frame.batch
         ]
@@ -546,7 +549,7 @@ class Archiver:
             for w in warnings:
                 self._warn(w)
             if not self._same_content(fd, path, node, st, parent) and not self._read_file(
-                fd, path, node, st
+                fd, path, node, st, _parent_chunks(parent)
             ):
                 return False
         finally:
@@ -743,13 +746,15 @@ class Archiver:
             return None
         return parent.digest
 
-    def _read_file(self, fd: int, path: bytes, node: Node, st: os.stat_result) -> bool:
+    def _read_file(
+        self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: ParentChunks | None
+    ) -> bool:
         self.report.file_started(path, st.st_size)
         reader = SourceReader(fd, st)
         try:
-            total = self._save_offloaded(fd, node, st)
+            total = self._save_offloaded(fd, node, st, parent)
             if total is None:
-                total = self.save_content(node, reader.read)
+                total = self.save_content(node, reader.read, parent)
             after = os.fstat(fd)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -767,7 +772,9 @@ class Archiver:
             self._warn(f"{_fmt(path)}: file changed while it was read; saved as read")
         return True
 
-    def _save_offloaded(self, fd: int, node: Node, st: os.stat_result) -> int | None:
+    def _save_offloaded(
+        self, fd: int, node: Node, st: os.stat_result, parent: ParentChunks | None
+    ) -> int | None:
         """Store a large file chunked by the helper process; None: chunk it here instead.
 
         Only the chunks the repository lacks are read here, and each is hashed
@@ -786,7 +793,7 @@ class Archiver:
         node.content, node.sizes, node.size = [], [], 0
         added, new_blobs = 0, 0
         try:
-            with contextlib.closing(helper.chunks(fd, st.st_size)) as found:
+            with contextlib.closing(helper.chunks(fd, st.st_size, parent)) as found:
                 for size, blob_id in found:
                     if not self.repo.has_blob(blob_id):
                         data = os.pread(fd, size, node.size)
@@ -807,13 +814,19 @@ class Archiver:
         node.digest = helper.digest
         return node.size
 
-    def save_content(self, node: Node, read: Callable[[int], bytes]) -> int:
-        """Chunk, store and digest everything ``read`` returns into ``node``; returns the size."""
+    def save_content(
+        self, node: Node, read: Callable[[int], bytes], parent: ParentChunks | None = None
+    ) -> int:
+        """Chunk, store and digest everything ``read`` returns into ``node``; returns the size.
+
+        With ``parent`` (the parent file's chunks) the chunks it still holds are
+        taken without a cut search (cas/chunking/resync.py): the same chunks."""
         node.content, node.sizes, node.size = [], [], 0
         digest = self.repo.file_digest()
-        for chunk in self.chunker.iter_chunks(read):
+        data_id = functools.partial(self.repo.blob_id, BlobType.DATA)
+        for chunk, chunk_id in chunk_ids(self.chunker, data_id, read, parent):
             digest.update(chunk)
-            blob_id, new = self.repo.save_blob(BlobType.DATA, chunk)
+            blob_id, new = self.repo.save_blob(BlobType.DATA, chunk, chunk_id)
             if new:
                 self.summary.data_blobs_new += 1
                 self.summary.data_added += len(chunk)
@@ -964,6 +977,14 @@ def moved(after: SourceStat, before: SourceStat) -> bool:
         before.st_mtime_ns,
         before.st_ctime_ns,
     )
+
+
+def _parent_chunks(parent: Node | None, *, wire: bool = False) -> Any:
+    """The parent file's chunks to resynchronise a changed file with (or their wire
+    form, about 37 bytes a chunk), None when there is nothing worth sending."""
+    if parent is None or parent.type != "file" or not ParentChunks.wanted(parent.content):
+        return None
+    return [parent.content, parent.sizes] if wire else ParentChunks(parent.content, parent.sizes)
 
 
 def _same_data(node: Node, other: Node) -> None:

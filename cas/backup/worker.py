@@ -26,7 +26,9 @@ Wire format (private to one run, frames of cas/ipc.py).  To a worker: one
 ``{"spec", "level", "pack_size", "chunker": [min, avg, max, algorithm], "connections"}``
 frame, then per batch a frame carrying the directory's descriptor:
 ``{"j": id, "dir": shown path, "f": [[name, size, blocks, dev, ino, mtime_ns,
-ctime_ns, parent digest or None], ...]}``; answers ``["n", bytes of 0/1]``
+ctime_ns, parent digest or None, parent chunks or None], ...]}`` (the parent
+chunks, ``[content, sizes]`` of a changed file's parent node with more than one
+chunk, about 37 bytes a chunk: 1 GiB of 1 MiB chunks, 37 KiB); answers ``["n", bytes of 0/1]``
 (in the order of the asks); ``["f"]`` to store the open packs.  From a
 worker: ``["a", [blob ID, ...]]`` asks, ``["k", pack ID, size, [[blob ID,
 type, offset, length, raw length], ...]]`` when a pack is stored, ``["d", id,
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import pickle
 import select
@@ -55,6 +58,7 @@ from cas.backend import request_summary
 from cas.backend.registry import open_backend
 from cas.backup.archiver import SourceReader, moved, open_source, same_digest
 from cas.chunking.chunker import ChunkerParams, make_chunker
+from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.pack import PackEntry
@@ -137,6 +141,7 @@ class _Worker:
         self.backend = open_backend(spec.location, spec.backend_options)
         lo, avg, hi, algorithm = init["chunker"]
         self.chunker = make_chunker(self.keys, ChunkerParams(lo, avg, hi, algorithm))
+        self.data_id = functools.partial(self.keys.blob_id, BlobType.DATA)
         # One sealing thread: the other cores have workers of their own.
         self.saver = BlobSaver(
             self.backend,
@@ -206,9 +211,10 @@ class _Worker:
         failpoints.hit("backup-worker-batch")
         shown: bytes = msg["dir"]
         results = []
-        for name, size, blocks, dev, ino, mtime, ctime, pdigest in msg["f"]:
+        for name, size, blocks, dev, ino, mtime, ctime, pdigest, pchunks in msg["f"]:
             seen = Seen(size, blocks, dev, ino, mtime, ctime)
-            results.append(self.file(dir_fd, name, shown + b"/" + name, seen, pdigest))
+            path = shown + b"/" + name
+            results.append(self.file(dir_fd, name, path, seen, pdigest, pchunks))
         job = msg["j"]
         self.held += 1
 
@@ -218,7 +224,9 @@ class _Worker:
 
         self.ask(done)
 
-    def file(self, dir_fd: int, name: bytes, path: bytes, seen: Seen, pdigest: Any) -> FileResult:
+    def file(
+        self, dir_fd: int, name: bytes, path: bytes, seen: Seen, pdigest: Any, pchunks: Any
+    ) -> FileResult:
         r = FileResult()
         shown = path.decode("utf-8", "backslashreplace")
         try:
@@ -234,19 +242,20 @@ class _Worker:
                 if same:
                     r.status = "same"
                     return r
-            self.read(fd, seen, r, shown)
+            self.read(fd, seen, r, shown, ParentChunks.from_wire(pchunks))
         finally:
             os.close(fd)
         return r
 
-    def read(self, fd: int, seen: Seen, r: FileResult, shown: str) -> None:
+    def read(
+        self, fd: int, seen: Seen, r: FileResult, shown: str, parent: ParentChunks | None
+    ) -> None:
         reader = SourceReader(fd, seen)
         digest = self.keys.file_digest()
         size = 0
         try:
-            for chunk in self.chunker.iter_chunks(reader.read):
+            for chunk, blob_id in chunk_ids(self.chunker, self.data_id, reader.read, parent):
                 digest.update(chunk)
-                blob_id = self.keys.blob_id(BlobType.DATA, chunk)
                 r.content.append(blob_id)
                 r.sizes.append(len(chunk))
                 size += len(chunk)

@@ -59,6 +59,10 @@ WINDOW_AES = "window-aes128"
 ALGORITHMS = (PERMUTED, WINDOW_AES)
 
 
+# (buffer, chunk start, bytes there from it, stream ended) -> a chunk length, or 0
+Guess = Callable[[bytes | bytearray, int, int, bool], int]
+
+
 @dataclass(frozen=True)
 class ChunkerParams:
     """Algorithm and minimum, average and maximum chunk sizes (recorded in the config)."""
@@ -115,8 +119,16 @@ class StreamChunker(ABC):
             ends.append(pos)
         return ends
 
-    def iter_chunks(self, read: Callable[[int], bytes]) -> Iterator[bytes]:
+    def iter_chunks(
+        self, read: Callable[[int], bytes], guess: Guess | None = None
+    ) -> Iterator[bytes]:
         """Yield the chunks of the stream that ``read(n)`` returns (b"" at the end).
+
+        ``guess(buf, start, left, eof)``, if given, is asked first at each chunk
+        start (``left`` bytes from ``start`` are in ``buf``, at least ``max_size``
+        unless ``eof``): a length it returns is taken as the chunk without a
+        search, 0 searches as usual (cas/chunking/resync.py guesses only lengths
+        the search would give, spec §7.7).
 
         Neither search looks at the first ``min_size`` bytes of a chunk (but
         for the window before the first possible cut) nor past its cut: about
@@ -144,6 +156,10 @@ class StreamChunker(ABC):
                     start = 0
                     eof = self._fill(read, buf)
                 left = len(buf) - start
+                if guess is not None and left and (n := guess(buf, start, left, eof)):
+                    yield _piece(buf, start, n)
+                    start += n
+                    continue
                 if eof and left <= p.min_size:
                     # No cut comes before min_size: what is left is one chunk.
                     # Most files of a source tree end here, without a search.

@@ -17,13 +17,16 @@ every file is chunked in the backup process, as without it.
 Wire format (private to one backup run): frames of a little-endian u32
 length and a msgpack value.  Parent to helper: one frame ``{"perm", "min",
 "avg", "max", "algorithm", "id_key"}``, then per file 8 bytes (the size, u64) carrying
-the descriptor.  Helper to parent, per file: ``["c", [[size, id], ...]]``
-frames, then ``["e", digest, bytes_read]`` or ``["x", errno, message]``.
+the descriptor and a frame: None, or the parent file's ``[content, sizes]``
+(about 37 bytes a chunk) to resynchronise with (cas/chunking/resync.py).
+Helper to parent, per file: ``["c", [[size, id], ...]]`` frames, then
+``["e", digest, bytes_read]`` or ``["x", errno, message]``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import struct
@@ -34,6 +37,7 @@ from typing import Any
 
 from cas import crypto, ipc
 from cas.chunking.chunker import ChunkerParams, StreamChunker, make_chunker
+from cas.chunking.resync import ParentChunks, chunk_ids
 
 OFFLOAD_MIN = 16 << 20  # files from this size are chunked by the helper
 _BATCH = 4  # chunks per message: the parent starts on a file's first chunks early
@@ -83,8 +87,11 @@ class ChunkWorker:
             self._fail()
             raise WorkerGone(str(e)) from None
 
-    def chunks(self, fd: int, size: int) -> Generator[tuple[int, bytes], None, None]:
-        """(size, blob ID) of each chunk of the open file ``fd``, as the helper finds them.
+    def chunks(
+        self, fd: int, size: int, parent: ParentChunks | None = None
+    ) -> Generator[tuple[int, bytes], None, None]:
+        """(size, blob ID) of each chunk of the open file ``fd``, as the helper finds them
+        (taking ``parent``'s chunks where they fit, cas/chunking/resync.py).
 
         Afterwards ``digest`` and ``bytes_read`` describe what the helper read.
         A read error in the helper is raised here as OSError; a failed helper
@@ -95,6 +102,8 @@ class ChunkWorker:
             raise WorkerGone("chunk helper unavailable")
         sock = self._talk(self._ensure)
         self._talk(lambda: socket.send_fds(sock, [_U64.pack(size)], [fd]))
+        wire = None if parent is None else [parent.content, parent.sizes]
+        self._talk(lambda: _send(sock, wire))
         ended = False
         try:
             while True:
@@ -132,7 +141,13 @@ class ChunkWorker:
 # -- the helper process ----------------------------------------------------------
 
 
-def _chunk_file(sock: socket.socket, chunker: StreamChunker, key: crypto.IdKey, fd: int) -> None:
+def _chunk_file(
+    sock: socket.socket,
+    chunker: StreamChunker,
+    key: crypto.IdKey,
+    fd: int,
+    parent: ParentChunks | None,
+) -> None:
     pos = 0
 
     def read(n: int) -> bytes:
@@ -144,9 +159,10 @@ def _chunk_file(sock: socket.socket, chunker: StreamChunker, key: crypto.IdKey, 
     digest = key.file_digest()
     batch: list[list[Any]] = []
     try:
-        for chunk in chunker.iter_chunks(read):
+        data_id = functools.partial(key.blob_id, crypto.BlobType.DATA)
+        for chunk, blob_id in chunk_ids(chunker, data_id, read, parent):
             digest.update(chunk)
-            batch.append([len(chunk), key.blob_id(crypto.BlobType.DATA, chunk)])
+            batch.append([len(chunk), blob_id])
             if len(batch) >= _BATCH:
                 _send(sock, ["c", batch])
                 batch = []
@@ -172,7 +188,8 @@ def _serve(sock: socket.socket) -> None:
         if len(fds) != 1:
             return
         try:
-            _chunk_file(sock, chunker, key, fds[0])
+            parent = ParentChunks.from_wire(_recv(sock))
+            _chunk_file(sock, chunker, key, fds[0], parent)
         finally:
             os.close(fds[0])
 
