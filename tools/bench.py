@@ -23,7 +23,9 @@ count, and the report adds each tool's speedup from the extra cores.  Peak RSS i
 over the tool's whole process tree (sampled every 20 ms from /proc, and never below what
 ``wait4`` reports), so a helper process counts.
 
-Times are medians over --repeat runs, RSS the maximum.  Prints Markdown
+Times are medians over --repeat runs, RSS the maximum; each run's line on stderr and the
+JSON also give the CPU time (user + system of the tool and the processes it waited for,
+from wait4), which a shared machine moves far less than the wall time.  Prints Markdown
 tables (results, then the issue's targets with the measured ratios) and,
 with --out, writes them with the machine description and the date, and the
 raw measurements next to it as JSON.
@@ -62,6 +64,9 @@ class Measure:
     # counted once, as a cgroup counts them: its processes' anonymous memory summed,
     # plus the largest file-backed resident set among them.
     unique_mib: float = 0.0
+    # User plus system CPU time of the process and the descendants it waited for
+    # (wait4): on a shared machine it moves far less than the wall time.
+    cpu_seconds: float = 0.0
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> Measure:
@@ -86,7 +91,10 @@ def run(cmd: list[str], env: dict[str, str], cwd: str | None = None) -> Measure:
     if code not in (0, 3):
         raise SystemExit(f"{' '.join(cmd)} exited {code}: {err.decode(errors='replace')[-2000:]}")
     return Measure(
-        elapsed, max(usage.ru_maxrss / 1024, sampler.peak / 2**20), sampler.unique_peak / 2**20
+        elapsed,
+        max(usage.ru_maxrss / 1024, sampler.peak / 2**20),
+        sampler.unique_peak / 2**20,
+        usage.ru_utime + usage.ru_stime,
     )
 
 
@@ -350,7 +358,7 @@ def bench_one(
         print(
             f"  {tool_cls.name} run {i + 1}: "
             + ", ".join(
-                f"{k} {v.seconds:.1f}s/{v.rss_mib:.0f}MiB"
+                f"{k} {v.seconds:.1f}s/{v.rss_mib:.0f}MiB/cpu {v.cpu_seconds:.1f}s"
                 for k, v in r.items()
                 if isinstance(v, Measure)
             ),
@@ -364,6 +372,7 @@ def bench_one(
                 statistics.median(m.seconds for m in ms),  # type: ignore[union-attr]
                 max(m.rss_mib for m in ms),  # type: ignore[union-attr]
                 max(m.unique_mib for m in ms),  # type: ignore[union-attr]
+                statistics.median(m.cpu_seconds for m in ms),  # type: ignore[union-attr]
             )
             out[k + " runs"] = [m.seconds for m in ms]  # type: ignore[union-attr]
         else:
