@@ -981,7 +981,7 @@ def moved(after: SourceStat, before: SourceStat) -> bool:
 
 def _parent_chunks(parent: Node | None, *, wire: bool = False) -> Any:
     """The parent file's chunks to resynchronise a changed file with (or their wire
-    form, about 37 bytes a chunk), None when there is nothing worth sending."""
+    form, about 39 bytes a chunk), None when there is nothing worth sending."""
     if parent is None or parent.type != "file" or not ParentChunks.wanted(parent.content):
         return None
     return [parent.content, parent.sizes] if wire else ParentChunks(parent.content, parent.sizes)

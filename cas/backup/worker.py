@@ -28,7 +28,7 @@ frame, then per batch a frame carrying the directory's descriptor:
 ``{"j": id, "dir": shown path, "f": [[name, size, blocks, dev, ino, mtime_ns,
 ctime_ns, parent digest or None, parent chunks or None], ...]}`` (the parent
 chunks, ``[content, sizes]`` of a changed file's parent node with more than one
-chunk, about 37 bytes a chunk: 1 GiB of 1 MiB chunks, 37 KiB); answers ``["n", bytes of 0/1]``
+chunk, about 39 bytes a chunk: 1 GiB of 1 MiB chunks, 39 KiB); answers ``["n", bytes of 0/1]``
 (in the order of the asks); ``["f"]`` to store the open packs.  From a
 worker: ``["a", [blob ID, ...]]`` asks, ``["k", pack ID, size, [[blob ID,
 type, offset, length, raw length], ...]]`` when a pack is stored, ``["d", id,

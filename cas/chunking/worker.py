@@ -18,7 +18,7 @@ Wire format (private to one backup run): frames of a little-endian u32
 length and a msgpack value.  Parent to helper: one frame ``{"perm", "min",
 "avg", "max", "algorithm", "id_key"}``, then per file 8 bytes (the size, u64) carrying
 the descriptor and a frame: None, or the parent file's ``[content, sizes]``
-(about 37 bytes a chunk) to resynchronise with (cas/chunking/resync.py).
+(about 39 bytes a chunk) to resynchronise with (cas/chunking/resync.py).
 Helper to parent, per file: ``["c", [[size, id], ...]]`` frames, then
 ``["e", digest, bytes_read]`` or ``["x", errno, message]``.
 """
