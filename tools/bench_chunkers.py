@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of the two chunker algorithms, and the new one's chunk sizes (spec §7.6).
 
-    taskset -c 1 python tools/bench_chunkers.py [--mib 32] [--runs 9] [--ciphers]
+    taskset -c 1 python tools/bench_chunkers.py [--mib 32] [--runs 9] [--ciphers] [--resync]
 
 Alternates the chunkers over the same random data (one process, one core):
 ``fastcdc-2016-permuted``, ``window-aes128`` with its scan in C (the optional
@@ -13,13 +13,18 @@ median of the runs of each in CPU time of the process (``process_time``, so
 other work on a shared core does not make them look slower), then the
 chunk-length statistics of ``window-aes128`` at the default sizes over the
 data; with ``--ciphers``, first the rates of AES-128 ECB encryption and CBC
-decryption over 64 KiB buffers (why the chunker decrypts).  Not a test: figures
+decryption over 64 KiB buffers (why the chunker decrypts); with ``--resync``,
+last, chunking and hashing (blob IDs) the data with 1 MiB inserted in its
+middle, plainly and resynchronised with the original's chunks
+(``cas/chunking/resync.py``, spec §7.7), as a changed file's backup does.  Not a test: figures
 depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import os
 import statistics
 import time
@@ -35,6 +40,7 @@ from cas.chunking.chunker import (
     StreamChunker,
     WindowChunker,
 )
+from cas.chunking.resync import ParentChunks, Resync
 
 
 def main() -> None:
@@ -42,6 +48,9 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=32)
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--ciphers", action="store_true", help="AES ECB and CBC rates first")
+    ap.add_argument(
+        "--resync", action="store_true", help="an edited copy, plain and resynchronised, last"
+    )
     args = ap.parse_args()
     if args.ciphers:
         ciphers()
@@ -78,6 +87,38 @@ def main() -> None:
     print(
         f"window-aes128 chunks: {len(kib)}, mean {statistics.mean(kib):.0f} KiB, "
         f"median {statistics.median(kib):.0f} KiB, min {min(kib):.0f}, max {max(kib):.0f}"
+    )
+    if args.resync:
+        resync(data, key, args.runs)
+
+
+def resync(data: bytes, key: bytes, runs: int) -> None:
+    """CPU time to chunk ``data`` with 1 MiB inserted in its middle and compute each
+    chunk's ID: plainly, and resynchronised with the chunks of ``data``."""
+    chunker = WindowChunker(crypto.chunker_window_key(key), ChunkerParams())
+    ids = functools.partial(crypto.blob_id, key, crypto.BlobType.DATA)
+    mid = len(data) // 2
+    edited = data[:mid] + os.urandom(1 << 20) + data[mid:]
+    before = [(c, ids(c)) for c in chunker.iter_chunks(io.BytesIO(data).read)]
+    parent = ParentChunks([i for _, i in before], [len(c) for c, _ in before])
+    times: dict[str, list[float]] = {"plain": [], "resync": []}
+    for _ in range(runs):
+        t = time.process_time()
+        plain = [(c, ids(c)) for c in chunker.iter_chunks(io.BytesIO(edited).read)]
+        times["plain"].append(time.process_time() - t)
+        t = time.process_time()
+        taking = Resync(chunker, ids, parent)
+        got = list(taking.chunks(io.BytesIO(edited).read))
+        times["resync"].append(time.process_time() - t)
+        if got != plain:
+            raise SystemExit("resync gave other chunks than the plain chunker")
+        del plain, got
+    rate = {name: len(edited) / statistics.median(ts) / 1e9 for name, ts in times.items()}
+    print(
+        f"1 MiB inserted in the middle, chunks and IDs (window-aes128): plain median "
+        f"{rate['plain']:.3f} GB/s, resynchronised {rate['resync']:.3f} GB/s "
+        f"({rate['resync'] / rate['plain']:.2f}x); {taking.taken} chunks taken, "
+        f"{taking.searched} searched, {taking.missed} tried and missed"
     )
 
 
