@@ -28,6 +28,13 @@ from cas.ids import storage_id
 SPOOL_BUFFER = 256 << 10
 
 
+def spool_dir() -> str:
+    """Where open packs spill: ``$TMPDIR``, else /tmp.  Not ``tempfile.gettempdir()``:
+    its first call in a process creates and deletes a probe file there, which a
+    kill -9 in between would leave behind."""
+    return os.environ.get("TMPDIR") or "/tmp"
+
+
 class FinishedPack:
     """A complete pack ready to store: its ID (SHA-256), size, blob entries, and bytes
     (in memory, or in the packer's temporary file until ``read``)."""
@@ -123,14 +130,14 @@ class Packer:
         """Write the buffer to the temporary file (made now if need be) and hash it."""
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="cas-pack-")  # noqa: SIM115 (closed by the pack)
+                self._file = tempfile.TemporaryFile(prefix="cas-pack-", dir=spool_dir())  # noqa: SIM115 (closed by the pack)
             fd = self._file.fileno()
             view = memoryview(self._data)
             while view:
                 view = view[os.pwrite(fd, view, self._spooled + len(self._data) - len(view)) :]
         except OSError as e:
             raise CasError(
-                f"cannot write a temporary pack file in {tempfile.gettempdir()}: {e.strerror}"
+                f"cannot write a temporary pack file in {spool_dir()}: {e.strerror}"
             ) from None
         self._hash.update(self._data)
         self._spooled += len(self._data)
