@@ -806,6 +806,10 @@ def gen_tree() -> dict[str, Any]:
             {"v": 1, "nodes": [dict(base, content=[one], sizes=[0])]},
         ),
         ("file with sizes but no content", {"v": 1, "nodes": [dict(base, sizes=[])]}),
+        (
+            "file with a negative chunk size (the sum still right)",
+            {"v": 1, "nodes": [dict(with_content, sizes=[-1, 6])]},
+        ),
         ("file with subtree", {"v": 1, "nodes": [dict(base, subtree=one)]}),
         ("file with target", {"v": 1, "nodes": [dict(base, target=b"x")]}),
         ("file with rdev", {"v": 1, "nodes": [dict(base, rdev=1)]}),

@@ -759,7 +759,8 @@ def _check_node(n: Any) -> dict[str, Any]:
     require(("content" in n) == ("sizes" in n), "content and sizes")
     if "content" in n:
         require(isinstance(n["content"], list) and all(_is_id(c) for c in n["content"]), "content")
-        require(isinstance(n["sizes"], list) and all(_is_int(s) for s in n["sizes"]), "sizes")
+        require(isinstance(n["sizes"], list), "sizes")
+        require(all(_is_int(s) and s >= 0 for s in n["sizes"]), "sizes")
         require(len(n["content"]) == len(n["sizes"]), "content and sizes lengths")
     _check_type_rules(n)
     return n  # type: ignore[no-any-return]
