@@ -12,7 +12,12 @@ is followed), the nodes, and where each of their blobs is stored.  A
 writer reads and opens those blobs on its own backend and writes the files
 as the restorer does in one process (``Restorer.restore_leaves``), then
 reports what it did.  Each writer has at most ``per_writer`` batches
-waiting, which bounds the directories held open.
+waiting (the restorer holds further ones for it, up to a bound), which
+bounds the directories held open.  Each pack is read by one writer
+(:class:`PackOwners`) and a file goes to the writer of its first blob's
+pack, so a directory's files may go to several writers: a 64 KiB unit
+shared by neighbouring blobs (spec §9.6) is then read once, not once by
+each writer given a batch next to it.
 
 What a writer cannot read (a damaged copy of a blob stored twice, a blob
 missing from its list) comes back to be tried again in the main process,
@@ -49,7 +54,7 @@ from cas.repo.readerspec import ReaderSpec
 from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
-PER_WRITER = 4  # batches in flight per writer process
+PER_WRITER = 16  # batches in flight per writer process
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
 AUTO_START_AFTER = 256
@@ -63,6 +68,41 @@ Item = Node | dict[Any, Any]  # a node, or its map from the tree as it was store
 
 def _name(item: Item) -> Any:
     return item.get("name") if isinstance(item, dict) else item.name
+
+
+class PackOwners:
+    """Which writer reads each pack.
+
+    Blobs stored one after another share 64 KiB read units (spec §9.6): a
+    pack read by one writer has each unit read once, where files handed out
+    by directory had the unit at the boundary of two batches read by both
+    writers.  A backup fills a few packs side by side, each file going to
+    one of them, so a restore meets those packs side by side too: a pack met
+    for the first time goes to the writer with the fewest packs met in the
+    last ``window`` blobs handed out, and the writers share the work evenly.
+    """
+
+    def __init__(self, window: int = 512) -> None:
+        self.window = window
+        self._owner: dict[bytes, int] = {}  # pack ID -> its writer
+        self._recent: dict[bytes, int] = {}  # pack ID -> when last met (packs met lately)
+        self._count = 0  # blobs handed out
+
+    def owner(self, pack_id: bytes, writers: int) -> int:
+        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id``."""
+        self._count += 1
+        self._recent[pack_id] = self._count
+        w = self._owner.get(pack_id)
+        if w is None:
+            since = self._count - self.window
+            self._recent = {p: n for p, n in self._recent.items() if n > since}
+            active = [0] * writers
+            for p in self._recent:
+                o = self._owner.get(p)
+                if o is not None and o < writers:
+                    active[o] += 1
+            w = self._owner[pack_id] = active.index(min(active))
+        return w
 
 
 @dataclass
@@ -129,10 +169,25 @@ class WriterPool:
 
     # -- the restorer's side ------------------------------------------------
 
-    def full(self) -> bool:
-        """Every live writer has its share of batches: wait for an event first."""
-        live = [w for w in self._writers or [] if w.alive]
+    def full(self, writer: int | None = None) -> bool:
+        """Writer number ``writer`` (if alive; else every live writer) has its
+        share of batches: wait for an event first."""
+        writers = self._writers or []
+        if writer is not None and writer < len(writers) and writers[writer].alive:
+            return len(writers[writer].jobs) >= self.per_writer
+        live = [w for w in writers if w.alive]
         return bool(live) and all(len(w.jobs) >= self.per_writer for w in live)
+
+    def size(self) -> int:
+        """Writers started (numbered from 0, alive or not)."""
+        return len(self._writers or [])
+
+    def load(self, writer: int) -> int:
+        """Batches out at writer number ``writer`` (a dead one's go to the others)."""
+        writers = self._writers or []
+        if writer < len(writers) and writers[writer].alive:
+            return len(writers[writer].jobs)
+        return min((len(w.jobs) for w in writers if w.alive), default=0)
 
     def busy(self) -> bool:
         """Batches are out at writers."""
@@ -152,8 +207,10 @@ class WriterPool:
         *,
         fresh: bool,
         clean: bool = False,
+        writer: int | None = None,
     ) -> bool:
-        """Hand a batch to the least busy writer; False if none can take it."""
+        """Hand a batch to writer number ``writer`` (if it is alive; else the least
+        busy writer); False if none can take it."""
         writers = self._start()
         self._next_job += 1
         job = self._next_job
@@ -170,6 +227,8 @@ class WriterPool:
             if not live:
                 return False
             w = min(live, key=lambda w: len(w.jobs))
+            if writer is not None and writer < len(writers) and writers[writer].alive:
+                w = writers[writer]
             try:
                 ipc.send(w.sock, msg, fd)
             except OSError:

@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
 from cas.repo.index import Location
 from cas.restore.blobstream import BUDGET, MAX_REQUEST, BlobStream, PackReader
-from cas.restore.pool import WriterEvent, WriterPool
+from cas.restore.pool import PackOwners, WriterEvent, WriterPool
 from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
@@ -47,6 +48,7 @@ WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
+HELD_MAX = 64  # batches waiting for their writer before the walk waits too
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -183,6 +185,12 @@ class Restorer:
         self._leaves_here = 0
         self._bytes_here = 0
         self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
+        self._owners = PackOwners()
+        # Batches for writers that have their share out: writer -> (directory, files, blobs).
+        self._held: dict[
+            int, deque[tuple[_Dir, list[Node | dict[Any, Any]], dict[bytes, Location]]]
+        ]
+        self._held, self._held_count = {}, 0
 
     # -- walking ------------------------------------------------------------
 
@@ -226,8 +234,11 @@ class Restorer:
                 if child is not None:
                     d.waiting += 1
                     stack.append(child)
-            while pool is not None and pool.busy():
-                self._handle(pool.next_event())
+            while pool is not None and (pool.busy() or self._held_count):
+                if pool.busy():
+                    self._handle(pool.next_event())
+                else:
+                    self._hand_out()
             if pool is not None:
                 self.summary.writers = pool.started
         finally:
@@ -398,22 +409,63 @@ class Restorer:
         d.batch, d.batch_bytes = [], 0
         pool = self._pool
         assert pool is not None and isinstance(self.repo, PackReader)
-        while pool.full():
-            self._handle(pool.next_event())
+        pool.start()
+        # Each file goes to the writer that reads the pack of its first blob
+        # (PackOwners): a unit shared by neighbouring blobs is read once.
+        owners, count = self._owners, pool.size()
+        parts: dict[int, tuple[list[Node | dict[Any, Any]], dict[bytes, Location]]] = {}
         where: dict[bytes, Location] = {}
         locate = self.repo.locate
+        w = -1
         for n in nodes:
             content = n.get("content") if type(n) is dict else n.content  # type: ignore[union-attr]
-            if type(content) is not list:
-                continue  # none, or malformed: the writer says which
-            for b in content:
-                if b not in where and type(b) is bytes:
-                    with contextlib.suppress(CasError):  # the writer reports it missing
-                        where[b] = locate(b)
-        if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh, clean=d.clean):
+            first, mine = -1, []
+            if type(content) is list:  # else none, or malformed: the writer says which
+                for b in content:
+                    if type(b) is bytes:
+                        loc = where.get(b)
+                        if loc is None:
+                            with contextlib.suppress(CasError):  # the writer reports it missing
+                                loc = where[b] = locate(b)
+                        if loc is not None:
+                            mine.append((b, loc))
+                            if first < 0 and count:
+                                first = owners.owner(loc.pack_id, count)
+            if first >= 0:
+                w = first
+            elif w < 0 and count:
+                w = min(range(count), key=pool.load)
+            part = parts.get(w)
+            if part is None:
+                part = parts[w] = ([], {})
+            part[0].append(n)
+            part[1].update(mine)
+        held = self._held
+        for w, (items, located) in parts.items():
+            # A writer with its share of batches out gets this one later (_hand_out):
+            # the others are not kept waiting meanwhile.
+            held.setdefault(w, deque()).append((d, items, located))
+            self._held_count += 1
             d.waiting += 1
-        else:
-            self._here(d, nodes)
+        self._hand_out()
+        while self._held_count > HELD_MAX:
+            self._handle(pool.next_event())
+
+    def _hand_out(self) -> None:
+        """Submit the held batches whose writers can take them, in order."""
+        pool = self._pool
+        if not self._held_count or pool is None:
+            return
+        for w, queue in self._held.items():
+            writer = w if w >= 0 else None
+            while queue and not pool.full(writer):
+                d, items, located = queue.popleft()
+                self._held_count -= 1
+                if not pool.submit(
+                    d, d.fd, d.target, items, located, fresh=d.fresh, clean=d.clean, writer=writer
+                ):
+                    self._here(d, items)
+                    self._release(d)
 
     def _here(self, d: _Dir, items: list[Node | dict[Any, Any]]) -> None:
         """Restore these entries of ``d`` in this process."""
@@ -432,6 +484,11 @@ class Restorer:
 
     def _handle(self, event: WriterEvent) -> None:
         """Take in what a writer process reported."""
+        self._take_in(event)
+        if event.done is not None or event.redo:
+            self._hand_out()  # a writer has room again (or died: to the others)
+
+    def _take_in(self, event: WriterEvent) -> None:
         if event.bytes_done:
             self.report.bytes_done(event.bytes_done)
         if event.aborted is not None:
