@@ -27,12 +27,14 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per batch a
-frame with the directory's descriptor: ``{"j": id, "fresh": bool, "clean": bool, "path":
-shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
-...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
-[[action, name], ...], [warning, ...], [name to retry, ...], requests so far]``
-when a batch is done, ``["x", message]`` when the restore must stop (the disk is full).
+``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per
+batch of N directories N - 1 frames ``["f"]``, each with a directory's descriptor, and a
+frame with the last one's: ``{"j": id, "g": [[fresh, clean, shown path, [node maps]]
+per directory, in the order of the descriptors], "loc": [[blob, pack, offset, length],
+...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
+[[action, name], ...], [warning, ...], [name to retry, ...]] per directory], requests
+so far]`` when a batch is done, ``["x", message]`` when the restore must stop (the disk
+is full).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from cas.repo.readerspec import ReaderSpec
 from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
-PER_WRITER = 16  # batches in flight per writer process
+PER_WRITER = 4  # batches in flight per writer process
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
 AUTO_START_AFTER = 256
@@ -106,6 +108,18 @@ class PackOwners:
 
 
 @dataclass
+class Group:
+    """The files of one directory in a batch for a writer."""
+
+    directory: Any
+    fd: int
+    target: bytes
+    nodes: list[Item]
+    fresh: bool
+    clean: bool
+
+
+@dataclass
 class Finished:
     """A batch a writer finished."""
 
@@ -121,7 +135,7 @@ class WriterEvent:
     """One thing a writer reported: progress, a finished batch, an abort, or its death."""
 
     bytes_done: int = 0
-    done: Finished | None = None
+    done: list[Finished] = field(default_factory=list)  # per directory of the batch
     aborted: str | None = None
     redo: list[tuple[Any, list[Item]]] = field(default_factory=list)
     lost: str | None = None  # a writer died: the warning to show
@@ -133,7 +147,7 @@ class _Writer:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     prefix: bytes
-    jobs: dict[int, tuple[Any, list[Item]]] = field(default_factory=dict)
+    jobs: dict[int, list[tuple[Any, list[Item]]]] = field(default_factory=dict)
     alive: bool = True
     error: str | None = None  # what it said before it died
     requests: dict[str, Any] | None = None  # its backend's requests so far
@@ -198,28 +212,25 @@ class WriterPool:
         return not self._events.empty()
 
     def submit(
-        self,
-        directory: Any,
-        fd: int,
-        target: bytes,
-        nodes: list[Item],
-        where: dict[bytes, Location],
-        *,
-        fresh: bool,
-        clean: bool = False,
-        writer: int | None = None,
+        self, groups: list[Group], where: dict[bytes, Location], *, writer: int | None = None
     ) -> bool:
-        """Hand a batch to writer number ``writer`` (if it is alive; else the least
-        busy writer); False if none can take it."""
+        """Hand a batch (the files of one or more directories) to writer number
+        ``writer`` (if it is alive; else the least busy writer); False if none can
+        take it."""
         writers = self._start()
         self._next_job += 1
         job = self._next_job
         msg = {
             "j": job,
-            "fresh": fresh,
-            "clean": clean,
-            "path": target,
-            "nodes": [n.to_doc() if isinstance(n, Node) else n for n in nodes],
+            "g": [
+                [
+                    g.fresh,
+                    g.clean,
+                    g.target,
+                    [n.to_doc() if isinstance(n, Node) else n for n in g.nodes],
+                ]
+                for g in groups
+            ],
             "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],
         }
         while True:
@@ -230,11 +241,13 @@ class WriterPool:
             if writer is not None and writer < len(writers) and writers[writer].alive:
                 w = writers[writer]
             try:
-                ipc.send(w.sock, msg, fd)
+                for g in groups[:-1]:
+                    ipc.send(w.sock, ["f"], g.fd)
+                ipc.send(w.sock, msg, groups[-1].fd)
             except OSError:
                 w.alive = False  # its reader reports the batches it had
                 continue
-            w.jobs[job] = (directory, nodes)
+            w.jobs[job] = [(g.directory, g.nodes) for g in groups]
             self._in_flight += 1
             return True
 
@@ -251,21 +264,26 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, summary, actions, warnings, retry, requests = msg
+        _, job, results, requests = msg
         if requests:
             w.requests = requests
-        directory, nodes = w.jobs.pop(job)
+        groups = w.jobs.pop(job)
         self._in_flight -= 1
-        again = set(retry)
-        return WriterEvent(
-            done=Finished(
-                directory,
-                summary,
-                [(a, bytes(n)) for a, n in actions],
-                list(warnings),
-                [n for n in nodes if _name(n) in again],
+        done = []
+        for (directory, nodes), (summary, actions, warnings, retry) in zip(
+            groups, results, strict=True
+        ):
+            again = set(retry)
+            done.append(
+                Finished(
+                    directory,
+                    summary,
+                    [(a, bytes(n)) for a, n in actions],
+                    list(warnings),
+                    [n for n in nodes if _name(n) in again],
+                )
             )
-        )
+        return WriterEvent(done=done)
 
     def requests(self) -> dict[str, Any]:
         """Storage requests the writers made (by kind, bytes, estimated cost), summed."""
@@ -351,8 +369,8 @@ class WriterPool:
         if self._closing:
             return WriterEvent()
         how = ipc.ended(w.proc, w.error)
-        redo = list(w.jobs.values())
-        self._in_flight -= len(redo)
+        redo = [group for groups in w.jobs.values() for group in groups]
+        self._in_flight -= len(w.jobs)
         w.jobs.clear()
         return WriterEvent(
             redo=redo,

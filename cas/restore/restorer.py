@@ -37,7 +37,7 @@ from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
 from cas.repo.index import Location
 from cas.restore.blobstream import BUDGET, MAX_REQUEST, BlobStream, PackReader
-from cas.restore.pool import PackOwners, WriterEvent, WriterPool
+from cas.restore.pool import Finished, Group, PackOwners, WriterEvent, WriterPool
 from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
@@ -48,7 +48,8 @@ WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
-HELD_MAX = 64  # batches waiting for their writer before the walk waits too
+HELD_MAX = 64  # directories' files waiting for their writer before the walk waits too
+BATCH_DIRS = 16  # directories in one batch at most (one descriptor each)
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -187,10 +188,10 @@ class Restorer:
         self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
         self._owners = PackOwners()
         # Batches for writers that have their share out: writer -> (directory, files, blobs).
-        self._held: dict[
-            int, deque[tuple[_Dir, list[Node | dict[Any, Any]], dict[bytes, Location]]]
-        ]
-        self._held, self._held_count = {}, 0
+        # Files not yet at their writer: writer -> (one directory's files, their blobs).
+        self._held: dict[int, deque[tuple[Group, dict[bytes, Location]]]] = {}
+        self._held_count = 0  # directories' groups held
+        self._held_files: dict[int, int] = {}  # files held, per writer
 
     # -- walking ------------------------------------------------------------
 
@@ -235,10 +236,9 @@ class Restorer:
                     d.waiting += 1
                     stack.append(child)
             while pool is not None and (pool.busy() or self._held_count):
+                self._hand_out(flush=True)
                 if pool.busy():
                     self._handle(pool.next_event())
-                else:
-                    self._hand_out()
             if pool is not None:
                 self.summary.writers = pool.started
         finally:
@@ -442,30 +442,48 @@ class Restorer:
             part[1].update(mine)
         held = self._held
         for w, (items, located) in parts.items():
-            # A writer with its share of batches out gets this one later (_hand_out):
-            # the others are not kept waiting meanwhile.
-            held.setdefault(w, deque()).append((d, items, located))
+            # Held until a writer has room and enough files (or nothing to do):
+            # the files of several directories go in one batch, the other
+            # writers are not kept waiting meanwhile.
+            group = Group(d, d.fd, d.target, items, d.fresh, d.clean)
+            held.setdefault(w, deque()).append((group, located))
+            self._held_files[w] = self._held_files.get(w, 0) + len(items)
             self._held_count += 1
             d.waiting += 1
         self._hand_out()
-        while self._held_count > HELD_MAX:
-            self._handle(pool.next_event())
+        if self._held_count > HELD_MAX:
+            self._hand_out(flush=True)
+            while self._held_count > HELD_MAX:
+                self._handle(pool.next_event())
 
-    def _hand_out(self) -> None:
-        """Submit the held batches whose writers can take them, in order."""
+    def _hand_out(self, flush: bool = False) -> None:
+        """Submit held files to writers that can take them: a batch as soon as a
+        writer has nothing, else once ``BATCH_FILES`` are held for it (any, with
+        ``flush``)."""
         pool = self._pool
         if not self._held_count or pool is None:
             return
         for w, queue in self._held.items():
             writer = w if w >= 0 else None
-            while queue and not pool.full(writer):
-                d, items, located = queue.popleft()
-                self._held_count -= 1
-                if not pool.submit(
-                    d, d.fd, d.target, items, located, fresh=d.fresh, clean=d.clean, writer=writer
-                ):
-                    self._here(d, items)
-                    self._release(d)
+            while (
+                queue
+                and not pool.full(writer)
+                and (flush or self._held_files[w] >= BATCH_FILES or pool.load(w) < 2)
+            ):
+                groups: list[Group] = []
+                where: dict[bytes, Location] = {}
+                files = 0
+                while queue and files < BATCH_FILES and len(groups) < BATCH_DIRS:
+                    group, located = queue.popleft()
+                    groups.append(group)
+                    where.update(located)
+                    files += len(group.nodes)
+                self._held_files[w] -= files
+                self._held_count -= len(groups)
+                if not pool.submit(groups, where, writer=writer):
+                    for group in groups:
+                        self._here(group.directory, group.nodes)
+                        self._release(group.directory)
 
     def _here(self, d: _Dir, items: list[Node | dict[Any, Any]]) -> None:
         """Restore these entries of ``d`` in this process."""
@@ -485,7 +503,7 @@ class Restorer:
     def _handle(self, event: WriterEvent) -> None:
         """Take in what a writer process reported."""
         self._take_in(event)
-        if event.done is not None or event.redo:
+        if event.done or event.redo:
             self._hand_out()  # a writer has room again (or died: to the others)
 
     def _take_in(self, event: WriterEvent) -> None:
@@ -493,8 +511,7 @@ class Restorer:
             self.report.bytes_done(event.bytes_done)
         if event.aborted is not None:
             raise RestoreAborted(event.aborted)
-        done = event.done
-        if done is None:
+        if not event.done:
             for d, nodes in event.redo:
                 # The writer died with this batch: some of its files may be there
                 # (or its temporary files): compare and replace, as in a used target.
@@ -506,6 +523,11 @@ class Restorer:
             if event.lost:
                 self._warn(event.lost)
             return
+        for done in event.done:
+            self._finished(done)
+
+    def _finished(self, done: Finished) -> None:
+        """Take in a directory's files a writer restored."""
         d = done.directory
         s = self.summary
         for key, value in done.summary.items():
