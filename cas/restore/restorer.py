@@ -48,7 +48,7 @@ WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
-HELD_MAX = 64  # directories' files waiting for their writer before the walk waits too
+HELD_MAX = 256  # directories' files waiting for their writer before the walk waits too
 BATCH_DIRS = 16  # directories in one batch at most (one descriptor each)
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
@@ -191,7 +191,6 @@ class Restorer:
         # Files not yet at their writer: writer -> (one directory's files, their blobs).
         self._held: dict[int, deque[tuple[Group, dict[bytes, Location]]]] = {}
         self._held_count = 0  # directories' groups held
-        self._held_files: dict[int, int] = {}  # files held, per writer
 
     # -- walking ------------------------------------------------------------
 
@@ -236,7 +235,7 @@ class Restorer:
                     d.waiting += 1
                     stack.append(child)
             while pool is not None and (pool.busy() or self._held_count):
-                self._hand_out(flush=True)
+                self._hand_out()
                 if pool.busy():
                     self._handle(pool.next_event())
             if pool is not None:
@@ -442,34 +441,25 @@ class Restorer:
             part[1].update(mine)
         held = self._held
         for w, (items, located) in parts.items():
-            # Held until a writer has room and enough files (or nothing to do):
-            # the files of several directories go in one batch, the other
-            # writers are not kept waiting meanwhile.
+            # Held while the writer has its share of batches out (the others are
+            # not kept waiting meanwhile), then sent with the other files held.
             group = Group(d, d.fd, d.target, items, d.fresh, d.clean)
             held.setdefault(w, deque()).append((group, located))
-            self._held_files[w] = self._held_files.get(w, 0) + len(items)
             self._held_count += 1
             d.waiting += 1
         self._hand_out()
-        if self._held_count > HELD_MAX:
-            self._hand_out(flush=True)
-            while self._held_count > HELD_MAX:
-                self._handle(pool.next_event())
+        while self._held_count > HELD_MAX:
+            self._handle(pool.next_event())
 
-    def _hand_out(self, flush: bool = False) -> None:
-        """Submit held files to writers that can take them: a batch as soon as a
-        writer has nothing, else once ``BATCH_FILES`` are held for it (any, with
-        ``flush``)."""
+    def _hand_out(self) -> None:
+        """Submit held files to the writers that have room, the files of several
+        directories in one batch (those that waited while the writer was busy)."""
         pool = self._pool
         if not self._held_count or pool is None:
             return
         for w, queue in self._held.items():
             writer = w if w >= 0 else None
-            while (
-                queue
-                and not pool.full(writer)
-                and (flush or self._held_files[w] >= BATCH_FILES or pool.load(w) < 2)
-            ):
+            while queue and not pool.full(writer):
                 groups: list[Group] = []
                 where: dict[bytes, Location] = {}
                 files = 0
@@ -478,7 +468,6 @@ class Restorer:
                     groups.append(group)
                     where.update(located)
                     files += len(group.nodes)
-                self._held_files[w] -= files
                 self._held_count -= len(groups)
                 if not pool.submit(groups, where, writer=writer):
                     for group in groups:
