@@ -48,7 +48,7 @@ WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
-HELD_MAX = 256  # directories' files waiting for their writer before the walk waits too
+HELD_MAX = 64  # directories' files waiting for their writer before the walk waits too
 BATCH_DIRS = 16  # directories in one batch at most (one descriptor each)
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
