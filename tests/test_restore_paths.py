@@ -75,11 +75,18 @@ class _Offered:
     def start(self) -> None:
         self.started = 1
 
-    def submit(self, d: Any, fd: int, target: bytes, nodes: list[Any], *a: Any, **k: Any) -> bool:
-        self.offered += [n["name"] if type(n) is dict else n.name for n in nodes]
+    def size(self) -> int:
+        return 0  # no writer process: every pack is "nobody's"
+
+    def load(self, writer: int) -> int:
+        return 0
+
+    def submit(self, groups: list[Any], *a: Any, **k: Any) -> bool:
+        for group in groups:
+            self.offered += [n["name"] if type(n) is dict else n.name for n in group.nodes]
         return False
 
-    def full(self) -> bool:
+    def full(self, writer: int | None = None) -> bool:
         return False
 
     def busy(self) -> bool:

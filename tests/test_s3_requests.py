@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -131,22 +132,17 @@ def test_helper_processes_requests_are_counted(
         assert doc["requests"]["GET"] >= 10  # the data packs were read, by the helpers
 
 
-def test_a_restore_reads_each_unit_of_a_pack_at_most_once(
-    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Blobs of neighbouring files share 64 KiB read units (spec §9.6); a restore takes
-    a unit it read already from the reader's unit cache (cas/repo/unitcache.py) instead
-    of asking for it again, and every range the store sees is still whole units."""
-    env, args = _s3(s3_server, s3_bucket, "units", tmp_path_factory)
-    src = tmp_path / "src"
-    _tree(src, 6, 20, 3000)
-    assert run_cas(*args, "init", env=env).code == 0
-    assert run_cas(*args, "backup", src, "--workers", "0", env=env).code == 0
+def _restore_counting_units(
+    s3_server: str, args: list[str], env: dict[str, str], out: Path, workers: str
+) -> tuple[Counter[tuple[str, int]], dict[str, object]]:
+    """Restore through a counting proxy: how often each 64 KiB unit of a data pack
+    was asked for (every range must be whole units), and the ``--json`` summary."""
     proxy = CountingProxy(s3_server)
     try:
         at_proxy = [*args[:2], "--s3-endpoint", proxy.endpoint, "--s3-path-style"]
-        out = tmp_path / "out"
-        done = run_cas(*at_proxy, "restore", "latest", "-t", out, "--workers", "0", env=env)
+        done = run_cas(
+            *at_proxy, "--json", "restore", "latest", "-t", out, "--workers", workers, env=env
+        )
         assert done.code == 0, done.err
         ranges = [(path, rng) for path, rng in proxy.ranges if "/data/" in path]
     finally:
@@ -158,5 +154,41 @@ def test_a_restore_reads_each_unit_of_a_pack_at_most_once(
         assert first % unit == 0, (path, rng)
         for k in range(first // unit, last // unit + 1):
             seen[(path, k)] += 1
-    assert ranges and max(seen.values()) == 1, [k for k, n in seen.items() if n > 1]
+    assert ranges
+    return seen, json.loads(done.out)
+
+
+def test_a_restore_reads_each_unit_of_a_pack_at_most_once(
+    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Blobs of neighbouring files share 64 KiB read units (spec §9.6); a restore takes
+    a unit it read already from the reader's unit cache (cas/repo/unitcache.py) instead
+    of asking for it again, and every range the store sees is still whole units."""
+    env, args = _s3(s3_server, s3_bucket, "units", tmp_path_factory)
+    src = tmp_path / "src"
+    _tree(src, 6, 20, 3000)
+    assert run_cas(*args, "init", env=env).code == 0
+    assert run_cas(*args, "backup", src, "--workers", "0", env=env).code == 0
+    out = tmp_path / "out"
+    seen, _ = _restore_counting_units(s3_server, args, env, out, "0")
+    assert max(seen.values()) == 1, [k for k, n in seen.items() if n > 1]
+    assert compare_trees(src, out / src.relative_to("/")) == []
+
+
+def test_two_restore_writers_read_each_unit_of_a_pack_at_most_once(
+    s3_server: str, s3_bucket: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With writer processes, the files of consecutive directories share units too;
+    each writer walks its own part of the tree (a lane) and gets that part's files,
+    so a unit is not read by two writers (cas/restore/restorer.py, spec §15)."""
+    env, args = _s3(s3_server, s3_bucket, "units2", tmp_path_factory)
+    src = tmp_path / "src"
+    for top in ("a", "b", "c"):
+        _tree(src / top, 5, 12, 2000)
+    assert run_cas(*args, "init", env=env).code == 0
+    assert run_cas(*args, "backup", src, "--workers", "0", env=env).code == 0
+    out = tmp_path / "out"
+    seen, doc = _restore_counting_units(s3_server, args, env, out, "2")
+    assert doc["summary"]["writers"] == 2, doc["summary"]  # type: ignore[index]
+    assert max(seen.values()) == 1, [k for k, n in seen.items() if n > 1]
     assert compare_trees(src, out / src.relative_to("/")) == []

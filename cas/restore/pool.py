@@ -12,7 +12,12 @@ is followed), the nodes, and where each of their blobs is stored.  A
 writer reads and opens those blobs on its own backend and writes the files
 as the restorer does in one process (``Restorer.restore_leaves``), then
 reports what it did.  Each writer has at most ``per_writer`` batches
-waiting, which bounds the directories held open.
+waiting (the restorer holds further ones for it, up to a bound), which
+bounds the directories held open.  Each pack is read by one writer
+(:class:`PackOwners`) and a file goes to the writer of its first blob's
+pack, so a directory's files may go to several writers: a 64 KiB unit
+shared by neighbouring blobs (spec §9.6) is then read once, not once by
+each writer given a batch next to it.
 
 What a writer cannot read (a damaged copy of a blob stored twice, a blob
 missing from its list) comes back to be tried again in the main process,
@@ -22,12 +27,14 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per batch a
-frame with the directory's descriptor: ``{"j": id, "fresh": bool, "clean": bool, "path":
-shown path, "nodes": [node maps], "loc": [[blob, pack, offset, length],
-...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, summary,
-[[action, name], ...], [warning, ...], [name to retry, ...], requests so far]``
-when a batch is done, ``["x", message]`` when the restore must stop (the disk is full).
+``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per
+batch of N directories N - 1 frames ``["f"]``, each with a directory's descriptor, and a
+frame with the last one's: ``{"j": id, "g": [[fresh, clean, shown path, [node maps]]
+per directory, in the order of the descriptors], "loc": [[blob, pack, offset, length],
+...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
+[[action, name], ...], [warning, ...], [name to retry, ...]] per directory], requests
+so far]`` when a batch is done, ``["x", message]`` when the restore must stop (the disk
+is full).
 """
 
 from __future__ import annotations
@@ -65,6 +72,53 @@ def _name(item: Item) -> Any:
     return item.get("name") if isinstance(item, dict) else item.name
 
 
+class PackOwners:
+    """Which writer reads each pack.
+
+    Blobs stored one after another share 64 KiB read units (spec §9.6): a
+    pack read by one writer has each unit read once, where files handed out
+    by directory had the unit at the boundary of two batches read by both
+    writers.  A backup fills a few packs side by side, each file going to
+    one of them, so a restore meets those packs side by side too: a pack met
+    for the first time goes to the writer with the fewest packs met in the
+    last ``window`` blobs handed out, and the writers share the work evenly.
+    """
+
+    def __init__(self, window: int = 512) -> None:
+        self.window = window
+        self._owner: dict[bytes, int] = {}  # pack ID -> its writer
+        self._recent: dict[bytes, int] = {}  # pack ID -> when last met (packs met lately)
+        self._count = 0  # blobs handed out
+
+    def owner(self, pack_id: bytes, writers: int) -> int:
+        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id``."""
+        self._count += 1
+        self._recent[pack_id] = self._count
+        w = self._owner.get(pack_id)
+        if w is None:
+            since = self._count - self.window
+            self._recent = {p: n for p, n in self._recent.items() if n > since}
+            active = [0] * writers
+            for p in self._recent:
+                o = self._owner.get(p)
+                if o is not None and o < writers:
+                    active[o] += 1
+            w = self._owner[pack_id] = active.index(min(active))
+        return w
+
+
+@dataclass
+class Group:
+    """The files of one directory in a batch for a writer."""
+
+    directory: Any
+    fd: int
+    target: bytes
+    nodes: list[Item]
+    fresh: bool
+    clean: bool
+
+
 @dataclass
 class Finished:
     """A batch a writer finished."""
@@ -81,7 +135,7 @@ class WriterEvent:
     """One thing a writer reported: progress, a finished batch, an abort, or its death."""
 
     bytes_done: int = 0
-    done: Finished | None = None
+    done: list[Finished] = field(default_factory=list)  # per directory of the batch
     aborted: str | None = None
     redo: list[tuple[Any, list[Item]]] = field(default_factory=list)
     lost: str | None = None  # a writer died: the warning to show
@@ -93,7 +147,7 @@ class _Writer:
     proc: subprocess.Popen[bytes]
     sock: socket.socket
     prefix: bytes
-    jobs: dict[int, tuple[Any, list[Item]]] = field(default_factory=dict)
+    jobs: dict[int, list[tuple[Any, list[Item]]]] = field(default_factory=dict)
     alive: bool = True
     error: str | None = None  # what it said before it died
     requests: dict[str, Any] | None = None  # its backend's requests so far
@@ -129,10 +183,25 @@ class WriterPool:
 
     # -- the restorer's side ------------------------------------------------
 
-    def full(self) -> bool:
-        """Every live writer has its share of batches: wait for an event first."""
-        live = [w for w in self._writers or [] if w.alive]
+    def full(self, writer: int | None = None) -> bool:
+        """Writer number ``writer`` (if alive; else every live writer) has its
+        share of batches: wait for an event first."""
+        writers = self._writers or []
+        if writer is not None and writer < len(writers) and writers[writer].alive:
+            return len(writers[writer].jobs) >= self.per_writer
+        live = [w for w in writers if w.alive]
         return bool(live) and all(len(w.jobs) >= self.per_writer for w in live)
+
+    def size(self) -> int:
+        """Writers started (numbered from 0, alive or not)."""
+        return len(self._writers or [])
+
+    def load(self, writer: int) -> int:
+        """Batches out at writer number ``writer`` (a dead one's go to the others)."""
+        writers = self._writers or []
+        if writer < len(writers) and writers[writer].alive:
+            return len(writers[writer].jobs)
+        return min((len(w.jobs) for w in writers if w.alive), default=0)
 
     def busy(self) -> bool:
         """Batches are out at writers."""
@@ -143,26 +212,25 @@ class WriterPool:
         return not self._events.empty()
 
     def submit(
-        self,
-        directory: Any,
-        fd: int,
-        target: bytes,
-        nodes: list[Item],
-        where: dict[bytes, Location],
-        *,
-        fresh: bool,
-        clean: bool = False,
+        self, groups: list[Group], where: dict[bytes, Location], *, writer: int | None = None
     ) -> bool:
-        """Hand a batch to the least busy writer; False if none can take it."""
+        """Hand a batch (the files of one or more directories) to writer number
+        ``writer`` (if it is alive; else the least busy writer); False if none can
+        take it."""
         writers = self._start()
         self._next_job += 1
         job = self._next_job
         msg = {
             "j": job,
-            "fresh": fresh,
-            "clean": clean,
-            "path": target,
-            "nodes": [n.to_doc() if isinstance(n, Node) else n for n in nodes],
+            "g": [
+                [
+                    g.fresh,
+                    g.clean,
+                    g.target,
+                    [n.to_doc() if isinstance(n, Node) else n for n in g.nodes],
+                ]
+                for g in groups
+            ],
             "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],
         }
         while True:
@@ -170,12 +238,16 @@ class WriterPool:
             if not live:
                 return False
             w = min(live, key=lambda w: len(w.jobs))
+            if writer is not None and writer < len(writers) and writers[writer].alive:
+                w = writers[writer]
             try:
-                ipc.send(w.sock, msg, fd)
+                for g in groups[:-1]:
+                    ipc.send(w.sock, ["f"], g.fd)
+                ipc.send(w.sock, msg, groups[-1].fd)
             except OSError:
                 w.alive = False  # its reader reports the batches it had
                 continue
-            w.jobs[job] = (directory, nodes)
+            w.jobs[job] = [(g.directory, g.nodes) for g in groups]
             self._in_flight += 1
             return True
 
@@ -192,21 +264,26 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, summary, actions, warnings, retry, requests = msg
+        _, job, results, requests = msg
         if requests:
             w.requests = requests
-        directory, nodes = w.jobs.pop(job)
+        groups = w.jobs.pop(job)
         self._in_flight -= 1
-        again = set(retry)
-        return WriterEvent(
-            done=Finished(
-                directory,
-                summary,
-                [(a, bytes(n)) for a, n in actions],
-                list(warnings),
-                [n for n in nodes if _name(n) in again],
+        done = []
+        for (directory, nodes), (summary, actions, warnings, retry) in zip(
+            groups, results, strict=True
+        ):
+            again = set(retry)
+            done.append(
+                Finished(
+                    directory,
+                    summary,
+                    [(a, bytes(n)) for a, n in actions],
+                    list(warnings),
+                    [n for n in nodes if _name(n) in again],
+                )
             )
-        )
+        return WriterEvent(done=done)
 
     def requests(self) -> dict[str, Any]:
         """Storage requests the writers made (by kind, bytes, estimated cost), summed."""
@@ -292,8 +369,8 @@ class WriterPool:
         if self._closing:
             return WriterEvent()
         how = ipc.ended(w.proc, w.error)
-        redo = list(w.jobs.values())
-        self._in_flight -= len(redo)
+        redo = [group for groups in w.jobs.values() for group in groups]
+        self._in_flight -= len(w.jobs)
         w.jobs.clear()
         return WriterEvent(
             redo=redo,

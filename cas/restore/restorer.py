@@ -24,6 +24,7 @@ import contextlib
 import errno
 import os
 import stat
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from cas.fs.patterns import PatternSet
 from cas.protocols import BlobReader, Digest
 from cas.repo.index import Location
 from cas.restore.blobstream import BUDGET, MAX_REQUEST, BlobStream, PackReader
-from cas.restore.pool import WriterEvent, WriterPool
+from cas.restore.pool import Finished, Group, PackOwners, WriterEvent, WriterPool
 from cas.walker import load_tree
 
 SPARSE_BLOCK = 4096
@@ -47,6 +48,8 @@ WRITERS_AFTER_FILE_BYTES = 256 << 10
 # A batch handed to a writer process: up to this many files or bytes of one directory.
 BATCH_FILES = 64
 BATCH_BYTES = 16 << 20
+HELD_MAX = 64  # directories' files waiting for their writer before the walk waits too
+BATCH_DIRS = 16  # directories in one batch at most (one descriptor each)
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
 # Flags that stop changes to an inode: set last, cleared before changing an existing entry.
@@ -183,6 +186,11 @@ class Restorer:
         self._leaves_here = 0
         self._bytes_here = 0
         self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
+        self._owners = PackOwners()
+        # Batches for writers that have their share out: writer -> (directory, files, blobs).
+        # Files not yet at their writer: writer -> (one directory's files, their blobs).
+        self._held: dict[int, deque[tuple[Group, dict[bytes, Location]]]] = {}
+        self._held_count = 0  # directories' groups held
 
     # -- walking ------------------------------------------------------------
 
@@ -226,8 +234,10 @@ class Restorer:
                 if child is not None:
                     d.waiting += 1
                     stack.append(child)
-            while pool is not None and pool.busy():
-                self._handle(pool.next_event())
+            while pool is not None and (pool.busy() or self._held_count):
+                self._hand_out()
+                if pool.busy():
+                    self._handle(pool.next_event())
             if pool is not None:
                 self.summary.writers = pool.started
         finally:
@@ -398,22 +408,71 @@ class Restorer:
         d.batch, d.batch_bytes = [], 0
         pool = self._pool
         assert pool is not None and isinstance(self.repo, PackReader)
-        while pool.full():
-            self._handle(pool.next_event())
+        pool.start()
+        # Each file goes to the writer that reads the pack of its first blob
+        # (PackOwners): a unit shared by neighbouring blobs is read once.
+        owners, count = self._owners, pool.size()
+        parts: dict[int, tuple[list[Node | dict[Any, Any]], dict[bytes, Location]]] = {}
         where: dict[bytes, Location] = {}
         locate = self.repo.locate
+        w = -1
         for n in nodes:
             content = n.get("content") if type(n) is dict else n.content  # type: ignore[union-attr]
-            if type(content) is not list:
-                continue  # none, or malformed: the writer says which
-            for b in content:
-                if b not in where and type(b) is bytes:
-                    with contextlib.suppress(CasError):  # the writer reports it missing
-                        where[b] = locate(b)
-        if pool.submit(d, d.fd, d.target, nodes, where, fresh=d.fresh, clean=d.clean):
+            first, mine = -1, []
+            if type(content) is list:  # else none, or malformed: the writer says which
+                for b in content:
+                    if type(b) is bytes:
+                        loc = where.get(b)
+                        if loc is None:
+                            with contextlib.suppress(CasError):  # the writer reports it missing
+                                loc = where[b] = locate(b)
+                        if loc is not None:
+                            mine.append((b, loc))
+                            if first < 0 and count:
+                                first = owners.owner(loc.pack_id, count)
+            if first >= 0:
+                w = first
+            elif w < 0 and count:
+                w = min(range(count), key=pool.load)
+            part = parts.get(w)
+            if part is None:
+                part = parts[w] = ([], {})
+            part[0].append(n)
+            part[1].update(mine)
+        held = self._held
+        for w, (items, located) in parts.items():
+            # Held while the writer has its share of batches out (the others are
+            # not kept waiting meanwhile), then sent with the other files held.
+            group = Group(d, d.fd, d.target, items, d.fresh, d.clean)
+            held.setdefault(w, deque()).append((group, located))
+            self._held_count += 1
             d.waiting += 1
-        else:
-            self._here(d, nodes)
+        self._hand_out()
+        while self._held_count > HELD_MAX:
+            self._handle(pool.next_event())
+
+    def _hand_out(self) -> None:
+        """Submit held files to the writers that have room, the files of several
+        directories in one batch (those that waited while the writer was busy)."""
+        pool = self._pool
+        if not self._held_count or pool is None:
+            return
+        for w, queue in self._held.items():
+            writer = w if w >= 0 else None
+            while queue and not pool.full(writer):
+                groups: list[Group] = []
+                where: dict[bytes, Location] = {}
+                files = 0
+                while queue and files < BATCH_FILES and len(groups) < BATCH_DIRS:
+                    group, located = queue.popleft()
+                    groups.append(group)
+                    where.update(located)
+                    files += len(group.nodes)
+                self._held_count -= len(groups)
+                if not pool.submit(groups, where, writer=writer):
+                    for group in groups:
+                        self._here(group.directory, group.nodes)
+                        self._release(group.directory)
 
     def _here(self, d: _Dir, items: list[Node | dict[Any, Any]]) -> None:
         """Restore these entries of ``d`` in this process."""
@@ -432,12 +491,16 @@ class Restorer:
 
     def _handle(self, event: WriterEvent) -> None:
         """Take in what a writer process reported."""
+        self._take_in(event)
+        if event.done or event.redo:
+            self._hand_out()  # a writer has room again (or died: to the others)
+
+    def _take_in(self, event: WriterEvent) -> None:
         if event.bytes_done:
             self.report.bytes_done(event.bytes_done)
         if event.aborted is not None:
             raise RestoreAborted(event.aborted)
-        done = event.done
-        if done is None:
+        if not event.done:
             for d, nodes in event.redo:
                 # The writer died with this batch: some of its files may be there
                 # (or its temporary files): compare and replace, as in a used target.
@@ -449,6 +512,11 @@ class Restorer:
             if event.lost:
                 self._warn(event.lost)
             return
+        for done in event.done:
+            self._finished(done)
+
+    def _finished(self, done: Finished) -> None:
+        """Take in a directory's files a writer restored."""
         d = done.directory
         s = self.summary
         for key, value in done.summary.items():

@@ -62,31 +62,50 @@ class _WriterRestorer(Restorer):
 
 
 @dataclass
-class _Batch:
-    job: int
+class _Group:
+    """The files of one directory in a batch."""
+
     fd: int
     fresh: bool
     clean: bool
     path: bytes
     nodes: list[Node]
-    blobs: list[bytes]
     bad: list[tuple[bytes, str]]  # node maps that are not valid nodes: (name, why)
 
 
+@dataclass
+class _Batch:
+    job: int
+    groups: list[_Group]
+    blobs: list[bytes]
+
+
 def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
-    msg, fd = ipc.recv_with_fd(sock)
-    blobs = []
-    for blob_id, pack_id, offset, length in msg["loc"]:
-        reader.add(bytes(blob_id), bytes(pack_id), offset, length)
-        blobs.append(bytes(blob_id))
-    nodes, bad = [], []
-    for doc in msg["nodes"]:
-        try:  # validated here, not in the main process (it only read the names)
-            nodes.append(Node.from_doc(doc))
-        except FormatError as e:
-            bad.append((doc["name"], str(e)))
-    fresh, clean, path = bool(msg["fresh"]), bool(msg["clean"]), bytes(msg["path"])
-    return _Batch(msg["j"], fd, fresh, clean, path, nodes, blobs, bad)
+    fds: list[int] = []
+    try:
+        while True:  # the descriptors of all but the last directory come first, alone
+            msg, fd = ipc.recv_with_fd(sock)
+            fds.append(fd)
+            if isinstance(msg, dict):
+                break
+        blobs = []
+        for blob_id, pack_id, offset, length in msg["loc"]:
+            reader.add(bytes(blob_id), bytes(pack_id), offset, length)
+            blobs.append(bytes(blob_id))
+        groups = []
+        for fd, (fresh, clean, path, docs) in zip(fds, msg["g"], strict=True):
+            nodes, bad = [], []
+            for doc in docs:
+                try:  # validated here, not in the main process (it only read the names)
+                    nodes.append(Node.from_doc(doc))
+                except FormatError as e:
+                    bad.append((doc["name"], str(e)))
+            groups.append(_Group(fd, bool(fresh), bool(clean), bytes(path), nodes, bad))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return _Batch(msg["j"], groups, blobs)
 
 
 def _serve(sock: socket.socket) -> None:
@@ -112,29 +131,33 @@ def _serve(sock: socket.socket) -> None:
             # Take every batch already sent, so their blobs load while this one is written.
             while not pending or waiting.poll(0):
                 batch = _receive(sock, reader)
-                restorer.plan_ahead(batch.nodes)
+                restorer.plan_ahead([n for g in batch.groups for n in g.nodes])
                 pending.append(batch)
             batch = pending.popleft()
-            restorer.retry = []
-            collector.actions, collector.warnings = [], []
+            results = []
             try:
-                summary = restorer.restore_leaves(
-                    batch.fd, batch.path, batch.nodes, fresh=batch.fresh, clean=batch.clean
-                )
-                for name, why in batch.bad:
-                    restorer.fail(batch.path + b"/" + name, f"cannot read its tree: {why}")
+                for g in batch.groups:
+                    restorer.retry = []
+                    collector.actions, collector.warnings = [], []
+                    summary = restorer.restore_leaves(
+                        g.fd, g.path, g.nodes, fresh=g.fresh, clean=g.clean
+                    )
+                    for name, why in g.bad:
+                        restorer.fail(g.path + b"/" + name, f"cannot read its tree: {why}")
+                    report = [collector.actions, collector.warnings, restorer.retry]
+                    results.append([summary.as_dict(), *report])
             except RestoreAborted as e:
                 ipc.send(sock, ["x", e.fields["detail"]])
                 return
             finally:
-                os.close(batch.fd)
+                for g in batch.groups:
+                    os.close(g.fd)
                 reader.forget(batch.blobs)
             if collector.unreported:
                 ipc.send(sock, ["p", collector.unreported])
                 collector.unreported = 0
             requests = request_summary(reader.backend)  # so far, for the cost report
-            report = [collector.actions, collector.warnings, restorer.retry, requests]
-            ipc.send(sock, ["d", batch.job, summary.as_dict(), *report])
+            ipc.send(sock, ["d", batch.job, results, requests])
     finally:
         restorer.close()
         reader.close()
