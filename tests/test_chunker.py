@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas.chunking import chunker as chunker_mod
-from cas.chunking.chunker import Chunker, ChunkerParams
+from cas.chunking.chunker import Chunker, ChunkerParams, StreamChunker, WindowChunker
 
 PARAMS = [
     ChunkerParams(64, 256, 1024),
@@ -33,17 +33,31 @@ def whole_stream_ends(data: bytes, perm: bytes, p: ChunkerParams) -> list[int]:
     ]
 
 
-def streamed_ends(chunker: Chunker, data: bytes, rng: random.Random, most: int) -> list[int]:
-    pos = 0
+class ShortReads:
+    """``read(n)``, and ``readinto(view)`` when ``into``, returning at most a random
+    ``most`` bytes a call (the chunker reads into its own buffer then)."""
 
-    def read(n: int) -> bytes:
-        nonlocal pos
-        out = data[pos : pos + min(n, rng.randrange(1, most + 1))]
-        pos += len(out)
+    def __init__(self, data: bytes, rng: random.Random, most: int, into: bool) -> None:
+        self.data, self.rng, self.most, self.pos = data, rng, most, 0
+        if into:
+            self.readinto = self._readinto
+
+    def __call__(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + min(n, self.rng.randrange(1, self.most + 1))]
+        self.pos += len(out)
         return out
 
+    def _readinto(self, view: memoryview) -> int:
+        out = self(len(view))
+        view[: len(out)] = out
+        return len(out)
+
+
+def streamed_ends(
+    chunker: StreamChunker, data: bytes, rng: random.Random, most: int, into: bool = False
+) -> list[int]:
     ends, total, chunks = [], 0, []
-    for chunk in chunker.iter_chunks(read):
+    for chunk in chunker.iter_chunks(ShortReads(data, rng, most, into)):
         assert chunk and isinstance(chunk, bytes)
         total += len(chunk)
         ends.append(total)
@@ -77,6 +91,12 @@ def test_streamed_cuts_equal_whole_stream_cuts(
         assert streamed_ends(chunker, data, rng, most) == expected
         # The chunker keeps scratch space between streams: a second stream is cut the same.
         assert streamed_ends(chunker, data, rng, most) == expected
+        # Read into the chunker's buffer (kept between streams, holding the last
+        # stream's bytes after this one's): the same cuts.
+        assert streamed_ends(chunker, data, rng, most, into=True) == expected
+        assert streamed_ends(chunker, data[: size // 3], rng, most, into=True) == (
+            whole_stream_ends(data[: size // 3], perm, params)
+        )
     finally:
         chunker_mod.WINDOW = old
 
@@ -107,3 +127,26 @@ def _ends(chunks: list[bytes]) -> list[int]:
         total += len(c)
         ends.append(total)
     return ends
+
+
+def test_reading_into_the_buffer_cuts_as_reading_bytes_for_both_chunkers() -> None:
+    """Both algorithms, streams longer than the buffer (its tail carried to the
+    front), each after a longer different one left its bytes in the buffer, and
+    two streams interleaved (the second takes a buffer of its own)."""
+    rng = random.Random(11)
+    params = ChunkerParams(256, 1024, 4096)
+    streams = [rng.randbytes(n) for n in (60_000, 33_333, 9_000, 100, 0)]
+    for make in (
+        lambda: Chunker(bytes(rng.sample(range(256), 256)), params),
+        lambda: WindowChunker(rng.randbytes(16), params),
+    ):
+        chunker = make()
+        want = [streamed_ends(chunker, d, rng, 1 << 20) for d in streams]
+        for most in (1 << 20, 777):
+            assert [streamed_ends(chunker, d, rng, most, into=True) for d in streams] == want
+        ia = chunker.iter_chunks(ShortReads(streams[0], rng, 5000, True))
+        ib = chunker.iter_chunks(ShortReads(streams[1], rng, 5000, True))
+        got_a, got_b = [next(ia)], [next(ib)]
+        got_a.extend(ia)
+        got_b.extend(ib)
+        assert (_ends(got_a), _ends(got_b)) == (want[0], want[1])

@@ -754,7 +754,7 @@ class Archiver:
         try:
             total = self._save_offloaded(fd, node, st, parent)
             if total is None:
-                total = self.save_content(node, reader.read, parent)
+                total = self.save_content(node, reader, parent)
             after = os.fstat(fd)
         except OSError as e:
             if e.errno == errno.ENOSPC:
@@ -843,7 +843,8 @@ class Archiver:
 
 
 class SourceReader:
-    """``read(n)`` over an open regular file that skips the holes of sparse files.
+    """``read(n)`` (and ``readinto``) over an open regular file that skips the
+    holes of sparse files.
 
     Holes found with SEEK_DATA/SEEK_HOLE come back as zeros without a read,
     so the content (and every chunk and digest) is the same as reading the
@@ -867,25 +868,51 @@ class SourceReader:
         """Up to ``n`` bytes from the current position; b"" at the end of the file."""
         if self._ended:
             return b""
+        hole, n = self._next(n)
+        if hole:
+            return bytes(n)
+        data = os.pread(self.fd, n, self.pos)
+        self._done(len(data), n)
+        return data
+
+    __call__ = read  # a ``read(n)`` for those that wrap it (cas/chunking/chunker.py)
+
+    def readinto(self, view: memoryview) -> int:
+        """``read`` into the front of ``view`` (no bytes object); the bytes put
+        there, 0 at the end of the file (the chunker's own buffer, iter_chunks)."""
+        if self._ended:
+            return 0
+        hole, n = self._next(len(view))
+        if hole:
+            view[:n] = bytes(n)
+            return n
+        got = os.preadv(self.fd, [view[:n]], self.pos)
+        self._done(got, n)
+        return got
+
+    def _next(self, n: int) -> tuple[bool, int]:
+        """(True, m): the next ``m`` bytes, at most ``n``, are a hole, now skipped;
+        (False, m): read ``m`` bytes at ``pos`` next."""
         while self._sparse and self.pos < self.size:
             if self.pos < self._hole_end:
                 m = min(n, self._hole_end - self.pos)
                 self.pos += m
-                return bytes(m)
+                return True, m
             if self.pos < self._data_end:
                 n = min(n, self._data_end - self.pos)
                 break
             self._probe()
         # Ask for what the file holds (plus a little, to see it grow or end):
         # pread allocates the full request first, 16 MiB for a 1 KiB file.
-        n = min(n, max(self.size - self.pos, 0) + 4096)
-        data = os.pread(self.fd, n, self.pos)
-        self.pos += len(data)
-        self.bytes_read += len(data)
+        return False, min(n, max(self.size - self.pos, 0) + 4096)
+
+    def _done(self, got: int, n: int) -> None:
+        """``got`` of the ``n`` bytes asked for at ``pos`` were read."""
+        self.pos += got
+        self.bytes_read += got
         # A regular file reads short only at its end.  Below the size seen at
         # the start (it shrank, or an odd filesystem) the next pread confirms it.
-        self._ended = len(data) < n and self.pos >= self.size
-        return data
+        self._ended = got < n and self.pos >= self.size
 
     def _probe(self) -> None:
         """Find whether a hole or data starts at ``pos``, and where it ends."""

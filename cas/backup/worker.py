@@ -254,7 +254,7 @@ class _Worker:
         digest = self.keys.file_digest()
         size = 0
         try:
-            for chunk, blob_id in chunk_ids(self.chunker, self.data_id, reader.read, parent):
+            for chunk, blob_id in chunk_ids(self.chunker, self.data_id, reader, parent):
                 digest.update(chunk)
                 r.content.append(blob_id)
                 r.sizes.append(len(chunk))

@@ -103,6 +103,8 @@ class StreamChunker(ABC):
         # Scratch buffers for the search, kept between streams (a fresh
         # 8.5 MiB buffer per file would cost more than chunking a small file).
         self._scratch: list[bytearray] = []
+        # The stream buffer of readers with ``readinto`` (iter_chunks), likewise.
+        self._buffers: list[bytearray] = []
 
     @abstractmethod
     def _new_scratch(self) -> bytearray: ...
@@ -126,13 +128,70 @@ class StreamChunker(ABC):
 
         ``guess(buf, start, left, eof)``, if given, is asked first at each chunk
         start (``left`` bytes from ``start`` are in ``buf``, at least ``max_size``
-        unless ``eof``): a length it returns is taken as the chunk without a
-        search, 0 searches as usual (cas/chunking/resync.py guesses only lengths
-        the search would give, spec §7.7).
+        unless ``eof``; ``buf`` may hold more bytes after them, not of this
+        stream): a length it returns is taken as the chunk without a search, 0
+        searches as usual (cas/chunking/resync.py guesses only lengths the search
+        would give, spec §7.7).
 
         Neither search looks at the first ``min_size`` bytes of a chunk (but
         for the window before the first possible cut) nor past its cut: about
         half of the input at the default sizes.
+
+        A ``read`` that also has ``readinto(view) -> int`` (bytes put at the
+        front of ``view``, 0 at the end: cas/backup/archiver.py SourceReader,
+        the chunk helper's file reader) is read into one buffer of
+        ``buffer_size`` bytes kept by the chunker between streams: no bytes
+        object per read, no copy into the buffer, no fresh pages per file; the
+        tail of a long stream is moved to its front when more is needed.  Each
+        chunk is then copied out once, as bytes the caller may keep.
+        """
+        readinto = getattr(read, "readinto", None)
+        if readinto is not None:
+            return self._chunks_into(readinto, guess)
+        return self._chunks_read(read, guess)
+
+    def _chunks_into(
+        self, readinto: Callable[[memoryview], int], guess: Guess | None
+    ) -> Iterator[bytes]:
+        """``iter_chunks`` over ``readinto``, in the chunker's reusable buffer."""
+        p = self.params
+        buf = self._buffers.pop() if self._buffers else bytearray(self.buffer_size)
+        view = memoryview(buf)  # the bytearray is never resized: views stay valid
+        scratch: bytearray | None = None
+        try:
+            start = 0
+            end, eof = _fill_into(readinto, view, 0)
+            while True:
+                if not eof and end - start < p.max_size:
+                    if start:  # the carried tail, to the front (memoryview: memmove)
+                        view[: end - start] = view[start:end]
+                        end, start = end - start, 0
+                    end, eof = _fill_into(readinto, view, end)
+                left = end - start
+                if guess is not None and left and (n := guess(buf, start, left, eof)):
+                    yield bytes(view[start : start + n])
+                    start += n
+                    continue
+                if eof and left <= p.min_size:
+                    if left:
+                        yield bytes(view[start:end])
+                    return
+                if scratch is None:
+                    scratch = self._scratch.pop() if self._scratch else self._new_scratch()
+                cut = self._cut(buf, start, min(left, p.max_size), scratch)
+                yield bytes(view[start : start + cut])
+                start += cut
+        finally:
+            view.release()
+            # One of each kept, at most (as below): an abandoned stream gives its
+            # buffer back only when collected, the next one took a fresh buffer.
+            if not self._buffers:
+                self._buffers.append(buf)
+            if scratch is not None and not self._scratch:
+                self._scratch.append(scratch)
+
+    def _chunks_read(self, read: Callable[[int], bytes], guess: Guess | None) -> Iterator[bytes]:
+        """``iter_chunks`` over ``read(n) -> bytes`` (stdin, tests, wrapped readers).
 
         A stream that fits in one buffer (almost every file) is read into one
         bytes object and cut from it.  A longer one continues in a bytearray:
@@ -341,6 +400,21 @@ def _piece(buf: bytes | bytearray, start: int, n: int) -> bytes:
         return buf if start == 0 and n == len(buf) else buf[start : start + n]
     with memoryview(buf) as view, view[start : start + n] as part:
         return bytes(part)
+
+
+def _fill_into(
+    readinto: Callable[[memoryview], int], view: memoryview, end: int
+) -> tuple[int, bool]:
+    """Read into ``view`` from ``end`` until it is full; the new end, and whether
+    the stream ended."""
+    size = len(view)
+    while end < size:
+        with view[end:] as free:
+            got = readinto(free)
+        if not got:
+            return end, True
+        end += got
+    return end, False
 
 
 def _reader(data: bytes) -> Callable[[int], bytes]:

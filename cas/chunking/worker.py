@@ -141,6 +141,25 @@ class ChunkWorker:
 # -- the helper process ----------------------------------------------------------
 
 
+class _FileReader:
+    """``read(n)`` and ``readinto(view)`` from the start of an open file (the
+    chunker reads into its own buffer, cas/chunking/chunker.py iter_chunks)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        data = os.pread(self.fd, n, self.pos)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, view: memoryview) -> int:
+        got = os.preadv(self.fd, [view], self.pos)
+        self.pos += got
+        return got
+
+
 def _chunk_file(
     sock: socket.socket,
     chunker: StreamChunker,
@@ -148,14 +167,7 @@ def _chunk_file(
     fd: int,
     parent: ParentChunks | None,
 ) -> None:
-    pos = 0
-
-    def read(n: int) -> bytes:
-        nonlocal pos
-        data = os.pread(fd, n, pos)
-        pos += len(data)
-        return data
-
+    read = _FileReader(fd)
     digest = key.file_digest()
     batch: list[list[Any]] = []
     try:
@@ -171,7 +183,7 @@ def _chunk_file(
         return
     if batch:
         _send(sock, ["c", batch])
-    _send(sock, ["e", digest.digest(), pos])
+    _send(sock, ["e", digest.digest(), read.pos])
 
 
 def _serve(sock: socket.socket) -> None:
