@@ -116,7 +116,7 @@ class StreamChunker(ABC):
     def cut_points(self, data: bytes) -> list[int]:
         """End offsets of the chunks of ``data`` taken as a whole stream."""
         ends, pos = [], 0
-        for chunk in self.iter_chunks(_reader(data)):
+        for chunk in self.iter_chunks(_BytesSource(data)):
             pos += len(chunk)
             ends.append(pos)
         return ends
@@ -417,13 +417,21 @@ def _fill_into(
     return end, False
 
 
-def _reader(data: bytes) -> Callable[[int], bytes]:
-    pos = 0
+class _BytesSource:
+    """``read(n)`` and ``readinto(view)`` over ``data`` (``cut_points``: the
+    chunker's own buffer, as a file's backup reads it)."""
 
-    def read(n: int) -> bytes:
-        nonlocal pos
-        out = data[pos : pos + n]
-        pos += len(out)
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = bytes(self._view[self._pos : self._pos + n])
+        self._pos += len(out)
         return out
 
-    return read
+    def readinto(self, view: memoryview) -> int:
+        n = min(len(view), len(self._view) - self._pos)
+        view[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
