@@ -36,7 +36,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cas.backend.base import (
     Backend,
@@ -44,6 +44,7 @@ from cas.backend.base import (
     UnfinishedUpload,
     abort_leftover,
     list_leftovers,
+    write_file,
 )
 from cas.errors import UsageError
 
@@ -269,6 +270,12 @@ class AccountingBackend:
         if self._count:
             self.meter.record("PUT", bytes_up=len(data))
         self._inner.write(name, data, cold=cold)
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Store ``size`` bytes of ``file`` as ``name``; one PUT."""
+        if self._count:
+            self.meter.record("PUT", bytes_up=size)
+        write_file(self._inner, name, file, size, cold=cold)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read (a range of) ``name``; one GET."""

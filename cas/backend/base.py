@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from cas.errors import BackendError
 
@@ -80,6 +80,48 @@ class Backend(ReadBackend, Protocol):
     def delete(self, name: str) -> None:
         """Remove ``name``; removing an object that does not exist is not an error."""
         ...
+
+
+# Bytes per piece when an object is stored from a file (write_file).
+PIECE = 1 << 20
+
+
+@runtime_checkable
+class FileWrites(Protocol):
+    """A backend that stores an object from a file in pieces, never holding it whole.
+
+    Optional: :func:`write_file` reads the file whole and calls ``write`` for a
+    backend without it.  Decorators implement it by passing the call on.
+    """
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Like ``write``, with the object's bytes in ``file``: exactly ``size`` bytes from
+        offset 0 to its end.  The file must be seekable; each attempt rewinds it (so a
+        retry sends the same bytes) and it is left open."""
+        ...
+
+
+def write_file(
+    backend: Backend, name: str, file: BinaryIO, size: int, *, cold: bool = False
+) -> None:
+    """``backend.write_file(...)``, or ``backend.write`` of the file read whole."""
+    if isinstance(backend, FileWrites):
+        backend.write_file(name, file, size, cold=cold)
+    else:
+        backend.write(name, b"".join(read_pieces(file, size)), cold=cold)
+
+
+def read_pieces(file: BinaryIO, size: int, piece: int = PIECE) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``file`` (rewound first) in pieces of at most ``piece``;
+    BackendError if the file is shorter."""
+    file.seek(0)
+    left = size
+    while left > 0:
+        data = file.read(min(piece, left))
+        if not data:
+            raise BackendError(f"a file to store is shorter than its {size} bytes")
+        left -= len(data)
+        yield data
 
 
 @runtime_checkable

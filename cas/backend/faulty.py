@@ -22,8 +22,16 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
-from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, abort_leftover, list_leftovers
+from cas.backend.base import (
+    Backend,
+    ObjectInfo,
+    UnfinishedUpload,
+    abort_leftover,
+    list_leftovers,
+    write_file,
+)
 from cas.errors import TransientBackendError
 
 METHODS = ("create", "write", "read", "stat", "list", "delete")
@@ -154,6 +162,15 @@ class FaultyBackend:
         if fault is not None and not fault.lost_reply:
             raise fault.make_error("write", name)
         self._inner.write(name, data, cold=cold)
+        if fault is not None:
+            raise fault.make_error("write", name)
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Store ``size`` bytes of ``file``; the faults scripted for ``write`` strike it too."""
+        fault = self._strike("write", name)
+        if fault is not None and not fault.lost_reply:
+            raise fault.make_error("write", name)
+        write_file(self._inner, name, file, size, cold=cold)
         if fault is not None:
             raise fault.make_error("write", name)
 

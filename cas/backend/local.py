@@ -16,11 +16,19 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, check_name, check_prefix
+from cas.backend.base import (
+    Backend,
+    ObjectInfo,
+    UnfinishedUpload,
+    check_name,
+    check_prefix,
+    read_pieces,
+)
 from cas.backend.registry import BackendFactory
 from cas.errors import AccessDenied, BackendError, ObjectExists, ObjectNotFound, UsageError
 
@@ -62,6 +70,20 @@ class LocalBackend:
 
         ``cold`` is ignored: a directory has one storage class.
         """
+        self._store(name, lambda fd: _write_all(fd, data), lambda path: _same_content(path, data))
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Like ``write``, copying ``size`` bytes of ``file`` in pieces (in the kernel
+        where it can: copy_file_range), so the object is never in memory whole."""
+        self._store(
+            name,
+            lambda fd: _copy_file(file, fd, size),
+            lambda path: _same_file_content(path, file, size),
+        )
+
+    def _store(self, name: str, fill: Callable[[int], None], same: Callable[[Path], bool]) -> None:
+        """Write a temporary file with ``fill``, fsync it, publish it as ``name`` (``same``
+        tells whether an existing object is identical) and fsync the directory."""
         path = self._path(name)
         if not self._root.is_dir():
             # Refuse rather than recreate the root: a missing root usually means
@@ -75,11 +97,11 @@ class LocalBackend:
             raise _os_error("create a temporary file in", path.parent, err) from err
         try:
             try:
-                _write_all(fd, data)
+                fill(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._publish(name, temp, path, data)
+            self._publish(name, temp, path, same)
         except OSError as err:
             raise _os_error("write", path, err) from err
         finally:
@@ -215,7 +237,7 @@ class LocalBackend:
             except OSError as err:
                 raise _os_error("sync directory", path.parent, err) from err
 
-    def _publish(self, name: str, temp: str, path: Path, data: bytes | bytearray) -> None:
+    def _publish(self, name: str, temp: str, path: Path, same: Callable[[Path], bool]) -> None:
         """Give the synced temporary file its final name, unless that name is taken."""
         try:
             os.link(temp, path)
@@ -231,7 +253,7 @@ class LocalBackend:
             if not os.path.lexists(path):
                 os.rename(temp, path)
                 return
-        if not _same_content(path, data):
+        if not same(path):
             raise ObjectExists(name=name)
 
     def _walk(self, directory: Path, name_prefix: str) -> Iterator[ObjectInfo]:
@@ -288,6 +310,41 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
         offset += len(part)
         remaining -= len(part)
     return b"".join(parts)
+
+
+# copy_file_range errors that mean "not between these files": copy through memory instead.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+
+
+def _copy_file(file: BinaryIO, fd: int, size: int) -> None:
+    """Copy the first ``size`` bytes of ``file`` to ``fd`` (at its start) in pieces."""
+    copied = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    try:
+        src = file.fileno()
+    except (OSError, AttributeError, ValueError):
+        copy_range = None
+    if copy_range is not None:
+        try:
+            while copied < size:
+                n = copy_range(src, fd, size - copied, copied, copied)
+                if n == 0:
+                    raise BackendError(f"a file to store is shorter than its {size} bytes")
+                copied += n
+            return
+        except OSError as err:
+            if err.errno not in _NO_KERNEL_COPY:  # else copy again from the start
+                raise
+    for piece in read_pieces(file, size):
+        _write_all(fd, piece)
+
+
+def _same_file_content(path: Path, file: BinaryIO, size: int) -> bool:
+    """Whether the file at ``path`` holds exactly the ``size`` bytes of ``file``, in pieces."""
+    with open(path, "rb") as existing:
+        if os.fstat(existing.fileno()).st_size != size:
+            return False
+        return all(existing.read(len(piece)) == piece for piece in read_pieces(file, size))
 
 
 def _same_content(path: Path, data: bytes | bytearray) -> bool:

@@ -30,7 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from cas.backend.base import (
     Backend,
@@ -39,6 +39,7 @@ from cas.backend.base import (
     UnfinishedUpload,
     abort_leftover,
     list_leftovers,
+    write_file,
 )
 from cas.errors import TransientBackendError
 
@@ -122,6 +123,10 @@ class RetryBackend:
     def write(self, name: str, data: bytes | bytearray, *, cold: bool = False) -> None:
         """Store ``data`` as ``name``; a retry of a write that did land succeeds."""
         self._call(f"PUT {name}", lambda: self._inner.write(name, data, cold=cold))
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Store ``size`` bytes of ``file`` as ``name``; each attempt rewinds the file."""
+        self._call(f"PUT {name}", lambda: write_file(self._inner, name, file, size, cold=cold))
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read (a range of) ``name``; a truncated body is read again."""

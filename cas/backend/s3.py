@@ -49,8 +49,8 @@ import hashlib
 import re
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.loaders
@@ -70,7 +70,13 @@ from botocore.exceptions import (
 )
 
 from cas.backend.accounting import RequestMeter
-from cas.backend.base import ObjectInfo, UnfinishedUpload, check_name, check_prefix
+from cas.backend.base import (
+    ObjectInfo,
+    UnfinishedUpload,
+    check_name,
+    check_prefix,
+    read_pieces,
+)
 from cas.errors import (
     AccessDenied,
     BackendError,
@@ -247,27 +253,51 @@ class S3Backend:
         is "when_required") makes the store reject a body damaged in transit.
         A ``cold`` object goes to the configured storage class, if any.
         """
-        key = self._key(name)
         data = bytes(data)
-        headers = {"ContentMD5": _b64(hashlib.md5(data, usedforsecurity=False).digest())}
+        md5 = hashlib.md5(data, usedforsecurity=False)
+        self._write(name, lambda: data, len(data), md5, hashlib.sha256(data), cold)
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Like ``write``, with a body read from ``file`` as it is sent (rewound for each
+        attempt), after one pass over it in pieces for the digests."""
+        md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+        for piece in read_pieces(file, size):
+            md5.update(piece)
+            sha256.update(piece)
+        self._write(name, lambda: _Body(file, size), size, md5, sha256, cold)
+
+    def _write(
+        self,
+        name: str,
+        body: Callable[[], bytes | _Body],
+        size: int,
+        md5: Any,
+        sha256: Any,
+        cold: bool,
+    ) -> None:
+        """One conditional PUT of ``body()`` (a new one each attempt), and what a 412 or
+        a conflict calls for."""
+        key = self._key(name)
+        headers: dict[str, Any] = {"ContentMD5": _b64(md5.digest()), "ContentLength": size}
         if self._sha256:
-            headers["ChecksumSHA256"] = _b64(hashlib.sha256(data).digest())
+            headers["ChecksumSHA256"] = _b64(sha256.digest())
         if cold and self._storage_class is not None:
             headers["StorageClass"] = self._storage_class
+        digest = sha256.digest()
         for attempt in range(_WRITE_ATTEMPTS):
             if not self._conditional_writes:
-                same = self._compare_existing(name, data)
+                same = self._compare_existing(name, size, digest)
                 if same is not None:
                     if same:
                         return
                     raise ObjectExists(name=name)
             try:
-                self._put(key, data, headers)
+                self._put(key, body(), headers)
                 return
             except ClientError as err:
                 code = _code(err)
                 if code == "PreconditionFailed" or _status(err) == 412:
-                    same = self._compare_existing(name, data)
+                    same = self._compare_existing(name, size, digest)
                     if same is None:
                         continue  # deleted since the 412; the next PUT may succeed
                     if same:
@@ -460,18 +490,20 @@ class S3Backend:
             sent = 0
         self.meter.record(kind, bytes_up=sent)
 
-    def _put(self, key: str, data: bytes, headers: dict[str, str]) -> None:
+    def _put(self, key: str, data: bytes | _Body, headers: dict[str, Any]) -> None:
         request: dict[str, Any] = {"Bucket": self._bucket, "Key": key, "Body": data, **headers}
         if self._conditional_writes:
             request["IfNoneMatch"] = "*"
         self._client.put_object(**request)
 
-    def _compare_existing(self, name: str, data: bytes) -> bool | None:
-        """Whether the stored ``name`` equals ``data``; None if there is no such object."""
+    def _compare_existing(self, name: str, size: int, sha256: bytes) -> bool | None:
+        """Whether the stored ``name`` has ``size`` bytes with SHA-256 ``sha256``; None if
+        there is no such object.  (Only after a refused or a HEAD-first write: it reads
+        the stored object whole.)"""
         try:
-            if self.stat(name).size != len(data):
+            if self.stat(name).size != size:
                 return False
-            return self.read(name) == data
+            return hashlib.sha256(self.read(name)).digest() == sha256
         except ObjectNotFound:
             return None
 
@@ -558,6 +590,40 @@ class S3Backend:
                 " and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
             )
         return BackendError(f"S3 {operation} {where} failed: {_one_line(str(err))}")
+
+
+class _Body:
+    """The first ``size`` bytes of a file as a request body that botocore may read, seek
+    and rewind (for its signature and for sending) but not close: the file stays the
+    caller's.  Reads go straight to the file at their own offsets."""
+
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self._file = file
+        self._size = size
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int | None = -1) -> bytes:
+        want = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
+        if want <= 0:
+            return b""
+        self._file.seek(self._pos)
+        data = self._file.read(want)
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._size)[whence]
+        self._pos = max(0, min(self._size, base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
 
 
 def normalize_storage_class(value: str | None) -> str | None:

@@ -13,7 +13,10 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+
+from cas.errors import CasError
 
 DEFAULT_MAX_BYTES = 2 << 30
 
@@ -67,18 +70,31 @@ class LocalCache:
 
     def put(self, kind: str, object_id: bytes, data: bytes | bytearray) -> None:
         """Store an object; failures (full disk, permissions) only cost the cache."""
+        self.put_pieces(kind, object_id, (data,))
+
+    def put_pieces(self, kind: str, object_id: bytes, pieces: Iterable[bytes | bytearray]) -> None:
+        """Store an object given in pieces, one piece in memory at a time; failures
+        (full disk, permissions, a piece that cannot be read) only cost the cache."""
         path = self._path(kind, object_id)
+        size = 0
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for piece in pieces:
+                        f.write(piece)
+                        size += len(piece)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise
             os.replace(tmp, path)
-        except OSError:
+        except (OSError, CasError):
             return
         with self._lock:
-            self._written += len(data)
+            self._written += size
             due = self._written > self.max_bytes // 8
             if due:
                 self._written = 0

@@ -10,8 +10,17 @@ listing of a cached directory also drops cache entries that are gone.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import BinaryIO
 
-from cas.backend.base import Backend, ObjectInfo, UnfinishedUpload, abort_leftover, list_leftovers
+from cas.backend.base import (
+    Backend,
+    ObjectInfo,
+    UnfinishedUpload,
+    abort_leftover,
+    list_leftovers,
+    read_pieces,
+    write_file,
+)
 from cas.repo.cache import LocalCache
 
 CACHED = ("keys", "snapshots", "index")
@@ -61,6 +70,14 @@ class CachingBackend:
         key = _split(name)
         if key is not None:
             self.cache.put(key[0], key[1], data)
+
+    def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
+        """Write through from a file; a cached kind (small objects) is read whole for the
+        cache."""
+        if _split(name) is not None:
+            self.write(name, b"".join(read_pieces(file, size)), cold=cold)
+        else:
+            write_file(self.inner, name, file, size, cold=cold)
 
     def stat(self, name: str) -> ObjectInfo:
         """Always asks the backend."""

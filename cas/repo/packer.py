@@ -3,9 +3,10 @@
 A packer that spools (backup and repack: :class:`cas.repo.packwriter.PackWriter`)
 keeps at most ``SPOOL_BUFFER`` bytes of its pack in memory: the rest goes to an
 unnamed temporary file in ``$TMPDIR`` (``O_TMPFILE`` where the filesystem has it,
-else unlinked at once), hashed as it is written.  A finished pack is read back
-from that file only to be stored, and checked against its SHA-256 name then;
-the file disappears when the pack is stored or the process ends, even by
+else unlinked at once), hashed as it is written.  A finished pack is stored from
+that file in pieces (:meth:`FinishedPack.file`, ``write_file`` of the backend),
+checked against its SHA-256 name first, so no process holds a whole pack; the
+file disappears when the pack is stored or the process ends, even by
 ``kill -9``.  So four open packs per blob type cost four small buffers, not
 four packs of up to 16 MiB.
 """
@@ -19,8 +20,9 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from cas import crypto
+from cas.backend.base import read_pieces
 from cas.crypto import BlobType
-from cas.errors import CasError, IntegrityError
+from cas.errors import BackendError, CasError, IntegrityError
 from cas.format import pack as packfmt
 from cas.ids import storage_id
 
@@ -79,6 +81,28 @@ class FinishedPack:
         if got != self.size or hashlib.sha256(data).digest() != self.pack_id:
             raise IntegrityError(what="new pack", detail="its temporary file changed")
         return data
+
+    @property
+    def in_memory(self) -> bytes | bytearray | None:
+        """The pack's bytes if it is held in memory (a packer that did not spool)."""
+        return self._data
+
+    def file(self) -> BinaryIO:
+        """The temporary file holding the pack's bytes (of a packer that spooled), read in
+        pieces to check that they still hash to the pack's ID (a disk that changed them
+        is caught before anything is stored)."""
+        assert self._spool is not None
+        digest = hashlib.sha256()
+        try:
+            for piece in read_pieces(self._spool, self.size):
+                digest.update(piece)
+        except OSError as e:
+            raise CasError(f"cannot read a temporary pack file: {e.strerror}") from None
+        except BackendError:
+            raise IntegrityError(what="new pack", detail="its temporary file changed") from None
+        if digest.digest() != self.pack_id:
+            raise IntegrityError(what="new pack", detail="its temporary file changed")
+        return self._spool
 
     def discard(self) -> None:
         """Close the temporary file (which removes it); the bytes are gone."""

@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas import crypto, failpoints
-from cas.backend.base import Backend
+from cas.backend.base import Backend, read_pieces, write_file
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format import index as indexfmt
@@ -180,14 +180,20 @@ class PackWriter:
         """
         name = layout.pack_name(pack.pack_id)
         is_tree = bool(pack.entries) and pack.entries[0].type == BlobType.TREE
+        cold = bool(pack.entries) and not is_tree
         try:
-            data = pack.read()
-            self.backend.write(name, data, cold=bool(pack.entries) and not is_tree)
-            if self._verify_size and self.backend.stat(name).size != len(data):
+            data = pack.in_memory
+            if data is not None:
+                self.backend.write(name, data, cold=cold)
+            else:
+                # From the packer's temporary file, in pieces: never the whole pack.
+                spool = pack.file()
+                write_file(self.backend, name, spool, pack.size, cold=cold)
+            if self._verify_size and self.backend.stat(name).size != pack.size:
                 raise CasError(f"pack {name} was stored with the wrong size")
             if self.cache is not None and is_tree:
-                self.cache.put("packs", pack.pack_id, data)
-            del data
+                pieces = (data,) if data is not None else read_pieces(spool, pack.size)
+                self.cache.put_pieces("packs", pack.pack_id, pieces)
         finally:
             pack.discard()
         self._on_stored(pack)
