@@ -16,7 +16,8 @@ restored into tmpfs (/dev/shm) with ``--workers 0`` and ``--workers`` and the by
 read from the repository (``requests.bytes_down`` of ``--json``, helpers included)
 are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`` reads
 from it into a fresh repository with the same keys.  ``--cas-path`` runs the cas found in that
-directory (a checkout of another commit: before and after a change, same conditions).
+directory (a checkout of another commit: before and after a change, same conditions;
+the tool runs cas from there, since the working directory comes first on ``sys.path``).
 ``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
 importing each helper process's module and the CLI's; ``--traced`` runs the main
 process under tracemalloc and prints its traced peak and largest allocation sites.
@@ -252,6 +253,11 @@ def main() -> None:
         "--imports", action="store_true", help="only the interpreter's cost for each module"
     )
     args = ap.parse_args()
+    if args.cas_path:
+        # ``python -m cas`` and ``python -c`` put the working directory first on sys.path,
+        # before PYTHONPATH: run from the other checkout, or a checkout here shadows it.
+        args.data, args.work = os.path.abspath(args.data), os.path.abspath(args.work)
+        os.chdir(args.cas_path)
     if args.imports:
         for row in import_costs(args.cas_path):
             print(json.dumps(row), flush=True)
