@@ -3,6 +3,7 @@ holds a whole pack, on disk or on S3, and a retried upload sends the file again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -21,7 +22,7 @@ from cas.backend.memory import MemoryBackend
 from cas.backend.retry import RetryBackend
 from cas.backend.s3 import S3Backend
 from cas.crypto import BlobType
-from cas.errors import ObjectExists, TransientBackendError
+from cas.errors import BackendError, ObjectExists, TransientBackendError
 from cas.format import pack as packfmt
 from cas.repo import layout
 from cas.repo.packer import FinishedPack, Packer
@@ -164,3 +165,20 @@ def test_write_faults_strike_writes_from_files(content: tuple[BinaryIO, bytes]) 
         faulty.write_file("a", file, len(data))  # landed, reply lost
     assert inner.read("a") == data
     assert [i.what for i in faulty.injected] == ["error", "lost reply"]
+
+
+def test_a_full_disk_under_write_file_is_one_line(
+    tmp_path: Path, content: tuple[BinaryIO, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*_: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    backend = LocalBackend(tmp_path)
+    file, data = content
+    with pytest.raises(BackendError) as caught:
+        backend.write_file("data/ab/obj", file, len(data))
+    message = str(caught.value)
+    assert "No space left on device" in message and "\n" not in message
+    assert str(tmp_path / "data" / "ab" / "obj") in message
+    assert os.listdir(tmp_path / "data" / "ab") == []  # its temporary file is gone
