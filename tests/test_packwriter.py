@@ -343,3 +343,29 @@ def test_a_snapshot_is_written_after_its_packs_and_their_index_file() -> None:
     snap = order.index("snapshots")
     assert order[:snap].count("data") == 2 and "index" in order[order.index("data") : snap]
     assert repo.locate(blob).pack_id.hex() in {n.rsplit("/", 1)[1] for n in store.names("data/")}
+
+
+def test_pack_choices_are_uniform_and_drawn_from_the_os_in_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The open pack a blob goes to comes from the OS's randomness, read 4 KiB at a
+    time (not one system call per blob), without favouring any pack: a byte is
+    used only below the largest multiple of ``n`` (for n = 3, byte 255 is dropped)."""
+    calls = []
+    pools = iter([bytes(range(256)) * 16, bytes([255, 1]) + bytes(4094)])
+
+    def urandom(n: int) -> bytes:
+        calls.append(n)
+        return next(pools)
+
+    monkeypatch.setattr(packwriter.os, "urandom", urandom)
+    choices = packwriter.Choices()
+    assert [choices.below(1) for _ in range(3)] == [0, 0, 0] and calls == []
+    drawn = [choices.below(3) for _ in range(255)]
+    assert drawn == [b % 3 for b in range(255)]  # 85 of each value
+    assert calls == [4096]
+    choices._at = 4096 - 1  # the last byte of the pool: 255, rejected for n = 3
+    choices._pool = bytes(4095) + bytes([255])
+    assert choices.below(3) == 1  # from the next pool: 255 skipped, then 1
+    assert calls == [4096, 4096]
+    assert {choices.below(4) for _ in range(500)} <= {0, 1, 2, 3}

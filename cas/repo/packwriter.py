@@ -21,6 +21,7 @@ the next run.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Callable, Iterator
@@ -83,6 +84,34 @@ class WriteStats:
                 self.data_incompressible_bytes += raw_length
 
 
+class Choices:
+    """Uniform choices below ``n`` (up to 256) from the OS's randomness, like
+    ``SystemRandom().randrange(n)`` but drawn 4 KiB at a time: one ``getrandom``
+    system call per thousands of blobs instead of one per blob (a backup of many
+    tiny files makes one choice per blob)."""
+
+    POOL = 4096
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def below(self, n: int) -> int:
+        """A uniform integer in ``range(n)``."""
+        if n <= 1:
+            return 0
+        if n > 256:
+            return random.SystemRandom().randrange(n)
+        limit = 256 - 256 % n  # bytes from here on would favour the low values
+        while True:
+            if self._at >= len(self._pool):
+                self._pool, self._at = os.urandom(self.POOL), 0
+            b = self._pool[self._at]
+            self._at += 1
+            if b < limit:
+                return b % n
+
+
 class PackWriter:
     """Sealed blobs into packs, one open packer per blob type; finished packs stored.
 
@@ -115,6 +144,7 @@ class PackWriter:
         self._spool = spool
         # The provider must not predict where a blob goes: the OS's randomness.
         self._random = random.SystemRandom()
+        self._choices = Choices()
         self._packers = {t: [self._new(t) for _ in range(max(1, open_packs))] for t in BlobType}
 
     def _new(self, blob_type: BlobType) -> Packer:
@@ -130,7 +160,7 @@ class PackWriter:
         """Append a sealed blob to one of the open packers, chosen at random; returns
         that packer once full (to finish outside a lock), else None."""
         packers = self._packers[blob_type]
-        i = self._random.randrange(len(packers))
+        i = self._choices.below(len(packers))
         packer = packers[i]
         packer.add(blob_id, sealed, raw_length)
         if packer.size < self._pack_size:
