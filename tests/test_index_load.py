@@ -555,9 +555,11 @@ def test_the_load_peak_per_blob_stays_where_it_was_measured() -> None:
     55 bytes per blob at rest and 144 at the peak (the index so far, one file's columns,
     the pending blobs not yet folded, at least 16,384 of them: fixed costs that weigh
     more on a small index; issue 17 asks for 60 at the peak, see docs/performance.md
-    "Memory").  The figures are tracemalloc's, the same every run."""
+    "Memory").  The figures are tracemalloc's: the one at rest is the same every run;
+    the peak depends on the process's hash seed (the order of a set decides what is
+    alive together), 144.3 to 151.0 over PYTHONHASHSEED 1 to 14, so its bound is 155."""
     n = 30_000
     backend, keys = _index_files(n, 1600, 10_000)
     peak, held = _load_peak_per_blob(backend, keys, n)
     assert held <= 60, held
-    assert peak <= 150, peak
+    assert peak <= 155, peak
