@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 import stat
@@ -34,7 +35,6 @@ from cas.errors import AccessDenied, BackendError, ObjectExists, ObjectNotFound,
 
 _TEMP_PREFIX = ".tmp-"
 _DIR_MODE = 0o700
-_COMPARE_CHUNK = 1 << 20
 
 # Filesystems without hard links (FAT, some network shares) report these from
 # link(); there we fall back to check-then-rename.
@@ -70,7 +70,11 @@ class LocalBackend:
 
         ``cold`` is ignored: a directory has one storage class.
         """
-        self._store(name, lambda fd: _write_all(fd, data), lambda path: _same_content(path, data))
+        self._store(
+            name,
+            lambda fd: _write_all(fd, data),
+            lambda path: _same_file_content(path, io.BytesIO(data), len(data)),
+        )
 
     def write_file(self, name: str, file: BinaryIO, size: int, *, cold: bool = False) -> None:
         """Like ``write``, copying ``size`` bytes of ``file`` in pieces (in the kernel
@@ -345,20 +349,6 @@ def _same_file_content(path: Path, file: BinaryIO, size: int) -> bool:
         if os.fstat(existing.fileno()).st_size != size:
             return False
         return all(existing.read(len(piece)) == piece for piece in read_pieces(file, size))
-
-
-def _same_content(path: Path, data: bytes | bytearray) -> bool:
-    """Whether the file at ``path`` holds exactly ``data``, read in chunks."""
-    with open(path, "rb") as existing:
-        if os.fstat(existing.fileno()).st_size != len(data):
-            return False
-        view = memoryview(data)
-        offset = 0
-        while chunk := existing.read(_COMPARE_CHUNK):
-            if view[offset : offset + len(chunk)] != chunk:
-                return False
-            offset += len(chunk)
-        return offset == len(data)
 
 
 def _fsync_dir(directory: Path) -> None:
