@@ -508,6 +508,9 @@ def main() -> None:
                 by_cores[n].setdefault(name, {})[t.name] = bench_one(
                     t, name, args.data, args.work, repeat
                 )
+                if args.out:  # what is measured so far survives a run stopped before the end
+                    partial = args.out.with_suffix(".partial.json")
+                    partial.write_text(json.dumps(_raw(by_cores), indent=1) + "\n")
             os.environ.pop("BENCH_CPUS", None)
     text = report(by_cores, sizes, versions, args)
     print(text)
@@ -518,17 +521,22 @@ def main() -> None:
             " targets not met and what would close them: [performance.md](performance.md).\n\n"
             + text
         )
-        raw = {
-            str(n): {
-                ds: {
-                    tool: {k: (v.__dict__ if isinstance(v, Measure) else v) for k, v in r.items()}
-                    for tool, r in tools_r.items()
-                }
-                for ds, tools_r in res.items()
+        args.out.with_suffix(".json").write_text(json.dumps(_raw(by_cores), indent=1) + "\n")
+        args.out.with_suffix(".partial.json").unlink(missing_ok=True)
+
+
+def _raw(by_cores: dict[int, dict[str, dict[str, dict[str, object]]]]) -> dict[str, object]:
+    """The measurements as JSON: per core count, dataset, tool and operation."""
+    return {
+        str(n): {
+            ds: {
+                tool: {k: (v.__dict__ if isinstance(v, Measure) else v) for k, v in r.items()}
+                for tool, r in tools_r.items()
             }
-            for n, res in by_cores.items()
+            for ds, tools_r in res.items()
         }
-        args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
+        for n, res in by_cores.items()
+    }
 
 
 def report(
