@@ -43,3 +43,14 @@ def test_only_the_repository_and_backends_write_or_delete_objects() -> None:
         and any(f"backend.{verb}(" in p.read_text() for verb in ("write", "delete"))
     ]
     assert offenders == []
+
+
+def test_the_graph_in_the_architecture_page_is_the_code_s() -> None:
+    """docs/architecture.md shows the import graph as tools/layers.py prints it; a new
+    import between packages updates the page (paste the tool's output)."""
+    layers = _layers()
+    edges = layers.graph()
+    page = (TOOL.parent.parent / "docs" / "architecture.md").read_text()
+    for a in sorted(edges, key=lambda u: -layers.layer(u)):
+        line = f"{a:10} -> {' '.join(sorted(edges[a], key=lambda u: (layers.layer(u), u)))}"
+        assert line in page.splitlines(), line
