@@ -293,3 +293,39 @@ def test_a_target_that_passes_things_on_changes_nothing_restored(
         done = run_cas(*_restore(repo, out, "--json")[:-2], "--workers", workers)
         assert done.code == 0, (kind, done.err)
         assert compare_trees(src, _landed(out, src)) == [], kind
+
+
+def test_writers_send_each_entrys_action_only_when_it_is_shown(tmp_path: Path) -> None:
+    """The CLI shows no per-entry action on a real restore, so writers send none back
+    (78,000 names the main process would only drop); a reporter that shows them
+    still gets every entry a writer restored."""
+    src, repo = _backed_up(tmp_path, lambda root: _many_dirs(root, dirs=6, files=4))
+    seen = tmp_path / "seen"
+    record_pool = (
+        "import cas.restore.pool as p\n"
+        "_start = p.WriterPool._start\n"
+        "def _noted(self):\n"
+        f"    open({str(seen)!r}, 'a').write(f'actions={{self.actions}}\\n')\n"
+        "    return _start(self)\n"
+        "p.WriterPool._start = _noted\n"
+    )
+    shown = record_pool + (
+        "import cas.cli.cmd_restore as c\n"
+        "c._Progress.wants_actions = lambda self: True\n"
+        "c._Progress.action = lambda self, what, path: open("
+        f"{str(seen)!r}, 'a').write(what + ' ' + path.decode() + '\\n')\n"
+    )
+    done = run_cas(*_restore(repo, tmp_path / "a"), prelude=record_pool)
+    assert done.code == 0, done.err
+    assert set(seen.read_text().splitlines()) == {"actions=False"}
+    seen.unlink()
+    done = run_cas(*_restore(repo, tmp_path / "b"), prelude=shown)
+    assert done.code == 0, done.err
+    lines = seen.read_text().splitlines()
+    assert "actions=True" in lines
+    files = {line.split(" ", 1)[1] for line in lines if line.startswith("file ")}
+    landed = _landed(tmp_path / "b", src)
+    assert compare_trees(src, landed) == []  # before listing it changes the access times
+    assert files == {
+        str(p) for p in landed.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "hard"
+    }

@@ -64,6 +64,9 @@ class _Progress(RestoreReporter):
         if self.list_actions:
             self.out.line(f"{what:9} {fs_text(path)}")
 
+    def wants_actions(self) -> bool:
+        return self.list_actions
+
     def bytes_done(self, n: int) -> None:
         self.bytes += n
         self._show()

@@ -27,14 +27,14 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections", "budget", "max_request"}`` frame, then per
-batch of N directories N - 1 frames ``["f"]``, each with a directory's descriptor, and a
-frame with the last one's: ``{"j": id, "g": [[fresh, clean, shown path, [node maps]]
-per directory, in the order of the descriptors], "loc": [[blob, pack, offset, length],
-...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
-[[action, name], ...], [warning, ...], [name to retry, ...]] per directory], requests
-so far]`` when a batch is done, ``["x", message]`` when the restore must stop (the disk
-is full).
+``{"spec", "options", "prefix", "connections", "actions", "budget", "max_request"}``
+frame, then per batch of N directories N - 1 frames ``["f"]``, each with a directory's
+descriptor, and a frame with the last one's: ``{"j": id, "g": [[fresh, clean, shown
+path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack,
+offset, length], ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
+[[action, name], ...] (empty unless "actions"), [warning, ...], [name to retry, ...]]
+per directory], requests so far]`` when a batch is done, ``["x", message]`` when the
+restore must stop (the disk is full).
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ class WriterPool:
         self.per_writer = max(1, per_writer)
         self._options = {"numeric_owner": numeric_owner, "verify": verify, "delete": delete}
         self._connections = connections
+        self.actions = True  # writers report each entry's action (the restorer sets it)
         self._writers: list[_Writer] | None = None
         self._gone: list[_Writer] = []  # after close
         self._events: queue.Queue[tuple[_Writer, Any]] = queue.Queue()
@@ -328,6 +329,7 @@ class WriterPool:
                 "options": self._options,
                 "prefix": prefix,
                 "connections": self._connections,
+                "actions": self.actions,
                 **self._loading(),
             }
             started = ipc.start(WORKER_MODULE, init, storage_access=True)

@@ -100,6 +100,12 @@ class RestoreReporter:
     def action(self, what: str, path: bytes) -> None:
         """An entry was (or, with --dry-run, would be) created, skipped or deleted."""
 
+    def wants_actions(self) -> bool:
+        """Whether ``action`` is worth calling for every entry: writer processes
+        send back each entry's action only if so (a restore of many small files
+        otherwise spends part of its main process on names nobody shows)."""
+        return type(self).action is not RestoreReporter.action
+
     def bytes_done(self, n: int) -> None:
         """``n`` more content bytes were written (or found already in place)."""
 
@@ -181,6 +187,8 @@ class Restorer:
         # given (cas/restore/pool.py), once ``writers_after`` leaves were
         # restored here: a small restore does not start processes.
         self._pool = writers if writers is not None and not self.opts.dry_run else None
+        if self._pool is not None:
+            self._pool.actions = self.report.wants_actions()
         self._pool_after = writers_after
         self._pool_after_bytes = writers_after * WRITERS_AFTER_FILE_BYTES if writers_after else 0
         self._leaves_here = 0

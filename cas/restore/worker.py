@@ -29,14 +29,16 @@ PROGRESS_EVERY = 8 << 20  # bytes written between progress messages
 class _Collector(RestoreReporter):
     """Gathers a batch's actions and warnings; sends progress as it goes."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, actions: bool) -> None:
         self.sock = sock
+        self.wanted = actions  # the main process shows each entry's action
         self.actions: list[tuple[str, bytes]] = []
         self.warnings: list[str] = []
         self.unreported = 0
 
     def action(self, what: str, path: bytes) -> None:
-        self.actions.append((what, path.rpartition(b"/")[2]))
+        if self.wanted:
+            self.actions.append((what, path.rpartition(b"/")[2]))
 
     def bytes_done(self, n: int) -> None:
         self.unreported += n
@@ -112,7 +114,7 @@ def _serve(sock: socket.socket) -> None:
     init = ipc.recv(sock)
     spec = ReaderSpec.decode(bytes(init["spec"]))
     reader = open_located(spec)
-    collector = _Collector(sock)
+    collector = _Collector(sock, bool(init.get("actions", True)))
     restorer = _WriterRestorer(
         reader,
         reader.file_digest,
