@@ -192,6 +192,7 @@ class Restorer:
         self._pool_after = writers_after
         self._pool_after_bytes = writers_after * WRITERS_AFTER_FILE_BYTES if writers_after else 0
         self._leaves_here = 0
+        self._patterns = bool(self.opts.includes or self.opts.excludes)  # else none to match
         self._bytes_here = 0
         self._open: dict[int, _Dir] = {}  # id() -> directories open and not finished
         self._owners = PackOwners()
@@ -295,12 +296,13 @@ class Restorer:
         if type(item) is dict:
             name = item["name"]
             if self._pool is not None and item.get("type") != "dir" and item.get("links", 1) == 1:
-                snap_path = d.snap_path + b"/" + name
-                if self.opts.excludes.matches(snap_path) or not (
-                    d.selected or self.opts.includes.matches(snap_path)
-                ):
-                    return None
-                self._batch(d, item, d.target + b"/" + name)
+                if self._patterns:
+                    snap_path = d.snap_path + b"/" + name
+                    if self.opts.excludes.matches(snap_path) or not (
+                        d.selected or self.opts.includes.matches(snap_path)
+                    ):
+                        return None
+                self._batch(d, item, name)
                 return None
             try:
                 node = Node.from_doc(item)
@@ -335,7 +337,7 @@ class Restorer:
             if self._bytes_here >= self._pool_after_bytes:
                 self._pool_after = 0  # a large file: writers from now on
             if self._leaves_here >= self._pool_after:
-                self._batch(d, node, path)
+                self._batch(d, node, node.name)
                 return None
             self._leaves_here += 1
             if self._leaves_here == max(1, self._pool_after // 4):
@@ -343,13 +345,15 @@ class Restorer:
         self._leaf(d, node)
         return None
 
-    def _batch(self, d: _Dir, item: Node | dict[Any, Any], path: bytes) -> None:
-        """Add a file (or symlink, device...) to the batch of ``d`` for a writer."""
-        try:
-            self._make_dir(d)
-        except OSError as e:
-            self._os_failure(path, e)
-            return
+    def _batch(self, d: _Dir, item: Node | dict[Any, Any], name: bytes) -> None:
+        """Add a file (or symlink, device...) named ``name`` to the batch of ``d`` for a
+        writer."""
+        if not d.created:
+            try:
+                self._make_dir(d)
+            except OSError as e:
+                self._os_failure(d.target + b"/" + name, e)
+                return
         d.batch.append(item)
         size = item.get("size", 0) if type(item) is dict else item.size  # type: ignore[union-attr]
         d.batch_bytes += size if type(size) is int else 0
@@ -432,8 +436,10 @@ class Restorer:
                     if type(b) is bytes:
                         loc = where.get(b)
                         if loc is None:
-                            with contextlib.suppress(CasError):  # the writer reports it missing
+                            try:
                                 loc = where[b] = locate(b)
+                            except CasError:  # the writer reports it missing
+                                loc = None
                         if loc is not None:
                             mine.append((b, loc))
                             if first < 0 and count:

@@ -147,7 +147,10 @@ def _serve(sock: socket.socket) -> None:
                     for name, why in g.bad:
                         restorer.fail(g.path + b"/" + name, f"cannot read its tree: {why}")
                     report = [collector.actions, collector.warnings, restorer.retry]
-                    results.append([summary.as_dict(), *report])
+                    # Only its counts that are not zero: a directory's files are
+                    # usually a handful of one kind, and the main process adds each.
+                    counts = {k: v for k, v in summary.as_dict().items() if v}
+                    results.append([counts, *report])
             except RestoreAborted as e:
                 ipc.send(sock, ["x", e.fields["detail"]])
                 return
