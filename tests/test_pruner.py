@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from cas import failpoints
 from cas.backend.local import LocalBackend
 from cas.backend.memory import MemoryBackend
+from cas.check.checker import check
 from cas.crypto import BlobType
 from cas.format.tree import decode_tree
-from cas.repo import Repository, layout, locks, open_repository
+from cas.repo import Repository, layout, locks, open_repository, prune
 from cas.repo.prune import PruneOptions, PruneRefused, execute_prune, plan_prune
 from tests.independent.compare import assert_snapshot_is, read_local
 from tests.support.cli import run_cas
@@ -251,3 +253,50 @@ def test_backup_and_prune_in_parallel_processes(tmp_path: Path) -> None:
     last = [s for s in view.snapshots.values() if s.doc["paths"] == [bytes(src)]]
     assert len(last) == 1
     assert_snapshot_is(view, last[0].id, src)
+
+
+class _Killed(BaseException):
+    """Stands for a kill at a fail point (nothing after it runs)."""
+
+
+@pytest.mark.parametrize("kill_at", [0, 1])
+def test_prune_writes_bounded_index_files_and_a_kill_among_them_leaves_a_whole_repository(
+    monkeypatch: pytest.MonkeyPatch, kill_at: int
+) -> None:
+    """Prune's index files hold at most INDEX_FILE_BLOBS blobs (whole packs); all but
+    the last supersede nothing and come first.  Killed after the ``kill_at``-th of
+    them, the files it read are still in use: check finds nothing but packs listed
+    twice (a warning, which prune remedies), every snapshot reads back, and the next
+    prune finishes the job."""
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    old, _ = populate(repo, n_files=6, seed=21)
+    populate(repo, n_files=6, seed=22)
+    backend.delete(layout.snapshot_name(old))
+    monkeypatch.setattr(prune, "INDEX_FILE_BLOBS", 1)  # a file per pack
+    parts = []
+
+    def hit(name: str) -> None:
+        if name == "prune-index-part":
+            parts.append(name)
+            if len(parts) == kill_at:
+                raise _Killed
+
+    monkeypatch.setattr(failpoints, "hit", hit)
+    if kill_at:
+        with pytest.raises(_Killed):
+            _prune(_reopen(backend))
+        # what the dead prune stored lists packs the files it read list too
+        found = check(_reopen(backend)).findings
+        assert found and {f.kind for f in found} == {"pack_indexed_twice"}, found
+        assert _assert_snapshots_whole(_reopen(backend)) == 6
+    _, result = _prune(_reopen(backend))
+    assert result.packs_deleted > 0 and result.deferred_packs == 0
+    assert check(_reopen(backend)).findings == []
+    assert _assert_snapshots_whole(_reopen(backend)) == 6
+    files = [_reopen(backend).read_index_file(f) for f in _reopen(backend).index_files()]
+    assert len(files) >= 2, len(files)
+    for f in files:
+        sizes = [len(e) for e in f.packs.values()]
+        assert len(sizes) <= 1, sizes
+    assert [bool(f.supersedes) for f in files].count(True) == 1

@@ -178,7 +178,8 @@ def _index_files(
 ) -> tuple[MemoryBackend, crypto.MasterKeys]:
     """A memory backend holding the benchmark's packs as real index files of at most
     ``per_file`` blobs each (whole packs), as a repository's writers leave them; with
-    ``pruned``, as one file that supersedes another, as a finished prune leaves them."""
+    ``pruned``, the last file supersedes another, as a finished prune leaves them (an
+    older cas's prune left one file of every blob: ``per_file`` 0)."""
     backend = MemoryBackend()
     backend.create()
     keys = crypto.MasterKeys.generate()
@@ -186,7 +187,7 @@ def _index_files(
     packs: dict[bytes, list[packfmt.PackEntry]] = {}
     count = 0
     for pack_id, entries in _packs(n, blobs_per_pack, blob_size):
-        if count + len(entries) > per_file and packs and not pruned:
+        if count + len(entries) > per_file and packs and per_file:
             store.write(indexfmt.IndexFile(packs))
             packs, count = {}, 0
         packs[pack_id] = [
@@ -300,6 +301,7 @@ def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
 
         backend, keys = _index_files(n, per_pack, bsize, INDEX_EVERY_BLOBS)
         pruned = _index_files(n, per_pack, bsize, INDEX_EVERY_BLOBS, pruned=True)
+        older = _index_files(n, per_pack, bsize, 0, pruned=True)
         files = sum(1 for _ in backend.list(layout.INDEX))
 
         def loaded(backend: MemoryBackend = backend, keys: crypto.MasterKeys = keys) -> MasterIndex:
@@ -310,10 +312,16 @@ def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
         ) -> MasterIndex:
             return _load_index(backend, keys)
 
+        def loaded_older(
+            backend: MemoryBackend = older[0], keys: crypto.MasterKeys = older[1]
+        ) -> MasterIndex:
+            return _load_index(backend, keys)
+
         for how, build in (
             ("MasterIndex.add_pack", direct),
             (f"IndexStore.load of {files} index files", loaded),
-            ("IndexStore.load of the 1 index file a prune leaves", loaded_pruned),
+            (f"IndexStore.load of the {files} index files a prune leaves", loaded_pruned),
+            ("IndexStore.load of the 1 index file an older prune left", loaded_older),
         ):
             f = index_figures(build, n, per_pack, repeat, lookups)
             rows.append(
@@ -325,7 +333,7 @@ def index_rows(n: int, repeat: int, lookups: int) -> list[tuple[str, str]]:
                     f"{f.gets_absent / 1e3:.0f}k/s absent; in {f.contains / 1e3:.0f}k/s",
                 )
             )
-        del backend, pruned
+        del backend, pruned, older
     return rows
 
 

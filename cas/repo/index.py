@@ -24,7 +24,7 @@ records, and no fold turns old records into Python objects.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import add
@@ -47,6 +47,8 @@ PENDING_MIN = 16384
 PENDING_SHIFT = 5
 # What one pending blob costs: dict slot, ID bytes object, packed int (measured).
 PENDING_ENTRY_BYTES = 160
+# The pack number of a column entry that no listed range covers.
+_NO_PACK = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,47 @@ class _Run:
                         x >> sn,
                     )
 
+    def insert(self, s: int, recs: list[tuple[int, bytes, bytes]]) -> None:
+        """Put new records into segment ``s``: each (its number in the segment as it
+        is, its blob ID, its encoded value), in ID order.  The segment is built once,
+        from slices of the old one around the new records."""
+        rs = self.rsize
+        view = memoryview(self.segs[s])
+        parts: list[bytes | memoryview] = []
+        adds = [0] * STRIDE
+        done = 0
+        for pos, blob_id, value in recs:
+            at = pos * rs
+            if at != done:
+                parts.append(view[done:at])
+                done = at
+            parts.append(blob_id[2:])
+            parts.append(value)
+            adds[blob_id[1] + 1] += 1
+        parts.append(view[done:])
+        self.segs[s] = b"".join(parts)
+        del parts
+        view.release()
+        base, table = s * STRIDE, self.table
+        table[base : base + STRIDE] = array(
+            "I", map(add, table[base : base + STRIDE], accumulate(adds))
+        )
+        self.count += len(recs)
+
+    def fit(self, number: int, offset: int, length: int) -> tuple[int, int, int]:
+        """Widen the fields if need be to hold these values (or values with no more
+        bits); returns the widths."""
+        w = self.widths
+        widths = (
+            max(w[0], _width(number)),
+            max(w[1], _width(offset)),
+            max(w[2], _width(length)),
+        )
+        if widths != w:
+            # A field grew wider (or the first fill): every record is encoded again.
+            self.widen(widths)
+        return widths
+
     def widen(self, widths: tuple[int, int, int]) -> None:
         """Encode every record again with (wider) ``widths``, one segment at a time."""
         rs, (wp, wo, _) = self.rsize, self.widths
@@ -168,9 +211,13 @@ class MasterIndex:
         self._pending: dict[bytes, int | tuple[int, int, int, int]] = {}
         # OR of the pending pack numbers, offsets and lengths: their widths
         self._or_p = self._or_o = self._or_n = 0
-        # pack ID -> (end of its last blob, number of blobs): with the repository's
-        # header layout, the pack's size (readers round ranges out to it, spec §9.6)
-        self._extents: dict[bytes, tuple[int, int]] = {}
+        # By pack number, the end of its last blob and its number of blobs: with the
+        # repository's header layout, the pack's size (readers round ranges out to
+        # it, spec §9.6); found by pack ID through an open-addressing table of pack
+        # numbers (a few bytes a pack, where a dict took over a hundred).
+        self._ends: array[int] | list[int] = array("Q")
+        self._counts = array("I")
+        self._slots = array("I", [_NO_PACK]) * 8
 
     def __len__(self) -> int:
         return self._run.count + len(self._pending)
@@ -232,7 +279,7 @@ class MasterIndex:
             or_o |= offset
             or_n |= length
             added += 1
-        self._extents[pack_id] = max((end, count), self._extents.get(pack_id, (0, 0)))
+        self._note_extent(number, end, count)
         if added:
             self._or_p |= number
             self._or_o |= or_o
@@ -241,9 +288,108 @@ class MasterIndex:
                 self.compact()
         return added
 
+    def add_columns(
+        self,
+        packs: Sequence[tuple[bytes, int, int]],
+        ids: bytes,
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+    ) -> int:
+        """``add_pack`` of each (pack id, first, count) of ``packs`` in turn, its blobs
+        the (``ids[32 * i : 32 * (i + 1)]``, ``offsets[i]``, ``lengths[i]``) for ``i``
+        from ``first`` to ``first + count`` (an index file's columns; ranges in
+        ascending order, not overlapping), then ``compact``; returns how many blobs
+        were new.
+
+        The blobs are merged into the segments straight from the columns, one
+        segment at a time, never through the pending dict: the peak is the index,
+        the columns and one segment's new records.
+        """
+        self.compact()
+        run = self._run
+        size = len(offsets)
+        base = len(self._packs) // ID_LEN
+        numbers = array("I", [_NO_PACK]) * size  # pack number of each listed blob
+        for k, (pack_id, first, count) in enumerate(packs):
+            self._packs += pack_id
+            if count:
+                numbers[first : first + count] = array("I", [base + k]) * count
+                end = max(map(add, offsets[first : first + count], lengths[first : first + count]))
+            else:
+                end = 0
+            self._note_extent(base + k, end, count)
+        if not any(count for _, _, count in packs):
+            return 0
+        top_o, top_n = max(offsets), max(lengths)
+        if min(offsets) < 0 or min(lengths) < 0:
+            raise OverflowError("can't convert negative int to unsigned")
+        widths = run.fit(base + len(packs) - 1, top_o, top_n)
+        vw = sum(widths)
+        so, sn = 8 * widths[0], 8 * (widths[0] + widths[1])
+        firsts = ids[::ID_LEN]  # each blob's segment
+        locate, find = run.locate, firsts.find
+        added = 0
+        for s in range(SEGMENTS):
+            mine = []
+            i = find(s)
+            while i >= 0:
+                if numbers[i] != _NO_PACK:
+                    mine.append((ids[i * ID_LEN : (i + 1) * ID_LEN], i))
+                i = find(s, i + 1)
+            if not mine:
+                continue
+            mine.sort()  # by ID, the first listed first
+            recs: list[tuple[int, bytes, bytes]] = []
+            last = b""
+            for blob_id, i in mine:
+                if blob_id == last:
+                    continue  # listed again: the first listing holds
+                last = blob_id
+                pos = locate(blob_id)
+                if pos >= 0:
+                    continue  # known: keeps its first location
+                value = numbers[i] | offsets[i] << so | lengths[i] << sn
+                recs.append((-1 - pos, blob_id, value.to_bytes(vw, "little")))
+            if recs:
+                run.insert(s, recs)
+                added += len(recs)
+        return added
+
     def extent(self, pack_id: bytes) -> tuple[int, int] | None:
-        """(end of the last blob, number of blobs) of a pack this index lists, or None."""
-        return self._extents.get(pack_id)
+        """(end of the last blob, number of blobs) of a pack this index lists, or None
+        (a pack listed more than once: the larger)."""
+        found = None
+        slots, packs = self._slots, self._packs
+        mask = len(slots) - 1
+        h = int.from_bytes(pack_id[:4], "little") & mask
+        while (number := slots[h]) != _NO_PACK:
+            if packs[number * ID_LEN : (number + 1) * ID_LEN] == pack_id:
+                e = (self._ends[number], self._counts[number])
+                found = e if found is None else max(found, e)
+            h = (h + 1) & mask
+        return found
+
+    def _note_extent(self, number: int, end: int, count: int) -> None:
+        """Record pack ``number``'s extent (its ID is already in ``_packs``)."""
+        try:
+            self._ends.append(end)
+        except OverflowError:  # past 64 bits (never written by cas): as Python ints
+            self._ends = list(self._ends)
+            self._ends.append(end)
+        self._counts.append(count)
+        if 2 * len(self._ends) > len(self._slots):
+            self._slots = array("I", [_NO_PACK]) * (2 * len(self._slots))
+            for n in range(len(self._ends) - 1):
+                self._slot(n)
+        self._slot(number)
+
+    def _slot(self, number: int) -> None:
+        slots, n = self._slots, number * ID_LEN
+        mask = len(slots) - 1
+        h = int.from_bytes(self._packs[n : n + 4], "little") & mask
+        while slots[h] != _NO_PACK:
+            h = (h + 1) & mask
+        slots[h] = number
 
     def compact(self) -> None:
         """Fold pending entries into the sorted segments."""
@@ -253,48 +399,23 @@ class MasterIndex:
         if self._or_o < 0 or self._or_n < 0:
             raise OverflowError("can't convert negative int to unsigned")
         run = self._run
-        widths = (
-            max(run.widths[0], _width(self._or_p)),
-            max(run.widths[1], _width(self._or_o)),
-            max(run.widths[2], _width(self._or_n)),
-        )
-        if widths != run.widths:
-            # A field grew wider (or the first fill): every record is encoded again.
-            run.widen(widths)
-        rs, vw = run.rsize, sum(widths)
+        widths = run.fit(self._or_p, self._or_o, self._or_n)
+        vw = sum(widths)
         so, sn = 8 * widths[0], 8 * (widths[0] + widths[1])
-        segs, table = run.segs, run.table
         keys = sorted(pending)
         i, total = 0, len(keys)
         while i < total:
             s = keys[i][0]
-            data = segs[s]
-            view = memoryview(data)
-            parts: list[bytes | memoryview] = []
-            adds = [0] * STRIDE
-            done = 0
+            recs: list[tuple[int, bytes, bytes]] = []
             while i < total:
                 blob_id = keys[i]
                 if blob_id[0] != s:
                     break
                 number, pos, offset, length = _unpack_pending(pending[blob_id])
-                at = pos * rs
-                if at != done:
-                    parts.append(view[done:at])
-                    done = at
-                parts.append(blob_id[2:])
-                parts.append((number | offset << so | length << sn).to_bytes(vw, "little"))
-                adds[blob_id[1] + 1] += 1
+                value = (number | offset << so | length << sn).to_bytes(vw, "little")
+                recs.append((pos, blob_id, value))
                 i += 1
-            parts.append(view[done:])
-            segs[s] = b"".join(parts)
-            del parts
-            view.release()
-            base = s * STRIDE
-            table[base : base + STRIDE] = array(
-                "I", map(add, table[base : base + STRIDE], accumulate(adds))
-            )
-        run.count += total
+            run.insert(s, recs)
         self._pending = {}
         self._or_p = self._or_o = self._or_n = 0
 
@@ -305,5 +426,8 @@ class MasterIndex:
             sum(len(s) for s in run.segs)
             + run.table.itemsize * len(run.table)
             + len(self._packs)
+            + 8 * len(self._ends)
+            + self._counts.itemsize * len(self._counts)
+            + self._slots.itemsize * len(self._slots)
             + len(self._pending) * PENDING_ENTRY_BYTES
         )

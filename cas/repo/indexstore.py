@@ -111,11 +111,18 @@ class IndexStore:
                 self.damaged[fid] = str(e)
                 continue
             superseded.update(f.supersedes)
-            for pack_id, blobs in _packs(f, garbage=False):
-                self.index.add_pack(pack_id, blobs)
-            for pack_id, blobs in _packs(f, garbage=True):
-                doomed.add(pack_id)
-                self.garbage_index.add_pack(pack_id, blobs)
+            if isinstance(f, indexfmt.BlobLocations):
+                # Straight from the columns into the segments (no pending blobs).
+                self.index.add_columns(f.packs, f.ids, f.offsets, f.lengths)
+                dead = [(p, first, count) for p, _, first, count in f.garbage]
+                doomed.update(p for p, _, _ in dead)
+                self.garbage_index.add_columns(dead, f.ids, f.offsets, f.lengths)
+            else:
+                for pack_id, blobs in _packs(f, garbage=False):
+                    self.index.add_pack(pack_id, blobs)
+                for pack_id, blobs in _packs(f, garbage=True):
+                    doomed.add(pack_id)
+                    self.garbage_index.add_pack(pack_id, blobs)
             del f  # before the next file is read
         pruning = bool(superseded.intersection(ids)) or not doomed.isdisjoint(self.index.pack_ids())
         if pruning:
@@ -160,13 +167,10 @@ class IndexStore:
 
 
 def _packs(
-    f: indexfmt.BlobLocations | indexfmt.IndexFile, garbage: bool
+    f: indexfmt.IndexFile, garbage: bool
 ) -> Iterator[tuple[bytes, Iterator[tuple[bytes, int, int]]]]:
-    """Each pack of ``f`` (its live packs, or those under ``garbage``) with its blobs'
-    (id, offset, length), whichever way the file was read."""
-    if isinstance(f, indexfmt.BlobLocations):
-        yield from f.garbage_packs() if garbage else f
-        return
+    """Each pack of a fully decoded ``f`` (its live packs, or those under ``garbage``)
+    with its blobs' (id, offset, length)."""
     listed = ((p, e) for p, (_, e) in f.garbage.items()) if garbage else f.packs.items()
     for pack_id, entries in listed:
         yield pack_id, ((e.blob_id, e.offset, e.length) for e in entries)

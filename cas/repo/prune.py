@@ -3,9 +3,9 @@
 Two phases (spec §13.5).  ``plan_prune`` reads the repository and decides,
 without writing anything, which packs to keep, to repack (partly used) and
 to remove.  ``execute_prune`` then copies the still-needed blobs of repacked
-packs into new packs, writes one index file that supersedes every index file
-it read and lists the packs to remove as *garbage* with a mark time, and
-deletes the superseded index files.  Garbage packs no longer serve
+packs into new packs, writes index files of bounded size, the last of which
+supersedes every index file it read and lists the packs to remove as
+*garbage* with a mark time, and deletes the superseded index files.  Garbage packs no longer serve
 deduplication, so no backup that starts afterwards can come to depend on
 them.  A garbage pack is deleted only when every live lock of a process that
 may write snapshots started after its mark (plus a margin for clock skew):
@@ -34,6 +34,7 @@ from cas.format import pack as packfmt
 from cas.progress import Progress, no_progress
 from cas.repo import leftovers, locks
 from cas.repo.packer import FinishedPack
+from cas.repo.packwriter import INDEX_EVERY_BLOBS
 from cas.repo.repository import Repository
 from cas.walker import used_blobs as reachable
 from cas.wording import counted
@@ -46,6 +47,8 @@ BLOCKING_COMMANDS = frozenset(
 )
 # Clock skew tolerated between the host that marks garbage and hosts that back up.
 SKEW_MARGIN_NS = 5 * 60 * 10**9
+# Blobs per index file prune writes (as a backup writes them, spec §14.1 rule 3).
+INDEX_FILE_BLOBS = INDEX_EVERY_BLOBS
 
 
 class PruneRefused(CasError):
@@ -268,8 +271,18 @@ def execute_prune(
     garbage = dict(plan.pending)
     for pid, entries in [*plan.remove.items(), *plan.repack.items()]:
         garbage[pid] = (now, entries)
-    marking = indexfmt.IndexFile({**plan.keep, **new_packs}, list(plan.index_files), garbage)
+    # The live packs go into index files of at most INDEX_FILE_BLOBS blobs each (so
+    # that no load holds one huge file's columns); all but the last supersede
+    # nothing and are stored first: killed among them, the files read stay in use
+    # and the new ones only list packs that exist (spec §13.5 step 3).
+    *parts, last = _bounded({**plan.keep, **new_packs}, INDEX_FILE_BLOBS)
+    own = []
+    for part in parts:
+        own.append(repo.write_index_file(indexfmt.IndexFile(part)))
+        failpoints.hit("prune-index-part")
+    marking = indexfmt.IndexFile(last, list(plan.index_files), garbage)
     mark_id = repo.write_index_file(marking)
+    own.append(mark_id)
     failpoints.hit("prune-marked")
     repo.retire_index_files(list(plan.index_files), "prune")
     for fid in plan.index_files:
@@ -291,7 +304,7 @@ def execute_prune(
     if _safe(plan.listed_at, oldest):
         # Orphans an index written since the plan names are in use (a backup that
         # finished meanwhile stored them): neither deleted nor held back.
-        orphans = _orphans_still_unindexed(repo, plan, mark_id)
+        orphans = _orphans_still_unindexed(repo, plan, own)
         held_orphans: dict[bytes, int] = {}
     else:
         orphans, held_orphans = [], plan.orphans
@@ -333,11 +346,28 @@ def _remove_leftovers(repo: Repository, progress: Progress) -> int:
     return leftovers.remove_leftovers(repo.backend)
 
 
-def _orphans_still_unindexed(repo: Repository, plan: PrunePlan, mark_id: bytes) -> list[bytes]:
-    """Orphans minus packs named by index files written since the plan (finished backups)."""
+def _bounded(
+    packs: dict[bytes, list[packfmt.PackEntry]], most: int
+) -> list[dict[bytes, list[packfmt.PackEntry]]]:
+    """``packs`` in order, cut into whole packs of at most ``most`` blobs (a pack with
+    more on its own); at least one part, the last possibly empty."""
+    parts: list[dict[bytes, list[packfmt.PackEntry]]] = [{}]
+    count = 0
+    for pid, entries in packs.items():
+        if count + len(entries) > most and parts[-1]:
+            parts.append({})
+            count = 0
+        parts[-1][pid] = entries
+        count += len(entries)
+    return parts
+
+
+def _orphans_still_unindexed(repo: Repository, plan: PrunePlan, own: list[bytes]) -> list[bytes]:
+    """Orphans minus packs named by index files written since the plan (finished backups),
+    other than this prune's own (``own``)."""
     orphans = set(plan.orphans)
     for fid in repo.index_files():
-        if fid in plan.index_files or fid == mark_id:
+        if fid in plan.index_files or fid in own:
             continue
         f = repo.read_index_file(fid)
         orphans.difference_update(f.packs)
