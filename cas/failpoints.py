@@ -12,7 +12,8 @@ lookup on an empty dict.  Names in use (spec/format.md §14.3 and §13.5):
 
 - repository: ``pack-stored`` (after a pack upload), ``before-index``,
   ``index-written``, ``before-snapshot``;
-- prune: ``prune-repacked``, ``prune-marked``, ``prune-index-deleted``
+- prune: ``prune-repacked``, ``prune-index-part`` (after each index file
+  stored before the marking one), ``prune-marked``, ``prune-index-deleted``
   (after each superseded index file deleted), ``prune-pack-deleted``
   (after each pack deleted), ``prune-before-final-index``;
 - generations (§13.6): ``before-generation`` and ``after-generation`` (around

@@ -550,16 +550,23 @@ def _load_peak_per_blob(backend: MemoryBackend, keys: MasterKeys, n: int) -> tup
     return (peak - base) / n, (held - base) / n
 
 
-def test_the_load_peak_per_blob_stays_where_it_was_measured() -> None:
-    """A guard, not the target: loading 30,000 blobs from files of 10,000 costs about
-    55 bytes per blob at rest and 144 at the peak (the index so far, one file's columns,
-    the pending blobs not yet folded, at least 16,384 of them: fixed costs that weigh
-    more on a small index; issue 17 asks for 60 at the peak, see docs/performance.md
-    "Memory").  The figures are tracemalloc's: the one at rest is the same every run;
-    the peak depends on the process's hash seed (the order of a set decides what is
-    alive together), 144.3 to 151.0 over PYTHONHASHSEED 1 to 14, so its bound is 155."""
+@pytest.mark.parametrize(("per_pack", "peak_bound", "held_bound"), [(1600, 92, 60), (16, 98, 68)])
+def test_the_load_peak_per_blob_stays_where_it_was_measured(
+    per_pack: int, peak_bound: float, held_bound: float
+) -> None:
+    """A guard, not the target: loading 30,000 blobs from files of 10,000 costs, with
+    1,600 blobs to a pack (small files), 55.6 bytes per blob at rest and 79.7 or 88.8 at
+    the peak; with 16 (large files: more packs, so more extents) 64.4 and 94.8.  The
+    peak is the index so far, one file's columns (57 bytes per blob of that file) and
+    one segment being merged: fixed costs that weigh more on a small index (the bucket
+    table alone is 8.8 bytes per blob here); issue 17 asks for 60 at the peak of a
+    real-sized index, see docs/performance.md "Memory".  Before the columns were folded
+    straight into the segments (through a pending dict of at least 16,384 blobs) the
+    peak was 144.3 to 151.0.  The figures are tracemalloc's: the one at rest is the
+    same every run; the peak depends a little on the process's hash seed (measured over
+    PYTHONHASHSEED 1 to 14: 79.7 or 88.8, and 94.8), so its bound is a few bytes above."""
     n = 30_000
-    backend, keys = _index_files(n, 1600, 10_000)
+    backend, keys = _index_files(n, per_pack, 10_000)
     peak, held = _load_peak_per_blob(backend, keys, n)
-    assert held <= 60, held
-    assert peak <= 155, peak
+    assert held <= held_bound, held
+    assert peak <= peak_bound, peak
