@@ -18,7 +18,10 @@ duplicate check) that is folded into the segments whenever it grows past a
 32nd of them.  A fold rebuilds only the segments it adds to, one at a time,
 by copying slices of the old segment around the new records: the peak is the
 index plus the pending dict plus one segment, never a second copy of all
-records, and no fold turns old records into Python objects.
+records, and no fold turns old records into Python objects.  Loading an
+index file skips the pending dict: ``add_columns`` merges the file's columns
+into the segments one segment at a time.  Pack extents are two arrays by
+pack number, found by pack ID through an open-addressing table.
 """
 
 from __future__ import annotations
