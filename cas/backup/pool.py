@@ -118,6 +118,8 @@ class SaverPool:
         self._poll = select.poll()  # not select(): descriptors may be above 1024
         self._events: deque[tuple[_Worker, Any]] = deque()
         self._next_job = 0
+        self._recv_buf = bytearray(_RECV)
+        self._recv_view = memoryview(self._recv_buf)
         self.started = 0  # processes started (statistics, tests)
 
     @property
@@ -236,15 +238,17 @@ class SaverPool:
         for fd, _ in self._poll.poll(timeout):
             w = self._by_fd[fd]
             try:
-                data = w.sock.recv(_RECV)
+                # Into one buffer kept for the run: recv() would allocate (and, in a
+                # process that keeps its heap small, map and unmap) a fresh 1 MiB each time.
+                got = w.sock.recv_into(self._recv_buf)
             except OSError:
-                data = b""
-            if not data:
+                got = 0
+            if not got:
                 self._poll.unregister(fd)
                 self._events.append((w, None))
                 continue
             buf = w.received
-            buf += data
+            buf += self._recv_view[:got]
             start = 0
             while len(buf) - start >= _U32.size:
                 (n,) = _U32.unpack_from(buf, start)
