@@ -36,7 +36,7 @@ _SITE = """
 import atexit, os, resource, sys
 def _report():
     r = resource.getrusage(resource.RUSAGE_SELF)
-    role = "worker" if "cas.backup.worker" in sys.argv else "main"
+    role = "worker" if sys.argv[0].endswith(os.path.join("backup", "worker.py")) else "main"
     with open(os.environ["CAS_BENCH_CPU_OUT"], "a") as f:
         f.write(" ".join(map(str, (os.getpid(), role, r.ru_utime, r.ru_stime, r.ru_minflt,
                                    r.ru_nvcsw, r.ru_nivcsw))) + "\\n")
