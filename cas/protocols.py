@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Iterator
 from typing import Protocol
 
+from cas.chunking.chunker import Guess
 from cas.chunking.resync import ParentChunks
 from cas.crypto import BlobType
 from cas.format.snapshot import Snapshot
@@ -29,7 +30,7 @@ class Chunks(Protocol):
     def iter_chunks(
         self,
         read: Callable[[int], bytes],
-        guess: Callable[[bytes | bytearray, int, int, bool], int] | None = None,
+        guess: Guess | None = None,
     ) -> Iterator[bytes]: ...
 
 

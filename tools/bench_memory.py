@@ -3,6 +3,7 @@
 
     python tools/bench_memory.py [--data /tmp/cas-bench/linux] [--repeat 3] [--workers 2]
                                  [--cas-path DIR] [--restore] [--work /tmp/cas-bench-memory]
+                                 [--jobs restore,check]
 
 Each run makes a fresh local repository (with its own cache and client state under
 ``--work``), backs the tree up with ``--workers`` pinned with ``taskset`` to as many
@@ -18,6 +19,9 @@ are printed beside the size of its packs; with ``--copy``, the bytes ``cas copy`
 from it into a fresh repository with the same keys.  ``--cas-path`` runs the cas found in that
 directory (a checkout of another commit: before and after a change, same conditions;
 the tool runs cas from there, since the working directory comes first on ``sys.path``).
+``--jobs restore,check`` also samples, after each backup, a restore of it to tmpfs and
+``check --read-data`` (default helpers, pinned to as many cores as ``--workers``, at least
+one), each with its CPU seconds.
 ``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
 importing each helper process's module and the CLI's; ``--traced`` runs the main
 process under tracemalloc and prints its traced peak and largest allocation sites.
@@ -131,24 +135,33 @@ main()
 
 def backup(
     data: str, work: Path, workers: int, cas_path: str | None, traced: bool = False
-) -> dict[str, float]:
+) -> dict[str, object]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = _env(work, cas_path)
-    cas = [sys.executable, "-m", "cas"]
-    subprocess.run([*cas, "init"], env=env, check=True, capture_output=True)
-    cpus = ",".join(str(c) for c in range(max(1, workers)))
-    run = [sys.executable, "-c", TRACED] if traced else cas
-    cmd = ["taskset", "-c", cpus, *run, "backup", "--workers", str(workers), data]
+    subprocess.run([sys.executable, "-m", "cas", "init"], env=env, check=True, capture_output=True)
+    return sampled(["backup", "--workers", str(workers), data], env, workers, traced)
+
+
+def sampled(
+    args: list[str], env: dict[str, str], cores: int, traced: bool = False
+) -> dict[str, object]:
+    """Run ``cas ARGS`` pinned to ``cores`` cores (at least one) under the sampler: its
+    summed peaks, each process's share, and the CPU seconds of the process tree."""
+    cpus = ",".join(str(c) for c in range(max(1, cores)))
+    run = [sys.executable, "-c", TRACED] if traced else [sys.executable, "-m", "cas"]
+    cmd = ["taskset", "-c", cpus, *run, *args]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     sampler = SplitRss(proc.pid)
     sampler.start()
-    code = proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)
     sampler.stop()
+    code = os.waitstatus_to_exitcode(status)
     if code not in (0, 3):
-        raise SystemExit(f"backup exited {code}")
+        raise SystemExit(f"{args[0]} exited {code}")
     return {
+        "job": args[0],
         "peak_mib": round(sampler.peak / 2**20),
         "shared_once_mib": round(sampler.unique_peak / 2**20),
         # the main process, then its children, at the summed peak
@@ -159,7 +172,32 @@ def backup(
             {k: round(v / 2**20) for k, v in r.items()} for r in sampler.at_pss_peak
         ],
         "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),
     }
+
+
+def jobs(
+    work: Path, names: list[str], cores: int, cas_path: str | None, traced: bool
+) -> list[dict[str, object]]:
+    """``restore`` (to tmpfs) and ``check --read-data`` of the last backup's repository
+    under the sampler, with their default helpers, pinned to ``cores`` cores."""
+    env = _env(work, cas_path)
+    out = []
+    for name in names:
+        if name == "restore":
+            target = Path("/dev/shm") / f"cas-bench-memory-{os.getpid()}"
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                out.append(
+                    sampled(["restore", "latest", "--target", str(target)], env, cores, traced)
+                )
+            finally:
+                shutil.rmtree(target, ignore_errors=True)
+        elif name == "check":
+            out.append(sampled(["check", "--read-data"], env, cores, traced))
+        else:
+            raise SystemExit(f"unknown job {name!r}: restore or check")
+    return out
 
 
 def restore_reads(work: Path, workers: int, cas_path: str | None) -> dict[str, int]:
@@ -243,6 +281,11 @@ def main() -> None:
     ap.add_argument("--cas-path", default=None, help="run the cas package found in this directory")
     ap.add_argument("--restore", action="store_true", help="then count what restores read")
     ap.add_argument("--copy", action="store_true", help="then count what a copy reads")
+    ap.add_argument(
+        "--jobs",
+        default="",
+        help="e.g. restore,check: after each backup, sample these jobs too (same cores)",
+    )
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
     ap.add_argument(
         "--traced",
@@ -266,6 +309,9 @@ def main() -> None:
     for run in range(args.repeat):
         result = backup(args.data, work, args.workers, args.cas_path, args.traced)
         print(json.dumps({"run": run, **result}), flush=True)
+        names = [j for j in args.jobs.split(",") if j]
+        for row in jobs(work, names, args.workers, args.cas_path, args.traced):
+            print(json.dumps({"run": run, **row}), flush=True)
     if args.restore:
         for workers in (0, args.workers):
             print(json.dumps(restore_reads(work, workers, args.cas_path)), flush=True)

@@ -11,6 +11,8 @@ value by byte value (§7.5); still read and written for repositories that have i
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -59,8 +61,17 @@ WINDOW_AES = "window-aes128"
 ALGORITHMS = (PERMUTED, WINDOW_AES)
 
 
+# What the search reads: a stream's bytes in a bytes object, a bytearray, or an anonymous
+# mapping (the buffer of a long stream read with readinto: pages only where read).
+Buffer = bytes | bytearray | mmap.mmap
+
 # (buffer, chunk start, bytes there from it, stream ended) -> a chunk length, or 0
-Guess = Callable[[bytes | bytearray, int, int, bool], int]
+Guess = Callable[[Buffer, int, int, bool], int]
+
+# The kept buffer of streams read with ``readinto``: a stream that does not end in it (a
+# file over 1 MiB) continues in a mapping of ``buffer_size`` bytes made for it and
+# unmapped at its end, so a small file touches 1 MiB, not 2 x max_size.
+SMALL_BUFFER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class StreamChunker(ABC):
     def _new_scratch(self) -> bytearray: ...
 
     @abstractmethod
-    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
         """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
 
     def cut_points(self, data: bytes) -> list[int]:
@@ -155,15 +166,25 @@ class StreamChunker(ABC):
     ) -> Iterator[bytes]:
         """``iter_chunks`` over ``readinto``, in the chunker's reusable buffer."""
         p = self.params
-        buf = self._buffers.pop() if self._buffers else bytearray(self.buffer_size)
-        view = memoryview(buf)  # the bytearray is never resized: views stay valid
+        small = (
+            self._buffers.pop() if self._buffers else bytearray(min(self.buffer_size, SMALL_BUFFER))
+        )
+        buf: bytearray | mmap.mmap = small
+        large: mmap.mmap | None = None  # made when the stream outgrows ``small``
+        view = memoryview(buf)  # neither buffer is ever resized: views stay valid
         scratch: bytearray | None = None
         try:
             start = 0
             end, eof = _fill_into(readinto, view, 0)
             while True:
                 if not eof and end - start < p.max_size:
-                    if start:  # the carried tail, to the front (memoryview: memmove)
+                    if large is None and len(small) < self.buffer_size:
+                        large = buf = mmap.mmap(-1, self.buffer_size)
+                        with view:
+                            buf[: end - start] = view[start:end]
+                        view = memoryview(buf)
+                        end, start = end - start, 0
+                    elif start:  # the carried tail, to the front (memoryview: memmove)
                         view[: end - start] = view[start:end]
                         end, start = end - start, 0
                     end, eof = _fill_into(readinto, view, end)
@@ -183,10 +204,13 @@ class StreamChunker(ABC):
                 start += cut
         finally:
             view.release()
+            if large is not None:
+                with contextlib.suppress(BufferError):  # else unmapped when collected
+                    large.close()
             # One of each kept, at most (as below): an abandoned stream gives its
             # buffer back only when collected, the next one took a fresh buffer.
             if not self._buffers:
-                self._buffers.append(buf)
+                self._buffers.append(small)
             if scratch is not None and not self._scratch:
                 self._scratch.append(scratch)
 
@@ -280,7 +304,7 @@ class Chunker(StreamChunker):
     def _new_scratch(self) -> bytearray:
         return bytearray(self.params.min_size + self.params.max_size)
 
-    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
         p = self.params
         done = p.min_size  # scratch[min_size:done] holds the permuted bytes
         step = WINDOW
@@ -365,7 +389,7 @@ class WindowChunker(StreamChunker):
             i = find(0, i + 1)
         return -1
 
-    def _cut(self, buf: bytes | bytearray, start: int, limit: int, scratch: bytearray) -> int:
+    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
         lo = self.params.min_size  # the shortest chunk length still to test
         first_below, threshold = self._first_below, self._threshold
         with memoryview(buf) as view:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from cas.chunking.chunker import Guess
+from cas.chunking.chunker import Buffer, Guess
 
 BlobIdOf = Callable[[bytes | memoryview], bytes]
 
@@ -120,7 +120,7 @@ class Resync:
         self._shift = self._pos - parent.offsets[k]
         self._next = k + 1 if k + 1 < len(parent.sizes) else None
 
-    def _guess(self, buf: bytes | bytearray, start: int, left: int, eof: bool) -> int:
+    def _guess(self, buf: Buffer, start: int, left: int, eof: bool) -> int:
         parent = self.parent
         assert parent is not None
         k = self._next

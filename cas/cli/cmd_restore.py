@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from cas.backend import split_location
 from cas.cli.common import (
     Globals,
     Output,
@@ -27,7 +28,7 @@ from cas.format.snapshot import Snapshot
 from cas.fs.patterns import PatternSet
 from cas.manage.stats import StatsCollector
 from cas.repo import Repository
-from cas.restore.pool import AUTO_START_AFTER, WriterPool
+from cas.restore.pool import AUTO_START_AFTER, LOCAL_BUDGET, LOCAL_MAX_REQUEST, WriterPool
 from cas.restore.restorer import RestoreOptions, Restorer, RestoreReporter, find_subtree
 from cas.selection import SnapshotFilter
 from cas.wording import counted
@@ -180,9 +181,9 @@ def restore(
             repo.file_digest,
             opts,
             progress,
-            connections=connections,
             writers=pool,
             writers_after=after,
+            **_loading(g, repo, connections),
         )
         started = time.time()
         try:
@@ -225,6 +226,16 @@ def _writers(
         connections=plan.per_process(0),
     )
     return pool, (0 if workers.explicit else AUTO_START_AFTER)
+
+
+def _loading(g: Globals, repo: Repository, connections: int) -> dict[str, int]:
+    """How this process loads blobs ahead: from a local repository (no --connections) as
+    a writer process does, without threads, 4 MiB ahead in reads of 256 KiB (a linux
+    restore on one core peaked 30 MiB lower than with four threads, 32 MiB ahead in
+    reads of up to 8 MiB, and was no slower); else on ``connections`` threads."""
+    if split_location(repo.location)[0] in ("", "file") and not g.connections:
+        return {"connections": 0, "budget": LOCAL_BUDGET, "max_request": LOCAL_MAX_REQUEST}
+    return {"connections": connections}
 
 
 def _human(out: Output, doc: dict[str, Any]) -> None:

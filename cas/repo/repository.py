@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cas import crypto, failpoints
+from cas.backend import split_location
 from cas.backend.accounting import AccountingBackend, PriceTable
 from cas.backend.base import Backend
 from cas.backend.stack import find_layer, request_summary, storage_class
@@ -86,6 +87,9 @@ class Repository:
         self.reader = BlobReader(backend, keys, self.indexes)
         self.reader.read_unit = config.pack_format.read_unit
         self.reader.version = config.version
+        # A local pack is proven in pieces (a few more system calls, no more requests):
+        # check's threads then hold a piece each, not a 16 MiB pack (as its helpers do).
+        self.reader.stream_packs = split_location(backend.location)[0] in ("", "file")
         self.saver = BlobSaver(
             backend, keys, config.pack_size, self.indexes, cache, fmt=config.pack_format
         )
