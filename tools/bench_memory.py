@@ -59,10 +59,11 @@ class SplitRss(TreeRss):
     def _sample(self) -> tuple[int, int]:
         total, unique = super()._sample()
         pids = [self.pid]
-        for task in os.listdir(f"/proc/{self.pid}/task"):
-            path = f"/proc/{self.pid}/task/{task}/children"
-            with contextlib.suppress(OSError), open(path) as f:
-                pids += [int(c) for c in f.read().split()]
+        with contextlib.suppress(OSError):  # gone: reaped by the last sample
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                path = f"/proc/{self.pid}/task/{task}/children"
+                with contextlib.suppress(OSError), open(path) as f:
+                    pids += [int(c) for c in f.read().split()]
         if total > self.peak:
             self.at_peak = [_rss(p) for p in pids]
         rollups = [_rollup(p) for p in pids]

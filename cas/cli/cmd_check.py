@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from cas.backend import split_location
 from cas.check.checker import CheckOptions, check
 from cas.check.findings import CheckResult, Finding
 from cas.check.sourcediff import (
@@ -31,6 +32,8 @@ from cas.repo import Repository
 from cas.wording import counted
 
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
+# Packs of a local repository proven at once in this process (CheckOptions.data_workers)
+LOCAL_DATA_WORKERS = 2
 
 
 @click.command("check")
@@ -126,6 +129,8 @@ def check_cmd(
             if note:
                 out.warn(note)
             options.state = state
+        if split_location(repo.location)[0] in ("", "file"):
+            options.data_workers = LOCAL_DATA_WORKERS
         plan = g.helpers(repo, workers.count)
         if plan is not None:
             options.verifier = VerifierPool(plan.spec, plan.count, plan.per_process(1))

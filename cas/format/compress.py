@@ -86,12 +86,14 @@ def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:
             raise FormatError(what=what, detail="payload larger than allowed")
         return payload[1:]
     if flag == ZSTD:
+        # the frame without a copy of it (up to a whole chunk) beside the payload
+        frame = memoryview(payload)[1:]
         try:
-            params = zstandard.get_frame_parameters(payload[1:])
+            params = zstandard.get_frame_parameters(frame)
             if params.content_size > max_size:  # also refuses an unknown content size
                 raise FormatError(what=what, detail="payload larger than allowed")
             stream = _decompressor().decompressobj()
-            out: bytes = stream.decompress(payload[1:])
+            out: bytes = stream.decompress(frame)
             if not stream.eof or stream.unused_data or len(out) != params.content_size:
                 raise FormatError(what=what, detail="zstd frame truncated or followed by junk")
             return out
