@@ -17,26 +17,15 @@ from cas.chunking.chunker import Chunker, ChunkerParams, StreamChunker, WindowCh
 from cas.crypto import BlobType
 from tests.support.damaged import write_pack
 from tests.support.repos import new_repo
+from tests.test_chunker import ShortReads
 
 MIB = 1 << 20
 
 
-class _Into:
-    """``read(n)`` and ``readinto(view)`` over ``data`` in reads of at most ``most`` bytes
-    (a file as the backup reads it: into the chunker's own buffer)."""
-
-    def __init__(self, data: bytes, most: int = 300_000) -> None:
-        self.data, self.pos, self.most = data, 0, most
-
-    def __call__(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + min(n, self.most)]
-        self.pos += len(out)
-        return out
-
-    def readinto(self, view: memoryview) -> int:
-        out = self(len(view))
-        view[: len(out)] = out
-        return len(out)
+def _into(data: bytes) -> ShortReads:
+    """``read(n)`` and ``readinto(view)`` over ``data`` in reads of up to 300,000 bytes (a
+    file as the backup reads it: into the chunker's own buffer)."""
+    return ShortReads(data, random.Random(0), 300_000, True)
 
 
 def _traced(fn: Callable[[], object]) -> int:
@@ -54,7 +43,7 @@ def test_chunking_a_small_file_allocates_about_one_mib_not_the_whole_buffer() ->
     chunker = WindowChunker(bytes(16), ChunkerParams())
     assert chunker.buffer_size == 16 * MIB
     data = os.urandom(1024)
-    peak = _traced(lambda: list(chunker.iter_chunks(_Into(data))))
+    peak = _traced(lambda: list(chunker.iter_chunks(_into(data))))
     assert peak < 1.25 * MIB, peak
 
 
@@ -71,7 +60,7 @@ def _bytes_read(data: bytes) -> Callable[[int], bytes]:
 
 
 def _check_long_stream(chunker: StreamChunker, data: bytes) -> None:
-    into = list(chunker.iter_chunks(_Into(data)))
+    into = list(chunker.iter_chunks(_into(data)))
     assert b"".join(into) == data
     # the same cuts as the bytes path (no readinto: no mapping, one growing buffer)
     assert [len(c) for c in into] == [len(c) for c in chunker.iter_chunks(_bytes_read(data))]
