@@ -10,7 +10,6 @@ from typing import Any
 
 import click
 
-from cas.backend import split_location
 from cas.check.checker import CheckOptions, check
 from cas.check.findings import CheckResult, Finding
 from cas.check.sourcediff import (
@@ -129,7 +128,7 @@ def check_cmd(
             if note:
                 out.warn(note)
             options.state = state
-        if split_location(repo.location)[0] in ("", "file"):
+        if repo.is_local:
             options.data_workers = LOCAL_DATA_WORKERS
         plan = g.helpers(repo, workers.count)
         if plan is not None:

@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from cas.backend import split_location
 from cas.cli.common import (
     Globals,
     Output,
@@ -240,7 +239,7 @@ LOCAL_MAX_REQUEST = 1 << 20
 def _loading(g: Globals, repo: Repository, connections: int) -> dict[str, int]:
     """How this process loads blobs ahead: from a local repository (no --connections) on
     ``LOCAL_THREADS`` with ``LOCAL_BUDGET``, else on ``connections`` threads."""
-    if split_location(repo.location)[0] in ("", "file") and not g.connections:
+    if repo.is_local and not g.connections:
         return {
             "connections": LOCAL_THREADS,
             "budget": LOCAL_BUDGET,

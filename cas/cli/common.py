@@ -17,7 +17,7 @@ import click
 
 from cas import crypto
 from cas import repo as repo_pkg
-from cas.backend import Backend, S3Options, request_summary, split_location
+from cas.backend import Backend, S3Options, request_summary
 from cas.backend.retry import DEFAULT_ATTEMPTS
 from cas.errors import (
     AccessDenied,
@@ -165,7 +165,7 @@ class Globals:
         spec = reader_spec(repo, repo.location, self.options(here=False).backend)
         if spec is None:
             return None
-        local = split_location(repo.location)[0] in ("", "file")
+        local = repo.is_local
         return HelperPlan(spec, n, local and not self.connections, self.connections or 4)
 
     def backend(self) -> Backend:

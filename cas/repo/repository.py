@@ -89,7 +89,7 @@ class Repository:
         self.reader.version = config.version
         # A local pack is proven in pieces (a few more system calls, no more requests):
         # check's threads then hold a piece each, not a 16 MiB pack (as its helpers do).
-        self.reader.stream_packs = split_location(backend.location)[0] in ("", "file")
+        self.reader.stream_packs = self.is_local
         self.saver = BlobSaver(
             backend, keys, config.pack_size, self.indexes, cache, fmt=config.pack_format
         )
@@ -124,6 +124,11 @@ class Repository:
     def location(self) -> str:
         """Where the repository lives, as the user typed it."""
         return self.backend.location
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the repository is a directory on this machine (not S3)."""
+        return split_location(self.backend.location)[0] in ("", "file")
 
     def requests(self) -> dict[str, Any] | None:
         """Storage requests made so far by kind, bytes and estimated cost (None if uncounted)."""
