@@ -180,7 +180,10 @@ def _mount(args: list[str], env: dict[str, str], password: str | None, mnt: Path
     """Run ``cas mount`` until it is up (and has said so, when it speaks to people),
     then unmount it as a user would."""
     mnt.mkdir()
-    quiet = {"--json", "-q"} & set(args) or {"CAS_JSON", "CAS_QUIET"} & set(env)
+    # What it says once the kernel's INIT reached it (the mount shows in mountinfo
+    # before that: unmounted then, it never says it was mounted).
+    said = b'"mounted"' if {"--json"} & set(args) or {"CAS_JSON"} & set(env) else b"mounted at"
+    quiet = {"-q"} & set(args) or {"CAS_QUIET"} & set(env)
     out_file, err_file = mnt.parent / "mount.out", mnt.parent / "mount.err"
     with open(out_file, "wb") as out, open(err_file, "wb") as err:
         proc = subprocess.Popen(
@@ -191,7 +194,7 @@ def _mount(args: list[str], env: dict[str, str], password: str | None, mnt: Path
         )
     try:
         while proc.poll() is None and not (
-            _is_mount(mnt) and (quiet or b"mounted at" in out_file.read_bytes())
+            _is_mount(mnt) and (quiet or said in out_file.read_bytes())
         ):
             time.sleep(0.05)
         if proc.poll() is None:
