@@ -59,8 +59,12 @@ def send(sock: socket.socket, value: Any, fd: int | None = None) -> None:
     if fd is None:
         sock.sendall(head + data)
         return
-    sent = socket.send_fds(sock, [head], [fd])
-    sock.sendall(head[sent:] + data)
+    # One system call for the descriptor and the whole frame (a batch of file names is
+    # a few KiB; a stream socket may still take less, the rest follows).
+    frame = head + data
+    sent = socket.send_fds(sock, [frame], [fd])
+    if sent < len(frame):
+        sock.sendall(memoryview(frame)[sent:])
 
 
 def recv(sock: socket.socket) -> Any:
@@ -135,20 +139,33 @@ def spawn(
 
 
 def start(
-    module: str, init: Any, *, storage_access: bool = False
+    module: str, init: Any, *, storage_access: bool = False, niceness: int = 0
 ) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
     """``spawn`` a helper and send it its first frame, ``init`` (keys go there); None if
-    it could not start or take that frame."""
+    it could not start or take that frame.  ``niceness`` lowers the helper's scheduling
+    priority below this process's (``yield_to``)."""
     try:
         proc, sock = spawn(module, storage_access=storage_access)
     except OSError:
         return None
+    if niceness:
+        yield_to(proc.pid, niceness)
     try:
         send(sock, init)
     except OSError:
         stop(proc, sock, timeout=1)
         return None
     return proc, sock
+
+
+def yield_to(pid: int, niceness: int) -> None:
+    """Run process ``pid`` (a helper just started, before it starts threads) ``niceness``
+    nice(1) units below this process, so that when the cores are all busy this process
+    runs first.  A parent that hands out the work and answers the helpers' questions is
+    the pipeline's one feeder: at equal priority the kernel's fair share gives each of
+    the helpers' threads as much CPU as it, and every helper then waits for it."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
 
 
 def ended(proc: subprocess.Popen[bytes], error: str | None = None) -> str:

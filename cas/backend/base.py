@@ -124,6 +124,30 @@ def read_pieces(file: BinaryIO, size: int, piece: int = PIECE) -> Iterator[bytes
         yield data
 
 
+def scan_pieces(file: BinaryIO, size: int, piece: int = PIECE) -> Iterator[memoryview]:
+    """Like ``read_pieces``, but each piece is a view of one buffer that the next piece
+    overwrites: for callers done with a piece before they ask for the next (hashing,
+    comparing, writing it out).  No buffer per piece: in a process that keeps its heap
+    small (cas/ipc.py) each fresh 1 MiB would be a new mapping whose pages all fault."""
+    file.seek(0)
+    buf = bytearray(min(piece, size))
+    view = memoryview(buf)
+    readinto = getattr(file, "readinto", None)
+    left = size
+    while left > 0:
+        want = view[: min(piece, left)]
+        if readinto is not None:
+            n = readinto(want)
+        else:  # a file object without readinto: one copy more
+            data = file.read(len(want))
+            n = len(data)
+            want[:n] = data
+        if not n:
+            raise BackendError(f"a file to store is shorter than its {size} bytes")
+        left -= n
+        yield view[:n]
+
+
 @runtime_checkable
 class ResumableList(Protocol):
     """A backend whose listings come in ascending name order and can resume.

@@ -28,7 +28,7 @@ from cas.backend.base import (
     UnfinishedUpload,
     check_name,
     check_prefix,
-    read_pieces,
+    scan_pieces,
 )
 from cas.backend.registry import BackendFactory
 from cas.errors import AccessDenied, BackendError, ObjectExists, ObjectNotFound, UsageError
@@ -295,7 +295,7 @@ def _os_error(action: str, path: Path | str, err: OSError) -> BackendError:
     return BackendError(f"cannot {action} {path}: {reason}")
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -339,7 +339,7 @@ def _copy_file(file: BinaryIO, fd: int, size: int) -> None:
         except OSError as err:
             if err.errno not in _NO_KERNEL_COPY:  # else copy again from the start
                 raise
-    for piece in read_pieces(file, size):
+    for piece in scan_pieces(file, size):
         _write_all(fd, piece)
 
 
@@ -348,7 +348,7 @@ def _same_file_content(path: Path, file: BinaryIO, size: int) -> bool:
     with open(path, "rb") as existing:
         if os.fstat(existing.fileno()).st_size != size:
             return False
-        return all(existing.read(len(piece)) == piece for piece in read_pieces(file, size))
+        return all(existing.read(len(piece)) == piece for piece in scan_pieces(file, size))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -75,7 +75,7 @@ from cas.backend.base import (
     UnfinishedUpload,
     check_name,
     check_prefix,
-    read_pieces,
+    scan_pieces,
 )
 from cas.errors import (
     AccessDenied,
@@ -261,7 +261,7 @@ class S3Backend:
         """Like ``write``, with a body read from ``file`` as it is sent (rewound for each
         attempt), after one pass over it in pieces for the digests."""
         md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-        for piece in read_pieces(file, size):
+        for piece in scan_pieces(file, size):
             md5.update(piece)
             sha256.update(piece)
         self._write(name, lambda: _Body(file, size), size, md5, sha256, cold)

@@ -47,6 +47,12 @@ PER_WORKER = 3  # batches in flight per worker
 # a backup this small is over before processes would start.
 AUTO_START_FILES = 256
 AUTO_START_BYTES = 64 << 20
+# Workers run this much nicer than the main process (nice(1) units): the main
+# process walks, hands out batches and answers every worker's asks, so when the
+# cores are all busy it must not wait behind the workers' threads for its turn (on
+# two cores at the same priority each worker waited for it about a third of the
+# time: docs/performance.md, "The feeder").
+NICENESS = 5
 _RECV = 1 << 20  # bytes read from a worker's socket at a time
 _U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
 
@@ -136,7 +142,7 @@ class SaverPool:
         for _ in range(self.count):
             # The backend may need the user's storage credentials (AWS_*): passed on as
             # they are; the key goes over the socket.
-            started = ipc.start(WORKER_MODULE, self._init, storage_access=True)
+            started = ipc.start(WORKER_MODULE, self._init, storage_access=True, niceness=NICENESS)
             if started is None:
                 break
             w = _Worker(*started)
@@ -247,18 +253,29 @@ class SaverPool:
                 self._poll.unregister(fd)
                 self._events.append((w, None))
                 continue
-            buf = w.received
-            buf += self._recv_view[:got]
-            start = 0
-            while len(buf) - start >= _U32.size:
-                (n,) = _U32.unpack_from(buf, start)
-                if len(buf) - start - _U32.size < n:
-                    break
-                begin = start + _U32.size
-                msg = msgpack.unpackb(buf[begin : begin + n], raw=False)
-                start = begin + n
-                self._handle(w, msg)
-            del buf[:start]
+            data = self._recv_view[:got]
+            if not w.received:
+                # The frames that came whole are decoded where they are; only the
+                # start of one still coming is copied aside.
+                w.received += data[self._frames(w, data) :]
+                continue
+            w.received += data
+            with memoryview(w.received) as view:
+                used = self._frames(w, view)
+            del w.received[:used]
+
+    def _frames(self, w: _Worker, data: memoryview) -> int:
+        """Handle the whole frames at the start of ``data``; the bytes they took."""
+        start, end = 0, len(data)
+        while end - start >= _U32.size:
+            (n,) = _U32.unpack_from(data, start)
+            begin = start + _U32.size
+            if end - begin < n:
+                break
+            msg = msgpack.unpackb(data[begin : begin + n], raw=False)  # copies what it keeps
+            start = begin + n
+            self._handle(w, msg)
+        return start
 
     def _handle(self, w: _Worker, msg: Any) -> None:
         kind = msg[0]

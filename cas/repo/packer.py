@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from cas import crypto
-from cas.backend.base import read_pieces
+from cas.backend.base import scan_pieces
 from cas.crypto import BlobType
 from cas.errors import BackendError, CasError, IntegrityError
 from cas.format import pack as packfmt
@@ -94,7 +94,7 @@ class FinishedPack:
         assert self._spool is not None
         digest = hashlib.sha256()
         try:
-            for piece in read_pieces(self._spool, self.size):
+            for piece in scan_pieces(self._spool, self.size):
                 digest.update(piece)
         except OSError as e:
             raise CasError(f"cannot read a temporary pack file: {e.strerror}") from None
@@ -146,26 +146,38 @@ class Packer:
         self._entries.append(
             packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)
         )
+        if self._spool and len(sealed) >= SPOOL_BUFFER:
+            # A large blob goes to the file as it is: copied into the buffer first, it
+            # would cost a copy and, beyond 1 MiB, a fresh mapping of its size
+            # (ipc.keep_heap_small) whose every page faults.
+            self._spill()
+            self._write(sealed)
+            return
         self._data += sealed
         if self._spool and len(self._data) >= SPOOL_BUFFER:
             self._spill()
 
     def _spill(self) -> None:
         """Write the buffer to the temporary file (made now if need be) and hash it."""
+        if self._data:
+            self._write(self._data)
+            self._data = bytearray()
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the temporary file (made now if need be) and hash it."""
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="cas-pack-", dir=spool_dir())  # noqa: SIM115 (closed by the pack)
             fd = self._file.fileno()
-            view = memoryview(self._data)
+            view = memoryview(data)
             while view:
-                view = view[os.pwrite(fd, view, self._spooled + len(self._data) - len(view)) :]
+                view = view[os.pwrite(fd, view, self._spooled + len(data) - len(view)) :]
         except OSError as e:
             raise CasError(
                 f"cannot write a temporary pack file in {spool_dir()}: {e.strerror}"
             ) from None
-        self._hash.update(self._data)
-        self._spooled += len(self._data)
-        self._data = bytearray()
+        self._hash.update(data)
+        self._spooled += len(data)
 
     def _range(self, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` of the pack so far (from the file and the buffer)."""
