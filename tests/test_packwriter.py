@@ -147,6 +147,33 @@ def test_take_open_gives_the_open_blobs_and_empties_the_packers() -> None:
     assert writer.finish_open() == []
 
 
+def test_pour_open_leaves_less_than_a_pack_open_in_one_packer() -> None:
+    """What a backup worker does before handing its last blobs over: the open packers
+    poured together, the full packs finished, the rest in one packer."""
+    blobs = _sealed(40)
+    size = len(blobs[0][1])
+    writer, _ = _writer(_store(), 15 * size)  # four open packers
+    for bid, sealed, raw in blobs[:12]:
+        assert writer.add(BlobType.DATA, bid, sealed, raw) is None
+    assert writer.pour_open(BlobType.DATA) == []  # less than a pack: nothing finished
+    assert sorted(len(p) for p in writer._packers[BlobType.DATA]) == [0, 0, 0, 12]
+    filled = []
+    for bid, sealed, raw in blobs[12:]:
+        full = writer.add(BlobType.DATA, bid, sealed, raw)
+        if full is not None:  # one packer of the four may fill up on its own
+            filled.append(full.finish())
+    poured = writer.pour_open(BlobType.DATA)
+    left = 40 - 15 * (len(filled) + len(poured))
+    assert [len(p.entries) for p in filled + poured] == [15] * (len(filled) + len(poured))
+    assert 0 < left < 15
+    assert sorted(len(p) for p in writer._packers[BlobType.DATA]) == [0, 0, 0, left]
+    poured += filled
+    for p in poured:
+        assert packfmt.parse_pack(KEYS, p.data) == p.entries
+    taken = [e.blob_id for _, entries in writer.take_open(BlobType.DATA, 1 << 20) for e in entries]
+    assert sorted(_ids(poured) + taken) == sorted(b[0] for b in blobs)  # each blob once
+
+
 def test_data_packs_are_stored_cold_and_tree_packs_cached(tmp_path: Path) -> None:
     store = _store()
     cache = LocalCache(tmp_path)

@@ -181,23 +181,34 @@ class PackWriter:
         """Finish every packer that holds blobs: the partly filled packers of a type are
         poured together (in random order) into as few packs as the pack size allows."""
         finished = []
-        for blob_type, packers in self._packers.items():
-            full = [p for p in packers if len(p)]
+        for blob_type in self._packers:
+            finished += self.pour_open(blob_type)
+            packers = self._packers[blob_type]
+            finished += [p.finish() for p in packers if len(p)]  # one at most now
             self._packers[blob_type] = [self._new(blob_type) for _ in packers]
-            if len(full) == 1:
-                finished.append(full[0].finish())
-                continue
-            self._random.shuffle(full)
-            out = self._new(blob_type)
-            for body, entries in (piece for p in full for piece in p.take(POUR_PIECE)):
-                view = memoryview(body)
-                for e in entries:
-                    out.add(e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)
-                    if out.size >= self._pack_size:
-                        finished.append(out.finish())
-                        out = self._new(blob_type)
-            if len(out):
-                finished.append(out.finish())
+        return finished
+
+    def pour_open(self, blob_type: BlobType) -> list[FinishedPack]:
+        """Pour the partly filled packers of ``blob_type`` together, in random order:
+        the packs that fills are finished and returned, the rest stays open in one
+        packer.  A backup worker does this before it hands its last
+        blobs to the main process: what it hands over is then less than one pack,
+        not one partly filled pack per open packer."""
+        packers = self._packers[blob_type]
+        full = [p for p in packers if len(p)]
+        if len(full) <= 1:
+            return []
+        self._random.shuffle(full)
+        finished = []
+        out = self._new(blob_type)
+        for body, entries in (piece for p in full for piece in p.take(POUR_PIECE)):
+            view = memoryview(body)
+            for e in entries:
+                out.add(e.blob_id, view[e.offset : e.offset + e.length], e.raw_length)
+                if out.size >= self._pack_size:
+                    finished.append(out.finish())
+                    out = self._new(blob_type)
+        self._packers[blob_type] = [out, *(self._new(blob_type) for _ in packers[1:])]
         return finished
 
     def store(self, pack: FinishedPack) -> None:
@@ -315,6 +326,10 @@ class BlobSaver:
         a worker hands them to the main process, so a backup ends with one partly
         filled data pack, not one per worker)."""
         self.wait()
+        with self._lock:
+            poured = self.writer.pour_open(BlobType.DATA)
+        for pack in poured:  # full packs: stored here, beside the other workers
+            self._upload(pack)
         with self._lock:
             return self.writer.take_open(BlobType.DATA, piece)
 
