@@ -727,3 +727,43 @@ def test_restore_over_immutable_entries(
         assert not get_flags(b(here / "sub")) & (FLAG_IMMUTABLE | FLAG_APPEND)
     finally:
         unlock_tree(tmp_path)
+
+
+class _Through:
+    """A chunker that is not a StreamChunker: the archiver reads every file through it."""
+
+    def __init__(self, inner: Chunks) -> None:
+        self.inner = inner
+
+    def iter_chunks(
+        self, read: Callable[[int], bytes], guess: Guess | None = None
+    ) -> Iterator[bytes]:
+        return self.inner.iter_chunks(read, guess)
+
+
+def test_small_files_read_in_one_pread_match_the_chunker(repo: Repository, tmp_path: Path) -> None:
+    """A file shorter than the minimum chunk is read and stored without the chunker
+    (one pread): its node is the one the chunker path gives, at the size boundaries."""
+    chunker = repo.chunker()
+    low = chunker.params.min_size  # type: ignore[attr-defined]
+    sizes = [0, 1, 100, low - 1, low, low + 1, 3 * low]
+    files = {f"f{n}": random.Random(n).randbytes(n) for n in sizes}
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    make_files(fast, files)
+    make_files(slow, files)
+    a = backup(repo, fast, chunker=chunker)
+    b_ = backup(repo, slow, chunker=_Through(chunker))
+    assert a.warnings == b_.warnings == []
+    assert a.summary.bytes_read == b_.summary.bytes_read == sum(sizes)
+    nodes_a, nodes_b = walk_source(repo, a.tree, fast), walk_source(repo, b_.tree, slow)
+    for name, data in files.items():
+        na, nb = nodes_a[b(fast / name)], nodes_b[b(slow / name)]
+        assert (na.content, na.sizes, na.digest, na.size) == (
+            nb.content,
+            nb.sizes,
+            nb.digest,
+            nb.size,
+        )
+        assert content(repo, na) == data
+        if 0 < len(data) < low:
+            assert len(na.content) == 1

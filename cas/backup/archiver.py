@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from cas.backup.anomaly import Changes
 from cas.backup.pool import SaverPool
+from cas.chunking.chunker import StreamChunker
 from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
@@ -170,6 +171,10 @@ _DIGEST_READ = 4 << 20  # bytes per read when a file is only hashed (_same_conte
 # A worker batch: up to this many files of one directory, or this many bytes.
 BATCH_FILES = 64
 BATCH_BYTES = 2 << 20
+# While workers run, the walk takes their results (waiting when every worker has its
+# share of batches) after each batch it sends, and otherwise every this many entries.
+CHECK_EVERY = 64  # not a poll() per entry
+CHECK_FULL = 8  # while small files are read here: soon back to the workers once they can
 
 
 class Archiver:
@@ -189,6 +194,9 @@ class Archiver:
         walk has seen ``pool_after`` (files, bytes) of files to read."""
         self.repo = repo
         self.chunker = chunker
+        # A file of at most this many bytes is one chunk (no cut is searched for before
+        # the chunker's minimum size): read in one pread and stored without the chunker.
+        self._one_chunk = chunker.params.min_size if isinstance(chunker, StreamChunker) else 0
         self.offload = offload  # chunks large files in another process, if given
         self.opts = options or BackupOptions()
         self.report = reporter or Reporter()
@@ -200,6 +208,9 @@ class Archiver:
         self._pool = pool
         self._pool_after = pool_after
         self._pool_on = False
+        self._since_check = 0  # entries walked since the workers' results were looked at
+        self._full = False  # every worker had its share of batches when last looked at
+        self._batches_done = 0
         self._seen = [0, 0]  # files and bytes to read before the workers start
         self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
         self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
@@ -250,7 +261,10 @@ class Archiver:
         try:
             while stack:
                 if self._pool_on:
-                    self._take_results(block=self._pool_full())
+                    self._since_check += 1
+                    if self._since_check >= (CHECK_FULL if self._full else CHECK_EVERY):
+                        self._since_check = 0
+                        self._check_workers()
                 frame = stack[-1]
                 if frame.todo:
                     child = self._visit(frame, frame.todo.pop())
@@ -301,6 +315,18 @@ class Archiver:
 
     def _pool_full(self) -> bool:
         return self._pool is not None and self._pool.full()
+
+    def _check_workers(self) -> None:
+        """Take the workers' finished batches.  While every worker has its share, small
+        files are read here (``_full``) rather than the walk waiting; a batch sent
+        meanwhile (of larger files, or begun before) is waited for."""
+        assert self._pool is not None
+        self._take_results(block=False)
+        limit = self._pool.per_worker * max(self._pool.started, 1)
+        while len(self._jobs) > limit:
+            self._take_results(block=True)
+        # Not while they start: they take the first batches the walk sends them all.
+        self._full = self._batches_done >= limit and self._pool_full()
 
     def _to_workers(self, st: os.stat_result) -> bool:
         """Whether this file goes to a worker process (starting them when it is time)."""
@@ -353,6 +379,7 @@ class Archiver:
         job = self._pool.submit(frame.fd, frame.path, files, frame.batch_bytes)
         self._jobs[job] = (frame, frame.batch)
         frame.batch, frame.batch_bytes = [], 0
+        self._since_check = CHECK_EVERY  # the walk looks at the workers next: full now?
 
     def _take_results(self, *, block: bool) -> None:
         """Use the batches the workers finished (with ``block``, wait for one)."""
@@ -365,6 +392,7 @@ class Archiver:
                 continue
             block = False
             frame, queued = self._jobs.pop(done.job)
+            self._batches_done += 1
             for q, result in zip(queued, done.results, strict=True):
                 self._file_done(frame, q, result)
             self._finish(frame)
@@ -484,7 +512,7 @@ class Archiver:
             self.summary.files_unchanged += 1
             self.report.entry(path, "unchanged", "file", st.st_size, 0)
             self.report.bytes_done(st.st_size)
-        elif self._to_workers(st):
+        elif self._to_workers(st) and not (self._full and st.st_size < self._one_chunk):
             self._queue(frame, node, path, st, parent)
             return
         elif not self._read_new_file(frame.fd, name, path, st, parent, node):
@@ -750,10 +778,13 @@ class Archiver:
         self, fd: int, path: bytes, node: Node, st: os.stat_result, parent: ParentChunks | None
     ) -> bool:
         self.report.file_started(path, st.st_size)
-        reader = SourceReader(fd, st)
+        reader: SourceReader | None = None
         try:
-            total = self._save_offloaded(fd, node, st, parent)
+            total = self._save_small(fd, node, st)
             if total is None:
+                total = self._save_offloaded(fd, node, st, parent)
+            if total is None:
+                reader = SourceReader(fd, st)
                 total = self.save_content(node, reader, parent)
             after = os.fstat(fd)
         except OSError as e:
@@ -762,7 +793,8 @@ class Archiver:
             self._warn(f"{_fmt(path)}: read error: {e.strerror}; skipped")
             return False
         finally:
-            self.summary.bytes_read += reader.bytes_read
+            if reader is not None:
+                self.summary.bytes_read += reader.bytes_read
         if moved(after, st) or total != st.st_size:
             # The node keeps the times seen before reading and the size read (so
             # the content list agrees with it).  A change within one tick of the
@@ -771,6 +803,32 @@ class Archiver:
             node.ctime_ns = 0
             self._warn(f"{_fmt(path)}: file changed while it was read; saved as read")
         return True
+
+    def _save_small(self, fd: int, node: Node, st: os.stat_result) -> int | None:
+        """Store a file shorter than the chunker's minimum chunk (so one chunk, none
+        when empty) and without holes from one pread, without the chunker; returns
+        the size read.  None for any other file, or one that grew past its size
+        while read: it is read the normal way."""
+        if st.st_size >= self._one_chunk or st.st_blocks * 512 < st.st_size:
+            return None
+        data = os.pread(fd, st.st_size + 1, 0)  # one byte more: a file that grew
+        self.summary.bytes_read += len(data)
+        if len(data) > st.st_size:
+            return None
+        digest = self.repo.file_digest()
+        node.content, node.sizes = [], []
+        if data:
+            digest.update(data)
+            blob_id, new = self.repo.save_blob(BlobType.DATA, data)
+            if new:
+                self.summary.data_blobs_new += 1
+                self.summary.data_added += len(data)
+            node.content.append(blob_id)
+            node.sizes.append(len(data))
+        node.size = len(data)
+        node.digest = digest.digest()
+        self.report.bytes_done(len(data))
+        return node.size
 
     def _save_offloaded(
         self, fd: int, node: Node, st: os.stat_result, parent: ParentChunks | None
