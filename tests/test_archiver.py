@@ -25,6 +25,7 @@ from cas.backup.archiver import (
     BackupSummary,
     Reporter,
     SourceReader,
+    read_small,
     stdin_node,
 )
 from cas.backup.dryrun import DryRunWriter
@@ -767,3 +768,22 @@ def test_small_files_read_in_one_pread_match_the_chunker(repo: Repository, tmp_p
         assert content(repo, na) == data
         if 0 < len(data) < low:
             assert len(na.content) == 1
+
+
+def test_read_small_only_whole_small_files_without_holes(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 100)
+    st = os.stat(f)
+    with open(f, "rb") as src:
+        assert read_small(src.fileno(), st, 101) == (b"x" * 100, 100)
+        assert read_small(src.fileno(), st, 100) == (None, 0)  # not below the limit
+        with open(f, "ab") as out:
+            out.write(b"more")  # grew since its stat: read the normal way
+        assert read_small(src.fileno(), st, 1 << 20) == (None, 101)
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as out:
+        out.truncate(64 << 10)  # all hole (where the filesystem makes one)
+    st = os.stat(sparse)
+    if st.st_blocks * 512 < st.st_size:
+        with open(sparse, "rb") as src:
+            assert read_small(src.fileno(), st, 1 << 20) == (None, 0)

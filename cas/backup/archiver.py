@@ -809,11 +809,9 @@ class Archiver:
         when empty) and without holes from one pread, without the chunker; returns
         the size read.  None for any other file, or one that grew past its size
         while read: it is read the normal way."""
-        if st.st_size >= self._one_chunk or st.st_blocks * 512 < st.st_size:
-            return None
-        data = os.pread(fd, st.st_size + 1, 0)  # one byte more: a file that grew
-        self.summary.bytes_read += len(data)
-        if len(data) > st.st_size:
+        data, got = read_small(fd, st, self._one_chunk)
+        self.summary.bytes_read += got
+        if data is None:
             return None
         digest = self.repo.file_digest()
         node.content, node.sizes = [], []
@@ -1028,6 +1026,19 @@ def open_source(opener: dirfd.Opener, name: bytes, dir_fd: int, st: SourceStat) 
         os.close(fd)
         raise OSError(errno.ESTALE, "replaced while it was backed up")
     return fd
+
+
+def read_small(fd: int, st: SourceStat, limit: int) -> tuple[bytes | None, int]:
+    """The whole content of the open file ``st`` describes, in one pread, when it is
+    shorter than ``limit`` (a chunker's minimum chunk: one chunk then, none when empty)
+    and has no holes; and the bytes read.  None for any other file, or one that grew
+    past its size while read: read it the normal way (SourceReader and the chunker)."""
+    if st.st_size >= limit or st.st_blocks * 512 < st.st_size:
+        return None, 0
+    data = os.pread(fd, st.st_size + 1, 0)  # one byte more: a file that grew
+    if len(data) > st.st_size:
+        return None, len(data)
+    return data, len(data)
 
 
 def same_digest(fd: int, st: SourceStat, digest: Digest, expected: bytes) -> tuple[bool, int]:
