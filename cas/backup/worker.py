@@ -56,7 +56,7 @@ from typing import Any
 from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
 from cas.backend.registry import open_backend
-from cas.backup.archiver import SourceReader, moved, open_source, same_digest
+from cas.backup.archiver import SourceReader, moved, open_source, read_small, same_digest
 from cas.chunking.chunker import ChunkerParams, make_chunker
 from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.crypto import BlobType
@@ -141,6 +141,7 @@ class _Worker:
         self.backend = open_backend(spec.location, spec.backend_options)
         lo, avg, hi, algorithm = init["chunker"]
         self.chunker = make_chunker(self.keys, ChunkerParams(lo, avg, hi, algorithm))
+        self.min_chunk = lo
         self.data_id = functools.partial(self.keys.blob_id, BlobType.DATA)
         # One sealing thread: the other cores have workers of their own.
         self.saver = BlobSaver(
@@ -254,7 +255,15 @@ class _Worker:
         digest = self.keys.file_digest()
         size = 0
         try:
-            for chunk, blob_id in chunk_ids(self.chunker, self.data_id, reader, parent):
+            # A file shorter than the minimum chunk is one chunk: one pread, no chunker
+            # (as in the main process: archiver.read_small).
+            small, got = read_small(fd, seen, self.min_chunk)
+            r.bytes_read += got
+            if small is None:
+                chunks = chunk_ids(self.chunker, self.data_id, reader, parent)
+            else:
+                chunks = iter([(small, self.data_id(small))] if small else [])
+            for chunk, blob_id in chunks:
                 digest.update(chunk)
                 r.content.append(blob_id)
                 r.sizes.append(len(chunk))
