@@ -170,7 +170,7 @@ def restore(
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
-        pool, after = _writers(g, repo, opts, workers)
+        pool, after, share = _writers(g, repo, opts, workers)
         totals = None
         if out.shows_progress and not (include or exclude):
             totals = _Totals(repo, snap, tree, whole=not sub.strip("/"))
@@ -182,6 +182,7 @@ def restore(
             progress,
             writers=pool,
             writers_after=after,
+            write_share=share,
             **_loading(g, repo, connections),
         )
         started = time.time()
@@ -207,15 +208,24 @@ def restore(
 
 def _writers(
     g: Globals, repo: Repository, opts: RestoreOptions, workers: Workers
-) -> tuple[WriterPool | None, int]:
-    """The writer processes for this restore and after how many files they start: with
-    the default count, not for a small restore (starting them costs more than it saves)."""
+) -> tuple[WriterPool | None, int, bool]:
+    """The writer processes for this restore, after how many files they start, and
+    whether this process writes files too.
+
+    With the default count, not for a small restore (starting them costs more than it
+    saves), and one process per usable core in all: this one is among them, writing
+    the files of the packs it takes while the writers have their share of batches out
+    (on two cores, one writer instead of two: linux into tmpfs, a third less memory
+    and a tenth less CPU in all; docs/performance.md).  ``--workers N`` starts N
+    writers, and this process only hands out their files.
+    """
     plan = None if opts.dry_run else g.helpers(repo, workers.count)
     if plan is None:
-        return None, 0
+        return None, 0, False
+    share = not workers.explicit
     pool = WriterPool(
         plan.spec,
-        plan.count,
+        plan.count - 1 if share else plan.count,
         numeric_owner=opts.numeric_owner,
         verify=opts.verify,
         delete=opts.delete,
@@ -224,7 +234,7 @@ def _writers(
         # longer than one, and one 5% longer than none (they contend for its GIL).
         connections=plan.per_process(0),
     )
-    return pool, (0 if workers.explicit else AUTO_START_AFTER)
+    return pool, (0 if workers.explicit else AUTO_START_AFTER), share
 
 
 # Loading ahead in this process from a local repository (no --connections): one thread,

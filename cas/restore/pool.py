@@ -19,6 +19,16 @@ pack, so a directory's files may go to several writers: a 64 KiB unit
 shared by neighbouring blobs (spec §9.6) is then read once, not once by
 each writer given a batch next to it.
 
+With ``write_share`` (the default count: one process per usable core, the
+main process among them) the main process starts one writer fewer and takes
+parts of packs too (2 MiB of a pack at a time, so that its share can follow
+its load; a 64 KiB unit at the edge of a part may then be read by both): a
+part met for the first time is its own when it has used less CPU time so
+far than the writer that used least (each writer reports its CPU time with
+every finished batch).  It writes the files of its parts in the
+one-process way, a few at a time while each writer has at least a batch's
+worth out, so the walk keeps the writers fed.
+
 What a writer cannot read (a damaged copy of a blob stored twice, a blob
 missing from its list) comes back to be tried again in the main process,
 which has the whole index.  A writer that dies is reported and its batches
@@ -33,8 +43,8 @@ descriptor, and a frame with the last one's: ``{"j": id, "g": [[fresh, clean, sh
 path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack,
 offset, length], ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
 [[action, name], ...] (empty unless "actions"), [warning, ...], [name to retry, ...]]
-per directory], requests so far]`` when a batch is done, ``["x", message]`` when the
-restore must stop (the disk is full).
+per directory], requests so far, CPU seconds so far]`` when a batch is done,
+``["x", message]`` when the restore must stop (the disk is full).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +68,10 @@ from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
 PER_WRITER = 4  # batches in flight per writer process
+# ... or twice as many while those hold fewer files than this: batches of a handful of
+# files each (small directories handed out as soon as the writer had room) kept a writer
+# waiting for its next batch.
+FULL_FILES = 64
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
 AUTO_START_AFTER = 256
@@ -86,15 +101,19 @@ class PackOwners:
 
     def __init__(self, window: int = 512) -> None:
         self.window = window
-        self._owner: dict[bytes, int] = {}  # pack ID -> its writer
-        self._recent: dict[bytes, int] = {}  # pack ID -> when last met (packs met lately)
+        self._owner: dict[Hashable, int] = {}  # pack ID (or part) -> its writer
+        self._recent: dict[Hashable, int] = {}  # pack ID -> when last met (packs met lately)
         self._count = 0  # blobs handed out
 
-    def owner(self, pack_id: bytes, writers: int) -> int:
-        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id``."""
+    def owner(self, pack_id: Hashable, writers: int, here: Callable[[], bool] | None = None) -> int:
+        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id`` (or a part of a
+        pack: any key), or ``writers``, the main process, for a pack met for the first
+        time when ``here()`` says so."""
         self._count += 1
         self._recent[pack_id] = self._count
         w = self._owner.get(pack_id)
+        if w is None and here is not None and here():
+            w = self._owner[pack_id] = writers
         if w is None:
             since = self._count - self.window
             self._recent = {p: n for p, n in self._recent.items() if n > since}
@@ -117,6 +136,7 @@ class Group:
     nodes: list[Item]
     fresh: bool
     clean: bool
+    planned: bool = False  # written by the main process: its blobs are planned there
 
 
 @dataclass
@@ -151,6 +171,8 @@ class _Writer:
     alive: bool = True
     error: str | None = None  # what it said before it died
     requests: dict[str, Any] | None = None  # its backend's requests so far
+    cpu: float = 0.0  # its CPU seconds, as of its last finished batch
+    files: int = 0  # in the batches out at it
     thread: threading.Thread | None = None
 
 
@@ -189,9 +211,17 @@ class WriterPool:
         share of batches: wait for an event first."""
         writers = self._writers or []
         if writer is not None and writer < len(writers) and writers[writer].alive:
-            return len(writers[writer].jobs) >= self.per_writer
+            return self._full(writers[writer])
         live = [w for w in writers if w.alive]
-        return bool(live) and all(len(w.jobs) >= self.per_writer for w in live)
+        return bool(live) and all(self._full(w) for w in live)
+
+    def _full(self, w: _Writer) -> bool:
+        n = len(w.jobs)
+        return n >= 2 * self.per_writer or (n >= self.per_writer and w.files >= FULL_FILES)
+
+    def files_out(self) -> int | None:
+        """The fewest files out at a live writer (None: none alive)."""
+        return min((w.files for w in self._writers or [] if w.alive), default=None)
 
     def size(self) -> int:
         """Writers started (numbered from 0, alive or not)."""
@@ -203,6 +233,10 @@ class WriterPool:
         if writer < len(writers) and writers[writer].alive:
             return len(writers[writer].jobs)
         return min((len(w.jobs) for w in writers if w.alive), default=0)
+
+    def cpu(self) -> float | None:
+        """The least CPU time a live writer reported (None: none alive)."""
+        return min((w.cpu for w in self._writers or [] if w.alive), default=None)
 
     def busy(self) -> bool:
         """Batches are out at writers."""
@@ -249,6 +283,7 @@ class WriterPool:
                 w.alive = False  # its reader reports the batches it had
                 continue
             w.jobs[job] = [(g.directory, g.nodes) for g in groups]
+            w.files += sum(len(g.nodes) for g in groups)
             self._in_flight += 1
             return True
 
@@ -265,10 +300,13 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, results, requests = msg
+        _, job, results, requests, *cpu = msg
         if requests:
             w.requests = requests
+        if cpu:
+            w.cpu = float(cpu[0])
         groups = w.jobs.pop(job)
+        w.files -= sum(len(nodes) for _, nodes in groups)
         self._in_flight -= 1
         done = []
         for (directory, nodes), (summary, actions, warnings, retry) in zip(
@@ -374,6 +412,7 @@ class WriterPool:
         redo = [group for groups in w.jobs.values() for group in groups]
         self._in_flight -= len(w.jobs)
         w.jobs.clear()
+        w.files = 0
         return WriterEvent(
             redo=redo,
             lost=f"restore writer process {w.proc.pid} {how}; "
