@@ -137,6 +137,7 @@ class Group:
     fresh: bool
     clean: bool
     planned: bool = False  # written by the main process: its blobs are planned there
+    cost: float = 0.0  # estimated CPU seconds to write it (FILE_COST, BYTE_COST)
 
 
 @dataclass
@@ -173,6 +174,7 @@ class _Writer:
     requests: dict[str, Any] | None = None  # its backend's requests so far
     cpu: float = 0.0  # its CPU seconds, as of its last finished batch
     files: int = 0  # in the batches out at it
+    costs: dict[int, float] = field(default_factory=dict)  # estimated cost per batch out
     thread: threading.Thread | None = None
 
 
@@ -234,9 +236,14 @@ class WriterPool:
             return len(writers[writer].jobs)
         return min((len(w.jobs) for w in writers if w.alive), default=0)
 
-    def cpu(self) -> float | None:
-        """The least CPU time a live writer reported (None: none alive)."""
-        return min((w.cpu for w in self._writers or [] if w.alive), default=None)
+    def work(self, writer: int) -> float | None:
+        """CPU seconds writer number ``writer`` used (as it last reported) and the
+        estimated cost of the batches out at it; None if it is dead."""
+        writers = self._writers or []
+        if writer < len(writers) and writers[writer].alive:
+            w = writers[writer]
+            return w.cpu + sum(w.costs.values())
+        return None
 
     def busy(self) -> bool:
         """Batches are out at writers."""
@@ -284,6 +291,7 @@ class WriterPool:
                 continue
             w.jobs[job] = [(g.directory, g.nodes) for g in groups]
             w.files += sum(len(g.nodes) for g in groups)
+            w.costs[job] = sum(g.cost for g in groups)
             self._in_flight += 1
             return True
 
@@ -307,6 +315,7 @@ class WriterPool:
             w.cpu = float(cpu[0])
         groups = w.jobs.pop(job)
         w.files -= sum(len(nodes) for _, nodes in groups)
+        w.costs.pop(job, None)
         self._in_flight -= 1
         done = []
         for (directory, nodes), (summary, actions, warnings, retry) in zip(
@@ -412,6 +421,7 @@ class WriterPool:
         redo = [group for groups in w.jobs.values() for group in groups]
         self._in_flight -= len(w.jobs)
         w.jobs.clear()
+        w.costs.clear()
         w.files = 0
         return WriterEvent(
             redo=redo,

@@ -55,6 +55,11 @@ HELD_MAX = 64  # directories' files waiting for their writer before the walk wai
 # otherwise: a writer is kept fed.
 FEED_FILES = 48
 HERE_FILES = 16
+# What writing a file costs, roughly (CPU seconds): to share the work by estimate
+# before it is done (linux into tmpfs: 7.5 s of writing for 78,500 files and 1.3 GB;
+# big: 5.3 s for 2.1 GB in a few large files).
+FILE_COST = 50e-6
+BYTE_COST = 2.5e-9
 BATCH_DIRS = 16  # directories in one batch at most (one descriptor each)
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
 _ZERO_RUN = 1 << 20  # the longest step when extending a hole
@@ -212,6 +217,8 @@ class Restorer:
         # writers have their share of batches out: files of its packs wait here.
         self._share = write_share and self._pool is not None
         self._mine: deque[Group] = deque()
+        self._mine_cost = 0.0  # estimated cost of the files in _mine
+        self._held_cost: dict[int, float] = {}  # ... of those held for each writer
 
     # -- walking ------------------------------------------------------------
 
@@ -439,7 +446,9 @@ class Restorer:
         # (PackOwners): a unit shared by neighbouring blobs is read once.
         owners, count = self._owners, pool.size()
         here = self._take_here if self._share and count else None
-        parts: dict[int, tuple[list[Node | dict[Any, Any]], dict[bytes, Location]]] = {}
+        parts: dict[
+            int, tuple[list[Node | dict[Any, Any]], dict[bytes, Location], list[float]]
+        ] = {}
         where: dict[bytes, Location] = {}
         locate = self.repo.locate
         w = -1
@@ -470,14 +479,22 @@ class Restorer:
                 w = min(range(count), key=pool.load)
             part = parts.get(w)
             if part is None:
-                part = parts[w] = ([], {})
+                part = parts[w] = ([], {}, [0.0])
             part[0].append(n)
             part[1].update(mine)
+            if here is not None:  # its estimated cost counts for the next choice at once
+                size = n.get("size", 0) if type(n) is dict else n.size  # type: ignore[union-attr]
+                cost = FILE_COST + BYTE_COST * (size if type(size) is int else 0)
+                part[2][0] += cost
+                if w == count:
+                    self._mine_cost += cost
+                else:
+                    self._held_cost[w] = self._held_cost.get(w, 0.0) + cost
         held = self._held
-        for w, (items, located) in parts.items():
+        for w, (items, located, costs) in parts.items():
             # Held while the writer has its share of batches out (the others are
             # not kept waiting meanwhile), then sent with the other files held.
-            group = Group(d, d.fd, d.target, items, d.fresh, d.clean)
+            group = Group(d, d.fd, d.target, items, d.fresh, d.clean, cost=costs[0])
             if w == count and here is not None:
                 self._mine.append(group)
             else:
@@ -494,12 +511,18 @@ class Restorer:
                 self._handle(pool.next_event())
 
     def _take_here(self) -> bool:
-        """Whether this process takes a part of a pack met for the first time: when it
-        has used less CPU time so far than the writer that used least (the walk is its
-        work too, so it takes more of the files when the walk costs less)."""
-        assert self._pool is not None
-        least = self._pool.cpu()
-        return least is not None and time.process_time() < least
+        """Whether this process takes a part of a pack met for the first time: when the
+        CPU time it used so far and the estimated cost of the files waiting for it
+        are less than the same for every writer (the walk is its work too, so it
+        takes more of the files when the walk costs less)."""
+        pool = self._pool
+        assert pool is not None
+        mine = time.process_time() + self._mine_cost
+        for w in range(pool.size()):
+            work = pool.work(w)
+            if work is not None and work + self._held_cost.get(w, 0.0) <= mine:
+                return False
+        return True
 
     def _write_here(self) -> None:
         """Write a batch of the files of this process's packs (``write_share``)."""
@@ -522,6 +545,7 @@ class Restorer:
         while self._mine and files < HERE_FILES:
             group = self._mine.popleft()
             self._held_count -= 1
+            self._mine_cost -= group.cost
             files += len(group.nodes)
             groups.append((group.directory, group.nodes))  # type: ignore[arg-type]
         for d, nodes in groups:
@@ -548,6 +572,8 @@ class Restorer:
                     groups.append(group)
                     where.update(located)
                     files += len(group.nodes)
+                    if w in self._held_cost:
+                        self._held_cost[w] -= group.cost  # now counted by the pool
                 self._held_count -= len(groups)
                 if not pool.submit(groups, where, writer=writer):
                     for group in groups:
