@@ -333,7 +333,7 @@ def test_writers_send_each_entrys_action_only_when_it_is_shown(tmp_path: Path) -
 
 def _many_files(root: Path) -> None:
     """600 files of 12 KiB in 20 directories (7 MiB that does not compress: several
-    2 MiB parts of packs), more than a default restore writes before its writers start."""
+    2 MiB parts of packs)."""
     for i in range(20):
         d = root / f"d{i}"
         d.mkdir(parents=True)
@@ -360,24 +360,23 @@ r.Restorer._write_here = _counted
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
 @pytest.mark.parametrize("failpoint", ["", "restore-writer-file@7"])
-def test_by_default_the_main_process_shares_the_files_with_one_writer_per_other_core(
+def test_with_fewer_writers_than_cores_the_main_process_writes_a_share(
     tmp_path: Path, failpoint: str
 ) -> None:
-    """With the default --workers, one process per usable core writes files: the main
-    process is one (it writes the files of the parts of packs it takes) and starts one
-    writer fewer.  The restore is exact, and so it is when the writer dies (its
-    unfinished batches are restored by the main process, exit 3)."""
+    """``--workers`` below the usable cores: the main process writes the files of the
+    parts of packs it takes besides handing out the writer's.  The restore is exact, and
+    so it is when the writer dies (its unfinished batches are restored by the main
+    process, exit 3)."""
     src, repo = _backed_up(tmp_path, _many_files)
     seen, out = tmp_path / "seen", tmp_path / "out"
-    env = {"CAS_WORKERS": "", **({"CAS_FAILPOINTS": failpoint} if failpoint else {})}
+    env = {"CAS_FAILPOINTS": failpoint} if failpoint else {}
     done = run_cas(
-        "-r", repo, "--json", "restore", "latest", "-t", out,
+        "-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "1",
         env=env, prelude=_ALTERNATE.format(seen=str(seen)),
     )  # fmt: skip
     assert done.code == (3 if failpoint else 0), done.err
     assert "Traceback" not in done.err
-    cores = len(os.sched_getaffinity(0))
-    assert done.json()["summary"]["writers"] == cores - 1
+    assert done.json()["summary"]["writers"] == 1
     assert done.json()["summary"]["failed"] == []
     assert seen.exists()  # the main process wrote batches of its own files
     assert compare_trees(src, _landed(out, src)) == []

@@ -19,9 +19,8 @@ pack, so a directory's files may go to several writers: a 64 KiB unit
 shared by neighbouring blobs (spec §9.6) is then read once, not once by
 each writer given a batch next to it.
 
-With ``write_share`` (the default count: one process per usable core, the
-main process among them) the main process starts one writer fewer and takes
-parts of packs too (2 MiB of a pack at a time, so that its share can follow
+With ``write_share`` (``--workers`` below the usable cores) the main process
+takes parts of packs too (2 MiB of a pack at a time, so that its share can follow
 its load; a 64 KiB unit at the edge of a part may then be read by both): a
 part met for the first time is its own when it has used less CPU time so
 far than the writer that used least (each writer reports its CPU time with
@@ -68,9 +67,10 @@ from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
 PER_WRITER = 4  # batches in flight per writer process
-# ... or twice as many while those hold fewer files than this: batches of a handful of
-# files each (small directories handed out as soon as the writer had room) kept a writer
-# waiting for its next batch.
+# ... or, when the main process writes a share (``small_batches``), twice as many while
+# those hold fewer files than this: batches of a handful of files each (small
+# directories handed out as soon as the writer had room) kept a writer waiting for its
+# next batch while the main process wrote (with two writers: no faster, not used).
 FULL_FILES = 64
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
@@ -198,6 +198,7 @@ class WriterPool:
         self._options = {"numeric_owner": numeric_owner, "verify": verify, "delete": delete}
         self._connections = connections
         self.actions = True  # writers report each entry's action (the restorer sets it)
+        self.small_batches = False  # up to twice per_writer batches of few files (it too)
         self._writers: list[_Writer] | None = None
         self._gone: list[_Writer] = []  # after close
         self._events: queue.Queue[tuple[_Writer, Any]] = queue.Queue()
@@ -219,7 +220,9 @@ class WriterPool:
 
     def _full(self, w: _Writer) -> bool:
         n = len(w.jobs)
-        return n >= 2 * self.per_writer or (n >= self.per_writer and w.files >= FULL_FILES)
+        if n < self.per_writer:
+            return False
+        return not self.small_batches or n >= 2 * self.per_writer or w.files >= FULL_FILES
 
     def files_out(self) -> int | None:
         """The fewest files out at a live writer (None: none alive)."""

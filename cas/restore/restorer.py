@@ -216,6 +216,8 @@ class Restorer:
         # walk alone), this process takes packs too and writes their files when the
         # writers have their share of batches out: files of its packs wait here.
         self._share = write_share and self._pool is not None
+        if self._pool is not None:
+            self._pool.small_batches = self._share
         self._mine: deque[Group] = deque()
         self._mine_cost = 0.0  # estimated cost of the files in _mine
         self._held_cost: dict[int, float] = {}  # ... of those held for each writer
