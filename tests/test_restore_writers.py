@@ -329,3 +329,55 @@ def test_writers_send_each_entrys_action_only_when_it_is_shown(tmp_path: Path) -
     assert files == {
         str(p) for p in landed.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "hard"
     }
+
+
+def _many_files(root: Path) -> None:
+    """600 files of 12 KiB in 20 directories (7 MiB that does not compress: several
+    2 MiB parts of packs)."""
+    for i in range(20):
+        d = root / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(30):
+            (d / f"f{j:02d}").write_bytes(os.urandom(12 << 10))
+
+
+# The main process takes every other part of a pack met (not by CPU time: a small tree
+# would leave it all to one side) and notes each batch of its own files it writes.
+_ALTERNATE = """
+import cas.restore.restorer as r
+_turn = [False]
+def _take_here(self):
+    _turn[0] = not _turn[0]
+    return _turn[0]
+r.Restorer._take_here = _take_here
+_write_here = r.Restorer._write_here
+def _counted(self):
+    open({seen!r}, "a").write("x")
+    return _write_here(self)
+r.Restorer._write_here = _counted
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two usable cores")
+@pytest.mark.parametrize("failpoint", ["", "restore-writer-file@7"])
+def test_with_fewer_writers_than_cores_the_main_process_writes_a_share(
+    tmp_path: Path, failpoint: str
+) -> None:
+    """``--workers`` below the usable cores: the main process writes the files of the
+    parts of packs it takes besides handing out the writer's.  The restore is exact, and
+    so it is when the writer dies (its unfinished batches are restored by the main
+    process, exit 3)."""
+    src, repo = _backed_up(tmp_path, _many_files)
+    seen, out = tmp_path / "seen", tmp_path / "out"
+    env = {"CAS_FAILPOINTS": failpoint} if failpoint else {}
+    done = run_cas(
+        "-r", repo, "--json", "restore", "latest", "-t", out, "--workers", "1",
+        env=env, prelude=_ALTERNATE.format(seen=str(seen)),
+    )  # fmt: skip
+    assert done.code == (3 if failpoint else 0), done.err
+    assert "Traceback" not in done.err
+    assert done.json()["summary"]["writers"] == 1
+    assert done.json()["summary"]["failed"] == []
+    assert seen.exists()  # the main process wrote batches of its own files
+    assert compare_trees(src, _landed(out, src)) == []
+    assert _leftovers(out) == []

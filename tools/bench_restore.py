@@ -10,7 +10,9 @@ XDG_STATE_HOME and XDG_CACHE_HOME) into a fresh directory under ``--target``
 (tmpfs: /dev/shm) with each checkout in turn (``PYTHONPATH=DIR python -m cas``,
 pinned with ``taskset -c CPUS``), ``--repeat`` rounds, and prints per run and as
 medians: wall time, CPU time of the process tree (user + system, from ``wait4``
-of the command's children), peak resident memory summed over the process tree
+of the command's children; also user and system apart, and each process's share: the
+main process first, then the writers, read from /proc/PID/stat at each sample, so a
+process's last 20 ms may be missing), peak resident memory summed over the process tree
 (sampled every 20 ms, as tools/bench.py does; each process's share at that peak)
 and the bytes read from the repository (``requests.bytes_down`` of ``--json``).
 ``--workers auto`` leaves the number of writer processes to cas.  The checkouts
@@ -35,6 +37,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_memory import SplitRss
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+class CpuRss(SplitRss):
+    """SplitRss that also keeps the last CPU times (user, system) seen of each process
+    of the tree: the main process and its children."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.cpu: dict[int, tuple[float, float]] = {}
+
+    def _sample(self) -> tuple[int, int]:
+        pids = [self.pid]
+        try:
+            for task in os.listdir(f"/proc/{self.pid}/task"):
+                with open(f"/proc/{self.pid}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                self.cpu[pid] = (int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+            except (OSError, ValueError, IndexError):
+                continue
+        return super()._sample()
+
 
 def one_restore(
     repo: str, cas_path: str, state: Path, cpus: str, workers: str, target_root: str
@@ -49,7 +79,7 @@ def one_restore(
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, cwd=target_root)
-        rss = SplitRss(proc.pid)
+        rss = CpuRss(proc.pid)
         rss.start()
         out, _ = proc.communicate()
         wall = time.monotonic() - started
@@ -59,11 +89,15 @@ def one_restore(
         shutil.rmtree(target, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"restore with {cas_path} failed (exit {proc.returncode})")
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    per_process = [round(u + s, 2) for u, s in rss.cpu.values()]  # main process first
     requests = json.loads(out).get("requests") or {}
     return {
         "wall_s": round(wall, 2),
-        "cpu_s": round(cpu, 2),
+        "cpu_s": round(user + system, 2),
+        "user_s": round(user, 2),
+        "sys_s": round(system, 2),
+        "cpu_per_process_s": per_process,
         "rss_mib": round(rss.peak / 2**20),
         "rss_per_process_mib": [round(r / 2**20) for r in rss.at_peak],
         "bytes_read": requests.get("bytes_down", 0),
@@ -96,7 +130,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     for name, rows in runs.items():
         summary = {"checkout": name, "median_of": len(rows)}
-        for key in ("wall_s", "cpu_s", "rss_mib", "bytes_read"):
+        for key in ("wall_s", "cpu_s", "user_s", "sys_s", "rss_mib", "bytes_read"):
             values = [float(r[key]) for r in rows]  # type: ignore[arg-type]
             summary[key] = statistics.median(values)
             summary[key.split("_")[0] + "_range"] = [min(values), max(values)]

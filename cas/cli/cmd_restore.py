@@ -25,6 +25,7 @@ from cas.crypto import BlobType
 from cas.errors import EXIT_ERROR, EXIT_WARNINGS, CasError, UsageError
 from cas.format.snapshot import Snapshot
 from cas.fs.patterns import PatternSet
+from cas.ipc import usable_cores
 from cas.manage.stats import StatsCollector
 from cas.repo import Repository
 from cas.restore.pool import AUTO_START_AFTER, WriterPool
@@ -170,7 +171,7 @@ def restore(
         repo.load_index()
         tree, _ = find_subtree(repo, snap.tree, os.fsencode(sub))
         connections = g.connections or 4
-        pool, after = _writers(g, repo, opts, workers)
+        pool, after, share = _writers(g, repo, opts, workers)
         totals = None
         if out.shows_progress and not (include or exclude):
             totals = _Totals(repo, snap, tree, whole=not sub.strip("/"))
@@ -182,6 +183,7 @@ def restore(
             progress,
             writers=pool,
             writers_after=after,
+            write_share=share,
             **_loading(g, repo, connections),
         )
         started = time.time()
@@ -207,12 +209,20 @@ def restore(
 
 def _writers(
     g: Globals, repo: Repository, opts: RestoreOptions, workers: Workers
-) -> tuple[WriterPool | None, int]:
-    """The writer processes for this restore and after how many files they start: with
-    the default count, not for a small restore (starting them costs more than it saves)."""
+) -> tuple[WriterPool | None, int, bool]:
+    """The writer processes for this restore, after how many files they start (with
+    the default count, not for a small restore: starting them costs more than it
+    saves), and whether this process writes files too: when ``--workers`` asks for
+    fewer writers than there are usable cores, it writes the files of the parts of
+    packs it takes (``Restorer(write_share=True)``).  The default is one writer per
+    core without it: on two cores, main + one writer used a fifth less memory but
+    took 6.2 s against 5.3 s for the linux restore on a quiet machine
+    (docs/performance.md, "The main process writes a share").
+    """
     plan = None if opts.dry_run else g.helpers(repo, workers.count)
     if plan is None:
-        return None, 0
+        return None, 0, False
+    share = plan.count < usable_cores()
     pool = WriterPool(
         plan.spec,
         plan.count,
@@ -224,7 +234,7 @@ def _writers(
         # longer than one, and one 5% longer than none (they contend for its GIL).
         connections=plan.per_process(0),
     )
-    return pool, (0 if workers.explicit else AUTO_START_AFTER)
+    return pool, (0 if workers.explicit else AUTO_START_AFTER), share
 
 
 # Loading ahead in this process from a local repository (no --connections): one thread,

@@ -19,6 +19,15 @@ pack, so a directory's files may go to several writers: a 64 KiB unit
 shared by neighbouring blobs (spec §9.6) is then read once, not once by
 each writer given a batch next to it.
 
+With ``write_share`` (``--workers`` below the usable cores) the main process
+takes parts of packs too (2 MiB of a pack at a time, so that its share can follow
+its load; a 64 KiB unit at the edge of a part may then be read by both): a
+part met for the first time is its own when it has used less CPU time so
+far than the writer that used least (each writer reports its CPU time with
+every finished batch).  It writes the files of its parts in the
+one-process way, a few at a time while each writer has at least a batch's
+worth out, so the walk keeps the writers fed.
+
 What a writer cannot read (a damaged copy of a blob stored twice, a blob
 missing from its list) comes back to be tried again in the main process,
 which has the whole index.  A writer that dies is reported and its batches
@@ -33,8 +42,8 @@ descriptor, and a frame with the last one's: ``{"j": id, "g": [[fresh, clean, sh
 path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack,
 offset, length], ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
 [[action, name], ...] (empty unless "actions"), [warning, ...], [name to retry, ...]]
-per directory], requests so far]`` when a batch is done, ``["x", message]`` when the
-restore must stop (the disk is full).
+per directory], requests so far, CPU seconds so far]`` when a batch is done,
+``["x", message]`` when the restore must stop (the disk is full).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +67,11 @@ from cas.restore.blobstream import BUDGET, MAX_REQUEST
 
 WORKER_MODULE = "cas.restore.worker"
 PER_WRITER = 4  # batches in flight per writer process
+# ... or, when the main process writes a share (``small_batches``), twice as many while
+# those hold fewer files than this: batches of a handful of files each (small
+# directories handed out as soon as the writer had room) kept a writer waiting for its
+# next batch while the main process wrote (with two writers: no faster, not used).
+FULL_FILES = 64
 # With the default number of writers, the first files of a restore are written by
 # the main process: a restore this small is over before processes would start.
 AUTO_START_AFTER = 256
@@ -86,15 +101,19 @@ class PackOwners:
 
     def __init__(self, window: int = 512) -> None:
         self.window = window
-        self._owner: dict[bytes, int] = {}  # pack ID -> its writer
-        self._recent: dict[bytes, int] = {}  # pack ID -> when last met (packs met lately)
+        self._owner: dict[Hashable, int] = {}  # pack ID (or part) -> its writer
+        self._recent: dict[Hashable, int] = {}  # pack ID -> when last met (packs met lately)
         self._count = 0  # blobs handed out
 
-    def owner(self, pack_id: bytes, writers: int) -> int:
-        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id``."""
+    def owner(self, pack_id: Hashable, writers: int, here: Callable[[], bool] | None = None) -> int:
+        """The writer (0 to ``writers`` - 1) that reads pack ``pack_id`` (or a part of a
+        pack: any key), or ``writers``, the main process, for a pack met for the first
+        time when ``here()`` says so."""
         self._count += 1
         self._recent[pack_id] = self._count
         w = self._owner.get(pack_id)
+        if w is None and here is not None and here():
+            w = self._owner[pack_id] = writers
         if w is None:
             since = self._count - self.window
             self._recent = {p: n for p, n in self._recent.items() if n > since}
@@ -117,6 +136,8 @@ class Group:
     nodes: list[Item]
     fresh: bool
     clean: bool
+    planned: bool = False  # written by the main process: its blobs are planned there
+    cost: float = 0.0  # estimated CPU seconds to write it (FILE_COST, BYTE_COST)
 
 
 @dataclass
@@ -151,6 +172,9 @@ class _Writer:
     alive: bool = True
     error: str | None = None  # what it said before it died
     requests: dict[str, Any] | None = None  # its backend's requests so far
+    cpu: float = 0.0  # its CPU seconds, as of its last finished batch
+    files: int = 0  # in the batches out at it
+    costs: dict[int, float] = field(default_factory=dict)  # estimated cost per batch out
     thread: threading.Thread | None = None
 
 
@@ -174,6 +198,7 @@ class WriterPool:
         self._options = {"numeric_owner": numeric_owner, "verify": verify, "delete": delete}
         self._connections = connections
         self.actions = True  # writers report each entry's action (the restorer sets it)
+        self.small_batches = False  # up to twice per_writer batches of few files (it too)
         self._writers: list[_Writer] | None = None
         self._gone: list[_Writer] = []  # after close
         self._events: queue.Queue[tuple[_Writer, Any]] = queue.Queue()
@@ -189,9 +214,19 @@ class WriterPool:
         share of batches: wait for an event first."""
         writers = self._writers or []
         if writer is not None and writer < len(writers) and writers[writer].alive:
-            return len(writers[writer].jobs) >= self.per_writer
+            return self._full(writers[writer])
         live = [w for w in writers if w.alive]
-        return bool(live) and all(len(w.jobs) >= self.per_writer for w in live)
+        return bool(live) and all(self._full(w) for w in live)
+
+    def _full(self, w: _Writer) -> bool:
+        n = len(w.jobs)
+        if n < self.per_writer:
+            return False
+        return not self.small_batches or n >= 2 * self.per_writer or w.files >= FULL_FILES
+
+    def files_out(self) -> int | None:
+        """The fewest files out at a live writer (None: none alive)."""
+        return min((w.files for w in self._writers or [] if w.alive), default=None)
 
     def size(self) -> int:
         """Writers started (numbered from 0, alive or not)."""
@@ -203,6 +238,15 @@ class WriterPool:
         if writer < len(writers) and writers[writer].alive:
             return len(writers[writer].jobs)
         return min((len(w.jobs) for w in writers if w.alive), default=0)
+
+    def work(self, writer: int) -> float | None:
+        """CPU seconds writer number ``writer`` used (as it last reported) and the
+        estimated cost of the batches out at it; None if it is dead."""
+        writers = self._writers or []
+        if writer < len(writers) and writers[writer].alive:
+            w = writers[writer]
+            return w.cpu + sum(w.costs.values())
+        return None
 
     def busy(self) -> bool:
         """Batches are out at writers."""
@@ -249,6 +293,8 @@ class WriterPool:
                 w.alive = False  # its reader reports the batches it had
                 continue
             w.jobs[job] = [(g.directory, g.nodes) for g in groups]
+            w.files += sum(len(g.nodes) for g in groups)
+            w.costs[job] = sum(g.cost for g in groups)
             self._in_flight += 1
             return True
 
@@ -265,10 +311,14 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, results, requests = msg
+        _, job, results, requests, *cpu = msg
         if requests:
             w.requests = requests
+        if cpu:
+            w.cpu = float(cpu[0])
         groups = w.jobs.pop(job)
+        w.files -= sum(len(nodes) for _, nodes in groups)
+        w.costs.pop(job, None)
         self._in_flight -= 1
         done = []
         for (directory, nodes), (summary, actions, warnings, retry) in zip(
@@ -374,6 +424,8 @@ class WriterPool:
         redo = [group for groups in w.jobs.values() for group in groups]
         self._in_flight -= len(w.jobs)
         w.jobs.clear()
+        w.costs.clear()
+        w.files = 0
         return WriterEvent(
             redo=redo,
             lost=f"restore writer process {w.proc.pid} {how}; "

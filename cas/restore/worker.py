@@ -12,6 +12,7 @@ import os
 import select
 import socket
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -162,7 +163,7 @@ def _serve(sock: socket.socket) -> None:
                 ipc.send(sock, ["p", collector.unreported])
                 collector.unreported = 0
             requests = request_summary(reader.backend)  # so far, for the cost report
-            ipc.send(sock, ["d", batch.job, results, requests])
+            ipc.send(sock, ["d", batch.job, results, requests, time.process_time()])
     finally:
         restorer.close()
         reader.close()
