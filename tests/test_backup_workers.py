@@ -88,6 +88,15 @@ def _paused_backup(
     )
 
 
+def _wait_paused(proc: subprocess.Popen[bytes], gate: Path) -> None:
+    """Until a worker of ``_paused_backup`` waits at its fail point."""
+    paused = gate / "backup-worker-batch.paused"
+    deadline = time.monotonic() + 120  # a bound on a hang, not a timing assertion
+    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert paused.exists(), proc.communicate()
+
+
 def _check(repo: Path) -> dict[str, Any]:
     done = run_cas("-r", repo, "--json", "check", "--read-data")
     assert done.code == 0, (done.out, done.err)
@@ -206,11 +215,7 @@ def _f3_deleted_under_a_paused_worker(
     _init(repo)
     proc = _paused_backup(repo, src, gate, "1", workers="1")
     try:
-        paused = gate / "backup-worker-batch.paused"
-        deadline = time.monotonic() + 120  # a bound on a hang, not a timing assertion
-        while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert paused.exists(), proc.communicate()
+        _wait_paused(proc, gate)
         (src / "f3").unlink()
         (gate / "backup-worker-batch.go").touch()
         out, err = proc.communicate(timeout=120)
@@ -314,11 +319,7 @@ def test_workers_yield_the_cpu_to_the_main_process(tmp_path: Path) -> None:
     _init(repo)
     proc = _paused_backup(repo, src, gate, "1")
     try:
-        paused = gate / "backup-worker-batch.paused"
-        deadline = time.monotonic() + 120  # a bound on a hang, not a timing assertion
-        while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert paused.exists(), proc.communicate()
+        _wait_paused(proc, gate)
         workers = [
             c
             for c in _children(proc.pid)
