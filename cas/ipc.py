@@ -139,33 +139,20 @@ def spawn(
 
 
 def start(
-    module: str, init: Any, *, storage_access: bool = False, niceness: int = 0
+    module: str, init: Any, *, storage_access: bool = False
 ) -> tuple[subprocess.Popen[bytes], socket.socket] | None:
     """``spawn`` a helper and send it its first frame, ``init`` (keys go there); None if
-    it could not start or take that frame.  ``niceness`` lowers the helper's scheduling
-    priority below this process's (``yield_to``)."""
+    it could not start or take that frame."""
     try:
         proc, sock = spawn(module, storage_access=storage_access)
     except OSError:
         return None
-    if niceness:
-        yield_to(proc.pid, niceness)
     try:
         send(sock, init)
     except OSError:
         stop(proc, sock, timeout=1)
         return None
     return proc, sock
-
-
-def yield_to(pid: int, niceness: int) -> None:
-    """Run process ``pid`` (a helper just started, before it starts threads) ``niceness``
-    nice(1) units below this process, so that when the cores are all busy this process
-    runs first.  A parent that hands out the work and answers the helpers' questions is
-    the pipeline's one feeder: at equal priority the kernel's fair share gives each of
-    the helpers' threads as much CPU as it, and every helper then waits for it."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
 
 
 def ended(proc: subprocess.Popen[bytes], error: str | None = None) -> str:

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from cas.backup.pool import NICENESS
 from tests.support.cli import run_cas, start_cas
 from tests.support.mounts import tmpfs
 from tests.support.procs import kill_when_paused
@@ -294,47 +293,6 @@ def test_kill_9_of_the_backup_leaves_no_worker_behind(tmp_path: Path) -> None:
     assert os.listdir(tmp) == []
     _check(repo)
     _backup(repo, src, "--workers", "2")
-    _restored_equal(tmp_path, repo, src)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def test_workers_yield_the_cpu_to_the_main_process(tmp_path: Path) -> None:
-    """The main process feeds every worker: the workers run nicer than it, so it is
-    not kept waiting behind their threads when the cores are busy."""
-    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
-    _tree(src, dirs=2)
-    gate.mkdir()
-    _init(repo)
-    proc = _paused_backup(repo, src, gate, "1")
-    try:
-        _wait_paused(proc, gate)
-        workers = [
-            c
-            for c in _children(proc.pid)
-            if b"cas.backup.worker" in Path(f"/proc/{c}/cmdline").read_bytes()
-        ]
-        assert len(workers) == 2
-        main_nice = os.getpriority(os.PRIO_PROCESS, proc.pid)
-        for pid in workers:
-            assert os.getpriority(os.PRIO_PROCESS, pid) == min(main_nice + NICENESS, 19)
-        (gate / "backup-worker-batch.go").touch()
-        _out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
     _restored_equal(tmp_path, repo, src)
 
 

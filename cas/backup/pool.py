@@ -47,12 +47,6 @@ PER_WORKER = 3  # batches in flight per worker
 # a backup this small is over before processes would start.
 AUTO_START_FILES = 256
 AUTO_START_BYTES = 64 << 20
-# Workers run this much nicer than the main process (nice(1) units): the main
-# process walks, hands out batches and answers every worker's asks, so when the
-# cores are all busy it must not wait behind the workers' threads for its turn (on
-# two cores at the same priority each worker waited for it about a third of the
-# time: docs/performance.md, "The feeder").
-NICENESS = 5
 _RECV = 1 << 20  # bytes read from a worker's socket at a time
 _U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
 
@@ -142,7 +136,7 @@ class SaverPool:
         for _ in range(self.count):
             # The backend may need the user's storage credentials (AWS_*): passed on as
             # they are; the key goes over the socket.
-            started = ipc.start(WORKER_MODULE, self._init, storage_access=True, niceness=NICENESS)
+            started = ipc.start(WORKER_MODULE, self._init, storage_access=True)
             if started is None:
                 break
             w = _Worker(*started)
