@@ -108,27 +108,27 @@ def write_file(
     if isinstance(backend, FileWrites):
         backend.write_file(name, file, size, cold=cold)
     else:
-        backend.write(name, b"".join(read_pieces(file, size)), cold=cold)
+        backend.write(name, read_whole(file, size), cold=cold)
 
 
-def read_pieces(file: BinaryIO, size: int, piece: int = PIECE) -> Iterator[bytes]:
-    """The first ``size`` bytes of ``file`` (rewound first) in pieces of at most ``piece``;
-    BackendError if the file is shorter."""
-    file.seek(0)
-    left = size
-    while left > 0:
-        data = file.read(min(piece, left))
-        if not data:
-            raise BackendError(f"a file to store is shorter than its {size} bytes")
-        left -= len(data)
-        yield data
+def read_whole(file: BinaryIO, size: int) -> bytearray:
+    """The first ``size`` bytes of ``file`` (rewound first), read in pieces into one
+    buffer; BackendError if the file is shorter."""
+    out = bytearray(size)
+    at = 0
+    for piece in scan_pieces(file, size):
+        out[at : at + len(piece)] = piece
+        at += len(piece)
+    return out
 
 
 def scan_pieces(file: BinaryIO, size: int, piece: int = PIECE) -> Iterator[memoryview]:
-    """Like ``read_pieces``, but each piece is a view of one buffer that the next piece
-    overwrites: for callers done with a piece before they ask for the next (hashing,
-    comparing, writing it out).  No buffer per piece: in a process that keeps its heap
-    small (cas/ipc.py) each fresh 1 MiB would be a new mapping whose pages all fault."""
+    """The first ``size`` bytes of ``file`` (rewound first) in pieces of at most
+    ``piece``, BackendError if the file is shorter; each piece is a view of one buffer
+    that the next piece overwrites: for callers done with a piece before they ask for
+    the next (hashing, comparing, writing it out).  No buffer per piece: in a process
+    that keeps its heap small (cas/ipc.py) each fresh 1 MiB would be a new mapping
+    whose pages all fault."""
     file.seek(0)
     buf = bytearray(min(piece, size))
     view = memoryview(buf)

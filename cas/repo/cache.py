@@ -72,7 +72,9 @@ class LocalCache:
         """Store an object; failures (full disk, permissions) only cost the cache."""
         self.put_pieces(kind, object_id, (data,))
 
-    def put_pieces(self, kind: str, object_id: bytes, pieces: Iterable[bytes | bytearray]) -> None:
+    def put_pieces(
+        self, kind: str, object_id: bytes, pieces: Iterable[bytes | bytearray | memoryview]
+    ) -> None:
         """Store an object given in pieces, one piece in memory at a time; failures
         (full disk, permissions, a piece that cannot be read) only cost the cache."""
         path = self._path(kind, object_id)

@@ -18,7 +18,7 @@ from cas.backend.base import (
     UnfinishedUpload,
     abort_leftover,
     list_leftovers,
-    read_pieces,
+    read_whole,
     write_file,
 )
 from cas.repo.cache import LocalCache
@@ -75,7 +75,7 @@ class CachingBackend:
         """Write through from a file; a cached kind (small objects) is read whole for the
         cache."""
         if _split(name) is not None:
-            self.write(name, b"".join(read_pieces(file, size)), cold=cold)
+            self.write(name, read_whole(file, size), cold=cold)
         else:
             write_file(self.inner, name, file, size, cold=cold)
 

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cas import crypto, failpoints
-from cas.backend.base import Backend, read_pieces, write_file
+from cas.backend.base import Backend, scan_pieces, write_file
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format import index as indexfmt
@@ -233,7 +233,7 @@ class PackWriter:
             if self._verify_size and self.backend.stat(name).size != pack.size:
                 raise CasError(f"pack {name} was stored with the wrong size")
             if self.cache is not None and is_tree:
-                pieces = (data,) if data is not None else read_pieces(spool, pack.size)
+                pieces = (data,) if data is not None else scan_pieces(spool, pack.size)
                 self.cache.put_pieces("packs", pack.pack_id, pieces)
         finally:
             pack.discard()

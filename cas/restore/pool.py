@@ -102,7 +102,7 @@ class PackOwners:
     def __init__(self, window: int = 512) -> None:
         self.window = window
         self._owner: dict[Hashable, int] = {}  # pack ID (or part) -> its writer
-        self._recent: dict[Hashable, int] = {}  # pack ID -> when last met (packs met lately)
+        self._recent: dict[Hashable, int] = {}  # pack (or part) -> when last met, lately
         self._count = 0  # blobs handed out
 
     def owner(self, pack_id: Hashable, writers: int, here: Callable[[], bool] | None = None) -> int:
