@@ -472,6 +472,53 @@ def test_the_files_in_use_are_told_and_a_damaged_one_is_recorded_the_prune_way_t
     assert told == [sorted([files[1], newer])]
 
 
+def test_the_ids_in_use_are_those_of_active_without_keeping_the_files() -> None:
+    """``active_ids`` (what check and trust ask of the index files: which are in use)
+    names the files ``active`` decodes, records the same damaged ones and tells
+    ``on_active`` the same, but never holds more than one file's columns: for these
+    15 files of 7,500 entries it traces under a third of what ``active`` holds."""
+    rnd = random.Random(8)
+    backend = MemoryBackend()
+    backend.create()
+    store = IndexStore(backend, KEYS)
+    ids = [rnd.randbytes(32) for _ in range(2000)]
+    files = [
+        store.write(indexfmt.IndexFile({rnd.randbytes(32): _entries(rnd, ids, 500)}))
+        for _ in range(14)
+    ]
+    # a prune under way: a file superseding two that are still stored, marking a pack
+    store.write(
+        indexfmt.IndexFile(
+            {rnd.randbytes(32): _entries(rnd, ids, 400)},
+            files[:2],
+            {rnd.randbytes(32): (3, _entries(rnd, ids, 100))},
+        )
+    )
+    bad = bytes(81)  # fails authentication
+    backend.write(layout.index_name(storage_id(bad)), bad)
+
+    told: list[list[bytes]] = []
+    full = IndexStore(backend, KEYS)
+    full.on_active = told.append
+    tracemalloc.start()
+    try:
+        active = full.active()
+        full_peak = tracemalloc.get_traced_memory()[1]
+        del active
+        gc.collect()
+        tracemalloc.reset_peak()
+        lean = IndexStore(backend, KEYS)
+        lean.on_active = told.append
+        got = lean.active_ids()
+        lean_peak = tracemalloc.get_traced_memory()[1] - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert got == sorted(full.active()) and len(got) == 13
+    assert set(lean.damaged) == set(full.damaged) == {storage_id(bad)}
+    assert told[0] == told[1] == got
+    assert lean_peak < full_peak / 3, (lean_peak, full_peak)
+
+
 class _CountingReads(MemoryBackend):
     def __init__(self) -> None:
         super().__init__()

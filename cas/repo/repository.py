@@ -430,7 +430,7 @@ class Repository:
         and the index files in use."""
         self.generations.sync()
         self.snapshot_ids()
-        self.generations.check_index(self.indexes.active())
+        self.generations.check_index(self.indexes.active_ids())
         return self.generations.findings
 
     def accept_changes(self) -> int:
@@ -441,7 +441,7 @@ class Repository:
             for i in (layout.id_from_name(o.name) for o in self.backend.list(layout.SNAPSHOTS))
             if i
         }
-        return self.generations.accept(listed, set(self.indexes.active()))
+        return self.generations.accept(listed, set(self.indexes.active_ids()))
 
     def files_cache(self, hostname: str, paths: list[bytes]) -> FilesCache | None:
         """The local files cache of a write-only client for this host and path set
