@@ -14,6 +14,11 @@ from typing import Any
 
 import pytest
 
+from cas.backend.local import LocalBackend
+from cas.check.verifier import VerifierPool
+from cas.errors import CasError
+from cas.repo.connect import open_repository
+from cas.repo.readerspec import reader_spec
 from tests.support.cli import run_cas, start_cas
 from tests.support.procs import kill_when_paused
 
@@ -88,3 +93,34 @@ def test_kill_9_of_the_check_leaves_no_helper_behind(tmp_path: Path) -> None:
     )
     kill_when_paused(proc, gate / "check-verify-pack.paused")
     assert _check(repo, "2").json()["summary"]["processes"] == 2
+
+
+@pytest.mark.damaged_repo_ok("its repository has a damaged and a missing pack, for check to find")
+def test_the_main_process_verifies_its_share_beside_one_helper(tmp_path: Path) -> None:
+    """``share``: one helper and the calling process verify the packs between them (the
+    default on N cores is N - 1 helpers and the main process); every pack is answered
+    once, in order, with the outcome verifying it here gives."""
+    path = _repo(tmp_path)
+    repo = open_repository(LocalBackend(path), b"test-password")
+    spec = reader_spec(repo, str(path), ())
+    assert spec is not None
+    repo.indexes.load()
+    packs = sorted(repo.indexes.index.pack_ids())
+    alone = [(p, _outcome(repo.verify_pack, p)) for p in packs]
+    pool = VerifierPool(spec, 1, 1, share=True)
+    shared = [
+        (p, None if e is None else type(e).__name__)
+        for p, e in pool.verify(packs, repo.verify_pack)
+    ]
+    assert shared == alone
+    assert pool.started == 1 and not pool.lost
+    assert 0 < pool.shared < len(packs), pool.shared
+    assert {"IntegrityError", "ObjectNotFound"} <= {e for _, e in alone if e}, alone
+
+
+def _outcome(fn: Any, pack_id: bytes) -> str | None:
+    try:
+        fn(pack_id)
+    except CasError as e:
+        return type(e).__name__
+    return None

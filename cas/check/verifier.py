@@ -73,8 +73,14 @@ class VerifierPool:
         threads: int = 1,
         role: str = "check",
         target: tuple[str, bytes, int | None, str | None] | None = None,
+        share: bool = False,
     ) -> None:
         self.spec = spec
+        # The calling process takes jobs too, one at a time, whenever every helper has
+        # its window full and no answer is waiting (``here`` does them): on N cores,
+        # N - 1 helpers and the caller do the work of N processes with one interpreter
+        # fewer (check, whose main process waits for the helpers otherwise).
+        self.share = share
         # (key type, key material, zstd level, padding) of the repository ``reseal``
         # seals for
         self.target = target
@@ -83,6 +89,7 @@ class VerifierPool:
         self.threads = max(1, threads)
         self.lost: list[str] = []  # one message per process that died
         self.started = 0
+        self.shared = 0  # jobs the calling process did itself (``share``)
         self.requests: dict[str, Any] = {}  # the helpers' storage requests, summed
 
     def verify(
@@ -167,7 +174,11 @@ class VerifierPool:
                         with contextlib.suppress(ValueError):
                             todo.remove(key)
                         continue
-                    self._receive(live, done, here, args)
+                    mine = self.share and bool(todo or take())
+                    if not self._receive(live, done, here, args, wait=not mine) and mine:
+                        job = todo.popleft()  # the oldest not sent: done here
+                        done[job] = _here(here, job, args[job])
+                        self.shared += 1
                 order.popleft()
                 error, result = done.pop(key)
                 yield key, args.pop(key), error, result
@@ -207,13 +218,15 @@ class VerifierPool:
         done: dict[bytes, tuple[CasError | None, Any]],
         here: Callable[[bytes, Any], Any],
         args: dict[bytes, Any],
-    ) -> None:
-        """Wait for answers; a helper that closed has its packs done here."""
+        wait: bool = True,
+    ) -> bool:
+        """Wait for answers (``wait``: else take only those already there); a helper
+        that closed has its packs done here.  Whether any helper was ready."""
         waiting = select.poll()  # not select(): descriptors may be above 1024
         for h in live:
             if h.out:
                 waiting.register(h.sock, select.POLLIN)
-        ready = {fd for fd, _ in waiting.poll()}
+        ready = {fd for fd, _ in waiting.poll(None if wait else 0)}
         for h in live:
             if h.sock.fileno() not in ready:
                 continue
@@ -230,6 +243,7 @@ class VerifierPool:
                 None if error is None else _error(error),
                 None if result is None else _salvaged(result),
             )
+        return bool(ready)
 
     def _died(
         self,

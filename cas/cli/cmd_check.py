@@ -26,6 +26,7 @@ from cas.cli.common import Globals, Output, fs_text, human_bytes, pass_globals
 from cas.cli.options import Workers, workers_option
 from cas.errors import EXIT_ERROR, UsageError
 from cas.format.snapshot import Snapshot
+from cas.ipc import usable_cores
 from cas.progress import Progress
 from cas.repo import Repository
 from cas.wording import counted
@@ -72,7 +73,11 @@ LOCAL_DATA_WORKERS = 2
     help="With --against: the snapshot (ID prefix or 'latest'; default: the latest one "
     "holding the path).",
 )
-@workers_option("verify packs (--read-data)")
+@workers_option(
+    "verify packs (--read-data)",
+    "one per usable core but one, when there are two or more, and this process verifies "
+    "packs too, as it does whenever there are fewer than the cores",
+)
 @pass_globals
 def check_cmd(
     g: Globals,
@@ -132,7 +137,13 @@ def check_cmd(
             options.data_workers = LOCAL_DATA_WORKERS
         plan = g.helpers(repo, workers.count)
         if plan is not None:
-            options.verifier = VerifierPool(plan.spec, plan.count, plan.per_process(1))
+            # Fewer processes than cores (the default: one per core but one): this
+            # process verifies packs too while it waits for the helpers' answers.
+            cores = usable_cores()
+            count = plan.count if workers.explicit else plan.count - 1
+            options.verifier = VerifierPool(
+                plan.spec, count, plan.per_process(1), share=count < cores
+            )
             # With the default count, not for a handful of packs: starting costs more.
             options.verifier_from = 1 if workers.explicit else 4 * plan.count
     started = time.monotonic()

@@ -386,8 +386,11 @@ def _workers(workers: int | None) -> Workers:
     return Workers(workers)
 
 
-def workers_option(what: str) -> Callable[[F], F]:
-    """``--workers N`` (CAS_WORKERS): ``what`` runs in N helper processes."""
+def workers_option(
+    what: str, default: str = "one per usable core, when there are two or more"
+) -> Callable[[F], F]:
+    """``--workers N`` (CAS_WORKERS): ``what`` runs in N helper processes (``default``:
+    how many without the option)."""
     return option_group(
         "workers",
         _workers,
@@ -397,8 +400,8 @@ def workers_option(what: str) -> Callable[[F], F]:
                 type=click.IntRange(min=0),
                 default=None,
                 envvar="CAS_WORKERS",
-                help=f"Processes that {what} (default: one per usable core, when there are "
-                "two or more; 0: all in this process). Env: CAS_WORKERS.",
+                help=f"Processes that {what} (default: {default}; 0: all in this "
+                "process). Env: CAS_WORKERS.",
             )
         ],
     )
