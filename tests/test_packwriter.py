@@ -25,7 +25,7 @@ from cas.repo import packwriter
 from cas.repo.cache import LocalCache
 from cas.repo.indexstore import IndexStore
 from cas.repo.packer import FinishedPack
-from cas.repo.packwriter import BlobSaver, PackWriter, WriteStats
+from cas.repo.packwriter import PACK_BLOBS, BlobSaver, PackWriter, WriteStats
 from tests.support.repos import new_repo
 
 KEYS = crypto.MasterKeys.generate()
@@ -101,6 +101,28 @@ def test_a_packer_is_full_at_exactly_the_pack_size() -> None:
     writer, _ = _writer(_store(), 1 << 20, open_packs=0)  # at least one open packer
     assert writer.add(BlobType.DATA, bid, sealed, raw) is None
     assert [len(p.entries) for p in writer.finish_open()] == [1]
+
+
+def test_a_packer_is_full_at_pack_blobs_whatever_its_size() -> None:
+    """Packs of tiny blobs close at PACK_BLOBS blobs (spec §9.5), when added and when
+    poured together, and such a pack's version 2 header needs no padding."""
+    one = _sealed(1)[0]
+    writer, _ = _writer(_store(), 1 << 30, open_packs=1, version=2)
+    fulls = [writer.add(BlobType.DATA, *one) for _ in range(PACK_BLOBS + 5)]
+    [full] = [f for f in fulls if f is not None]
+    assert fulls.index(full) == PACK_BLOBS - 1 and len(full) == PACK_BLOBS
+    pack = full.finish()
+    assert packfmt.parse_pack(KEYS, pack.data) == pack.entries
+    blobs = PACK_BLOBS * len(one[1])
+    assert pack.size == packfmt.pack_size(2, blobs, PACK_BLOBS)
+    assert pack.size == blobs + 45 + 41 * PACK_BLOBS + 8  # b = n: no padding (§9.6)
+    writer, _ = _writer(_store(), 1 << 30, open_packs=4)
+    for _ in range(PACK_BLOBS + 10):
+        full = writer.add(BlobType.DATA, *one)
+        assert full is None  # four packers: none reaches PACK_BLOBS on its own
+    poured = writer.pour_open(BlobType.DATA)
+    assert [len(p.entries) for p in poured] == [PACK_BLOBS]
+    assert sum(len(p) for p in writer._packers[BlobType.DATA]) == 10
 
 
 def test_finish_open_pours_the_open_packers_together_into_few_packs() -> None:
