@@ -104,7 +104,7 @@ class Reporter:
         ``size`` its bytes (files), ``added`` the bytes of new blobs it brought."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Frame:
     """A directory being backed up: its own node, entries left to do, nodes done.
 
@@ -130,7 +130,7 @@ class _Frame:
     batch_bytes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Queued:
     """A file handed (or about to be handed) to a worker process."""
 
@@ -138,7 +138,9 @@ class _Queued:
     path: bytes
     st: os.stat_result
     parent: Node | None
-    waiters: list[tuple[_Frame, _Queued]] = field(default_factory=list)  # its other names
+    # Its other names (hardlinks) waiting for it; None until one does (most files: a
+    # million-file backup makes one of these per file).
+    waiters: list[tuple[_Frame, _Queued]] | None = None
 
 
 FULL = object()  # marks a path given on the command line: back it up whole
@@ -216,6 +218,7 @@ class Archiver:
         self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
         self._unfinished: set[_Frame] = set()  # walked, waiting for workers
         self._root_tree: bytes | None = None
+        self._excludes = True  # whether any --exclude/--iexclude is given (backup() sets it)
 
     @property
     def workers_used(self) -> int:
@@ -228,6 +231,7 @@ class Archiver:
         """Back up absolute ``paths``; returns the root tree ID."""
         if self._opener is None:
             self._opener = dirfd.Opener()
+        self._excludes = bool(self.opts.excludes) or bool(self.opts.iexcludes)
         select: dict[bytes, Any] | None = _path_tree(paths)
         try:
             root_fd = self._opener.open_dir(b"/")
@@ -365,16 +369,17 @@ class Archiver:
         files = [
             [
                 q.node.name,
-                q.st.st_size,
-                q.st.st_blocks,
-                q.st.st_dev,
-                q.st.st_ino,
-                q.st.st_mtime_ns,
-                q.st.st_ctime_ns,
-                self._parent_digest(q.st, q.parent),
-                _parent_chunks(q.parent, wire=True),
+                st.st_size,
+                st.st_blocks,
+                st.st_dev,
+                st.st_ino,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                None if q.parent is None else self._parent_digest(st, q.parent),
+                None if q.parent is None else _parent_chunks(q.parent, wire=True),
             ]
             for q in frame.batch
+            for st in (q.st,)
         ]
         job = self._pool.submit(frame.fd, frame.path, files, frame.batch_bytes)
         self._jobs[job] = (frame, frame.batch)
@@ -399,19 +404,21 @@ class Archiver:
 
     def _file_done(self, frame: _Frame, q: _Queued, result: list[Any]) -> None:
         """Complete a file's node from a worker's result (worker.FileResult.to_wire)."""
-        status, xattrs, flags, content, sizes, digest, bytes_read, warnings = result[:8]
-        moved_, new_blobs, added = result[8:]
+        (status, xattrs, flags, content, sizes, digest, bytes_read, warnings, moved_) = result[:9]
+        new_blobs, added = result[9], result[10]
         for w in warnings:
             self._warn(w)
         self.summary.bytes_read += bytes_read
         frame.waiting -= 1
+        # Only a file with other names is in _queued and _hardlinks (_queue).
+        linked = q.st.st_nlink > 1
         key = (q.st.st_dev, q.st.st_ino)
-        if self._queued.get(key) is q:
+        if linked and self._queued.get(key) is q:
             del self._queued[key]
         if status == "skip":
-            if self._hardlinks.get(key) is q.node:
+            if linked and self._hardlinks.get(key) is q.node:
                 del self._hardlinks[key]
-            for f, w in q.waiters:  # its other names are read on their own
+            for f, w in q.waiters or ():  # its other names are read on their own
                 f.waiting -= 1
                 self._visit_file(f, w.node.name, w.path, w.st, w.parent)
                 if f.walked:
@@ -419,16 +426,18 @@ class Archiver:
                 self._finish(f)
             return
         node = q.node
-        node.xattrs = [(bytes(k), bytes(v)) for k, v in xattrs]
+        if xattrs:
+            node.xattrs = [(k, v) for k, v in xattrs]
         node.flags = flags
         if status == "same":
             assert q.parent is not None
             _same_data(node, q.parent)
         else:
-            node.content = [bytes(b) for b in content]
-            node.sizes = list(sizes)
-            node.size = sum(node.sizes)
-            node.digest = bytes(digest)
+            # Fresh lists and bytes from the decoder (msgpack's bin type is bytes): kept.
+            node.content = content
+            node.sizes = sizes
+            node.size = sum(sizes)
+            node.digest = digest
         if warnings or moved_:
             node.ctime_ns = 0  # metadata missing or a change seen: read again next time
         self.summary.data_blobs_new += new_blobs
@@ -436,7 +445,7 @@ class Archiver:
         self._file_saved(q.path, q.st, q.parent, added)
         self.report.bytes_done(q.st.st_size)
         frame.nodes.append(node)
-        for f, w in q.waiters:
+        for f, w in q.waiters or ():
             self._same_as_first(f, w.node, w.path, w.st, node)
             f.waiting -= 1
             self._finish(f)
@@ -453,7 +462,7 @@ class Archiver:
     def _visit(self, frame: _Frame, name: bytes) -> _Frame | None:
         path = frame.path + b"/" + name
         sel = frame.select.get(name) if frame.select is not None else FULL
-        if sel is FULL and self._excluded(path):
+        if sel is FULL and self._excludes and self._excluded(path):
             return None
         try:
             st = os.lstat(name, dir_fd=frame.fd)
@@ -485,12 +494,14 @@ class Archiver:
     def _visit_file(
         self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
     ) -> None:
-        if self.opts.excludes_size(st.st_size):
+        if self.opts.exclude_larger_than is not None and self.opts.excludes_size(st.st_size):
             return
-        key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
             out = self._queued.get(key)
             if out is not None:  # another name of a file out at a worker: wait for it
+                if out.waiters is None:
+                    out.waiters = []
                 out.waiters.append(
                     (frame, _Queued(self._stat_node(name, path, st), path, st, parent))
                 )
@@ -502,7 +513,7 @@ class Archiver:
                 self._same_as_first(frame, self._stat_node(name, path, st), path, st, first)
                 return
         node = self._stat_node(name, path, st)
-        if not self.opts.force and self._unchanged(node, parent):
+        if parent is not None and not self.opts.force and self._unchanged(node, parent):
             # Size, mtime, ctime and inode as in the parent: changing the content,
             # xattrs or inode flags moves the ctime, so all three are the parent's
             # and the file is not even opened.
@@ -518,7 +529,7 @@ class Archiver:
         elif not self._read_new_file(frame.fd, name, path, st, parent, node):
             return
         if st.st_nlink > 1:
-            self._hardlinks[key] = node
+            self._hardlinks[(st.st_dev, st.st_ino)] = node
         frame.nodes.append(node)
 
     def _same_as_first(

@@ -274,13 +274,13 @@ class SaverPool:
     def _handle(self, w: _Worker, msg: Any) -> None:
         kind = msg[0]
         if kind == "a":
-            answer = self._claim([bytes(b) for b in msg[1]])
+            answer = self._claim(msg[1])  # msgpack's bin type decodes to bytes
             with contextlib.suppress(OSError):  # gone: reading its socket reports that
                 ipc.send(w.sock, ["n", answer])
         elif kind == "k":
-            self._adopt(bytes(msg[1]), msg[2], _entries(msg[3]))
+            self._adopt(msg[1], msg[2], _entries(msg[3]))
         elif kind == "t":
-            self._add_sealed(bytes(msg[1]), _entries(msg[2]))
+            self._add_sealed(msg[1], _entries(msg[2]))
         else:
             self._events.append((w, msg))
 
@@ -290,7 +290,12 @@ class SaverPool:
 
 
 def _entries(wire: list[list[Any]]) -> list[PackEntry]:
-    return [PackEntry(bytes(b), BlobType(t), off, n, raw) for b, t, off, n, raw in wire]
+    # One per blob the workers store: BlobType(t) (an enum call) cost more than the rest.
+    types = _BLOB_TYPES
+    return [PackEntry(b, types[t], off, n, raw) for b, t, off, n, raw in wire]
+
+
+_BLOB_TYPES = {int(t): t for t in BlobType}
 
 
 def _unpickle(raw: bytes) -> BaseException:
