@@ -12,6 +12,7 @@ whole suite can be run with workers everywhere (CAS_TEST_WORKERS=2).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,8 +39,9 @@ IS_ROOT = os.geteuid() == 0
 
 
 def _tree(root: Path, dirs: int = 10, files: int = 30) -> None:
-    """Directories of small files (more than one batch in some), a large file, shared
-    content in several places and a file with three names in three directories."""
+    """Directories of small files (more than one batch in some, one with an xattr), a
+    large file, shared content in several places and a file with three names in three
+    directories."""
     root.mkdir()
     for i in range(dirs):
         d = root / f"dir{i:02d}"
@@ -48,6 +50,8 @@ def _tree(root: Path, dirs: int = 10, files: int = 30) -> None:
             (d / f"f{j:03d}").write_bytes(os.urandom(50 + 97 * j))
         (d / "same").write_bytes(b"the same content in every directory\n" * 100)
         settled_symlink(d / "link", "same", i)
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs
+        os.setxattr(root / "dir01" / "f001", b"user.note", b"read by a worker")
     (root / "big").write_bytes(os.urandom(3 << 20) * 2)  # two equal halves
     os.link(root / "dir00" / "f001", root / "hard")
     os.link(root / "dir00" / "f001", root / f"dir{dirs - 1:02d}" / "hard2")

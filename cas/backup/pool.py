@@ -146,11 +146,6 @@ class SaverPool:
             self.started += 1
         return self.running
 
-    def full(self) -> bool:
-        """Every live worker has its share of batches: wait for an event first."""
-        live = [w for w in self._workers or [] if w.alive]
-        return bool(live) and all(len(w.jobs) >= self.per_worker for w in live)
-
     def submit(self, dir_fd: int, shown: bytes, files: list[list[Any]], size: int) -> int:
         """Hand a batch of files in ``dir_fd`` to the least loaded worker; its job number.
 
