@@ -16,13 +16,16 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from cas.backup.pool import SaverPool, _Worker
 from tests.support.cli import run_cas, start_cas
 from tests.support.mounts import tmpfs
 from tests.support.procs import kill_when_paused
@@ -332,3 +335,22 @@ def test_a_full_temporary_directory_stops_the_backup_with_one_line(tmp_path: Pat
         assert os.listdir(tmp) == []
     assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
     _check(repo)
+
+
+def test_worker_cpu_is_the_live_workers_cpu_time_on_average() -> None:
+    """From /proc: this process standing in for two workers, then one of them dead."""
+    me: Any = SimpleNamespace(pid=os.getpid())
+    pool = SaverPool.__new__(SaverPool)  # only the workers' list is looked at
+    pool._workers = [_Worker(me, socket.socket()), _Worker(me, socket.socket())]
+    sum(range(3_000_000))  # some CPU time to see
+    before = time.process_time()
+    cpu = pool.worker_cpu()
+    after = time.process_time()
+    assert cpu is not None and before - 0.5 <= cpu <= after  # in clock ticks, rounded down
+    pool._workers[0].alive = False
+    one = pool.worker_cpu()
+    assert one is not None and cpu <= one <= time.process_time()
+    pool._workers[1].alive = False
+    assert pool.worker_cpu() is None
+    for w in pool._workers:
+        w.sock.close()

@@ -175,9 +175,14 @@ BATCH_FILES = 64
 BATCH_BYTES = 2 << 20
 # While workers run, the walk takes their results (waiting when every worker has its
 # share of batches) after each batch it sends, and otherwise every this many entries.
-# Once they run, every new or changed file goes to them, small ones too: the main
-# process is the one that limits a backup of many small files, so it reads none itself.
 CHECK_EVERY = 64  # not a poll() per entry
+CHECK_FULL = 8  # while small files are read here: soon back to the workers once they can
+# Small files are read here while the workers are full only as long as this process has
+# used less CPU than a worker (the restore's rule for its share, cas/restore/pool.py): on
+# a million tiny files this process is what limits the backup, and reading them cost it
+# a sixth of its CPU; where the workers are the limit (larger files) it helps them.
+# Compared again after this many batches.
+COMPARE_EVERY = 16
 
 
 class Archiver:
@@ -212,6 +217,10 @@ class Archiver:
         self._pool_after = pool_after
         self._pool_on = False
         self._since_check = 0  # entries walked since the workers' results were looked at
+        self._full = False  # every worker had its share of batches when last looked at
+        self._batches_done = 0
+        self._may_read = False  # this process has used less CPU than a worker
+        self._compare_at = 0  # batches done when the CPU times are compared next
         self._seen = [0, 0]  # files and bytes to read before the workers start
         self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
         self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
@@ -265,7 +274,7 @@ class Archiver:
             while stack:
                 if self._pool_on:
                     self._since_check += 1
-                    if self._since_check >= CHECK_EVERY:
+                    if self._since_check >= (CHECK_FULL if self._full else CHECK_EVERY):
                         self._since_check = 0
                         self._check_workers()
                 frame = stack[-1]
@@ -316,14 +325,25 @@ class Archiver:
 
     # -- worker processes ------------------------------------------------------------
 
+    def _pool_full(self) -> bool:
+        return self._pool is not None and self._pool.full()
+
     def _check_workers(self) -> None:
-        """Take the workers' finished batches, waiting while more than every worker's
-        share is out."""
+        """Take the workers' finished batches.  While every worker has its share and
+        this process has used less CPU than a worker, small files are read here
+        (``_full``) rather than the walk waiting; a batch sent meanwhile (of larger
+        files, or begun before) is waited for."""
         assert self._pool is not None
         self._take_results(block=False)
         limit = self._pool.per_worker * max(self._pool.started, 1)
         while len(self._jobs) > limit:
             self._take_results(block=True)
+        if self._batches_done >= self._compare_at:
+            self._compare_at = self._batches_done + COMPARE_EVERY
+            worker = self._pool.worker_cpu()
+            self._may_read = worker is None or time.process_time() < worker
+        # Not while they start: they take the first batches the walk sends them all.
+        self._full = self._may_read and self._batches_done >= limit and self._pool_full()
 
     def _to_workers(self, st: os.stat_result) -> bool:
         """Whether this file goes to a worker process (starting them when it is time)."""
@@ -390,6 +410,7 @@ class Archiver:
                 continue
             block = False
             frame, queued = self._jobs.pop(done.job)
+            self._batches_done += 1
             for q, result in zip(queued, done.results, strict=True):
                 self._file_done(frame, q, result)
             self._finish(frame)
@@ -515,7 +536,7 @@ class Archiver:
             self.summary.files_unchanged += 1
             self.report.entry(path, "unchanged", "file", st.st_size, 0)
             self.report.bytes_done(st.st_size)
-        elif self._to_workers(st):
+        elif self._to_workers(st) and not (self._full and st.st_size < self._one_chunk):
             self._queue(frame, node, path, st, parent)
             return
         elif not self._read_new_file(frame.fd, name, path, st, parent, node):
