@@ -220,6 +220,7 @@ class Archiver:
         self._full = False  # every worker had its share of batches when last looked at
         self._batches_done = 0
         self._may_read = False  # this process has used less CPU than a worker
+        self._cpu_before = 0.0  # CPU seconds this process had used when they started
         self._compare_at = 0  # batches done when the CPU times are compared next
         self._seen = [0, 0]  # files and bytes to read before the workers start
         self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
@@ -341,7 +342,8 @@ class Archiver:
         if self._batches_done >= self._compare_at:
             self._compare_at = self._batches_done + COMPARE_EVERY
             worker = self._pool.worker_cpu()
-            self._may_read = worker is None or time.process_time() < worker
+            # Since they started: the key derivation and the index load before do not count.
+            self._may_read = worker is None or time.process_time() - self._cpu_before < worker
         # Not while they start: they take the first batches the walk sends them all.
         self._full = self._may_read and self._batches_done >= limit and self._pool_full()
 
@@ -353,6 +355,7 @@ class Archiver:
         self._seen[1] += st.st_size
         if self._seen[0] <= self._pool_after[0] and self._seen[1] <= self._pool_after[1]:
             return False
+        self._cpu_before = time.process_time()
         if not self._pool.start():
             self._pool = None  # none could start: every file is read here
             return False
