@@ -12,16 +12,20 @@ whole suite can be run with workers everywhere (CAS_TEST_WORKERS=2).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from cas.backup.pool import SaverPool, _Worker
 from tests.support.cli import run_cas, start_cas
 from tests.support.mounts import tmpfs
 from tests.support.procs import kill_when_paused
@@ -38,8 +42,9 @@ IS_ROOT = os.geteuid() == 0
 
 
 def _tree(root: Path, dirs: int = 10, files: int = 30) -> None:
-    """Directories of small files (more than one batch in some), a large file, shared
-    content in several places and a file with three names in three directories."""
+    """Directories of small files (more than one batch in some, one with an xattr), a
+    large file, shared content in several places and a file with three names in three
+    directories."""
     root.mkdir()
     for i in range(dirs):
         d = root / f"dir{i:02d}"
@@ -48,6 +53,8 @@ def _tree(root: Path, dirs: int = 10, files: int = 30) -> None:
             (d / f"f{j:03d}").write_bytes(os.urandom(50 + 97 * j))
         (d / "same").write_bytes(b"the same content in every directory\n" * 100)
         settled_symlink(d / "link", "same", i)
+    with contextlib.suppress(OSError):  # a filesystem without user xattrs
+        os.setxattr(root / "dir01" / "f001", b"user.note", b"read by a worker")
     (root / "big").write_bytes(os.urandom(3 << 20) * 2)  # two equal halves
     os.link(root / "dir00" / "f001", root / "hard")
     os.link(root / "dir00" / "f001", root / f"dir{dirs - 1:02d}" / "hard2")
@@ -328,3 +335,22 @@ def test_a_full_temporary_directory_stops_the_backup_with_one_line(tmp_path: Pat
         assert os.listdir(tmp) == []
     assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
     _check(repo)
+
+
+def test_worker_cpu_is_the_live_workers_cpu_time_on_average() -> None:
+    """From /proc: this process standing in for two workers, then one of them dead."""
+    me: Any = SimpleNamespace(pid=os.getpid())
+    pool = SaverPool.__new__(SaverPool)  # only the workers' list is looked at
+    pool._workers = [_Worker(me, socket.socket()), _Worker(me, socket.socket())]
+    sum(range(3_000_000))  # some CPU time to see
+    before = time.process_time()
+    cpu = pool.worker_cpu()
+    after = time.process_time()
+    assert cpu is not None and before - 0.5 <= cpu <= after  # in clock ticks, rounded down
+    pool._workers[0].alive = False
+    one = pool.worker_cpu()
+    assert one is not None and cpu <= one <= time.process_time()
+    pool._workers[1].alive = False
+    assert pool.worker_cpu() is None
+    for w in pool._workers:
+        w.sock.close()

@@ -28,6 +28,7 @@ from cas.backup.archiver import (
     Reporter,
     open_source,
 )
+from cas.backup.pool import BatchDone
 from cas.chunking.chunker import Guess
 from cas.crypto import BlobType
 from cas.format.tree import Node, decode_tree, encode_tree
@@ -318,3 +319,73 @@ def test_workers_are_started_once_the_files_seen_pass_pool_after(
     archiver.backup([b(src)], None)
     assert pool.asked_after == asked
     assert archiver.summary.files_new == 6 and archiver.workers_used == 0
+
+
+class BusyWorkers:
+    """One worker that always has its share of batches out (``full``), has used
+    ``cpu`` seconds and finishes a batch only when the walk waits for one; records the
+    names it was given."""
+
+    started = 1
+    per_worker = 1
+
+    def __init__(self, cpu: float) -> None:
+        self.cpu = cpu
+        self.names: list[bytes] = []
+        self._out: list[tuple[int, int]] = []  # (job, files)
+
+    def start(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return True
+
+    def worker_cpu(self) -> float:
+        return self.cpu
+
+    def submit(self, dir_fd: int, shown: bytes, files: list[list[Any]], size: int) -> int:
+        self.names += [f[0] for f in files]
+        self._out.append((len(self.names), len(files)))
+        return len(self.names)
+
+    def has_news(self) -> bool:
+        return False  # only a walk that waits gets a batch back
+
+    def next_event(self) -> BatchDone:
+        job, n = self._out.pop(0)
+        # An empty file's result (worker.FileResult.to_wire): what is tested is where
+        # each file went, not its content.
+        return BatchDone(job, [["ok", [], 0, [], [], bytes(32), 0, [], False, 0, 0]] * n)
+
+    def flush(self) -> None:
+        assert not self._out
+
+
+def test_a_main_process_busier_than_its_workers_reads_no_file_itself(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Small files while every worker has its share of batches, the workers having used
+    less CPU than this process (as on a million tiny files, where the main process is
+    the limit): they wait for a worker, none is read here."""
+    src = tmp_path / "src"
+    make_files(src, {f"d{i}/f{j:03d}": bytes([j]) * 100 for i in range(3) for j in range(150)})
+    pool: Any = BusyWorkers(cpu=0.0)
+    archiver = Archiver(repo, repo.chunker(), BackupOptions(), Reporter(), pool=pool)
+    archiver.backup([b(src)], None)
+    assert sorted(pool.names) == sorted(f"f{j:03d}".encode() for j in range(150) for _ in range(3))
+    assert archiver.summary.bytes_read == 0 and archiver.summary.files_new == 450
+
+
+def test_a_main_process_less_busy_than_its_workers_reads_small_files_while_they_are_full(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """The same with workers that used more CPU than this process: it reads small files
+    itself while they are full, and every file is saved once, here or there."""
+    src = tmp_path / "src"
+    make_files(src, {f"d{i}/f{j:03d}": bytes([j]) * 100 for i in range(3) for j in range(150)})
+    pool: Any = BusyWorkers(cpu=1e9)
+    archiver = Archiver(repo, repo.chunker(), BackupOptions(), Reporter(), pool=pool)
+    archiver.backup([b(src)], None)
+    read_here = archiver.summary.bytes_read // 100
+    assert 0 < read_here < 450
+    assert len(pool.names) + read_here == 450 and archiver.summary.files_new == 450

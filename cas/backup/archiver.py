@@ -104,7 +104,7 @@ class Reporter:
         ``size`` its bytes (files), ``added`` the bytes of new blobs it brought."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Frame:
     """A directory being backed up: its own node, entries left to do, nodes done.
 
@@ -130,7 +130,7 @@ class _Frame:
     batch_bytes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Queued:
     """A file handed (or about to be handed) to a worker process."""
 
@@ -138,7 +138,9 @@ class _Queued:
     path: bytes
     st: os.stat_result
     parent: Node | None
-    waiters: list[tuple[_Frame, _Queued]] = field(default_factory=list)  # its other names
+    # Its other names (hardlinks) waiting for it; None until one does (most files: a
+    # million-file backup makes one of these per file).
+    waiters: list[tuple[_Frame, _Queued]] | None = None
 
 
 FULL = object()  # marks a path given on the command line: back it up whole
@@ -175,6 +177,12 @@ BATCH_BYTES = 2 << 20
 # share of batches) after each batch it sends, and otherwise every this many entries.
 CHECK_EVERY = 64  # not a poll() per entry
 CHECK_FULL = 8  # while small files are read here: soon back to the workers once they can
+# Small files are read here while the workers are full only as long as this process has
+# used less CPU than a worker (the restore's rule for its share, cas/restore/pool.py): on
+# a million tiny files this process is what limits the backup, and reading them cost it
+# a sixth of its CPU; where the workers are the limit (larger files) it helps them.
+# Compared again after this many batches.
+COMPARE_EVERY = 16
 
 
 class Archiver:
@@ -211,11 +219,15 @@ class Archiver:
         self._since_check = 0  # entries walked since the workers' results were looked at
         self._full = False  # every worker had its share of batches when last looked at
         self._batches_done = 0
+        self._may_read = False  # this process has used less CPU than a worker
+        self._cpu_before = 0.0  # CPU seconds this process had used when they started
+        self._compare_at = 0  # batches done when the CPU times are compared next
         self._seen = [0, 0]  # files and bytes to read before the workers start
         self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
         self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
         self._unfinished: set[_Frame] = set()  # walked, waiting for workers
         self._root_tree: bytes | None = None
+        self._excludes = True  # whether any --exclude/--iexclude is given (backup() sets it)
 
     @property
     def workers_used(self) -> int:
@@ -228,6 +240,7 @@ class Archiver:
         """Back up absolute ``paths``; returns the root tree ID."""
         if self._opener is None:
             self._opener = dirfd.Opener()
+        self._excludes = bool(self.opts.excludes) or bool(self.opts.iexcludes)
         select: dict[bytes, Any] | None = _path_tree(paths)
         try:
             root_fd = self._opener.open_dir(b"/")
@@ -317,16 +330,22 @@ class Archiver:
         return self._pool is not None and self._pool.full()
 
     def _check_workers(self) -> None:
-        """Take the workers' finished batches.  While every worker has its share, small
-        files are read here (``_full``) rather than the walk waiting; a batch sent
-        meanwhile (of larger files, or begun before) is waited for."""
+        """Take the workers' finished batches.  While every worker has its share and
+        this process has used less CPU than a worker, small files are read here
+        (``_full``) rather than the walk waiting; a batch sent meanwhile (of larger
+        files, or begun before) is waited for."""
         assert self._pool is not None
         self._take_results(block=False)
         limit = self._pool.per_worker * max(self._pool.started, 1)
         while len(self._jobs) > limit:
             self._take_results(block=True)
+        if self._batches_done >= self._compare_at:
+            self._compare_at = self._batches_done + COMPARE_EVERY
+            worker = self._pool.worker_cpu()
+            # Since they started: the key derivation and the index load before do not count.
+            self._may_read = worker is None or time.process_time() - self._cpu_before < worker
         # Not while they start: they take the first batches the walk sends them all.
-        self._full = self._batches_done >= limit and self._pool_full()
+        self._full = self._may_read and self._batches_done >= limit and self._pool_full()
 
     def _to_workers(self, st: os.stat_result) -> bool:
         """Whether this file goes to a worker process (starting them when it is time)."""
@@ -336,6 +355,7 @@ class Archiver:
         self._seen[1] += st.st_size
         if self._seen[0] <= self._pool_after[0] and self._seen[1] <= self._pool_after[1]:
             return False
+        self._cpu_before = time.process_time()
         if not self._pool.start():
             self._pool = None  # none could start: every file is read here
             return False
@@ -365,16 +385,17 @@ class Archiver:
         files = [
             [
                 q.node.name,
-                q.st.st_size,
-                q.st.st_blocks,
-                q.st.st_dev,
-                q.st.st_ino,
-                q.st.st_mtime_ns,
-                q.st.st_ctime_ns,
-                self._parent_digest(q.st, q.parent),
-                _parent_chunks(q.parent, wire=True),
+                st.st_size,
+                st.st_blocks,
+                st.st_dev,
+                st.st_ino,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                None if q.parent is None else self._parent_digest(st, q.parent),
+                None if q.parent is None else _parent_chunks(q.parent, wire=True),
             ]
             for q in frame.batch
+            for st in (q.st,)
         ]
         job = self._pool.submit(frame.fd, frame.path, files, frame.batch_bytes)
         self._jobs[job] = (frame, frame.batch)
@@ -399,19 +420,21 @@ class Archiver:
 
     def _file_done(self, frame: _Frame, q: _Queued, result: list[Any]) -> None:
         """Complete a file's node from a worker's result (worker.FileResult.to_wire)."""
-        status, xattrs, flags, content, sizes, digest, bytes_read, warnings = result[:8]
-        moved_, new_blobs, added = result[8:]
+        (status, xattrs, flags, content, sizes, digest, bytes_read, warnings, moved_) = result[:9]
+        new_blobs, added = result[9], result[10]
         for w in warnings:
             self._warn(w)
         self.summary.bytes_read += bytes_read
         frame.waiting -= 1
+        # Only a file with other names is in _queued and _hardlinks (_queue).
+        linked = q.st.st_nlink > 1
         key = (q.st.st_dev, q.st.st_ino)
-        if self._queued.get(key) is q:
+        if linked and self._queued.get(key) is q:
             del self._queued[key]
         if status == "skip":
-            if self._hardlinks.get(key) is q.node:
+            if linked and self._hardlinks.get(key) is q.node:
                 del self._hardlinks[key]
-            for f, w in q.waiters:  # its other names are read on their own
+            for f, w in q.waiters or ():  # its other names are read on their own
                 f.waiting -= 1
                 self._visit_file(f, w.node.name, w.path, w.st, w.parent)
                 if f.walked:
@@ -419,16 +442,18 @@ class Archiver:
                 self._finish(f)
             return
         node = q.node
-        node.xattrs = [(bytes(k), bytes(v)) for k, v in xattrs]
+        if xattrs:
+            node.xattrs = [(k, v) for k, v in xattrs]
         node.flags = flags
         if status == "same":
             assert q.parent is not None
             _same_data(node, q.parent)
         else:
-            node.content = [bytes(b) for b in content]
-            node.sizes = list(sizes)
-            node.size = sum(node.sizes)
-            node.digest = bytes(digest)
+            # Fresh lists and bytes from the decoder (msgpack's bin type is bytes): kept.
+            node.content = content
+            node.sizes = sizes
+            node.size = sum(sizes)
+            node.digest = digest
         if warnings or moved_:
             node.ctime_ns = 0  # metadata missing or a change seen: read again next time
         self.summary.data_blobs_new += new_blobs
@@ -436,7 +461,7 @@ class Archiver:
         self._file_saved(q.path, q.st, q.parent, added)
         self.report.bytes_done(q.st.st_size)
         frame.nodes.append(node)
-        for f, w in q.waiters:
+        for f, w in q.waiters or ():
             self._same_as_first(f, w.node, w.path, w.st, node)
             f.waiting -= 1
             self._finish(f)
@@ -453,7 +478,7 @@ class Archiver:
     def _visit(self, frame: _Frame, name: bytes) -> _Frame | None:
         path = frame.path + b"/" + name
         sel = frame.select.get(name) if frame.select is not None else FULL
-        if sel is FULL and self._excluded(path):
+        if sel is FULL and self._excludes and self._excluded(path):
             return None
         try:
             st = os.lstat(name, dir_fd=frame.fd)
@@ -485,12 +510,14 @@ class Archiver:
     def _visit_file(
         self, frame: _Frame, name: bytes, path: bytes, st: os.stat_result, parent: Node | None
     ) -> None:
-        if self.opts.excludes_size(st.st_size):
+        if self.opts.exclude_larger_than is not None and self.opts.excludes_size(st.st_size):
             return
-        key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
             out = self._queued.get(key)
             if out is not None:  # another name of a file out at a worker: wait for it
+                if out.waiters is None:
+                    out.waiters = []
                 out.waiters.append(
                     (frame, _Queued(self._stat_node(name, path, st), path, st, parent))
                 )
@@ -502,7 +529,7 @@ class Archiver:
                 self._same_as_first(frame, self._stat_node(name, path, st), path, st, first)
                 return
         node = self._stat_node(name, path, st)
-        if not self.opts.force and self._unchanged(node, parent):
+        if parent is not None and not self.opts.force and self._unchanged(node, parent):
             # Size, mtime, ctime and inode as in the parent: changing the content,
             # xattrs or inode flags moves the ctime, so all three are the parent's
             # and the file is not even opened.
@@ -518,7 +545,7 @@ class Archiver:
         elif not self._read_new_file(frame.fd, name, path, st, parent, node):
             return
         if st.st_nlink > 1:
-            self._hardlinks[key] = node
+            self._hardlinks[(st.st_dev, st.st_ino)] = node
         frame.nodes.append(node)
 
     def _same_as_first(

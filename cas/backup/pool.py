@@ -22,6 +22,7 @@ run reuses them) rather than saving a snapshot that could miss data.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import select
 import signal
@@ -49,6 +50,7 @@ AUTO_START_FILES = 256
 AUTO_START_BYTES = 64 << 20
 _RECV = 1 << 20  # bytes read from a worker's socket at a time
 _U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class WorkerFailed(CasError):
@@ -150,6 +152,24 @@ class SaverPool:
         """Every live worker has its share of batches: wait for an event first."""
         live = [w for w in self._workers or [] if w.alive]
         return bool(live) and all(len(w.jobs) >= self.per_worker for w in live)
+
+    def worker_cpu(self) -> float | None:
+        """CPU seconds the live workers have used, on average (from /proc); None where
+        that cannot be read."""
+        total, live = 0.0, 0
+        for w in self._workers or []:
+            if not w.alive:
+                continue
+            try:
+                with open(f"/proc/{w.proc.pid}/stat", "rb") as f:
+                    # utime and stime, in clock ticks: fields 14 and 15 (proc(5)), after
+                    # the command name, which may hold spaces and parentheses.
+                    fields = f.read().rpartition(b")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            except (OSError, IndexError, ValueError):
+                return None
+            live += 1
+        return total / live if live else None
 
     def submit(self, dir_fd: int, shown: bytes, files: list[list[Any]], size: int) -> int:
         """Hand a batch of files in ``dir_fd`` to the least loaded worker; its job number.
@@ -274,13 +294,13 @@ class SaverPool:
     def _handle(self, w: _Worker, msg: Any) -> None:
         kind = msg[0]
         if kind == "a":
-            answer = self._claim([bytes(b) for b in msg[1]])
+            answer = self._claim(msg[1])  # msgpack's bin type decodes to bytes
             with contextlib.suppress(OSError):  # gone: reading its socket reports that
                 ipc.send(w.sock, ["n", answer])
         elif kind == "k":
-            self._adopt(bytes(msg[1]), msg[2], _entries(msg[3]))
+            self._adopt(msg[1], msg[2], _entries(msg[3]))
         elif kind == "t":
-            self._add_sealed(bytes(msg[1]), _entries(msg[2]))
+            self._add_sealed(msg[1], _entries(msg[2]))
         else:
             self._events.append((w, msg))
 
@@ -290,7 +310,12 @@ class SaverPool:
 
 
 def _entries(wire: list[list[Any]]) -> list[PackEntry]:
-    return [PackEntry(bytes(b), BlobType(t), off, n, raw) for b, t, off, n, raw in wire]
+    # One per blob the workers store: BlobType(t) (an enum call) cost more than the rest.
+    types = _BLOB_TYPES
+    return [PackEntry(b, types[t], off, n, raw) for b, t, off, n, raw in wire]
+
+
+_BLOB_TYPES = {int(t): t for t in BlobType}
 
 
 def _unpickle(raw: bytes) -> BaseException:
