@@ -8,12 +8,13 @@ hand them small fakes.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from cas.chunking.chunker import Guess
-from cas.chunking.resync import ParentChunks
-from cas.crypto import BlobType
-from cas.format.snapshot import Snapshot
+if TYPE_CHECKING:  # annotations only: a restore writer need not import the chunker
+    from cas.chunking.chunker import Guess
+    from cas.chunking.resync import ParentChunks
+    from cas.crypto import BlobType
+    from cas.format.snapshot import Snapshot
 
 
 class BlobReader(Protocol):

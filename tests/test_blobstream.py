@@ -77,6 +77,31 @@ def test_budget_bounds_what_is_loaded_ahead(repo: Repository) -> None:
     stream.close()
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_blob_larger_than_the_budget_is_not_loaded_while_another_is_out(
+    repo: Repository, threads: int
+) -> None:
+    """The blob ``get`` handed out last is being written until the next ``get``: it counts
+    against the budget, so blobs each larger than the budget are held one at a time (a
+    writer holding two decoded 5 MiB blobs had its peak raised by one), while small ones
+    still load ahead beside it."""
+    rnd = random.Random(5)
+    big = [rnd.randbytes(60_000) for _ in range(4)]
+    small = [rnd.randbytes(500) for _ in range(20)]
+    order = [*big[:2], *small, *big[2:]]
+    ids = [repo.save_blob(BlobType.DATA, d)[0] for d in order]
+    repo.flush()
+    stream = BlobStream(repo, threads=threads, budget=50_000, max_request=4096)
+    stream.plan((b, len(d)) for b, d in zip(ids, order, strict=True))
+    for i, (b, d) in enumerate(zip(ids, order, strict=True)):
+        assert stream.get(b, len(d)) == d
+        if len(d) > 50_000:  # out: nothing more loaded ahead
+            assert stream._ahead_bytes == 0
+        elif i + 1 < len(order) and len(order[i + 1]) < 50_000:
+            assert stream._ahead_bytes > 0  # small ones still come ahead
+    stream.close()
+
+
 def test_damage_costs_only_the_blobs_it_touches(repo: Repository) -> None:
     blobs = small_blobs(repo, 60)
     backend = repo.backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,43 @@ def test_a_frame_followed_by_anything_is_refused() -> None:
     for extra in (b"\0", b"junk", compress.encode_payload(text)[1:]):
         with pytest.raises(FormatError, match="junk"):
             compress.decode_payload(payload + extra, 10 * len(text), "t")
+
+
+def test_a_frame_cut_short_or_followed_by_a_frame_is_refused_at_every_size() -> None:
+    """A frame is decoded in one call into a buffer of its content size (the fast path);
+    whatever that refuses or cannot take (an empty frame) goes through the stream, which
+    refuses exactly what it refused before: a frame cut short, bytes or a skippable
+    frame after it, a second frame."""
+    skippable = bytes.fromhex("502a4d1800000000")
+    for text in (b"", b"x", b"abc" * 1000, (b"\0" * 700 + os.urandom(100)) * 8000):
+        payload = compress._ZSTD_FLAG + compress._compressor(3).compress(text)
+        assert compress.decode_payload(payload, len(text), "t") == text
+        cut = [payload[:-1], payload[:-4]] if len(text) > 1 else [payload[:-1]]
+        for bad in (*cut, payload + b"\0", payload + skippable):
+            with pytest.raises(FormatError, match="truncated or followed by junk"):
+                compress.decode_payload(bad, len(text) + 10, "t")
+        if text:
+            with pytest.raises(FormatError, match="truncated or followed by junk"):
+                compress.decode_payload(payload + payload[1:], 2 * len(text), "t")
+
+
+def test_decoding_a_large_frame_leaves_no_window_buffer_behind() -> None:
+    """Memory: decoded in one call, a 6 MiB blob leaves the thread's decompression context
+    small (decoded as a stream it kept a window buffer of megabytes)."""
+    text = (b"\0" * 700 + os.urandom(100)) * 8000
+    payload = compress.encode_payload(text)
+    assert flag(payload) == compress.ZSTD
+    seen: list[object] = []
+
+    def decode() -> None:  # on a thread of its own: a context of its own
+        seen.append(compress.decode_payload(payload, len(text), "t") == text)
+        seen.append(compress._decompressor().memory_size())
+
+    thread = threading.Thread(target=decode)
+    thread.start()
+    thread.join()
+    assert seen[0] is True
+    assert isinstance(seen[1], int) and seen[1] < 512 << 10
 
 
 def test_level_none_stores_everything() -> None:

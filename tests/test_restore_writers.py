@@ -14,6 +14,8 @@ import errno
 import fcntl
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -381,3 +383,43 @@ def test_with_fewer_writers_than_cores_the_main_process_writes_a_share(
     assert seen.exists()  # the main process wrote batches of its own files
     assert compare_trees(src, _landed(out, src)) == []
     assert _leftovers(out) == []
+
+
+def test_a_writer_imports_only_what_it_reads_and_writes_with() -> None:
+    """Memory: a writer process is an interpreter of its own, and what it imports stays in
+    its memory for the whole restore.  Importing its module pulls in neither the rest of
+    the repository layer (``cas.repo``'s names are looked up when first used), nor the
+    chunker (and fastcdc, which brings click), nor the CLI."""
+    code = (
+        "import sys, cas.restore.worker; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('cas', 'click', 'fastcdc'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True
+    )
+    loaded = set(done.stdout.split())
+    assert "cas.repo.readerspec" in loaded
+    unwanted = {
+        "click",
+        "fastcdc",
+        "cas.chunking.chunker",
+        "cas.repo.connect",
+        "cas.repo.repository",
+        "cas.repo.packwriter",
+        "cas.cli",
+    }
+    assert not loaded & unwanted
+
+
+def test_the_repository_package_still_offers_its_names() -> None:
+    """``cas.repo``'s names, looked up on first use, are the modules' own."""
+    import cas.repo
+    from cas.repo import connect, keyring, repository, verified
+
+    assert cas.repo.open is connect.open
+    assert cas.repo.Repository is repository.Repository
+    assert cas.repo.KeyInfo is keyring.KeyInfo
+    assert cas.repo.read_verified is verified.read_verified
+    assert set(cas.repo.__all__) <= set(dir(cas.repo)) | set(cas.repo._WHERE)
+    with pytest.raises(AttributeError):
+        cas.repo.no_such_name  # noqa: B018

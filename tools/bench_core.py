@@ -367,6 +367,8 @@ def main() -> None:
     text_blocks = [text[i : i + mib] for i in range(0, size, mib)]
     source = _source_text(size)
     source_blocks = [source[i : i + mib] for i in range(0, size, mib)]
+    packed_source = [compress.encode_payload(b) for b in source_blocks]
+    packed_text = [compress.encode_payload(b) for b in text_blocks]
     p = ChunkerParams()
     perm = crypto.chunker_permutation(k.chunker_key)
     chunker = Chunker(perm, p)
@@ -401,6 +403,14 @@ def main() -> None:
         (
             "zstd level 3, source code (Python's standard library)",
             lambda: [compress.encode_payload(b) for b in source_blocks],
+        ),
+        (
+            "zstd decode (decode_payload), repetitive text, 1 MiB blobs",
+            lambda: [compress.decode_payload(b, mib, "b") for b in packed_text],
+        ),
+        (
+            "zstd decode (decode_payload), source code, 1 MiB blobs",
+            lambda: [compress.decode_payload(b, mib, "b") for b in packed_source],
         ),
         (
             "fastcdc 512K/1M/8M unkeyed, whole buffer",

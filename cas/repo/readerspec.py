@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cas import crypto
 from cas.backend.base import Backend
@@ -26,7 +27,9 @@ from cas.errors import BlobNotFound
 from cas.format.pack import V1, PackFormat
 from cas.repo.blobreader import PackRanges
 from cas.repo.index import Location
-from cas.repo.repository import Repository
+
+if TYPE_CHECKING:
+    from cas.repo.repository import Repository
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,10 @@ class BlobStream:
         self._uses: Counter[bytes] = Counter()  # planned uses not yet taken by get/discard
         self._ahead: dict[bytes, tuple[Future[_Loaded], int]] = {}
         self._ahead_bytes = 0
+        # The blob ``get`` handed out last: still being written until the next ``get``,
+        # so it counts against the budget (two blobs larger than the budget are not
+        # held at once: one written, the next loaded ahead).
+        self._out = 0
         self._pool: ThreadPoolExecutor | None = None
         # Planned blobs not yet requested, per pack, by offset: (offset, blob ID, size).
         # Entries of blobs requested since are skipped when met.
@@ -109,6 +113,7 @@ class BlobStream:
 
     def get(self, blob_id: bytes, size: int) -> bytes:
         """The blob's plaintext; raises its CasError if it could not be loaded."""
+        self._out = 0  # the caller is done with the one before
         if self._uses[blob_id] > 0 and blob_id not in self._ahead:
             self._pump(until=blob_id)
         entry = self._ahead.get(blob_id)
@@ -117,6 +122,7 @@ class BlobStream:
         loaded = entry[0].result()
         value = loaded[blob_id]
         self._release(blob_id)
+        self._out = size
         self._pump()
         if isinstance(value, CasError):
             raise value
@@ -132,6 +138,7 @@ class BlobStream:
         self._ahead.clear()
         self._queued.clear()
         self._ahead_bytes = 0
+        self._out = 0
 
     # -- scheduling ---------------------------------------------------------
 
@@ -149,7 +156,8 @@ class BlobStream:
     def _pump(self, until: bytes | None = None) -> None:
         """Issue reads for the planned blobs while the budget allows (or up to ``until``)."""
         while self._plan:
-            if self._ahead and self._ahead_bytes >= self.budget and until is None:
+            held = self._ahead_bytes + self._out
+            if (self._ahead or self._out) and held >= self.budget and until is None:
                 return
             blob_id, size = self._plan.popleft()
             if self._uses[blob_id] <= 0 or blob_id in self._ahead:
@@ -178,7 +186,7 @@ class BlobStream:
         """``blob_id`` and the planned blobs around it in its pack, not yet requested,
         with gaps of at most ``gap``, ``max_request`` bytes in all and no more than
         the budget leaves room for (they may come late in the plan), by offset."""
-        room = self.budget - self._ahead_bytes - size
+        room = self.budget - self._ahead_bytes - self._out - size
         queued = self._queued.get(loc.pack_id, [])
         at = bisect.bisect_left(queued, (loc.offset, b""))
         start, end = loc.offset, loc.offset + loc.length
