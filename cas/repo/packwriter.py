@@ -156,13 +156,16 @@ class PackWriter:
         blob_id: bytes,
         sealed: bytes | bytearray | memoryview,
         raw_length: int,
+        *,
+        owned: bool = False,
     ) -> Packer | None:
         """Append a sealed blob to one of the open packers, chosen at random; returns
-        that packer once full (to finish outside a lock), else None."""
+        that packer once full (to finish outside a lock), else None.  ``owned``: as in
+        Packer.add (``sealed`` is never changed nor reused afterwards: no copy)."""
         packers = self._packers[blob_type]
         i = self._choices.below(len(packers))
         packer = packers[i]
-        packer.add(blob_id, sealed, raw_length)
+        packer.add(blob_id, sealed, raw_length, owned=owned)
         if packer.size < self._pack_size:
             return None
         packers[i] = self._new(blob_type)
@@ -434,7 +437,8 @@ class BlobSaver:
             with self._lock:
                 for blob_type, blob_id, blob, raw_length in sealed:
                     self.stats.add(blob_type, raw_length, len(blob))
-                    packer = self.writer.add(blob_type, blob_id, blob, raw_length)
+                    # Fresh from sealing and held by nothing else: kept, not copied.
+                    packer = self.writer.add(blob_type, blob_id, blob, raw_length, owned=True)
                     if packer is not None:
                         full.append(packer)
             del sealed
