@@ -212,3 +212,30 @@ def test_short_writes_to_the_temporary_file_are_finished(monkeypatch: pytest.Mon
     assert fp.pack_id == storage_id(data)
     assert _pack_blobs(keys, data) == [(b, bytes(s)) for b, s in blobs]
     fp.discard()
+
+
+def test_a_failed_write_to_the_temporary_file_keeps_what_was_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk fails the add that spills (CasError); the pieces held stay held, so a
+    later spill writes every blob, and the piece being copied into still grows."""
+    import errno
+
+    real = os.pwritev
+    keys = MasterKeys.generate()
+    packer = Packer(keys, BlobType.DATA, spool=True)
+    blobs = [(os.urandom(32), bytearray(os.urandom(n))) for n in [100_000, 100_000, 50, 70_000, 60]]
+
+    def full(fd: int, buffers: list[memoryview], offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", full)
+    with pytest.raises(CasError, match="temporary pack file"):
+        for i, (blob_id, sealed) in enumerate(blobs[:4]):
+            packer.add(blob_id, sealed, len(sealed), owned=i < 2)
+    monkeypatch.setattr(os, "pwritev", real)
+    packer.add(*blobs[4], len(blobs[4][1]))  # copied onto the piece held: it grows
+    fp = packer.finish()
+    data = fp.read()
+    assert _pack_blobs(keys, data) == [(b, bytes(s)) for b, s in blobs]
+    fp.discard()

@@ -196,8 +196,8 @@ class Packer:
     def _spill(self) -> None:
         """Write the pieces held to the temporary file (made now if need be) and hash them."""
         if self._parts:
-            parts, self._parts, self._parts_bytes, self._tail = self._parts, [], 0, None
-            self._write(parts)
+            self._write(self._parts)  # kept if it fails, as a buffer was
+            self._parts, self._parts_bytes, self._tail = [], 0, None
         if self._data:  # a non-spooling packer's buffer (finish)
             self._write([self._data])
             self._data = bytearray()
@@ -205,6 +205,7 @@ class Packer:
     def _write(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         """Append ``parts`` to the temporary file (made now if need be) and hash them."""
         total = sum(len(p) for p in parts)
+        views: list[memoryview] = []
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="cas-pack-", dir=spool_dir())  # noqa: SIM115 (closed by the pack)
@@ -223,6 +224,8 @@ class Packer:
             raise CasError(
                 f"cannot write a temporary pack file in {spool_dir()}: {e.strerror}"
             ) from None
+        finally:
+            views = []  # no view outlives the call (a bytearray with one cannot grow)
         for p in parts:
             self._hash.update(p)
         self._spooled += total
