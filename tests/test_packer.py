@@ -16,7 +16,7 @@ from cas.errors import CasError, IntegrityError
 from cas.format import pack as packfmt
 from cas.ids import storage_id
 from cas.repo import layout
-from cas.repo.packer import OWN_MIN, SPOOL_BUFFER, SPOOL_PARTS, Packer
+from cas.repo.packer import SPOOL_BUFFER, Packer
 from cas.repo.readerspec import LocatedReader
 
 
@@ -77,7 +77,7 @@ def test_a_spooling_packer_holds_a_small_buffer_and_its_file_goes_with_the_pack(
     blobs = _blobs()
     for blob_id, sealed in blobs:
         packer.add(blob_id, sealed, len(sealed))
-        assert packer.buffered < SPOOL_BUFFER  # the rest is in the file
+        assert len(packer._data) < SPOOL_BUFFER  # the rest is in the file
     assert len(_open_fds() - before) == 1 and os.listdir(tmp_path) == []
     fp = packer.finish()
     data = fp.read()
@@ -133,109 +133,3 @@ def test_a_damaged_pack_fails_in_pieces_and_reads_as_always(tmp_path: Path, wher
     reader.stream_packs = True
     with pytest.raises(IntegrityError, match="does not match its name"):
         reader.verify_pack(pack_id)
-
-
-def _mixed_blobs() -> list[tuple[bytes, bytearray]]:
-    sizes = [100, OWN_MIN, 70_000, 50, OWN_MIN - 1, 300_000, 5_000, 60, 120_000, 9_000]
-    return [(os.urandom(32), bytearray(os.urandom(n))) for n in sizes * 3]
-
-
-def _pack_blobs(keys: MasterKeys, data: bytes | bytearray) -> list[tuple[bytes, bytes]]:
-    entries = packfmt.parse_pack(keys, bytes(data))
-    return [(e.blob_id, bytes(data[e.offset : e.offset + e.length])) for e in entries]
-
-
-@pytest.mark.parametrize("spool", [False, True])
-def test_blobs_handed_over_are_packed_like_copied_ones(spool: bool) -> None:
-    """Blobs handed over (owned: kept as they are until written) and copied ones, of
-    every size, in any order: the pack holds each where its header says."""
-    keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA, spool=spool)
-    blobs = _mixed_blobs()
-    for i, (blob_id, sealed) in enumerate(blobs):
-        packer.add(blob_id, sealed, len(sealed), owned=i % 2 == 0)
-        assert packer.buffered < SPOOL_BUFFER or not spool
-    fp = packer.finish()
-    data = fp.read()
-    assert fp.pack_id == storage_id(data) and fp.size == len(data)
-    assert _pack_blobs(keys, data) == [(b, bytes(s)) for b, s in blobs]
-    fp.discard()
-
-
-def test_a_blob_not_handed_over_is_copied_so_its_buffer_may_be_reused() -> None:
-    """Without ``owned`` the caller may change or reuse its buffer at once (a piece
-    received from a worker, a pour's piece): the pack keeps what was added."""
-    keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA, spool=True)
-    buf = bytearray(os.urandom(OWN_MIN * 2))
-    want = []
-    for n in (100, OWN_MIN, OWN_MIN * 2):
-        blob_id = os.urandom(32)
-        packer.add(blob_id, buf[:n], n)  # a copy of the slice, by bytearray slicing
-        packer.add(blob_id, memoryview(buf)[:n], n, owned=True)  # a view: still copied
-        want += [(blob_id, bytes(buf[:n]))] * 2
-        buf[:] = os.urandom(len(buf))  # the buffer is reused
-    fp = packer.finish()
-    assert _pack_blobs(keys, fp.read()) == want
-    fp.discard()
-
-
-def test_many_blobs_handed_over_are_written_in_bounded_pieces() -> None:
-    """Each piece held is one ``pwritev`` vector: at most SPOOL_PARTS are held."""
-    keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA, spool=True)
-    blobs = [(os.urandom(32), bytearray(os.urandom(OWN_MIN))) for _ in range(SPOOL_PARTS * 3)]
-    for blob_id, sealed in blobs:
-        packer.add(blob_id, sealed, len(sealed), owned=True)
-        assert len(packer._parts) < SPOOL_PARTS
-    pieces = list(packer.take(1 << 20))
-    got = [
-        (e.blob_id, bytes(body[e.offset : e.offset + e.length])) for body, es in pieces for e in es
-    ]
-    assert got == [(b, bytes(s)) for b, s in blobs]
-
-
-def test_short_writes_to_the_temporary_file_are_finished(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.pwritev
-
-    def short(fd: int, buffers: list[memoryview], offset: int) -> int:
-        return real(fd, [bytes(b"".join(bytes(b) for b in buffers)[:1000])], offset)
-
-    monkeypatch.setattr(os, "pwritev", short)
-    keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA, spool=True)
-    blobs = _mixed_blobs()
-    for blob_id, sealed in blobs:
-        packer.add(blob_id, sealed, len(sealed), owned=True)
-    fp = packer.finish()
-    data = fp.read()
-    assert fp.pack_id == storage_id(data)
-    assert _pack_blobs(keys, data) == [(b, bytes(s)) for b, s in blobs]
-    fp.discard()
-
-
-def test_a_failed_write_to_the_temporary_file_keeps_what_was_held(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A full disk fails the add that spills (CasError); the pieces held stay held, so a
-    later spill writes every blob, and the piece being copied into still grows."""
-    import errno
-
-    real = os.pwritev
-    keys = MasterKeys.generate()
-    packer = Packer(keys, BlobType.DATA, spool=True)
-    blobs = [(os.urandom(32), bytearray(os.urandom(n))) for n in [100_000, 100_000, 50, 70_000, 60]]
-
-    def full(fd: int, buffers: list[memoryview], offset: int) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "pwritev", full)
-    with pytest.raises(CasError, match="temporary pack file"):
-        for i, (blob_id, sealed) in enumerate(blobs[:4]):
-            packer.add(blob_id, sealed, len(sealed), owned=i < 2)
-    monkeypatch.setattr(os, "pwritev", real)
-    packer.add(*blobs[4], len(blobs[4][1]))  # copied onto the piece held: it grows
-    fp = packer.finish()
-    data = fp.read()
-    assert _pack_blobs(keys, data) == [(b, bytes(s)) for b, s in blobs]
-    fp.discard()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from cas import crypto
@@ -28,11 +28,6 @@ from cas.ids import storage_id
 
 # Bytes of a spooling pack kept in memory before they are written to its file.
 SPOOL_BUFFER = 256 << 10
-# ... or pieces of it (one ``pwritev``: the system's IOV_MAX is 1024).
-SPOOL_PARTS = 512
-# A blob handed over (``Packer.add(owned=True)``) is kept as it is from this size on;
-# a smaller one is copied (cheaper than one more piece to write and hash).
-OWN_MIN = 4096
 
 
 def spool_dir() -> str:
@@ -127,17 +122,11 @@ class Packer:
         self.keys = keys
         self.blob_type = blob_type
         self.version = version  # of the pack layout (spec §9.6): the repository's
-        # Without spooling, the pack's bytes end to end in one buffer: appending grows
-        # it in place, and the header is appended to it at the end, so a pack never
-        # exists twice (as parts and joined) and tiny blobs cost no object each.
+        # The pack's bytes not yet in the file, end to end, in one buffer: appending
+        # grows it in place, and without spooling the header is appended to it at the
+        # end, so a pack never exists twice (as parts and joined) and tiny blobs cost
+        # no object each.
         self._data = bytearray()
-        # With spooling, the bytes not yet in the file are pieces written with one
-        # ``pwritev``: sealed blobs handed over (``owned``) as they are, no copy into a
-        # buffer (whose growth and release made every sealed byte fault in a fresh
-        # page: ipc.keep_heap_small), the others copied into ``_tail``, the last piece.
-        self._parts: list[bytes | bytearray] = []
-        self._parts_bytes = 0
-        self._tail: bytearray | None = None
         self._entries: list[packfmt.PackEntry] = []
         self._spool = spool
         self._file: BinaryIO | None = None
@@ -147,88 +136,48 @@ class Packer:
     @property
     def size(self) -> int:
         """Bytes of sealed blobs so far."""
-        return self._spooled + self._parts_bytes + len(self._data)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of the pack held in memory (not yet in the temporary file)."""
-        return self._parts_bytes + len(self._data)
+        return self._spooled + len(self._data)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(
-        self,
-        blob_id: bytes,
-        sealed: bytes | bytearray | memoryview,
-        raw_length: int,
-        *,
-        owned: bool = False,
-    ) -> None:
-        """Append one sealed blob.  ``owned``: the packer may keep ``sealed`` itself until
-        it is written (no copy); the caller must never change it nor reuse its memory
-        (a blob fresh from sealing that nothing else holds).  Otherwise it is copied."""
+    def add(self, blob_id: bytes, sealed: bytes | bytearray | memoryview, raw_length: int) -> None:
+        """Append one sealed blob."""
         self._entries.append(
             packfmt.PackEntry(blob_id, self.blob_type, self.size, len(sealed), raw_length)
         )
-        if not self._spool:
-            self._data += sealed
-            return
-        if len(sealed) >= SPOOL_BUFFER:
+        if self._spool and len(sealed) >= SPOOL_BUFFER:
             # A large blob goes to the file as it is: copied into the buffer first, it
             # would cost a copy and, beyond 1 MiB, a fresh mapping of its size
             # (ipc.keep_heap_small) whose every page faults.
             self._spill()
-            self._write([sealed])
+            self._write(sealed)
             return
-        if owned and len(sealed) >= OWN_MIN and not isinstance(sealed, memoryview):
-            self._parts.append(sealed)
-            self._tail = None
-        else:
-            if self._tail is None:
-                self._tail = bytearray()
-                self._parts.append(self._tail)
-            self._tail += sealed
-        self._parts_bytes += len(sealed)
-        if self._parts_bytes >= SPOOL_BUFFER or len(self._parts) >= SPOOL_PARTS:
+        self._data += sealed
+        if self._spool and len(self._data) >= SPOOL_BUFFER:
             self._spill()
 
     def _spill(self) -> None:
-        """Write the pieces held to the temporary file (made now if need be) and hash them."""
-        if self._parts:
-            self._write(self._parts)  # kept if it fails, as a buffer was
-            self._parts, self._parts_bytes, self._tail = [], 0, None
-        if self._data:  # a non-spooling packer's buffer (finish)
-            self._write([self._data])
+        """Write the buffer to the temporary file (made now if need be) and hash it."""
+        if self._data:
+            self._write(self._data)
             self._data = bytearray()
 
-    def _write(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-        """Append ``parts`` to the temporary file (made now if need be) and hash them."""
-        total = sum(len(p) for p in parts)
-        views: list[memoryview] = []
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the temporary file (made now if need be) and hash it."""
         try:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="cas-pack-", dir=spool_dir())  # noqa: SIM115 (closed by the pack)
             fd = self._file.fileno()
-            views = [memoryview(p) for p in parts]
-            done = 0
-            while done < total:
-                n = os.pwritev(fd, views, self._spooled + done)
-                done += n
-                while views and n >= len(views[0]):  # drop what was written (short writes)
-                    n -= len(views[0])
-                    views.pop(0)
-                if n:
-                    views[0] = views[0][n:]
+            view = memoryview(data)
+            while view:
+                view = view[os.pwrite(fd, view, self._spooled + len(data) - len(view)) :]
         except OSError as e:
             raise CasError(
                 f"cannot write a temporary pack file in {spool_dir()}: {e.strerror}"
             ) from None
-        finally:
-            views = []  # no view outlives the call (a bytearray with one cannot grow)
-        for p in parts:
-            self._hash.update(p)
-        self._spooled += total
+        self._hash.update(data)
+        self._spooled += len(data)
 
     def _range(self, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` of the pack so far (from the file and the buffer)."""
@@ -241,15 +190,13 @@ class Packer:
                 raise CasError("cannot read a temporary pack file: it is shorter than written")
         if end > self._spooled:
             lo = max(start, self._spooled) - self._spooled
-            held = self._data if not self._spool else b"".join(self._parts)
-            out += held[lo : end - self._spooled]
+            out += self._data[lo : end - self._spooled]
         return out
 
     def _reset(self) -> None:
         if self._file is not None:
             self._file.close()
         self._data, self._entries = bytearray(), []
-        self._parts, self._parts_bytes, self._tail = [], 0, None
         self._file, self._spooled, self._hash = None, 0, hashlib.sha256()
 
     def take(self, piece: int) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
@@ -286,15 +233,7 @@ class Packer:
         entries = self._entries
         tail = packfmt.encode_pack_tail(self.keys, entries, version=self.version)
         size = self.size + len(tail)
-        if self._spool and self._file is None:
-            # A small pack that never reached its file: in memory, in one buffer.
-            self._data = bytearray().join([*self._parts, tail])
-            self._parts, self._parts_bytes, self._tail = [], 0, None
-        elif self._spool:
-            self._parts.append(tail)
-            self._parts_bytes += len(tail)
-        else:
-            self._data += tail
+        self._data += tail
         if self._file is None:
             data = self._data
             pack = FinishedPack(storage_id(data), size, entries, data=data)
@@ -310,6 +249,5 @@ class Packer:
             pack.discard()
             raise IntegrityError(what="new pack", detail="header does not read back as written")
         self._data, self._entries = bytearray(), []
-        self._parts, self._parts_bytes, self._tail = [], 0, None
         self._spooled, self._hash = 0, hashlib.sha256()
         return pack

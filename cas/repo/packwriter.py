@@ -156,16 +156,13 @@ class PackWriter:
         blob_id: bytes,
         sealed: bytes | bytearray | memoryview,
         raw_length: int,
-        *,
-        owned: bool = False,
     ) -> Packer | None:
         """Append a sealed blob to one of the open packers, chosen at random; returns
-        that packer once full (to finish outside a lock), else None.  ``owned``: as in
-        Packer.add (``sealed`` is never changed nor reused afterwards: no copy)."""
+        that packer once full (to finish outside a lock), else None."""
         packers = self._packers[blob_type]
         i = self._choices.below(len(packers))
         packer = packers[i]
-        packer.add(blob_id, sealed, raw_length, owned=owned)
+        packer.add(blob_id, sealed, raw_length)
         if packer.size < self._pack_size:
             return None
         packers[i] = self._new(blob_type)
@@ -437,8 +434,7 @@ class BlobSaver:
             with self._lock:
                 for blob_type, blob_id, blob, raw_length in sealed:
                     self.stats.add(blob_type, raw_length, len(blob))
-                    # Fresh from sealing and held by nothing else: kept, not copied.
-                    packer = self.writer.add(blob_type, blob_id, blob, raw_length, owned=True)
+                    packer = self.writer.add(blob_type, blob_id, blob, raw_length)
                     if packer is not None:
                         full.append(packer)
             del sealed
