@@ -328,3 +328,21 @@ def test_a_full_temporary_directory_stops_the_backup_with_one_line(tmp_path: Pat
         assert os.listdir(tmp) == []
     assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
     _check(repo)
+
+
+def test_a_workers_view_of_a_file_is_the_lstat_the_main_process_saw() -> None:
+    """The per-file record a worker makes (a named tuple: one per file) carries what
+    reading the file needs, by name; a path is decoded as warnings show it only when
+    there is a warning to give."""
+    from cas.backup import worker
+
+    seen = worker.Seen(1, 2, 3, 4, 5, 6)
+    assert (
+        seen.st_size,
+        seen.st_blocks,
+        seen.st_dev,
+        seen.st_ino,
+        seen.st_mtime_ns,
+        seen.st_ctime_ns,
+    ) == (1, 2, 3, 4, 5, 6)
+    assert worker._shown(b"dir/na\xffme") == "dir/na\\xffme"
