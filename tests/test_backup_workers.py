@@ -354,3 +354,21 @@ def test_worker_cpu_is_the_live_workers_cpu_time_on_average() -> None:
     assert pool.worker_cpu() is None
     for w in pool._workers:
         w.sock.close()
+
+
+def test_a_workers_view_of_a_file_is_the_lstat_the_main_process_saw() -> None:
+    """The per-file record a worker makes (a named tuple: one per file) carries what
+    reading the file needs, by name; a path is decoded as warnings show it only when
+    there is a warning to give."""
+    from cas.backup import worker
+
+    seen = worker.Seen(1, 2, 3, 4, 5, 6)
+    assert (
+        seen.st_size,
+        seen.st_blocks,
+        seen.st_dev,
+        seen.st_ino,
+        seen.st_mtime_ns,
+        seen.st_ctime_ns,
+    ) == (1, 2, 3, 4, 5, 6)
+    assert worker._shown(b"dir/na\xffme") == "dir/na\\xffme"

@@ -51,7 +51,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
@@ -79,9 +79,12 @@ HELD_BATCHES = 2
 TAIL_PIECE = 1 << 20
 
 
-@dataclass(frozen=True)
-class Seen:
-    """The ``lstat`` of a file as the main process saw it (cas/backup/archiver.py SourceStat)."""
+class Seen(NamedTuple):
+    """The ``lstat`` of a file as the main process saw it (cas/backup/archiver.py SourceStat).
+
+    A named tuple, not a frozen dataclass: one is made per file, and a frozen
+    dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost three times as
+    much."""
 
     st_size: int
     st_blocks: int
@@ -214,8 +217,7 @@ class _Worker:
         results = []
         for name, size, blocks, dev, ino, mtime, ctime, pdigest, pchunks in msg["f"]:
             seen = Seen(size, blocks, dev, ino, mtime, ctime)
-            path = shown + b"/" + name
-            results.append(self.file(dir_fd, name, path, seen, pdigest, pchunks))
+            results.append(self.file(dir_fd, name, shown, seen, pdigest, pchunks))
         job = msg["j"]
         self.held += 1
 
@@ -226,15 +228,15 @@ class _Worker:
         self.ask(done)
 
     def file(
-        self, dir_fd: int, name: bytes, path: bytes, seen: Seen, pdigest: Any, pchunks: Any
+        self, dir_fd: int, name: bytes, dir_shown: bytes, seen: Seen, pdigest: Any, pchunks: Any
     ) -> FileResult:
         r = FileResult()
-        shown = path.decode("utf-8", "backslashreplace")
+        path = dir_shown + b"/" + name
         try:
             fd = open_source(self.opener, name, dir_fd, seen)
         except OSError as e:
             r.status = "skip"
-            r.warnings.append(f"{shown}: {dirfd.reason(e)}; skipped")
+            r.warnings.append(f"{_shown(path)}: {dirfd.reason(e)}; skipped")
             return r
         try:
             r.xattrs, r.flags, r.warnings = posixmeta.fd_metadata(fd, path)
@@ -243,13 +245,14 @@ class _Worker:
                 if same:
                     r.status = "same"
                     return r
-            self.read(fd, seen, r, shown, ParentChunks.from_wire(pchunks))
+            parent = None if pchunks is None else ParentChunks.from_wire(pchunks)
+            self.read(fd, seen, r, path, parent)
         finally:
             os.close(fd)
         return r
 
     def read(
-        self, fd: int, seen: Seen, r: FileResult, shown: str, parent: ParentChunks | None
+        self, fd: int, seen: Seen, r: FileResult, path: bytes, parent: ParentChunks | None
     ) -> None:
         reader = SourceReader(fd, seen)
         digest = self.keys.file_digest()
@@ -278,14 +281,14 @@ class _Worker:
             if e.errno == errno.ENOSPC:
                 raise
             r.status = "skip"
-            r.warnings.append(f"{shown}: read error: {e.strerror}; skipped")
+            r.warnings.append(f"{_shown(path)}: read error: {e.strerror}; skipped")
             return
         finally:
             r.bytes_read += reader.bytes_read
         r.digest = digest.digest()
         if moved(after, seen) or size != seen.st_size:
             r.moved = True
-            r.warnings.append(f"{shown}: file changed while it was read; saved as read")
+            r.warnings.append(f"{_shown(path)}: file changed while it was read; saved as read")
 
     # -- which chunks are new --------------------------------------------------------
 
@@ -331,6 +334,11 @@ class _Worker:
             self.send(["t", body, _wire_entries(entries)])
         self.saver.flush()
         self.send(["f", request_summary(self.backend) or {}])
+
+
+def _shown(path: bytes) -> str:
+    """A path as warnings show it (decoded only when there is one to give)."""
+    return path.decode("utf-8", "backslashreplace")
 
 
 def _wire_entries(entries: list[PackEntry]) -> list[list[Any]]:
