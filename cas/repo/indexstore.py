@@ -81,6 +81,16 @@ class IndexStore:
             self.on_active(list(active))
         return active
 
+    def _locations(self, fid: bytes) -> indexfmt.BlobLocations | indexfmt.IndexFile | None:
+        """One index file as ``read_locations`` gives it, or None when it is damaged (then
+        recorded in ``damaged``)."""
+        fetch = partial(read_verified, self.backend, layout.index_name(fid), "index file")
+        try:
+            return indexfmt.read_locations(fetch, self._keys.index)
+        except (IntegrityError, UnsupportedVersion) as e:
+            self.damaged[fid] = str(e)
+            return None
+
     def active_ids(self) -> list[bytes]:
         """The IDs of ``active``'s files, without keeping any file: each is read as
         compact columns for its ``supersedes`` and dropped before the next, so the
@@ -89,11 +99,8 @@ class IndexStore:
         ids: list[bytes] = []
         superseded: set[bytes] = set()
         for fid in self.file_ids():
-            fetch = partial(read_verified, self.backend, layout.index_name(fid), "index file")
-            try:
-                f = indexfmt.read_locations(fetch, self._keys.index)
-            except (IntegrityError, UnsupportedVersion) as e:
-                self.damaged[fid] = str(e)
+            f = self._locations(fid)
+            if f is None:
                 continue
             ids.append(fid)
             superseded.update(f.supersedes)
@@ -126,11 +133,8 @@ class IndexStore:
         superseded: set[bytes] = set()
         doomed: set[bytes] = set()
         for fid in ids:
-            fetch = partial(read_verified, self.backend, layout.index_name(fid), "index file")
-            try:
-                f = indexfmt.read_locations(fetch, self._keys.index)
-            except (IntegrityError, UnsupportedVersion) as e:
-                self.damaged[fid] = str(e)
+            f = self._locations(fid)
+            if f is None:
                 continue
             superseded.update(f.supersedes)
             if isinstance(f, indexfmt.BlobLocations):
