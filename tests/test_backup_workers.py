@@ -13,6 +13,7 @@ whole suite can be run with workers everywhere (CAS_TEST_WORKERS=2).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -25,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from cas.backup.pool import SaverPool, _Worker
+from cas.backup import pool as pool_mod
+from cas.backup.pool import SaverPool, _Worker, cpu_seconds
 from tests.support.cli import run_cas, start_cas
 from tests.support.mounts import tmpfs
 from tests.support.procs import kill_when_paused
@@ -337,19 +339,46 @@ def test_a_full_temporary_directory_stops_the_backup_with_one_line(tmp_path: Pat
     _check(repo)
 
 
-def test_worker_cpu_is_the_live_workers_cpu_time_on_average() -> None:
-    """From /proc: this process standing in for two workers, then one of them dead."""
-    me: Any = SimpleNamespace(pid=os.getpid())
+def _stat(comm: bytes, utime: int, stime: int) -> bytes:
+    """A /proc/PID/stat line (proc(5)) with these fields; the others made up."""
+    rest = [b"S", *(b"%d" % i for i in range(1, 11)), b"%d" % utime, b"%d" % stime]
+    return b"4242 (" + comm + b") " + b" ".join(rest) + b" 0 20 0 1\n"
+
+
+def test_cpu_seconds_are_read_after_a_command_name_of_spaces_and_parentheses() -> None:
+    tick = pool_mod._CLK_TCK
+    assert cpu_seconds(_stat(b"python3", 3 * tick, tick)) == 4.0
+    assert cpu_seconds(_stat(b"a) (b c)", tick, 2 * tick)) == 3.0
+    with pytest.raises((IndexError, ValueError)):
+        cpu_seconds(b"4242 (python3) S 1 2")
+
+
+def test_worker_cpu_is_the_live_workers_cpu_time_on_average(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live workers' CPU seconds from their /proc stat, averaged; None when none is
+    alive or a stat cannot be read."""
+    tick = pool_mod._CLK_TCK
+    stats = {101: _stat(b"python3", 2 * tick, 0), 102: _stat(b"python3", 3 * tick, tick)}
+    real_open = open
+
+    def fake_open(path: Any, *args: Any, **kw: Any) -> Any:
+        pid = int(str(path).split("/")[2]) if str(path).startswith("/proc/") else None
+        if pid is None:
+            return real_open(path, *args, **kw)
+        if pid not in stats:
+            raise FileNotFoundError(path)
+        return io.BytesIO(stats[pid])
+
+    monkeypatch.setattr(pool_mod, "open", fake_open, raising=False)
     pool = SaverPool.__new__(SaverPool)  # only the workers' list is looked at
-    pool._workers = [_Worker(me, socket.socket()), _Worker(me, socket.socket())]
-    sum(range(3_000_000))  # some CPU time to see
-    before = time.process_time()
-    cpu = pool.worker_cpu()
-    after = time.process_time()
-    assert cpu is not None and before - 0.5 <= cpu <= after  # in clock ticks, rounded down
+    procs: list[Any] = [SimpleNamespace(pid=101), SimpleNamespace(pid=102)]
+    pool._workers = [_Worker(p, socket.socket()) for p in procs]
+    assert pool.worker_cpu() == 3.0  # (2 + 4) / 2
     pool._workers[0].alive = False
-    one = pool.worker_cpu()
-    assert one is not None and cpu <= one <= time.process_time()
+    assert pool.worker_cpu() == 4.0
+    del stats[102]  # its stat gone (it ended): nothing to compare with
+    assert pool.worker_cpu() is None
     pool._workers[1].alive = False
     assert pool.worker_cpu() is None
     for w in pool._workers:

@@ -162,10 +162,7 @@ class SaverPool:
                 continue
             try:
                 with open(f"/proc/{w.proc.pid}/stat", "rb") as f:
-                    # utime and stime, in clock ticks: fields 14 and 15 (proc(5)), after
-                    # the command name, which may hold spaces and parentheses.
-                    fields = f.read().rpartition(b")")[2].split()
-                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+                    total += cpu_seconds(f.read())
             except (OSError, IndexError, ValueError):
                 return None
             live += 1
@@ -307,6 +304,14 @@ class SaverPool:
     def _died(self, w: _Worker) -> None:
         w.alive = False
         raise WorkerFailed(f"backup worker process {w.proc.pid} {ipc.ended(w.proc, w.error)}")
+
+
+def cpu_seconds(stat: bytes) -> float:
+    """User plus system CPU seconds from a /proc/PID/stat line: fields 14 and 15, in
+    clock ticks (proc(5)), after the command name, which may hold spaces and
+    parentheses.  IndexError or ValueError for a line that is not one."""
+    fields = stat.rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 def _entries(wire: list[list[Any]]) -> list[PackEntry]:
