@@ -10,9 +10,11 @@ picks its default number of workers from them: none on one core).  Runs go round
 robin over every cas (``--cas-path``, default this checkout) and core count, so a
 machine whose speed drifts moves them alike.  Per run it prints one JSON line: wall
 seconds, user and system seconds of the whole tree (``wait4``), and per process (the
-main process and each backup worker) user and system seconds, minor page faults and
-context switches, written by each process as it exits (a ``sitecustomize`` module put
-on ``PYTHONPATH`` for the run: no change to cas).  Then the medians per cas and core
+main process and each backup worker) user and system seconds, minor page faults,
+voluntary and involuntary context switches, major page faults and blocks read from disk
+(``inblock``: a tree no longer in the page cache shows there), written by each process
+as it exits (a ``sitecustomize`` module put on ``PYTHONPATH`` for the run: no change to
+cas).  Then the medians per cas and core
 count.  With ``--faults`` each backup worker also counts the minor page faults its
 thread took inside the calls that allocate its buffers (the chunks of files read with
 the chunker, compression, packing, the one-read small files), as ``faults_in``:
@@ -45,7 +47,8 @@ def _report():
     faults = ",".join(f"{k}={v}/{_CALLS[k]}" for k, v in _FAULTS.most_common()) or "-"
     with open(os.environ["CAS_BENCH_CPU_OUT"], "a") as f:
         f.write(" ".join(map(str, (os.getpid(), role, r.ru_utime, r.ru_stime, r.ru_minflt,
-                                   r.ru_nvcsw, r.ru_nivcsw, faults))) + "\\n")
+                                   r.ru_nvcsw, r.ru_nivcsw, r.ru_majflt, r.ru_inblock,
+                                   faults))) + "\\n")
 def _thread_faults():
     return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
 def _count(key, before):
@@ -127,13 +130,16 @@ def one_run(
         sys.exit(f"cas backup failed ({status}): {err.strip()[-500:]}")
     procs = []
     for line in out.read_text().splitlines() if out.exists() else []:
-        _pid, role, user, system, minflt, vcsw, ivcsw, faults = line.split()
+        _pid, role, user, system, minflt, vcsw, ivcsw, majflt, inblock, faults = line.split()
         proc: dict[str, object] = {
             "role": role,
             "user": round(float(user), 2),
             "sys": round(float(system), 2),
             "minflt": int(minflt),
-            "csw": int(vcsw) + int(ivcsw),
+            "vcsw": int(vcsw),
+            "ivcsw": int(ivcsw),
+            "majflt": int(majflt),
+            "inblock": int(inblock),
         }
         if faults != "-":  # --faults: "call=faults/calls,..."
             proc["faults_in"] = dict(f.split("=") for f in faults.split(","))
