@@ -1,9 +1,10 @@
 """Reading blobs and packs: locate, read, authenticate, decrypt, re-hash.
 
 Tree packs hold only trees, which every backup and restore walks: with a
-local cache they are kept whole on local disk (verified by their SHA-256
-name when read) and the last few in memory, so each is read and hashed once
-per run.  Data blobs are read with ranged reads: of just their bytes in a
+local cache they are kept whole on local disk, and each is read and hashed
+whole (verified by its SHA-256 name) once per run, then kept open and read a
+tree at a time; only where the cache cannot hold one is a whole pack kept in
+memory (the last few).  Data blobs are read with ranged reads: of just their bytes in a
 version 1 repository; in a version 2 repository rounded out to whole
 aligned ``READ_UNIT`` units (cut at the pack's end, which the index entries
 give), so that a read does not give a blob's offset or length (spec §9.6).
@@ -12,6 +13,7 @@ give), so that a read does not give a blob's offset or length (spec §9.6).
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,7 +38,8 @@ from cas.repo.indexstore import IndexStore
 from cas.repo.unitcache import UnitCache
 from cas.repo.verified import read_verified
 
-TREE_PACKS_IN_MEMORY = 8
+TREE_PACKS_IN_MEMORY = 8  # whole tree packs the cache could not take
+TREE_PACKS_OPEN = 8  # verified tree packs of the cache kept open
 _UNITS_LOCK = threading.Lock()
 
 
@@ -275,6 +278,9 @@ class BlobReader(PackRanges):
         self.cache: LocalCache | None = None  # whole tree packs, when a cache is in use
         self._lock = threading.Lock()
         self._tree_packs: OrderedDict[bytes, bytes] = OrderedDict()
+        # Tree packs of the cache, verified whole this run: pack ID -> open descriptor.
+        # Closed only under _lock, which every read of one holds.
+        self._tree_files: OrderedDict[bytes, int] = OrderedDict()
         # Tree packs whose whole bytes did not match their name: their trees are read
         # one blob range at a time, so one damaged tree costs one directory, not the pack.
         self.damaged_tree_packs: dict[bytes, str] = {}
@@ -337,34 +343,73 @@ class BlobReader(PackRanges):
     def _load_at(
         self, loc: Location, blob_type: BlobType, blob_id: bytes, raw_length: int | None
     ) -> bytes:
-        sealed = None
         if (
             blob_type == BlobType.TREE
             and self.cache is not None
             and loc.pack_id not in self.damaged_tree_packs
         ):
             try:
-                sealed = self._tree_pack(loc.pack_id)[loc.offset : loc.offset + loc.length]
+                sealed = self._tree_range(loc.pack_id, loc.offset, loc.length)
             except IntegrityError as e:
                 self.damaged_tree_packs[loc.pack_id] = str(e)
-        if sealed is None:
-            sealed = self.read_pack_range(loc.pack_id, loc.offset, loc.length)
+            else:
+                try:
+                    return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
+                except IntegrityError:
+                    # The cache file changed since it was hashed: forgotten (hashed
+                    # again, or fetched again, next time) and this tree read from storage.
+                    self._forget_tree_file(loc.pack_id)
+        sealed = self.read_pack_range(loc.pack_id, loc.offset, loc.length)
         return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
-    def _tree_pack(self, pack_id: bytes) -> bytes:
-        """A whole tree pack: from memory, else the local cache, else the backend."""
+    def _tree_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of a tree pack: from its file in the local
+        cache (hashed whole the first time this run, fetched whole from the backend if
+        missing or bad), else from a copy in memory where the cache could not take it.
+        IntegrityError if the pack fetched does not hash to its name."""
         with self._lock:
-            pack = self._tree_packs.get(pack_id)
-            if pack is not None:
-                self._tree_packs.move_to_end(pack_id)
-                return pack
+            got = self._cached_range(pack_id, offset, length)
+        if got is not None:
+            return got
         assert self.cache is not None
-        pack = self.cache.get("packs", pack_id)
-        if pack is None:
+        fd = self.cache.open_verified("packs", pack_id)
+        if fd is None:
             pack = read_verified(self.backend, layout.pack_name(pack_id), "pack")
             self.cache.put("packs", pack_id, pack)
+            fd = self.cache.open_verified("packs", pack_id)
+            if fd is None:  # the cache could not take it (full disk, permissions)
+                with self._lock:
+                    self._tree_packs[pack_id] = pack
+                    while len(self._tree_packs) > TREE_PACKS_IN_MEMORY:
+                        self._tree_packs.popitem(last=False)
+                return pack[offset : offset + length]
         with self._lock:
-            self._tree_packs[pack_id] = pack
-            while len(self._tree_packs) > TREE_PACKS_IN_MEMORY:
-                self._tree_packs.popitem(last=False)
-        return pack
+            if pack_id in self._tree_files:  # another thread opened it meanwhile
+                os.close(fd)
+            else:
+                self._tree_files[pack_id] = fd
+                while len(self._tree_files) > TREE_PACKS_OPEN:
+                    os.close(self._tree_files.popitem(last=False)[1])
+            got = self._cached_range(pack_id, offset, length)
+        assert got is not None
+        return got
+
+    def _forget_tree_file(self, pack_id: bytes) -> None:
+        with self._lock:
+            fd = self._tree_files.pop(pack_id, None)
+            if fd is not None:
+                os.close(fd)
+            self._tree_packs.pop(pack_id, None)
+
+    def _cached_range(self, pack_id: bytes, offset: int, length: int) -> bytes | None:
+        """The range from an open cache file or a pack in memory (``_lock`` held), or
+        None.  A file cut short since gives short bytes, which fail authentication."""
+        fd = self._tree_files.get(pack_id)
+        if fd is not None:
+            self._tree_files.move_to_end(pack_id)
+            return os.pread(fd, length, offset)
+        pack = self._tree_packs.get(pack_id)
+        if pack is not None:
+            self._tree_packs.move_to_end(pack_id)
+            return pack[offset : offset + length]
+        return None

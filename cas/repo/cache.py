@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cas.errors import CasError
 
+_PIECE = 1 << 20  # bytes hashed at a time by open_verified
+
 DEFAULT_MAX_BYTES = 2 << 30
 
 
@@ -67,6 +69,36 @@ class LocalCache:
             os.utime(path)  # recency for eviction
         self.hits += 1
         return data
+
+    def open_verified(self, kind: str, object_id: bytes) -> int | None:
+        """A read-only descriptor of the cached object, once its bytes hash to its ID
+        (read in pieces: the object is never whole in memory), or None (also for an
+        entry that no longer hashes right: removed).  The caller closes it."""
+        path = self._path(kind, object_id)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self.misses += 1
+            return None
+        try:
+            digest = hashlib.sha256()
+            buf = bytearray(_PIECE)
+            with memoryview(buf) as view:
+                while got := os.readv(fd, [buf]):
+                    digest.update(view[:got])
+            good = digest.digest() == object_id
+        except OSError:
+            good = False
+        if not good:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency for eviction
+        self.hits += 1
+        return fd
 
     def put(self, kind: str, object_id: bytes, data: bytes | bytearray) -> None:
         """Store an object; failures (full disk, permissions) only cost the cache."""
