@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
 from cas.backend.registry import open_backend
-from cas.backup.archiver import SourceReader, moved, open_source, read_small, same_digest
+from cas.backup.source import SourceReader, moved, open_source, read_small, same_digest
 from cas.chunking.chunker import ChunkerParams, make_chunker
 from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.crypto import BlobType
@@ -259,7 +259,7 @@ class _Worker:
         size = 0
         try:
             # A file shorter than the minimum chunk is one chunk: one pread, no chunker
-            # (as in the main process: archiver.read_small).
+            # (as in the main process: source.read_small).
             small, got = read_small(fd, seen, self.min_chunk)
             r.bytes_read += got
             if small is None:
