@@ -52,17 +52,18 @@ def exactly(sock: socket.socket, n: int, start: bytes = b"") -> bytes:
     return bytes(buf)
 
 
-def send(sock: socket.socket, value: Any, fd: int | None = None) -> None:
-    """One frame holding ``value`` (and ``fd``, passed with its first bytes)."""
+def send(sock: socket.socket, value: Any, fd: int | list[int] | None = None) -> None:
+    """One frame holding ``value`` (and ``fd``, a descriptor or a list of them, passed
+    with its first bytes)."""
     data = msgpack.packb(value, use_bin_type=True)
     head = _U32.pack(len(data))
     if fd is None:
         sock.sendall(head + data)
         return
-    # One system call for the descriptor and the whole frame (a batch of file names is
+    # One system call for the descriptors and the whole frame (a batch of file names is
     # a few KiB; a stream socket may still take less, the rest follows).
     frame = head + data
-    sent = socket.send_fds(sock, [frame], [fd])
+    sent = socket.send_fds(sock, [frame], [fd] if isinstance(fd, int) else fd)
     if sent < len(frame):
         sock.sendall(memoryview(frame)[sent:])
 
@@ -75,19 +76,26 @@ def recv(sock: socket.socket) -> Any:
 
 def recv_maybe_fd(sock: socket.socket) -> tuple[Any, int | None]:
     """The next frame's value and the descriptor it carries, if any; EOFError at the end."""
-    head, fds, _, _ = socket.recv_fds(sock, _U32.size, 1)
-    if not head:
-        for fd in fds:
-            os.close(fd)
-        raise EOFError("the other process closed its socket")
+    value, fds = recv_fds(sock, 1)
+    return value, (fds[0] if fds else None)
+
+
+def recv_fds(sock: socket.socket, most: int) -> tuple[Any, list[int]]:
+    """The next frame's value and the descriptors it carries (none to ``most``);
+    EOFError at the end, ValueError if it carried more than ``most`` (those are lost)."""
+    head, fds, flags, _ = socket.recv_fds(sock, _U32.size, most)
     try:
+        if not head:
+            raise EOFError("the other process closed its socket")
+        if flags & socket.MSG_CTRUNC:
+            raise ValueError(f"a frame came with more than {most} descriptors")
         (n,) = _U32.unpack(exactly(sock, _U32.size, head))
         value = msgpack.unpackb(exactly(sock, n), raw=False)
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    return value, (fds[0] if fds else None)
+    return value, fds
 
 
 def recv_with_fd(sock: socket.socket) -> tuple[Any, int]:

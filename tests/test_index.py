@@ -36,6 +36,9 @@ def test_lookup_matches_a_dict_through_compactions() -> None:
         assert loc is not None and (loc.pack_id, loc.offset, loc.length) == (pack, off, length)
     for _ in range(1000):
         assert idx.get(os.urandom(32)) is None
+    found: dict[bytes, Any] = {}
+    idx.get_many([*model, *(os.urandom(32) for _ in range(1000))], found)
+    assert {b: (v.pack_id, v.offset, v.length) for b, v in found.items()} == model
 
 
 def test_first_location_wins() -> None:
@@ -149,6 +152,10 @@ def test_index_matches_a_dict_through_random_operations(
             loc, want = idx.get(b), model.get(b)
             assert (b in idx) == (want is not None)
             assert (loc and (loc.pack_id, loc.offset, loc.length)) == want
+        # get_many: the same in one call, what it lacks left out, IDs asked twice once
+        found: dict[bytes, Any] = {}
+        idx.get_many(pool + absent + pool[:3] + [b"", b"\x01"], found)
+        assert {b: (v.pack_id, v.offset, v.length) for b, v in found.items()} == model
 
     with mock.patch.object(index_mod, "PENDING_MIN", fold_at):
         for op in data.draw(st.lists(ops, max_size=25)):

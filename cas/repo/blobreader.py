@@ -16,7 +16,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cas import crypto
@@ -301,6 +301,17 @@ class BlobReader(PackRanges):
         if loc is None:
             raise BlobNotFound(blob=blob_id.hex())
         return loc
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, Location]:
+        """Where each of these stored blobs is (``locate`` for many: those not
+        found are left out)."""
+        self._indexes.load()
+        ids = blob_ids if isinstance(blob_ids, (list, tuple, set)) else list(blob_ids)
+        found: dict[bytes, Location] = {}
+        self._indexes.index.get_many(ids, found)
+        if len(found) < len(ids) and any(b not in found for b in ids):
+            self._indexes.garbage_index.get_many(ids, found)
+        return found
 
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None

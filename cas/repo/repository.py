@@ -15,7 +15,7 @@ AEAD tag before it is trusted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cas import crypto, failpoints
@@ -329,6 +329,10 @@ class Repository:
     def locate(self, blob_id: bytes) -> Location:
         """The pack, offset and length of a stored blob; BlobNotFound if none."""
         return self.reader.locate(blob_id)
+
+    def locate_many(self, blob_ids: Iterable[bytes]) -> dict[bytes, Location]:
+        """Where each of these stored blobs is; those not found are left out."""
+        return self.reader.locate_many(blob_ids)
 
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None

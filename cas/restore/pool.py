@@ -37,12 +37,13 @@ all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
 ``{"spec", "options", "prefix", "connections", "actions", "budget", "max_request"}``
-frame, then per batch of N directories N - 1 frames ``["f"]``, each with a directory's
-descriptor, and a frame with the last one's: ``{"j": id, "g": [[fresh, clean, shown
-path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack,
-offset, length], ...]}``.  From a writer: ``["p", bytes]`` progress, ``["d", id, [[summary,
-[[action, name], ...] (empty unless "actions"), [warning, ...], [name to retry, ...]]
-per directory], requests so far, CPU seconds so far]`` when a batch is done,
+frame, then per batch of N directories (at most restorer.BATCH_DIRS) a frame carrying their N
+descriptors: ``{"j": id, "g": [[fresh, clean, shown
+path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack
+number, offset, length], ...], "packs": [pack ID by number, ...]}``.  From a writer:
+``["p", bytes]`` progress, ``["d", id, [[summary, [[action, name], ...] (empty unless
+"actions"), [warning, ...], [name to retry, ...]] per directory], requests so far, CPU
+seconds so far]`` when a batch is done,
 ``["x", message]`` when the restore must stop (the disk is full).
 """
 
@@ -254,7 +255,8 @@ class WriterPool:
 
     def has_news(self) -> bool:
         """An event is waiting."""
-        return not self._events.empty()
+        # The queue's length without its lock (asked before every entry of the walk).
+        return bool(self._events.queue)
 
     def submit(
         self, groups: list[Group], where: dict[bytes, Location], *, writer: int | None = None
@@ -265,7 +267,8 @@ class WriterPool:
         writers = self._start()
         self._next_job += 1
         job = self._next_job
-        msg = {
+        packs: dict[bytes, int] = {}
+        msg: dict[str, Any] = {
             "j": job,
             "g": [
                 [
@@ -276,8 +279,12 @@ class WriterPool:
                 ]
                 for g in groups
             ],
-            "loc": [[b, loc.pack_id, loc.offset, loc.length] for b, loc in where.items()],
+            "loc": [
+                [b, packs.setdefault(loc.pack_id, len(packs)), loc.offset, loc.length]
+                for b, loc in where.items()
+            ],
         }
+        msg["packs"] = list(packs)  # each pack ID once, by its number in "loc"
         while True:
             live = [w for w in writers if w.alive]
             if not live:
@@ -285,10 +292,8 @@ class WriterPool:
             w = min(live, key=lambda w: len(w.jobs))
             if writer is not None and writer < len(writers) and writers[writer].alive:
                 w = writers[writer]
-            try:
-                for g in groups[:-1]:
-                    ipc.send(w.sock, ["f"], g.fd)
-                ipc.send(w.sock, msg, groups[-1].fd)
+            try:  # the directories' descriptors with the frame, in one system call
+                ipc.send(w.sock, msg, [g.fd for g in groups])
             except OSError:
                 w.alive = False  # its reader reports the batches it had
                 continue
@@ -331,7 +336,7 @@ class WriterPool:
                     summary,
                     [(a, bytes(n)) for a, n in actions],
                     list(warnings),
-                    [n for n in nodes if _name(n) in again],
+                    [n for n in nodes if _name(n) in again] if again else [],
                 )
             )
         return WriterEvent(done=done)

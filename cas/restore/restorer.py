@@ -451,17 +451,22 @@ class Restorer:
         parts: dict[
             int, tuple[list[Node | dict[Any, Any]], dict[bytes, Location], list[float]]
         ] = {}
-        where: dict[bytes, Location] = {}
+        contents = [n.get("content") if type(n) is dict else n.content for n in nodes]  # type: ignore[union-attr]
+        # The blobs of all these files located in one call where the repository can
+        # (a Python search per blob through four layers was a tenth of this process).
+        where = self._locate_many(contents)
+        bulk = where is not None
+        if where is None:
+            where = {}
         locate = self.repo.locate
         w = -1
-        for n in nodes:
-            content = n.get("content") if type(n) is dict else n.content  # type: ignore[union-attr]
+        for n, content in zip(nodes, contents, strict=True):
             first, mine = -1, []
             if type(content) is list:  # else none, or malformed: the writer says which
                 for b in content:
                     if type(b) is bytes:
                         loc = where.get(b)
-                        if loc is None:
+                        if loc is None and not bulk:
                             try:
                                 loc = where[b] = locate(b)
                             except CasError:  # the writer reports it missing
@@ -511,6 +516,21 @@ class Restorer:
                 self._write_here()
             else:
                 self._handle(pool.next_event())
+
+    def _locate_many(self, contents: list[Any]) -> dict[bytes, Location] | None:
+        """Where the blobs of these content lists are (those not found are left out),
+        or None where the repository locates one blob at a time."""
+        locate_many = getattr(self.repo, "locate_many", None)
+        if locate_many is None:
+            return None
+        ids = [
+            b for content in contents if type(content) is list for b in content if type(b) is bytes
+        ]
+        try:
+            found: dict[bytes, Location] = locate_many(ids)
+        except CasError:  # blob by blob, each missing one reported by its writer
+            return None
+        return found
 
     def _take_here(self) -> bool:
         """Whether this process takes a part of a pack met for the first time: when the

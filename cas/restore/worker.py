@@ -22,7 +22,13 @@ from cas.backend import request_summary
 from cas.errors import CasError, FormatError
 from cas.format.tree import Node
 from cas.repo.readerspec import LocatedReader, ReaderSpec, open_located
-from cas.restore.restorer import RestoreAborted, RestoreOptions, Restorer, RestoreReporter
+from cas.restore.restorer import (
+    BATCH_DIRS,
+    RestoreAborted,
+    RestoreOptions,
+    Restorer,
+    RestoreReporter,
+)
 
 PROGRESS_EVERY = 8 << 20  # bytes written between progress messages
 
@@ -84,17 +90,16 @@ class _Batch:
 
 
 def _receive(sock: socket.socket, reader: LocatedReader) -> _Batch:
-    fds: list[int] = []
+    msg, fds = ipc.recv_fds(sock, BATCH_DIRS)
     try:
-        while True:  # the descriptors of all but the last directory come first, alone
-            msg, fd = ipc.recv_with_fd(sock)
-            fds.append(fd)
-            if isinstance(msg, dict):
-                break
+        if len(fds) != len(msg["g"]):
+            raise ValueError("a batch came without a descriptor for each directory")
         blobs = []
-        for blob_id, pack_id, offset, length in msg["loc"]:
-            reader.add(bytes(blob_id), bytes(pack_id), offset, length)
-            blobs.append(bytes(blob_id))
+        packs = [bytes(p) for p in msg["packs"]]
+        add = reader.add
+        for blob_id, pack, offset, length in msg["loc"]:
+            add(blob_id, packs[pack], offset, length)
+            blobs.append(blob_id)
         groups = []
         for fd, (fresh, clean, path, docs) in zip(fds, msg["g"], strict=True):
             nodes, bad = [], []
