@@ -60,15 +60,7 @@ class LocalCache:
         except OSError:
             self.misses += 1
             return None
-        if hashlib.sha256(data).digest() != object_id:
-            with contextlib.suppress(OSError):
-                path.unlink()
-            self.misses += 1
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # recency for eviction
-        self.hits += 1
-        return data
+        return data if self._judged(path, hashlib.sha256(data).digest() == object_id) else None
 
     def open_verified(self, kind: str, object_id: bytes) -> int | None:
         """A read-only descriptor of the cached object, once its bytes hash to its ID
@@ -89,16 +81,23 @@ class LocalCache:
             good = digest.digest() == object_id
         except OSError:
             good = False
-        if not good:
+        if not self._judged(path, good):
             os.close(fd)
+            return None
+        return fd
+
+    def _judged(self, path: Path, good: bool) -> bool:
+        """Count a hit (and mark the entry recent) or, for an entry that no longer
+        hashes right, a miss (and remove it); returns ``good``."""
+        if not good:
             with contextlib.suppress(OSError):
                 path.unlink()
             self.misses += 1
-            return None
+            return False
         with contextlib.suppress(OSError):
             os.utime(path)  # recency for eviction
         self.hits += 1
-        return fd
+        return True
 
     def put(self, kind: str, object_id: bytes, data: bytes | bytearray) -> None:
         """Store an object; failures (full disk, permissions) only cost the cache."""
