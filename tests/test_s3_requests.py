@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.cli import run_cas
 from tests.support.s3proxy import CountingProxy
+from tests.support.s3server import logged_since
 from tests.support.trees import compare_trees
 
 pytestmark = pytest.mark.s3
@@ -23,10 +24,10 @@ REQUEST_LINE = re.compile(
 )
 
 
-def _server_requests(log: Path, since: int) -> tuple[int, int]:
+def _server_requests(log: Path, endpoint: str, since: int) -> tuple[int, int]:
     """(number of requests the server logged after byte ``since``, new end offset)."""
-    data = log.read_bytes()
-    return len(REQUEST_LINE.findall(data[since:])), len(data)
+    data, end = logged_since(log, endpoint, since)
+    return len(REQUEST_LINE.findall(data)), end
 
 
 def _ancestor_times(path: Path) -> list[tuple[int, int, int]]:
@@ -70,12 +71,12 @@ def test_unchanged_rebackup_makes_few_requests(
     assert first.code == 0, first.err
 
     log = _moto_log(tmp_path_factory)
-    _, start = _server_requests(log, 0)
+    _, start = _server_requests(log, s3_server, 0)
     second = run_cas(*args, "--json", "backup", src, env=env)
     assert second.code == 0, second.err
     doc = second.json()
     counted = sum(doc["requests"][k] for k in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
-    seen, _ = _server_requests(log, start)
+    seen, _ = _server_requests(log, s3_server, start)
     assert doc["summary"]["bytes_read"] == 0
     # Another process may touch /tmp meanwhile; then the snapshot's ancestor
     # directories really changed, and one tree pack plus its index is honest.
@@ -105,13 +106,13 @@ def test_helper_processes_requests_are_counted(
     _tree(src, 4, 10, 300_000)
     assert run_cas(*args, "init", "--pack-size", str(1 << 20), env=env).code == 0
     log = _moto_log(tmp_path_factory)
-    _, start = _server_requests(log, 0)
+    _, start = _server_requests(log, s3_server, 0)
     if command == "backup":
         done = run_cas(*args, "--json", "backup", src, "--workers", "2", env=env)
         helpers = done.json()["summary"]["workers"] if done.code == 0 else None
     else:
         assert run_cas(*args, "backup", src, env=env).code == 0
-        _, start = _server_requests(log, 0)
+        _, start = _server_requests(log, s3_server, 0)
     if command == "restore":
         done = run_cas(
             *args, "--json", "restore", "latest", "-t", tmp_path / "out", "--workers", "2", env=env
@@ -124,7 +125,7 @@ def test_helper_processes_requests_are_counted(
     assert helpers == 2
     doc = done.json()
     counted = sum(doc["requests"][k] for k in ("PUT", "GET", "HEAD", "LIST", "DELETE"))
-    seen, _ = _server_requests(log, start)
+    seen, _ = _server_requests(log, s3_server, start)
     assert seen == counted, (seen, doc["requests"])
     if command == "backup":
         assert doc["requests"]["PUT"] >= 10  # the data packs were stored, by the helpers

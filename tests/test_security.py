@@ -35,6 +35,7 @@ from cas.errors import WrongPassword
 from cas.repo import layout, open_repository
 from tests.support import sweep
 from tests.support.cli import TEST_ENV, Result, end_pty_child, read_until, run_cas
+from tests.support.s3server import logged_since
 from tests.test_crash import parallel
 
 SECRET = "Sekr1t-Pa55phrase-xyzzy-4711"
@@ -264,7 +265,11 @@ def test_password_prompt_does_not_echo(tmp_path: Path) -> None:
     try:
         prompt = read_until(fd, b"password")
         assert b"password" in prompt, prompt
-        time.sleep(0.2)  # let getpass switch echo off after printing the prompt
+        # getpass switches echo off right after printing the prompt: wait for it (the
+        # deadline only bounds a hang; echo that never goes off fails the test).
+        deadline = time.monotonic() + 120
+        while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < deadline:
+            time.sleep(0.01)
         attrs = termios.tcgetattr(fd)
         assert not attrs[3] & termios.ECHO, "echo is on while the password is typed"
         os.write(fd, SECRET.encode() + b"\n")
@@ -366,12 +371,11 @@ def test_wrong_password_on_s3_requests_only_config_and_keys(
     assert run_cas(*args, "init", password=SECRET, env=env).code == 0
     assert run_cas(*args, "backup", src, password=SECRET, env=env).code == 0
     (log,) = sorted(tmp_path_factory.getbasetemp().glob("moto*/server.log"))[-1:]
-    start = len(log.read_bytes())
+    _, start = logged_since(log, s3_server)
     for command in (("snapshots",), ("restore", "latest", "-t", str(tmp_path / "o"))):
         r = run_cas(*args, *command, password=OTHER, env=env)
         assert r.code == 12, r.err
-    time.sleep(0.2)
-    requests = REQUEST.findall(log.read_bytes()[start:])
+    requests = REQUEST.findall(logged_since(log, s3_server, start)[0])
     assert requests
     for method, path in requests:
         key = path.decode().split("?")[0].removeprefix(f"/{s3_bucket}").lstrip("/")

@@ -165,6 +165,33 @@ def _wait_until_serving(process: subprocess.Popen[bytes], port: int) -> bool:
     return False
 
 
+_LOG_HANG = 60.0  # seconds; only bounds a hang, never a timed assertion
+
+
+def logged_since(log: Path, endpoint: str, since: int = 0) -> tuple[bytes, int]:
+    """What the moto server at ``endpoint`` wrote to ``log`` from byte ``since`` on,
+    once it has logged every request answered before this call, and the offset just
+    past that: a marker request goes last, and the log is read up to its line.  No
+    sleep and hope that the server's log caught up."""
+    marker = f"/cas-test-log-marker-{uuid.uuid4().hex}".encode()
+    host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=_LOG_HANG)
+    try:
+        connection.request("HEAD", marker.decode())
+        connection.getresponse().read()
+    finally:
+        connection.close()
+    deadline = time.monotonic() + _LOG_HANG
+    while True:
+        data = log.read_bytes()
+        at = data.find(marker, since)
+        end = data.find(b"\n", at)
+        if at >= 0 and end >= 0:
+            return data[since : data.rfind(b"\n", since, at) + 1], end + 1
+        assert time.monotonic() < deadline, f"the server never logged {marker!r}"
+        time.sleep(0.05)
+
+
 def enforce_iam(endpoint: str, policies: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Make IAM users with these inline policies on the moto server at ``endpoint``, then
     turn on moto's IAM enforcement (its ``reset-auth`` API with a count of 0): from then
