@@ -309,7 +309,7 @@ class BlobReader(PackRanges):
         ids = blob_ids if isinstance(blob_ids, (list, tuple, set)) else list(blob_ids)
         found: dict[bytes, Location] = {}
         self._indexes.index.get_many(ids, found)
-        if len(found) < len(ids) and any(b not in found for b in ids):
+        if len(found) < len(ids):  # some not found (or named twice): the garbage index
             self._indexes.garbage_index.get_many(ids, found)
         return found
 

@@ -257,37 +257,18 @@ class MasterIndex:
         out of it; those already in it are not looked up again).
 
         ``get`` for many blobs in one call (restore locates every blob it hands to a
-        writer): the segment search inline, one Location per blob and one pack ID
-        object per pack."""
-        pending, run, packs = self._pending, self._run, self._packs
-        table, segs, rs = run.table, run.segs, run.rsize
-        wp, wo, _ = run.widths
-        so = 8 * wp
-        sn = so + 8 * wo
-        pmask, omask = (1 << so) - 1, (1 << (sn - so)) - 1
+        writer): one pack ID object per pack, not one per blob."""
+        pending, find, packs = self._pending, self._run.find, self._packs
         pack_ids: dict[int, bytes] = {}
         for blob_id in blob_ids:
-            if blob_id in found:
+            if blob_id in found or len(blob_id) < 2:
                 continue
             v = pending.get(blob_id) if pending else None
             if v is None:
-                if len(blob_id) < 2:
+                vals = find(blob_id)
+                if vals is None:
                     continue
-                k = blob_id[0] * STRIDE + blob_id[1]
-                lo = table[k]
-                end = hi = table[k + 1]
-                tail, data = blob_id[2:], segs[blob_id[0]]
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if data[mid * rs : mid * rs + TAIL] < tail:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                pos = lo * rs
-                if lo >= end or data[pos : pos + TAIL] != tail:
-                    continue
-                x = int.from_bytes(data[pos + TAIL : pos + rs], "little")
-                number, offset, length = x & pmask, (x >> so) & omask, x >> sn
+                number, offset, length = vals
             else:
                 number, _, offset, length = _unpack_pending(v)
             pack_id = pack_ids.get(number)
