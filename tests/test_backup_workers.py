@@ -401,3 +401,127 @@ def test_a_workers_view_of_a_file_is_the_lstat_the_main_process_saw() -> None:
         seen.st_ctime_ns,
     ) == (1, 2, 3, 4, 5, 6)
     assert worker._shown(b"dir/na\xffme") == "dir/na\\xffme"
+
+
+# -- new directories handed out by name (the workers lstat, build and encode the nodes)
+
+
+def test_new_directories_through_workers_make_the_trees_one_process_makes(
+    tmp_path: Path,
+) -> None:
+    """Directories with no parent node go to the workers by name: they lstat the files
+    and send their nodes encoded.  Every tree is the blob one process makes of the same
+    files: a run under another host name (no parent) through two workers stores no new
+    tree but its ancestors', and no data.  The tree has hardlinks within one handed-out
+    directory and across two (handed back to the main process), symlinks, an xattr, an
+    empty file, a large one and a directory of more than one batch of names."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src, files=50)  # dir02 holds 150 files and more: two batches of names
+    os.link(src / "dir03" / "f002", src / "dir03" / "g002")
+    os.link(src / "dir03" / "f002", src / "dir05" / "g002")
+    (src / "dir04" / "empty").write_bytes(b"")
+    _init(repo)
+    # Listing a directory or reading a symlink the first time moves its atime (relatime),
+    # which the trees record: the runs compared see settled times.
+    _backup(repo, src, "--workers", "0")
+    one = _backup(repo, src, "--workers", "0", "--host", "one")["summary"]
+    two = _backup(repo, src, "--workers", "2", "--host", "two")["summary"]
+    assert two["workers"] == 2
+    assert two["data_blobs_new"] == 0 and two["tree_blobs_new"] <= len(src.parents), two
+    for key in ("files_new", "files_unchanged", "dirs_new", "bytes_total", "other_entries"):
+        assert two[key] == one[key], key
+    fresh = tmp_path / "fresh"
+    _init(fresh)
+    _backup(fresh, src, "--workers", "2")
+    _check(fresh)
+    _restored_equal(tmp_path, fresh, src)
+
+
+def test_unreadable_files_in_a_handed_out_directory_are_warnings(tmp_path: Path) -> None:
+    """A worker that cannot open a file of a directory it was handed by name warns
+    about it (the main process reports it) and the rest of the directory is saved."""
+    from tests.test_backup_restore import run_unprivileged
+
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    _tree(src, dirs=3, files=20)
+    secret = src / "dir01" / "secret"
+    secret.write_bytes(b"not for you")
+    secret.chmod(0)
+    if IS_ROOT:
+        os.chown(secret, 65534, 65534)
+    _init(repo)
+    done = run_unprivileged("-r", repo, "--json", "backup", src, "--workers", "2")
+    assert done.code == 3, done.err
+    assert "Traceback" not in done.err
+    assert f"{secret}: Permission denied; skipped" in done.err, done.err
+    out = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "-t", out).code == 0
+    landed = out / src.relative_to("/") / "dir01"
+    names = sorted(os.listdir(src / "dir01"))
+    assert sorted(os.listdir(landed)) == [n for n in names if n != "secret"]
+    for name in names:
+        if name not in ("secret", "link"):
+            assert (landed / name).read_bytes() == (src / "dir01" / name).read_bytes()
+
+
+def test_a_file_gone_before_a_worker_lstats_it_is_a_warning(tmp_path: Path) -> None:
+    """A file of a handed-out directory deleted while the worker waits: a warning, the
+    rest saved (exit 3)."""
+    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
+    (src / "sub").mkdir(parents=True)
+    gate.mkdir()
+    (src / "first").write_bytes(b"read before the workers start")
+    for i in range(5):
+        (src / "sub" / f"f{i}").write_bytes(os.urandom(1000))
+    _init(repo)
+    # The first batch is sub's names (the top directory's file goes when it is walked).
+    proc = _paused_backup(repo, src, gate, "1", workers="1")
+    try:
+        _wait_paused(proc, gate)
+        (src / "sub" / "f3").unlink()
+        (gate / "backup-worker-batch.go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    assert b"Traceback" not in err
+    assert b"f3: No such file or directory; skipped" in err
+    assert json.loads(out)["summary"]["files_new"] == 5
+    out_dir = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "-t", out_dir).code == 0
+    landed = out_dir / src.relative_to("/") / "sub"
+    assert sorted(os.listdir(landed)) == ["f0", "f1", "f2", "f4"]
+    for name in os.listdir(landed):  # the directory's mtime moved with the deletion
+        assert (landed / name).read_bytes() == (src / "sub" / name).read_bytes()
+
+
+def test_a_worker_killed_in_the_middle_of_a_directory_stops_the_backup_cleanly(
+    tmp_path: Path,
+) -> None:
+    """One directory of many batches of names; the worker kills itself (SIGKILL) at its
+    third: exit 1, one line, no snapshot, a sound repository; the next run finishes."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    (src / "many").mkdir(parents=True)
+    (src / "first").write_bytes(b"x")
+    for i in range(600):
+        (src / "many" / f"f{i:04d}").write_bytes(os.urandom(200 + i))
+    _init(repo)
+    done = run_cas(
+        "-r",
+        repo,
+        "backup",
+        src,
+        "--workers",
+        "1",
+        env={"CAS_FAILPOINTS": "backup-worker-batch@3"},
+    )
+    assert done.code == 1, done.err
+    assert "Traceback" not in done.err
+    assert "backup worker process" in done.err and "killed by signal 9" in done.err
+    assert done.err.count("\n") == 1, done.err
+    assert run_cas("-r", repo, "--json", "snapshots").json()["snapshots"] == []
+    _check(repo)
+    _backup(repo, src, "--workers", "2")
+    _check(repo)
+    _restored_equal(tmp_path, repo, src)

@@ -23,7 +23,7 @@ from typing import Any
 
 from cas.errors import UsageError
 from cas.format.snapshot import Snapshot
-from cas.format.tree import Node
+from cas.format.tree import EncodedNode, Node
 
 MIB = 1 << 20
 
@@ -138,12 +138,19 @@ class Changes:
             return 0
         return max(0, self.parent_files - self.matched - self.moved)
 
-    def directory(self, nodes: Iterable[Node], parent_nodes: Mapping[bytes, Node]) -> None:
+    def directory(
+        self, nodes: Iterable[Node | EncodedNode], parent_nodes: Mapping[bytes, Node]
+    ) -> None:
         """Count one directory once its entries are decided (``parent_nodes``: the
         parent snapshot's entries of the same directory, already read by the backup)."""
-        nodes = list(nodes)
+        if not parent_nodes:
+            # A new directory: its files are all added, none matched, renamed or emptied
+            # (the backup gives some of them encoded: a name and a type only).
+            self.files += sum(1 for node in nodes if node.type == "file")
+            return
         added: list[Node] = []
-        for node in nodes:
+        decoded = [n for n in nodes if isinstance(n, Node)]  # all of them with a parent
+        for node in decoded:
             if node.type != "file":
                 continue
             self.files += 1
@@ -158,7 +165,7 @@ class Changes:
                 self.emptied += 1
         if not added:
             return
-        present = {n.name for n in nodes}
+        present = {n.name for n in decoded}
         gone: dict[bytes, list[Node]] = {}  # by name and by stem
         for name, old in parent_nodes.items():
             if old.type == "file" and name not in present:

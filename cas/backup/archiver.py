@@ -10,7 +10,11 @@ unchanged reuses the parent's content list, xattrs and inode flags without
 being opened (changing any of them moves the ctime).  Every other file and
 each directory is opened once (``O_NOATIME`` where allowed): that descriptor
 gives its xattrs, inode flags and its content or names, so an unreadable
-entry costs one warning.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
+entry costs one warning.  With worker processes the regular files of a
+directory the parent snapshot does not have go to them by name (the listing's
+file types tell them apart): a worker takes their ``lstat``, node and
+encoding, and the tree splices in the encoded nodes; hardlinked files come
+back to be handled here.  Holes of sparse files are found with SEEK_DATA/SEEK_HOLE and
 not read; they chunk like the zeros they read as.
 """
 
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cas.backup.anomaly import Changes
-from cas.backup.pool import SaverPool
+from cas.backup.pool import AGAIN, BACK, SAVED, SaverPool
 from cas.backup.source import (  # the worker processes read files with these too
     SourceReader,
     moved,
@@ -40,7 +44,7 @@ from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.chunking.worker import OFFLOAD_MIN, WorkerGone
 from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.format.tree import Node, encode_tree
+from cas.format.tree import EncodedNode, Node, encode_tree
 from cas.fs import dirfd, posixmeta
 from cas.fs.patterns import PatternSet
 from cas.protocols import BlobWriter, Chunks, FileChunker
@@ -128,8 +132,11 @@ class _Frame:
     parent_nodes: dict[bytes, Node]
     parent_subtree: bytes | None
     device: int
-    nodes: list[Node] = field(default_factory=list)
+    nodes: list[Node | EncodedNode] = field(default_factory=list)
     up: _Frame | None = None  # the directory this one is in
+    # The regular files of a new directory, not yet handed to the workers by name
+    # (in reverse order, as ``todo``); the other entries are in ``todo``.
+    files: list[bytes] = field(default_factory=list)
     walked: bool = False
     waiting: int = 0
     saved: bool = False  # its tree is saved (once)
@@ -148,6 +155,13 @@ class _Queued:
     # Its other names (hardlinks) waiting for it; None until one does (most files: a
     # million-file backup makes one of these per file).
     waiters: list[tuple[_Frame, _Queued]] | None = None
+
+
+@dataclass(slots=True)
+class _Names:
+    """Files of a new directory handed to a worker by name (``Archiver._hand_out``)."""
+
+    names: list[bytes]
 
 
 FULL = object()  # marks a path given on the command line: back it up whole
@@ -188,6 +202,11 @@ CHECK_FULL = 8  # while small files are read here: soon back to the workers once
 # a sixth of its CPU; where the workers are the limit (larger files) it helps them.
 # Compared again after this many batches.
 COMPARE_EVERY = 16
+# The files of a new directory go to the workers by name, this many at a time (the
+# worker takes their lstat, node and encoding off this process); while this process
+# reads small files itself, this many at a time are walked here the usual way.
+BATCH_NAMES = 128
+NAMES_HERE = 16
 
 
 class Archiver:
@@ -228,9 +247,12 @@ class Archiver:
         self._cpu_before = 0.0  # CPU seconds this process had used when they started
         self._compare_at = 0  # batches done when the CPU times are compared next
         self._seen = [0, 0]  # files and bytes to read before the workers start
-        self._jobs: dict[int, tuple[_Frame, list[_Queued]]] = {}
+        self._jobs: dict[int, tuple[_Frame, list[_Queued] | _Names]] = {}
         self._queued: dict[tuple[int, int], _Queued] = {}  # hardlinked files out at workers
         self._unfinished: set[_Frame] = set()  # walked, waiting for workers
+        # Directories found where a worker expected a file (replaced since the listing):
+        # walked once the stack is empty.
+        self._late: list[_Frame] = []
         self._root_tree: bytes | None = None
         self._excludes = True  # whether any --exclude/--iexclude is given (backup() sets it)
 
@@ -276,8 +298,17 @@ class Archiver:
         )
         stack = [root]
         self._root_tree = None
+        self._late = []
         try:
-            while stack:
+            while True:
+                if not stack:
+                    if self._late:
+                        stack.append(self._late.pop())
+                        continue
+                    if self._saved_root():
+                        break
+                    self._take_results(block=True)
+                    continue
                 if self._pool_on:
                     self._since_check += 1
                     if self._since_check >= (CHECK_FULL if self._full else CHECK_EVERY):
@@ -291,18 +322,19 @@ class Archiver:
                         frame.waiting += 1
                         stack.append(child)
                     continue
+                if frame.files:
+                    self._hand_out(frame)
+                    continue
                 stack.pop()
                 self._send_batch(frame)
                 frame.walked = True
                 self._unfinished.add(frame)
                 self._finish(frame)
-            while not self._saved_root():
-                self._take_results(block=True)
             if self._pool_on:
                 assert self._pool is not None
                 self._pool.flush()  # the snapshot may name only stored blobs
         finally:
-            for frame in [*stack, *self._unfinished]:
+            for frame in [*stack, *self._late, *self._unfinished]:
                 self._opener.close_dir(frame.fd)
         return self._saved_root()
 
@@ -419,9 +451,75 @@ class Archiver:
             block = False
             frame, queued = self._jobs.pop(done.job)
             self._batches_done += 1
-            for q, result in zip(queued, done.results, strict=True):
-                self._file_done(frame, q, result)
+            if isinstance(queued, _Names):
+                self._names_done(frame, queued.names, done.results)
+            else:
+                for q, result in zip(queued, done.results, strict=True):
+                    self._file_done(frame, q, result)
             self._finish(frame)
+
+    def _hand_out(self, frame: _Frame) -> None:
+        """Hand the next files of a new directory to a worker by name; while this
+        process reads small files itself (``_full``), walk a few here instead."""
+        assert self._pool is not None
+        files = frame.files
+        if self._full:
+            frame.todo += files[-NAMES_HERE:]
+            del files[-NAMES_HERE:]
+            return
+        self._submit_names(frame, files[-BATCH_NAMES:])
+        del files[-BATCH_NAMES:]
+        self._since_check = CHECK_EVERY  # the walk looks at the workers next: full now?
+
+    def _submit_names(self, frame: _Frame, names: list[bytes]) -> None:
+        assert self._pool is not None
+        job = self._pool.submit_names(frame.fd, frame.path, names, self.opts.exclude_larger_than)
+        self._jobs[job] = (frame, _Names(names))
+        frame.waiting += len(names)
+
+    def _names_done(self, frame: _Frame, names: list[bytes], results: list[list[Any]]) -> None:
+        """Take the encoded nodes a worker made for files handed out by name (worker.py
+        ``names``); a file it handed back (another name of a hardlinked inode, or no
+        longer a regular file) is visited here."""
+        frame.waiting -= len(names)
+        base = frame.path + b"/"
+        summary, report, nodes = self.summary, self.report, frame.nodes
+        back, again = [], []
+        for name, result in zip(names, results, strict=True):
+            kind = result[0]
+            if kind == SAVED:
+                _, raw, size, added, new_blobs, bytes_read, warnings = result
+                for w in warnings:
+                    self._warn(w)
+                path = base + name
+                summary.bytes_read += bytes_read
+                summary.data_blobs_new += new_blobs
+                summary.data_added += added
+                report.file_started(path, size)
+                self._file_saved(path, size, None, added)
+                report.bytes_done(size)
+                nodes.append(EncodedNode(name, "file", raw))
+            elif kind == AGAIN:
+                again.append(name)
+            elif kind == BACK:
+                back.append(name)
+            else:  # skipped
+                for w in result[1]:
+                    self._warn(w)
+                summary.bytes_read += result[2]
+        if again:  # a batch of larger files than thought: split among the workers
+            assert self._pool is not None
+            parts = max(1, min(self._pool.count, len(again)))
+            for i in range(parts):
+                self._submit_names(frame, again[i::parts])
+        for name in back:
+            child = self._visit(frame, name)
+            if child is not None:  # a directory now: walked once the stack is empty
+                child.up = frame
+                frame.waiting += 1
+                self._late.append(child)
+        if back and frame.walked:
+            self._send_batch(frame)  # what the walk of those queued for the workers
 
     def _file_done(self, frame: _Frame, q: _Queued, result: list[Any]) -> None:
         """Complete a file's node from a worker's result (worker.FileResult.to_wire)."""
@@ -463,7 +561,7 @@ class Archiver:
             node.ctime_ns = 0  # metadata missing or a change seen: read again next time
         self.summary.data_blobs_new += new_blobs
         self.summary.data_added += added
-        self._file_saved(q.path, q.st, q.parent, added)
+        self._file_saved(q.path, q.st.st_size, q.parent, added)
         self.report.bytes_done(q.st.st_size)
         frame.nodes.append(node)
         for f, w in q.waiters or ():
@@ -563,17 +661,18 @@ class Archiver:
         self.report.entry(path, "unchanged", "file", st.st_size, 0)
         frame.nodes.append(node)
 
-    def _file_saved(self, path: bytes, st: os.stat_result, parent: Node | None, added: int) -> None:
-        """Count a file that was read (new or changed) and report it."""
-        self.summary.bytes_total += st.st_size
+    def _file_saved(self, path: bytes, size: int, parent: Node | None, added: int) -> None:
+        """Count a file that was read (new or changed; ``size`` from its lstat) and
+        report it."""
+        self.summary.bytes_total += size
         if parent is None or parent.type != "file":
             self.summary.files_new += 1
-            if added == 0 and st.st_size > 0:  # its content is stored already: moved or copied
+            if added == 0 and size > 0:  # its content is stored already: moved or copied
                 self.changes.moved += 1
-            self.report.entry(path, "new", "file", st.st_size, added)
+            self.report.entry(path, "new", "file", size, added)
         else:
             self.summary.files_changed += 1
-            self.report.entry(path, "modified", "file", st.st_size, added)
+            self.report.entry(path, "modified", "file", size, added)
 
     def _stat_node(self, name: bytes, path: bytes, st: os.stat_result) -> Node:
         """The node of a file from its ``lstat`` alone (no xattrs, flags or content yet)."""
@@ -616,7 +715,7 @@ class Archiver:
             os.close(fd)
         if warnings:
             node.ctime_ns = 0  # metadata missing: the next run must not reuse this node
-        self._file_saved(path, st, parent, self.summary.data_added - added)
+        self._file_saved(path, st.st_size, parent, self.summary.data_added - added)
         return True
 
     def _visit_dir(
@@ -682,9 +781,13 @@ class Archiver:
                 frame.nodes.append(node)  # keep the mount point itself, empty
                 node.subtree = self._save_empty_tree()
                 return None
-            names = self._list(fd, failure, path)
-            if names and self._skip_contents(fd, names):
-                names = []
+            files: list[bytes] = []
+            if self._pool_on and parent_subtree is None and not self._excludes and fd >= 0:
+                names, files = self._scan(fd, path)  # a new directory: files to the workers
+            else:
+                names = self._list(fd, failure, path)
+            if (names or files) and self._skip_contents(fd, names + files):
+                names, files = [], []
             device = st.st_dev if self.opts.one_file_system else -1
             kept = True
             return _Frame(
@@ -696,6 +799,7 @@ class Archiver:
                 self._parent_nodes(parent_subtree),
                 parent_subtree,
                 device,
+                files=sorted(files, reverse=True),
             )
         finally:
             if not kept:
@@ -724,6 +828,22 @@ class Archiver:
         assert failure is not None
         self._warn(f"{_fmt(path)}: cannot read directory: {dirfd.reason(failure)}; saved empty")
         return []
+
+    def _scan(self, fd: int, path: bytes) -> tuple[list[bytes], list[bytes]]:
+        """The names in the open directory ``fd``: those of regular files (by the
+        listing's file type: the worker that takes them checks with ``lstat``) apart."""
+        names: list[bytes] = []
+        files: list[bytes] = []
+        try:
+            with os.scandir(fd) as entries:
+                for e in entries:
+                    (files if e.is_file(follow_symlinks=False) else names).append(
+                        os.fsencode(e.name)
+                    )
+        except OSError as e:
+            self._warn(f"{_fmt(path)}: cannot read directory: {dirfd.reason(e)}; saved empty")
+            return [], []
+        return names, files
 
     def _save_empty_tree(self) -> bytes:
         tree_id, new = self.repo.save_blob(BlobType.TREE, encode_tree([]))

@@ -1,17 +1,17 @@
 """Backup worker processes, seen from the main process (cas/backup/worker.py does the work).
 
-``SaverPool`` starts ``count`` workers, hands each batch of files to the
-least loaded live one, and turns what they send into events for the
-archiver.  Some messages are dealt with as soon as they are read, between
-two entries of the walk: a worker's question which chunks are new
-(``claim``: the main process's index and the blobs in flight decide, and
-each new blob is claimed for that worker), the report of a stored pack
-(``adopt``: indexed like the main process's own packs) and, at the end, the
-sealed blobs of a worker's last pack (``add_sealed``: packed with the main
-process's own).  Batch results, the end of a flush, a worker's fatal error
-and its death are queued for the archiver (``next_event``).  No thread
-reads the sockets: the walk would compete with it for the GIL (each
-``readdir`` and ``lstat`` releases it).
+``SaverPool`` starts ``count`` workers, hands each batch of files (or of a new
+directory's file names: ``submit_names``) to the least loaded live one, and
+turns what they send into events for the archiver.  Some messages are dealt
+with as soon as they are read, between two entries of the walk: a worker's
+question which chunks are new (``claim``: the main process's index and the
+blobs in flight decide, and each new blob is claimed for that worker), the
+report of a stored pack (``adopt``: indexed like the main process's own packs)
+and, at the end, the sealed blobs of a worker's last pack (``add_sealed``:
+packed with the main process's own).  Batch results, the end of a flush, a
+worker's fatal error and its death are queued for the archiver
+(``next_event``).  No thread reads the sockets: the walk would compete with it
+for the GIL (each ``readdir`` and ``lstat`` releases it).
 
 A worker that dies takes blobs it had claimed but not stored with it, and
 files already answered may name them; so the backup stops with an error
@@ -50,6 +50,14 @@ AUTO_START_FILES = 256
 AUTO_START_BYTES = 64 << 20
 _RECV = 1 << 20  # bytes read from a worker's socket at a time
 _U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
+# What became of a file handed to a worker by name (worker.py ``names``): saved,
+# ``[SAVED, encoded node, size seen, bytes added, new blobs, bytes read, warnings]``;
+# skipped, ``[SKIPPED, warnings, bytes read]``; handed back to the main process, ``[BACK]``;
+# not looked at, ``[AGAIN]``: a worker reads at most NAMES_BYTES of files of one batch of
+# names (their sizes are not known before), the rest is handed out again, split among
+# the workers, so a directory of large files keeps every worker busy.
+SAVED, SKIPPED, BACK, AGAIN = 0, 1, 2, 3
+NAMES_BYTES = 2 << 20
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -174,8 +182,24 @@ class SaverPool:
         Raises WorkerFailed if no worker can take it.
         """
         self._next_job += 1
-        job = self._next_job
-        msg = {"j": job, "dir": shown, "f": files}
+        return self._send({"j": self._next_job, "dir": shown, "f": files}, dir_fd, size)
+
+    def submit_names(
+        self, dir_fd: int, shown: bytes, names: list[bytes], larger_than: int | None
+    ) -> int:
+        """Hand files of a new directory by name alone (the worker ``lstat``s them and
+        answers with their encoded nodes, cas/backup/worker.py ``names``); its job number.
+
+        Raises WorkerFailed if no worker can take it.
+        """
+        self._next_job += 1
+        msg: dict[str, Any] = {"j": self._next_job, "dir": shown, "n": names}
+        if larger_than is not None:
+            msg["x"] = larger_than
+        return self._send(msg, dir_fd, 0)
+
+    def _send(self, msg: dict[str, Any], dir_fd: int, size: int) -> int:
+        job: int = msg["j"]
         for w in sorted(
             (w for w in self._workers or [] if w.alive), key=lambda w: (len(w.jobs), w.load())
         ):

@@ -26,13 +26,16 @@ Wire format (private to one run, frames of cas/ipc.py).  To a worker: one
 ``{"spec", "level", "pack_size", "chunker": [min, avg, max, algorithm], "connections"}``
 frame, then per batch a frame carrying the directory's descriptor:
 ``{"j": id, "dir": shown path, "f": [[name, size, blocks, dev, ino, mtime_ns,
-ctime_ns, parent digest or None, parent chunks or None], ...]}`` (the parent
-chunks, ``[content, sizes]`` of a changed file's parent node with more than one
-chunk, about 39 bytes a chunk: 1 GiB of 1 MiB chunks, 39 KiB); answers ``["n", bytes of 0/1]``
-(in the order of the asks); ``["f"]`` to store the open packs.  From a
+ctime_ns, parent digest or None, parent chunks or None], ...]}``, or for a new
+directory's files ``{"j": id, "dir": shown path, "n": [name, ...], "x": the
+--exclude-larger-than size (absent without one)}`` (the parent chunks,
+``[content, sizes]`` of a changed file's parent node with more than one chunk,
+about 39 bytes a chunk: 1 GiB of 1 MiB chunks, 39 KiB); answers ``["n", bytes
+of 0/1]`` (in the order of the asks); ``["f"]`` to store the open packs.  From a
 worker: ``["a", [blob ID, ...]]`` asks, ``["k", pack ID, size, [[blob ID,
 type, offset, length, raw length], ...]]`` when a pack is stored, ``["d", id,
-[result, ...]]`` when a batch is done, ``["f", requests]`` when flushed,
+[result, ...]]`` when a batch is done (for files sent by name, cas/backup/pool.py
+``SAVED``, ``SKIPPED``, ``BACK``), ``["f", requests]`` when flushed,
 ``["x", pickled exception]`` when the backup must stop (a full disk, a
 storage error), ``["e", message]`` before it fails on a bug.
 """
@@ -46,6 +49,7 @@ import os
 import pickle
 import select
 import socket
+import stat
 import sys
 import threading
 from collections import deque
@@ -56,12 +60,14 @@ from typing import Any, NamedTuple
 from cas import crypto, failpoints, ipc
 from cas.backend import request_summary
 from cas.backend.registry import open_backend
+from cas.backup.pool import AGAIN, BACK, NAMES_BYTES, SAVED, SKIPPED
 from cas.backup.source import SourceReader, moved, open_source, read_small, same_digest
 from cas.chunking.chunker import ChunkerParams, make_chunker
 from cas.chunking.resync import ParentChunks, chunk_ids
 from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format.pack import PackEntry
+from cas.format.tree import encode_node
 from cas.fs import dirfd, posixmeta
 from cas.repo.packer import FinishedPack
 from cas.repo.packwriter import BlobSaver
@@ -162,6 +168,7 @@ class _Worker:
         self.saver.compression_level = init["level"]
         self.saver.set_connections(init["connections"])
         self.opener = dirfd.Opener()
+        self.names_cache = posixmeta.NameCache()  # user and group names of the nodes made here
         self.inbox: deque[tuple[dict[str, Any], int]] = deque()  # batches not started
         self.asks: deque[_Ask] = deque()  # sent, in order, not yet answered
         self.held = 0  # batches read whose answer has not come
@@ -214,6 +221,9 @@ class _Worker:
         """Read the files of one batch; its result goes out once its chunks are stored."""
         failpoints.hit("backup-worker-batch")
         shown: bytes = msg["dir"]
+        if "n" in msg:
+            self.names(msg, dir_fd, shown)
+            return
         results = []
         for name, size, blocks, dev, ino, mtime, ctime, pdigest, pchunks in msg["f"]:
             seen = Seen(size, blocks, dev, ino, mtime, ctime)
@@ -226,6 +236,99 @@ class _Worker:
             self.send(["d", job, [r.to_wire() for r in results]])
 
         self.ask(done)
+
+    def names(self, msg: dict[str, Any], dir_fd: int, shown: bytes) -> None:
+        """Back up the files ``msg["n"]`` names in a new directory (no parent node to
+        compare with): ``lstat``, node, content; each result is the file's encoded node
+        (``NameResult``), made once its chunks are stored."""
+        limit: int | None = msg.get("x")
+        done_files: list[tuple[bytes, os.stat_result, FileResult] | list[Any]] = []
+        names: list[bytes] = msg["n"]
+        size = 0
+        for i, name in enumerate(names):
+            if size >= NAMES_BYTES:  # the rest to other workers too
+                done_files += [[AGAIN]] * (len(names) - i)
+                break
+            path = shown + b"/" + name
+            try:
+                st = os.lstat(name, dir_fd=dir_fd)
+            except OSError as e:
+                done_files.append([SKIPPED, [f"{_shown(path)}: {dirfd.reason(e)}; skipped"], 0])
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                # Replaced since it was listed, or a name of a hardlinked inode: the
+                # main process decides (it keeps the map of inodes saved).
+                done_files.append([BACK])
+                continue
+            if limit is not None and st.st_size > limit:  # --exclude-larger-than
+                done_files.append([SKIPPED, [], 0])
+                continue
+            size += st.st_size
+            done_files.append(
+                (
+                    name,
+                    st,
+                    self.file(
+                        dir_fd,
+                        name,
+                        shown,
+                        Seen(
+                            st.st_size,
+                            st.st_blocks,
+                            st.st_dev,
+                            st.st_ino,
+                            st.st_mtime_ns,
+                            st.st_ctime_ns,
+                        ),
+                        None,
+                        None,
+                    ),
+                )
+            )
+        job = msg["j"]
+        self.held += 1
+
+        def done() -> None:
+            self.held -= 1
+            self.send(["d", job, [self.name_result(shown, d) for d in done_files]])
+
+        self.ask(done)
+
+    def name_result(
+        self, shown: bytes, done: tuple[bytes, os.stat_result, FileResult] | list[Any]
+    ) -> list[Any]:
+        """What the main process gets for one file of ``names`` (see NameResult)."""
+        if isinstance(done, list):
+            return done
+        name, st, r = done
+        if r.status != "ok":
+            return [SKIPPED, r.warnings, r.bytes_read]
+        node, _ = posixmeta.node_from_stat(
+            name,
+            st,
+            path=shown + b"/" + name,
+            names=self.names_cache,
+            read_xattrs=False,
+            read_flags=False,
+        )
+        node.xattrs, node.flags = r.xattrs, r.flags
+        node.content, node.sizes, node.size, node.digest = (
+            r.content,
+            r.sizes,
+            sum(r.sizes),
+            r.digest,
+        )
+        if r.warnings or r.moved:
+            node.ctime_ns = 0  # metadata missing or a change seen: read again next time
+        return [
+            SAVED,
+            encode_node(node),
+            st.st_size,
+            r.added,
+            r.new_blobs,
+            r.bytes_read,
+            r.warnings,
+        ]
 
     def file(
         self, dir_fd: int, name: bytes, dir_shown: bytes, seen: Seen, pdigest: Any, pchunks: Any

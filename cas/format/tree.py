@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,12 +233,47 @@ def _content(d: dict[Any, Any], what: str) -> tuple[list[bytes], list[int]]:
     return content, sizes
 
 
-def encode_tree(nodes: list[Node]) -> bytes:
-    """Tree blob plaintext (canonical msgpack); nodes sorted by name."""
-    docs = [n.to_doc() for n in sorted(nodes, key=lambda n: n.name)]
-    # to_doc returns canonical maps already: skip pack_canonical's deep re-sort.
-    raw: bytes = msgpack.packb({"nodes": docs, "v": 1}, use_bin_type=True)
+class EncodedNode:
+    """A node already encoded (``encode_node``), for ``encode_tree`` to splice in as it
+    is: the backup's worker processes build and encode the nodes of new files, and the
+    main process keeps only these bytes, the name and the type."""
+
+    __slots__ = ("name", "raw", "type")
+
+    def __init__(self, name: bytes, node_type: str, raw: bytes) -> None:
+        self.name = name
+        self.type = node_type
+        self.raw = raw
+
+
+def encode_node(node: Node) -> bytes:
+    """One node's canonical msgpack, as it stands in a tree blob."""
+    raw: bytes = msgpack.packb(node.to_doc(), use_bin_type=True)
     return raw
+
+
+# A tree blob is the map {"nodes": [...], "v": 1}: a 2-entry map header and the key
+# "nodes", the array header, the nodes one after another, then "v" and 1.
+_TREE_HEAD = msgpack.packb("nodes")
+_TREE_TAIL = msgpack.packb("v") + msgpack.packb(1)
+
+
+def encode_tree(nodes: Sequence[Node | EncodedNode]) -> bytes:
+    """Tree blob plaintext (canonical msgpack); nodes sorted by name.  Nodes given
+    encoded are spliced in: the bytes are the same as for the nodes they encode."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    raw: bytes
+    if not any(type(n) is EncodedNode for n in ordered):
+        docs = [n.to_doc() for n in ordered if isinstance(n, Node)]  # all of them
+        # to_doc returns canonical maps already: skip pack_canonical's deep re-sort.
+        raw = msgpack.packb({"nodes": docs, "v": 1}, use_bin_type=True)
+        return raw
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [b"\x82", _TREE_HEAD, packer.pack_array_header(len(ordered))]
+    for n in ordered:
+        parts.append(n.raw if isinstance(n, EncodedNode) else packer.pack(n.to_doc()))
+    parts.append(_TREE_TAIL)
+    return b"".join(parts)
 
 
 def decode_tree_docs(raw: bytes) -> list[dict[Any, Any]]:
