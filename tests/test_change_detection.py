@@ -28,10 +28,10 @@ from cas.backup.archiver import (
     Reporter,
     open_source,
 )
-from cas.backup.pool import BatchDone
+from cas.backup.pool import SAVED, BatchDone
 from cas.chunking.chunker import Guess
 from cas.crypto import BlobType
-from cas.format.tree import Node, decode_tree, encode_tree
+from cas.format.tree import Node, decode_tree, encode_node, encode_tree
 from cas.fs import dirfd
 from cas.repo import Repository
 from tests.support.cli import run_cas
@@ -327,12 +327,13 @@ class BusyWorkers:
     names it was given."""
 
     started = 1
+    count = 1
     per_worker = 1
 
     def __init__(self, cpu: float) -> None:
         self.cpu = cpu
         self.names: list[bytes] = []
-        self._out: list[tuple[int, int]] = []  # (job, files)
+        self._out: list[tuple[int, int, list[bytes] | None]] = []  # (job, files, by name)
 
     def start(self) -> bool:
         return True
@@ -345,16 +346,28 @@ class BusyWorkers:
 
     def submit(self, dir_fd: int, shown: bytes, files: list[list[Any]], size: int) -> int:
         self.names += [f[0] for f in files]
-        self._out.append((len(self.names), len(files)))
+        self._out.append((len(self.names), len(files), None))
+        return len(self.names)
+
+    def submit_names(
+        self, dir_fd: int, shown: bytes, names: list[bytes], larger_than: int | None
+    ) -> int:
+        self.names += names
+        self._out.append((len(self.names), len(names), names))
         return len(self.names)
 
     def has_news(self) -> bool:
         return False  # only a walk that waits gets a batch back
 
     def next_event(self) -> BatchDone:
-        job, n = self._out.pop(0)
-        # An empty file's result (worker.FileResult.to_wire): what is tested is where
-        # each file went, not its content.
+        job, n, names = self._out.pop(0)
+        # An empty file's result (worker.FileResult.to_wire, or for files sent by name
+        # worker.py name_result): what is tested is where each file went, not its content.
+        if names is not None:
+            return BatchDone(
+                job,
+                [[SAVED, encode_node(Node(name, "file")), 0, 0, 0, 0, []] for name in names],
+            )
         return BatchDone(job, [["ok", [], 0, [], [], bytes(32), 0, [], False, 0, 0]] * n)
 
     def flush(self) -> None:
