@@ -519,7 +519,7 @@ class Archiver:
                 frame.waiting += 1
                 self._late.append(child)
         if back and frame.walked:
-            self._send_batch(frame)  # what the walk of those queued for the workers
+            self._send_batch(frame)  # what visiting them queued for the workers
 
     def _file_done(self, frame: _Frame, q: _Queued, result: list[Any]) -> None:
         """Complete a file's node from a worker's result (worker.FileResult.to_wire)."""
