@@ -423,3 +423,46 @@ def test_the_repository_package_still_offers_its_names() -> None:
     assert set(cas.repo.__all__) <= set(dir(cas.repo)) | set(cas.repo._WHERE)
     with pytest.raises(AttributeError):
         cas.repo.no_such_name  # noqa: B018
+
+
+def test_a_whole_restore_of_a_large_snapshot_starts_its_writers_before_the_index_load(
+    tmp_path: Path,
+) -> None:
+    """When the snapshot's summary counts at least 256 files and the whole snapshot is
+    restored, the writers start before the index is loaded (their start-up runs beside
+    it) and take every file; restoring part of it starts them with the first batch."""
+
+    def build(root: Path) -> None:
+        for i in range(3):
+            (root / f"d{i}").mkdir(parents=True)
+            for j in range(100):
+                (root / f"d{i}" / f"f{j:03d}").write_bytes(b"%d-%d " % (i, j) * (1 + j))
+
+    src, repo = _backed_up(tmp_path, build)
+    seen = tmp_path / "seen"
+    record = (
+        "import cas.restore.pool as p, cas.repo.repository as r\n"
+        "_start, _load = p.WriterPool._start, r.Repository.load_index\n"
+        "def _started(self):\n"
+        f"    if self._writers is None: open({str(seen)!r}, 'a').write('start\\n')\n"
+        "    return _start(self)\n"
+        "def _loaded(self, *a, **k):\n"
+        f"    open({str(seen)!r}, 'a').write('index\\n')\n"
+        "    return _load(self, *a, **k)\n"
+        "p.WriterPool._start = _started\n"
+        "r.Repository.load_index = _loaded\n"
+    )
+    out = tmp_path / "out"
+    args = ["-r", repo, "--json", "restore", "latest", "-t", out]
+    done = run_cas(*args, env={"CAS_WORKERS": "2"}, prelude=record)
+    assert done.code == 0, done.err
+    assert seen.read_text().split()[:2] == ["start", "index"]
+    assert done.json()["summary"]["writers"] == 2
+    assert compare_trees(src, _landed(out, src)) == []
+    seen.unlink()
+    part = tmp_path / "part"
+    args = ["-r", repo, "restore", f"latest:{src}/d1", "-t", part, "--workers", "2"]
+    done = run_cas(*args, prelude=record)
+    assert done.code == 0, done.err
+    assert seen.read_text().split()[:2] == ["index", "start"]
+    assert sorted(os.listdir(part)) == [f"f{j:03d}" for j in range(100)]

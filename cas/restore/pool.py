@@ -41,9 +41,10 @@ frame, then per batch of N directories (at most restorer.BATCH_DIRS) a frame car
 descriptors: ``{"j": id, "g": [[fresh, clean, shown
 path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack
 number, offset, length], ...], "packs": [pack ID by number, ...]}``.  From a writer:
-``["p", bytes]`` progress, ``["d", id, [[summary, [[action, name], ...] (empty unless
-"actions"), [warning, ...], [name to retry, ...]] per directory], requests so far, CPU
-seconds so far]`` when a batch is done,
+``["p", bytes]`` progress (every 8 MiB written), ``["d", id, [[summary, [[action, name],
+...] (empty unless "actions"), [warning, ...], [name to retry, ...]] per directory],
+requests so far, CPU seconds so far, bytes written since the last progress]`` when a
+batch is done,
 ``["x", message]`` when the restore must stop (the disk is full).
 """
 
@@ -180,7 +181,9 @@ class _Writer:
 
 
 class WriterPool:
-    """``count`` writer processes, started with the first batch."""
+    """``count`` writer processes, started with the first batch (or by ``start``:
+    the restore command starts them before the index load when the snapshot is
+    large enough to use them)."""
 
     def __init__(
         self,
@@ -316,11 +319,12 @@ class WriterPool:
             return WriterEvent(bytes_done=int(msg[1]))
         if kind == "x":
             return WriterEvent(aborted=str(msg[1]))
-        _, job, results, requests, *cpu = msg
+        _, job, results, requests, *rest = msg
         if requests:
             w.requests = requests
-        if cpu:
-            w.cpu = float(cpu[0])
+        if rest:
+            w.cpu = float(rest[0])
+        progress = int(rest[1]) if len(rest) > 1 else 0
         groups = w.jobs.pop(job)
         w.files -= sum(len(nodes) for _, nodes in groups)
         w.costs.pop(job, None)
@@ -339,7 +343,7 @@ class WriterPool:
                     [n for n in nodes if _name(n) in again] if again else [],
                 )
             )
-        return WriterEvent(done=done)
+        return WriterEvent(bytes_done=progress, done=done)
 
     def requests(self) -> dict[str, Any]:
         """Storage requests the writers made (by kind, bytes, estimated cost), summed."""

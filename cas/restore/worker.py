@@ -168,11 +168,12 @@ def _serve(sock: socket.socket) -> None:
                 for g in batch.groups:
                     os.close(g.fd)
                 reader.forget(batch.blobs)
-            if collector.unreported:
-                ipc.send(sock, ["p", collector.unreported])
-                collector.unreported = 0
             requests = request_summary(reader.backend)  # so far, for the cost report
-            ipc.send(sock, ["d", batch.job, results, requests, time.process_time()])
+            # The progress not yet sent goes with the report: one frame (and one event
+            # in the main process) per batch, not two.
+            done = ["d", batch.job, results, requests, time.process_time()]
+            ipc.send(sock, [*done, collector.unreported])
+            collector.unreported = 0
     finally:
         restorer.close()
         reader.close()
