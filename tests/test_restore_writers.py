@@ -267,6 +267,29 @@ def test_reader_spec_never_shows_its_key_and_locations_are_counted() -> None:
         reader.locate(b"b" * 32)
 
 
+def test_a_writer_keeps_fewer_read_units_only_on_local_storage() -> None:
+    """Writers on local storage keep LOCAL_UNITS_KEPT units (a re-read is a pread);
+    over S3, where a re-read is a request, the one-process UNITS_KEPT."""
+    from cas.repo.unitcache import UNITS_KEPT
+    from cas.restore.pool import LOCAL_UNITS_KEPT, WriterPool
+
+    spec = ReaderSpec("/srv/repo", (), "full", b"\x01" * 100)
+    assert WriterPool(spec, 2, connections=0)._loading()["units"] == LOCAL_UNITS_KEPT
+    assert "units" not in WriterPool(spec, 2, connections=4)._loading()
+    assert LOCAL_UNITS_KEPT < UNITS_KEPT
+
+    class _NoBackend:
+        def close(self) -> None:
+            pass
+
+    reader = LocatedReader(_NoBackend(), None)  # type: ignore[arg-type]
+    reader.read_unit = 16
+    assert reader._units().kept == UNITS_KEPT
+    reader = LocatedReader(_NoBackend(), None)  # type: ignore[arg-type]
+    reader.units_kept = LOCAL_UNITS_KEPT
+    assert reader._units().kept == LOCAL_UNITS_KEPT
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_target_that_passes_things_on_changes_nothing_restored(
     tmp_path: Path, workers: str

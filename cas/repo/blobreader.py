@@ -35,7 +35,7 @@ from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location
 from cas.repo.indexstore import IndexStore
-from cas.repo.unitcache import UnitCache
+from cas.repo.unitcache import UNITS_KEPT, UnitCache
 from cas.repo.verified import read_verified
 
 TREE_PACKS_IN_MEMORY = 8  # whole tree packs the cache could not take
@@ -79,6 +79,8 @@ class PackRanges:
     version = 1  # the repository's: how a pack's size follows from its entries
     _sizes: dict[bytes, int] | None = None  # packs stat'ed for want of index entries
     _unit_cache: UnitCache | None = None
+    # How many units the cache keeps (cas/repo/unitcache.py); set before the first read.
+    units_kept = UNITS_KEPT
 
     def read_pack_range(self, pack_id: bytes, offset: int, length: int) -> bytes:
         """``length`` raw bytes of a pack from ``offset`` (several sealed blobs at once)."""
@@ -116,7 +118,7 @@ class PackRanges:
         """The units at the ends of this reader's recent reads (cas/repo/unitcache.py)."""
         with _UNITS_LOCK:
             if self._unit_cache is None:
-                self._unit_cache = UnitCache(self.read_unit)
+                self._unit_cache = UnitCache(self.read_unit, self.units_kept)
             return self._unit_cache
 
     def _stat_once(self, name: str, pack_id: bytes) -> int:

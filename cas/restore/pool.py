@@ -36,7 +36,7 @@ left (its temporary names are removed); a writer that cannot start leaves
 all the work to the main process.
 
 Wire format (private to one run, frames of cas/ipc.py).  To a writer: one
-``{"spec", "options", "prefix", "connections", "actions", "budget", "max_request"}``
+``{"spec", "options", "prefix", "connections", "actions", "budget", "max_request"[, "units"]}``
 frame, then per batch of N directories (at most restorer.BATCH_DIRS) a frame carrying their N
 descriptors: ``{"j": id, "g": [[fresh, clean, shown
 path, [node maps]] per directory, in the order of the descriptors], "loc": [[blob, pack
@@ -79,6 +79,12 @@ FULL_FILES = 64
 AUTO_START_AFTER = 256
 # Loading without threads (a local repository): this far ahead, in reads this large.
 LOCAL_BUDGET = 4 << 20
+# Read units a writer keeps when a re-read is only a pread: each pack has one writer and
+# is read in order, so 32 units (2 MiB) read the linux tree's packs 1.03 times over
+# against 128 units' 1.0, and leave each writer 6 MiB smaller (docs/performance.md,
+# "Fewer read units kept by each restore writer").  Over S3, where a re-read is a
+# request, a writer keeps the one-process restore's UNITS_KEPT.
+LOCAL_UNITS_KEPT = 32
 LOCAL_MAX_REQUEST = 256 << 10
 
 
@@ -413,7 +419,11 @@ class WriterPool:
         as large as ever (each is a request).
         """
         if self._connections == 0:
-            return {"budget": LOCAL_BUDGET, "max_request": LOCAL_MAX_REQUEST}
+            return {
+                "budget": LOCAL_BUDGET,
+                "max_request": LOCAL_MAX_REQUEST,
+                "units": LOCAL_UNITS_KEPT,
+            }
         return {"budget": max(BUDGET // self.count, 4 << 20), "max_request": MAX_REQUEST}
 
     def _read(self, w: _Writer) -> None:

@@ -124,6 +124,8 @@ def _serve(sock: socket.socket) -> None:
     init = ipc.recv(sock)
     spec = ReaderSpec.decode(bytes(init["spec"]))
     reader = open_located(spec)
+    if "units" in init:
+        reader.units_kept = int(init["units"])
     collector = _Collector(sock, bool(init.get("actions", True)))
     restorer = _WriterRestorer(
         reader,
