@@ -227,6 +227,8 @@ class Checker:
         # tree ID -> (name, why), reported as node_invalid on that entry alone.
         self._refused: dict[bytes, list[tuple[bytes, str]]] = {}
         self._generations: list[int] = []  # generation records listed (§13.6)
+        self._walk_reported = True  # the walk reports its progress (_snapshot_steps)
+        self._walk_ended = False  # and has reported its end
 
     def run(self) -> CheckResult:
         """All phases, then the findings sorted: errors first, then by kind and object."""
@@ -688,7 +690,8 @@ class Checker:
         outcomes are taken in order as before, the walk following them (``run``).
         """
         mark = self._walk_mark()
-        steps = self._snapshot_steps(report=False)
+        self._walk_reported = False  # the status line shows the packs meanwhile
+        steps = self._snapshot_steps()
 
         def idle() -> bool:  # a slice of the walk: at most ~5 ms, then answers again
             until = time.monotonic() + WALK_SLICE
@@ -707,10 +710,12 @@ class Checker:
             return False
         for pack_id, error, when in outcomes:
             self._verified(pack_id, error, when)
+        self._walk_reported = True
         for _ in steps:  # the rest of the walk, if the packs were done first
             pass
-        ids = self._ids[layout.SNAPSHOTS]
-        self._progress("snapshots", len(ids), len(ids))
+        if not self._walk_ended:  # it ended while the packs were read
+            ids = self._ids[layout.SNAPSHOTS]
+            self._progress("snapshots", len(ids), len(ids))
         return True
 
     def _walk_mark(self) -> tuple[int, list[int], set[bytes], tuple[int, ...]]:
@@ -809,14 +814,18 @@ class Checker:
     # -- phase 5: snapshots and trees -------------------------------------------
 
     def _check_snapshots(self) -> None:
-        for _ in self._snapshot_steps(report=True):
+        self._walk_reported = True
+        for _ in self._snapshot_steps():
             pass
 
-    def _snapshot_steps(self, report: bool) -> Generator[None]:
-        """Every snapshot read and its trees walked, a step (one tree) at a time."""
+    def _snapshot_steps(self) -> Generator[None]:
+        """Every snapshot read and its trees walked, a step (one tree) at a time; its
+        progress is reported while ``_walk_reported`` (``_walk_ended`` says whether the
+        end was)."""
         ids = self._ids[layout.SNAPSHOTS]
+        self._walk_ended = False
         for n, snapshot_id in enumerate(ids):
-            if report:
+            if self._walk_reported:
                 self._progress("snapshots", n, len(ids))
             name = layout.snapshot_name(snapshot_id)
             try:
@@ -834,8 +843,9 @@ class Checker:
             yield from self._walk(snap.tree)
             for rel, key in self._memo.get(snap.tree, []):
                 self._bad[key].affected.append(Affected(snapshot_id, b"/" + rel))
-        if report:
+        if self._walk_reported:
             self._progress("snapshots", len(ids), len(ids))
+            self._walk_ended = True
 
     def _walk(self, root: bytes) -> Iterator[None]:
         """Walk tree ``root``, a step per tree; its bad uses (path relative to it, key
