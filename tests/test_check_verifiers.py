@@ -124,3 +124,62 @@ def _outcome(fn: Any, pack_id: bytes) -> str | None:
     except CasError as e:
         return type(e).__name__
     return None
+
+
+def _layered_repo(tmp_path: Path, damage: str) -> Path:
+    """Two snapshots of files in subdirectories (1 MiB packs), then ``damage``: none, a
+    data pack missing (found before the packs are read), a data pack or the tree pack
+    altered (found by reading them)."""
+    src, repo = tmp_path / "src", tmp_path / "repo"
+    for d in range(4):
+        (src / f"d{d}" / "sub").mkdir(parents=True)
+        for i in range(3):
+            (src / f"d{d}" / f"f{i}").write_bytes(os.urandom(1 << 20))
+        (src / f"d{d}" / "sub" / "small").write_bytes(b"x" * d)
+    assert run_cas("-r", repo, "init", "--pack-size", str(1 << 20)).code == 0
+    assert run_cas("-r", repo, "backup", src).code == 0
+    (src / "d1" / "f0").write_bytes(os.urandom(1 << 20))
+    assert run_cas("-r", repo, "backup", src).code == 0
+    packs = sorted((p for p in (repo / "data").rglob("*") if p.is_file()), key=_size_and_name)
+    tree_pack, data_pack = packs[0], packs[-1]  # trees are small; each 1 MiB file is a pack
+    if damage == "missing":
+        data_pack.unlink()
+    elif damage in ("data", "tree"):
+        target = data_pack if damage == "data" else tree_pack
+        raw = bytearray(target.read_bytes())
+        raw[48] ^= 0x40  # in its first blob
+        target.write_bytes(bytes(raw))
+    return repo
+
+
+def _size_and_name(p: Path) -> tuple[int, str]:
+    return p.stat().st_size, p.name
+
+
+@pytest.mark.damaged_repo_ok("its repository is damaged on purpose, for check to find")
+@pytest.mark.parametrize("damage", ["none", "missing", "data", "tree"])
+def test_the_walk_beside_the_helpers_finds_what_the_walk_after_finds(
+    tmp_path: Path, damage: str
+) -> None:
+    """The main process walks the snapshots while the helpers verify packs, and undoes
+    that walk when a pack fails: every finding, with what needs it, and every count are
+    those of the one-process check, which walks after reading the packs."""
+    repo = _layered_repo(tmp_path, damage)
+
+    def doc(workers: str) -> Any:
+        done = run_cas("-r", repo, "--json", "check", "--read-data", "--workers", workers)
+        assert done.code == (0 if damage == "none" else 1), done.err
+        assert "Traceback" not in done.err
+        return done.json()
+
+    alone = doc("0")
+    assert alone["summary"]["trees"] > 4 and alone["summary"]["snapshots"] == 2
+    if damage != "none":
+        assert any(f["affected"] for f in alone["findings"]), alone["findings"]
+    for workers in ("1", "2"):
+        helped = doc(workers)
+        assert helped["summary"]["processes"] == int(workers)
+        assert helped["findings"] == alone["findings"], workers
+        for key, value in alone["summary"].items():
+            if key not in ("processes", "duration"):
+                assert helped["summary"][key] == value, (workers, key)

@@ -19,7 +19,10 @@ The check runs in phases, each reporting progress through a callback:
 
 Phase 5 runs before the walk so that a blob found damaged there is already
 known when the walk meets it: every damaged or missing object is traced, in
-the same single walk, to the snapshots and paths that need it.
+the same single walk, to the snapshots and paths that need it.  When helper
+processes verify the packs, this process walks meanwhile, in the time it would
+wait for them; the walk is undone and done again after phase 5 if a pack does
+not verify, so the findings are those of the phases in order.
 
 Severity: anything that can make a snapshot unrestorable, or shows that stored
 bytes are not what was written, is an error.  Orphaned packs, duplicate blobs,
@@ -35,7 +38,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -70,6 +73,9 @@ _T = TypeVar("_T")
 # Listing and index loading start over when an index file vanishes in between
 # (a concurrent prune or index repair); after this many tries, go on.
 LISTING_ATTEMPTS = 3
+# The longest slice of the snapshot walk between looks at the verifying processes'
+# answers (``Checker._read_data_walking``), in seconds.
+WALK_SLICE = 0.005
 
 """``progress(phase, done, total)``: called as each phase advances."""
 
@@ -221,6 +227,8 @@ class Checker:
         # tree ID -> (name, why), reported as node_invalid on that entry alone.
         self._refused: dict[bytes, list[tuple[bytes, str]]] = {}
         self._generations: list[int] = []  # generation records listed (§13.6)
+        self._walk_reported = True  # the walk reports its progress (_snapshot_steps)
+        self._walk_ended = False  # and has reported its end
 
     def run(self) -> CheckResult:
         """All phases, then the findings sorted: errors first, then by kind and object."""
@@ -242,9 +250,9 @@ class Checker:
         self._check_leftovers()
         self._check_packs()
         self._check_headers()
-        if self.opts.reads_data:
-            self._read_data()
-        self._check_snapshots()
+        walked = self._read_data() if self.opts.reads_data else False
+        if not walked:
+            self._check_snapshots()
         unneeded = {id(f) for f in self._drop_unless_needed if not f.affected}
         self.findings = [f for f in self.findings if id(f) not in unneeded]
         for f in self.findings:
@@ -630,7 +638,8 @@ class Checker:
 
     # -- phase 4: whole packs ---------------------------------------------------
 
-    def _read_data(self) -> None:
+    def _read_data(self) -> bool:
+        """Phase 5; whether it walked the snapshots (phase 6) too."""
         now = self.opts.clock()
         state = self.opts.state
         if state is not None:
@@ -645,28 +654,93 @@ class Checker:
         )
         self.summary.packs_selected = len(selected)
         pool = self.opts.verifier
-        results: Iterable[tuple[bytes, object]]
         if pool is not None and len(selected) >= self.opts.verifier_from:
-            results = pool.verify(selected, self.repo.verify_pack)
-        else:
-            workers = min(self.opts.workers, self.opts.data_workers or self.opts.workers)
-            results = self._each(self.repo.verify_pack, selected, workers)
+            return self._read_data_walking(pool, selected)
+        workers = min(self.opts.workers, self.opts.data_workers or self.opts.workers)
+        results = self._each(self.repo.verify_pack, selected, workers)
         for n, (pack_id, result) in enumerate(results):
             self._progress("read-data", n, len(selected))
-            if isinstance(result, ObjectNotFound):
-                self._vanished(pack_id)
-                continue
-            if isinstance(result, IntegrityError):
-                self._diagnose_pack(pack_id, result)
-                continue
-            if isinstance(result, CasError):
-                self._add("pack_unreadable", layout.pack_name(pack_id), str(result))
-                continue
-            self.summary.packs_read += 1
-            self.summary.bytes_read += self._stored[pack_id]
-            if state is not None:
-                state.mark_verified(pack_id, self.opts.clock())
+            self._verified(pack_id, result, self.opts.clock())
         self._progress("read-data", len(selected), len(selected))
+        return False
+
+    def _verified(self, pack_id: bytes, result: object, when: float) -> None:
+        """The outcome of verifying one pack (``verify_pack``'s result or its CasError)."""
+        if isinstance(result, ObjectNotFound):
+            self._vanished(pack_id)
+            return
+        if isinstance(result, IntegrityError):
+            self._diagnose_pack(pack_id, result)
+            return
+        if isinstance(result, CasError):
+            self._add("pack_unreadable", layout.pack_name(pack_id), str(result))
+            return
+        self.summary.packs_read += 1
+        self.summary.bytes_read += self._stored[pack_id]
+        if self.opts.state is not None:
+            self.opts.state.mark_verified(pack_id, when)
+
+    def _read_data_walking(self, pool: VerifierPool, selected: list[bytes]) -> bool:
+        """Packs verified in the helper processes while this process walks the snapshots
+        (phase 6) in the time it would wait for them; whether the walk is done.
+
+        The walk is speculative: it sees only what the phases before found.  When every
+        pack verifies, the data check changes nothing it looked at, so its result is the
+        one a walk after would give.  When a pack does not, the walk is undone and the
+        outcomes are taken in order as before, the walk following them (``run``).
+        """
+        mark = self._walk_mark()
+        self._walk_reported = False  # the status line shows the packs meanwhile
+        steps = self._snapshot_steps()
+
+        def idle() -> bool:  # a slice of the walk: at most ~5 ms, then answers again
+            until = time.monotonic() + WALK_SLICE
+            return any(time.monotonic() >= until for _ in steps)
+
+        outcomes: list[tuple[bytes, CasError | None, float]] = []
+        for n, (pack_id, error) in enumerate(pool.verify(selected, self.repo.verify_pack, idle)):
+            self._progress("read-data", n, len(selected))
+            outcomes.append((pack_id, error, self.opts.clock()))
+        self._progress("read-data", len(selected), len(selected))
+        if any(error is not None for _, error, _ in outcomes):
+            steps.close()
+            self._undo_walk(mark)
+            for pack_id, error, when in outcomes:
+                self._verified(pack_id, error, when)
+            return False
+        for pack_id, error, when in outcomes:
+            self._verified(pack_id, error, when)
+        self._walk_reported = True
+        for _ in steps:  # the rest of the walk, if the packs were done first
+            pass
+        if not self._walk_ended:  # it ended while the packs were read
+            ids = self._ids[layout.SNAPSHOTS]
+            self._progress("snapshots", len(ids), len(ids))
+        return True
+
+    def _walk_mark(self) -> tuple[int, list[int], set[bytes], tuple[int, ...]]:
+        """What the walk changes, as it is before it (``_undo_walk``)."""
+        s = self.summary
+        return (
+            len(self.findings),
+            [len(f.affected) for f in self.findings],
+            set(self._bad),
+            (s.snapshots, s.trees, s.dirs, s.files),
+        )
+
+    def _undo_walk(self, mark: tuple[int, list[int], set[bytes], tuple[int, ...]]) -> None:
+        """Back to ``mark``: the findings, uses and counts of a walk dropped."""
+        found, affected, bad, counts = mark
+        del self.findings[found:]
+        for finding, n in zip(self.findings, affected, strict=True):
+            del finding.affected[n:]
+        for key in [k for k in self._bad if k not in bad]:
+            del self._bad[key]
+        self._visited.clear()
+        self._memo.clear()
+        self._refused.clear()
+        s = self.summary
+        s.snapshots, s.trees, s.dirs, s.files = counts
 
     def _diagnose_pack(self, pack_id: bytes, error: CasError) -> None:
         """After verify_pack failed: which blobs of the pack are damaged?"""
@@ -740,9 +814,19 @@ class Checker:
     # -- phase 5: snapshots and trees -------------------------------------------
 
     def _check_snapshots(self) -> None:
+        self._walk_reported = True
+        for _ in self._snapshot_steps():
+            pass
+
+    def _snapshot_steps(self) -> Generator[None]:
+        """Every snapshot read and its trees walked, a step (one tree) at a time; its
+        progress is reported while ``_walk_reported`` (``_walk_ended`` says whether the
+        end was)."""
         ids = self._ids[layout.SNAPSHOTS]
+        self._walk_ended = False
         for n, snapshot_id in enumerate(ids):
-            self._progress("snapshots", n, len(ids))
+            if self._walk_reported:
+                self._progress("snapshots", n, len(ids))
             name = layout.snapshot_name(snapshot_id)
             try:
                 raw = self._read_whole(name, "snapshot_damaged")
@@ -756,12 +840,16 @@ class Checker:
                 self._add("snapshot_damaged", name, str(e))
                 continue
             self.summary.snapshots += 1
-            for rel, key in self._walk(snap.tree):
+            yield from self._walk(snap.tree)
+            for rel, key in self._memo.get(snap.tree, []):
                 self._bad[key].affected.append(Affected(snapshot_id, b"/" + rel))
-        self._progress("snapshots", len(ids), len(ids))
+        if self._walk_reported:
+            self._progress("snapshots", len(ids), len(ids))
+            self._walk_ended = True
 
-    def _walk(self, root: bytes) -> list[tuple[bytes, bytes]]:
-        """Bad uses under tree ``root``: (path relative to it, key into ``_bad``).
+    def _walk(self, root: bytes) -> Iterator[None]:
+        """Walk tree ``root``, a step per tree; its bad uses (path relative to it, key
+        into ``_bad``) are then ``_memo.get(root, [])``.
 
         Bottom up and memoised by tree ID, so each distinct tree is read once
         however many snapshots share it.
@@ -771,7 +859,7 @@ class Checker:
             uses = [(b"", tree_id)] if nodes is None else self._uses(tree_id, nodes)
             if uses:
                 self._memo[tree_id] = uses
-        return self._memo.get(root, [])
+            yield
 
     def _uses(self, tree_id: bytes, nodes: list[Node]) -> list[tuple[bytes, bytes]]:
         """The bad uses under a tree whose subdirectories are walked already."""

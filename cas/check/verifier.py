@@ -93,11 +93,18 @@ class VerifierPool:
         self.requests: dict[str, Any] = {}  # the helpers' storage requests, summed
 
     def verify(
-        self, pack_ids: list[bytes], here: Callable[[bytes], object]
+        self,
+        pack_ids: list[bytes],
+        here: Callable[[bytes], object],
+        idle: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[bytes, CasError | None]]:
         """``(pack ID, None or its CasError)`` for each pack, in order; ``here`` verifies
-        a pack in this process when no helper can."""
-        for pack_id, _, error, _ in self._run([(p, None) for p in pack_ids], lambda p, _: here(p)):
+        a pack in this process when no helper can.  ``idle`` is other work of the caller,
+        done a slice at a time whenever every helper has its window full and no answer is
+        waiting, before this process takes packs itself (``share``); it returns whether
+        any is left."""
+        jobs = [(p, None) for p in pack_ids]
+        for pack_id, _, error, _ in self._run(jobs, lambda p, _: here(p), idle):
             yield pack_id, error
 
     def salvage(
@@ -135,11 +142,15 @@ class VerifierPool:
             yield key, result
 
     def _run(
-        self, jobs: Iterable[tuple[bytes, Any]], here: Callable[[bytes, Any], Any]
+        self,
+        jobs: Iterable[tuple[bytes, Any]],
+        here: Callable[[bytes, Any], Any],
+        idle: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[bytes, Any, CasError | None, Any]]:
         """``(key, argument, error, result)`` for each job, in order.  Jobs are taken from
         ``jobs`` only as the helpers have room for them (``2 × threads`` each), so a
-        caller may produce them as it goes (copy walks trees while blobs travel)."""
+        caller may produce them as it goes (copy walks trees while blobs travel).
+        ``idle`` (see ``verify``) is called while it has work, instead of waiting."""
         helpers = self._start()
         source = iter(jobs)
         args: dict[bytes, Any] = {}
@@ -173,6 +184,10 @@ class VerifierPool:
                         done[key] = _here(here, key, args[key])
                         with contextlib.suppress(ValueError):
                             todo.remove(key)
+                        continue
+                    if idle is not None:  # the caller's own work first, a slice at a time
+                        if not self._receive(live, done, here, args, wait=False) and not idle():
+                            idle = None
                         continue
                     mine = self.share and bool(todo or take())
                     if not self._receive(live, done, here, args, wait=not mine) and mine:
