@@ -99,6 +99,10 @@ class Seen(NamedTuple):
     st_mtime_ns: int
     st_ctime_ns: int
 
+    @classmethod
+    def of(cls, st: os.stat_result) -> Seen:
+        return cls(st.st_size, st.st_blocks, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
 
 @dataclass
 class FileResult:
@@ -272,14 +276,7 @@ class _Worker:
                         dir_fd,
                         name,
                         shown,
-                        Seen(
-                            st.st_size,
-                            st.st_blocks,
-                            st.st_dev,
-                            st.st_ino,
-                            st.st_mtime_ns,
-                            st.st_ctime_ns,
-                        ),
+                        Seen.of(st),
                         None,
                         None,
                     ),
