@@ -99,3 +99,23 @@ def test_a_content_blob_of_no_bytes_is_accepted_and_a_negative_size_is_not() -> 
     ]:
         with pytest.raises(FormatError, match="malformed content list"):
             Node.from_doc(_file(b"a", content=content, sizes=sizes))
+
+
+def test_encoded_nodes_splice_into_the_same_tree_bytes() -> None:
+    """A tree with some nodes given already encoded (the backup workers' path) is byte
+    for byte the tree of the same nodes encoded together, in any order given."""
+    nodes = [
+        Node(b"b", "file", size=3, content=[b"\x01" * 32], sizes=[3]),
+        Node(b"a", "dir", subtree=b"\x02" * 32),
+        Node(b"c", "symlink", size=4, target=b"../x"),
+        Node(b"\xff", "file"),
+    ]
+    whole = treefmt.encode_tree(nodes)
+    for i in range(len(nodes)):
+        mixed: list[Node | treefmt.EncodedNode] = list(nodes)
+        n = nodes[i]
+        mixed[i] = treefmt.EncodedNode(n.name, n.type, treefmt.encode_node(n))
+        assert treefmt.encode_tree(mixed[::-1]) == whole
+    every = [treefmt.EncodedNode(n.name, n.type, treefmt.encode_node(n)) for n in nodes]
+    assert treefmt.encode_tree(every) == whole
+    assert [n.name for n in treefmt.decode_tree(whole)] == [b"a", b"b", b"c", b"\xff"]

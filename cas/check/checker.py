@@ -702,14 +702,14 @@ class Checker:
             self._progress("read-data", n, len(selected))
             outcomes.append((pack_id, error, self.opts.clock()))
         self._progress("read-data", len(selected), len(selected))
-        if any(error is not None for _, error, _ in outcomes):
+        failed = any(error is not None for _, error, _ in outcomes)
+        if failed:
             steps.close()
             self._undo_walk(mark)
-            for pack_id, error, when in outcomes:
-                self._verified(pack_id, error, when)
-            return False
         for pack_id, error, when in outcomes:
             self._verified(pack_id, error, when)
+        if failed:
+            return False
         self._walk_reported = True
         for _ in steps:  # the rest of the walk, if the packs were done first
             pass
