@@ -505,6 +505,45 @@ def test_a_file_gone_before_a_worker_lstats_it_is_a_warning(tmp_path: Path) -> N
         assert (landed / name).read_bytes() == (src / "sub" / name).read_bytes()
 
 
+def test_a_name_that_became_a_directory_before_a_worker_lstats_it_is_walked_here(
+    tmp_path: Path,
+) -> None:
+    """A file of a handed-out directory replaced by a directory while the worker waits:
+    the worker hands the name back, the main process walks the directory, and the
+    snapshot holds it with its contents (exit 0, nothing skipped)."""
+    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
+    (src / "sub").mkdir(parents=True)
+    gate.mkdir()
+    (src / "first").write_bytes(b"read before the workers start")
+    for i in range(5):
+        (src / "sub" / f"f{i}").write_bytes(os.urandom(1000))
+    _init(repo)
+    # The first batch is sub's names (the top directory's file goes when it is walked).
+    proc = _paused_backup(repo, src, gate, "1", workers="1")
+    try:
+        _wait_paused(proc, gate)
+        (src / "sub" / "f3").unlink()
+        (src / "sub" / "f3").mkdir()
+        (src / "sub" / "f3" / "inner").write_bytes(b"inside what was a file")
+        (gate / "backup-worker-batch.go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    summary = json.loads(out)["summary"]
+    assert summary["files_new"] == 6
+    out_dir = tmp_path / "out"
+    assert run_cas("-r", repo, "restore", "latest", "-t", out_dir).code == 0
+    landed = out_dir / src.relative_to("/") / "sub"
+    assert sorted(os.listdir(landed)) == ["f0", "f1", "f2", "f3", "f4"]
+    assert (landed / "f3" / "inner").read_bytes() == b"inside what was a file"
+    for i in (0, 1, 2, 4):  # sub's own mtime moved with the change: compared by content
+        assert (landed / f"f{i}").read_bytes() == (src / "sub" / f"f{i}").read_bytes()
+    _check(repo)
+
+
 def test_a_worker_killed_in_the_middle_of_a_directory_stops_the_backup_cleanly(
     tmp_path: Path,
 ) -> None:
