@@ -12,7 +12,6 @@ give), so that a read does not give a blob's offset or length (spec §9.6).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -31,6 +30,7 @@ from cas.errors import (
     ObjectNotFound,
 )
 from cas.format import pack as packfmt
+from cas.ids import new_sha256
 from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location
@@ -198,7 +198,7 @@ class PackRanges:
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
         entries = self.read_pack_header(pack_id, size)
-        digest = hashlib.sha256()
+        digest = new_sha256()
         held = b""  # read, hashed, not yet opened: the start of the next blob
         held_at = 0  # its offset in the pack
         pos = 0
