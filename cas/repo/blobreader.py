@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cas import crypto
 from cas.backend.base import Backend, ReadBackend
@@ -34,9 +35,11 @@ from cas.ids import new_sha256
 from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location
-from cas.repo.indexstore import IndexStore
 from cas.repo.unitcache import UNITS_KEPT, UnitCache
 from cas.repo.verified import read_verified
+
+if TYPE_CHECKING:  # a restore writer reads blobs by location: it loads no index files
+    from cas.repo.indexstore import IndexStore
 
 TREE_PACKS_IN_MEMORY = 8  # whole tree packs the cache could not take
 TREE_PACKS_OPEN = 8  # verified tree packs of the cache kept open
