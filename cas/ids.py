@@ -7,8 +7,10 @@ expected without costing anything at run time.
 
 from __future__ import annotations
 
-import hashlib
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
+
+if TYPE_CHECKING:
+    import hashlib
 
 BlobId = NewType("BlobId", bytes)  # keyed BLAKE3 of a blob's plaintext
 PackId = NewType("PackId", bytes)  # SHA-256 of a pack file's bytes
@@ -17,9 +19,21 @@ FileId = NewType("FileId", bytes)  # SHA-256 of an index, snapshot, key or lock 
 ID_LEN = 32
 
 
+def new_sha256(data: bytes | bytearray | memoryview = b"") -> hashlib._Hash:
+    """A SHA-256 hash object fed ``data``.
+
+    ``hashlib`` is imported here, on first use, not with this module: it maps OpenSSL's
+    libcrypto (3.5 MiB resident in each process that loads it), and a restore writer,
+    which reads blobs and never a whole stored file, does not need it.
+    """
+    import hashlib  # on first use (see above)
+
+    return hashlib.sha256(data)
+
+
 def storage_id(data: bytes | bytearray | memoryview) -> bytes:
     """SHA-256 of stored bytes: the name of every file except ``config``."""
-    return hashlib.sha256(data).digest()
+    return new_sha256(data).digest()
 
 
 def to_hex(id_: bytes) -> str:

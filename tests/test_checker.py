@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,6 +89,47 @@ def test_damaged_fixture_gives_the_saved_findings(name: str, store: Backend) -> 
         assert f.message and "\n" not in f.message
         json.dumps(f.as_dict())
     assert result.errors == sum(f["severity"] == "error" for f in expected(name)["findings"])
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.damaged_repo_ok(
+    "each fixture but 'healthy' is a repository damaged one way (tests/support/damaged.py)"
+)
+def test_headers_read_one_at_a_time_give_the_saved_findings(name: str, store: Backend) -> None:
+    """``header_workers`` (one for a local repository, cas/cli/cmd_check.py) changes how
+    many pack headers are read at once, never what is found."""
+    d = BUILDERS[name](store)
+    result = _run(d, header_workers=1)
+    assert _triples(result) == resolve(expected(name)["findings"], d.names)
+
+
+def test_header_workers_bounds_the_headers_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    for seed in range(3):
+        populate(repo, n_files=2, seed=seed)
+    repo = open_repository(backend, PASSWORD)
+    lock = threading.Lock()
+    active, most, calls = 0, 0, 0
+    real = repo.read_pack_header
+
+    def counted(pack_id: bytes) -> list[PackEntry]:
+        nonlocal active, most, calls
+        with lock:
+            active += 1
+            calls += 1
+            most = max(most, active)
+        try:
+            return real(pack_id)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(repo, "read_pack_header", counted)
+    result = check(repo, CheckOptions(header_workers=1))
+    assert result.findings == []
+    assert calls == result.summary.packs_stored >= 3
+    assert most == 1
 
 
 def test_missing_pack_is_traced_to_every_file_that_needs_it() -> None:

@@ -434,6 +434,26 @@ def test_a_writer_imports_only_what_it_reads_and_writes_with() -> None:
     assert not loaded & unwanted
 
 
+def test_a_writer_does_not_load_openssl() -> None:
+    """Memory: ``hashlib`` maps OpenSSL's libcrypto (3.5 MiB resident per process); a
+    writer reads blobs (BLAKE3 names, never a whole stored file's SHA-256), so importing
+    its module loads neither, while SHA-256 names are still computed on first use."""
+    code = (
+        "import sys, cas.restore.worker; "
+        "print('hashlib' in sys.modules, '_hashlib' in sys.modules); "
+        "from cas.ids import storage_id; "
+        "print(storage_id(b'').hex())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=True, stdout=subprocess.PIPE, text=True
+    )
+    assert done.stdout.split() == [
+        "False",
+        "False",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ]
+
+
 def test_the_repository_package_still_offers_its_names() -> None:
     """``cas.repo``'s names, looked up on first use, are the modules' own."""
     import cas.repo

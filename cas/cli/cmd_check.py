@@ -34,6 +34,8 @@ from cas.wording import counted
 AFFECTED_SHOWN = 5  # per finding in human output; --json lists them all
 # Packs of a local repository proven at once in this process (CheckOptions.data_workers)
 LOCAL_DATA_WORKERS = 2
+# Pack headers of a local repository read at once (CheckOptions.header_workers)
+LOCAL_HEADER_WORKERS = 1
 
 
 @click.command("check")
@@ -122,6 +124,8 @@ def check_cmd(
     g.no_cache = True
     repo = g.open()
     repo.generations.strict = False  # what the storage changed is reported, not raised
+    if repo.is_local:
+        options.header_workers = LOCAL_HEADER_WORKERS
     state: CheckState | None = None
     if options.reads_data:
         try:

@@ -12,12 +12,12 @@ give), so that a read does not give a blob's offset or length (spec §9.6).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cas import crypto
 from cas.backend.base import Backend, ReadBackend
@@ -31,12 +31,15 @@ from cas.errors import (
     ObjectNotFound,
 )
 from cas.format import pack as packfmt
+from cas.ids import new_sha256
 from cas.repo import layout
 from cas.repo.cache import LocalCache
 from cas.repo.index import Location
-from cas.repo.indexstore import IndexStore
 from cas.repo.unitcache import UNITS_KEPT, UnitCache
 from cas.repo.verified import read_verified
+
+if TYPE_CHECKING:  # a restore writer reads blobs by location: it loads no index files
+    from cas.repo.indexstore import IndexStore
 
 TREE_PACKS_IN_MEMORY = 8  # whole tree packs the cache could not take
 TREE_PACKS_OPEN = 8  # verified tree packs of the cache kept open
@@ -198,7 +201,7 @@ class PackRanges:
         if size < packfmt.TRAILER_SIZE:
             raise FormatError(what=f"pack {name}", detail="shorter than a trailer")
         entries = self.read_pack_header(pack_id, size)
-        digest = hashlib.sha256()
+        digest = new_sha256()
         held = b""  # read, hashed, not yet opened: the start of the next blob
         held_at = 0  # its offset in the pack
         pos = 0

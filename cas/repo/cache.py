@@ -10,13 +10,13 @@ first when the cache grows past its bound.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from cas.errors import CasError
+from cas.ids import new_sha256
 
 _PIECE = 1 << 20  # bytes hashed at a time by open_verified
 
@@ -34,7 +34,7 @@ def default_cache_root() -> Path:
 
 def cache_dir_for(location: str, root: Path | None = None) -> Path:
     """The cache directory of one repository location."""
-    digest = hashlib.sha256(location.encode()).hexdigest()[:20]
+    digest = new_sha256(location.encode()).hexdigest()[:20]
     return (root or default_cache_root()) / f"repo-{digest}"
 
 
@@ -60,7 +60,7 @@ class LocalCache:
         except OSError:
             self.misses += 1
             return None
-        return data if self._judged(path, hashlib.sha256(data).digest() == object_id) else None
+        return data if self._judged(path, new_sha256(data).digest() == object_id) else None
 
     def open_verified(self, kind: str, object_id: bytes) -> int | None:
         """A read-only descriptor of the cached object, once its bytes hash to its ID
@@ -73,7 +73,7 @@ class LocalCache:
             self.misses += 1
             return None
         try:
-            digest = hashlib.sha256()
+            digest = new_sha256()
             buf = bytearray(_PIECE)
             with memoryview(buf) as view:
                 while got := os.readv(fd, [buf]):
