@@ -47,7 +47,9 @@ class Sealer(Protocol):
         self, plaintext: bytes | bytearray | memoryview, ad: bytes, nonce: bytes | None = None
     ) -> bytearray: ...
 
-    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes: ...
+    def open(
+        self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+    ) -> bytes | bytearray: ...
 
 
 class SecretKey:
@@ -66,7 +68,9 @@ class SecretKey:
         """scheme byte | 24-byte nonce | ciphertext | tag (spec §5)."""
         return seal_buffer(self._key, plaintext, ad, nonce)
 
-    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+    def open(
+        self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+    ) -> bytes | bytearray:
         """Verify and decrypt; IntegrityError if anything was altered."""
         return open_sealed(self._key, sealed, ad, what)
 
@@ -80,7 +84,9 @@ class DataKey(SecretKey):
 
     __slots__ = ()
 
-    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+    def open(
+        self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+    ) -> bytes | bytearray:
         """Verify and decrypt either scheme; IntegrityError if anything was altered."""
         if len(sealed) and sealed[0] == SCHEME_PUBLIC:
             return open_sealed_to_public(x25519_secret(self._key), sealed, ad, what)
@@ -107,7 +113,9 @@ class PublicSealer:
         """1 | ephemeral public key | nonce | ciphertext | tag."""
         return bytearray(seal_to_public(self._public, plaintext, ad, None, nonce))
 
-    def open(self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+    def open(
+        self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+    ) -> bytes | bytearray:
         """Refused: what is sealed to the public key opens only with the data key."""
         raise KeyIsWriteOnly(action=f"open {what}")
 
@@ -136,7 +144,7 @@ class KeyBase(ABC):
         """Seals and opens pack headers, index files and locks."""
 
     @abstractmethod
-    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+    def blob_id(self, blob_type: BlobType, data: bytes | bytearray | memoryview) -> bytes:
         """The keyed ID of ``data`` as a blob of ``blob_type``."""
 
     @abstractmethod
@@ -181,7 +189,7 @@ class _Identifying(KeyBase):
     id_key: bytes
     chunker_key: bytes
 
-    def blob_id(self, blob_type: BlobType, data: bytes | memoryview) -> bytes:
+    def blob_id(self, blob_type: BlobType, data: bytes | bytearray | memoryview) -> bytes:
         """Keyed BLAKE3 of the type byte and ``data`` under id_key."""
         return blob_id(self.id_key, blob_type, data)
 

@@ -182,7 +182,9 @@ def seal_buffer(
     return out
 
 
-def open_sealed(key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str) -> bytes:
+def open_sealed(
+    key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
+) -> bytearray:
     """Verify and decrypt the output of ``seal``; IntegrityError if anything was altered.
 
     libsodium decrypts in place into one buffer (PyNaCl's wrapper would
@@ -210,7 +212,7 @@ def open_sealed(key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, w
     )
     if rc != 0:
         raise IntegrityError(what=what, detail="authentication failed (wrong key or altered data)")
-    return bytes(out)
+    return out
 
 
 # -- scheme 1: sealed to the repository's X25519 public key (spec §5.5) -------------
@@ -288,7 +290,7 @@ def blob_ad(blob_type: BlobType, blob_id: bytes) -> bytes:
     return b"cas.blob.v1" + bytes((blob_type,)) + blob_id
 
 
-def blob_id(id_key: bytes, blob_type: BlobType, plaintext: bytes | memoryview) -> bytes:
+def blob_id(id_key: bytes, blob_type: BlobType, plaintext: bytes | bytearray | memoryview) -> bytes:
     """Keyed BLAKE3 of the type byte followed by the plaintext: the blob's 32-byte ID."""
     h = blake3.blake3(bytes((blob_type,)), key=id_key)
     h.update(plaintext)

@@ -33,7 +33,7 @@ def sorted_keys(obj: Any) -> Any:
     return obj
 
 
-def unpack(raw: bytes, what: str) -> Any:
+def unpack(raw: bytes | bytearray, what: str) -> Any:
     """Decode msgpack, turning any decoder complaint into FormatError."""
     try:
         return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
@@ -41,7 +41,9 @@ def unpack(raw: bytes, what: str) -> Any:
         raise FormatError(what=what, detail=f"msgpack: {e}") from None
 
 
-def unpack_map(raw: bytes, what: str, version_key: str = "v", version: int = 1) -> dict[str, Any]:
+def unpack_map(
+    raw: bytes | bytearray, what: str, version_key: str = "v", version: int = 1
+) -> dict[str, Any]:
     """Decode a msgpack map carrying a format version, refusing any but ``version``."""
     doc = unpack(raw, what)
     if not isinstance(doc, dict):

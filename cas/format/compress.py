@@ -76,7 +76,19 @@ def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) 
     return b"".join((_STORED_FLAG, data))
 
 
-def decode_payload(payload: bytes, max_size: int, what: str) -> bytes:
+def take_payload(payload: bytes | bytearray, max_size: int, what: str) -> bytes | bytearray:
+    """``decode_payload`` of a buffer the caller gives up (what ``open_sealed`` returned):
+    a stored payload in a bytearray loses its flag byte in place and comes back as the
+    same buffer, where a slice would copy the whole blob beside it and the sealed bytes."""
+    if isinstance(payload, bytearray) and payload[:1] == _STORED_FLAG:
+        if len(payload) - 1 > max_size:
+            raise FormatError(what=what, detail="payload larger than allowed")
+        del payload[:1]  # a bytearray moves its start: no copy
+        return payload
+    return decode_payload(payload, max_size, what)
+
+
+def decode_payload(payload: bytes | bytearray, max_size: int, what: str) -> bytes | bytearray:
     """Inverse of ``encode_payload``; refuses output over ``max_size`` (decompression bombs)."""
     if not payload:
         raise FormatError(what=what, detail="empty payload")

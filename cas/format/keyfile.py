@@ -194,4 +194,4 @@ def unlock(kf: KeyFile, password: bytes) -> crypto.KeyBase:
             detail="the password opens it, but its members (KDF costs, type, host, user, "
             "created) or its sealed keys are not what was sealed"
         ) from None
-    return crypto.key_factory(kf.type, plain)
+    return crypto.key_factory(kf.type, bytes(plain))

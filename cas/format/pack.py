@@ -96,7 +96,7 @@ def pad_payload(payload: bytes, scheme: str | None) -> bytes:
     )
 
 
-def unpad_payload(plain: bytes, what: str) -> bytes:
+def unpad_payload(plain: bytes | bytearray, what: str) -> bytes | bytearray:
     """The payload inside a padded one (§8.1); any other payload as is."""
     if not plain or not plain[0] & PADDED:
         return plain
@@ -147,9 +147,24 @@ def open_blob(
     ``raw_length``, when known (from a pack header, index or tree), must
     match the plaintext and bounds decompression.
     """
+    data = open_blob_buffer(keys, blob_type, blob_id, sealed, raw_length)
+    return data if isinstance(data, bytes) else bytes(data)
+
+
+def open_blob_buffer(
+    keys: crypto.KeyBase,
+    blob_type: BlobType,
+    blob_id: bytes,
+    sealed: bytes,
+    raw_length: int | None = None,
+) -> bytes | bytearray:
+    """``open_blob`` without its last copy: a blob stored uncompressed comes back in the
+    bytearray it was decrypted into (a compressed one as the bytes zstd made).  For a
+    reader that only writes the plaintext out (restore): at its peak it holds the
+    sealed blob and one plaintext, not the sealed blob and two plaintexts."""
     what = f"blob {blob_id.hex()}"
     plain = unpad_payload(keys.data.open(sealed, crypto.blob_ad(blob_type, blob_id), what), what)
-    data = compress.decode_payload(plain, MAX_BLOB if raw_length is None else raw_length, what)
+    data = compress.take_payload(plain, MAX_BLOB if raw_length is None else raw_length, what)
     if raw_length is not None and len(data) != raw_length:
         raise IntegrityError(what=what, detail="plaintext length differs from the recorded one")
     if keys.blob_id(blob_type, data) != blob_id:
@@ -238,7 +253,7 @@ def decode_header(
     return entries
 
 
-def _strip_padding(plain: bytes) -> bytes:
+def _strip_padding(plain: bytes | bytearray) -> bytes | bytearray:
     """The entries of a version 2 header plaintext: count, entries, zeros (§9.6)."""
     if len(plain) < COUNT.size:
         raise FormatError(what="pack header", detail="shorter than its entry count")

@@ -135,9 +135,10 @@ class PackRanges:
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
-    ) -> bytes:
-        """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
-        return packfmt.open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
+    ) -> bytes | bytearray:
+        """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``
+        (a bytearray when stored uncompressed: cas/format/pack.py ``open_blob_buffer``)."""
+        return packfmt.open_blob_buffer(self._keys, blob_type, blob_id, sealed, raw_length)
 
     def read_pack(self, pack_id: bytes) -> bytes:
         """A whole pack, checked against its name (SHA-256)."""

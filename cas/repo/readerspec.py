@@ -24,7 +24,7 @@ from cas.backend.base import Backend
 from cas.backend.registry import open_backend, shared_location, split_location
 from cas.crypto import BlobType
 from cas.errors import BlobNotFound
-from cas.format.pack import V1, PackFormat
+from cas.format.pack import V1, PackFormat, open_blob
 from cas.repo.blobreader import PackRanges
 from cas.repo.index import Location
 
@@ -120,7 +120,7 @@ class LocatedReader(PackRanges):
         """Read and open one blob at its given location."""
         loc = self.locate(blob_id)
         sealed = self.read_pack_range(loc.pack_id, loc.offset, loc.length)
-        return self.open_blob(blob_type, blob_id, sealed, raw_length)
+        return open_blob(self._keys, blob_type, blob_id, sealed, raw_length)
 
     def close(self) -> None:
         """Close the backend."""

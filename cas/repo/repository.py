@@ -355,7 +355,7 @@ class Repository:
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """Authenticate, decrypt and re-hash a sealed blob read with ``read_pack_range``."""
         return self.reader.open_blob(blob_type, blob_id, sealed, raw_length)
 

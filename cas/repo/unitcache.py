@@ -81,11 +81,20 @@ class UnitCache:
             have[k] = got
         skip = offset - first * unit
         if not have:
-            return middle[skip : skip + length]
+            return middle if skip == 0 and length == len(middle) else middle[skip : skip + length]
         parts = [have[k] for k in range(first, lo)]
         parts.append(middle)
         parts.extend(have[k] for k in range(max(hi, lo - 1) + 1, last + 1))
-        return b"".join(parts)[skip : skip + length]
+        # The range's bytes of each part, joined once (joining the parts and slicing
+        # that held the range twice over).
+        pieces, end = [], offset + length
+        pos = first * unit
+        for part in parts:
+            lo_, hi_ = max(offset - pos, 0), min(end - pos, len(part))
+            if lo_ < hi_:
+                pieces.append(memoryview(part)[lo_:hi_])
+            pos += len(part)
+        return b"".join(pieces)
 
     def forget(self, pack_id: bytes) -> None:
         """Drop the units of a pack (a blob in them did not open: the next read fetches

@@ -46,14 +46,14 @@ class PackReader(Protocol):
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, raw_length: int | None = None
-    ) -> bytes: ...
+    ) -> bytes | bytearray: ...
 
     def load_blob(
         self, blob_type: BlobType, blob_id: bytes, raw_length: int | None = None
-    ) -> bytes: ...
+    ) -> bytes | bytearray: ...
 
 
-_Loaded = dict[bytes, "bytes | CasError"]
+_Loaded = dict[bytes, "bytes | bytearray | CasError"]
 
 
 class BlobStream:
@@ -111,7 +111,7 @@ class BlobStream:
             if self._uses[blob_id] > 0:
                 self._release(blob_id)
 
-    def get(self, blob_id: bytes, size: int) -> bytes:
+    def get(self, blob_id: bytes, size: int) -> bytes | bytearray:
         """The blob's plaintext; raises its CasError if it could not be loaded."""
         self._out = 0  # the caller is done with the one before
         if self._uses[blob_id] > 0 and blob_id not in self._ahead:

@@ -841,7 +841,7 @@ class Restorer:
         if self._pool is not None:
             self._pool.close()
 
-    def _blob(self, blob_id: bytes, size: int) -> bytes:
+    def _blob(self, blob_id: bytes, size: int) -> bytes | bytearray:
         if self._stream is None:
             return self.repo.load_blob(BlobType.DATA, blob_id, size)
         self._taken += 1  # taken even if loading it fails: the stream let go of it
@@ -1016,10 +1016,10 @@ class SparseWriter:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.pos = 0  # file offset of ``tail``; always a multiple of SPARSE_BLOCK
-        self.tail = b""  # the start of a block not yet complete
+        self.tail: bytes | bytearray = b""  # the start of a block not yet complete
         self.end = 0  # the end of the last write (the file's size so far)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray) -> None:
         """Append ``data``."""
         lo = 0
         if self.tail:
@@ -1041,7 +1041,7 @@ class SparseWriter:
             os.ftruncate(self.fd, size)
         return size
 
-    def write_all(self, data: bytes) -> int:
+    def write_all(self, data: bytes | bytearray) -> int:
         """The whole content at once (``write`` then ``finish``): one system call when it
         holds no zero block and does not end in zeros."""
         cut = len(data) - len(data) % SPARSE_BLOCK
@@ -1056,7 +1056,7 @@ class SparseWriter:
         self.write(data)
         return self.finish()
 
-    def _blocks(self, data: bytes, lo: int, hi: int) -> None:
+    def _blocks(self, data: bytes | bytearray, lo: int, hi: int) -> None:
         """Write whole blocks ``data[lo:hi]`` at ``pos``, skipping all-zero ones."""
         base = self.pos - lo  # file offset of data[0]
         start = lo  # first byte not yet written
@@ -1085,7 +1085,7 @@ class SparseWriter:
         self._pwrite(data, start, hi, base + start)
         self.pos += hi - lo
 
-    def _pwrite(self, data: bytes, lo: int, hi: int, offset: int) -> None:
+    def _pwrite(self, data: bytes | bytearray, lo: int, hi: int, offset: int) -> None:
         if lo == hi:
             return
         view = memoryview(data)[lo:hi]
