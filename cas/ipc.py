@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 
 _U32 = struct.Struct("<I")
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # an int: &-ing the IntFlag is a Python call per frame
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PR_SET_PDEATHSIG = 1
 
@@ -87,7 +88,7 @@ def recv_fds(sock: socket.socket, most: int) -> tuple[Any, list[int]]:
     try:
         if not head:
             raise EOFError("the other process closed its socket")
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             raise ValueError(f"a frame came with more than {most} descriptors")
         (n,) = _U32.unpack(exactly(sock, _U32.size, head))
         value = msgpack.unpackb(exactly(sock, n), raw=False)

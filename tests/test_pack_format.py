@@ -89,3 +89,18 @@ def test_a_blob_sealed_under_another_id_is_refused(lower: bool) -> None:
     sealed = bytes(packfmt.seal_blob(KEYS, BlobType.DATA, claimed, TEXT))
     with pytest.raises(IntegrityError, match="hash to its ID"):
         packfmt.open_blob(KEYS, BlobType.DATA, claimed, sealed)
+
+
+def test_a_header_of_an_unknown_blob_type_is_refused() -> None:
+    """The header's type byte is looked up in a table (not ``BlobType(t)``): a type the
+    format does not define is still a FormatError, and known ones decode to the enum."""
+    known = PackEntry(bytes(32), BlobType.TREE, 0, SEAL_OVERHEAD + 1, 0)
+    tail = packfmt.encode_pack_tail(KEYS, [known])
+    (got,) = packfmt.parse_pack(KEYS, bytes(SEAL_OVERHEAD + 1) + tail)
+    assert got == known and got.type is BlobType.TREE
+    known_types = {int(t) for t in BlobType}
+    unknown = next(t for t in range(256) if t not in known_types)
+    bad = PackEntry(bytes(32), unknown, 0, SEAL_OVERHEAD + 1, 0)  # type: ignore[arg-type]
+    tail = packfmt.encode_pack_tail(KEYS, [bad])
+    with pytest.raises(FormatError, match=f"unknown blob type {unknown}"):
+        packfmt.parse_pack(KEYS, bytes(SEAL_OVERHEAD + 1) + tail)

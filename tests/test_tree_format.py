@@ -3,6 +3,7 @@ docs/reliability.md §8.3) found unpinned by the vectors and the metadata tests.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -119,3 +120,29 @@ def test_encoded_nodes_splice_into_the_same_tree_bytes() -> None:
     every = [treefmt.EncodedNode(n.name, n.type, treefmt.encode_node(n)) for n in nodes]
     assert treefmt.encode_tree(every) == whole
     assert [n.name for n in treefmt.decode_tree(whole)] == [b"a", b"b", b"c", b"\xff"]
+
+
+def test_encode_node_is_packb_of_the_node_map_in_any_thread_and_after_a_failure() -> None:
+    """``encode_node`` keeps a msgpack Packer per thread: the bytes are ``packb``'s of the
+    node's map, in threads side by side, and a node that cannot be packed leaves nothing
+    behind in the Packer for the next one."""
+    nodes = [
+        Node(bytes([97 + i % 26]) * (1 + i % 7), "file", size=i, content=[ID], sizes=[i])
+        for i in range(200)
+    ]
+    expected = [msgpack.packb(n.to_doc(), use_bin_type=True) for n in nodes]
+    got: dict[int, list[bytes]] = {}
+
+    def encode(k: int) -> None:
+        got[k] = [treefmt.encode_node(n) for n in nodes]
+
+    threads = [threading.Thread(target=encode, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got[k] == expected for k in range(4))
+    bad = Node(b"x", "file", xattrs=[(b"user.a", object())])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        treefmt.encode_node(bad)
+    assert treefmt.encode_node(nodes[0]) == expected[0]

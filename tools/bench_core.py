@@ -14,6 +14,7 @@ The figures quoted in README.md and docs/performance.md come from
 
     taskset -c 1 python tools/bench_core.py --repeat 5 --blobs 200000 --lookups 50000
     taskset -c 1 python tools/bench_core.py --repeat 5 --only AES
+    python tools/bench_core.py --mib 1 --repeat 9 --only "per item"
     taskset -c 0,1 python tools/bench_core.py --repeat 5 --only threads
 
 (the last: the rows that compare two threads with one, which need two cores).
@@ -54,6 +55,7 @@ from cas.crypto import BlobType
 from cas.format import compress
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
+from cas.format.tree import Node, encode_node
 from cas.repo import layout
 from cas.repo.index import MasterIndex
 from cas.repo.indexstore import IndexStore
@@ -434,7 +436,44 @@ def main() -> None:
         rows.append((label, f"{rate(size, fn, args.repeat, time.perf_counter):.0f} MB/s"))
     threads = thread_rows(data, p, args.repeat)
     rows += [r for r in threads if not args.only or args.only in r[0]]
+    for label, count, fn in item_rows(k):
+        if not args.only or args.only in label:
+            rows.append((label, f"{seconds(fn, args.repeat) / count * 1e9:.0f} ns each of CPU"))
     _print(rows)
+
+
+def item_rows(keys: crypto.MasterKeys) -> list[tuple[str, int, Callable[[], object]]]:
+    """Per-item costs of the backup's per-file and per-blob Python: a worker encodes
+    each new file's node (``encode_node``) and reads back each pack header it writes
+    (``decode_header``)."""
+    entries, offset = [], 0
+    for i in range(16384):
+        entries.append(packfmt.PackEntry(i.to_bytes(32, "little"), BlobType.DATA, offset, 200, 300))
+        offset += 200
+    tail = packfmt.encode_pack_tail(keys, entries)
+    trailer = tail[-packfmt.TRAILER_SIZE :]
+    size = offset + len(tail)
+    n = packfmt.header_length(trailer, size)
+    header = tail[-packfmt.TRAILER_SIZE - n : -packfmt.TRAILER_SIZE]
+    version = packfmt.trailer_version(trailer)
+    nodes = [
+        Node(b"f%d" % i, "file", 0o644, size=i, content=[bytes(32)], sizes=[i], digest=bytes(32),
+             uid=1000, gid=1000, user="u", group="g", inode=i, device=5,
+             mtime_ns=i, ctime_ns=i, atime_ns=i)
+        for i in range(100_000)
+    ]  # fmt: skip
+    return [
+        (
+            "per item: decode_header, a 16,384-blob pack header",
+            len(entries),
+            lambda: packfmt.decode_header(keys, header, size, version),
+        ),
+        (
+            "per item: encode_node, 100,000 file nodes",
+            len(nodes),
+            lambda: [encode_node(x) for x in nodes],
+        ),
+    ]
 
 
 def _print(rows: list[tuple[str, str]]) -> None:
