@@ -184,3 +184,37 @@ def test_a_large_file_at_the_default_sizes_maps_the_middle_buffer_only(
     got = _into_path(chunker, zeros, 1 << 20, 0)
     assert [len(c) for c in got] == _bytes_path(chunker, zeros)
     assert made == [chunker_mod.MID_BUFFER, chunker.into_size]
+
+
+def test_a_long_chunk_maps_the_largest_buffer_for_a_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of zeros in random bytes (one chunk of max_size) moves the stream into the
+    largest buffer and, after SHORT_RUN shorter chunks, back into the 4 MiB one (no new
+    mapping): the cuts stay those of the bytes path."""
+    made: list[int] = []
+    closed: list[int] = []
+    real = mmap.mmap
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def close(self) -> None:
+            if not self.closed:
+                closed.append(len(self))
+            super().close()
+
+    def recording(fileno: int, length: int, *args: Any, **kwargs: Any) -> mmap.mmap:
+        made.append(length)
+        return Recorded(fileno, length, *args, **kwargs)
+
+    chunker = WindowChunker(KEY, ChunkerParams())
+    rng = random.Random(4)
+    data = rng.randbytes(6 << 20) + bytes(9 << 20) + rng.randbytes(30 << 20)
+    want = _bytes_path(chunker, data)
+    monkeypatch.setattr(mmap, "mmap", recording)
+    for most in (1 << 20, 300_000):
+        made.clear()
+        closed.clear()
+        got = _into_path(chunker, data, most, most)
+        assert [len(c) for c in got] == want
+        assert b"".join(got) == data
+        assert made == [chunker_mod.MID_BUFFER, chunker.into_size]
+        # the largest closed once back in the 4 MiB one, well before the stream's end
+        assert closed == [chunker.into_size, chunker_mod.MID_BUFFER]

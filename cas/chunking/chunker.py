@@ -71,11 +71,14 @@ Guess = Callable[[Buffer, int, int, bool], int]
 
 # The kept buffer of streams read with ``readinto``: a stream that does not end in it (a
 # file over 1 MiB) continues in a mapping made for it and unmapped at its end, of
-# ``MID_BUFFER`` bytes, and of ``into_size`` (``max_size`` and a refill) only when a
-# chunk outgrows half of that; so a small file touches 1 MiB, a large one 4 MiB unless
-# one of its chunks is over about 3.5 MiB (rare at the default sizes).
+# ``MID_BUFFER`` bytes, and of ``into_size`` (``max_size`` and a refill) only around a
+# chunk over 7/8 of that; so a small file touches 1 MiB, a large one mostly 4 MiB.
 SMALL_BUFFER = 1 << 20
 MID_BUFFER = 4 << 20
+# A stream that moved to the largest buffer for a long chunk goes back to the
+# ``MID_BUFFER`` one after this many chunks in a row no longer than half of it (a run of
+# zeros, all chunks of max_size, stays: no mapping per chunk).
+SHORT_RUN = 8
 
 
 @dataclass(frozen=True)
@@ -193,11 +196,12 @@ class StreamChunker(ABC):
         ``max_size``, the stream not ended) goes on from there once more bytes are
         read.  Bytes are read when the search or the guess needs them, into the
         free end of the buffer after the chunk in hand is moved to its front; a
-        stream whose chunk in hand fills more than half of the buffer continues in
-        the next larger one: the kept 1 MiB, then mappings of ``MID_BUFFER`` and of
-        ``into_size`` (``max_size`` and a refill), each unmapped when left.  So
-        a large file touches 4 MiB unless one of its chunks is longer than about
-        3.5 MiB (rare at the default sizes), and at most ``buffer_size``.
+        stream whose chunk in hand fills more than half of the kept 1 MiB buffer
+        continues in a mapping of ``MID_BUFFER``, and one whose chunk in hand
+        fills 7/8 of that in one of ``into_size`` (``max_size`` and a refill),
+        left again (unmapped) after ``SHORT_RUN`` shorter chunks.  So a large
+        file touches 4 MiB, and 9 MiB (default sizes) only around a chunk over
+        3.5 MiB (about one in 400 at the default sizes).
         """
         p = self.params
         small = (
@@ -213,23 +217,47 @@ class StreamChunker(ABC):
         start = end = 0
         eof = False
 
+        kept: mmap.mmap | None = None  # the mapping left for a larger one, until back
+        short = 0  # chunks in a row that fit in half of ``kept`` (back after SHORT_RUN)
+
+        def into(target: bytearray | mmap.mmap) -> None:
+            """The chunk in hand (``start:end``) to the front of ``target``, now the buffer."""
+            nonlocal buf, view, start, end
+            left = end - start
+            target[:left] = view[start:end]
+            view.release()
+            buf, view = target, memoryview(target)
+            end, start = left, 0
+
         def more(need: int) -> bool:
             """Read more of the stream (``need`` bytes from ``start`` wanted in view): the
-            chunk in hand to the front, or into a larger buffer; whether any came."""
-            nonlocal buf, large, view, start, end, eof
+            chunk in hand to the front, into a larger buffer, or back into the smaller
+            one it left; whether any came."""
+            nonlocal large, kept, eof, end, start
             left = end - start
-            if sizes and (need > len(buf) or left > len(buf) // 2):
+            # out of the 1 MiB buffer at half of it full; out of the next at 7/8, so that
+            # the largest is for the rare chunk over 3.5 MiB (memmoves of up to 3.5 MiB
+            # per 0.5 MiB read until then)
+            full = len(buf) // 2 if buf is small else len(buf) - len(buf) // 8
+            if sizes and (need > len(buf) or left > full):
                 size = next((n for n in sizes if n >= need), sizes[-1])
                 del sizes[: sizes.index(size) + 1]
-                bigger = mmap.mmap(-1, size)
-                bigger[:left] = view[start:end]
-                view.release()
-                if large is not None:
-                    with contextlib.suppress(BufferError):  # else unmapped when collected
-                        large.close()
-                large = buf = bigger
-                view = memoryview(buf)
-                end, start = left, 0
+                old = large
+                large = mmap.mmap(-1, size)
+                into(large)
+                if old is not None:
+                    kept = old  # back into it after the long chunk
+            elif (
+                kept is not None
+                and large is not None
+                and short >= SHORT_RUN
+                and max(left, need) <= len(kept) // 2
+            ):
+                top, large, kept = large, kept, None
+                into(large)
+                sizes.insert(0, len(top))
+                with contextlib.suppress(BufferError):  # else unmapped when collected
+                    top.close()  # its pages go: the long chunk was a moment
             elif start:  # the chunk in hand, to the front (memoryview: memmove)
                 view[:left] = view[start:end]
                 end, start = left, 0
@@ -251,6 +279,7 @@ class StreamChunker(ABC):
                     if n:
                         yield bytes(view[start : start + n])
                         start += n
+                        short = short + 1 if n <= MID_BUFFER // 2 else 0
                         continue
                 if eof and left <= p.min_size:
                     if left:
@@ -270,14 +299,16 @@ class StreamChunker(ABC):
                     yield bytes(view[start : start + cut])
                     start += cut
                     tested = 0
+                    short = short + 1 if cut <= MID_BUFFER // 2 else 0
                     continue
                 tested = limit  # no cut up to the end of the view: read on
                 more(left + 1)  # or the stream ended there: the next search is final
         finally:
             view.release()
-            if large is not None:
-                with contextlib.suppress(BufferError):  # else unmapped when collected
-                    large.close()
+            for mapping in (large, kept):
+                if mapping is not None:
+                    with contextlib.suppress(BufferError):  # else unmapped when collected
+                        mapping.close()
             # One of each kept, at most (as below): an abandoned stream gives its
             # buffer back only when collected, the next one took a fresh buffer.
             if not self._buffers:
