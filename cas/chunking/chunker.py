@@ -174,11 +174,12 @@ class StreamChunker(ABC):
 
         A ``read`` that also has ``readinto(view) -> int`` (bytes put at the
         front of ``view``, 0 at the end: cas/backup/archiver.py SourceReader,
-        the chunk helper's file reader) is read into one buffer of
-        ``buffer_size`` bytes kept by the chunker between streams: no bytes
-        object per read, no copy into the buffer, no fresh pages per file; the
-        tail of a long stream is moved to its front when more is needed.  Each
-        chunk is then copied out once, as bytes the caller may keep.
+        the chunk helper's file reader) is read into a 1 MiB buffer kept by the
+        chunker between streams, a long stream into mappings of 4 MiB (9 MiB
+        around a chunk over 3.5 MiB at the default sizes, ``_chunks_into``): no
+        bytes object per read, no copy into the buffer; the chunk in hand is
+        moved to its front when the search needs more.  Each chunk is then
+        copied out once, as bytes the caller may keep.
         """
         readinto = getattr(read, "readinto", None)
         if readinto is not None:
