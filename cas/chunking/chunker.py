@@ -65,13 +65,20 @@ ALGORITHMS = (PERMUTED, WINDOW_AES)
 # mapping (the buffer of a long stream read with readinto: pages only where read).
 Buffer = bytes | bytearray | mmap.mmap
 
-# (buffer, chunk start, bytes there from it, stream ended) -> a chunk length, or 0
+# (buffer, chunk start, bytes there from it, stream ended) -> a chunk length, 0 (search),
+# or -n: ask again once n bytes from the start are there (or the stream ended)
 Guess = Callable[[Buffer, int, int, bool], int]
 
 # The kept buffer of streams read with ``readinto``: a stream that does not end in it (a
-# file over 1 MiB) continues in a mapping of ``buffer_size`` bytes made for it and
-# unmapped at its end, so a small file touches 1 MiB, not 2 x max_size.
+# file over 1 MiB) continues in a mapping made for it and unmapped at its end, of
+# ``MID_BUFFER`` bytes, and of ``into_size`` (``max_size`` and a refill) only around a
+# chunk over 7/8 of that; so a small file touches 1 MiB, a large one mostly 4 MiB.
 SMALL_BUFFER = 1 << 20
+MID_BUFFER = 4 << 20
+# A stream that moved to the largest buffer for a long chunk goes back to the
+# ``MID_BUFFER`` one after this many chunks in a row no longer than half of it (a run of
+# zeros, all chunks of max_size, stays: no mapping per chunk).
+SHORT_RUN = 8
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,11 @@ class StreamChunker(ABC):
         self.params = params
         # Large enough that re-scanning the carried tail (< max_size) is cheap.
         self.buffer_size = max(buffer_size, 2 * params.max_size)
+        # The largest buffer of streams read with ``readinto``: a chunk in hand (under
+        # max_size when more must be read) and room to read into after it (an eighth
+        # of max_size, at least 4 KiB); that path searches what is there, and never
+        # carries max_size bytes for their own sake.
+        self.into_size = min(self.buffer_size, params.max_size + max(params.max_size // 8, 4096))
         # Scratch buffers for the search, kept between streams (a fresh
         # 8.5 MiB buffer per file would cost more than chunking a small file).
         self._scratch: list[bytearray] = []
@@ -121,8 +133,19 @@ class StreamChunker(ABC):
     def _new_scratch(self) -> bytearray: ...
 
     @abstractmethod
-    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
-        """Length of the chunk at ``start``: ``limit`` bytes are there (or the stream ends)."""
+    def _cut(
+        self,
+        buf: Buffer,
+        start: int,
+        limit: int,
+        scratch: bytearray,
+        tested: int = 0,
+        final: bool = True,
+    ) -> int:
+        """Length of the chunk at ``start``: the first cut at a length up to ``limit``
+        (``limit`` bytes are in ``buf``); lengths up to ``tested`` were searched
+        before and do not cut.  Without a cut, ``limit`` if ``final`` (``max_size``
+        bytes in view, or the stream ends after them), else 0: more bytes decide."""
 
     def cut_points(self, data: bytes) -> list[int]:
         """End offsets of the chunks of ``data`` taken as a whole stream."""
@@ -138,11 +161,12 @@ class StreamChunker(ABC):
         """Yield the chunks of the stream that ``read(n)`` returns (b"" at the end).
 
         ``guess(buf, start, left, eof)``, if given, is asked first at each chunk
-        start (``left`` bytes from ``start`` are in ``buf``, at least ``max_size``
-        unless ``eof``; ``buf`` may hold more bytes after them, not of this
-        stream): a length it returns is taken as the chunk without a search, 0
-        searches as usual (cas/chunking/resync.py guesses only lengths the search
-        would give, spec §7.7).
+        start (``left`` bytes from ``start`` are in ``buf``, at least one unless
+        ``eof``; ``buf`` may hold more bytes after them, not of this stream): a
+        length it returns is taken as the chunk without a search, 0 searches as
+        usual, ``-n`` asks again once ``n`` bytes are there or the stream ended
+        (searches when no more can be read; cas/chunking/resync.py guesses only
+        lengths the search would give, spec §7.7).
 
         Neither search looks at the first ``min_size`` bytes of a chunk (but
         for the window before the first possible cut) nor past its cut: about
@@ -150,11 +174,12 @@ class StreamChunker(ABC):
 
         A ``read`` that also has ``readinto(view) -> int`` (bytes put at the
         front of ``view``, 0 at the end: cas/backup/archiver.py SourceReader,
-        the chunk helper's file reader) is read into one buffer of
-        ``buffer_size`` bytes kept by the chunker between streams: no bytes
-        object per read, no copy into the buffer, no fresh pages per file; the
-        tail of a long stream is moved to its front when more is needed.  Each
-        chunk is then copied out once, as bytes the caller may keep.
+        the chunk helper's file reader) is read into a 1 MiB buffer kept by the
+        chunker between streams, a long stream into mappings of 4 MiB (9 MiB
+        around a chunk over 3.5 MiB at the default sizes, ``_chunks_into``): no
+        bytes object per read, no copy into the buffer; the chunk in hand is
+        moved to its front when the search needs more.  Each chunk is then
+        copied out once, as bytes the caller may keep.
         """
         readinto = getattr(read, "readinto", None)
         if readinto is not None:
@@ -164,49 +189,127 @@ class StreamChunker(ABC):
     def _chunks_into(
         self, readinto: Callable[[memoryview], int], guess: Guess | None
     ) -> Iterator[bytes]:
-        """``iter_chunks`` over ``readinto``, in the chunker's reusable buffer."""
+        """``iter_chunks`` over ``readinto``, in the chunker's reusable buffer.
+
+        The search runs over the bytes there are, not ``max_size`` of them: a cut
+        it finds depends only on the bytes before it (§7.4), so it is final; a
+        search that reaches the end of the bytes in view without a cut (and before
+        ``max_size``, the stream not ended) goes on from there once more bytes are
+        read.  Bytes are read when the search or the guess needs them, into the
+        free end of the buffer after the chunk in hand is moved to its front; a
+        stream whose chunk in hand fills more than half of the kept 1 MiB buffer
+        continues in a mapping of ``MID_BUFFER``, and one whose chunk in hand
+        fills 7/8 of that in one of ``into_size`` (``max_size`` and a refill),
+        left again (unmapped) after ``SHORT_RUN`` shorter chunks.  So a large
+        file touches 4 MiB, and 9 MiB (default sizes) only around a chunk over
+        3.5 MiB (about one in 400 at the default sizes).
+        """
         p = self.params
         small = (
             self._buffers.pop() if self._buffers else bytearray(min(self.buffer_size, SMALL_BUFFER))
         )
+        sizes = [n for n in (MID_BUFFER, self.into_size) if n > len(small)]
+        if self.into_size <= MID_BUFFER:
+            sizes = sizes[-1:]
         buf: bytearray | mmap.mmap = small
-        large: mmap.mmap | None = None  # made when the stream outgrows ``small``
-        view = memoryview(buf)  # neither buffer is ever resized: views stay valid
+        large: mmap.mmap | None = None  # the current mapping, when the stream outgrew ``small``
+        view = memoryview(buf)
         scratch: bytearray | None = None
+        start = end = 0
+        eof = False
+
+        kept: mmap.mmap | None = None  # the mapping left for a larger one, until back
+        short = 0  # chunks in a row that fit in half of ``kept`` (back after SHORT_RUN)
+
+        def into(target: bytearray | mmap.mmap) -> None:
+            """The chunk in hand (``start:end``) to the front of ``target``, now the buffer."""
+            nonlocal buf, view, start, end
+            left = end - start
+            target[:left] = view[start:end]
+            view.release()
+            buf, view = target, memoryview(target)
+            end, start = left, 0
+
+        def more(need: int) -> bool:
+            """Read more of the stream (``need`` bytes from ``start`` wanted in view): the
+            chunk in hand to the front, into a larger buffer, or back into the smaller
+            one it left; whether any came."""
+            nonlocal large, kept, eof, end, start
+            left = end - start
+            # out of the 1 MiB buffer at half of it full; out of the next at 7/8, so that
+            # the largest is for the rare chunk over 3.5 MiB (memmoves of up to 3.5 MiB
+            # per 0.5 MiB read until then)
+            full = len(buf) // 2 if buf is small else len(buf) - len(buf) // 8
+            if sizes and (need > len(buf) or left > full):
+                size = next((n for n in sizes if n >= need), sizes[-1])
+                del sizes[: sizes.index(size) + 1]
+                old = large
+                large = mmap.mmap(-1, size)
+                into(large)
+                if old is not None:
+                    kept = old  # back into it after the long chunk
+            elif (
+                kept is not None
+                and large is not None
+                and short >= SHORT_RUN
+                and max(left, need) <= len(kept) // 2
+            ):
+                top, large, kept = large, kept, None
+                into(large)
+                sizes.insert(0, len(top))
+                with contextlib.suppress(BufferError):  # else unmapped when collected
+                    top.close()  # its pages go: the long chunk was a moment
+            elif start:  # the chunk in hand, to the front (memoryview: memmove)
+                view[:left] = view[start:end]
+                end, start = left, 0
+            before = end
+            end, eof = _fill_into(readinto, view, end)
+            return end > before
+
         try:
-            start = 0
             end, eof = _fill_into(readinto, view, 0)
+            tested = 0  # lengths from ``start`` up to this one searched without a cut
             while True:
-                if not eof and end - start < p.max_size:
-                    if large is None and len(small) < self.buffer_size:
-                        large = buf = mmap.mmap(-1, self.buffer_size)
-                        with view:
-                            buf[: end - start] = view[start:end]
-                        view = memoryview(buf)
-                        end, start = end - start, 0
-                    elif start:  # the carried tail, to the front (memoryview: memmove)
-                        view[: end - start] = view[start:end]
-                        end, start = end - start, 0
-                    end, eof = _fill_into(readinto, view, end)
                 left = end - start
-                if guess is not None and left and (n := guess(buf, start, left, eof)):
-                    yield bytes(view[start : start + n])
-                    start += n
-                    continue
+                if guess is not None and not tested and left:
+                    n = guess(buf, start, left, eof)
+                    if n < 0:  # the guess needs -n bytes in view
+                        if not eof and -n > left and more(-n):
+                            continue
+                        n = 0
+                    if n:
+                        yield bytes(view[start : start + n])
+                        start += n
+                        short = short + 1 if n <= MID_BUFFER // 2 else 0
+                        continue
                 if eof and left <= p.min_size:
                     if left:
                         yield bytes(view[start:end])
                     return
                 if scratch is None:
                     scratch = self._scratch.pop() if self._scratch else self._new_scratch()
-                cut = self._cut(buf, start, min(left, p.max_size), scratch)
-                yield bytes(view[start : start + cut])
-                start += cut
+                limit = min(left, p.max_size)
+                final = eof or limit == p.max_size
+                # no cut below min_size: a view that short decides nothing
+                cut = (
+                    self._cut(buf, start, limit, scratch, tested, final)
+                    if final or limit > p.min_size
+                    else 0
+                )
+                if cut:
+                    yield bytes(view[start : start + cut])
+                    start += cut
+                    tested = 0
+                    short = short + 1 if cut <= MID_BUFFER // 2 else 0
+                    continue
+                tested = limit  # no cut up to the end of the view: read on
+                more(left + 1)  # or the stream ended there: the next search is final
         finally:
             view.release()
-            if large is not None:
-                with contextlib.suppress(BufferError):  # else unmapped when collected
-                    large.close()
+            for mapping in (large, kept):
+                if mapping is not None:
+                    with contextlib.suppress(BufferError):  # else unmapped when collected
+                        mapping.close()
             # One of each kept, at most (as below): an abandoned stream gives its
             # buffer back only when collected, the next one took a fresh buffer.
             if not self._buffers:
@@ -239,7 +342,9 @@ class StreamChunker(ABC):
                     start = 0
                     eof = self._fill(read, buf)
                 left = len(buf) - start
-                if guess is not None and left and (n := guess(buf, start, left, eof)):
+                # max_size bytes are there unless eof: a guess that asks for more
+                # (-n) is not the chunk
+                if guess is not None and left and (n := guess(buf, start, left, eof)) > 0:
                     yield _piece(buf, start, n)
                     start += n
                     continue
@@ -304,7 +409,16 @@ class Chunker(StreamChunker):
     def _new_scratch(self) -> bytearray:
         return bytearray(self.params.min_size + self.params.max_size)
 
-    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
+    def _cut(
+        self,
+        buf: Buffer,
+        start: int,
+        limit: int,
+        scratch: bytearray,
+        tested: int = 0,
+        final: bool = True,
+    ) -> int:
+        # ``tested`` is not used: fastcdc searches from ``min_size`` each time.
         p = self.params
         done = p.min_size  # scratch[min_size:done] holds the permuted bytes
         step = WINDOW
@@ -313,8 +427,10 @@ class Chunker(StreamChunker):
             end = min(done + step, limit)
             scratch[done:end] = buf[start + done : start + end].translate(self._perm)
             c = next(_fastcdc(view[:end], p.min_size, p.avg_size, p.max_size))
-            if c.length < end or end == limit:
+            if c.length < end:
                 return int(c.length)
+            if end == limit:  # fastcdc ends a chunk at the end of what it is given
+                return int(c.length) if final else 0
             done, step = end, step * 2
 
 
@@ -389,8 +505,16 @@ class WindowChunker(StreamChunker):
             i = find(0, i + 1)
         return -1
 
-    def _cut(self, buf: Buffer, start: int, limit: int, scratch: bytearray) -> int:
-        lo = self.params.min_size  # the shortest chunk length still to test
+    def _cut(
+        self,
+        buf: Buffer,
+        start: int,
+        limit: int,
+        scratch: bytearray,
+        tested: int = 0,
+        final: bool = True,
+    ) -> int:
+        lo = max(self.params.min_size, tested + 1)  # the shortest chunk length still to test
         first_below, threshold = self._first_below, self._threshold
         with memoryview(buf) as view:
             while lo <= limit:
@@ -411,7 +535,7 @@ class WindowChunker(StreamChunker):
                 if best < hi:
                     return best
                 lo = hi
-        return limit
+        return limit if final else 0
 
 
 def _u32be(buf: bytearray, at: int) -> int:

@@ -130,6 +130,11 @@ class Resync:
             return 0
         n = parent.sizes[k]
         last = k == len(parent.sizes) - 1
+        # The chunker reads only what it needs: ask for the chunk's bytes (and, for
+        # the last one, one more, to see whether the stream ends after it).
+        need = n + 1 if last else n
+        if n > 0 and need > left and not eof:
+            return -need
         # The parent's last chunk may have ended at its stream's end, not at a cut:
         # it is this stream's chunk only if exactly as many bytes remain.
         if n == 0 or n > left or (last and not (eof and left == n)):
