@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -473,9 +474,12 @@ def test_unreadable_files_in_a_handed_out_directory_are_warnings(tmp_path: Path)
             assert (landed / name).read_bytes() == (src / "dir01" / name).read_bytes()
 
 
-def test_a_file_gone_before_a_worker_lstats_it_is_a_warning(tmp_path: Path) -> None:
-    """A file of a handed-out directory deleted while the worker waits: a warning, the
-    rest saved (exit 3)."""
+def _names_changed_under_a_paused_worker(
+    tmp_path: Path, change: Callable[[Path], None]
+) -> tuple[int, bytes, bytes, Path]:
+    """A backup whose one worker pauses before its first batch (the names of src/sub,
+    files f0 to f4); ``change(sub)`` runs while it waits.  The exit code, stdout,
+    stderr and the repository."""
     src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
     (src / "sub").mkdir(parents=True)
     gate.mkdir()
@@ -487,13 +491,23 @@ def test_a_file_gone_before_a_worker_lstats_it_is_a_warning(tmp_path: Path) -> N
     proc = _paused_backup(repo, src, gate, "1", workers="1")
     try:
         _wait_paused(proc, gate)
-        (src / "sub" / "f3").unlink()
+        change(src / "sub")
         (gate / "backup-worker-batch.go").touch()
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 3, err
+    return proc.returncode, out, err, repo
+
+
+def test_a_file_gone_before_a_worker_lstats_it_is_a_warning(tmp_path: Path) -> None:
+    """A file of a handed-out directory deleted while the worker waits: a warning, the
+    rest saved (exit 3)."""
+    src = tmp_path / "src"
+    code, out, err, repo = _names_changed_under_a_paused_worker(
+        tmp_path, lambda sub: (sub / "f3").unlink()
+    )
+    assert code == 3, err
     assert b"Traceback" not in err
     assert b"f3: No such file or directory; skipped" in err
     assert json.loads(out)["summary"]["files_new"] == 5
@@ -511,26 +525,15 @@ def test_a_name_that_became_a_directory_before_a_worker_lstats_it_is_walked_here
     """A file of a handed-out directory replaced by a directory while the worker waits:
     the worker hands the name back, the main process walks the directory, and the
     snapshot holds it with its contents (exit 0, nothing skipped)."""
-    src, repo, gate = tmp_path / "src", tmp_path / "repo", tmp_path / "gate"
-    (src / "sub").mkdir(parents=True)
-    gate.mkdir()
-    (src / "first").write_bytes(b"read before the workers start")
-    for i in range(5):
-        (src / "sub" / f"f{i}").write_bytes(os.urandom(1000))
-    _init(repo)
-    # The first batch is sub's names (the top directory's file goes when it is walked).
-    proc = _paused_backup(repo, src, gate, "1", workers="1")
-    try:
-        _wait_paused(proc, gate)
-        (src / "sub" / "f3").unlink()
-        (src / "sub" / "f3").mkdir()
-        (src / "sub" / "f3" / "inner").write_bytes(b"inside what was a file")
-        (gate / "backup-worker-batch.go").touch()
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    src = tmp_path / "src"
+
+    def to_directory(sub: Path) -> None:
+        (sub / "f3").unlink()
+        (sub / "f3").mkdir()
+        (sub / "f3" / "inner").write_bytes(b"inside what was a file")
+
+    code, out, err, repo = _names_changed_under_a_paused_worker(tmp_path, to_directory)
+    assert code == 0, err
     assert b"Traceback" not in err
     summary = json.loads(out)["summary"]
     assert summary["files_new"] == 6
