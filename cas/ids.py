@@ -31,8 +31,20 @@ def new_sha256(data: bytes | bytearray | memoryview = b"") -> hashlib._Hash:
     return hashlib.sha256(data)
 
 
+SMALL_STORED = 8192  # up to this size storage_id hashes with libsodium, not OpenSSL
+
+
 def storage_id(data: bytes | bytearray | memoryview) -> bytes:
-    """SHA-256 of stored bytes: the name of every file except ``config``."""
+    """SHA-256 of stored bytes: the name of every file except ``config``.
+
+    Up to ``SMALL_STORED`` bytes (key files, locks, the config, a cache's location)
+    with libsodium's SHA-256, which every process has loaded: opening a repository then
+    maps no OpenSSL before its key derivation, whose 32 MiB come on top of what the
+    process holds.  Larger data with ``hashlib`` (OpenSSL's is faster there)."""
+    if len(data) <= SMALL_STORED:
+        from nacl.bindings import crypto_hash_sha256
+
+        return crypto_hash_sha256(bytes(data))
     return new_sha256(data).digest()
 
 

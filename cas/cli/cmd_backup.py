@@ -9,122 +9,37 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cas import __version__
 from cas.backup import anomaly
-from cas.backup.archiver import Archiver, Reporter, stdin_node
-from cas.backup.dryrun import DryRunWriter
-from cas.backup.localtrees import LocalTrees
-from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, SaverPool, WorkerFailed
-from cas.backup.scanner import SourceScan
-from cas.chunking.worker import ChunkWorker
 from cas.cli.common import (
     Globals,
     Output,
-    clock_text,
-    completion,
     fs_text,
     human_bytes,
-    one_line,
     pass_globals,
 )
-from cas.cli.nodeview import anomaly_doc
 from cas.cli.options import ExcludeOptions, Workers, exclude_options, workers_option
 from cas.crypto import BlobType
 from cas.errors import EXIT_WARNINGS, UsageError
 from cas.format import compress
-from cas.format.snapshot import Snapshot
-from cas.format.tree import encode_tree
-from cas.protocols import BlobWriter
-from cas.repo import Repository
-from cas.repo.filescache import LastBackup
 from cas.selection import split_tags
 from cas.wording import counted
 
-
-class _Progress(Reporter):
-    """The status line of a backup: files and bytes done (read, or found unchanged),
-    and with the totals of a finished scan the percentage and the time left."""
-
-    def __init__(self, out: Output, verbose: int = 0, scan: SourceScan | None = None) -> None:
-        self.out = out
-        self.verbose = verbose
-        self.scan = scan
-        self.start = time.monotonic()
-        self.bytes = 0
-        self.files = 0
-        self.current = b""
-
-    def file_started(self, path: bytes, size: int) -> None:
-        self.current = path
-        self._show()
-
-    def bytes_done(self, n: int) -> None:
-        self.bytes += n
-        self._show()
-
-    def warning(self, message: str) -> None:
-        self.out.warn(message)
-
-    def entry(self, path: bytes, action: str, kind: str, size: int, added: int) -> None:
-        """-v: new and modified entries as they are decided; -vv: unchanged ones too."""
-        if kind == "file":
-            self.files += 1
-        if self.verbose < (2 if action == "unchanged" else 1) or self.out.quiet:
-            return
-        if self.out.json:
-            event = {
-                "message_type": "verbose_status",
-                "action": action,
-                "item": fs_text(path),
-                "type": kind,
-                "data_size": size,
-                "data_added": added,
-            }
-            self.out.message(event)
-            return
-        text = f"{action:<10}{one_line(fs_text(path))}"
-        if kind == "file" and action != "unchanged":
-            text += f" ({human_bytes(size)}, {human_bytes(added)} added)"
-        self.out.line(text)
-
-    def _show(self, force: bool = False) -> None:
-        if not (force or self.out.progress_due()):
-            return
-        elapsed = time.monotonic() - self.start
-        rate = self.bytes / elapsed if elapsed > 0 else 0
-        scan = self.scan
-        if scan is not None and not scan.done and self.files > scan.files:
-            scan.stop()  # the backup overtook it: its totals would come too late
-        if scan is None or scan.stopped:
-            done = f"{self.files} files, {human_bytes(self.bytes)}"
-        elif not scan.done:  # totals so far, still growing
-            done = (
-                f"{self.files}/{scan.files}+ files, "
-                f"{human_bytes(self.bytes)}/{human_bytes(scan.bytes)}+"
-            )
-        else:
-            left = completion(self.bytes, scan.bytes, elapsed)
-            done = (
-                f"{left}  {self.files}/{scan.files} files, "
-                f"{human_bytes(self.bytes)}/{human_bytes(scan.bytes)}"
-            )
-        self.out.progress(
-            f"[{clock_text(elapsed)}] {done}  {human_bytes(rate)}/s  {fs_text(self.current)}",
-            force=force,
-        )
-
-    def finish(self) -> None:
-        """Show the end state (all done, with the totals if the scan finished), and
-        stop the scan if it still runs."""
-        if self.scan is not None:
-            self.scan.stop()
-        self.current = b""
-        if self.out.progress_enabled:
-            self._show(force=True)
+if TYPE_CHECKING:
+    # Imported in ``backup`` once the repository is open: the key derivation (Argon2id,
+    # 32 MiB) comes on top of what the process has imported by then
+    # (tests/test_unlock_heap.py).
+    from cas.backup.dryrun import DryRunWriter
+    from cas.backup.localtrees import LocalTrees
+    from cas.backup.pool import SaverPool
+    from cas.format.snapshot import Snapshot
+    from cas.protocols import BlobWriter
+    from cas.repo import Repository
+    from cas.repo.filescache import LastBackup
 
 
 @click.command()
@@ -197,13 +112,28 @@ def backup(
     for p in abs_paths:
         if not os.path.lexists(p):
             raise UsageError(f"{fs_text(p)} does not exist")
-    opts = excludes.backup_options(force=force)
+    build_opts = excludes.backup_options_later(force=force)  # UsageError now, if any
     thresholds = anomaly.Thresholds.from_env(anomaly_thresholds)
     scan = None
     if out.shows_progress and not (no_scan or use_stdin):
+        from cas.backup.scanner import SourceScan
+
+        opts = build_opts()
         scan = SourceScan(abs_paths, opts)  # started now: it counts while the repository opens
         scan.start()
     repo = g.open(write_only=True)
+    from cas.backup.archiver import Archiver, stdin_node
+    from cas.backup.dryrun import DryRunWriter
+    from cas.backup.localtrees import LocalTrees
+    from cas.backup.pool import AUTO_START_BYTES, AUTO_START_FILES, WorkerFailed
+    from cas.chunking.worker import ChunkWorker
+    from cas.cli.backup_progress import BackupProgress
+    from cas.cli.nodeview import anomaly_doc
+    from cas.format.snapshot import Snapshot
+    from cas.format.tree import encode_tree
+    from cas.repo.filescache import LastBackup
+
+    opts = build_opts()
     repo.compression_level = level
     hostname = host or socket.gethostname()
     snap_paths = [b"/" + stdin_filename.encode()] if use_stdin else abs_paths
@@ -245,7 +175,7 @@ def backup(
             parent_tree = parent_snap.tree if parent_snap is not None else None
             parent_files = anomaly.file_count(parent_snap) if parent_snap is not None else None
             history = anomaly.history_of(snaps)
-        progress = _Progress(out, verbose, scan)
+        progress = BackupProgress(out, verbose, scan)
         after = (0, 0) if workers.explicit else (AUTO_START_FILES, AUTO_START_BYTES)
         archiver = Archiver(
             writer, chunker, opts, progress, offload=helper, pool=pool, pool_after=after
@@ -327,6 +257,8 @@ def _pool(g: Globals, repo: Repository, workers: Workers) -> SaverPool | None:
     plan = g.helpers(repo, workers.count)
     if plan is None:
         return None
+    from cas.backup.pool import SaverPool
+
     params = repo.chunker().params
     return SaverPool(
         plan.spec,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,11 +31,15 @@ from cas.errors import (
     UsageError,
 )
 from cas.ipc import usable_cores
-from cas.repo import RepoOptions, Repository
-from cas.repo.generations import Finding
-from cas.repo.locks import STALE_AFTER, RepoLock
-from cas.repo.readerspec import ReaderSpec, reader_spec
 from cas.wording import counted
+
+if TYPE_CHECKING:
+    # Imported where used: a command derives its key (Argon2id, 32 MiB) on top of what
+    # it has imported by then, and none of these is needed to unlock (tests/test_unlock_heap.py).
+    from cas.repo import RepoOptions, Repository
+    from cas.repo.generations import Finding
+    from cas.repo.locks import RepoLock
+    from cas.repo.readerspec import ReaderSpec
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ class Globals:
         """How to reach and use repositories, from the global options; ``here``: for
         this process (retries are told to the user as they happen), else for a
         helper process."""
+        from cas.repo import RepoOptions
+
         s3 = S3Options(
             endpoint=self.s3_endpoint,
             path_style=self.s3_path_style,
@@ -163,6 +169,8 @@ class Globals:
         n = count if count is not None else usable_cores()
         if n < 1 or (count is None and n < 2):
             return None
+        from cas.repo.readerspec import reader_spec
+
         spec = reader_spec(repo, repo.location, self.options(here=False).backend)
         if spec is None:
             return None
@@ -284,6 +292,8 @@ class Globals:
             exclusive=exclusive, command=command, wait=self.lock_wait, on_wait=self._lock_waiting
         ) as lock:
             yield lock
+        from cas.repo.locks import STALE_AFTER
+
         self.not_deleted.extend({"name": n, "kind": "stale_lock"} for n in lock.stale_kept)
         for name, info in lock.left_behind:
             stale_ns = info.time_ns + int(STALE_AFTER * 1e9)

@@ -303,8 +303,13 @@ class ExcludeOptions:
 
     def backup_options(self, *, force: bool = False) -> BackupOptions:
         """The archiver's rules: pattern files read, the size parsed (UsageError if not)."""
-        from cas.backup.archiver import BackupOptions
+        return self.backup_options_later(force=force)()
 
+    def backup_options_later(self, *, force: bool = False) -> Callable[[], BackupOptions]:
+        """``backup_options`` in two steps: the pattern files are read and the size parsed
+        now (UsageError if not), the rules made (importing the archiver) when the
+        function returned is called: ``cas backup`` imports the archiver once the
+        repository is unlocked, not before its key derivation."""
         pats = [os.fsencode(p) for p in self.exclude]
         ipats = [os.fsencode(p) for p in self.iexclude]
         try:
@@ -315,15 +320,22 @@ class ExcludeOptions:
         except OSError as e:
             raise UsageError(f"cannot read exclude file {e.filename}: {e.strerror}") from None
         larger = self.exclude_larger_than
-        return BackupOptions(
-            excludes=PatternSet(pats),
-            iexcludes=PatternSet(ipats, ignore_case=True),
-            exclude_if_present=[os.fsencode(n) for n in self.exclude_if_present],
-            exclude_caches=self.exclude_caches,
-            one_file_system=self.one_file_system,
-            exclude_larger_than=parse_size(larger) if larger else None,
-            force=force,
-        )
+        larger_than = parse_size(larger) if larger else None
+
+        def build() -> BackupOptions:
+            from cas.backup.archiver import BackupOptions
+
+            return BackupOptions(
+                excludes=PatternSet(pats),
+                iexcludes=PatternSet(ipats, ignore_case=True),
+                exclude_if_present=[os.fsencode(n) for n in self.exclude_if_present],
+                exclude_caches=self.exclude_caches,
+                one_file_system=self.one_file_system,
+                exclude_larger_than=larger_than,
+                force=force,
+            )
+
+        return build
 
 
 exclude_options = option_group("excludes", ExcludeOptions, EXCLUDE_OPTIONS)

@@ -8,12 +8,10 @@ a password; the seal keeps the chunker parameters from being altered.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas import crypto
-from cas.chunking.chunker import ALGORITHMS, ChunkerParams
 from cas.errors import FormatError, IntegrityError, UnsupportedVersion
 from cas.format import FORMAT_VERSION
 from cas.format.codec import (
@@ -26,6 +24,10 @@ from cas.format.codec import (
     unpack_map,
 )
 from cas.format.pack import PADDINGS, PackFormat
+from cas.ids import storage_id
+
+if TYPE_CHECKING:  # imported in _parsed: not needed before a repository's key is derived
+    from cas.chunking.chunker import ChunkerParams
 
 __all__ = [
     "FORMAT_VERSION",
@@ -123,7 +125,7 @@ def decode_config_for_write_only(raw: bytes, plaintext: bytes, sha256: bytes) ->
     version = read_version(raw)
     if version not in VERSIONS:
         raise UnsupportedVersion(what="repository", version=version, supported=FORMAT_VERSION)
-    if hashlib.sha256(raw).digest() != sha256:
+    if storage_id(raw) != sha256:
         raise IntegrityError(
             what="config", detail="it is not the config this write-only key was made for"
         )
@@ -131,6 +133,8 @@ def decode_config_for_write_only(raw: bytes, plaintext: bytes, sha256: bytes) ->
 
 
 def _parsed(doc: dict[str, Any], version: int) -> Config:
+    from cas.chunking.chunker import ALGORITHMS, ChunkerParams
+
     ch = field(doc, "chunker", dict, "config")
     algorithm = ch.get("algorithm")
     if algorithm not in ALGORITHMS:

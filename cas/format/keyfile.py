@@ -14,10 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from nacl.bindings import sodium_memcmp  # constant time; hmac's would map OpenSSL
 
 from cas import crypto
 from cas.errors import FormatError, IntegrityError, UnsupportedVersion, WrongPassword
@@ -182,7 +183,7 @@ def unlock(kf: KeyFile, password: bytes) -> crypto.KeyBase:
     except (ValueError, TypeError, OverflowError) as e:  # e.g. a lone surrogate in a name
         raise FormatError(what="key file", detail=str(e) or type(e).__name__) from None
     kek = crypto.derive_key(password, kf.kdf)
-    if kf.check is not None and not hmac.compare_digest(crypto.key_check(kek), kf.check):
+    if kf.check is not None and not sodium_memcmp(crypto.key_check(kek), bytes(kf.check)):
         raise WrongPassword()
     try:
         plain = crypto.open_sealed(kek, kf.sealed_keys, ad, "key file")

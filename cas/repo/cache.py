@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cas.errors import CasError
-from cas.ids import new_sha256
+from cas.ids import new_sha256, storage_id
 
 _PIECE = 1 << 20  # bytes hashed at a time by open_verified
 
@@ -34,7 +34,7 @@ def default_cache_root() -> Path:
 
 def cache_dir_for(location: str, root: Path | None = None) -> Path:
     """The cache directory of one repository location."""
-    digest = new_sha256(location.encode()).hexdigest()[:20]
+    digest = storage_id(location.encode()).hex()[:20]
     return (root or default_cache_root()) / f"repo-{digest}"
 
 
@@ -60,7 +60,7 @@ class LocalCache:
         except OSError:
             self.misses += 1
             return None
-        return data if self._judged(path, new_sha256(data).digest() == object_id) else None
+        return data if self._judged(path, storage_id(data) == object_id) else None
 
     def open_verified(self, kind: str, object_id: bytes) -> int | None:
         """A read-only descriptor of the cached object, once its bytes hash to its ID

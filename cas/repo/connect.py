@@ -13,11 +13,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cas import crypto
 from cas.backend.base import Backend
 from cas.backend.registry import open_backend
-from cas.chunking.chunker import ChunkerParams
 from cas.errors import (
     ObjectNotFound,
     RepositoryExists,
@@ -31,7 +31,10 @@ from cas.repo import keyring, layout
 from cas.repo.cache import LocalCache, cache_dir_for
 from cas.repo.caching import CachingBackend
 from cas.repo.clientstate import ClientState, default_state_dir
-from cas.repo.repository import Repository
+
+if TYPE_CHECKING:  # imported once the key is derived (see open_repository)
+    from cas.chunking.chunker import ChunkerParams
+    from cas.repo.repository import Repository
 
 LAST_KEY = "last-key"  # the cache note naming the key file that opened last
 
@@ -143,6 +146,10 @@ def open_repository(
     unlocked = keyring.unlock(backend, password, raw_config, first)
     if cache is not None and unlocked.key_id != first:
         cache.set_note(LAST_KEY, unlocked.key_id.hex())
+    # Imported only now: Argon2id's 32 MiB come on top of what the process holds when it
+    # derives, and the repository layer (indexes, packs, snapshots) is not needed before.
+    from cas.repo.repository import Repository
+
     return Repository(backend, unlocked.keys, unlocked.config, unlocked.key_id, cache, state)
 
 
@@ -195,6 +202,9 @@ def init_repository(
         # Key files but no config: an earlier init died before writing the config.
         # They open nothing; remove them so this init starts clean.
         keyring.remove_all_keys(backend)
+    from cas.chunking.chunker import ChunkerParams
+    from cas.repo.repository import Repository
+
     keys = crypto.MasterKeys.generate()
     if share_ids_with is not None:
         if not isinstance(share_ids_with.keys, crypto.MasterKeys):

@@ -8,7 +8,6 @@ writes or deletes key files.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import socket
 import time
 from dataclasses import dataclass
@@ -175,7 +174,7 @@ def write_only_key(keys: crypto.KeyBase, raw_config: bytes) -> crypto.WriteOnlyK
     if not isinstance(keys, crypto.MasterKeys):
         raise crypto.KeyIsWriteOnly(action="add keys")
     cfg = configfmt.decode_config(raw_config, keys.data)
-    return keys.write_only(configfmt.config_plaintext(cfg), hashlib.sha256(raw_config).digest())
+    return keys.write_only(configfmt.config_plaintext(cfg), storage_id(raw_config))
 
 
 def unlock(
