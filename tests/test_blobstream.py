@@ -77,6 +77,27 @@ def test_budget_bounds_what_is_loaded_ahead(repo: Repository) -> None:
     stream.close()
 
 
+def test_a_blob_is_loaded_ahead_only_if_it_fits_beside_what_is_held(
+    repo: Repository,
+) -> None:
+    """Not merely while what is held is under the budget: a restore writer otherwise
+    held up to a whole large blob more (``big``: writers of 39-45 MiB, 37-40 after)."""
+    rnd = random.Random(7)
+    sizes = [10_000, 10_000, 45_000, 10_000]
+    blobs = []
+    for size in sizes:
+        data = rnd.randbytes(size)
+        blobs.append((repo.save_blob(BlobType.DATA, data)[0], data))
+    repo.flush()
+    budget = 50_000
+    stream = BlobStream(repo, threads=0, budget=budget, max_request=30_000)
+    stream.plan((b, len(d)) for b, d in blobs)
+    assert 0 < stream._ahead_bytes <= budget  # the 45,000-byte blob waits
+    for b, d in blobs:  # and comes when asked for
+        assert stream.get(b, len(d)) == d
+    stream.close()
+
+
 @pytest.mark.parametrize("threads", [0, 2])
 def test_a_blob_larger_than_the_budget_is_not_loaded_while_another_is_out(
     repo: Repository, threads: int
