@@ -4,6 +4,7 @@ the joined payload sealed by ``seal`` gave: stored, compressed and padded payloa
 from __future__ import annotations
 
 import os
+import tracemalloc
 
 import pytest
 
@@ -79,3 +80,20 @@ def test_a_write_only_key_still_seals_the_joined_payload() -> None:
     assert sealed[0] == crypto.SCHEME_PUBLIC
     opened = packfmt.open_blob(KEYS, BlobType.DATA, blob_id, bytes(sealed), len(plaintext))
     assert opened == plaintext
+
+
+def test_a_stored_blob_is_sealed_without_a_second_copy() -> None:
+    """Sealing a stored 4 MiB blob allocates the sealed blob and not much more (the
+    joined payload, and a bytearray's copy of a non-bytearray slice value, were each
+    another 4 MiB)."""
+    data = os.urandom(4 << 20)
+    blob_id = KEYS.blob_id(BlobType.DATA, data)
+    for padding in (None, "padme"):
+        tracemalloc.start()
+        try:
+            sealed = packfmt.seal_blob(KEYS, BlobType.DATA, blob_id, data, padding=padding)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sealed[1 + crypto.NONCE_SIZE :] != data  # encrypted
+        assert len(sealed) <= peak < len(sealed) + (1 << 20)

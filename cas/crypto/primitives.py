@@ -208,8 +208,11 @@ def seal_parts(
     out = bytearray(start + n + TAG_SIZE)
     out[0] = SCHEME_XCHACHA
     out[1:start] = nonce
-    out[start:mid] = head
-    out[mid : mid + len(body)] = body
+    with memoryview(out) as view:
+        # through a view: a bytearray's own slice assignment first copies any value
+        # that is not a bytearray (the whole body again)
+        view[start:mid] = head
+        view[mid : mid + len(body)] = body
     dest = _ffi.from_buffer(out)
     rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
         dest + start,
