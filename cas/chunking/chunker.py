@@ -17,17 +17,25 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from cas import crypto
 from cas.errors import CasError
 
-try:
-    from fastcdc.fastcdc_cy import fastcdc_cy as _fastcdc
-except ImportError as e:  # pragma: no cover - depends on the installation
-    raise CasError(
-        "fastcdc's compiled chunker (fastcdc.fastcdc_cy) is not importable; "
-        "the pure-Python fallback is far too slow: reinstall fastcdc with a C compiler"
-    ) from e
+
+def _load_fastcdc() -> Callable[..., Iterator[Any]]:
+    """fastcdc's compiled chunker, imported by the first ``Chunker`` (only repositories
+    of ``fastcdc-2016-permuted`` have one): the package imports click and hashlib with
+    it, about 7.6 MiB of resident memory in each process that chunks, and a backup
+    worker of a ``window-aes128`` repository needs none of it."""
+    try:
+        from fastcdc.fastcdc_cy import fastcdc_cy
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise CasError(
+            "fastcdc's compiled chunker (fastcdc.fastcdc_cy) is not importable; "
+            "the pure-Python fallback is far too slow: reinstall fastcdc with a C compiler"
+        ) from e
+    return fastcdc_cy  # type: ignore[no-any-return]
 
 
 # First window of bytes permuted after min_size; it doubles while no cut is found.
@@ -400,6 +408,7 @@ class Chunker(StreamChunker):
         if sorted(permutation) != list(range(256)):
             raise CasError("chunker permutation is not a permutation of 0..255")
         self._perm = permutation
+        self._fastcdc = _load_fastcdc()
 
     @property
     def permutation(self) -> bytes:
@@ -426,7 +435,7 @@ class Chunker(StreamChunker):
         while True:
             end = min(done + step, limit)
             scratch[done:end] = buf[start + done : start + end].translate(self._perm)
-            c = next(_fastcdc(view[:end], p.min_size, p.avg_size, p.max_size))
+            c = next(self._fastcdc(view[:end], p.min_size, p.avg_size, p.max_size))
             if c.length < end:
                 return int(c.length)
             if end == limit:  # fastcdc ends a chunk at the end of what it is given

@@ -33,6 +33,7 @@ from cas.crypto.primitives import (
     open_sealed,
     open_sealed_to_public,
     seal_buffer,
+    seal_parts,
     seal_to_public,
     x25519_public,
     x25519_secret,
@@ -67,6 +68,18 @@ class SecretKey:
     ) -> bytearray:
         """scheme byte | 24-byte nonce | ciphertext | tag (spec §5)."""
         return seal_buffer(self._key, plaintext, ad, nonce)
+
+    def seal_parts(
+        self,
+        head: bytes,
+        body: bytes | bytearray | memoryview,
+        zeros: int,
+        ad: bytes,
+        nonce: bytes | None = None,
+    ) -> bytearray:
+        """``seal(head + body + bytes(zeros), ...)``, the payload laid out and encrypted
+        in place in the result (``seal_parts``): no joined copy of it."""
+        return seal_parts(self._key, head, body, zeros, ad, nonce)
 
     def open(
         self, sealed: bytes | bytearray | memoryview, ad: bytes, what: str

@@ -182,6 +182,54 @@ def seal_buffer(
     return out
 
 
+def seal_parts(
+    key: bytes,
+    head: bytes,
+    body: bytes | bytearray | memoryview,
+    zeros: int,
+    ad: bytes,
+    nonce: bytes | None = None,
+) -> bytearray:
+    """``seal_buffer(key, head + body + bytes(zeros), ad, nonce)`` without that payload
+    ever being joined: head and body are copied into the result, where the zeros already
+    are, and libsodium encrypts them there in place (its AEAD functions allow the
+    message and ciphertext to be the same buffer).  The same bytes as ``seal_buffer``;
+    one buffer of the blob's size instead of two (payload and sealed) while it is sealed.
+    """
+    if nonce is None:
+        nonce = os.urandom(NONCE_SIZE)
+    if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
+        raise ValueError("bad key or nonce size")
+    if zeros < 0:
+        raise ValueError("negative padding")
+    start = 1 + NONCE_SIZE
+    mid = start + len(head)
+    n = len(head) + len(body) + zeros
+    out = bytearray(start + n + TAG_SIZE)
+    out[0] = SCHEME_XCHACHA
+    out[1:start] = nonce
+    with memoryview(out) as view:
+        # through a view: a bytearray's own slice assignment first copies any value
+        # that is not a bytearray (the whole body again)
+        view[start:mid] = head
+        view[mid : mid + len(body)] = body
+    dest = _ffi.from_buffer(out)
+    rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        dest + start,
+        _ffi.NULL,
+        dest + start,
+        n,
+        ad,
+        len(ad),
+        _ffi.NULL,
+        nonce,
+        key,
+    )
+    if rc != 0:  # pragma: no cover - libsodium does not fail here
+        raise nacl.exceptions.CryptoError("encryption failed")
+    return out
+
+
 def open_sealed(
     key: bytes, sealed: bytes | bytearray | memoryview, ad: bytes, what: str
 ) -> bytearray:

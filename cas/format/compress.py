@@ -52,7 +52,7 @@ PROBE_LEVEL = 1
 PROBE_RATIO = 0.97
 
 
-def _incompressible(data: bytes | memoryview) -> bool:
+def _incompressible(data: bytes | bytearray | memoryview) -> bool:
     step = len(data) // PROBE_SLICES
     c = _compressor(PROBE_LEVEL)
     view = memoryview(data)
@@ -63,8 +63,13 @@ def _incompressible(data: bytes | memoryview) -> bool:
     return True
 
 
-def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) -> bytes:
-    """Flag byte + zstd frame, or flag byte + data when compression does not pay (or level None)."""
+def encode_parts(
+    data: bytes | bytearray | memoryview, level: int | None = DEFAULT_LEVEL
+) -> tuple[int, bytes | bytearray | memoryview]:
+    """``encode_payload`` as its flag and the body after it, not joined: the zstd frame,
+    or ``data`` itself (no copy) when compression does not pay (or level None).  A
+    sealer lays them out in its own buffer (``seal_blob``), so a blob is not copied
+    into a joined payload first."""
     if (
         level is not None
         and len(data) > 64
@@ -72,8 +77,14 @@ def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) 
     ):
         packed = _compressor(level).compress(data)
         if len(packed) < len(data):
-            return b"".join((_ZSTD_FLAG, packed))
-    return b"".join((_STORED_FLAG, data))
+            return ZSTD, packed
+    return STORED, data
+
+
+def encode_payload(data: bytes | memoryview, level: int | None = DEFAULT_LEVEL) -> bytes:
+    """Flag byte + zstd frame, or flag byte + data when compression does not pay (or level None)."""
+    flag, body = encode_parts(data, level)
+    return b"".join((_ZSTD_FLAG if flag == ZSTD else _STORED_FLAG, body))
 
 
 def take_payload(payload: bytes | bytearray, max_size: int, what: str) -> bytes | bytearray:

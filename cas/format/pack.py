@@ -82,19 +82,25 @@ def padme(length: int) -> int:
     return (length + mask) & ~mask
 
 
+def padded_head(flag: int, body: int, scheme: str | None) -> tuple[bytes, int]:
+    """What goes before a payload body of ``body`` bytes and how many zero bytes after
+    it (§8.1): the flag alone without a scheme; with one, the flag's padded form and the
+    body's length, then zeros up to a sealed length that is a Padmé length."""
+    if scheme is None:
+        return bytes((flag,)), 0
+    if scheme not in PADDINGS:
+        raise FormatError(what="padding", detail=f"unknown padding {scheme!r}")
+    minimal = crypto.SEAL_OVERHEAD + 1 + PAD_LENGTH.size + body
+    return bytes((PADDED | flag,)) + PAD_LENGTH.pack(body), padme(minimal) - minimal
+
+
 def pad_payload(payload: bytes, scheme: str | None) -> bytes:
     """``payload`` padded (§8.1) so that its sealed length is a Padmé length; as is
     without a scheme."""
     if scheme is None:
         return payload
-    if scheme not in PADDINGS:
-        raise FormatError(what="padding", detail=f"unknown padding {scheme!r}")
-    body = len(payload) - 1
-    minimal = crypto.SEAL_OVERHEAD + 1 + PAD_LENGTH.size + body
-    zeros = padme(minimal) - minimal
-    return b"".join(
-        (bytes((PADDED | payload[0],)), PAD_LENGTH.pack(body), payload[1:], bytes(zeros))
-    )
+    head, zeros = padded_head(payload[0], len(payload) - 1, scheme)
+    return b"".join((head, memoryview(payload)[1:], bytes(zeros)))
 
 
 def unpad_payload(plain: bytes | bytearray, what: str) -> bytes | bytearray:
@@ -132,8 +138,14 @@ def seal_blob(
 ) -> bytearray:
     """Compress (when it pays), pad (with a ``padding`` scheme) and seal one blob bound
     to its type and ID."""
-    payload = pad_payload(compress.encode_payload(plaintext, level), padding)
-    return keys.data.seal(payload, crypto.blob_ad(blob_type, blob_id), nonce)
+    flag, body = compress.encode_parts(plaintext, level)
+    head, zeros = padded_head(flag, len(body), padding)
+    ad = crypto.blob_ad(blob_type, blob_id)
+    sealer = keys.data
+    if isinstance(sealer, crypto.SecretKey):
+        # laid out and encrypted in place in one buffer: no joined payload beside it
+        return sealer.seal_parts(head, body, zeros, ad, nonce)
+    return sealer.seal(b"".join((head, body, bytes(zeros))), ad, nonce)
 
 
 def open_blob(

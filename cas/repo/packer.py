@@ -13,7 +13,6 @@ four packs of up to 16 MiB.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from cas.backend.base import scan_pieces
 from cas.crypto import BlobType
 from cas.errors import BackendError, CasError, IntegrityError
 from cas.format import pack as packfmt
-from cas.ids import storage_id
+from cas.ids import new_sha256, storage_id
 
 # Bytes of a spooling pack kept in memory before they are written to its file.
 SPOOL_BUFFER = 256 << 10
@@ -78,7 +77,7 @@ class FinishedPack:
                 got += n
         except OSError as e:
             raise CasError(f"cannot read a temporary pack file: {e.strerror}") from None
-        if got != self.size or hashlib.sha256(data).digest() != self.pack_id:
+        if got != self.size or storage_id(data) != self.pack_id:
             raise IntegrityError(what="new pack", detail="its temporary file changed")
         return data
 
@@ -92,7 +91,7 @@ class FinishedPack:
         pieces to check that they still hash to the pack's ID (a disk that changed them
         is caught before anything is stored)."""
         assert self._spool is not None
-        digest = hashlib.sha256()
+        digest = new_sha256()
         try:
             for piece in scan_pieces(self._spool, self.size):
                 digest.update(piece)
@@ -131,7 +130,7 @@ class Packer:
         self._spool = spool
         self._file: BinaryIO | None = None
         self._spooled = 0  # bytes in the file
-        self._hash = hashlib.sha256()  # of the bytes in the file
+        self._hash = new_sha256()  # of the bytes in the file
 
     @property
     def size(self) -> int:
@@ -197,7 +196,7 @@ class Packer:
         if self._file is not None:
             self._file.close()
         self._data, self._entries = bytearray(), []
-        self._file, self._spooled, self._hash = None, 0, hashlib.sha256()
+        self._file, self._spooled, self._hash = None, 0, new_sha256()
 
     def take(self, piece: int) -> Iterator[tuple[bytes, list[packfmt.PackEntry]]]:
         """The sealed blobs added so far, in pieces of about ``piece`` bytes (more only
@@ -249,5 +248,5 @@ class Packer:
             pack.discard()
             raise IntegrityError(what="new pack", detail="header does not read back as written")
         self._data, self._entries = bytearray(), []
-        self._spooled, self._hash = 0, hashlib.sha256()
+        self._spooled, self._hash = 0, new_sha256()
         return pack

@@ -443,6 +443,9 @@ class BlobSaver:
                 )
                 for t, bid, data in batch
             ]
+            # the plaintexts, no longer needed: not held (the submitted job keeps this
+            # list) while the blobs are packed and a full pack waits for an upload slot
+            batch.clear()
             full = []
             with self._lock:
                 for blob_type, blob_id, blob, raw_length in sealed:
