@@ -447,6 +447,22 @@ def test_new_directories_through_workers_make_the_trees_one_process_makes(
     _restored_equal(tmp_path, fresh, src)
 
 
+def test_files_handed_out_by_name_count_as_one_process_counts_them(tmp_path: Path) -> None:
+    """A first backup through workers (new directories: their files go out by name, and
+    their results are counted a batch at a time) sums to the one-process summary."""
+    src, repo, one_copy = tmp_path / "src", tmp_path / "repo", tmp_path / "one"
+    _tree(src)
+    _init(repo)
+    shutil.copytree(repo, one_copy)  # the same keys: the same chunks
+    counts = {"2": _backup(repo, src, "--workers", "2")["summary"]}
+    # The copy is another client's repository (the same ID): its own client state
+    env = {"XDG_STATE_HOME": str(tmp_path / "st")}
+    counts["0"] = _backup(one_copy, src, "--workers", "0", env=env)["summary"]
+    assert counts["2"]["workers"] == 2
+    for key in ("files_new", "bytes_total", "bytes_read", "data_blobs_new", "data_added"):
+        assert counts["2"][key] == counts["0"][key], key
+
+
 def test_unreadable_files_in_a_handed_out_directory_are_warnings(tmp_path: Path) -> None:
     """A worker that cannot open a file of a directory it was handed by name warns
     about it (the main process reports it) and the rest of the directory is saved."""

@@ -473,7 +473,42 @@ def item_rows(keys: crypto.MasterKeys) -> list[tuple[str, int, Callable[[], obje
             len(nodes),
             lambda: [encode_node(x) for x in nodes],
         ),
+        (
+            "per item: Archiver._names_done, 1,000 batches of 100 saved files",
+            100_000,
+            _names_done_rounds(),
+        ),
     ]
+
+
+def _names_done_rounds() -> Callable[[], object]:
+    """The main process's work per file a worker saved by name (``Archiver._names_done``:
+    the summary, the report, the encoded node kept), with the CLI's status-line reporter
+    off a terminal, as a benchmark runs it; 1,000 batches of 100 files."""
+    from types import MethodType, SimpleNamespace
+
+    from cas.backup import archiver
+    from cas.backup.anomaly import Changes
+    from cas.backup.pool import SAVED
+    from cas.cli.cmd_backup import _Progress
+
+    out = SimpleNamespace(json=False, quiet=False, progress_enabled=False)
+    out.progress_due = lambda: False  # off a terminal, without -v: no status line
+    arch = SimpleNamespace(summary=archiver.BackupSummary(), changes=Changes(), _pool=None)
+    arch.report = _Progress(out)  # type: ignore[arg-type]
+    arch._warn = lambda m: None
+    arch._file_saved = MethodType(archiver.Archiver._file_saved, arch)
+    names = [b"f%03d" % i for i in range(100)]
+    results = [[SAVED, bytes(120), 500, 500, 1, 500, []] for _ in names]
+    frame = SimpleNamespace(path=b"/src/dir", nodes=[], waiting=0, walked=False)
+    done = archiver.Archiver._names_done
+
+    def rounds() -> None:
+        for _ in range(1000):
+            frame.nodes = []
+            done(arch, frame, names, results)  # type: ignore[arg-type]
+
+    return rounds
 
 
 def _print(rows: list[tuple[str, str]]) -> None:

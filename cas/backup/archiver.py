@@ -484,7 +484,13 @@ class Archiver:
         frame.waiting -= len(names)
         base = frame.path + b"/"
         summary, report, nodes = self.summary, self.report, frame.nodes
+        entry = report.entry
         back, again = [], []
+        # Summed over the batch and counted once after it (the status line shows the
+        # batch's last file, and its bytes, as it would after the last file's calls):
+        # this loop runs once per file of a million-file backup, in the main process.
+        saved = read = blobs = added_sum = size_sum = moved = 0
+        last, last_size = b"", 0
         for name, result in zip(names, results, strict=True):
             kind = result[0]
             if kind == SAVED:
@@ -492,12 +498,15 @@ class Archiver:
                 for w in warnings:
                     self._warn(w)
                 path = base + name
-                summary.bytes_read += bytes_read
-                summary.data_blobs_new += new_blobs
-                summary.data_added += added
-                report.file_started(path, size)
-                self._file_saved(path, size, None, added)
-                report.bytes_done(size)
+                saved += 1
+                read += bytes_read
+                blobs += new_blobs
+                added_sum += added
+                size_sum += size
+                if added == 0 and size > 0:  # its content is stored already (_file_saved)
+                    moved += 1
+                last, last_size = path, size
+                entry(path, "new", "file", size, added)
                 nodes.append(EncodedNode(name, "file", raw))
             elif kind == AGAIN:
                 again.append(name)
@@ -506,7 +515,16 @@ class Archiver:
             else:  # skipped
                 for w in result[1]:
                     self._warn(w)
-                summary.bytes_read += result[2]
+                read += result[2]
+        summary.bytes_read += read
+        if saved:
+            summary.data_blobs_new += blobs
+            summary.data_added += added_sum
+            summary.bytes_total += size_sum
+            summary.files_new += saved
+            self.changes.moved += moved
+            report.file_started(last, last_size)
+            report.bytes_done(size_sum)
         if again:  # a batch of larger files than thought: split among the workers
             assert self._pool is not None
             parts = max(1, min(self._pool.count, len(again)))
