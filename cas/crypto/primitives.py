@@ -13,6 +13,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 import blake3
 import nacl.bindings as sodium
@@ -157,19 +158,37 @@ def seal_buffer(
     PyNaCl's own cffi handle): PyNaCl's wrapper would zero a buffer and copy
     it out, and framing would copy it again: three passes over every byte.
     """
+    nonce = _checked_nonce(key, nonce)
+    n = len(plaintext)
+    out = _sealed_frame(n, nonce)
+    _encrypt_into(out, _ffi.from_buffer(plaintext), n, ad, nonce, key)
+    return out
+
+
+def _checked_nonce(key: bytes, nonce: bytes | None) -> bytes:
+    """``nonce``, or a random one; ValueError for a key or nonce of the wrong size."""
     if nonce is None:
         nonce = os.urandom(NONCE_SIZE)
     if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
         raise ValueError("bad key or nonce size")
-    n = len(plaintext)
+    return nonce
+
+
+def _sealed_frame(n: int, nonce: bytes) -> bytearray:
+    """A zeroed sealed buffer for ``n`` plaintext bytes, scheme byte and nonce in place."""
     out = bytearray(1 + NONCE_SIZE + n + TAG_SIZE)
     out[0] = SCHEME_XCHACHA
     out[1 : 1 + NONCE_SIZE] = nonce
-    dest = _ffi.from_buffer(out)
+    return out
+
+
+def _encrypt_into(out: bytearray, source: Any, n: int, ad: bytes, nonce: bytes, key: bytes) -> None:
+    """libsodium encrypts ``n`` bytes at ``source`` (a cffi pointer, which may point into
+    ``out`` itself) into ``out`` after its scheme byte and nonce, tag last."""
     rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        dest + 1 + NONCE_SIZE,
+        _ffi.from_buffer(out) + 1 + NONCE_SIZE,
         _ffi.NULL,
-        _ffi.from_buffer(plaintext),
+        source,
         n,
         ad,
         len(ad),
@@ -179,7 +198,6 @@ def seal_buffer(
     )
     if rc != 0:  # pragma: no cover - libsodium does not fail here
         raise nacl.exceptions.CryptoError("encryption failed")
-    return out
 
 
 def seal_parts(
@@ -196,37 +214,19 @@ def seal_parts(
     message and ciphertext to be the same buffer).  The same bytes as ``seal_buffer``;
     one buffer of the blob's size instead of two (payload and sealed) while it is sealed.
     """
-    if nonce is None:
-        nonce = os.urandom(NONCE_SIZE)
-    if len(key) != KEY_SIZE or len(nonce) != NONCE_SIZE:
-        raise ValueError("bad key or nonce size")
+    nonce = _checked_nonce(key, nonce)
     if zeros < 0:
         raise ValueError("negative padding")
     start = 1 + NONCE_SIZE
     mid = start + len(head)
     n = len(head) + len(body) + zeros
-    out = bytearray(start + n + TAG_SIZE)
-    out[0] = SCHEME_XCHACHA
-    out[1:start] = nonce
+    out = _sealed_frame(n, nonce)
     with memoryview(out) as view:
         # through a view: a bytearray's own slice assignment first copies any value
         # that is not a bytearray (the whole body again)
         view[start:mid] = head
         view[mid : mid + len(body)] = body
-    dest = _ffi.from_buffer(out)
-    rc = _lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        dest + start,
-        _ffi.NULL,
-        dest + start,
-        n,
-        ad,
-        len(ad),
-        _ffi.NULL,
-        nonce,
-        key,
-    )
-    if rc != 0:  # pragma: no cover - libsodium does not fail here
-        raise nacl.exceptions.CryptoError("encryption failed")
+    _encrypt_into(out, _ffi.from_buffer(out) + start, n, ad, nonce, key)
     return out
 
 
