@@ -490,12 +490,12 @@ def _names_done_rounds() -> Callable[[], object]:
     from cas.backup import archiver
     from cas.backup.anomaly import Changes
     from cas.backup.pool import SAVED
-    from cas.cli.cmd_backup import _Progress
+    from cas.cli.backup_progress import BackupProgress
 
     out = SimpleNamespace(json=False, quiet=False, progress_enabled=False)
     out.progress_due = lambda: False  # off a terminal, without -v: no status line
     arch = SimpleNamespace(summary=archiver.BackupSummary(), changes=Changes(), _pool=None)
-    arch.report = _Progress(out)  # type: ignore[arg-type]
+    arch.report = BackupProgress(out)  # type: ignore[arg-type]
     arch._warn = lambda m: None
     arch._file_saved = MethodType(archiver.Archiver._file_saved, arch)
     names = [b"f%03d" % i for i in range(100)]
