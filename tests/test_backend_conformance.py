@@ -255,9 +255,8 @@ def test_concurrent_writes_of_the_same_object_all_succeed(backend: Backend) -> N
 
 def test_concurrent_conflicting_writes_keep_exactly_one(backend: Backend) -> None:
     # On S3 this leans on the server: AWS makes If-None-Match atomic, while
-    # moto 5.2.5 checks and then stores without a lock.  Its window is a few
-    # microseconds and never lost in 1,200 stress trials of 16 writers, but a
-    # failure here on S3 alone would point at moto before it points at us.
+    # moto checks and then stores without a lock; the tests' moto server
+    # (tests/support/moto_atomic.py) serializes those writes, as AWS would.
     contents = [bytes([i]) * 50_000 for i in range(16)]
     results = run_in_threads([partial(backend.write, NAME, c) for c in contents])
     winners = [c for c, r in zip(contents, results, strict=True) if r is None]

@@ -53,6 +53,7 @@ _CLEARED_AWS_ENV = (
 )
 _STARTUP_DEADLINE = 60.0  # seconds; a slow CI machine imports moto slowly
 _START_ATTEMPTS = 3
+_MOTO_ATOMIC = Path(__file__).with_name("moto_atomic.py")  # moto.server, writes atomic
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -107,7 +108,8 @@ def make_s3_client(endpoint: str, **config: Any) -> Any:
 
 
 def start_moto_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m moto.server`` and wait until it answers HTTP.
+    """Start moto's server (``moto_atomic.py``: conditional writes atomic, as on AWS)
+    and wait until it answers HTTP.
 
     Another process may take the free port between our probe and the
     server's bind, so a server that exits early is retried on a new port.
@@ -118,7 +120,7 @@ def start_moto_server(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         port = _free_port()
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, str(_MOTO_ATOMIC), "-H", "127.0.0.1", "-p", str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
