@@ -77,7 +77,7 @@ def storage_id(data: bytes | bytearray | memoryview) -> bytes:
     Up to ``SMALL_STORED`` bytes (key files, locks, the config, a cache's location)
     with libsodium's SHA-256, which every process has loaded: opening a repository then
     maps no OpenSSL before its key derivation, whose 32 MiB come on top of what the
-    process holds.  Larger data with ``hashlib`` (OpenSSL's is faster there)."""
+    process holds.  Larger data with ``new_sha256`` (an OpenSSL: faster there)."""
     if len(data) <= SMALL_STORED:
         from nacl.bindings import crypto_hash_sha256
 
