@@ -7,7 +7,6 @@ expected without costing anything at run time.
 
 from __future__ import annotations
 
-import sys
 from typing import NewType, Protocol
 
 BlobId = NewType("BlobId", bytes)  # keyed BLAKE3 of a blob's plaintext
@@ -18,7 +17,7 @@ ID_LEN = 32
 
 
 class Sha256(Protocol):
-    """What cas uses of a SHA-256 hash object (``hashlib``'s, or ``_RustSha256``)."""
+    """What cas uses of a SHA-256 hash object (``hashlib``'s)."""
 
     def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
 
@@ -27,42 +26,15 @@ class Sha256(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class _RustSha256:
-    """SHA-256 from the OpenSSL inside ``cryptography`` (the window chunker's AES), for a
-    process that has it loaded and not ``hashlib``'s: a backup worker would otherwise map
-    a second OpenSSL, the system's libcrypto, for the pack names alone (3.4 MiB resident
-    in each worker).  The same digests at the same speed (SHA-NI in both)."""
-
-    __slots__ = ("_h",)
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        from cryptography.hazmat.primitives import hashes
-
-        self._h = hashes.Hash(hashes.SHA256())
-        if data:
-            self._h.update(data)
-
-    def update(self, data: bytes | bytearray | memoryview, /) -> None:
-        self._h.update(data)
-
-    def digest(self) -> bytes:
-        return self._h.copy().finalize()
-
-    def hexdigest(self) -> str:
-        return self.digest().hex()
-
-
 def new_sha256(data: bytes | bytearray | memoryview = b"") -> Sha256:
-    """A SHA-256 hash object fed ``data``.
+    """A SHA-256 hash object fed ``data``: ``hashlib``'s, in every process (one policy).
 
     ``hashlib`` is imported here, on first use, not with this module: it maps OpenSSL's
     libcrypto (3.5 MiB resident in each process that loads it), and a restore writer,
-    which reads blobs and never a whole stored file, does not need it.  A process that
-    already has ``cryptography``'s OpenSSL and not ``hashlib``'s (a backup worker, whose
-    chunker uses its AES) hashes with that one instead of mapping the other.
+    which reads blobs and never a whole stored file, does not need it.  A backup
+    worker maps that libcrypto anyway: its window chunker's AES is libcrypto's
+    (:mod:`cas.chunking.cbc`), so the pack names cost no second OpenSSL.
     """
-    if "_hashlib" not in sys.modules and "cryptography.hazmat.bindings._rust" in sys.modules:
-        return _RustSha256(data)
     import hashlib  # on first use (see above)
 
     return hashlib.sha256(data)

@@ -463,18 +463,24 @@ class WindowChunker(StreamChunker):
     """
 
     def __init__(
-        self, aes_key: bytes, params: ChunkerParams, buffer_size: int = 0, accelerate: bool = True
+        self,
+        aes_key: bytes,
+        params: ChunkerParams,
+        buffer_size: int = 0,
+        accelerate: bool = True,
+        prefer_libcrypto: bool = True,
     ) -> None:
         super().__init__(params, buffer_size)
         if len(aes_key) != 16:
             raise CasError("window chunker key is not 16 bytes")
         # Imported here: a command that reads and never chunks does without it.
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+        from cas.chunking.cbc import cbc_decryptor
 
         # CBC decryption: block i of the output is AES-decrypt(block i) XOR block i - 1
         # of the input, one PRF value per window (OpenSSL decrypts CBC in parallel);
         # the first output block of each call depends on the previous call: unused.
-        self._aes = Cipher(algorithms.AES(aes_key), modes.CBC(bytes(16))).decryptor()
+        # The system libcrypto's (the OpenSSL hashlib maps), else cryptography's.
+        self._aes = cbc_decryptor(aes_key, prefer_libcrypto)
         self._threshold = window_threshold(params)
         # the largest first (and, after a zero first, second) byte a cut can have
         self._top = (self._threshold - 1) >> 24
@@ -525,25 +531,25 @@ class WindowChunker(StreamChunker):
     ) -> int:
         lo = max(self.params.min_size, tested + 1)  # the shortest chunk length still to test
         first_below, threshold = self._first_below, self._threshold
-        with memoryview(buf) as view:
-            while lo <= limit:
-                best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
-                for shift in range(16):
-                    first = lo + shift  # lengths first, first + 16, ... below best
-                    if first >= best:
-                        break
-                    blocks = (best - first + 15) >> 4
-                    a = start + first - 32  # the window before the first, then the first
-                    n = self._aes.update_into(view[a : a + 16 * blocks + 16], scratch)
-                    if first_below is None:
-                        i = self._first_cut(scratch, n)
-                    else:  # the same search in C: blocks of out[16:n] below the threshold
-                        i = first_below(scratch, 16, n, 16, threshold)
-                    if i >= 0:
-                        best = min(best, first + 16 * i)
-                if best < hi:
-                    return best
-                lo = hi
+        decrypt_into = self._aes.decrypt_into
+        while lo <= limit:
+            best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
+            for shift in range(16):
+                first = lo + shift  # lengths first, first + 16, ... below best
+                if first >= best:
+                    break
+                blocks = (best - first + 15) >> 4
+                a = start + first - 32  # the window before the first, then the first
+                n = decrypt_into(buf, a, 16 * blocks + 16, scratch)
+                if first_below is None:
+                    i = self._first_cut(scratch, n)
+                else:  # the same search in C: blocks of out[16:n] below the threshold
+                    i = first_below(scratch, 16, n, 16, threshold)
+                if i >= 0:
+                    best = min(best, first + 16 * i)
+            if best < hi:
+                return best
+            lo = hi
         return limit if final else 0
 
 
