@@ -11,16 +11,33 @@ from one call to the next).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from cas.errors import CasError
 
+# decrypt(at, n): buf[at:at + n] (n a multiple of 16) decrypted into the bound output
+# buffer's start; returns n
+Decrypt = Callable[[int, int], int]
+
 
 class CbcDecryptor(Protocol):
-    """Decrypts ``buf[at:at + n]`` (``n`` a multiple of 16) into ``out``; returns ``n``."""
+    """AES-128-CBC decryption with the chain carried from one call to the next."""
 
-    def decrypt_into(self, buf: Any, at: int, n: int, out: bytearray) -> int: ...
+    def bound(self, buf: Any, out: bytearray) -> contextlib.AbstractContextManager[Decrypt]:
+        """A ``decrypt(at, n)`` from ``buf`` into ``out``, for the ``with`` block."""
+        ...
+
+    def decrypt_into(self, buf: Any, at: int, n: int, out: bytearray) -> int:
+        """``buf[at:at + n]`` decrypted into ``out``; returns ``n``."""
+        ...
+
+
+def _check(at: int, n: int, size: int, room: int) -> None:
+    if n & 15 or at < 0 or at + n > size or n > room:
+        raise ValueError("CBC decryption out of bounds or not whole blocks")
 
 
 def _libcrypto() -> ctypes.CDLL | None:
@@ -99,35 +116,46 @@ class _LibcryptoCbc:
         if ctx:
             self._free(ctx)
 
-    def decrypt_into(self, buf: Any, at: int, n: int, out: bytearray) -> int:
-        if n & 15 or at < 0 or at + n > len(buf) or n > len(out):
-            raise ValueError("CBC decryption out of bounds or not whole blocks")
-        if not n:
-            return 0
-        # pointers into the buffers, not copies; an exported buffer is let go at once
-        # (a mapping with an export cannot be closed)
-        dst = ctypes.c_char.from_buffer(out)
+    @contextlib.contextmanager
+    def bound(self, buf: Any, out: bytearray) -> Iterator[Decrypt]:
+        # Pointers into the buffers, taken once for the block, not per call (a call
+        # decrypts 64 KiB: the lookups would cost a tenth of it); the exports are let
+        # go at its end (a mapping with an export cannot be closed).
+        held: list[Any] = [ctypes.c_char.from_buffer(out)]
         try:
-            if isinstance(buf, bytes):
+            dst, room, size = ctypes.addressof(held[0]), len(out), len(buf)
+            if not size:
+                src = 0  # nothing to point at; every n > 0 is out of bounds
+            elif isinstance(buf, bytes):
                 src = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0
-                ok = self._update(self._ctx, ctypes.addressof(dst), self._outl, src + at, n)
             else:
                 try:
-                    held = ctypes.c_char.from_buffer(buf, at)
-                except TypeError:  # a read-only buffer: decrypt a copy of the part
-                    with memoryview(buf) as view, view[at : at + n] as part:
-                        return self.decrypt_into(bytes(part), 0, n, out)
-                try:
-                    ok = self._update(
-                        self._ctx, ctypes.addressof(dst), self._outl, ctypes.addressof(held), n
-                    )
-                finally:
-                    del held
+                    held.append(ctypes.c_char.from_buffer(buf))
+                except TypeError:  # read-only: a copy (not what the chunker gives)
+                    with memoryview(buf) as view:
+                        buf = bytes(view)
+                    src = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value or 0
+                else:
+                    src = ctypes.addressof(held[-1])
+            update, ctx, outl = self._update, self._ctx, self._outl
+
+            def decrypt(at: int, n: int) -> int:
+                if n & 15 or at < 0 or at + n > size or n > room:
+                    _check(at, n, size, room)
+                if update(ctx, dst, outl, src + at, n) != 1 or outl.value != n:
+                    raise CasError("libcrypto AES-128-CBC decryption failed")  # pragma: no cover
+                return n
+
+            yield decrypt
         finally:
-            del dst
-        if ok != 1 or self._outl.value != n:  # pragma: no cover - libcrypto failed
-            raise CasError("libcrypto AES-128-CBC decryption failed")
-        return n
+            held.clear()
+
+    def decrypt_into(self, buf: Any, at: int, n: int, out: bytearray) -> int:
+        _check(at, n, len(buf), len(out))
+        if not n:
+            return 0
+        with self.bound(buf, out) as decrypt:
+            return decrypt(at, n)
 
 
 class _CryptographyCbc:
@@ -140,11 +168,21 @@ class _CryptographyCbc:
 
         self._aes = Cipher(algorithms.AES(key), modes.CBC(bytes(16))).decryptor()
 
+    @contextlib.contextmanager
+    def bound(self, buf: Any, out: bytearray) -> Iterator[Decrypt]:
+        update_into = self._aes.update_into
+        with memoryview(buf) as view:
+
+            def decrypt(at: int, n: int) -> int:
+                _check(at, n, len(view), len(out))
+                with view[at : at + n] as part:
+                    return int(update_into(part, out))
+
+            yield decrypt
+
     def decrypt_into(self, buf: Any, at: int, n: int, out: bytearray) -> int:
-        if n & 15 or at < 0 or at + n > len(buf) or n > len(out):
-            raise ValueError("CBC decryption out of bounds or not whole blocks")
-        with memoryview(buf) as view, view[at : at + n] as part:
-            return int(self._aes.update_into(part, out))
+        with self.bound(buf, out) as decrypt:
+            return decrypt(at, n)
 
 
 def cbc_decryptor(key: bytes, prefer_libcrypto: bool = True) -> CbcDecryptor:

@@ -531,25 +531,25 @@ class WindowChunker(StreamChunker):
     ) -> int:
         lo = max(self.params.min_size, tested + 1)  # the shortest chunk length still to test
         first_below, threshold = self._first_below, self._threshold
-        decrypt_into = self._aes.decrypt_into
-        while lo <= limit:
-            best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
-            for shift in range(16):
-                first = lo + shift  # lengths first, first + 16, ... below best
-                if first >= best:
-                    break
-                blocks = (best - first + 15) >> 4
-                a = start + first - 32  # the window before the first, then the first
-                n = decrypt_into(buf, a, 16 * blocks + 16, scratch)
-                if first_below is None:
-                    i = self._first_cut(scratch, n)
-                else:  # the same search in C: blocks of out[16:n] below the threshold
-                    i = first_below(scratch, 16, n, 16, threshold)
-                if i >= 0:
-                    best = min(best, first + 16 * i)
-            if best < hi:
-                return best
-            lo = hi
+        with self._aes.bound(buf, scratch) as decrypt:
+            while lo <= limit:
+                best = hi = min(lo + AES_WINDOW, limit + 1)  # lengths lo .. hi - 1
+                for shift in range(16):
+                    first = lo + shift  # lengths first, first + 16, ... below best
+                    if first >= best:
+                        break
+                    blocks = (best - first + 15) >> 4
+                    a = start + first - 32  # the window before the first, then the first
+                    n = decrypt(a, 16 * blocks + 16)
+                    if first_below is None:
+                        i = self._first_cut(scratch, n)
+                    else:  # the same search in C: blocks of out[16:n] below the threshold
+                        i = first_below(scratch, 16, n, 16, threshold)
+                    if i >= 0:
+                        best = min(best, first + 16 * i)
+                if best < hi:
+                    return best
+                lo = hi
         return limit if final else 0
 
 
