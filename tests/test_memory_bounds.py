@@ -104,3 +104,15 @@ def test_check_proves_a_local_pack_in_pieces_in_the_main_process(tmp_path: Path)
     assert len(entries) == 16
     assert peak < 8 * MIB, peak
     assert crypto.BlobType.DATA in {e.type for e in repo.verify_pack(pack_id)}
+
+
+def test_check_opens_a_large_blob_where_it_was_read(tmp_path: Path) -> None:
+    """A large stored blob is opened in the piece read for it and its plaintext only
+    hashed: the piece and the decrypted blob (12 MiB), not also a copy of the sealed
+    bytes and one of the plaintext (24 MiB before)."""
+    repo = new_repo(LocalBackend(tmp_path), pack_size=16 * MIB)
+    pack_id = write_pack(repo, BlobType.DATA, [os.urandom(6 * MIB)])
+    entries: list[object] = []
+    peak = _traced(lambda: entries.extend(repo.verify_pack(pack_id)))
+    assert len(entries) == 1
+    assert peak < 14 * MIB, peak

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
-from cas import failpoints
+from cas import failpoints, ipc
 from cas.backend.base import ReadBackend
 from cas.check.findings import Affected, CheckResult, CheckSummary, Finding, Severity
 from cas.check.state import CheckState, Subset, select_packs
@@ -647,6 +647,9 @@ class Checker:
 
     def _read_data(self) -> bool:
         """Phase 5; whether it walked the snapshots (phase 6) too."""
+        # this process proves packs too (alone, or beside its helpers): their pieces
+        # and blobs of up to 8 MiB in mappings given back when freed, not in the heap
+        ipc.keep_heap_small()
         now = self.opts.clock()
         state = self.opts.state
         if state is not None:

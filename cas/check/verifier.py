@@ -330,6 +330,9 @@ def _error(raw: Any) -> CasError:
 
 
 def _serve(sock: socket.socket) -> None:
+    # pieces of packs and blobs of up to 8 MiB come and go: in their own mappings,
+    # given back when freed, not left in the heap above the process's resting size
+    ipc.keep_heap_small()
     init = ipc.recv(sock)
     reader = open_located(ReaderSpec.decode(bytes(init["spec"])))
     sending = threading.Lock()

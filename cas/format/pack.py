@@ -168,7 +168,7 @@ def open_blob_buffer(
     keys: crypto.KeyBase,
     blob_type: BlobType,
     blob_id: bytes,
-    sealed: bytes,
+    sealed: bytes | bytearray | memoryview,
     raw_length: int | None = None,
 ) -> bytes | bytearray:
     """``open_blob`` without its last copy: a blob stored uncompressed comes back in the

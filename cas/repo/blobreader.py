@@ -218,11 +218,21 @@ class PackRanges:
             digest.update(data)
             pos += len(data)
             held = held + data if held else data
+            # blobs opened where they were read, not copied out (views of bytes: not
+            # released by hand, an error's traceback may still hold libsodium's pointer)
+            view = memoryview(held)
             while nxt is not None and nxt.offset + nxt.length <= pos:
                 start = nxt.offset - held_at
-                sealed = held[start : start + nxt.length]
-                packfmt.open_blob(self._keys, nxt.type, nxt.blob_id, sealed, nxt.raw_length)
+                # the plaintext is only hashed: a stored blob is not copied to bytes
+                packfmt.open_blob_buffer(
+                    self._keys,
+                    nxt.type,
+                    nxt.blob_id,
+                    view[start : start + nxt.length],
+                    nxt.raw_length,
+                )
                 nxt = next(todo, None)
+            del view
             cut = (nxt.offset if nxt is not None else pos) - held_at
             held, held_at = held[cut:], held_at + cut
         if digest.digest() != pack_id:
