@@ -3,7 +3,7 @@
 
     python tools/bench_memory.py [--data /tmp/cas-bench/linux] [--repeat 3] [--workers 2]
                                  [--cas-path DIR] [--restore] [--work /tmp/cas-bench-memory]
-                                 [--jobs restore,check]
+                                 [--jobs restore,check] [--first DIR]
 
 Each run makes a fresh local repository (with its own cache and client state under
 ``--work``), backs the tree up with ``--workers`` pinned with ``taskset`` to as many
@@ -22,6 +22,10 @@ the tool runs cas from there, since the working directory comes first on ``sys.p
 ``--jobs restore,check`` also samples, after each backup, a restore of it to tmpfs and
 ``check --read-data`` (default helpers, pinned to as many cores as ``--workers``, at least
 one), each with its CPU seconds.
+``--first DIR`` measures an incremental backup instead: each directory in ``--data`` is
+backed up first from DIR's directory of that name, at one path (bind mounts, as
+tools/bench.py's ``edits``: ``--first /tmp/cas-bench --data /tmp/cas-bench/edits``).
+``main_peak_mib`` is the main process's own peak over the run.
 ``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
 importing each helper process's module and the CLI's; ``--traced`` runs the main
 process under tracemalloc and prints its traced peak and largest allocation sites.
@@ -40,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import TreeRss
+from bench import TreeRss, bind
 
 
 class SplitRss(TreeRss):
@@ -53,6 +57,7 @@ class SplitRss(TreeRss):
     def __init__(self, pid: int) -> None:
         super().__init__(pid)
         self.at_peak: list[int] = []
+        self.main_peak = 0  # the main process's own peak RSS
         self.pss_peak = 0
         self.at_pss_peak: list[dict[str, int]] = []
 
@@ -66,6 +71,7 @@ class SplitRss(TreeRss):
                     pids += [int(c) for c in f.read().split()]
         if total > self.peak:
             self.at_peak = [_rss(p) for p in pids]
+        self.main_peak = max(self.main_peak, _rss(self.pid))
         rollups = [_rollup(p) for p in pids]
         pss = sum(r.get("Pss", 0) for r in rollups)
         if pss > self.pss_peak:
@@ -135,13 +141,34 @@ main()
 
 
 def backup(
-    data: str, work: Path, workers: int, cas_path: str | None, traced: bool = False
+    data: str,
+    work: Path,
+    workers: int,
+    cas_path: str | None,
+    traced: bool = False,
+    first: str | None = None,
 ) -> dict[str, object]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = _env(work, cas_path)
     subprocess.run([sys.executable, "-m", "cas", "init"], env=env, check=True, capture_output=True)
-    return sampled(["backup", "--workers", str(workers), data], env, workers, traced)
+    if first is None:
+        return sampled(["backup", "--workers", str(workers), data], env, workers, traced)
+    # An incremental, as tools/bench.py runs `edits`: each directory in DATA at one path
+    # (a bind mount), holding FIRST's directory of that name for the first backup.
+    src = work / "src"
+    parts = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
+    args = ["backup", "--workers", str(workers), str(src)]
+    cpus = ",".join(str(c) for c in range(max(1, workers)))
+    with bind([(Path(first) / p, src / p) for p in parts]):
+        subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, "-m", "cas", "-q", *args],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    with bind([(Path(data) / p, src / p) for p in parts]):
+        return sampled(args, env, workers, traced)
 
 
 def sampled(
@@ -167,6 +194,7 @@ def sampled(
         "shared_once_mib": round(sampler.unique_peak / 2**20),
         # the main process, then its children, at the summed peak
         "at_peak_mib": [round(r / 2**20) for r in sampler.at_peak],
+        "main_peak_mib": round(sampler.main_peak / 2**20, 1),
         # summed PSS (a cgroup's count) and each process's smaps_rollup at its peak
         "pss_mib": round(sampler.pss_peak / 2**20),
         "at_pss_peak_mib": [
@@ -287,6 +315,13 @@ def main() -> None:
         default="",
         help="e.g. restore,check: after each backup, sample these jobs too (same cores)",
     )
+    ap.add_argument(
+        "--first",
+        default=None,
+        help="measure an incremental: each directory in --data is first backed up from"
+        " the one of that name in FIRST, at the same path (bind mounts: root), e.g."
+        " --first /tmp/cas-bench --data /tmp/cas-bench/edits as tools/bench.py's edits",
+    )
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
     ap.add_argument(
         "--traced",
@@ -301,6 +336,8 @@ def main() -> None:
         # ``python -m cas`` and ``python -c`` put the working directory first on sys.path,
         # before PYTHONPATH: run from the other checkout, or a checkout here shadows it.
         args.data, args.work = os.path.abspath(args.data), os.path.abspath(args.work)
+        if args.first:
+            args.first = os.path.abspath(args.first)
         os.chdir(args.cas_path)
     if args.imports:
         for row in import_costs(args.cas_path):
@@ -308,7 +345,7 @@ def main() -> None:
         return
     work = Path(args.work)
     for run in range(args.repeat):
-        result = backup(args.data, work, args.workers, args.cas_path, args.traced)
+        result = backup(args.data, work, args.workers, args.cas_path, args.traced, args.first)
         print(json.dumps({"run": run, **result}), flush=True)
         names = [j for j in args.jobs.split(",") if j]
         for row in jobs(work, names, args.workers, args.cas_path, args.traced):
