@@ -54,7 +54,7 @@ _RECV = 1 << 20  # bytes read from a worker's socket at a time
 # most this often (seconds): the messages it decodes, the blobs it reads and seals and
 # the entries of packs it indexes come and go in between longer-lived allocations, and
 # the free space between them would stay resident (10-18 MiB at a `linux` backup's
-# peak, in up to 7 arenas, with ``one_arena`` in 1).
+# peak, spread over up to 7 arenas before ``one_arena``).
 TRIM_EVERY = 0.5
 _U32 = struct.Struct("<I")  # a frame's length (cas/ipc.py)
 # What became of a file handed to a worker by name (worker.py ``names``): saved,
