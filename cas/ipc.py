@@ -209,6 +209,24 @@ def one_arena() -> None:
         pass
 
 
+def trim_heap() -> None:
+    """Give the free pages inside the malloc heap back to the system (glibc's
+    ``malloc_trim``, which also releases whole free pages between chunks in use, not
+    only at the heap's end; elsewhere nothing)."""
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 def keep_heap_small() -> None:
     """Serve allocations of 1 MiB or more (packs, batches, read buffers) from their own
     mappings, returned to the system when freed (glibc; elsewhere nothing).

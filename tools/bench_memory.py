@@ -3,7 +3,7 @@
 
     python tools/bench_memory.py [--data /tmp/cas-bench/linux] [--repeat 3] [--workers 2]
                                  [--cas-path DIR] [--restore] [--work /tmp/cas-bench-memory]
-                                 [--jobs restore,check]
+                                 [--jobs restore,check] [--first DIR] [--traced | --heap]
 
 Each run makes a fresh local repository (with its own cache and client state under
 ``--work``), backs the tree up with ``--workers`` pinned with ``taskset`` to as many
@@ -22,9 +22,16 @@ the tool runs cas from there, since the working directory comes first on ``sys.p
 ``--jobs restore,check`` also samples, after each backup, a restore of it to tmpfs and
 ``check --read-data`` (default helpers, pinned to as many cores as ``--workers``, at least
 one), each with its CPU seconds.
+``--first DIR`` measures an incremental backup instead: each directory in ``--data`` is
+backed up first from DIR's directory of that name, at one path (bind mounts, as
+tools/bench.py's ``edits``: ``--first /tmp/cas-bench --data /tmp/cas-bench/edits``).
+``main_peak_mib`` is the main process's own peak over the run.
 ``--imports`` prints only what a fresh interpreter costs (peak RSS, modules) after
 importing each helper process's module and the CLI's; ``--traced`` runs the main
-process under tracemalloc and prints its traced peak and largest allocation sites.
+process under tracemalloc and prints its traced peak and largest allocation sites;
+``--heap`` prints where the main process's anonymous memory is at its peak (Python's
+small-object arenas and what is in use in them, glibc's arenas and their free bytes,
+glibc's blocks mapped on their own).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import TreeRss
+from bench import TreeRss, bind
 
 
 class SplitRss(TreeRss):
@@ -53,6 +60,7 @@ class SplitRss(TreeRss):
     def __init__(self, pid: int) -> None:
         super().__init__(pid)
         self.at_peak: list[int] = []
+        self.main_peak = 0  # the main process's own peak RSS
         self.pss_peak = 0
         self.at_pss_peak: list[dict[str, int]] = []
 
@@ -66,6 +74,7 @@ class SplitRss(TreeRss):
                     pids += [int(c) for c in f.read().split()]
         if total > self.peak:
             self.at_peak = [_rss(p) for p in pids]
+        self.main_peak = max(self.main_peak, _rss(self.pid))
         rollups = [_rollup(p) for p in pids]
         pss = sum(r.get("Pss", 0) for r in rollups)
         if pss > self.pss_peak:
@@ -134,23 +143,118 @@ main()
 """
 
 
+# Runs cas, sampling the main process's anonymous resident memory every 50 ms; at
+# each new high it notes where the heap is: Python's small-object allocator (arenas
+# of 1 MiB held, and the bytes of blocks in use in them, from
+# sys._debugmallocstats), glibc's arenas (their count, the bytes they hold from the
+# system and the free bytes among them, from malloc_info) and glibc's blocks mapped on
+# their own (1 MiB or more, ipc.keep_heap_small). At exit it prints that breakdown
+# at the highest point to stderr.
+HEAP = """
+import atexit, ctypes, os, re, sys, tempfile, threading, time
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+tmp = tempfile.mkdtemp(prefix="cas-heap-")
+t0, best = time.monotonic(), [0, ""]
+def anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) << 10
+    return 0
+def num(pattern, text):
+    m = re.search(pattern, text)
+    return int(m.group(1).replace(",", "")) if m else 0
+def pymalloc():
+    path = os.path.join(tmp, "py")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    text = open(path).read()
+    return num(r"# arenas allocated current\\s*=\\s*([\\d,]+)", text), num(
+        r"# bytes in allocated blocks\\s*=\\s*([\\d,]+)", text)
+def glibc():
+    path = os.path.join(tmp, "mi")
+    fp = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, fp)
+    libc.fclose(fp)
+    text = open(path).read()
+    tail = text[text.rindex("</heap>"):]
+    sizes = re.findall(r'<total type="(fast|rest)" count="\\d+" size="(\\d+)"', tail)
+    free = sum(int(n) for _, n in sizes)
+    mapped = num(r'<total type="mmap" count="\\d+" size="(\\d+)"', tail)
+    held = num(r'<system type="current" size="(\\d+)"', tail)
+    return text.count("<heap nr="), held, free, mapped
+def watch():
+    while True:
+        time.sleep(0.05)
+        a = anon()
+        if a > best[0] + (1 << 20):
+            arenas, used = pymalloc()
+            heaps, held, free, mapped = glibc()
+            m = 1 << 20
+            best[:] = [a, f"main process anonymous peak {a / m:.1f} MiB at "
+                f"{time.monotonic() - t0:.1f} s: pymalloc {arenas} arenas of 1 MiB, "
+                f"{used / m:.1f} MiB in use; glibc {heaps} arenas holding {held / m:.1f} "
+                f"MiB, {free / m:.1f} MiB of it free; glibc mapped blocks {mapped / m:.1f} MiB"]
+threading.Thread(target=watch, daemon=True).start()
+atexit.register(lambda: print(best[1], file=sys.stderr))
+sys.argv = ["cas", *sys.argv[1:]]
+from cas.cli.main import main
+main()
+"""
+
+
+HOOKS = {"traced": TRACED, "heap": HEAP}
+
+
 def backup(
-    data: str, work: Path, workers: int, cas_path: str | None, traced: bool = False
+    data: str,
+    work: Path,
+    workers: int,
+    cas_path: str | None,
+    hook: str | None = None,
+    first: str | None = None,
 ) -> dict[str, object]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = _env(work, cas_path)
     subprocess.run([sys.executable, "-m", "cas", "init"], env=env, check=True, capture_output=True)
-    return sampled(["backup", "--workers", str(workers), data], env, workers, traced)
+    if first is None:
+        return sampled(["backup", "--workers", str(workers), data], env, workers, hook)
+    # An incremental, as tools/bench.py runs `edits`: each directory in DATA at one path
+    # (a bind mount), holding FIRST's directory of that name for the first backup.
+    src = work / "src"
+    parts = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
+    args = ["backup", "--workers", str(workers), str(src)]
+    cpus = ",".join(str(c) for c in range(max(1, workers)))
+    with bind([(Path(first) / p, src / p) for p in parts]):
+        subprocess.run(
+            ["taskset", "-c", cpus, sys.executable, "-m", "cas", "-q", *args],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    with bind([(Path(data) / p, src / p) for p in parts]):
+        return sampled(args, env, workers, hook)
 
 
 def sampled(
-    args: list[str], env: dict[str, str], cores: int, traced: bool = False
+    args: list[str], env: dict[str, str], cores: int, hook: str | None = None
 ) -> dict[str, object]:
     """Run ``cas ARGS`` pinned to ``cores`` cores (at least one) under the sampler: its
     summed peaks, each process's share, and the CPU seconds of the process tree."""
     cpus = ",".join(str(c) for c in range(max(1, cores)))
-    run = [sys.executable, "-c", TRACED] if traced else [sys.executable, "-m", "cas"]
+    run = [sys.executable, "-c", HOOKS[hook]] if hook else [sys.executable, "-m", "cas"]
     cmd = ["taskset", "-c", cpus, *run, *args]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -167,6 +271,7 @@ def sampled(
         "shared_once_mib": round(sampler.unique_peak / 2**20),
         # the main process, then its children, at the summed peak
         "at_peak_mib": [round(r / 2**20) for r in sampler.at_peak],
+        "main_peak_mib": round(sampler.main_peak / 2**20, 1),
         # summed PSS (a cgroup's count) and each process's smaps_rollup at its peak
         "pss_mib": round(sampler.pss_peak / 2**20),
         "at_pss_peak_mib": [
@@ -178,7 +283,7 @@ def sampled(
 
 
 def jobs(
-    work: Path, names: list[str], cores: int, cas_path: str | None, traced: bool
+    work: Path, names: list[str], cores: int, cas_path: str | None, hook: str | None
 ) -> list[dict[str, object]]:
     """``restore`` (to tmpfs) and ``check --read-data`` of the last backup's repository
     under the sampler, with their default helpers, pinned to ``cores`` cores."""
@@ -190,12 +295,12 @@ def jobs(
             shutil.rmtree(target, ignore_errors=True)
             try:
                 out.append(
-                    sampled(["restore", "latest", "--target", str(target)], env, cores, traced)
+                    sampled(["restore", "latest", "--target", str(target)], env, cores, hook)
                 )
             finally:
                 shutil.rmtree(target, ignore_errors=True)
         elif name == "check":
-            out.append(sampled(["check", "--read-data"], env, cores, traced))
+            out.append(sampled(["check", "--read-data"], env, cores, hook))
         else:
             raise SystemExit(f"unknown job {name!r}: restore or check")
     return out
@@ -287,11 +392,24 @@ def main() -> None:
         default="",
         help="e.g. restore,check: after each backup, sample these jobs too (same cores)",
     )
+    ap.add_argument(
+        "--first",
+        default=None,
+        help="measure an incremental: each directory in --data is first backed up from"
+        " the one of that name in FIRST, at the same path (bind mounts: root), e.g."
+        " --first /tmp/cas-bench --data /tmp/cas-bench/edits as tools/bench.py's edits",
+    )
     ap.add_argument("--work", default="/tmp/cas-bench-memory")
     ap.add_argument(
         "--traced",
         action="store_true",
         help="tracemalloc in the main process (slower; its figures on stderr)",
+    )
+    ap.add_argument(
+        "--heap",
+        action="store_true",
+        help="where the main process's anonymous memory is at its peak: Python's"
+        " allocator and glibc's arenas (on stderr)",
     )
     ap.add_argument(
         "--imports", action="store_true", help="only the interpreter's cost for each module"
@@ -301,17 +419,20 @@ def main() -> None:
         # ``python -m cas`` and ``python -c`` put the working directory first on sys.path,
         # before PYTHONPATH: run from the other checkout, or a checkout here shadows it.
         args.data, args.work = os.path.abspath(args.data), os.path.abspath(args.work)
+        if args.first:
+            args.first = os.path.abspath(args.first)
         os.chdir(args.cas_path)
     if args.imports:
         for row in import_costs(args.cas_path):
             print(json.dumps(row), flush=True)
         return
     work = Path(args.work)
+    hook = "traced" if args.traced else "heap" if args.heap else None
     for run in range(args.repeat):
-        result = backup(args.data, work, args.workers, args.cas_path, args.traced)
+        result = backup(args.data, work, args.workers, args.cas_path, hook, args.first)
         print(json.dumps({"run": run, **result}), flush=True)
         names = [j for j in args.jobs.split(",") if j]
-        for row in jobs(work, names, args.workers, args.cas_path, args.traced):
+        for row in jobs(work, names, args.workers, args.cas_path, hook):
             print(json.dumps({"run": run, **row}), flush=True)
     if args.restore:
         for workers in (0, args.workers):

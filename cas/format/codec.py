@@ -69,6 +69,13 @@ def seal_document(
     ``sorted_already``: every map of ``doc`` was built with its keys in sorted order,
     so it is packed as it is (an index file of 100,000 blobs is not copied first)."""
     raw = msgpack.packb(doc, use_bin_type=True) if sorted_already else pack_canonical(doc)
+    return seal_packed(key, ad, raw, nonce)
+
+
+def seal_packed(
+    key: crypto.Sealer | bytes, ad: bytes, raw: bytes, nonce: bytes | None = None
+) -> bytes:
+    """``seal_document`` of a document already packed (canonical msgpack ``raw``)."""
     payload = compress.encode_payload(raw)
     return bytes(crypto.as_sealer(key).seal(payload, ad, nonce))
 

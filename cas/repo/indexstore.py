@@ -62,6 +62,14 @@ class IndexStore:
         self.backend.write(layout.index_name(fid), raw)
         return fid
 
+    def write_packed(self, packs: list[bytes]) -> bytes:
+        """``write`` of an index file of these packs (``indexfmt.encode_pack_doc``) that
+        supersedes nothing; returns its ID."""
+        raw = indexfmt.encode_packed_index(packs, self._keys.index)
+        fid = storage_id(raw)
+        self.backend.write(layout.index_name(fid), raw)
+        return fid
+
     def delete(self, file_id: bytes) -> None:
         """Delete one index file (one that another index file supersedes)."""
         self.backend.delete(layout.index_name(file_id))

@@ -282,7 +282,9 @@ class BlobSaver:
         self._lock = threading.RLock()
         self.writer = PackWriter(backend, keys, pack_size, cache, self._stored, version=fmt.version)
         self._inflight: set[bytes] = set()  # blobs in open packers
-        self._unindexed: dict[bytes, list[packfmt.PackEntry]] = {}
+        # Stored packs not yet in an index file: pack ID -> (blob count, its map in the
+        # index file, packed: indexfmt.encode_pack_doc), not a PackEntry per blob.
+        self._unindexed: dict[bytes, tuple[int, bytes]] = {}
         self._unindexed_blobs = 0
         # Sealing threads (compression and encryption: one per core) hand
         # finished packs to uploading threads (``--connections``).
@@ -497,10 +499,11 @@ class BlobSaver:
         enough are unindexed."""
         assert self._indexes is not None
         failpoints.hit("pack-stored")  # a worker's pack: once this process knows of it
+        packed = indexfmt.encode_pack_doc(pack_id, entries)
         with self._lock:
             self.stats.packs += 1
             self.stats.pack_bytes += size
-            self._unindexed[pack_id] = entries
+            self._unindexed[pack_id] = (len(entries), packed)
             self._indexes.index.add_pack(
                 pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
             )
@@ -521,11 +524,11 @@ class BlobSaver:
             return
         failpoints.hit("before-index")
         try:
-            self._indexes.write(indexfmt.IndexFile(packs))
+            self._indexes.write_packed([packed for _, packed in packs.values()])
         except BaseException:
             with self._lock:
                 self._unindexed.update(packs)
-                self._unindexed_blobs += sum(len(e) for e in packs.values())
+                self._unindexed_blobs += sum(n for n, _ in packs.values())
             raise
         failpoints.hit("index-written")
         with self._lock:
