@@ -42,7 +42,12 @@ class IndexFile:
     garbage: dict[bytes, tuple[int, list[PackEntry]]] = field(default_factory=dict)
 
 
-def _blob_row(e: PackEntry) -> tuple[Any, ...]:
+# One blob of an index file as it is encoded: blob ID, type, offset, length, raw length.
+BlobRow = tuple[bytes, int, int, int, int]
+
+
+def blob_row(e: PackEntry) -> BlobRow:
+    """The row ``encode_index`` writes for ``e``."""
     return (e.blob_id, int(e.type), e.offset, e.length, e.raw_length)
 
 
@@ -56,15 +61,30 @@ def encode_index(
     doc: dict[str, Any] = {}
     if idx.garbage:
         doc["garbage"] = [
-            {"blobs": [_blob_row(e) for e in entries], "id": pack_id, "marked": marked}
+            {"blobs": [blob_row(e) for e in entries], "id": pack_id, "marked": marked}
             for pack_id, (marked, entries) in idx.garbage.items()
         ]
     doc["packs"] = [
-        {"blobs": [_blob_row(e) for e in entries], "id": pack_id}
+        {"blobs": [blob_row(e) for e in entries], "id": pack_id}
         for pack_id, entries in idx.packs.items()
     ]
     doc["supersedes"] = list(idx.supersedes)
     doc["v"] = 1
+    return seal_document(index_key, INDEX_AD, doc, nonce, sorted_already=True)
+
+
+def encode_index_rows(
+    packs: dict[bytes, list[BlobRow]], index_key: crypto.Sealer | bytes, nonce: bytes | None = None
+) -> bytes:
+    """``encode_index`` of an index file that lists ``packs`` (each pack's blobs as the
+    rows ``blob_row`` gives) and nothing else: the same document, without a
+    ``PackEntry`` per blob (a backup's main process indexes its workers' packs from
+    the columns they send, cas/repo/packwriter.py ``adopt_columns``)."""
+    doc: dict[str, Any] = {
+        "packs": [{"blobs": rows, "id": pack_id} for pack_id, rows in packs.items()],
+        "supersedes": [],
+        "v": 1,
+    }
     return seal_document(index_key, INDEX_AD, doc, nonce, sorted_already=True)
 
 

@@ -62,6 +62,14 @@ class IndexStore:
         self.backend.write(layout.index_name(fid), raw)
         return fid
 
+    def write_rows(self, packs: dict[bytes, list[indexfmt.BlobRow]]) -> bytes:
+        """``write`` of an index file listing ``packs`` (blobs as ``indexfmt.blob_row``
+        rows) and nothing else; returns its ID."""
+        raw = indexfmt.encode_index_rows(packs, self._keys.index)
+        fid = storage_id(raw)
+        self.backend.write(layout.index_name(fid), raw)
+        return fid
+
     def delete(self, file_id: bytes) -> None:
         """Delete one index file (one that another index file supersedes)."""
         self.backend.delete(layout.index_name(file_id))
