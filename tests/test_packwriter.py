@@ -378,26 +378,6 @@ def test_add_sealed_packs_and_counts_blobs_sealed_elsewhere() -> None:
     assert all(indexes.index.get(b[0]) is not None for b in blobs)
 
 
-def test_a_saver_set_to_no_threads_seals_in_the_thread_that_saves() -> None:
-    store = _store()
-    saver, indexes = _saver(store, batch_bytes=1)
-    saver.workers = 2  # as a backup's main process starts (_saver gives 0)
-    saver.set_threads(0)
-    data = [os.urandom(64) for _ in range(5)]
-    for d in data:
-        assert saver.save(BlobType.DATA, d, KEYS.blob_id(BlobType.DATA, d))
-    assert saver._pool is None  # no sealing thread was started
-    assert saver.stats.blobs[BlobType.DATA] == 5  # sealed and packed already
-    saver.flush()
-    assert all(KEYS.blob_id(BlobType.DATA, d) in indexes.index for d in data)
-    threaded, _ = _saver(_store(), batch_bytes=1)
-    threaded.workers = 1
-    threaded.save(BlobType.DATA, data[0], KEYS.blob_id(BlobType.DATA, data[0]))
-    threaded.set_threads(0)  # too late: its sealing thread runs
-    assert threaded.workers == 1 and threaded._pool is not None
-    threaded.close()
-
-
 def test_adopting_a_pack_as_columns_counts_indexes_and_lists_it_as_entries_would() -> None:
     """A worker's pack adopted from columns (no PackEntry per blob in the main
     process): the same statistics, index lookups and index file as from entries."""

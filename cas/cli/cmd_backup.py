@@ -151,11 +151,6 @@ def backup(
     # Large files are chunked in a helper process (fastcdc holds the GIL).
     helper = ChunkWorker(repo.keys, chunker.params)
     pool = None if dry_run or use_stdin else _pool(g, repo, workers)
-    if pool is not None:
-        # The worker processes take the cores: sealing threads here would only take
-        # this process's GIL from the walk, mostly for the Python of tiny blobs (its
-        # own small files, trees), so what it saves itself is sealed as it is saved.
-        repo.set_sealing_threads(0)
     with (
         g.locked(repo, exclusive=False, command="backup"),
         contextlib.closing(helper),

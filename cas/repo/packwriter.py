@@ -320,11 +320,6 @@ class BlobSaver:
             self.connections = n
             self._upload_slots = threading.BoundedSemaphore(n)
 
-    def set_threads(self, n: int) -> None:
-        """Seal on ``n`` threads, 0: in the thread that saves (before the first save)."""
-        if self._pool is None and n >= 0:
-            self.workers = n
-
     def _known(self, blob_id: bytes) -> bool:
         """Whether the blob is stored or about to be (with the lock held)."""
         return blob_id in self._inflight or (

@@ -147,11 +147,6 @@ class Repository:
         """Upload at most ``n`` packs at once (before the first save_blob)."""
         self.saver.set_connections(n)
 
-    def set_sealing_threads(self, n: int) -> None:
-        """Seal new blobs on ``n`` threads, 0: in the thread that saves them (before the
-        first save_blob)."""
-        self.saver.set_threads(n)
-
     @property
     def stats(self) -> WriteStats:
         """What this session added to the repository."""
