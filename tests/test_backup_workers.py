@@ -575,3 +575,35 @@ def test_a_worker_killed_in_the_middle_of_a_directory_stops_the_backup_cleanly(
         (src / "many" / f"f{i:04d}").write_bytes(os.urandom(200 + i))
     _init(repo)
     _killed_at_third_batch_then_finished(tmp_path, repo, src, "1")
+
+
+@pytest.mark.parametrize("top", [1 << 20, 1 << 40])
+def test_a_stored_pack_travels_as_columns(top: int) -> None:
+    """A worker reports a stored pack as columns (worker.entry_columns), 4-byte numbers
+    where they fit and 8-byte ones where not; the main process reads back each blob's
+    ID, type, offset, length and raw length, and refuses columns that disagree."""
+    import msgpack
+
+    from cas.backup.worker import entry_columns
+    from cas.crypto import BlobType
+    from cas.format.pack import PackEntry
+
+    entries = [
+        PackEntry(os.urandom(32), BlobType.DATA, 0, 100, 90),
+        PackEntry(os.urandom(32), BlobType.TREE, 100, 40, 300),
+        PackEntry(os.urandom(32), BlobType.DATA, top, 7, top + 1),
+    ]
+    wire = msgpack.unpackb(msgpack.packb(entry_columns(entries), use_bin_type=True), raw=False)
+    assert wire[2] == ("I" if top < 1 << 32 else "Q")
+    ids, types, offsets, lengths, raws = pool_mod._columns(wire)
+    got = [
+        PackEntry(ids[32 * i : 32 * (i + 1)], BlobType(types[i]), offsets[i], lengths[i], raws[i])
+        for i in range(len(types))
+    ]
+    assert got == entries
+    with pytest.raises(pool_mod.WorkerFailed):
+        pool_mod._columns([ids[:-1], types, wire[2], wire[3]])
+    with pytest.raises(pool_mod.WorkerFailed):
+        pool_mod._columns([ids, types, wire[2], wire[3][:-4]])
+    with pytest.raises(pool_mod.WorkerFailed):
+        pool_mod._columns([ids, types, "d", wire[3]])

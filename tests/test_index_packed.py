@@ -41,7 +41,10 @@ def test_an_index_file_from_packed_maps_is_the_one_encode_index_gives(count: int
     rnd = random.Random(count)
     packs = {rnd.randbytes(32): _entries(rnd, rnd.choice([1, 2, 17, 300])) for _ in range(count)}
     nonce = os.urandom(24)
-    packed = [indexfmt.encode_pack_doc(pack_id, e) for pack_id, e in packs.items()]
+    packed = [
+        indexfmt.encode_pack_doc(pack_id, [indexfmt.blob_row(x) for x in e])
+        for pack_id, e in packs.items()
+    ]
     raw = indexfmt.encode_packed_index(packed, KEYS.index_key, nonce)
     assert raw == indexfmt.encode_index(indexfmt.IndexFile(packs), KEYS.index_key, nonce)
     assert indexfmt.decode_index(raw, KEYS.index_key) == indexfmt.IndexFile(packs)

@@ -378,6 +378,52 @@ def test_add_sealed_packs_and_counts_blobs_sealed_elsewhere() -> None:
     assert all(indexes.index.get(b[0]) is not None for b in blobs)
 
 
+def test_adopting_a_pack_as_columns_counts_indexes_and_lists_it_as_entries_would() -> None:
+    """A worker's pack adopted from columns (no PackEntry per blob in the main
+    process): the same statistics, index lookups and index file as from entries."""
+    entries = [
+        packfmt.PackEntry(os.urandom(32), BlobType.DATA, 0, 120, 100),  # incompressible
+        packfmt.PackEntry(os.urandom(32), BlobType.TREE, 120, 150, 400),
+        packfmt.PackEntry(os.urandom(32), BlobType.DATA, 270, 130, 300),
+    ]
+    pack_id = os.urandom(32)
+    files, stats = [], []
+    for columns in (False, True):
+        store = _store()
+        saver, indexes = _saver(store)
+        if columns:
+            saver.adopt_columns(
+                pack_id,
+                400,
+                b"".join(e.blob_id for e in entries),
+                bytes(int(e.type) for e in entries),
+                [e.offset for e in entries],
+                [e.length for e in entries],
+                [e.raw_length for e in entries],
+            )
+        else:
+            saver.adopt(pack_id, 400, entries)
+        for e in entries:
+            loc = indexes.index.get(e.blob_id)
+            assert loc is not None and (loc.pack_id, loc.offset, loc.length) == (
+                pack_id,
+                e.offset,
+                e.length,
+            )
+        saver.flush()
+        (name,) = store.names("index/")
+        files.append(indexes.read(bytes.fromhex(name.rsplit("/", 1)[1])).packs)
+        stats.append(saver.stats)
+    assert files[0] == files[1] == {pack_id: entries}
+    assert stats[0] == stats[1]
+    assert stats[1].blobs[BlobType.DATA] == 2 and stats[1].blobs[BlobType.TREE] == 1
+    assert (stats[1].raw_bytes, stats[1].stored_bytes) == (800, 400)
+    assert (stats[1].packs, stats[1].pack_bytes) == (1, 400)
+    assert (stats[1].data_raw_bytes, stats[1].data_incompressible_bytes) == (400, 100)
+    with pytest.raises(ValueError):  # columns of different lengths
+        saver.adopt_columns(pack_id, 400, entries[0].blob_id, b"\0\0", [0, 1], [1, 1], [1, 1])
+
+
 # -- the write order of a snapshot ----------------------------------------------------------
 
 

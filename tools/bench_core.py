@@ -462,6 +462,7 @@ def item_rows(keys: crypto.MasterKeys) -> list[tuple[str, int, Callable[[], obje
              mtime_ns=i, ctime_ns=i, atime_ns=i)
         for i in range(100_000)
     ]  # fmt: skip
+    encode_reports, adopt_reports = _pack_reports(keys)
     return [
         (
             "per item: decode_header, a 16,384-blob pack header",
@@ -478,7 +479,63 @@ def item_rows(keys: crypto.MasterKeys) -> list[tuple[str, int, Callable[[], obje
             100_000,
             _names_done_rounds(),
         ),
+        (
+            "per item: a worker's pack report, encoded, 4 packs of 16,384 blobs",
+            4 * 16384,
+            encode_reports,
+        ),
+        (
+            "per item: a worker's pack report, adopted by the main process, 4 packs of "
+            "16,384 blobs",
+            4 * 16384,
+            adopt_reports,
+        ),
     ]
+
+
+def _pack_reports(keys: crypto.MasterKeys) -> tuple[Callable[[], object], Callable[[], object]]:
+    """A backup worker's report of a stored pack: made in the worker (``["k", ...]``,
+    encoded for the socket), then read by the main process and adopted (``SaverPool._handle``:
+    decoded, counted, indexed and listed in the index files written every 25,000 blobs),
+    into an empty index each round.  Checkouts from before the columns (cas/backup/worker.py
+    ``entry_columns``) send a list per blob."""
+    import msgpack
+
+    from cas.backup import pool, worker
+    from cas.repo.packwriter import BlobSaver
+
+    columns = getattr(worker, "entry_columns", None)
+    packs = [
+        (
+            os.urandom(32),
+            [
+                packfmt.PackEntry(os.urandom(32), BlobType.DATA, 200 * i, 200, 300)
+                for i in range(16384)
+            ],
+        )
+        for _ in range(4)
+    ]
+
+    def report(pack_id: bytes, entries: list[packfmt.PackEntry]) -> bytes:
+        body = columns(entries) if columns is not None else [worker._wire_entries(entries)]
+        return msgpack.packb(["k", pack_id, 200 * 16384, *body], use_bin_type=True)
+
+    frames = [report(*p) for p in packs]
+
+    def encode() -> None:
+        for p in packs:
+            report(*p)
+
+    def adopt() -> None:
+        store = MemoryBackend()
+        store.create()
+        saver = BlobSaver(store, keys, 16 << 20, IndexStore(store, keys), None)
+        handler = pool.SaverPool.__new__(pool.SaverPool)
+        handler._adopt = saver.adopt_columns if columns is not None else saver.adopt  # type: ignore[attr-defined]
+        for frame in frames:
+            handler._handle(None, msgpack.unpackb(frame, raw=False))  # type: ignore[arg-type]
+
+    return encode, adopt
 
 
 def _names_done_rounds() -> Callable[[], object]:

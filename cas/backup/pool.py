@@ -30,6 +30,7 @@ import socket
 import struct
 import subprocess
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,7 +111,7 @@ class SaverPool:
         count: int,
         *,
         claim: Callable[[list[bytes]], bytes],
-        adopt: Callable[[bytes, int, list[PackEntry]], None],
+        adopt: Callable[[bytes, int, bytes, bytes, array[int], array[int], array[int]], None],
         add_sealed: Callable[[bytes, list[PackEntry]], None],
         level: int | None,
         pack_size: int,
@@ -337,7 +338,7 @@ class SaverPool:
             with contextlib.suppress(OSError):  # gone: reading its socket reports that
                 ipc.send(w.sock, ["n", answer])
         elif kind == "k":
-            self._adopt(msg[1], msg[2], _entries(msg[3]))
+            self._adopt(msg[1], msg[2], *_columns(msg[3:]))
         elif kind == "t":
             self._add_sealed(msg[1], _entries(msg[2]))
         else:
@@ -354,6 +355,21 @@ def cpu_seconds(stat: bytes) -> float:
     parentheses.  IndexError or ValueError for a line that is not one."""
     fields = stat.rpartition(b")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def _columns(wire: list[Any]) -> tuple[bytes, bytes, array[int], array[int], array[int]]:
+    """A stored pack's blobs as a worker sends them (worker.py ``entry_columns``): their
+    IDs, types, offsets, lengths and raw lengths."""
+    ids, types, code, numbers = wire
+    n = len(types)
+    values = array("Q")
+    if code in ("I", "Q") and len(ids) == 32 * n:
+        values = array(code)
+        with contextlib.suppress(ValueError):  # not a whole number of values: refused below
+            values.frombytes(numbers)
+    if len(values) != 3 * n or len(numbers) != 3 * n * values.itemsize:
+        raise WorkerFailed("a backup worker process sent a pack report that is not one")
+    return ids, types, values[:n], values[n : 2 * n], values[2 * n :]
 
 
 def _entries(wire: list[list[Any]]) -> list[PackEntry]:

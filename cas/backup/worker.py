@@ -32,8 +32,9 @@ directory's files ``{"j": id, "dir": shown path, "n": [name, ...], "x": the
 ``[content, sizes]`` of a changed file's parent node with more than one chunk,
 about 39 bytes a chunk: 1 GiB of 1 MiB chunks, 39 KiB); answers ``["n", bytes
 of 0/1]`` (in the order of the asks); ``["f"]`` to store the open packs.  From a
-worker: ``["a", [blob ID, ...]]`` asks, ``["k", pack ID, size, [[blob ID,
-type, offset, length, raw length], ...]]`` when a pack is stored, ``["d", id,
+worker: ``["a", [blob ID, ...]]`` asks, ``["k", pack ID, size, blob IDs joined, types,
+typecode, offsets + lengths + raw lengths as an array's bytes]`` when a pack is
+stored (``entry_columns``), ``["d", id,
 [result, ...]]`` when a batch is done (for files sent by name, cas/backup/pool.py
 ``SAVED``, ``SKIPPED``, ``BACK``), ``["f", requests]`` when flushed,
 ``["x", pickled exception]`` when the backup must stop (a full disk, a
@@ -52,6 +53,7 @@ import socket
 import stat
 import sys
 import threading
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -423,7 +425,7 @@ class _Worker:
     def _stored(self, pack: FinishedPack) -> None:
         """A pack is stored (on an upload thread): the main process indexes it."""
         failpoints.hit("backup-worker-pack-stored")  # stored, not yet reported
-        self.send(["k", pack.pack_id, pack.size, _wire_entries(pack.entries)])
+        self.send(["k", pack.pack_id, pack.size, *entry_columns(pack.entries)])
 
     def flush(self) -> None:
         """Store every full pack (each reported as stored), hand the sealed blobs of the
@@ -439,6 +441,23 @@ class _Worker:
 def _shown(path: bytes) -> str:
     """A path as warnings show it (decoded only when there is one to give)."""
     return path.decode("utf-8", "backslashreplace")
+
+
+def entry_columns(entries: list[PackEntry]) -> list[Any]:
+    """A stored pack's blobs as columns (``["k", ...]``): their IDs joined, their types
+    as one byte each, then the typecode and bytes of an array of their offsets, lengths
+    and raw lengths (4 bytes each where every one fits, else 8; in this machine's byte
+    order: both processes run on it).  The main process indexes them without a list
+    or a ``PackEntry`` per blob (cas/backup/pool.py ``_columns``)."""
+    numbers = [e.offset for e in entries]
+    numbers += [e.length for e in entries]
+    numbers += [e.raw_length for e in entries]
+    try:
+        values = array("I", numbers)
+    except OverflowError:
+        values = array("Q", numbers)
+    ids = b"".join([e.blob_id for e in entries])
+    return [ids, bytes([int(e.type) for e in entries]), values.typecode, values.tobytes()]
 
 
 def _wire_entries(entries: list[PackEntry]) -> list[list[Any]]:

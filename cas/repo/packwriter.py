@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -59,6 +59,9 @@ OPEN_PACKS = 4
 # files: a whole pack's worth at once was the main process's largest allocation).
 POUR_PIECE = 1 << 20
 
+ID_LEN = 32  # bytes of a blob ID
+_BLOB_TYPES = {int(t): t for t in BlobType}  # a table: BlobType(t) is an enum call
+
 # A pack is also closed once it holds this many blobs, whatever its size (spec §9.5).
 # Without it a million files of ~190 bytes put ~88,000 blobs in each 16 MiB pack:
 # nothing was stored until the end of the backup (a kill -9 kept nothing), every
@@ -80,6 +83,17 @@ class WriteStats:
     index_files: int = 0
     data_raw_bytes: int = 0  # plaintext of new data blobs
     data_incompressible_bytes: int = 0  # of those, in blobs that did not shrink by 10%
+
+    def add_columns(self, types: list[BlobType], stored: Sequence[int], raw: Sequence[int]) -> None:
+        """``add`` of each blob ``i`` (``types[i]``, ``raw[i]``, ``stored[i]``)."""
+        blobs = self.blobs
+        for t in set(types):
+            blobs[t] += types.count(t)
+        self.raw_bytes += sum(raw)
+        self.stored_bytes += sum(stored)
+        data = [(r, s) for t, r, s in zip(types, raw, stored, strict=True) if t is BlobType.DATA]
+        self.data_raw_bytes += sum(r for r, _ in data)
+        self.data_incompressible_bytes += sum(r for r, s in data if s * 10 >= r * 9)
 
     def add(self, blob_type: BlobType, raw_length: int, stored_length: int) -> None:
         """Count one new blob (``stored_length``: sealed, with its overhead)."""
@@ -329,9 +343,12 @@ class BlobSaver:
         answer = bytearray(len(blob_ids))
         with self._lock:
             self._raise_worker_error()
+            # _known inlined: this runs once per blob a worker reads, in the main process
+            inflight = self._inflight
+            index = None if self._indexes is None else self._indexes.index
             for i, blob_id in enumerate(blob_ids):
-                if not self._known(blob_id):
-                    self._inflight.add(blob_id)
+                if blob_id not in inflight and (index is None or blob_id not in index):
+                    inflight.add(blob_id)
                     answer[i] = 1
         return bytes(answer)
 
@@ -367,10 +384,45 @@ class BlobSaver:
     def adopt(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
         """A pack another process stored with blobs it claimed: counted and indexed
         as if this saver had stored it."""
+        self.adopt_columns(
+            pack_id,
+            size,
+            b"".join(e.blob_id for e in entries),
+            bytes(int(e.type) for e in entries),
+            [e.offset for e in entries],
+            [e.length for e in entries],
+            [e.raw_length for e in entries],
+        )
+
+    def adopt_columns(
+        self,
+        pack_id: bytes,
+        size: int,
+        ids: bytes,
+        types: bytes,
+        offsets: Sequence[int],
+        lengths: Sequence[int],
+        raw_lengths: Sequence[int],
+    ) -> None:
+        """``adopt`` of a pack whose blobs come as columns: blob ``i`` is
+        ``ids[32 * i : 32 * (i + 1)]``, of type ``types[i]``, at ``offsets[i]``,
+        ``lengths[i]`` stored and ``raw_lengths[i]`` plain bytes.  Counted, indexed and
+        listed in the next index file without a ``PackEntry`` per blob (a backup
+        worker's pack of 16,384 tiny blobs: per blob, this is the main process's work)."""
+        n = len(types)
+        if len(ids) != ID_LEN * n or not len(offsets) == len(lengths) == len(raw_lengths) == n:
+            raise ValueError("the columns of a pack disagree in length")
+        blob_ids = [ids[i : i + ID_LEN] for i in range(0, len(ids), ID_LEN)]
+        kinds = [_BLOB_TYPES[t] for t in types]
         with self._lock:
-            for e in entries:
-                self.stats.add(e.type, e.raw_length, e.length)
-        self._record(pack_id, size, entries)
+            self.stats.add_columns(kinds, lengths, raw_lengths)
+        self._record_rows(
+            pack_id,
+            size,
+            list(zip(blob_ids, types, offsets, lengths, raw_lengths, strict=True)),
+            zip(blob_ids, offsets, lengths, strict=True),
+            blob_ids,
+        )
 
     def save(self, blob_type: BlobType, data: bytes, blob_id: bytes) -> bool:
         """Store ``data`` as ``blob_id`` unless already there; whether it is new.
@@ -497,18 +549,34 @@ class BlobSaver:
     def _record(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
         """Index a stored pack (this saver's, or a worker's), writing an index file when
         enough are unindexed."""
+        self._record_rows(
+            pack_id,
+            size,
+            [indexfmt.blob_row(e) for e in entries],
+            ((e.blob_id, e.offset, e.length) for e in entries),
+            [e.blob_id for e in entries],
+        )
+
+    def _record_rows(
+        self,
+        pack_id: bytes,
+        size: int,
+        rows: list[indexfmt.BlobRow],
+        locations: Iterable[tuple[bytes, int, int]],
+        blob_ids: list[bytes],
+    ) -> None:
+        """``_record`` of a pack's index file rows, (blob ID, offset, length) of its
+        blobs and their IDs."""
         assert self._indexes is not None
         failpoints.hit("pack-stored")  # a worker's pack: once this process knows of it
-        packed = indexfmt.encode_pack_doc(pack_id, entries)
+        packed = indexfmt.encode_pack_doc(pack_id, rows)
         with self._lock:
             self.stats.packs += 1
             self.stats.pack_bytes += size
-            self._unindexed[pack_id] = (len(entries), packed)
-            self._indexes.index.add_pack(
-                pack_id, ((e.blob_id, e.offset, e.length) for e in entries)
-            )
-            self._inflight.difference_update(e.blob_id for e in entries)
-            self._unindexed_blobs += len(entries)
+            self._unindexed[pack_id] = (len(rows), packed)
+            self._indexes.index.add_pack(pack_id, locations)
+            self._inflight.difference_update(blob_ids)
+            self._unindexed_blobs += len(rows)
             due = (
                 len(self._unindexed) >= INDEX_EVERY_PACKS
                 or self._unindexed_blobs >= INDEX_EVERY_BLOBS
