@@ -202,11 +202,8 @@ def one_arena() -> None:
     arenas and the large buffers that do are few, so the threads seldom wait for the
     one arena's lock.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mallopt(_M_ARENA_MAX, 1)
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().mallopt(_M_ARENA_MAX, 1)
 
 
 def trim_heap() -> None:
@@ -221,6 +218,7 @@ _LIBC: Any = None
 
 
 def _libc() -> Any:
+    """The C library (loaded once; OSError where there is none to load)."""
     global _LIBC
     if _LIBC is None:
         _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -236,11 +234,8 @@ def keep_heap_small() -> None:
     a backup with two workers peaked at 401-425 MiB summed over its processes, with
     a fixed 1 MiB threshold at 272-277 MiB, for about 0.5 s more system time.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)
 
 
 def die_with_parent(parent: int | None = None) -> None:
@@ -249,11 +244,9 @@ def die_with_parent(parent: int | None = None) -> None:
     killed while this helper was still starting must not leave it behind."""
     if parent is None:
         parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the helper ends when its socket closes
+    # not Linux: the helper ends when its socket closes
+    with contextlib.suppress(OSError, AttributeError):
+        _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(0)
 

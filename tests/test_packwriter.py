@@ -395,11 +395,13 @@ def test_adopting_a_pack_as_columns_counts_indexes_and_lists_it_as_entries_would
             saver.adopt_columns(
                 pack_id,
                 400,
-                b"".join(e.blob_id for e in entries),
-                bytes(int(e.type) for e in entries),
-                [e.offset for e in entries],
-                [e.length for e in entries],
-                [e.raw_length for e in entries],
+                packfmt.PackColumns(
+                    b"".join(e.blob_id for e in entries),
+                    bytes(int(e.type) for e in entries),
+                    [e.offset for e in entries],
+                    [e.length for e in entries],
+                    [e.raw_length for e in entries],
+                ),
             )
         else:
             saver.adopt(pack_id, 400, entries)
@@ -421,7 +423,9 @@ def test_adopting_a_pack_as_columns_counts_indexes_and_lists_it_as_entries_would
     assert (stats[1].packs, stats[1].pack_bytes) == (1, 400)
     assert (stats[1].data_raw_bytes, stats[1].data_incompressible_bytes) == (400, 100)
     with pytest.raises(ValueError):  # columns of different lengths
-        saver.adopt_columns(pack_id, 400, entries[0].blob_id, b"\0\0", [0, 1], [1, 1], [1, 1])
+        saver.adopt_columns(
+            pack_id, 400, packfmt.PackColumns(entries[0].blob_id, b"\0\0", [0, 1], [1, 1], [1, 1])
+        )
 
 
 # -- the write order of a snapshot ----------------------------------------------------------

@@ -39,9 +39,8 @@ from typing import Any
 import msgpack
 
 from cas import ipc
-from cas.crypto import BlobType
 from cas.errors import CasError
-from cas.format.pack import PackEntry
+from cas.format.pack import BLOB_TYPES, PackColumns, PackEntry
 from cas.repo.readerspec import ReaderSpec
 
 WORKER_MODULE = "cas.backup.worker"
@@ -111,7 +110,7 @@ class SaverPool:
         count: int,
         *,
         claim: Callable[[list[bytes]], bytes],
-        adopt: Callable[[bytes, int, bytes, bytes, array[int], array[int], array[int]], None],
+        adopt: Callable[[bytes, int, PackColumns], None],
         add_sealed: Callable[[bytes, list[PackEntry]], None],
         level: int | None,
         pack_size: int,
@@ -338,7 +337,7 @@ class SaverPool:
             with contextlib.suppress(OSError):  # gone: reading its socket reports that
                 ipc.send(w.sock, ["n", answer])
         elif kind == "k":
-            self._adopt(msg[1], msg[2], *_columns(msg[3:]))
+            self._adopt(msg[1], msg[2], _columns(msg[3:]))
         elif kind == "t":
             self._add_sealed(msg[1], _entries(msg[2]))
         else:
@@ -357,7 +356,7 @@ def cpu_seconds(stat: bytes) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def _columns(wire: list[Any]) -> tuple[bytes, bytes, array[int], array[int], array[int]]:
+def _columns(wire: list[Any]) -> PackColumns:
     """A stored pack's blobs as a worker sends them (worker.py ``entry_columns``): their
     IDs, types, offsets, lengths and raw lengths."""
     ids, types, code, numbers = wire
@@ -369,16 +368,13 @@ def _columns(wire: list[Any]) -> tuple[bytes, bytes, array[int], array[int], arr
             values.frombytes(numbers)
     if len(values) != 3 * n or len(numbers) != 3 * n * values.itemsize:
         raise WorkerFailed("a backup worker process sent a pack report that is not one")
-    return ids, types, values[:n], values[n : 2 * n], values[2 * n :]
+    return PackColumns(ids, types, values[:n], values[n : 2 * n], values[2 * n :])
 
 
 def _entries(wire: list[list[Any]]) -> list[PackEntry]:
     # One per blob the workers store: BlobType(t) (an enum call) cost more than the rest.
-    types = _BLOB_TYPES
+    types = BLOB_TYPES
     return [PackEntry(b, types[t], off, n, raw) for b, t, off, n, raw in wire]
-
-
-_BLOB_TYPES = {int(t): t for t in BlobType}
 
 
 def _unpickle(raw: bytes) -> BaseException:

@@ -471,8 +471,6 @@ class WindowChunker(StreamChunker):
         prefer_libcrypto: bool = True,
     ) -> None:
         super().__init__(params, buffer_size)
-        if len(aes_key) != 16:
-            raise CasError("window chunker key is not 16 bytes")
         # Imported here: a command that reads and never chunks does without it.
         from cas.chunking.cbc import cbc_decryptor
 

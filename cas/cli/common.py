@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shlex
@@ -10,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +29,7 @@ from cas.errors import (
     TransientBackendError,
     UsageError,
 )
-from cas.ipc import usable_cores
+from cas.ipc import trim_heap, usable_cores
 from cas.wording import counted
 
 if TYPE_CHECKING:
@@ -338,8 +337,7 @@ def release_free_heap() -> None:
     unchanged re-backup of ``big`` peaked at 62 MiB there, 60 MiB after a trim).  One
     call, under a millisecond.
     """
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    trim_heap()
 
 
 def _trimmed(data: bytes) -> bytes:

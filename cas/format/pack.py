@@ -21,8 +21,9 @@ so their length says less about their content (§8.1).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cas import crypto
 from cas.crypto import BlobType
@@ -34,7 +35,7 @@ TRAILER_MAGIC = b"CPK1"
 TRAILER_MAGIC_V2 = b"CPK2"
 TRAILER_SIZE = 8
 ENTRY = struct.Struct("<BII32s")  # 41 bytes
-_BLOB_TYPES = {int(t): t for t in BlobType}
+BLOB_TYPES = {int(t): t for t in BlobType}  # a table: BlobType(t) is an enum call
 COUNT = struct.Struct("<I")
 MAX_BLOB = (1 << 32) - 1
 MAX_HEADER = 1 << 28
@@ -125,6 +126,29 @@ class PackEntry:
     offset: int
     length: int  # stored (sealed) bytes
     raw_length: int  # plaintext bytes after decompression
+
+
+class PackColumns(NamedTuple):
+    """A pack's blobs as columns, without a ``PackEntry`` per blob (how a backup worker
+    reports a stored pack): blob ``i`` is ``ids[32 * i : 32 * (i + 1)]``, of type
+    ``types[i]``, at ``offsets[i]``, ``lengths[i]`` stored and ``raw_lengths[i]`` plain
+    bytes."""
+
+    ids: bytes
+    types: bytes
+    offsets: Sequence[int]
+    lengths: Sequence[int]
+    raw_lengths: Sequence[int]
+
+    @classmethod
+    def of(cls, entries: Sequence[PackEntry]) -> PackColumns:
+        return cls(
+            b"".join(e.blob_id for e in entries),
+            bytes(int(e.type) for e in entries),
+            [e.offset for e in entries],
+            [e.length for e in entries],
+            [e.raw_length for e in entries],
+        )
 
 
 def seal_blob(
@@ -250,7 +274,7 @@ def decode_header(
     if len(plain) % ENTRY.size:
         raise FormatError(what="pack header", detail="length is not a whole number of entries")
     entries, offset = [], 0
-    types = _BLOB_TYPES
+    types = BLOB_TYPES
     for t, length, raw, bid in ENTRY.iter_unpack(plain):
         btype = types.get(t)  # not BlobType(t): an enum call per blob cost more than the rest
         if btype is None:

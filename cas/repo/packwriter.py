@@ -34,6 +34,7 @@ from cas.crypto import BlobType
 from cas.errors import CasError
 from cas.format import index as indexfmt
 from cas.format import pack as packfmt
+from cas.ids import ID_LEN
 from cas.ipc import usable_cores
 from cas.repo import layout
 from cas.repo.cache import LocalCache
@@ -58,9 +59,6 @@ OPEN_PACKS = 4
 # ... poured together in pieces of this many bytes (read back from their temporary
 # files: a whole pack's worth at once was the main process's largest allocation).
 POUR_PIECE = 1 << 20
-
-ID_LEN = 32  # bytes of a blob ID
-_BLOB_TYPES = {int(t): t for t in BlobType}  # a table: BlobType(t) is an enum call
 
 # A pack is also closed once it holds this many blobs, whatever its size (spec §9.5).
 # Without it a million files of ~190 bytes put ~88,000 blobs in each 16 MiB pack:
@@ -384,36 +382,18 @@ class BlobSaver:
     def adopt(self, pack_id: bytes, size: int, entries: list[packfmt.PackEntry]) -> None:
         """A pack another process stored with blobs it claimed: counted and indexed
         as if this saver had stored it."""
-        self.adopt_columns(
-            pack_id,
-            size,
-            b"".join(e.blob_id for e in entries),
-            bytes(int(e.type) for e in entries),
-            [e.offset for e in entries],
-            [e.length for e in entries],
-            [e.raw_length for e in entries],
-        )
+        self.adopt_columns(pack_id, size, packfmt.PackColumns.of(entries))
 
-    def adopt_columns(
-        self,
-        pack_id: bytes,
-        size: int,
-        ids: bytes,
-        types: bytes,
-        offsets: Sequence[int],
-        lengths: Sequence[int],
-        raw_lengths: Sequence[int],
-    ) -> None:
-        """``adopt`` of a pack whose blobs come as columns: blob ``i`` is
-        ``ids[32 * i : 32 * (i + 1)]``, of type ``types[i]``, at ``offsets[i]``,
-        ``lengths[i]`` stored and ``raw_lengths[i]`` plain bytes.  Counted, indexed and
-        listed in the next index file without a ``PackEntry`` per blob (a backup
-        worker's pack of 16,384 tiny blobs: per blob, this is the main process's work)."""
+    def adopt_columns(self, pack_id: bytes, size: int, columns: packfmt.PackColumns) -> None:
+        """``adopt`` of a pack whose blobs come as columns: counted, indexed and listed
+        in the next index file without a ``PackEntry`` per blob (a backup worker's pack
+        of 16,384 tiny blobs: per blob, this is the main process's work)."""
+        ids, types, offsets, lengths, raw_lengths = columns
         n = len(types)
         if len(ids) != ID_LEN * n or not len(offsets) == len(lengths) == len(raw_lengths) == n:
             raise ValueError("the columns of a pack disagree in length")
         blob_ids = [ids[i : i + ID_LEN] for i in range(0, len(ids), ID_LEN)]
-        kinds = [_BLOB_TYPES[t] for t in types]
+        kinds = [packfmt.BLOB_TYPES[t] for t in types]
         with self._lock:
             self.stats.add_columns(kinds, lengths, raw_lengths)
         self._record_rows(

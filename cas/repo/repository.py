@@ -15,7 +15,7 @@ AEAD tag before it is trusted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cas import crypto, failpoints
@@ -293,19 +293,10 @@ class Repository:
         self.indexes.load()
         return self.saver.claim(blob_ids)
 
-    def adopt_pack(
-        self,
-        pack_id: bytes,
-        size: int,
-        ids: bytes,
-        types: bytes,
-        offsets: Sequence[int],
-        lengths: Sequence[int],
-        raw_lengths: Sequence[int],
-    ) -> None:
+    def adopt_pack(self, pack_id: bytes, size: int, columns: packfmt.PackColumns) -> None:
         """A pack a backup worker process stored (with blobs it claimed), its blobs as
-        columns (BlobSaver.adopt_columns): indexed with this session's packs."""
-        self.saver.adopt_columns(pack_id, size, ids, types, offsets, lengths, raw_lengths)
+        columns: indexed with this session's packs."""
+        self.saver.adopt_columns(pack_id, size, columns)
 
     def add_sealed(self, body: bytes, entries: list[packfmt.PackEntry]) -> None:
         """Sealed blobs a backup worker claimed but did not pack (its last, partly filled
